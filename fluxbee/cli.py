@@ -1,0 +1,5 @@
+"""The ``fluxbee`` command."""
+
+
+def main() -> None:
+    raise SystemExit("fluxbee: no commands yet")

@@ -1,0 +1,1 @@
+"""The kopf operator that reconciles fluxbee.io resources into Kubernetes objects."""
