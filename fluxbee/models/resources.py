@@ -12,19 +12,30 @@ import re
 from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from fluxbee.models.status import (
+    DegreeStatus,
+    FluxNodeStatus,
+    HiveStatus,
+    ModuleStatus,
+    PolicyStatus,
+    RuntimeStatus,
+)
+
 API_GROUP = "fluxbee.io"
-API_VERSION = f"{API_GROUP}/v1alpha1"
+API_VERSION: Final = "fluxbee.io/v1alpha1"
 
 NODE_TYPES = ("AI", "IO", "WF", "SY", "RT")
 _FIELD = r"[A-Za-z0-9_-]+"
 HIVE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
-NODE_NAME_RE = re.compile(rf"^(?:{'|'.join(NODE_TYPES)})(?:\.{_FIELD}){{1,9}}(?:@[A-Za-z0-9][A-Za-z0-9_-]{{0,62}})?$")
+NODE_NAME_RE = re.compile(
+    rf"^(?:{'|'.join(NODE_TYPES)})(?:\.{_FIELD}){{1,9}}(?:@[A-Za-z0-9][A-Za-z0-9_-]{{0,62}})?$"
+)
 MAX_NODE_NAME_BYTES = 256
 
 
@@ -69,12 +80,18 @@ class RouteAction(StrEnum):
 class RouteSpec(_Model):
     """A static route: names matching ``prefix`` are forwarded to a hive or dropped."""
 
-    prefix: str = Field(min_length=1, max_length=256, description="Name, prefix (`AI.sales.*`) or glob.")
+    prefix: str = Field(
+        min_length=1, max_length=256, description="Name, prefix (`AI.sales.*`) or glob."
+    )
     match_kind: MatchKind = Field(default=MatchKind.PREFIX, description="How `prefix` is matched.")
     action: RouteAction = Field(default=RouteAction.FORWARD, description="FORWARD or DROP.")
-    next_hop_hive: str | None = Field(default=None, description="Hive to forward to (FORWARD only).")
+    next_hop_hive: str | None = Field(
+        default=None, description="Hive to forward to (FORWARD only)."
+    )
     metric: int = Field(default=0, ge=0, description="Lower wins among equally specific routes.")
-    priority: int = Field(default=100, ge=0, description="Lower wins among equally specific routes.")
+    priority: int = Field(
+        default=100, ge=0, description="Lower wins among equally specific routes."
+    )
 
     @field_validator("next_hop_hive")
     @classmethod
@@ -102,6 +119,24 @@ class ObjectMeta(BaseModel):
     annotations: dict[str, str] = Field(default_factory=dict)
 
 
+class ResourceRequirements(_Model):
+    """Kubernetes compute requests and limits (quantities such as `100m`, `128Mi`)."""
+
+    requests: dict[str, str] = Field(default_factory=dict, description="Minimum resources.")
+    limits: dict[str, str] = Field(default_factory=dict, description="Maximum resources.")
+
+
+class AdminSpec(_Model):
+    """The admin HTTP API container of the hive pods (`fluxbee admin`)."""
+
+    enabled: bool = Field(default=True, description="Run the admin API in every hive pod.")
+    port: int = Field(default=8080, ge=1, le=65535, description="Port of the admin API.")
+    token_secret: str | None = Field(
+        default=None,
+        description="Secret (key `token`) with the bearer token; defaults to `<hive>-admin-token`.",
+    )
+
+
 class HiveSpec(_Model):
     """Desired state of a hive: its id, role, routes and VPN rules."""
 
@@ -110,6 +145,31 @@ class HiveSpec(_Model):
     router_name: str = Field(default="RT.gateway", description="L2 name of the hive's router.")
     routes: list[RouteSpec] = Field(default_factory=list, description="Static routes.")
     vpns: list[VpnSpec] = Field(default_factory=list, description="VPN rules.")
+    image: str | None = Field(
+        default=None,
+        description="Image of the hive pod (router, admin API); defaults to the operator's image.",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Kubernetes node labels selecting the hosts that run this hive's router.",
+    )
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, description="Pod tolerations of the hive pods and of its node pods."
+    )
+    socket_dir: str = Field(
+        default="/var/run/fluxbee",
+        pattern=r"^/[A-Za-z0-9._/-]*$",
+        description="Host directory (hostPath) holding the router and node Unix sockets.",
+    )
+    gateway_port: int = Field(
+        default=9000, ge=1, le=65535, description="TCP port of the inter-hive gateway."
+    )
+    admin: AdminSpec = Field(
+        default_factory=lambda: AdminSpec(), description="The hive's admin HTTP API."
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None, description="Requests and limits of the router container."
+    )
 
     @field_validator("hive_id")
     @classmethod
@@ -120,10 +180,13 @@ class HiveSpec(_Model):
 
 
 class Hive(_Model):
+    """A hive: a router on every selected host, with its config, gateway and admin API."""
+
     api_version: Literal["fluxbee.io/v1alpha1"] = API_VERSION
     kind: Literal["Hive"] = "Hive"
     metadata: ObjectMeta
     spec: HiveSpec = Field(default_factory=HiveSpec)
+    status: HiveStatus | None = None
 
     @property
     def hive_id(self) -> str:
@@ -139,7 +202,15 @@ class FluxNodeSpec(_Model):
     runtime_version: str = Field(default="current", description="Runtime version or `current`.")
     replicas: int = Field(default=1, ge=0, le=1000, description="Processes/Pods with this name.")
     tenant_id: str | None = Field(default=None, description="Tenant (`tnt:<uuid>`).")
-    config: dict[str, Any] = Field(default_factory=dict, description="Overrides of the runtime's config template.")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of the runtime's config template."
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None, description="Requests and limits of each node container."
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment variables of the node container."
+    )
 
     @field_validator("node_name")
     @classmethod
@@ -155,35 +226,170 @@ class FluxNodeSpec(_Model):
 
 
 class FluxNode(_Model):
+    """A node (AI agent, IO adapter, workflow, service) running as Pods on a hive's hosts."""
+
     api_version: Literal["fluxbee.io/v1alpha1"] = API_VERSION
     kind: Literal["FluxNode"] = "FluxNode"
     metadata: ObjectMeta
     spec: FluxNodeSpec
+    status: FluxNodeStatus | None = None
+
+
+RUNTIME_NAME_RE = re.compile(r"^[a-z][a-z0-9]*(\.[a-z0-9]+)*$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+RuntimeType = Literal["full_runtime", "config_only", "workflow"]
 
 
 class RuntimeSpec(_Model):
-    """A published node package: what runs and with which config template."""
+    """A published node package: what runs and with which config template.
 
-    version: str = Field(min_length=1, description="Package version.")
-    type: Literal["full_runtime", "config_only", "workflow"] = Field(default="full_runtime")
+    Package rules (upstream `validate_package`): a `full_runtime` has its own entry point and no
+    base; `config_only` and `workflow` packages run their base runtime's entry point with their
+    own config template, and a `workflow` also carries its flow.
+    """
+
+    version: str = Field(
+        min_length=1, max_length=64, pattern=VERSION_RE.pattern, description="Package version."
+    )
+    type: RuntimeType = Field(
+        default="full_runtime", description="Package type: full_runtime, config_only or workflow."
+    )
     image: str | None = Field(default=None, description="Container image (Kubernetes).")
     command: list[str] = Field(default_factory=list, description="Entry point command.")
-    runtime_base: str | None = Field(default=None, description="Base runtime (config_only/workflow).")
+    runtime_base: str | None = Field(
+        default=None, description="Base runtime (config_only/workflow)."
+    )
     config_template: dict[str, Any] = Field(default_factory=dict, description="Config defaults.")
+    flow: dict[str, Any] | None = Field(
+        default=None, description="Workflow definition (required for type workflow)."
+    )
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if value == "current":
+            raise ValueError("version `current` is reserved: it names the newest version")
+        return value
+
+    @model_validator(mode="after")
+    def _package_rules(self) -> RuntimeSpec:
+        problem = runtime_package_problem(self)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+
+def runtime_package_problem(spec: RuntimeSpec) -> str | None:
+    """The first violated package rule of ``spec``, or None when the package is consistent."""
+    if spec.type == "full_runtime":
+        if spec.runtime_base:
+            return "a full_runtime package has no runtimeBase"
+        if not spec.command and not spec.image:
+            return "a full_runtime package needs a command or an image"
+        if spec.flow is not None:
+            return "only a workflow package carries a flow"
+        return None
+    if not spec.runtime_base:
+        return f"a {spec.type} package needs a runtimeBase"
+    if not RUNTIME_NAME_RE.match(spec.runtime_base):
+        return f"runtimeBase {spec.runtime_base!r} must match {RUNTIME_NAME_RE.pattern}"
+    if spec.command or spec.image:
+        return f"a {spec.type} package runs its base's entry point: drop command and image"
+    if spec.type == "workflow" and spec.flow is None:
+        return "a workflow package needs a flow"
+    if spec.type == "config_only" and spec.flow is not None:
+        return "only a workflow package carries a flow"
+    return None
 
 
 class Runtime(_Model):
+    """A published node package: image or command, type and config template."""
+
     api_version: Literal["fluxbee.io/v1alpha1"] = API_VERSION
     kind: Literal["Runtime"] = "Runtime"
     metadata: ObjectMeta
     spec: RuntimeSpec
+    status: RuntimeStatus | None = None
 
 
-Resource = Hive | FluxNode | Runtime
-_KINDS: dict[str, type[Hive] | type[FluxNode] | type[Runtime]] = {
+class ModuleSpec(_Model):
+    """A versioned prompt fragment; its sha256 is published in status."""
+
+    version: str = Field(min_length=1, max_length=64, description="Module version.")
+    content: str = Field(max_length=262144, description="The prompt fragment (UTF-8 text).")
+    description: str | None = Field(default=None, description="What the module teaches.")
+
+
+class Module(_Model):
+    """A versioned prompt fragment that degrees pin by digest."""
+
+    api_version: Literal["fluxbee.io/v1alpha1"] = API_VERSION
+    kind: Literal["Module"] = "Module"
+    metadata: ObjectMeta
+    spec: ModuleSpec
+    status: ModuleStatus | None = None
+
+
+class ModuleRef(_Model):
+    """One pinned module of a degree."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the Module resource.")
+    version: str = Field(min_length=1, max_length=64, description="Version the degree pins.")
+    sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Expected sha256 of the module content; a mismatch degrades the degree.",
+    )
+
+
+class DegreeSpec(_Model):
+    """An ordered list of pinned module versions."""
+
+    version: str = Field(min_length=1, max_length=64, description="Degree version.")
+    modules: list[ModuleRef] = Field(
+        min_length=1, max_length=256, description="Modules, in prompt order."
+    )
+
+
+class Degree(_Model):
+    """A degree: pinned modules whose canonical digest agents verify before they run."""
+
+    api_version: Literal["fluxbee.io/v1alpha1"] = API_VERSION
+    kind: Literal["Degree"] = "Degree"
+    metadata: ObjectMeta
+    spec: DegreeSpec
+    status: DegreeStatus | None = None
+
+
+class PolicySpec(_Model):
+    """A Rego policy evaluated by the routers (L3 routing)."""
+
+    rego: str = Field(min_length=1, max_length=262144, description="Rego source text.")
+    entrypoint: str = Field(
+        default="data.router.target",
+        pattern=r"^data(\.[A-Za-z_][A-Za-z0-9_]*)+$",
+        description="Rule queried for each routing decision.",
+    )
+
+
+class Policy(_Model):
+    """A Rego routing policy; the operator validates its syntax and reports errors in status."""
+
+    api_version: Literal["fluxbee.io/v1alpha1"] = API_VERSION
+    kind: Literal["Policy"] = "Policy"
+    metadata: ObjectMeta
+    spec: PolicySpec
+    status: PolicyStatus | None = None
+
+
+Resource = Hive | FluxNode | Runtime | Module | Degree | Policy
+_KINDS: dict[str, type[Resource]] = {
     "Hive": Hive,
     "FluxNode": FluxNode,
     "Runtime": Runtime,
+    "Module": Module,
+    "Degree": Degree,
+    "Policy": Policy,
 }
 
 

@@ -1,0 +1,109 @@
+"""Status models of the ``fluxbee.io/v1alpha1`` resources.
+
+Every status carries ``observedGeneration``, a ``phase`` for printer columns and the
+conditions ``Ready``, ``Reconciling`` and ``Degraded``.  The operator writes them (kopf does
+not); ``fluxbee up`` ignores them.  Statuses are open (``extra="allow"``) so that a newer
+operator's fields do not break an older reader.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+ConditionType = Literal["Ready", "Reconciling", "Degraded"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+Phase = Literal["Pending", "Reconciling", "Ready", "Degraded"]
+
+
+class _Status(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True
+    )
+
+
+class Condition(_Status):
+    """One observation about the resource, in the Kubernetes condition convention."""
+
+    type: ConditionType = Field(description="Ready, Reconciling or Degraded.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="CamelCase machine-readable reason.",
+    )
+    message: str = Field(default="", max_length=32768, description="Human-readable detail.")
+    last_transition_time: str | None = Field(
+        default=None, description="When the status of this condition last changed (RFC 3339)."
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation this condition was computed from."
+    )
+
+
+class ResourceStatus(_Status):
+    """Fields every fluxbee.io status carries."""
+
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation last reconciled by the operator."
+    )
+    phase: Phase | None = Field(default=None, description="Summary for `kubectl get`.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, Reconciling and Degraded conditions."
+    )
+
+
+class HiveStatus(ResourceStatus):
+    """Observed state of a hive."""
+
+    hive_id: str | None = Field(default=None, description="Effective hive id.")
+    daemon_set: str | None = Field(default=None, description="Name of the hive's DaemonSet.")
+    config_map: str | None = Field(default=None, description="Name of the hive config ConfigMap.")
+    desired_pods: int | None = Field(default=None, ge=0, description="Hosts that should run it.")
+    ready_pods: int | None = Field(default=None, ge=0, description="Hive pods that are ready.")
+
+
+class FluxNodeStatus(ResourceStatus):
+    """Observed state of a node."""
+
+    replicas: int | None = Field(default=None, ge=0, description="Pods that exist.")
+    ready_replicas: int | None = Field(default=None, ge=0, description="Pods that are ready.")
+    runtime_version: str | None = Field(default=None, description="Resolved runtime version.")
+    config_hash: str | None = Field(
+        default=None, description="sha256 of the effective config the Pods run with."
+    )
+
+
+class RuntimeStatus(ResourceStatus):
+    """Observed state of a runtime package."""
+
+    image: str | None = Field(default=None, description="Image its nodes run.")
+    command: list[str] = Field(default_factory=list, description="Resolved entry point.")
+
+
+class ModuleStatus(ResourceStatus):
+    """Content digest of a module."""
+
+    sha256: str | None = Field(default=None, description="sha256 of spec.content (hex).")
+    size: int | None = Field(default=None, ge=0, description="Content size in bytes.")
+
+
+class DegreeStatus(ResourceStatus):
+    """Digest of a degree and the modules it resolved."""
+
+    digest: str | None = Field(
+        default=None, description="sha256 over the canonical encoding of the pinned modules."
+    )
+    signature: str | None = Field(
+        default=None, description="Ed25519 signature (not issued yet: arrives with identity)."
+    )
+
+
+class PolicyStatus(ResourceStatus):
+    """Validation result of a policy."""
+
+    sha256: str | None = Field(default=None, description="sha256 of spec.rego.")
+    packages: list[str] = Field(default_factory=list, description="Rego packages it defines.")
+    error: str | None = Field(default=None, description="First syntax error, if any.")
