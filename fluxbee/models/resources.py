@@ -135,6 +135,11 @@ class AdminSpec(_Model):
         default=None,
         description="Secret (key `token`) with the bearer token; defaults to `<hive>-admin-token`.",
     )
+    service_account_name: str | None = Field(
+        default=None,
+        description="ServiceAccount of the hive pods, with RBAC to manage this namespace's "
+        "FluxNodes (the chart creates one); without it the admin API cannot change the hive.",
+    )
 
 
 class HiveSpec(_Model):

@@ -1,0 +1,234 @@
+"""The kopf application: handler registration and the operator's run loop.
+
+Handlers are thin: each parses nothing itself, it hands the body to its kind's reconcile
+function (``<kind>/handlers.py``) through a per-object :class:`Coalescer`.  The same reconcile
+runs for create, update and resume, and again when a child changes or disappears (drift
+repair) or when a resource it depends on changes (a Runtime becomes ready, a Hive appears).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import kopf
+
+from fluxbee.models import API_GROUP
+from fluxbee.operator import labels as L
+from fluxbee.operator.conditions import Outcome
+from fluxbee.operator.context import Coalescer, OperatorContext
+from fluxbee.operator.degree.handlers import degrees_pinning, reconcile_degree
+from fluxbee.operator.fluxnode.handlers import (
+    cleanup_fluxnode,
+    nodes_referencing,
+    reconcile_fluxnode,
+)
+from fluxbee.operator.hive.handlers import cleanup_hive, reconcile_hive
+from fluxbee.operator.kube import ApiError, Kube
+from fluxbee.operator.module.handlers import reconcile_module
+from fluxbee.operator.policy.handlers import reconcile_policy
+from fluxbee.operator.runtime.handlers import dependants, reconcile_runtime
+from fluxbee.operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+VERSION = "v1alpha1"
+Reconcile = Callable[[OperatorContext, Mapping[str, Any]], Awaitable[Outcome]]
+
+RECONCILERS: dict[str, Reconcile] = {
+    "hives": reconcile_hive,
+    "fluxnodes": reconcile_fluxnode,
+    "runtimes": reconcile_runtime,
+    "modules": reconcile_module,
+    "degrees": reconcile_degree,
+    "policies": reconcile_policy,
+}
+
+
+def _ctx(memo: Any) -> OperatorContext:
+    ctx = memo.get("fluxbee") if isinstance(memo, Mapping) else getattr(memo, "fluxbee", None)
+    if not isinstance(ctx, OperatorContext):
+        raise kopf.PermanentError("operator context missing from memo (bug)")
+    return ctx
+
+
+async def reconcile(ctx: OperatorContext, plural: str, body: Mapping[str, Any], *,
+                    coalesce: bool = False) -> None:
+    """Run ``plural``'s reconcile for ``body``, one at a time per object."""
+    meta = body["metadata"]
+    key = (plural, meta["namespace"], meta["name"])
+
+    async def work() -> None:
+        fresh = await ctx.kube.get(plural, key[1], key[2]) if coalesce else body
+        if fresh is None:
+            return
+        outcome = await RECONCILERS[plural](ctx, fresh)
+        log.debug("%s %s/%s: %s %s", plural, key[1], key[2], outcome.phase, outcome.reason)
+
+    await ctx.coalescer.run(key, work, coalesce=coalesce)
+
+
+async def reconcile_by_name(ctx: OperatorContext, plural: str, namespace: str, name: str) -> None:
+    await reconcile(ctx, plural, {"metadata": {"namespace": namespace, "name": name}},
+                    coalesce=True)
+
+
+async def _kick(ctx: OperatorContext, plural: str, items: list[dict[str, Any]]) -> None:
+    for item in items:
+        meta = item["metadata"]
+        await reconcile_by_name(ctx, plural, meta["namespace"], meta["name"])
+
+
+async def _after(ctx: OperatorContext, plural: str, body: Mapping[str, Any]) -> None:
+    """Re-check resources that depend on the one just reconciled."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    if plural == "hives":
+        await _kick(ctx, "fluxnodes", await nodes_referencing(ctx, namespace, hive=name))
+    elif plural == "runtimes":
+        await _kick(ctx, "runtimes", await dependants(ctx, namespace, name))
+        await _kick(ctx, "fluxnodes", await nodes_referencing(ctx, namespace, runtime=name))
+    elif plural == "modules":
+        await _kick(ctx, "degrees", await degrees_pinning(ctx, namespace, name))
+
+
+def _temporary(err: ApiError) -> kopf.TemporaryError:
+    return kopf.TemporaryError(f"API call failed; will retry in 5 s: {err}", delay=5)
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    """Attach every handler of the operator to ``registry``."""
+
+    for plural in RECONCILERS:
+
+        def make(plural: str) -> None:
+            async def on_change(body: kopf.Body, memo: Any, **_: Any) -> None:
+                ctx = _ctx(memo)
+                try:
+                    await reconcile(ctx, plural, body)
+                    if plural in ("hives", "runtimes", "modules"):
+                        await _after(ctx, plural, body)
+                except ApiError as err:
+                    raise _temporary(err) from err
+
+            for cause, decorator in (
+                ("create", kopf.on.create),
+                ("update", kopf.on.update),
+                ("resume", kopf.on.resume),
+            ):
+                decorator(API_GROUP, VERSION, plural, registry=registry,
+                          id=f"reconcile-{plural}-{cause}")(on_change)
+
+        make(plural)
+
+    @kopf.on.delete(API_GROUP, VERSION, "hives", registry=registry, id="cleanup-hive")
+    async def hive_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
+        ctx = _ctx(memo)
+        try:
+            await cleanup_hive(ctx, body)
+            await _after(ctx, "hives", body)
+        except ApiError as err:
+            raise _temporary(err) from err
+
+    @kopf.on.delete(API_GROUP, VERSION, "fluxnodes", registry=registry, id="cleanup-fluxnode")
+    async def fluxnode_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
+        try:
+            await cleanup_fluxnode(_ctx(memo), body)
+        except ApiError as err:
+            raise _temporary(err) from err
+
+    @kopf.on.delete(API_GROUP, VERSION, "runtimes", registry=registry, id="runtime-gone",
+                    optional=True)
+    async def runtime_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
+        await _after(_ctx(memo), "runtimes", body)
+
+    @kopf.on.delete(API_GROUP, VERSION, "modules", registry=registry, id="module-gone",
+                    optional=True)
+    async def module_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
+        await _after(_ctx(memo), "modules", body)
+
+    # Drift repair: a child that is deleted or edited by hand brings its owner back to spec;
+    # Pod status changes refresh the FluxNode's ready count.
+    for group, version, plural in (
+        ("", "v1", "pods"),
+        ("", "v1", "configmaps"),
+        ("", "v1", "services"),
+        ("apps", "v1", "daemonsets"),
+    ):
+        resource = (group, version, plural) if group else (version, plural)
+
+        @kopf.on.event(*resource, registry=registry, labels={L.MANAGED_BY: L.OPERATOR},
+                       id=f"child-{plural}")
+        async def child_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+            if event.get("type") not in ("MODIFIED", "DELETED"):
+                return
+            obj = event.get("object") or {}
+            meta = obj.get("metadata") or {}
+            child_labels = meta.get("labels") or {}
+            namespace = meta.get("namespace")
+            if not namespace:
+                return
+            ctx = _ctx(memo)
+            try:
+                if L.FLUXNODE in child_labels:
+                    await reconcile_by_name(ctx, "fluxnodes", namespace, child_labels[L.FLUXNODE])
+                elif L.HIVE in child_labels:
+                    await reconcile_by_name(ctx, "hives", namespace, child_labels[L.HIVE])
+            except ApiError as err:
+                log.warning("repairing after %s %s/%s failed; the next event retries: %s",
+                            event.get("type"), namespace, meta.get("name"), err)
+
+
+def configure(settings: kopf.OperatorSettings, operator: OperatorSettings) -> None:
+    settings.persistence.finalizer = L.FINALIZER
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.batching.worker_limit = 200
+    if operator.peering:
+        settings.peering.name = operator.peering
+        settings.peering.priority = operator.priority
+        settings.peering.standalone = False
+        settings.peering.clusterwide = operator.namespace is None
+    else:
+        settings.peering.standalone = True
+
+
+def build_registry(operator: OperatorSettings,
+                   login: Callable[..., Any] | None = None) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    register(registry)
+
+    @kopf.on.startup(registry=registry, id="configure")
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure(settings, operator)
+
+    if login is not None:
+        kopf.on.login(registry=registry, id="login")(login)
+    return registry
+
+
+async def run(
+    operator: OperatorSettings,
+    kube: Kube,
+    *,
+    login: Callable[..., Any] | None = None,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+) -> None:
+    """Run the operator until ``stop_flag`` is set (or forever)."""
+    ctx = OperatorContext(kube=kube, settings=operator, coalescer=Coalescer())
+    registry = build_registry(operator, login)
+    namespaces = [operator.namespace] if operator.namespace else []
+    await kopf.operator(
+        registry=registry,
+        memo=kopf.Memo(fluxbee=ctx),
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        standalone=operator.peering is None,
+        priority=operator.priority,
+        peering_name=operator.peering,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+    )

@@ -1,0 +1,165 @@
+"""FluxNode → effective-config ConfigMap and ``replicas`` Pods (pure builders, no I/O).
+
+Node Pods run on hosts that run the hive's router: the hive's node selector and tolerations,
+plus a required pod affinity to the hive's pods on the same host.  They share host IPC (the
+router's ``/dev/shm`` regions) and the socket directory (hostPath), and read their effective
+config from a mounted ConfigMap named by ``FLUXBEE_NODE_CONFIG``.  Pods are named
+``<fluxnode>-<index>``, so a restarted operator finds the Pods it made instead of adding more.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from fluxbee.models import FluxNode, Hive, Runtime
+from fluxbee.models.effective import qualified_node_name
+from fluxbee.operator import labels as L
+from fluxbee.operator.children import with_spec_digest
+from fluxbee.operator.hive.build import RUN_DIR, pod_selector
+from fluxbee.operator.settings import OperatorSettings
+
+CONFIG_KEY = "config.json"
+CONFIG_MOUNT = "/etc/fluxbee/node"
+_INDEX_RE = re.compile(r"-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Package:
+    """What a node container runs: resolved from the Runtime (and its base)."""
+
+    image: str
+    command: list[str]
+    runtime: str
+    version: str
+
+
+def resolve_package(runtime: Runtime, base: Runtime | None, settings: OperatorSettings) -> Package:
+    """config_only / workflow packages run their base's entry point (upstream spawn rule)."""
+    runner = base if runtime.spec.type != "full_runtime" and base is not None else runtime
+    return Package(
+        image=runner.spec.image or settings.image,
+        command=list(runner.spec.command),
+        runtime=runtime.metadata.name,
+        version=runtime.spec.version,
+    )
+
+
+def config_map_name(node_resource: str) -> str:
+    return f"{node_resource}-node-config"
+
+
+def pod_name(node_resource: str, index: int) -> str:
+    return f"{node_resource}-{index}"
+
+
+def pod_index(pod: dict[str, Any]) -> int | None:
+    """The replica index of one of our Pods (label first, name as a fallback)."""
+    meta = pod.get("metadata", {})
+    text = (meta.get("labels") or {}).get(L.REPLICA)
+    if text is None:
+        match = _INDEX_RE.search(meta.get("name", ""))
+        text = match.group(1) if match else None
+    return int(text) if text is not None and text.isdigit() else None
+
+
+def node_labels(node: FluxNode) -> dict[str, str]:
+    return {
+        **L.common("node", node.metadata.name),
+        L.HIVE: node.spec.hive,
+        L.FLUXNODE: node.metadata.name,
+    }
+
+
+def build_config_map(
+    node: FluxNode, namespace: str, config: dict[str, Any], config_digest: str
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": config_map_name(node.metadata.name),
+            "namespace": namespace,
+            "labels": node_labels(node),
+            "annotations": {L.CONFIG_DIGEST: config_digest},
+        },
+        "data": {CONFIG_KEY: json.dumps(config, indent=2, sort_keys=True)},
+    }
+
+
+def build_pod(
+    node: FluxNode,
+    hive: Hive,
+    package: Package,
+    namespace: str,
+    index: int,
+    config_digest: str,
+    settings: OperatorSettings,
+) -> dict[str, Any]:
+    """Replica ``index`` of ``node``; its spec digest changes when it must be replaced."""
+    full_name = qualified_node_name(node.spec.node_name, hive.hive_id)
+    env = [
+        {"name": "FLUXBEE_NODE_CONFIG", "value": f"{CONFIG_MOUNT}/{CONFIG_KEY}"},
+        {"name": "FLUXBEE_RUN_DIR", "value": RUN_DIR},
+        {"name": "FLUXBEE_NODE_NAME", "value": full_name},
+        {"name": "FLUXBEE_HIVE_ID", "value": hive.hive_id},
+        {"name": "FLUXBEE_REPLICA", "value": str(index)},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    env += [{"name": k, "value": v} for k, v in sorted(node.spec.env.items())]
+    container: dict[str, Any] = {
+        "name": "node",
+        "image": package.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "env": env,
+        "volumeMounts": [
+            {"name": "sockets", "mountPath": RUN_DIR},
+            {"name": "node-config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+        ],
+    }
+    if package.command:
+        container["command"] = list(package.command)
+    if node.spec.resources is not None:
+        container["resources"] = node.spec.resources.model_dump(exclude_defaults=True)
+    spec: dict[str, Any] = {
+        "hostIPC": True,
+        "restartPolicy": "Always",
+        "automountServiceAccountToken": False,
+        "containers": [container],
+        "volumes": [
+            {"name": "sockets", "hostPath": {"path": hive.spec.socket_dir, "type": "Directory"}},
+            {"name": "node-config", "configMap": {"name": config_map_name(node.metadata.name)}},
+        ],
+        "affinity": {
+            "podAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "labelSelector": {"matchLabels": pod_selector(hive.metadata.name)},
+                        "topologyKey": "kubernetes.io/hostname",
+                    }
+                ]
+            }
+        },
+        "terminationGracePeriodSeconds": 10,
+    }
+    if hive.spec.node_selector:
+        spec["nodeSelector"] = dict(hive.spec.node_selector)
+    if hive.spec.tolerations:
+        spec["tolerations"] = [dict(t) for t in hive.spec.tolerations]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(node.metadata.name, index),
+            "namespace": namespace,
+            "labels": {**node_labels(node), L.REPLICA: str(index)},
+            "annotations": {
+                L.CONFIG_DIGEST: config_digest,
+                "fluxbee.io/runtime": f"{package.runtime}@{package.version}",
+            },
+        },
+        "spec": spec,
+    }
+    return with_spec_digest(pod)

@@ -1,0 +1,224 @@
+"""FluxNode reconcile: check hive and runtime, write the effective config, keep N Pods."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from fluxbee.models import FluxNode, Runtime
+from fluxbee.models.effective import config_digest, effective_config, resolve_runtime_version
+from fluxbee.operator import labels as L
+from fluxbee.operator.children import ensure, owned
+from fluxbee.operator.conditions import InvalidSpec, Outcome
+from fluxbee.operator.context import OperatorContext, write_status
+from fluxbee.operator.fluxnode.build import (
+    CONFIG_KEY,
+    build_config_map,
+    build_pod,
+    config_map_name,
+    pod_index,
+    resolve_package,
+)
+from fluxbee.operator.hive.handlers import parse_hive
+from fluxbee.operator.runtime.build import describe, parse_runtime, runtime_outcome, view
+
+log = logging.getLogger(__name__)
+
+# Reasons that mean "waiting for another resource"; those FluxNodes are re-checked when it changes.
+WAITING_REASONS = frozenset(
+    {"HiveNotFound", "HiveInvalid", "RuntimeNotFound", "RuntimeNotReady", "RuntimeVersionNotAvailable"}
+)
+
+
+def parse_fluxnode(body: Mapping[str, Any]) -> FluxNode:
+    try:
+        return FluxNode.model_validate(view(body))
+    except ValidationError as err:
+        raise InvalidSpec("InvalidSpec", describe(err)) from err
+
+
+def _created_ms(meta: Mapping[str, Any]) -> int | None:
+    stamp = meta.get("creationTimestamp")
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return None
+
+
+def _pod_ready(pod: Mapping[str, Any]) -> bool:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return bool(cond.get("status") == "True")
+    return False
+
+
+async def _stop_pods(ctx: OperatorContext, namespace: str, name: str) -> int:
+    pods = await ctx.kube.list("pods", namespace, {L.MANAGED_BY: L.OPERATOR, L.FLUXNODE: name})
+    for pod in pods:
+        await ctx.kube.delete("pods", namespace, pod["metadata"]["name"])
+    return len(pods)
+
+
+async def _load_runtime(
+    ctx: OperatorContext, namespace: str, name: str
+) -> tuple[Runtime | None, Runtime | None, Outcome | None]:
+    """(runtime, base, problem): ``problem`` is the waiting/degraded outcome if not runnable."""
+    body = await ctx.kube.get("runtimes", namespace, name)
+    if body is None:
+        return None, None, Outcome.degraded(
+            "RuntimeNotFound", f"Runtime {name!r} does not exist in namespace {namespace}"
+        )
+    try:
+        runtime = parse_runtime(body)
+    except InvalidSpec as err:
+        return None, None, Outcome.degraded("RuntimeNotReady", f"Runtime {name!r}: {err.message}")
+    base = None
+    if runtime.spec.runtime_base:
+        base_body = await ctx.kube.get("runtimes", namespace, runtime.spec.runtime_base)
+        if base_body is not None:
+            try:
+                base = parse_runtime(base_body)
+            except InvalidSpec:
+                base = None
+    readiness = runtime_outcome(runtime, base, ctx.settings)
+    if readiness.phase != "Ready":
+        return runtime, base, Outcome.degraded(
+            "RuntimeNotReady", f"Runtime {name!r} is not ready: {readiness.message}"
+        )
+    return runtime, base, None
+
+
+async def reconcile_fluxnode(ctx: OperatorContext, body: Mapping[str, Any]) -> Outcome:
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    if meta.get("deletionTimestamp"):
+        return Outcome.reconciling("Deleting", "the node is being deleted")
+    kube = ctx.kube
+    try:
+        node = parse_fluxnode(body)
+    except InvalidSpec as err:
+        outcome = Outcome.degraded(err.reason, err.message)
+        await write_status(kube, "fluxnodes", body, outcome)
+        return outcome
+
+    hive_body = await kube.get("hives", namespace, node.spec.hive)
+    if hive_body is None or hive_body["metadata"].get("deletionTimestamp"):
+        stopped = await _stop_pods(ctx, namespace, name)
+        outcome = Outcome.degraded(
+            "HiveNotFound",
+            f"Hive {node.spec.hive!r} does not exist in namespace {namespace}"
+            + (f"; stopped {stopped} pods" if stopped else ""),
+            replicas=0,
+            readyReplicas=0,
+        )
+        await write_status(kube, "fluxnodes", body, outcome)
+        return outcome
+    try:
+        hive = parse_hive(hive_body)
+    except InvalidSpec as err:
+        outcome = Outcome.degraded("HiveInvalid", f"Hive {node.spec.hive!r}: {err.message}")
+        await write_status(kube, "fluxnodes", body, outcome)
+        return outcome
+
+    runtime, base, problem = await _load_runtime(ctx, namespace, node.spec.runtime)
+    if problem is None and runtime is not None:
+        try:
+            resolve_runtime_version(runtime, node.spec.runtime_version)
+        except ValueError as err:
+            problem = Outcome.degraded("RuntimeVersionNotAvailable", str(err))
+    if runtime is None or problem is not None:
+        waiting = problem or Outcome.degraded("RuntimeNotFound", node.spec.runtime)
+        await write_status(kube, "fluxnodes", body, waiting)
+        return waiting
+
+    # Effective config: only rewritten (and Pods replaced) when its digest changes.
+    now_ms = int(time.time() * 1000)
+    config = effective_config(
+        runtime, node, hive.hive_id, now_ms, created_at_ms=_created_ms(meta), base=base
+    )
+    digest = config_digest(config)
+    cm_name = config_map_name(name)
+    existing_cm = await kube.get("configmaps", namespace, cm_name)
+    if existing_cm is not None:
+        have = (existing_cm.get("metadata", {}).get("annotations") or {}).get(L.CONFIG_DIGEST)
+        text = (existing_cm.get("data") or {}).get(CONFIG_KEY)
+        if have == digest and isinstance(text, str) and _digest_of_text(text) == digest:
+            config = _json(text)  # keep the old timestamps: nothing the node runs with changed
+    await ensure(
+        kube, "configmaps", namespace, owned(build_config_map(node, namespace, config, digest), body)
+    )
+
+    package = resolve_package(runtime, base, ctx.settings)
+    pods = await kube.list("pods", namespace, {L.MANAGED_BY: L.OPERATOR, L.FLUXNODE: name})
+    for pod in pods:
+        index = pod_index(pod)
+        if index is None or index >= node.spec.replicas:
+            await kube.delete("pods", namespace, pod["metadata"]["name"])
+    actions = []
+    for index in range(node.spec.replicas):
+        pod = build_pod(node, hive, package, namespace, index, digest, ctx.settings)
+        actions.append(await ensure(kube, "pods", namespace, owned(pod, body), recreate=True))
+
+    live = [
+        p for p in pods
+        if (pod_index(p) or 0) < node.spec.replicas and not p["metadata"].get("deletionTimestamp")
+    ]
+    existing = min(node.spec.replicas, len(live) + actions.count("created"))
+    ready = sum(1 for p in live if _pod_ready(p))
+    fields = {
+        "replicas": existing,
+        "readyReplicas": ready,
+        "runtimeVersion": runtime.spec.version,
+        "configHash": digest,
+    }
+    if ready >= node.spec.replicas:
+        outcome = Outcome.ready(f"{ready}/{node.spec.replicas} pods ready", **fields)
+    else:
+        outcome = Outcome.reconciling(
+            "WaitingForPods", f"{ready}/{node.spec.replicas} pods ready", **fields
+        )
+    await write_status(kube, "fluxnodes", body, outcome)
+    return outcome
+
+
+async def cleanup_fluxnode(ctx: OperatorContext, body: Mapping[str, Any]) -> None:
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    await _stop_pods(ctx, namespace, name)
+    await ctx.kube.delete("configmaps", namespace, config_map_name(name))
+
+
+def _json(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {}
+
+
+def _digest_of_text(text: str) -> str | None:
+    try:
+        return config_digest(_json(text))
+    except ValueError:
+        return None
+
+
+async def nodes_referencing(
+    ctx: OperatorContext, namespace: str, *, hive: str | None = None, runtime: str | None = None
+) -> list[dict[str, Any]]:
+    """FluxNodes that reference ``hive``/``runtime``: their Pods depend on it, so they are
+    reconciled again when it changes (or appears)."""
+    out = []
+    for item in await ctx.kube.list("fluxnodes", namespace):
+        spec = item.get("spec") or {}
+        if hive is not None and spec.get("hive") != hive:
+            continue
+        if runtime is not None and spec.get("runtime") != runtime:
+            continue
+        out.append(item)
+    return out

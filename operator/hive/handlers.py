@@ -1,0 +1,110 @@
+"""Hive reconcile: ConfigMap, DaemonSet, Services, admin token; status from the DaemonSet."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from fluxbee.models import Hive
+from fluxbee.operator import labels as L
+from fluxbee.operator.children import ensure, ensure_absent, owned
+from fluxbee.operator.conditions import InvalidSpec, Outcome
+from fluxbee.operator.context import OperatorContext, write_status
+from fluxbee.operator.hive.build import (
+    build_admin_secret,
+    build_config_map,
+    build_daemon_set,
+    build_services,
+    names,
+)
+from fluxbee.operator.kube import ApiError
+from fluxbee.operator.runtime.build import describe, view
+
+log = logging.getLogger(__name__)
+
+
+def parse_hive(body: Mapping[str, Any]) -> Hive:
+    try:
+        return Hive.model_validate(view(body))
+    except ValidationError as err:
+        raise InvalidSpec("InvalidSpec", describe(err)) from err
+
+
+def hive_outcome(hive: Hive, daemon_set: Mapping[str, Any] | None) -> Outcome:
+    """Ready once every selected host runs a ready hive pod (from the DaemonSet status)."""
+    st = (daemon_set or {}).get("status") or {}
+    desired = int(st.get("desiredNumberScheduled") or 0)
+    ready = int(st.get("numberReady") or 0)
+    n = names(hive)
+    fields = {
+        "hiveId": hive.hive_id,
+        "daemonSet": n.daemon_set,
+        "configMap": n.config_map,
+        "desiredPods": desired,
+        "readyPods": ready,
+    }
+    if desired == 0:
+        return Outcome.reconciling(
+            "WaitingForHosts", "no host runs a hive pod yet (check spec.nodeSelector)", **fields
+        )
+    if ready < desired:
+        return Outcome.reconciling(
+            "WaitingForPods", f"{ready}/{desired} hive pods ready", **fields
+        )
+    return Outcome.ready(f"{ready}/{desired} hive pods ready", **fields)
+
+
+async def reconcile_hive(ctx: OperatorContext, body: Mapping[str, Any]) -> Outcome:
+    meta = body["metadata"]
+    namespace = meta["namespace"]
+    if meta.get("deletionTimestamp"):
+        return Outcome.reconciling("Deleting", "the hive is being deleted")
+    try:
+        hive = parse_hive(body)
+    except InvalidSpec as err:
+        outcome = Outcome.degraded(err.reason, err.message)
+        await write_status(ctx.kube, "hives", body, outcome)
+        return outcome
+    kube = ctx.kube
+    n = names(hive)
+    if hive.spec.admin.enabled and hive.spec.admin.token_secret is None:
+        if await kube.get("secrets", namespace, n.admin_secret) is None:
+            secret = owned(build_admin_secret(hive, namespace, secrets.token_urlsafe(32)), body)
+            try:
+                await kube.create("secrets", namespace, secret)
+            except ApiError as err:
+                if not err.conflict:
+                    raise
+    version = int(meta.get("generation") or 1)
+    await ensure(kube, "configmaps", namespace, owned(build_config_map(hive, namespace, version), body))
+    await ensure(kube, "daemonsets", namespace, owned(build_daemon_set(hive, namespace, ctx.settings), body))
+    wanted = {s["metadata"]["name"] for s in build_services(hive, namespace)}
+    for service in build_services(hive, namespace):
+        await ensure(kube, "services", namespace, owned(service, body))
+    if n.admin_service not in wanted:
+        await ensure_absent(kube, "services", namespace, n.admin_service)
+    daemon_set = await kube.get("daemonsets", namespace, n.daemon_set)
+    outcome = hive_outcome(hive, daemon_set)
+    await write_status(ctx.kube, "hives", body, outcome)
+    return outcome
+
+
+async def cleanup_hive(ctx: OperatorContext, body: Mapping[str, Any]) -> None:
+    """Delete what the hive owns now (ownerReference GC would do it later, or never off-cluster)."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    selector = {L.MANAGED_BY: L.OPERATOR, L.HIVE: name, L.COMPONENT: "hive"}
+    for plural in ("daemonsets", "services", "configmaps", "secrets"):
+        for child in await ctx.kube.list(plural, namespace, selector):
+            if _owned_by(child, meta.get("uid")):
+                await ctx.kube.delete(plural, namespace, child["metadata"]["name"])
+    log.info("hive %s/%s: children deleted; its FluxNodes stop until it comes back", namespace, name)
+
+
+def _owned_by(child: Mapping[str, Any], uid: str | None) -> bool:
+    refs = child.get("metadata", {}).get("ownerReferences") or []
+    return uid is None or any(r.get("uid") == uid for r in refs)

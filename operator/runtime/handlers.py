@@ -1,0 +1,39 @@
+"""Runtime handlers: validate the package and publish readiness; wake waiting FluxNodes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fluxbee.operator.conditions import InvalidSpec, Outcome
+from fluxbee.operator.context import OperatorContext, write_status
+from fluxbee.operator.runtime.build import parse_runtime, runtime_outcome
+
+log = logging.getLogger(__name__)
+
+
+async def reconcile_runtime(ctx: OperatorContext, body: Mapping[str, Any]) -> Outcome:
+    namespace = body["metadata"]["namespace"]
+    try:
+        runtime = parse_runtime(body)
+    except InvalidSpec as err:
+        outcome = Outcome.degraded(err.reason, err.message)
+    else:
+        base = None
+        if runtime.spec.runtime_base:
+            base_body = await ctx.kube.get("runtimes", namespace, runtime.spec.runtime_base)
+            if base_body is not None:
+                try:
+                    base = parse_runtime(base_body)
+                except InvalidSpec:
+                    base = None
+        outcome = runtime_outcome(runtime, base, ctx.settings)
+    await write_status(ctx.kube, "runtimes", body, outcome)
+    return outcome
+
+
+async def dependants(ctx: OperatorContext, namespace: str, runtime: str) -> list[dict[str, Any]]:
+    """Runtimes built on ``runtime`` (to re-check when it changes)."""
+    items = await ctx.kube.list("runtimes", namespace)
+    return [r for r in items if (r.get("spec") or {}).get("runtimeBase") == runtime]
