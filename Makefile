@@ -20,7 +20,7 @@ up: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/mypy
+	MYPY=$(BIN)/mypy bash hack/typecheck.sh
 	$(BIN)/lint-imports
 
 test: lint

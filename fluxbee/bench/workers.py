@@ -1,0 +1,181 @@
+"""Child processes of ``fluxbee bench`` (``python -m fluxbee.bench.workers ROLE …``).
+
+Each peer runs in its own process, as a user would deploy it; the bench
+process is the client of every measurement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import uvloop
+
+HEADER = struct.Struct(">I")
+
+
+class FloorServer(asyncio.Protocol):
+    """Raw framed echo: the floor any router must be compared with."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.sink_count = 0
+        self.sink_target = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        pos = 0
+        out = bytearray()
+        end = len(buf)
+        while end - pos >= 4:
+            (size,) = HEADER.unpack_from(buf, pos)
+            stop = pos + 4 + size
+            if stop > end:
+                break
+            body = bytes(buf[pos + 4 : stop])
+            pos = stop
+            if body[:1] == b"S":  # one-way sink mode: "S<count>" announces, then bodies are counted
+                self.sink_target = int(body[1:])
+                self.sink_count = 0
+            elif self.sink_target:
+                self.sink_count += 1
+                if self.sink_count == self.sink_target:
+                    self.sink_target = 0
+                    out += HEADER.pack(4) + b"DONE"
+            else:
+                out += HEADER.pack(size) + body
+        del buf[:pos]
+        if out and self.transport is not None:
+            self.transport.write(bytes(out))
+
+
+async def floor_server(path: str) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_unix_server(FloorServer, path=path)
+    print("READY", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+async def sink_node(run_dir: str, name: str) -> None:
+    """Counts messages; when the count announced in a ``{"expect": N}`` message is reached, replies DONE."""
+    from fluxbee.dataplane.sdk import NodeConfig, connect
+
+    sender, receiver = await connect(NodeConfig(name=name, run_dir=Path(run_dir)))
+    print("READY", flush=True)
+    expect = 0
+    count = 0
+    async for msg in receiver:
+        payload = msg.payload
+        if isinstance(payload, dict) and "expect" in payload:
+            expect = int(payload["expect"])
+            count = 0
+            await sender.reply(msg, {"ok": True})
+            continue
+        count += 1
+        if count == expect:
+            await sender.send(msg.routing.src, {"done": count})
+            expect = 0
+
+
+async def nats_responder(url: str) -> None:
+    import nats
+
+    nc = await nats.connect(url)
+
+    async def echo(msg: Any) -> None:
+        await msg.respond(msg.data)
+
+    state = {"expect": 0, "count": 0}
+
+    async def sink(msg: Any) -> None:
+        if msg.reply:  # control message: expected count
+            state["expect"] = int(msg.data)
+            state["count"] = 0
+            await msg.respond(b"ok")
+            return
+        state["count"] += 1
+        if state["count"] == state["expect"]:
+            await nc.publish("bench.done", b"done")
+
+    await nc.subscribe("bench.echo", cb=echo)
+    await nc.subscribe("bench.sink", cb=sink, pending_msgs_limit=10_000_000, pending_bytes_limit=2**31)
+    await nc.flush()
+    print("READY", flush=True)
+    await asyncio.Event().wait()
+
+
+def idle_nodes(run_dir: str, count: int) -> None:
+    """Open ``count`` connections that say HELLO and then stay idle (blocking sockets)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, count + 256)), hard))
+    from fluxbee.dataplane import wire
+    from fluxbee.dataplane.sdk import find_router_socket
+
+    path = str(find_router_socket(Path(run_dir), "WF.idle"))
+    socks = []
+    for i in range(count):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(path)
+        node = str(uuid.uuid4())
+        s.sendall(wire.system_frame(node, None, wire.HELLO,
+                                    wire.HelloPayload(uuid=node, name=f"WF.idle.n{i}"),
+                                    trace_id=wire.new_trace_id(), ttl=1))
+        socks.append(s)
+    for s in socks:  # wait for every ANNOUNCE
+        (size,) = HEADER.unpack(_recv_exact(s, 4))
+        body = msgspec.json.decode(_recv_exact(s, size))
+        if body["meta"].get("msg") != wire.ANNOUNCE:
+            raise SystemExit(f"expected ANNOUNCE, got {body['meta']}")
+    print("READY", flush=True)
+    sys.stdin.read()  # until the parent closes our stdin
+    for s in socks:
+        s.close()
+
+
+def _recv_exact(s: socket.socket, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        chunk = s.recv(n - len(out))
+        if not chunk:
+            raise SystemExit("router closed an idle connection")
+        out += chunk
+    return bytes(out)
+
+
+def main(argv: list[str]) -> None:
+    role = argv[0]
+    if role == "idle-nodes":
+        idle_nodes(argv[1], int(argv[2]))
+        return
+    coro: Any
+    if role == "floor-server":
+        coro = floor_server(argv[1])
+    elif role == "sink-node":
+        coro = sink_node(argv[1], argv[2])
+    elif role == "nats-responder":
+        coro = nats_responder(argv[1])
+    else:
+        raise SystemExit(f"unknown role {role!r}")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        try:
+            runner.run(coro)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,136 @@
+"""From resource documents to the processes a local hive runs (pure: no I/O).
+
+The same documents drive the Kubernetes operator; only the placement differs
+(processes here, Pods there).  Built-in runtimes are the SDK's example nodes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fluxbee import __version__
+from fluxbee.models import FluxNode, Hive, ObjectMeta, Runtime, RuntimeSpec
+from fluxbee.models.effective import effective_config, qualified_node_name
+
+MANAGED_BY_LOCAL = "fluxbee-up"
+
+
+class PlanError(ValueError):
+    """The documents do not describe a runnable hive; the message says why."""
+
+
+def builtin_runtimes() -> dict[str, Runtime]:
+    """The runtimes every hive has: the SDK's example nodes."""
+    out: dict[str, Runtime] = {}
+    for name, kind in (("fluxbee.echo", "echo"), ("fluxbee.listener", "listener")):
+        out[name] = Runtime(
+            metadata=ObjectMeta(name=name),
+            spec=RuntimeSpec(version=__version__, type="full_runtime", command=["fluxbee", "node", kind]),
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """One process to keep running."""
+
+    key: str
+    """Unique id: ``router`` or ``<node name@hive>#<replica>``."""
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    node_name: str | None = None
+    config: dict[str, Any] | None = field(default=None, compare=False)
+    digest: str = ""
+    """Changes when the process must be restarted to pick up a change."""
+
+
+@dataclass(frozen=True, slots=True)
+class HivePlan:
+    hive_id: str
+    router_config: dict[str, Any]
+    router: ProcessSpec
+    nodes: tuple[ProcessSpec, ...]
+
+    @property
+    def node_names(self) -> set[str]:
+        return {p.node_name for p in self.nodes if p.node_name}
+
+
+def _argv(command: Sequence[str]) -> tuple[str, ...]:
+    """``fluxbee …`` runs with this interpreter (the venv's), anything else as given."""
+    if command and command[0] == "fluxbee":
+        return (sys.executable, "-m", "fluxbee", *command[1:])
+    return tuple(command)
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def plan_hive(
+    resources: Sequence[Hive | FluxNode | Runtime], *, run_dir: Path, hive_id: str | None = None, now_ms: int = 0,
+) -> HivePlan:
+    hives = [r for r in resources if isinstance(r, Hive)]
+    if len(hives) != 1:
+        raise PlanError(f"expected exactly one Hive document, found {len(hives)}")
+    hive = hives[0]
+    hid = hive_id or hive.hive_id
+    runtimes = builtin_runtimes()
+    for r in resources:
+        if isinstance(r, Runtime):
+            runtimes[r.metadata.name] = r
+    router_config = {
+        "hive_id": hid,
+        "router_name": hive.spec.router_name,
+        "routes": [x.model_dump(mode="json") for x in hive.spec.routes],
+        "vpns": [x.model_dump(mode="json") for x in hive.spec.vpns],
+    }
+    router = ProcessSpec(
+        key="router",
+        argv=(sys.executable, "-m", "fluxbee", "router", "--hive-id", hid, "--run-dir", str(run_dir),
+              "--router-name", hive.spec.router_name, "--config", str(run_dir / "hive" / "config.json")),
+        digest=_digest(hid, hive.spec.router_name),
+    )
+    nodes: list[ProcessSpec] = []
+    seen: set[str] = set()
+    for doc in resources:
+        if not isinstance(doc, FluxNode):
+            continue
+        if doc.spec.hive != hive.metadata.name:
+            raise PlanError(f"FluxNode {doc.metadata.name!r} names hive {doc.spec.hive!r}, "
+                            f"but this file's Hive is {hive.metadata.name!r}")
+        name = qualified_node_name(doc.spec.node_name, hid)
+        if name in seen:
+            raise PlanError(f"two FluxNodes declare the node name {name}")
+        seen.add(name)
+        runtime = runtimes.get(doc.spec.runtime)
+        if runtime is None:
+            raise PlanError(f"FluxNode {doc.metadata.name!r}: unknown runtime {doc.spec.runtime!r} "
+                            f"(known: {', '.join(sorted(runtimes))})")
+        base = None
+        if runtime.spec.type != "full_runtime":
+            base = runtimes.get(runtime.spec.runtime_base or "")
+            if base is None:
+                raise PlanError(f"runtime {runtime.metadata.name!r} needs base runtime "
+                                f"{runtime.spec.runtime_base!r}, which is not declared")
+        command = (base or runtime).spec.command
+        if not command:
+            raise PlanError(f"runtime {(base or runtime).metadata.name!r} has no command to run locally")
+        try:
+            config = effective_config(runtime, doc, hid, now_ms, managed_by=MANAGED_BY_LOCAL, base=base)
+        except ValueError as err:
+            raise PlanError(f"FluxNode {doc.metadata.name!r}: {err}") from err
+        config_path = run_dir / "nodes" / name / "config.json"
+        env = (("FLUXBEE_NODE_CONFIG", str(config_path)), ("FLUXBEE_RUN_DIR", str(run_dir)))
+        digest = _digest(command, env, {k: v for k, v in config.items() if k != "_system"},
+                         {k: v for k, v in config["_system"].items() if not k.endswith("_at_ms")})
+        for replica in range(doc.spec.replicas):
+            nodes.append(ProcessSpec(key=f"{name}#{replica}", argv=_argv(command), env=env, node_name=name,
+                                     config=config, digest=digest))
+    return HivePlan(hive_id=hid, router_config=router_config, router=router, nodes=tuple(nodes))
