@@ -185,7 +185,7 @@ def configure(settings: kopf.OperatorSettings, operator: OperatorSettings) -> No
     settings.persistence.finalizer = L.FINALIZER
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
-    settings.batching.worker_limit = 200
+    settings.queueing.worker_limit = 200
     if operator.peering:
         settings.peering.name = operator.peering
         settings.peering.priority = operator.priority
