@@ -116,11 +116,14 @@ class Routing(msgspec.Struct, omit_defaults=True):
 class Meta(msgspec.Struct, omit_defaults=True):
     """The meta fields a node usually sets; absent optional fields are omitted.
 
+    ``type`` is required on the wire (as in the original): the SDK fills an
+    empty ``type`` with the message type it sends, so it is always encoded.
+
     The router reads meta through :class:`MetaView` and forwards the original
     bytes, so keys not listed here still travel between nodes.
     """
 
-    type: str = TYPE_USER
+    type: str = ""
     msg: str | None = None
     scope: str | None = None
     target: str | None = None
@@ -147,7 +150,7 @@ class Message(msgspec.Struct):
     """A fully decoded message, as nodes see it."""
 
     routing: Routing
-    meta: Meta = msgspec.field(default_factory=Meta)
+    meta: Meta = msgspec.field(default_factory=lambda: Meta(type=TYPE_USER))
     payload: Any = None
 
 

@@ -48,6 +48,8 @@ def cmd_router(args: argparse.Namespace) -> int:
         config_path=Path(args.config) if args.config else None,
         metrics_addr=args.metrics_addr,
         max_nodes=args.max_nodes,
+        max_buffer=args.max_buffer,
+        slow_consumer_timeout_s=args.slow_consumer_timeout,
     )
     _raise_fd_limit()
     try:
@@ -59,11 +61,13 @@ def cmd_router(args: argparse.Namespace) -> int:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    from fluxbee.dataplane.nodes import echo, listener
+    import importlib
+
     from fluxbee.dataplane.nodes.common import NodeConfigError, node_config, run_node
     from fluxbee.dataplane.sdk import SdkError
 
-    module, default = {"echo": (echo, "WF.echo"), "listener": (listener, "WF.listener")}[args.kind]
+    module = importlib.import_module(f"fluxbee.dataplane.nodes.{args.kind}")
+    default = {"echo": "WF.echo", "listener": "WF.listener"}[args.kind]
     try:
         config, _ = node_config(default, args.name, args.run_dir, args.persistent)
     except NodeConfigError as err:
@@ -214,7 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", help="hive config file (routes, VPNs), reloaded when it changes")
     r.add_argument("--router-name", default="RT.gateway")
     r.add_argument("--metrics-addr", type=_addr, help="HOST:PORT for /healthz /readyz /metrics /status")
-    r.add_argument("--max-nodes", type=int, default=4096)
+    r.add_argument("--max-nodes", type=int, default=4096, help="node table capacity")
+    r.add_argument("--max-buffer", type=int, default=1 << 20,
+                   help="outbound bytes buffered per connection before frames are refused (default 1 MiB)")
+    r.add_argument("--slow-consumer-timeout", type=float, default=10.0,
+                   help="seconds a connection may stay congested before it is closed (default 10)")
     r.set_defaults(func=cmd_router)
 
     n = sub.add_parser("node", help="run an example node built on the SDK")

@@ -379,8 +379,8 @@ class _Client:
     # outbound --------------------------------------------------------
     def build(self, dst: str | None, payload: Any, *, msg_type: str = wire.TYPE_USER, msg: str | None = None,
               trace_id: str | None = None, ttl: int = wire.DEFAULT_TTL, meta: Meta | None = None) -> bytes:
-        m = meta if meta is not None else Meta()
-        if meta is None or msg_type != wire.TYPE_USER:
+        m = meta if meta is not None else Meta(type=msg_type)
+        if meta is not None and (msg_type != wire.TYPE_USER or not m.type):
             m.type = msg_type
         if msg is not None:
             m.msg = msg
