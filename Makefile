@@ -21,7 +21,7 @@ up: setup
 lint: setup
 	$(BIN)/ruff check .
 	MYPY=$(BIN)/mypy bash hack/typecheck.sh
-	$(BIN)/lint-imports
+	bash hack/check-imports.sh
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
