@@ -58,9 +58,14 @@ def digest(value: Any) -> str:
 
 
 def with_spec_digest(manifest: dict[str, Any]) -> dict[str, Any]:
-    """``manifest`` annotated with the digest of its spec (how Pod drift is detected)."""
+    """``manifest`` annotated with the digest of its spec, labels and annotations.
+
+    That is how Pod drift is detected: e.g. a new config digest annotation replaces the Pod.
+    """
     meta = dict(manifest["metadata"])
-    meta["annotations"] = {**meta.get("annotations", {}), SPEC_DIGEST: digest(manifest["spec"])}
+    annotations = {k: v for k, v in meta.get("annotations", {}).items() if k != SPEC_DIGEST}
+    basis = {"spec": manifest["spec"], "labels": meta.get("labels", {}), "annotations": annotations}
+    meta["annotations"] = {**annotations, SPEC_DIGEST: digest(basis)}
     return {**manifest, "metadata": meta}
 
 

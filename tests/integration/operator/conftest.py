@@ -38,13 +38,13 @@ class OperatorHandle:
 
 async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 10.0,
                      what: str = "condition") -> T:
-    """Poll ``probe`` (every 50 ms, up to ``timeout`` s) until it returns something truthy."""
+    """Poll ``probe`` (every 50 ms, up to ``timeout`` s) until it returns neither None nor False."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     last: T | None = None
     while loop.time() < deadline:
         last = await probe()
-        if last:
+        if last is not None and last is not False:
             return last
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {last!r}")
