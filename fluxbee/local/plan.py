@@ -10,11 +10,11 @@ import hashlib
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fluxbee import __version__
+from fluxbee.local.plan_types import HivePlan, ProcessSpec
 from fluxbee.models import FluxNode, Hive, ObjectMeta, Runtime, RuntimeSpec
 from fluxbee.models.effective import effective_config, qualified_node_name
 
@@ -36,32 +36,6 @@ def builtin_runtimes() -> dict[str, Runtime]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class ProcessSpec:
-    """One process to keep running."""
-
-    key: str
-    """Unique id: ``router`` or ``<node name@hive>#<replica>``."""
-    argv: tuple[str, ...]
-    env: tuple[tuple[str, str], ...] = ()
-    node_name: str | None = None
-    config: dict[str, Any] | None = field(default=None, compare=False)
-    digest: str = ""
-    """Changes when the process must be restarted to pick up a change."""
-
-
-@dataclass(frozen=True, slots=True)
-class HivePlan:
-    hive_id: str
-    router_config: dict[str, Any]
-    router: ProcessSpec
-    nodes: tuple[ProcessSpec, ...]
-
-    @property
-    def node_names(self) -> set[str]:
-        return {p.node_name for p in self.nodes if p.node_name}
-
-
 def _argv(command: Sequence[str]) -> tuple[str, ...]:
     """``fluxbee …`` runs with this interpreter (the venv's), anything else as given."""
     if command and command[0] == "fluxbee":
@@ -74,7 +48,7 @@ def _digest(*parts: Any) -> str:
 
 
 def plan_hive(
-    resources: Sequence[Hive | FluxNode | Runtime], *, run_dir: Path, hive_id: str | None = None, now_ms: int = 0,
+    resources: Sequence[object], *, run_dir: Path, hive_id: str | None = None, now_ms: int = 0,
 ) -> HivePlan:
     hives = [r for r in resources if isinstance(r, Hive)]
     if len(hives) != 1:
@@ -133,4 +107,7 @@ def plan_hive(
         for replica in range(doc.spec.replicas):
             nodes.append(ProcessSpec(key=f"{name}#{replica}", argv=_argv(command), env=env, node_name=name,
                                      config=config, digest=digest))
-    return HivePlan(hive_id=hid, router_config=router_config, router=router, nodes=tuple(nodes))
+    from fluxbee.local.services import system_services
+
+    services = system_services(hive, hid, run_dir)
+    return HivePlan(hive_id=hid, router_config=router_config, router=router, nodes=tuple(services + nodes))

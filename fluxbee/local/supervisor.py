@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from fluxbee.dataplane.sdk import default_run_dir, read_node_table
-from fluxbee.local.plan import HivePlan, PlanError, ProcessSpec, plan_hive
+from fluxbee.local.plan import PlanError, plan_hive
+from fluxbee.local.plan_types import HivePlan, ProcessSpec
 from fluxbee.models import ResourceError, load_documents
 
 log = logging.getLogger(__name__)

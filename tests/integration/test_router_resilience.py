@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from conftest import NodeProc, RawPeer, RouterProc, eventually, node_names, wait_until
+from hive_harness import NodeProc, RawPeer, RouterProc, eventually, node_names, wait_until
 
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.sdk import NodeConfig, NodeSender, UnreachableError, connect

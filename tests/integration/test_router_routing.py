@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from conftest import NodeProc, RouterProc, eventually, node_names
+from hive_harness import NodeProc, RouterProc, eventually, node_names
 
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.sdk import NodeConfig, NodeSender, RequestTimeoutError, UnreachableError, connect

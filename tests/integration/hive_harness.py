@@ -1,0 +1,254 @@
+"""Harness for data-plane tests: a router, SDK nodes and raw socket peers as real processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from fluxbee.dataplane import wire
+from fluxbee.dataplane.sdk import read_node_table
+
+HEADER = struct.Struct(">I")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition", step: float = 0.01) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(step)
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Like :func:`wait_until`, but lets the event loop run (SDK writes are flushed by it)."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await asyncio.to_thread(predicate)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def fluxbee_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fluxbee", *args]
+
+
+class RouterProc:
+    """``fluxbee router`` in a child process."""
+
+    def __init__(self, run_dir: Path, hive_id: str = "t", config: dict[str, Any] | None = None,
+                 extra: tuple[str, ...] = ()) -> None:
+        self.run_dir = run_dir
+        self.hive_id = hive_id
+        self.config_path = run_dir / "hive-config.json"
+        self.write_config(config or {})
+        self.metrics_port = free_port()
+        self.extra = extra
+        self.log_path = run_dir / "router.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"hive_id": self.hive_id, **config}))
+        os.replace(tmp, self.config_path)
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(
+                fluxbee_argv("router", "--hive-id", self.hive_id, "--run-dir", str(self.run_dir),
+                             "--config", str(self.config_path), "--metrics-addr", f"127.0.0.1:{self.metrics_port}",
+                             *self.extra),
+                stdout=logf, stderr=logf,
+            )
+        wait_until(self._ready, 15, "the router to listen")
+
+    def _ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"router exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=0.5) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    @property
+    def socket_path(self) -> Path:
+        return next((self.run_dir / "routers").glob("*.sock"))
+
+    @property
+    def uuid(self) -> str:
+        return str(uuid.UUID(self.socket_path.stem))
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise AssertionError("router not started")
+        return self.proc.pid
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    def status(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/status", timeout=5) as r:
+            return dict(json.loads(r.read()))
+
+    def counter(self, name: str, reason: str | None = None) -> int:
+        counters = self.status()["counters"]
+        value = counters.get(name, 0)
+        if reason is not None:
+            return int(value.get(reason, 0)) if isinstance(value, dict) else 0
+        return int(value)
+
+    def rss_kb(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("router did not stop on SIGTERM within 10 s") from None
+
+
+class NodeProc:
+    """An SDK example node (``fluxbee node echo|listener``) in a child process."""
+
+    def __init__(self, kind: str, name: str, run_dir: Path, *, persistent: bool = False) -> None:
+        self.kind = kind
+        self.name = name
+        argv = fluxbee_argv("node", kind, "--name", name, "--run-dir", str(run_dir))
+        if persistent:
+            argv.append("--persistent")
+        self.log_path = run_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE if kind == "listener" else self._log,
+                                     stderr=self._log)
+        self._lines: list[dict[str, Any]] = []
+        self._pending = b""
+
+    def lines(self, timeout: float = 0.5) -> list[dict[str, Any]]:
+        """Messages a listener printed so far (reads what arrives within ``timeout``)."""
+        import selectors
+
+        out = self.proc.stdout
+        if out is None:
+            return self._lines
+        fd = out.fileno()
+        sel = selectors.DefaultSelector()
+        sel.register(fd, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not sel.select(remaining):
+                break
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            self._pending += chunk
+            *complete, self._pending = self._pending.split(b"\n")
+            self._lines.extend(json.loads(line) for line in complete if line)
+        sel.close()
+        return self._lines
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._log.close()
+
+
+class RawPeer:
+    """A hand-driven socket peer, for inputs the SDK would never produce."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(5)
+        self.sock.connect(str(path))
+        self.uuid = str(uuid.uuid4())
+
+    def hello(self, name: str) -> dict[str, Any]:
+        self.sock.sendall(wire.system_frame(self.uuid, None, wire.HELLO, wire.HelloPayload(uuid=self.uuid, name=name),
+                                            trace_id=str(uuid.uuid4()), ttl=1))
+        msg = self.recv()
+        assert msg["meta"]["msg"] == wire.ANNOUNCE, msg
+        return msg
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send(self, body: dict[str, Any]) -> None:
+        self.sock.sendall(wire.encode_frame(body))
+
+    def recv(self) -> dict[str, Any]:
+        (size,) = HEADER.unpack(self._exact(4))
+        return dict(msgspec.json.decode(self._exact(size)))
+
+    def closed_by_peer(self, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Read until EOF; return the frames received before it."""
+        self.sock.settimeout(timeout)
+        frames = []
+        with contextlib.suppress(EOFError):
+            while True:
+                frames.append(self.recv())
+        return frames
+
+    def _exact(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise EOFError
+            buf += chunk
+        return bytes(buf)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def node_names(run_dir: Path) -> dict[str, list[str]]:
+    """name -> UUIDs, from the router's shared-memory node table."""
+    out: dict[str, list[str]] = {}
+    for rec in read_node_table(run_dir):
+        out.setdefault(rec.name, []).append(rec.uuid)
+    return out
