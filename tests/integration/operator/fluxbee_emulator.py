@@ -7,6 +7,8 @@ See reference/stack-notes.md §1.  Fixed here:
 - the status subresource: ``PATCH …/status`` changes only status, the main resource never does;
 - watch: the bus is marked *before* the snapshot, under the store lock (no lost events);
   ``?resourceVersion=N`` replays only newer objects; list metadata has a numeric version;
+- core discovery says ``groupVersion: v1`` (not ``/v1``), Secrets/ServiceAccounts have kinds,
+  CRDs are Established on create and PUT replaces (what Helm needs to install into it);
 - equality ``labelSelector`` (``k=v``, ``k!=v``, ``k``, ``!k``) on LIST and WATCH;
 - optional ownerReference garbage collection (off by default: the operator must not need it).
 """
@@ -106,6 +108,8 @@ class FluxEmulator(kmock.KubernetesEmulator):
             response = await apps.RawHandler._handle(self, request)
             response.set_status(201)
             return response
+        if request.method == enums.method.PUT and request.name is not None:
+            return await self._replace(request)
         if request.action == enums.action.UPDATE and request.name is not None:
             await self._patch(request)
         elif request.action == enums.action.DELETE and request.name is not None:
@@ -130,11 +134,36 @@ class FluxEmulator(kmock.KubernetesEmulator):
             meta["creationTimestamp"] = datetime.datetime.now(tz=datetime.UTC).strftime(
                 "%Y-%m-%dT%H:%M:%SZ"
             )
+            if obj.get("kind") == "CustomResourceDefinition":  # no apiextensions controller here
+                obj["status"] = {"conditions": [
+                    {"type": "Established", "status": "True", "reason": "InitialNamesAccepted"},
+                    {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts"},
+                ], "acceptedNames": obj.get("spec", {}).get("names", {})}
             if key in self._objects:
                 self._objects[key].create(obj)
             else:
                 self._objects[key] = obj
             await self._publish(request.resource, "ADDED", obj)
+
+    async def _replace(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """PUT: replace the object (what Helm does to its release Secrets)."""
+        key = (request.resource, request.namespace, request.name)
+        new = copy.deepcopy(request.data) if isinstance(request.data, dict) else {}
+        async with self._lock:
+            if key not in self._objects or self._objects[key].deleted:
+                raise k8s.KubernetesObjectNotFoundError()
+            old = self._objects[key].raw
+            meta = new.setdefault("metadata", {})
+            meta["namespace"] = request.namespace
+            meta["uid"] = old["metadata"]["uid"]
+            meta["creationTimestamp"] = old["metadata"].get("creationTimestamp")
+            meta["resourceVersion"] = self._next_rv()
+            meta["generation"] = int(old["metadata"].get("generation", 1)) + (
+                1 if _essence(new) != _essence(old) else 0
+            )
+            self._objects[key].history.append(new)
+            await self._publish(request.resource, "MODIFIED", new)
+        return aiohttp.web.json_response(new, status=200)
 
     async def _patch(self, request: rendering.Request) -> None:
         key = (request.resource, request.namespace, request.name)
@@ -232,6 +261,13 @@ class FluxEmulator(kmock.KubernetesEmulator):
         for _, raw in victims:
             await self._collect(raw)
 
+    async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
+        """kmock says ``groupVersion: "/v1"`` for the core group; clients expect ``v1``."""
+        answer = await super()._serve_version(request)
+        if isinstance(answer, dict) and str(answer.get("groupVersion", "")).startswith("/"):
+            answer["groupVersion"] = answer["groupVersion"][1:]
+        return answer
+
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
         if not any(r == request.resource for r in self._get_resources()):
             raise k8s.KubernetesResourceNotFoundError()
@@ -281,6 +317,12 @@ def declare_fluxbee_resources(emulator: FluxEmulator) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         emulator.resources.load_bundled()
     verbs = {"create", "delete", "get", "list", "patch", "update", "watch"}
+    # The bundled snapshot lacks the kind of a few core resources (discovery would say
+    # "Secrets"); Helm's REST mapper needs the real kinds.
+    for plural, kind_name in (("secrets", "Secret"), ("serviceaccounts", "ServiceAccount")):
+        emulator.resources[f"v1/{plural}"] = kmock.ResourceInfo(
+            kind=kind_name, singular=kind_name.lower(), namespaced=True, verbs=verbs
+        )
     for kind in KINDS:
         emulator.resources[f"fluxbee.io/v1alpha1/{kind.plural}"] = kmock.ResourceInfo(
             kind=kind.kind,

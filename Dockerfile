@@ -1,0 +1,34 @@
+# One image for every Fluxbee process in a cluster:
+#   fluxbee router …      the hive router sidecar
+#   fluxbee operator      the kopf operator
+#   fluxbee admin …       the admin HTTP API
+#   fluxbee node echo|listener|run …   node runtimes (the built-in examples and packages)
+# Build: hack/build-image.sh [TAG]
+ARG PYTHON=3.11
+
+FROM python:${PYTHON}-slim AS build
+WORKDIR /src
+RUN python -m venv /opt/fluxbee
+ENV PATH=/opt/fluxbee/bin:$PATH
+COPY pyproject.toml setup.py README.md ./
+COPY fluxbee ./fluxbee
+COPY dataplane ./dataplane
+COPY operator ./operator
+RUN pip install --no-cache-dir --upgrade pip \
+ && pip install --no-cache-dir . \
+ && python -c "import fluxbee.operator.app, fluxbee.models"
+
+FROM python:${PYTHON}-slim
+LABEL org.opencontainers.image.title="fluxbee" \
+      org.opencontainers.image.description="Kubernetes-native router for AI agents: router, operator, admin API, node runner" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=build /opt/fluxbee /opt/fluxbee
+ENV PATH=/opt/fluxbee/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    FLUXBEE_RUN_DIR=/var/run/fluxbee
+# The router and nodes share /var/run/fluxbee (a hostPath) and /dev/shm (hostIPC) on each host.
+# They run as root by default so that the hostPath socket directory is writable whatever its
+# owner on the host; set runAsUser in the chart if the host directory is prepared for it.
+RUN mkdir -p /var/run/fluxbee
+ENTRYPOINT []
+CMD ["fluxbee", "--help"]

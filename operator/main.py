@@ -1,0 +1,79 @@
+"""``fluxbee operator``: run the operator, or print the CRDs it serves.
+
+    fluxbee operator [run] [--namespace NS] [--peering NAME] [--priority N] [--image IMAGE]
+    fluxbee operator crds            # the CRD YAML generated from the models, for kubectl apply
+
+The event loop is chosen here and only here (uvloop when available).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import sys
+from collections.abc import Callable
+
+from fluxbee.operator.settings import OperatorSettings, SettingsError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fluxbee operator", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run the operator (the default)")
+    for target in (parser, run):
+        target.add_argument("--namespace", help="watch one namespace (env FLUXBEE_WATCH_NAMESPACE)")
+        target.add_argument("--peering", help="kopf peering name for HA (env FLUXBEE_OPERATOR_PEERING)")
+        target.add_argument("--priority", type=int, help="peering priority (default: random)")
+        target.add_argument("--image", help="hive/default node image (env FLUXBEE_IMAGE)")
+        target.add_argument("--verbose", "-v", action="store_true")
+    sub.add_parser("crds", help="print the CustomResourceDefinitions")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "crds":
+        from fluxbee.models.crd import all_crds
+
+        sys.stdout.write("---\n".join(all_crds().values()))
+        return 0
+    try:
+        settings = OperatorSettings.from_env()
+    except SettingsError as err:
+        print(f"fluxbee operator: {err}", file=sys.stderr)
+        return 2
+    overrides = {
+        "namespace": args.namespace,
+        "peering": args.peering,
+        "priority": args.priority,
+        "image": args.image,
+    }
+    settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(settings))
+    return 0
+
+
+async def _serve(settings: OperatorSettings) -> None:
+    from fluxbee.operator.app import run
+    from fluxbee.operator.kube import KubeClient, KubeConfig
+
+    async with KubeClient(KubeConfig.from_environment()) as kube:
+        await run(settings, kube)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
