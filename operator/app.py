@@ -75,10 +75,21 @@ async def reconcile_by_name(ctx: OperatorContext, plural: str, namespace: str, n
                     coalesce=True)
 
 
+KICK_CONCURRENCY = 16
+
+
 async def _kick(ctx: OperatorContext, plural: str, items: list[dict[str, Any]]) -> None:
-    for item in items:
+    """Reconcile dependants, a bounded number at a time (a Runtime may have 500 nodes)."""
+    limit = asyncio.Semaphore(KICK_CONCURRENCY)
+
+    async def one(item: dict[str, Any]) -> None:
         meta = item["metadata"]
-        await reconcile_by_name(ctx, plural, meta["namespace"], meta["name"])
+        async with limit:
+            await reconcile_by_name(ctx, plural, meta["namespace"], meta["name"])
+
+    async with asyncio.TaskGroup() as group:
+        for item in items:
+            group.create_task(one(item), name=f"kick-{plural}-{item['metadata']['name']}")
 
 
 async def _after(ctx: OperatorContext, plural: str, body: Mapping[str, Any]) -> None:

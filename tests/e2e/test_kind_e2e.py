@@ -1,0 +1,142 @@
+"""kind end-to-end: helm-installed hive, two echo FluxNodes, a routed round trip, the admin API.
+
+Run on a machine with docker and kind: ``pytest -m e2e tests/e2e`` (it calls hack/kind-up.sh;
+set FLUXBEE_E2E_KEEP=1 to keep the cluster afterwards).  Without docker or kind every test is
+skipped with the reason printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+NS = os.environ.get("FLUXBEE_NAMESPACE", "fluxbee")
+CLUSTER = os.environ.get("KIND_CLUSTER", "fluxbee-e2e")
+
+pytestmark = pytest.mark.e2e
+
+
+def _missing() -> str | None:
+    for tool in ("docker", "kind", "kubectl"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    probe = subprocess.run(["docker", "info"], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        return "docker is installed but no docker engine answers"
+    return None
+
+
+def sh(*args: str, timeout: float = 120, check: bool = True) -> str:
+    done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({done.returncode}): {done.stderr}")
+    return done.stdout
+
+
+def kubectl(*args: str, timeout: float = 120) -> str:
+    return sh("kubectl", "--context", f"kind-{CLUSTER}", "-n", NS, *args, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def hive() -> Iterator[str]:
+    reason = _missing()
+    if reason is not None:
+        print(f"e2e skipped: {reason}")
+        pytest.skip(reason)
+    sh(str(ROOT / "hack" / "kind-up.sh"), timeout=1200)
+    try:
+        yield "e2e"
+    finally:
+        if not os.environ.get("FLUXBEE_E2E_KEEP"):
+            sh(str(ROOT / "hack" / "kind-down.sh"), timeout=300, check=False)
+
+
+NODES = """
+apiVersion: fluxbee.io/v1alpha1
+kind: Runtime
+metadata: {name: fluxbee.echo}
+spec: {version: 0.1.0, command: [fluxbee, node, echo]}
+---
+apiVersion: fluxbee.io/v1alpha1
+kind: FluxNode
+metadata: {name: echo-a}
+spec: {hive: e2e, nodeName: AI.echo.a, runtime: fluxbee.echo}
+---
+apiVersion: fluxbee.io/v1alpha1
+kind: FluxNode
+metadata: {name: echo-b}
+spec: {hive: e2e, nodeName: AI.echo.b, runtime: fluxbee.echo}
+"""
+
+PROBE = textwrap.dedent("""
+    import asyncio
+    from fluxbee.dataplane.sdk import NodeConfig, connect, text_of, text_v1
+
+    async def main():
+        sender, _ = await connect(NodeConfig(name="WF.e2e.probe"))
+        try:
+            for target in ("AI.echo.a", "AI.echo.b"):
+                reply = await sender.request(target, text_v1("ping " + target), timeout=10)
+                print(target, text_of(reply))
+        finally:
+            await sender.close()
+
+    asyncio.run(main())
+""")
+
+
+def hive_pod(name: str) -> str:
+    pods = json.loads(kubectl("get", "pods", "-l", f"fluxbee.io/hive={name},"
+                              "app.kubernetes.io/component=hive", "-o", "json"))
+    ready = [p["metadata"]["name"] for p in pods["items"]
+             if p.get("status", {}).get("phase") == "Running"]
+    assert ready, "no running hive pod"
+    return str(ready[0])
+
+
+def test_echo_nodes_run_and_answer_through_the_router(hive: str) -> None:
+    subprocess.run(["kubectl", "--context", f"kind-{CLUSTER}", "-n", NS, "apply", "-f", "-"],
+                   input=NODES, text=True, check=True, capture_output=True, timeout=60)
+    for name in ("echo-a", "echo-b"):
+        kubectl("wait", f"fluxnode/{name}", "--for=jsonpath={.status.phase}=Ready",
+                "--timeout=180s", timeout=200)
+    pods = json.loads(kubectl("get", "pods", "-l", "fluxbee.io/fluxnode", "-o", "json"))
+    assert {p["metadata"]["name"] for p in pods["items"]} >= {"echo-a-0", "echo-b-0"}
+    assert all(p["status"]["phase"] == "Running" for p in pods["items"])
+
+    out = kubectl("exec", hive_pod(hive), "-c", "router", "--", "python", "-c", PROBE, timeout=60)
+    assert "AI.echo.a ping AI.echo.a" in out, out
+    assert "AI.echo.b ping AI.echo.b" in out, out
+
+
+def test_admin_api_answers_with_the_token(hive: str) -> None:
+    token_b64 = kubectl("get", "secret", f"{hive}-admin-token", "-o", "jsonpath={.data.token}")
+    assert token_b64
+    probe = textwrap.dedent("""
+        import base64, sys, urllib.request
+        token = base64.b64decode(sys.argv[1]).decode()
+        req = urllib.request.Request("http://127.0.0.1:8080/hive/status",
+                                     headers={"Authorization": "Bearer " + token})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            print(resp.status, resp.read(200).decode(errors="replace"))
+    """)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            out = kubectl("exec", hive_pod(hive), "-c", "admin", "--", "python", "-c", probe,
+                          token_b64, timeout=30)
+            break
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+    assert out.startswith("200 "), out
