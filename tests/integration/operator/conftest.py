@@ -5,49 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import kmock
 import kopf
 import pytest
 from fluxbee_emulator import FluxEmulator, declare_fluxbee_resources
+from operator_kmock_support import IMAGE, Cluster, OperatorHandle
 
 from fluxbee.operator.app import run
 from fluxbee.operator.kube import KubeClient, KubeConfig
 from fluxbee.operator.settings import OperatorSettings
-
-T = TypeVar("T")
-NS = "hives"
-IMAGE = "fluxbee/fluxbee:test"
-
-
-@dataclass
-class Cluster:
-    emulator: FluxEmulator
-    url: str
-    api: KubeClient  # the test's own client (what `kubectl` would do)
-
-
-@dataclass
-class OperatorHandle:
-    start: Callable[[], Awaitable[None]]
-    stop: Callable[[], Awaitable[None]]
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 10.0,
-                     what: str = "condition") -> T:
-    """Poll ``probe`` (every 50 ms, up to ``timeout`` s) until it returns neither None nor False."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: T | None = None
-    while loop.time() < deadline:
-        last = await probe()
-        if last is not None and last is not False:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {last!r}")
 
 
 @pytest.fixture

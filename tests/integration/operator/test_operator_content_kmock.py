@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from conftest import NS, Cluster, OperatorHandle, eventually
+from operator_kmock_support import NS, Cluster, OperatorHandle, eventually
 
 from fluxbee.operator.degree.build import degree_digest
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-from conftest import IMAGE, NS, Cluster, OperatorHandle, eventually
+from operator_kmock_support import IMAGE, NS, Cluster, OperatorHandle, eventually
 
 HIVE: dict[str, Any] = {
     "apiVersion": "fluxbee.io/v1alpha1",

@@ -7,7 +7,7 @@ import copy
 import json
 from typing import Any
 
-from conftest import IMAGE, NS, Cluster, OperatorHandle, eventually
+from operator_kmock_support import IMAGE, NS, Cluster, OperatorHandle, eventually
 
 from fluxbee.operator import labels as L
 
