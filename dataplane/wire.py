@@ -225,20 +225,19 @@ class _TraceIds:
     which broadcasts require (the router de-duplicates on it).
     """
 
-    __slots__ = ("_pid", "_prefix", "_next")
+    __slots__ = ("_prefix", "_next")
 
     def __init__(self) -> None:
-        self._pid = -1
-        self._prefix = ""
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)
+
+    def reseed(self) -> None:
+        r = _uuid.uuid4().hex
+        variant = "89ab"[int(r[16], 16) & 3]
+        self._prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{variant}{r[17:20]}-"
         self._next = 0
 
     def __call__(self) -> str:
-        pid = os.getpid()
-        if pid != self._pid:
-            r = _uuid.uuid4().hex
-            variant = "89ab"[int(r[16], 16) & 3]
-            self._pid, self._next = pid, 0
-            self._prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{variant}{r[17:20]}-"
         n = self._next
         self._next = n + 1
         return f"{self._prefix}{n & 0xFFFFFFFFFFFF:012x}"

@@ -108,7 +108,7 @@ class Conn(asyncio.Protocol):
     __slots__ = (
         "router", "transport", "reader", "uuid", "name", "base", "vpn_id", "connected_at_ms",
         "congested_since", "closing", "hello_timer", "peer", "out", "out_bytes",
-        "blocked_sources", "blocked_on",
+        "blocked_sources", "blocked_on", "backlog",
     )
 
     def __init__(self, router: Router) -> None:
@@ -128,6 +128,7 @@ class Conn(asyncio.Protocol):
         self.out_bytes = 0
         self.blocked_sources: set[Conn] = set()  # producers paused because this connection is congested
         self.blocked_on: set[Conn] = set()  # congested destinations this producer waits for
+        self.backlog: list[bytes] = []  # frames read but held while blocked, in order
 
     # asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -147,16 +148,32 @@ class Conn(asyncio.Protocol):
             self.router.counters.rejected[err.reason] += 1
             self.fail(err.reason, err.detail)
             return
+        if self.backlog or self.blocked_on:
+            self.backlog.extend(frames)  # keep the order behind what is already held
+            return
+        self.process(frames)
+
+    def process(self, frames: list[bytes]) -> None:
+        """Route frames in order; once a destination blocks this producer, hold the rest."""
         router = self.router
         router.batching = True
         try:
-            for body in frames:
+            for index, body in enumerate(frames):
                 if self.closing:
+                    break
+                if self.blocked_on:
+                    self.backlog.extend(frames[index:])
                     break
                 router.on_frame(self, body)
         finally:
             router.batching = False
             router.flush()
+
+    def drain_backlog(self) -> None:
+        if self.blocked_on or self.closing or not self.backlog:
+            return
+        frames, self.backlog = self.backlog, []
+        self.process(frames)
 
     def eof_received(self) -> bool | None:
         return False  # close our side too
@@ -190,10 +207,15 @@ class Conn(asyncio.Protocol):
             self.router.paused_producers += 1
 
     def release_sources(self) -> None:
+        if not self.blocked_sources:
+            return
+        loop = asyncio.get_running_loop()
         for src in self.blocked_sources:
             src.blocked_on.discard(self)
             if not src.blocked_on and not src.closing and src.transport is not None:
                 src.transport.resume_reading()
+                if src.backlog:
+                    loop.call_soon(src.drain_backlog)  # not from inside this write callback
         self.blocked_sources.clear()
 
     # ------------------------------------------------------------------
@@ -238,7 +260,9 @@ class Conn(asyncio.Protocol):
             self.out = []
             self.out_bytes = 0
             if self.transport is not None and not self.closing:
-                self.transport.write(data)
+                self.transport.write(data)  # may call pause_writing() synchronously
+            if self.congested_since is None and self.blocked_sources:
+                self.release_sources()  # the batch fit: producers held for it may go on
 
     def fail(self, reason: str, detail: str) -> None:
         """Tell the peer why, then close this connection only."""
@@ -582,7 +606,7 @@ class Router:
             return
         if dst.send(frame):
             self.counters.delivered += 1
-            if dst.congested_since is not None and dst is not src:
+            if dst is not src and (dst.congested_since is not None or dst.out_bytes >= self.settings.high_water):
                 src.block(dst)
         else:
             self.counters.dropped[wire.DST_CONGESTED] += 1
@@ -860,7 +884,7 @@ class Router:
             ],
             "routes": [r.model_dump(mode="json") for r in self.table.route_specs],
             "vpns": [v.model_dump(mode="json") for v in self.table.vpn_specs],
-            "counters": self.counters.snapshot(),
+            "counters": {**self.counters.snapshot(), "producer_pauses": self.paused_producers},
         }
 
     def prometheus(self) -> str:
@@ -868,6 +892,7 @@ class Router:
             "nodes": len(self.by_uuid),
             "config_version": self.config_version,
             "congested_nodes": sum(1 for c in self.by_uuid.values() if c.congested_since is not None),
+            "producer_pauses": self.paused_producers,
             "rss_bytes": _rss_bytes(),
         })
 

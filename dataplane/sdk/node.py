@@ -19,6 +19,7 @@ one router connection.  The connection:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -160,6 +161,10 @@ class NodeStatus:
     extensions: dict[str, Any] = field(default_factory=dict)
 
 
+# Shared, never mutated: the meta of a plain message of each type (saves an allocation per send).
+_PLAIN_META: dict[str, Meta] = {t: Meta(type=t) for t in (wire.TYPE_USER, wire.TYPE_SYSTEM, wire.TYPE_ADMIN)}
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, client: _Client) -> None:
         self.client = client
@@ -201,8 +206,10 @@ class _Client:
         self.router_name = ""
         self.router_uuid = ""
         self.status = NodeStatus()
-        self.inbox: asyncio.Queue[Message] = asyncio.Queue(config.inbound_queue)
+        self.inbox = _Inbox(config.inbound_queue, self._inbox_drained)
         self.pending: dict[str, asyncio.Future[Message]] = {}
+        self._deadlines: dict[str, tuple[asyncio.Future[Message], float, float]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.writable = asyncio.Event()
         self.writable.set()
@@ -211,7 +218,6 @@ class _Client:
         self._hello_trace = ""
         self._announced: asyncio.Future[None] | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
-        self._drain_task: asyncio.Task[None] | None = None
         self._reading_paused = False
         self.last_protocol_error: wire.ProtocolErrorPayload | None = None
         self.connections = 0
@@ -294,6 +300,30 @@ class _Client:
         except NotConnectedError:
             pass
 
+    # request deadlines ------------------------------------------------
+    def expect_by(self, trace: str, future: asyncio.Future[Message], deadline: float, timeout: float) -> None:
+        """Fail ``future`` with RequestTimeoutError at ``deadline`` (checked every 20 ms).
+
+        One sweeper task for all requests instead of a timer per request: a
+        request then costs a dict insert, not a heap push and cancel.
+        """
+        self._deadlines[trace] = (future, deadline, timeout)
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name=f"fluxbee-timeouts-{self.name}")
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadlines = self._deadlines
+        while deadlines:
+            await asyncio.sleep(0.02)
+            now = loop.time()
+            for trace, (future, deadline, timeout) in list(deadlines.items()):
+                if future.done():
+                    del deadlines[trace]
+                elif deadline <= now:
+                    del deadlines[trace]
+                    future.set_exception(RequestTimeoutError(trace, timeout))
+
     # inbound ---------------------------------------------------------
     def on_frame(self, proto: _Protocol, body: bytes) -> None:
         try:
@@ -326,17 +356,13 @@ class _Client:
             except Exception:
                 log.exception("on_message callback failed for %s; message dropped", msg.routing.trace_id)
             return
-        try:
-            self.inbox.put_nowait(msg)
-        except asyncio.QueueFull:
-            # Stop reading: the router will see us as a slow consumer.  Resume once drained.
+        if self.inbox.put(msg):
+            # Full: stop reading, so the router sees a slow consumer and holds the producers.
             self._pause_reading(proto)
-            self._drain_task = asyncio.get_running_loop().create_task(
-                self._put_and_resume(proto, msg), name=f"fluxbee-inbox-{self.name}")
 
-    async def _put_and_resume(self, proto: _Protocol, msg: Message) -> None:
-        await self.inbox.put(msg)
-        if proto.transport is not None and self._reading_paused:
+    def _inbox_drained(self) -> None:
+        proto = self.proto
+        if self._reading_paused and proto is not None and proto.transport is not None:
             self._reading_paused = False
             proto.transport.resume_reading()
 
@@ -379,9 +405,14 @@ class _Client:
     # outbound --------------------------------------------------------
     def build(self, dst: str | None, payload: Any, *, msg_type: str = wire.TYPE_USER, msg: str | None = None,
               trace_id: str | None = None, ttl: int = wire.DEFAULT_TTL, meta: Meta | None = None) -> bytes:
-        m = meta if meta is not None else Meta(type=msg_type)
-        if meta is not None and (msg_type != wire.TYPE_USER or not m.type):
-            m.type = msg_type
+        if meta is None:
+            m = _PLAIN_META.get(msg_type) if msg is None else None
+            if m is None:
+                m = Meta(type=msg_type)
+        else:
+            m = meta
+            if msg_type != wire.TYPE_USER or not m.type:
+                m.type = msg_type
         if msg is not None:
             m.msg = msg
         return wire.encode_frame(
@@ -454,7 +485,7 @@ class _Client:
         if self.closed:
             return
         self.closed = True
-        for task in (self._reconnect_task, self._drain_task):
+        for task in (self._reconnect_task, self._sweeper):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -554,18 +585,19 @@ class NodeSender:
         UNREACHABLE and TTL_EXCEEDED answers raise :class:`UnreachableError`
         unless ``raise_unreachable`` is false.
         """
+        client = self._c
         trace = wire.new_trace_id()
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._c.pending[trace] = future
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Message] = loop.create_future()
+        client.pending[trace] = future
+        client.expect_by(trace, future, loop.time() + timeout, timeout)
         try:
-            await self._c.write(self._c.build(dst, payload, msg_type=msg_type, msg=msg, trace_id=trace,
-                                              ttl=ttl, meta=meta))
-            async with asyncio.timeout(timeout):
-                reply = await future
-        except TimeoutError:
-            raise RequestTimeoutError(trace, timeout) from None
+            await client.write(client.build(dst, payload, msg_type=msg_type, msg=msg, trace_id=trace,
+                                            ttl=ttl, meta=meta))
+            reply = await future
         finally:
-            self._c.pending.pop(trace, None)
+            client.pending.pop(trace, None)
+            client._deadlines.pop(trace, None)
         if raise_unreachable and reply.meta.type == wire.TYPE_SYSTEM and reply.meta.msg in (
             wire.UNREACHABLE, wire.TTL_EXCEEDED,
         ):
@@ -591,6 +623,49 @@ class NodeSender:
         await self._c.close()
 
 
+class _Inbox:
+    """Messages waiting for the node: a deque and one waiter (cheaper than asyncio.Queue).
+
+    ``put`` never drops; it returns True once ``capacity`` is reached so the
+    caller stops reading the socket.  ``on_drained`` runs when the backlog
+    falls to half the capacity.
+    """
+
+    __slots__ = ("items", "capacity", "_waiter", "_on_drained", "_full")
+
+    def __init__(self, capacity: int, on_drained: Callable[[], None]) -> None:
+        self.items: collections.deque[Message] = collections.deque()
+        self.capacity = max(1, capacity)
+        self._waiter: asyncio.Future[None] | None = None
+        self._on_drained = on_drained
+        self._full = False
+
+    def put(self, msg: Message) -> bool:
+        self.items.append(msg)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if len(self.items) >= self.capacity:
+            self._full = True
+        return self._full
+
+    def pop(self) -> Message:
+        msg = self.items.popleft()
+        if self._full and len(self.items) <= self.capacity // 2:
+            self._full = False
+            self._on_drained()
+        return msg
+
+    async def get(self) -> Message:
+        while not self.items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self.pop()
+
+
 class NodeReceiver:
     """The receiving half: ``await recv()`` or ``async for msg in receiver``."""
 
@@ -598,21 +673,23 @@ class NodeReceiver:
         self._c = client
 
     async def recv(self, timeout: float | None = None) -> Message:
+        inbox = self._c.inbox
+        if inbox.items and timeout is None:
+            return inbox.pop()
         async with asyncio.timeout(timeout):
-            return await self._c.inbox.get()
+            return await inbox.get()
 
     def recv_nowait(self) -> Message | None:
-        try:
-            return self._c.inbox.get_nowait()
-        except asyncio.QueueEmpty:
-            return None
+        inbox = self._c.inbox
+        return inbox.pop() if inbox.items else None
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._iter()
 
     async def _iter(self) -> AsyncIterator[Message]:
+        inbox = self._c.inbox
         while not self._c.closed:
-            yield await self._c.inbox.get()
+            yield inbox.pop() if inbox.items else await inbox.get()
 
 
 async def connect(config: NodeConfig) -> tuple[NodeSender, NodeReceiver]:
