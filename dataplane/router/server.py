@@ -15,12 +15,15 @@ Decisions the original left open, made here:
 * Several live nodes with one L2 name share the load round-robin.
 * A matching DROP route wins over a connected node (silent to the sender, as
   in the original, but counted).
-* Backpressure (slow consumers): each connection's outbound buffer pauses at
-  ``high_water`` and is capped at ``max_buffer`` bytes.  A unicast frame that
-  would exceed the cap is dropped, counted, and answered UNREACHABLE
-  ``DST_CONGESTED``; broadcast copies are dropped and counted.  A connection
-  that stays over the cap for ``slow_consumer_timeout_s`` is closed with
-  ``SLOW_CONSUMER``.  So router memory is bounded by
+* Backpressure (slow consumers) holds producers instead of losing data.
+  When a frame takes a destination's outbound buffer past ``high_water``,
+  the router stops reading from the producer and keeps the rest of that
+  read's frames, in order, until the destination drains; then it resumes.
+  Only past the hard cap ``max_buffer`` (many producers at once, or a
+  broadcast fan-out) is a frame dropped, counted and, for unicast, answered
+  UNREACHABLE ``DST_CONGESTED``.  A connection that stays congested for
+  ``slow_consumer_timeout_s`` is closed with ``SLOW_CONSUMER``, which frees
+  the producers held behind it.  Router memory is therefore bounded by
   ``max_buffer × connections`` whatever the consumers do.
 * Malformed or oversize frames close only the offending connection, after a
   PROTOCOL_ERROR frame that says why.
