@@ -174,12 +174,33 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _admin_services(args: argparse.Namespace) -> list[Any]:
+    """The admin API for ``fluxbee up`` (``--admin-listen off`` disables it)."""
+    if args.admin_listen == "off":
+        return []
+    from fluxbee.admin.http import AdminSettings, SettingsError, check_settings
+    from fluxbee.admin.service import local_admin
+
+    host, port = _addr(args.admin_listen) if args.admin_listen.rpartition(":")[2] != "0" else (
+        args.admin_listen.rpartition(":")[0] or "127.0.0.1", 0)
+    token = os.environ.get("FLUXBEE_ADMIN_TOKEN") or None
+    if args.admin_token_file:
+        token = Path(args.admin_token_file).read_text().strip() or None
+    settings = AdminSettings(host=host, port=port, token=token)
+    try:
+        check_settings(settings)
+    except SettingsError as err:
+        raise SystemExit(f"fluxbee up: {err}") from err
+    return [local_admin(settings)]
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from fluxbee.local.supervisor import LocalHiveError, run_local_hive
 
     _raise_fd_limit()
+    services = _admin_services(args)
     try:
-        return int(_run(run_local_hive(args.file, hive_id=args.hive_id, run_dir=args.run_dir)))
+        return int(_run(run_local_hive(args.file, hive_id=args.hive_id, run_dir=args.run_dir, services=services)))
     except LocalHiveError as err:
         print(f"fluxbee up: {err}", file=sys.stderr)
         return 2
@@ -236,7 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("-f", "--file", help="hive file (Hive + FluxNodes); default: the bundled one")
     u.add_argument("--hive-id", help="override the Hive's id")
     u.add_argument("--run-dir")
+    u.add_argument("--admin-listen", default="127.0.0.1:8080",
+                   help="HOST:PORT of the admin API (port 0: any free port; 'off': no admin API)")
+    u.add_argument("--admin-token-file", help="file holding the admin bearer token (default $FLUXBEE_ADMIN_TOKEN)")
     u.set_defaults(func=cmd_up)
+
+    from fluxbee.admin.ctl import register as register_ctl
+
+    register_ctl(sub)
 
     s = sub.add_parser("send", help="send a message as an ephemeral node")
     s.add_argument("name", help="destination: L2 name, name@*, UUID or 'broadcast'")
@@ -261,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     o = sub.add_parser("operator", help="run the Kubernetes operator", add_help=False)
     o.add_argument("rest", nargs=argparse.REMAINDER)
     o.set_defaults(func=cmd_operator)
+
+    from fluxbee.identity.cli import add_parser as add_identity_parser
+
+    add_identity_parser(sub)
     return p
 
 

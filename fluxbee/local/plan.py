@@ -15,10 +15,14 @@ from typing import Any
 
 from fluxbee import __version__
 from fluxbee.local.plan_types import HivePlan, ProcessSpec
+from fluxbee.local.store import RuntimeStore, StoreError
 from fluxbee.models import FluxNode, Hive, ObjectMeta, Runtime, RuntimeSpec
 from fluxbee.models.effective import effective_config, qualified_node_name
 
 MANAGED_BY_LOCAL = "fluxbee-up"
+CONFIG_VERSION_ANNOTATION = "fluxbee.io/config-version"
+"""Set by the admin API on FluxNodes it manages: the node config's ``_system.config_version``."""
+CREATED_AT_ANNOTATION = "fluxbee.io/created-at-ms"
 
 
 class PlanError(ValueError):
@@ -49,7 +53,10 @@ def _digest(*parts: Any) -> str:
 
 def plan_hive(
     resources: Sequence[object], *, run_dir: Path, hive_id: str | None = None, now_ms: int = 0,
+    store: RuntimeStore | None = None,
 ) -> HivePlan:
+    """Processes for ``resources``.  Runtimes come from Runtime documents, then ``store``
+    (``runtimes/<name>/<version>/``), then the built-in example nodes."""
     hives = [r for r in resources if isinstance(r, Hive)]
     if len(hives) != 1:
         raise PlanError(f"expected exactly one Hive document, found {len(hives)}")
@@ -83,21 +90,27 @@ def plan_hive(
         if name in seen:
             raise PlanError(f"two FluxNodes declare the node name {name}")
         seen.add(name)
-        runtime = runtimes.get(doc.spec.runtime)
+        runtime = _lookup(doc.spec.runtime, doc.spec.runtime_version, runtimes, resources, store)
         if runtime is None:
+            known = sorted(set(runtimes) | set(store.names() if store else ()))
             raise PlanError(f"FluxNode {doc.metadata.name!r}: unknown runtime {doc.spec.runtime!r} "
-                            f"(known: {', '.join(sorted(runtimes))})")
+                            f"(known: {', '.join(known)})")
         base = None
         if runtime.spec.type != "full_runtime":
-            base = runtimes.get(runtime.spec.runtime_base or "")
+            base = _lookup(runtime.spec.runtime_base or "", "current", runtimes, resources, store)
             if base is None:
                 raise PlanError(f"runtime {runtime.metadata.name!r} needs base runtime "
                                 f"{runtime.spec.runtime_base!r}, which is not declared")
         command = (base or runtime).spec.command
         if not command:
             raise PlanError(f"runtime {(base or runtime).metadata.name!r} has no command to run locally")
+        annotations = doc.metadata.annotations
         try:
-            config = effective_config(runtime, doc, hid, now_ms, managed_by=MANAGED_BY_LOCAL, base=base)
+            config_version = int(annotations.get(CONFIG_VERSION_ANNOTATION, "1"))
+            created = annotations.get(CREATED_AT_ANNOTATION)
+            config = effective_config(runtime, doc, hid, now_ms, managed_by=MANAGED_BY_LOCAL, base=base,
+                                      config_version=config_version,
+                                      created_at_ms=int(created) if created else None)
         except ValueError as err:
             raise PlanError(f"FluxNode {doc.metadata.name!r}: {err}") from err
         config_path = run_dir / "nodes" / name / "config.json"
@@ -111,3 +124,17 @@ def plan_hive(
 
     services = system_services(hive, hid, run_dir)
     return HivePlan(hive_id=hid, router_config=router_config, router=router, nodes=tuple(services + nodes))
+
+
+def _lookup(name: str, requested: str, builtin: dict[str, Runtime], resources: Sequence[object],
+            store: RuntimeStore | None) -> Runtime | None:
+    for r in resources:
+        if isinstance(r, Runtime) and r.metadata.name == name:
+            return r
+    if store is not None:
+        try:
+            return store.runtime_model(store.resolve(name, requested))
+        except StoreError as err:
+            if name not in builtin:
+                raise PlanError(f"runtime {name!r}: {err.detail}") from err
+    return builtin.get(name)

@@ -23,6 +23,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from importlib import resources as importlib_resources
 from pathlib import Path
@@ -31,7 +33,8 @@ from typing import Any
 from fluxbee.dataplane.sdk import default_run_dir, read_node_table
 from fluxbee.local.plan import PlanError, plan_hive
 from fluxbee.local.plan_types import HivePlan, ProcessSpec
-from fluxbee.models import ResourceError, load_documents
+from fluxbee.local.store import RuntimeStore
+from fluxbee.models import FluxNode, Resource, ResourceError, load_documents
 
 log = logging.getLogger(__name__)
 
@@ -77,24 +80,66 @@ class Supervised:
                 "started_at": self.started_at or None, "log": str(self.log_path)}
 
 
+ServiceFactory = Callable[["LocalHive"], AbstractAsyncContextManager[object]]
+"""Something run inside ``fluxbee up`` once the router is up (the admin API), stopped first."""
+
+
 class LocalHive:
-    def __init__(self, hive_file: Path, *, hive_id: str | None, run_dir: Path) -> None:
+    def __init__(self, hive_file: Path, *, hive_id: str | None, run_dir: Path,
+                 services: Sequence[ServiceFactory] = ()) -> None:
         self.hive_file = hive_file
         self.hive_id_override = hive_id
         self.run_dir = run_dir
+        self.services = tuple(services)
+        self.store = RuntimeStore(run_dir / "dist" / "runtimes")
         self.plan: HivePlan | None = None
         self.procs: dict[str, Supervised] = {}
+        self.started_at = time.time()
         self._file_sig: tuple[int, int] | None = None
         self._stopping = False
+        self._reconcile_lock = asyncio.Lock()
 
     # planning ---------------------------------------------------------
+    @property
+    def managed_dir(self) -> Path:
+        """FluxNode documents created at runtime (admin API spawns); planned with the hive file."""
+        return self.run_dir / "admin" / "nodes"
+
+    def hive_documents(self) -> list[Resource]:
+        """The hive file's documents (raises :class:`ResourceError`)."""
+        return load_documents(self.hive_file)
+
+    def managed_documents(self) -> dict[Path, FluxNode]:
+        """The runtime-created FluxNodes, by file; unreadable files are reported and skipped."""
+        out: dict[Path, FluxNode] = {}
+        for path in sorted(self.managed_dir.glob("*.yaml")) if self.managed_dir.exists() else ():
+            try:
+                docs = load_documents(path)
+            except ResourceError as err:
+                log.error("ignoring %s: %s", path, err)
+                continue
+            for doc in docs:
+                if isinstance(doc, FluxNode):
+                    out[path] = doc
+        return out
+
+    def plan_for(self, docs: Sequence[object]) -> HivePlan:
+        """A plan of ``docs`` (raises :class:`PlanError`); used to check a change before making it."""
+        return plan_hive(docs, run_dir=self.run_dir, hive_id=self.hive_id_override,
+                         now_ms=int(time.time() * 1000), store=self.store)
+
     def load_plan(self) -> HivePlan:
         try:
-            docs = load_documents(self.hive_file)
-            return plan_hive(docs, run_dir=self.run_dir, hive_id=self.hive_id_override,
-                             now_ms=int(time.time() * 1000))
+            docs: list[object] = [*self.hive_documents(), *self.managed_documents().values()]
+            return self.plan_for(docs)
         except (ResourceError, PlanError) as err:
             raise LocalHiveError(str(err)) from err
+
+    async def replan(self) -> HivePlan:
+        """Re-read the hive file and the managed nodes, and reconcile now."""
+        plan = self.load_plan()
+        await self.reconcile(plan)
+        return plan
 
     def write_configs(self, plan: HivePlan) -> None:
         router_config = self.run_dir / "hive" / "config.json"
@@ -174,6 +219,10 @@ class LocalHive:
 
     async def reconcile(self, plan: HivePlan) -> None:
         """Make the running processes match ``plan`` (nodes only; the router is started once)."""
+        async with self._reconcile_lock:
+            await self._reconcile(plan)
+
+    async def _reconcile(self, plan: HivePlan) -> None:
         self.write_configs(plan)
         desired = {p.key: p for p in plan.nodes}
         for key, sup in list(self.procs.items()):
@@ -203,6 +252,7 @@ class LocalHive:
 
     # lifecycle --------------------------------------------------------
     async def run(self) -> int:
+        self.store.seed_builtins()
         plan = self.load_plan()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.write_configs(plan)
@@ -219,8 +269,11 @@ class LocalHive:
             await self.reconcile(plan)
             print(f"hive {plan.hive_id!r}: router socket {socket_path}", flush=True)
             print(f"hive {plan.hive_id!r}: run dir {self.run_dir} (logs in {self.run_dir / 'logs'})", flush=True)
-            await self._report_ready(plan, stop)
-            await self._watch(stop)
+            async with contextlib.AsyncExitStack() as stack:
+                for factory in self.services:
+                    await stack.enter_async_context(factory(self))
+                await self._report_ready(plan, stop)
+                await self._watch(stop)
             return 0
         finally:
             await self.shutdown()
@@ -352,9 +405,11 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-async def run_local_hive(file: str | None, *, hive_id: str | None = None, run_dir: str | None = None) -> int:
+async def run_local_hive(file: str | None, *, hive_id: str | None = None, run_dir: str | None = None,
+                         services: Sequence[ServiceFactory] = ()) -> int:
     hive_file = Path(file) if file else default_hive_file()
     if not hive_file.exists():
         raise LocalHiveError(f"{hive_file}: no such file")
-    hive = LocalHive(hive_file, hive_id=hive_id, run_dir=Path(run_dir) if run_dir else default_run_dir())
+    hive = LocalHive(hive_file, hive_id=hive_id, run_dir=Path(run_dir) if run_dir else default_run_dir(),
+                     services=services)
     return await hive.run()

@@ -1,0 +1,778 @@
+"""The admin actions: one handler each, shared by HTTP and the ``ADMIN_COMMAND`` socket twin.
+
+:data:`ACTIONS` is the registry (served by ``GET /admin/actions``) and :data:`ROUTES` maps the
+original's HTTP paths onto it; the OpenAPI document is generated from both.  Handlers validate
+their ``params`` with the action's model, raise :class:`AdminError` with a specific code, and
+return the payload of the envelope.  Reads take no lock; changes to the router config take one
+lock per hive (they are read-modify-write of the route list).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from fluxbee import __version__
+from fluxbee.admin import schemas as s
+from fluxbee.admin.backend import Backend, NodeObservation, RouterLink
+from fluxbee.admin.errors import AdminError
+from fluxbee.admin.history import History
+from fluxbee.models import validate_node_name
+
+HIVE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+REGISTRY_VERSION = "6"
+NODE_STATUS_TIMEOUT = 2.0
+
+
+@dataclass(slots=True)
+class Context:
+    backend: Backend
+    link: RouterLink
+    history: History
+    started_at: float = field(default_factory=time.time)
+    route_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def route_lock(self, hive: str) -> asyncio.Lock:
+        return self.route_locks.setdefault(hive, asyncio.Lock())
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Who asks: ``trigger`` is ``admin_api`` (HTTP) or ``admin_command`` (socket)."""
+
+    trigger: str
+    actor: str
+
+
+Handler = Callable[[Context, str, Any, Call], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    name: str
+    handler: Handler
+    params: type[s.Params]
+    summary: str
+    read_only: bool
+    requires_target: bool
+    confirmation_required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One HTTP method+path and how its parts become the action's target and params."""
+
+    method: Literal["GET", "POST", "PUT", "DELETE"]
+    path: str
+    action: str
+    path_params: dict[str, str] = field(default_factory=dict)
+    """URL variable → params field (``hive`` always becomes the target)."""
+    query: dict[str, type] = field(default_factory=dict)
+    """Query parameter → type (str, int, bool)."""
+    body: Literal["none", "fields", "config"] = "none"
+    """``fields``: the JSON object's keys are params; ``config``: the object is ``params.config``."""
+    body_required: bool = False
+
+
+# helpers ---------------------------------------------------------------------
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _check_hive(ctx: Context, hive: str) -> None:
+    if hive == ctx.backend.hive_id:
+        return
+    if hive in ctx.backend.remote_hives():
+        raise AdminError("HIVE_NOT_CONNECTED", f"hive {hive!r} is registered but not connected: "
+                                               "this hive has no WAN gateway link to it")
+    raise AdminError("NOT_FOUND", f"hive {hive!r} is not known (this hive is {ctx.backend.hive_id!r})")
+
+
+def _node_name(ctx: Context, hive: str, raw: str) -> str:
+    local, sep, suffix = raw.rpartition("@")
+    if sep and suffix != hive:
+        raise AdminError("INVALID_REQUEST", f"node {raw!r} names hive {suffix!r}, but the request targets {hive!r}")
+    name = raw if sep else f"{raw}@{hive}"
+    try:
+        validate_node_name(name)
+    except ValueError as err:
+        raise AdminError("INVALID_REQUEST", str(err)) from err
+    return name
+
+
+async def _visible(ctx: Context) -> tuple[set[str], dict[str, Any] | None]:
+    try:
+        status = await ctx.link.router_status()
+    except AdminError:
+        return set(), None
+    return {n["name"] for n in status.get("nodes", [])}, status
+
+
+def _find(observations: list[NodeObservation], name: str) -> NodeObservation | None:
+    return next((o for o in observations if o.node_name == name), None)
+
+
+async def _record(ctx: Context, call: Call, category: str, action: str, started: float,
+                  work: Awaitable[dict[str, Any]], detail: dict[str, Any]) -> dict[str, Any]:
+    """Run a change and write its deployment entry, whatever the outcome."""
+    try:
+        result = await work
+    except AdminError as err:
+        ctx.history.deployment(category=category, action=action, actor=call.actor, trigger=call.trigger,
+                               started=started, result="error",
+                               detail={**detail, "error_code": err.code, "error_detail": err.detail})
+        raise
+    ctx.history.deployment(category=category, action=action, actor=call.actor, trigger=call.trigger,
+                           started=started, result="ok", detail=detail)
+    return result
+
+
+# hive / system -----------------------------------------------------------------
+async def hive_status(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
+    visible, status = await _visible(ctx)
+    router = status.get("router") if status else None
+    return {"status": "ok", "hive_id": ctx.backend.hive_id, "pid": os.getpid(),
+            "uptime_ms": int((time.time() - ctx.started_at) * 1000), "backend": ctx.backend.kind,
+            "version": __version__, "router": router, "router_connected": status is not None,
+            "node_count": len(visible)}
+
+
+async def list_admin_actions(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
+    return {"status": "ok", "registry_version": REGISTRY_VERSION, "actions": [_describe(a) for a in ACTIONS.values()]}
+
+
+async def get_admin_action_help(ctx: Context, target: str, p: s.ActionHelpParams, call: Call) -> dict[str, Any]:
+    action = ACTIONS.get(p.action_name)
+    if action is None:
+        raise AdminError("ACTION_NOT_FOUND", f"no action {p.action_name!r}")
+    return {"status": "ok", "registry_version": REGISTRY_VERSION, "entry": _describe(action)}
+
+
+def _describe(action: Action) -> dict[str, Any]:
+    routes = [r for r in ROUTES if r.action == action.name]
+    schema = action.params.model_json_schema()
+    required = list(schema.get("required", []))
+    optional = [k for k in schema.get("properties", {}) if k not in required]
+    return {"action": action.name, "handler": action.handler.__name__, "canonical_action": action.name,
+            "requires_target": action.requires_target, "read_only": action.read_only,
+            "confirmation_required": action.confirmation_required, "summary": action.summary,
+            "path_patterns": [f"{r.method} {r.path}" for r in routes],
+            "request_contract": {"transport": ["http", "admin_command"] if routes else ["admin_command"],
+                                 "body": {"kind": "object", "required_fields": required,
+                                          "optional_fields": optional}}}
+
+
+def _local_hive_row(ctx: Context) -> dict[str, Any]:
+    return {**ctx.backend.hive_info(), "status": "alive", "is_local": True}
+
+
+async def list_hives(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
+    rows = [_local_hive_row(ctx), *ctx.backend.remote_hives().values()]
+    return {"status": "ok", "hives": sorted(rows, key=lambda r: str(r["hive_id"]))}
+
+
+async def get_hive(ctx: Context, target: str, p: s.HiveIdParams, call: Call) -> dict[str, Any]:
+    if p.hive_id == ctx.backend.hive_id:
+        return {"status": "ok", "hive": _local_hive_row(ctx)}
+    record = ctx.backend.remote_hives().get(p.hive_id)
+    if record is None:
+        raise AdminError("NOT_FOUND", f"hive {p.hive_id!r} is not known")
+    return {"status": "ok", "hive": record}
+
+
+def _valid_address(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+        return True
+    except ValueError:
+        pass
+    labels = address.split(".")
+    return len(address) <= 253 and all(
+        0 < len(label) <= 63 and re.fullmatch(r"[A-Za-z0-9-]+", label) and not label.startswith("-")
+        and not label.endswith("-") for label in labels)
+
+
+async def add_hive(ctx: Context, target: str, p: s.AddHiveParams, call: Call) -> dict[str, Any]:
+    if not HIVE_ID_RE.match(p.hive_id):
+        raise AdminError("INVALID_HIVE_ID", f"hive_id {p.hive_id!r} must match {HIVE_ID_RE.pattern}")
+    if not _valid_address(p.address):
+        raise AdminError("INVALID_ADDRESS", f"address {p.address!r} is neither an IP address nor a DNS name")
+    if p.hive_id == ctx.backend.hive_id or p.hive_id in ctx.backend.remote_hives():
+        raise AdminError("HIVE_EXISTS", f"hive {p.hive_id!r} already exists")
+
+    async def work() -> dict[str, Any]:
+        record = {"hive_id": p.hive_id, "address": p.address, "created_at": str(int(time.time() * 1000)),
+                  "status": "registered", "role": "worker", "is_local": False, "wan_connected": False}
+        ctx.backend.add_remote_hive(record)
+        restrict = p.harden_ssh if p.restrict_ssh is None else p.restrict_ssh
+        return {"status": "ok", "hive_id": p.hive_id, "address": p.address, "harden_ssh": p.harden_ssh,
+                "harden_ssh_applied": False, "restrict_ssh": restrict, "require_dist_sync": p.require_dist_sync,
+                "dist_sync_probe_timeout_secs": p.dist_sync_probe_timeout_secs, "wan_connected": False,
+                "orchestrator_connected": False, "dist_sync_ready": False,
+                "bootstrap_mode": "registered_only",
+                "message": "registered; no WAN gateway yet, so the worker is not bootstrapped or connected"}
+
+    return await _record(ctx, call, "hive", "add_hive", time.time(), work(), {"hive_id": p.hive_id})
+
+
+async def remove_hive(ctx: Context, target: str, p: s.HiveIdParams, call: Call) -> dict[str, Any]:
+    if p.hive_id == ctx.backend.hive_id:
+        raise AdminError("INVALID_REQUEST", "the local hive cannot be removed")
+    if not HIVE_ID_RE.match(p.hive_id):
+        raise AdminError("INVALID_HIVE_ID", f"hive_id {p.hive_id!r} must match {HIVE_ID_RE.pattern}")
+    record = ctx.backend.remote_hives().get(p.hive_id)
+    if record is None:
+        raise AdminError("NOT_FOUND", f"hive {p.hive_id!r} is not known")
+
+    async def work() -> dict[str, Any]:
+        ctx.backend.remove_remote_hive(p.hive_id)
+        return {"status": "ok", "hive_id": p.hive_id, "address": record.get("address"),
+                "remote_cleanup": "local_only", "remote_cleanup_via": "local_only"}
+
+    return await _record(ctx, call, "hive", "remove_hive", time.time(), work(), {"hive_id": p.hive_id})
+
+
+# nodes -------------------------------------------------------------------------
+def _row(o: NodeObservation) -> dict[str, Any]:
+    kind = o.node_name.split(".", 1)[0]
+    return {"name": o.node_name, "node_name": o.node_name, "hive": o.hive,
+            "kind": kind if kind in ("AI", "IO", "WF", "SY", "RT") else "UNKNOWN", "managed": o.managed,
+            "status": o.lifecycle_state.lower(), "lifecycle_state": o.lifecycle_state,
+            "visible_in_router": o.visible_in_router,
+            "runtime": {"name": o.runtime.get("name"), "version": o.runtime.get("resolved_version")}}
+
+
+async def list_nodes(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
+    _check_hive(ctx, target)
+    visible, status = await _visible(ctx)
+    observed = ctx.backend.observe(visible)
+    rows = [_row(o) for o in observed]
+    known = {o.node_name for o in observed}
+    by_name: dict[str, dict[str, Any]] = {}
+    for n in (status or {}).get("nodes", []):
+        by_name.setdefault(n["name"], n)
+    for name in sorted(visible - known):  # connected but not declared (clients, SY.* services, tests)
+        n = by_name[name]
+        kind = name.split(".", 1)[0]
+        rows.append({"name": name, "node_name": name, "hive": target, "managed": False, "uuid": n.get("uuid"),
+                     "kind": kind if kind in ("AI", "IO", "WF", "SY", "RT") else "UNKNOWN",
+                     "vpn_id": n.get("vpn_id"), "status": "running", "lifecycle_state": "RUNNING",
+                     "visible_in_router": True, "runtime": None})
+    for row in rows:
+        n = by_name.get(row["name"])
+        if n is not None:
+            row.update(uuid=n.get("uuid"), vpn_id=n.get("vpn_id"), connected_at=n.get("connected_at_ms"))
+    rows.sort(key=lambda r: str(r["name"]))
+    return {"status": "ok", "target": target, "hive": target,
+            "inventory_source": "router" if status is not None else "managed_instances_fallback",
+            "node_count": len(rows), "nodes": rows}
+
+
+async def run_node(ctx: Context, target: str, p: s.SpawnNodeParams, call: Call) -> dict[str, Any]:
+    _check_hive(ctx, target)
+    name = _node_name(ctx, target, p.node_name)
+    if name.split(".", 1)[0] in ("SY", "RT"):
+        raise AdminError("INVALID_REQUEST", "SY.* and RT.* nodes are the hive's own; they cannot be spawned")
+    if "_system" in p.config:
+        raise AdminError("INVALID_CONFIG", "config may not set `_system`: the hive fills it in")
+
+    async def work() -> dict[str, Any]:
+        result = await ctx.backend.spawn_node(name, p)
+        return {"status": "ok", "state": "started", "target": target, "hive": target, "node_name": name, **result}
+
+    return await _record(ctx, call, "node", "run_node", time.time(), work(),
+                         {"node_name": name, "runtime": p.runtime, "runtime_version": p.runtime_version})
+
+
+async def kill_node(ctx: Context, target: str, p: s.KillNodeParams, call: Call) -> dict[str, Any]:
+    _check_hive(ctx, target)
+    name = _node_name(ctx, target, p.node_name)
+
+    async def work() -> dict[str, Any]:
+        result = await ctx.backend.kill_node(name, p)
+        return {"status": "ok", "hive": target, "target": target, "node_name": name,
+                "signal": "SIGKILL" if p.force else p.signal, "force": p.force,
+                "purge_instance": p.purge_instance, **result}
+
+    return await _record(ctx, call, "node", "kill_node", time.time(), work(), {"node_name": name})
+
+
+async def get_node_status(ctx: Context, target: str, p: s.NodeParams, call: Call) -> dict[str, Any]:
+    _check_hive(ctx, target)
+    name = _node_name(ctx, target, p.node_name)
+    visible, _ = await _visible(ctx)
+    o = _find(ctx.backend.observe(visible, name), name)
+    if o is None:
+        if name not in visible:
+            raise AdminError("NODE_NOT_FOUND", f"node {name} is neither declared nor connected")
+        o = NodeObservation(node_name=name, hive=target, managed=False, lifecycle_state="RUNNING",
+                            visible_in_router=True, runtime={"name": None, "requested_version": None,
+                                                             "resolved_version": None})
+    health, source, last_error, extensions = "UNKNOWN", "UNKNOWN", None, None
+    if o.lifecycle_state == "RUNNING":
+        reported = await ctx.link.node_status(name, NODE_STATUS_TIMEOUT)
+        if reported is not None:
+            inner = reported.get("payload") if isinstance(reported.get("payload"), dict) else {}
+            value = reported.get("health_state") or (inner or {}).get("health_state")
+            if value in ("HEALTHY", "DEGRADED", "ERROR", "UNKNOWN"):
+                health, source = str(value), "NODE_REPORTED"
+                last_error = reported.get("last_error")
+                extensions = reported.get("extensions")
+        if source == "UNKNOWN":
+            source = "ORCHESTRATOR_INFERRED"
+            if o.config_path is not None and not o.config_valid:
+                health = "ERROR"
+            elif isinstance(o.state, dict) and o.state.get("last_error"):
+                health, last_error = "DEGRADED", str(o.state["last_error"])
+            else:
+                health = "HEALTHY"
+    system = (o.config or {}).get("_system", {}) if isinstance(o.config, dict) else {}
+    fingerprint = json.dumps([o.lifecycle_state, health, source, o.runtime, o.config_valid,
+                              system.get("config_version"), o.state_exists, o.process.get("pid"),
+                              o.process.get("exit_code"), o.process.get("restart_count"),
+                              o.process.get("started_at"), last_error], sort_keys=True, default=str)
+    version = ctx.backend.bump_status_version(name, hashlib.sha256(fingerprint.encode()).hexdigest())
+    node_status: dict[str, Any] = {
+        "schema_version": "1", "node_name": name, "hive_id": target, "observed_at": _now_iso(),
+        "lifecycle_state": o.lifecycle_state, "health_state": health, "health_source": source,
+        "status_version": version, "runtime": o.runtime, "process": o.process, "managed": o.managed,
+        "visible_in_router": o.visible_in_router,
+        "config": {"path": o.config_path, "exists": o.config is not None, "valid": o.config_valid,
+                   "config_version": system.get("config_version"), "updated_at_ms": system.get("updated_at_ms")},
+        "state": {"path": o.state_path, "exists": o.state_exists},
+        "identity": {"ilk_id": system.get("ilk_id"), "tenant_id": system.get("tenant_id")},
+    }
+    if last_error:
+        node_status["last_error"] = last_error
+    if extensions:
+        node_status["extensions"] = extensions
+    return {"status": "ok", "target": target, "hive": target, "node_name": name, "node_status": node_status}
+
+
+async def _observed(ctx: Context, target: str, raw: str) -> NodeObservation:
+    _check_hive(ctx, target)
+    name = _node_name(ctx, target, raw)
+    visible, _ = await _visible(ctx)
+    o = _find(ctx.backend.observe(visible, name), name)
+    if o is None:
+        raise AdminError("NODE_NOT_FOUND", f"node {name} is not declared in this hive")
+    return o
+
+
+async def get_node_config(ctx: Context, target: str, p: s.NodeParams, call: Call) -> dict[str, Any]:
+    o = await _observed(ctx, target, p.node_name)
+    if o.config is None:
+        raise AdminError("NODE_CONFIG_NOT_FOUND", f"node {o.node_name} has no config file at {o.config_path}")
+    system = o.config.get("_system", {})
+    return {"status": "ok", "target": target, "hive": target, "node_name": o.node_name, "path": o.config_path,
+            "config_version": system.get("config_version") if isinstance(system, dict) else None,
+            "config": o.config}
+
+
+async def set_node_config(ctx: Context, target: str, p: s.SetNodeConfigParams, call: Call) -> dict[str, Any]:
+    o = await _observed(ctx, target, p.node_name)
+    if "_system" in p.config:
+        raise AdminError("INVALID_CONFIG", "the patch may not set `_system`: the hive maintains it")
+    if not o.managed:
+        raise AdminError("NODE_NOT_MANAGED", f"node {o.node_name} is declared in the hive file; change it there")
+
+    async def work() -> dict[str, Any]:
+        result = await ctx.backend.set_node_config(o.node_name, p.config, p.replace)
+        notify_status = "skipped"
+        if p.notify:
+            try:
+                await ctx.link.send(o.node_name, {"subsystem": "node_config", "action": "set", "auto_apply": True,
+                                                  "version": result["config_version"],
+                                                  "config": {"node_name": o.node_name, "patch": p.config}},
+                                    msg_type="system", msg="CONFIG_CHANGED", meta={}, ttl=16)
+                notify_status = "sent"
+            except AdminError as err:
+                notify_status = f"dispatch_failed: {err.detail}"
+        return {"status": "ok", "target": target, "hive": target, "node_name": o.node_name,
+                "notify_status": notify_status, **result}
+
+    return await _record(ctx, call, "node_config", "set_node_config", time.time(), work(),
+                         {"node_name": o.node_name, "keys": sorted(p.config), "replace": p.replace})
+
+
+async def get_node_state(ctx: Context, target: str, p: s.NodeParams, call: Call) -> dict[str, Any]:
+    o = await _observed(ctx, target, p.node_name)
+    return {"status": "ok", "target": target, "hive": target, "node_name": o.node_name, "path": o.state_path,
+            "state": o.state}
+
+
+async def send_node_message(ctx: Context, target: str, p: s.SendMessageParams, call: Call) -> dict[str, Any]:
+    _check_hive(ctx, target)
+    name = _node_name(ctx, target, p.node_name)
+    meta: dict[str, Any] = {k: v for k, v in {"src_ilk": p.src_ilk, "scope": p.scope, "target": p.meta_target,
+                                              "action": p.meta_action, "priority": p.priority,
+                                              "context": p.context}.items() if v is not None}
+    trace = await ctx.link.send(name, p.payload, msg_type=p.msg_type, msg=p.msg, meta=meta, ttl=p.ttl)
+    return {"status": "sent", "target": target, "node_name": name, "trace_id": trace, "msg_type": p.msg_type,
+            "msg": p.msg, "src_ilk": p.src_ilk, "ttl": p.ttl}
+
+
+async def _control(ctx: Context, target: str, p: s.NodeControlParams, msg: str) -> dict[str, Any]:
+    _check_hive(ctx, target)
+    name = _node_name(ctx, target, p.node_name)
+    meta = {k: v for k, v in {"src_ilk": p.src_ilk, "scope": p.scope, "context": p.context}.items()
+            if v is not None}
+    body = dict(p.model_extra or {})
+    body.setdefault("node_name", name)
+    reply_msg, reply = await ctx.link.request(name, body, msg_type="system", msg=msg, meta=meta, ttl=p.ttl,
+                                              timeout=p.timeout_ms / 1000)
+    node_ok = isinstance(reply, dict) and (reply.get("ok") is True or str(reply.get("status", "")).lower() == "ok")
+    node_error = None
+    if not node_ok and isinstance(reply, dict):
+        node_error = reply.get("error") or reply.get("error_detail") or reply.get("error_code")
+    return {"status": "ok", "target": target, "node_name": name, "request_msg": msg, "response_msg": reply_msg,
+            "node_ok": node_ok, "node_error": node_error, "response": reply}
+
+
+async def node_control_config_get(ctx: Context, target: str, p: s.NodeControlParams, call: Call) -> dict[str, Any]:
+    return await _control(ctx, target, p, "CONFIG_GET")
+
+
+async def node_control_config_set(ctx: Context, target: str, p: s.NodeControlParams, call: Call) -> dict[str, Any]:
+    return await _control(ctx, target, p, "CONFIG_SET")
+
+
+# routes and VPNs ---------------------------------------------------------------------
+async def _router_lists(ctx: Context) -> dict[str, Any]:
+    status = await ctx.link.router_status()
+    return {"config_version": status.get("config_version"), "routes": status.get("routes", []),
+            "vpns": status.get("vpns", [])}
+
+
+async def _apply(ctx: Context, subsystem: str, items: list[dict[str, Any]], version: int = 0) -> dict[str, Any]:
+    key = "routes" if subsystem == "routes" else "vpns"
+    reply = await ctx.link.config_changed(subsystem, {key: items}, version)
+    if reply.get("status") != "ok":
+        code = str(reply.get("error_code") or "CONFIG_FAILED")
+        code = {"STALE_VERSION": "VERSION_MISMATCH", "INVALID_CONFIG": "INVALID_CONFIG",
+                "INVALID_PAYLOAD": "INVALID_REQUEST", "FORBIDDEN": "FORBIDDEN"}.get(code, "CONFIG_FAILED")
+        raise AdminError(code, str(reply.get("error_detail") or "the router refused the config"))
+    return reply
+
+
+async def list_routes(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
+    _check_hive(ctx, target)
+    lists = await _router_lists(ctx)
+    return {"status": "ok", "hive": target, "config_version": lists["config_version"], "routes": lists["routes"]}
+
+
+async def list_vpns(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
+    _check_hive(ctx, target)
+    lists = await _router_lists(ctx)
+    return {"status": "ok", "hive": target, "config_version": lists["config_version"], "vpns": lists["vpns"]}
+
+
+def _route_dict(r: s.RouteBody) -> dict[str, Any]:
+    return r.model_dump(mode="json")
+
+
+async def add_route(ctx: Context, target: str, p: s.RouteBody, call: Call) -> dict[str, Any]:
+    _check_hive(ctx, target)
+    if p.next_hop_hive is not None and not HIVE_ID_RE.match(p.next_hop_hive):
+        raise AdminError("INVALID_REQUEST", f"next_hop_hive {p.next_hop_hive!r} is not a hive id")
+
+    async def work() -> dict[str, Any]:
+        async with ctx.route_lock(target):
+            routes = (await _router_lists(ctx))["routes"]
+            if any(r["prefix"] == p.prefix for r in routes):
+                raise AdminError("DUPLICATE_PREFIX", f"a route for {p.prefix!r} exists; delete it first")
+            reply = await _apply(ctx, "routes", [*routes, _route_dict(p)])
+        return {"status": "ok", "hive": target, "config_version": reply.get("config_version"), "route": _route_dict(p)}
+
+    return await _record(ctx, call, "routes", "add_route", time.time(), work(), {"prefix": p.prefix})
+
+
+async def delete_route(ctx: Context, target: str, p: s.DeleteRouteParams, call: Call) -> dict[str, Any]:
+    _check_hive(ctx, target)
+
+    async def work() -> dict[str, Any]:
+        async with ctx.route_lock(target):
+            routes = (await _router_lists(ctx))["routes"]
+            kept = [r for r in routes if r["prefix"] != p.prefix]
+            if len(kept) == len(routes):
+                raise AdminError("NOT_FOUND", f"no route for {p.prefix!r}")
+            reply = await _apply(ctx, "routes", kept)
+        return {"status": "ok", "hive": target, "config_version": reply.get("config_version"), "prefix": p.prefix}
+
+    return await _record(ctx, call, "routes", "delete_route", time.time(), work(), {"prefix": p.prefix})
+
+
+async def add_vpn(ctx: Context, target: str, p: s.VpnBody, call: Call) -> dict[str, Any]:
+    _check_hive(ctx, target)
+
+    async def work() -> dict[str, Any]:
+        async with ctx.route_lock(target):
+            vpns = (await _router_lists(ctx))["vpns"]
+            if any(v["pattern"] == p.pattern for v in vpns):
+                raise AdminError("DUPLICATE_PATTERN", f"a VPN rule for {p.pattern!r} exists; delete it first")
+            vpn = p.model_dump(mode="json")
+            reply = await _apply(ctx, "vpn", [*vpns, vpn])
+        return {"status": "ok", "hive": target, "config_version": reply.get("config_version"), "vpn": vpn}
+
+    return await _record(ctx, call, "vpns", "add_vpn", time.time(), work(), {"pattern": p.pattern})
+
+
+async def delete_vpn(ctx: Context, target: str, p: s.DeleteVpnParams, call: Call) -> dict[str, Any]:
+    _check_hive(ctx, target)
+
+    async def work() -> dict[str, Any]:
+        async with ctx.route_lock(target):
+            vpns = (await _router_lists(ctx))["vpns"]
+            kept = [v for v in vpns if v["pattern"] != p.pattern]
+            if len(kept) == len(vpns):
+                raise AdminError("NOT_FOUND", f"no VPN rule for {p.pattern!r}")
+            reply = await _apply(ctx, "vpn", kept)
+        return {"status": "ok", "hive": target, "config_version": reply.get("config_version"), "pattern": p.pattern}
+
+    return await _record(ctx, call, "vpns", "delete_vpn", time.time(), work(), {"pattern": p.pattern})
+
+
+async def set_config_routes(ctx: Context, target: str, p: s.ConfigRoutesParams, call: Call) -> dict[str, Any]:
+    _check_hive(ctx, target)
+
+    async def work() -> dict[str, Any]:
+        out: dict[str, Any] = {"status": "ok", "hive": target}
+        async with ctx.route_lock(target):
+            if p.routes is not None:
+                reply = await _apply(ctx, "routes", [_route_dict(r) for r in p.routes], p.version or 0)
+                out.update(routes_version=reply.get("version"), config_version=reply.get("config_version"))
+            if p.vpns is not None:
+                reply = await _apply(ctx, "vpn", [v.model_dump(mode="json") for v in p.vpns], p.version or 0)
+                out.update(vpns_version=reply.get("version"), config_version=reply.get("config_version"))
+        return out
+
+    return await _record(ctx, call, "routes", "set_config_routes", time.time(), work(),
+                         {"routes": None if p.routes is None else len(p.routes),
+                          "vpns": None if p.vpns is None else len(p.vpns), "version": p.version})
+
+
+async def set_config_vpns(ctx: Context, target: str, p: s.ConfigVpnsParams, call: Call) -> dict[str, Any]:
+    return await set_config_routes(ctx, target, s.ConfigRoutesParams(vpns=p.vpns, version=p.version), call)
+
+
+# versions, runtimes, history -------------------------------------------------------
+def _hive_versions(ctx: Context) -> dict[str, Any]:
+    return {"hive_id": ctx.backend.hive_id,
+            "core": {"status": "ok", "schema_version": 1, "version": __version__, "manifest_hash": None,
+                     "components": {"fluxbee": __version__}},
+            "runtimes": ctx.backend.runtimes(),
+            "vendor": {"status": "missing", "components": {}, "syncthing_present": False}}
+
+
+async def get_versions(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
+    _check_hive(ctx, target)
+    return {"status": "ok", "hive": _hive_versions(ctx)}
+
+
+async def list_versions(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = [_hive_versions(ctx)]
+    for hive_id in sorted(ctx.backend.remote_hives()):
+        rows.append({"hive_id": hive_id, "status": "error", "error_code": "HIVE_NOT_CONNECTED",
+                     "message": "no WAN link to this hive"})
+    return {"status": "ok", "hives": rows}
+
+
+def _runtime_rows(ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    info = ctx.backend.runtimes()
+    rows = []
+    for name, entry in sorted(info.get("runtimes", {}).items()):
+        readiness = entry.get("readiness", {})
+        materialized = [v for v, r in readiness.items() if r.get("runtime_present") and r.get("start_sh_executable")]
+        current = entry.get("current")
+        rows.append({"runtime": name, "current": current, "available": entry.get("available", []),
+                     "type": entry.get("type"), "runtime_base": entry.get("runtime_base"), "readiness": readiness,
+                     "materialization_summary": {"known_versions": len(entry.get("available", [])),
+                                                 "materialized_versions": len(materialized),
+                                                 "current_version": current,
+                                                 "current_materialized": current in materialized,
+                                                 "current_blocking_reason": None if current in materialized
+                                                 else "missing_start_script"}})
+    return info, rows
+
+
+async def list_runtimes(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
+    _check_hive(ctx, target)
+    info, rows = _runtime_rows(ctx)
+    return {"status": "ok", "hive_id": target, "manifest_version": info.get("manifest_version"),
+            "manifest_hash": info.get("manifest_hash"), "runtimes": rows}
+
+
+async def get_runtime(ctx: Context, target: str, p: s.RuntimeParams, call: Call) -> dict[str, Any]:
+    _check_hive(ctx, target)
+    info, rows = _runtime_rows(ctx)
+    row = next((r for r in rows if r["runtime"] == p.runtime), None)
+    if row is None:
+        raise AdminError("RUNTIME_NOT_FOUND", f"runtime {p.runtime!r} is not in the store")
+    visible, _ = await _visible(ctx)
+    running = [{"node_name": o.node_name, "hive": o.hive, "runtime": o.runtime.get("name"),
+                "runtime_version": o.runtime.get("resolved_version"), "lifecycle": o.lifecycle_state}
+               for o in ctx.backend.observe(visible) if o.runtime.get("name") == p.runtime]
+    return {"status": "ok", "hive_id": target, "manifest_version": info.get("manifest_version"),
+            "manifest_hash": info.get("manifest_hash"), "runtime": p.runtime, **row,
+            "usage": {"scope": "hive_local_visible", "in_use": bool(running),
+                      "running_count": sum(1 for r in running if r["lifecycle"] == "RUNNING"),
+                      "running_nodes": running}}
+
+
+async def _history(ctx: Context, target: str | None, name: str, p: s.HistoryParams) -> dict[str, Any]:
+    if target is not None:
+        _check_hive(ctx, target)
+    filters: dict[str, str | None] = {"category": p.category}
+    if name == "drift-alerts.jsonl":
+        filters.update(severity=p.severity, kind=p.kind)
+    entries = ctx.history.read(name, limit=p.limit, filters=filters)
+    out: dict[str, Any] = {"status": "ok", "view": "history", "entries": entries}
+    if target is not None:
+        out["hive_id"] = target
+    return out
+
+
+async def list_deployments(ctx: Context, target: str, p: s.HistoryParams, call: Call) -> dict[str, Any]:
+    return await _history(ctx, None, "deployments.jsonl", p)
+
+
+async def get_deployments(ctx: Context, target: str, p: s.HistoryParams, call: Call) -> dict[str, Any]:
+    return await _history(ctx, target, "deployments.jsonl", p)
+
+
+async def list_drift_alerts(ctx: Context, target: str, p: s.HistoryParams, call: Call) -> dict[str, Any]:
+    return await _history(ctx, None, "drift-alerts.jsonl", p)
+
+
+async def get_drift_alerts(ctx: Context, target: str, p: s.HistoryParams, call: Call) -> dict[str, Any]:
+    return await _history(ctx, target, "drift-alerts.jsonl", p)
+
+
+# registry ---------------------------------------------------------------------------
+def _a(handler: Handler, params: type[s.Params], summary: str, *, read_only: bool, target: bool,
+       confirm: bool = False) -> Action:
+    name = handler.__name__
+    return Action(name, handler, params, summary, read_only, target, confirm)
+
+
+ACTIONS: dict[str, Action] = {a.name: a for a in (
+    _a(hive_status, s.NoParams, "The local hive: id, pid, uptime, router", read_only=True, target=False),
+    _a(list_admin_actions, s.NoParams, "This catalogue", read_only=True, target=False),
+    _a(get_admin_action_help, s.ActionHelpParams, "One catalogue entry", read_only=True, target=False),
+    _a(list_hives, s.NoParams, "The local hive and the registered ones", read_only=True, target=False),
+    _a(get_hive, s.HiveIdParams, "One hive's record", read_only=True, target=False),
+    _a(add_hive, s.AddHiveParams, "Register a worker hive", read_only=False, target=False),
+    _a(remove_hive, s.HiveIdParams, "Forget a worker hive", read_only=False, target=False, confirm=True),
+    _a(list_nodes, s.NoParams, "Declared and connected nodes", read_only=True, target=True),
+    _a(run_node, s.SpawnNodeParams, "Spawn a node from a runtime", read_only=False, target=True),
+    _a(kill_node, s.KillNodeParams, "Stop and forget a spawned node", read_only=False, target=True, confirm=True),
+    _a(get_node_status, s.NodeParams, "Lifecycle, health and runtime of a node", read_only=True, target=True),
+    _a(get_node_config, s.NodeParams, "A node's effective config", read_only=True, target=True),
+    _a(set_node_config, s.SetNodeConfigParams, "Patch a spawned node's config", read_only=False, target=True),
+    _a(get_node_state, s.NodeParams, "A node's state file (null if none)", read_only=True, target=True),
+    _a(send_node_message, s.SendMessageParams, "Send one message to a node; returns its trace id",
+       read_only=False, target=True),
+    _a(node_control_config_get, s.NodeControlParams, "CONFIG_GET to a node", read_only=True, target=True),
+    _a(node_control_config_set, s.NodeControlParams, "CONFIG_SET to a node", read_only=False, target=True),
+    _a(list_routes, s.NoParams, "The router's static routes", read_only=True, target=True),
+    _a(add_route, s.RouteBody, "Add a static route", read_only=False, target=True),
+    _a(delete_route, s.DeleteRouteParams, "Delete a static route", read_only=False, target=True),
+    _a(list_vpns, s.NoParams, "The router's VPN rules", read_only=True, target=True),
+    _a(add_vpn, s.VpnBody, "Add a VPN rule", read_only=False, target=True),
+    _a(delete_vpn, s.DeleteVpnParams, "Delete a VPN rule", read_only=False, target=True),
+    _a(set_config_routes, s.ConfigRoutesParams, "Replace routes (and VPNs)", read_only=False, target=False),
+    _a(set_config_vpns, s.ConfigVpnsParams, "Replace VPN rules", read_only=False, target=False),
+    _a(list_versions, s.NoParams, "Versions of every hive", read_only=True, target=False),
+    _a(get_versions, s.NoParams, "Core and runtime versions of a hive, with readiness", read_only=True, target=True),
+    _a(list_runtimes, s.NoParams, "Runtimes in a hive's store", read_only=True, target=True),
+    _a(get_runtime, s.RuntimeParams, "One runtime, its versions and usage", read_only=True, target=True),
+    _a(list_deployments, s.HistoryParams, "Changes made through the admin API", read_only=True, target=False),
+    _a(get_deployments, s.HistoryParams, "Changes made to one hive", read_only=True, target=True),
+    _a(list_drift_alerts, s.HistoryParams, "Observed drift", read_only=True, target=False),
+    _a(get_drift_alerts, s.HistoryParams, "Observed drift on one hive", read_only=True, target=True),
+)}
+
+_HIST = {"limit": int, "category": str, "severity": str, "kind": str}
+_N = "/hives/{hive}/nodes/{name}"
+_NAME = {"name": "node_name"}
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/admin/actions", "list_admin_actions"),
+    Route("GET", "/admin/actions/{action}", "get_admin_action_help", {"action": "action_name"}),
+    Route("GET", "/hive/status", "hive_status"),
+    Route("GET", "/hives", "list_hives"),
+    Route("POST", "/hives", "add_hive", body="fields", body_required=True),
+    Route("GET", "/hives/{hive}", "get_hive", {"hive": "hive_id"}),
+    Route("DELETE", "/hives/{hive}", "remove_hive", {"hive": "hive_id"}),
+    Route("GET", "/hives/{hive}/nodes", "list_nodes"),
+    Route("POST", "/hives/{hive}/nodes", "run_node", body="fields", body_required=True),
+    Route("DELETE", _N, "kill_node", _NAME, body="fields"),
+    Route("GET", _N + "/status", "get_node_status", _NAME),
+    Route("GET", _N + "/config", "get_node_config", _NAME),
+    Route("PUT", _N + "/config", "set_node_config", _NAME, {"replace": bool, "notify": bool}, body="config",
+          body_required=True),
+    Route("GET", _N + "/state", "get_node_state", _NAME),
+    Route("POST", _N + "/messages", "send_node_message", _NAME, body="fields"),
+    Route("POST", _N + "/control/config-get", "node_control_config_get", _NAME, body="fields"),
+    Route("POST", _N + "/control/config-set", "node_control_config_set", _NAME, body="fields"),
+    Route("GET", "/routes", "list_routes", query={"hive": str}),
+    Route("POST", "/routes", "add_route", query={"hive": str}, body="fields", body_required=True),
+    Route("DELETE", "/routes", "delete_route", query={"hive": str, "prefix": str}),
+    Route("GET", "/vpns", "list_vpns", query={"hive": str}),
+    Route("POST", "/vpns", "add_vpn", query={"hive": str}, body="fields", body_required=True),
+    Route("DELETE", "/vpns", "delete_vpn", query={"hive": str, "pattern": str}),
+    Route("GET", "/hives/{hive}/routes", "list_routes"),
+    Route("POST", "/hives/{hive}/routes", "add_route", body="fields", body_required=True),
+    Route("DELETE", "/hives/{hive}/routes/{prefix}", "delete_route", {"prefix": "prefix"}),
+    Route("GET", "/hives/{hive}/vpns", "list_vpns"),
+    Route("POST", "/hives/{hive}/vpns", "add_vpn", body="fields", body_required=True),
+    Route("DELETE", "/hives/{hive}/vpns/{pattern}", "delete_vpn", {"pattern": "pattern"}),
+    Route("PUT", "/config/routes", "set_config_routes", body="fields"),
+    Route("PUT", "/config/vpns", "set_config_vpns", body="fields"),
+    Route("GET", "/versions", "list_versions", query={"hive": str}),
+    Route("GET", "/hives/{hive}/versions", "get_versions"),
+    Route("GET", "/hives/{hive}/runtimes", "list_runtimes"),
+    Route("GET", "/hives/{hive}/runtimes/{runtime}", "get_runtime", {"runtime": "runtime"}),
+    Route("GET", "/deployments", "list_deployments", query={"hive": str, **_HIST}),
+    Route("GET", "/hives/{hive}/deployments", "get_deployments", query=_HIST),
+    Route("GET", "/drift-alerts", "list_drift_alerts", query={"hive": str, **_HIST}),
+    Route("GET", "/hives/{hive}/drift-alerts", "get_drift_alerts", query=_HIST),
+)
+HIVE_QUERY_SWITCH = {"list_versions": "get_versions", "list_deployments": "get_deployments",
+                     "list_drift_alerts": "get_drift_alerts"}
+"""Global history/versions routes become the hive-scoped action when ``?hive=`` is given (as upstream)."""
+
+
+async def dispatch(ctx: Context, action_name: str, target: str | None, params: dict[str, Any],
+                   call: Call) -> dict[str, Any]:
+    """Run one action: validate params, resolve the target hive, call the handler."""
+    action = ACTIONS.get(action_name)
+    if action is None:
+        raise AdminError("UNKNOWN_ACTION", f"unknown action {action_name!r}")
+    if action.requires_target and not target:
+        raise AdminError("INVALID_REQUEST", "missing target (payload.target required for this action)")
+    try:
+        parsed = action.params.model_validate(params)
+    except ValidationError as err:
+        raise AdminError("INVALID_REQUEST", describe_validation(err)) from err
+    return await action.handler(ctx, target or ctx.backend.hive_id, parsed, call)
+
+
+def describe_validation(err: ValidationError) -> str:
+    parts = []
+    for item in err.errors():
+        loc = ".".join(str(x) for x in item["loc"]) or "body"
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown field"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)

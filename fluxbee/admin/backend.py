@@ -1,0 +1,89 @@
+"""What the admin actions need from a placement backend and from the router.
+
+Two placement backends implement :class:`Backend`: the local supervisor (``fluxbee up``,
+:mod:`fluxbee.admin.local`) and the Kubernetes API (FluxNode resources and their status; not built
+yet).  Both reach the hive's router through a :class:`RouterLink` (an SDK connection as ``SY.admin``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fluxbee.admin.schemas import KillNodeParams, SpawnNodeParams
+
+
+@dataclass(slots=True)
+class NodeObservation:
+    """Desired and observed state of one node, as a backend sees it."""
+
+    node_name: str
+    hive: str
+    managed: bool
+    """Created through the admin API (so it can be killed and reconfigured through it)."""
+    lifecycle_state: str
+    """RUNNING | STARTING | FAILED | STOPPED | UNKNOWN (upstream §4)."""
+    visible_in_router: bool
+    runtime: dict[str, Any]
+    process: dict[str, Any] = field(default_factory=dict)
+    config_path: str | None = None
+    config: dict[str, Any] | None = None
+    config_valid: bool = False
+    state_path: str | None = None
+    state: Any = None
+    state_exists: bool = False
+
+
+class Backend(Protocol):
+    hive_id: str
+    kind: str
+
+    def hive_info(self) -> dict[str, Any]: ...
+
+    def observe(self, visible: set[str], only: str | None = None) -> list[NodeObservation]:
+        """Every node the hive should run, plus stopped managed ones, given the router-visible names
+        (just ``only`` when given)."""
+        ...
+
+    async def spawn_node(self, name: str, params: SpawnNodeParams) -> dict[str, Any]:
+        """Create and start a node; raises AdminError (NODE_ALREADY_EXISTS, RUNTIME_NOT_AVAILABLE …)."""
+        ...
+
+    async def kill_node(self, name: str, params: KillNodeParams) -> dict[str, Any]: ...
+
+    async def set_node_config(self, name: str, config: dict[str, Any], replace: bool) -> dict[str, Any]: ...
+
+    def bump_status_version(self, name: str, fingerprint: str) -> int: ...
+
+    def runtimes(self) -> dict[str, Any]:
+        """``{status, manifest_version, manifest_hash, runtimes: {name: {available, current, type,
+        runtime_base, readiness: {version: {...}}}}}``."""
+        ...
+
+    def remote_hives(self) -> dict[str, dict[str, Any]]: ...
+
+    def add_remote_hive(self, record: dict[str, Any]) -> None: ...
+
+    def remove_remote_hive(self, hive_id: str) -> None: ...
+
+
+class RouterLink(Protocol):
+    """The admin node's connection to its hive's router."""
+
+    async def router_status(self) -> dict[str, Any]: ...
+
+    async def node_status(self, name: str, timeout: float) -> dict[str, Any] | None:
+        """The node's NODE_STATUS_GET answer, or None when it does not answer in time."""
+        ...
+
+    async def config_changed(self, subsystem: str, config: dict[str, Any], version: int) -> dict[str, Any]:
+        """Send CONFIG_CHANGED to the router; its CONFIG_RESPONSE payload."""
+        ...
+
+    async def send(self, dst: str, payload: Any, *, msg_type: str, msg: str | None, meta: dict[str, Any],
+                   ttl: int) -> str: ...
+
+    async def request(self, dst: str, payload: Any, *, msg_type: str, msg: str, meta: dict[str, Any], ttl: int,
+                      timeout: float) -> tuple[str | None, Any]:
+        """(reply meta.msg, reply payload); raises AdminError TIMEOUT/UNREACHABLE."""
+        ...

@@ -1,0 +1,139 @@
+"""Request parameters of the admin actions (pydantic: strict types, unknown fields refused).
+
+One model per action describes its full ``params`` (what ``ADMIN_COMMAND`` carries); the HTTP layer
+fills some fields from the path and the query string and takes the rest from the JSON body, and the
+OpenAPI document shows the body as the model minus those fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MatchKindName = Literal["PREFIX", "EXACT", "GLOB"]
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class NoParams(Params):
+    pass
+
+
+class ActionHelpParams(Params):
+    action_name: str = Field(min_length=1, max_length=128, description="Action to describe.")
+
+
+class HistoryParams(Params):
+    limit: int = Field(default=50, ge=1, le=500, description="Newest entries to return (1..500).")
+    category: str | None = Field(default=None, max_length=64, description="Only this category.")
+    severity: Literal["info", "warning", "critical"] | None = Field(default=None, description="Drift only.")
+    kind: str | None = Field(default=None, max_length=64, description="Drift only: this kind.")
+
+
+class AddHiveParams(Params):
+    hive_id: str = Field(min_length=1, max_length=64, description="New hive id `[A-Za-z0-9_-]{1,64}`.")
+    address: str = Field(min_length=1, max_length=253, description="IP address or DNS name of the worker.")
+    harden_ssh: bool = False
+    restrict_ssh: bool | None = None
+    require_dist_sync: bool = False
+    dist_sync_probe_timeout_secs: int = Field(default=45, ge=5, le=600)
+
+
+class HiveIdParams(Params):
+    hive_id: str = Field(min_length=1, max_length=253)
+
+
+class SpawnNodeParams(Params):
+    node_name: str = Field(min_length=1, max_length=256, description="`TYPE.f2…fN[@hive]`.")
+    runtime: str = Field(min_length=1, max_length=128, description="Runtime name in the hive's store.")
+    runtime_version: str = Field(default="current", min_length=1, max_length=64,
+                                 description="A published version or `current`.")
+    tenant_id: str | None = Field(default=None, max_length=64, pattern=r"^tnt:[0-9a-fA-F-]{36}$",
+                                  description="Tenant `tnt:<uuid>`.")
+    config: dict[str, Any] = Field(default_factory=dict, description="Overrides of the template (no `_system`).")
+
+
+class NodeParams(Params):
+    node_name: str = Field(min_length=1, max_length=256)
+
+
+class KillNodeParams(Params):
+    node_name: str = Field(min_length=1, max_length=256)
+    force: bool = Field(default=False, description="SIGKILL instead of `signal`.")
+    signal: Literal["SIGTERM", "SIGINT", "SIGKILL"] = "SIGTERM"
+    purge_instance: bool = Field(default=False, description="Also delete the node's config and state files.")
+
+
+class SetNodeConfigParams(Params):
+    node_name: str = Field(min_length=1, max_length=256)
+    config: dict[str, Any] = Field(description="Top-level keys to set (shallow merge), never `_system`.")
+    replace: bool = Field(default=False, description="Replace every key but `_system`.")
+    notify: bool = Field(default=True, description="Tell the node with CONFIG_CHANGED (node_config).")
+
+
+class SendMessageParams(Params):
+    node_name: str = Field(min_length=1, max_length=256)
+    msg_type: str = Field(default="user", min_length=1, max_length=32)
+    msg: str | None = Field(default=None, max_length=128)
+    payload: Any = Field(default_factory=dict)
+    src_ilk: str | None = Field(default=None, max_length=64)
+    scope: str | None = Field(default=None, max_length=64)
+    meta_target: str | None = Field(default=None, max_length=256)
+    meta_action: str | None = Field(default=None, max_length=128)
+    priority: str | None = Field(default=None, max_length=32)
+    context: dict[str, Any] | None = None
+    ttl: int = Field(default=16, ge=1, le=255)
+
+
+class NodeControlParams(Params):
+    """CONFIG_GET/CONFIG_SET to a node: the body is forwarded (``ttl``/``src_ilk``/``scope``/``context`` go to meta)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+    node_name: str = Field(min_length=1, max_length=256)
+    ttl: int = Field(default=16, ge=1, le=255)
+    src_ilk: str | None = Field(default=None, max_length=64)
+    scope: str | None = Field(default=None, max_length=64)
+    context: dict[str, Any] | None = None
+    timeout_ms: int = Field(default=5000, ge=100, le=30000, description="How long to wait for CONFIG_RESPONSE.")
+
+
+class RouteBody(Params):
+    prefix: str = Field(min_length=1, max_length=256)
+    action: Literal["FORWARD", "DROP"]
+    match_kind: MatchKindName = "PREFIX"
+    next_hop_hive: str | None = Field(default=None, max_length=64)
+    metric: int = Field(default=0, ge=0, le=2**31 - 1)
+    priority: int = Field(default=100, ge=0, le=2**31 - 1)
+
+
+class VpnBody(Params):
+    pattern: str = Field(min_length=1, max_length=256)
+    vpn_id: int = Field(ge=0, le=2**31 - 1)
+    match_kind: MatchKindName = "PREFIX"
+    priority: int = Field(default=100, ge=0, le=2**31 - 1)
+
+
+class DeleteRouteParams(Params):
+    prefix: str = Field(min_length=1, max_length=256)
+
+
+class DeleteVpnParams(Params):
+    pattern: str = Field(min_length=1, max_length=256)
+
+
+class ConfigRoutesParams(Params):
+    routes: list[RouteBody] | None = Field(default=None, max_length=1024)
+    vpns: list[VpnBody] | None = Field(default=None, max_length=1024)
+    version: int | None = Field(default=None, ge=1, le=2**53, description="Must exceed the applied version.")
+
+
+class ConfigVpnsParams(Params):
+    vpns: list[VpnBody] | None = Field(default=None, max_length=1024)
+    version: int | None = Field(default=None, ge=1, le=2**53)
+
+
+class RuntimeParams(Params):
+    runtime: str = Field(min_length=1, max_length=128)

@@ -1,0 +1,70 @@
+"""The admin API inside ``fluxbee up``: one more root task of the supervisor.
+
+It connects to the router as ``SY.admin`` (answering ``ADMIN_COMMAND``), runs the drift monitor and
+serves HTTP.  If the port cannot be bound the hive keeps running without HTTP and says so (the
+socket twin still works); ``<run dir>/state/admin.json`` records the URL when it is served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from aiohttp import web
+
+from fluxbee.admin.actions import Context
+from fluxbee.admin.drift import DriftMonitor
+from fluxbee.admin.gateway import serve_admin_commands
+from fluxbee.admin.history import History
+from fluxbee.admin.http import AdminSettings, build_app
+from fluxbee.admin.link import SdkRouterLink
+from fluxbee.admin.local import LocalBackend
+from fluxbee.dataplane.sdk import NodeConfig, connect
+from fluxbee.local.supervisor import LocalHive
+
+log = logging.getLogger(__name__)
+ADMIN_NODE_NAME = "SY.admin"
+
+
+def local_admin(settings: AdminSettings) -> Callable[[LocalHive], AbstractAsyncContextManager[Any]]:
+    @contextlib.asynccontextmanager
+    async def run(hive: LocalHive) -> AsyncIterator[Any]:
+        sender, receiver = await connect(NodeConfig(name=ADMIN_NODE_NAME, run_dir=hive.run_dir, connect_timeout=10.0))
+        backend = LocalBackend(hive)
+        ctx = Context(backend=backend, link=SdkRouterLink(sender), history=History(
+            hive.run_dir / "admin" / "history", backend.hive_id))
+        tasks = [asyncio.create_task(serve_admin_commands(ctx, sender, receiver), name="admin-command-gateway"),
+                 asyncio.create_task(DriftMonitor(ctx).run(), name="admin-drift-monitor")]
+        runner = web.AppRunner(build_app(ctx, settings), handle_signals=False, access_log=None)
+        await runner.setup()
+        state_file = hive.run_dir / "state" / "admin.json"
+        try:
+            site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+            try:
+                await site.start()
+            except OSError as err:
+                print(f"fluxbee up: the admin API cannot listen on {settings.host}:{settings.port}: {err}; the hive "
+                      "runs without it (ADMIN_COMMAND still works)", flush=True)
+            else:
+                port = runner.addresses[0][1] if runner.addresses else settings.port
+                url = f"http://{settings.host}:{port}"
+                state_file.parent.mkdir(parents=True, exist_ok=True)
+                state_file.write_text(json.dumps({"url": url, "pid": os.getpid(), "hive_id": backend.hive_id}))
+                print(f"hive {backend.hive_id!r}: admin API on {url}", flush=True)
+            yield ctx
+        finally:
+            with contextlib.suppress(OSError):
+                state_file.unlink()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.shield(runner.cleanup())
+            await sender.close()
+
+    return run
