@@ -144,6 +144,8 @@ class MetaView(msgspec.Struct):
     msg: str | None = None
     scope: str | None = None
     target: str | None = None
+    src_ilk: str | None = None
+    dst_ilk: str | None = None
 
 
 class Message(msgspec.Struct):
@@ -196,6 +198,7 @@ _raw_decoder: Final = msgspec.json.Decoder(RawEnvelope)
 _meta_decoder: Final = msgspec.json.Decoder(MetaView)
 _msg_decoder: Final = msgspec.json.Decoder(Message)
 _encoder: Final = msgspec.json.Encoder()
+_pack_header: Final = HEADER.pack
 
 
 def is_uuid(value: str) -> bool:
@@ -269,18 +272,18 @@ def decode_message(body: bytes | memoryview) -> Message:
 
 
 def encode_frame(obj: msgspec.Struct | dict[str, Any]) -> bytes:
-    """Encode a message with its length prefix in one buffer (no extra copy).
+    """Encode a message with its length prefix.
 
     Raises :class:`FrameTooLargeError` if the body would exceed the limit: the
-    sender learns before anything is written.
+    sender learns before anything is written.  (Encoding to bytes and
+    prepending the header measured twice as fast as ``encode_into`` a
+    bytearray with room for the header, which needs a final copy anyway.)
     """
-    buf = bytearray(HEADER_SIZE)
-    _encoder.encode_into(obj, buf, HEADER_SIZE)
-    size = len(buf) - HEADER_SIZE
+    body = _encoder.encode(obj)
+    size = len(body)
     if size > MAX_FRAME:
         raise FrameTooLargeError(size)
-    HEADER.pack_into(buf, 0, size)
-    return bytes(buf)
+    return _pack_header(size) + body
 
 
 def encode(obj: Any) -> bytes:

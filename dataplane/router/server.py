@@ -52,6 +52,8 @@ import msgspec
 
 from fluxbee.dataplane import shm, wire
 from fluxbee.dataplane.router.config import (
+    ROUTE_CACHE_LIMIT,
+    CompiledRoute,
     ConfigError,
     HiveConfigDoc,
     RouteTable,
@@ -62,9 +64,14 @@ from fluxbee.dataplane.router.config import (
     split_name,
 )
 from fluxbee.dataplane.router.counters import Counters
+from fluxbee.dataplane.router.l3 import L3Resolver, with_src_ilk
 from fluxbee.models import RouteAction, RouteSpec, VpnSpec, validate_node_name
 
 log = logging.getLogger(__name__)
+
+# Hot-path decoders: the wire module's, without the error-translating wrappers.
+_decode_raw = msgspec.json.Decoder(wire.RawEnvelope).decode
+_decode_meta = msgspec.json.Decoder(wire.MetaView).decode
 
 MAX_SOCKET_PATH = 107
 
@@ -99,6 +106,8 @@ class RouterSettings:
     """Shared-memory heartbeat period."""
     config_poll_s: float = 1.0
     """How often the config file's stat is checked."""
+    identity_frontdesk: str = "SY.frontdesk.gov"
+    """Where ``dst: null`` messages from temporary ILKs go (L3, :mod:`fluxbee.dataplane.router.l3`)."""
 
 
 class RouterError(Exception):
@@ -317,6 +326,7 @@ class Router:
         self.by_name: dict[str, _Names] = {}
         self.by_base: dict[str, list[Conn]] = {}
         self.table = RouteTable.build(0, (), ())
+        self._dst_cache: dict[str, tuple[str, str, CompiledRoute | None]] = {}
         self.config_version = 0
         self._section_versions = _SectionVersions()
         self._seen_broadcasts: dict[str, float] = {}
@@ -332,6 +342,7 @@ class Router:
         self.dirty: list[Conn] = []
         self.paused_producers = 0
         self._stopped = asyncio.Event()
+        self.l3 = L3Resolver(settings.hive_id, settings.identity_frontdesk)
 
     # lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -398,6 +409,7 @@ class Router:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
         self._close_shm()
+        self.l3.close()
         log.info("router %s stopped", self.name)
 
     def _close_shm(self) -> None:
@@ -451,11 +463,11 @@ class Router:
             self._on_hello(conn, body)
             return
         try:
-            env = wire.decode_raw(body)
-            meta = wire.decode_meta(env.meta)
-        except wire.ProtocolError as err:
-            self.counters.rejected[err.reason] += 1
-            conn.fail(err.reason, err.detail)
+            env = _decode_raw(body)
+            meta = _decode_meta(env.meta)
+        except (msgspec.DecodeError, UnicodeDecodeError) as err:
+            self.counters.rejected[wire.MALFORMED_FRAME] += 1
+            conn.fail(wire.MALFORMED_FRAME, str(err))
             return
         routing = env.routing
         if routing.src != conn.uuid:
@@ -473,6 +485,8 @@ class Router:
         routing.src_l2_name = conn.name
         dst = routing.dst
         if dst is None:
+            if self._route_l3(conn, env, meta):
+                return
             self._unreachable(conn, routing, wire.OPA_ERROR, "no routing policy is loaded for dst=null")
             return
         if dst == wire.BROADCAST:
@@ -598,7 +612,7 @@ class Router:
         return is_system_name(src.base) or is_system_name(dst.base)
 
     def _deliver(self, src: Conn, dst: Conn, env: wire.RawEnvelope, meta: wire.MetaView) -> None:
-        if not self._allowed(src, dst, meta):
+        if src.vpn_id != dst.vpn_id and not self._allowed(src, dst, meta):
             self._unreachable(src, env.routing, wire.VPN_BLOCKED,
                               f"{src.name} (vpn {src.vpn_id}) may not reach {dst.name} (vpn {dst.vpn_id})")
             return
@@ -628,8 +642,11 @@ class Router:
         names.cursor = (start + 1) % count
         return conns[start % count]
 
-    def _route_name(self, src: Conn, env: wire.RawEnvelope, meta: wire.MetaView, dst: str) -> None:
-        routing = env.routing
+    def _resolve(self, dst: str) -> tuple[str, str, CompiledRoute | None]:
+        """Full name, base name and deciding route of a destination string (cached per config)."""
+        cached = self._dst_cache.get(dst)
+        if cached is not None:
+            return cached
         if dst.endswith("@*"):
             base = dst[:-2]
             full = f"{base}@{self.hive_id}"
@@ -639,7 +656,15 @@ class Router:
         else:
             full = f"{dst}@{self.hive_id}"
             base = dst
-        route = self.table.route_for(full)
+        cached = (full, base, self.table.route_for(full))
+        if len(self._dst_cache) >= ROUTE_CACHE_LIMIT:
+            self._dst_cache.clear()
+        self._dst_cache[dst] = cached
+        return cached
+
+    def _route_name(self, src: Conn, env: wire.RawEnvelope, meta: wire.MetaView, dst: str) -> None:
+        routing = env.routing
+        full, base, route = self._resolve(dst)
         if route is not None:
             spec = route.spec
             if spec.action is RouteAction.DROP:
@@ -665,6 +690,16 @@ class Router:
                               f"{full} is in hive {hive!r}; this router has no inter-hive gateway")
             return
         self._unreachable(src, routing, wire.NODE_NOT_FOUND, f"no node named {full} is connected")
+
+    def _route_l3(self, src: Conn, env: wire.RawEnvelope, meta: wire.MetaView) -> bool:
+        """Identity pre-resolve of ``dst: null`` (see :mod:`fluxbee.dataplane.router.l3`); True if routed."""
+        decision = self.l3.resolve(meta.src_ilk, meta.dst_ilk)
+        if decision is None:
+            return False
+        if decision.canonical_src_ilk is not None:
+            env.meta = with_src_ilk(env.meta, decision.canonical_src_ilk)
+        self._route_name(src, env, meta, decision.target)
+        return True
 
     def _broadcast(self, src: Conn, env: wire.RawEnvelope, meta: wire.MetaView) -> None:
         routing = env.routing
@@ -785,6 +820,7 @@ class Router:
         """Install a new config version atomically and re-VPN connected nodes live."""
         self.config_version += 1
         self.table = RouteTable.build(self.config_version, routes, vpns)
+        self._dst_cache = {}
         for conn in self.by_uuid.values():
             vpn = self.table.vpn_for(conn.name)
             if vpn != conn.vpn_id:
