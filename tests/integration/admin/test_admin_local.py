@@ -1,0 +1,233 @@
+"""Every admin endpoint on the local backend, against a real ``fluxbee up`` hive."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+
+import pytest
+from conftest import AdminHive
+from hive_harness import eventually, wait_until
+
+from fluxbee.admin.client import admin_command
+from fluxbee.dataplane import wire
+from fluxbee.dataplane.sdk import NodeConfig, connect
+
+TENANT = "tnt:12345678-1234-1234-1234-123456789abc"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_the_seed_readme_curl_sequence_spawns_a_node_and_reads_its_status_and_config(hive: AdminHive) -> None:
+    script = f"""set -euo pipefail
+BASE="{hive.base}"
+TARGET_HIVE="local"
+RUNTIME_NAME="fluxbee.echo"
+TENANT_ID="{TENANT}"
+NODE_NAME="WF.my.node.1"
+curl -sS -X POST "$BASE/hives/$TARGET_HIVE/nodes" \\
+-H "Content-Type: application/json" \\
+-d "{{
+\\"node_name\\":\\"$NODE_NAME\\",
+\\"runtime\\":\\"$RUNTIME_NAME\\",
+\\"runtime_version\\":\\"current\\",
+\\"tenant_id\\":\\"$TENANT_ID\\",
+\\"config\\":{{
+\\"model\\":\\"gpt-5\\",
+\\"temperature\\":0.7
+}}
+}}"
+echo
+sleep 1
+curl -sS "$BASE/hives/$TARGET_HIVE/nodes/$NODE_NAME/status"
+echo
+curl -sS "$BASE/hives/$TARGET_HIVE/nodes/$NODE_NAME/config"
+"""
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    spawn, status, config = (json.loads(line) for line in out.stdout.strip().splitlines())
+    assert spawn["status"] == "ok" and spawn["payload"]["node_name"] == "WF.my.node.1@local"
+    st = status["payload"]["node_status"]
+    assert st["runtime"]["name"] == "fluxbee.echo" and st["runtime"]["resolved_version"] == "0.1.0"
+    assert st["lifecycle_state"] in ("RUNNING", "STARTING")
+    cfg = config["payload"]["config"]
+    assert cfg["model"] == "gpt-5" and cfg["temperature"] == 0.7 and cfg["tenant_id"] == TENANT
+    assert cfg["_system"]["runtime"] == "fluxbee.echo" and cfg["_system"]["runtime_version"] == "0.1.0"
+    code, _ = hive.call("DELETE", "/hives/local/nodes/WF.my.node.1", {"purge_instance": True})
+    assert code == 200
+
+
+def test_node_lifecycle_through_the_api(hive: AdminHive) -> None:
+    code, doc = hive.call("POST", "/hives/local/nodes", {"node_name": "WF.life.one", "runtime": "fluxbee.echo",
+                                                         "config": {"a": 1}})
+    assert code == 200, doc
+    def running() -> bool:
+        c, d = hive.call("GET", "/hives/local/nodes/WF.life.one/status")
+        return c == 200 and d["payload"]["node_status"]["lifecycle_state"] == "RUNNING"
+    wait_until(running, 15, "the spawned node to run")
+    code, doc = hive.call("GET", "/hives/local/nodes/WF.life.one/status")
+    st = doc["payload"]["node_status"]
+    assert st["health_state"] == "HEALTHY" and st["health_source"] == "NODE_REPORTED" and st["status_version"] >= 1
+    code, doc = hive.call("GET", "/hives/local/nodes")
+    assert "WF.life.one@local" in {n["name"] for n in doc["payload"]["nodes"]}
+    # errors with specific codes
+    assert hive.call("POST", "/hives/local/nodes", {"node_name": "WF.life.one", "runtime": "fluxbee.echo"})[0] == 409
+    code, doc = hive.call("POST", "/hives/local/nodes", {"node_name": "WF.x.y", "runtime": "no.such"})
+    assert (code, doc["error_code"]) == (404, "RUNTIME_NOT_AVAILABLE")
+    code, doc = hive.call("POST", "/hives/local/nodes", {"node_name": "WF.x.y", "runtime": "fluxbee.echo",
+                                                         "config": {"_system": {}}})
+    assert (code, doc["error_code"]) == (422, "INVALID_CONFIG")
+    # config, state, messages
+    code, doc = hive.call("PUT", "/hives/local/nodes/WF.life.one/config?notify=false", {"b": 2})
+    assert code == 200 and doc["payload"]["config_version"] == 2 and doc["payload"]["notify_status"] == "skipped"
+    code, doc = hive.call("GET", "/hives/local/nodes/WF.life.one/config")
+    assert doc["payload"]["config"]["a"] == 1 and doc["payload"]["config"]["b"] == 2
+    assert doc["payload"]["config"]["_system"]["config_version"] == 2
+    code, doc = hive.call("GET", "/hives/local/nodes/WF.life.one/state")
+    assert code == 200 and doc["payload"]["state"] is None
+    code, doc = hive.call("POST", "/hives/local/nodes/WF.echo/messages", {"msg": "LLM", "payload": {"text": "hi"}})
+    assert code == 200 and wire.is_uuid(doc["payload"]["trace_id"])
+    code, doc = hive.call("PUT", "/hives/local/nodes/WF.echo/config", {"x": 1})
+    assert (code, doc["error_code"]) == (409, "NODE_NOT_MANAGED")
+    # kill
+    code, doc = hive.call("DELETE", "/hives/local/nodes/WF.life.one", {"purge_instance": True})
+    assert code == 200 and doc["payload"]["instance_purged"] is True
+    wait_until(lambda: hive.call("GET", "/hives/local/nodes/WF.life.one/status")[1]["error_code"] == "NODE_NOT_FOUND",
+               10, "the killed node to leave the router")
+    code, doc = hive.call("GET", "/hives/local/deployments?limit=20&category=node")
+    actions = [e["action"] for e in doc["payload"]["entries"]]
+    assert "run_node" in actions and "kill_node" in actions
+
+
+def test_routes_and_vpns_reach_the_router(hive: AdminHive) -> None:
+    code, doc = hive.call("POST", "/routes", {"prefix": "AI.sales.", "action": "DROP"})
+    assert code == 200, doc
+    assert hive.call("POST", "/hives/local/routes", {"prefix": "AI.sales.", "action": "DROP"})[0] == 409
+    code, doc = hive.call("GET", "/hives/local/routes")
+    assert [r["prefix"] for r in doc["payload"]["routes"]] == ["AI.sales."]
+    assert hive.call("DELETE", "/routes?prefix=AI.sales.")[0] == 200
+    assert hive.call("DELETE", "/hives/local/routes/AI.sales.")[0] == 404
+    assert hive.call("POST", "/hives/local/vpns", {"pattern": "WF.q", "vpn_id": 3})[0] == 200
+    assert hive.call("DELETE", "/hives/local/vpns/WF.q")[0] == 200
+    code, doc = hive.call("PUT", "/config/vpns", {"vpns": [{"pattern": "WF.echo", "match_kind": "PREFIX",
+                                                            "vpn_id": 20}]})
+    assert code == 200, doc
+    code, doc = hive.call("GET", "/vpns")
+    assert doc["payload"]["vpns"][0]["vpn_id"] == 20
+    code, doc = hive.call("PUT", "/config/routes", {"routes": [], "vpns": [], "version": 1000})
+    assert code == 200, doc
+    code, doc = hive.call("PUT", "/config/routes", {"routes": [], "version": 5})
+    assert (code, doc["error_code"]) == (409, "VERSION_MISMATCH")
+
+
+def test_hives_versions_runtimes_and_catalogue(hive: AdminHive) -> None:
+    assert hive.call("GET", "/health") == (200, {"status": "ok"})
+    code, doc = hive.call("GET", "/hive/status")
+    assert code == 200 and doc["payload"]["hive_id"] == "local" and doc["payload"]["router_connected"]
+    assert hive.call("POST", "/hives", {"hive_id": "worker-220", "address": "192.168.8.220"})[0] == 200
+    assert hive.call("POST", "/hives", {"hive_id": "worker-220", "address": "192.168.8.220"})[1]["error_code"] == \
+        "HIVE_EXISTS"
+    assert hive.call("POST", "/hives", {"hive_id": "bad id", "address": "x"})[0] == 400
+    code, doc = hive.call("GET", "/hives")
+    assert {h["hive_id"] for h in doc["payload"]["hives"]} == {"local", "worker-220"}
+    assert hive.call("GET", "/hives/worker-220")[1]["payload"]["hive"]["address"] == "192.168.8.220"
+    assert hive.call("GET", "/hives/worker-220/nodes")[0] == 503
+    assert hive.call("DELETE", "/hives/local")[0] == 400
+    assert hive.call("DELETE", "/hives/worker-220")[0] == 200
+    assert hive.call("GET", "/hives/worker-220")[0] == 404
+    code, doc = hive.call("GET", "/hives/local/versions")
+    rt = doc["payload"]["hive"]["runtimes"]["runtimes"]["fluxbee.echo"]
+    assert rt["current"] == "0.1.0" and rt["readiness"]["0.1.0"]["start_sh_executable"] is True
+    assert (hive.run_dir / "dist/runtimes/fluxbee.echo/0.1.0/bin/start.sh").exists()
+    code, doc = hive.call("GET", "/versions")
+    assert doc["payload"]["hives"][0]["hive_id"] == "local"
+    code, doc = hive.call("GET", "/hives/local/runtimes/fluxbee.echo")
+    assert code == 200 and doc["payload"]["usage"]["in_use"] is True
+    code, doc = hive.call("GET", "/admin/actions")
+    assert "run_node" in {a["action"] for a in doc["payload"]["actions"]}
+    assert hive.call("GET", "/admin/actions/nope")[0] == 404
+
+
+def test_bad_input_gets_a_4xx_envelope_with_a_reason(hive: AdminHive) -> None:
+    cases = [
+        ("POST", "/hives/local/nodes", b"{not json", 400, "INVALID_JSON"),
+        ("POST", "/hives/local/nodes", b"[1]", 400, "INVALID_REQUEST"),
+        ("POST", "/hives/local/nodes", b'{"node_name": 5, "runtime": "fluxbee.echo"}', 400, "INVALID_REQUEST"),
+        ("POST", "/hives/local/nodes", b'{"node_name": "WF.a.b", "runtime": "x", "bogus": 1}', 400,
+         "INVALID_REQUEST"),
+        ("POST", "/hives/local/nodes", b"{" + b'"a":"' + b"x" * (2 << 20) + b'"}', 413, "PAYLOAD_TOO_LARGE"),
+        ("GET", "/hives/local/deployments?limit=abc", None, 400, "INVALID_REQUEST"),
+        ("GET", "/no/such/path", None, 404, "NOT_FOUND"),
+        ("PATCH", "/hives", None, 405, "METHOD_NOT_ALLOWED"),
+    ]
+    for method, path, raw, status, code in cases:
+        got, doc = hive.call(method, path, raw=raw)
+        assert (got, doc["status"], doc["error_code"]) == (status, "error", code), (path, doc)
+        assert doc["error_detail"]
+
+
+async def test_admin_command_runs_the_same_handlers_over_the_router(hive: AdminHive) -> None:
+    sender, _ = await connect(NodeConfig(name="WF.admin.client", run_dir=hive.run_dir, reconnect=False))
+    try:
+        out = await admin_command(sender, "list_admin_actions", request_id="r1")
+        assert out["status"] == "ok" and out["request_id"] == "r1"
+        assert len(out["payload"]["actions"]) == len(hive.call("GET", "/admin/actions")[1]["payload"]["actions"])
+        out = await admin_command(sender, "get_node_status", target="local", params={"node_name": "WF.echo"})
+        assert out["payload"]["node_status"]["lifecycle_state"] == "RUNNING"
+        out = await admin_command(sender, "list_nodes")
+        assert (out["status"], out["error_code"]) == ("error", "INVALID_REQUEST")
+        out = await admin_command(sender, "nope")
+        assert out["error_code"] == "UNKNOWN_ACTION"
+        out = await admin_command(sender, "run_node", target="local", params={"node_name": "WF.x", "runtime": 1})
+        assert out["error_code"] == "INVALID_REQUEST"
+    finally:
+        await sender.close()
+
+
+async def test_control_config_get_and_set_reach_the_node_and_return_its_answer(hive: AdminHive) -> None:
+    def answer(msg: wire.Message) -> None:
+        if msg.meta.msg in (wire.CONFIG_GET, wire.CONFIG_SET):
+            holder[0].reply_nowait(msg, {"status": "ok", "seen": msg.meta.msg, "body": msg.payload},
+                                   msg=wire.CONFIG_RESPONSE)
+
+    holder = []
+    sender, _ = await connect(NodeConfig(name="WF.cfg.probe", run_dir=hive.run_dir, reconnect=False,
+                                         on_message=answer))
+    holder.append(sender)
+    try:
+        code, doc = await asyncio.to_thread(hive.call, "POST", "/hives/local/nodes/WF.cfg.probe/control/config-set",
+                                            {"key": "v"})
+        assert code == 200, doc
+        p = doc["payload"]
+        assert p["node_ok"] is True and p["response_msg"] == "CONFIG_RESPONSE" and p["response"]["body"]["key"] == "v"
+        code, doc = await asyncio.to_thread(hive.call, "POST", "/hives/local/nodes/WF.cfg.probe/control/config-get")
+        assert doc["payload"]["response"]["seen"] == "CONFIG_GET"
+        code, doc = await asyncio.to_thread(hive.call, "POST", "/hives/local/nodes/WF.none.here/control/config-get")
+        assert (code, doc["error_code"]) == (404, "NODE_NOT_FOUND")
+    finally:
+        await sender.close()
+
+
+async def test_a_killed_node_process_is_recorded_as_drift(hive: AdminHive) -> None:
+    code, doc = await asyncio.to_thread(hive.call, "POST", "/hives/local/nodes",
+                                        {"node_name": "WF.drift.one", "runtime": "fluxbee.echo"})
+    assert code == 200, doc
+
+    def pid() -> int | None:
+        c, d = hive.call("GET", "/hives/local/nodes/WF.drift.one/status")
+        st = d["payload"]["node_status"]
+        return st["process"].get("pid") if st["lifecycle_state"] == "RUNNING" else None
+
+    first = await eventually(pid, 15, "the node to run")
+    await asyncio.sleep(1.5)  # let the monitor see it once
+    os.kill(first, signal.SIGKILL)
+
+    def alert() -> bool:
+        c, d = hive.call("GET", "/hives/local/drift-alerts?kind=node_restarted")
+        return any(e["detail"]["node_name"] == "WF.drift.one@local" for e in d["payload"]["entries"])
+
+    await eventually(alert, 15, "a node_restarted drift alert")
+    await asyncio.to_thread(hive.call, "DELETE", "/hives/local/nodes/WF.drift.one", {"purge_instance": True})
