@@ -9,6 +9,9 @@ from fluxbee.dataplane import shm
 from fluxbee.dataplane.sdk.node import default_run_dir
 
 
+_ATTEMPTS = 5
+
+
 def read_node_table(run_dir: Path | None = None) -> list[shm.NodeRecord]:
     """Every node connected to the routers whose sockets are in ``run_dir/routers``.
 
@@ -27,7 +30,13 @@ def read_node_table(run_dir: Path | None = None) -> list[shm.NodeRecord]:
         except shm.RegionNotFoundError:
             continue
         with reader:
-            if reader.header().is_stale():
-                continue
-            records.extend(reader.read())
+            for attempt in range(_ATTEMPTS):
+                try:
+                    if not reader.header().is_stale():
+                        records.extend(reader.read())
+                    break
+                except shm.ReadTimeoutError:
+                    # The writer was descheduled mid-write; its next step finishes the record.
+                    if attempt == _ATTEMPTS - 1:
+                        raise
     return records

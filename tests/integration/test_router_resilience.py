@@ -218,7 +218,8 @@ print(reads, records, torn)
 
 async def test_a_second_process_never_reads_a_torn_node_record_while_nodes_come_and_go(
         router: RouterProc, run_dir: Path) -> None:
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(run_dir), "2.5"], stdout=subprocess.PIPE, text=True)
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(run_dir), "2.5"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
 
     def churn() -> int:
         cycles = 0
@@ -236,7 +237,8 @@ async def test_a_second_process_never_reads_a_torn_node_record_while_nodes_come_
         return cycles
 
     cycles = await asyncio.to_thread(churn)
-    out, _ = await asyncio.to_thread(reader.communicate, timeout=30)
+    out, err = await asyncio.to_thread(reader.communicate, timeout=30)
+    assert reader.returncode == 0, err
     reads, records, torn = (int(x) for x in out.split())
     assert cycles > 5 and reads > 100 and records > 0
     assert torn == 0
