@@ -1,0 +1,115 @@
+"""Identity fixtures: one embedded PostgreSQL per session, one database per test, SY.identity as a process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+from hive_harness import RouterProc, fluxbee_argv, wait_until
+
+from fluxbee.dataplane import identity_shm
+from fluxbee.identity import pg
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[pg.Cluster]:
+    # PostgreSQL runs as an unprivileged account when we are root: its dir must be enterable.
+    base = Path(tempfile.mkdtemp(prefix="fbpg", dir="/tmp"))
+    os.chmod(base, 0o755)
+    cluster = pg.Cluster(base / "data")
+    with pg.running(cluster, base / "postgres.log"):
+        yield cluster
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@dataclass
+class Db:
+    dsn: str
+    database: str
+
+    async def connect(self) -> asyncpg.Connection:
+        from fluxbee.identity.store import with_database
+
+        return await asyncpg.connect(with_database(self.dsn, self.database))
+
+
+@pytest.fixture
+async def identity_db(pg_cluster: pg.Cluster) -> AsyncIterator[Db]:
+    name = f"fbid_{uuid.uuid4().hex[:12]}"
+    yield Db(pg_cluster.dsn(), name)
+    conn = await asyncpg.connect(pg_cluster.dsn())
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+class IdentityProc:
+    """``fluxbee identity serve`` in a child process."""
+
+    def __init__(self, run_dir: Path, db: Db, hive_id: str = "t") -> None:
+        self.run_dir = run_dir
+        self.db = db
+        self.hive_id = hive_id
+        self.log_path = run_dir / "identity.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        before = self.generation()
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(
+                fluxbee_argv("identity", "serve", "--hive-id", self.hive_id, "--run-dir", str(self.run_dir),
+                             "--db-url", self.db.dsn, "--database", self.db.database),
+                stdout=logf, stderr=logf)
+        wait_until(lambda: self._ready(before), 20, "SY.identity to publish its region")
+
+    def generation(self) -> int:
+        try:
+            with identity_shm.IdentityRegionReader(self.hive_id) as r:
+                return r.header().generation
+        except identity_shm.IdentityShmError:
+            return 0
+
+    def _ready(self, before: int) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"SY.identity exited {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
+        try:
+            with identity_shm.IdentityRegionReader(self.hive_id) as r:
+                h = r.header()
+                return h.owner_pid == self.pid and h.data_version >= 1 and not h.is_stale()
+        except identity_shm.IdentityShmError:
+            return False
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("SY.identity did not stop on SIGTERM") from None
+
+
+@pytest.fixture
+def identity(run_dir: Path, router: RouterProc, identity_db: Db) -> Iterator[IdentityProc]:
+    proc = IdentityProc(run_dir, identity_db)
+    yield proc
+    assert proc.stop() == 0, proc.log_path.read_text()[-3000:]
+    assert not Path("/dev/shm" + identity_shm.region_name("t")).exists(), "identity region left behind"
