@@ -8,7 +8,6 @@ from pathlib import Path
 from fluxbee.dataplane import shm
 from fluxbee.dataplane.sdk.node import default_run_dir
 
-
 _ATTEMPTS = 5
 
 
