@@ -22,6 +22,7 @@ lint: setup
 	$(BIN)/ruff check .
 	MYPY=$(BIN)/mypy bash hack/typecheck.sh
 	bash hack/check-imports.sh
+	bash hack/check-chart.sh
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -30,6 +30,6 @@ def identity_services(hive_id: str, run_dir: Path, db_url: str | None) -> list[P
 
 
 UP_IDENTITY_ENV = "FLUXBEE_UP_IDENTITY"
-"""``1``: ``fluxbee up`` runs PostgreSQL and SY.identity."""
+"""``0`` turns identity off in ``fluxbee up``; anything else (the default) runs PostgreSQL and SY.identity."""
 
 __all__ = ["DB_URL_ENV", "UP_IDENTITY_ENV", "identity_services"]

@@ -14,13 +14,13 @@ from fluxbee.models import Hive
 
 
 def system_services(hive: Hive, hive_id: str, run_dir: Path) -> list[ProcessSpec]:
-    """The SY.* processes of this hive (none yet: identity and admin add theirs here)."""
+    """The SY.* processes of this hive.  (SY.admin runs inside the ``fluxbee up`` process.)"""
     del hive
     services: list[ProcessSpec] = []
     # Identity: embedded PostgreSQL unless FLUXBEE_IDENTITY_DB_URL names a server, then SY.identity.
-    # Opt-in (FLUXBEE_UP_IDENTITY=1) until the `fluxbee up` tests expect these two extra processes.
+    # On by default; FLUXBEE_UP_IDENTITY=0 runs a hive without identity (no PostgreSQL).
     from fluxbee.identity.local import DB_URL_ENV, UP_IDENTITY_ENV, identity_services
 
-    if os.environ.get(UP_IDENTITY_ENV, "0") == "1":
+    if os.environ.get(UP_IDENTITY_ENV, "1") != "0":
         services += identity_services(hive_id, run_dir, os.environ.get(DB_URL_ENV) or None)
     return services

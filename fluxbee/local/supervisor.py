@@ -67,6 +67,7 @@ class Supervised:
     proc: asyncio.subprocess.Process | None = None
     task: asyncio.Task[None] | None = None
     restarts: int = 0
+    quick_failures: int = 0
     started_at: float = 0.0
     last_exit: int | None = None
     state: str = "STARTING"
@@ -190,6 +191,12 @@ class LocalHive:
             ran = time.time() - sup.started_at
             if ran > HEALTHY_AFTER:
                 delay = BACKOFF_INITIAL
+                sup.quick_failures = 0
+            else:
+                sup.quick_failures += 1
+                if sup.quick_failures == 3:  # say it once where the user looks, not only in the log
+                    print(f"fluxbee up: {sup.spec.key} keeps failing (exit {code}); its log ({sup.log_path}) "
+                          f"ends with:\n{_tail(sup.log_path, 5)}", file=sys.stderr, flush=True)
             sup.restarts += 1
             sup.state = "FAILED"
             log.warning("%s exited with %s after %.1f s; restarting in %.1f s (see %s)",

@@ -18,6 +18,7 @@ from fluxbee.dataplane import shm
 def run_dir() -> Iterator[Path]:
     # Unix socket paths are limited to 107 bytes: keep the run dir short.
     path = Path(tempfile.mkdtemp(prefix="fbt", dir="/tmp"))
+    path.chmod(0o755)  # embedded PostgreSQL runs as another user when the tests run as root
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
