@@ -1,5 +1,8 @@
 # The README's two commands are `make up` and `make test`; both start from `make setup`.
 SHELL := /bin/bash
+# The repo root holds a folder named `operator`; `python -m …` run from here would put the root on
+# sys.path and shadow the stdlib module of that name. PYTHONSAFEPATH (Python ≥ 3.11) prevents that.
+export PYTHONSAFEPATH := 1
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -297,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Children we start (`python -m fluxbee …`) must not put their working directory on sys.path:
+    # in a source checkout it holds the `operator/` folder, which would shadow the stdlib module.
+    os.environ.setdefault("PYTHONSAFEPATH", "1")
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else getattr(logging, os.environ.get("FLUXBEE_LOG", "INFO").upper(), 20)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
