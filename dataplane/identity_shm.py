@@ -421,6 +421,10 @@ class IdentityRegionWriter:
     def data_version(self) -> int:
         return self._data_version
 
+    def counts(self) -> tuple[int, int, int]:
+        """``(ilks, aliases, channels)`` currently published."""
+        return len(self._ilks), len(self._aliases), len(self._chans)
+
     # slots ---------------------------------------------------------------
     def _alloc_str(self, data: bytes) -> int:
         if self._heap_used + len(data) > self.capacity.heap_size:

@@ -48,7 +48,8 @@ def node_config(
         system = {}
     node_name = name or system.get("node_name") or default_name
     directory = Path(run_dir) if run_dir else default_run_dir()
-    return NodeConfig(name=str(node_name), run_dir=directory, persistent=persistent), effective
+    config = NodeConfig(name=str(node_name), run_dir=directory, persistent=persistent, config=effective)
+    return config, effective
 
 
 def run_node(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:

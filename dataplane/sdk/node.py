@@ -127,6 +127,12 @@ class NodeConfig:
     backoff_max: float = 30.0
     reconnect: bool = True
     """Reconnect after the router goes away."""
+    config: dict[str, Any] | None = None
+    """The node's effective config (template + overrides + ``_system``), served to CONFIG_GET."""
+    handle_config: bool = True
+    """Answer CONFIG_GET / CONFIG_SET (``meta.target = node_config_control``) automatically."""
+    on_config_set: Callable[[dict[str, Any]], str | None] | None = None
+    """Called with a proposed config on CONFIG_SET; return an error text to refuse it."""
     on_message: Callable[[Message], None] | None = None
     """Deliver messages to this callback, synchronously as frames arrive, instead of the
     receiver's queue: no task switch per message.  It must not block; it may send with
@@ -206,6 +212,10 @@ class _Client:
         self.router_name = ""
         self.router_uuid = ""
         self.status = NodeStatus()
+        self.node_config: dict[str, Any] = dict(config.config or {})
+        system = self.node_config.get("_system")
+        version = system.get("config_version") if isinstance(system, dict) else None
+        self.config_version = version if isinstance(version, int) and version > 0 else 1
         self.inbox = _Inbox(config.inbound_queue, self._inbox_drained)
         self.pending: dict[str, asyncio.Future[Message]] = {}
         self._deadlines: dict[str, tuple[asyncio.Future[Message], float, float]] = {}
@@ -345,6 +355,9 @@ class _Client:
             if name == wire.NODE_STATUS_GET and self.config.handle_status:
                 self._answer_status(msg)
                 return
+            if name in (wire.CONFIG_GET, wire.CONFIG_SET) and self.config.handle_config:
+                self._answer_config(msg)
+                return
         future = self.pending.pop(msg.routing.trace_id, None) if self.pending else None
         if future is not None and not future.done():
             future.set_result(msg)
@@ -384,6 +397,56 @@ class _Client:
         self.router_uuid = msg.routing.src
         if self._announced is not None and not self._announced.done():
             self._announced.set_result(None)
+
+    CONFIG_CONTRACT: dict[str, Any] = {
+        "schema_version": "1",
+        "apply_modes": ["replace"],
+        "target": "node_config_control",
+        "notes": "CONFIG_SET replaces every key but `_system`; config_version must increase",
+    }
+
+    def _answer_config(self, msg: Message) -> None:
+        """Default CONFIG_GET / CONFIG_SET handler: serve and replace the node's config in memory."""
+        body = msg.payload if isinstance(msg.payload, dict) else {}
+        error: str | None = None
+        state = "current"
+        if msg.meta.msg == wire.CONFIG_SET:
+            proposed = body.get("config")
+            version = body.get("config_version")
+            mode = body.get("apply_mode", "replace")
+            if not isinstance(proposed, dict):
+                error = "INVALID_CONFIG_SET: config must be a JSON object"
+            elif mode != "replace":
+                error = f"INVALID_CONFIG_SET: apply_mode {mode!r} is not supported (only 'replace')"
+            elif "_system" in proposed:
+                error = "INVALID_CONFIG_SET: `_system` is managed by the hive and cannot be set"
+            elif version is not None and (not isinstance(version, int) or version <= self.config_version):
+                error = f"STALE_CONFIG_VERSION: config_version must be greater than {self.config_version}"
+            else:
+                callback = self.config.on_config_set
+                refused = callback(proposed) if callback is not None else None
+                if refused:
+                    error = f"REJECTED: {refused}"
+                else:
+                    system = self.node_config.get("_system")
+                    self.config_version = version if isinstance(version, int) else self.config_version + 1
+                    self.node_config = dict(proposed)
+                    if isinstance(system, dict):
+                        self.node_config["_system"] = {**system, "config_version": self.config_version}
+                    state = "applied"
+            if error is not None:
+                state = "rejected"
+        payload = {
+            "ok": error is None,
+            "state": state,
+            "node_name": self.name,
+            "config_version": self.config_version,
+            "effective_config": self.node_config,
+            "error": error,
+            "contract": self.CONFIG_CONTRACT,
+        }
+        self.write_nowait(self.build(msg.routing.src, payload, msg_type=wire.TYPE_SYSTEM,
+                                     msg=wire.CONFIG_RESPONSE, trace_id=msg.routing.trace_id))
 
     def _answer_status(self, msg: Message) -> None:
         st = self.status

@@ -240,3 +240,31 @@ async def test_router_status_and_metrics_report_nodes_and_counters(router: Route
     assert "fluxbee_router_delivered_total 2" in metrics
     assert "fluxbee_router_nodes 2" in metrics
     await asyncio.sleep(0)
+
+
+async def test_the_sdk_serves_config_get_and_applies_config_set(router: RouterProc, spawn: Callable[..., NodeProc],
+                                                                client: Client) -> None:
+    spawn("echo", "WF.echo")
+    admin = await client("SY.admin")
+    meta = wire.Meta(target="node_config_control")
+    got = await admin.request("WF.echo", {"node_name": "WF.echo"}, msg_type=wire.TYPE_SYSTEM, msg=wire.CONFIG_GET,
+                              meta=meta)
+    assert got.meta.msg == wire.CONFIG_RESPONSE
+    assert got.payload["ok"] is True and got.payload["config_version"] == 1
+    assert got.payload["contract"]["apply_modes"] == ["replace"]
+    new = {"node_name": "WF.echo", "schema_version": "1", "config_version": 2, "apply_mode": "replace",
+           "config": {"temperature": 0.5}}
+    applied = await admin.request("WF.echo", new, msg_type=wire.TYPE_SYSTEM, msg=wire.CONFIG_SET,
+                                  meta=wire.Meta(target="node_config_control"))
+    assert applied.payload["ok"] is True and applied.payload["state"] == "applied"
+    assert applied.payload["effective_config"] == {"temperature": 0.5}
+    stale = await admin.request("WF.echo", new, msg_type=wire.TYPE_SYSTEM, msg=wire.CONFIG_SET,
+                                meta=wire.Meta(target="node_config_control"))
+    assert stale.payload["ok"] is False and stale.payload["error"].startswith("STALE_CONFIG_VERSION")
+    system = await admin.request("WF.echo", {**new, "config_version": 3, "config": {"_system": {}}},
+                                 msg_type=wire.TYPE_SYSTEM, msg=wire.CONFIG_SET,
+                                 meta=wire.Meta(target="node_config_control"))
+    assert system.payload["ok"] is False and "_system" in system.payload["error"]
+    again = await admin.request("WF.echo", {}, msg_type=wire.TYPE_SYSTEM, msg=wire.CONFIG_GET,
+                                meta=wire.Meta(target="node_config_control"))
+    assert again.payload["config_version"] == 2 and again.payload["effective_config"] == {"temperature": 0.5}
