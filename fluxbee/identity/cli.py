@@ -49,12 +49,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fluxbee.identity.service import IdentityService, IdentitySettings
 
     run_dir = _run_dir(args.run_dir)
-    dsn = args.db_url or os.environ.get(DB_URL_ENV) or Cluster(
+    primary = args.primary or (f"SY.identity@{args.primary_hive}" if args.primary_hive else None)
+    if primary is not None and (args.db_url or args.pg_data):
+        print("fluxbee identity serve: a replica (--primary/--primary-hive) has no database; drop --db-url/--pg-data",
+              file=sys.stderr)
+        return 2
+    dsn = "" if primary is not None else args.db_url or os.environ.get(DB_URL_ENV) or Cluster(
         Path(args.pg_data) if args.pg_data else default_pg_data(run_dir)).dsn()
     settings = IdentitySettings(
-        hive_id=args.hive_id, run_dir=run_dir, dsn=dsn, database=args.database, frontdesk=args.frontdesk,
-        default_tenant=args.default_tenant, max_ilks=args.max_ilks,
-        key_path=Path(args.key) if args.key else None, merge_alias_ttl_s=args.merge_alias_ttl)
+        hive_id=args.hive_id, run_dir=run_dir, dsn=dsn, database=args.database, node_name=args.node_name,
+        frontdesk=args.frontdesk, default_tenant=args.default_tenant, max_ilks=args.max_ilks,
+        key_path=Path(args.key) if args.key else None, merge_alias_ttl_s=args.merge_alias_ttl,
+        primary=primary, region_hive=args.region_hive, sync_heartbeat_s=args.sync_heartbeat,
+        sync_timeout_s=args.sync_timeout)
     service = IdentityService(settings)
     _run(_until_signal(service.run))
     return 0
@@ -146,6 +153,17 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--max-ilks", type=int, default=8192)
     s.add_argument("--key", help="Ed25519 signing key (default RUN_DIR/identity/signing.key)")
     s.add_argument("--merge-alias-ttl", type=int, default=3600)
+    s.add_argument("--node-name", default="SY.identity", help="L2 base name (default SY.identity)")
+    role = s.add_mutually_exclusive_group()
+    role.add_argument("--primary", metavar="NAME",
+                      help="run as a replica of this primary (L2 name, e.g. SY.identity@motherbee): no database, "
+                           "NOT_PRIMARY for writes, region filled by replication")
+    role.add_argument("--primary-hive", metavar="HIVE", help="shorthand for --primary SY.identity@HIVE")
+    s.add_argument("--region-hive", help="write this hive's identity region (default --hive-id)")
+    s.add_argument("--sync-heartbeat", type=float, default=1.0,
+                   help="primary: seconds between heartbeats to replicas (default 1)")
+    s.add_argument("--sync-timeout", type=float, default=5.0,
+                   help="replica: seconds of silence from the primary before a full resync (default 5)")
     s.set_defaults(func=cmd_serve)
 
     pg = isub.add_parser("postgres", help="run the embedded PostgreSQL in the foreground")

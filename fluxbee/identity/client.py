@@ -6,7 +6,9 @@ sends the system message to ``SY.identity`` (default: of the sender's hive),
 waits for ``<ACTION>_RESPONSE`` with the same trace id and returns the payload
 when ``status == "ok"``; otherwise raises :class:`IdentityCallError` carrying
 the original's ``error_code``.  ``NOT_PRIMARY`` or an UNREACHABLE
-``NODE_NOT_FOUND`` is retried once on ``fallback`` when one is given.
+``NODE_NOT_FOUND`` is retried once on ``fallback`` when one is given; a
+``NOT_PRIMARY`` reply names the primary (``primary``), which is used when no
+fallback is given.
 
 Lookups: :class:`IdentityLookup` reads the identity region with no round trip.
 """
@@ -36,7 +38,9 @@ class IdentityCallError(Exception):
 async def identity_call(sender: NodeSender, action: str, payload: dict[str, Any], *, target: str = DEFAULT_TARGET,
                         fallback: str | None = None, timeout: float = 5.0) -> dict[str, Any]:
     """One identity request; the reply payload when ``status == "ok"``, else :class:`IdentityCallError`."""
-    for attempt, dst in enumerate((target, fallback)):
+    targets: list[str | None] = [target, fallback]
+    for attempt in range(2):
+        dst = targets[attempt]
         if dst is None:
             break
         try:
@@ -49,8 +53,10 @@ async def identity_call(sender: NodeSender, action: str, payload: dict[str, Any]
         if body.get("status") == "ok":
             return body
         code = str(body.get("error_code", "INVALID_RESPONSE"))
-        if attempt == 0 and fallback is not None and code == m.NOT_PRIMARY:
-            continue
+        if attempt == 0 and code == m.NOT_PRIMARY:
+            targets[1] = fallback or (str(body["primary"]) if body.get("primary") else None)
+            if targets[1] is not None:
+                continue
         raise IdentityCallError(action, code, str(body.get("message", "")), body)
     raise IdentityCallError(action, m.NOT_PRIMARY, "no primary answered", {})
 

@@ -21,6 +21,8 @@ ILK_GET: Final = "ILK_GET"
 ILK_LIST: Final = "ILK_LIST"
 # ours: modules, degrees, graduation
 MODULE_PUT: Final = "MODULE_PUT"
+MODULE_LIST: Final = "MODULE_LIST"
+MODULE_GET: Final = "MODULE_GET"
 DEGREE_CREATE: Final = "DEGREE_CREATE"
 ILK_GRADUATE: Final = "ILK_GRADUATE"
 GRADUATION_GET: Final = "GRADUATION_GET"
@@ -48,6 +50,13 @@ TENANT_SUSPENDED: Final = "TENANT_SUSPENDED"
 MODULE_EXISTS: Final = "MODULE_EXISTS"
 DEGREE_EXISTS: Final = "DEGREE_EXISTS"
 DEGREE_NOT_FOUND: Final = "DEGREE_NOT_FOUND"
+
+WRITE_ACTIONS: Final = frozenset({ILK_PROVISION, ILK_REGISTER, ILK_ADD_CHANNEL, ILK_UPDATE, TNT_CREATE, TNT_APPROVE,
+                                  MODULE_PUT, DEGREE_CREATE, ILK_GRADUATE})
+"""Mutations: a replica answers them with NOT_PRIMARY."""
+PRIMARY_READS: Final = frozenset({ILK_GET, ILK_LIST, GRADUATION_GET})
+"""Reads that need the database (full records, module texts): a replica answers NOT_PRIMARY too, with where
+the primary is; the SDK retries there.  A replica serves IDENTITY_METRICS and the identity region itself."""
 
 ILK_TYPES: Final = ("human", "agent", "system")
 TENANT_STATUSES: Final = ("pending", "active", "suspended")
@@ -170,6 +179,11 @@ class ModulePutReq(_P):
     category: str = ""
 
 
+class ModuleGetReq(_P):
+    name: str
+    version: str | None = None
+
+
 class ModuleRef(_P):
     name: str
     version: str
@@ -211,6 +225,14 @@ class IlkRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class TenantRecord:
+    tenant_id: str
+    name: str
+    status: str
+    is_default: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ChannelRecord:
     channel_type: str
     address: str
@@ -221,7 +243,11 @@ class ChannelRecord:
 
 @dataclass(slots=True)
 class Change:
-    """What one committed transaction changed, to be applied to the identity region."""
+    """What one committed transaction changed: applied to the identity region, and sent to replicas.
+
+    Records are whole (an upsert replaces the previous record), so applying a
+    change twice is harmless.
+    """
 
     ilks: list[IlkRecord] = field(default_factory=list)
     removed_ilks: list[str] = field(default_factory=list)
@@ -229,7 +255,8 @@ class Change:
     removed_channels: list[tuple[str, str, str]] = field(default_factory=list)
     aliases: list[tuple[str, str, int]] = field(default_factory=list)
     removed_aliases: list[str] = field(default_factory=list)
+    tenants: list[TenantRecord] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.ilks or self.removed_ilks or self.channels or self.removed_channels or self.aliases
-                    or self.removed_aliases)
+                    or self.removed_aliases or self.tenants)

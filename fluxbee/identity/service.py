@@ -7,6 +7,15 @@ database transaction that validates before it writes -> apply the committed
 change to the identity region -> reply ``<ACTION>_RESPONSE`` with the same
 trace id.  Requests are handled one at a time, so the region sees changes in
 commit order.  A restart rebuilds the region from the database.
+
+Primary and replicas (:mod:`fluxbee.identity.sync`): an instance started with
+``primary`` set is a **replica**: it has no database, answers mutations (and
+the reads that need full records) with ``NOT_PRIMARY`` naming the primary,
+serves IDENTITY_METRICS itself, and fills its own hive's identity region from
+the primary's full sync and deltas, resyncing whenever its copy may be stale.
+The primary publishes one delta per committed write, in commit order, while
+holding the write lock (which also serialises the alias GC and snapshots for
+new subscribers).
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +35,12 @@ from fluxbee.dataplane.sdk import NodeConfig, NodeSender, connect
 from fluxbee.dataplane.wire import Message
 from fluxbee.identity import degrees as dg
 from fluxbee.identity import model as m
+from fluxbee.identity import sync
 from fluxbee.identity.store import DATABASE, IdentityStore, StoreSettings
 
 log = logging.getLogger(__name__)
 
+_SYNC = frozenset({sync.SYNC_SUBSCRIBE, *sync.FROM_PRIMARY})
 _IGNORED = frozenset({wire.UNREACHABLE, wire.TTL_EXCEEDED, wire.CONFIG_CHANGED, wire.ANNOUNCE, wire.PROTOCOL_ERROR,
                       wire.WITHDRAW})
 
@@ -54,10 +66,33 @@ class IdentitySettings:
     heartbeat_s: float = 2.0
     alias_gc_s: float = 30.0
     db_retry_s: float = 0.5
+    primary: str | None = None
+    """L2 name of the primary (``SY.identity@motherbee``).  Set: this instance is a replica (no database,
+    NOT_PRIMARY for writes, region filled by replication).  ``@hive_id`` is appended when absent."""
+    region_hive: str | None = None
+    """Hive whose identity region this instance writes (default ``hive_id``): lets a second instance on one
+    hive (a co-located replica, tests) keep its own region."""
+    sync_heartbeat_s: float = 1.0
+    """Primary: how often subscribers get the current ``(epoch, version)``."""
+    sync_timeout_s: float = 5.0
+    """Replica: silence from the primary after which it subscribes again (full resync)."""
+    sync_retry_s: float = 0.5
+    """Replica: first delay between subscription attempts while no full sync arrived (doubles up to
+    ``sync_timeout_s``)."""
 
     @property
     def signing_key_path(self) -> Path:
         return self.key_path or self.run_dir / "identity" / "signing.key"
+
+    @property
+    def primary_name(self) -> str | None:
+        if self.primary is None:
+            return None
+        return self.primary if "@" in self.primary else f"{self.primary}@{self.hive_id}"
+
+    @property
+    def region_hive_id(self) -> str:
+        return self.region_hive or self.hive_id
 
 
 def _matches(name: str, base: str) -> bool:
@@ -97,12 +132,15 @@ class Authorizer:
             return orchestrator or self_
         if action == m.TNT_CREATE:
             return frontdesk or admin
-        if action in (m.TNT_APPROVE, m.ILK_LIST, m.ILK_GET, m.MODULE_PUT, m.DEGREE_CREATE):
+        if action in (m.TNT_APPROVE, m.ILK_LIST, m.ILK_GET, m.MODULE_PUT, m.MODULE_LIST, m.MODULE_GET,
+                      m.DEGREE_CREATE):
             return admin
         if action == m.ILK_GRADUATE:
             return admin or orchestrator
         if action == m.GRADUATION_GET:
             return base.startswith(("AI.", "SY."))
+        if action == sync.SYNC_SUBSCRIBE:
+            return base == "SY.identity" or base.startswith("SY.identity.")
         return action == m.IDENTITY_METRICS
 
 
@@ -112,30 +150,55 @@ class IdentityService:
         self.auth = Authorizer(settings.hive_id, settings.frontdesk)
         self.store: IdentityStore | None = None
         self.region: identity_shm.IdentityRegionWriter | None = None
-        self.key = dg.load_or_create_key(settings.signing_key_path)
+        self.is_primary = settings.primary is None
+        # Only the primary signs graduations; a replica must not mint a key of its own.
+        self.key = dg.load_or_create_key(settings.signing_key_path) if self.is_primary else None
         self.sender: NodeSender | None = None
         self.handled = 0
         self._tasks: list[asyncio.Task[None]] = []
+        # primary: write ordering and replication
+        self.epoch = str(uuid.uuid4())
+        self._lock = asyncio.Lock()
+        self._pending = m.Change()
+        self._published = 0
+        self.subscribers: dict[str, str] = {}
+        """Replica UUID -> name."""
+        # replica
+        self.tracker = sync.ReplicaTracker()
+        self.tenants: dict[str, m.TenantRecord] = {}
+        self._heard = 0.0
+        self._subscribed_at = 0.0
+        self._resync = asyncio.Event()
         self._handlers: dict[str, Callable[[Message, Any], Awaitable[dict[str, Any]]]] = {
             m.ILK_PROVISION: self._provision, m.ILK_REGISTER: self._register, m.ILK_ADD_CHANNEL: self._add_channel,
             m.ILK_UPDATE: self._update, m.TNT_CREATE: self._tnt_create, m.TNT_APPROVE: self._tnt_approve,
             m.IDENTITY_METRICS: self._metrics, m.ILK_GET: self._ilk_get, m.ILK_LIST: self._ilk_list,
-            m.MODULE_PUT: self._module_put, m.DEGREE_CREATE: self._degree_create, m.ILK_GRADUATE: self._graduate,
-            m.GRADUATION_GET: self._graduation_get,
+            m.MODULE_PUT: self._module_put,
+            m.MODULE_LIST: self._module_list, m.MODULE_GET: self._module_get,
+            m.DEGREE_CREATE: self._degree_create, m.ILK_GRADUATE: self._graduate,
+            m.GRADUATION_GET: self._graduation_get, sync.SYNC_SUBSCRIBE: self._no_handler,
         }
 
     # lifecycle -------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
-        self.region = identity_shm.IdentityRegionWriter(s.hive_id, capacity=identity_shm.Capacity.for_ilks(s.max_ilks))
+        self.region = identity_shm.IdentityRegionWriter(
+            s.region_hive_id, capacity=identity_shm.Capacity.for_ilks(s.max_ilks), is_primary=self.is_primary)
         try:
             sender, receiver = await connect(NodeConfig(name=s.node_name, run_dir=s.run_dir, persistent=True))
             self.sender = sender
-            self._tasks = [
-                asyncio.create_task(self._open_store(), name="identity-open-store"),
-                asyncio.create_task(self._every(s.heartbeat_s, self._heartbeat), name="identity-heartbeat"),
-                asyncio.create_task(self._every(s.alias_gc_s, self._gc), name="identity-alias-gc"),
-            ]
+            self._tasks = [asyncio.create_task(self._every(s.heartbeat_s, self._heartbeat), name="identity-heartbeat")]
+            if self.is_primary:
+                self._tasks += [
+                    asyncio.create_task(self._open_store(), name="identity-open-store"),
+                    asyncio.create_task(self._every(s.alias_gc_s, self._gc), name="identity-alias-gc"),
+                    asyncio.create_task(self._every(s.sync_heartbeat_s, self._sync_heartbeat),
+                                        name="identity-sync-heartbeat"),
+                ]
+            else:
+                self._tasks.append(asyncio.create_task(self._replica_loop(), name="identity-replica-sync"))
+                log.info("SY.identity %s is a replica of %s; region %s", s.node_name, s.primary_name,
+                         self.region.name)
 
             async def serve() -> None:
                 async for message in receiver:
@@ -176,12 +239,15 @@ class IdentityService:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 continue
-            snapshot = await store.snapshot()
-            self._rebuild(snapshot)
-            self.store = store
-            log.info("SY.identity ready: region %s rebuilt with %d ILKs, %d channels, %d aliases",
-                     self.region.name if self.region else "?", len(snapshot.ilks), len(snapshot.channels),
-                     len(snapshot.aliases))
+            async with self._lock:
+                snapshot, version = await store.versioned_snapshot()
+                self._rebuild(snapshot)
+                store.committed_version = self._published = version
+                self.store = store
+            log.info("SY.identity ready (primary, epoch %s, version %d): region %s rebuilt with %d ILKs, "
+                     "%d channels, %d aliases", self.epoch, version, self.region.name if self.region else "?",
+                     len(snapshot.ilks), len(snapshot.channels), len(snapshot.aliases))
+            await self._announce_primary()
 
     async def _every(self, period: float, fn: Callable[[], Awaitable[None]]) -> None:
         while True:
@@ -196,10 +262,13 @@ class IdentityService:
             self.region.heartbeat()
 
     async def _gc(self) -> None:
-        if self.store is not None:
-            change = await self.store.expire_aliases()
-            if change:
-                self.apply(change)
+        if self.store is None:
+            return
+        async with self._lock:
+            try:
+                self._commit(await self.store.expire_aliases())
+            finally:
+                await self._flush()
 
     # region ------------------------------------------------------------------
     def _rebuild(self, snapshot: m.Change) -> None:
@@ -209,6 +278,11 @@ class IdentityService:
         with region.batch():
             region.clear()
             self._put(region, snapshot)
+
+    def _commit(self, change: m.Change) -> None:
+        """A write committed: show it in the region now, and send it to replicas at :meth:`_flush`."""
+        self._pending = change
+        self.apply(change)
 
     def apply(self, change: m.Change) -> None:
         """Apply one committed change to the region (after the commit, never before)."""
@@ -242,9 +316,17 @@ class IdentityService:
     async def handle(self, msg: Message) -> None:
         meta = msg.meta
         action = meta.msg
-        if meta.type != wire.TYPE_SYSTEM or action is None or action in _IGNORED or action.endswith("_RESPONSE"):
+        if meta.type != wire.TYPE_SYSTEM or action is None:
+            return
+        if action == wire.UNREACHABLE and self.is_primary:
+            self._on_unreachable(msg)
+            return
+        if action in _IGNORED or action.endswith("_RESPONSE"):
             return
         if self.sender is None or msg.routing.src == self.sender.router_uuid:
+            return
+        if action in sync.FROM_PRIMARY:
+            self._on_from_primary(msg, action)
             return
         sender_name = msg.routing.src_l2_name
         handler = self._handlers.get(action)
@@ -257,7 +339,24 @@ class IdentityService:
             if not self.auth.allowed(action, sender_name):
                 raise m.IdentityError(m.UNAUTHORIZED_REGISTRAR, f"{sender_name or '(no name)'} may not send {action}",
                                       action=action, src_uuid=msg.routing.src, src_l2_name=sender_name)
-            body = await handler(msg, sender_name)
+            if not self.is_primary and (action in m.WRITE_ACTIONS or action in m.PRIMARY_READS):
+                primary = self.settings.primary_name or ""
+                raise m.IdentityError(
+                    m.NOT_PRIMARY, f"{self.settings.node_name}@{self.settings.hive_id} is a replica; "
+                    f"send {action} to the primary {primary}", action=action,
+                    replica_hive_id=self.settings.hive_id, primary=primary,
+                    primary_hive_id=primary.split("@", 1)[1] if "@" in primary else None)
+            if action == sync.SYNC_SUBSCRIBE:
+                await self._on_subscribe(msg, sender_name or "")
+                return
+            if self.is_primary:
+                async with self._lock:
+                    try:
+                        body = await handler(msg, sender_name)
+                    finally:
+                        await self._flush()
+            else:
+                body = await handler(msg, sender_name)
             payload = {"status": "ok", **body}
         except m.IdentityError as err:
             payload = err.payload()
@@ -281,39 +380,61 @@ class IdentityService:
     async def _provision(self, msg: Message, by: str) -> dict[str, Any]:
         req = m.decode(msg.payload, m.ProvisionReq)
         result, change = await self._ready().provision(req)
-        self.apply(change)
+        self._commit(change)
         return result
 
     async def _register(self, msg: Message, by: str) -> dict[str, Any]:
         req = m.decode(msg.payload, m.RegisterReq)
         result, change = await self._ready().register(req, by)
-        self.apply(change)
+        self._commit(change)
         return result
 
     async def _add_channel(self, msg: Message, by: str) -> dict[str, Any]:
         req = m.decode(msg.payload, m.AddChannelReq)
         result, change = await self._ready().add_channel(req, by)
-        self.apply(change)
+        self._commit(change)
         return result
 
     async def _update(self, msg: Message, by: str) -> dict[str, Any]:
         req = m.decode(msg.payload, m.UpdateReq)
         result, change = await self._ready().update(req, by)
-        self.apply(change)
+        self._commit(change)
         return result
 
     async def _tnt_create(self, msg: Message, by: str) -> dict[str, Any]:
         req = m.decode(msg.payload, m.TenantCreateReq)
-        return await self._ready().tnt_create(req, may_activate=_matches(by, "SY.admin"))
+        change = m.Change()
+        result = await self._ready().tnt_create(req, may_activate=_matches(by, "SY.admin"), change=change)
+        self._commit(change)
+        return result
 
     async def _tnt_approve(self, msg: Message, by: str) -> dict[str, Any]:
-        return await self._ready().tnt_approve(m.decode(msg.payload, m.TenantApproveReq))
+        change = m.Change()
+        result = await self._ready().tnt_approve(m.decode(msg.payload, m.TenantApproveReq), change)
+        self._commit(change)
+        return result
 
     async def _metrics(self, msg: Message, by: str) -> dict[str, Any]:
+        if not self.is_primary:
+            return {"metrics": self._replica_metrics()}
         metrics: dict[str, Any] = dict(await self._ready().metrics())
+        metrics |= {"role": "primary", "epoch": self.epoch, "published_version": self._published,
+                    "subscribers": len(self.subscribers)}
         if self.region is not None:
             metrics["region_data_version"] = self.region.data_version
         return {"metrics": metrics}
+
+    def _replica_metrics(self) -> dict[str, Any]:
+        ilks, aliases, channels = self.region.counts() if self.region is not None else (0, 0, 0)
+        t = self.tracker
+        return {"role": "replica", "primary": self.settings.primary_name, "tenant_count": len(self.tenants),
+                "ilk_count": ilks, "ich_count": channels, "alias_count": aliases,
+                "region_data_version": self.region.data_version if self.region is not None else 0,
+                "sync": {"synced": t.synced, "epoch": t.epoch, "version": t.version, "full_syncs": t.full_syncs,
+                         "resyncs": dict(t.resyncs)}}
+
+    async def _no_handler(self, msg: Message, by: str) -> dict[str, Any]:
+        raise AssertionError("bug: handled before dispatch")
 
     async def _ilk_get(self, msg: Message, by: str) -> dict[str, Any]:
         return await self._ready().get_ilk(m.decode(msg.payload, m.IlkGetReq).ilk_id)
@@ -326,13 +447,183 @@ class IdentityService:
     async def _module_put(self, msg: Message, by: str) -> dict[str, Any]:
         return await self._ready().module_put(m.decode(msg.payload, m.ModulePutReq), by)
 
+    async def _module_list(self, msg: Message, by: str) -> dict[str, Any]:
+        m.decode(msg.payload, m.EmptyReq)
+        modules = await self._ready().list_modules()
+        return {"count": len(modules), "modules": modules}
+
+    async def _module_get(self, msg: Message, by: str) -> dict[str, Any]:
+        req = m.decode(msg.payload, m.ModuleGetReq)
+        found = await self._ready().get_module(req.name, req.version)
+        return {"name": req.name, "versions": found} if req.version is None else {"module": found}
+
     async def _degree_create(self, msg: Message, by: str) -> dict[str, Any]:
         return await self._ready().degree_create(m.decode(msg.payload, m.DegreeCreateReq), by)
 
     async def _graduate(self, msg: Message, by: str) -> dict[str, Any]:
-        return await self._ready().graduate(m.decode(msg.payload, m.GraduateReq), self.key, by)
+        return await self._ready().graduate(m.decode(msg.payload, m.GraduateReq), self._key(), by)
 
     async def _graduation_get(self, msg: Message, by: str) -> dict[str, Any]:
         bundle = await self._ready().graduation_bundle(m.decode(msg.payload, m.IlkGetReq).ilk_id)
-        bundle["public_key_pem"] = dg.public_pem(self.key.public_key()).decode()
+        bundle["public_key_pem"] = dg.public_pem(self._key().public_key()).decode()
         return bundle
+
+    def _key(self) -> Any:
+        if self.key is None:
+            raise AssertionError("bug: a replica reached a signing action")
+        return self.key
+
+    # replication: primary side ------------------------------------------------------
+    async def _send(self, dst: str, msg: str, body: Any) -> bool:
+        if self.sender is None:
+            return False
+        try:
+            await self.sender.send(dst, sync.to_payload(body), msg_type=wire.TYPE_SYSTEM, msg=msg)
+        except Exception as err:  # a frame too large, the router gone: the replica resyncs on the gap
+            log.warning("%s to %s not sent (%s); the replica will notice the gap and resync", msg, dst, err)
+            return False
+        return True
+
+    async def _flush(self) -> None:
+        """Send the delta of the write just committed (called with the lock held, after every handler)."""
+        store = self.store
+        change, self._pending = self._pending, m.Change()
+        if store is None or store.committed_version <= self._published:
+            return
+        version = store.committed_version
+        if version != self._published + 1:
+            log.warning("identity_version jumped from %d to %d (another writer on the database?); replicas "
+                        "will resync", self._published, version)
+        self._published = version
+        delta = sync.Delta(self.epoch, version, change)
+        for dst in list(self.subscribers):
+            await self._send(dst, sync.DELTA, delta)
+
+    async def _on_subscribe(self, msg: Message, by: str) -> None:
+        """Register the replica and send it a full snapshot at version N; deltas > N follow (lock held)."""
+        try:
+            req = sync.decode(msg.payload, sync.Subscribe)
+        except sync.SyncProtocolError as err:
+            log.warning("subscription from %s refused: %s", by, err)
+            return
+        store = self.store
+        if store is None:
+            log.info("subscription from %s before the database is ready; it will retry", by)
+            return
+        src = msg.routing.src
+        async with self._lock:
+            snapshot, version = await store.versioned_snapshot()
+            for old, name in list(self.subscribers.items()):
+                if name == by and old != src:
+                    del self.subscribers[old]
+            self.subscribers[src] = by
+            chunks = sync.chunk_snapshot(snapshot, epoch=self.epoch, version=version)
+            for chunk in chunks:
+                if not await self._send(src, sync.FULL_SYNC, chunk):
+                    self.subscribers.pop(src, None)
+                    return
+        log.info("replica %s (hive %s, had epoch %s version %d) subscribed: full sync at version %d in %d "
+                 "chunk(s)", by, req.replica_hive_id, req.have_epoch or "-", req.have_version, version, len(chunks))
+
+    async def _sync_heartbeat(self) -> None:
+        if not self.subscribers or self.store is None:
+            return
+        async with self._lock:
+            beat = sync.Heartbeat(self.epoch, self._published)
+            for dst in list(self.subscribers):
+                await self._send(dst, sync.SYNC_HEARTBEAT, beat)
+
+    async def _announce_primary(self) -> None:
+        """Tell replicas on this router that a (new) primary is up, so they resync now, not at their timeout."""
+        if self.sender is None:
+            return
+        try:
+            await self.sender.send(wire.BROADCAST, sync.to_payload(sync.Heartbeat(self.epoch, self._published)),
+                                   msg_type=wire.TYPE_SYSTEM, msg=sync.PRIMARY_READY,
+                                   meta=wire.Meta(type=wire.TYPE_SYSTEM, msg=sync.PRIMARY_READY,
+                                                  target="SY.identity*"))
+        except Exception as err:
+            log.warning("could not announce the primary (%s); replicas resync at their timeout", err)
+
+    def _on_unreachable(self, msg: Message) -> None:
+        body = msg.payload if isinstance(msg.payload, dict) else {}
+        dst = str(body.get("original_dst", ""))
+        name = self.subscribers.pop(dst, None)
+        if name is not None:
+            log.info("replica %s (%s) is gone (%s); dropped its subscription", name, dst, body.get("reason"))
+
+    # replication: replica side ------------------------------------------------------
+    def _on_from_primary(self, msg: Message, action: str) -> None:
+        if self.is_primary:
+            return
+        sender_name = msg.routing.src_l2_name
+        if sender_name != self.settings.primary_name:
+            log.warning("%s from %s ignored: only %s feeds this replica", action, sender_name,
+                        self.settings.primary_name)
+            return
+        self._heard = time.monotonic()
+        t = self.tracker
+        try:
+            if action == sync.FULL_SYNC:
+                snapshot = t.on_chunk(sync.decode(msg.payload, sync.FullSyncChunk))
+                if snapshot is not None:
+                    self.tenants = {r.tenant_id: r for r in snapshot.tenants}
+                    self._rebuild(snapshot)
+                    log.info("full sync from %s: epoch %s version %d, %d ILKs, %d channels, %d aliases",
+                             sender_name, t.epoch, t.version, len(snapshot.ilks), len(snapshot.channels),
+                             len(snapshot.aliases))
+            elif action == sync.DELTA:
+                change = t.on_delta(sync.decode(msg.payload, sync.Delta))
+                if change is not None:
+                    for r in change.tenants:
+                        self.tenants[r.tenant_id] = r
+                    self.apply(change)
+            elif action == sync.SYNC_HEARTBEAT:
+                t.on_heartbeat(sync.decode(msg.payload, sync.Heartbeat))
+            elif action == sync.PRIMARY_READY:
+                beat = sync.decode(msg.payload, sync.Heartbeat)
+                if beat.epoch != t.epoch:
+                    raise sync.ResyncNeededError(sync.EPOCH, f"primary {sender_name} started with epoch {beat.epoch}")
+        except sync.ResyncNeededError as err:
+            log.warning("replica copy is stale (%s); subscribing again for a full resync", err)
+            t.reset(err.reason)
+            self._resync.set()
+        except sync.SyncProtocolError as err:
+            log.error("%s from %s does not decode (%s); subscribing again for a full resync", action,
+                      sender_name, err)
+            t.reset("protocol")
+            self._resync.set()
+
+    async def _replica_loop(self) -> None:
+        """Subscribe until a full sync arrives; subscribe again on a resync request or the primary's silence."""
+        s = self.settings
+        primary, sender = s.primary_name, self.sender
+        if primary is None or sender is None:
+            raise RuntimeError("bug: the replica loop needs a primary name and a connection")
+        retry = s.sync_retry_s
+        tick = min(0.1, s.sync_timeout_s / 4)
+        while True:
+            now = time.monotonic()
+            t = self.tracker
+            last = max(self._heard, self._subscribed_at)
+            silent = t.synced and now - self._heard > s.sync_timeout_s
+            due = self._resync.is_set() or silent or (not t.synced and now - last > retry)
+            if due:
+                if silent:
+                    log.warning("nothing from %s for %.1f s; subscribing again for a full resync", primary,
+                                now - self._heard)
+                    t.reset(sync.SILENCE)
+                if self._resync.is_set() or silent:
+                    retry = s.sync_retry_s
+                elif self._subscribed_at:
+                    retry = min(retry * 2, s.sync_timeout_s)
+                self._resync.clear()
+                self._subscribed_at = now
+                try:
+                    await asyncio.wait_for(sender.send(
+                        primary, sync.to_payload(sync.Subscribe(s.hive_id, t.epoch, t.version)),
+                        msg_type=wire.TYPE_SYSTEM, msg=sync.SYNC_SUBSCRIBE), s.sync_timeout_s)
+                except Exception as err:
+                    log.info("cannot subscribe to %s yet (%s); will retry in %.1f s", primary, err, retry)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._resync.wait(), tick)

@@ -55,6 +55,7 @@ from fluxbee.identity.model import (
     RegisterReq,
     TenantApproveReq,
     TenantCreateReq,
+    TenantRecord,
     UpdateReq,
     fmt,
     parse_id,
@@ -107,6 +108,10 @@ def _ilk_record(row: asyncpg.Record) -> IlkRecord:
                      row["registration_status"], row["node_name"] or "")
 
 
+def _tenant_record(row: asyncpg.Record) -> TenantRecord:
+    return TenantRecord(fmt("tnt", row["tenant_id"]), row["name"], row["status"], bool(row["is_default"]))
+
+
 def _chan_record(row: asyncpg.Record) -> ChannelRecord:
     return ChannelRecord(row["channel_type"], row["address"], fmt("tnt", row["tenant_id"]), fmt("ilk", row["ilk_id"]),
                          fmt("ich", row["ich_id"]))
@@ -119,6 +124,8 @@ class IdentityStore:
         self.settings = settings
         self.pool = pool
         self.default_tenant_id: uuid.UUID | None = None
+        self.committed_version = 0
+        """``identity_version`` after the last write this store committed (one step per write)."""
 
     @classmethod
     async def open(cls, settings: StoreSettings) -> IdentityStore:
@@ -179,8 +186,9 @@ class IdentityStore:
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 result = await fn(conn, *args)
-                await self._bump(conn)
-                return result
+                version = await self._bump(conn)
+            self.committed_version = version
+            return result
         except IdentityError:
             raise
         except asyncpg.UniqueViolationError as err:
@@ -215,7 +223,8 @@ class IdentityStore:
         self.default_tenant_id = await self._write(run)
         return self.default_tenant_id
 
-    async def tnt_create(self, req: TenantCreateReq, *, may_activate: bool) -> dict[str, Any]:
+    async def tnt_create(self, req: TenantCreateReq, *, may_activate: bool,
+                         change: Change | None = None) -> dict[str, Any]:
         name = req.name.strip()
         if not name or len(name) > 128:
             raise IdentityError(INVALID_REQUEST, "name must be 1-128 characters")
@@ -239,12 +248,14 @@ class IdentityStore:
             tid = uuid.uuid4()
             await conn.execute("INSERT INTO identity_tenants (tenant_id, name, domain, status, settings) "
                                "VALUES ($1, $2, $3, $4, $5)", tid, name, domain, req.status, req.settings)
+            if change is not None:
+                change.tenants.append(TenantRecord(fmt("tnt", tid), name, req.status))
             return {"tenant_id": fmt("tnt", tid), "created": True, "matched_by": None}
 
         result: dict[str, Any] = await self._write(run)
         return result
 
-    async def tnt_approve(self, req: TenantApproveReq) -> dict[str, Any]:
+    async def tnt_approve(self, req: TenantApproveReq, change: Change | None = None) -> dict[str, Any]:
         tid = parse_id(req.tenant_id, "tnt")
         by = parse_id(req.approved_by, "ilk", "approved_by")
 
@@ -254,6 +265,8 @@ class IdentityStore:
                                       "approved_at = now(), updated_at = now() WHERE tenant_id = $1", tid, by)
             if done.endswith(" 0"):
                 raise IdentityError(INVALID_TENANT, f"tenant {req.tenant_id} does not exist")
+            if change is not None:
+                change.tenants.append(_tenant_record(await self._tenant(conn, tid)))
             return {"tenant_id": fmt("tnt", tid), "approved_by": fmt("ilk", by)}
 
         result: dict[str, Any] = await self._write(run)
@@ -445,15 +458,22 @@ class IdentityStore:
 
     # ---------------------------------------------------------------- reads
     async def snapshot(self) -> Change:
-        """Everything the region shows: live ILKs, their channels, unexpired aliases."""
+        """Everything the region shows: live ILKs, their channels, unexpired aliases (and the tenants)."""
+        return (await self.versioned_snapshot())[0]
+
+    async def versioned_snapshot(self) -> tuple[Change, int]:
+        """:meth:`snapshot` and the ``identity_version`` it shows, read in one repeatable-read transaction."""
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            version = int(await conn.fetchval("SELECT version FROM identity_version WHERE id = 1"))
+            tenants = await conn.fetch("SELECT * FROM identity_tenants ORDER BY tenant_id")
             ilks = await conn.fetch("SELECT * FROM identity_ilks WHERE deleted_at IS NULL")
             chans = await conn.fetch("SELECT c.* FROM identity_ichs c JOIN identity_ilks i USING (ilk_id) "
                                      "WHERE i.deleted_at IS NULL")
             aliases = await conn.fetch("SELECT * FROM identity_ilk_aliases WHERE expires_at > now()")
         return Change(ilks=[_ilk_record(r) for r in ilks], channels=[_chan_record(r) for r in chans],
                       aliases=[(fmt("ilk", r["old_ilk_id"]), fmt("ilk", r["canonical_ilk_id"]),
-                                int(r["expires_at"].timestamp() * 1000)) for r in aliases])
+                                int(r["expires_at"].timestamp() * 1000)) for r in aliases],
+                      tenants=[_tenant_record(r) for r in tenants]), version
 
     async def metrics(self) -> dict[str, int]:
         async with self.pool.acquire() as conn:

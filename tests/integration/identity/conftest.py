@@ -54,28 +54,43 @@ async def identity_db(pg_cluster: pg.Cluster) -> AsyncIterator[Db]:
 
 
 class IdentityProc:
-    """``fluxbee identity serve`` in a child process."""
+    """``fluxbee identity serve`` in a child process: the primary (with ``db``) or a replica (``primary=NAME``,
+    writing the region of ``region_hive``)."""
 
-    def __init__(self, run_dir: Path, db: Db, hive_id: str = "t") -> None:
+    def __init__(self, run_dir: Path, db: Db | None, hive_id: str = "t", *, primary: str | None = None,
+                 node_name: str = "SY.identity", region_hive: str | None = None, extra: tuple[str, ...] = ()) -> None:
         self.run_dir = run_dir
         self.db = db
         self.hive_id = hive_id
-        self.log_path = run_dir / "identity.log"
+        self.region_hive = region_hive or hive_id
+        self.node_name = node_name
+        self.primary = primary
+        self.extra = extra
+        self.log_path = run_dir / f"identity-{node_name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
+
+    def argv(self) -> list[str]:
+        args = ["identity", "serve", "--hive-id", self.hive_id, "--run-dir", str(self.run_dir),
+                "--node-name", self.node_name, "--region-hive", self.region_hive, *self.extra]
+        if self.db is not None:
+            args += ["--db-url", self.db.dsn, "--database", self.db.database]
+        if self.primary is not None:
+            args += ["--primary", self.primary]
+        return fluxbee_argv(*args)
 
     def start(self) -> None:
         before = self.generation()
         with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen(
-                fluxbee_argv("identity", "serve", "--hive-id", self.hive_id, "--run-dir", str(self.run_dir),
-                             "--db-url", self.db.dsn, "--database", self.db.database),
-                stdout=logf, stderr=logf)
-        wait_until(lambda: self._ready(before), 20, "SY.identity to publish its region")
+            self.proc = subprocess.Popen(self.argv(), stdout=logf, stderr=logf)
+        wait_until(lambda: self._ready(before), 20, f"{self.node_name} to publish its region")
+
+    def log(self) -> str:
+        return self.log_path.read_text()[-4000:]
 
     def generation(self) -> int:
         try:
-            with identity_shm.IdentityRegionReader(self.hive_id) as r:
+            with identity_shm.IdentityRegionReader(self.region_hive) as r:
                 return r.header().generation
         except identity_shm.IdentityShmError:
             return 0
@@ -84,7 +99,7 @@ class IdentityProc:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"SY.identity exited {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
         try:
-            with identity_shm.IdentityRegionReader(self.hive_id) as r:
+            with identity_shm.IdentityRegionReader(self.region_hive) as r:
                 h = r.header()
                 return h.owner_pid == self.pid and h.data_version >= 1 and not h.is_stale()
         except identity_shm.IdentityShmError:
