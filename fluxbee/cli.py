@@ -50,6 +50,7 @@ def cmd_router(args: argparse.Namespace) -> int:
         max_nodes=args.max_nodes,
         max_buffer=args.max_buffer,
         slow_consumer_timeout_s=args.slow_consumer_timeout,
+        identity_frontdesk=args.identity_frontdesk,
     )
     _raise_fd_limit()
     try:
@@ -244,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="outbound bytes buffered per connection before frames are refused (default 1 MiB)")
     r.add_argument("--slow-consumer-timeout", type=float, default=10.0,
                    help="seconds a connection may stay congested before it is closed (default 10)")
+    r.add_argument("--identity-frontdesk", default="SY.frontdesk.gov", metavar="NAME",
+                   help="where dst=null messages from temporary ILKs go (L2 name; @HIVE added when absent; "
+                        "default SY.frontdesk.gov)")
     r.set_defaults(func=cmd_router)
 
     n = sub.add_parser("node", help="run an example node built on the SDK")

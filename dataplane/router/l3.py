@@ -14,6 +14,12 @@ Order (the original's pre-resolve, before any policy):
 If the region is missing or unreadable the resolver answers "no decision"
 (fail open to the policy seam, as the original skips pre-resolve).  It
 reopens the region when SY.identity restarts (checked at most once a second).
+
+Every call is counted once by outcome in :attr:`L3Resolver.counts` (reported
+by the router's status and ``/metrics``): ``frontdesk``, ``dst_ilk``,
+``no_decision`` (the region has nothing that routes it), ``no_ilk`` (neither
+``src_ilk`` nor ``dst_ilk`` set), ``no_region``, ``read_timeout``; plus
+``alias_rewrites`` for decisions that canonicalised ``meta.src_ilk``.
 """
 
 from __future__ import annotations
@@ -21,10 +27,19 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Final
 
 import msgspec
 
 from fluxbee.dataplane import identity_shm
+
+FRONTDESK: Final = "frontdesk"
+DST_ILK: Final = "dst_ilk"
+NO_DECISION: Final = "no_decision"
+NO_ILK: Final = "no_ilk"
+NO_REGION: Final = "no_region"
+READ_TIMEOUT: Final = "read_timeout"
+OUTCOMES: Final = (FRONTDESK, DST_ILK, NO_DECISION, NO_ILK, NO_REGION, READ_TIMEOUT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +59,9 @@ class L3Resolver:
         self.recheck_s = recheck_s
         self._reader: identity_shm.IdentityRegionReader | None = None
         self._checked = -1e9
-        self.routed: Counter[str] = Counter()
-        """Decisions taken, by reason."""
+        self.counts: Counter[str] = Counter()
+        """Calls by outcome (see the module docstring)."""
+        self.alias_rewrites = 0
 
     def _region(self) -> identity_shm.IdentityRegionReader | None:
         now = time.monotonic()
@@ -61,11 +77,42 @@ class L3Resolver:
                     self._reader = None
         return self._reader
 
+    @property
+    def region_open(self) -> bool:
+        return self._reader is not None
+
     def resolve(self, src_ilk: str | None, dst_ilk: str | None) -> L3Decision | None:
+        decision = self._resolve(src_ilk, dst_ilk)
+        if decision is not None and decision.canonical_src_ilk is not None:
+            self.alias_rewrites += 1
+        return decision
+
+    def snapshot(self) -> dict[str, object]:
+        """For the router's status: where temporary ILKs go, whether the region is open, the counts."""
+        return {"frontdesk": self.frontdesk, "region": identity_shm.region_name(self.hive_id),
+                "region_open": self.region_open, "alias_rewrites": self.alias_rewrites,
+                "outcomes": {k: self.counts[k] for k in OUTCOMES}}
+
+    def prometheus(self) -> str:
+        """``fluxbee_router_l3_total{outcome=...}`` and the alias rewrites, in the text exposition format."""
+        lines = ["# HELP fluxbee_router_l3_total dst=null messages seen by the identity pre-resolve, by outcome.",
+                 "# TYPE fluxbee_router_l3_total counter"]
+        lines += [f'fluxbee_router_l3_total{{outcome="{k}"}} {self.counts[k]}' for k in OUTCOMES]
+        lines += ["# HELP fluxbee_router_l3_alias_rewrites_total meta.src_ilk rewritten to its canonical ILK.",
+                  "# TYPE fluxbee_router_l3_alias_rewrites_total counter",
+                  f"fluxbee_router_l3_alias_rewrites_total {self.alias_rewrites}",
+                  "# TYPE fluxbee_router_l3_region_open gauge",
+                  f"fluxbee_router_l3_region_open {int(self.region_open)}"]
+        return "\n".join(lines) + "\n"
+
+    def _resolve(self, src_ilk: str | None, dst_ilk: str | None) -> L3Decision | None:
+        counts = self.counts
         if src_ilk is None and dst_ilk is None:
+            counts[NO_ILK] += 1
             return None
         region = self._region()
         if region is None:
+            counts[NO_REGION] += 1
             return None
         try:
             canonical_src = None
@@ -75,15 +122,17 @@ class L3Resolver:
                     canonical_src = canonical
                 info = region.get_ilk(canonical)
                 if info is not None and info.registration_status == "temporary":
-                    self.routed["frontdesk"] += 1
-                    return L3Decision(self.frontdesk, canonical_src, "frontdesk")
+                    counts[FRONTDESK] += 1
+                    return L3Decision(self.frontdesk, canonical_src, FRONTDESK)
             if dst_ilk is not None:
                 target = region.resolve(dst_ilk)
                 if target is not None and target.handler_node:
-                    self.routed["dst_ilk"] += 1
-                    return L3Decision(target.handler_node, canonical_src, "dst_ilk")
+                    counts[DST_ILK] += 1
+                    return L3Decision(target.handler_node, canonical_src, DST_ILK)
         except identity_shm.ReadTimeoutError:
+            counts[READ_TIMEOUT] += 1
             return None
+        counts[NO_DECISION] += 1
         return None
 
     def close(self) -> None:

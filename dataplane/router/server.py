@@ -924,6 +924,7 @@ class Router:
             "routes": [r.model_dump(mode="json") for r in self.table.route_specs],
             "vpns": [v.model_dump(mode="json") for v in self.table.vpn_specs],
             "counters": {**self.counters.snapshot(), "producer_pauses": self.paused_producers},
+            "l3": self.l3.snapshot(),
         }
 
     def prometheus(self) -> str:
@@ -933,7 +934,7 @@ class Router:
             "congested_nodes": sum(1 for c in self.by_uuid.values() if c.congested_since is not None),
             "producer_pauses": self.paused_producers,
             "rss_bytes": _rss_bytes(),
-        })
+        }) + self.l3.prometheus()
 
     async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """A minimal HTTP/1.0 responder for probes and scraping (GET only)."""

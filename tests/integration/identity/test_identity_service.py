@@ -238,3 +238,32 @@ async def test_router_routes_dst_null_by_identity(run_dir: Path, identity: Ident
     finally:
         for s in (io, desk_sender, orch, agent_sender):
             await s.close()
+
+
+async def test_router_flag_names_the_front_desk_and_l3_outcomes_show_in_status_and_metrics(
+        run_dir: Path, router_factory: Any, identity_db: Db) -> None:
+    router = router_factory(extra=("--identity-frontdesk", "SY.desk"))
+    proc = IdentityProc(run_dir, identity_db, extra=("--frontdesk", "SY.desk"))
+    io = await node(run_dir, "IO.web")
+    desk_sender, desk_rx = await connect(NodeConfig(name="SY.desk", run_dir=run_dir))
+    try:
+        temp = await idc.provision_ilk(io, "web", "visitor-1")
+        await io.send(None, {"type": "text", "content": "hi"}, meta=wire.Meta(type="user", src_ilk=temp["ilk_id"]))
+        got = await desk_rx.recv(timeout=5)
+        assert got.payload["content"] == "hi" and got.routing.src_l2_name == "IO.web@t"
+        # the configured desk is also the one SY.identity lets register
+        await idc.register(desk_sender, temp["ilk_id"], "human", await default_tenant(identity_db))
+        reply = await io.request(None, {"x": 1}, meta=wire.Meta(type="user", src_ilk=temp["ilk_id"]),
+                                 raise_unreachable=False, timeout=5)
+        assert reply.payload["reason"] == wire.OPA_ERROR, "a complete ILK without dst_ilk: no L3 decision"
+        l3 = router.status()["l3"]
+        assert l3["frontdesk"] == "SY.desk@t" and l3["region_open"] is True
+        assert l3["outcomes"]["frontdesk"] == 1 and l3["outcomes"]["no_decision"] == 1
+        text = router.metrics()
+        assert 'fluxbee_router_l3_total{outcome="frontdesk"} 1' in text
+        assert 'fluxbee_router_l3_total{outcome="no_decision"} 1' in text
+        assert "fluxbee_router_l3_region_open 1" in text
+    finally:
+        await io.close()
+        await desk_sender.close()
+        assert proc.stop() == 0, proc.log()
