@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Identity benchmark: channel lookup from shared memory vs an asyncpg point query, and the
-ILK_PROVISION round trip through a real router and SY.identity.  Prints a Markdown block.
+"""Identity benchmark: channel lookup from shared memory vs an asyncpg point query, the
+ILK_PROVISION round trip through a real router and SY.identity, and replication to a replica
+SY.identity on the same router (full sync of the database, then the lag from a provision's
+reply to the channel being visible in the replica's region).  Prints a Markdown block.
 
 Usage: .venv/bin/python hack/bench-identity.py [--ilks 2000] [--lookups 20000] [--queries 2000] [--provisions 300]
 """
@@ -92,11 +94,38 @@ async def main(args: argparse.Namespace) -> None:
                     break
                 except idc.IdentityCallError:
                     await asyncio.sleep(0.1)
+            replica_hive = f"{hive}r"
+            t_spawn = time.perf_counter()
+            procs.append(subprocess.Popen([*py, "identity", "serve", "--hive-id", hive, "--run-dir", str(run_dir),
+                                           "--primary", f"SY.identity@{hive}", "--node-name", "SY.identity.replica",
+                                           "--region-hive", replica_hive, "--max-ilks", str(args.ilks * 2)],
+                                          stdout=logf, stderr=logf))
+            replica: identity_shm.IdentityRegionReader | None = None
+            while True:
+                if time.perf_counter() - t_spawn > 60:
+                    raise RuntimeError("the replica did not complete its full sync within 60 s")
+                try:
+                    replica = replica or identity_shm.IdentityRegionReader(replica_hive)
+                    if replica.header().chan_count >= args.ilks:
+                        break
+                except identity_shm.IdentityShmError:
+                    pass
+                await asyncio.sleep(0.005)
+            full_sync_s = time.perf_counter() - t_spawn
             rt_ns: list[float] = []
+            lag_ns: list[float] = []
             for i in range(args.provisions):
                 t0 = time.perf_counter_ns()
-                await idc.provision_ilk(io, "sms", f"+1555{i:07d}", target=f"SY.identity@{hive}")
-                rt_ns.append(time.perf_counter_ns() - t0)
+                made = await idc.provision_ilk(io, "sms", f"+1555{i:07d}", target=f"SY.identity@{hive}")
+                t1 = time.perf_counter_ns()
+                rt_ns.append(t1 - t0)
+                while (hit := replica.lookup_channel("sms", f"+1555{i:07d}", tenant)) is None:
+                    if time.perf_counter_ns() - t1 > 5e9:
+                        raise RuntimeError("a provision did not reach the replica within 5 s")
+                    await asyncio.sleep(0)
+                lag_ns.append(time.perf_counter_ns() - t1)
+                assert hit.ilk_id == made["ilk_id"]
+            replica.close()
             await io.close()
             for p in procs:
                 p.terminate()
@@ -111,6 +140,7 @@ async def main(args: argparse.Namespace) -> None:
     s50, s99 = pct(shm_ns, 0.5) / 1000, pct(shm_ns, 0.99) / 1000
     q50, q99 = pct(pg_ns, 0.5) / 1000, pct(pg_ns, 0.99) / 1000
     r50, r99 = pct(rt_ns, 0.5) / 1000, pct(rt_ns, 0.99) / 1000
+    l50, l99 = pct(lag_ns, 0.5) / 1000, pct(lag_ns, 0.99) / 1000
     print(f"""
 ## Identity
 
@@ -122,6 +152,10 @@ async def main(args: argparse.Namespace) -> None:
 | channel -> ILK from the identity region (shared memory, seqlock) | {s50:.2f} µs | {s99:.2f} µs |
 | same lookup as an asyncpg prepared point query (Unix socket, embedded PostgreSQL 18) | {q50:.1f} µs | {q99:.1f} µs |
 | ILK_PROVISION round trip (IO -> router -> SY.identity -> commit -> region -> reply) | {r50:.0f} µs | {r99:.0f} µs |
+| replication lag: provision reply received -> channel visible in the replica's region | {l50:.0f} µs | {l99:.0f} µs |
+
+Replica full sync of {args.ilks} ILKs/channels, from spawning the replica process (interpreter start
+included) to all channels in its region: {full_sync_s:.2f} s.
 
 Shared memory is {q50 / s50:.0f}x faster than PostgreSQL at p50 (mean of samples: {statistics.mean(shm_ns)/1000:.2f} µs
 vs {statistics.mean(pg_ns)/1000:.1f} µs).
