@@ -1,7 +1,33 @@
 """Test-session settings shared by every tier."""
 
+from __future__ import annotations
+
+import asyncio
 import os
+from collections.abc import AsyncIterator
+
+import pytest
 
 # Subprocesses started by tests run `python -m fluxbee …` from the repo root, whose `operator/`
 # folder would shadow the stdlib module if the working directory went onto sys.path.
 os.environ.setdefault("PYTHONSAFEPATH", "1")
+
+
+@pytest.fixture(autouse=True)
+async def no_leftover_tasks(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Fail an async test that leaves asyncio tasks running behind it (every task needs an owner)."""
+    if not asyncio.iscoroutinefunction(getattr(request.node, "function", None)):
+        yield
+        return
+    before = set(asyncio.all_tasks())
+    yield
+    current = asyncio.current_task()
+    for _ in range(3):  # let tasks that were told to stop finish their last step
+        leftover = [t for t in asyncio.all_tasks() - before if t is not current and not t.done()]
+        if not leftover:
+            return
+        await asyncio.sleep(0.05)
+    names = ", ".join(sorted(t.get_name() for t in leftover))
+    for task in leftover:
+        task.cancel()
+    pytest.fail(f"the test left {len(leftover)} asyncio task(s) running: {names}")
