@@ -195,6 +195,54 @@ def _admin_services(args: argparse.Namespace) -> list[Any]:
     return [local_admin(settings)]
 
 
+def cmd_admin(args: argparse.Namespace) -> int:
+    """``fluxbee admin --backend kubernetes``: the admin API of one hive, as the hive pod's container."""
+    import signal
+
+    from fluxbee.admin.cluster import ClusterSettings, run_cluster_admin
+    from fluxbee.admin.http import AdminSettings, SettingsError, check_settings
+    from fluxbee.admin.kube import KubeAccess
+
+    host, port = args.listen
+    token = os.environ.get("FLUXBEE_ADMIN_TOKEN") or None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip() or None
+        except OSError as err:
+            print(f"fluxbee admin: --token-file {args.token_file}: {err.strerror}", file=sys.stderr)
+            return 2
+    settings = AdminSettings(host=host, port=port, token=token)
+    try:
+        check_settings(settings)
+    except SettingsError as err:
+        print(f"fluxbee admin: {err}", file=sys.stderr)
+        return 2
+    namespace = args.namespace or os.environ.get("POD_NAMESPACE") or "default"
+    hive = args.hive or os.environ.get("FLUXBEE_HIVE_RESOURCE")
+    if not hive:
+        print("fluxbee admin: which Hive? give --hive NAME or set FLUXBEE_HIVE_RESOURCE", file=sys.stderr)
+        return 2
+    run_dir = _run_dir(args.run_dir)
+    try:
+        access = KubeAccess.from_environment(args.kube_api)
+    except Exception as err:  # kubeconfig loading raises several types; all mean "no API to talk to"
+        print(f"fluxbee admin: no Kubernetes API: not in a cluster and no usable kubeconfig ({err})",
+              file=sys.stderr)
+        return 2
+    cluster = ClusterSettings(namespace=namespace, hive_resource=hive, run_dir=run_dir,
+                              state_dir=Path(args.state_dir) if args.state_dir else run_dir / "admin" / hive,
+                              kube=access)
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await run_cluster_admin(settings, cluster, stop)
+
+    return int(_run(main()))
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from fluxbee.local.supervisor import LocalHiveError, run_local_hive
 
@@ -265,6 +313,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HOST:PORT of the admin API (port 0: any free port; 'off': no admin API)")
     u.add_argument("--admin-token-file", help="file holding the admin bearer token (default $FLUXBEE_ADMIN_TOKEN)")
     u.set_defaults(func=cmd_up)
+
+    a = sub.add_parser("admin", help="run the admin HTTP API of a hive in a cluster (Kubernetes backend)")
+    a.add_argument("--listen", type=_addr, default=("127.0.0.1", 8080),
+                   help="HOST:PORT to serve on (default 127.0.0.1:8080; anything but loopback needs a token)")
+    a.add_argument("--backend", choices=["kubernetes"], required=True,
+                   help="kubernetes: Hive/FluxNode/Runtime resources (the local backend runs inside `fluxbee up`)")
+    a.add_argument("--namespace", help="namespace of the Hive (default $POD_NAMESPACE, else 'default')")
+    a.add_argument("--hive", help="name of the Hive resource (default $FLUXBEE_HIVE_RESOURCE)")
+    a.add_argument("--token-file", help="file holding the bearer token (default $FLUXBEE_ADMIN_TOKEN)")
+    a.add_argument("--run-dir", help="the hive's socket directory, to reach its router (default $FLUXBEE_RUN_DIR)")
+    a.add_argument("--state-dir", help="where deployment/drift history is kept (default <run dir>/admin/<hive>)")
+    a.add_argument("--kube-api", help="API server URL without auth (tests, `kubectl proxy`); default: in-cluster "
+                                      "service account, else kubeconfig")
+    a.set_defaults(func=cmd_admin)
 
     from fluxbee.admin.ctl import register as register_ctl
 

@@ -24,9 +24,10 @@ from pydantic import ValidationError
 
 from fluxbee import __version__
 from fluxbee.admin import schemas as s
-from fluxbee.admin.backend import Backend, NodeObservation, RouterLink
+from fluxbee.admin.backend import Backend, NodeObservation, RouteConfig, RouterLink
 from fluxbee.admin.errors import AdminError
 from fluxbee.admin.history import History
+from fluxbee.admin.link import RouterRoutes
 from fluxbee.models import validate_node_name
 
 HIVE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -39,11 +40,16 @@ class Context:
     backend: Backend
     link: RouterLink
     history: History
+    routes: RouteConfig | None = None
+    """Where routes/VPNs live; default: the router's live config through ``link``."""
     started_at: float = field(default_factory=time.time)
     route_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def route_lock(self, hive: str) -> asyncio.Lock:
         return self.route_locks.setdefault(hive, asyncio.Lock())
+
+    def route_config(self) -> RouteConfig:
+        return self.routes if self.routes is not None else RouterRoutes(self.link)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +95,10 @@ def _now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _check_hive(ctx: Context, hive: str) -> None:
+async def _check_hive(ctx: Context, hive: str) -> None:
     if hive == ctx.backend.hive_id:
         return
-    if hive in ctx.backend.remote_hives():
+    if hive in await ctx.backend.remote_hives():
         raise AdminError("HIVE_NOT_CONNECTED", f"hive {hive!r} is registered but not connected: "
                                                "this hive has no WAN gateway link to it")
     raise AdminError("NOT_FOUND", f"hive {hive!r} is not known (this hive is {ctx.backend.hive_id!r})")
@@ -116,6 +122,12 @@ async def _visible(ctx: Context) -> tuple[set[str], dict[str, Any] | None]:
     except AdminError:
         return set(), None
     return {n["name"] for n in status.get("nodes", [])}, status
+
+
+async def _observe(ctx: Context, only: str | None = None) -> tuple[set[str], list[NodeObservation]]:
+    """The router-visible names and the backend's nodes (told when the router is out of reach)."""
+    visible, status = await _visible(ctx)
+    return visible, await ctx.backend.observe(visible if status is not None else None, only)
 
 
 def _find(observations: list[NodeObservation], name: str) -> NodeObservation | None:
@@ -172,19 +184,19 @@ def _describe(action: Action) -> dict[str, Any]:
                                           "optional_fields": optional}}}
 
 
-def _local_hive_row(ctx: Context) -> dict[str, Any]:
-    return {**ctx.backend.hive_info(), "status": "alive", "is_local": True}
+async def _local_hive_row(ctx: Context) -> dict[str, Any]:
+    return {"status": "alive", **await ctx.backend.hive_info(), "is_local": True}
 
 
 async def list_hives(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
-    rows = [_local_hive_row(ctx), *ctx.backend.remote_hives().values()]
+    rows = [await _local_hive_row(ctx), *(await ctx.backend.remote_hives()).values()]
     return {"status": "ok", "hives": sorted(rows, key=lambda r: str(r["hive_id"]))}
 
 
 async def get_hive(ctx: Context, target: str, p: s.HiveIdParams, call: Call) -> dict[str, Any]:
     if p.hive_id == ctx.backend.hive_id:
-        return {"status": "ok", "hive": _local_hive_row(ctx)}
-    record = ctx.backend.remote_hives().get(p.hive_id)
+        return {"status": "ok", "hive": await _local_hive_row(ctx)}
+    record = (await ctx.backend.remote_hives()).get(p.hive_id)
     if record is None:
         raise AdminError("NOT_FOUND", f"hive {p.hive_id!r} is not known")
     return {"status": "ok", "hive": record}
@@ -207,20 +219,20 @@ async def add_hive(ctx: Context, target: str, p: s.AddHiveParams, call: Call) ->
         raise AdminError("INVALID_HIVE_ID", f"hive_id {p.hive_id!r} must match {HIVE_ID_RE.pattern}")
     if not _valid_address(p.address):
         raise AdminError("INVALID_ADDRESS", f"address {p.address!r} is neither an IP address nor a DNS name")
-    if p.hive_id == ctx.backend.hive_id or p.hive_id in ctx.backend.remote_hives():
+    if p.hive_id == ctx.backend.hive_id or p.hive_id in await ctx.backend.remote_hives():
         raise AdminError("HIVE_EXISTS", f"hive {p.hive_id!r} already exists")
 
     async def work() -> dict[str, Any]:
         record = {"hive_id": p.hive_id, "address": p.address, "created_at": str(int(time.time() * 1000)),
                   "status": "registered", "role": "worker", "is_local": False, "wan_connected": False}
-        ctx.backend.add_remote_hive(record)
+        done = await ctx.backend.add_remote_hive(record)
         restrict = p.harden_ssh if p.restrict_ssh is None else p.restrict_ssh
         return {"status": "ok", "hive_id": p.hive_id, "address": p.address, "harden_ssh": p.harden_ssh,
                 "harden_ssh_applied": False, "restrict_ssh": restrict, "require_dist_sync": p.require_dist_sync,
                 "dist_sync_probe_timeout_secs": p.dist_sync_probe_timeout_secs, "wan_connected": False,
                 "orchestrator_connected": False, "dist_sync_ready": False,
-                "bootstrap_mode": "registered_only",
-                "message": "registered; no WAN gateway yet, so the worker is not bootstrapped or connected"}
+                "bootstrap_mode": done.get("bootstrap_mode", "registered_only"),
+                "message": done.get("message", "registered")}
 
     return await _record(ctx, call, "hive", "add_hive", time.time(), work(), {"hive_id": p.hive_id})
 
@@ -230,12 +242,12 @@ async def remove_hive(ctx: Context, target: str, p: s.HiveIdParams, call: Call) 
         raise AdminError("INVALID_REQUEST", "the local hive cannot be removed")
     if not HIVE_ID_RE.match(p.hive_id):
         raise AdminError("INVALID_HIVE_ID", f"hive_id {p.hive_id!r} must match {HIVE_ID_RE.pattern}")
-    record = ctx.backend.remote_hives().get(p.hive_id)
+    record = (await ctx.backend.remote_hives()).get(p.hive_id)
     if record is None:
         raise AdminError("NOT_FOUND", f"hive {p.hive_id!r} is not known")
 
     async def work() -> dict[str, Any]:
-        ctx.backend.remove_remote_hive(p.hive_id)
+        await ctx.backend.remove_remote_hive(p.hive_id)
         return {"status": "ok", "hive_id": p.hive_id, "address": record.get("address"),
                 "remote_cleanup": "local_only", "remote_cleanup_via": "local_only"}
 
@@ -253,9 +265,9 @@ def _row(o: NodeObservation) -> dict[str, Any]:
 
 
 async def list_nodes(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
-    _check_hive(ctx, target)
+    await _check_hive(ctx, target)
     visible, status = await _visible(ctx)
-    observed = ctx.backend.observe(visible)
+    observed = await ctx.backend.observe(visible if status is not None else None)
     rows = [_row(o) for o in observed]
     known = {o.node_name for o in observed}
     by_name: dict[str, dict[str, Any]] = {}
@@ -279,7 +291,7 @@ async def list_nodes(ctx: Context, target: str, p: s.NoParams, call: Call) -> di
 
 
 async def run_node(ctx: Context, target: str, p: s.SpawnNodeParams, call: Call) -> dict[str, Any]:
-    _check_hive(ctx, target)
+    await _check_hive(ctx, target)
     name = _node_name(ctx, target, p.node_name)
     if name.split(".", 1)[0] in ("SY", "RT"):
         raise AdminError("INVALID_REQUEST", "SY.* and RT.* nodes are the hive's own; they cannot be spawned")
@@ -295,7 +307,7 @@ async def run_node(ctx: Context, target: str, p: s.SpawnNodeParams, call: Call) 
 
 
 async def kill_node(ctx: Context, target: str, p: s.KillNodeParams, call: Call) -> dict[str, Any]:
-    _check_hive(ctx, target)
+    await _check_hive(ctx, target)
     name = _node_name(ctx, target, p.node_name)
 
     async def work() -> dict[str, Any]:
@@ -308,10 +320,10 @@ async def kill_node(ctx: Context, target: str, p: s.KillNodeParams, call: Call) 
 
 
 async def get_node_status(ctx: Context, target: str, p: s.NodeParams, call: Call) -> dict[str, Any]:
-    _check_hive(ctx, target)
+    await _check_hive(ctx, target)
     name = _node_name(ctx, target, p.node_name)
-    visible, _ = await _visible(ctx)
-    o = _find(ctx.backend.observe(visible, name), name)
+    visible, observed = await _observe(ctx, name)
+    o = _find(observed, name)
     if o is None:
         if name not in visible:
             raise AdminError("NODE_NOT_FOUND", f"node {name} is neither declared nor connected")
@@ -319,8 +331,12 @@ async def get_node_status(ctx: Context, target: str, p: s.NodeParams, call: Call
                             visible_in_router=True, runtime={"name": None, "requested_version": None,
                                                              "resolved_version": None})
     health, source, last_error, extensions = "UNKNOWN", "UNKNOWN", None, None
+    health_error: dict[str, str] | None = None
     if o.lifecycle_state == "RUNNING":
-        reported = await ctx.link.node_status(name, NODE_STATUS_TIMEOUT)
+        try:
+            reported = await ctx.link.node_status(name, NODE_STATUS_TIMEOUT)
+        except AdminError as err:  # no router in reach: health is not known, and we say why
+            reported, health_error = None, {"error_code": err.code, "error_detail": err.detail}
         if reported is not None:
             inner = reported.get("payload") if isinstance(reported.get("payload"), dict) else {}
             value = reported.get("health_state") or (inner or {}).get("health_state")
@@ -328,7 +344,7 @@ async def get_node_status(ctx: Context, target: str, p: s.NodeParams, call: Call
                 health, source = str(value), "NODE_REPORTED"
                 last_error = reported.get("last_error")
                 extensions = reported.get("extensions")
-        if source == "UNKNOWN":
+        if source == "UNKNOWN" and health_error is None:
             source = "ORCHESTRATOR_INFERRED"
             if o.config_path is not None and not o.config_valid:
                 health = "ERROR"
@@ -356,14 +372,16 @@ async def get_node_status(ctx: Context, target: str, p: s.NodeParams, call: Call
         node_status["last_error"] = last_error
     if extensions:
         node_status["extensions"] = extensions
+    if health_error is not None:
+        node_status["health_error"] = health_error
     return {"status": "ok", "target": target, "hive": target, "node_name": name, "node_status": node_status}
 
 
 async def _observed(ctx: Context, target: str, raw: str) -> NodeObservation:
-    _check_hive(ctx, target)
+    await _check_hive(ctx, target)
     name = _node_name(ctx, target, raw)
-    visible, _ = await _visible(ctx)
-    o = _find(ctx.backend.observe(visible, name), name)
+    _, observed = await _observe(ctx, name)
+    o = _find(observed, name)
     if o is None:
         raise AdminError("NODE_NOT_FOUND", f"node {name} is not declared in this hive")
     return o
@@ -412,7 +430,7 @@ async def get_node_state(ctx: Context, target: str, p: s.NodeParams, call: Call)
 
 
 async def send_node_message(ctx: Context, target: str, p: s.SendMessageParams, call: Call) -> dict[str, Any]:
-    _check_hive(ctx, target)
+    await _check_hive(ctx, target)
     name = _node_name(ctx, target, p.node_name)
     meta: dict[str, Any] = {k: v for k, v in {"src_ilk": p.src_ilk, "scope": p.scope, "target": p.meta_target,
                                               "action": p.meta_action, "priority": p.priority,
@@ -423,7 +441,7 @@ async def send_node_message(ctx: Context, target: str, p: s.SendMessageParams, c
 
 
 async def _control(ctx: Context, target: str, p: s.NodeControlParams, msg: str) -> dict[str, Any]:
-    _check_hive(ctx, target)
+    await _check_hive(ctx, target)
     name = _node_name(ctx, target, p.node_name)
     meta = {k: v for k, v in {"src_ilk": p.src_ilk, "scope": p.scope, "context": p.context}.items()
             if v is not None}
@@ -449,14 +467,11 @@ async def node_control_config_set(ctx: Context, target: str, p: s.NodeControlPar
 
 # routes and VPNs ---------------------------------------------------------------------
 async def _router_lists(ctx: Context) -> dict[str, Any]:
-    status = await ctx.link.router_status()
-    return {"config_version": status.get("config_version"), "routes": status.get("routes", []),
-            "vpns": status.get("vpns", [])}
+    return await ctx.route_config().lists()
 
 
 async def _apply(ctx: Context, subsystem: str, items: list[dict[str, Any]], version: int = 0) -> dict[str, Any]:
-    key = "routes" if subsystem == "routes" else "vpns"
-    reply = await ctx.link.config_changed(subsystem, {key: items}, version)
+    reply = await ctx.route_config().apply(subsystem, items, version)
     if reply.get("status") != "ok":
         code = str(reply.get("error_code") or "CONFIG_FAILED")
         code = {"STALE_VERSION": "VERSION_MISMATCH", "INVALID_CONFIG": "INVALID_CONFIG",
@@ -466,13 +481,13 @@ async def _apply(ctx: Context, subsystem: str, items: list[dict[str, Any]], vers
 
 
 async def list_routes(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
-    _check_hive(ctx, target)
+    await _check_hive(ctx, target)
     lists = await _router_lists(ctx)
     return {"status": "ok", "hive": target, "config_version": lists["config_version"], "routes": lists["routes"]}
 
 
 async def list_vpns(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
-    _check_hive(ctx, target)
+    await _check_hive(ctx, target)
     lists = await _router_lists(ctx)
     return {"status": "ok", "hive": target, "config_version": lists["config_version"], "vpns": lists["vpns"]}
 
@@ -482,7 +497,7 @@ def _route_dict(r: s.RouteBody) -> dict[str, Any]:
 
 
 async def add_route(ctx: Context, target: str, p: s.RouteBody, call: Call) -> dict[str, Any]:
-    _check_hive(ctx, target)
+    await _check_hive(ctx, target)
     if p.next_hop_hive is not None and not HIVE_ID_RE.match(p.next_hop_hive):
         raise AdminError("INVALID_REQUEST", f"next_hop_hive {p.next_hop_hive!r} is not a hive id")
 
@@ -498,7 +513,7 @@ async def add_route(ctx: Context, target: str, p: s.RouteBody, call: Call) -> di
 
 
 async def delete_route(ctx: Context, target: str, p: s.DeleteRouteParams, call: Call) -> dict[str, Any]:
-    _check_hive(ctx, target)
+    await _check_hive(ctx, target)
 
     async def work() -> dict[str, Any]:
         async with ctx.route_lock(target):
@@ -513,7 +528,7 @@ async def delete_route(ctx: Context, target: str, p: s.DeleteRouteParams, call: 
 
 
 async def add_vpn(ctx: Context, target: str, p: s.VpnBody, call: Call) -> dict[str, Any]:
-    _check_hive(ctx, target)
+    await _check_hive(ctx, target)
 
     async def work() -> dict[str, Any]:
         async with ctx.route_lock(target):
@@ -528,7 +543,7 @@ async def add_vpn(ctx: Context, target: str, p: s.VpnBody, call: Call) -> dict[s
 
 
 async def delete_vpn(ctx: Context, target: str, p: s.DeleteVpnParams, call: Call) -> dict[str, Any]:
-    _check_hive(ctx, target)
+    await _check_hive(ctx, target)
 
     async def work() -> dict[str, Any]:
         async with ctx.route_lock(target):
@@ -543,7 +558,7 @@ async def delete_vpn(ctx: Context, target: str, p: s.DeleteVpnParams, call: Call
 
 
 async def set_config_routes(ctx: Context, target: str, p: s.ConfigRoutesParams, call: Call) -> dict[str, Any]:
-    _check_hive(ctx, target)
+    await _check_hive(ctx, target)
 
     async def work() -> dict[str, Any]:
         out: dict[str, Any] = {"status": "ok", "hive": target}
@@ -566,29 +581,29 @@ async def set_config_vpns(ctx: Context, target: str, p: s.ConfigVpnsParams, call
 
 
 # versions, runtimes, history -------------------------------------------------------
-def _hive_versions(ctx: Context) -> dict[str, Any]:
+async def _hive_versions(ctx: Context) -> dict[str, Any]:
     return {"hive_id": ctx.backend.hive_id,
             "core": {"status": "ok", "schema_version": 1, "version": __version__, "manifest_hash": None,
                      "components": {"fluxbee": __version__}},
-            "runtimes": ctx.backend.runtimes(),
+            "runtimes": await ctx.backend.runtimes(),
             "vendor": {"status": "missing", "components": {}, "syncthing_present": False}}
 
 
 async def get_versions(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
-    _check_hive(ctx, target)
-    return {"status": "ok", "hive": _hive_versions(ctx)}
+    await _check_hive(ctx, target)
+    return {"status": "ok", "hive": await _hive_versions(ctx)}
 
 
 async def list_versions(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
-    rows: list[dict[str, Any]] = [_hive_versions(ctx)]
-    for hive_id in sorted(ctx.backend.remote_hives()):
+    rows: list[dict[str, Any]] = [await _hive_versions(ctx)]
+    for hive_id in sorted(await ctx.backend.remote_hives()):
         rows.append({"hive_id": hive_id, "status": "error", "error_code": "HIVE_NOT_CONNECTED",
                      "message": "no WAN link to this hive"})
     return {"status": "ok", "hives": rows}
 
 
-def _runtime_rows(ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    info = ctx.backend.runtimes()
+async def _runtime_rows(ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    info = await ctx.backend.runtimes()
     rows = []
     for name, entry in sorted(info.get("runtimes", {}).items()):
         readiness = entry.get("readiness", {})
@@ -606,22 +621,22 @@ def _runtime_rows(ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 async def list_runtimes(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
-    _check_hive(ctx, target)
-    info, rows = _runtime_rows(ctx)
+    await _check_hive(ctx, target)
+    info, rows = await _runtime_rows(ctx)
     return {"status": "ok", "hive_id": target, "manifest_version": info.get("manifest_version"),
             "manifest_hash": info.get("manifest_hash"), "runtimes": rows}
 
 
 async def get_runtime(ctx: Context, target: str, p: s.RuntimeParams, call: Call) -> dict[str, Any]:
-    _check_hive(ctx, target)
-    info, rows = _runtime_rows(ctx)
+    await _check_hive(ctx, target)
+    info, rows = await _runtime_rows(ctx)
     row = next((r for r in rows if r["runtime"] == p.runtime), None)
     if row is None:
         raise AdminError("RUNTIME_NOT_FOUND", f"runtime {p.runtime!r} is not in the store")
-    visible, _ = await _visible(ctx)
+    _, observed = await _observe(ctx)
     running = [{"node_name": o.node_name, "hive": o.hive, "runtime": o.runtime.get("name"),
                 "runtime_version": o.runtime.get("resolved_version"), "lifecycle": o.lifecycle_state}
-               for o in ctx.backend.observe(visible) if o.runtime.get("name") == p.runtime]
+               for o in observed if o.runtime.get("name") == p.runtime]
     return {"status": "ok", "hive_id": target, "manifest_version": info.get("manifest_version"),
             "manifest_hash": info.get("manifest_hash"), "runtime": p.runtime, **row,
             "usage": {"scope": "hive_local_visible", "in_use": bool(running),
@@ -631,7 +646,7 @@ async def get_runtime(ctx: Context, target: str, p: s.RuntimeParams, call: Call)
 
 async def _history(ctx: Context, target: str | None, name: str, p: s.HistoryParams) -> dict[str, Any]:
     if target is not None:
-        _check_hive(ctx, target)
+        await _check_hive(ctx, target)
     filters: dict[str, str | None] = {"category": p.category}
     if name == "drift-alerts.jsonl":
         filters.update(severity=p.severity, kind=p.kind)
@@ -656,6 +671,71 @@ async def list_drift_alerts(ctx: Context, target: str, p: s.HistoryParams, call:
 
 async def get_drift_alerts(ctx: Context, target: str, p: s.HistoryParams, call: Call) -> dict[str, Any]:
     return await _history(ctx, target, "drift-alerts.jsonl", p)
+
+
+# identity and modules (SY.identity over the router) ----------------------------------------
+IDENTITY_NODE = "SY.identity"
+IDENTITY_TIMEOUT = 5.0
+_IDENTITY_CODES = frozenset({"NOT_FOUND", "ILK_NOT_FOUND", "INVALID_REQUEST", "MODULE_EXISTS", "DB_NOT_READY",
+                             "UNAUTHORIZED_REGISTRAR", "DB_WRITE_FAILED"})
+
+
+async def _identity(ctx: Context, hive: str, msg: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """One request to the hive's SY.identity as SY.admin; its error codes kept where the table knows them."""
+    try:
+        _, reply = await ctx.link.request(f"{IDENTITY_NODE}@{hive}", payload, msg_type="system", msg=msg, meta={},
+                                          ttl=16, timeout=IDENTITY_TIMEOUT)
+    except AdminError as err:
+        if err.code in ("NODE_NOT_FOUND", "UNREACHABLE"):
+            raise AdminError("IDENTITY_UNAVAILABLE", f"{IDENTITY_NODE}@{hive} is not connected to the router "
+                                                     f"({err.detail})") from err
+        raise
+    if not isinstance(reply, dict):
+        raise AdminError("SERVICE_FAILED", f"{msg}_RESPONSE payload is not an object")
+    if reply.get("status") != "ok":
+        code = str(reply.get("error_code") or "SERVICE_FAILED")
+        detail = str(reply.get("message") or reply.get("error_detail") or code)
+        if code in _IDENTITY_CODES:
+            raise AdminError(code, detail)
+        raise AdminError("SERVICE_FAILED", f"{IDENTITY_NODE}: {code}: {detail}")
+    return {k: v for k, v in reply.items() if k != "status"}
+
+
+async def list_ilks(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
+    await _check_hive(ctx, target)
+    reply = await _identity(ctx, target, "ILK_LIST", {})
+    return {"status": "ok", "hive": target, "count": reply.get("count"), "ilks": reply.get("ilks", [])}
+
+
+async def get_ilk(ctx: Context, target: str, p: s.IlkParams, call: Call) -> dict[str, Any]:
+    await _check_hive(ctx, target)
+    return {"status": "ok", "hive": target, **await _identity(ctx, target, "ILK_GET", {"ilk_id": p.ilk_id})}
+
+
+async def list_modules(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
+    reply = await _identity(ctx, ctx.backend.hive_id, "MODULE_LIST", {})
+    items = reply.get("modules", [])
+    return {"status": "ok", "modules": sorted({str(m["name"]) for m in items}), "items": items}
+
+
+async def get_module(ctx: Context, target: str, p: s.ModuleParams, call: Call) -> dict[str, Any]:
+    reply = await _identity(ctx, ctx.backend.hive_id, "MODULE_GET", {"name": p.name})
+    items = reply.get("versions", [])
+    return {"status": "ok", "name": p.name, "versions": [str(m["version"]) for m in items], "items": items}
+
+
+async def get_module_version(ctx: Context, target: str, p: s.ModuleVersionParams, call: Call) -> dict[str, Any]:
+    reply = await _identity(ctx, ctx.backend.hive_id, "MODULE_GET", {"name": p.name, "version": p.version})
+    return {"status": "ok", "name": p.name, "version": p.version, "module": reply.get("module")}
+
+
+async def publish_module(ctx: Context, target: str, p: s.ModulePutParams, call: Call) -> dict[str, Any]:
+    async def work() -> dict[str, Any]:
+        reply = await _identity(ctx, ctx.backend.hive_id, "MODULE_PUT", p.model_dump())
+        return {"status": "ok", **reply}
+
+    return await _record(ctx, call, "modules", "publish_module", time.time(), work(),
+                         {"name": p.name, "version": p.version})
 
 
 # registry ---------------------------------------------------------------------------
@@ -700,6 +780,14 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
     _a(get_deployments, s.HistoryParams, "Changes made to one hive", read_only=True, target=True),
     _a(list_drift_alerts, s.HistoryParams, "Observed drift", read_only=True, target=False),
     _a(get_drift_alerts, s.HistoryParams, "Observed drift on one hive", read_only=True, target=True),
+    _a(list_ilks, s.NoParams, "ILKs of a hive (compact rows), from SY.identity", read_only=True, target=True),
+    _a(get_ilk, s.IlkParams, "One ILK with tenant and alias detail, from SY.identity", read_only=True, target=True),
+    _a(list_modules, s.NoParams, "Prompt modules (names and every version)", read_only=True, target=False),
+    _a(get_module, s.ModuleParams, "Versions of one prompt module", read_only=True, target=False),
+    _a(get_module_version, s.ModuleVersionParams, "One module version with its text and sha256", read_only=True,
+       target=False),
+    _a(publish_module, s.ModulePutParams, "Publish a module version (immutable; same text again is a no-op)",
+       read_only=False, target=False),
 )}
 
 _HIST = {"limit": int, "category": str, "severity": str, "kind": str}
@@ -746,6 +834,13 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/hives/{hive}/deployments", "get_deployments", query=_HIST),
     Route("GET", "/drift-alerts", "list_drift_alerts", query={"hive": str, **_HIST}),
     Route("GET", "/hives/{hive}/drift-alerts", "get_drift_alerts", query=_HIST),
+    Route("GET", "/hives/{hive}/identity/ilks", "list_ilks"),
+    Route("GET", "/hives/{hive}/identity/ilks/{ilk_id}", "get_ilk", {"ilk_id": "ilk_id"}),
+    Route("GET", "/modules", "list_modules"),
+    Route("GET", "/modules/{name}", "get_module", {"name": "name"}),
+    Route("GET", "/modules/{name}/{version}", "get_module_version", {"name": "name", "version": "version"}),
+    Route("POST", "/modules/{name}/{version}", "publish_module", {"name": "name", "version": "version"},
+          body="fields", body_required=True),
 )
 HIVE_QUERY_SWITCH = {"list_versions": "get_versions", "list_deployments": "get_deployments",
                      "list_drift_alerts": "get_drift_alerts"}

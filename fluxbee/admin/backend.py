@@ -1,8 +1,14 @@
 """What the admin actions need from a placement backend and from the router.
 
 Two placement backends implement :class:`Backend`: the local supervisor (``fluxbee up``,
-:mod:`fluxbee.admin.local`) and the Kubernetes API (FluxNode resources and their status; not built
-yet).  Both reach the hive's router through a :class:`RouterLink` (an SDK connection as ``SY.admin``).
+:mod:`fluxbee.admin.local`) and the Kubernetes API (FluxNode, Runtime and Hive resources and their
+status, :mod:`fluxbee.admin.kubernetes`).  Both reach the hive's router through a :class:`RouterLink`
+(an SDK connection as ``SY.admin``); in a cluster the router may be out of reach, and the link then
+refuses with ``ROUTER_UNREACHABLE`` rather than guessing.  Routes and VPN rules live where each
+backend keeps them (:class:`RouteConfig`): in the router's live config locally, in the Hive spec in
+a cluster (the operator rolls the ConfigMap and the routers reload it).
+
+Reads are ``async`` because the Kubernetes backend reads the API server; they take no lock.
 """
 
 from __future__ import annotations
@@ -32,17 +38,19 @@ class NodeObservation:
     state_path: str | None = None
     state: Any = None
     state_exists: bool = False
+    instances: list[str] = field(default_factory=list)
+    """Identities of the running instances (Pod uids, process ids): a change means a replacement."""
 
 
 class Backend(Protocol):
     hive_id: str
     kind: str
 
-    def hive_info(self) -> dict[str, Any]: ...
+    async def hive_info(self) -> dict[str, Any]: ...
 
-    def observe(self, visible: set[str], only: str | None = None) -> list[NodeObservation]:
+    async def observe(self, visible: set[str] | None, only: str | None = None) -> list[NodeObservation]:
         """Every node the hive should run, plus stopped managed ones, given the router-visible names
-        (just ``only`` when given)."""
+        (None: the router is out of reach), just ``only`` when given."""
         ...
 
     async def spawn_node(self, name: str, params: SpawnNodeParams) -> dict[str, Any]:
@@ -55,16 +63,31 @@ class Backend(Protocol):
 
     def bump_status_version(self, name: str, fingerprint: str) -> int: ...
 
-    def runtimes(self) -> dict[str, Any]:
+    async def runtimes(self) -> dict[str, Any]:
         """``{status, manifest_version, manifest_hash, runtimes: {name: {available, current, type,
         runtime_base, readiness: {version: {...}}}}}``."""
         ...
 
-    def remote_hives(self) -> dict[str, dict[str, Any]]: ...
+    async def remote_hives(self) -> dict[str, dict[str, Any]]: ...
 
-    def add_remote_hive(self, record: dict[str, Any]) -> None: ...
+    async def add_remote_hive(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Register a hive; returns what the backend did (``bootstrap_mode``, ``message``)."""
+        ...
 
-    def remove_remote_hive(self, hive_id: str) -> None: ...
+    async def remove_remote_hive(self, hive_id: str) -> None: ...
+
+
+class RouteConfig(Protocol):
+    """Where a hive's routes and VPN rules are kept and changed."""
+
+    async def lists(self) -> dict[str, Any]:
+        """``{config_version, routes: [...], vpns: [...]}`` (snake_case items, as the router reports them)."""
+        ...
+
+    async def apply(self, subsystem: str, items: list[dict[str, Any]], version: int) -> dict[str, Any]:
+        """Replace ``routes`` or ``vpn`` (``version`` 0: any newer); ``{status, config_version, version}``
+        or ``{status: error, error_code, error_detail}``."""
+        ...
 
 
 class RouterLink(Protocol):

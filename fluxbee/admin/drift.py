@@ -1,9 +1,12 @@
 """The drift monitor: compares what the hive should run with what runs, and records what differs.
 
-Every :data:`INTERVAL` seconds: a declared node that restarted (its restart count went up), that is
-FAILED, or that runs but has not shown up in the router for :data:`NOT_VISIBLE_AFTER` seconds; and a
-node connected to the router that nothing declares.  A condition is recorded once when it appears
-(restarts: once per restart) and again only after it cleared.
+Every :data:`INTERVAL` seconds: a declared node that restarted (its restart count went up), whose
+instance was replaced behind our back (a Pod deleted and recreated by the operator, with the same
+config), that is FAILED, or that runs but has not shown up in the router for
+:data:`NOT_VISIBLE_AFTER` seconds; and a node connected to the router that nothing declares.  A
+condition is recorded once when it appears (restarts and replacements: once each) and again only
+after it cleared.  Without a router in reach (a cluster admin container that does not share the
+hive's sockets) the checks that need the router are skipped and the others still run.
 """
 
 from __future__ import annotations
@@ -22,15 +25,17 @@ IGNORED_PREFIXES = ("SY.", "RT.")
 
 
 class DriftMonitor:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, *, interval: float = INTERVAL) -> None:
         self.ctx = ctx
+        self.interval = interval
         self.restarts: dict[str, int] = {}
+        self.instances: dict[str, tuple[set[str], object]] = {}
         self.active: set[tuple[str, str]] = set()
         self.starting_since: dict[str, float] = {}
 
-    def check(self, visible: set[str]) -> None:
+    async def check(self, visible: set[str] | None) -> None:
         history = self.ctx.history
-        observed = self.ctx.backend.observe(visible)
+        observed = await self.ctx.backend.observe(visible)
         now_active: set[tuple[str, str]] = set()
         declared = set()
         for o in observed:
@@ -38,22 +43,36 @@ class DriftMonitor:
             declared.add(name)
             count = int(o.process.get("restart_count") or 0)
             before = self.restarts.get(name)
-            if before is not None and count > before:
+            restarted = before is not None and count > before
+            if restarted:
                 history.drift(category="node", kind="node_restarted", severity="warning",
                               message=f"{name} exited (code {o.process.get('exit_code')}) and was restarted "
                                       f"(restart #{count})",
                               detail={"node_name": name, "restart_count": count,
                                       "exit_code": o.process.get("exit_code")})
             self.restarts[name] = count
+            now_instances = set(o.instances)
+            config_hash = o.process.get("config_hash")
+            seen = self.instances.get(name)
+            if seen is not None and not restarted and seen[1] == config_hash:
+                gone = sorted(seen[0] - now_instances)
+                if gone and now_instances - seen[0]:
+                    history.drift(category="node", kind="node_replaced", severity="warning",
+                                  message=f"{name}: instance {', '.join(gone)} disappeared and was replaced "
+                                          "without a change to its spec",
+                                  detail={"node_name": name, "gone": gone,
+                                          "now": sorted(now_instances - seen[0])})
+            if now_instances:
+                self.instances[name] = (now_instances, config_hash)
             if o.lifecycle_state == "FAILED":
                 now_active.add((name, "node_failed"))
-            if o.lifecycle_state == "STARTING":
+            if o.lifecycle_state == "STARTING" and visible is not None:
                 since = self.starting_since.setdefault(name, time.monotonic())
                 if time.monotonic() - since > NOT_VISIBLE_AFTER:
                     now_active.add((name, "node_not_visible"))
             else:
                 self.starting_since.pop(name, None)
-        for name in visible - declared:
+        for name in (visible or set()) - declared:
             if not name.startswith(IGNORED_PREFIXES):
                 now_active.add((name, "unmanaged_node"))
         for name, kind in sorted(now_active - self.active):
@@ -67,10 +86,17 @@ class DriftMonitor:
     async def run(self) -> None:
         while True:
             try:
-                status = await self.ctx.link.router_status()
-                self.check({n["name"] for n in status.get("nodes", [])})
+                try:
+                    status = await self.ctx.link.router_status()
+                    visible: set[str] | None = {n["name"] for n in status.get("nodes", [])}
+                except AdminError as err:
+                    if self.ctx.backend.kind == "local":
+                        raise  # the local router is the hive: nothing to compare without it
+                    log.debug("drift check without the router: %s", err)
+                    visible = None
+                await self.check(visible)
             except AdminError as err:
                 log.debug("drift check skipped: %s", err)
             except OSError as err:  # a node directory vanished mid-scan: the next pass sees the new state
-                log.warning("drift check failed: %s; retrying in %.0f s", err, INTERVAL)
-            await asyncio.sleep(INTERVAL)
+                log.warning("drift check failed: %s; retrying in %.0f s", err, self.interval)
+            await asyncio.sleep(self.interval)

@@ -11,6 +11,7 @@ import asyncio
 import time
 from typing import Any, cast
 
+from fluxbee.admin.backend import RouterLink
 from fluxbee.admin.errors import AdminError
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.sdk import (
@@ -105,3 +106,79 @@ class SdkRouterLink:
         except SdkError as err:
             raise _transport(err) from err
         return reply.meta.msg, reply.payload
+
+
+class RouterRoutes:
+    """:class:`~fluxbee.admin.backend.RouteConfig` of a local hive: the router's live config,
+    read from its status and replaced with ``CONFIG_CHANGED``."""
+
+    def __init__(self, link: RouterLink) -> None:
+        self.link = link
+
+    async def lists(self) -> dict[str, Any]:
+        status = await self.link.router_status()
+        return {"config_version": status.get("config_version"), "routes": status.get("routes", []),
+                "vpns": status.get("vpns", [])}
+
+    async def apply(self, subsystem: str, items: list[dict[str, Any]], version: int) -> dict[str, Any]:
+        key = "routes" if subsystem == "routes" else "vpns"
+        return await self.link.config_changed(subsystem, {key: items}, version)
+
+
+def router_unreachable(detail: str) -> AdminError:
+    return AdminError("ROUTER_UNREACHABLE", detail)
+
+
+class UnreachableRouterLink:
+    """The link of an admin server that has no router socket in reach (an admin container whose pod
+    does not share the hive's socket directory, or before the router has started).  Everything that
+    needs the router refuses with ``ROUTER_UNREACHABLE`` (503); nothing is guessed."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def _fail(self) -> AdminError:
+        return router_unreachable(self.reason)
+
+    async def router_status(self) -> dict[str, Any]:
+        raise self._fail()
+
+    async def node_status(self, name: str, timeout: float) -> dict[str, Any] | None:
+        raise self._fail()
+
+    async def config_changed(self, subsystem: str, config: dict[str, Any], version: int) -> dict[str, Any]:
+        raise self._fail()
+
+    async def send(self, dst: str, payload: Any, *, msg_type: str, msg: str | None, meta: dict[str, Any],
+                   ttl: int) -> str:
+        raise self._fail()
+
+    async def request(self, dst: str, payload: Any, *, msg_type: str, msg: str, meta: dict[str, Any], ttl: int,
+                      timeout: float) -> tuple[str | None, Any]:
+        raise self._fail()
+
+
+class SwitchableRouterLink:
+    """A link whose router connection comes and goes: calls go to ``current``, which the admin
+    server's connector task swaps between an :class:`SdkRouterLink` and an :class:`UnreachableRouterLink`."""
+
+    def __init__(self, current: RouterLink) -> None:
+        self.current = current
+
+    async def router_status(self) -> dict[str, Any]:
+        return await self.current.router_status()
+
+    async def node_status(self, name: str, timeout: float) -> dict[str, Any] | None:
+        return await self.current.node_status(name, timeout)
+
+    async def config_changed(self, subsystem: str, config: dict[str, Any], version: int) -> dict[str, Any]:
+        return await self.current.config_changed(subsystem, config, version)
+
+    async def send(self, dst: str, payload: Any, *, msg_type: str, msg: str | None, meta: dict[str, Any],
+                   ttl: int) -> str:
+        return await self.current.send(dst, payload, msg_type=msg_type, msg=msg, meta=meta, ttl=ttl)
+
+    async def request(self, dst: str, payload: Any, *, msg_type: str, msg: str, meta: dict[str, Any], ttl: int,
+                      timeout: float) -> tuple[str | None, Any]:
+        return await self.current.request(dst, payload, msg_type=msg_type, msg=msg, meta=meta, ttl=ttl,
+                                          timeout=timeout)

@@ -58,7 +58,7 @@ class LocalBackend:
         docs = self.hive.hive_documents()
         return next(d for d in docs if isinstance(d, Hive))
 
-    def hive_info(self) -> dict[str, Any]:
+    async def hive_info(self) -> dict[str, Any]:
         try:
             hive = self._hive_doc()
             role, router = hive.spec.role, hive.spec.router_name
@@ -68,7 +68,11 @@ class LocalBackend:
                 "run_dir": str(self.hive.run_dir), "started_at": _iso(self.hive.started_at)}
 
     # observation -----------------------------------------------------
-    def observe(self, visible: set[str], only: str | None = None) -> list[NodeObservation]:
+    async def observe(self, visible: set[str] | None, only: str | None = None) -> list[NodeObservation]:
+        return self.observe_now(visible or set(), only)
+
+    def observe_now(self, visible: set[str], only: str | None = None) -> list[NodeObservation]:
+        """The local supervisor's view is in this process: no I/O beyond small files."""
         plan = self.hive.plan
         if plan is None:
             return []
@@ -135,7 +139,8 @@ class LocalBackend:
             runtime={"name": system.get("runtime"), "requested_version": system.get("requested_runtime_version"),
                      "resolved_version": system.get("runtime_version")},
             process=process, config_path=str(node_dir / "config.json"), config=config, config_valid=valid,
-            state_path=str(node_dir / "state.json"), state=state, state_exists=state_exists)
+            state_path=str(node_dir / "state.json"), state=state, state_exists=state_exists,
+            instances=[str(x.proc.pid) for x in sups if x.proc is not None and x.proc.returncode is None])
 
     def bump_status_version(self, name: str, fingerprint: str) -> int:
         """Persisted per node; bumped only when the fingerprint changes (upstream §4)."""
@@ -272,7 +277,7 @@ class LocalBackend:
                 "applied_by": "restart"}
 
     # runtimes and hives ------------------------------------------------
-    def runtimes(self) -> dict[str, Any]:
+    async def runtimes(self) -> dict[str, Any]:
         store = self.hive.store
         manifest = store.manifest()
         entries = manifest.get("runtimes", {})
@@ -284,7 +289,7 @@ class LocalBackend:
         return {"status": "ok" if store.manifest_path.exists() else "missing",
                 "manifest_version": manifest.get("version"), "manifest_hash": store.manifest_hash(), "runtimes": out}
 
-    def remote_hives(self) -> dict[str, dict[str, Any]]:
+    async def remote_hives(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for path in sorted(self._hives_dir.glob("*.json")) if self._hives_dir.exists() else ():
             try:
@@ -295,12 +300,14 @@ class LocalBackend:
                 out[str(record["hive_id"])] = record
         return out
 
-    def add_remote_hive(self, record: dict[str, Any]) -> None:
+    async def add_remote_hive(self, record: dict[str, Any]) -> dict[str, Any]:
         self._hives_dir.mkdir(parents=True, exist_ok=True)
         path = self._hives_dir / f"{record['hive_id']}.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
         os.replace(tmp, path)
+        return {"bootstrap_mode": "registered_only",
+                "message": "registered; no WAN gateway yet, so the worker is not bootstrapped or connected"}
 
-    def remove_remote_hive(self, hive_id: str) -> None:
+    async def remove_remote_hive(self, hive_id: str) -> None:
         (self._hives_dir / f"{hive_id}.json").unlink(missing_ok=True)

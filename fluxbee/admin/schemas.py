@@ -137,3 +137,27 @@ class ConfigVpnsParams(Params):
 
 class RuntimeParams(Params):
     runtime: str = Field(min_length=1, max_length=128)
+
+
+class IlkParams(Params):
+    ilk_id: str = Field(min_length=1, max_length=64, description="`ilk:<uuid>` (an alias resolves to its ILK).")
+
+
+_MODULE_TOKEN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+class ModuleParams(Params):
+    name: str = Field(pattern=_MODULE_TOKEN, description="Module name.")
+
+
+class ModuleVersionParams(Params):
+    name: str = Field(pattern=_MODULE_TOKEN, description="Module name.")
+    version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Module version.")
+
+
+class ModulePutParams(Params):
+    name: str = Field(pattern=_MODULE_TOKEN, description="Module name.")
+    version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Module version.")
+    prompt_text: str = Field(min_length=1, max_length=262144, description="The prompt fragment (UTF-8).")
+    description: str = Field(default="", max_length=1024)
+    category: str = Field(default="", max_length=32)

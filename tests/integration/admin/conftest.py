@@ -40,6 +40,7 @@ class AdminHive:
 @pytest.fixture(scope="module")
 def hive() -> Iterator[AdminHive]:
     run_dir = Path(tempfile.mkdtemp(prefix="fba", dir="/tmp"))
+    run_dir.chmod(0o755)  # embedded PostgreSQL drops to 'postgres' when run as root: it must enter the run dir
     port = free_port()
     log = open(run_dir / "up.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "fluxbee", "up", "--run-dir", str(run_dir), "--admin-listen",
@@ -51,6 +52,8 @@ def hive() -> Iterator[AdminHive]:
                    "the hive to be ready")
         assert proc.poll() is None, (run_dir / "up.log").read_text()
         assert "admin API on" in (run_dir / "up.log").read_text()
+        # SY.identity answers DB_NOT_READY (503) until embedded PostgreSQL is up: wait for it once here
+        wait_until(lambda: h.call("GET", "/hives/local/identity/ilks")[0] == 200, 30, "SY.identity to be ready")
         yield h
     finally:
         proc.send_signal(signal.SIGINT)

@@ -195,7 +195,7 @@ async def test_control_config_get_and_set_reach_the_node_and_return_its_answer(h
 
     holder = []
     sender, _ = await connect(NodeConfig(name="WF.cfg.probe", run_dir=hive.run_dir, reconnect=False,
-                                         on_message=answer))
+                                         on_message=answer, handle_config=False))
     holder.append(sender)
     try:
         code, doc = await asyncio.to_thread(hive.call, "POST", "/hives/local/nodes/WF.cfg.probe/control/config-set",
