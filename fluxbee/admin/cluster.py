@@ -75,11 +75,13 @@ async def _router_connector(ctx: Context, link: SwitchableRouterLink, run_dir: P
             await asyncio.sleep(ROUTER_RETRY)
             continue
         log.info("connected to the router as %s", ADMIN_NODE_NAME)
-        link.current = SdkRouterLink(sender)
+        sdk_link = SdkRouterLink(sender)
+        link.current = sdk_link
         try:
             await serve_admin_commands(ctx, sender, receiver)
         finally:
             link.current = unreachable
+            await sdk_link.close()
             await sender.close()
         log.warning("router connection ended; looking for the router again in %.0f s", ROUTER_RETRY)
         await asyncio.sleep(ROUTER_RETRY)

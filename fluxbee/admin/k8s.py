@@ -39,7 +39,8 @@ NODE_NAME_ANNOTATION = "fluxbee.io/node-name"
 REQUESTED_VERSION_ANNOTATION = "fluxbee.io/requested-runtime-version"
 CONFIG_VERSION_ANNOTATION = "fluxbee.io/config-version"
 ADDRESS_ANNOTATION = "fluxbee.io/address"
-ROUTES_VERSION_ANNOTATION = "fluxbee.io/routes-version"
+VERSION_ANNOTATION = "fluxbee.io/{key}-version"
+"""The last explicit version of ``routes`` / ``vpns`` (kept apart, as the router keeps them)."""
 NODE_CONFIG_KEY = "config.json"
 CRASH_REASONS = frozenset({"CrashLoopBackOff", "Error", "ImagePullBackOff", "ErrImagePull",
                            "CreateContainerConfigError", "InvalidImageName"})
@@ -397,7 +398,7 @@ class HiveSpecRoutes:
 
     ``config_version`` is the Hive's ``metadata.generation`` (what the operator writes into the hive
     ConfigMap as ``version``); an explicit ``version`` must exceed both it and the last explicit one
-    (kept in an annotation), as the router requires of ``CONFIG_CHANGED``."""
+    for the same list (kept in an annotation), as the router requires of ``CONFIG_CHANGED``."""
 
     def __init__(self, backend: KubernetesBackend) -> None:
         self.backend = backend
@@ -421,14 +422,15 @@ class HiveSpecRoutes:
             hive = await b._hive()
             meta = hive["metadata"]
             annotations = meta.get("annotations") or {}
-            applied = max(int(meta.get("generation") or 0), int(annotations.get(ROUTES_VERSION_ANNOTATION, "0")))
+            annotation = VERSION_ANNOTATION.format(key=key)
+            applied = max(int(meta.get("generation") or 0), int(annotations.get(annotation, "0")))
             if version and version <= applied:
                 return {"status": "error", "error_code": "STALE_VERSION",
                         "error_detail": f"version {version} is not newer than the applied {applied}"}
             patch: dict[str, Any] = {"metadata": {"resourceVersion": meta.get("resourceVersion")},
                                      "spec": {key: wire_items}}
             if version:
-                patch["metadata"]["annotations"] = {ROUTES_VERSION_ANNOTATION: str(version)}
+                patch["metadata"]["annotations"] = {annotation: str(version)}
             try:
                 new = await b.api.patch("hives", b.namespace, b.hive_resource, patch)
             except KubeError as err:

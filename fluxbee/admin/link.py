@@ -52,13 +52,20 @@ class SdkRouterLink:
         if cached is not None and time.monotonic() - cached[0] < STATUS_TTL:
             return cached[1]
         if self._inflight is None:
-            self._inflight = asyncio.ensure_future(self._fetch_status())
+            self._inflight = asyncio.get_running_loop().create_task(self._fetch_status(), name="admin-router-status")
         future = self._inflight
         try:
             return await asyncio.shield(future)
         finally:
             if future.done() and self._inflight is future:
                 self._inflight = None
+
+    async def close(self) -> None:
+        """Stop the shared status request, if one is in flight (its waiters get CancelledError)."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None and not inflight.done():
+            inflight.cancel()
+            await asyncio.gather(inflight, return_exceptions=True)
 
     async def _fetch_status(self) -> dict[str, Any]:
         try:

@@ -37,7 +37,8 @@ def local_admin(settings: AdminSettings) -> Callable[[LocalHive], AbstractAsyncC
     async def run(hive: LocalHive) -> AsyncIterator[Any]:
         sender, receiver = await connect(NodeConfig(name=ADMIN_NODE_NAME, run_dir=hive.run_dir, connect_timeout=10.0))
         backend = LocalBackend(hive)
-        ctx = Context(backend=backend, link=SdkRouterLink(sender), history=History(
+        link = SdkRouterLink(sender)
+        ctx = Context(backend=backend, link=link, history=History(
             hive.run_dir / "admin" / "history", backend.hive_id))
         tasks = [asyncio.create_task(serve_admin_commands(ctx, sender, receiver), name="admin-command-gateway"),
                  asyncio.create_task(DriftMonitor(ctx).run(), name="admin-drift-monitor")]
@@ -65,6 +66,7 @@ def local_admin(settings: AdminSettings) -> Callable[[LocalHive], AbstractAsyncC
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await asyncio.shield(runner.cleanup())
+            await link.close()
             await sender.close()
 
     return run
