@@ -142,9 +142,19 @@ class RegionFullError(IdentityShmError):
 # --------------------------------------------------------------------------- pure helpers
 
 
-def region_name(hive_id: str) -> str:
-    """POSIX name of a hive's identity region, e.g. ``/fluxbee-identity-prod``."""
-    return f"/fluxbee-identity-{hive_id}"
+def run_dir_scope(run_dir: str | os.PathLike[str]) -> str:
+    """A short, stable tag of a hive's run dir: two hives with one id on one host (two namespaces
+    on a Kubernetes node share ``/dev/shm`` through hostIPC) must not share an identity region."""
+    return hashlib.sha256(os.path.realpath(run_dir).encode()).hexdigest()[:10]
+
+
+def region_name(hive_id: str, run_dir: str | os.PathLike[str] | None = None) -> str:
+    """POSIX name of a hive's identity region, e.g. ``/fluxbee-identity-prod-1a2b3c4d5e``.
+
+    Every process of a hive passes the hive's run dir; without one (unit tests, tools that name
+    no run dir) the name is unscoped, ``/fluxbee-identity-prod``."""
+    base = f"/fluxbee-identity-{hive_id}"
+    return base if run_dir is None else f"{base}-{run_dir_scope(run_dir)}"
 
 
 @lru_cache(maxsize=4096)
@@ -280,10 +290,11 @@ class IdentityRegionWriter:
     """Creates and owns the region; applies changes inside :meth:`batch`."""
 
     def __init__(self, hive_id: str, *, capacity: Capacity, owner_uuid: str | None = None,
-                 is_primary: bool = True, name: str | None = None) -> None:
+                 is_primary: bool = True, name: str | None = None,
+                 run_dir: str | os.PathLike[str] | None = None) -> None:
         if len(hive_id.encode()) > MAX_HIVE_ID_BYTES:
             raise ValueError(f"hive id {hive_id!r} is longer than {MAX_HIVE_ID_BYTES} bytes")
-        self.name = name or region_name(hive_id)
+        self.name = name or region_name(hive_id, run_dir)
         self.hive_id = hive_id
         self.capacity = capacity
         self.owner_uuid = owner_uuid or str(_uuid.uuid4())
@@ -548,8 +559,8 @@ def _pid_alive(pid: int) -> bool:
 class IdentityRegionReader:
     """Read-only view.  Every lookup is one seqlock-validated probe in the mapping."""
 
-    def __init__(self, hive_id: str, *, name: str | None = None) -> None:
-        self.name = name or region_name(hive_id)
+    def __init__(self, hive_id: str, *, name: str | None = None, run_dir: str | os.PathLike[str] | None = None) -> None:
+        self.name = name or region_name(hive_id, run_dir)
         self.hive_id = hive_id
         try:
             shm = posix_ipc.SharedMemory(self.name, 0)
@@ -716,3 +727,44 @@ class IdentityRegionReader:
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+class RegionHandle:
+    """A hive's identity region for a long-lived reader (the router, IO nodes).
+
+    Opened lazily; at most every ``recheck_s`` it checks whether the writer replaced the region
+    (SY.identity restarted) or stopped beating, and reopens.  ``get()`` is None while there is
+    no region, so callers fall back (to ILK_PROVISION, or to "no L3 decision").
+    """
+
+    def __init__(self, hive_id: str, *, run_dir: str | os.PathLike[str] | None = None,
+                 recheck_s: float = 1.0) -> None:
+        self.hive_id = hive_id
+        self.name = region_name(hive_id, run_dir)
+        self.recheck_s = recheck_s
+        self._reader: IdentityRegionReader | None = None
+        self._checked = -1e9
+
+    def get(self) -> IdentityRegionReader | None:
+        now = time.monotonic()
+        if now - self._checked >= self.recheck_s:
+            self._checked = now
+            if self._reader is not None and self._reader.replaced():
+                self._reader.close()
+                self._reader = None
+            if self._reader is None:
+                try:
+                    self._reader = IdentityRegionReader(self.hive_id, name=self.name)
+                except IdentityShmError:
+                    self._reader = None
+        return self._reader
+
+    @property
+    def is_open(self) -> bool:
+        return self._reader is not None
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+

@@ -105,7 +105,7 @@ async def main(args: argparse.Namespace) -> None:
                 if time.perf_counter() - t_spawn > 60:
                     raise RuntimeError("the replica did not complete its full sync within 60 s")
                 try:
-                    replica = replica or identity_shm.IdentityRegionReader(replica_hive)
+                    replica = replica or identity_shm.IdentityRegionReader(replica_hive, run_dir=run_dir)
                     if replica.header().chan_count >= args.ilks:
                         break
                 except identity_shm.IdentityShmError:

@@ -24,7 +24,7 @@ by the router's status and ``/metrics``): ``frontdesk``, ``dst_ilk``,
 
 from __future__ import annotations
 
-import time
+import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import Final
@@ -53,33 +53,21 @@ class L3Decision:
 
 
 class L3Resolver:
-    def __init__(self, hive_id: str, frontdesk: str, *, recheck_s: float = 1.0) -> None:
+    def __init__(self, hive_id: str, frontdesk: str, *, run_dir: str | os.PathLike[str] | None = None,
+                 recheck_s: float = 1.0) -> None:
         self.hive_id = hive_id
         self.frontdesk = frontdesk if "@" in frontdesk else f"{frontdesk}@{hive_id}"
-        self.recheck_s = recheck_s
-        self._reader: identity_shm.IdentityRegionReader | None = None
-        self._checked = -1e9
+        self._handle = identity_shm.RegionHandle(hive_id, run_dir=run_dir, recheck_s=recheck_s)
         self.counts: Counter[str] = Counter()
         """Calls by outcome (see the module docstring)."""
         self.alias_rewrites = 0
 
     def _region(self) -> identity_shm.IdentityRegionReader | None:
-        now = time.monotonic()
-        if now - self._checked >= self.recheck_s:
-            self._checked = now
-            if self._reader is not None and self._reader.replaced():
-                self._reader.close()
-                self._reader = None
-            if self._reader is None:
-                try:
-                    self._reader = identity_shm.IdentityRegionReader(self.hive_id)
-                except identity_shm.IdentityShmError:
-                    self._reader = None
-        return self._reader
+        return self._handle.get()
 
     @property
     def region_open(self) -> bool:
-        return self._reader is not None
+        return self._handle.is_open
 
     def resolve(self, src_ilk: str | None, dst_ilk: str | None) -> L3Decision | None:
         decision = self._resolve(src_ilk, dst_ilk)
@@ -89,7 +77,7 @@ class L3Resolver:
 
     def snapshot(self) -> dict[str, object]:
         """For the router's status: where temporary ILKs go, whether the region is open, the counts."""
-        return {"frontdesk": self.frontdesk, "region": identity_shm.region_name(self.hive_id),
+        return {"frontdesk": self.frontdesk, "region": self._handle.name,
                 "region_open": self.region_open, "alias_rewrites": self.alias_rewrites,
                 "outcomes": {k: self.counts[k] for k in OUTCOMES}}
 
@@ -136,9 +124,7 @@ class L3Resolver:
         return None
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        self._handle.close()
 
 
 def with_src_ilk(meta: msgspec.Raw, src_ilk: str) -> msgspec.Raw:

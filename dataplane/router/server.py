@@ -342,7 +342,7 @@ class Router:
         self.dirty: list[Conn] = []
         self.paused_producers = 0
         self._stopped = asyncio.Event()
-        self.l3 = L3Resolver(settings.hive_id, settings.identity_frontdesk)
+        self.l3 = L3Resolver(settings.hive_id, settings.identity_frontdesk, run_dir=settings.run_dir)
 
     # lifecycle ---------------------------------------------------------
     async def start(self) -> None:

@@ -32,7 +32,7 @@ from typing import Any, cast
 
 import msgspec
 
-from fluxbee.dataplane import wire
+from fluxbee.dataplane import shm, wire
 from fluxbee.dataplane.wire import Message, Meta, Routing
 
 log = logging.getLogger(__name__)
@@ -86,15 +86,35 @@ def default_run_dir() -> Path:
 
 
 def find_router_socket(run_dir: Path, name: str) -> Path:
-    """Pick the router socket in ``run_dir/routers`` (sticky FNV-1a hash of the base name)."""
+    """Pick the router socket in ``run_dir/routers`` (sticky FNV-1a hash of the base name).
+
+    When ``name`` carries its hive (``WF.echo@prod``), only routers of that hive are candidates
+    (read from each router's shared-memory header), so a socket dir shared by two hives on one
+    host cannot put a node into the wrong hive.
+    """
     sockets = sorted(p for p in (run_dir / "routers").glob("*.sock") if not p.name.startswith("irp-"))
     if not sockets:
         raise NotConnectedError(f"no router socket in {run_dir / 'routers'}")
-    base = name.split("@", 1)[0].encode()
+    base, at, hive = name.rpartition("@")
+    if not at:
+        base, hive = name, ""
+    if hive and len(sockets) > 1:
+        own = [p for p in sockets if _router_hive(p) == hive]
+        sockets = own or sockets
     h = 0xCBF29CE484222325
-    for byte in base:
+    for byte in base.encode():
         h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
     return sockets[h % len(sockets)]
+
+
+def _router_hive(sock: Path) -> str | None:
+    """The hive a router socket belongs to, from the router's node-table header (None if unknown)."""
+    try:
+        router_uuid = str(uuid_mod.UUID(sock.stem))
+        with shm.NodeTableReader(shm.node_table_name(router_uuid)) as reader:
+            return reader.header().hive_id
+    except (ValueError, shm.ShmError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,7 +91,7 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     from fluxbee.dataplane import identity_shm
 
     try:
-        reader = identity_shm.IdentityRegionReader(args.hive_id)
+        reader = identity_shm.IdentityRegionReader(args.hive_id, run_dir=_run_dir(args.run_dir))
     except identity_shm.IdentityShmError as err:
         print(f"fluxbee identity lookup: {err}", file=sys.stderr)
         return 2
@@ -181,6 +181,7 @@ def add_parser(sub: Any) -> None:
 
     lk = isub.add_parser("lookup", help="look up the identity region (no round trip)")
     lk.add_argument("--hive-id", required=True)
+    lk.add_argument("--run-dir", help="the hive's run dir (default: per-user or /var/run/fluxbee)")
     lk.add_argument("--channel", help="TYPE:ADDRESS")
     lk.add_argument("--tenant", help="tnt:<uuid>")
     lk.add_argument("--ilk", help="ilk:<uuid> to canonicalise and show")

@@ -15,12 +15,12 @@ Lookups: :class:`IdentityLookup` reads the identity region with no round trip.
 
 from __future__ import annotations
 
-import time
+import os
 import uuid
 from typing import Any
 
 from fluxbee.dataplane import identity_shm, wire
-from fluxbee.dataplane.sdk import NodeSender, UnreachableError
+from fluxbee.dataplane.sdk import NodeSender, UnreachableError, default_run_dir
 from fluxbee.identity import model as m
 
 DEFAULT_TARGET = "SY.identity"
@@ -131,25 +131,15 @@ class IdentityLookup:
     callers then fall back to ILK_PROVISION.
     """
 
-    def __init__(self, hive_id: str, *, recheck_s: float = 1.0) -> None:
+    def __init__(self, hive_id: str, *, run_dir: str | os.PathLike[str] | None = None,
+                 recheck_s: float = 1.0) -> None:
+        """``run_dir``: the hive's run dir (default: ``$FLUXBEE_RUN_DIR`` or the SDK's default)."""
         self.hive_id = hive_id
-        self.recheck_s = recheck_s
-        self._reader: identity_shm.IdentityRegionReader | None = None
-        self._checked = 0.0
+        self._handle = identity_shm.RegionHandle(hive_id, run_dir=run_dir or default_run_dir(),
+                                                 recheck_s=recheck_s)
 
     def reader(self) -> identity_shm.IdentityRegionReader | None:
-        now = time.monotonic()
-        if now - self._checked >= self.recheck_s:
-            self._checked = now
-            if self._reader is not None and self._reader.replaced():
-                self._reader.close()
-                self._reader = None
-            if self._reader is None:
-                try:
-                    self._reader = identity_shm.IdentityRegionReader(self.hive_id)
-                except identity_shm.IdentityShmError:
-                    self._reader = None
-        return self._reader
+        return self._handle.get()
 
     def channel(self, channel_type: str, address: str, tenant_id: str) -> identity_shm.ChannelHit | None:
         r = self.reader()
@@ -164,6 +154,4 @@ class IdentityLookup:
         return r.resolve(ilk_id) if r is not None else None
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        self._handle.close()

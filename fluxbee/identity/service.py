@@ -183,7 +183,8 @@ class IdentityService:
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         self.region = identity_shm.IdentityRegionWriter(
-            s.region_hive_id, capacity=identity_shm.Capacity.for_ilks(s.max_ilks), is_primary=self.is_primary)
+            s.region_hive_id, capacity=identity_shm.Capacity.for_ilks(s.max_ilks), is_primary=self.is_primary,
+            run_dir=s.run_dir)
         try:
             sender, receiver = await connect(NodeConfig(name=s.node_name, run_dir=s.run_dir, persistent=True))
             self.sender = sender

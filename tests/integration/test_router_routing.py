@@ -268,3 +268,20 @@ async def test_the_sdk_serves_config_get_and_applies_config_set(router: RouterPr
     again = await admin.request("WF.echo", {}, msg_type=wire.TYPE_SYSTEM, msg=wire.CONFIG_GET,
                                 meta=wire.Meta(target="node_config_control"))
     assert again.payload["config_version"] == 2 and again.payload["effective_config"] == {"temperature": 0.5}
+
+
+async def test_a_node_that_names_its_hive_joins_a_router_of_that_hive_when_two_share_a_socket_dir(
+        run_dir: Path) -> None:
+    from hive_harness import RouterProc as Router
+
+    routers = [Router(run_dir, hive_id=h) for h in ("t", "u")]
+    try:
+        for name in ("WF.a@t", "WF.b@u", "WF.c@t", "WF.d@u", "WF.e@u"):
+            sender, _ = await connect(NodeConfig(name=name, run_dir=run_dir, connect_timeout=5))
+            try:
+                assert sender.name == name
+            finally:
+                await sender.close()
+    finally:
+        for r in routers:
+            assert r.stop() == 0

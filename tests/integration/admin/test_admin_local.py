@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
+import uuid
 
 import pytest
 from conftest import AdminHive
@@ -231,3 +233,58 @@ async def test_a_killed_node_process_is_recorded_as_drift(hive: AdminHive) -> No
 
     await eventually(alert, 15, "a node_restarted drift alert")
     await asyncio.to_thread(hive.call, "DELETE", "/hives/local/nodes/WF.drift.one", {"purge_instance": True})
+
+
+async def test_identity_and_module_endpoints_go_through_sy_identity(hive: AdminHive) -> None:
+    """ILK rows and details, and prompt modules, as SY.identity stores them (asked as SY.admin)."""
+    sender, _ = await connect(NodeConfig(name="IO.whatsapp.test", run_dir=hive.run_dir, reconnect=False))
+    try:
+        reply = await sender.request("SY.identity", {"ich_id": f"ich:{uuid.uuid4()}", "channel_type": "whatsapp",
+                                                     "address": "+34600000001"},
+                                     msg_type=wire.TYPE_SYSTEM, msg="ILK_PROVISION", timeout=10)
+    finally:
+        await sender.close()
+    assert reply.payload["status"] == "ok", reply.payload
+    ilk_id = reply.payload["ilk_id"]
+    code, doc = await asyncio.to_thread(hive.call, "GET", "/hives/local/identity/ilks")
+    assert code == 200 and doc["action"] == "list_ilks", doc
+    row = next(r for r in doc["payload"]["ilks"] if r["ilk_id"] == ilk_id)
+    assert {"ilk_id", "ilk_type", "registration_status", "tenant_id", "tenant_name", "display_name", "node_name",
+            "channel_count", "channels", "deleted_at_ms"} <= set(row)
+    assert row["registration_status"] == "temporary" and row["channel_count"] == 1
+    assert row["channels"][0]["address"] == "+34600000001" and row["deleted_at_ms"] is None
+    code, doc = await asyncio.to_thread(hive.call, "GET", f"/hives/local/identity/ilks/{ilk_id}")
+    assert code == 200 and doc["payload"]["ilk_id"] == ilk_id and doc["payload"]["alias_resolved"] is False
+    assert doc["payload"]["tenant"]["tenant_id"] == row["tenant_id"]
+    code, doc = await asyncio.to_thread(hive.call, "GET", f"/hives/local/identity/ilks/ilk:{uuid.uuid4()}")
+    assert (code, doc["error_code"]) == (404, "NOT_FOUND")
+    code, doc = await asyncio.to_thread(hive.call, "GET", "/hives/local/identity/ilks/not-an-ilk")
+    assert (code, doc["error_code"]) == (400, "INVALID_REQUEST")
+    assert (await asyncio.to_thread(hive.call, "GET", "/hives/worker-9/identity/ilks"))[1]["error_code"] == "NOT_FOUND"
+
+    name = f"tone-{uuid.uuid4().hex[:6]}"
+    body = {"prompt_text": "You speak Spanish.", "description": "language", "category": "lang"}
+    code, doc = await asyncio.to_thread(hive.call, "POST", f"/modules/{name}/1.0.0", body)
+    assert code == 200 and doc["payload"]["created"] is True, doc
+    digest = doc["payload"]["sha256"]
+    assert len(digest) == 64 and digest != hashlib.sha256(b"other").hexdigest()
+    code, doc = await asyncio.to_thread(hive.call, "POST", f"/modules/{name}/1.0.0", body)
+    assert code == 200 and doc["payload"]["created"] is False  # same text again: a no-op
+    code, doc = await asyncio.to_thread(hive.call, "POST", f"/modules/{name}/1.0.0", {"prompt_text": "other"})
+    assert (code, doc["error_code"]) == (409, "MODULE_EXISTS")
+    assert (await asyncio.to_thread(hive.call, "POST", f"/modules/{name}/2.0.0", {"prompt_text": "v2"}))[0] == 200
+    code, doc = await asyncio.to_thread(hive.call, "GET", "/modules")
+    assert code == 200 and name in doc["payload"]["modules"]
+    code, doc = await asyncio.to_thread(hive.call, "GET", f"/modules/{name}")
+    assert code == 200 and doc["payload"]["versions"] == ["1.0.0", "2.0.0"]
+    code, doc = await asyncio.to_thread(hive.call, "GET", f"/modules/{name}/1.0.0")
+    module = doc["payload"]["module"]
+    assert code == 200 and module["prompt_text"] == "You speak Spanish." and module["sha256"] == digest
+    assert (await asyncio.to_thread(hive.call, "GET", f"/modules/{name}/9.9"))[1]["error_code"] == "NOT_FOUND"
+    assert (await asyncio.to_thread(hive.call, "GET", "/modules/nope-x"))[0] == 404
+    code, doc = await asyncio.to_thread(hive.call, "POST", f"/modules/{name}/3.0.0", {"text": "wrong field"})
+    assert (code, doc["error_code"]) == (400, "INVALID_REQUEST")
+    code, doc = await asyncio.to_thread(hive.call, "GET", "/deployments?category=modules")
+    published = [(e["detail"]["version"], e["result"]) for e in doc["payload"]["entries"]
+                 if e["action"] == "publish_module" and e["detail"]["name"] == name]
+    assert ("2.0.0", "ok") in published and ("1.0.0", "error") in published

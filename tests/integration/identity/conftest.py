@@ -90,7 +90,7 @@ class IdentityProc:
 
     def generation(self) -> int:
         try:
-            with identity_shm.IdentityRegionReader(self.region_hive) as r:
+            with identity_shm.IdentityRegionReader(self.region_hive, run_dir=self.run_dir) as r:
                 return r.header().generation
         except identity_shm.IdentityShmError:
             return 0
@@ -99,7 +99,7 @@ class IdentityProc:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"SY.identity exited {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
         try:
-            with identity_shm.IdentityRegionReader(self.region_hive) as r:
+            with identity_shm.IdentityRegionReader(self.region_hive, run_dir=self.run_dir) as r:
                 h = r.header()
                 return h.owner_pid == self.pid and h.data_version >= 1 and not h.is_stale()
         except identity_shm.IdentityShmError:

@@ -55,7 +55,7 @@ async def node(run_dir: Path, name: str) -> NodeSender:
 
 
 def replica_hit(replica: IdentityProc, ctype: str, address: str, tenant: str) -> str | None:
-    with identity_shm.IdentityRegionReader(replica.region_hive) as r:
+    with identity_shm.IdentityRegionReader(replica.region_hive, run_dir=replica.run_dir) as r:
         hit = r.lookup_channel(ctype, address, tenant)
         return hit.ilk_id if hit is not None else None
 
@@ -81,7 +81,7 @@ async def test_writes_on_the_primary_appear_in_the_replica_region_and_writes_to_
         made = await idc.provision_ilk(io, "whatsapp", "+3411")
         await eventually(lambda: replica_hit(replica, "whatsapp", "+3411", tenant) == made["ilk_id"], 5,
                          "the provisioned channel in the replica's region")
-        with identity_shm.IdentityRegionReader(replica.region_hive) as r:
+        with identity_shm.IdentityRegionReader(replica.region_hive, run_dir=replica.run_dir) as r:
             assert not r.header().is_primary, "the replica's region says it is a replica copy"
             info = r.resolve(made["ilk_id"])
             assert info is not None and info.registration_status == "temporary"
@@ -93,7 +93,7 @@ async def test_writes_on_the_primary_appear_in_the_replica_region_and_writes_to_
                               merge_from_ilk_id=made["ilk_id"])
 
         def merged() -> bool:
-            with identity_shm.IdentityRegionReader(replica.region_hive) as r:
+            with identity_shm.IdentityRegionReader(replica.region_hive, run_dir=replica.run_dir) as r:
                 return (r.canonical(made["ilk_id"]) == person
                         and replica_hit(replica, "whatsapp", "+3411", tenant) == person
                         and replica_hit(replica, "web", "p-web", tenant) == person)

@@ -25,9 +25,9 @@ async def node(run_dir: Path, name: str) -> NodeSender:
     return sender
 
 
-def lookup_in_other_process(*args: str) -> dict[str, Any]:
-    out = subprocess.run(fluxbee_argv("identity", "lookup", "--hive-id", "t", *args), capture_output=True, text=True,
-                         timeout=30, check=True)
+def lookup_in_other_process(run_dir: Path, *args: str) -> dict[str, Any]:
+    out = subprocess.run(fluxbee_argv("identity", "lookup", "--hive-id", "t", "--run-dir", str(run_dir), *args),
+                         capture_output=True, text=True, timeout=30, check=True)
     return dict(json.loads(out.stdout))
 
 
@@ -63,7 +63,7 @@ async def test_provision_register_merge_and_lookup_from_shared_memory_in_another
         assert again["ilk_id"] == first["ilk_id"], "ILK_PROVISION is idempotent on the channel key"
         other = await idc.provision_ilk(io, "email", "Ana@Example.com")
 
-        hit = lookup_in_other_process("--channel", "whatsapp:+34600111222", "--tenant", tenant)
+        hit = lookup_in_other_process(run_dir, "--channel", "whatsapp:+34600111222", "--tenant", tenant)
         assert hit["channel"]["ilk_id"] == first["ilk_id"]
 
         # The front desk registers the person under the email ILK, then merges the WhatsApp temp ILK into it.
@@ -76,12 +76,12 @@ async def test_provision_register_merge_and_lookup_from_shared_memory_in_another
                                        merge_from_ilk_id=first["ilk_id"], change_reason="same person")
         assert merged == {"status": "ok", "ilk_id": other["ilk_id"], "change_reason": "same person"}
 
-        seen = lookup_in_other_process("--channel", "whatsapp:+34600111222", "--tenant", tenant,
+        seen = lookup_in_other_process(run_dir, "--channel", "whatsapp:+34600111222", "--tenant", tenant,
                                        "--ilk", first["ilk_id"])
         assert seen["channel"]["ilk_id"] == other["ilk_id"], "the merged channel now resolves to the canonical ILK"
         assert seen["canonical"] == other["ilk_id"], "the old ILK is an alias of the canonical one"
         assert seen["ilk"]["registration_status"] == "complete"
-        sms = lookup_in_other_process("--channel", "SMS:+34600111222", "--tenant", tenant)
+        sms = lookup_in_other_process(run_dir, "--channel", "SMS:+34600111222", "--tenant", tenant)
         assert sms["channel"] == {"ilk_id": other["ilk_id"], "ich_id": ich}
 
         metrics = await idc.identity_metrics(io)
@@ -160,7 +160,7 @@ async def test_a_failed_merge_leaves_database_and_shared_memory_unchanged(run_di
         person = f"ilk:{uuid.uuid4()}"
         await idc.register(desk, person, "human", tenant, identification={"display_name": "P"})
         before_db = await db_state(identity_db)
-        with identity_shm.IdentityRegionReader("t") as r:
+        with identity_shm.IdentityRegionReader("t", run_dir=run_dir) as r:
             before_version = r.version()
         # 1. an invalid source (a complete ILK) is refused before anything is written
         with pytest.raises(IdentityCallError) as err:
@@ -173,7 +173,7 @@ async def test_a_failed_merge_leaves_database_and_shared_memory_unchanged(run_di
                                   ich_id=idc.ich_for(tenant, "whatsapp", "+2000"), merge_from_ilk_id=temp["ilk_id"])
         assert err.value.code == "DUPLICATE_ICH"
         assert await db_state(identity_db) == before_db
-        with identity_shm.IdentityRegionReader("t") as r:
+        with identity_shm.IdentityRegionReader("t", run_dir=run_dir) as r:
             assert r.version() == before_version
             assert r.canonical(temp["ilk_id"]) == temp["ilk_id"]
             assert r.lookup_channel("whatsapp", "+1000", tenant).ilk_id == temp["ilk_id"]  # type: ignore[union-attr]
@@ -197,7 +197,7 @@ async def test_restart_rebuilds_the_region_from_the_database(run_dir: Path, iden
     identity.proc.wait()
     identity.start()
     assert identity.generation() == gen + 1, "the dead owner's region was replaced, not reused"
-    with identity_shm.IdentityRegionReader("t") as r:
+    with identity_shm.IdentityRegionReader("t", run_dir=run_dir) as r:
         for i, m in enumerate(made):
             assert r.lookup_channel("whatsapp", f"+55{i}", tenant).ilk_id == m["ilk_id"]  # type: ignore[union-attr]
         assert r.header().ilk_count == 5
