@@ -107,6 +107,7 @@ failures are typed exceptions carrying the region name and the relevant numbers.
 
 from __future__ import annotations
 
+import abc
 import heapq
 import mmap
 import os
@@ -921,7 +922,7 @@ class ConfigRegionWriter(_RegionWriter):
 # --------------------------------------------------------------------------- readers
 
 
-class _RegionReader:
+class _RegionReader(abc.ABC):
     """Open, validate and read the header of an existing region; read-only mapping."""
 
     _magic: int
@@ -963,8 +964,9 @@ class _RegionReader:
                 f"capacity {header.capacity} needs {expected})",
             )
 
-    def _expected_size(self, capacity: int) -> int:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _expected_size(self, capacity: int) -> int:
+        """Bytes a region of this kind with ``capacity`` must span."""
 
     def _read_header_raw(self) -> tuple[RegionHeader, int, int, int]:
         mm = self._map.mm
