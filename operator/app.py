@@ -196,7 +196,8 @@ def configure(settings: kopf.OperatorSettings, operator: OperatorSettings) -> No
     settings.persistence.finalizer = L.FINALIZER
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
-    settings.queueing.worker_limit = 200
+    settings.queueing.worker_limit = operator.worker_limit
+    settings.queueing.idle_timeout = operator.worker_idle_timeout
     if operator.peering:
         settings.peering.name = operator.peering
         settings.peering.priority = operator.priority

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from fluxbee.operator.kube import ApiError, Kube
 from fluxbee.operator.labels import SPEC_DIGEST
@@ -85,24 +85,47 @@ def _drift_view(manifest: Mapping[str, Any]) -> dict[str, Any]:
     return view
 
 
+class _Unknown:
+    """Marker: the caller has not read the child; :func:`ensure` GETs it."""
+
+
+UNKNOWN: Final = _Unknown()
+
+
 async def ensure(
-    kube: Kube, plural: str, namespace: str, desired: dict[str, Any], *, recreate: bool = False
+    kube: Kube,
+    plural: str,
+    namespace: str,
+    desired: dict[str, Any],
+    *,
+    recreate: bool = False,
+    actual: Mapping[str, Any] | None | _Unknown = UNKNOWN,
 ) -> Action:
     """Make the child named in ``desired`` exist with the desired fields.
 
     ``recreate`` (Pods): a drifted child is deleted instead of patched; the caller's next
-    reconcile creates it again.
+    reconcile creates it again.  ``actual``: the child as the caller just read it (``None``:
+    absent), which saves a GET per child per reconcile (two of a FluxNode's eleven calls).
     """
     name = desired["metadata"]["name"]
-    actual = await kube.get(plural, namespace, name)
+    read_here = isinstance(actual, _Unknown)
+    if isinstance(actual, _Unknown):
+        actual = await kube.get(plural, namespace, name)
     if actual is None:
         try:
             await kube.create(plural, namespace, desired)
         except ApiError as err:
             if not err.conflict:
                 raise
-            return "unchanged"  # created concurrently (another pass, a previous instance)
-        return "created"
+            if read_here:
+                return "unchanged"  # created concurrently (another pass, a previous instance)
+            # The caller's read missed it (e.g. a label selector no longer matches a child
+            # whose labels were edited by hand): compare it as found.
+            actual = await kube.get(plural, namespace, name)
+            if actual is None:
+                return "unchanged"
+        else:
+            return "created"
     if actual.get("metadata", {}).get("deletionTimestamp"):
         return "unchanged"  # terminating: recreated once it is gone
     if recreate:

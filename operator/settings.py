@@ -34,6 +34,18 @@ class OperatorSettings:
     metrics_port: int = 9090
     """Router HTTP port for /healthz, /readyz, /metrics and /status."""
 
+    worker_limit: int = 5000
+    """kopf workers per watched kind (one per object with pending events).
+
+    A bound for memory, not for API pressure (the REST client's connection limit is that).
+    It must exceed the number of objects that change at once: a worker holds its slot until it
+    has been idle for ``worker_idle_timeout``, so with 200 slots 500 new FluxNodes were handled
+    200 at a time, each batch waiting for idle workers to exit (16 s for 500 nodes).
+    """
+
+    worker_idle_timeout: float = 1.0
+    """Seconds an idle kopf worker waits for more events of its object before it exits."""
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
         env = os.environ if env is None else env
@@ -49,7 +61,17 @@ class OperatorSettings:
             raise SettingsError(
                 f"FLUXBEE_IMAGE_PULL_POLICY must be Always, IfNotPresent or Never, not {pull!r}"
             )
+        limit_text = env.get("FLUXBEE_OPERATOR_WORKER_LIMIT", "")
+        try:
+            worker_limit = int(limit_text) if limit_text else cls.worker_limit
+        except ValueError:
+            worker_limit = 0
+        if worker_limit < 1:
+            raise SettingsError(
+                f"FLUXBEE_OPERATOR_WORKER_LIMIT must be a positive integer, not {limit_text!r}"
+            )
         return cls(
+            worker_limit=worker_limit,
             image=env.get("FLUXBEE_IMAGE", DEFAULT_IMAGE) or DEFAULT_IMAGE,
             image_pull_policy=pull,
             namespace=env.get("FLUXBEE_WATCH_NAMESPACE") or None,

@@ -153,7 +153,8 @@ async def reconcile_fluxnode(ctx: OperatorContext, body: Mapping[str, Any]) -> O
         if have == digest and isinstance(text, str) and _digest_of_text(text) == digest:
             config = _json(text)  # keep the old timestamps: nothing the node runs with changed
     await ensure(
-        kube, "configmaps", namespace, owned(build_config_map(node, namespace, config, digest), body)
+        kube, "configmaps", namespace, owned(build_config_map(node, namespace, config, digest), body),
+        actual=existing_cm,
     )
 
     package = resolve_package(runtime, base, ctx.settings)
@@ -162,10 +163,12 @@ async def reconcile_fluxnode(ctx: OperatorContext, body: Mapping[str, Any]) -> O
         index = pod_index(pod)
         if index is None or index >= node.spec.replicas:
             await kube.delete("pods", namespace, pod["metadata"]["name"])
+    by_name = {p["metadata"]["name"]: p for p in pods}
     actions = []
     for index in range(node.spec.replicas):
         pod = build_pod(node, hive, package, namespace, index, digest, ctx.settings)
-        actions.append(await ensure(kube, "pods", namespace, owned(pod, body), recreate=True))
+        actions.append(await ensure(kube, "pods", namespace, owned(pod, body), recreate=True,
+                                    actual=by_name.get(pod["metadata"]["name"])))
 
     live = [
         p for p in pods

@@ -143,7 +143,7 @@ class FluxEmulator(kmock.KubernetesEmulator):
                 continue
             if request.name is not None and name != request.name:
                 continue
-            out.append(((resource, namespace, name), obj.raw))
+            out.append((key, obj.raw))
         return out
 
     async def _publish(self, resource: Any, kind: str, raw: Mapping[str, Any]) -> None:
