@@ -8,7 +8,8 @@ See reference/stack-notes.md §1.  Fixed here:
 - watch: the bus is marked *before* the snapshot, under the store lock (no lost events);
   ``?resourceVersion=N`` replays only newer objects; list metadata has a numeric version;
 - core discovery says ``groupVersion: v1`` (not ``/v1``), Secrets/ServiceAccounts have kinds,
-  CRDs are Established on create and PUT replaces (what Helm needs to install into it);
+  CRDs are Established on create and their resources served from then on, PUT replaces (what
+  Helm needs to install into it);
 - equality ``labelSelector`` (``k=v``, ``k!=v``, ``k``, ``!k``) on LIST and WATCH;
 - optional ownerReference garbage collection (off by default: the operator must not need it);
 - Kubernetes requests are served without kmock's DSL dispatch when no test has added its own
@@ -184,6 +185,7 @@ class FluxEmulator(kmock.KubernetesEmulator):
                 "%Y-%m-%dT%H:%M:%SZ"
             )
             if obj.get("kind") == "CustomResourceDefinition":  # no apiextensions controller here
+                self._serve_crd(obj)
                 obj["status"] = {"conditions": [
                     {"type": "Established", "status": "True", "reason": "InitialNamesAccepted"},
                     {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts"},
@@ -194,6 +196,20 @@ class FluxEmulator(kmock.KubernetesEmulator):
                 self._objects[key] = obj
             self._keys_of.setdefault(request.resource, {})[key] = None
             await self._publish(request.resource, "ADDED", obj)
+
+    def _serve_crd(self, crd: Mapping[str, Any]) -> None:
+        """Register the resource a created CRD defines (stock kmock only stores the object)."""
+        spec, names = crd.get("spec") or {}, (crd.get("spec") or {}).get("names") or {}
+        verbs = {"create", "delete", "get", "list", "patch", "update", "watch"}
+        for version in spec.get("versions") or []:
+            self.resources[f"{spec.get('group')}/{version.get('name')}/{names.get('plural')}"] = (
+                kmock.ResourceInfo(
+                    kind=names.get("kind"), singular=names.get("singular"),
+                    namespaced=spec.get("scope") != "Cluster", verbs=verbs,
+                    shortnames=set(names.get("shortNames") or ()),
+                    subresources=set((version.get("subresources") or {}).keys()),
+                )
+            )
 
     async def _replace(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         """PUT: replace the object (what Helm does to its release Secrets)."""
@@ -393,3 +409,25 @@ def declare_fluxbee_resources(emulator: FluxEmulator) -> None:
             shortnames=set(kind.short_names),
             subresources={"status"},
         )
+
+
+async def _serve_forever() -> None:
+    """Serve the emulator on loopback; print its URL; stop on SIGTERM/SIGINT."""
+    import asyncio
+    import signal
+
+    emulator = FluxEmulator()
+    declare_fluxbee_resources(emulator)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with emulator, kmock.Server(emulator) as server:
+        print(str(server.url).rstrip("/"), flush=True)
+        await stop.wait()
+
+
+if __name__ == "__main__":  # used by hack/check_chart.py (Helm installs into it) and benchmarks
+    import asyncio
+
+    asyncio.run(_serve_forever())
