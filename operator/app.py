@@ -19,7 +19,7 @@ from fluxbee.models import API_GROUP
 from fluxbee.operator import labels as L
 from fluxbee.operator.conditions import Outcome
 from fluxbee.operator.context import Coalescer, OperatorContext
-from fluxbee.operator.degree.handlers import degrees_pinning, reconcile_degree
+from fluxbee.operator.degree.handlers import degrees_pinning, nodes_running, reconcile_degree
 from fluxbee.operator.fluxnode.handlers import (
     cleanup_fluxnode,
     nodes_referencing,
@@ -102,7 +102,17 @@ async def _after(ctx: OperatorContext, plural: str, body: Mapping[str, Any]) -> 
         await _kick(ctx, "runtimes", await dependants(ctx, namespace, name))
         await _kick(ctx, "fluxnodes", await nodes_referencing(ctx, namespace, runtime=name))
     elif plural == "modules":
-        await _kick(ctx, "degrees", await degrees_pinning(ctx, namespace, name))
+        degrees = await degrees_pinning(ctx, namespace, name)
+        await _kick(ctx, "degrees", degrees)
+        for degree in degrees:  # a tampered module must stop the agents that run it
+            await _kick(ctx, "fluxnodes",
+                        await nodes_running(ctx, namespace, degree["metadata"]["name"]))
+    elif plural == "degrees":
+        await _kick(ctx, "fluxnodes", await nodes_running(ctx, namespace, name))
+    elif plural == "fluxnodes":
+        degree_name = ((body.get("spec") or {}).get("degree") or {}).get("name")
+        if isinstance(degree_name, str):  # the Degree counts the graduations of its agents
+            await reconcile_by_name(ctx, "degrees", namespace, degree_name)
 
 
 def _temporary(err: ApiError) -> kopf.TemporaryError:
@@ -119,7 +129,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
                 ctx = _ctx(memo)
                 try:
                     await reconcile(ctx, plural, body)
-                    if plural in ("hives", "runtimes", "modules"):
+                    if plural in ("hives", "runtimes", "modules", "degrees", "fluxnodes"):
                         await _after(ctx, plural, body)
                 except ApiError as err:
                     raise _temporary(err) from err
@@ -154,6 +164,11 @@ def register(registry: kopf.OperatorRegistry) -> None:
                     optional=True)
     async def runtime_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
         await _after(_ctx(memo), "runtimes", body)
+
+    @kopf.on.delete(API_GROUP, VERSION, "degrees", registry=registry, id="degree-gone",
+                    optional=True)
+    async def degree_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
+        await _after(_ctx(memo), "degrees", body)
 
     @kopf.on.delete(API_GROUP, VERSION, "modules", registry=registry, id="module-gone",
                     optional=True)

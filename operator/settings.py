@@ -34,6 +34,10 @@ class OperatorSettings:
     metrics_port: int = 9090
     """Router HTTP port for /healthz, /readyz, /metrics and /status."""
 
+    identity_key_config_map: str = "fluxbee-identity-key"
+    """ConfigMap (in each FluxNode's namespace) whose key ``ed25519.pub`` holds SY.identity's
+    public key (PEM); graduations of FluxNodes with a ``degree`` are verified with it."""
+
     worker_limit: int = 5000
     """kopf workers per watched kind (one per object with pending events).
 
@@ -71,6 +75,8 @@ class OperatorSettings:
                 f"FLUXBEE_OPERATOR_WORKER_LIMIT must be a positive integer, not {limit_text!r}"
             )
         return cls(
+            identity_key_config_map=env.get("FLUXBEE_IDENTITY_KEY_CONFIGMAP")
+            or cls.identity_key_config_map,
             worker_limit=worker_limit,
             image=env.get("FLUXBEE_IMAGE", DEFAULT_IMAGE) or DEFAULT_IMAGE,
             image_pull_policy=pull,

@@ -154,6 +154,8 @@ KINDS: tuple[Kind, ...] = (
             Column("Version", ".status.runtimeVersion"),
             Column("Replicas", ".spec.replicas", type="integer"),
             Column("Ready", ".status.readyReplicas", type="integer"),
+            Column("Degree", ".spec.degree.name", priority=1),
+            Column("Graduation", ".status.graduation", priority=1),
             _PHASE,
             _AGE,
             _MESSAGE,
@@ -184,6 +186,11 @@ KINDS: tuple[Kind, ...] = (
                 "spec.tenantId",
                 "self.matches('^tnt:[0-9a-fA-F-]{36}$')",
                 "tenantId must be tnt:<uuid>",
+            ),
+            CelRule(
+                "spec",
+                "!has(self.degree) || has(self.agentIlk)",
+                "degree needs agentIlk: a graduation binds a degree to an ILK",
             ),
         ),
     ),
@@ -241,6 +248,7 @@ KINDS: tuple[Kind, ...] = (
         (
             Column("Version", ".spec.version"),
             Column("SHA256", ".status.sha256", priority=1),
+            Column("Signature", ".status.signature"),
             _PHASE,
             _AGE,
         ),
@@ -254,6 +262,7 @@ KINDS: tuple[Kind, ...] = (
         (
             Column("Version", ".spec.version"),
             Column("Digest", ".status.digest", priority=1),
+            Column("Graduations", ".status.graduations"),
             _PHASE,
             _AGE,
             _MESSAGE,
@@ -275,6 +284,7 @@ KINDS: tuple[Kind, ...] = (
         (
             Column("Entrypoint", ".spec.entrypoint"),
             Column("SHA256", ".status.sha256", priority=1),
+            Column("Signature", ".status.signature"),
             _PHASE,
             _AGE,
             _MESSAGE,

@@ -198,6 +198,56 @@ class Hive(_Model):
         return self.spec.hive_id or self.metadata.name
 
 
+class GraduationRecord(_Model):
+    """The graduation SY.identity issued for ``agentIlk`` to this degree (public data).
+
+    SY.identity signs (Ed25519) ``fluxbee-graduation-v1\\n`` + JSON
+    ``[ilk, degree name, degree version, degree digest]``; copy its record here.
+    """
+
+    digest: str = Field(
+        pattern=r"^[0-9a-f]{64}$",
+        description="Degree digest the graduation signed (sha256 hex over the pinned modules).",
+    )
+    signature: str = Field(
+        min_length=1, max_length=128, description="Base64 Ed25519 signature over the tuple."
+    )
+    key_id: str = Field(
+        default="",
+        max_length=64,
+        description="First 16 hex of sha256 of the signing public key (informative).",
+    )
+    ilk_id: str | None = Field(
+        default=None,
+        pattern=r"^ilk:[0-9a-fA-F-]{36}$",
+        description="ILK the graduation was issued to (defaults to spec.agentIlk); a "
+        "graduation copied from another agent is reported as GraduationMismatch.",
+    )
+
+
+class DegreeBinding(_Model):
+    """The degree an agent node runs with, and the graduation that binds it to its ILK.
+
+    Before it creates Pods the operator recomputes every pinned Module's sha256 and the
+    Degree's digest from the Module and Degree resources, and verifies the graduation's
+    signature with the identity public key (PEM, key `ed25519.pub` of the ConfigMap named by
+    the operator setting FLUXBEE_IDENTITY_KEY_CONFIGMAP, default `fluxbee-identity-key`, in
+    the FluxNode's namespace).  Any failure leaves the node without Pods and Degraded with
+    the reason: ModuleDigestMismatch, DegreeDigestMismatch, SignatureInvalid,
+    GraduationMismatch, MalformedGraduation, DegreeNotFound, ModuleNotFound,
+    ModuleVersionMismatch or IdentityKeyUnavailable.
+    """
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the Degree resource.")
+    version: str = Field(
+        min_length=1, max_length=64, description="Degree version the agent graduated to."
+    )
+    graduation: GraduationRecord = Field(description="The graduation record from SY.identity.")
+
+
+ILK_RE = re.compile(r"^ilk:[0-9a-fA-F-]{36}$")
+
+
 class FluxNodeSpec(_Model):
     """Desired state of a node: which runtime runs it, under which L2 name, how many replicas."""
 
@@ -216,6 +266,21 @@ class FluxNodeSpec(_Model):
     env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment variables of the node container."
     )
+    agent_ilk: str | None = Field(
+        default=None,
+        pattern=ILK_RE.pattern,
+        description="The agent's ILK (`ilk:<uuid>`); required with `degree`.",
+    )
+    degree: DegreeBinding | None = Field(
+        default=None,
+        description="Degree the agent runs with; Pods start only if its graduation verifies.",
+    )
+
+    @model_validator(mode="after")
+    def _degree_needs_ilk(self) -> FluxNodeSpec:
+        if self.degree is not None and self.agent_ilk is None:
+            raise ValueError("degree needs agentIlk: a graduation binds a degree to an ILK")
+        return self
 
     @field_validator("node_name")
     @classmethod

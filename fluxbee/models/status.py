@@ -74,6 +74,13 @@ class FluxNodeStatus(ResourceStatus):
     config_hash: str | None = Field(
         default=None, description="sha256 of the effective config the Pods run with."
     )
+    degree_digest: str | None = Field(
+        default=None, description="Digest of spec.degree as verified (recomputed from Modules)."
+    )
+    graduation: str | None = Field(
+        default=None,
+        description="`Verified`, or why the graduation does not verify (then no Pods run).",
+    )
 
 
 class RuntimeStatus(ResourceStatus):
@@ -88,6 +95,15 @@ class ModuleStatus(ResourceStatus):
 
     sha256: str | None = Field(default=None, description="sha256 of spec.content (hex).")
     size: int | None = Field(default=None, ge=0, description="Content size in bytes.")
+    signature: str | None = Field(
+        default=None,
+        description="Signature status. Modules are not signed one by one: `CoveredByDegree` "
+        "means degrees (`pinnedBy`) pin this sha256 in their digest, which graduations sign "
+        "(see those Degrees' `graduations`); `NotPinned`: no degree uses it.",
+    )
+    pinned_by: list[str] = Field(
+        default_factory=list, description="Degrees of this namespace that pin this module."
+    )
 
 
 class DegreeStatus(ResourceStatus):
@@ -96,8 +112,16 @@ class DegreeStatus(ResourceStatus):
     digest: str | None = Field(
         default=None, description="sha256 over the canonical encoding of the pinned modules."
     )
-    signature: str | None = Field(
-        default=None, description="Ed25519 signature (not issued yet: arrives with identity)."
+    graduations: str | None = Field(
+        default=None,
+        description="Signature status: `verified/total` graduations of the FluxNodes of this "
+        "namespace that run this degree (each checked with the identity public key).",
+    )
+    verified_graduations: int | None = Field(
+        default=None, ge=0, description="Graduations whose Ed25519 signature and digest verify."
+    )
+    failed_graduations: int | None = Field(
+        default=None, ge=0, description="Graduations that do not verify (see those FluxNodes)."
     )
 
 

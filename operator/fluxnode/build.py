@@ -23,6 +23,7 @@ from fluxbee.operator.settings import OperatorSettings
 
 CONFIG_KEY = "config.json"
 CONFIG_MOUNT = "/etc/fluxbee/node"
+IDENTITY_MOUNT = "/etc/fluxbee/identity"
 _INDEX_RE = re.compile(r"-(\d+)$")
 
 
@@ -108,6 +109,18 @@ def build_pod(
         {"name": "FLUXBEE_REPLICA", "value": str(index)},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if node.spec.degree is not None and node.spec.agent_ilk is not None:
+        # What the agent re-verifies itself before its first message (the operator already did).
+        env += [
+            {"name": "FLUXBEE_AGENT_ILK", "value": node.spec.agent_ilk},
+            {"name": "FLUXBEE_DEGREE", "value": f"{node.spec.degree.name}@{node.spec.degree.version}"},
+            {"name": "FLUXBEE_IDENTITY_PUBLIC_KEY", "value": f"{IDENTITY_MOUNT}/ed25519.pub"},
+        ]
+        volumes.append({"name": "identity-key",
+                        "configMap": {"name": settings.identity_key_config_map}})
+        mounts.append({"name": "identity-key", "mountPath": IDENTITY_MOUNT, "readOnly": True})
     env += [{"name": k, "value": v} for k, v in sorted(node.spec.env.items())]
     container: dict[str, Any] = {
         "name": "node",
@@ -117,6 +130,7 @@ def build_pod(
         "volumeMounts": [
             {"name": "sockets", "mountPath": RUN_DIR},
             {"name": "node-config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+            *mounts,
         ],
     }
     if package.command:
@@ -131,6 +145,7 @@ def build_pod(
         "volumes": [
             {"name": "sockets", "hostPath": {"path": hive.spec.socket_dir, "type": "Directory"}},
             {"name": "node-config", "configMap": {"name": config_map_name(node.metadata.name)}},
+            *volumes,
         ],
         "affinity": {
             "podAffinity": {

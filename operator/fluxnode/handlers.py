@@ -11,12 +11,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from fluxbee.identity import degrees as dg
 from fluxbee.models import FluxNode, Runtime
 from fluxbee.models.effective import config_digest, effective_config, resolve_runtime_version
+from fluxbee.models.resources import DegreeBinding
 from fluxbee.operator import labels as L
 from fluxbee.operator.children import ensure, owned
 from fluxbee.operator.conditions import InvalidSpec, Outcome
 from fluxbee.operator.context import OperatorContext, write_status
+from fluxbee.operator.degree.build import verify_binding
+from fluxbee.operator.degree.handlers import load_degree, load_identity_key
 from fluxbee.operator.fluxnode.build import (
     CONFIG_KEY,
     build_config_map,
@@ -139,6 +143,24 @@ async def reconcile_fluxnode(ctx: OperatorContext, body: Mapping[str, Any]) -> O
         await write_status(kube, "fluxnodes", body, waiting)
         return waiting
 
+    degree_fields: dict[str, Any] = {}
+    if node.spec.degree is not None and node.spec.agent_ilk is not None:
+        try:
+            degree_fields = await _verify_degree(ctx, namespace, node.spec.degree,
+                                                 node.spec.agent_ilk)
+        except dg.DegreeVerificationError as err:
+            # No Pods for an agent whose degree does not verify (DESIGN.md §4).
+            stopped = await _stop_pods(ctx, namespace, name)
+            outcome = Outcome.degraded(
+                err.reason,
+                err.message + (f"; stopped {stopped} pods" if stopped else ""),
+                replicas=0,
+                readyReplicas=0,
+                graduation=err.reason,
+            )
+            await write_status(kube, "fluxnodes", body, outcome)
+            return outcome
+
     # Effective config: only rewritten (and Pods replaced) when its digest changes.
     now_ms = int(time.time() * 1000)
     config = effective_config(
@@ -181,6 +203,7 @@ async def reconcile_fluxnode(ctx: OperatorContext, body: Mapping[str, Any]) -> O
         "readyReplicas": ready,
         "runtimeVersion": runtime.spec.version,
         "configHash": digest,
+        **degree_fields,
     }
     if ready >= node.spec.replicas:
         outcome = Outcome.ready(f"{ready}/{node.spec.replicas} pods ready", **fields)
@@ -190,6 +213,16 @@ async def reconcile_fluxnode(ctx: OperatorContext, body: Mapping[str, Any]) -> O
         )
     await write_status(kube, "fluxnodes", body, outcome)
     return outcome
+
+
+async def _verify_degree(
+    ctx: OperatorContext, namespace: str, binding: DegreeBinding, ilk: str
+) -> dict[str, Any]:
+    """Status fields of a verified graduation; DegreeVerificationError with the reason."""
+    degree, modules = await load_degree(ctx, namespace, binding.name)
+    key = await load_identity_key(ctx, namespace)
+    digest = verify_binding(binding, ilk, degree.metadata.name, degree.spec, modules, key)
+    return {"degreeDigest": digest, "graduation": "Verified"}
 
 
 async def cleanup_fluxnode(ctx: OperatorContext, body: Mapping[str, Any]) -> None:

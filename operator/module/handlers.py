@@ -1,4 +1,4 @@
-"""Module handler: publish the content digest in status."""
+"""Module handler: publish the content digest, and which degrees pin (and so sign) it."""
 
 from __future__ import annotations
 
@@ -10,16 +10,20 @@ from pydantic import ValidationError
 from fluxbee.models import Module
 from fluxbee.operator.conditions import Outcome
 from fluxbee.operator.context import OperatorContext, write_status
+from fluxbee.operator.degree.handlers import degrees_pinning
 from fluxbee.operator.module.build import module_outcome
 from fluxbee.operator.runtime.build import describe, view
 
 
 async def reconcile_module(ctx: OperatorContext, body: Mapping[str, Any]) -> Outcome:
+    meta = body["metadata"]
     try:
         module = Module.model_validate(view(body))
     except ValidationError as err:
         outcome = Outcome.degraded("InvalidSpec", describe(err))
     else:
-        outcome = module_outcome(module.spec)
+        pinned_by = sorted(d["metadata"]["name"]
+                           for d in await degrees_pinning(ctx, meta["namespace"], meta["name"]))
+        outcome = module_outcome(module.spec, pinned_by)
     await write_status(ctx.kube, "modules", body, outcome)
     return outcome

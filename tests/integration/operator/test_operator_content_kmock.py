@@ -7,7 +7,7 @@ from typing import Any
 
 from operator_kmock_support import NS, Cluster, OperatorHandle, eventually
 
-from fluxbee.operator.degree.build import degree_digest
+from fluxbee.identity import degrees as dg
 
 
 def doc(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -37,9 +37,12 @@ async def test_module_and_degree_digests_follow_content(
     sha = hashlib.sha256(b"Be kind.").hexdigest()
     module = await phase(cluster, "modules", "tone", "Ready")
     assert module["sha256"] == sha and module["size"] == 8
+    assert module["signature"] == "CoveredByDegree" and module["pinnedBy"] == ["l1"]
 
     degree = await phase(cluster, "degrees", "l1", "Ready")  # woken by the module
-    assert degree["digest"] == degree_digest([("tone", "1", sha)])
+    # the identity service's encoding, so agents, SY.identity and the operator agree
+    assert degree["digest"] == dg.degree_digest([dg.PinnedModule("tone", "1", sha)])
+    assert degree["graduations"] == "0/0"
 
     await cluster.api.patch("modules", NS, "tone", {"spec": {"version": "2", "content": "Be brief."}})
     degree = await phase(cluster, "degrees", "l1", "Degraded")
