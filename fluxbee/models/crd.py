@@ -284,7 +284,6 @@ KINDS: tuple[Kind, ...] = (
         (
             Column("Entrypoint", ".spec.entrypoint"),
             Column("SHA256", ".status.sha256", priority=1),
-            Column("Signature", ".status.signature"),
             _PHASE,
             _AGE,
             _MESSAGE,
