@@ -9,30 +9,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kind_e2e_support import missing_tools
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = os.environ.get("FLUXBEE_NAMESPACE", "fluxbee")
 CLUSTER = os.environ.get("KIND_CLUSTER", "fluxbee-e2e")
 
 pytestmark = pytest.mark.e2e
-
-
-def _missing() -> str | None:
-    for tool in ("docker", "kind", "kubectl"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    probe = subprocess.run(["docker", "info"], capture_output=True, text=True, check=False)
-    if probe.returncode != 0:
-        return "docker is installed but no docker engine answers"
-    return None
 
 
 def sh(*args: str, timeout: float = 120, check: bool = True) -> str:
@@ -48,10 +39,10 @@ def kubectl(*args: str, timeout: float = 120) -> str:
 
 @pytest.fixture(scope="module")
 def hive() -> Iterator[str]:
-    reason = _missing()
+    reason = missing_tools()
     if reason is not None:
-        print(f"e2e skipped: {reason}")
-        pytest.skip(reason)
+        print(f"kind e2e skipped: {reason}", file=sys.stderr)
+        pytest.skip(f"kind e2e: {reason}")
     sh(str(ROOT / "hack" / "kind-up.sh"), timeout=1200)
     try:
         yield "e2e"
@@ -77,14 +68,17 @@ metadata: {name: echo-b}
 spec: {hive: e2e, nodeName: AI.echo.b, runtime: fluxbee.echo}
 """
 
+# Runs in the hive pod's router container (same image: the SDK is there, FLUXBEE_RUN_DIR
+# points at the shared socket directory).  Full names: the nodes register as
+# `<spec.nodeName>@<hive id>` (the operator's `_system.node_name`).
 PROBE = textwrap.dedent("""
     import asyncio
     from fluxbee.dataplane.sdk import NodeConfig, connect, text_of, text_v1
 
     async def main():
-        sender, _ = await connect(NodeConfig(name="WF.e2e.probe"))
+        sender, _ = await connect(NodeConfig(name="WF.e2e.probe", connect_timeout=20))
         try:
-            for target in ("AI.echo.a", "AI.echo.b"):
+            for target in ("AI.echo.a@e2e", "AI.echo.b@e2e"):
                 reply = await sender.request(target, text_v1("ping " + target), timeout=10)
                 print(target, text_of(reply))
         finally:
@@ -114,29 +108,46 @@ def test_echo_nodes_run_and_answer_through_the_router(hive: str) -> None:
     assert all(p["status"]["phase"] == "Running" for p in pods["items"])
 
     out = kubectl("exec", hive_pod(hive), "-c", "router", "--", "python", "-c", PROBE, timeout=60)
-    assert "AI.echo.a ping AI.echo.a" in out, out
-    assert "AI.echo.b ping AI.echo.b" in out, out
+    assert "AI.echo.a@e2e ping AI.echo.a@e2e" in out, out  # the echo node returns the payload
+    assert "AI.echo.b@e2e ping AI.echo.b@e2e" in out, out
+
+
+ADMIN_PROBE = textwrap.dedent("""
+    import base64, json, sys, urllib.error, urllib.request
+
+    def get(path, token=None):
+        headers = {"Authorization": "Bearer " + token} if token else {}
+        req = urllib.request.Request("http://127.0.0.1:8080" + path, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+    token = base64.b64decode(sys.argv[1]).decode()
+    print(json.dumps({"health": get("/health"), "anonymous": get("/hive/status"),
+                      "status": get("/hive/status", token)}))
+""")
 
 
 def test_admin_api_answers_with_the_token(hive: str) -> None:
+    """The real admin paths: GET /health (open), GET /hive/status (bearer token, envelope)."""
     token_b64 = kubectl("get", "secret", f"{hive}-admin-token", "-o", "jsonpath={.data.token}")
     assert token_b64
-    probe = textwrap.dedent("""
-        import base64, sys, urllib.request
-        token = base64.b64decode(sys.argv[1]).decode()
-        req = urllib.request.Request("http://127.0.0.1:8080/hive/status",
-                                     headers={"Authorization": "Bearer " + token})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            print(resp.status, resp.read(200).decode(errors="replace"))
-    """)
     deadline = time.monotonic() + 60
     while True:
         try:
-            out = kubectl("exec", hive_pod(hive), "-c", "admin", "--", "python", "-c", probe,
-                          token_b64, timeout=30)
+            out = kubectl("exec", hive_pod(hive), "-c", "admin", "--", "python", "-c",
+                          ADMIN_PROBE, token_b64, timeout=30)
             break
         except AssertionError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(2)
-    assert out.startswith("200 "), out
+    answers = json.loads(out.strip().splitlines()[-1])
+    assert answers["health"] == [200, {"status": "ok"}], answers
+    assert answers["anonymous"][0] == 401, answers
+    code, body = answers["status"]
+    assert code == 200 and body["status"] == "ok" and body["action"] == "hive_status", answers
+    assert body["payload"]["hive_id"] == "e2e" and body["payload"]["backend"] == "kubernetes"
+    assert body["payload"]["router_connected"] is True, answers
