@@ -161,10 +161,14 @@ class HiveSpec(_Model):
     tolerations: list[dict[str, Any]] = Field(
         default_factory=list, description="Pod tolerations of the hive pods and of its node pods."
     )
-    socket_dir: str = Field(
-        default="/var/run/fluxbee",
+    socket_dir: str | None = Field(
+        default=None,
         pattern=r"^/[A-Za-z0-9._/-]*$",
-        description="Host directory (hostPath) holding the router and node Unix sockets.",
+        description=(
+            "Host directory (hostPath) holding the router and node Unix sockets. Default "
+            "/var/run/fluxbee/<namespace>/<hive name>: one directory per hive, so two hives on one "
+            "host never share sockets (a node could otherwise join the other hive's router)."
+        ),
     )
     gateway_port: int = Field(
         default=9000, ge=1, le=65535, description="TCP port of the inter-hive gateway."
@@ -196,6 +200,12 @@ class Hive(_Model):
     @property
     def hive_id(self) -> str:
         return self.spec.hive_id or self.metadata.name
+
+    @property
+    def host_socket_dir(self) -> str:
+        """The host directory shared by this hive's router and node pods (see ``spec.socketDir``)."""
+        namespace = self.metadata.namespace or "default"
+        return self.spec.socket_dir or f"/var/run/fluxbee/{namespace}/{self.metadata.name}"
 
 
 class GraduationRecord(_Model):

@@ -143,7 +143,7 @@ def build_pod(
         "automountServiceAccountToken": False,
         "containers": [container],
         "volumes": [
-            {"name": "sockets", "hostPath": {"path": hive.spec.socket_dir, "type": "Directory"}},
+            {"name": "sockets", "hostPath": {"path": hive.host_socket_dir, "type": "Directory"}},
             {"name": "node-config", "configMap": {"name": config_map_name(node.metadata.name)}},
             *volumes,
         ],

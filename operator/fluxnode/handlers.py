@@ -47,6 +47,18 @@ def parse_fluxnode(body: Mapping[str, Any]) -> FluxNode:
         raise InvalidSpec("InvalidSpec", describe(err)) from err
 
 
+def _config_version(text: object) -> int:
+    """``_system.config_version`` of a stored config (0 when there is none or it is unreadable)."""
+    if not isinstance(text, str):
+        return 0
+    try:
+        system = json.loads(text).get("_system", {})
+    except (ValueError, AttributeError):
+        return 0
+    version = system.get("config_version") if isinstance(system, dict) else None
+    return version if isinstance(version, int) and version > 0 else 0
+
+
 def _created_ms(meta: Mapping[str, Any]) -> int | None:
     stamp = meta.get("creationTimestamp")
     if not isinstance(stamp, str):
@@ -166,14 +178,22 @@ async def reconcile_fluxnode(ctx: OperatorContext, body: Mapping[str, Any]) -> O
     config = effective_config(
         runtime, node, hive.hive_id, now_ms, created_at_ms=_created_ms(meta), base=base
     )
-    digest = config_digest(config)
+    digest = config_digest(config)  # of the content at config_version 1: what the node runs with
     cm_name = config_map_name(name)
     existing_cm = await kube.get("configmaps", namespace, cm_name)
     if existing_cm is not None:
         have = (existing_cm.get("metadata", {}).get("annotations") or {}).get(L.CONFIG_DIGEST)
         text = (existing_cm.get("data") or {}).get(CONFIG_KEY)
-        if have == digest and isinstance(text, str) and _digest_of_text(text) == digest:
-            config = _json(text)  # keep the old timestamps: nothing the node runs with changed
+        if have == digest and isinstance(text, str) and _content_digest(text) == digest:
+            config = _json(text)  # keep the old version and timestamps: nothing the node runs with changed
+        else:
+            # The content changed (by the admin API, kubectl edit, a new runtime template): bump
+            # `_system.config_version`, whoever made the change.
+            previous = _config_version(text)
+            config = effective_config(
+                runtime, node, hive.hive_id, now_ms, created_at_ms=_created_ms(meta), base=base,
+                config_version=previous + 1,
+            )
     await ensure(
         kube, "configmaps", namespace, owned(build_config_map(node, namespace, config, digest), body),
         actual=existing_cm,
@@ -237,11 +257,20 @@ def _json(text: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _digest_of_text(text: str) -> str | None:
+def _content_digest(text: str) -> str | None:
+    """Digest of a stored config as if it were at config_version 1 (None if unreadable).
+
+    Matches the digest of a freshly built config only when the content is the same, so a
+    hand-edited ConfigMap is put back (and its version bumped) like any other change.
+    """
     try:
-        return config_digest(_json(text))
+        config = _json(text)
     except ValueError:
         return None
+    system = config.get("_system")
+    if isinstance(system, dict):
+        config["_system"] = {**system, "config_version": 1}
+    return config_digest(config)
 
 
 async def nodes_referencing(

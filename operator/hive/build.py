@@ -174,7 +174,7 @@ def build_daemon_set(hive: Hive, namespace: str, settings: OperatorSettings) -> 
         "volumes": [
             {
                 "name": "sockets",
-                "hostPath": {"path": hive.spec.socket_dir, "type": "DirectoryOrCreate"},
+                "hostPath": {"path": hive.host_socket_dir, "type": "DirectoryOrCreate"},
             },
             {"name": "hive-config", "configMap": {"name": names(hive).config_map}},
         ],

@@ -32,7 +32,8 @@ async def test_hive_becomes_daemonset_configmap_and_services(
     assert pod["hostIPC"] is True
     assert pod["nodeSelector"] == {"fluxbee.io/hive": "true"}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["sockets"]["hostPath"] == {"path": "/var/run/fluxbee", "type": "DirectoryOrCreate"}
+    # one host directory per hive (two hives on a host must not share sockets)
+    assert volumes["sockets"]["hostPath"] == {"path": f"/var/run/fluxbee/{NS}/demo", "type": "DirectoryOrCreate"}
     assert volumes["hive-config"]["configMap"]["name"] == "demo-hive-config"
     router, admin = pod["containers"]
     assert router["image"] == IMAGE

@@ -92,7 +92,7 @@ async def test_fluxnode_becomes_pods_with_mounts_config_and_placement(
     assert affinity[0]["labelSelector"]["matchLabels"] == {L.HIVE: "demo", L.COMPONENT: "hive"}
     assert affinity[0]["topologyKey"] == "kubernetes.io/hostname"
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert volumes["sockets"]["hostPath"]["path"] == "/var/run/fluxbee"
+    assert volumes["sockets"]["hostPath"]["path"] == f"/var/run/fluxbee/{NS}/demo"  # the hive's own dir
     assert volumes["node-config"]["configMap"]["name"] == "echo-node-config"
     (container,) = spec["containers"]
     assert container["image"] == IMAGE
@@ -323,3 +323,24 @@ async def test_operator_restart_creates_no_duplicate_children(
     # …and it still repairs: it is running, not just idle.
     await cluster.api.delete("pods", NS, "echo-0")
     await n_pods(cluster, 3)
+
+
+async def test_a_config_change_bumps_the_system_config_version(cluster: Cluster, operator: OperatorHandle) -> None:
+    await setup_hive(cluster)
+    await cluster.api.create("fluxnodes", NS, fluxnode("cfg", replicas=1, config={"temperature": 0.1}))
+
+    async def stored() -> dict[str, Any] | None:
+        cm = await cluster.api.get("configmaps", NS, "cfg-node-config")
+        return json.loads(cm["data"]["config.json"]) if cm else None
+
+    first = await eventually(stored, what="the node ConfigMap")
+    assert first["_system"]["config_version"] == 1
+    await cluster.api.patch("fluxnodes", NS, "cfg", {"spec": {"config": {"temperature": 0.9}}})
+
+    async def changed() -> dict[str, Any] | None:
+        config = await stored()
+        return config if config and config.get("temperature") == 0.9 else None
+
+    second = await eventually(changed, what="the new config")
+    assert second["_system"]["config_version"] == 2
+    assert second["_system"]["created_at_ms"] == first["_system"]["created_at_ms"]
