@@ -63,6 +63,8 @@ from typing import Final, Self
 
 import posix_ipc
 
+from fluxbee.dataplane.shm import ShmError, epoch_ms, pid_alive
+
 MAGIC: Final = int.from_bytes(b"FLXBIDNT", "little")
 LAYOUT_VERSION: Final = 1
 HEADER_SIZE: Final = 256
@@ -100,7 +102,7 @@ if _HEADER.size != HEADER_SIZE or _ILK.size != SLOT_SIZE or _CHAN.size != SLOT_S
     raise ImportError("fluxbee.dataplane.identity_shm: struct sizes do not match the documented layout")
 
 
-class IdentityShmError(Exception):
+class IdentityShmError(ShmError):
     """Base of this module's errors."""
 
 
@@ -204,10 +206,6 @@ def _hash(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def _pow2(n: int) -> int:
     p = 64
     while p < n:
@@ -255,7 +253,7 @@ class IdentityHeader:
     heap_used: int
 
     def is_stale(self, now_ms: int | None = None, max_age_ms: int = STALE_AFTER_MS) -> bool:
-        return (_now_ms() if now_ms is None else now_ms) - self.heartbeat_ms > max_age_ms
+        return (epoch_ms() if now_ms is None else now_ms) - self.heartbeat_ms > max_age_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +313,7 @@ class IdentityRegionWriter:
         self._mm = mmap.mmap(self._shm.fd, size)
         self._shm.close_fd()
         self._seq = memoryview(self._mm).cast("Q")
-        now = _now_ms()
+        now = epoch_ms()
         uid = _uuid.UUID(self.owner_uuid).bytes
         _HEADER.pack_into(self._mm, 0, MAGIC, 0, LAYOUT_VERSION, 1 if is_primary else 0, size, generation, now, now,
                           os.getpid(), capacity.ilk_slots, capacity.chan_slots, capacity.heap_size, 0, 0, 0, 0,
@@ -338,7 +336,7 @@ class IdentityRegionWriter:
             return 1
         try:
             head = old.header()
-            alive = head.owner_pid != os.getpid() and _pid_alive(head.owner_pid)
+            alive = head.owner_pid != os.getpid() and pid_alive(head.owner_pid)
             if alive and not head.is_stale():
                 raise RegionBusyError(self.name, head.owner_pid)
             generation = head.generation + 1
@@ -363,7 +361,7 @@ class IdentityRegionWriter:
             yield self
         finally:
             self._data_version += 1
-            _VERSIONS.pack_into(self._mm, _OFF_VERSIONS, self._data_version, _now_ms())
+            _VERSIONS.pack_into(self._mm, _OFF_VERSIONS, self._data_version, epoch_ms())
             _COUNTS.pack_into(self._mm, _OFF_COUNTS, len(self._ilks), len(self._aliases), len(self._chans))
             _U32.pack_into(self._mm, _OFF_HEAP_USED, self._heap_used)
             seq[_SEQ_WORD] += 1
@@ -426,7 +424,7 @@ class IdentityRegionWriter:
 
     def heartbeat(self) -> None:
         if not self.closed:
-            _U64.pack_into(self._mm, _OFF_HEARTBEAT, _now_ms())
+            _U64.pack_into(self._mm, _OFF_HEARTBEAT, epoch_ms())
 
     @property
     def data_version(self) -> int:
@@ -539,18 +537,6 @@ def _index(values: tuple[str, ...], value: str) -> int:
         return values.index(value)
     except ValueError:
         raise ValueError(f"unknown value {value!r}; expected one of {', '.join(values)}") from None
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --------------------------------------------------------------------------- reader
@@ -683,7 +669,7 @@ class IdentityRegionReader:
         """The live canonical ILK of ``ilk_id`` (itself when it is not an unexpired alias)."""
         found = self._read_ilk(id_bytes(ilk_id))
         if found is not None and found[0] == KIND_ALIAS:
-            if found[2] > (_now_ms() if now_ms is None else now_ms):
+            if found[2] > (epoch_ms() if now_ms is None else now_ms):
                 return id_text("ilk", found[1])
         return ilk_id
 

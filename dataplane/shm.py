@@ -313,7 +313,7 @@ class RegionHeader:
         A cleanly closed region has ``heartbeat_ms == 0`` and is always stale. A heartbeat in
         the future (wall clock stepped back) counts as fresh.
         """
-        now = _now_ms() if now_ms is None else now_ms
+        now = epoch_ms() if now_ms is None else now_ms
         return now - self.heartbeat_ms > max_age_ms
 
 
@@ -336,7 +336,7 @@ def config_region_name(router_uuid: str) -> str:
 # --------------------------------------------------------------------------- helpers
 
 
-def _now_ms() -> int:
+def epoch_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
@@ -371,7 +371,7 @@ def _check_int(value: int, upper: int, what: str) -> None:
         raise ValueError(f"{what} must be in [0, {upper}], got {value}")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """True if a process with that pid exists in our pid namespace (zombies count as alive)."""
     if pid <= 0:
         return False
@@ -654,7 +654,7 @@ class _RegionWriter:
             if header.owner_pid == os.getpid():
                 alive = name in _HELD_HERE
             else:
-                alive = _pid_alive(header.owner_pid)
+                alive = pid_alive(header.owner_pid)
             # A header stuck mid-store with a live owner is treated as busy: killing a live
             # writer's region is worse than refusing to start.
             if alive and (stuck or not header.is_stale(now_ms=self._clock())):
@@ -761,7 +761,7 @@ class NodeTableWriter(_RegionWriter):
         hive_id: str,
         owner_name: str,
         capacity: int = 1024,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = epoch_ms,
     ) -> None:
         if not 1 <= capacity <= _U32_MAX:
             raise ValueError(f"capacity must be in [1, {_U32_MAX}], got {capacity}")
@@ -867,7 +867,7 @@ class ConfigRegionWriter(_RegionWriter):
         hive_id: str,
         owner_name: str,
         capacity_bytes: int = 1 << 20,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = epoch_ms,
     ) -> None:
         if not 1 <= capacity_bytes <= _U32_MAX:
             raise ValueError(f"capacity_bytes must be in [1, {_U32_MAX}], got {capacity_bytes}")

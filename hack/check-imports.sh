@@ -19,4 +19,4 @@ site=$("$python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 cd "$stage"
 PYTHONPATH="$root/$stage:$site" exec "$python" -S -c \
   "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())" \
-  --config "$root/.importlinter" "$@"
+  "$root/.importlinter" "$@"

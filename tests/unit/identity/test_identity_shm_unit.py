@@ -43,10 +43,10 @@ def test_lookup_alias_and_removal(writer: ish.IdentityRegionWriter) -> None:
         assert r.get_ilk(b).handler_node == "AI.a@h"  # type: ignore[union-attr]
         with writer.batch():
             writer.remove_ilk(a)
-            writer.put_alias(a, b, ish._now_ms() + 60_000)
+            writer.put_alias(a, b, ish.epoch_ms() + 60_000)
             writer.remove_channel("whatsapp", "+1", t1)
         assert r.canonical(a) == b and r.resolve(a).ilk_id == b  # type: ignore[union-attr]
-        assert r.canonical(a, now_ms=ish._now_ms() + 120_000) == a, "an expired alias is ignored"
+        assert r.canonical(a, now_ms=ish.epoch_ms() + 120_000) == a, "an expired alias is ignored"
         assert r.lookup_channel("whatsapp", "+1", t1) is None
         h = r.header()
         assert (h.ilk_count, h.alias_count, h.chan_count, h.data_version) == (1, 1, 0, 2)
