@@ -32,6 +32,12 @@ def _addr(value: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value!r}")
+    return int(value)
+
+
 def _run_dir(value: str | None) -> Path:
     from fluxbee.dataplane.sdk import default_run_dir
 
@@ -259,7 +265,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from fluxbee.bench import run_bench
 
     _raise_fd_limit()
-    return run_bench(quick=args.quick, as_json=args.json)
+    return run_bench(quick=args.quick, as_json=args.json, round_trips=args.round_trips, messages=args.messages,
+                     idle_nodes=args.idle_nodes)
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
@@ -348,8 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_status)
 
     b = sub.add_parser("bench", help="latency/throughput vs a raw socket floor and NATS")
-    b.add_argument("--quick", action="store_true")
-    b.add_argument("--json", action="store_true")
+    b.add_argument("--quick", action="store_true", help="3,000 round trips and 30,000 messages (a smoke run)")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--round-trips", type=_positive, help="round trips per transport (default 20,000)")
+    b.add_argument("--messages", type=_positive, help="one-way messages per transport (default 200,000)")
+    b.add_argument("--idle-nodes", type=_positive, help="idle nodes for the router memory figure (default 1,000)")
     b.set_defaults(func=cmd_bench)
 
     o = sub.add_parser("operator", help="run the Kubernetes operator", add_help=False)

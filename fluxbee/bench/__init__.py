@@ -452,8 +452,15 @@ def format_table(r: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def run_bench(*, quick: bool, as_json: bool) -> int:
+def run_bench(*, quick: bool, as_json: bool, round_trips: int | None = None, messages: int | None = None,
+              idle_nodes: int | None = None) -> int:
     plan = Plan.for_mode(quick)
+    plan = Plan(
+        warmup=min(plan.warmup, round_trips) if round_trips is not None else plan.warmup,
+        round_trips=round_trips if round_trips is not None else plan.round_trips,
+        messages=messages if messages is not None else plan.messages,
+        idle_nodes=idle_nodes if idle_nodes is not None else plan.idle_nodes,
+    )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         result = runner.run(_run_all(plan))
     print(json.dumps(result) if as_json else format_table(result))
