@@ -12,7 +12,8 @@ other, on the same machine:
 
 All three run at once and are measured in interleaved rounds (a few thousand
 round trips of each in turn; three one-way bursts of each in turn, median
-rate), so every transport sees the same machine conditions.  Also the
+rate), every batch after a second of rest, so every transport sees the same
+machine conditions.  Also the
 router's resident memory with 1,000 connected idle nodes.  Results are
 ratios measured in one run, never absolute targets: the machines are shared
 and noisy.
@@ -352,12 +353,18 @@ class _NatsPeer(_Peer):
         await self.nc.close()
 
 
-async def measure(plan: Plan, tmp: Path) -> dict[str, Result]:
-    """Start every peer, then interleave their measurements in rounds.
+REST_S = 1.0
+"""Idle time before each measured batch (see :func:`measure`)."""
 
-    Measuring one transport after the other let the machine's state drift between them (the
-    floor's own p50 moved between 12 and 55 µs from one run to the next on this VM); rounds of
-    a few thousand round trips each, in turn, expose every transport to the same conditions.
+
+async def measure(plan: Plan, tmp: Path) -> dict[str, Result]:
+    """Start every peer, then measure them in interleaved rounds, each batch after a rest.
+
+    On this kind of VM a batch's latency depends on what ran just before it: the floor's p50
+    was 12 µs after a second of idleness and 55 µs straight after another busy batch (vCPU
+    wake-up behaviour, not our code).  Each batch therefore starts after :data:`REST_S` of
+    idleness, in the regime where the floor is fastest — the conservative one for our ratios —
+    and the transports take turns, so none gets a quieter or busier machine than the others.
     """
     with _procs() as procs:
         peers: list[_Peer] = []
@@ -372,10 +379,12 @@ async def measure(plan: Plan, tmp: Path) -> dict[str, Result]:
             for index in range(rounds):
                 share = plan.round_trips // rounds + (1 if index < plan.round_trips % rounds else 0)
                 for peer in peers:
+                    await asyncio.sleep(REST_S)
                     samples[peer.name] += await peer.rtt(share)
             rates: dict[str, list[float]] = {p.name: [] for p in peers}
             for _ in range(3):
                 for peer in peers:
+                    await asyncio.sleep(REST_S)
                     rates[peer.name].append(await peer.one_way(plan.messages // 3))
         finally:
             for peer in peers:
@@ -446,8 +455,8 @@ def format_table(r: dict[str, Any]) -> str:
         f"routed msgs/s / NATS     = {ratios['fluxbee_msgs_over_nats_msgs']:.2f}   (target ≥ 2)",
         f"router RSS: {r['router_rss_mb_idle']} MB idle, {r['router_rss_mb_1000_nodes']} MB with "
         f"{r['idle_nodes']} nodes   (target ≤ 100 MB)",
-        f"({r['round_trips']:,} round trips each after warm-up, interleaved in rounds; one-way: median of 3 "
-        f"bursts of {r['messages'] // 3:,} messages of {r['payload_bytes']} B)",
+        f"({r['round_trips']:,} round trips each after warm-up, interleaved in rested rounds; one-way: median "
+        f"of 3 bursts of {r['messages'] // 3:,} messages of {r['payload_bytes']} B)",
     ]
     return "\n".join(rows)
 
