@@ -2,12 +2,14 @@
 #   fluxbee router …      the hive router sidecar
 #   fluxbee operator      the kopf operator
 #   fluxbee admin …       the admin HTTP API
-#   fluxbee node echo|listener|run …   node runtimes (the built-in examples and packages)
+#   fluxbee node echo|listener          the built-in example node runtimes
 # Build: hack/build-image.sh [TAG]
 ARG PYTHON=3.11
 
 FROM python:${PYTHON}-slim AS build
 WORKDIR /src
+# The source tree has an `operator/` folder: never let the working directory onto sys.path.
+ENV PYTHONSAFEPATH=1
 RUN python -m venv /opt/fluxbee
 ENV PATH=/opt/fluxbee/bin:$PATH
 COPY pyproject.toml setup.py README.md ./
@@ -25,6 +27,7 @@ LABEL org.opencontainers.image.title="fluxbee" \
 COPY --from=build /opt/fluxbee /opt/fluxbee
 ENV PATH=/opt/fluxbee/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    PYTHONSAFEPATH=1 \
     FLUXBEE_RUN_DIR=/var/run/fluxbee
 # The router and nodes share /var/run/fluxbee (a hostPath) and /dev/shm (hostIPC) on each host.
 # They run as root by default so that the hostPath socket directory is writable whatever its
