@@ -207,7 +207,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
     from fluxbee.admin.cluster import ClusterSettings, run_cluster_admin
     from fluxbee.admin.http import AdminSettings, SettingsError, check_settings
-    from fluxbee.admin.kube import KubeAccess
+    from fluxbee.kube import KubeConfig
 
     host, port = args.listen
     token = os.environ.get("FLUXBEE_ADMIN_TOKEN") or None
@@ -230,7 +230,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
         return 2
     run_dir = _run_dir(args.run_dir)
     try:
-        access = KubeAccess.from_environment(args.kube_api)
+        access = KubeConfig.from_environment(args.kube_api)
     except Exception as err:  # kubeconfig loading raises several types; all mean "no API to talk to"
         print(f"fluxbee admin: no Kubernetes API: not in a cluster and no usable kubeconfig ({err})",
               file=sys.stderr)

@@ -71,7 +71,7 @@ async def _serve(settings: OperatorSettings) -> None:
     from fluxbee.operator.app import run
     from fluxbee.operator.kube import KubeClient, KubeConfig
 
-    async with KubeClient(KubeConfig.from_environment()) as kube:
+    async with KubeClient(KubeConfig.from_environment(), user_agent="fluxbee-operator") as kube:
         await run(settings, kube)
 
 

@@ -26,9 +26,9 @@ from fluxbee.admin.gateway import serve_admin_commands
 from fluxbee.admin.history import History
 from fluxbee.admin.http import AdminSettings, build_app
 from fluxbee.admin.k8s import HiveSpecRoutes, KubernetesBackend
-from fluxbee.admin.kube import KubeAccess, KubeApi
 from fluxbee.admin.link import SdkRouterLink, SwitchableRouterLink, UnreachableRouterLink
 from fluxbee.dataplane.sdk import NodeConfig, SdkError, connect
+from fluxbee.kube import KubeClient, KubeConfig
 
 log = logging.getLogger(__name__)
 ADMIN_NODE_NAME = "SY.admin"
@@ -45,7 +45,7 @@ class ClusterSettings:
     """The hive's socket directory (``routers/*.sock``), shared with the router container."""
     state_dir: Path
     """Where the deployment and drift history is kept."""
-    kube: KubeAccess
+    kube: KubeConfig
     drift_interval: float = 1.0
 
 
@@ -90,7 +90,7 @@ async def _router_connector(ctx: Context, link: SwitchableRouterLink, run_dir: P
 @contextlib.asynccontextmanager
 async def cluster_admin(settings: AdminSettings, cluster: ClusterSettings) -> AsyncIterator[RunningAdmin]:
     """Serve the admin API of ``cluster.hive_resource`` until the context exits."""
-    async with KubeApi(cluster.kube) as api:
+    async with KubeClient(cluster.kube, timeout=10.0, user_agent="fluxbee-admin") as api:
         backend = KubernetesBackend(api, cluster.namespace, cluster.hive_resource)
         await backend.start()
         link = SwitchableRouterLink(UnreachableRouterLink(

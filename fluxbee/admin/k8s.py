@@ -26,8 +26,8 @@ from pydantic import ValidationError
 
 from fluxbee.admin.backend import NodeObservation
 from fluxbee.admin.errors import AdminError
-from fluxbee.admin.kube import JSON_PATCH, KubeApi, KubeError
 from fluxbee.admin.schemas import KillNodeParams, SpawnNodeParams
+from fluxbee.kube import JSON_PATCH, ApiError, KubeClient
 from fluxbee.models import API_VERSION, FluxNode, FluxNodeSpec, RouteSpec, Runtime, VpnSpec
 from fluxbee.models.effective import effective_config, qualified_node_name, resolve_runtime_version
 
@@ -47,7 +47,7 @@ CRASH_REASONS = frozenset({"CrashLoopBackOff", "Error", "ImagePullBackOff", "Err
 CONFLICT_RETRIES = 5
 
 
-def api_error(err: KubeError, doing: str) -> AdminError:
+def api_error(err: ApiError, doing: str) -> AdminError:
     return AdminError("KUBERNETES_API_ERROR", f"{doing}: the Kubernetes API answered {err.status} {err.reason}: "
                                               f"{err.message}")
 
@@ -98,7 +98,7 @@ class KubernetesBackend:
 
     kind = "kubernetes"
 
-    def __init__(self, api: KubeApi, namespace: str, hive_resource: str) -> None:
+    def __init__(self, api: KubeClient, namespace: str, hive_resource: str) -> None:
         self.api = api
         self.namespace = namespace
         self.hive_resource = hive_resource
@@ -114,7 +114,7 @@ class KubernetesBackend:
     async def _hive(self) -> dict[str, Any]:
         try:
             hive = await self.api.get("hives", self.namespace, self.hive_resource)
-        except KubeError as err:
+        except ApiError as err:
             raise api_error(err, f"reading Hive {self.hive_resource}") from err
         if hive is None:
             raise AdminError("HIVE_NOT_FOUND", f"Hive {self.hive_resource!r} does not exist in namespace "
@@ -135,7 +135,7 @@ class KubernetesBackend:
     async def _list(self, plural: str, labels: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
         try:
             return await self.api.list(plural, self.namespace, labels)
-        except KubeError as err:
+        except ApiError as err:
             raise api_error(err, f"listing {plural}") from err
 
     async def _fluxnodes(self) -> list[dict[str, Any]]:
@@ -219,7 +219,7 @@ class KubernetesBackend:
     async def _runtime(self, name: str) -> tuple[Runtime, Runtime | None, dict[str, Any]]:
         try:
             body = await self.api.get("runtimes", self.namespace, name)
-        except KubeError as err:
+        except ApiError as err:
             raise api_error(err, f"reading Runtime {name}") from err
         if body is None:
             raise AdminError("RUNTIME_NOT_AVAILABLE", f"runtime {name!r} is not a Runtime in namespace "
@@ -266,7 +266,7 @@ class KubernetesBackend:
                 raise AdminError("INVALID_REQUEST", str(err)) from err
             try:
                 await self.api.create("fluxnodes", self.namespace, manifest)
-            except KubeError as err:
+            except ApiError as err:
                 if err.status == 409:
                     raise AdminError("NODE_ALREADY_EXISTS", f"FluxNode {resource_name(name)} exists") from err
                 raise api_error(err, "creating the FluxNode") from err
@@ -290,7 +290,7 @@ class KubernetesBackend:
             pods = await self._list("pods", {FLUXNODE_LABEL: resource})
             try:
                 await self.api.delete("fluxnodes", self.namespace, resource)
-            except KubeError as err:
+            except ApiError as err:
                 raise api_error(err, f"deleting FluxNode {resource}") from err
         out: dict[str, Any] = {"unit": f"fluxnode/{resource}", "pids": [], "was_running": bool(pods),
                                "pods": sorted(p["metadata"]["name"] for p in pods)}
@@ -316,7 +316,7 @@ class KubernetesBackend:
                         "value": str(version)}]
                 try:
                     await self.api.patch("fluxnodes", self.namespace, meta["name"], ops, content_type=JSON_PATCH)
-                except KubeError as err:
+                except ApiError as err:
                     if err.status in (409, 422):
                         continue  # changed under us: read again
                     raise api_error(err, f"patching FluxNode {meta['name']}") from err
@@ -376,7 +376,7 @@ class KubernetesBackend:
             "spec": {"hiveId": hive_id, "role": "worker", "nodeSelector": {HIVE_LABEL: hive_id}}}
         try:
             await self.api.create("hives", self.namespace, manifest)
-        except KubeError as err:
+        except ApiError as err:
             if err.status == 409:
                 raise AdminError("HIVE_EXISTS", f"a Hive named {name} exists") from err
             raise api_error(err, "creating the Hive") from err
@@ -389,7 +389,7 @@ class KubernetesBackend:
             if str((hive.get("spec") or {}).get("hiveId") or hive["metadata"]["name"]) == hive_id:
                 try:
                     await self.api.delete("hives", self.namespace, hive["metadata"]["name"])
-                except KubeError as err:
+                except ApiError as err:
                     raise api_error(err, f"deleting Hive {hive['metadata']['name']}") from err
 
 
@@ -433,7 +433,7 @@ class HiveSpecRoutes:
                 patch["metadata"]["annotations"] = {annotation: str(version)}
             try:
                 new = await b.api.patch("hives", b.namespace, b.hive_resource, patch)
-            except KubeError as err:
+            except ApiError as err:
                 if err.status == 409:
                     continue
                 raise api_error(err, f"patching Hive {b.hive_resource}") from err

@@ -29,9 +29,9 @@ from fluxbee.admin import cluster as cluster_mod
 from fluxbee.admin.cluster import ClusterSettings, cluster_admin
 from fluxbee.admin.http import AdminSettings
 from fluxbee.admin.k8s import CREATED_BY
-from fluxbee.admin.kube import KubeAccess
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.sdk import NodeConfig, connect
+from fluxbee.kube import KubeConfig
 
 _OPERATOR_TESTS = Path(__file__).resolve().parents[1] / "operator"
 sys.path.insert(0, str(_OPERATOR_TESTS))
@@ -73,7 +73,7 @@ async def admin(cluster: Cluster, operator: Any) -> AsyncIterator[Admin]:
     await cluster.api.create("runtimes", NS, RUNTIME)
     run_dir = Path(tempfile.mkdtemp(prefix="fbk", dir="/tmp"))
     settings = ClusterSettings(namespace=NS, hive_resource="demo", run_dir=run_dir, state_dir=run_dir / "history",
-                               kube=KubeAccess(server=cluster.url, insecure=True), drift_interval=0.2)
+                               kube=KubeConfig(server=cluster.url, insecure=True), drift_interval=0.2)
     old_retry = cluster_mod.ROUTER_RETRY
     cluster_mod.ROUTER_RETRY = 0.1
     try:

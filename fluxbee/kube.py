@@ -1,8 +1,8 @@
-"""The admin API's own small async client for the Kubernetes API (aiohttp).
+"""A small async client for the Kubernetes REST API (aiohttp), shared by the operator and the admin API.
 
-The operator has one too, but the admin API may not import the operator (import contract): the
-two talk to each other only through resources.  Bodies are plain dicts; errors carry the API
-server's status and reason, and are raised as :class:`KubeError`.
+Both talk to the API server with plain dicts (exactly the manifests the pure builders return) and
+must not import each other (import contract), so the client lives here.  Errors carry the API
+server's status and reason (:class:`ApiError`); an API server that does not answer is status 0.
 """
 
 from __future__ import annotations
@@ -20,20 +20,27 @@ import aiohttp
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
-SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
-API_PREFIX: dict[str, str] = {
+_SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+RESOURCES: dict[str, str] = {
     "pods": "/api/v1",
     "configmaps": "/api/v1",
+    "services": "/api/v1",
+    "secrets": "/api/v1",
+    "daemonsets": "/apis/apps/v1",
     "hives": "/apis/fluxbee.io/v1alpha1",
     "fluxnodes": "/apis/fluxbee.io/v1alpha1",
     "runtimes": "/apis/fluxbee.io/v1alpha1",
+    "modules": "/apis/fluxbee.io/v1alpha1",
+    "degrees": "/apis/fluxbee.io/v1alpha1",
+    "policies": "/apis/fluxbee.io/v1alpha1",
 }
-"""The resources the admin API reads or changes (plural → API prefix); all namespaced."""
+"""The namespaced resources Fluxbee reads or manages: plural → API prefix."""
 
 
-class KubeError(Exception):
-    """A non-2xx answer of the API server, or no answer at all (``status`` 0)."""
+class ApiError(Exception):
+    """A non-2xx answer of the API server (``status`` and ``reason`` from its Status), or none (status 0)."""
 
     def __init__(self, status: int, reason: str, message: str, *, method: str, path: str) -> None:
         super().__init__(f"{method} {path}: {status} {reason}: {message}")
@@ -41,9 +48,17 @@ class KubeError(Exception):
         self.reason = reason
         self.message = message
 
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
 
 @dataclass(frozen=True, slots=True)
-class KubeAccess:
+class KubeConfig:
     """Where the API server is and how to authenticate to it."""
 
     server: str
@@ -54,17 +69,17 @@ class KubeAccess:
     insecure: bool = False
 
     @classmethod
-    def from_environment(cls, server: str | None = None) -> KubeAccess:
-        """``server`` if given (no auth: a test API or ``kubectl proxy``), else the in-cluster service
-        account, else the current kubeconfig context."""
+    def from_environment(cls, server: str | None = None) -> KubeConfig:
+        """``server`` if given (no auth: a test API server or ``kubectl proxy``), else the in-cluster
+        service account, else the current kubeconfig context."""
         if server:
             return cls(server=server.rstrip("/"), insecure=True)
         host = os.environ.get("KUBERNETES_SERVICE_HOST")
-        if host and (SA_DIR / "token").exists():
+        if host and (_SA_DIR / "token").exists():
             port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
             host = f"[{host}]" if ":" in host else host
-            return cls(server=f"https://{host}:{port}", token=(SA_DIR / "token").read_text().strip(),
-                       ca_file=str(SA_DIR / "ca.crt"))
+            return cls(server=f"https://{host}:{port}", token=(_SA_DIR / "token").read_text().strip(),
+                       ca_file=str(_SA_DIR / "ca.crt"))
         from kubernetes import client as k8s_client
         from kubernetes import config as k8s_config
 
@@ -89,25 +104,32 @@ class KubeAccess:
 
 
 def object_path(plural: str, namespace: str, name: str | None = None) -> str:
-    path = f"{API_PREFIX[plural]}/namespaces/{quote(namespace, safe='')}/{plural}"
+    try:
+        prefix = RESOURCES[plural]
+    except KeyError:
+        raise ValueError(f"resource {plural!r} is not one Fluxbee manages") from None
+    path = f"{prefix}/namespaces/{quote(namespace, safe='')}/{plural}"
     return path if name is None else f"{path}/{quote(name, safe='')}"
 
 
-class KubeApi:
+class KubeClient:
     """get/list/create/patch/delete of namespaced objects.  Owns its session: use ``async with``."""
 
-    def __init__(self, access: KubeAccess, *, timeout: float = 10.0) -> None:
-        self.access = access
-        self.timeout = timeout
+    def __init__(self, config: KubeConfig, *, limit: int = 32, timeout: float = 30.0,
+                 user_agent: str = "fluxbee") -> None:
+        self._config = config
+        self._limit = limit
+        self._timeout = timeout
+        self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> KubeApi:
-        headers = {"Accept": "application/json", "User-Agent": "fluxbee-admin"}
-        if self.access.token:
-            headers["Authorization"] = f"Bearer {self.access.token}"
+    async def __aenter__(self) -> KubeClient:
+        headers = {"Accept": "application/json", "User-Agent": self._user_agent}
+        if self._config.token:
+            headers["Authorization"] = f"Bearer {self._config.token}"
         self._session = aiohttp.ClientSession(
-            headers=headers, connector=aiohttp.TCPConnector(ssl=self.access.ssl_context(), limit=32),
-            timeout=aiohttp.ClientTimeout(total=self.timeout))
+            headers=headers, connector=aiohttp.TCPConnector(ssl=self._config.ssl_context(), limit=self._limit),
+            timeout=aiohttp.ClientTimeout(total=self._timeout))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -115,11 +137,11 @@ class KubeApi:
             await self._session.close()
             self._session = None
 
-    async def request(self, method: str, path: str, *, body: Any = None, content_type: str = "application/json",
-                      query: Mapping[str, str] | None = None) -> dict[str, Any]:
+    async def _request(self, method: str, path: str, *, body: Any = None, content_type: str = "application/json",
+                       query: Mapping[str, str] | None = None) -> dict[str, Any]:
         if self._session is None:
-            raise RuntimeError("KubeApi used outside `async with`")
-        url = self.access.server + path + ("?" + urlencode(query) if query else "")
+            raise RuntimeError("KubeClient used outside `async with`")
+        url = self._config.server.rstrip("/") + path + ("?" + urlencode(query) if query else "")
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if data is not None else None
         try:
@@ -127,8 +149,8 @@ class KubeApi:
                 text = await resp.text()
                 status, reason = resp.status, str(resp.reason)
         except (aiohttp.ClientError, TimeoutError) as err:
-            raise KubeError(0, "Unreachable", f"the API server did not answer: {err!r}", method=method,
-                            path=path) from err
+            raise ApiError(0, "Unreachable", f"the API server did not answer: {err!r}", method=method,
+                           path=path) from err
         if status >= 400:
             message = text[:500]
             try:
@@ -136,41 +158,48 @@ class KubeApi:
                 reason, message = str(obj.get("reason", reason)), str(obj.get("message", message))
             except (ValueError, AttributeError):
                 pass
-            raise KubeError(status, reason, message, method=method, path=path)
+            raise ApiError(status, reason, message, method=method, path=path)
         parsed = json.loads(text) if text else {}
         return parsed if isinstance(parsed, dict) else {}
 
     async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await self.request("GET", object_path(plural, namespace, name))
-        except KubeError as err:
-            if err.status == 404:
+            return await self._request("GET", object_path(plural, namespace, name))
+        except ApiError as err:
+            if err.not_found:
                 return None
             raise
 
     async def list(self, plural: str, namespace: str, labels: Mapping[str, str] | None = None
                    ) -> list[dict[str, Any]]:
         query = {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else None
-        answer = await self.request("GET", object_path(plural, namespace), query=query)
+        answer = await self._request("GET", object_path(plural, namespace), query=query)
         items = [i for i in answer.get("items") or [] if isinstance(i, dict)]
-        if labels:  # re-checked here: a lax server may ignore the selector
-            items = [i for i in items if all(((i.get("metadata") or {}).get("labels") or {}).get(k) == v
-                                              for k, v in labels.items())]
-        return items
+        return [i for i in items if _labels_match(i, labels)]  # re-checked: a lax server may ignore it
 
     async def create(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        return await self.request("POST", object_path(plural, namespace), body=body)
+        return await self._request("POST", object_path(plural, namespace), body=body)
 
-    async def patch(self, plural: str, namespace: str, name: str, body: Any, *,
+    async def patch(self, plural: str, namespace: str, name: str, body: Any, *, subresource: str | None = None,
                     content_type: str = MERGE_PATCH) -> dict[str, Any]:
-        return await self.request("PATCH", object_path(plural, namespace, name), body=body,
-                                  content_type=content_type)
+        path = object_path(plural, namespace, name)
+        if subresource:
+            path += f"/{subresource}"
+        return await self._request("PATCH", path, body=body, content_type=content_type)
 
     async def delete(self, plural: str, namespace: str, name: str) -> bool:
         try:
-            await self.request("DELETE", object_path(plural, namespace, name))
-        except KubeError as err:
-            if err.status == 404:
+            await self._request("DELETE", object_path(plural, namespace, name))
+        except ApiError as err:
+            if err.not_found:
                 return False
             raise
         return True
+
+
+def _labels_match(obj: Mapping[str, Any], labels: Mapping[str, str] | None) -> bool:
+    """Client-side check of an equality selector."""
+    if not labels:
+        return True
+    have = (obj.get("metadata") or {}).get("labels") or {}
+    return all(have.get(k) == v for k, v in labels.items())
