@@ -228,7 +228,9 @@ class RawPeer:
         """Read until EOF; return the frames received before it."""
         self.sock.settimeout(timeout)
         frames = []
-        with contextlib.suppress(EOFError):
+        # A reset instead of a clean EOF is also "closed": Linux resets the peer of a Unix socket
+        # closed with unread data (the router stops reading an offending connection mid-stream).
+        with contextlib.suppress(EOFError, ConnectionResetError):
             while True:
                 frames.append(self.recv())
         return frames
