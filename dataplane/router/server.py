@@ -233,13 +233,14 @@ class Conn(asyncio.Protocol):
     # ------------------------------------------------------------------
     def _hello_timeout(self) -> None:
         if self.uuid is None and not self.closing:
-            self.router.counters.rejected[wire.HELLO_REQUIRED] += 1
-            if self.reader.pending == 0 and self.router.counters is not None and self.transport is not None:
-                # A connection that never sent a byte (a liveness probe): close it quietly.
+            if self.reader.pending == 0 and self.transport is not None:
+                # Nothing at all was sent (a liveness probe such as `fluxbee up` waiting for the socket).
                 log.debug("closing a connection that sent nothing within the handshake timeout")
+                self.router.counters.disconnects["idle_probe"] += 1
                 self.closing = True
                 self.transport.close()
                 return
+            self.router.counters.rejected[wire.HELLO_REQUIRED] += 1
             self.fail(wire.HELLO_REQUIRED, "no HELLO within the handshake timeout")
 
     def send(self, frame: bytes) -> bool:
