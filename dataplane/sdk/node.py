@@ -261,6 +261,7 @@ class _Client:
         loop = asyncio.get_running_loop()
         _, proto = await loop.create_unix_connection(lambda: _Protocol(self), str(socket_path))
         self.proto = proto
+        self._reading_paused = False  # a fresh transport reads; a full inbox pauses it again
         self._announced = loop.create_future()
         self._hello_trace = wire.new_trace_id()
         transport = proto.transport
