@@ -44,6 +44,14 @@ def _run_dir(value: str | None) -> Path:
     return Path(value) if value else default_run_dir()
 
 
+def _hive_id(value: str) -> str:
+    from fluxbee.models.resources import HIVE_ID_RE
+
+    if not HIVE_ID_RE.match(value):
+        raise argparse.ArgumentTypeError(f"hive id {value!r} must match {HIVE_ID_RE.pattern}")
+    return value
+
+
 def cmd_router(args: argparse.Namespace) -> int:
     from fluxbee.dataplane.router.server import RouterError, RouterSettings, run_router
 
@@ -290,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("router", help="run a hive router")
-    r.add_argument("--hive-id", required=True)
+    r.add_argument("--hive-id", required=True, type=_hive_id)
     r.add_argument("--run-dir", help="socket/state root (default: per-user or /var/run/fluxbee)")
     r.add_argument("--config", help="hive config file (routes, VPNs), reloaded when it changes")
     r.add_argument("--router-name", default="RT.gateway")
@@ -314,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("up", help="run a local hive from resource documents")
     u.add_argument("-f", "--file", help="hive file (Hive + FluxNodes); default: the bundled one")
-    u.add_argument("--hive-id", help="override the Hive's id")
+    u.add_argument("--hive-id", type=_hive_id, help="override the Hive's id")
     u.add_argument("--run-dir")
     u.add_argument("--admin-listen", default="127.0.0.1:8080",
                    help="HOST:PORT of the admin API (port 0: any free port; 'off': no admin API)")
@@ -379,4 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else getattr(logging, os.environ.get("FLUXBEE_LOG", "INFO").upper(), 20)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command in ("send", "status", "ctl") and not args.verbose:
+        # One-shot commands: their errors are printed; connection retries are noise.
+        logging.getLogger("fluxbee.dataplane.sdk").setLevel(logging.WARNING)
     raise SystemExit(args.func(args))

@@ -66,6 +66,7 @@ from fluxbee.dataplane.router.config import (
 from fluxbee.dataplane.router.counters import Counters
 from fluxbee.dataplane.router.l3 import L3Resolver, with_src_ilk
 from fluxbee.models import RouteAction, RouteSpec, VpnSpec, validate_node_name
+from fluxbee.models.resources import HIVE_ID_RE
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +318,10 @@ class Router:
     """State and decisions of one hive router (see the module docstring)."""
 
     def __init__(self, settings: RouterSettings, router_uuid: str | None = None) -> None:
+        if not HIVE_ID_RE.match(settings.hive_id):
+            raise RouterError(f"hive id {settings.hive_id!r} must match {HIVE_ID_RE.pattern}")
+        if not settings.router_name.startswith("RT.") or "@" in settings.router_name:
+            raise RouterError(f"router name {settings.router_name!r} must be an RT.* name without @hive")
         self.settings = settings
         self.hive_id = settings.hive_id
         self.uuid = router_uuid or _load_or_create_uuid(settings)
