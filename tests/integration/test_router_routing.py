@@ -285,3 +285,26 @@ async def test_a_node_that_names_its_hive_joins_a_router_of_that_hive_when_two_s
     finally:
         for r in routers:
             assert r.stop() == 0
+
+
+async def test_the_metrics_endpoint_survives_bad_http_and_answers_only_get(router: RouterProc) -> None:
+    import socket as socket_mod
+
+    def exchange(data: bytes) -> bytes:
+        """The answer, or b"" when the server just closes (a reset counts: it left input unread)."""
+        with socket_mod.create_connection(("127.0.0.1", router.metrics_port), timeout=10) as s:
+            chunks = []
+            try:
+                s.sendall(data)
+                while chunk := s.recv(65536):
+                    chunks.append(chunk)
+            except ConnectionResetError:
+                pass
+            return b"".join(chunks)
+
+    assert exchange(b"POST /metrics HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 405")
+    assert exchange(b"GET /nope HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 404")
+    assert exchange(b"\x00\xff garbage without a blank line") == b""
+    assert exchange(b"GET /" + b"a" * 200_000 + b" HTTP/1.0\r\n\r\n") == b""  # header over the limit: closed
+    assert "fluxbee_router_nodes" in router.metrics()
+    assert router.status()["router"]["uuid"] == router.uuid
