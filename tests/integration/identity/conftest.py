@@ -127,4 +127,4 @@ def identity(run_dir: Path, router: RouterProc, identity_db: Db) -> Iterator[Ide
     proc = IdentityProc(run_dir, identity_db)
     yield proc
     assert proc.stop() == 0, proc.log_path.read_text()[-3000:]
-    assert not Path("/dev/shm" + identity_shm.region_name("t")).exists(), "identity region left behind"
+    assert not Path("/dev/shm" + identity_shm.region_name("t", run_dir)).exists(), "identity region left behind"

@@ -46,7 +46,7 @@ def replica(run_dir: Path, primary: IdentityProc) -> Iterator[IdentityProc]:
                         extra=("--sync-timeout", "1.5"))
     yield proc
     assert proc.stop() == 0, proc.log()
-    assert not Path("/dev/shm" + identity_shm.region_name(region)).exists(), "replica region left behind"
+    assert not Path("/dev/shm" + identity_shm.region_name(region, run_dir)).exists(), "replica region left behind"
 
 
 async def node(run_dir: Path, name: str) -> NodeSender:
