@@ -374,13 +374,25 @@ class Router:
         except shm.ShmError as err:
             self._close_shm()
             raise RouterError(f"shared memory: {err}") from err
-        self._load_initial_config()
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(lambda: Conn(self), path=str(path), backlog=1024)
-        os.chmod(path, 0o666)
-        if s.metrics_addr is not None:
-            host, port = s.metrics_addr
-            self._metrics_server = await asyncio.start_server(self._serve_http, host, port)
+        try:
+            self._load_initial_config()
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_unix_server(lambda: Conn(self), path=str(path), backlog=1024)
+            os.chmod(path, 0o666)
+            if s.metrics_addr is not None:
+                host, port = s.metrics_addr
+                try:
+                    self._metrics_server = await asyncio.start_server(self._serve_http, host, port)
+                except OSError as err:
+                    raise RouterError(f"cannot serve metrics on {host}:{port}: {err.strerror}") from err
+        except BaseException:
+            # Leave nothing behind: no socket file, no shared-memory region of a router that never ran.
+            if self._server is not None:
+                self._server.close()
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            self._close_shm()
+            raise
         self._tasks = [
             asyncio.create_task(self._periodic(s.heartbeat_interval_s, self._heartbeat), name="router-heartbeat"),
             asyncio.create_task(self._periodic(1.0, self._housekeeping), name="router-housekeeping"),

@@ -39,3 +39,22 @@ def test_a_run_dir_too_long_for_a_unix_socket_is_refused(tmp_path: Path) -> None
     long_dir = tmp_path / ("x" * 120)
     done = fluxbee("router", "--hive-id", "h", "--run-dir", str(long_dir))
     assert done.returncode == 2 and "use a shorter --run-dir" in done.stderr
+
+
+def test_a_router_that_cannot_start_leaves_no_socket_or_shared_memory(run_dir: Path) -> None:
+    import os
+    import socket
+
+    config = run_dir / "hive.yaml"
+    config.write_text("vpns: [{pattern: WF.x}]\n")  # vpn_id missing
+    before = set(os.listdir("/dev/shm"))
+    done = fluxbee("router", "--hive-id", "h", "--run-dir", str(run_dir), "--config", str(config))
+    assert done.returncode == 2 and "vpn" in done.stderr.lower()
+    with socket.socket() as taken:  # a metrics port already in use
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = fluxbee("router", "--hive-id", "h", "--run-dir", str(run_dir), "--metrics-addr", f"127.0.0.1:{port}")
+    assert done.returncode == 2 and f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr
+    assert not list((run_dir / "routers").glob("*.sock"))
+    assert {n for n in set(os.listdir("/dev/shm")) - before if n.startswith("fluxbee-")} == set()
