@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -31,3 +31,20 @@ async def no_leftover_tasks(request: pytest.FixtureRequest) -> AsyncIterator[Non
     for task in leftover:
         task.cancel()
     pytest.fail(f"the test left {len(leftover)} asyncio task(s) running: {names}")
+
+
+def _fluxbee_segments() -> set[str]:
+    try:
+        return {n for n in os.listdir("/dev/shm") if n.startswith("fluxbee-")}
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_leftover_shared_memory() -> Iterator[None]:
+    """Fail the session if its tests left fluxbee shared-memory segments behind."""
+    before = _fluxbee_segments()
+    yield
+    left = _fluxbee_segments() - before
+    if left:
+        pytest.fail(f"the tests left shared-memory segments behind: {sorted(left)}")
