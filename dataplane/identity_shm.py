@@ -58,12 +58,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import lru_cache
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 import posix_ipc
 
-from fluxbee.dataplane.shm import ShmError, epoch_ms, pid_alive
+from fluxbee.dataplane.shm import ClosedOnExit, ShmError, epoch_ms, pid_alive
 
 MAGIC: Final = int.from_bytes(b"FLXBIDNT", "little")
 LAYOUT_VERSION: Final = 1
@@ -284,7 +283,7 @@ class _IlkModel:
     handler: str
 
 
-class IdentityRegionWriter:
+class IdentityRegionWriter(ClosedOnExit):
     """Creates and owns the region; applies changes inside :meth:`batch`."""
 
     def __init__(self, hive_id: str, *, capacity: Capacity, owner_uuid: str | None = None,
@@ -521,12 +520,6 @@ class IdentityRegionWriter:
             with suppress(posix_ipc.ExistentialError):
                 posix_ipc.unlink_shared_memory(self.name)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
-
 
 class _HeapFull(Exception):
     pass
@@ -542,7 +535,7 @@ def _index(values: tuple[str, ...], value: str) -> int:
 # --------------------------------------------------------------------------- reader
 
 
-class IdentityRegionReader:
+class IdentityRegionReader(ClosedOnExit):
     """Read-only view.  Every lookup is one seqlock-validated probe in the mapping."""
 
     def __init__(self, hive_id: str, *, name: str | None = None, run_dir: str | os.PathLike[str] | None = None) -> None:
@@ -707,12 +700,6 @@ class IdentityRegionReader:
         self.closed = True
         self._seq.release()
         self._mm.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
 
 
 class RegionHandle:

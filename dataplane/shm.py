@@ -560,7 +560,25 @@ def _inode_of(name: str) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------- writers
 
 
-class _RegionWriter:
+class ClosedOnExit:
+    """``with region: …`` closes it on the way out (writers keep their default of unlinking)."""
+
+    def close(self) -> None:
+        raise TypeError(f"{type(self).__name__} must define close()")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _RegionWriter(ClosedOnExit):
     """Creation, takeover, header seqlock, heartbeat and close shared by both writers."""
 
     def __init__(
@@ -730,17 +748,6 @@ class _RegionWriter:
             del _HELD_HERE[self.name]
         if unlink and _inode_of(self.name) == self._inode:
             _unlink_quietly(self.name)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class NodeTableWriter(_RegionWriter):
@@ -922,7 +929,7 @@ class ConfigRegionWriter(_RegionWriter):
 # --------------------------------------------------------------------------- readers
 
 
-class _RegionReader(abc.ABC):
+class _RegionReader(ClosedOnExit, abc.ABC):
     """Open, validate and read the header of an existing region; read-only mapping."""
 
     _magic: int
@@ -998,17 +1005,6 @@ class _RegionReader(abc.ABC):
             return
         self._closed = True
         self._map.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class NodeTableReader(_RegionReader):

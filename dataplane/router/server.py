@@ -70,9 +70,9 @@ from fluxbee.models.resources import HIVE_ID_RE
 
 log = logging.getLogger(__name__)
 
-# Hot-path decoders: the wire module's, without the error-translating wrappers.
-_decode_raw = msgspec.json.Decoder(wire.RawEnvelope).decode
-_decode_meta = msgspec.json.Decoder(wire.MetaView).decode
+# Hot path: the wire module's decoders, without the error-translating wrappers.
+_decode_raw = wire.raw_decoder.decode
+_decode_meta = wire.meta_decoder.decode
 
 MAX_SOCKET_PATH = 107
 

@@ -496,65 +496,73 @@ def _route_dict(r: s.RouteBody) -> dict[str, Any]:
     return r.model_dump(mode="json")
 
 
+@dataclass(frozen=True, slots=True)
+class _Section:
+    """One list of the router config the admin API edits entry by entry: routes or VPN rules."""
+
+    name: str  # key in the router's lists and in history: "routes" | "vpns"
+    subsystem: str  # CONFIG_CHANGED subsystem
+    key: str  # the field that identifies an entry
+    duplicate: str  # error code when the key exists
+    what: str  # for messages
+
+
+_ROUTES = _Section("routes", "routes", "prefix", "DUPLICATE_PREFIX", "route")
+_VPNS = _Section("vpns", "vpn", "pattern", "DUPLICATE_PATTERN", "VPN rule")
+
+
+async def _add_entry(ctx: Context, target: str, call: Call, section: _Section, action: str,
+                     entry: dict[str, Any], answer_key: str) -> dict[str, Any]:
+    """Append ``entry`` to a section unless its key is taken, and apply the result on the router."""
+    value = entry[section.key]
+
+    async def work() -> dict[str, Any]:
+        async with ctx.route_lock(target):
+            items = (await _router_lists(ctx))[section.name]
+            if any(i[section.key] == value for i in items):
+                raise AdminError(section.duplicate, f"a {section.what} for {value!r} exists; delete it first")
+            reply = await _apply(ctx, section.subsystem, [*items, entry])
+        return {"status": "ok", "hive": target, "config_version": reply.get("config_version"), answer_key: entry}
+
+    return await _record(ctx, call, section.name, action, time.time(), work(), {section.key: value})
+
+
+async def _delete_entry(ctx: Context, target: str, call: Call, section: _Section, action: str,
+                        value: str) -> dict[str, Any]:
+    """Remove the entry whose key is ``value`` from a section and apply the result on the router."""
+
+    async def work() -> dict[str, Any]:
+        async with ctx.route_lock(target):
+            items = (await _router_lists(ctx))[section.name]
+            kept = [i for i in items if i[section.key] != value]
+            if len(kept) == len(items):
+                raise AdminError("NOT_FOUND", f"no {section.what} for {value!r}")
+            reply = await _apply(ctx, section.subsystem, kept)
+        return {"status": "ok", "hive": target, "config_version": reply.get("config_version"), section.key: value}
+
+    return await _record(ctx, call, section.name, action, time.time(), work(), {section.key: value})
+
+
 async def add_route(ctx: Context, target: str, p: s.RouteBody, call: Call) -> dict[str, Any]:
     await _check_hive(ctx, target)
     if p.next_hop_hive is not None and not HIVE_ID_RE.match(p.next_hop_hive):
         raise AdminError("INVALID_REQUEST", f"next_hop_hive {p.next_hop_hive!r} is not a hive id")
-
-    async def work() -> dict[str, Any]:
-        async with ctx.route_lock(target):
-            routes = (await _router_lists(ctx))["routes"]
-            if any(r["prefix"] == p.prefix for r in routes):
-                raise AdminError("DUPLICATE_PREFIX", f"a route for {p.prefix!r} exists; delete it first")
-            reply = await _apply(ctx, "routes", [*routes, _route_dict(p)])
-        return {"status": "ok", "hive": target, "config_version": reply.get("config_version"), "route": _route_dict(p)}
-
-    return await _record(ctx, call, "routes", "add_route", time.time(), work(), {"prefix": p.prefix})
+    return await _add_entry(ctx, target, call, _ROUTES, "add_route", _route_dict(p), "route")
 
 
 async def delete_route(ctx: Context, target: str, p: s.DeleteRouteParams, call: Call) -> dict[str, Any]:
     await _check_hive(ctx, target)
-
-    async def work() -> dict[str, Any]:
-        async with ctx.route_lock(target):
-            routes = (await _router_lists(ctx))["routes"]
-            kept = [r for r in routes if r["prefix"] != p.prefix]
-            if len(kept) == len(routes):
-                raise AdminError("NOT_FOUND", f"no route for {p.prefix!r}")
-            reply = await _apply(ctx, "routes", kept)
-        return {"status": "ok", "hive": target, "config_version": reply.get("config_version"), "prefix": p.prefix}
-
-    return await _record(ctx, call, "routes", "delete_route", time.time(), work(), {"prefix": p.prefix})
+    return await _delete_entry(ctx, target, call, _ROUTES, "delete_route", p.prefix)
 
 
 async def add_vpn(ctx: Context, target: str, p: s.VpnBody, call: Call) -> dict[str, Any]:
     await _check_hive(ctx, target)
-
-    async def work() -> dict[str, Any]:
-        async with ctx.route_lock(target):
-            vpns = (await _router_lists(ctx))["vpns"]
-            if any(v["pattern"] == p.pattern for v in vpns):
-                raise AdminError("DUPLICATE_PATTERN", f"a VPN rule for {p.pattern!r} exists; delete it first")
-            vpn = p.model_dump(mode="json")
-            reply = await _apply(ctx, "vpn", [*vpns, vpn])
-        return {"status": "ok", "hive": target, "config_version": reply.get("config_version"), "vpn": vpn}
-
-    return await _record(ctx, call, "vpns", "add_vpn", time.time(), work(), {"pattern": p.pattern})
+    return await _add_entry(ctx, target, call, _VPNS, "add_vpn", p.model_dump(mode="json"), "vpn")
 
 
 async def delete_vpn(ctx: Context, target: str, p: s.DeleteVpnParams, call: Call) -> dict[str, Any]:
     await _check_hive(ctx, target)
-
-    async def work() -> dict[str, Any]:
-        async with ctx.route_lock(target):
-            vpns = (await _router_lists(ctx))["vpns"]
-            kept = [v for v in vpns if v["pattern"] != p.pattern]
-            if len(kept) == len(vpns):
-                raise AdminError("NOT_FOUND", f"no VPN rule for {p.pattern!r}")
-            reply = await _apply(ctx, "vpn", kept)
-        return {"status": "ok", "hive": target, "config_version": reply.get("config_version"), "pattern": p.pattern}
-
-    return await _record(ctx, call, "vpns", "delete_vpn", time.time(), work(), {"pattern": p.pattern})
+    return await _delete_entry(ctx, target, call, _VPNS, "delete_vpn", p.pattern)
 
 
 async def set_config_routes(ctx: Context, target: str, p: s.ConfigRoutesParams, call: Call) -> dict[str, Any]:

@@ -150,7 +150,3 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
                                version, name)
             applied.append(version)
     return applied
-
-
-def latest() -> int:
-    return MIGRATIONS[-1][0]

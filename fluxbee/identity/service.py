@@ -154,7 +154,6 @@ class IdentityService:
         # Only the primary signs graduations; a replica must not mint a key of its own.
         self.key = dg.load_or_create_key(settings.signing_key_path) if self.is_primary else None
         self.sender: NodeSender | None = None
-        self.handled = 0
         self._tasks: list[asyncio.Task[None]] = []
         # primary: write ordering and replication
         self.epoch = str(uuid.uuid4())
@@ -364,7 +363,6 @@ class IdentityService:
         except Exception as err:  # a bug must answer, not hang the caller for 5 s
             log.exception("%s from %s failed", action, sender_name)
             payload = {"status": "error", "error_code": m.DB_WRITE_FAILED, "message": f"internal error: {err}"}
-        self.handled += 1
         log.debug("%s from %s -> %s in %.1f ms", action, sender_name, payload.get("error_code", "ok"),
                   (time.perf_counter() - started) * 1000)
         try:

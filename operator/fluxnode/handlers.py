@@ -34,12 +34,6 @@ from fluxbee.operator.runtime.build import describe, parse_runtime, runtime_outc
 
 log = logging.getLogger(__name__)
 
-# Reasons that mean "waiting for another resource"; those FluxNodes are re-checked when it changes.
-WAITING_REASONS = frozenset(
-    {"HiveNotFound", "HiveInvalid", "RuntimeNotFound", "RuntimeNotReady", "RuntimeVersionNotAvailable"}
-)
-
-
 def parse_fluxnode(body: Mapping[str, Any]) -> FluxNode:
     try:
         return FluxNode.model_validate(view(body))
