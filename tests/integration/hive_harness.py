@@ -56,6 +56,21 @@ async def eventually(predicate: Callable[[], Any], timeout: float = 10.0, what: 
         await asyncio.sleep(0.01)
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, what: str, *, strict: bool = True) -> int:
+    """SIGTERM, then wait 10 s; a process that needs SIGKILL fails the test when ``strict``."""
+    if proc is None or proc.poll() is not None:
+        return proc.returncode if proc else 0
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        if strict:
+            raise AssertionError(f"{what} did not stop on SIGTERM within 10 s") from None
+        return proc.returncode
+
+
 def fluxbee_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "fluxbee", *args]
 
@@ -135,15 +150,7 @@ class RouterProc:
         raise AssertionError("no VmRSS")
 
     def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError("router did not stop on SIGTERM within 10 s") from None
+        return stop_process(self.proc, "router")
 
 
 class NodeProc:
@@ -186,13 +193,7 @@ class NodeProc:
         return self._lines
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, self.name, strict=False)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._log.close()

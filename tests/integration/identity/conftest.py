@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import uuid
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from hive_harness import RouterProc, fluxbee_argv, wait_until
+from hive_harness import RouterProc, fluxbee_argv, stop_process, wait_until
 
 from fluxbee.dataplane import identity_shm
 from fluxbee.identity import pg
@@ -111,15 +110,7 @@ class IdentityProc:
         return self.proc.pid
 
     def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError("SY.identity did not stop on SIGTERM") from None
+        return stop_process(self.proc, self.node_name)
 
 
 @pytest.fixture
