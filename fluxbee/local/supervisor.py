@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from importlib import resources as importlib_resources
 from pathlib import Path
 from typing import Any
 
+from fluxbee.dataplane import shm
 from fluxbee.dataplane.sdk import default_run_dir, read_node_table
 from fluxbee.local.plan import PlanError, plan_hive
 from fluxbee.local.plan_types import HivePlan, ProcessSpec
@@ -291,7 +293,7 @@ class LocalHive:
         while time.monotonic() < deadline and not stop.is_set():
             if router.proc is not None and router.proc.returncode is None:
                 for sock in routers.glob("*.sock") if routers.exists() else ():
-                    if _can_connect(sock):
+                    if _router_of(sock) == router.proc.pid:
                         return sock
             elif router.restarts >= 3:
                 break
@@ -391,18 +393,18 @@ def _sig(path: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
-def _can_connect(path: Path) -> bool:
-    import socket
+def _router_of(sock: Path) -> int | None:
+    """Pid owning the node table of the router behind ``sock`` (None if there is none yet).
 
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    Read from shared memory instead of connecting: no probe connection for the router to count,
+    and a stale socket file of another router is never mistaken for ours.
+    """
     try:
-        s.settimeout(0.2)
-        s.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
+        name = shm.node_table_name(str(uuid.UUID(sock.stem)))
+        with shm.NodeTableReader(name) as reader:
+            return reader.header().owner_pid
+    except (ValueError, shm.ShmError):
+        return None
 
 
 def _tail(path: Path, lines: int = 15) -> str:

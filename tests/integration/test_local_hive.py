@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -81,6 +82,10 @@ def rewrite(path: Path, text: str) -> None:
 def test_edits_to_the_hive_file_are_reconciled_while_the_hive_runs(up: tuple[Up, Path], run_dir: Path) -> None:
     proc, hive_file = up
     wait_until(lambda: "WF.echo@lh" in node_names(run_dir), 30, "the declared echo node")
+    status = subprocess.run([sys.executable, "-m", "fluxbee", "status", "--json", "--run-dir", str(run_dir)],
+                            capture_output=True, text=True, timeout=30, check=True)
+    # the supervisor waits for the router through shared memory: no probe connections
+    assert "idle_probe" not in json.loads(status.stdout)["counters"]["disconnects"]
     # add a node with two replicas and a VPN rule
     rewrite(hive_file, HIVE % "[{pattern: WF.red, vpnId: 7}]" + NODE % ("echo", "WF.echo", "fluxbee.echo", 1)
             + NODE % ("red", "WF.red.echo", "fluxbee.echo", 2))
