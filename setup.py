@@ -7,7 +7,7 @@ imported: the stdlib module of that name is loaded first).
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 ROOTS = {"fluxbee": "fluxbee", "fluxbee.dataplane": "dataplane", "fluxbee.operator": "operator"}
 
@@ -29,4 +29,10 @@ def _packages() -> tuple[list[str], dict[str, str]]:
 
 PACKAGES, PACKAGE_DIR = _packages()
 
-setup(packages=PACKAGES, package_dir=PACKAGE_DIR, package_data={"fluxbee": ["py.typed", "data/*"]})
+# The router's C fast path (dataplane/fastpath.py).  optional=True: without a C compiler the
+# install still succeeds and the router uses the pure-Python implementation.
+SPEEDUPS = Extension("fluxbee.dataplane._speedups", ["dataplane/_speedups.c"], optional=True,
+                     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"])
+
+setup(packages=PACKAGES, package_dir=PACKAGE_DIR, package_data={"fluxbee": ["py.typed", "data/*"]},
+      ext_modules=[SPEEDUPS])

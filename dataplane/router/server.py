@@ -50,7 +50,7 @@ from typing import Any, cast
 
 import msgspec
 
-from fluxbee.dataplane import shm, wire
+from fluxbee.dataplane import fastpath, shm, wire
 from fluxbee.dataplane.router.config import (
     ROUTE_CACHE_LIMIT,
     CompiledRoute,
@@ -70,9 +70,13 @@ from fluxbee.models.resources import HIVE_ID_RE
 
 log = logging.getLogger(__name__)
 
-# Hot path: the wire module's decoders, without the error-translating wrappers.
+# Hot path: the wire module's codecs, without the error-translating wrappers.
 _decode_raw = wire.raw_decoder.decode
 _decode_meta = wire.meta_decoder.decode
+META_CACHE_BYTES = 512
+"""Metas up to this size are memoised (decoded once per distinct byte string)."""
+META_CACHE_ENTRIES = 4096
+"""The memo is emptied when it reaches this many distinct metas."""
 
 MAX_SOCKET_PATH = 107
 
@@ -121,7 +125,7 @@ class Conn(asyncio.Protocol):
     __slots__ = (
         "router", "transport", "reader", "uuid", "name", "base", "vpn_id", "connected_at_ms",
         "congested_since", "closing", "hello_timer", "peer", "out", "out_bytes",
-        "blocked_sources", "blocked_on", "backlog",
+        "blocked_sources", "blocked_on", "backlog", "uuid_bytes", "stamp",
     )
 
     def __init__(self, router: Router) -> None:
@@ -129,6 +133,8 @@ class Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.reader = wire.FrameReader()
         self.uuid: str | None = None
+        self.uuid_bytes = b""  # for the fast path (fastpath.scan)
+        self.stamp = b""  # ,"src_l2_name":"<name>" (fastpath.make_stamp)
         self.name = ""
         self.base = ""
         self.vpn_id = 0
@@ -171,13 +177,7 @@ class Conn(asyncio.Protocol):
         router = self.router
         router.batching = True
         try:
-            for index, body in enumerate(frames):
-                if self.closing:
-                    break
-                if self.blocked_on:
-                    self.backlog.extend(frames[index:])
-                    break
-                router.on_frame(self, body)
+            router.route_frames(self, frames)
         finally:
             router.batching = False
             router.flush()
@@ -333,6 +333,7 @@ class Router:
         self.by_base: dict[str, list[Conn]] = {}
         self.table = RouteTable.build(0, (), ())
         self._dst_cache: dict[str, tuple[str, str, CompiledRoute | None]] = {}
+        self._meta_cache: dict[bytes, wire.MetaView] = {}
         self.config_version = 0
         self._section_versions = _SectionVersions()
         self._seen_broadcasts: dict[str, float] = {}
@@ -475,18 +476,113 @@ class Router:
                 conn.flush()
 
     # connections -------------------------------------------------------
-    def on_frame(self, conn: Conn, body: bytes) -> None:
+    def route_frames(self, conn: Conn, frames: list[bytes]) -> None:
+        """Route one read's frames in order: the hot path.
+
+        The common case is decided here: a user message whose ``src`` is the
+        connection's node, with ``ttl > 0``, addressed to a connected UUID or
+        to a name that no route decides, for a node of the same VPN whose
+        buffer has room.  :func:`fluxbee.dataplane.fastpath.scan` checks the
+        envelope and stamps ``src_l2_name`` without building Python objects;
+        every other frame goes through :meth:`on_frame`, the general path,
+        which makes the same decisions (``tests/unit/test_router_fastpath.py``
+        runs each case through both).  Decoded metas are memoised by their
+        bytes: most traffic repeats a handful of metas.
+        """
+        scan = fastpath.scan
+        metas = self._meta_cache
+        by_uuid = self.by_uuid
+        by_name = self.by_name
+        resolve = self._resolve
+        dirty = self.dirty
+        high_water = self.settings.high_water
+        room = self.settings.max_buffer
+        node, node_b, stamp, vpn = conn.uuid, conn.uuid_bytes, conn.stamp, conn.vpn_id
+        routed = 0
+        try:
+            for index, body in enumerate(frames):
+                if conn.closing:
+                    break
+                if conn.blocked_on:
+                    conn.backlog.extend(frames[index:])
+                    break
+                if node is None:
+                    self.on_frame(conn, body)  # the HELLO
+                    node, node_b, stamp, vpn = conn.uuid, conn.uuid_bytes, conn.stamp, conn.vpn_id
+                    continue
+                hit = scan(body, node_b, stamp)
+                if hit is None:
+                    self.on_frame(conn, body)
+                    continue
+                dst, raw_meta, frame = hit
+                meta = metas.get(raw_meta)
+                if meta is None:
+                    try:
+                        meta = _decode_meta(raw_meta)
+                    except msgspec.DecodeError as err:
+                        self._malformed(conn, err)
+                        break
+                    if len(raw_meta) <= META_CACHE_BYTES:
+                        if len(metas) >= META_CACHE_ENTRIES:
+                            metas.clear()
+                        metas[raw_meta] = meta
+                if meta.type == wire.TYPE_SYSTEM or dst == wire.BROADCAST:
+                    self.on_frame(conn, body)
+                    continue
+                target = by_uuid.get(dst)
+                if target is None:
+                    if len(dst) in (32, 36):  # maybe a UUID in another spelling: the general path knows
+                        self.on_frame(conn, body)
+                        continue
+                    full, _, route = resolve(dst)
+                    names = by_name.get(full) if route is None else None
+                    if names is None or not names.conns:
+                        self.on_frame(conn, body)
+                        continue
+                    conns = names.conns
+                    target = conns[0] if len(conns) == 1 else self._pick(names)
+                transport = target.transport
+                size = len(frame)
+                if (target.vpn_id != vpn or target.closing or transport is None
+                        or transport.get_write_buffer_size() + target.out_bytes + size > room):
+                    self.counters.frames_in += 1
+                    self._deliver(conn, target, _decode_raw(body), meta)  # refusal or drop, with the reply
+                    continue
+                if not target.out:
+                    dirty.append(target)
+                target.out.append(frame)
+                target.out_bytes += size
+                routed += 1
+                if target is not conn and (target.congested_since is not None or target.out_bytes >= high_water):
+                    conn.block(target)
+        finally:
+            counters = self.counters
+            counters.frames_in += routed
+            counters.frames_out += routed
+            counters.delivered += routed
+
+    def _malformed(self, conn: Conn, err: Exception) -> None:
         self.counters.frames_in += 1
+        self.counters.rejected[wire.MALFORMED_FRAME] += 1
+        conn.fail(wire.MALFORMED_FRAME, str(err))
+
+    def on_frame(self, conn: Conn, body: bytes) -> None:
+        """The general path for one frame (HELLO included)."""
         if conn.uuid is None:
+            self.counters.frames_in += 1
             self._on_hello(conn, body)
             return
         try:
             env = _decode_raw(body)
             meta = _decode_meta(env.meta)
         except (msgspec.DecodeError, UnicodeDecodeError) as err:
-            self.counters.rejected[wire.MALFORMED_FRAME] += 1
-            conn.fail(wire.MALFORMED_FRAME, str(err))
+            self._malformed(conn, err)
             return
+        self.counters.frames_in += 1
+        self.route_decoded(conn, env, meta)
+
+    def route_decoded(self, conn: Conn, env: wire.RawEnvelope, meta: wire.MetaView) -> None:
+        """Every routing decision for a decoded frame of a registered connection."""
         routing = env.routing
         if routing.src != conn.uuid:
             self.counters.rejected[wire.SRC_MISMATCH] += 1
@@ -565,7 +661,9 @@ class Router:
             conn.hello_timer.cancel()
             conn.hello_timer = None
         conn.uuid = node_uuid
+        conn.uuid_bytes = node_uuid.encode()
         conn.name = name
+        conn.stamp = fastpath.make_stamp(name)
         conn.base = base
         conn.vpn_id = self.table.vpn_for(name)
         conn.connected_at_ms = int(time.time() * 1000)

@@ -189,6 +189,14 @@ class NodeStatus:
 
 # Shared, never mutated: the meta of a plain message of each type (saves an allocation per send).
 _PLAIN_META: dict[str, Meta] = {t: Meta(type=t) for t in (wire.TYPE_USER, wire.TYPE_SYSTEM, wire.TYPE_ADMIN)}
+# The same metas as the encoded bytes between routing and payload, for _Client.build's splice,
+# which writes exactly what encoding the Message would (tests/unit/test_sdk_build.py).
+_PLAIN_META_BYTES: dict[str, bytes] = {
+    t: b'},"meta":' + wire.encode(m) + b',"payload":' for t, m in _PLAIN_META.items()
+}
+_TTL_TRACE = b',"ttl":' + str(wire.DEFAULT_TTL).encode() + b',"trace_id":'
+_encode = wire.encoder.encode
+_pack_header = wire.HEADER.pack
 
 
 class _Protocol(asyncio.Protocol):
@@ -227,6 +235,7 @@ class _Client:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.uuid = resolve_uuid(config)
+        self._head = b'{"routing":{"src":' + wire.encode(self.uuid) + b',"dst":'
         self.name = config.name
         self.vpn_id = 0
         self.router_name = ""
@@ -489,6 +498,15 @@ class _Client:
     # outbound --------------------------------------------------------
     def build(self, dst: str | None, payload: Any, *, msg_type: str = wire.TYPE_USER, msg: str | None = None,
               trace_id: str | None = None, ttl: int = wire.DEFAULT_TTL, meta: Meta | None = None) -> bytes:
+        if meta is None and msg is None and ttl == wire.DEFAULT_TTL:
+            middle = _PLAIN_META_BYTES.get(msg_type)
+            if middle is not None:  # the usual message: splice encoded parts, no Structs built
+                body = b"".join((self._head, _encode(dst), _TTL_TRACE, _encode(trace_id or wire.new_trace_id()),
+                                 middle, _encode(payload), b"}"))
+                size = len(body)
+                if size > wire.MAX_FRAME:
+                    raise wire.FrameTooLargeError(size)
+                return _pack_header(size) + body
         if meta is None:
             m = _PLAIN_META.get(msg_type) if msg is None else None
             if m is None:
@@ -635,8 +653,12 @@ class NodeSender:
                    ttl: int = wire.DEFAULT_TTL) -> str:
         """Send one message; returns its trace id.  Waits while the router is not reading."""
         trace = trace_id or wire.new_trace_id()
-        await self._c.write(self._c.build(dst, payload, msg_type=msg_type, msg=msg, trace_id=trace,
-                                          ttl=ttl, meta=meta))
+        client = self._c
+        frame = client.build(dst, payload, msg_type=msg_type, msg=msg, trace_id=trace, ttl=ttl, meta=meta)
+        if client.proto is not None and client.writable.is_set() and client.connected.is_set():
+            client._queue(frame)  # the usual case, without a coroutine for write()
+        else:
+            await client.write(frame)
         return trace
 
     def send_nowait(self, dst: str | None, payload: Any = None, *, msg_type: str = wire.TYPE_USER,

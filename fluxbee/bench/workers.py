@@ -69,24 +69,33 @@ async def floor_server(path: str) -> None:
 
 
 async def sink_node(run_dir: str, name: str) -> None:
-    """Counts messages; when the count announced in a ``{"expect": N}`` message is reached, replies DONE."""
-    from fluxbee.dataplane.sdk import NodeConfig, connect
+    """Counts messages; when the count announced in a ``{"expect": N}`` message is reached, replies DONE.
 
-    sender, receiver = await connect(NodeConfig(name=name, run_dir=Path(run_dir)))
-    print("READY", flush=True)
-    expect = 0
-    count = 0
-    async for msg in receiver:
+    Messages arrive through the SDK's ``on_message`` callback, as the NATS sink gets them through
+    its subscription callback.
+    """
+    from fluxbee.dataplane.sdk import NodeConfig, NodeSender, connect
+    from fluxbee.dataplane.wire import Message
+
+    state = {"expect": 0, "count": 0}
+    holder: list[NodeSender] = []
+
+    def on_message(msg: Message) -> None:
         payload = msg.payload
         if isinstance(payload, dict) and "expect" in payload:
-            expect = int(payload["expect"])
-            count = 0
-            await sender.reply(msg, {"ok": True})
-            continue
-        count += 1
-        if count == expect:
-            await sender.send(msg.routing.src, {"done": count})
-            expect = 0
+            state["expect"] = int(payload["expect"])
+            state["count"] = 0
+            holder[0].reply_nowait(msg, {"ok": True})
+            return
+        state["count"] += 1
+        if state["count"] == state["expect"]:
+            holder[0].send_nowait(msg.routing.src, {"done": state["count"]})
+            state["expect"] = 0
+
+    sender, _ = await connect(NodeConfig(name=name, run_dir=Path(run_dir), on_message=on_message))
+    holder.append(sender)
+    print("READY", flush=True)
+    await asyncio.Event().wait()
 
 
 async def nats_responder(url: str) -> None:

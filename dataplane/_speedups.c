@@ -1,0 +1,366 @@
+/* The hot paths in C: cut frames out of a read, check a frame's envelope and stamp it.
+ *
+ * scan(body, node, stamp) -> (dst, meta, frame) | None
+ *
+ * It accepts only the canonical compact envelope our SDK, and the original
+ * SDKs, write:
+ *
+ *     {"routing":{"src":"S","dst":"D","ttl":N,"trace_id":"T"},"meta":{...},"payload":V}
+ *
+ * where S equals ``node`` (the connection's UUID), D and T are printable
+ * ASCII without escapes, 1 <= N <= 255, ``meta`` is a JSON object and V any
+ * JSON value, nothing after the closing brace.  For such a frame it returns
+ * the destination, meta's bytes and the frame to forward: length header plus
+ * the body with ``stamp`` (``,"src_l2_name":"…"``) inserted at the end of
+ * ``routing`` -- byte for byte what msgspec writes when the router re-encodes
+ * the envelope.
+ *
+ * Anything else returns None and the caller takes the general path (msgspec
+ * decoding, every error reply).  The checker is conservative by design: it
+ * may refuse valid JSON it does not handle (deep nesting, \u escapes of
+ * surrogates, whitespace in routing), but it must never accept input the
+ * general path would reject.  tests/unit/test_fastpath.py checks that
+ * against msgspec on generated and mutated frames.
+ *
+ * split(data, max_frame) -> (bodies, consumed, oversize)
+ *
+ * Cuts the complete frames (4-byte big-endian length + body) off the front
+ * of ``data``: the list of bodies, how many bytes they used, and 0 -- or, at
+ * a header announcing more than ``max_frame`` bytes, that size (the bodies
+ * before it are still returned; the caller refuses the stream).
+ *
+ * Pure: no state, no I/O; the GIL is held throughout.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+#define MAX_DEPTH 64
+#define MAX_FRAME (128 * 1024)
+
+typedef const unsigned char *cur;
+
+static cur skip_value(cur p, cur end, int depth);
+
+static cur skip_ws(cur p, cur end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+static int hexval(unsigned char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Length of the valid UTF-8 sequence at p (lead byte >= 0x80), or 0. */
+static Py_ssize_t utf8_len(cur p, cur end)
+{
+    unsigned char c = p[0];
+    Py_ssize_t n;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) n = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        if (c == 0xE0) lo = 0xA0;       /* no overlong forms */
+        else if (c == 0xED) hi = 0x9F;  /* no surrogates */
+    }
+    else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        if (c == 0xF0) lo = 0x90;
+        else if (c == 0xF4) hi = 0x8F;  /* nothing above U+10FFFF */
+    }
+    else return 0;
+    if (end - p < n) return 0;
+    if (p[1] < lo || p[1] > hi) return 0;
+    for (Py_ssize_t i = 2; i < n; i++)
+        if (p[i] < 0x80 || p[i] > 0xBF) return 0;
+    return n;
+}
+
+/* p at the opening quote; returns the position after the closing quote. */
+static cur skip_string(cur p, cur end)
+{
+    p++;
+    while (p < end) {
+        unsigned char c = *p;
+        if (c == '"') return p + 1;
+        if (c < 0x20) return NULL;
+        if (c == '\\') {
+            if (end - p < 2) return NULL;
+            c = p[1];
+            if (c == 'u') {
+                if (end - p < 6) return NULL;
+                int v = 0;
+                for (int i = 2; i < 6; i++) {
+                    int h = hexval(p[i]);
+                    if (h < 0) return NULL;
+                    v = v * 16 + h;
+                }
+                if (v >= 0xD800 && v <= 0xDFFF) return NULL;  /* surrogates: left to the general path */
+                p += 6;
+                continue;
+            }
+            if (c != '"' && c != '\\' && c != '/' && c != 'b' && c != 'f' && c != 'n' && c != 'r' && c != 't')
+                return NULL;
+            p += 2;
+            continue;
+        }
+        if (c >= 0x80) {
+            Py_ssize_t n = utf8_len(p, end);
+            if (n == 0) return NULL;
+            p += n;
+            continue;
+        }
+        p++;
+    }
+    return NULL;
+}
+
+static cur skip_digits(cur p, cur end)
+{
+    while (p < end && *p >= '0' && *p <= '9') p++;
+    return p;
+}
+
+static cur skip_number(cur p, cur end)
+{
+    if (p < end && *p == '-') p++;
+    if (p >= end) return NULL;
+    if (*p == '0') p++;
+    else if (*p >= '1' && *p <= '9') p = skip_digits(p, end);
+    else return NULL;
+    if (p < end && *p == '.') {
+        cur q = skip_digits(p + 1, end);
+        if (q == p + 1) return NULL;
+        p = q;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-')) p++;
+        cur q = skip_digits(p, end);
+        if (q == p) return NULL;
+        p = q;
+    }
+    return p;
+}
+
+static cur skip_literal(cur p, cur end, const char *word, Py_ssize_t n)
+{
+    if (end - p < n || memcmp(p, word, (size_t)n) != 0) return NULL;
+    return p + n;
+}
+
+/* p at '{' or '['. */
+static cur skip_container(cur p, cur end, int depth)
+{
+    unsigned char close = *p == '{' ? '}' : ']';
+    int object = *p == '{';
+    if (depth >= MAX_DEPTH) return NULL;
+    p = skip_ws(p + 1, end);
+    if (p < end && *p == close) return p + 1;
+    for (;;) {
+        if (object) {
+            if (p >= end || *p != '"') return NULL;
+            p = skip_string(p, end);
+            if (p == NULL) return NULL;
+            p = skip_ws(p, end);
+            if (p >= end || *p != ':') return NULL;
+            p = skip_ws(p + 1, end);
+        }
+        p = skip_value(p, end, depth + 1);
+        if (p == NULL) return NULL;
+        p = skip_ws(p, end);
+        if (p >= end) return NULL;
+        if (*p == close) return p + 1;
+        if (*p != ',') return NULL;
+        p = skip_ws(p + 1, end);
+    }
+}
+
+/* p at the first byte of a value (no leading whitespace). */
+static cur skip_value(cur p, cur end, int depth)
+{
+    if (p >= end) return NULL;
+    switch (*p) {
+    case '"': return skip_string(p, end);
+    case '{': case '[': return skip_container(p, end, depth);
+    case 't': return skip_literal(p, end, "true", 4);
+    case 'f': return skip_literal(p, end, "false", 5);
+    case 'n': return skip_literal(p, end, "null", 4);
+    default: return skip_number(p, end);
+    }
+}
+
+/* A routing string: printable ASCII, no quote or backslash.  p after the opening quote. */
+static cur plain_string(cur p, cur end)
+{
+    while (p < end && *p != '"') {
+        if (*p < 0x20 || *p > 0x7E || *p == '\\') return NULL;
+        p++;
+    }
+    return p < end ? p : NULL;  /* at the closing quote */
+}
+
+#define EXPECT(lit)                                                   \
+    do {                                                              \
+        Py_ssize_t n_ = (Py_ssize_t)(sizeof(lit) - 1);                \
+        if (end - p < n_ || memcmp(p, lit, (size_t)n_) != 0) goto no; \
+        p += n_;                                                      \
+    } while (0)
+
+static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer body, node, stamp;
+    PyObject *result = NULL;
+    (void)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "scan(body, node, stamp) takes 3 arguments");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &body, PyBUF_SIMPLE) < 0) return NULL;
+    if (PyObject_GetBuffer(args[1], &node, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&body);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[2], &stamp, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&node);
+        PyBuffer_Release(&body);
+        return NULL;
+    }
+    cur start = (cur)body.buf, p = start, end = start + body.len;
+    cur dst, dst_end, routing_close, meta, meta_end;
+
+    EXPECT("{\"routing\":{\"src\":\"");
+    if (end - p < node.len + 1 || memcmp(p, node.buf, (size_t)node.len) != 0 || p[node.len] != '"') goto no;
+    p += node.len + 1;
+    EXPECT(",\"dst\":\"");
+    dst = p;
+    dst_end = plain_string(p, end);
+    if (dst_end == NULL) goto no;
+    p = dst_end + 1;
+    EXPECT(",\"ttl\":");
+    {
+        int ttl = 0, digits = 0;
+        if (p < end && *p == '0') goto no;  /* ttl 0 (TTL_EXCEEDED) or a leading zero */
+        while (p < end && *p >= '0' && *p <= '9' && digits < 4) {
+            ttl = ttl * 10 + (*p - '0');
+            p++;
+            digits++;
+        }
+        if (digits == 0 || ttl > 255) goto no;
+    }
+    EXPECT(",\"trace_id\":\"");
+    p = plain_string(p, end);
+    if (p == NULL) goto no;
+    p++;
+    if (p >= end || *p != '}') goto no;
+    routing_close = p;
+    p++;
+    EXPECT(",\"meta\":");
+    if (p >= end || *p != '{') goto no;
+    meta = p;
+    meta_end = skip_container(p, end, 1);
+    if (meta_end == NULL) goto no;
+    p = meta_end;
+    EXPECT(",\"payload\":");
+    p = skip_value(p, end, 1);
+    if (p == NULL) goto no;
+    if (end - p != 1 || *p != '}') goto no;
+
+    {
+        Py_ssize_t head = routing_close - start;
+        Py_ssize_t size = body.len + stamp.len;
+        if (size > MAX_FRAME) goto no;
+        PyObject *frame = PyBytes_FromStringAndSize(NULL, size + 4);
+        if (frame == NULL) goto done;
+        char *out = PyBytes_AS_STRING(frame);
+        out[0] = (char)((size >> 24) & 0xFF);
+        out[1] = (char)((size >> 16) & 0xFF);
+        out[2] = (char)((size >> 8) & 0xFF);
+        out[3] = (char)(size & 0xFF);
+        memcpy(out + 4, start, (size_t)head);
+        memcpy(out + 4 + head, stamp.buf, (size_t)stamp.len);
+        memcpy(out + 4 + head + stamp.len, routing_close, (size_t)(body.len - head));
+        PyObject *d = PyUnicode_DecodeASCII((const char *)dst, dst_end - dst, NULL);
+        PyObject *m = PyBytes_FromStringAndSize((const char *)meta, meta_end - meta);
+        if (d == NULL || m == NULL) {
+            Py_XDECREF(d);
+            Py_XDECREF(m);
+            Py_DECREF(frame);
+            goto done;
+        }
+        result = PyTuple_Pack(3, d, m, frame);
+        Py_DECREF(d);
+        Py_DECREF(m);
+        Py_DECREF(frame);
+        goto done;
+    }
+no:
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&stamp);
+    PyBuffer_Release(&node);
+    PyBuffer_Release(&body);
+    return result;
+}
+
+static PyObject *split(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer data;
+    (void)self;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "split(data, max_frame) takes 2 arguments");
+        return NULL;
+    }
+    Py_ssize_t max_frame = PyLong_AsSsize_t(args[1]);
+    if (max_frame == -1 && PyErr_Occurred()) return NULL;
+    if (PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *bodies = PyList_New(0);
+    PyObject *result = NULL;
+    if (bodies == NULL) goto done;
+    const unsigned char *buf = (const unsigned char *)data.buf;
+    Py_ssize_t pos = 0, oversize = 0;
+    while (data.len - pos >= 4) {
+        Py_ssize_t size = ((Py_ssize_t)buf[pos] << 24) | ((Py_ssize_t)buf[pos + 1] << 16)
+                          | ((Py_ssize_t)buf[pos + 2] << 8) | (Py_ssize_t)buf[pos + 3];
+        if (size > max_frame) {
+            oversize = size;
+            break;
+        }
+        if (data.len - pos - 4 < size) break;
+        PyObject *body = PyBytes_FromStringAndSize((const char *)buf + pos + 4, size);
+        if (body == NULL) goto done;
+        int failed = PyList_Append(bodies, body);
+        Py_DECREF(body);
+        if (failed) goto done;
+        pos += 4 + size;
+    }
+    result = Py_BuildValue("(Onn)", bodies, pos, oversize);
+done:
+    Py_XDECREF(bodies);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
+     "scan(body, node, stamp) -> (dst, meta, frame) | None: the router's fast path for one frame."},
+    {"split", (PyCFunction)(void (*)(void))split, METH_FASTCALL,
+     "split(data, max_frame) -> (bodies, consumed, oversize): complete frames at the front of data."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_speedups", "C fast path of the Fluxbee router (see fastpath.py).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__speedups(void)
+{
+    return PyModule_Create(&module);
+}

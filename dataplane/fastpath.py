@@ -1,0 +1,85 @@
+"""The router's per-frame fast path: check an envelope and stamp ``src_l2_name``.
+
+``scan(body, node, stamp)`` returns ``(dst, meta, frame)`` for a frame the
+router may forward without decoding it into Python objects, or ``None`` when
+the frame must take the router's general path (msgspec decoding and every
+error reply):
+
+* ``dst`` — ``routing.dst`` (a string; ``null`` destinations return None);
+* ``meta`` — the bytes of the ``meta`` object, for the router's memo of decoded metas;
+* ``frame`` — length header plus the body with ``stamp`` (``,"src_l2_name":"…"``)
+  added at the end of ``routing``: what re-encoding the envelope would write.
+
+``node`` is the connection's UUID as bytes: a frame whose ``routing.src``
+differs returns None (the general path answers SRC_MISMATCH), as does
+``ttl == 0`` (TTL_EXCEEDED).
+
+Two implementations give the same answers: the C extension
+``fluxbee.dataplane._speedups`` (built when the package is installed, if a C
+compiler is present) and :func:`scan_py` below.  The C one accepts only the
+canonical compact envelope and returns None for anything else, so it can
+never pass on what msgspec would refuse; ``tests/unit/test_fastpath.py``
+compares both with msgspec on generated and mutated frames.  Set
+``FLUXBEE_PURE_PYTHON=1`` to run without the extension (:mod:`._native`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+import msgspec
+
+from fluxbee.dataplane import _native, wire
+
+Scan = Callable[[bytes, bytes, bytes], "tuple[str, bytes, bytes] | None"]
+
+_decode_raw = wire.raw_decoder.decode
+_encode = wire.encoder.encode
+_pack_header = wire.HEADER.pack
+
+
+def scan_py(body: bytes, node: bytes, stamp: bytes) -> tuple[str, bytes, bytes] | None:
+    """Pure-Python :func:`scan` (``stamp`` is only used for its name, re-encoded by msgspec)."""
+    try:
+        env = _decode_raw(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    routing = env.routing
+    dst = routing.dst
+    if dst is None or routing.ttl == 0 or routing.src_l2_name is not None or routing.src.encode() != node:
+        return None
+    routing.src_l2_name = stamp_name(stamp)
+    out = _encode(env)
+    if len(out) > wire.MAX_FRAME:
+        return None
+    meta = bytes(env.meta)
+    if meta[:1] != b"{":
+        return None
+    return dst, meta, _pack_header(len(out)) + out
+
+
+_stamp_names: dict[bytes, str] = {}
+
+
+def stamp_name(stamp: bytes) -> str:
+    name = _stamp_names.get(stamp)
+    if name is None:
+        name = msgspec.json.decode(b"{" + stamp[1:] + b"}", type=dict[str, str])["src_l2_name"]
+        if len(_stamp_names) > 4096:
+            _stamp_names.clear()
+        _stamp_names[stamp] = name
+    return name
+
+
+def make_stamp(name: str) -> bytes:
+    """The bytes :func:`scan` inserts for a connection whose node is ``name``."""
+    return b',"src_l2_name":' + _encode(name)
+
+
+_LOADED: tuple[Scan, str] = (
+    (_native.speedups.scan, "c") if _native.speedups is not None else (scan_py, _native.IMPLEMENTATION)
+)
+scan: Final = _LOADED[0]
+IMPLEMENTATION: Final = _LOADED[1]
+"""Which implementation :data:`scan` is: ``"c"`` or why it is the Python one."""

@@ -1,0 +1,234 @@
+"""The router's fast path and its general path make the same decisions.
+
+Two routers with the same UUID and the same nodes get the same frames: one
+through ``Conn.data_received`` (a whole read at once: ``route_frames`` and the
+C or Python ``fastpath.scan``), the other frame by frame through
+``Router.on_frame`` (the general path).  What each node receives, the
+counters and which connections were closed must be equal; and frames the fast
+path is meant for must not have gone through the general path at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from fluxbee.dataplane import wire
+from fluxbee.dataplane.router.server import Conn, Router, RouterSettings
+from fluxbee.models import RouteAction, RouteSpec, VpnSpec
+
+HIVE = "prod"
+ROUTER_UUID = "5f0e1d2c-3b4a-4968-8776-655443322110"
+NODES = {  # name -> uuid; WF.sink twice (load balancing)
+    "WF.client": "00000000-0000-4000-8000-000000000001",
+    "WF.sink": "00000000-0000-4000-8000-000000000002",
+    "WF.sink#2": "00000000-0000-4000-8000-000000000003",
+    "WF.other": "00000000-0000-4000-8000-000000000004",
+    "AI.vpn1": "00000000-0000-4000-8000-000000000005",
+}
+CLIENT = NODES["WF.client"]
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.buffered = 0
+        self.closed = False
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, *_: Any, **__: Any) -> None:
+        return None
+
+
+@dataclass
+class Hive:
+    router: Router
+    conns: dict[str, Conn] = field(default_factory=dict)
+    transports: dict[str, FakeTransport] = field(default_factory=dict)
+    general_calls: int = 0
+
+    def received(self) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        for name, transport in self.transports.items():
+            msgs = []
+            for body in wire.FrameReader().feed(bytes(transport.data)):
+                msg = msgspec.json.decode(body)
+                if msg["meta"].get("msg") == wire.PROTOCOL_ERROR:
+                    msg["routing"]["trace_id"] = "<random>"
+                if msg["meta"].get("msg") == wire.NODE_STATUS_GET_RESPONSE:  # clocks and memory differ
+                    msg["payload"] = sorted(msg["payload"])
+                msgs.append(msg)
+            out[name] = msgs
+        return out
+
+
+def build_hive(tmp: Path, *, routes: list[RouteSpec] | None = None, vpns: list[VpnSpec] | None = None) -> Hive:
+    router = Router(RouterSettings(hive_id=HIVE, run_dir=tmp), router_uuid=ROUTER_UUID)
+    hive = Hive(router)
+    if routes or vpns:
+        router.apply_config(routes or [], vpns or [], source="test")
+    for label, node in NODES.items():
+        conn = Conn(router)
+        transport = FakeTransport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        name = label.split("#")[0]
+        conn.data_received(wire.system_frame(node, None, wire.HELLO, wire.HelloPayload(uuid=node, name=name),
+                                             trace_id=f"hello-{label}", ttl=1))
+        assert conn.uuid == node
+        transport.data.clear()
+        hive.conns[label] = conn
+        hive.transports[label] = transport
+    general = router.on_frame
+
+    def counting(conn: Conn, body: bytes) -> None:
+        hive.general_calls += 1
+        general(conn, body)
+
+    router.on_frame = counting  # type: ignore[method-assign]
+    return hive
+
+
+def body(dst: str | None, payload: Any = "x" * 50, *, src: str = CLIENT, ttl: int = 16,
+         meta: Any = None, trace: str | None = None) -> bytes:
+    return msgspec.json.encode({
+        "routing": {"src": src, "dst": dst, "ttl": ttl, "trace_id": trace or str(uuid.uuid4())},
+        "meta": meta if meta is not None else {"type": "user"},
+        "payload": payload,
+    })
+
+
+def frame(b: bytes) -> bytes:
+    return wire.HEADER.pack(len(b)) + b
+
+
+@dataclass
+class Case:
+    frames: list[bytes]
+    fast: bool  # every frame is for the fast path
+    setup: Callable[[Hive], None] = lambda hive: None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+CASES: dict[str, Case] = {
+    "by uuid": Case([body(NODES["WF.other"])], fast=True),
+    "by name": Case([body("WF.other"), body("WF.other@prod")], fast=True),
+    "load balanced": Case([body("WF.sink", i) for i in range(6)], fast=True),
+    "name@*": Case([body("WF.other@*")], fast=True),
+    "to itself": Case([body(CLIENT)], fast=True),
+    "payload kinds": Case([body("WF.other", p) for p in ({"a": [1, 2.5, None]}, [], True, None, -3, "ü🐝")],
+                          fast=True),
+    "user meta with extras": Case([body("WF.other", meta={"type": "user", "thread_id": "t", "x": {"y": 1}})],
+                                  fast=True),
+    "unknown name": Case([body("WF.nobody")], fast=False),
+    "unknown uuid": Case([body(str(uuid.uuid4()))], fast=False),
+    "uuid in capitals": Case([body(NODES["WF.other"].upper())], fast=False),
+    "uuid without dashes": Case([body(uuid.UUID(NODES["WF.other"]).hex)], fast=False),
+    "ttl 0": Case([body("WF.other", ttl=0)], fast=False),
+    "spoofed src": Case([body("WF.other", src=NODES["WF.other"])], fast=False),
+    "broadcast": Case([body("broadcast", trace=str(uuid.uuid4()))], fast=False),
+    "dst null": Case([body(None)], fast=False),
+    "system to the router": Case([body(ROUTER_UUID, None, meta={"type": "system", "msg": "NODE_STATUS_GET"})],
+                                 fast=False),
+    "system to a node": Case([body("WF.other", None, meta={"type": "system", "msg": "NODE_STATUS_GET"})],
+                             fast=False),
+    "malformed json": Case([b'{"routing":', body("WF.other")], fast=False),
+    "meta of the wrong type": Case([body("WF.other", meta={"type": 5}), body("WF.other")], fast=False),
+    "meta not an object": Case([body("WF.other", meta=[1]), body("WF.other")], fast=False),
+    "vpn blocked": Case([body("AI.vpn1")], fast=False,
+                        config={"vpns": [VpnSpec(pattern="AI.vpn1", match_kind="EXACT", vpn_id=1)]}),
+    "drop route": Case([body("WF.other")], fast=False,
+                       config={"routes": [RouteSpec(prefix="WF.other", action=RouteAction.DROP)]}),
+    "route to another hive": Case([body("WF.other")], fast=False,
+                                  config={"routes": [RouteSpec(prefix="WF.other", next_hop_hive="east")]}),
+    "name in another hive": Case([body("WF.other@east")], fast=False),
+    "congested destination": Case([body("WF.other")], fast=False,
+                                  setup=lambda hive: setattr(hive.transports["WF.other"], "buffered", 10**7)),
+    "whitespace the C path leaves alone": Case(
+        [body("WF.other").replace(b'{"routing":', b'{ "routing":')], fast=False),
+}
+CASES["everything in one read"] = Case([f for case in CASES.values() if not case.config and case.setup is
+                                        CASES["by uuid"].setup for f in case.frames], fast=False)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+async def test_fast_and_general_paths_agree(tmp_path: Path, name: str) -> None:
+    case = CASES[name]
+    fast = build_hive(tmp_path / "fast", **case.config)
+    general = build_hive(tmp_path / "general", **case.config)
+    for hive in (fast, general):
+        case.setup(hive)
+
+    fast.conns["WF.client"].data_received(b"".join(frame(b) for b in case.frames))
+
+    router, conn = general.router, general.conns["WF.client"]
+    router.batching = True
+    for b in case.frames:
+        if conn.closing:
+            break
+        router.on_frame(conn, b)
+    router.batching = False
+    router.flush()
+
+    assert fast.received() == general.received()
+    assert fast.router.counters.snapshot() == general.router.counters.snapshot()
+    assert {k: c.closing for k, c in fast.conns.items()} == {k: c.closing for k, c in general.conns.items()}
+    if case.fast:
+        assert fast.general_calls == 0, "a frame meant for the fast path took the general one"
+        assert sum(len(v) for v in fast.received().values()) == len(case.frames)
+
+
+async def test_a_thousand_mixed_reads_agree(tmp_path: Path) -> None:
+    """Frames of every case, shuffled and cut at random points, in many reads."""
+    import random
+
+    rng = random.Random(7)
+    plain = [case for case in CASES.values() if not case.config and case.setup is CASES["by uuid"].setup]
+    closing = (b'"type":5', b'"meta":[1]')  # these close the connection: not in a long stream
+    pool = [f for case in plain for f in case.frames
+            if f != b'{"routing":' and not any(c in f for c in closing)]
+    assert len(pool) > 20
+    stream_frames = [rng.choice(pool) for _ in range(1000)]
+    fast = build_hive(tmp_path / "fast")
+    general = build_hive(tmp_path / "general")
+    stream = b"".join(frame(b) for b in stream_frames)
+    pos = 0
+    while pos < len(stream):
+        cut = rng.randint(1, 3000)
+        fast.conns["WF.client"].data_received(stream[pos : pos + cut])
+        pos += cut
+    router, conn = general.router, general.conns["WF.client"]
+    router.batching = True
+    for b in stream_frames:
+        router.on_frame(conn, b)
+    router.batching = False
+    router.flush()
+    assert fast.received() == general.received()
+    assert fast.router.counters.snapshot() == general.router.counters.snapshot()
+    await asyncio.sleep(0)
