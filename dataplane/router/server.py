@@ -125,7 +125,7 @@ class Conn(asyncio.Protocol):
     __slots__ = (
         "router", "transport", "reader", "uuid", "name", "base", "vpn_id", "connected_at_ms",
         "congested_since", "closing", "hello_timer", "peer", "out", "out_bytes",
-        "blocked_sources", "blocked_on", "backlog", "uuid_bytes", "stamp",
+        "blocked_sources", "blocked_on", "backlog", "uuid_bytes", "stamp", "out_base",
     )
 
     def __init__(self, router: Router) -> None:
@@ -145,6 +145,7 @@ class Conn(asyncio.Protocol):
         self.peer = "?"
         self.out: list[bytes] = []
         self.out_bytes = 0
+        self.out_base = 0  # the transport's buffer when this batch's first frame was queued (constant in a batch)
         self.blocked_sources: set[Conn] = set()  # producers paused because this connection is congested
         self.blocked_on: set[Conn] = set()  # congested destinations this producer waits for
         self.backlog: list[bytes] = []  # frames read but held while blocked, in order
@@ -255,12 +256,14 @@ class Conn(asyncio.Protocol):
         if self.closing or transport is None:
             return False
         router = self.router
-        if transport.get_write_buffer_size() + self.out_bytes + len(frame) > router.settings.max_buffer:
+        buffered = transport.get_write_buffer_size()
+        if buffered + self.out_bytes + len(frame) > router.settings.max_buffer:
             return False
         router.counters.frames_out += 1
         if router.batching:
             if not self.out:
                 router.dirty.append(self)
+                self.out_base = buffered
             self.out.append(frame)
             self.out_bytes += len(frame)
         else:
@@ -333,6 +336,7 @@ class Router:
         self.by_base: dict[str, list[Conn]] = {}
         self.table = RouteTable.build(0, (), ())
         self._dst_cache: dict[str, tuple[str, str, CompiledRoute | None]] = {}
+        self._fast_names: dict[str, _Names] = {}  # fast path: destination -> live nodes; emptied on any change
         self._meta_cache: dict[bytes, wire.MetaView] = {}
         self.config_version = 0
         self._section_versions = _SectionVersions()
@@ -492,11 +496,11 @@ class Router:
         scan = fastpath.scan
         metas = self._meta_cache
         by_uuid = self.by_uuid
-        by_name = self.by_name
-        resolve = self._resolve
+        fast_names = self._fast_names
         dirty = self.dirty
         high_water = self.settings.high_water
         room = self.settings.max_buffer
+        system, broadcast = wire.TYPE_SYSTEM, wire.BROADCAST
         node, node_b, stamp, vpn = conn.uuid, conn.uuid_bytes, conn.stamp, conn.vpn_id
         routed = 0
         try:
@@ -526,31 +530,35 @@ class Router:
                         if len(metas) >= META_CACHE_ENTRIES:
                             metas.clear()
                         metas[raw_meta] = meta
-                if meta.type == wire.TYPE_SYSTEM or dst == wire.BROADCAST:
+                if meta.type == system or dst == broadcast:
                     self.on_frame(conn, body)
                     continue
                 target = by_uuid.get(dst)
                 if target is None:
-                    if len(dst) in (32, 36):  # maybe a UUID in another spelling: the general path knows
-                        self.on_frame(conn, body)
-                        continue
-                    full, _, route = resolve(dst)
-                    names = by_name.get(full) if route is None else None
-                    if names is None or not names.conns:
-                        self.on_frame(conn, body)
-                        continue
+                    names = fast_names.get(dst)
+                    if names is None:
+                        names = self._fast_name(dst)
+                        if names is None:
+                            self.on_frame(conn, body)
+                            continue
                     conns = names.conns
                     target = conns[0] if len(conns) == 1 else self._pick(names)
                 transport = target.transport
-                size = len(frame)
-                if (target.vpn_id != vpn or target.closing or transport is None
-                        or transport.get_write_buffer_size() + target.out_bytes + size > room):
+                if target.vpn_id != vpn or target.closing or transport is None:
                     self.counters.frames_in += 1
-                    self._deliver(conn, target, _decode_raw(body), meta)  # refusal or drop, with the reply
+                    self._deliver(conn, target, _decode_raw(body), meta)  # refusal, with the reply
                     continue
-                if not target.out:
+                out = target.out
+                size = len(frame)
+                base = target.out_base if out else transport.get_write_buffer_size()
+                if base + target.out_bytes + size > room:
+                    self.counters.frames_in += 1
+                    self._deliver(conn, target, _decode_raw(body), meta)  # dropped, with the reply
+                    continue
+                if not out:
                     dirty.append(target)
-                target.out.append(frame)
+                    target.out_base = base
+                out.append(frame)
                 target.out_bytes += size
                 routed += 1
                 if target is not conn and (target.congested_since is not None or target.out_bytes >= high_water):
@@ -560,6 +568,19 @@ class Router:
             counters.frames_in += routed
             counters.frames_out += routed
             counters.delivered += routed
+
+    def _fast_name(self, dst: str) -> _Names | None:
+        """The live nodes a name reaches when no route decides it (memoised until nodes or config change)."""
+        if len(dst) in (32, 36):  # maybe a UUID in another spelling: the general path knows
+            return None
+        full, _, route = self._resolve(dst)
+        names = self.by_name.get(full) if route is None else None
+        if names is None or not names.conns:
+            return None
+        if len(self._fast_names) >= ROUTE_CACHE_LIMIT:
+            self._fast_names.clear()
+        self._fast_names[dst] = names
+        return names
 
     def _malformed(self, conn: Conn, err: Exception) -> None:
         self.counters.frames_in += 1
@@ -682,6 +703,7 @@ class Router:
         if conn.uuid is None:
             raise RuntimeError("bug: registering a connection before its HELLO")
         self.by_uuid[conn.uuid] = conn
+        self._fast_names.clear()
         self.by_name.setdefault(conn.name, _Names()).conns.append(conn)
         self.by_base.setdefault(conn.base, []).append(conn)
         self._shm_put(conn)
@@ -690,6 +712,7 @@ class Router:
         if conn.uuid is None or self.by_uuid.get(conn.uuid) is not conn:
             return
         del self.by_uuid[conn.uuid]
+        self._fast_names.clear()
         names = self.by_name.get(conn.name)
         if names is not None:
             with contextlib.suppress(ValueError):
@@ -937,6 +960,7 @@ class Router:
         self.config_version += 1
         self.table = RouteTable.build(self.config_version, routes, vpns)
         self._dst_cache = {}
+        self._fast_names.clear()
         for conn in self.by_uuid.values():
             vpn = self.table.vpn_for(conn.name)
             if vpn != conn.vpn_id:

@@ -194,9 +194,11 @@ _PLAIN_META: dict[str, Meta] = {t: Meta(type=t) for t in (wire.TYPE_USER, wire.T
 _PLAIN_META_BYTES: dict[str, bytes] = {
     t: b'},"meta":' + wire.encode(m) + b',"payload":' for t, m in _PLAIN_META.items()
 }
+_USER_META_BYTES = _PLAIN_META_BYTES[wire.TYPE_USER]
 _TTL_TRACE = b',"ttl":' + str(wire.DEFAULT_TTL).encode() + b',"trace_id":'
 _encode = wire.encoder.encode
 _pack_header = wire.HEADER.pack
+_DEFAULT_TTL, _USER = wire.DEFAULT_TTL, wire.TYPE_USER
 
 
 class _Protocol(asyncio.Protocol):
@@ -500,13 +502,8 @@ class _Client:
               trace_id: str | None = None, ttl: int = wire.DEFAULT_TTL, meta: Meta | None = None) -> bytes:
         if meta is None and msg is None and ttl == wire.DEFAULT_TTL:
             middle = _PLAIN_META_BYTES.get(msg_type)
-            if middle is not None:  # the usual message: splice encoded parts, no Structs built
-                body = b"".join((self._head, _encode(dst), _TTL_TRACE, _encode(trace_id or wire.new_trace_id()),
-                                 middle, _encode(payload), b"}"))
-                size = len(body)
-                if size > wire.MAX_FRAME:
-                    raise wire.FrameTooLargeError(size)
-                return _pack_header(size) + body
+            if middle is not None:
+                return self.splice(dst, payload, trace_id or wire.new_trace_id(), middle)
         if meta is None:
             m = _PLAIN_META.get(msg_type) if msg is None else None
             if m is None:
@@ -521,6 +518,14 @@ class _Client:
             Message(routing=Routing(src=self.uuid, dst=dst, ttl=ttl, trace_id=trace_id or wire.new_trace_id()),
                     meta=m, payload=payload)
         )
+
+    def splice(self, dst: str | None, payload: Any, trace: str, middle: bytes = _USER_META_BYTES) -> bytes:
+        """The frame of a plain message (default meta and TTL) from encoded parts, no Structs built."""
+        body = b"".join((self._head, _encode(dst), _TTL_TRACE, _encode(trace), middle, _encode(payload), b"}"))
+        size = len(body)
+        if size > wire.MAX_FRAME:
+            raise wire.FrameTooLargeError(size)
+        return _pack_header(size) + body
 
     def write_nowait(self, frame: bytes) -> bool:
         """Queue a frame without waiting; False if not connected."""
@@ -654,7 +659,10 @@ class NodeSender:
         """Send one message; returns its trace id.  Waits while the router is not reading."""
         trace = trace_id or wire.new_trace_id()
         client = self._c
-        frame = client.build(dst, payload, msg_type=msg_type, msg=msg, trace_id=trace, ttl=ttl, meta=meta)
+        if meta is None and msg is None and ttl == _DEFAULT_TTL and msg_type == _USER:
+            frame = client.splice(dst, payload, trace)
+        else:
+            frame = client.build(dst, payload, msg_type=msg_type, msg=msg, trace_id=trace, ttl=ttl, meta=meta)
         if client.proto is not None and client.writable.is_set() and client.connected.is_set():
             client._queue(frame)  # the usual case, without a coroutine for write()
         else:

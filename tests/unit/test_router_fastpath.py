@@ -232,3 +232,59 @@ async def test_a_thousand_mixed_reads_agree(tmp_path: Path) -> None:
     assert fast.received() == general.received()
     assert fast.router.counters.snapshot() == general.router.counters.snapshot()
     await asyncio.sleep(0)
+
+
+def general_feed(hive: Hive, frames: list[bytes]) -> None:
+    router, conn = hive.router, hive.conns["WF.client"]
+    router.batching = True
+    for b in frames:
+        router.on_frame(conn, b)
+    router.batching = False
+    router.flush()
+
+
+async def test_memoised_destinations_follow_nodes_and_config(tmp_path: Path) -> None:
+    """A name routed once, then its node leaves, a new one comes, a DROP route appears, a VPN moves it."""
+    fast = build_hive(tmp_path / "fast")
+    general = build_hive(tmp_path / "general")
+
+    def both(step: Callable[[Hive], None]) -> None:
+        for hive in (fast, general):
+            step(hive)
+
+    def send(*frames: bytes) -> None:
+        fast.conns["WF.client"].data_received(b"".join(frame(b) for b in frames))
+        general_feed(general, list(frames))
+
+    send(body("WF.other"), body("WF.other"))
+    both(lambda hive: hive.conns["WF.other"].connection_lost(None))
+    send(body("WF.other"))
+
+    def rejoin(hive: Hive) -> None:
+        conn = Conn(hive.router)
+        transport = FakeTransport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        node = "00000000-0000-4000-8000-0000000000aa"
+        conn.data_received(wire.system_frame(node, None, wire.HELLO, wire.HelloPayload(uuid=node, name="WF.other"),
+                                             trace_id="hello-again", ttl=1))
+        transport.data.clear()
+        hive.conns["WF.other#new"], hive.transports["WF.other#new"] = conn, transport
+
+    both(rejoin)
+    send(body("WF.other"))
+    both(lambda hive: hive.router.apply_config([RouteSpec(prefix="WF.other", action=RouteAction.DROP)], [],
+                                               source="test"))
+    send(body("WF.other"))
+    both(lambda hive: hive.router.apply_config([], [VpnSpec(pattern="WF.other", match_kind="EXACT", vpn_id=3)],
+                                               source="test"))
+    send(body("WF.other"))
+    both(lambda hive: hive.router.apply_config([], [], source="test"))
+    send(body("WF.other"))
+
+    got = fast.received()
+    assert got == general.received()
+    assert fast.router.counters.snapshot() == general.router.counters.snapshot()
+    reasons = [m["payload"]["reason"] for m in got["WF.client"]]
+    assert reasons == ["NODE_NOT_FOUND", "VPN_BLOCKED"]
+    assert len(got["WF.other"]) == 2 and len(got["WF.other#new"]) == 2
+    assert fast.router.counters.dropped["ROUTE_DROP"] == 1
