@@ -163,7 +163,7 @@ def format_status(status: dict[str, Any]) -> str:
     router = status["router"]
     lines = [
         f"router  {router['name']}  uuid {router['uuid']}  pid {router['pid']}  config v{status['config_version']}",
-        f"socket  {router['socket']}",
+        f"socket  {router['socket']}  fast path {router.get('fast_path', '?')}",
         "",
         f"{'NODE':40} {'UUID':36} {'VPN':>4}",
     ]

@@ -407,7 +407,8 @@ class Router:
                 asyncio.create_task(self._periodic(s.config_poll_s, self._poll_config), name="router-config-poll")
             )
         self.ready.set()
-        log.info("router %s (%s) listening on %s; config version %d", self.name, self.uuid, path, self.config_version)
+        log.info("router %s (%s) listening on %s; config version %d; fast path: %s", self.name, self.uuid, path,
+                 self.config_version, fastpath.IMPLEMENTATION)
 
     async def stop(self) -> None:
         """Stop accepting, close every connection, remove the socket and the regions."""
@@ -1054,7 +1055,8 @@ class Router:
         return {
             "router": {"uuid": self.uuid, "name": self.name, "hive_id": self.hive_id,
                        "socket": str(self.socket_path), "pid": os.getpid(),
-                       "uptime_s": round(time.time() - self._started_at, 3)},
+                       "uptime_s": round(time.time() - self._started_at, 3),
+                       "fast_path": fastpath.IMPLEMENTATION},
             "config_version": self.config_version,
             "nodes": [
                 {"uuid": c.uuid, "name": c.name, "vpn_id": c.vpn_id, "connected_at_ms": c.connected_at_ms,

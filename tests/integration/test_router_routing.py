@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hive_harness import NodeProc, RouterProc, eventually, node_names
 
-from fluxbee.dataplane import wire
+from fluxbee.dataplane import fastpath, wire
 from fluxbee.dataplane.sdk import NodeConfig, NodeSender, RequestTimeoutError, UnreachableError, connect
 
 Client = Callable[..., Awaitable[NodeSender]]
@@ -236,6 +236,7 @@ async def test_router_status_and_metrics_report_nodes_and_counters(router: Route
     status = await sender.router_status()
     assert {n["name"] for n in status["nodes"]} == {"WF.echo@t", "WF.client@t"}
     assert status["router"]["uuid"] == router.uuid
+    assert status["router"]["fast_path"] == fastpath.IMPLEMENTATION  # "c" wherever the extension is built
     metrics = router.metrics()
     assert "fluxbee_router_delivered_total 2" in metrics
     assert "fluxbee_router_nodes 2" in metrics

@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from fluxbee.dataplane import wire
+from fluxbee.dataplane import _native, fastpath, wire
 from fluxbee.dataplane.router.server import Conn, Router, RouterSettings
 from fluxbee.models import RouteAction, RouteSpec, VpnSpec
 
@@ -34,6 +34,20 @@ NODES = {  # name -> uuid; WF.sink twice (load balancing)
     "AI.vpn1": "00000000-0000-4000-8000-000000000005",
 }
 CLIENT = NODES["WF.client"]
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with the C extension (when built) and with the pure-Python fallback."""
+    if request.param == "c":
+        if _native.speedups is None:
+            pytest.skip(f"the C extension is not in use: {_native.IMPLEMENTATION}")
+        monkeypatch.setattr(fastpath, "scan", _native.speedups.scan)
+        monkeypatch.setattr(wire, "_split", _native.speedups.split)
+    else:
+        monkeypatch.setattr(fastpath, "scan", fastpath.scan_py)
+        monkeypatch.setattr(wire, "_split", None)
+    return str(request.param)
 
 
 class FakeTransport:
