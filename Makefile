@@ -29,6 +29,7 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	bash hack/check-speedups.sh
 
 bench: setup
 	$(BIN)/fluxbee bench $(ARGS)

@@ -8,6 +8,7 @@ valid frames (flipped, dropped and inserted bytes, truncation).
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import uuid
@@ -106,6 +107,9 @@ REFUSED = {
     "escaped surrogate": frame_body().replace(b"xxxx", b"x\\ud800x"),
     "control character": frame_body().replace(b"xxxx", b"x\x01xx"),
     "bad escape": frame_body().replace(b"xxxx", b"x\\qxx"),
+    "truncated unicode escape": frame_body(payload=1).replace(b'"payload":1}', b'"payload":"\\u0'),
+    "truncated escape": frame_body(payload=1).replace(b'"payload":1}', b'"payload":"\\'),
+    "truncated utf-8": frame_body(payload=1).replace(b'"payload":1}', b'"payload":"\xf0\x9f'),
     "leading zero": frame_body(payload=1).replace(b'"payload":1', b'"payload":01'),
     "bare minus": frame_body(payload=1).replace(b'"payload":1', b'"payload":-'),
     "dot without digits": frame_body(payload=1).replace(b'"payload":1', b'"payload":1.'),
@@ -133,6 +137,22 @@ def test_everything_else_goes_to_the_general_path(scan: Scan, case: str) -> None
         assert got == expected(body)
     else:
         assert got is None
+
+
+@pytest.mark.skipif(_native.speedups is None, reason="the C extension is not built")
+@pytest.mark.parametrize("case", sorted(REFUSED))
+@pytest.mark.parametrize("tail", [b"0000", b'0"}', b"\x80\x80\x80", b'A"},"payload":1}'])
+def test_the_c_scan_never_reads_past_the_end_of_its_buffer(case: str, tail: bytes) -> None:
+    """Bytes objects end in a NUL that would stop a runaway read; other buffers do not.
+
+    A view that ends inside a larger buffer shows a runaway read as a different answer; a buffer
+    allocated to the exact size makes it an error under ASan (hack/check-speedups.sh).
+    """
+    assert _native.speedups is not None
+    body = REFUSED[case]
+    want = _native.speedups.scan(body, NODE_B, STAMP)
+    assert _native.speedups.scan(memoryview(body + tail)[: len(body)], NODE_B, STAMP) == want
+    assert _native.speedups.scan((ctypes.c_char * len(body)).from_buffer_copy(body), NODE_B, STAMP) == want
 
 
 @pytest.mark.skipif(_native.speedups is None, reason="the C extension is not built")

@@ -104,6 +104,7 @@ class Hive:
 
 
 def build_hive(tmp: Path, *, routes: list[RouteSpec] | None = None, vpns: list[VpnSpec] | None = None) -> Hive:
+    (tmp / "state").mkdir(parents=True)  # where apply_config persists
     router = Router(RouterSettings(hive_id=HIVE, run_dir=tmp), router_uuid=ROUTER_UUID)
     hive = Hive(router)
     if routes or vpns:

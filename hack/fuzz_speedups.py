@@ -1,0 +1,78 @@
+"""Mutation fuzzing of the C fast path against msgspec (run by hack/check-speedups.sh under ASan/UBSan).
+
+Valid frames are mutated (bytes replaced, dropped, inserted, cut); every frame ``scan`` accepts
+must decode the same way in msgspec and be stamped exactly as the router's general path would.
+``split`` must never claim more bytes than it was given.  Deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import random
+import sys
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit"))
+
+import test_fastpath as cases  # noqa: E402
+
+from fluxbee.dataplane import _native  # noqa: E402
+
+ALPHABET = b'{}[]",:\\0123456789.eE+-tfnul \t\x00\x1f\x7f\x80\xbf\xc3\xed\xf0\xf4\xff'
+
+
+def main(seed: int, count: int) -> int:
+    speedups = _native.speedups
+    if speedups is None:
+        print(f"fuzz_speedups: the C extension is not loaded ({_native.IMPLEMENTATION})", file=sys.stderr)
+        return 1
+    rng = random.Random(seed)
+    seeds = [
+        cases.frame_body(),
+        cases.frame_body(payload={"a": [1, -2.5e10, None, True, "ü🐝\\n\"q\""], "b": {"c": {}}}),
+        cases.frame_body(str(uuid.uuid4()), meta={"type": "user", "thread_id": "t", "context": {"k": [1, {"z": 0}]}}),
+        cases.frame_body(payload=[[[[[[[[1]]]]]]]]),
+        cases.frame_body(payload="x").replace(b'"payload":"x"}', b'"payload":"\\u00e9\\ud83d\\ude00\\/"}'),
+    ]
+    accepted = 0
+    for _ in range(count):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 6)):
+            if not data:
+                break
+            at = rng.randrange(len(data))
+            op = rng.random()
+            if op < 0.4:
+                data[at] = rng.randrange(256)
+            elif op < 0.6:
+                del data[at]
+            elif op < 0.8:
+                data.insert(at, rng.choice(ALPHABET))
+            else:
+                del data[at:]
+        body = bytes(data)
+        got = speedups.scan(body, cases.NODE_B, cases.STAMP)
+        if got is not None:
+            accepted += 1
+            if got != cases.expected(body):
+                print(f"fuzz_speedups: scan and msgspec disagree on {body!r}", file=sys.stderr)
+                return 1
+        # The same bytes in a buffer allocated to their exact size (bytes objects end in a NUL that
+        # would stop a runaway read): under ASan a read past the end aborts; otherwise it may show
+        # as a different answer.
+        exact = (ctypes.c_char * len(body)).from_buffer_copy(body) if body else b""
+        if speedups.scan(exact, cases.NODE_B, cases.STAMP) != got:
+            print(f"fuzz_speedups: scan read past the end of {body!r}", file=sys.stderr)
+            return 1
+        stream = len(body).to_bytes(4, "big") + body + body[: rng.randrange(len(body) + 1)]
+        _, used, _ = speedups.split(stream, rng.randrange(0, 2 * len(body) + 1))
+        if not 0 <= used <= len(stream):
+            print(f"fuzz_speedups: split claimed {used} of {len(stream)} bytes", file=sys.stderr)
+            return 1
+    print(f"fuzz_speedups: {count} mutated frames (seed {seed}), {accepted} accepted, all as msgspec reads them")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(int(sys.argv[1]) if len(sys.argv) > 1 else 1, int(sys.argv[2]) if len(sys.argv) > 2 else 200_000))
