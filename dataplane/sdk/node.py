@@ -265,11 +265,14 @@ class _Client:
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
+        # The event loop, kept from open(): asyncio.get_running_loop() costs a getpid() system
+        # call per use, once per message on the paths below.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # connection ------------------------------------------------------
     async def open(self) -> None:
         socket_path = self.config.router_socket or find_router_socket(self.config.run_dir, self.name)
-        loop = asyncio.get_running_loop()
+        loop = self.loop = self.inbox.loop = asyncio.get_running_loop()
         _, proto = await loop.create_unix_connection(lambda: _Protocol(self), str(socket_path))
         self.proto = proto
         self._reading_paused = False  # a fresh transport reads; a full inbox pauses it again
@@ -553,7 +556,7 @@ class _Client:
             proto = self.proto
             if proto is not None and proto.transport is not None:
                 proto.transport.write(frame)
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+            self._flush_handle = (self.loop or asyncio.get_running_loop()).call_soon(self._flush)
             return
         self._out.append(frame)
         self._out_bytes += len(frame)
@@ -701,7 +704,7 @@ class NodeSender:
         """
         client = self._c
         trace = wire.new_trace_id()
-        loop = asyncio.get_running_loop()
+        loop = client.loop or asyncio.get_running_loop()
         future: asyncio.Future[Message] = loop.create_future()
         client.pending[trace] = future
         client.expect_by(trace, future, loop.time() + timeout, timeout)
@@ -745,9 +748,10 @@ class _Inbox:
     falls to half the capacity.
     """
 
-    __slots__ = ("items", "capacity", "_waiter", "_on_drained", "_full")
+    __slots__ = ("items", "capacity", "_waiter", "_on_drained", "_full", "loop")
 
     def __init__(self, capacity: int, on_drained: Callable[[], None]) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None  # set when the client connects
         self.items: collections.deque[Message] = collections.deque()
         self.capacity = max(1, capacity)
         self._waiter: asyncio.Future[None] | None = None
@@ -772,7 +776,7 @@ class _Inbox:
 
     async def get(self) -> Message:
         while not self.items:
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = (self.loop or asyncio.get_running_loop()).create_future()
             try:
                 await self._waiter
             finally:
