@@ -64,6 +64,7 @@ class Plan:
 class Result:
     rtt_us: list[float]
     msgs_per_s: float
+    fast_path: str = ""
 
     def summary(self) -> dict[str, Any]:
         ordered = sorted(self.rtt_us)
@@ -186,6 +187,10 @@ class _Peer(abc.ABC):
     async def close(self) -> None:
         """Release connections (processes are stopped by the caller)."""
 
+    async def describe(self) -> str:
+        """A note on how this peer runs (the fluxbee router says which fast path it uses)."""
+        return ""
+
 
 class _FloorPeer(_Peer):
     name = "floor"
@@ -280,6 +285,10 @@ class _FluxbeePeer(_Peer):
         if not isinstance(done.payload, dict) or done.payload.get("done") != count:
             raise RuntimeError(f"sink reported {done.payload!r}")
         return rate
+
+    async def describe(self) -> str:
+        status = await self.sender.router_status()
+        return str(status["router"].get("fast_path", "?"))
 
     async def close(self) -> None:
         await self.sender.close()
@@ -382,6 +391,7 @@ async def measure(plan: Plan, tmp: Path) -> dict[str, Result]:
                     await asyncio.sleep(REST_S)
                     samples[peer.name] += await peer.rtt(share)
             rates: dict[str, list[float]] = {p.name: [] for p in peers}
+            fast_paths = {p.name: await p.describe() for p in peers}
             for _ in range(3):
                 for peer in peers:
                     await asyncio.sleep(REST_S)
@@ -389,7 +399,8 @@ async def measure(plan: Plan, tmp: Path) -> dict[str, Result]:
         finally:
             for peer in peers:
                 await peer.close()
-    return {name: Result(samples[name], statistics.median(rates[name])) for name in samples}
+    return {name: Result(samples[name], statistics.median(rates[name]), fast_paths.get(name, ""))
+            for name in samples}
 
 
 # memory -----------------------------------------------------------------------
@@ -429,6 +440,7 @@ async def _run_all(plan: Plan) -> dict[str, Any]:
         "nats": results["nats"].summary(),
         **memory,
         "payload_bytes": PAYLOAD_BYTES,
+        "router_fast_path": results["fluxbee"].fast_path,
         "round_trips": plan.round_trips,
         "messages": plan.messages,
         "idle_nodes": plan.idle_nodes,
@@ -455,6 +467,7 @@ def format_table(r: dict[str, Any]) -> str:
         f"routed msgs/s / NATS     = {ratios['fluxbee_msgs_over_nats_msgs']:.2f}   (target ≥ 2)",
         f"router RSS: {r['router_rss_mb_idle']} MB idle, {r['router_rss_mb_1000_nodes']} MB with "
         f"{r['idle_nodes']} nodes   (target ≤ 100 MB)",
+        f"router fast path: {r['router_fast_path']}",
         f"({r['round_trips']:,} round trips each after warm-up, interleaved in rested rounds; one-way: median "
         f"of 3 bursts of {r['messages'] // 3:,} messages of {r['payload_bytes']} B)",
     ]

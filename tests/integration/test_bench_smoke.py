@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+from fluxbee.dataplane import fastpath
+
 
 def test_fluxbee_bench_json_reports_every_transport_and_the_router_memory() -> None:
     done = subprocess.run(
@@ -20,6 +22,7 @@ def test_fluxbee_bench_json_reports_every_transport_and_the_router_memory() -> N
     assert 0 < result["router_rss_mb_1000_nodes"] < 500
     assert set(result["ratios"]) == {"fluxbee_p50_over_floor_p50", "fluxbee_p50_over_nats_p50",
                                      "fluxbee_msgs_over_nats_msgs"}
+    assert result["router_fast_path"] == fastpath.IMPLEMENTATION  # the router said which one it runs
 
 
 def test_fluxbee_bench_refuses_bad_sizes() -> None:
