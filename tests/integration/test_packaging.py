@@ -20,6 +20,8 @@ def test_the_wheel_maps_dataplane_and_operator_under_fluxbee_and_ships_its_data(
     for expected in ("fluxbee/cli.py", "fluxbee/dataplane/wire.py", "fluxbee/dataplane/router/server.py",
                      "fluxbee/operator/app.py", "fluxbee/data/hive.yaml", "fluxbee/py.typed"):
         assert expected in names, expected
+    # The C fast path is compiled into the wheel (gcc and the Python headers are on this kind of machine).
+    assert any(n.startswith("fluxbee/dataplane/_speedups.") and n.endswith(".so") for n in names), sorted(names)
     # Nothing may install as a top-level `operator` (it would shadow the stdlib) or `dataplane`.
     assert not {n for n in names if n.split("/")[0] in ("operator", "dataplane", "tests", "hack")}
     entry = next(n for n in names if n.endswith("entry_points.txt"))
