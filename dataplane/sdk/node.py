@@ -198,7 +198,7 @@ _USER_META_BYTES = _PLAIN_META_BYTES[wire.TYPE_USER]
 _TTL_TRACE = b',"ttl":' + str(wire.DEFAULT_TTL).encode() + b',"trace_id":'
 _encode = wire.encoder.encode
 _pack_header = wire.HEADER.pack
-_DEFAULT_TTL, _USER = wire.DEFAULT_TTL, wire.TYPE_USER
+_DEFAULT_TTL = wire.DEFAULT_TTL
 
 
 class _Protocol(asyncio.Protocol):
@@ -522,6 +522,15 @@ class _Client:
                     meta=m, payload=payload)
         )
 
+    def frame(self, dst: str | None, payload: Any, trace: str, msg_type: str, msg: str | None, meta: Meta | None,
+              ttl: int) -> bytes:
+        """:meth:`build` with positional arguments and ``trace`` given: the per-message paths below."""
+        if meta is None and msg is None and ttl == _DEFAULT_TTL and trace:
+            middle = _PLAIN_META_BYTES.get(msg_type)
+            if middle is not None:
+                return self.splice(dst, payload, trace, middle)
+        return self.build(dst, payload, msg_type=msg_type, msg=msg, trace_id=trace, ttl=ttl, meta=meta)
+
     def splice(self, dst: str | None, payload: Any, trace: str, middle: bytes = _USER_META_BYTES) -> bytes:
         """The frame of a plain message (default meta and TTL) from encoded parts, no Structs built."""
         body = b"".join((self._head, _encode(dst), _TTL_TRACE, _encode(trace), middle, _encode(payload), b"}"))
@@ -662,10 +671,7 @@ class NodeSender:
         """Send one message; returns its trace id.  Waits while the router is not reading."""
         trace = trace_id or wire.new_trace_id()
         client = self._c
-        if meta is None and msg is None and ttl == _DEFAULT_TTL and msg_type == _USER:
-            frame = client.splice(dst, payload, trace)
-        else:
-            frame = client.build(dst, payload, msg_type=msg_type, msg=msg, trace_id=trace, ttl=ttl, meta=meta)
+        frame = client.frame(dst, payload, trace, msg_type, msg, meta, ttl)
         if client.proto is not None and client.writable.is_set() and client.connected.is_set():
             client._queue(frame)  # the usual case, without a coroutine for write()
         else:
@@ -685,8 +691,10 @@ class NodeSender:
     def reply_nowait(self, to: Message, payload: Any = None, *, msg_type: str | None = None,
                      msg: str | None = None, meta: Meta | None = None) -> None:
         """Answer ``to`` without waiting (for ``on_message`` callbacks)."""
-        if not self._c.write_nowait(self._c.build(to.routing.src, payload, msg_type=msg_type or to.meta.type,
-                                                  msg=msg, trace_id=to.routing.trace_id, meta=meta)):
+        client = self._c
+        routing = to.routing
+        if not client.write_nowait(client.frame(routing.src, payload, routing.trace_id or wire.new_trace_id(),
+                                                msg_type or to.meta.type, msg, meta, wire.DEFAULT_TTL)):
             raise NotConnectedError("not connected to the router")
 
     async def send_message(self, message: Message) -> None:
@@ -709,8 +717,11 @@ class NodeSender:
         client.pending[trace] = future
         client.expect_by(trace, future, loop.time() + timeout, timeout)
         try:
-            await client.write(client.build(dst, payload, msg_type=msg_type, msg=msg, trace_id=trace,
-                                            ttl=ttl, meta=meta))
+            frame = client.frame(dst, payload, trace, msg_type, msg, meta, ttl)
+            if client.proto is not None and client.writable.is_set() and client.connected.is_set():
+                client._queue(frame)  # the usual case, without a coroutine for write()
+            else:
+                await client.write(frame)
             reply = await future
         finally:
             client.pending.pop(trace, None)

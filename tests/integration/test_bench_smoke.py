@@ -19,9 +19,11 @@ def test_fluxbee_bench_json_reports_every_transport_and_the_router_memory() -> N
         assert result[key]["rtt_us"]["samples"] == 300
         assert 0 < result[key]["rtt_us"]["p50"] <= result[key]["rtt_us"]["p99"]
         assert result[key]["msgs_per_s"] > 0
+        assert result[key]["sustained_rtt_us"]["samples"] == 300
     assert 0 < result["router_rss_mb_1000_nodes"] < 500
     assert set(result["ratios"]) == {"fluxbee_p50_over_floor_p50", "fluxbee_p50_over_nats_p50",
-                                     "fluxbee_msgs_over_nats_msgs"}
+                                     "fluxbee_msgs_over_nats_msgs", "sustained_fluxbee_p50_over_floor_p50",
+                                     "sustained_fluxbee_p50_over_nats_p50"}
     assert result["router_fast_path"] == fastpath.IMPLEMENTATION  # the router said which one it runs
 
 

@@ -52,3 +52,22 @@ def test_a_spliced_frame_over_the_limit_is_refused_before_anything_is_written() 
         client.build("WF.x", "x" * wire.MAX_FRAME)
     with pytest.raises(TypeError):
         client.build("WF.x", object())
+
+
+@settings(max_examples=200, deadline=None)
+@given(dst=st.none() | st.text(max_size=20), payload=json_values, trace=st.text(max_size=20),
+       msg_type=st.sampled_from([wire.TYPE_USER, wire.TYPE_SYSTEM, wire.TYPE_ADMIN, "query", ""]),
+       msg=st.none() | st.just("ECHO"), ttl=st.sampled_from([wire.DEFAULT_TTL, 1, 255]),
+       with_meta=st.booleans())
+def test_the_positional_frame_path_is_build(dst: str | None, payload: Any, trace: str, msg_type: str,
+                                            msg: str | None, ttl: int, with_meta: bool) -> None:
+    """send/request/reply_nowait call ``frame``; it must write what ``build`` writes (trace ids aside)."""
+    client = _Client(NodeConfig(name="WF.t"))
+    meta = wire.Meta(type="user", thread_id="t1") if with_meta else None
+    got = wire.decode_message(client.frame(dst, payload, trace, msg_type, msg, meta, ttl)[4:])
+    meta2 = wire.Meta(type="user", thread_id="t1") if with_meta else None
+    want = wire.decode_message(client.build(dst, payload, msg_type=msg_type, msg=msg, trace_id=trace, ttl=ttl,
+                                            meta=meta2)[4:])
+    if not trace:  # both draw a fresh trace id
+        got.routing.trace_id = want.routing.trace_id = ""
+    assert got == want
