@@ -987,6 +987,7 @@ class Router:
         path = self._state_path()
         tmp = path.with_suffix(".tmp")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)  # also if it was removed under a running router
             tmp.write_text(json.dumps(doc, indent=1))
             os.replace(tmp, path)
         except OSError as err:

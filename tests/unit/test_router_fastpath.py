@@ -104,7 +104,6 @@ class Hive:
 
 
 def build_hive(tmp: Path, *, routes: list[RouteSpec] | None = None, vpns: list[VpnSpec] | None = None) -> Hive:
-    (tmp / "state").mkdir(parents=True)  # where apply_config persists
     router = Router(RouterSettings(hive_id=HIVE, run_dir=tmp), router_uuid=ROUTER_UUID)
     hive = Hive(router)
     if routes or vpns:
@@ -303,3 +302,4 @@ async def test_memoised_destinations_follow_nodes_and_config(tmp_path: Path) -> 
     assert reasons == ["NODE_NOT_FOUND", "VPN_BLOCKED"]
     assert len(got["WF.other"]) == 2 and len(got["WF.other#new"]) == 2
     assert fast.router.counters.dropped["ROUTE_DROP"] == 1
+    assert (tmp_path / "fast" / "state" / "RT.gateway@prod.config.json").exists()  # persisted, dir created
