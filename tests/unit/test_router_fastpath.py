@@ -191,6 +191,18 @@ CASES["everything in one read"] = Case([f for case in CASES.values() if not case
                                         CASES["by uuid"].setup for f in case.frames], fast=False)
 
 
+def general_feed(hive: Hive, frames: list[bytes]) -> None:
+    """The frames through the general path, one by one, as ``Conn.process`` batches them."""
+    router, conn = hive.router, hive.conns["WF.client"]
+    router.batching = True
+    for b in frames:
+        if conn.closing:
+            break
+        router.on_frame(conn, b)
+    router.batching = False
+    router.flush()
+
+
 @pytest.mark.parametrize("name", list(CASES))
 async def test_fast_and_general_paths_agree(tmp_path: Path, name: str) -> None:
     case = CASES[name]
@@ -200,15 +212,7 @@ async def test_fast_and_general_paths_agree(tmp_path: Path, name: str) -> None:
         case.setup(hive)
 
     fast.conns["WF.client"].data_received(b"".join(frame(b) for b in case.frames))
-
-    router, conn = general.router, general.conns["WF.client"]
-    router.batching = True
-    for b in case.frames:
-        if conn.closing:
-            break
-        router.on_frame(conn, b)
-    router.batching = False
-    router.flush()
+    general_feed(general, case.frames)
 
     assert fast.received() == general.received()
     assert fast.router.counters.snapshot() == general.router.counters.snapshot()
@@ -237,24 +241,10 @@ async def test_a_thousand_mixed_reads_agree(tmp_path: Path) -> None:
         cut = rng.randint(1, 3000)
         fast.conns["WF.client"].data_received(stream[pos : pos + cut])
         pos += cut
-    router, conn = general.router, general.conns["WF.client"]
-    router.batching = True
-    for b in stream_frames:
-        router.on_frame(conn, b)
-    router.batching = False
-    router.flush()
+    general_feed(general, stream_frames)
     assert fast.received() == general.received()
     assert fast.router.counters.snapshot() == general.router.counters.snapshot()
     await asyncio.sleep(0)
-
-
-def general_feed(hive: Hive, frames: list[bytes]) -> None:
-    router, conn = hive.router, hive.conns["WF.client"]
-    router.batching = True
-    for b in frames:
-        router.on_frame(conn, b)
-    router.batching = False
-    router.flush()
 
 
 async def test_memoised_destinations_follow_nodes_and_config(tmp_path: Path) -> None:
