@@ -517,7 +517,7 @@ class Router:
                     continue
                 hit = scan(body, node_b, stamp)
                 if hit is None:
-                    self.on_frame(conn, body)
+                    vpn = self._general(conn, body)
                     continue
                 dst, raw_meta, frame = hit
                 meta = metas.get(raw_meta)
@@ -532,7 +532,7 @@ class Router:
                             metas.clear()
                         metas[raw_meta] = meta
                 if meta.type == system or dst == broadcast:
-                    self.on_frame(conn, body)
+                    vpn = self._general(conn, body)
                     continue
                 target = by_uuid.get(dst)
                 if target is None:
@@ -540,7 +540,7 @@ class Router:
                     if names is None:
                         names = self._fast_name(dst)
                         if names is None:
-                            self.on_frame(conn, body)
+                            vpn = self._general(conn, body)
                             continue
                     conns = names.conns
                     target = conns[0] if len(conns) == 1 else self._pick(names)
@@ -569,6 +569,14 @@ class Router:
             counters.frames_in += routed
             counters.frames_out += routed
             counters.delivered += routed
+
+    def _general(self, conn: Conn, body: bytes) -> int:
+        """One frame through the general path; returns the connection's VPN for the rest of the batch.
+
+        The frame may have changed it: a CONFIG_CHANGED from this node re-VPNs every connected node.
+        """
+        self.on_frame(conn, body)
+        return conn.vpn_id
 
     def _fast_name(self, dst: str) -> _Names | None:
         """The live nodes a name reaches when no route decides it (memoised until nodes or config change)."""

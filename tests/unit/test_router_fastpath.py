@@ -293,3 +293,33 @@ async def test_memoised_destinations_follow_nodes_and_config(tmp_path: Path) -> 
     assert len(got["WF.other"]) == 2 and len(got["WF.other#new"]) == 2
     assert fast.router.counters.dropped["ROUTE_DROP"] == 1
     assert (tmp_path / "fast" / "state" / "RT.gateway@prod.config.json").exists()  # persisted, dir created
+
+
+async def test_a_config_change_in_the_middle_of_a_read_applies_to_the_rest_of_it(tmp_path: Path) -> None:
+    """A SY node's CONFIG_CHANGED moves WF.other to another VPN; the next frames of the same read see it."""
+    fast = build_hive(tmp_path / "fast")
+    general = build_hive(tmp_path / "general")
+    for hive in (fast, general):
+        conn = Conn(hive.router)
+        transport = FakeTransport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        node = "00000000-0000-4000-8000-0000000000bb"
+        conn.data_received(wire.system_frame(node, None, wire.HELLO, wire.HelloPayload(uuid=node, name="SY.admin"),
+                                             trace_id="hello-sy", ttl=1))
+        transport.data.clear()
+        hive.conns["SY.admin"], hive.transports["SY.admin"] = conn, transport
+    change = body(None, {"subsystem": "vpn", "version": 5,
+                         "config": [{"pattern": "WF.other", "match_kind": "EXACT", "vpn_id": 7}]},
+                  src="00000000-0000-4000-8000-0000000000bb", meta={"type": "system", "msg": "CONFIG_CHANGED"})
+    from_client = [body("WF.other", 1), body(NODES["WF.other"], 2)]
+    fast.conns["SY.admin"].data_received(frame(change))
+    fast.conns["WF.client"].data_received(b"".join(frame(b) for b in from_client))
+    general.router.batching = True
+    general.router.on_frame(general.conns["SY.admin"], change)
+    general.router.batching = False
+    general.router.flush()
+    general_feed(general, from_client)
+    got = fast.received()
+    assert got == general.received()
+    assert [m["payload"]["reason"] for m in got["WF.client"] if m["meta"].get("msg") == "UNREACHABLE"] == [
+        "VPN_BLOCKED", "VPN_BLOCKED"]
