@@ -88,6 +88,18 @@ class Hive:
     transports: dict[str, FakeTransport] = field(default_factory=dict)
     general_calls: int = 0
 
+    def join(self, label: str, node: str) -> None:
+        """Connect a node and say its HELLO (``label`` is its name, ``#suffix`` for a second one)."""
+        conn = Conn(self.router)
+        transport = FakeTransport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        conn.data_received(wire.system_frame(node, None, wire.HELLO,
+                                             wire.HelloPayload(uuid=node, name=label.split("#")[0]),
+                                             trace_id=f"hello-{label}", ttl=1))
+        assert conn.uuid == node
+        transport.data.clear()
+        self.conns[label], self.transports[label] = conn, transport
+
     def received(self) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {}
         for name, transport in self.transports.items():
@@ -109,16 +121,7 @@ def build_hive(tmp: Path, *, routes: list[RouteSpec] | None = None, vpns: list[V
     if routes or vpns:
         router.apply_config(routes or [], vpns or [], source="test")
     for label, node in NODES.items():
-        conn = Conn(router)
-        transport = FakeTransport()
-        conn.connection_made(transport)  # type: ignore[arg-type]
-        name = label.split("#")[0]
-        conn.data_received(wire.system_frame(node, None, wire.HELLO, wire.HelloPayload(uuid=node, name=name),
-                                             trace_id=f"hello-{label}", ttl=1))
-        assert conn.uuid == node
-        transport.data.clear()
-        hive.conns[label] = conn
-        hive.transports[label] = transport
+        hive.join(label, node)
     general = router.on_frame
 
     def counting(conn: Conn, body: bytes) -> None:
@@ -264,17 +267,7 @@ async def test_memoised_destinations_follow_nodes_and_config(tmp_path: Path) -> 
     both(lambda hive: hive.conns["WF.other"].connection_lost(None))
     send(body("WF.other"))
 
-    def rejoin(hive: Hive) -> None:
-        conn = Conn(hive.router)
-        transport = FakeTransport()
-        conn.connection_made(transport)  # type: ignore[arg-type]
-        node = "00000000-0000-4000-8000-0000000000aa"
-        conn.data_received(wire.system_frame(node, None, wire.HELLO, wire.HelloPayload(uuid=node, name="WF.other"),
-                                             trace_id="hello-again", ttl=1))
-        transport.data.clear()
-        hive.conns["WF.other#new"], hive.transports["WF.other#new"] = conn, transport
-
-    both(rejoin)
+    both(lambda hive: hive.join("WF.other#new", "00000000-0000-4000-8000-0000000000aa"))
     send(body("WF.other"))
     both(lambda hive: hive.router.apply_config([RouteSpec(prefix="WF.other", action=RouteAction.DROP)], [],
                                                source="test"))
@@ -300,14 +293,7 @@ async def test_a_config_change_in_the_middle_of_a_read_applies_to_the_rest_of_it
     fast = build_hive(tmp_path / "fast")
     general = build_hive(tmp_path / "general")
     for hive in (fast, general):
-        conn = Conn(hive.router)
-        transport = FakeTransport()
-        conn.connection_made(transport)  # type: ignore[arg-type]
-        node = "00000000-0000-4000-8000-0000000000bb"
-        conn.data_received(wire.system_frame(node, None, wire.HELLO, wire.HelloPayload(uuid=node, name="SY.admin"),
-                                             trace_id="hello-sy", ttl=1))
-        transport.data.clear()
-        hive.conns["SY.admin"], hive.transports["SY.admin"] = conn, transport
+        hive.join("SY.admin", "00000000-0000-4000-8000-0000000000bb")
     change = body(None, {"subsystem": "vpn", "version": 5,
                          "config": [{"pattern": "WF.other", "match_kind": "EXACT", "vpn_id": 7}]},
                   src="00000000-0000-4000-8000-0000000000bb", meta={"type": "system", "msg": "CONFIG_CHANGED"})
