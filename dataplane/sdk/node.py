@@ -503,10 +503,16 @@ class _Client:
     # outbound --------------------------------------------------------
     def build(self, dst: str | None, payload: Any, *, msg_type: str = wire.TYPE_USER, msg: str | None = None,
               trace_id: str | None = None, ttl: int = wire.DEFAULT_TTL, meta: Meta | None = None) -> bytes:
-        if meta is None and msg is None and ttl == wire.DEFAULT_TTL:
+        """One framed message from this node (a fresh trace id unless one is given)."""
+        return self.frame(dst, payload, trace_id or wire.new_trace_id(), msg_type, msg, meta, ttl)
+
+    def frame(self, dst: str | None, payload: Any, trace: str, msg_type: str, msg: str | None, meta: Meta | None,
+              ttl: int) -> bytes:
+        """:meth:`build` with positional arguments (the per-message paths call this)."""
+        if meta is None and msg is None and ttl == _DEFAULT_TTL:
             middle = _PLAIN_META_BYTES.get(msg_type)
-            if middle is not None:
-                return self.splice(dst, payload, trace_id or wire.new_trace_id(), middle)
+            if middle is not None:  # the usual message: encoded parts spliced, no Structs built
+                return self.splice(dst, payload, trace, middle)
         if meta is None:
             m = _PLAIN_META.get(msg_type) if msg is None else None
             if m is None:
@@ -518,18 +524,8 @@ class _Client:
         if msg is not None:
             m.msg = msg
         return wire.encode_frame(
-            Message(routing=Routing(src=self.uuid, dst=dst, ttl=ttl, trace_id=trace_id or wire.new_trace_id()),
-                    meta=m, payload=payload)
+            Message(routing=Routing(src=self.uuid, dst=dst, ttl=ttl, trace_id=trace), meta=m, payload=payload)
         )
-
-    def frame(self, dst: str | None, payload: Any, trace: str, msg_type: str, msg: str | None, meta: Meta | None,
-              ttl: int) -> bytes:
-        """:meth:`build` with positional arguments and ``trace`` given: the per-message paths below."""
-        if meta is None and msg is None and ttl == _DEFAULT_TTL and trace:
-            middle = _PLAIN_META_BYTES.get(msg_type)
-            if middle is not None:
-                return self.splice(dst, payload, trace, middle)
-        return self.build(dst, payload, msg_type=msg_type, msg=msg, trace_id=trace, ttl=ttl, meta=meta)
 
     def splice(self, dst: str | None, payload: Any, trace: str, middle: bytes = _USER_META_BYTES) -> bytes:
         """The frame of a plain message (default meta and TTL) from encoded parts, no Structs built."""
