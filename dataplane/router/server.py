@@ -1,10 +1,17 @@
 """The hive router: one asyncio process that moves frames between node sockets.
 
-Per frame, on the hot path, the router decodes ``routing`` and the few meta
-fields it decides on; ``meta`` and ``payload`` stay raw bytes and are written
-out unchanged (see :mod:`fluxbee.dataplane.wire`).  Lookups are dict hits:
-nodes by UUID, nodes by full name, nodes by base name, and a per-name route
-decision cache rebuilt only when the config version changes.
+Two paths make every routing decision.  The general path
+(:meth:`Router.on_frame`) decodes ``routing`` and the few meta fields it
+decides on; ``meta`` and ``payload`` stay raw bytes and are written out
+unchanged (see :mod:`fluxbee.dataplane.wire`).  The fast path
+(:meth:`Router.route_frames`) takes the common case without decoding at all
+(:mod:`fluxbee.dataplane.fastpath`) and hands every other frame to the general
+path.  **A new rule for user messages to a UUID or a name (a policy, a
+quota, a new refusal) must be added to the fast path's conditions too, or
+make it step aside** — and get a case in ``tests/unit/test_router_fastpath.py``,
+which checks that both paths agree.  Lookups are dict hits: nodes by UUID,
+nodes by full name, nodes by base name, and per-name route decisions
+memoised until the config or the connected nodes change.
 
 Decisions the original left open, made here:
 
