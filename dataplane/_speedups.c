@@ -2,8 +2,8 @@
  *
  * scan(body, node, stamp) -> (dst, meta, frame) | None
  *
- * It accepts only the canonical compact envelope our SDK, and the original
- * SDKs, write:
+ * It accepts only the canonical compact envelope our SDK writes (frames from
+ * other writers that differ in key order or spacing take the general path):
  *
  *     {"routing":{"src":"S","dst":"D","ttl":N,"trace_id":"T"},"meta":{...},"payload":V}
  *
