@@ -77,9 +77,6 @@ def make_stamp(name: str) -> bytes:
     return b',"src_l2_name":' + _encode(name)
 
 
-_LOADED: tuple[Scan, str] = (
-    (_native.speedups.scan, "c") if _native.speedups is not None else (scan_py, _native.IMPLEMENTATION)
-)
-scan: Final = _LOADED[0]
-IMPLEMENTATION: Final = _LOADED[1]
+scan: Final[Scan] = _native.speedups.scan if _native.speedups is not None else scan_py
+IMPLEMENTATION: Final = _native.IMPLEMENTATION
 """Which implementation :data:`scan` is: ``"c"`` or why it is the Python one."""

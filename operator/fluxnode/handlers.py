@@ -9,8 +9,6 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from fluxbee.identity import degrees as dg
 from fluxbee.models import FluxNode, Runtime
 from fluxbee.models.effective import config_digest, effective_config, resolve_runtime_version
@@ -30,15 +28,13 @@ from fluxbee.operator.fluxnode.build import (
     resolve_package,
 )
 from fluxbee.operator.hive.handlers import parse_hive
-from fluxbee.operator.runtime.build import describe, parse_runtime, runtime_outcome, view
+from fluxbee.operator.runtime.build import parse_resource, parse_runtime, runtime_outcome
+from fluxbee.operator.runtime.handlers import load_base
 
 log = logging.getLogger(__name__)
 
 def parse_fluxnode(body: Mapping[str, Any]) -> FluxNode:
-    try:
-        return FluxNode.model_validate(view(body))
-    except ValidationError as err:
-        raise InvalidSpec("InvalidSpec", describe(err)) from err
+    return parse_resource(FluxNode, body)
 
 
 def _config_version(text: object) -> int:
@@ -90,14 +86,7 @@ async def _load_runtime(
         runtime = parse_runtime(body)
     except InvalidSpec as err:
         return None, None, Outcome.degraded("RuntimeNotReady", f"Runtime {name!r}: {err.message}")
-    base = None
-    if runtime.spec.runtime_base:
-        base_body = await ctx.kube.get("runtimes", namespace, runtime.spec.runtime_base)
-        if base_body is not None:
-            try:
-                base = parse_runtime(base_body)
-            except InvalidSpec:
-                base = None
+    base = await load_base(ctx, namespace, runtime)
     readiness = runtime_outcome(runtime, base, ctx.settings)
     if readiness.phase != "Ready":
         return runtime, base, Outcome.degraded(

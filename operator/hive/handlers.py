@@ -7,8 +7,6 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
 from fluxbee.models import Hive
 from fluxbee.operator import labels as L
 from fluxbee.operator.children import ensure, ensure_absent, owned
@@ -22,16 +20,13 @@ from fluxbee.operator.hive.build import (
     names,
 )
 from fluxbee.operator.kube import ApiError
-from fluxbee.operator.runtime.build import describe, view
+from fluxbee.operator.runtime.build import parse_resource
 
 log = logging.getLogger(__name__)
 
 
 def parse_hive(body: Mapping[str, Any]) -> Hive:
-    try:
-        return Hive.model_validate(view(body))
-    except ValidationError as err:
-        raise InvalidSpec("InvalidSpec", describe(err)) from err
+    return parse_resource(Hive, body)
 
 
 def hive_outcome(hive: Hive, daemon_set: Mapping[str, Any] | None) -> Outcome:

@@ -5,22 +5,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
 from fluxbee.models import Module
-from fluxbee.operator.conditions import Outcome
+from fluxbee.operator.conditions import InvalidSpec, Outcome
 from fluxbee.operator.context import OperatorContext, write_status
 from fluxbee.operator.degree.handlers import degrees_pinning
 from fluxbee.operator.module.build import module_outcome
-from fluxbee.operator.runtime.build import describe, view
+from fluxbee.operator.runtime.build import parse_resource
 
 
 async def reconcile_module(ctx: OperatorContext, body: Mapping[str, Any]) -> Outcome:
     meta = body["metadata"]
     try:
-        module = Module.model_validate(view(body))
-    except ValidationError as err:
-        outcome = Outcome.degraded("InvalidSpec", describe(err))
+        module = parse_resource(Module, body)
+    except InvalidSpec as err:
+        outcome = Outcome.degraded(err.reason, err.message)
     else:
         pinned_by = sorted(d["metadata"]["name"]
                            for d in await degrees_pinning(ctx, meta["namespace"], meta["name"]))

@@ -5,20 +5,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
 from fluxbee.models import Policy
-from fluxbee.operator.conditions import Outcome
+from fluxbee.operator.conditions import InvalidSpec, Outcome
 from fluxbee.operator.context import OperatorContext, write_status
 from fluxbee.operator.policy.build import policy_outcome
-from fluxbee.operator.runtime.build import describe, view
+from fluxbee.operator.runtime.build import parse_resource
 
 
 async def reconcile_policy(ctx: OperatorContext, body: Mapping[str, Any]) -> Outcome:
     try:
-        policy = Policy.model_validate(view(body))
-    except ValidationError as err:
-        outcome = Outcome.degraded("InvalidSpec", describe(err))
+        policy = parse_resource(Policy, body)
+    except InvalidSpec as err:
+        outcome = Outcome.degraded(err.reason, err.message)
     else:
         outcome = policy_outcome(policy.metadata.name, policy.spec)
     await write_status(ctx.kube, "policies", body, outcome)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from fluxbee.models import Runtime, runtime_package_problem
 from fluxbee.operator.conditions import InvalidSpec, Outcome
@@ -18,11 +18,19 @@ def describe(err: ValidationError) -> str:
     )
 
 
-def parse_runtime(body: Mapping[str, Any]) -> Runtime:
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_resource(model: type[M], body: Mapping[str, Any], reason: str = "InvalidSpec") -> M:
+    """The resource's model from a stored object; InvalidSpec(``reason``, what is wrong) if it does not fit."""
     try:
-        return Runtime.model_validate(_resource_view(body))
+        return model.model_validate(_resource_view(body))
     except ValidationError as err:
-        raise InvalidSpec("InvalidPackage", describe(err)) from err
+        raise InvalidSpec(reason, describe(err)) from err
+
+
+def parse_runtime(body: Mapping[str, Any]) -> Runtime:
+    return parse_resource(Runtime, body, "InvalidPackage")
 
 
 def _resource_view(body: Mapping[str, Any]) -> dict[str, Any]:

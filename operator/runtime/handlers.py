@@ -6,11 +6,25 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from fluxbee.models import Runtime
 from fluxbee.operator.conditions import InvalidSpec, Outcome
 from fluxbee.operator.context import OperatorContext, write_status
 from fluxbee.operator.runtime.build import parse_runtime, runtime_outcome
 
 log = logging.getLogger(__name__)
+
+
+async def load_base(ctx: OperatorContext, namespace: str, runtime: Runtime) -> Runtime | None:
+    """The Runtime named by ``runtimeBase`` (None when unset, missing or invalid: the outcome says why)."""
+    if not runtime.spec.runtime_base:
+        return None
+    body = await ctx.kube.get("runtimes", namespace, runtime.spec.runtime_base)
+    if body is None:
+        return None
+    try:
+        return parse_runtime(body)
+    except InvalidSpec:
+        return None
 
 
 async def reconcile_runtime(ctx: OperatorContext, body: Mapping[str, Any]) -> Outcome:
@@ -20,15 +34,7 @@ async def reconcile_runtime(ctx: OperatorContext, body: Mapping[str, Any]) -> Ou
     except InvalidSpec as err:
         outcome = Outcome.degraded(err.reason, err.message)
     else:
-        base = None
-        if runtime.spec.runtime_base:
-            base_body = await ctx.kube.get("runtimes", namespace, runtime.spec.runtime_base)
-            if base_body is not None:
-                try:
-                    base = parse_runtime(base_body)
-                except InvalidSpec:
-                    base = None
-        outcome = runtime_outcome(runtime, base, ctx.settings)
+        outcome = runtime_outcome(runtime, await load_base(ctx, namespace, runtime), ctx.settings)
     await write_status(ctx.kube, "runtimes", body, outcome)
     return outcome
 
