@@ -200,7 +200,8 @@ class ProtocolErrorPayload(msgspec.Struct):
 raw_decoder: Final = msgspec.json.Decoder(RawEnvelope)
 """Decodes a frame body for routing (``decode_raw`` without the error translation, for hot paths)."""
 meta_decoder: Final = msgspec.json.Decoder(MetaView)
-_msg_decoder: Final = msgspec.json.Decoder(Message)
+message_decoder: Final = msgspec.json.Decoder(Message)
+"""Decodes a frame body to a :class:`Message` (raises msgspec errors; :func:`decode_message` wraps them)."""
 encoder: Final = msgspec.json.Encoder()
 """The JSON encoder every frame goes through (hot paths bind its ``encode``)."""
 _pack_header: Final = HEADER.pack
@@ -271,7 +272,7 @@ def decode_meta(raw: msgspec.Raw) -> MetaView:
 
 def decode_message(body: bytes | memoryview) -> Message:
     try:
-        return _msg_decoder.decode(body)
+        return message_decoder.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError) as err:
         raise ProtocolError(MALFORMED_FRAME, str(err)) from err
 

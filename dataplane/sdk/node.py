@@ -197,8 +197,15 @@ _PLAIN_META_BYTES: dict[str, bytes] = {
 _USER_META_BYTES = _PLAIN_META_BYTES[wire.TYPE_USER]
 _TTL_TRACE = b',"ttl":' + str(wire.DEFAULT_TTL).encode() + b',"trace_id":'
 _encode = wire.encoder.encode
+_decode_message = wire.message_decoder.decode
 _pack_header = wire.HEADER.pack
+_new_trace_id = wire.new_trace_id
+_perf_ns = time.perf_counter_ns
 _DEFAULT_TTL = wire.DEFAULT_TTL
+_TYPE_USER, _TYPE_SYSTEM = wire.TYPE_USER, wire.TYPE_SYSTEM
+_REFUSALS = frozenset((wire.UNREACHABLE, wire.TTL_EXCEEDED))
+_BURST_NS = 10_000
+"""Writes closer together than this are taken for a burst and coalesced (see :meth:`_Client._queue`)."""
 
 
 class _Protocol(asyncio.Protocol):
@@ -225,10 +232,16 @@ class _Protocol(asyncio.Protocol):
         self.client.on_lost(self, exc)
 
     def pause_writing(self) -> None:
-        self.client.writable.clear()
+        client = self.client
+        if client.proto is self:
+            client.writable.clear()
+            client.ready = False
 
     def resume_writing(self) -> None:
-        self.client.writable.set()
+        client = self.client
+        if client.proto is self:
+            client.writable.set()
+            client.ready = client.up
 
 
 class _Client:
@@ -248,12 +261,18 @@ class _Client:
         version = system.get("config_version") if isinstance(system, dict) else None
         self.config_version = version if isinstance(version, int) and version > 0 else 1
         self.inbox = _Inbox(config.inbound_queue, self._inbox_drained)
-        self.pending: dict[str, asyncio.Future[Message]] = {}
-        self._deadlines: dict[str, tuple[asyncio.Future[Message], float, float]] = {}
+        # Requests waiting for their reply: trace id -> (future, deadline in loop time, timeout).
+        self.pending: dict[str, tuple[asyncio.Future[Message], float, float]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.writable = asyncio.Event()
         self.writable.set()
+        # The per-message paths read these two flags instead of the events above (cheaper than
+        # Event.is_set()); every change of `connected`, `writable` or `proto` updates them.
+        self.up = False
+        """Connected and announced: frames can be queued."""
+        self.ready = False
+        """``up`` and the router is reading: frames can be written without waiting."""
         self.proto: _Protocol | None = None
         self.closed = False
         self._hello_trace = ""
@@ -265,6 +284,7 @@ class _Client:
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
+        self._last_write = 0
         # The event loop, kept from open(): asyncio.get_running_loop() costs a getpid() system
         # call per use, once per message on the paths below.
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -296,8 +316,13 @@ class _Client:
             transport.close()
             raise
         self.connections += 1
+        self._mark_up()
+
+    def _mark_up(self) -> None:
+        """The connection in ``self.proto`` is announced: frames may flow."""
         self.writable.set()
         self.connected.set()
+        self.up = self.ready = True
 
     async def open_with_retry(self, deadline: float | None) -> None:
         delay = self.config.backoff_initial
@@ -321,6 +346,7 @@ class _Client:
             return
         self.connected.clear()
         self.proto = None
+        self.up = self.ready = False
         announced = self._announced
         if announced is not None and not announced.done():
             err = self.last_protocol_error
@@ -346,57 +372,45 @@ class _Client:
             pass
 
     # request deadlines ------------------------------------------------
-    def expect_by(self, trace: str, future: asyncio.Future[Message], deadline: float, timeout: float) -> None:
-        """Fail ``future`` with RequestTimeoutError at ``deadline`` (checked every 20 ms).
+    def start_sweeper(self) -> None:
+        """Fail each pending request with RequestTimeoutError at its deadline (checked every 20 ms).
 
         One sweeper task for all requests instead of a timer per request: a
-        request then costs a dict insert, not a heap push and cancel.
+        request then costs a dict insert, not a heap push and cancel.  The
+        task ends when nothing is pending, so an idle node has no timer.
         """
-        self._deadlines[trace] = (future, deadline, timeout)
-        if self._sweeper is None or self._sweeper.done():
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name=f"fluxbee-timeouts-{self.name}")
+        loop = self.loop or asyncio.get_running_loop()
+        self._sweeper = loop.create_task(self._sweep(loop), name=f"fluxbee-timeouts-{self.name}")
 
-    async def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadlines = self._deadlines
-        while deadlines:
-            await asyncio.sleep(0.02)
-            now = loop.time()
-            for trace, (future, deadline, timeout) in list(deadlines.items()):
-                if future.done():
-                    del deadlines[trace]
-                elif deadline <= now:
-                    del deadlines[trace]
-                    future.set_exception(RequestTimeoutError(trace, timeout))
+    async def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        pending = self.pending
+        try:
+            while pending:
+                await asyncio.sleep(0.02)
+                now = loop.time()
+                for trace, (future, deadline, timeout) in list(pending.items()):
+                    if deadline <= now:
+                        del pending[trace]
+                        if not future.done():
+                            future.set_exception(RequestTimeoutError(trace, timeout))
+        finally:
+            self._sweeper = None
 
     # inbound ---------------------------------------------------------
     def on_frame(self, proto: _Protocol, body: bytes) -> None:
         try:
-            msg = wire.decode_message(body)
-        except wire.ProtocolError as err:
+            msg = _decode_message(body)
+        except (msgspec.DecodeError, UnicodeDecodeError) as err:
             log.error("dropping an undecodable frame from the router: %s", err)
             return
-        meta = msg.meta
-        if meta.type == wire.TYPE_SYSTEM:
-            name = meta.msg
-            if name == wire.ANNOUNCE and msg.routing.trace_id == self._hello_trace:
-                self._on_announce(msg)
-                return
-            if name == wire.PROTOCOL_ERROR:
-                with contextlib.suppress(msgspec.ValidationError):
-                    self.last_protocol_error = msgspec.convert(msg.payload, wire.ProtocolErrorPayload)
-                log.error("router closes our connection: %s", msg.payload)
-                return
-            if name == wire.NODE_STATUS_GET and self.config.handle_status:
-                self._answer_status(msg)
-                return
-            if name in (wire.CONFIG_GET, wire.CONFIG_SET) and self.config.handle_config:
-                self._answer_config(msg)
-                return
-        future = self.pending.pop(msg.routing.trace_id, None) if self.pending else None
-        if future is not None and not future.done():
-            future.set_result(msg)
+        if msg.meta.type == _TYPE_SYSTEM and self._on_system(msg):
             return
+        pending = self.pending
+        if pending:
+            entry = pending.pop(msg.routing.trace_id, None)
+            if entry is not None and not entry[0].done():
+                entry[0].set_result(msg)
+                return
         callback = self.config.on_message
         if callback is not None:
             try:
@@ -407,6 +421,25 @@ class _Client:
         if self.inbox.put(msg):
             # Full: stop reading, so the router sees a slow consumer and holds the producers.
             self._pause_reading(proto)
+
+    def _on_system(self, msg: Message) -> bool:
+        """Handle the system messages the SDK answers itself; False for the others."""
+        name = msg.meta.msg
+        if name == wire.ANNOUNCE and msg.routing.trace_id == self._hello_trace:
+            self._on_announce(msg)
+            return True
+        if name == wire.PROTOCOL_ERROR:
+            with contextlib.suppress(msgspec.ValidationError):
+                self.last_protocol_error = msgspec.convert(msg.payload, wire.ProtocolErrorPayload)
+            log.error("router closes our connection: %s", msg.payload)
+            return True
+        if name == wire.NODE_STATUS_GET and self.config.handle_status:
+            self._answer_status(msg)
+            return True
+        if name in (wire.CONFIG_GET, wire.CONFIG_SET) and self.config.handle_config:
+            self._answer_config(msg)
+            return True
+        return False
 
     def _inbox_drained(self) -> None:
         proto = self.proto
@@ -537,37 +570,39 @@ class _Client:
 
     def write_nowait(self, frame: bytes) -> bool:
         """Queue a frame without waiting; False if not connected."""
-        if self.proto is None or not self.connected.is_set():
+        if not self.up:
             return False
         self._queue(frame)
         return True
 
     async def write(self, frame: bytes) -> None:
         """Queue a frame, waiting first while disconnected or while the router is not reading."""
-        if not self.writable.is_set() or not self.connected.is_set() or self.proto is None:
+        if not self.ready:
             await self._wait_ready()
             if self.proto is None:
                 raise NotConnectedError("connection lost while sending")
         self._queue(frame)
 
     def _queue(self, frame: bytes) -> None:
-        """Write the first frame of an event-loop iteration at once; coalesce the rest.
+        """Write a frame at once, unless it belongs to a burst; coalesce a burst's frames.
 
-        Later frames of the same iteration are joined and written when the
-        iteration ends (or at once past 64 KiB), so a request pays no extra
-        latency and a tight send loop costs one syscall per ~64 KiB.
-
-        The flush callback costs one more loop iteration after a lone write.
-        Measured (A/B within one run, BENCHMARKS.md): round trips are ~4 µs
-        *faster* with it, at the client and at the echo node alike, and slower
-        with two or more extra iterations; the router is faster without one.
-        Measure before changing it.
+        A frame that follows the previous write within :data:`_BURST_NS`
+        is written too, and then the rest of the event-loop iteration is
+        coalesced: later frames are joined and written when the iteration
+        ends (or at once past 64 KiB), so a tight send loop costs one
+        syscall per ~64 KiB.  A lone frame — a request, a reply — is written
+        at once and schedules nothing, so it costs no extra loop iteration
+        (that iteration measured ~0.7 µs of CPU per round trip with every
+        process on one CPU; BENCHMARKS.md).
         """
         if self._flush_handle is None:
             proto = self.proto
             if proto is not None and proto.transport is not None:
                 proto.transport.write(frame)
-            self._flush_handle = (self.loop or asyncio.get_running_loop()).call_soon(self._flush)
+            now = _perf_ns()
+            if now - self._last_write < _BURST_NS:
+                self._flush_handle = (self.loop or asyncio.get_running_loop()).call_soon(self._flush)
+            self._last_write = now
             return
         self._out.append(frame)
         self._out_bytes += len(frame)
@@ -620,7 +655,8 @@ class _Client:
                 self._flush_handle = None
             proto.transport.close()
         self.connected.clear()
-        for fut in self.pending.values():
+        self.up = self.ready = False
+        for fut, _, _ in self.pending.values():
             if not fut.done():
                 fut.set_exception(NotConnectedError("node closed"))
         self.pending.clear()
@@ -671,10 +707,10 @@ class NodeSender:
                    msg: str | None = None, meta: Meta | None = None, trace_id: str | None = None,
                    ttl: int = wire.DEFAULT_TTL) -> str:
         """Send one message; returns its trace id.  Waits while the router is not reading."""
-        trace = trace_id or wire.new_trace_id()
+        trace = trace_id or _new_trace_id()
         client = self._c
         frame = client.frame(dst, payload, trace, msg_type, msg, meta, ttl)
-        if client.proto is not None and client.writable.is_set() and client.connected.is_set():
+        if client.ready:
             client._queue(frame)  # the usual case, without a coroutine for write()
         else:
             await client.write(frame)
@@ -694,10 +730,11 @@ class NodeSender:
                      msg: str | None = None, meta: Meta | None = None) -> None:
         """Answer ``to`` without waiting (for ``on_message`` callbacks)."""
         client = self._c
-        routing = to.routing
-        if not client.write_nowait(client.frame(routing.src, payload, routing.trace_id or wire.new_trace_id(),
-                                                msg_type or to.meta.type, msg, meta, wire.DEFAULT_TTL)):
+        if not client.up:
             raise NotConnectedError("not connected to the router")
+        routing = to.routing
+        client._queue(client.frame(routing.src, payload, routing.trace_id or _new_trace_id(),
+                                   msg_type or to.meta.type, msg, meta, _DEFAULT_TTL))
 
     async def send_message(self, message: Message) -> None:
         """Send a prepared message (``routing.src`` is forced to this node)."""
@@ -713,24 +750,23 @@ class NodeSender:
         unless ``raise_unreachable`` is false.
         """
         client = self._c
-        trace = wire.new_trace_id()
+        trace = _new_trace_id()
         loop = client.loop or asyncio.get_running_loop()
         future: asyncio.Future[Message] = loop.create_future()
-        client.pending[trace] = future
-        client.expect_by(trace, future, loop.time() + timeout, timeout)
+        pending = client.pending
+        pending[trace] = (future, loop.time() + timeout, timeout)
+        if client._sweeper is None:
+            client.start_sweeper()
         try:
             frame = client.frame(dst, payload, trace, msg_type, msg, meta, ttl)
-            if client.proto is not None and client.writable.is_set() and client.connected.is_set():
+            if client.ready:
                 client._queue(frame)  # the usual case, without a coroutine for write()
             else:
                 await client.write(frame)
             reply = await future
         finally:
-            client.pending.pop(trace, None)
-            client._deadlines.pop(trace, None)
-        if raise_unreachable and reply.meta.type == wire.TYPE_SYSTEM and reply.meta.msg in (
-            wire.UNREACHABLE, wire.TTL_EXCEEDED,
-        ):
+            pending.pop(trace, None)
+        if raise_unreachable and reply.meta.type == _TYPE_SYSTEM and reply.meta.msg in _REFUSALS:
             body = reply.payload if isinstance(reply.payload, dict) else {}
             raise UnreachableError(str(body.get("reason", reply.meta.msg)), str(body.get("original_dst", dst)),
                                    body.get("detail"))

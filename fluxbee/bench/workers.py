@@ -12,7 +12,7 @@ import struct
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import uvloop
@@ -63,6 +63,79 @@ class FloorServer(asyncio.Protocol):
 async def floor_server(path: str) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_unix_server(FloorServer, path=path)
+    print("READY", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+class _RelayUp(asyncio.Protocol):
+    """The relay's connection to the echo server: replies go back to the client untouched."""
+
+    def __init__(self, down: RelayDown) -> None:
+        self.down = down
+
+    def data_received(self, data: bytes) -> None:
+        if self.down.transport is not None:
+            self.down.transport.write(data)
+
+    def pause_writing(self) -> None:  # the server is not reading: stop reading the client
+        if self.down.transport is not None:
+            self.down.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.down.transport is not None:
+            self.down.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.down.transport is not None:
+            self.down.transport.close()
+
+
+class RelayDown(asyncio.Protocol):
+    """A raw relay: bytes from a client go to the echo server and back, never parsed.
+
+    Client → relay → server → relay → client is four socket hops between
+    three processes, like a routed round trip, with nothing done per message
+    but the copies: the cheapest relay asyncio+uvloop can be.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.transport: asyncio.Transport | None = None
+        self.up: asyncio.Transport | None = None
+        self._connecting: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.pause_reading()  # until the server connection is up
+        self._connecting = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        up, _ = await asyncio.get_running_loop().create_unix_connection(lambda: _RelayUp(self), self.target)
+        self.up = up
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.up is not None:
+            self.up.write(data)
+
+    def pause_writing(self) -> None:  # the client is not reading: stop reading the server
+        if self.up is not None:
+            self.up.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.up is not None:
+            self.up.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.up is not None:
+            self.up.close()
+
+
+async def relay(path: str, target: str) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_unix_server(lambda: RelayDown(target), path=path)
     print("READY", flush=True)
     async with server:
         await server.serve_forever()
@@ -173,6 +246,8 @@ def main(argv: list[str]) -> None:
     coro: Any
     if role == "floor-server":
         coro = floor_server(argv[1])
+    elif role == "relay":
+        coro = relay(argv[1], argv[2])
     elif role == "sink-node":
         coro = sink_node(argv[1], argv[2])
     elif role == "nats-responder":
