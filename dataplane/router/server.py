@@ -58,6 +58,7 @@ from typing import Any, cast
 import msgspec
 
 from fluxbee.dataplane import fastpath, shm, wire
+from fluxbee.dataplane.router import scheduling
 from fluxbee.dataplane.router.config import (
     ROUTE_CACHE_LIMIT,
     CompiledRoute,
@@ -120,6 +121,9 @@ class RouterSettings:
     """How often the config file's stat is checked."""
     identity_frontdesk: str = "SY.frontdesk.gov"
     """Where ``dst: null`` messages from temporary ILKs go (L3, :mod:`fluxbee.dataplane.router.l3`)."""
+    scheduling: str = "batch"
+    """CPU scheduling class of the router process, set by :func:`run_router`: ``batch`` or
+    ``inherit`` (:mod:`fluxbee.dataplane.router.scheduling` says why and what it costs)."""
 
 
 class RouterError(Exception):
@@ -414,8 +418,8 @@ class Router:
                 asyncio.create_task(self._periodic(s.config_poll_s, self._poll_config), name="router-config-poll")
             )
         self.ready.set()
-        log.info("router %s (%s) listening on %s; config version %d; fast path: %s", self.name, self.uuid, path,
-                 self.config_version, fastpath.IMPLEMENTATION)
+        log.info("router %s (%s) listening on %s; config version %d; fast path: %s; scheduling: %s", self.name,
+                 self.uuid, path, self.config_version, fastpath.IMPLEMENTATION, scheduling.current())
 
     async def stop(self) -> None:
         """Stop accepting, close every connection, remove the socket and the regions."""
@@ -1072,7 +1076,7 @@ class Router:
             "router": {"uuid": self.uuid, "name": self.name, "hive_id": self.hive_id,
                        "socket": str(self.socket_path), "pid": os.getpid(),
                        "uptime_s": round(time.time() - self._started_at, 3),
-                       "fast_path": fastpath.IMPLEMENTATION},
+                       "fast_path": fastpath.IMPLEMENTATION, "scheduling": scheduling.current()},
             "config_version": self.config_version,
             "nodes": [
                 {"uuid": c.uuid, "name": c.name, "vpn_id": c.vpn_id, "connected_at_ms": c.connected_at_ms,
@@ -1170,7 +1174,8 @@ def _load_or_create_uuid(settings: RouterSettings) -> str:
 
 
 async def run_router(settings: RouterSettings) -> None:
-    """Run until SIGINT/SIGTERM, then stop cleanly."""
+    """Run until SIGINT/SIGTERM, then stop cleanly (in the scheduling class ``settings`` asks for)."""
+    scheduling.apply(settings.scheduling)
     router = Router(settings)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

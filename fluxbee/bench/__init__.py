@@ -67,7 +67,7 @@ class Plan:
 class Result:
     rtt_us: list[float]
     msgs_per_s: float
-    fast_path: str = ""
+    notes: dict[str, str] = field(default_factory=dict)
     sustained_rtt_us: list[float] = field(default_factory=list)
     migrations_per_rtt: float = float("nan")
 
@@ -216,9 +216,9 @@ class _Peer(abc.ABC):
     async def close(self) -> None:
         """Release connections (processes are stopped by the caller)."""
 
-    async def describe(self) -> str:
-        """A note on how this peer runs (the fluxbee router says which fast path it uses)."""
-        return ""
+    async def describe(self) -> dict[str, str]:
+        """Notes on how this peer runs (the fluxbee router says its fast path and scheduling class)."""
+        return {}
 
 
 class _FloorPeer(_Peer):
@@ -338,9 +338,9 @@ class _FluxbeePeer(_Peer):
             raise RuntimeError(f"sink reported {done.payload!r}")
         return rate
 
-    async def describe(self) -> str:
-        status = await self.sender.router_status()
-        return str(status["router"].get("fast_path", "?"))
+    async def describe(self) -> dict[str, str]:
+        router = (await self.sender.router_status())["router"]
+        return {"fast_path": str(router.get("fast_path", "?")), "scheduling": str(router.get("scheduling", "?"))}
 
     async def close(self) -> None:
         await self.sender.close()
@@ -461,7 +461,7 @@ async def measure(plan: Plan, tmp: Path) -> dict[str, Result]:
                 await asyncio.sleep(REST_S)
                 sustained[peer.name] = await peer.rtt(plan.round_trips)
             rates: dict[str, list[float]] = {p.name: [] for p in peers}
-            fast_paths = {p.name: await p.describe() for p in peers}
+            notes = {p.name: await p.describe() for p in peers}
             for _ in range(3):
                 for peer in peers:
                     await asyncio.sleep(REST_S)
@@ -469,7 +469,7 @@ async def measure(plan: Plan, tmp: Path) -> dict[str, Result]:
         finally:
             for peer in peers:
                 await peer.close()
-    return {name: Result(samples[name], statistics.median(rates[name]), fast_paths.get(name, ""), sustained[name],
+    return {name: Result(samples[name], statistics.median(rates[name]), notes.get(name, {}), sustained[name],
                          migrations[name] / len(samples[name]))
             for name in samples}
 
@@ -512,7 +512,8 @@ async def _run_all(plan: Plan) -> dict[str, Any]:
         "nats": results["nats"].summary(),
         **memory,
         "payload_bytes": PAYLOAD_BYTES,
-        "router_fast_path": results["fluxbee"].fast_path,
+        "router_fast_path": results["fluxbee"].notes.get("fast_path", "?"),
+        "router_scheduling": results["fluxbee"].notes.get("scheduling", "?"),
         "round_trips": plan.round_trips,
         "messages": plan.messages,
         "idle_nodes": plan.idle_nodes,
@@ -553,7 +554,7 @@ def format_table(r: dict[str, Any]) -> str:
         f"NATS {r['nats']['sustained_rtt_us']['p50']:.1f} µs; routed/floor = "
         f"{ratios['sustained_fluxbee_p50_over_floor_p50']:.2f}, routed/NATS = "
         f"{ratios['sustained_fluxbee_p50_over_nats_p50']:.2f} (for the record; targets use the rested rounds)",
-        f"router fast path: {r['router_fast_path']}",
+        f"router fast path: {r['router_fast_path']}; scheduling class: {r['router_scheduling']}",
         f"({r['round_trips']:,} round trips each after warm-up, interleaved in rested rounds; one-way: median "
         f"of 3 bursts of {r['messages'] // 3:,} messages of {r['payload_bytes']} B)",
         "(CPU moves/rtt: how often the transport's processes changed CPU per round trip in the rested rounds; "

@@ -27,6 +27,7 @@ def test_fluxbee_bench_json_reports_every_transport_and_the_router_memory() -> N
                                      "fluxbee_msgs_over_nats_msgs", "sustained_fluxbee_p50_over_floor_p50",
                                      "sustained_fluxbee_p50_over_nats_p50"}
     assert result["router_fast_path"] == fastpath.IMPLEMENTATION  # the router said which one it runs
+    assert result["router_scheduling"] in ("batch", "normal")  # batch unless the platform refused it
 
 
 def test_fluxbee_bench_refuses_bad_sizes() -> None:

@@ -17,6 +17,7 @@ def fluxbee(*args: str) -> subprocess.CompletedProcess[str]:
     (("router", "--hive-id", "bad id!"), "hive id 'bad id!' must match"),
     (("router", "--hive-id", "h", "--router-name", "WF.not.a.router"), "must be an RT.* name"),
     (("router", "--hive-id", "h", "--metrics-addr", "nowhere"), "expected HOST:PORT"),
+    (("router", "--hive-id", "h", "--scheduling", "fifo"), "invalid choice: 'fifo' (choose from 'batch', 'inherit')"),
     (("send", "WF.echo", "--payload", "{bad"), "--payload is not valid JSON"),
     (("up", "--hive-id", "no spaces"), "must match"),
 ])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -241,6 +242,31 @@ async def test_router_status_and_metrics_report_nodes_and_counters(router: Route
     assert "fluxbee_router_delivered_total 2" in metrics
     assert "fluxbee_router_nodes 2" in metrics
     await asyncio.sleep(0)
+
+
+def _kernel_policy(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/sched").read_text().splitlines():
+        if line.startswith("policy"):
+            return int(line.rpartition(":")[2])
+    raise AssertionError(f"no policy line for {pid}")
+
+
+needs_sched_batch = pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="no SCHED_BATCH on this platform")
+
+
+@needs_sched_batch
+async def test_the_router_runs_in_sched_batch_by_default(router: RouterProc) -> None:
+    assert router.proc is not None
+    assert router.status()["router"]["scheduling"] == "batch"
+    assert _kernel_policy(router.proc.pid) == os.SCHED_BATCH
+
+
+@needs_sched_batch
+async def test_the_router_keeps_its_class_when_told_to_inherit(router_factory: Callable[..., RouterProc]) -> None:
+    router = router_factory(extra=("--scheduling", "inherit"))
+    assert router.proc is not None
+    assert router.status()["router"]["scheduling"] == "normal"
+    assert _kernel_policy(router.proc.pid) == os.SCHED_OTHER
 
 
 async def test_the_sdk_serves_config_get_and_applies_config_set(router: RouterProc, spawn: Callable[..., NodeProc],
