@@ -27,6 +27,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -91,6 +92,19 @@ def _pct(ordered: list[float], p: float) -> float:
     return ordered[k]
 
 
+def _die_with_parent() -> None:
+    """Run in a bench child before exec: SIGTERM it when the bench dies, even by SIGKILL (Linux).
+
+    Without it a killed bench would leave its routers, nodes and nats-server running, and the
+    routers' shared-memory regions behind.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 class _Proc:
     """A child process that prints READY when it can be used."""
 
@@ -99,7 +113,8 @@ class _Proc:
         self.argv = argv
         self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                   stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                  env={**os.environ, **(env or {})}, text=True)
+                                  env={**os.environ, **(env or {})}, text=True,
+                                  preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         if wait_ready:
             line = self.p.stdout.readline() if self.p.stdout else ""
             if line.strip() != "READY":
@@ -572,7 +587,19 @@ def run_bench(*, quick: bool, as_json: bool, round_trips: int | None = None, mes
         messages=messages if messages is not None else plan.messages,
         idle_nodes=idle_nodes if idle_nodes is not None else plan.idle_nodes,
     )
+
+    async def main() -> dict[str, Any]:
+        # SIGTERM stops the bench like Ctrl-C: its processes are stopped and its files removed.
+        task = asyncio.current_task()
+        if task is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await _run_all(plan)
+
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        result = runner.run(_run_all(plan))
+        try:
+            result = runner.run(main())
+        except asyncio.CancelledError:
+            print("fluxbee bench: stopped by SIGTERM", file=sys.stderr)
+            return 128 + signal.SIGTERM
     print(json.dumps(result) if as_json else format_table(result))
     return 0

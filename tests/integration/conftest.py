@@ -33,12 +33,20 @@ def router_factory(run_dir: Path) -> Iterator[Callable[..., RouterProc]]:
         return r
 
     yield make
+    problems: list[str] = []  # every router is stopped before any problem fails the test: no process leaks
     for r in started:
         uid = r.uuid if (run_dir / "routers").exists() and any((run_dir / "routers").glob("*.sock")) else None
-        assert r.stop() == 0, r.log_path.read_text()[-3000:]
+        try:
+            code = r.stop()
+        except AssertionError as err:
+            problems.append(str(err))
+            continue
+        if code != 0:
+            problems.append(f"router exited with {code}: {r.log_path.read_text()[-3000:]}")
         if uid is not None:
-            for name in (shm.node_table_name(uid), shm.config_region_name(uid)):
-                assert not Path("/dev/shm" + name).exists(), f"{name} left behind"
+            problems += [f"{name} left behind" for name in (shm.node_table_name(uid), shm.config_region_name(uid))
+                         if Path("/dev/shm" + name).exists()]
+    assert not problems, "\n".join(problems)
 
 
 @pytest.fixture

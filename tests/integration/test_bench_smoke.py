@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+import pytest
 
 from fluxbee.dataplane import fastpath
 
@@ -34,3 +40,50 @@ def test_fluxbee_bench_refuses_bad_sizes() -> None:
     done = subprocess.run([sys.executable, "-m", "fluxbee", "bench", "--round-trips", "0"], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2 and "positive whole number" in done.stderr
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _bench_regions() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("fluxbee-*")}
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_bench_stopped_by_a_signal_leaves_no_process_or_shared_memory(sig: signal.Signals) -> None:
+    regions_before = _bench_regions()
+    bench = subprocess.Popen([sys.executable, "-m", "fluxbee", "bench", "--round-trips", "1000000"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (_bench_regions() - regions_before and len(_children(bench.pid)) >= 4):
+            assert bench.poll() is None and time.monotonic() < deadline, "the bench did not start its peers"
+            time.sleep(0.1)
+        children = _children(bench.pid)
+        bench.send_signal(sig)
+        _, stderr = bench.communicate(timeout=60)
+        if sig == signal.SIGTERM:
+            assert bench.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in stderr
+        deadline = time.monotonic() + 20
+        while any(_alive(c) for c in children) or _bench_regions() - regions_before:
+            assert time.monotonic() < deadline, (
+                f"left behind: {[c for c in children if _alive(c)]}, {_bench_regions() - regions_before}")
+            time.sleep(0.1)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
