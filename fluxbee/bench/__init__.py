@@ -27,7 +27,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -45,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
+
+from fluxbee.procs import die_with_parent
 
 HEADER = struct.Struct(">I")
 PAYLOAD_BYTES = 200
@@ -92,19 +93,6 @@ def _pct(ordered: list[float], p: float) -> float:
     return ordered[k]
 
 
-def _die_with_parent() -> None:
-    """Run in a bench child before exec: SIGTERM it when the bench dies, even by SIGKILL (Linux).
-
-    Without it a killed bench would leave its routers, nodes and nats-server running, and the
-    routers' shared-memory regions behind.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
 class _Proc:
     """A child process that prints READY when it can be used."""
 
@@ -114,7 +102,7 @@ class _Proc:
         self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                   stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                                   env={**os.environ, **(env or {})}, text=True,
-                                  preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                                  preexec_fn=die_with_parent if sys.platform == "linux" else None)
         if wait_ready:
             line = self.p.stdout.readline() if self.p.stdout else ""
             if line.strip() != "READY":

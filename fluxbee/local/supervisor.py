@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from fluxbee.local.plan import PlanError, plan_hive
 from fluxbee.local.plan_types import HivePlan, ProcessSpec
 from fluxbee.local.store import RuntimeStore
 from fluxbee.models import FluxNode, Resource, ResourceError, load_documents
+from fluxbee.procs import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,6 @@ class LocalHiveError(Exception):
 
 def default_hive_file() -> Path:
     return Path(str(importlib_resources.files("fluxbee") / "data" / "hive.yaml"))
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass(slots=True)
@@ -174,7 +169,7 @@ class LocalHive:
                 try:
                     sup.proc = await asyncio.create_subprocess_exec(
                         *sup.spec.argv, env={**os.environ, **dict(sup.spec.env)}, stdin=asyncio.subprocess.DEVNULL,
-                        stdout=logf, stderr=logf, start_new_session=True, preexec_fn=_die_with_parent,
+                        stdout=logf, stderr=logf, start_new_session=True, preexec_fn=die_with_parent,
                     )
                 except OSError as err:
                     log.error("%s: cannot start %s: %s; will retry in %.1f s", sup.spec.key, sup.spec.argv[0], err,

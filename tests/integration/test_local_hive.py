@@ -112,3 +112,33 @@ def test_a_node_that_keeps_failing_is_reported_on_the_terminal(run_dir: Path) ->
         assert "cannot open model file" in proc.stderr()
     finally:
         assert proc.stop() == 0, proc.stderr()[-3000:]
+
+
+def test_a_supervisor_killed_with_sigkill_takes_its_hive_down(run_dir: Path) -> None:
+    hive_file = run_dir / "hive.yaml"
+    hive_file.write_text(HIVE % "[]" + NODE % ("echo", "WF.echo", "fluxbee.echo", 1))
+    up = Up(run_dir, hive_file)
+    try:
+        wait_until(lambda: any((run_dir / "routers").glob("*.sock")) and "WF.echo@lh" in node_names(run_dir), 30,
+                   "the hive to come up")
+        children = [int(p.name) for p in Path("/proc").glob("[0-9]*")
+                    if _parent_of(int(p.name)) == up.proc.pid]
+        router_uuid = next((run_dir / "routers").glob("*.sock")).stem
+        assert len(children) >= 2  # the router and the echo node
+        up.proc.kill()
+        up.proc.wait()
+        # every child got SIGTERM from the kernel (PR_SET_PDEATHSIG) and cleaned up after itself
+        wait_until(lambda: not any(_parent_of(c) is not None for c in children), 20, "the children to exit")
+        wait_until(lambda: not list(Path("/dev/shm").glob(f"fluxbee-*{router_uuid}")), 5,
+                   "the router's regions to be removed")
+    finally:
+        up.stop()
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent of a live process (None once it is gone or a zombie)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[1])
