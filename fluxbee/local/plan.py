@@ -75,8 +75,9 @@ def plan_hive(
     router = ProcessSpec(
         key="router",
         argv=(sys.executable, "-m", "fluxbee", "router", "--hive-id", hid, "--run-dir", str(run_dir),
-              "--router-name", hive.spec.router_name, "--config", str(run_dir / "hive" / "config.json")),
-        digest=_digest(hid, hive.spec.router_name),
+              "--router-name", hive.spec.router_name, "--scheduling", hive.spec.router_scheduling,
+              "--config", str(run_dir / "hive" / "config.json")),
+        digest=_digest(hid, hive.spec.router_name, hive.spec.router_scheduling),
     )
     nodes: list[ProcessSpec] = []
     seen: set[str] = set()

@@ -148,6 +148,14 @@ class HiveSpec(_Model):
     hive_id: str | None = Field(default=None, description="Hive id; defaults to metadata.name.")
     role: Literal["motherbee", "worker"] = Field(default="motherbee", description="Hive role.")
     router_name: str = Field(default="RT.gateway", description="L2 name of the hive's router.")
+    router_scheduling: Literal["batch", "inherit"] = Field(
+        default="batch",
+        description=(
+            "CPU scheduling class of the router: batch (Linux SCHED_BATCH, the default: the router never "
+            "preempts the node that just wrote to it, so hand-offs stay on one CPU; tail latency grows when "
+            "every CPU is saturated) or inherit (keep the container's class)."
+        ),
+    )
     routes: list[RouteSpec] = Field(default_factory=list, description="Static routes.")
     vpns: list[VpnSpec] = Field(default_factory=list, description="VPN rules.")
     image: str | None = Field(

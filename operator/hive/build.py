@@ -93,6 +93,8 @@ def _router_container(hive: Hive, settings: OperatorSettings, image: str) -> dic
             f"{CONFIG_MOUNT}/{CONFIG_KEY}",
             "--router-name",
             hive.spec.router_name,
+            "--scheduling",
+            hive.spec.router_scheduling,
             "--metrics-addr",
             f"0.0.0.0:{port}",
         ],

@@ -60,6 +60,14 @@ def test_a_config_change_changes_the_digest_but_a_replica_count_does_not() -> No
     assert a.digest == c.digest
 
 
+def test_the_router_runs_in_the_hives_scheduling_class_and_restarts_when_it_changes() -> None:
+    default = plan(HIVE + node("WF.echo")).router
+    assert default.argv[default.argv.index("--scheduling") + 1] == "batch"
+    inherit = plan(HIVE.replace("spec:\n", "spec:\n  routerScheduling: inherit\n") + node("WF.echo")).router
+    assert inherit.argv[inherit.argv.index("--scheduling") + 1] == "inherit"
+    assert inherit.digest != default.digest  # the supervisor restarts the router with the new class
+
+
 def test_the_hive_id_can_be_overridden() -> None:
     assert plan(HIVE + node("WF.echo"), hive_id="other").hive_id == "other"
 
@@ -84,6 +92,7 @@ def test_hive_files_that_cannot_run_are_refused_with_the_reason(text: str, reaso
     ("kind: Gadget\nmetadata: {name: x}", "unknown kind"),
     ("- a list", "expected a mapping"),
     ("{unclosed", "invalid YAML"),
+    (HIVE.replace("spec:\n", "spec:\n  routerScheduling: fifo\n"), "spec.routerScheduling"),
 ])
 def test_invalid_documents_name_the_document_and_the_field(text: str, reason: str) -> None:
     with pytest.raises(ResourceError) as err:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
+
 from fluxbee.models import FluxNode, Hive, PolicySpec, Runtime
 from fluxbee.models.effective import config_digest, effective_config
 from fluxbee.operator.children import is_subset
@@ -67,6 +70,19 @@ def test_hive_pod_template_does_not_depend_on_routes() -> None:
     assert [c["name"] for c in no_admin["spec"]["template"]["spec"]["containers"]] == ["router"]
     assert [s["metadata"]["name"] for s in build_services(hive(admin={"enabled": False}), "ns")] \
         == ["h-gateway"]
+
+
+def test_the_router_container_gets_the_hives_scheduling_class() -> None:
+    def command(h: Hive) -> list[str]:
+        containers = build_daemon_set(h, "ns", SETTINGS)["spec"]["template"]["spec"]["containers"]
+        return list(next(c for c in containers if c["name"] == "router")["command"])
+
+    default = command(hive())
+    assert default[default.index("--scheduling") + 1] == "batch"
+    inherit = command(hive(routerScheduling="inherit"))
+    assert inherit[inherit.index("--scheduling") + 1] == "inherit"
+    with pytest.raises(ValidationError, match="routerScheduling"):
+        hive(routerScheduling="fifo")
 
 
 def test_pod_spec_digest_changes_with_config_and_image_only() -> None:
