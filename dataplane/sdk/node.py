@@ -709,7 +709,10 @@ class NodeSender:
         """Send one message; returns its trace id.  Waits while the router is not reading."""
         trace = trace_id or _new_trace_id()
         client = self._c
-        frame = client.frame(dst, payload, trace, msg_type, msg, meta, ttl)
+        if msg_type == _TYPE_USER and meta is None and msg is None and ttl == _DEFAULT_TTL:
+            frame = client.splice(dst, payload, trace)  # the usual message, without frame()'s dispatch
+        else:
+            frame = client.frame(dst, payload, trace, msg_type, msg, meta, ttl)
         if client.ready:
             client._queue(frame)  # the usual case, without a coroutine for write()
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 
 import msgspec
@@ -138,6 +139,22 @@ def test_trace_ids_are_unique_version_4_uuids() -> None:
     ids = {wire.new_trace_id() for _ in range(10_000)}
     assert len(ids) == 10_000
     assert all(uuid.UUID(i).version == 4 for i in list(ids)[:100])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_draws_its_own_trace_id_prefix() -> None:
+    parent = wire.new_trace_id()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next trace id and leave at once
+        os.write(write_end, wire.new_trace_id().encode())
+        os._exit(0)
+    os.close(write_end)
+    child = os.read(read_end, 100).decode()
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert uuid.UUID(child).version == 4
+    assert child[:24] != parent[:24]  # same counter position, different random prefix: no collision
 
 
 def test_hello_and_announce_payloads_use_the_original_field_names() -> None:
