@@ -97,17 +97,18 @@ async def test_a_burst_is_coalesced_into_one_write_per_loop_iteration_in_order(c
     assert [m.payload for m in transport.frames()] == list(range(300))
 
 
-async def test_a_burst_over_64_kib_is_written_in_chunks_without_waiting_for_the_iteration(clock: Clock) -> None:
+async def test_a_long_burst_is_written_in_chunks_without_waiting_for_the_iteration(clock: Clock) -> None:
     client, _, transport = attach(asyncio.get_running_loop())
     sender = NodeSender(client)
     payload = "p" * 1_000
-    for i in range(200):
+    count = 3 * sdk_node._CHUNK // 1_000
+    for i in range(count):
         clock.now += 1_000
         await sender.send("WF.x", [i, payload])
-    assert 2 < len(transport.writes) < 10
-    assert all(len(w) <= 65_536 + 2_000 for w in transport.writes)
+    assert 2 + 2 <= len(transport.writes) <= 2 + 3  # two at once, then full chunks before the iteration ends
+    assert all(len(w) <= sdk_node._CHUNK + 2_000 for w in transport.writes)
     await asyncio.sleep(0)
-    assert [m.payload[0] for m in transport.frames()] == list(range(200))
+    assert [m.payload[0] for m in transport.frames()] == list(range(count))
 
 
 async def test_a_request_is_answered_by_the_frame_with_its_trace_id(clock: Clock) -> None:
