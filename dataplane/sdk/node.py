@@ -578,6 +578,13 @@ class _Client:
         self._queue(frame)
         return True
 
+    def write_if_ready(self, frame: bytes) -> bool:
+        """Queue a frame if it can go without waiting (the usual case: no coroutine); else False."""
+        if not self.ready:
+            return False
+        self._queue(frame)
+        return True
+
     async def write(self, frame: bytes) -> None:
         """Queue a frame, waiting first while disconnected or while the router is not reading."""
         if not self.ready:
@@ -716,9 +723,7 @@ class NodeSender:
             frame = client.splice(dst, payload, trace)  # the usual message, without frame()'s dispatch
         else:
             frame = client.frame(dst, payload, trace, msg_type, msg, meta, ttl)
-        if client.ready:
-            client._queue(frame)  # the usual case, without a coroutine for write()
-        else:
+        if not client.write_if_ready(frame):
             await client.write(frame)
         return trace
 
@@ -726,9 +731,8 @@ class NodeSender:
                     msg: str | None = None, meta: Meta | None = None, trace_id: str | None = None,
                     ttl: int = wire.DEFAULT_TTL) -> str:
         """Send without waiting (for ``on_message`` callbacks).  Raises NotConnectedError when down."""
-        trace = trace_id or wire.new_trace_id()
-        if not self._c.write_nowait(self._c.build(dst, payload, msg_type=msg_type, msg=msg, trace_id=trace,
-                                                  ttl=ttl, meta=meta)):
+        trace = trace_id or _new_trace_id()
+        if not self._c.write_nowait(self._c.frame(dst, payload, trace, msg_type, msg, meta, ttl)):
             raise NotConnectedError("not connected to the router")
         return trace
 
@@ -765,9 +769,7 @@ class NodeSender:
             client.start_sweeper()
         try:
             frame = client.frame(dst, payload, trace, msg_type, msg, meta, ttl)
-            if client.ready:
-                client._queue(frame)  # the usual case, without a coroutine for write()
-            else:
+            if not client.write_if_ready(frame):
                 await client.write(frame)
             reply = await future
         finally:

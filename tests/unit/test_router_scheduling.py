@@ -14,11 +14,12 @@ from fluxbee.dataplane.router import scheduling
 needs_sched = pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="no SCHED_BATCH on this platform")
 
 
-def in_child(before: str, policy: str) -> tuple[str, int]:
+def in_child(before: str, policy: str, *, as_nobody: bool = False) -> tuple[str, int]:
     """Apply ``policy`` in a fresh process (first put in class ``before``); the class reported and the kernel's."""
     code = (
         "import os; from fluxbee.dataplane.router import scheduling\n"
-        f"before = {before!r}\n"
+        + ("os.setgid(65534); os.setuid(65534)\n" if as_nobody else "")
+        + f"before = {before!r}\n"
         "if before != 'normal': os.sched_setscheduler(0, getattr(os, 'SCHED_' + before.upper()), os.sched_param(0))\n"
         f"print(scheduling.apply({policy!r}))\n"
         "print([l for l in open('/proc/self/sched') if l.startswith('policy')][0].rpartition(':')[2].strip())\n"
@@ -31,6 +32,12 @@ def in_child(before: str, policy: str) -> tuple[str, int]:
 @needs_sched
 def test_batch_moves_a_normal_process_to_sched_batch() -> None:
     assert in_child("normal", "batch") == ("batch", os.SCHED_BATCH)
+
+
+@needs_sched
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to become another user")
+def test_an_unprivileged_router_can_switch_to_sched_batch() -> None:
+    assert in_child("normal", "batch", as_nobody=True) == ("batch", os.SCHED_BATCH)
 
 
 @needs_sched
