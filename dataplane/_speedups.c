@@ -1,4 +1,5 @@
-/* The hot paths in C: cut frames out of a read, check a frame's envelope and stamp it.
+/* The hot paths in C: cut frames out of a read, check a frame's envelope and stamp it,
+ * and stamp a whole run of frames bound for the same node.
  *
  * scan(body, node, stamp) -> (dst, meta, frame) | None
  *
@@ -22,6 +23,13 @@
  * general path would reject.  tests/unit/test_fastpath.py checks that
  * against msgspec on generated and mutated frames.
  *
+ * extend(bodies, start, node, stamp, dst, meta, soft, hard) -> (data, count)
+ *
+ * The frames at bodies[start:] that scan() takes with this same destination
+ * and meta, stamped and joined into one bytes object: a burst to one node
+ * costs the router one step instead of one per frame (see the comment above
+ * extend() for where a run stops).
+ *
  * split(data, max_frame) -> (bodies, consumed, oversize)
  *
  * Cuts the complete frames (4-byte big-endian length + body) off the front
@@ -33,6 +41,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 #define MAX_DEPTH 64
@@ -82,11 +91,31 @@ static Py_ssize_t utf8_len(cur p, cur end)
     return n;
 }
 
+/* Eight bytes at a time: nonzero when any of them needs a look of its own
+ * (a quote, a backslash, a control character or a non-ASCII byte).  The
+ * zero-byte test below has no false negatives, so a word that reads zero
+ * holds none of those; a false positive only sends the word to the
+ * byte-by-byte loop. */
+#define ONES UINT64_C(0x0101010101010101)
+#define HIGHS UINT64_C(0x8080808080808080)
+#define HAS_ZERO(x) (((x) - ONES) & ~(x) & HIGHS)
+
+static int word_is_special(cur p)
+{
+    uint64_t x;
+    memcpy(&x, p, sizeof x);
+    uint64_t below_space = (x - ONES * 0x20) & ~x & HIGHS;
+    return (below_space | HAS_ZERO(x ^ (ONES * '"')) | HAS_ZERO(x ^ (ONES * '\\')) | (x & HIGHS)) != 0;
+}
+
 /* p at the opening quote; returns the position after the closing quote. */
 static cur skip_string(cur p, cur end)
 {
     p++;
     while (p < end) {
+        while (end - p >= 8 && !word_is_special(p))
+            p += 8;
+        if (p >= end) break;
         unsigned char c = *p;
         if (c == '"') return p + 1;
         if (c < 0x20) return NULL;
@@ -209,14 +238,78 @@ static cur plain_string(cur p, cur end)
 #define EXPECT(lit)                                                   \
     do {                                                              \
         Py_ssize_t n_ = (Py_ssize_t)(sizeof(lit) - 1);                \
-        if (end - p < n_ || memcmp(p, lit, (size_t)n_) != 0) goto no; \
+        if (end - p < n_ || memcmp(p, lit, (size_t)n_) != 0) return 0; \
         p += n_;                                                      \
     } while (0)
+
+/* Where the parts of a checked frame are. */
+typedef struct {
+    cur dst, dst_end;         /* routing.dst, without its quotes */
+    cur routing_close;        /* the '}' that closes routing: the stamp goes before it */
+    cur meta, meta_end;       /* the meta object */
+} parts;
+
+/* 1 if [start, end) is a canonical envelope from ``node`` the router may forward as is. */
+static int check(cur start, cur end, const char *node, Py_ssize_t node_len, parts *out)
+{
+    cur p = start;
+    EXPECT("{\"routing\":{\"src\":\"");
+    if (end - p < node_len + 1 || memcmp(p, node, (size_t)node_len) != 0 || p[node_len] != '"') return 0;
+    p += node_len + 1;
+    EXPECT(",\"dst\":\"");
+    out->dst = p;
+    out->dst_end = plain_string(p, end);
+    if (out->dst_end == NULL) return 0;
+    p = out->dst_end + 1;
+    EXPECT(",\"ttl\":");
+    {
+        int ttl = 0, digits = 0;
+        if (p < end && *p == '0') return 0;  /* ttl 0 (TTL_EXCEEDED) or a leading zero */
+        while (p < end && *p >= '0' && *p <= '9' && digits < 4) {
+            ttl = ttl * 10 + (*p - '0');
+            p++;
+            digits++;
+        }
+        if (digits == 0 || ttl > 255) return 0;
+    }
+    EXPECT(",\"trace_id\":\"");
+    p = plain_string(p, end);
+    if (p == NULL) return 0;
+    p++;
+    if (p >= end || *p != '}') return 0;
+    out->routing_close = p;
+    p++;
+    EXPECT(",\"meta\":");
+    if (p >= end || *p != '{') return 0;
+    out->meta = p;
+    out->meta_end = skip_container(p, end, 1);
+    if (out->meta_end == NULL) return 0;
+    p = out->meta_end;
+    EXPECT(",\"payload\":");
+    p = skip_value(p, end, 1);
+    if (p == NULL) return 0;
+    return end - p == 1 && *p == '}';
+}
+
+/* Write the stamped frame of a checked body (``body_len`` + ``stamp_len`` + 4 bytes) at ``out``. */
+static void stamp_into(char *out, cur start, Py_ssize_t body_len, const parts *at, const Py_buffer *stamp)
+{
+    Py_ssize_t head = at->routing_close - start;
+    Py_ssize_t size = body_len + stamp->len;
+    out[0] = (char)((size >> 24) & 0xFF);
+    out[1] = (char)((size >> 16) & 0xFF);
+    out[2] = (char)((size >> 8) & 0xFF);
+    out[3] = (char)(size & 0xFF);
+    memcpy(out + 4, start, (size_t)head);
+    memcpy(out + 4 + head, stamp->buf, (size_t)stamp->len);
+    memcpy(out + 4 + head + stamp->len, at->routing_close, (size_t)(body_len - head));
+}
 
 static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer body, node, stamp;
     PyObject *result = NULL;
+    parts at;
     (void)self;
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "scan(body, node, stamp) takes 3 arguments");
@@ -232,62 +325,17 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyBuffer_Release(&body);
         return NULL;
     }
-    cur start = (cur)body.buf, p = start, end = start + body.len;
-    cur dst, dst_end, routing_close, meta, meta_end;
-
-    EXPECT("{\"routing\":{\"src\":\"");
-    if (end - p < node.len + 1 || memcmp(p, node.buf, (size_t)node.len) != 0 || p[node.len] != '"') goto no;
-    p += node.len + 1;
-    EXPECT(",\"dst\":\"");
-    dst = p;
-    dst_end = plain_string(p, end);
-    if (dst_end == NULL) goto no;
-    p = dst_end + 1;
-    EXPECT(",\"ttl\":");
-    {
-        int ttl = 0, digits = 0;
-        if (p < end && *p == '0') goto no;  /* ttl 0 (TTL_EXCEEDED) or a leading zero */
-        while (p < end && *p >= '0' && *p <= '9' && digits < 4) {
-            ttl = ttl * 10 + (*p - '0');
-            p++;
-            digits++;
-        }
-        if (digits == 0 || ttl > 255) goto no;
+    cur start = (cur)body.buf;
+    if (!check(start, start + body.len, (const char *)node.buf, node.len, &at) || body.len + stamp.len > MAX_FRAME) {
+        result = Py_NewRef(Py_None);
+        goto done;
     }
-    EXPECT(",\"trace_id\":\"");
-    p = plain_string(p, end);
-    if (p == NULL) goto no;
-    p++;
-    if (p >= end || *p != '}') goto no;
-    routing_close = p;
-    p++;
-    EXPECT(",\"meta\":");
-    if (p >= end || *p != '{') goto no;
-    meta = p;
-    meta_end = skip_container(p, end, 1);
-    if (meta_end == NULL) goto no;
-    p = meta_end;
-    EXPECT(",\"payload\":");
-    p = skip_value(p, end, 1);
-    if (p == NULL) goto no;
-    if (end - p != 1 || *p != '}') goto no;
-
     {
-        Py_ssize_t head = routing_close - start;
-        Py_ssize_t size = body.len + stamp.len;
-        if (size > MAX_FRAME) goto no;
-        PyObject *frame = PyBytes_FromStringAndSize(NULL, size + 4);
+        PyObject *frame = PyBytes_FromStringAndSize(NULL, body.len + stamp.len + 4);
         if (frame == NULL) goto done;
-        char *out = PyBytes_AS_STRING(frame);
-        out[0] = (char)((size >> 24) & 0xFF);
-        out[1] = (char)((size >> 16) & 0xFF);
-        out[2] = (char)((size >> 8) & 0xFF);
-        out[3] = (char)(size & 0xFF);
-        memcpy(out + 4, start, (size_t)head);
-        memcpy(out + 4 + head, stamp.buf, (size_t)stamp.len);
-        memcpy(out + 4 + head + stamp.len, routing_close, (size_t)(body.len - head));
-        PyObject *d = PyUnicode_DecodeASCII((const char *)dst, dst_end - dst, NULL);
-        PyObject *m = PyBytes_FromStringAndSize((const char *)meta, meta_end - meta);
+        stamp_into(PyBytes_AS_STRING(frame), start, body.len, &at, &stamp);
+        PyObject *d = PyUnicode_DecodeASCII((const char *)at.dst, at.dst_end - at.dst, NULL);
+        PyObject *m = PyBytes_FromStringAndSize((const char *)at.meta, at.meta_end - at.meta);
         if (d == NULL || m == NULL) {
             Py_XDECREF(d);
             Py_XDECREF(m);
@@ -298,14 +346,109 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(d);
         Py_DECREF(m);
         Py_DECREF(frame);
-        goto done;
     }
-no:
-    result = Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&stamp);
     PyBuffer_Release(&node);
     PyBuffer_Release(&body);
+    return result;
+}
+
+/* extend(bodies, start, node, stamp, dst, meta, soft, hard) -> (data, count)
+ *
+ * The run of frames at bodies[start:] that scan() would take with this very
+ * ``dst`` and ``meta``, stamped and joined: ``data`` is what the router
+ * appends to the destination's buffer for all ``count`` of them.  The run
+ * stops at the first frame that differs (or is not bytes), and before a frame
+ * once ``soft`` bytes are reached or when the frame would take the run past
+ * ``hard`` bytes -- the router's "block the producer past the high-water
+ * mark" and "refuse what does not fit" decisions, which it then takes for the
+ * next frame on its own.
+ */
+static PyObject *extend(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer node, stamp, meta;
+    PyObject *result = NULL;
+    Py_ssize_t *heads = NULL;
+    (void)self;
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "extend(bodies, start, node, stamp, dst, meta, soft, hard) takes 8 arguments");
+        return NULL;
+    }
+    if (!PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "extend: bodies must be a list");
+        return NULL;
+    }
+    if (!PyUnicode_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "extend: dst must be a str");
+        return NULL;
+    }
+    Py_ssize_t first = PyLong_AsSsize_t(args[1]);
+    if (first == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t soft = PyLong_AsSsize_t(args[6]);
+    if (soft == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t hard = PyLong_AsSsize_t(args[7]);
+    if (hard == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t dst_len;
+    const char *dst = PyUnicode_AsUTF8AndSize(args[4], &dst_len);
+    if (dst == NULL) return NULL;
+    if (PyObject_GetBuffer(args[2], &node, PyBUF_SIMPLE) < 0) return NULL;
+    if (PyObject_GetBuffer(args[3], &stamp, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&node);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[5], &meta, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&stamp);
+        PyBuffer_Release(&node);
+        return NULL;
+    }
+    PyObject *bodies = args[0];
+    Py_ssize_t n = PyList_GET_SIZE(bodies);
+    if (first < 0) first = 0;
+    Py_ssize_t count = 0, total = 0;
+    if (first < n) {
+        heads = PyMem_New(Py_ssize_t, (size_t)(n - first));
+        if (heads == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    /* First pass: how far the run goes (the list cannot change: the GIL is held and nothing here calls back). */
+    for (Py_ssize_t i = first; i < n && total < soft; i++) {
+        PyObject *item = PyList_GET_ITEM(bodies, i);
+        if (!PyBytes_CheckExact(item)) break;
+        cur start = (cur)PyBytes_AS_STRING(item);
+        Py_ssize_t len = PyBytes_GET_SIZE(item);
+        parts at;
+        if (!check(start, start + len, (const char *)node.buf, node.len, &at)) break;
+        if (len + stamp.len > MAX_FRAME) break;
+        if (at.dst_end - at.dst != dst_len || memcmp(at.dst, dst, (size_t)dst_len) != 0) break;
+        if (at.meta_end - at.meta != meta.len || memcmp(at.meta, meta.buf, (size_t)meta.len) != 0) break;
+        Py_ssize_t size = len + stamp.len + 4;
+        if (size > hard - total) break;
+        heads[count++] = at.routing_close - start;
+        total += size;
+    }
+    {
+        PyObject *data = PyBytes_FromStringAndSize(NULL, total);
+        if (data == NULL) goto done;
+        char *out = PyBytes_AS_STRING(data);
+        for (Py_ssize_t k = 0; k < count; k++) {
+            PyObject *item = PyList_GET_ITEM(bodies, first + k);
+            cur start = (cur)PyBytes_AS_STRING(item);
+            Py_ssize_t len = PyBytes_GET_SIZE(item);
+            parts at;
+            at.routing_close = start + heads[k];
+            stamp_into(out, start, len, &at, &stamp);
+            out += len + stamp.len + 4;
+        }
+        result = Py_BuildValue("(Nn)", data, count);
+    }
+done:
+    PyMem_Free(heads);
+    PyBuffer_Release(&meta);
+    PyBuffer_Release(&stamp);
+    PyBuffer_Release(&node);
     return result;
 }
 
@@ -350,6 +493,8 @@ done:
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "scan(body, node, stamp) -> (dst, meta, frame) | None: the router's fast path for one frame."},
+    {"extend", (PyCFunction)(void (*)(void))extend, METH_FASTCALL,
+     "extend(bodies, start, node, stamp, dst, meta, soft, hard) -> (data, count): a run of frames like the first."},
     {"split", (PyCFunction)(void (*)(void))split, METH_FASTCALL,
      "split(data, max_frame) -> (bodies, consumed, oversize): complete frames at the front of data."},
     {NULL, NULL, 0, NULL},

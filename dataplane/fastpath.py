@@ -14,6 +14,14 @@ error reply):
 differs returns None (the general path answers SRC_MISMATCH), as does
 ``ttl == 0`` (TTL_EXCEEDED).
 
+``extend(bodies, start, node, stamp, dst, meta, soft, hard)`` returns
+``(data, count)``: the frames at ``bodies[start:]`` that :func:`scan` takes
+with this same ``dst`` and ``meta``, stamped and joined, so the router handles
+a burst to one destination as one run instead of frame by frame.  The run
+ends at the first frame that differs, before a frame once ``soft`` bytes are
+reached, and before a frame that would take it past ``hard`` bytes (the
+router's high-water and buffer limits; it then decides that frame on its own).
+
 Two implementations give the same answers: the C extension
 ``fluxbee.dataplane._speedups`` (built when the package is installed, if a C
 compiler is present) and :func:`scan_py` below.  The C one accepts only the
@@ -33,6 +41,7 @@ import msgspec
 from fluxbee.dataplane import _native, wire
 
 Scan = Callable[[bytes, bytes, bytes], "tuple[str, bytes, bytes] | None"]
+Extend = Callable[[list[bytes], int, bytes, bytes, str, bytes, int, int], "tuple[bytes, int]"]
 
 _decode_raw = wire.raw_decoder.decode
 _encode = wire.encoder.encode
@@ -77,6 +86,23 @@ def make_stamp(name: str) -> bytes:
     return b',"src_l2_name":' + _encode(name)
 
 
+def extend_py(bodies: list[bytes], start: int, node: bytes, stamp: bytes, dst: str, meta: bytes,
+              soft: int, hard: int) -> tuple[bytes, int]:
+    """Pure-Python :func:`extend`."""
+    out: list[bytes] = []
+    total = 0
+    for index in range(start, len(bodies)):
+        if total >= soft:
+            break
+        hit = scan_py(bodies[index], node, stamp)
+        if hit is None or hit[0] != dst or hit[1] != meta or len(hit[2]) > hard - total:
+            break
+        out.append(hit[2])
+        total += len(hit[2])
+    return b"".join(out), len(out)
+
+
 scan: Final[Scan] = _native.speedups.scan if _native.speedups is not None else scan_py
+extend: Final[Extend] = _native.speedups.extend if _native.speedups is not None else extend_py
 IMPLEMENTATION: Final = _native.IMPLEMENTATION
 """Which implementation :data:`scan` is: ``"c"`` or why it is the Python one."""

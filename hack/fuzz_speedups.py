@@ -2,6 +2,7 @@
 
 Valid frames are mutated (bytes replaced, dropped, inserted, cut); every frame ``scan`` accepts
 must decode the same way in msgspec and be stamped exactly as the router's general path would.
+``extend`` must take exactly the frames ``scan`` takes with the same destination and meta, and
 ``split`` must never claim more bytes than it was given.  Deterministic for a given seed.
 """
 
@@ -12,6 +13,7 @@ import random
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit"))
 
@@ -20,6 +22,19 @@ import test_fastpath as cases  # noqa: E402
 from fluxbee.dataplane import _native  # noqa: E402
 
 ALPHABET = b'{}[]",:\\0123456789.eE+-tfnul \t\x00\x1f\x7f\x80\xbf\xc3\xed\xf0\xf4\xff'
+
+
+def _run(scan: Any, bodies: list[bytes], first: tuple[str, bytes, bytes], soft: int, hard: int) -> tuple[bytes, int]:
+    """What ``extend`` must return, frame by frame through ``scan``."""
+    out = b""
+    count = 0
+    for body in bodies:
+        hit = scan(body, cases.NODE_B, cases.STAMP)
+        if len(out) >= soft or hit is None or hit[:2] != first[:2] or len(out) + len(hit[2]) > hard:
+            break
+        out += hit[2]
+        count += 1
+    return out, count
 
 
 def main(seed: int, count: int) -> int:
@@ -64,6 +79,14 @@ def main(seed: int, count: int) -> int:
         exact = (ctypes.c_char * len(body)).from_buffer_copy(body) if body else b""
         if speedups.scan(exact, cases.NODE_B, cases.STAMP) != got:
             print(f"fuzz_speedups: scan read past the end of {body!r}", file=sys.stderr)
+            return 1
+        first = speedups.scan(seeds[0], cases.NODE_B, cases.STAMP)
+        assert first is not None
+        run = [seeds[0], body, seeds[0]]
+        soft, hard = rng.choice([10**6, rng.randrange(1, 2000)]), rng.choice([10**6, rng.randrange(0, 2000)])
+        if speedups.extend(run, 0, cases.NODE_B, cases.STAMP, first[0], first[1], soft, hard) != _run(
+                speedups.scan, run, first, soft, hard):
+            print(f"fuzz_speedups: extend and scan disagree on {body!r}", file=sys.stderr)
             return 1
         stream = len(body).to_bytes(4, "big") + body + body[: rng.randrange(len(body) + 1)]
         _, used, _ = speedups.split(stream, rng.randrange(0, 2 * len(body) + 1))

@@ -504,8 +504,15 @@ class Router:
         which makes the same decisions (``tests/unit/test_router_fastpath.py``
         runs each case through both).  Decoded metas are memoised by their
         bytes: most traffic repeats a handful of metas.
+
+        Once a frame is queued for a node, :func:`fastpath.extend` takes the
+        frames after it that go to the same ``dst`` with the same meta as one
+        run (one join, one step of this loop), up to the point where this loop
+        would block the producer (the destination's high-water mark) or refuse
+        a frame (its buffer cap); the loop then decides that frame itself.  A
+        name shared by several nodes gets no runs: each frame picks its node.
         """
-        scan = fastpath.scan
+        scan, extend = fastpath.scan, fastpath.extend
         metas = self._meta_cache
         by_uuid = self.by_uuid
         fast_names = self._fast_names
@@ -515,13 +522,17 @@ class Router:
         system, broadcast = wire.TYPE_SYSTEM, wire.BROADCAST
         node, node_b, stamp, vpn = conn.uuid, conn.uuid_bytes, conn.stamp, conn.vpn_id
         routed = 0
+        count = len(frames)
+        index = -1
         try:
-            for index, body in enumerate(frames):
-                if conn.closing:
+            while True:
+                index += 1
+                if index >= count or conn.closing:
                     break
                 if conn.blocked_on:
                     conn.backlog.extend(frames[index:])
                     break
+                body = frames[index]
                 if node is None:
                     self.on_frame(conn, body)  # the HELLO
                     node, node_b, stamp, vpn = conn.uuid, conn.uuid_bytes, conn.stamp, conn.vpn_id
@@ -545,6 +556,7 @@ class Router:
                 if meta.type == system or dst == broadcast:
                     vpn = self._general(conn, body)
                     continue
+                single = True
                 target = by_uuid.get(dst)
                 if target is None:
                     names = fast_names.get(dst)
@@ -554,7 +566,11 @@ class Router:
                             vpn = self._general(conn, body)
                             continue
                     conns = names.conns
-                    target = conns[0] if len(conns) == 1 else self._pick(names)
+                    if len(conns) == 1:
+                        target = conns[0]
+                    else:
+                        target = self._pick(names)
+                        single = False  # round robin: each frame picks its node
                 transport = target.transport
                 if target.vpn_id != vpn or target.closing or transport is None:
                     self.counters.frames_in += 1
@@ -571,9 +587,25 @@ class Router:
                     dirty.append(target)
                     target.out_base = base
                 out.append(frame)
-                target.out_bytes += size
+                size += target.out_bytes
                 routed += 1
-                if target is not conn and (target.congested_since is not None or target.out_bytes >= high_water):
+                if single and index + 1 < count:
+                    # The frames after it that go the same way, as one run (a burst costs one step).
+                    if target is conn:
+                        soft = room
+                    elif target.congested_since is not None:
+                        soft = 0
+                    else:
+                        soft = high_water - size
+                    if soft > 0:
+                        data, more = extend(frames, index + 1, node_b, stamp, dst, raw_meta, soft, room - base - size)
+                        if more:
+                            out.append(data)
+                            size += len(data)
+                            routed += more
+                            index += more
+                target.out_bytes = size
+                if target is not conn and (target.congested_since is not None or size >= high_water):
                     conn.block(target)
         finally:
             counters = self.counters

@@ -164,6 +164,26 @@ def test_the_c_path_is_stricter_than_msgspec_where_it_does_not_need_to_be_genera
     assert fastpath.scan_py(REFUSED[case], NODE_B, STAMP) is not None
 
 
+# Bytes a string scan must look at one by one, valid and not.  The C scan reads strings eight bytes
+# at a time; each of these goes at every offset of a word and at the string's last bytes.
+STRING_BYTES = [b"\x00", b"\x01", b"\x1f", b"\x7f", b"\x80", b"\xff", b"\xc3\xa9", b"\xe2\x82\xac",
+                b"\xf0\x9f\x90\x9d", b"\xc3", b"\xed\xa0\x80", b'\\"', b"\\\\", b"\\n", b"\\u00e9",
+                b"\\ud83d", b"\\", b'"', b" ", b"~"]
+TAKEN = {b"\x7f", b"\xc3\xa9", b"\xe2\x82\xac", b"\xf0\x9f\x90\x9d", b'\\"', b"\\\\", b"\\n", b"\\u00e9", b" ", b"~"}
+
+
+@pytest.mark.parametrize("scan", SCANS, ids=IDS)
+@pytest.mark.parametrize("special", STRING_BYTES)
+def test_special_bytes_at_every_offset_of_a_string(scan: Scan, special: bytes) -> None:
+    for before in range(0, 18):
+        for after in (0, 1, 7, 8, 9, 16):
+            text = b"a" * before + special + b"b" * after
+            body = frame_body(payload=1).replace(b'"payload":1}', b'"payload":"' + text + b'"}')
+            got = check(scan, body)  # whatever a scan takes is what the general path makes of it
+            if special in TAKEN:
+                assert got is not None, (special, before, after)
+
+
 # --- generated and mutated frames ------------------------------------------
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64) | st.floats(allow_nan=False, allow_infinity=False)

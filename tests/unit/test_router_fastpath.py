@@ -43,9 +43,11 @@ def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
         if _native.speedups is None:
             pytest.skip(f"the C extension is not in use: {_native.IMPLEMENTATION}")
         monkeypatch.setattr(fastpath, "scan", _native.speedups.scan)
+        monkeypatch.setattr(fastpath, "extend", _native.speedups.extend)
         monkeypatch.setattr(wire, "_split", _native.speedups.split)
     else:
         monkeypatch.setattr(fastpath, "scan", fastpath.scan_py)
+        monkeypatch.setattr(fastpath, "extend", fastpath.extend_py)
         monkeypatch.setattr(wire, "_split", None)
     return str(request.param)
 
@@ -115,8 +117,9 @@ class Hive:
         return out
 
 
-def build_hive(tmp: Path, *, routes: list[RouteSpec] | None = None, vpns: list[VpnSpec] | None = None) -> Hive:
-    router = Router(RouterSettings(hive_id=HIVE, run_dir=tmp), router_uuid=ROUTER_UUID)
+def build_hive(tmp: Path, *, routes: list[RouteSpec] | None = None, vpns: list[VpnSpec] | None = None,
+               **settings: Any) -> Hive:
+    router = Router(RouterSettings(hive_id=HIVE, run_dir=tmp, **settings), router_uuid=ROUTER_UUID)
     hive = Hive(router)
     if routes or vpns:
         router.apply_config(routes or [], vpns or [], source="test")
@@ -309,3 +312,105 @@ async def test_a_config_change_in_the_middle_of_a_read_applies_to_the_rest_of_it
     assert got == general.received()
     assert [m["payload"]["reason"] for m in got["WF.client"] if m["meta"].get("msg") == "UNREACHABLE"] == [
         "VPN_BLOCKED", "VPN_BLOCKED"]
+
+
+# --- runs: a burst to one destination is routed as one step ----------------
+def no_runs(*_: Any) -> tuple[bytes, int]:
+    return b"", 0
+
+
+RUN_LIMITS = {"high_water": 4096, "max_buffer": 12_000}  # small, so bursts cross both
+RUNS: dict[str, Callable[[], list[bytes]]] = {
+    "a burst to one node": lambda: [body("WF.other", i) for i in range(40)],
+    "a burst to itself": lambda: [body(CLIENT, i) for i in range(60)],
+    "a burst by uuid": lambda: [body(NODES["WF.other"], i) for i in range(40)],
+    "a burst to a load-balanced name": lambda: [body("WF.sink", i) for i in range(40)],
+    "runs broken by other destinations": lambda: [body("WF.other" if i % 7 else NODES["WF.other"], i)
+                                                  for i in range(50)],
+    "runs broken by another meta": lambda: [body("WF.other", i, meta={"type": "user", "thread_id": str(i // 5)})
+                                            for i in range(40)],
+    "a system frame and a broadcast in a burst": lambda: [
+        *(body("WF.other", i) for i in range(10)),
+        body("WF.other", None, meta={"type": "system", "msg": "NODE_STATUS_GET"}),
+        *(body("WF.other", i) for i in range(10)),
+        body("broadcast", trace="b-1"),
+        *(body("WF.other", i) for i in range(10))],
+    "frames the C path leaves alone in a burst": lambda: [
+        body("WF.other", i).replace(b'{"routing":', b'{ "routing":') if i % 9 == 4 else body("WF.other", i)
+        for i in range(40)],
+    "a spoofed frame in a burst": lambda: [body("WF.other", i, src=NODES["WF.other"] if i == 13 else CLIENT)
+                                           for i in range(30)],
+    "a frame too big for the buffer in a burst": lambda: [body("WF.other", "y" * (9000 if i == 3 else 10))
+                                                          for i in range(30)],
+    "a malformed frame ends a burst": lambda: [*(body("WF.other", i) for i in range(10)),
+                                               body("WF.other", meta={"type": 5}),
+                                               *(body("WF.other", i) for i in range(10))],
+}
+
+
+@pytest.mark.parametrize("congested", [False, True], ids=["", "congested"])
+@pytest.mark.parametrize("name", list(RUNS))
+async def test_runs_change_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str,
+                                   congested: bool) -> None:
+    """Routing a burst as runs delivers, refuses, blocks and holds back exactly what frame by frame does."""
+    frames = RUNS[name]()
+    extend = fastpath.extend
+    in_runs = [0]
+
+    def counted(*args: Any) -> tuple[bytes, int]:
+        data, count = extend(*args)
+        in_runs[0] += count
+        return data, count
+
+    hives = {}
+    for mode in ("runs", "frames"):
+        monkeypatch.setattr(fastpath, "extend", counted if mode == "runs" else no_runs)
+        hive = build_hive(tmp_path / mode, **RUN_LIMITS)
+        if congested:
+            hive.conns["WF.other"].pause_writing()
+        client = hive.conns["WF.client"]
+        client.data_received(b"".join(frame(b) for b in frames))
+        held = (len(client.backlog), sorted(c.name for c in client.blocked_on))
+        if congested:
+            hive.conns["WF.other"].resume_writing()
+        for _ in range(20):  # held frames drain once the batch that blocked them is written
+            await asyncio.sleep(0)
+        hives[mode] = (hive, held)
+    (runs, held_runs), (frames_hive, held_frames) = hives["runs"], hives["frames"]
+    assert held_runs == held_frames
+    assert runs.received() == frames_hive.received()
+    assert runs.router.counters.snapshot() == frames_hive.router.counters.snapshot()
+    assert {k: c.closing for k, c in runs.conns.items()} == {k: c.closing for k, c in frames_hive.conns.items()}
+    assert not runs.conns["WF.client"].backlog
+    if name == "a burst to a load-balanced name":
+        assert in_runs[0] == 0  # round robin: each frame picks its node
+    else:
+        assert in_runs[0] >= len(frames) // 4, in_runs  # the bursts did go as runs
+
+
+@pytest.mark.skipif(_native.speedups is None, reason="the C extension is not built")
+def test_c_and_python_runs_agree() -> None:
+    """Same bodies, same limits: the same run, byte for byte, at every start and limit."""
+    assert _native.speedups is not None
+    stamp = fastpath.make_stamp("WF.client@prod")
+    node = CLIENT.encode()
+    bodies = [body("WF.other", i, trace=f"t-{i}") for i in range(12)]
+    bodies[5] = body("WF.sink", 5, trace="t-5")
+    bodies[9] = body("WF.other", 9, trace="t-9", meta={"type": "user", "x": 1})
+    meta = b'{"type":"user"}'
+    size = len(fastpath.scan_py(bodies[0], node, stamp) or ("", b"", b"")[2])
+    for start in range(len(bodies) + 1):
+        for soft in (0, 1, size, size + 1, 3 * size, 10**6):
+            for hard in (0, size - 1, size, 2 * size + 1, 10**6):
+                args = (bodies, start, node, stamp, "WF.other", meta, soft, hard)
+                want = fastpath.extend_py(*args)
+                assert _native.speedups.extend(*args) == want, (start, soft, hard)
+                data, count = want
+                assert count == 0 or len(data) <= hard
+                if count:
+                    assert data == b"".join(fastpath.scan_py(b, node, stamp)[2]  # type: ignore[index]
+                                            for b in bodies[start : start + count])
+    assert _native.speedups.extend(bodies, 0, node, stamp, "WF.other", meta, 10**6, 10**6)[1] == 5
+    assert _native.speedups.extend([b"x", *bodies], 1, node, stamp, "WF.other", meta, 10**6, 10**6)[1] == 5
+    assert _native.speedups.extend([bytearray(bodies[0])], 0, node, stamp, "WF.other", meta, 10**6, 10**6) == (
+        b"", 0)
