@@ -37,7 +37,14 @@
  * a header announcing more than ``max_frame`` bytes, that size (the bodies
  * before it are still returned; the caller refuses the stream).
  *
- * Pure: no state, no I/O; the GIL is held throughout.
+ * frame(head, dst, ttl_trace, trace, meta, payload) -> bytes | None
+ * trace_seed(prefix); trace_id() -> str
+ *
+ * The sending side: a plain message's frame in one allocation, and trace
+ * ids (see the comments above them).
+ *
+ * No I/O; the GIL is held throughout.  The only state is the trace-id prefix
+ * and counter.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -490,11 +497,138 @@ done:
     return result;
 }
 
+/* ---- the sending side ------------------------------------------------- */
+
+/* Trace ids: a per-process prefix (set by wire.py, drawn again after fork) and a 48-bit counter,
+ * "<prefix><12 hex digits>", the same text as wire.py's pure-Python new_trace_id. */
+#define TRACE_PREFIX_MAX 64
+static char trace_prefix[TRACE_PREFIX_MAX];
+static Py_ssize_t trace_prefix_len;
+static uint64_t trace_counter;
+
+static PyObject *trace_seed(PyObject *self, PyObject *arg)
+{
+    Py_ssize_t len;
+    (void)self;
+    if (!PyUnicode_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "trace_seed: the prefix must be a str");
+        return NULL;
+    }
+    const char *text = PyUnicode_AsUTF8AndSize(arg, &len);
+    if (text == NULL) return NULL;
+    if (len > TRACE_PREFIX_MAX || !PyUnicode_IS_ASCII(arg)) {
+        PyErr_SetString(PyExc_ValueError, "trace_seed: the prefix must be ASCII, at most 64 characters");
+        return NULL;
+    }
+    memcpy(trace_prefix, text, (size_t)len);
+    trace_prefix_len = len;
+    trace_counter = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *trace_id(PyObject *self, PyObject *unused)
+{
+    static const char hex[] = "0123456789abcdef";
+    (void)self;
+    (void)unused;
+    PyObject *out = PyUnicode_New(trace_prefix_len + 12, 127);
+    if (out == NULL) return NULL;
+    char *text = (char *)PyUnicode_1BYTE_DATA(out);
+    memcpy(text, trace_prefix, (size_t)trace_prefix_len);
+    uint64_t n = trace_counter++ & UINT64_C(0xFFFFFFFFFFFF);
+    for (int i = 11; i >= 0; i--) {
+        text[trace_prefix_len + i] = hex[n & 0xF];
+        n >>= 4;
+    }
+    return out;
+}
+
+/* A str that JSON-encodes as itself between quotes (printable ASCII, no quote or backslash):
+ * its length with the quotes, or -1 (then the caller encodes with msgspec).  None counts as "null", length 4. */
+static Py_ssize_t plain_len(PyObject *text)
+{
+    if (text == Py_None) return 4;
+    if (!PyUnicode_Check(text) || !PyUnicode_IS_ASCII(text)) return -1;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    const unsigned char *c = PyUnicode_1BYTE_DATA(text);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (c[i] < 0x20 || c[i] == '"' || c[i] == '\\') return -1;
+    return n + 2;
+}
+
+static char *put_plain(char *out, PyObject *text, Py_ssize_t encoded)
+{
+    if (text == Py_None) {
+        memcpy(out, "null", 4);
+        return out + 4;
+    }
+    *out++ = '"';
+    memcpy(out, PyUnicode_1BYTE_DATA(text), (size_t)(encoded - 2));
+    out += encoded - 2;
+    *out++ = '"';
+    return out;
+}
+
+/* frame(head, dst, ttl_trace, trace, meta, payload) -> bytes | None
+ *
+ * The frame of a plain message from encoded parts, in one allocation: length header, then
+ * head + json(dst) + ttl_trace + json(trace) + meta + payload + "}".  dst (a str or None) and
+ * trace are written as they are when they need no escaping; otherwise it returns None and the
+ * caller joins msgspec-encoded parts instead.  The size limit is the caller's to check.
+ */
+static PyObject *frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "frame(head, dst, ttl_trace, trace, meta, payload) takes 6 arguments");
+        return NULL;
+    }
+    PyObject *head = args[0], *dst = args[1], *ttl_trace = args[2], *trace = args[3], *meta = args[4],
+             *payload = args[5];
+    if (!PyBytes_Check(head) || !PyBytes_Check(ttl_trace) || !PyBytes_Check(meta) || !PyBytes_Check(payload)) {
+        PyErr_SetString(PyExc_TypeError, "frame: head, ttl_trace, meta and payload must be bytes");
+        return NULL;
+    }
+    if (trace == Py_None) Py_RETURN_NONE;
+    Py_ssize_t dst_n = plain_len(dst), trace_n = plain_len(trace);
+    if (dst_n < 0 || trace_n < 0) Py_RETURN_NONE;
+    Py_ssize_t size = PyBytes_GET_SIZE(head) + dst_n + PyBytes_GET_SIZE(ttl_trace) + trace_n
+                      + PyBytes_GET_SIZE(meta) + PyBytes_GET_SIZE(payload) + 1;
+    if (size > 0x7FFFFFFF) {
+        PyErr_SetString(PyExc_OverflowError, "frame: too large");
+        return NULL;
+    }
+    PyObject *result = PyBytes_FromStringAndSize(NULL, size + 4);
+    if (result == NULL) return NULL;
+    char *out = PyBytes_AS_STRING(result);
+    out[0] = (char)((size >> 24) & 0xFF);
+    out[1] = (char)((size >> 16) & 0xFF);
+    out[2] = (char)((size >> 8) & 0xFF);
+    out[3] = (char)(size & 0xFF);
+    out += 4;
+    memcpy(out, PyBytes_AS_STRING(head), (size_t)PyBytes_GET_SIZE(head));
+    out += PyBytes_GET_SIZE(head);
+    out = put_plain(out, dst, dst_n);
+    memcpy(out, PyBytes_AS_STRING(ttl_trace), (size_t)PyBytes_GET_SIZE(ttl_trace));
+    out += PyBytes_GET_SIZE(ttl_trace);
+    out = put_plain(out, trace, trace_n);
+    memcpy(out, PyBytes_AS_STRING(meta), (size_t)PyBytes_GET_SIZE(meta));
+    out += PyBytes_GET_SIZE(meta);
+    memcpy(out, PyBytes_AS_STRING(payload), (size_t)PyBytes_GET_SIZE(payload));
+    out += PyBytes_GET_SIZE(payload);
+    *out = '}';
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "scan(body, node, stamp) -> (dst, meta, frame) | None: the router's fast path for one frame."},
     {"extend", (PyCFunction)(void (*)(void))extend, METH_FASTCALL,
      "extend(bodies, start, node, stamp, dst, meta, soft, hard) -> (data, count): a run of frames like the first."},
+    {"frame", (PyCFunction)(void (*)(void))frame, METH_FASTCALL,
+     "frame(head, dst, ttl_trace, trace, meta, payload) -> bytes | None: a plain message's frame in one piece."},
+    {"trace_seed", trace_seed, METH_O, "trace_seed(prefix): start trace ids over with this prefix."},
+    {"trace_id", trace_id, METH_NOARGS, "trace_id() -> str: the next trace id."},
     {"split", (PyCFunction)(void (*)(void))split, METH_FASTCALL,
      "split(data, max_frame) -> (bodies, consumed, oversize): complete frames at the front of data."},
     {NULL, NULL, 0, NULL},

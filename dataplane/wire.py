@@ -27,6 +27,7 @@ import itertools
 import os
 import struct
 import uuid as _uuid
+from collections.abc import Callable
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -241,16 +242,24 @@ def _reseed_trace_ids() -> None:
     variant = "89ab"[int(r[16], 16) & 3]
     _trace_prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{variant}{r[17:20]}-"
     _trace_counter = itertools.count()
+    if _native.speedups is not None:
+        _native.speedups.trace_seed(_trace_prefix)
 
 
 _reseed_trace_ids()
 os.register_at_fork(after_in_child=_reseed_trace_ids)
 
 
-def new_trace_id() -> str:
+def new_trace_id_py() -> str:
     """A fresh trace id (see above)."""
     # %-formatting measured 159 ns here, an f-string or format() ~197 ns
     return "%s%012x" % (_trace_prefix, next(_trace_counter) & 0xFFFFFFFFFFFF)  # noqa: UP031
+
+
+new_trace_id: Final[Callable[[], str]] = (
+    _native.speedups.trace_id if _native.speedups is not None else new_trace_id_py
+)
+"""A fresh trace id: the C extension writes the same text in ~45 ns instead of ~160."""
 
 
 def decode_raw(body: bytes | memoryview) -> RawEnvelope:

@@ -165,7 +165,7 @@ def format_status(status: dict[str, Any]) -> str:
     lines = [
         f"router  {router['name']}  uuid {router['uuid']}  pid {router['pid']}  config v{status['config_version']}",
         f"socket  {router['socket']}  fast path {router.get('fast_path', '?')}  "
-        f"scheduling {router.get('scheduling', '?')}",
+        f"scheduling {router.get('scheduling', '?')}  allocator {router.get('allocator', '?')}",
         "",
         f"{'NODE':40} {'UUID':36} {'VPN':>4}",
     ]

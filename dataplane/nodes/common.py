@@ -53,8 +53,12 @@ def node_config(
 
 
 def run_node(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
-    """Run ``main(stop)`` on uvloop until SIGINT/SIGTERM sets ``stop``."""
+    """Run ``main(stop)`` on uvloop until SIGINT/SIGTERM sets ``stop`` (allocator tuned: :mod:`..alloc`)."""
     import uvloop
+
+    from fluxbee.dataplane import alloc
+
+    alloc.tune()
 
     async def runner() -> None:
         stop = asyncio.Event()

@@ -57,7 +57,7 @@ from typing import Any, cast
 
 import msgspec
 
-from fluxbee.dataplane import fastpath, shm, wire
+from fluxbee.dataplane import alloc, fastpath, shm, wire
 from fluxbee.dataplane.router import scheduling
 from fluxbee.dataplane.router.config import (
     ROUTE_CACHE_LIMIT,
@@ -418,8 +418,9 @@ class Router:
                 asyncio.create_task(self._periodic(s.config_poll_s, self._poll_config), name="router-config-poll")
             )
         self.ready.set()
-        log.info("router %s (%s) listening on %s; config version %d; fast path: %s; scheduling: %s", self.name,
-                 self.uuid, path, self.config_version, fastpath.IMPLEMENTATION, scheduling.current())
+        log.info("router %s (%s) listening on %s; config version %d; fast path: %s; scheduling: %s; allocator: %s",
+                 self.name, self.uuid, path, self.config_version, fastpath.IMPLEMENTATION, scheduling.current(),
+                 alloc.state())
 
     async def stop(self) -> None:
         """Stop accepting, close every connection, remove the socket and the regions."""
@@ -1108,7 +1109,8 @@ class Router:
             "router": {"uuid": self.uuid, "name": self.name, "hive_id": self.hive_id,
                        "socket": str(self.socket_path), "pid": os.getpid(),
                        "uptime_s": round(time.time() - self._started_at, 3),
-                       "fast_path": fastpath.IMPLEMENTATION, "scheduling": scheduling.current()},
+                       "fast_path": fastpath.IMPLEMENTATION, "scheduling": scheduling.current(),
+                       "allocator": alloc.state()},
             "config_version": self.config_version,
             "nodes": [
                 {"uuid": c.uuid, "name": c.name, "vpn_id": c.vpn_id, "connected_at_ms": c.connected_at_ms,
@@ -1208,6 +1210,7 @@ def _load_or_create_uuid(settings: RouterSettings) -> str:
 async def run_router(settings: RouterSettings) -> None:
     """Run until SIGINT/SIGTERM, then stop cleanly (in the scheduling class ``settings`` asks for)."""
     scheduling.apply(settings.scheduling)
+    alloc.tune()
     router = Router(settings)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -32,7 +32,7 @@ from typing import Any, cast
 
 import msgspec
 
-from fluxbee.dataplane import shm, wire
+from fluxbee.dataplane import _native, shm, wire
 from fluxbee.dataplane.wire import Message, Meta, Routing
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,10 @@ _PLAIN_META_BYTES: dict[str, bytes] = {
 }
 _USER_META_BYTES = _PLAIN_META_BYTES[wire.TYPE_USER]
 _TTL_TRACE = b',"ttl":' + str(wire.DEFAULT_TTL).encode() + b',"trace_id":'
+_frame: Callable[[bytes, str | None, bytes, str, bytes, bytes], bytes | None] | None = (
+    _native.speedups.frame if _native.speedups is not None else None  # splice() in one allocation
+)
+_MAX_WIRE = wire.MAX_FRAME + wire.HEADER_SIZE
 _encode = wire.encoder.encode
 _decode_message = wire.message_decoder.decode
 _pack_header = wire.HEADER.pack
@@ -565,6 +569,12 @@ class _Client:
 
     def splice(self, dst: str | None, payload: Any, trace: str, middle: bytes = _USER_META_BYTES) -> bytes:
         """The frame of a plain message (default meta and TTL) from encoded parts, no Structs built."""
+        if _frame is not None:
+            out = _frame(self._head, dst, _TTL_TRACE, trace, middle, _encode(payload))
+            if out is not None:  # None: dst or trace needs escaping
+                if len(out) > _MAX_WIRE:
+                    raise wire.FrameTooLargeError(len(out) - wire.HEADER_SIZE)
+                return out
         body = b"".join((self._head, _encode(dst), _TTL_TRACE, _encode(trace), middle, _encode(payload), b"}"))
         size = len(body)
         if size > wire.MAX_FRAME:

@@ -1,7 +1,9 @@
 """``fluxbee bench``: routed request/reply and throughput against a floor and a peer, in one run.
 
 Three transports are measured by the same client process, one after the
-other, on the same machine:
+other, on the same machine (every Python process of the bench, for every
+transport, runs with the allocator settings of :mod:`fluxbee.dataplane.alloc`,
+as the router and ``fluxbee node`` do):
 
 * **floor** — a raw asyncio+uvloop Unix-socket ping-pong between two
   processes with the same 4-byte length framing (no routing at all);
@@ -220,7 +222,7 @@ class _Peer(abc.ABC):
         """Release connections (processes are stopped by the caller)."""
 
     async def describe(self) -> dict[str, str]:
-        """Notes on how this peer runs (the fluxbee router says its fast path and scheduling class)."""
+        """Notes on how this peer runs (the fluxbee router says its fast path, scheduling class and allocator)."""
         return {}
 
 
@@ -343,7 +345,7 @@ class _FluxbeePeer(_Peer):
 
     async def describe(self) -> dict[str, str]:
         router = (await self.sender.router_status())["router"]
-        return {"fast_path": str(router.get("fast_path", "?")), "scheduling": str(router.get("scheduling", "?"))}
+        return {key: str(router.get(key, "?")) for key in ("fast_path", "scheduling", "allocator")}
 
     async def close(self) -> None:
         await self.sender.close()
@@ -517,6 +519,7 @@ async def _run_all(plan: Plan) -> dict[str, Any]:
         "payload_bytes": PAYLOAD_BYTES,
         "router_fast_path": results["fluxbee"].notes.get("fast_path", "?"),
         "router_scheduling": results["fluxbee"].notes.get("scheduling", "?"),
+        "router_allocator": results["fluxbee"].notes.get("allocator", "?"),
         "round_trips": plan.round_trips,
         "messages": plan.messages,
         "idle_nodes": plan.idle_nodes,
@@ -557,7 +560,8 @@ def format_table(r: dict[str, Any]) -> str:
         f"NATS {r['nats']['sustained_rtt_us']['p50']:.1f} µs; routed/floor = "
         f"{ratios['sustained_fluxbee_p50_over_floor_p50']:.2f}, routed/NATS = "
         f"{ratios['sustained_fluxbee_p50_over_nats_p50']:.2f} (for the record; targets use the rested rounds)",
-        f"router fast path: {r['router_fast_path']}; scheduling class: {r['router_scheduling']}",
+        f"router fast path: {r['router_fast_path']}; scheduling class: {r['router_scheduling']}; "
+        f"allocator: {r['router_allocator']}",
         f"({r['round_trips']:,} round trips each after warm-up, interleaved in rested rounds; one-way: median "
         f"of 3 bursts of {r['messages'] // 3:,} messages of {r['payload_bytes']} B)",
         "(CPU moves/rtt: how often the transport's processes changed CPU per round trip in the rested rounds; "
@@ -583,6 +587,9 @@ def run_bench(*, quick: bool, as_json: bool, round_trips: int | None = None, mes
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         return await _run_all(plan)
 
+    from fluxbee.dataplane import alloc
+
+    alloc.tune()  # the client of every transport, like the bench's workers (workers.main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         try:
             result = runner.run(main())

@@ -261,6 +261,17 @@ async def test_the_router_runs_in_sched_batch_by_default(router: RouterProc) -> 
     assert _kernel_policy(router.proc.pid) == os.SCHED_BATCH
 
 
+async def test_the_router_says_how_its_allocator_runs(router: RouterProc) -> None:
+    """Tuned on glibc (fluxbee.dataplane.alloc) unless the environment sets malloc variables."""
+    import platform
+
+    state = router.status()["router"]["allocator"]
+    if any(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ):
+        assert state.startswith("environment (")
+    else:
+        assert state == ("tuned" if platform.libc_ver()[0] == "glibc" else "default (not glibc)")
+
+
 @needs_sched_batch
 async def test_the_router_keeps_its_class_when_told_to_inherit(router_factory: Callable[..., RouterProc]) -> None:
     router = router_factory(extra=("--scheduling", "inherit"))

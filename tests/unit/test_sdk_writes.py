@@ -201,3 +201,63 @@ async def test_nowait_sends_refuse_when_the_connection_is_down(clock: Clock) -> 
         sender.send_nowait("WF.x", 1)
     with pytest.raises(NotConnectedError):
         sender.reply_nowait(wire.Message(routing=wire.Routing(src="a", dst=None, ttl=1, trace_id="t")), 1)
+
+
+# --- the C extension's sending side against the pure-Python one ------------------
+needs_c = pytest.mark.skipif(sdk_node._frame is None, reason="the C extension is not built")
+ODD_TEXT = ["", "WF.sink", "WF.sink@*", "a\"b", "back\\slash", "tab\there", "\x00", "\x1f", "\x7f", "ü", "🐝",
+            "x" * 300]
+
+
+@needs_c
+@pytest.mark.parametrize("dst", [None, *ODD_TEXT])
+@pytest.mark.parametrize("trace", ODD_TEXT)
+def test_the_c_frame_is_byte_for_byte_the_joined_one(monkeypatch: pytest.MonkeyPatch, dst: str | None,
+                                                      trace: str) -> None:
+    client = _Client(NodeConfig(name="WF.t"))
+    payload = {"text": "hi", "n": [1, 2.5, None]}
+    fast = client.splice(dst, payload, trace)
+    monkeypatch.setattr(sdk_node, "_frame", None)
+    assert fast == client.splice(dst, payload, trace)
+    msg = wire.decode_message(fast[wire.HEADER_SIZE:])
+    assert (msg.routing.dst, msg.routing.trace_id, msg.payload) == (dst, trace, payload)
+
+
+@needs_c
+def test_the_c_frame_leaves_escaping_to_msgspec_and_the_size_limit_to_the_sdk() -> None:
+    frame = sdk_node._frame
+    assert frame is not None
+    head, tail = b'{"routing":{"src":"s","dst":', sdk_node._TTL_TRACE
+    assert frame(head, "a\"b", tail, "t", b"}", b"1") is None
+    assert frame(head, "d", tail, "\n", b"}", b"1") is None
+    out = frame(head, "d", tail, "t", b'},"meta":{"type":"user"},"payload":', b"1")
+    body = b'{"routing":{"src":"s","dst":"d","ttl":16,"trace_id":"t"},"meta":{"type":"user"},"payload":1}'
+    assert out == len(body).to_bytes(4, "big") + body
+    with pytest.raises(TypeError):
+        frame(head, "d", tail, "t", b"}", "1")
+    with pytest.raises(TypeError):
+        frame(head, "d", tail, "t")
+    client = _Client(NodeConfig(name="WF.t"))
+    client.splice("d", "x" * (wire.MAX_FRAME - 200), "t")
+    with pytest.raises(wire.FrameTooLargeError):
+        client.splice("d", "x" * wire.MAX_FRAME, "t")
+
+
+@pytest.mark.skipif(wire.new_trace_id is wire.new_trace_id_py, reason="the C extension is not built")
+def test_c_trace_ids_are_the_python_ones() -> None:
+    from fluxbee.dataplane import _native
+
+    c = _native.speedups
+    assert c is not None
+    try:
+        c.trace_seed("01234567-89ab-4cde-8f01-")
+        assert [c.trace_id() for _ in range(3)] == [f"01234567-89ab-4cde-8f01-{n:012x}" for n in range(3)]
+        with pytest.raises(ValueError):
+            c.trace_seed("ü")
+        with pytest.raises(ValueError):
+            c.trace_seed("x" * 65)
+        with pytest.raises(TypeError):
+            c.trace_seed(b"x")
+    finally:
+        wire._reseed_trace_ids()
+    assert wire.new_trace_id()[:24] == wire._trace_prefix
