@@ -1,4 +1,4 @@
-"""The router's per-frame fast path: check an envelope and stamp ``src_l2_name``.
+"""The router's fast path: check an envelope and stamp ``src_l2_name``, for one frame or a run of them.
 
 ``scan(body, node, stamp)`` returns ``(dst, meta, frame)`` for a frame the
 router may forward without decoding it into Python objects, or ``None`` when
