@@ -8,6 +8,12 @@ ARG PYTHON=3.11
 
 FROM python:${PYTHON}-slim AS build
 WORKDIR /src
+# A C compiler for the router's fast path and the SDK's frame builder (dataplane/_speedups.c).
+# Without it pip would still install, silently, the pure-Python path: about a third of the
+# throughput (BENCHMARKS.md), so the build below refuses an image without the extension.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 # The source tree has an `operator/` folder: never let the working directory onto sys.path.
 ENV PYTHONSAFEPATH=1
 RUN python -m venv /opt/fluxbee
@@ -18,7 +24,8 @@ COPY dataplane ./dataplane
 COPY operator ./operator
 RUN pip install --no-cache-dir --upgrade pip \
  && pip install --no-cache-dir . \
- && python -c "import fluxbee.operator.app, fluxbee.models"
+ && python -c "import fluxbee.operator.app, fluxbee.models" \
+ && python -c "from fluxbee.dataplane import _native as n; assert n.IMPLEMENTATION == 'c', n.IMPLEMENTATION"
 
 FROM python:${PYTHON}-slim
 LABEL org.opencontainers.image.title="fluxbee" \
