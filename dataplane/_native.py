@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
+FUNCTIONS = ("scan", "extend", "split", "frame", "trace_seed", "trace_id")
+"""What the Python side calls; a build from older sources that lacks one is not used."""
+
 
 def _load() -> tuple[ModuleType | None, str]:
     if os.environ.get("FLUXBEE_PURE_PYTHON"):
@@ -18,6 +21,9 @@ def _load() -> tuple[ModuleType | None, str]:
         from fluxbee.dataplane import _speedups  # type: ignore[attr-defined]
     except ImportError as err:
         return None, f"python (C extension not built: {err})"
+    missing = [name for name in FUNCTIONS if not callable(getattr(_speedups, name, None))]
+    if missing:  # e.g. new sources over an editable install that was not rebuilt
+        return None, f"python (C extension out of date, lacks {', '.join(missing)}: run `make setup` or reinstall)"
     return _speedups, "c"
 
 

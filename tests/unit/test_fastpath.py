@@ -295,3 +295,20 @@ def test_c_functions_refuse_wrong_arguments() -> None:
         _native.speedups.split(b"", "x")
     with pytest.raises(TypeError):
         _native.speedups.split(None, 10)
+
+
+def test_an_out_of_date_extension_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build from older sources (no extend()) falls back to Python with the reason, instead of crashing."""
+    import types
+
+    import fluxbee.dataplane
+
+    old = types.ModuleType("fluxbee.dataplane._speedups")
+    old.scan = fastpath.scan_py  # type: ignore[attr-defined]
+    old.split = lambda data, max_frame: ([], 0, 0)  # type: ignore[attr-defined]
+    monkeypatch.setattr(fluxbee.dataplane, "_speedups", old, raising=False)
+    monkeypatch.delenv("FLUXBEE_PURE_PYTHON", raising=False)
+    module, why = _native._load()
+    assert module is None
+    assert why == ("python (C extension out of date, lacks extend, frame, trace_seed, trace_id: "
+                   "run `make setup` or reinstall)")
