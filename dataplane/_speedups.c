@@ -312,8 +312,26 @@ static void stamp_into(char *out, cur start, Py_ssize_t body_len, const parts *a
     memcpy(out + 4 + head + stamp->len, at->routing_close, (size_t)(body_len - head));
 }
 
+/* Acquire the buffers of objs[0..n); on failure release what was taken and return -1. */
+static int get_buffers(Py_buffer *views, PyObject *const *objs, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (PyObject_GetBuffer(objs[i], &views[i], PyBUF_SIMPLE) < 0) {
+            while (i-- > 0) PyBuffer_Release(&views[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void release_buffers(Py_buffer *views, int n)
+{
+    for (int i = n - 1; i >= 0; i--) PyBuffer_Release(&views[i]);
+}
+
 static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    Py_buffer views[3];  /* body, node, stamp */
     Py_buffer body, node, stamp;
     PyObject *result = NULL;
     parts at;
@@ -322,16 +340,10 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "scan(body, node, stamp) takes 3 arguments");
         return NULL;
     }
-    if (PyObject_GetBuffer(args[0], &body, PyBUF_SIMPLE) < 0) return NULL;
-    if (PyObject_GetBuffer(args[1], &node, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&body);
-        return NULL;
-    }
-    if (PyObject_GetBuffer(args[2], &stamp, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&node);
-        PyBuffer_Release(&body);
-        return NULL;
-    }
+    if (get_buffers(views, args, 3) < 0) return NULL;
+    body = views[0];
+    node = views[1];
+    stamp = views[2];
     cur start = (cur)body.buf;
     if (!check(start, start + body.len, (const char *)node.buf, node.len, &at) || body.len + stamp.len > MAX_FRAME) {
         result = Py_NewRef(Py_None);
@@ -355,9 +367,7 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(frame);
     }
 done:
-    PyBuffer_Release(&stamp);
-    PyBuffer_Release(&node);
-    PyBuffer_Release(&body);
+    release_buffers(views, 3);
     return result;
 }
 
@@ -374,6 +384,7 @@ done:
  */
 static PyObject *extend(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    Py_buffer views[3];  /* node, stamp, meta */
     Py_buffer node, stamp, meta;
     PyObject *result = NULL;
     Py_ssize_t *heads = NULL;
@@ -399,16 +410,11 @@ static PyObject *extend(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t dst_len;
     const char *dst = PyUnicode_AsUTF8AndSize(args[4], &dst_len);
     if (dst == NULL) return NULL;
-    if (PyObject_GetBuffer(args[2], &node, PyBUF_SIMPLE) < 0) return NULL;
-    if (PyObject_GetBuffer(args[3], &stamp, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&node);
-        return NULL;
-    }
-    if (PyObject_GetBuffer(args[5], &meta, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&stamp);
-        PyBuffer_Release(&node);
-        return NULL;
-    }
+    PyObject *const objs[3] = {args[2], args[3], args[5]};
+    if (get_buffers(views, objs, 3) < 0) return NULL;
+    node = views[0];
+    stamp = views[1];
+    meta = views[2];
     PyObject *bodies = args[0];
     Py_ssize_t n = PyList_GET_SIZE(bodies);
     if (first < 0) first = 0;
@@ -453,9 +459,7 @@ static PyObject *extend(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
 done:
     PyMem_Free(heads);
-    PyBuffer_Release(&meta);
-    PyBuffer_Release(&stamp);
-    PyBuffer_Release(&node);
+    release_buffers(views, 3);
     return result;
 }
 
