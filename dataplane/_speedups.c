@@ -298,18 +298,24 @@ static int check(cur start, cur end, const char *node, Py_ssize_t node_len, part
     return end - p == 1 && *p == '}';
 }
 
-/* Write the stamped frame of a checked body (``body_len`` + ``stamp_len`` + 4 bytes) at ``out``. */
-static void stamp_into(char *out, cur start, Py_ssize_t body_len, const parts *at, const Py_buffer *stamp)
+/* The 4-byte big-endian length header of a frame whose body is ``size`` bytes; returns where the body goes. */
+static char *put_header(char *out, Py_ssize_t size)
 {
-    Py_ssize_t head = at->routing_close - start;
-    Py_ssize_t size = body_len + stamp->len;
     out[0] = (char)((size >> 24) & 0xFF);
     out[1] = (char)((size >> 16) & 0xFF);
     out[2] = (char)((size >> 8) & 0xFF);
     out[3] = (char)(size & 0xFF);
-    memcpy(out + 4, start, (size_t)head);
-    memcpy(out + 4 + head, stamp->buf, (size_t)stamp->len);
-    memcpy(out + 4 + head + stamp->len, at->routing_close, (size_t)(body_len - head));
+    return out + 4;
+}
+
+/* Write the stamped frame of a checked body (``body_len`` + ``stamp_len`` + 4 bytes) at ``out``. */
+static void stamp_into(char *out, cur start, Py_ssize_t body_len, const parts *at, const Py_buffer *stamp)
+{
+    Py_ssize_t head = at->routing_close - start;
+    out = put_header(out, body_len + stamp->len);
+    memcpy(out, start, (size_t)head);
+    memcpy(out + head, stamp->buf, (size_t)stamp->len);
+    memcpy(out + head + stamp->len, at->routing_close, (size_t)(body_len - head));
 }
 
 /* Acquire the buffers of objs[0..n); on failure release what was taken and return -1. */
@@ -331,8 +337,8 @@ static void release_buffers(Py_buffer *views, int n)
 
 static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer views[3];  /* body, node, stamp */
-    Py_buffer body, node, stamp;
+    Py_buffer views[3];
+    const Py_buffer *body = &views[0], *node = &views[1], *stamp = &views[2];
     PyObject *result = NULL;
     parts at;
     (void)self;
@@ -341,18 +347,16 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     if (get_buffers(views, args, 3) < 0) return NULL;
-    body = views[0];
-    node = views[1];
-    stamp = views[2];
-    cur start = (cur)body.buf;
-    if (!check(start, start + body.len, (const char *)node.buf, node.len, &at) || body.len + stamp.len > MAX_FRAME) {
+    cur start = (cur)body->buf;
+    if (!check(start, start + body->len, (const char *)node->buf, node->len, &at)
+        || body->len + stamp->len > MAX_FRAME) {
         result = Py_NewRef(Py_None);
         goto done;
     }
     {
-        PyObject *frame = PyBytes_FromStringAndSize(NULL, body.len + stamp.len + 4);
+        PyObject *frame = PyBytes_FromStringAndSize(NULL, body->len + stamp->len + 4);
         if (frame == NULL) goto done;
-        stamp_into(PyBytes_AS_STRING(frame), start, body.len, &at, &stamp);
+        stamp_into(PyBytes_AS_STRING(frame), start, body->len, &at, stamp);
         PyObject *d = PyUnicode_DecodeASCII((const char *)at.dst, at.dst_end - at.dst, NULL);
         PyObject *m = PyBytes_FromStringAndSize((const char *)at.meta, at.meta_end - at.meta);
         if (d == NULL || m == NULL) {
@@ -384,8 +388,8 @@ done:
  */
 static PyObject *extend(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer views[3];  /* node, stamp, meta */
-    Py_buffer node, stamp, meta;
+    Py_buffer views[3];
+    const Py_buffer *node = &views[0], *stamp = &views[1], *meta = &views[2];
     PyObject *result = NULL;
     Py_ssize_t *heads = NULL;
     (void)self;
@@ -412,9 +416,6 @@ static PyObject *extend(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (dst == NULL) return NULL;
     PyObject *const objs[3] = {args[2], args[3], args[5]};
     if (get_buffers(views, objs, 3) < 0) return NULL;
-    node = views[0];
-    stamp = views[1];
-    meta = views[2];
     PyObject *bodies = args[0];
     Py_ssize_t n = PyList_GET_SIZE(bodies);
     if (first < 0) first = 0;
@@ -433,11 +434,11 @@ static PyObject *extend(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         cur start = (cur)PyBytes_AS_STRING(item);
         Py_ssize_t len = PyBytes_GET_SIZE(item);
         parts at;
-        if (!check(start, start + len, (const char *)node.buf, node.len, &at)) break;
-        if (len + stamp.len > MAX_FRAME) break;
+        if (!check(start, start + len, (const char *)node->buf, node->len, &at)) break;
+        if (len + stamp->len > MAX_FRAME) break;
         if (at.dst_end - at.dst != dst_len || memcmp(at.dst, dst, (size_t)dst_len) != 0) break;
-        if (at.meta_end - at.meta != meta.len || memcmp(at.meta, meta.buf, (size_t)meta.len) != 0) break;
-        Py_ssize_t size = len + stamp.len + 4;
+        if (at.meta_end - at.meta != meta->len || memcmp(at.meta, meta->buf, (size_t)meta->len) != 0) break;
+        Py_ssize_t size = len + stamp->len + 4;
         if (size > hard - total) break;
         heads[count++] = at.routing_close - start;
         total += size;
@@ -452,8 +453,8 @@ static PyObject *extend(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             Py_ssize_t len = PyBytes_GET_SIZE(item);
             parts at;
             at.routing_close = start + heads[k];
-            stamp_into(out, start, len, &at, &stamp);
-            out += len + stamp.len + 4;
+            stamp_into(out, start, len, &at, stamp);
+            out += len + stamp->len + 4;
         }
         result = Py_BuildValue("(Nn)", data, count);
     }
@@ -604,12 +605,7 @@ static PyObject *frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *result = PyBytes_FromStringAndSize(NULL, size + 4);
     if (result == NULL) return NULL;
-    char *out = PyBytes_AS_STRING(result);
-    out[0] = (char)((size >> 24) & 0xFF);
-    out[1] = (char)((size >> 16) & 0xFF);
-    out[2] = (char)((size >> 8) & 0xFF);
-    out[3] = (char)(size & 0xFF);
-    out += 4;
+    char *out = put_header(PyBytes_AS_STRING(result), size);
     memcpy(out, PyBytes_AS_STRING(head), (size_t)PyBytes_GET_SIZE(head));
     out += PyBytes_GET_SIZE(head);
     out = put_plain(out, dst, dst_n);

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fluxbee.dataplane import fastpath
+from fluxbee.dataplane import alloc, fastpath
 
 
 def test_fluxbee_bench_json_reports_every_transport_and_the_router_memory() -> None:
@@ -35,18 +35,7 @@ def test_fluxbee_bench_json_reports_every_transport_and_the_router_memory() -> N
                                      "sustained_fluxbee_p50_over_nats_p50"}
     assert result["router_fast_path"] == fastpath.IMPLEMENTATION  # the router said which one it runs
     assert result["router_scheduling"] in ("batch", "normal")  # batch unless the platform refused it
-    assert result["router_allocator"] == router_status_allocator()
-
-
-def router_status_allocator() -> str:
-    """What a router started from this environment reports (fluxbee.dataplane.alloc)."""
-    import platform
-
-    given = [k for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX",
-                         "GLIBC_TUNABLES") if k in os.environ]
-    if given:
-        return f"environment ({', '.join(given)})"
-    return "tuned" if platform.libc_ver()[0] == "glibc" else "default (not glibc)"
+    assert result["router_allocator"] == (alloc.left_alone(os.environ) or "tuned")
 
 
 def test_fluxbee_bench_refuses_bad_sizes() -> None:

@@ -61,3 +61,23 @@ def test_tune_is_idempotent_and_reports_what_it_did() -> None:
     first = alloc.tune()
     assert alloc.tune() == first == alloc.state()
     assert first in ("tuned", "default (not glibc)") or first.startswith("environment (")
+
+
+def test_what_leaves_a_process_alone() -> None:
+    on_glibc = platform.libc_ver()[0] == "glibc"
+    assert alloc.left_alone({}) == (None if on_glibc else "default (not glibc)")
+    assert alloc.left_alone({"PATH": "/bin", "MALLOC_CHECK_": "3"}) == (None if on_glibc else "default (not glibc)")
+    assert alloc.left_alone({"MALLOC_ARENA_MAX": "2", "GLIBC_TUNABLES": "x"}) == (
+        "environment (MALLOC_ARENA_MAX, GLIBC_TUNABLES)")
+
+
+def test_fluxbee_node_processes_run_tuned() -> None:
+    """run_node (what `fluxbee node` runs) tunes the allocator before the node starts."""
+    code = ("from fluxbee.dataplane import alloc\n"
+            "from fluxbee.dataplane.nodes.common import run_node\n"
+            "async def main(stop):\n    print(alloc.state())\n"
+            "run_node(main)\n")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    done = subprocess.run([sys.executable, "-c", code], env=clean, capture_output=True, text=True, timeout=60,
+                          check=True)
+    assert done.stdout.strip() == (alloc.left_alone(clean) or "tuned")
