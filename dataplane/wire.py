@@ -173,6 +173,8 @@ class HelloPayload(msgspec.Struct):
     uuid: str
     name: str
     version: str = "1"
+    credential: str | None = None
+    """Proof of a claimed name (a token the supervisor or operator gave the process); ours, optional."""
 
 
 class AnnouncePayload(msgspec.Struct):

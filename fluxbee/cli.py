@@ -38,6 +38,24 @@ def _positive(value: str) -> int:
     return int(value)
 
 
+def _group(value: str) -> int:
+    """A group name or a numeric gid (``--socket-group``)."""
+    import grp
+
+    if value.isdigit():
+        return int(value)
+    try:
+        return grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"no group named {value!r} (give a group name or a numeric gid)") from None
+
+
+def _non_negative(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}")
+    return int(value)
+
+
 def _run_dir(value: str | None) -> Path:
     from fluxbee.dataplane.sdk import default_run_dir
 
@@ -66,7 +84,19 @@ def cmd_router(args: argparse.Namespace) -> int:
         slow_consumer_timeout_s=args.slow_consumer_timeout,
         identity_frontdesk=args.identity_frontdesk,
         scheduling=args.scheduling,
+        claims_dir=Path(args.claims_dir) if args.claims_dir else None,
+        socket_group=args.socket_group,
+        claimed_reserve=args.claimed_reserve,
+        max_unclaimed_per_uid=args.max_unclaimed_per_uid,
+        max_unclaimed_per_pid=args.max_unclaimed_per_pid,
+        max_pending_per_uid=args.max_pending_per_uid,
+        takeover_window_s=args.takeover_window,
+        takeover_limit=args.takeover_limit,
     )
+    if settings.claimed_reserve >= settings.max_nodes:
+        print(f"fluxbee router: --claimed-reserve ({settings.claimed_reserve}) must be below --max-nodes "
+              f"({settings.max_nodes})", file=sys.stderr)
+        return 2
     _raise_fd_limit()
     try:
         _run(run_router(settings))
@@ -317,6 +347,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU scheduling class: batch (default; Linux SCHED_BATCH, no preemption on wake-up: "
                         "faster hand-offs, longer tail when every CPU is saturated) or inherit (keep the "
                         "class the router was started in)")
+    t = r.add_argument_group("trust (README: Trust model)")
+    t.add_argument("--claims-dir", metavar="DIR",
+                   help="claimed node names and their proofs, one JSON file per name (reloaded when it changes); "
+                        "without it SY.*/RT.* names cannot register")
+    t.add_argument("--socket-group", type=_group, metavar="NAME|GID",
+                   help="group of the socket dir (0750) and socket (0660); default the router's primary group")
+    t.add_argument("--claimed-reserve", type=_non_negative, default=256,
+                   help="node slots only claimed names may use (default 256)")
+    t.add_argument("--max-unclaimed-per-uid", type=_positive, default=2048,
+                   help="registered undeclared nodes per peer uid (default 2048)")
+    t.add_argument("--max-unclaimed-per-pid", type=_positive, default=1024,
+                   help="registered undeclared nodes per peer process (default 1024)")
+    t.add_argument("--max-pending-per-uid", type=_positive, default=256,
+                   help="connections per peer uid still waiting for their HELLO (default 256)")
+    t.add_argument("--takeover-window", type=float, default=30.0, metavar="SECONDS",
+                   help="window in which repeated takeovers of one live UUID count as flapping (default 30)")
+    t.add_argument("--takeover-limit", type=_non_negative, default=3,
+                   help="takeovers of one live UUID allowed in the window before the incumbent keeps it (default 3)")
     r.set_defaults(func=cmd_router)
 
     n = sub.add_parser("node", help="run an example node built on the SDK")

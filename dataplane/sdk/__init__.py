@@ -1,12 +1,15 @@
 """The Python node SDK (``from fluxbee.dataplane.sdk import connect, NodeConfig``)."""
 
 from fluxbee.dataplane.sdk.node import (
+    CREDENTIAL_FILE_ENV,
+    CredentialError,
     HandshakeError,
     NodeConfig,
     NodeReceiver,
     NodeSender,
     NodeStatus,
     NotConnectedError,
+    ReplacedError,
     RequestTimeoutError,
     SdkError,
     UnreachableError,
@@ -20,12 +23,15 @@ from fluxbee.dataplane.sdk.node import (
 from fluxbee.dataplane.sdk.nodetable import read_node_table
 
 __all__ = [
+    "CREDENTIAL_FILE_ENV",
+    "CredentialError",
     "HandshakeError",
     "NodeConfig",
     "NodeReceiver",
     "NodeSender",
     "NodeStatus",
     "NotConnectedError",
+    "ReplacedError",
     "RequestTimeoutError",
     "SdkError",
     "UnreachableError",
