@@ -56,6 +56,10 @@ def _non_negative(value: str) -> int:
     return int(value)
 
 
+STATUS_NODE = "WF.cli.status"
+"""``fluxbee status`` asks the router as this undeclared name (ROUTER_STATUS_GET needs no privilege)."""
+
+
 def _run_dir(value: str | None) -> Path:
     from fluxbee.dataplane.sdk import default_run_dir
 
@@ -171,7 +175,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from fluxbee.dataplane.sdk import NodeConfig, SdkError, connect
 
     async def main() -> dict[str, Any]:
-        sender, _ = await connect(NodeConfig(name="SY.cli.status", run_dir=_run_dir(args.run_dir),
+        sender, _ = await connect(NodeConfig(name=STATUS_NODE, run_dir=_run_dir(args.run_dir),
                                              connect_timeout=5.0, reconnect=False))
         try:
             return await sender.router_status()
@@ -197,11 +201,18 @@ def format_status(status: dict[str, Any]) -> str:
         f"socket  {router['socket']}  fast path {router.get('fast_path', '?')}  "
         f"scheduling {router.get('scheduling', '?')}  allocator {router.get('allocator', '?')}",
         "",
-        f"{'NODE':40} {'UUID':36} {'VPN':>4}",
+        f"{'NODE':40} {'UUID':36} {'VPN':>4}  {'PID':>7} {'UID':>6}  TRUST",
     ]
-    nodes = [n for n in status["nodes"] if not n["name"].startswith("SY.cli.status")]
+    nodes = [n for n in status["nodes"] if not n["name"].startswith(STATUS_NODE + "@")]
     for node in sorted(nodes, key=lambda n: n["name"]):
-        lines.append(f"{node['name']:40} {node['uuid']:36} {node['vpn_id']:>4}")
+        peer = node.get("peer") or {}
+        trust = "claimed" if node.get("claimed") else "open"
+        if node.get("replacements"):
+            trust += f", replaced {node['replacements']}x"
+        if node.get("flapping"):
+            trust += f", FLAPPING ({node.get('takeovers_refused', 0)} takeovers refused)"
+        lines.append(f"{node['name']:40} {node['uuid']:36} {node['vpn_id']:>4}  {peer.get('pid', '?'):>7} "
+                     f"{peer.get('uid', '?'):>6}  {trust}")
     if not nodes:
         lines.append("(no nodes)")
     lines.append("")
@@ -407,7 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="wait for the reply and print it")
     s.add_argument("--timeout", type=float, default=5.0)
     s.add_argument("--msg-type", default="user")
-    s.add_argument("--as", dest="as_name", default="SY.cli", help="sender name (default SY.cli)")
+    s.add_argument("--as", dest="as_name", default="WF.cli",
+                   help="sender name (default WF.cli, an undeclared name; SY.* and declared names are claimed: "
+                        "they need the credential in $FLUXBEE_NODE_CREDENTIAL_FILE)")
     s.add_argument("--run-dir")
     s.set_defaults(func=cmd_send)
 
