@@ -30,7 +30,7 @@ from fluxbee.admin.cluster import ClusterSettings, cluster_admin
 from fluxbee.admin.http import AdminSettings
 from fluxbee.admin.k8s import CREATED_BY
 from fluxbee.dataplane import wire
-from fluxbee.dataplane.sdk import NodeConfig, connect
+from fluxbee.dataplane.sdk import CREDENTIAL_FILE_ENV, NodeConfig, connect
 from fluxbee.kube import KubeConfig
 
 _OPERATOR_TESTS = Path(__file__).resolve().parents[1] / "operator"
@@ -295,9 +295,13 @@ async def test_observed_drift_a_replaced_pod_and_a_failing_node_are_recorded(adm
     assert doc["payload"]["node_status"]["process"]["reason"] == "RuntimeNotFound"
 
 
-async def test_with_a_router_in_the_socket_dir_messages_and_control_go_through_it(admin: Admin) -> None:
+async def test_with_a_router_in_the_socket_dir_messages_and_control_go_through_it(
+        admin: Admin, monkeypatch: pytest.MonkeyPatch) -> None:
     a = admin
     router = RouterProc(a.run_dir, hive_id="demo")
+    # SY.admin is claimed: the admin API proves it with the token the router's claims name (here the
+    # test's; in a cluster the operator's Secret), found through $FLUXBEE_NODE_CREDENTIAL_FILE.
+    monkeypatch.setenv(CREDENTIAL_FILE_ENV, str(router.credential_file))
     try:
         async def connected() -> bool:
             _, d = await a.call("GET", "/hive/status")
