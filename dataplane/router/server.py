@@ -770,9 +770,12 @@ class Router:
         proof: str | None = None
         try:
             hello = msgspec.convert(msg.payload, wire.HelloPayload)
-            if hello.credential is not None:
+            credential = msg.payload.get("credential") if isinstance(msg.payload, dict) else None
+            if credential is not None:
+                if not isinstance(credential, str):
+                    raise ValueError("payload.credential must be a string")
                 # Hashed at once: the router keeps no token, only what claims files hold.
-                proof = trust.token_sha256(hello.credential[:4096])
+                proof = trust.token_sha256(credential[:4096])
             node_uuid = wire.canonical_uuid(hello.uuid)
             if wire.canonical_uuid(msg.routing.src) != node_uuid:
                 reason = "payload.uuid differs from routing.src"
@@ -898,6 +901,7 @@ class Router:
             return (f"{old.uuid} belongs to {old.name} ({_who(old)}), a claimed name this connection "
                     "has not proven; the incumbent stays")
         if old.cred is not None and new.cred is not None and old.cred.pid == new.cred.pid:
+            self.counters.takeovers["replaced"] += 1  # the same process again: not two processes fighting
             return None
         now = time.monotonic()
         recent = [t for t in old.takeover_times if now - t < s.takeover_window_s]

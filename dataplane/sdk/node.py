@@ -367,8 +367,7 @@ class _Client:
             raise NotConnectedError("transport missing after connect")
         transport.write(
             wire.system_frame(self.uuid, None, wire.HELLO,
-                              wire.HelloPayload(uuid=self.uuid, name=self.name, version=self.config.version,
-                                                credential=credential),
+                              wire.hello_payload(self.uuid, self.name, self.config.version, credential),
                               trace_id=self._hello_trace, ttl=1)
         )
         try:

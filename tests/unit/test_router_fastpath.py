@@ -98,8 +98,7 @@ class Hive:
         transport = FakeTransport()
         conn.connection_made(transport)  # type: ignore[arg-type]
         conn.data_received(wire.system_frame(node, None, wire.HELLO,
-                                             wire.HelloPayload(uuid=node, name=label.split("#")[0],
-                                                               credential=SYSTEM_TOKEN),
+                                             wire.hello_payload(node, label.split("#")[0], credential=SYSTEM_TOKEN),
                                              trace_id=f"hello-{label}", ttl=1))
         assert conn.uuid == node
         transport.data.clear()
@@ -332,7 +331,8 @@ async def test_privileged_messages_from_an_unproven_node_are_forbidden_on_both_p
     general_feed(general, frames)
     got = fast.received()
     assert got == general.received()
-    refusals = [m["payload"]["error_code"] for m in got["WF.client"] if m["meta"].get("msg") == "ADMIN_COMMAND_RESPONSE"]
+    refusals = [m["payload"]["error_code"] for m in got["WF.client"]
+                if m["meta"].get("msg") == "ADMIN_COMMAND_RESPONSE"]
     assert refusals == ["FORBIDDEN", "FORBIDDEN"]
     assert len(got["SY.admin"]) == 1 and got["SY.admin"][0]["payload"] == {"action": "x"}  # a plain admin message
     assert fast.router.counters.forbidden["ADMIN_COMMAND"] == 2
