@@ -18,7 +18,14 @@ Decisions the original left open, made here:
 * ``routing.src`` is bound to the connection: a frame claiming any other UUID
   is not routed, is counted, and the sender gets UNREACHABLE ``SRC_MISMATCH``.
 * One UUID is one connection: a second HELLO with a connected UUID replaces
-  the older connection, which is closed with PROTOCOL_ERROR ``REPLACED``.
+  the older connection, which is closed with PROTOCOL_ERROR ``REPLACED`` —
+  unless the UUID's name is claimed and the newcomer has not proven it, or
+  two processes keep taking it from each other (then the incumbent keeps it).
+* Trust (:mod:`fluxbee.dataplane.router.trust`): the socket is owner + hive
+  group only; peer credentials are read at accept; claimed names need proof;
+  ``CONFIG_CHANGED`` / ``ADMIN_COMMAND`` need an authenticated system node or
+  a grant; undeclared names are limited per uid and per process and never get
+  the slots reserved for claimed names.
 * Several live nodes with one L2 name share the load round-robin.
 * A matching DROP route wins over a connected node (silent to the sender, as
   in the original, but counted).
