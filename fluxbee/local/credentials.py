@@ -12,7 +12,9 @@ the supervisor makes that proof:
 
 Names are L2 names without ``@hive``.  Claims of names the hive no longer
 declares are removed (the name is open again); their tokens stay, so a name
-declared again gets the token it had.
+declared again gets the token it had.  Only the files ``fluxbee up`` wrote
+(listed in ``claims/.fluxbee-up``) are ever removed: an operator may add a
+claims file of their own, e.g. to grant a tool ``ADMIN_COMMAND``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from pathlib import Path
 
 CREDENTIALS_DIR = "credentials"
 CLAIMS_DIR = "claims"
+MANIFEST = ".fluxbee-up"
+"""In the claims dir: the names whose files fluxbee up wrote (dot-names are not claims)."""
 CREDENTIAL_FILE_ENV = "FLUXBEE_NODE_CREDENTIAL_FILE"
 ADMIN_NODE = "SY.admin"
 """Runs inside the ``fluxbee up`` process and proves its name with its own token like any node."""
@@ -92,9 +96,17 @@ def write_claims(run_dir: Path, names: Iterable[str]) -> None:
         tmp.write_text(doc, encoding="utf-8")
         os.chmod(tmp, 0o640)
         os.replace(tmp, path)
-    for entry in directory.iterdir():
-        if not entry.name.startswith(".") and entry.name not in wanted:
-            entry.unlink()
+    manifest = directory / MANIFEST
+    try:
+        ours = set(json.loads(manifest.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        ours = set()
+    for name in sorted(ours - wanted):
+        with contextlib.suppress(FileNotFoundError):
+            (directory / name).unlink()
+    tmp = directory / f"{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(sorted(wanted)), encoding="utf-8")
+    os.replace(tmp, manifest)
 
 
 def claimed_names(node_names: Iterable[str]) -> list[str]:

@@ -86,12 +86,15 @@ def test_a_hello_without_a_credential_is_the_original_s_and_one_with_it_carries_
 
 
 def test_fluxbee_up_claims_are_written_once_per_name_and_follow_the_declared_set(tmp_path: Path) -> None:
+    (tmp_path / "claims").mkdir()
+    (tmp_path / "claims" / "WF.tool").write_text('{"uids": [1000], "grants": ["ADMIN_COMMAND"]}')  # an operator's
     credentials.write_claims(tmp_path, credentials.claimed_names(["WF.echo@local", "SY.identity@local"]))
     token = (tmp_path / "credentials" / "WF.echo").read_text().strip()
     assert len(token) == 64
     assert stat.S_IMODE(os.stat(tmp_path / "credentials").st_mode) == 0o700
     assert stat.S_IMODE(os.stat(tmp_path / "credentials" / "WF.echo").st_mode) == 0o600
-    assert sorted(p.name for p in (tmp_path / "claims").iterdir()) == ["SY.admin", "SY.identity", "WF.echo"]
+    assert sorted(p.name for p in (tmp_path / "claims").iterdir()) == [
+        ".fluxbee-up", "SY.admin", "SY.identity", "WF.echo", "WF.tool"]
     claims = trust.load_claims_dir(tmp_path / "claims")
     assert claims["WF.echo"].credential_sha256 == frozenset({trust.token_sha256(token)})
     before = (tmp_path / "claims" / "WF.echo").stat().st_mtime_ns
@@ -99,3 +102,4 @@ def test_fluxbee_up_claims_are_written_once_per_name_and_follow_the_declared_set
     assert (tmp_path / "claims" / "WF.echo").stat().st_mtime_ns == before  # unchanged: not rewritten
     assert (tmp_path / "credentials" / "WF.echo").read_text().strip() == token  # kept across restarts
     assert not (tmp_path / "claims" / "SY.identity").exists()  # no longer declared: open again
+    assert (tmp_path / "claims" / "WF.tool").exists()  # not fluxbee up's to remove
