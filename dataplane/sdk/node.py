@@ -398,6 +398,8 @@ class _Client:
     async def open_with_retry(self, deadline: float | None) -> None:
         delay = self.config.backoff_initial
         while not self.closed:
+            if self.failure is not None:
+                raise self.failure
             try:
                 await self.open()
                 return
