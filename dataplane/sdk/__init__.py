@@ -1,6 +1,7 @@
 """The Python node SDK (``from fluxbee.dataplane.sdk import connect, NodeConfig``)."""
 
 from fluxbee.dataplane.sdk.node import (
+    FrameTooLargeError,
     HandshakeError,
     NodeConfig,
     NodeReceiver,
@@ -20,6 +21,7 @@ from fluxbee.dataplane.sdk.node import (
 from fluxbee.dataplane.sdk.nodetable import read_node_table
 
 __all__ = [
+    "FrameTooLargeError",
     "HandshakeError",
     "NodeConfig",
     "NodeReceiver",
