@@ -178,10 +178,10 @@ async def test_the_sdk_refuses_an_oversize_message_before_writing_and_stays_usab
     await _echo(nodes, run_dir, "WF.healthy")
     sender, _ = await _node(nodes, run_dir, "WF.big")
     frames_in = router.status()["counters"]["frames_in"]
-    for attempt in (sender.send("WF.healthy", "x" * 200_000),
-                    sender.request("WF.healthy", {"blob": "y" * 140_000}, timeout=1)):
+    for attempt in (lambda: sender.send("WF.healthy", "x" * 200_000),
+                    lambda: sender.request("WF.healthy", {"blob": "y" * 140_000}, timeout=1)):
         with pytest.raises(FrameTooLargeError) as err:
-            await attempt
+            await attempt()
         assert isinstance(err.value, SdkError) and isinstance(err.value, wire.FrameTooLargeError)
         assert err.value.size > wire.MAX_FRAME and err.value.max_size == wire.MAX_FRAME
         assert str(err.value.size) in str(err.value) and str(wire.MAX_FRAME) in str(err.value)
