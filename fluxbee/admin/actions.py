@@ -28,6 +28,7 @@ from fluxbee.admin.backend import Backend, NodeObservation, RouteConfig, RouterL
 from fluxbee.admin.errors import AdminError
 from fluxbee.admin.history import History
 from fluxbee.admin.link import RouterRoutes
+from fluxbee.dataplane import wire
 from fluxbee.models import validate_node_name
 
 HIVE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -297,6 +298,7 @@ async def run_node(ctx: Context, target: str, p: s.SpawnNodeParams, call: Call) 
         raise AdminError("INVALID_REQUEST", "SY.* and RT.* nodes are the hive's own; they cannot be spawned")
     if "_system" in p.config:
         raise AdminError("INVALID_CONFIG", "config may not set `_system`: the hive fills it in")
+    _check_deliverable(name, p.config, "the config")
 
     async def work() -> dict[str, Any]:
         result = await ctx.backend.spawn_node(name, p)
@@ -397,12 +399,28 @@ async def get_node_config(ctx: Context, target: str, p: s.NodeParams, call: Call
             "config": o.config}
 
 
+NODE_CONFIG_LIMIT = wire.PAYLOAD_BUDGET - 1024
+"""Largest encoded node config the admin API writes: the node must be able to receive it (CONFIG_CHANGED)
+and to answer CONFIG_GET with it and ~0.5 KiB of contract, each in one 128 KiB frame."""
+
+
+def _check_deliverable(node: str, config: dict[str, Any], what: str) -> None:
+    """Refuse, before anything is written, a config the node could never be sent or serve."""
+    size = len(wire.encode(config))
+    if size > NODE_CONFIG_LIMIT:
+        raise AdminError("PAYLOAD_TOO_LARGE", f"{what} of {node} would be {size} bytes encoded; a node config must "
+                                              f"fit in one frame: at most {NODE_CONFIG_LIMIT} bytes; nothing written")
+
+
 async def set_node_config(ctx: Context, target: str, p: s.SetNodeConfigParams, call: Call) -> dict[str, Any]:
     o = await _observed(ctx, target, p.node_name)
     if "_system" in p.config:
         raise AdminError("INVALID_CONFIG", "the patch may not set `_system`: the hive maintains it")
     if not o.managed:
         raise AdminError("NODE_NOT_MANAGED", f"node {o.node_name} is declared in the hive file; change it there")
+    current = o.config if isinstance(o.config, dict) else {}
+    system = {"_system": current["_system"]} if "_system" in current else {}
+    _check_deliverable(o.node_name, {**(current if not p.replace else system), **p.config}, "the new config")
 
     async def work() -> dict[str, Any]:
         result = await ctx.backend.set_node_config(o.node_name, p.config, p.replace)
@@ -685,7 +703,7 @@ async def get_drift_alerts(ctx: Context, target: str, p: s.HistoryParams, call: 
 IDENTITY_NODE = "SY.identity"
 IDENTITY_TIMEOUT = 5.0
 _IDENTITY_CODES = frozenset({"NOT_FOUND", "ILK_NOT_FOUND", "INVALID_REQUEST", "MODULE_EXISTS", "DB_NOT_READY",
-                             "UNAUTHORIZED_REGISTRAR", "DB_WRITE_FAILED"})
+                             "UNAUTHORIZED_REGISTRAR", "DB_WRITE_FAILED", "RESPONSE_TOO_LARGE"})
 
 
 async def _identity(ctx: Context, hive: str, msg: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -709,10 +727,25 @@ async def _identity(ctx: Context, hive: str, msg: str, payload: dict[str, Any]) 
     return {k: v for k, v in reply.items() if k != "status"}
 
 
-async def list_ilks(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
+async def list_ilks(ctx: Context, target: str, p: s.IlkListParams, call: Call) -> dict[str, Any]:
+    """One page (``limit``/``cursor`` given) or every ILK, fetched page by page.
+
+    SY.identity answers in frame-sized pages; HTTP has no frame limit, so a plain GET follows
+    ``next_cursor`` and answers the whole list, as it did before paging.
+    """
     await _check_hive(ctx, target)
-    reply = await _identity(ctx, target, "ILK_LIST", {})
-    return {"status": "ok", "hive": target, "count": reply.get("count"), "ilks": reply.get("ilks", [])}
+    request: dict[str, Any] = {k: v for k, v in (("limit", p.limit), ("cursor", p.cursor)) if v is not None}
+    single = bool(request)
+    ilks: list[Any] = []
+    while True:
+        reply = await _identity(ctx, target, "ILK_LIST", request)
+        ilks += reply.get("ilks") or []
+        cursor = reply.get("next_cursor")
+        if single or not isinstance(cursor, str) or cursor == request.get("cursor"):
+            break
+        request["cursor"] = cursor
+    return {"status": "ok", "hive": target, "count": len(ilks), "ilks": ilks,
+            "next_cursor": reply.get("next_cursor") if single else None}
 
 
 async def get_ilk(ctx: Context, target: str, p: s.IlkParams, call: Call) -> dict[str, Any]:
@@ -788,7 +821,8 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
     _a(get_deployments, s.HistoryParams, "Changes made to one hive", read_only=True, target=True),
     _a(list_drift_alerts, s.HistoryParams, "Observed drift", read_only=True, target=False),
     _a(get_drift_alerts, s.HistoryParams, "Observed drift on one hive", read_only=True, target=True),
-    _a(list_ilks, s.NoParams, "ILKs of a hive (compact rows), from SY.identity", read_only=True, target=True),
+    _a(list_ilks, s.IlkListParams, "ILKs of a hive (compact rows), from SY.identity; paged with limit/cursor",
+       read_only=True, target=True),
     _a(get_ilk, s.IlkParams, "One ILK with tenant and alias detail, from SY.identity", read_only=True, target=True),
     _a(list_modules, s.NoParams, "Prompt modules (names and every version)", read_only=True, target=False),
     _a(get_module, s.ModuleParams, "Versions of one prompt module", read_only=True, target=False),
@@ -842,7 +876,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/hives/{hive}/deployments", "get_deployments", query=_HIST),
     Route("GET", "/drift-alerts", "list_drift_alerts", query={"hive": str, **_HIST}),
     Route("GET", "/hives/{hive}/drift-alerts", "get_drift_alerts", query=_HIST),
-    Route("GET", "/hives/{hive}/identity/ilks", "list_ilks"),
+    Route("GET", "/hives/{hive}/identity/ilks", "list_ilks", query={"limit": int, "cursor": str}),
     Route("GET", "/hives/{hive}/identity/ilks/{ilk_id}", "get_ilk", {"ilk_id": "ilk_id"}),
     Route("GET", "/modules", "list_modules"),
     Route("GET", "/modules/{name}", "get_module", {"name": "name"}),

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from fluxbee.dataplane import identity_shm, wire
-from fluxbee.dataplane.sdk import NodeConfig, NodeSender, connect
+from fluxbee.dataplane.sdk import FrameTooLargeError, NodeConfig, NodeSender, connect
 from fluxbee.dataplane.wire import Message
 from fluxbee.identity import degrees as dg
 from fluxbee.identity import model as m
@@ -366,7 +366,14 @@ class IdentityService:
         log.debug("%s from %s -> %s in %.1f ms", action, sender_name, payload.get("error_code", "ok"),
                   (time.perf_counter() - started) * 1000)
         try:
-            await self.sender.reply(msg, payload, msg_type=wire.TYPE_SYSTEM, msg=reply_name)
+            try:
+                await self.sender.reply(msg, payload, msg_type=wire.TYPE_SYSTEM, msg=reply_name)
+            except FrameTooLargeError as err:  # say so, rather than leave the asker to its timeout
+                log.error("%s to %s does not fit in a frame: %s", reply_name, sender_name, err)
+                await self.sender.reply(msg, {"status": "error", "error_code": m.RESPONSE_TOO_LARGE,
+                                              "message": f"the {reply_name} answer does not fit in a frame "
+                                                         f"({err.size} > {err.max_size} bytes)"},
+                                        msg_type=wire.TYPE_SYSTEM, msg=reply_name)
         except Exception as err:
             log.warning("reply %s to %s lost: %s", reply_name, sender_name, err)
 
@@ -439,9 +446,25 @@ class IdentityService:
         return await self._ready().get_ilk(m.decode(msg.payload, m.IlkGetReq).ilk_id)
 
     async def _ilk_list(self, msg: Message, by: str) -> dict[str, Any]:
-        m.decode(msg.payload, m.EmptyReq)
-        ilks = await self._ready().list_ilks()
-        return {"count": len(ilks), "ilks": ilks}
+        """One page of ILKs: at most ``limit`` and no more than fit in one frame once encoded.
+
+        A reply is one frame: ~450 ILKs with their channels already outgrow 128 KiB, and a reply
+        that cannot be sent leaves the asker waiting for its timeout.  ``next_cursor`` (None on
+        the last page) continues the listing.
+        """
+        req = m.decode(msg.payload, m.IlkListReq)
+        want = req.limit or m.ILK_PAGE_MAX
+        rows = await self._ready().list_ilks(limit=want + 1, after=req.cursor)
+        page: list[dict[str, Any]] = []
+        used = 200  # the reply's own keys and a cursor
+        for _, doc in rows[:want]:
+            size = len(wire.encode(doc)) + 1
+            if page and used + size > wire.PAYLOAD_BUDGET:
+                break
+            used += size
+            page.append(doc)
+        next_cursor = rows[len(page) - 1][0] if len(page) < len(rows) else None
+        return {"count": len(page), "ilks": page, "next_cursor": next_cursor}
 
     async def _module_put(self, msg: Message, by: str) -> dict[str, Any]:
         return await self._ready().module_put(m.decode(msg.payload, m.ModulePutReq), by)
