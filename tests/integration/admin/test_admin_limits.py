@@ -4,15 +4,47 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import time
 import uuid
 from pathlib import Path
 
+import pytest
 from conftest import AdminHive
-from hive_harness import wait_until
+from hive_harness import RawPeer, wait_until
 
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.sdk import NodeConfig, connect
+
+
+@pytest.fixture(scope="module")
+def nofile() -> None:
+    """Room for 900 sockets here and 900 in the hive's router, which inherits this limit when it starts."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+
+
+def test_the_node_list_shows_all_900_connected_nodes(nofile: None, hive: AdminHive) -> None:
+    """SY.admin asks the router for its status in pages: 900 nodes (~150 KB) no longer drop its connection."""
+    socket_path = next((hive.run_dir / "routers").glob("*.sock"))
+    names = [f"WF.fleet.worker.with.a.long.name.n{i:04d}" for i in range(900)]
+    peers = []
+    try:
+        for name in names:
+            peer = RawPeer(socket_path)
+            peers.append(peer)
+            peer.hello(name)
+        code, doc = hive.call("GET", "/hives/local/nodes")
+        assert code == 200, doc
+        listed = {n["name"] for n in doc["payload"]["nodes"]}
+        assert {f"{n}@local" for n in names} <= listed, f"{len(listed & {f'{n}@local' for n in names})} of 900"
+        assert doc["payload"]["inventory_source"] == "router"
+        code, doc = hive.call("GET", "/hive/status")  # SY.admin's own connection survived and still answers
+        assert code == 200 and doc["payload"]["router_connected"] is True and doc["payload"]["node_count"] >= 900
+    finally:
+        for peer in peers:
+            peer.close()
 
 
 async def _provision(hive: AdminHive, count: int) -> set[str]:
@@ -35,7 +67,7 @@ async def _provision(hive: AdminHive, count: int) -> set[str]:
 
 
 async def test_the_ilk_listing_pages_with_limit_and_cursor_and_a_plain_get_answers_every_ilk(
-        hive: AdminHive) -> None:
+        nofile: None, hive: AdminHive) -> None:
     made = await _provision(hive, 500)  # ~215 KB of ILK rows: beyond one frame
 
     def get(path: str) -> tuple[int, dict[str, object], float]:
@@ -76,7 +108,7 @@ async def test_the_ilk_listing_pages_with_limit_and_cursor_and_a_plain_get_answe
         assert (code, doc["error_code"]) == (400, "INVALID_REQUEST"), (bad, doc)
 
 
-def test_a_node_config_too_large_for_a_frame_is_refused_and_nothing_is_written(hive: AdminHive) -> None:
+def test_a_node_config_too_large_for_a_frame_is_refused_and_nothing_is_written(nofile: None, hive: AdminHive) -> None:
     code, doc = hive.call("POST", "/hives/local/nodes", {"node_name": "WF.limits.cfg", "runtime": "fluxbee.echo",
                                                          "config": {"a": 1}})
     assert code == 200, doc
