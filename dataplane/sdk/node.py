@@ -57,11 +57,15 @@ class HandshakeError(SdkError):
 
 class RequestTimeoutError(SdkError, TimeoutError):
     """No reply within the request's timeout; ``sent`` is False when the request never left the node
-    (the router was not reading from it for the whole timeout)."""
+    (for the whole timeout the router was not reading from it, or the connection was down)."""
 
     def __init__(self, trace_id: str, timeout: float, *, sent: bool = True) -> None:
-        what = "no reply to" if sent else "the router did not take (held: not reading from this node)"
-        super().__init__(f"{what} {trace_id} within {timeout:g} s")
+        if sent:
+            text = f"no reply to {trace_id} within {timeout:g} s"
+        else:
+            text = (f"{trace_id} not sent within {timeout:g} s: the router was not reading from this node "
+                    "(held behind a congested destination) or not connected")
+        super().__init__(text)
         self.trace_id = trace_id
         self.timeout = timeout
         self.sent = sent
@@ -828,6 +832,8 @@ class NodeSender:
                     async with asyncio.timeout_at(deadline):
                         await client.write(frame)
                 except TimeoutError:
+                    if future.done():
+                        future.exception()  # the sweeper's timeout, superseded by this one
                     raise RequestTimeoutError(trace, timeout, sent=False) from None
             reply = await future
         finally:
