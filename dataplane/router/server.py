@@ -972,12 +972,9 @@ class Router:
                                       src_l2_name=self.name)
         except wire.FrameTooLargeError as err:
             log.error("%s to %s does not fit in a frame: %s", msg, conn.name, err)
-            self.counters.unreachable[wire.FRAME_TOO_LARGE] += 1
-            frame = wire.system_frame(
-                self.uuid, conn.uuid, wire.UNREACHABLE,
-                wire.UnreachablePayload(original_dst=_dst_text(routing.dst), reason=wire.FRAME_TOO_LARGE,
-                                        detail=f"the {msg} answer does not fit in a frame: {err.detail}"),
-                trace_id=routing.trace_id, src_l2_name=self.name)
+            self._unreachable(conn, routing, wire.FRAME_TOO_LARGE, f"the {msg} answer does not fit in a frame: "
+                                                                   f"{err.detail}")
+            return
         conn.send(frame)
 
     def _unreachable(self, conn: Conn, routing: wire.Routing, reason: str, detail: str) -> None:

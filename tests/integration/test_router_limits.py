@@ -209,3 +209,22 @@ async def test_a_node_whose_config_outgrows_a_frame_answers_config_get_with_an_e
     await eventually(lambda: big.connected, 1, "the node to stay connected")
     assert big.connections == 1
     assert "WF.bigconfig@t" in {n["name"] for n in router.status()["nodes"]}
+
+
+async def test_a_status_answer_that_cannot_fit_is_refused_to_the_asker_who_stays_connected(
+        router_factory: Callable[..., RouterProc], raw_peers: list[RawPeer]) -> None:
+    routes = [{"prefix": f"AI.tenant{i:04d}.department.team.assistant", "match_kind": "PREFIX", "action": "DROP"}
+              for i in range(1500)]  # ~150 KB of routes: the part of the snapshot every page repeats
+    router = router_factory(config={"routes": routes})
+    asker = RawPeer(router.socket_path)
+    raw_peers.append(asker)
+    asker.hello("WF.asker")
+    trace = wire.new_trace_id()
+    asker.send({"routing": {"src": asker.uuid, "dst": router.uuid, "ttl": 1, "trace_id": trace},
+                "meta": {"type": "system", "msg": wire.ROUTER_STATUS_GET}, "payload": None})
+    reply = await asyncio.to_thread(asker.recv)
+    assert reply["meta"]["msg"] == wire.UNREACHABLE and reply["routing"]["trace_id"] == trace
+    assert reply["payload"]["reason"] == wire.FRAME_TOO_LARGE
+    assert wire.ROUTER_STATUS_GET_RESPONSE in reply["payload"]["detail"]
+    assert "WF.asker@t" in {n["name"] for n in router.status()["nodes"]}, "the asker was dropped"
+    assert router.counter("unreachable", wire.FRAME_TOO_LARGE) == 1
