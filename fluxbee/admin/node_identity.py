@@ -20,7 +20,8 @@ plan accepted) and before it writes anything, so a refused or invalid spawn regi
 is idempotent by node name: SY.identity links the live ILK whose ``identification.node_name`` is the
 node's, so spawning a node again after a kill gets the same ILK (ILKs outlive their nodes, as in the
 original, whose kill leaves identity alone); ``register.created`` tells a new ILK from a linked one.
-If the write after a successful registration fails, the ILK stays and the next spawn links it.
+If the write after a successful registration fails, the ILK stays and the next spawn links it; a
+tenant created on first use stays too when the registration that follows is refused.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class SpawnIdentity:
             reply = await self._call("ILK_REGISTER", body)
             if reply.get("error_code") == "INVALID_TENANT":  # first use of this tenant: create it, then again
                 made = await self._call("TNT_CREATE", {"name": self.tenant_id, "status": "active",
-                                                                    "tenant_id": self.tenant_id})
+                                                       "tenant_id": self.tenant_id})
                 if made.get("status") != "ok":
                     self._refused("TNT_CREATE", made)
                 tenant_created = bool(made.get("created"))
