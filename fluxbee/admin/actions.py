@@ -28,6 +28,7 @@ from fluxbee.admin.backend import Backend, NodeObservation, RouteConfig, RouterL
 from fluxbee.admin.errors import AdminError
 from fluxbee.admin.history import History
 from fluxbee.admin.link import RouterRoutes
+from fluxbee.admin.node_identity import SpawnIdentity
 from fluxbee.dataplane import wire
 from fluxbee.models import validate_node_name
 
@@ -299,13 +300,27 @@ async def run_node(ctx: Context, target: str, p: s.SpawnNodeParams, call: Call) 
     if "_system" in p.config:
         raise AdminError("INVALID_CONFIG", "config may not set `_system`: the hive fills it in")
     _check_deliverable(name, p.config, "the config")
+    identity = SpawnIdentity(ctx.link, ctx.backend.hive_id, target, name, _spawn_tenant(p))
 
     async def work() -> dict[str, Any]:
-        result = await ctx.backend.spawn_node(name, p)
-        return {"status": "ok", "state": "started", "target": target, "hive": target, "node_name": name, **result}
+        result = await ctx.backend.spawn_node(name, p, identity.register)
+        return {"status": "ok", "state": "started", "target": target, "hive": target, "node_name": name, **result,
+                "identity": identity.report}
 
     return await _record(ctx, call, "node", "run_node", time.time(), work(),
                          {"node_name": name, "runtime": p.runtime, "runtime_version": p.runtime_version})
+
+
+def _spawn_tenant(p: s.SpawnNodeParams) -> str | None:
+    """The node's tenant: ``tenant_id``, else ``config.tenant_id`` (the original's order); the node's config
+    carries one tenant, so two different ones are refused rather than registering the ILK in the other."""
+    in_config = p.config.get("tenant_id")
+    if in_config is not None and not isinstance(in_config, str):
+        raise AdminError("INVALID_REQUEST", "config.tenant_id must be a string `tnt:<uuid>`")
+    if p.tenant_id is not None and in_config is not None and in_config != p.tenant_id:
+        raise AdminError("INVALID_REQUEST", f"tenant_id {p.tenant_id!r} and config.tenant_id {in_config!r} differ; "
+                                            "give one tenant")
+    return p.tenant_id or in_config
 
 
 async def kill_node(ctx: Context, target: str, p: s.KillNodeParams, call: Call) -> dict[str, Any]:
@@ -358,7 +373,8 @@ async def get_node_status(ctx: Context, target: str, p: s.NodeParams, call: Call
     fingerprint = json.dumps([o.lifecycle_state, health, source, o.runtime, o.config_valid,
                               system.get("config_version"), o.state_exists, o.process.get("pid"),
                               o.process.get("exit_code"), o.process.get("restart_count"),
-                              o.process.get("started_at"), last_error], sort_keys=True, default=str)
+                              o.process.get("started_at"), system.get("ilk_id"), system.get("tenant_id"),
+                              last_error], sort_keys=True, default=str)
     version = ctx.backend.bump_status_version(name, hashlib.sha256(fingerprint.encode()).hexdigest())
     node_status: dict[str, Any] = {
         "schema_version": "1", "node_name": name, "hive_id": target, "observed_at": _now_iso(),
@@ -442,9 +458,19 @@ async def set_node_config(ctx: Context, target: str, p: s.SetNodeConfigParams, c
 
 
 async def get_node_state(ctx: Context, target: str, p: s.NodeParams, call: Call) -> dict[str, Any]:
-    o = await _observed(ctx, target, p.node_name)
-    return {"status": "ok", "target": target, "hive": target, "node_name": o.node_name, "path": o.state_path,
-            "state": o.state}
+    """``state`` is null until the node writes one (as the original); a node that is neither declared, nor
+    left on disk, nor connected is NODE_NOT_FOUND, as for its status."""
+    await _check_hive(ctx, target)
+    name = _node_name(ctx, target, p.node_name)
+    visible, observed = await _observe(ctx, name)
+    o = _find(observed, name)
+    if o is not None:
+        path, state = o.state_path, o.state
+    elif name in visible:  # connected but not declared: SY.* services, nodes started by hand
+        path, state = await ctx.backend.node_state(name)
+    else:
+        raise AdminError("NODE_NOT_FOUND", f"node {name} is neither declared nor connected")
+    return {"status": "ok", "target": target, "hive": target, "node_name": name, "path": path, "state": state}
 
 
 async def send_node_message(ctx: Context, target: str, p: s.SendMessageParams, call: Call) -> dict[str, Any]:
@@ -795,7 +821,8 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
     _a(add_hive, s.AddHiveParams, "Register a worker hive", read_only=False, target=False),
     _a(remove_hive, s.HiveIdParams, "Forget a worker hive", read_only=False, target=False, confirm=True),
     _a(list_nodes, s.NoParams, "Declared and connected nodes", read_only=True, target=True),
-    _a(run_node, s.SpawnNodeParams, "Spawn a node from a runtime", read_only=False, target=True),
+    _a(run_node, s.SpawnNodeParams, "Spawn a node from a runtime and register its ILK", read_only=False,
+       target=True),
     _a(kill_node, s.KillNodeParams, "Stop and forget a spawned node", read_only=False, target=True, confirm=True),
     _a(get_node_status, s.NodeParams, "Lifecycle, health and runtime of a node", read_only=True, target=True),
     _a(get_node_config, s.NodeParams, "A node's effective config", read_only=True, target=True),

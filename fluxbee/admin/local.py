@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from fluxbee.admin.backend import NodeObservation
+from fluxbee.admin.backend import NodeObservation, RegisterIlk
 from fluxbee.admin.errors import AdminError
 from fluxbee.admin.schemas import KillNodeParams, SpawnNodeParams
 from fluxbee.local.plan import CONFIG_VERSION_ANNOTATION, CREATED_AT_ANNOTATION, PlanError
@@ -190,7 +190,7 @@ class LocalBackend:
         except Exception as err:  # LocalHiveError and I/O: the change is on disk, the reconcile failed
             raise AdminError("SPAWN_FAILED", f"the supervisor could not apply the change: {err}") from err
 
-    async def spawn_node(self, name: str, params: SpawnNodeParams) -> dict[str, Any]:
+    async def spawn_node(self, name: str, params: SpawnNodeParams, register: RegisterIlk) -> dict[str, Any]:
         async with self._write_lock:
             plan = self.hive.plan
             if (plan is not None and name in plan.node_names) or (self._node_dir(name) / "config.json").exists():
@@ -213,11 +213,26 @@ class LocalBackend:
                 raise AdminError("INVALID_REQUEST", str(err)) from err
             path = self._doc_path(name)
             self._check_plan(self._docs_with(path, doc))
+            ilk = await register(resolved.name, resolved.version)
+            if ilk is not None:
+                doc = doc.model_copy(update={"spec": doc.spec.model_copy(update={"agent_ilk": ilk})})
             self._write_doc(path, doc)
             await self._replan()
-        config = self._observe_one(name, True, [], set()).config
+        written = self._observe_one(name, True, [], set())
+        system = (written.config or {}).get("_system", {})
         return {"runtime": resolved.name, "version": resolved.version, "requested_version": params.runtime_version,
-                "unit": f"{name}#0", "visible_in_router": False, "config": config}
+                "unit": f"{name}#0", "visible_in_router": False,
+                "config": {"status": "ok" if written.config_valid else "missing", "path": written.config_path,
+                           "created": True, "config_version": system.get("config_version")}}
+
+    async def node_state(self, name: str) -> tuple[str | None, Any]:
+        path = self._node_dir(name) / "state.json"
+        try:
+            return str(path), json.loads(path.read_text())
+        except FileNotFoundError:
+            return str(path), None
+        except (OSError, ValueError) as err:
+            raise AdminError("NODE_STATE_READ_FAILED", f"cannot read {path}: {err}") from err
 
     def _signal(self, name: str, sig: signal.Signals) -> list[int]:
         pids = []

@@ -157,6 +157,8 @@ class TenantCreateReq(_P):
     domain: str | None = None
     status: str = "pending"
     settings: dict[str, Any] = msgspec.field(default_factory=dict)
+    tenant_id: str | None = None
+    """Ours: create the tenant under this id (``tnt:<uuid>``), or find it by id; never matched by name."""
 
 
 class TenantApproveReq(_P):

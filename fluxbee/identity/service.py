@@ -124,8 +124,8 @@ class Authorizer:
         admin = base == "SY.admin"
         if action == m.ILK_PROVISION:
             return base.startswith("IO.")
-        if action == m.ILK_REGISTER:
-            return frontdesk or orchestrator or self_
+        if action == m.ILK_REGISTER:  # SY.admin: the node ILK it registers at spawn (it is the orchestrator here)
+            return frontdesk or orchestrator or admin or self_
         if action == m.ILK_ADD_CHANNEL:
             return frontdesk
         if action == m.ILK_UPDATE:

@@ -253,18 +253,25 @@ class IdentityStore:
             raise IdentityError(INVALID_REQUEST, "only SY.admin may create a tenant that is not pending; "
                                 "create it pending and approve it with TNT_APPROVE")
         domain = (req.domain or "").strip().lower() or None
+        wanted = parse_id(req.tenant_id, "tnt") if req.tenant_id is not None else None
 
         async def run(conn: asyncpg.Connection) -> dict[str, Any]:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('identity_tenants'))")
-            if domain is not None:
-                row = await conn.fetchrow("SELECT tenant_id FROM identity_tenants WHERE lower(domain) = $1", domain)
+            if wanted is not None:  # the caller names the id: another tenant's name or domain is no match
+                row = await conn.fetchrow("SELECT tenant_id FROM identity_tenants WHERE tenant_id = $1", wanted)
                 if row is not None:
-                    return {"tenant_id": fmt("tnt", row["tenant_id"]), "created": False, "matched_by": "domain"}
-            row = await conn.fetchrow("SELECT tenant_id FROM identity_tenants WHERE lower(name) = lower($1) "
-                                      "ORDER BY created_at LIMIT 1", name)
-            if row is not None:
-                return {"tenant_id": fmt("tnt", row["tenant_id"]), "created": False, "matched_by": "name"}
-            tid = uuid.uuid4()
+                    return {"tenant_id": fmt("tnt", wanted), "created": False, "matched_by": "tenant_id"}
+            else:
+                if domain is not None:
+                    row = await conn.fetchrow("SELECT tenant_id FROM identity_tenants WHERE lower(domain) = $1",
+                                              domain)
+                    if row is not None:
+                        return {"tenant_id": fmt("tnt", row["tenant_id"]), "created": False, "matched_by": "domain"}
+                row = await conn.fetchrow("SELECT tenant_id FROM identity_tenants WHERE lower(name) = lower($1) "
+                                          "ORDER BY created_at LIMIT 1", name)
+                if row is not None:
+                    return {"tenant_id": fmt("tnt", row["tenant_id"]), "created": False, "matched_by": "name"}
+            tid = wanted if wanted is not None else uuid.uuid4()
             await conn.execute("INSERT INTO identity_tenants (tenant_id, name, domain, status, settings) "
                                "VALUES ($1, $2, $3, $4, $5)", tid, name, domain, req.status, req.settings)
             if change is not None:

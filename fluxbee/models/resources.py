@@ -287,7 +287,8 @@ class FluxNodeSpec(_Model):
     agent_ilk: str | None = Field(
         default=None,
         pattern=ILK_RE.pattern,
-        description="The agent's ILK (`ilk:<uuid>`); required with `degree`.",
+        description="The node's ILK (`ilk:<uuid>`; the admin API sets it when it registers the node at "
+        "spawn); required with `degree`.",
     )
     degree: DegreeBinding | None = Field(
         default=None,
