@@ -929,10 +929,9 @@ class Router:
                 self.counters.dropped[wire.DST_CONGESTED] += 1
 
     def _reply(self, conn: Conn, routing: wire.Routing, msg: str, payload: Any) -> None:
-        conn.send(
-            wire.system_frame(self.uuid, conn.uuid, msg, payload, trace_id=routing.trace_id,
-                              src_l2_name=self.name)
-        )
+        # No ``src_l2_name``: like the original, router-generated frames (ANNOUNCE, UNREACHABLE,
+        # TTL_EXCEEDED, PROTOCOL_ERROR) never carry it; ``routing.src`` is the router's UUID.
+        conn.send(wire.system_frame(self.uuid, conn.uuid, msg, payload, trace_id=routing.trace_id))
 
     def _unreachable(self, conn: Conn, routing: wire.Routing, reason: str, detail: str) -> None:
         self.counters.unreachable[reason] += 1
