@@ -51,7 +51,8 @@ Conventions
 * **Dense tables**: tenants, ILKs, ICHs and aliases occupy the first ``*_count`` entries (readers
   scan only those); removal moves the last entry into the hole. ``ich_offset``/``ich_count``,
   roles, capabilities and vocabulary are left 0 (ICHs are found through their ``ilk_id`` and the
-  mapping table).
+  mapping table). ``display_name`` is the handler node, else the ILK id (our published model has
+  no display name); timestamps are the write time, as in the original.
 * **Capacity** is fixed at creation. A record that does not fit (table full, or a channel
   type/address longer than its field, which a reader could never match) is *not* written and is
   counted in :attr:`JsidRegionWriter.dropped`; the region stays consistent, every published
