@@ -170,6 +170,9 @@ class IdentityService:
         self.tenants: dict[str, m.TenantRecord] = {}
         self._jsr_dropped_logged = 0
         self._heard = 0.0
+        self._chunk_at = 0.0
+        """When the last full-sync chunk arrived: an unsynced replica waits on this, not on heartbeats (which
+        keep coming from a primary that still lists it, even when the subscription itself was lost)."""
         self._subscribed_at = 0.0
         self._resync = asyncio.Event()
         self._handlers: dict[str, Callable[[Message, Any], Awaitable[dict[str, Any]]]] = {
@@ -607,6 +610,7 @@ class IdentityService:
         t = self.tracker
         try:
             if action == sync.FULL_SYNC:
+                self._chunk_at = self._heard
                 snapshot = t.on_chunk(sync.decode(msg.payload, sync.FullSyncChunk))
                 if snapshot is not None:
                     self.tenants = {r.tenant_id: r for r in snapshot.tenants}
@@ -647,7 +651,7 @@ class IdentityService:
         while True:
             now = time.monotonic()
             t = self.tracker
-            last = max(self._heard, self._subscribed_at)
+            last = max(self._chunk_at, self._subscribed_at)
             silent = t.synced and now - self._heard > s.sync_timeout_s
             due = self._resync.is_set() or silent or (not t.synced and now - last > retry)
             if due:
