@@ -965,11 +965,12 @@ class Router:
         """Answer ``conn``; an answer that outgrows a frame becomes UNREACHABLE ``FRAME_TOO_LARGE``.
 
         Without the fallback the error would escape ``data_received`` and asyncio would drop the
-        asker's connection (and everything it had in flight) over a reply it never saw.
+        asker's connection (and everything it had in flight) over a reply it never saw. No
+        ``src_l2_name``: like the original, router-generated frames (ANNOUNCE, UNREACHABLE,
+        TTL_EXCEEDED, PROTOCOL_ERROR) never carry it; ``routing.src`` is the router's UUID.
         """
         try:
-            frame = wire.system_frame(self.uuid, conn.uuid, msg, payload, trace_id=routing.trace_id,
-                                      src_l2_name=self.name)
+            frame = wire.system_frame(self.uuid, conn.uuid, msg, payload, trace_id=routing.trace_id)
         except wire.FrameTooLargeError as err:
             log.error("%s to %s does not fit in a frame: %s", msg, conn.name, err)
             self._unreachable(conn, routing, wire.FRAME_TOO_LARGE, f"the {msg} answer does not fit in a frame: "

@@ -32,6 +32,7 @@ from typing import Any
 
 from fluxbee.dataplane import shm
 from fluxbee.dataplane.sdk import default_run_dir, read_node_table
+from fluxbee.local import hive_yaml
 from fluxbee.local.plan import PlanError, plan_hive
 from fluxbee.local.plan_types import HivePlan, ProcessSpec
 from fluxbee.local.store import RuntimeStore
@@ -260,6 +261,10 @@ class LocalHive:
         plan = self.load_plan()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.write_configs(plan)
+        try:
+            hive_yaml.write(hive_yaml.config_dir(self.run_dir), plan.hive_id, plan.role)
+        except (hive_yaml.HiveYamlError, OSError) as err:
+            raise LocalHiveError(f"cannot provide hive.yaml for nodes built with the original SDKs: {err}") from err
         self._file_sig = _sig(self.hive_file)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -18,7 +18,8 @@ from fluxbee.models import FluxNode, Hive, Runtime
 from fluxbee.models.effective import qualified_node_name
 from fluxbee.operator import labels as L
 from fluxbee.operator.children import with_spec_digest
-from fluxbee.operator.hive.build import RUN_DIR, pod_selector
+from fluxbee.operator.hive.build import RUN_DIR, SDK_CONFIG_DIR, SDK_HIVE_FILE, SDK_HIVE_KEY, pod_selector
+from fluxbee.operator.hive.build import names as hive_names
 from fluxbee.operator.settings import OperatorSettings
 
 CONFIG_KEY = "config.json"
@@ -107,6 +108,7 @@ def build_pod(
         {"name": "FLUXBEE_NODE_NAME", "value": full_name},
         {"name": "FLUXBEE_HIVE_ID", "value": hive.hive_id},
         {"name": "FLUXBEE_REPLICA", "value": str(index)},
+        {"name": "JSR_CONFIG_DIR", "value": SDK_CONFIG_DIR},  # where the original SDKs find hive.yaml
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
     volumes: list[dict[str, Any]] = []
@@ -130,6 +132,7 @@ def build_pod(
         "volumeMounts": [
             {"name": "sockets", "mountPath": RUN_DIR},
             {"name": "node-config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+            {"name": "hive-file", "mountPath": SDK_HIVE_FILE, "subPath": "hive.yaml", "readOnly": True},
             *mounts,
         ],
     }
@@ -145,6 +148,8 @@ def build_pod(
         "volumes": [
             {"name": "sockets", "hostPath": {"path": hive.host_socket_dir, "type": "Directory"}},
             {"name": "node-config", "configMap": {"name": config_map_name(node.metadata.name)}},
+            {"name": "hive-file", "configMap": {"name": hive_names(hive).config_map,
+                                                "items": [{"key": SDK_HIVE_KEY, "path": "hive.yaml"}]}},
             *volumes,
         ],
         "affinity": {

@@ -19,6 +19,11 @@ from fluxbee.operator.settings import OperatorSettings
 
 CONFIG_KEY = "hive.yaml"
 CONFIG_MOUNT = "/etc/fluxbee/hive"
+SDK_HIVE_KEY = "sdk-hive.yaml"
+"""The ``hive.yaml`` nodes built with the original SDKs read from their config dir (``hive_id``, ``role``);
+FluxNode Pods mount it at :data:`SDK_HIVE_FILE` (``fluxbee.operator.fluxnode.build``)."""
+SDK_CONFIG_DIR = "/etc/fluxbee"
+SDK_HIVE_FILE = f"{SDK_CONFIG_DIR}/hive.yaml"
 RUN_DIR = "/var/run/fluxbee"
 
 
@@ -62,6 +67,11 @@ def router_config(hive: Hive, version: int) -> dict[str, Any]:
     }
 
 
+def sdk_hive_yaml(hive: Hive) -> str:
+    """What the original SDKs need before they connect: ``hive_id`` (they append ``@hive_id``) and ``role``."""
+    return yaml.safe_dump({"hive_id": hive.hive_id, "role": hive.spec.role}, sort_keys=False)
+
+
 def build_config_map(hive: Hive, namespace: str, version: int) -> dict[str, Any]:
     text = yaml.safe_dump(router_config(hive, version), sort_keys=False)
     return {
@@ -72,7 +82,7 @@ def build_config_map(hive: Hive, namespace: str, version: int) -> dict[str, Any]
             "namespace": namespace,
             "labels": _labels(hive),
         },
-        "data": {CONFIG_KEY: text},
+        "data": {CONFIG_KEY: text, SDK_HIVE_KEY: sdk_hive_yaml(hive)},
     }
 
 
