@@ -132,7 +132,7 @@ class LocalBackend:
             snap = sup.snapshot()
             process = {"unit": sup.spec.key, "pid": snap["pid"], "exit_code": sup.last_exit,
                        "restart_count": sum(s.restarts for s in sups), "started_at": _iso(snap["started_at"]),
-                       "replicas": len(sups), "log": snap["log"]}
+                       "replicas": len(sups), "log": snap["log"], "reason": snap["reason"]}
         managed = self._doc_path(name).exists() or not declared
         return NodeObservation(
             node_name=name, hive=self.hive_id, managed=managed, lifecycle_state=lifecycle, visible_in_router=is_visible,
