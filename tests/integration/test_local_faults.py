@@ -6,8 +6,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -35,10 +37,10 @@ spec: {hive: lh, nodeName: %s, runtime: fluxbee.echo, replicas: 1}
 class Up:
     """``fluxbee up -f`` as a user starts it, with the admin API on a loopback port."""
 
-    def __init__(self, run_dir: Path, hive_file: Path) -> None:
+    def __init__(self, run_dir: Path, hive_file: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.err_path = run_dir / "up.err"
-        env = {**os.environ, "FLUXBEE_UP_IDENTITY": "0", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "FLUXBEE_UP_IDENTITY": "0", "PYTHONUNBUFFERED": "1", **(env or {})}
         with open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "fluxbee", "up", "-f", str(hive_file), "--run-dir", str(run_dir),
@@ -48,13 +50,23 @@ class Up:
         return self.err_path.read_text(errors="replace")
 
     def get(self, path: str) -> tuple[int, Any]:
+        return self.call("GET", path)
+
+    def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
+        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as resp:
+            with urllib.request.urlopen(req, timeout=30) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read())
         except OSError:
             return 0, None
+
+    def ready(self) -> None:
+        wait_until(lambda: self.get("/health")[0] == 200 or self.proc.poll() is not None, 30, "the admin API")
+        assert self.proc.poll() is None, self.stderr()[-3000:]
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -159,3 +171,110 @@ def test_a_hive_file_that_is_not_utf8_is_a_clear_error_at_start(run_dir: Path) -
         assert f"fluxbee up: {path}: {reason}" in done.stderr
         assert "Traceback" not in done.stderr
     shutil.rmtree(run_dir / "run", ignore_errors=True)
+
+
+def test_json_nested_too_deep_is_refused_with_a_4xx(up: Up) -> None:
+    up.ready()
+    deep = b"[" * 100_000 + b"]" * 100_000
+    code, body = up.call("PUT", "/config/vpns", raw=deep)
+    assert code == 400 and body["error_code"] == "INVALID_JSON", body
+    assert "nested deeper than 64 levels" in body["error_detail"]
+    config: dict[str, Any] = {}
+    for _ in range(100):  # within the parser's reach, beyond the limit
+        config = {"a": config}
+    code, body = up.call("POST", "/hives/lh/nodes", {"node_name": "WF.deep", "runtime": "fluxbee.echo",
+                                                      "config": config})
+    assert code == 400 and body["error_code"] == "INVALID_JSON", body
+    assert up.call("GET", "/hives/lh/nodes/WF.deep/status")[0] == 404
+
+
+def _answer(sock: socket.socket, trickle: bytes, deadline: float) -> bytes:
+    """Send ``trickle`` a byte every 0.1 s, like a slow client, until the server answers and closes."""
+    sock.setblocking(False)
+    got = b""
+    sent = 0
+    while time.monotonic() < deadline:
+        if sent < len(trickle):
+            try:
+                sock.send(trickle[sent:sent + 1])
+                sent += 1
+            except OSError:
+                pass  # closed by the server: read what it said
+        try:
+            chunk = sock.recv(65536)
+        except BlockingIOError:
+            time.sleep(0.1)
+            continue
+        except OSError:
+            return got
+        if not chunk:
+            return got
+        got += chunk
+    raise AssertionError(f"the server kept the slow connection open; got {got!r}")
+
+
+def test_slow_clients_are_cut_off_and_connections_are_limited(run_dir: Path, hive_file: Path) -> None:
+    up = Up(run_dir, hive_file, env={"FLUXBEE_ADMIN_HEADER_TIMEOUT": "1", "FLUXBEE_ADMIN_BODY_TIMEOUT": "1",
+                                     "FLUXBEE_ADMIN_MAX_CONNECTIONS": "6"})
+    try:
+        up.ready()
+        addr = ("127.0.0.1", up.port)
+        # headers a byte at a time, for ever: 408 and closed after about a second
+        with socket.create_connection(addr) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\n")
+            got = _answer(sock, b"X-Slow: " + b"a" * 1000, time.monotonic() + 10)
+        assert got.startswith(b"HTTP/1.1 408 ") and b"REQUEST_TIMEOUT" in got, got
+        # a body a byte at a time: the same
+        with socket.create_connection(addr) as sock:
+            sock.sendall(b"PUT /config/vpns HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n{")
+            got = _answer(sock, b" " * 999, time.monotonic() + 10)
+        assert got.startswith(b"HTTP/1.1 408 ") and b"REQUEST_TIMEOUT" in got, got
+        # at most 6 connections: the 7th is told so; idle ones are closed after the header timeout
+        held = [socket.create_connection(addr) for _ in range(6)]
+        try:
+            with socket.create_connection(addr) as extra:
+                got = _answer(extra, b"", time.monotonic() + 10)
+            assert got.startswith(b"HTTP/1.1 503 ") and b"TOO_MANY_CONNECTIONS" in got, got
+            for sock in held:
+                assert _answer(sock, b"", time.monotonic() + 10) == b""  # closed without a word
+        finally:
+            for sock in held:
+                sock.close()
+        assert up.get("/health")[0] == 200
+    finally:
+        assert up.stop() == 0, up.stderr()[-3000:]
+
+
+def test_a_change_that_cannot_be_written_is_not_made_and_answers_the_error(up: Up, run_dir: Path) -> None:
+    up.ready()
+    history = run_dir / "admin" / "history"
+    shutil.rmtree(history, ignore_errors=True)
+    history.parent.mkdir(parents=True, exist_ok=True)
+    history.write_text("a file where the history directory should be")
+    red = {"vpns": [{"pattern": "WF.red", "vpn_id": 7}]}
+    code, body = up.call("PUT", "/config/vpns", red)
+    assert code == 503 and body["error_code"] == "STATE_WRITE_FAILED", body
+    assert "nothing was changed" in body["error_detail"]
+    assert up.get("/hives/lh/vpns")[1]["payload"]["vpns"] == []
+    code, body = up.call("POST", "/hives/lh/nodes", {"node_name": "WF.spawned", "runtime": "fluxbee.echo"})
+    assert code == 503 and body["error_code"] == "STATE_WRITE_FAILED", body
+    assert not list((run_dir / "admin" / "nodes").glob("*.yaml"))
+    history.unlink()
+    code, body = up.call("PUT", "/config/vpns", red)
+    assert code == 200, body
+    assert [v["pattern"] for v in up.get("/hives/lh/vpns")[1]["payload"]["vpns"]] == ["WF.red"]
+    # the node's own config cannot be written: the spawn is undone, not left to start later
+    in_the_way = run_dir / "nodes" / "WF.spawned@lh"
+    in_the_way.parent.mkdir(parents=True, exist_ok=True)
+    in_the_way.write_text("a file where the node's directory should be")
+    code, body = up.call("POST", "/hives/lh/nodes", {"node_name": "WF.spawned", "runtime": "fluxbee.echo"})
+    assert code == 503 and body["error_code"] == "STATE_WRITE_FAILED", body
+    assert "nothing was changed" in body["error_detail"]
+    assert not list((run_dir / "admin" / "nodes").glob("*.yaml"))
+    entries = [json.loads(line) for line in (history / "deployments.jsonl").read_text().splitlines()]
+    assert [(e["action"], e["result"]) for e in entries] == [("set_config_routes", "ok"), ("run_node", "error")]
+    in_the_way.unlink()
+    code, body = up.call("POST", "/hives/lh/nodes", {"node_name": "WF.spawned", "runtime": "fluxbee.echo"})
+    assert code == 200, body
+    wait_until(lambda: "WF.spawned@lh" in node_names(run_dir), 30, "the spawned node")
