@@ -161,8 +161,11 @@ class LocalBackend:
         version = known[0] + 1
         self._status_versions[name] = (version, fingerprint)
         if node_dir.exists():
-            (node_dir / "status_version").write_text(f"{version}\n")
-            (node_dir / "status_fingerprint.sha256").write_text(fingerprint + "\n")
+            try:
+                (node_dir / "status_version").write_text(f"{version}\n")
+                (node_dir / "status_fingerprint.sha256").write_text(fingerprint + "\n")
+            except OSError as err:  # a read must not fail on it: the version is kept in memory meanwhile
+                log.warning("cannot persist the status version of %s: %s; it restarts after a restart", name, err)
         return version
 
     # changes ---------------------------------------------------------

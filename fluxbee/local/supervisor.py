@@ -318,7 +318,8 @@ class LocalHive:
             await asyncio.sleep(0.05)
         if not stop.is_set():
             tail = _tail(router.log_path)
-            print(f"fluxbee up: the router did not come up; its log ({router.log_path}) ends with:\n{tail}",
+            why = f" ({router.reason})" if router.reason else ""
+            print(f"fluxbee up: the router did not come up{why}; its log ({router.log_path}) ends with:\n{tail}",
                   file=sys.stderr, flush=True)
         return None
 

@@ -278,3 +278,7 @@ def test_a_change_that_cannot_be_written_is_not_made_and_answers_the_error(up: U
     code, body = up.call("POST", "/hives/lh/nodes", {"node_name": "WF.spawned", "runtime": "fluxbee.echo"})
     assert code == 200, body
     wait_until(lambda: "WF.spawned@lh" in node_names(run_dir), 30, "the spawned node")
+    # a read does not fail because the status version cannot be written
+    (run_dir / "nodes" / "WF.echo@lh" / "status_version").mkdir()
+    code, body = up.get("/hives/lh/nodes/WF.echo/status")
+    assert code == 200 and body["payload"]["node_status"]["status_version"] >= 1, body
