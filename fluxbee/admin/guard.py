@@ -12,7 +12,8 @@ connections were seen).  :class:`ConnectionGuard` wraps every accepted connectio
 
 The handler tells the guard when a request's headers are in (:meth:`ConnectionGuard.request_started`)
 and when it has answered (:meth:`ConnectionGuard.request_done`): a handler may take as long as its
-action needs.
+action needs, and the next deadline counts from its answer (a client that has not taken the answer
+within ``header_timeout`` is a slow client too).
 """
 
 from __future__ import annotations
