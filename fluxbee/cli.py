@@ -203,8 +203,8 @@ def _admin_services(args: argparse.Namespace) -> list[Any]:
     token = os.environ.get("FLUXBEE_ADMIN_TOKEN") or None
     if args.admin_token_file:
         token = Path(args.admin_token_file).read_text().strip() or None
-    settings = AdminSettings(host=host, port=port, token=token)
     try:
+        settings = AdminSettings.with_limits_from_env(os.environ, host=host, port=port, token=token)
         check_settings(settings)
     except SettingsError as err:
         raise SystemExit(f"fluxbee up: {err}") from err
@@ -227,8 +227,8 @@ def cmd_admin(args: argparse.Namespace) -> int:
         except OSError as err:
             print(f"fluxbee admin: --token-file {args.token_file}: {err.strerror}", file=sys.stderr)
             return 2
-    settings = AdminSettings(host=host, port=port, token=token)
     try:
+        settings = AdminSettings.with_limits_from_env(os.environ, host=host, port=port, token=token)
         check_settings(settings)
     except SettingsError as err:
         print(f"fluxbee admin: {err}", file=sys.stderr)

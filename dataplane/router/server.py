@@ -1082,6 +1082,7 @@ class Router:
     def _persist(self) -> None:
         doc = {
             "saved_at": time.time(),
+            "config_version": self.config_version,
             "section_versions": {"routes": self._section_versions.routes, "vpns": self._section_versions.vpns},
             "routes": [r.model_dump(mode="json") for r in self.table.route_specs],
             "vpns": [v.model_dump(mode="json") for v in self.table.vpn_specs],
@@ -1116,6 +1117,8 @@ class Router:
         if state.exists():
             try:
                 saved = json.loads(state.read_text())
+                # the version only grows, across restarts too, whichever config wins below
+                self.config_version = max(self.config_version, int(saved.get("config_version", 0)))
                 if float(saved.get("saved_at", 0)) >= file_mtime:
                     routes = parse_routes(saved.get("routes", []))
                     vpns = parse_vpns(saved.get("vpns", []))

@@ -13,10 +13,11 @@ import asyncio
 import hashlib
 import ipaddress
 import json
+import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,11 +27,13 @@ from fluxbee import __version__
 from fluxbee.admin import schemas as s
 from fluxbee.admin.backend import Backend, NodeObservation, RouteConfig, RouterLink
 from fluxbee.admin.errors import AdminError
-from fluxbee.admin.history import History
+from fluxbee.admin.history import DEPLOYMENTS, History
 from fluxbee.admin.link import RouterRoutes
 from fluxbee.admin.node_identity import SpawnIdentity
 from fluxbee.dataplane import wire
 from fluxbee.models import validate_node_name
+
+log = logging.getLogger(__name__)
 
 HIVE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 REGISTRY_VERSION = "6"
@@ -138,17 +141,45 @@ def _find(observations: list[NodeObservation], name: str) -> NodeObservation | N
 
 async def _record(ctx: Context, call: Call, category: str, action: str, started: float,
                   work: Awaitable[dict[str, Any]], detail: dict[str, Any]) -> dict[str, Any]:
-    """Run a change and write its deployment entry, whatever the outcome."""
+    """Run a change and write its deployment entry, whatever the outcome.
+
+    The history file is opened first: a change that could not be recorded is not made (it was
+    made, then answered 500, when the history was written after it). A change that fails on a
+    write of its own answers ``STATE_WRITE_FAILED``; the backends leave nothing half-applied."""
     try:
-        result = await work
+        fd = ctx.history.open(DEPLOYMENTS)
+    except OSError as err:
+        if isinstance(work, Coroutine):
+            work.close()  # never started
+        raise AdminError("STATE_WRITE_FAILED", f"the change cannot be recorded in {ctx.history.directory}: "
+                                               f"{err.strerror or err}; nothing was changed") from err
+    try:
+        try:
+            result = await work
+        except OSError as err:
+            where = f" ({err.filename})" if err.filename else ""
+            raise AdminError("STATE_WRITE_FAILED", f"the change could not be written{where}: {err.strerror or err}"
+                             ) from err
     except AdminError as err:
-        ctx.history.deployment(category=category, action=action, actor=call.actor, trigger=call.trigger,
-                               started=started, result="error",
-                               detail={**detail, "error_code": err.code, "error_detail": err.detail})
+        _write_entry(ctx, fd, category=category, action=action, actor=call.actor, trigger=call.trigger,
+                     started=started, result="error",
+                     detail={**detail, "error_code": err.code, "error_detail": err.detail})
         raise
-    ctx.history.deployment(category=category, action=action, actor=call.actor, trigger=call.trigger,
-                           started=started, result="ok", detail=detail)
-    return result
+    else:
+        _write_entry(ctx, fd, category=category, action=action, actor=call.actor, trigger=call.trigger,
+                     started=started, result="ok", detail=detail)
+        return result
+    finally:
+        os.close(fd)
+
+
+def _write_entry(ctx: Context, fd: int, **entry: Any) -> None:
+    """The change is decided (made or refused): its answer must say so even if the entry is lost."""
+    try:
+        ctx.history.deployment(fd=fd, **entry)
+    except OSError as err:
+        log.error("the %s change is done (%s) but its history entry could not be written: %s", entry["action"],
+                  entry["result"], err)
 
 
 # hive / system -----------------------------------------------------------------
