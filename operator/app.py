@@ -26,7 +26,7 @@ from fluxbee.operator.fluxnode.handlers import (
     reconcile_fluxnode,
 )
 from fluxbee.operator.hive.handlers import cleanup_hive, reconcile_hive
-from fluxbee.operator.kube import ApiError, Kube
+from fluxbee.operator.kube import ApiError, Kube, KubeConfig, connection_info
 from fluxbee.operator.module.handlers import reconcile_module
 from fluxbee.operator.policy.handlers import reconcile_policy
 from fluxbee.operator.runtime.handlers import dependants, reconcile_runtime
@@ -222,8 +222,8 @@ def configure(settings: kopf.OperatorSettings, operator: OperatorSettings) -> No
         settings.peering.standalone = True
 
 
-def build_registry(operator: OperatorSettings,
-                   login: Callable[..., Any] | None = None) -> kopf.OperatorRegistry:
+def build_registry(operator: OperatorSettings, access: KubeConfig) -> kopf.OperatorRegistry:
+    """Every handler, the startup settings, and the login from ``access`` (kopf has no other)."""
     registry = kopf.OperatorRegistry()
     register(registry)
 
@@ -231,22 +231,28 @@ def build_registry(operator: OperatorSettings,
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings, operator)
 
-    if login is not None:
-        kopf.on.login(registry=registry, id="login")(login)
+    @kopf.on.login(registry=registry, id="login")
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(access)
+
     return registry
 
 
 async def run(
     operator: OperatorSettings,
     kube: Kube,
+    access: KubeConfig,
     *,
-    login: Callable[..., Any] | None = None,
     stop_flag: asyncio.Event | None = None,
     ready_flag: asyncio.Event | None = None,
 ) -> None:
-    """Run the operator until ``stop_flag`` is set (or forever)."""
+    """Run the operator until ``stop_flag`` is set (or forever).
+
+    ``kube`` is the handlers' client; ``access`` is where it logs in, and kopf's watches log in
+    the same way.
+    """
     ctx = OperatorContext(kube=kube, settings=operator, coalescer=Coalescer())
-    registry = build_registry(operator, login)
+    registry = build_registry(operator, access)
     namespaces = [operator.namespace] if operator.namespace else []
     await kopf.operator(
         registry=registry,

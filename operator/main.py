@@ -12,9 +12,11 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import ssl
 import sys
 from collections.abc import Callable
 
+from fluxbee.kube import KubeConfig, KubeConfigError
 from fluxbee.operator.settings import OperatorSettings, SettingsError
 
 
@@ -55,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    try:
+        access = KubeConfig.from_environment()
+        access.ssl_context()  # bad CA/certificate files are reported here, not as a traceback
+    except (KubeConfigError, ssl.SSLError, OSError) as err:
+        print(f"fluxbee operator: no Kubernetes API to log in to: {err}", file=sys.stderr)
+        return 2
+    logging.getLogger(__name__).info("API server %s (%s)", access.server, access.source)
     loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
     try:
         import uvloop
@@ -63,16 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve(settings))
+        runner.run(_serve(settings, access))
     return 0
 
 
-async def _serve(settings: OperatorSettings) -> None:
+async def _serve(settings: OperatorSettings, access: KubeConfig) -> None:
     from fluxbee.operator.app import run
-    from fluxbee.operator.kube import KubeClient, KubeConfig
+    from fluxbee.operator.kube import KubeClient
 
-    async with KubeClient(KubeConfig.from_environment(), user_agent="fluxbee-operator") as kube:
-        await run(settings, kube)
+    async with KubeClient(access, user_agent="fluxbee-operator") as kube:
+        await run(settings, kube, access)
 
 
 if __name__ == "__main__":
