@@ -115,6 +115,22 @@ async def _after(ctx: OperatorContext, plural: str, body: Mapping[str, Any]) -> 
             await reconcile_by_name(ctx, "degrees", namespace, degree_name)
 
 
+async def _exclusive(ctx: OperatorContext, plural: str, body: Mapping[str, Any],
+                     cleanup: Callable[[OperatorContext, Mapping[str, Any]], Awaitable[None]]) -> None:
+    """Run a cleanup in the object's reconcile queue.
+
+    A reconcile started by a child event just before the deletion would otherwise run beside
+    the cleanup and put back what it removes (a DaemonSet, a node's claim).  Queued behind the
+    cleanup instead, it reads the object again, sees it terminating and does nothing.
+    """
+    meta = body["metadata"]
+
+    async def work() -> None:
+        await cleanup(ctx, body)
+
+    await ctx.coalescer.run((plural, meta["namespace"], meta["name"]), work, coalesce=False)
+
+
 def _temporary(err: ApiError) -> kopf.TemporaryError:
     return kopf.TemporaryError(f"API call failed; will retry in 5 s: {err}", delay=5)
 
@@ -148,7 +164,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
     async def hive_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
         ctx = _ctx(memo)
         try:
-            await cleanup_hive(ctx, body)
+            await _exclusive(ctx, "hives", body, cleanup_hive)
             await _after(ctx, "hives", body)
         except ApiError as err:
             raise _temporary(err) from err
@@ -156,7 +172,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
     @kopf.on.delete(API_GROUP, VERSION, "fluxnodes", registry=registry, id="cleanup-fluxnode")
     async def fluxnode_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
         try:
-            await cleanup_fluxnode(_ctx(memo), body)
+            await _exclusive(_ctx(memo), "fluxnodes", body, cleanup_fluxnode)
         except ApiError as err:
             raise _temporary(err) from err
 
