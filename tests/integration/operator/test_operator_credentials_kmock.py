@@ -82,6 +82,8 @@ async def test_a_fluxnode_gets_a_credential_and_its_name_claimed_until_it_is_del
     await cluster.api.delete("fluxnodes", NS, "echo")
     claims = await claims_where(cluster, lambda d: "WF.echo" not in d, "WF.echo unclaimed")
     assert claims["SY.admin"] == {"credential_sha256": [sha256(admin_token)]}
+    # Every claims change above reconciled the Hive again; its system token stayed the same.
+    assert await token_of(cluster, "demo-system-credentials", "SY.admin") == admin_token
 
     async def secrets_gone() -> bool:
         return all([await cluster.api.get("secrets", NS, s) is None for s in ("echo-credential", "echo-b-credential")])
