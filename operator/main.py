@@ -3,7 +3,11 @@
     fluxbee operator [run] [--namespace NS] [--peering NAME] [--priority N] [--image IMAGE]
     fluxbee operator crds            # the CRD YAML generated from the models, for kubectl apply
 
-The event loop is chosen here and only here (uvloop when available).
+It logs in as ``fluxbee.kube.KubeConfig.from_environment`` finds: the pod's service account in a
+cluster (``$FLUXBEE_SERVICE_ACCOUNT_DIR``, default ``/var/run/secrets/kubernetes.io/serviceaccount``),
+else the current context of ``$KUBECONFIG`` (or ``~/.kube/config``); kopf's watches and the
+handlers' client use that one login.  The event loop is chosen here and only here (uvloop when
+available).
 """
 
 from __future__ import annotations
