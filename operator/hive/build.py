@@ -36,7 +36,8 @@ RUN_DIR = "/var/run/fluxbee"
 # claimed node name with a token (64 hex chars) from the file named by CREDENTIAL_ENV; the router
 # (``--claims-dir``) holds one file per claimed name with the token's sha256, never the token.
 CREDENTIAL_ENV = "FLUXBEE_NODE_CREDENTIAL_FILE"
-CREDENTIAL_DIR = f"{SDK_CONFIG_DIR}/credential"  # not under RUN_DIR: that is a hostPath, and a mount inside it would leave a folder on the host
+# Not under RUN_DIR: that is a hostPath, and a mount inside it would leave a folder on every host.
+CREDENTIAL_DIR = f"{SDK_CONFIG_DIR}/credential"
 CREDENTIAL_KEY = "token"
 CREDENTIAL_FILE = f"{CREDENTIAL_DIR}/{CREDENTIAL_KEY}"
 CLAIMS_MOUNT = "/etc/fluxbee/claims"
