@@ -55,10 +55,10 @@ import struct
 import time
 import uuid as _uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Final
+from typing import Any, Final, Protocol
 
 import posix_ipc
 
@@ -275,6 +275,25 @@ class Capacity:
 # --------------------------------------------------------------------------- writer
 
 
+class RegionMirror(Protocol):
+    """A second region the writer keeps in step with its own, change for change and batch for batch
+    (the original-layout region, :mod:`fluxbee.dataplane.identity_jsid`).  It must not raise for
+    capacity: what does not fit is its own business (counted there)."""
+
+    def batch(self) -> AbstractContextManager[Any]: ...
+    def put_tenant(self, tenant_id: str, *, name: str, status: str) -> None: ...
+    def put_ilk(self, ilk_id: str, *, tenant_id: str, ilk_type: str, registration_status: str,
+                handler_node: str = ..., display_name: str = ...) -> None: ...
+    def remove_ilk(self, ilk_id: str) -> None: ...
+    def put_alias(self, old_ilk_id: str, canonical_ilk_id: str, expires_ms: int) -> None: ...
+    def remove_alias(self, old_ilk_id: str) -> None: ...
+    def put_channel(self, channel_type: str, address: str, tenant_id: str, *, ilk_id: str, ich_id: str) -> None: ...
+    def remove_channel(self, channel_type: str, address: str, tenant_id: str) -> None: ...
+    def clear(self) -> None: ...
+    def heartbeat(self) -> None: ...
+    def close(self) -> None: ...
+
+
 @dataclass(slots=True)
 class _IlkModel:
     tenant: bytes
@@ -284,11 +303,17 @@ class _IlkModel:
 
 
 class IdentityRegionWriter(ClosedOnExit):
-    """Creates and owns the region; applies changes inside :meth:`batch`."""
+    """Creates and owns the region; applies changes inside :meth:`batch`.
+
+    ``mirror``, when given, receives every change inside the same batch (its seqlock opens after
+    ours and closes before ours), so both regions always show the same committed change; it is
+    closed with this writer.
+    """
 
     def __init__(self, hive_id: str, *, capacity: Capacity, owner_uuid: str | None = None,
                  is_primary: bool = True, name: str | None = None,
-                 run_dir: str | os.PathLike[str] | None = None) -> None:
+                 run_dir: str | os.PathLike[str] | None = None, mirror: RegionMirror | None = None) -> None:
+        self.mirror = mirror
         if len(hive_id.encode()) > MAX_HIVE_ID_BYTES:
             raise ValueError(f"hive id {hive_id!r} is longer than {MAX_HIVE_ID_BYTES} bytes")
         self.name = name or region_name(hive_id, run_dir)
@@ -357,7 +382,8 @@ class IdentityRegionWriter(ClosedOnExit):
         seq = self._seq
         seq[_SEQ_WORD] += 1
         try:
-            yield self
+            with self.mirror.batch() if self.mirror is not None else nullcontext():
+                yield self
         finally:
             self._data_version += 1
             _VERSIONS.pack_into(self._mm, _OFF_VERSIONS, self._data_version, epoch_ms())
@@ -380,12 +406,17 @@ class IdentityRegionWriter(ClosedOnExit):
         self._ilks[key] = model
         self._aliases.pop(key, None)
         self._store_ilk_slot(key)
+        if self.mirror is not None:
+            self.mirror.put_ilk(ilk_id, tenant_id=tenant_id, ilk_type=ilk_type,
+                                registration_status=registration_status, handler_node=handler_node)
 
     def remove_ilk(self, ilk_id: str) -> None:
         self._need_batch()
         key = id_bytes(ilk_id)
         if self._ilks.pop(key, None) is not None:
             self._drop_ilk_slot(key)
+        if self.mirror is not None:
+            self.mirror.remove_ilk(ilk_id)
 
     def put_alias(self, old_ilk_id: str, canonical_ilk_id: str, expires_ms: int) -> None:
         self._need_batch()
@@ -393,18 +424,24 @@ class IdentityRegionWriter(ClosedOnExit):
         self._ilks.pop(key, None)
         self._aliases[key] = (id_bytes(canonical_ilk_id), expires_ms)
         self._store_ilk_slot(key)
+        if self.mirror is not None:
+            self.mirror.put_alias(old_ilk_id, canonical_ilk_id, expires_ms)
 
     def remove_alias(self, old_ilk_id: str) -> None:
         self._need_batch()
         key = id_bytes(old_ilk_id)
         if self._aliases.pop(key, None) is not None:
             self._drop_ilk_slot(key)
+        if self.mirror is not None:
+            self.mirror.remove_alias(old_ilk_id)
 
     def put_channel(self, channel_type: str, address: str, tenant_id: str, *, ilk_id: str, ich_id: str) -> None:
         self._need_batch()
         ck = (channel_key(channel_type, address), id_bytes(tenant_id))
         self._chans[ck] = (id_bytes(ilk_id), id_bytes(ich_id))
         self._store_chan_slot(ck)
+        if self.mirror is not None:
+            self.mirror.put_channel(channel_type, address, tenant_id, ilk_id=ilk_id, ich_id=ich_id)
 
     def remove_channel(self, channel_type: str, address: str, tenant_id: str) -> None:
         self._need_batch()
@@ -412,6 +449,14 @@ class IdentityRegionWriter(ClosedOnExit):
         if self._chans.pop(ck, None) is not None:
             slot = self._chan_slot.pop(ck)
             self._mm[self._chan_base + slot * SLOT_SIZE + 62] = KIND_TOMBSTONE
+        if self.mirror is not None:
+            self.mirror.remove_channel(channel_type, address, tenant_id)
+
+    def put_tenant(self, tenant_id: str, *, name: str, status: str) -> None:
+        """Tenants live only in the mirror (the original layout has a tenant table; ours does not)."""
+        self._need_batch()
+        if self.mirror is not None:
+            self.mirror.put_tenant(tenant_id, name=name, status=status)
 
     def clear(self) -> None:
         """Forget everything (followed by puts: a full rebuild, e.g. at start)."""
@@ -420,10 +465,14 @@ class IdentityRegionWriter(ClosedOnExit):
         self._aliases.clear()
         self._chans.clear()
         self._rebuild()
+        if self.mirror is not None:
+            self.mirror.clear()
 
     def heartbeat(self) -> None:
         if not self.closed:
             _U64.pack_into(self._mm, _OFF_HEARTBEAT, epoch_ms())
+            if self.mirror is not None:
+                self.mirror.heartbeat()
 
     @property
     def data_version(self) -> int:
@@ -519,6 +568,8 @@ class IdentityRegionWriter(ClosedOnExit):
         if unlink:
             with suppress(posix_ipc.ExistentialError):
                 posix_ipc.unlink_shared_memory(self.name)
+        if self.mirror is not None:
+            self.mirror.close()
 
 
 class _HeapFull(Exception):

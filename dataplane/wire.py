@@ -35,6 +35,10 @@ import msgspec
 from fluxbee.dataplane import _native
 
 MAX_FRAME: Final = 128 * 1024
+PAYLOAD_BUDGET: Final = MAX_FRAME - 4 * 1024
+"""The encoded payload size a reply or a write may use and still fit in one frame: 4 KiB are left
+for the routing header and a system meta.  Paged replies (router status, ILK listings) fill pages up
+to it, and writes that must reach a node as one message (a node's config) are refused beyond it."""
 HEADER: Final = struct.Struct(">I")
 HEADER_SIZE: Final = HEADER.size
 

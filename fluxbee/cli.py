@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import ssl
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -244,8 +245,8 @@ def _admin_services(args: argparse.Namespace) -> list[Any]:
     token = os.environ.get("FLUXBEE_ADMIN_TOKEN") or None
     if args.admin_token_file:
         token = Path(args.admin_token_file).read_text().strip() or None
-    settings = AdminSettings(host=host, port=port, token=token)
     try:
+        settings = AdminSettings.with_limits_from_env(os.environ, host=host, port=port, token=token)
         check_settings(settings)
     except SettingsError as err:
         raise SystemExit(f"fluxbee up: {err}") from err
@@ -258,7 +259,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
     from fluxbee.admin.cluster import ClusterSettings, run_cluster_admin
     from fluxbee.admin.http import AdminSettings, SettingsError, check_settings
-    from fluxbee.kube import KubeConfig
+    from fluxbee.kube import KubeConfig, KubeConfigError
 
     host, port = args.listen
     token = os.environ.get("FLUXBEE_ADMIN_TOKEN") or None
@@ -268,13 +269,12 @@ def cmd_admin(args: argparse.Namespace) -> int:
         except OSError as err:
             print(f"fluxbee admin: --token-file {args.token_file}: {err.strerror}", file=sys.stderr)
             return 2
-    settings = AdminSettings(host=host, port=port, token=token)
     try:
+        settings = AdminSettings.with_limits_from_env(os.environ, host=host, port=port, token=token)
         check_settings(settings)
     except SettingsError as err:
         print(f"fluxbee admin: {err}", file=sys.stderr)
         return 2
-    namespace = args.namespace or os.environ.get("POD_NAMESPACE") or "default"
     hive = args.hive or os.environ.get("FLUXBEE_HIVE_RESOURCE")
     if not hive:
         print("fluxbee admin: which Hive? give --hive NAME or set FLUXBEE_HIVE_RESOURCE", file=sys.stderr)
@@ -282,10 +282,11 @@ def cmd_admin(args: argparse.Namespace) -> int:
     run_dir = _run_dir(args.run_dir)
     try:
         access = KubeConfig.from_environment(args.kube_api)
-    except Exception as err:  # kubeconfig loading raises several types; all mean "no API to talk to"
-        print(f"fluxbee admin: no Kubernetes API: not in a cluster and no usable kubeconfig ({err})",
-              file=sys.stderr)
+        access.ssl_context()  # bad CA/certificate files are reported here, not as a traceback
+    except (KubeConfigError, ssl.SSLError, OSError) as err:
+        print(f"fluxbee admin: no Kubernetes API to log in to: {err}", file=sys.stderr)
         return 2
+    namespace = args.namespace or os.environ.get("POD_NAMESPACE") or access.namespace or "default"
     cluster = ClusterSettings(namespace=namespace, hive_resource=hive, run_dir=run_dir,
                               state_dir=Path(args.state_dir) if args.state_dir else run_dir / "admin" / hive,
                               kube=access)
@@ -399,13 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HOST:PORT to serve on (default 127.0.0.1:8080; anything but loopback needs a token)")
     a.add_argument("--backend", choices=["kubernetes"], required=True,
                    help="kubernetes: Hive/FluxNode/Runtime resources (the local backend runs inside `fluxbee up`)")
-    a.add_argument("--namespace", help="namespace of the Hive (default $POD_NAMESPACE, else 'default')")
+    a.add_argument("--namespace", help="namespace of the Hive (default $POD_NAMESPACE, else the service account's or "
+                                         "kubeconfig context's, else 'default')")
     a.add_argument("--hive", help="name of the Hive resource (default $FLUXBEE_HIVE_RESOURCE)")
     a.add_argument("--token-file", help="file holding the bearer token (default $FLUXBEE_ADMIN_TOKEN)")
     a.add_argument("--run-dir", help="the hive's socket directory, to reach its router (default $FLUXBEE_RUN_DIR)")
     a.add_argument("--state-dir", help="where deployment/drift history is kept (default <run dir>/admin/<hive>)")
-    a.add_argument("--kube-api", help="API server URL without auth (tests, `kubectl proxy`); default: in-cluster "
-                                      "service account, else kubeconfig")
+    a.add_argument("--kube-api", help="API server URL without auth (`kubectl proxy`); default: in-cluster "
+                                      "service account ($FLUXBEE_SERVICE_ACCOUNT_DIR), else $KUBECONFIG")
     a.set_defaults(func=cmd_admin)
 
     from fluxbee.admin.ctl import register as register_ctl

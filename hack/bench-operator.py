@@ -70,14 +70,9 @@ async def serve_emulator() -> None:
 
 
 async def serve_operator(url: str) -> None:
-    import kopf
-
     from fluxbee.operator.app import run
     from fluxbee.operator.kube import KubeClient, KubeConfig
     from fluxbee.operator.settings import OperatorSettings
-
-    async def login(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=url, insecure=True)
 
     stop, ready = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -90,8 +85,9 @@ async def serve_operator(url: str) -> None:
 
     announcer = asyncio.create_task(announce(), name="announce-ready")
     try:
-        async with KubeClient(KubeConfig(server=url), limit=64) as kube:
-            await run(OperatorSettings(image="fluxbee/fluxbee:bench"), kube, login=login,
+        access = KubeConfig(server=url)
+        async with KubeClient(access, limit=64) as kube:
+            await run(OperatorSettings(image="fluxbee/fluxbee:bench"), kube, access,
                       stop_flag=stop, ready_flag=ready)
     finally:
         announcer.cancel()

@@ -26,7 +26,7 @@ from fluxbee.operator.fluxnode.handlers import (
     reconcile_fluxnode,
 )
 from fluxbee.operator.hive.handlers import cleanup_hive, reconcile_hive
-from fluxbee.operator.kube import ApiError, Kube
+from fluxbee.operator.kube import ApiError, Kube, KubeConfig, connection_info
 from fluxbee.operator.module.handlers import reconcile_module
 from fluxbee.operator.policy.handlers import reconcile_policy
 from fluxbee.operator.runtime.handlers import dependants, reconcile_runtime
@@ -115,6 +115,22 @@ async def _after(ctx: OperatorContext, plural: str, body: Mapping[str, Any]) -> 
             await reconcile_by_name(ctx, "degrees", namespace, degree_name)
 
 
+async def _exclusive(ctx: OperatorContext, plural: str, body: Mapping[str, Any],
+                     cleanup: Callable[[OperatorContext, Mapping[str, Any]], Awaitable[None]]) -> None:
+    """Run a cleanup in the object's reconcile queue.
+
+    A reconcile started by a child event just before the deletion would otherwise run beside
+    the cleanup and put back what it removes (a DaemonSet, a node's claim).  Queued behind the
+    cleanup instead, it reads the object again, sees it terminating and does nothing.
+    """
+    meta = body["metadata"]
+
+    async def work() -> None:
+        await cleanup(ctx, body)
+
+    await ctx.coalescer.run((plural, meta["namespace"], meta["name"]), work, coalesce=False)
+
+
 def _temporary(err: ApiError) -> kopf.TemporaryError:
     return kopf.TemporaryError(f"API call failed; will retry in 5 s: {err}", delay=5)
 
@@ -148,7 +164,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
     async def hive_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
         ctx = _ctx(memo)
         try:
-            await cleanup_hive(ctx, body)
+            await _exclusive(ctx, "hives", body, cleanup_hive)
             await _after(ctx, "hives", body)
         except ApiError as err:
             raise _temporary(err) from err
@@ -156,7 +172,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
     @kopf.on.delete(API_GROUP, VERSION, "fluxnodes", registry=registry, id="cleanup-fluxnode")
     async def fluxnode_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
         try:
-            await cleanup_fluxnode(_ctx(memo), body)
+            await _exclusive(_ctx(memo), "fluxnodes", body, cleanup_fluxnode)
         except ApiError as err:
             raise _temporary(err) from err
 
@@ -222,8 +238,8 @@ def configure(settings: kopf.OperatorSettings, operator: OperatorSettings) -> No
         settings.peering.standalone = True
 
 
-def build_registry(operator: OperatorSettings,
-                   login: Callable[..., Any] | None = None) -> kopf.OperatorRegistry:
+def build_registry(operator: OperatorSettings, access: KubeConfig) -> kopf.OperatorRegistry:
+    """Every handler, the startup settings, and the login from ``access`` (kopf has no other)."""
     registry = kopf.OperatorRegistry()
     register(registry)
 
@@ -231,22 +247,28 @@ def build_registry(operator: OperatorSettings,
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings, operator)
 
-    if login is not None:
-        kopf.on.login(registry=registry, id="login")(login)
+    @kopf.on.login(registry=registry, id="login")
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(access)
+
     return registry
 
 
 async def run(
     operator: OperatorSettings,
     kube: Kube,
+    access: KubeConfig,
     *,
-    login: Callable[..., Any] | None = None,
     stop_flag: asyncio.Event | None = None,
     ready_flag: asyncio.Event | None = None,
 ) -> None:
-    """Run the operator until ``stop_flag`` is set (or forever)."""
+    """Run the operator until ``stop_flag`` is set (or forever).
+
+    ``kube`` is the handlers' client; ``access`` is where it logs in, and kopf's watches log in
+    the same way.
+    """
     ctx = OperatorContext(kube=kube, settings=operator, coalescer=Coalescer())
-    registry = build_registry(operator, login)
+    registry = build_registry(operator, access)
     namespaces = [operator.namespace] if operator.namespace else []
     await kopf.operator(
         registry=registry,

@@ -10,9 +10,43 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from fluxbee.kube import JSON_PATCH, MERGE_PATCH, RESOURCES, ApiError, KubeClient, KubeConfig, object_path
+import kopf
 
-__all__ = ["JSON_PATCH", "MERGE_PATCH", "RESOURCES", "ApiError", "Kube", "KubeClient", "KubeConfig", "object_path"]
+from fluxbee.kube import (
+    JSON_PATCH,
+    MERGE_PATCH,
+    RESOURCES,
+    ApiError,
+    KubeClient,
+    KubeConfig,
+    KubeConfigError,
+    object_path,
+)
+
+__all__ = ["JSON_PATCH", "MERGE_PATCH", "RESOURCES", "ApiError", "Kube", "KubeClient", "KubeConfig",
+           "KubeConfigError", "connection_info", "object_path"]
+
+
+def connection_info(config: KubeConfig) -> kopf.ConnectionInfo:
+    """kopf's login for its watch streams, from the same :class:`KubeConfig` as the handlers' client.
+
+    Without a login handler kopf has no credentials at all ("Ran out of valid credentials"), and
+    its own fallbacks would read the kubeconfig a second, different way; one source means the
+    operator's watches and writes always go to the same server as the same user.
+    """
+    return kopf.ConnectionInfo(
+        server=config.server,
+        ca_path=None if config.insecure else config.ca_file,
+        ca_data=None if config.insecure else config.ca_data,
+        insecure=config.insecure,
+        scheme="Bearer" if config.token else None,
+        token=config.token,
+        certificate_path=config.cert_file,
+        certificate_data=None if config.cert_file else config.cert_data,
+        private_key_path=config.key_file,
+        private_key_data=None if config.key_file else config.key_data,
+        default_namespace=config.namespace,
+    )
 
 
 class Kube(Protocol):

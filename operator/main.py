@@ -3,7 +3,11 @@
     fluxbee operator [run] [--namespace NS] [--peering NAME] [--priority N] [--image IMAGE]
     fluxbee operator crds            # the CRD YAML generated from the models, for kubectl apply
 
-The event loop is chosen here and only here (uvloop when available).
+It logs in as ``fluxbee.kube.KubeConfig.from_environment`` finds: the pod's service account in a
+cluster (``$FLUXBEE_SERVICE_ACCOUNT_DIR``, default ``/var/run/secrets/kubernetes.io/serviceaccount``),
+else the current context of ``$KUBECONFIG`` (or ``~/.kube/config``); kopf's watches and the
+handlers' client use that one login.  The event loop is chosen here and only here (uvloop when
+available).
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import ssl
 import sys
 from collections.abc import Callable
 
+from fluxbee.kube import KubeConfig, KubeConfigError
 from fluxbee.operator.settings import OperatorSettings, SettingsError
 
 
@@ -55,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    try:
+        access = KubeConfig.from_environment()
+        access.ssl_context()  # bad CA/certificate files are reported here, not as a traceback
+    except (KubeConfigError, ssl.SSLError, OSError) as err:
+        print(f"fluxbee operator: no Kubernetes API to log in to: {err}", file=sys.stderr)
+        return 2
+    logging.getLogger(__name__).info("API server %s (%s)", access.server, access.source)
     loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
     try:
         import uvloop
@@ -63,16 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve(settings))
+        runner.run(_serve(settings, access))
     return 0
 
 
-async def _serve(settings: OperatorSettings) -> None:
+async def _serve(settings: OperatorSettings, access: KubeConfig) -> None:
     from fluxbee.operator.app import run
-    from fluxbee.operator.kube import KubeClient, KubeConfig
+    from fluxbee.operator.kube import KubeClient
 
-    async with KubeClient(KubeConfig.from_environment(), user_agent="fluxbee-operator") as kube:
-        await run(settings, kube)
+    async with KubeClient(access, user_agent="fluxbee-operator") as kube:
+        await run(settings, kube, access)
 
 
 if __name__ == "__main__":

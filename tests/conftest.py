@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
+from shm_leaks import SessionSegments, fluxbee_segments
 
 # Subprocesses started by tests run `python -m fluxbee …` from the repo root, whose `operator/`
 # folder would shadow the stdlib module if the working directory went onto sys.path.
@@ -33,18 +35,34 @@ async def no_leftover_tasks(request: pytest.FixtureRequest) -> AsyncIterator[Non
     pytest.fail(f"the test left {len(leftover)} asyncio task(s) running: {names}")
 
 
-def _fluxbee_segments() -> set[str]:
-    try:
-        return {n for n in os.listdir("/dev/shm") if n.startswith("fluxbee-")}
-    except FileNotFoundError:
-        return set()
+_SEGMENTS = pytest.StashKey[SessionSegments]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_SEGMENTS] = SessionSegments(fluxbee_segments())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """Note the run dirs a test used before its fixtures remove them (see shm_leaks.py)."""
+    segments = item.config.stash[_SEGMENTS]
+    for value in getattr(item, "funcargs", {}).values():
+        path = value if isinstance(value, Path) else getattr(value, "run_dir", None)
+        if isinstance(path, Path):
+            segments.note_run_dir(path)
+    return (yield)
 
 
 @pytest.fixture(autouse=True, scope="session")
-def no_leftover_shared_memory() -> Iterator[None]:
-    """Fail the session if its tests left fluxbee shared-memory segments behind."""
-    before = _fluxbee_segments()
+def no_leftover_shared_memory(request: pytest.FixtureRequest,
+                              tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fail the session if its tests left fluxbee shared-memory segments behind.
+
+    Only segments this session created count: hives of other users or other test runs on the same
+    machine create ``fluxbee-*`` segments too."""
     yield
-    left = _fluxbee_segments() - before
+    segments = request.config.stash[_SEGMENTS]
+    segments.note_run_dir(tmp_path_factory.getbasetemp())
+    left = segments.leftovers()
     if left:
-        pytest.fail(f"the tests left shared-memory segments behind: {sorted(left)}")
+        pytest.fail(f"the tests left shared-memory segments behind: {left}")

@@ -13,6 +13,7 @@ _HELP = {
     "unreachable": "UNREACHABLE replies sent, by reason.",
     "ttl_exceeded": "TTL_EXCEEDED replies sent.",
     "dropped": "Messages dropped, by reason.",
+    "dropped_bytes": "Bytes of queued output discarded with a cut-off connection, by reason.",
     "rejected": "Frames or connections rejected, by reason.",
     "connections": "Connections accepted.",
     "disconnects": "Connections closed, by reason.",
@@ -37,6 +38,7 @@ class Counters:
     connections: int = 0
     unreachable: Counter[str] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)
+    dropped_bytes: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
     disconnects: Counter[str] = field(default_factory=Counter)
     config_applied: Counter[str] = field(default_factory=Counter)

@@ -36,8 +36,11 @@ Decisions the original left open, made here:
   Only past the hard cap ``max_buffer`` (many producers at once, or a
   broadcast fan-out) is a frame dropped, counted and, for unicast, answered
   UNREACHABLE ``DST_CONGESTED``.  A connection that stays congested for
-  ``slow_consumer_timeout_s`` is closed with ``SLOW_CONSUMER``, which frees
-  the producers held behind it.  Router memory is therefore bounded by
+  ``slow_consumer_timeout_s`` is cut off (``SLOW_CONSUMER``): aborted, not
+  closed — a graceful close waits for the buffer to drain, which a consumer
+  that never reads never lets happen — so its queued output is dropped
+  (counted in ``dropped_bytes``), it leaves the node table, and the producers
+  held behind it resume at once.  Router memory is therefore bounded by
   ``max_buffer × connections`` whatever the consumers do.
 * Malformed or oversize frames close only the offending connection, after a
   PROTOCOL_ERROR frame that says why.
@@ -48,6 +51,7 @@ Decisions the original left open, made here:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
 import json
@@ -339,6 +343,33 @@ class Conn(asyncio.Protocol):
             if self.congested_since is None and self.blocked_sources:
                 self.release_sources()  # the batch fit: producers held for it may go on
 
+    def cut_off(self, reason: str, detail: str) -> None:
+        """Abort a connection that does not read: drop its queue, free its producers, now.
+
+        :meth:`fail` closes gracefully, and a graceful close only happens once
+        the outbound buffer has been written — never, for a consumer that does
+        not read, so it would keep its place and hold its producers for ever.
+        No PROTOCOL_ERROR is sent: it would queue behind the very bytes the
+        peer does not read (the peer sees a reset; the router log and the
+        counters say why).
+        """
+        if self.closing:
+            return
+        transport = self.transport
+        router = self.router
+        dropped = self.out_bytes + (transport.get_write_buffer_size() if transport is not None else 0)
+        log.warning("cutting off %s (%s): %s: %s; %d queued bytes dropped",
+                    self.name or self.peer, self.uuid, reason, detail, dropped)
+        router.counters.disconnects[reason] += 1
+        router.counters.dropped_bytes[reason] += dropped
+        self.out = []
+        self.out_bytes = 0
+        self.closing = True
+        router.on_disconnect(self, reason, counted=True)  # out of the node table before anyone else routes to it
+        self.release_sources()
+        if transport is not None:
+            transport.abort()
+
     def fail(self, reason: str, detail: str) -> None:
         """Tell the peer why, then close this connection only."""
         if self.closing:
@@ -547,7 +578,7 @@ class Router:
             if since is not None and now - since > limit and conn.transport is not None:
                 if conn.transport.get_write_buffer_size() >= self.settings.high_water:
                     self.counters.rejected[wire.SLOW_CONSUMER] += 1
-                    conn.fail(wire.SLOW_CONSUMER, f"outbound buffer over the limit for more than {limit:g} s")
+                    conn.cut_off(wire.SLOW_CONSUMER, f"outbound buffer over the limit for more than {limit:g} s")
 
     def flush(self) -> None:
         """Write what :meth:`Conn.send` collected during a batch."""
@@ -1042,10 +1073,12 @@ class Router:
         except shm.ShmError as err:
             log.error("node table: cannot record %s: %s", conn.name, err)
 
-    def on_disconnect(self, conn: Conn, reason: str) -> None:
+    def on_disconnect(self, conn: Conn, reason: str, *, counted: bool = False) -> None:
+        """Forget a node whose connection ended (``counted``: the caller has counted the reason)."""
         if conn.uuid is not None and self.by_uuid.get(conn.uuid) is conn:
             self._unregister(conn)
-            self.counters.disconnects[reason] += 1
+            if not counted:
+                self.counters.disconnects[reason] += 1
             log.info("node %s (%s) disconnected (%s)", conn.name, conn.uuid, reason)
 
     # routing -----------------------------------------------------------
@@ -1182,10 +1215,21 @@ class Router:
                 self.counters.dropped[wire.DST_CONGESTED] += 1
 
     def _reply(self, conn: Conn, routing: wire.Routing, msg: str, payload: Any) -> None:
-        conn.send(
-            wire.system_frame(self.uuid, conn.uuid, msg, payload, trace_id=routing.trace_id,
-                              src_l2_name=self.name)
-        )
+        """Answer ``conn``; an answer that outgrows a frame becomes UNREACHABLE ``FRAME_TOO_LARGE``.
+
+        Without the fallback the error would escape ``data_received`` and asyncio would drop the
+        asker's connection (and everything it had in flight) over a reply it never saw. No
+        ``src_l2_name``: like the original, router-generated frames (ANNOUNCE, UNREACHABLE,
+        TTL_EXCEEDED, PROTOCOL_ERROR) never carry it; ``routing.src`` is the router's UUID.
+        """
+        try:
+            frame = wire.system_frame(self.uuid, conn.uuid, msg, payload, trace_id=routing.trace_id)
+        except wire.FrameTooLargeError as err:
+            log.error("%s to %s does not fit in a frame: %s", msg, conn.name, err)
+            self._unreachable(conn, routing, wire.FRAME_TOO_LARGE, f"the {msg} answer does not fit in a frame: "
+                                                                   f"{err.detail}")
+            return
+        conn.send(frame)
 
     def _unreachable(self, conn: Conn, routing: wire.Routing, reason: str, detail: str) -> None:
         self.counters.unreachable[reason] += 1
@@ -1209,7 +1253,13 @@ class Router:
             return self._config_changed(conn, env)
         if to_router and msg in (wire.ROUTER_STATUS_GET, wire.NODE_STATUS_GET):
             reply = wire.ROUTER_STATUS_GET_RESPONSE if msg == wire.ROUTER_STATUS_GET else wire.NODE_STATUS_GET_RESPONSE
-            self._reply(conn, routing, reply, self.status())
+            try:
+                limit, cursor = _status_page_request(env.payload)
+            except ValueError as err:
+                self._reply(conn, routing, reply,
+                            {"status": "error", "error_code": "INVALID_REQUEST", "error_detail": str(err)})
+                return True
+            self._reply(conn, routing, reply, self.status_page(limit, cursor))
             return True
         if to_router:
             self._unreachable(conn, routing, wire.NODE_NOT_FOUND, f"the router does not handle {msg}")
@@ -1285,6 +1335,7 @@ class Router:
     def _persist(self) -> None:
         doc = {
             "saved_at": time.time(),
+            "config_version": self.config_version,
             "section_versions": {"routes": self._section_versions.routes, "vpns": self._section_versions.vpns},
             "routes": [r.model_dump(mode="json") for r in self.table.route_specs],
             "vpns": [v.model_dump(mode="json") for v in self.table.vpn_specs],
@@ -1319,6 +1370,8 @@ class Router:
         if state.exists():
             try:
                 saved = json.loads(state.read_text())
+                # the version only grows, across restarts too, whichever config wins below
+                self.config_version = max(self.config_version, int(saved.get("config_version", 0)))
                 if float(saved.get("saved_at", 0)) >= file_mtime:
                     routes = parse_routes(saved.get("routes", []))
                     vpns = parse_vpns(saved.get("vpns", []))
@@ -1358,6 +1411,50 @@ class Router:
 
     # status --------------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        """The whole snapshot, every node included (HTTP ``/status``, which has no frame limit)."""
+        return self._status_head([self._node_entry(c) for c in self.by_uuid.values()])
+
+    def status_page(self, limit: int | None, cursor: str | None) -> dict[str, Any]:
+        """The snapshot as a frame-sized page of nodes, for ROUTER_STATUS_GET / NODE_STATUS_GET.
+
+        Nodes come in UUID order after ``cursor`` (the last UUID of the previous page), at most
+        ``limit`` of them and no more than fit in :data:`wire.PAYLOAD_BUDGET` once encoded — a count
+        alone cannot bound the size, names are up to 256 bytes.  ``next_cursor`` is None on the last
+        page; ``node_count`` is the total.  UUID order keeps paging stable while nodes come and go:
+        a node connected throughout is listed exactly once.  Every page repeats the rest of the
+        snapshot (router, config, counters), so an asker that stops after one page still has it.
+        """
+        head = self._status_head([])
+        head["node_count"] = len(self.by_uuid)
+        head["next_cursor"] = None
+        used = len(wire.encode(head)) + 40  # + the cursor, a quoted UUID, if there is a next page
+        budget = wire.PAYLOAD_BUDGET
+        order = sorted(self.by_uuid)
+        start = bisect.bisect_right(order, cursor) if cursor is not None else 0
+        page: list[dict[str, Any]] = []
+        for node_uuid in order[start:]:
+            if limit is not None and len(page) >= limit:
+                break
+            entry = self._node_entry(self.by_uuid[node_uuid])
+            size = len(wire.encode(entry)) + 1
+            if page and used + size > budget:
+                break
+            used += size
+            page.append(entry)
+        if page and start + len(page) < len(order):
+            head["next_cursor"] = page[-1]["uuid"]
+        head["nodes"] = page
+        return head
+
+    @staticmethod
+    def _node_entry(c: Conn) -> dict[str, Any]:
+        return {"uuid": c.uuid, "name": c.name, "vpn_id": c.vpn_id, "connected_at_ms": c.connected_at_ms,
+                "congested": c.congested_since is not None,
+                "peer": None if c.cred is None else {"pid": c.cred.pid, "uid": c.cred.uid, "gid": c.cred.gid},
+                "claimed": c.claimed, "replacements": c.replacements, "takeovers_refused": c.takeovers_refused,
+                "flapping": c.holds_uuid}
+
+    def _status_head(self, nodes: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "router": {"uuid": self.uuid, "name": self.name, "hive_id": self.hive_id,
                        "socket": str(self.socket_path), "pid": os.getpid(),
@@ -1365,16 +1462,9 @@ class Router:
                        "fast_path": fastpath.IMPLEMENTATION, "scheduling": scheduling.current(),
                        "allocator": alloc.state()},
             "config_version": self.config_version,
-            "nodes": [
-                {"uuid": c.uuid, "name": c.name, "vpn_id": c.vpn_id, "connected_at_ms": c.connected_at_ms,
-                 "congested": c.congested_since is not None,
-                 "peer": None if c.cred is None else {"pid": c.cred.pid, "uid": c.cred.uid, "gid": c.cred.gid},
-                 "claimed": c.claimed, "replacements": c.replacements, "takeovers_refused": c.takeovers_refused,
-                 "flapping": c.holds_uuid}
-                for c in self.by_uuid.values()
-            ],
+            "nodes": nodes,
             "trust": {"claims_dir": None if self.settings.claims_dir is None else str(self.settings.claims_dir),
-                      "claimed_names": sorted(self.claims.by_name),
+                      "claimed_names": len(self.claims.by_name),  # a count: the head repeats on every status page
                       "limits": {"max_nodes": self.settings.max_nodes,
                                  "claimed_reserve": self.settings.claimed_reserve,
                                  "max_unclaimed_per_uid": self.settings.max_unclaimed_per_uid,
@@ -1432,6 +1522,30 @@ class _ConfigRefused(Exception):
         super().__init__(detail)
         self.code = code
         self.detail = detail
+
+
+def _status_page_request(raw: msgspec.Raw | bytes) -> tuple[int | None, str | None]:
+    """``(limit, cursor)`` from a status request's payload: null, ``{}`` or ``{limit?, cursor?}``.
+
+    Other keys are ignored (the original SDKs send their own); a bad limit or cursor is a ValueError.
+    """
+    try:
+        body = msgspec.json.decode(raw) if raw else None
+    except msgspec.DecodeError as err:
+        raise ValueError(f"the payload is not JSON: {err}") from None
+    if body is None:
+        return None, None
+    if not isinstance(body, dict):
+        raise ValueError("the payload must be null or an object with `limit` and `cursor`")
+    limit = body.get("limit")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ValueError(f"limit must be a positive integer, not {limit!r}")
+    cursor = body.get("cursor")
+    if cursor is not None:
+        if not isinstance(cursor, str) or not wire.is_uuid(cursor):
+            raise ValueError(f"cursor must be the next_cursor of a previous page, not {cursor!r}")
+        cursor = wire.canonical_uuid(cursor)
+    return limit, cursor
 
 
 def _dst_text(dst: str | None) -> str:

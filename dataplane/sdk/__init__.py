@@ -3,6 +3,7 @@
 from fluxbee.dataplane.sdk.node import (
     CREDENTIAL_FILE_ENV,
     CredentialError,
+    FrameTooLargeError,
     HandshakeError,
     NodeConfig,
     NodeReceiver,
@@ -25,6 +26,7 @@ from fluxbee.dataplane.sdk.nodetable import read_node_table
 __all__ = [
     "CREDENTIAL_FILE_ENV",
     "CredentialError",
+    "FrameTooLargeError",
     "HandshakeError",
     "NodeConfig",
     "NodeReceiver",

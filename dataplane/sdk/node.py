@@ -102,10 +102,29 @@ def read_credential(path: Path) -> str:
 
 
 class RequestTimeoutError(SdkError, TimeoutError):
-    def __init__(self, trace_id: str, timeout: float) -> None:
-        super().__init__(f"no reply to {trace_id} within {timeout:g} s")
+    """No reply within the request's timeout; ``sent`` is False when the request never left the node
+    (for the whole timeout the router was not reading from it, or the connection was down)."""
+
+    def __init__(self, trace_id: str, timeout: float, *, sent: bool = True) -> None:
+        if sent:
+            text = f"no reply to {trace_id} within {timeout:g} s"
+        else:
+            text = (f"{trace_id} not sent within {timeout:g} s: the router was not reading from this node "
+                    "(held behind a congested destination) or not connected")
+        super().__init__(text)
         self.trace_id = trace_id
         self.timeout = timeout
+        self.sent = sent
+
+
+class FrameTooLargeError(SdkError, wire.FrameTooLargeError):
+    """A message that does not fit in one frame: refused before anything is written, so the
+    connection stays usable.  ``size`` and ``max_size`` are the encoded body and the limit."""
+
+    def __init__(self, size: int, max_size: int = wire.MAX_FRAME) -> None:
+        wire.FrameTooLargeError.__init__(self, size, max_size)
+        self.args = (f"{wire.FRAME_TOO_LARGE}: a message of {size} bytes exceeds the {max_size}-byte frame limit; "
+                     "nothing was sent",)
 
 
 class UnreachableError(SdkError):
@@ -262,6 +281,14 @@ _BURST_NS = 10_000
 _CHUNK = 64 * 1024
 """A burst's coalesced frames are written once they reach this size (256 KiB was tried: A/B runs
 inside one bench session gave +3.7 %, +1.6 % and -1 % messages per second, i.e. noise)."""
+
+
+def _encode_frame(message: Message) -> bytes:
+    """:func:`wire.encode_frame`, refusing an oversize message with the SDK's :class:`FrameTooLargeError`."""
+    try:
+        return wire.encode_frame(message)
+    except wire.FrameTooLargeError as err:
+        raise FrameTooLargeError(err.size, err.max_size) from None
 
 
 class _Protocol(asyncio.Protocol):
@@ -614,8 +641,27 @@ class _Client:
             "error": error,
             "contract": self.CONFIG_CONTRACT,
         }
-        self.write_nowait(self.build(msg.routing.src, payload, msg_type=wire.TYPE_SYSTEM,
-                                     msg=wire.CONFIG_RESPONSE, trace_id=msg.routing.trace_id))
+        self._answer(msg, wire.CONFIG_RESPONSE, payload, "effective_config")
+
+    def _answer(self, msg: Message, name: str, payload: dict[str, Any], bulky: str) -> None:
+        """Send an automatic answer; one too large for a frame goes without its ``bulky`` field.
+
+        These answers are written from inside the socket callback: an exception there would drop
+        the connection, so an oversize answer says so in ``error`` instead.
+        """
+        try:
+            frame = self.build(msg.routing.src, payload, msg_type=wire.TYPE_SYSTEM, msg=name,
+                               trace_id=msg.routing.trace_id)
+        except FrameTooLargeError as err:
+            log.error("%s does not fit in a frame (%s); answering without %s", name, err, bulky)
+            payload = {**payload, bulky: None,
+                       "error": f"RESPONSE_TOO_LARGE: {bulky} is too large for one frame "
+                                f"({err.size} > {err.max_size} bytes)"}
+            if "ok" in payload:
+                payload["ok"] = False
+            frame = self.build(msg.routing.src, payload, msg_type=wire.TYPE_SYSTEM, msg=name,
+                               trace_id=msg.routing.trace_id)
+        self.write_nowait(frame)
 
     def _answer_status(self, msg: Message) -> None:
         st = self.status
@@ -631,8 +677,7 @@ class _Client:
             payload["last_error"] = st.last_error
         if st.extensions:
             payload["extensions"] = st.extensions
-        self.write_nowait(self.build(msg.routing.src, payload, msg_type=wire.TYPE_SYSTEM,
-                                     msg=wire.NODE_STATUS_GET_RESPONSE, trace_id=msg.routing.trace_id))
+        self._answer(msg, wire.NODE_STATUS_GET_RESPONSE, payload, "extensions")
 
     # outbound --------------------------------------------------------
     def build(self, dst: str | None, payload: Any, *, msg_type: str = wire.TYPE_USER, msg: str | None = None,
@@ -657,9 +702,8 @@ class _Client:
                 m.type = msg_type
         if msg is not None:
             m.msg = msg
-        return wire.encode_frame(
-            Message(routing=Routing(src=self.uuid, dst=dst, ttl=ttl, trace_id=trace), meta=m, payload=payload)
-        )
+        return _encode_frame(Message(routing=Routing(src=self.uuid, dst=dst, ttl=ttl, trace_id=trace), meta=m,
+                                     payload=payload))
 
     def splice(self, dst: str | None, payload: Any, trace: str, middle: bytes = _USER_META_BYTES) -> bytes:
         """The frame of a plain message (default meta and TTL) from encoded parts, no Structs built."""
@@ -667,12 +711,12 @@ class _Client:
             out = _frame(self._head, dst, _TTL_TRACE, trace, middle, _encode(payload))
             if out is not None:  # None: dst or trace needs escaping
                 if len(out) > _MAX_WIRE:
-                    raise wire.FrameTooLargeError(len(out) - wire.HEADER_SIZE)
+                    raise FrameTooLargeError(len(out) - wire.HEADER_SIZE)
                 return out
         body = b"".join((self._head, _encode(dst), _TTL_TRACE, _encode(trace), middle, _encode(payload), b"}"))
         size = len(body)
         if size > wire.MAX_FRAME:
-            raise wire.FrameTooLargeError(size)
+            raise FrameTooLargeError(size)
         return _pack_header(size) + body
 
     def write_nowait(self, frame: bytes) -> bool:
@@ -867,7 +911,7 @@ class NodeSender:
     async def send_message(self, message: Message) -> None:
         """Send a prepared message (``routing.src`` is forced to this node)."""
         message.routing.src = self._c.uuid
-        await self._c.write(wire.encode_frame(message))
+        await self._c.write(_encode_frame(message))
 
     async def request(self, dst: str | None, payload: Any = None, *, timeout: float = 5.0,
                       msg_type: str = wire.TYPE_USER, msg: str | None = None, meta: Meta | None = None,
@@ -882,13 +926,23 @@ class NodeSender:
         loop = client.loop or asyncio.get_running_loop()
         future: asyncio.Future[Message] = loop.create_future()
         pending = client.pending
-        pending[trace] = (future, loop.time() + timeout, timeout)
+        deadline = loop.time() + timeout
+        pending[trace] = (future, deadline, timeout)
         if client._sweeper is None:
             client.start_sweeper()
         try:
             frame = client.frame(dst, payload, trace, msg_type, msg, meta, ttl)
             if not client.write_if_ready(frame):
-                await client.write(frame)
+                # The deadline covers the wait for a writable connection too: while the router holds
+                # this node (it stopped reading: a destination is congested) the caller asked for an
+                # answer within `timeout`, not within connect_timeout.
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await client.write(frame)
+                except TimeoutError:
+                    if future.done():
+                        future.exception()  # the sweeper's timeout, superseded by this one
+                    raise RequestTimeoutError(trace, timeout, sent=False) from None
             reply = await future
         finally:
             pending.pop(trace, None)
@@ -904,11 +958,34 @@ class NodeSender:
         await self._c.write(self._c.build(to.routing.src, payload, msg_type=msg_type or to.meta.type,
                                           msg=msg, trace_id=to.routing.trace_id, meta=meta))
 
-    async def router_status(self, timeout: float = 5.0) -> dict[str, Any]:
-        """The router's status snapshot (nodes, routes, VPNs, counters)."""
-        reply = await self.request(self._c.router_uuid, None, msg_type=wire.TYPE_SYSTEM,
-                                   msg=wire.ROUTER_STATUS_GET, timeout=timeout)
-        return cast(dict[str, Any], reply.payload)
+    async def router_status(self, timeout: float = 5.0, *, page_limit: int | None = None) -> dict[str, Any]:
+        """The router's status snapshot (nodes, routes, VPNs, counters), every node included.
+
+        The router answers in frame-sized pages of nodes (a hive of ~900 nodes does not fit in one
+        128 KiB frame); this follows ``next_cursor`` and returns the first page's snapshot with the
+        nodes of all pages.  ``page_limit`` caps the nodes per page; ``timeout`` is per page.
+        """
+        payload: dict[str, Any] = {} if page_limit is None else {"limit": page_limit}
+        status: dict[str, Any] | None = None
+        nodes: list[Any] = []
+        while True:
+            reply = await self.request(self._c.router_uuid, payload or None, msg_type=wire.TYPE_SYSTEM,
+                                       msg=wire.ROUTER_STATUS_GET, timeout=timeout)
+            page = reply.payload
+            if not isinstance(page, dict):
+                raise SdkError(f"{wire.ROUTER_STATUS_GET_RESPONSE} payload is not an object")
+            if page.get("status") == "error":
+                raise SdkError(f"router status refused: {page.get('error_code')}: {page.get('error_detail')}")
+            nodes.extend(page.get("nodes") or ())
+            if status is None:
+                status = page
+            cursor = page.get("next_cursor")
+            if not isinstance(cursor, str) or cursor == payload.get("cursor"):
+                break  # the last page (or a router without paging)
+            payload["cursor"] = cursor
+        status["nodes"] = nodes
+        status.pop("next_cursor", None)
+        return status
 
     async def close(self) -> None:
         """Say WITHDRAW and close; pending requests fail with NotConnectedError."""

@@ -13,10 +13,11 @@ import asyncio
 import hashlib
 import ipaddress
 import json
+import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,9 +27,13 @@ from fluxbee import __version__
 from fluxbee.admin import schemas as s
 from fluxbee.admin.backend import Backend, NodeObservation, RouteConfig, RouterLink
 from fluxbee.admin.errors import AdminError
-from fluxbee.admin.history import History
+from fluxbee.admin.history import DEPLOYMENTS, History
 from fluxbee.admin.link import RouterRoutes
+from fluxbee.admin.node_identity import SpawnIdentity
+from fluxbee.dataplane import wire
 from fluxbee.models import validate_node_name
+
+log = logging.getLogger(__name__)
 
 HIVE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 REGISTRY_VERSION = "6"
@@ -136,17 +141,45 @@ def _find(observations: list[NodeObservation], name: str) -> NodeObservation | N
 
 async def _record(ctx: Context, call: Call, category: str, action: str, started: float,
                   work: Awaitable[dict[str, Any]], detail: dict[str, Any]) -> dict[str, Any]:
-    """Run a change and write its deployment entry, whatever the outcome."""
+    """Run a change and write its deployment entry, whatever the outcome.
+
+    The history file is opened first: a change that could not be recorded is not made (it was
+    made, then answered 500, when the history was written after it). A change that fails on a
+    write of its own answers ``STATE_WRITE_FAILED``; the backends leave nothing half-applied."""
     try:
-        result = await work
+        fd = ctx.history.open(DEPLOYMENTS)
+    except OSError as err:
+        if isinstance(work, Coroutine):
+            work.close()  # never started
+        raise AdminError("STATE_WRITE_FAILED", f"the change cannot be recorded in {ctx.history.directory}: "
+                                               f"{err.strerror or err}; nothing was changed") from err
+    try:
+        try:
+            result = await work
+        except OSError as err:
+            where = f" ({err.filename})" if err.filename else ""
+            raise AdminError("STATE_WRITE_FAILED", f"the change could not be written{where}: {err.strerror or err}"
+                             ) from err
     except AdminError as err:
-        ctx.history.deployment(category=category, action=action, actor=call.actor, trigger=call.trigger,
-                               started=started, result="error",
-                               detail={**detail, "error_code": err.code, "error_detail": err.detail})
+        _write_entry(ctx, fd, category=category, action=action, actor=call.actor, trigger=call.trigger,
+                     started=started, result="error",
+                     detail={**detail, "error_code": err.code, "error_detail": err.detail})
         raise
-    ctx.history.deployment(category=category, action=action, actor=call.actor, trigger=call.trigger,
-                           started=started, result="ok", detail=detail)
-    return result
+    else:
+        _write_entry(ctx, fd, category=category, action=action, actor=call.actor, trigger=call.trigger,
+                     started=started, result="ok", detail=detail)
+        return result
+    finally:
+        os.close(fd)
+
+
+def _write_entry(ctx: Context, fd: int, **entry: Any) -> None:
+    """The change is decided (made or refused): its answer must say so even if the entry is lost."""
+    try:
+        ctx.history.deployment(fd=fd, **entry)
+    except OSError as err:
+        log.error("the %s change is done (%s) but its history entry could not be written: %s", entry["action"],
+                  entry["result"], err)
 
 
 # hive / system -----------------------------------------------------------------
@@ -297,13 +330,28 @@ async def run_node(ctx: Context, target: str, p: s.SpawnNodeParams, call: Call) 
         raise AdminError("INVALID_REQUEST", "SY.* and RT.* nodes are the hive's own; they cannot be spawned")
     if "_system" in p.config:
         raise AdminError("INVALID_CONFIG", "config may not set `_system`: the hive fills it in")
+    _check_deliverable(name, p.config, "the config")
+    identity = SpawnIdentity(ctx.link, ctx.backend.hive_id, target, name, _spawn_tenant(p))
 
     async def work() -> dict[str, Any]:
-        result = await ctx.backend.spawn_node(name, p)
-        return {"status": "ok", "state": "started", "target": target, "hive": target, "node_name": name, **result}
+        result = await ctx.backend.spawn_node(name, p, identity.register)
+        return {"status": "ok", "state": "started", "target": target, "hive": target, "node_name": name, **result,
+                "identity": identity.report}
 
     return await _record(ctx, call, "node", "run_node", time.time(), work(),
                          {"node_name": name, "runtime": p.runtime, "runtime_version": p.runtime_version})
+
+
+def _spawn_tenant(p: s.SpawnNodeParams) -> str | None:
+    """The node's tenant: ``tenant_id``, else ``config.tenant_id`` (the original's order); the node's config
+    carries one tenant, so two different ones are refused rather than registering the ILK in the other."""
+    in_config = p.config.get("tenant_id")
+    if in_config is not None and not isinstance(in_config, str):
+        raise AdminError("INVALID_REQUEST", "config.tenant_id must be a string `tnt:<uuid>`")
+    if p.tenant_id is not None and in_config is not None and in_config != p.tenant_id:
+        raise AdminError("INVALID_REQUEST", f"tenant_id {p.tenant_id!r} and config.tenant_id {in_config!r} differ; "
+                                            "give one tenant")
+    return p.tenant_id or in_config
 
 
 async def kill_node(ctx: Context, target: str, p: s.KillNodeParams, call: Call) -> dict[str, Any]:
@@ -356,7 +404,8 @@ async def get_node_status(ctx: Context, target: str, p: s.NodeParams, call: Call
     fingerprint = json.dumps([o.lifecycle_state, health, source, o.runtime, o.config_valid,
                               system.get("config_version"), o.state_exists, o.process.get("pid"),
                               o.process.get("exit_code"), o.process.get("restart_count"),
-                              o.process.get("started_at"), last_error], sort_keys=True, default=str)
+                              o.process.get("started_at"), system.get("ilk_id"), system.get("tenant_id"),
+                              last_error], sort_keys=True, default=str)
     version = ctx.backend.bump_status_version(name, hashlib.sha256(fingerprint.encode()).hexdigest())
     node_status: dict[str, Any] = {
         "schema_version": "1", "node_name": name, "hive_id": target, "observed_at": _now_iso(),
@@ -397,12 +446,28 @@ async def get_node_config(ctx: Context, target: str, p: s.NodeParams, call: Call
             "config": o.config}
 
 
+NODE_CONFIG_LIMIT = wire.PAYLOAD_BUDGET - 1024
+"""Largest encoded node config the admin API writes: the node must be able to receive it (CONFIG_CHANGED)
+and to answer CONFIG_GET with it and ~0.5 KiB of contract, each in one 128 KiB frame."""
+
+
+def _check_deliverable(node: str, config: dict[str, Any], what: str) -> None:
+    """Refuse, before anything is written, a config the node could never be sent or serve."""
+    size = len(wire.encode(config))
+    if size > NODE_CONFIG_LIMIT:
+        raise AdminError("PAYLOAD_TOO_LARGE", f"{what} of {node} would be {size} bytes encoded; a node config must "
+                                              f"fit in one frame: at most {NODE_CONFIG_LIMIT} bytes; nothing written")
+
+
 async def set_node_config(ctx: Context, target: str, p: s.SetNodeConfigParams, call: Call) -> dict[str, Any]:
     o = await _observed(ctx, target, p.node_name)
     if "_system" in p.config:
         raise AdminError("INVALID_CONFIG", "the patch may not set `_system`: the hive maintains it")
     if not o.managed:
         raise AdminError("NODE_NOT_MANAGED", f"node {o.node_name} is declared in the hive file; change it there")
+    current = o.config if isinstance(o.config, dict) else {}
+    system = {"_system": current["_system"]} if "_system" in current else {}
+    _check_deliverable(o.node_name, {**(current if not p.replace else system), **p.config}, "the new config")
 
     async def work() -> dict[str, Any]:
         result = await ctx.backend.set_node_config(o.node_name, p.config, p.replace)
@@ -424,9 +489,19 @@ async def set_node_config(ctx: Context, target: str, p: s.SetNodeConfigParams, c
 
 
 async def get_node_state(ctx: Context, target: str, p: s.NodeParams, call: Call) -> dict[str, Any]:
-    o = await _observed(ctx, target, p.node_name)
-    return {"status": "ok", "target": target, "hive": target, "node_name": o.node_name, "path": o.state_path,
-            "state": o.state}
+    """``state`` is null until the node writes one (as the original); a node that is neither declared, nor
+    left on disk, nor connected is NODE_NOT_FOUND, as for its status."""
+    await _check_hive(ctx, target)
+    name = _node_name(ctx, target, p.node_name)
+    visible, observed = await _observe(ctx, name)
+    o = _find(observed, name)
+    if o is not None:
+        path, state = o.state_path, o.state
+    elif name in visible:  # connected but not declared: SY.* services, nodes started by hand
+        path, state = await ctx.backend.node_state(name)
+    else:
+        raise AdminError("NODE_NOT_FOUND", f"node {name} is neither declared nor connected")
+    return {"status": "ok", "target": target, "hive": target, "node_name": name, "path": path, "state": state}
 
 
 async def send_node_message(ctx: Context, target: str, p: s.SendMessageParams, call: Call) -> dict[str, Any]:
@@ -685,7 +760,7 @@ async def get_drift_alerts(ctx: Context, target: str, p: s.HistoryParams, call: 
 IDENTITY_NODE = "SY.identity"
 IDENTITY_TIMEOUT = 5.0
 _IDENTITY_CODES = frozenset({"NOT_FOUND", "ILK_NOT_FOUND", "INVALID_REQUEST", "MODULE_EXISTS", "DB_NOT_READY",
-                             "UNAUTHORIZED_REGISTRAR", "DB_WRITE_FAILED"})
+                             "UNAUTHORIZED_REGISTRAR", "DB_WRITE_FAILED", "RESPONSE_TOO_LARGE"})
 
 
 async def _identity(ctx: Context, hive: str, msg: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -709,10 +784,25 @@ async def _identity(ctx: Context, hive: str, msg: str, payload: dict[str, Any]) 
     return {k: v for k, v in reply.items() if k != "status"}
 
 
-async def list_ilks(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
+async def list_ilks(ctx: Context, target: str, p: s.IlkListParams, call: Call) -> dict[str, Any]:
+    """One page (``limit``/``cursor`` given) or every ILK, fetched page by page.
+
+    SY.identity answers in frame-sized pages; HTTP has no frame limit, so a plain GET follows
+    ``next_cursor`` and answers the whole list, as it did before paging.
+    """
     await _check_hive(ctx, target)
-    reply = await _identity(ctx, target, "ILK_LIST", {})
-    return {"status": "ok", "hive": target, "count": reply.get("count"), "ilks": reply.get("ilks", [])}
+    request: dict[str, Any] = {k: v for k, v in (("limit", p.limit), ("cursor", p.cursor)) if v is not None}
+    single = bool(request)
+    ilks: list[Any] = []
+    while True:
+        reply = await _identity(ctx, target, "ILK_LIST", request)
+        ilks += reply.get("ilks") or []
+        cursor = reply.get("next_cursor")
+        if single or not isinstance(cursor, str) or cursor == request.get("cursor"):
+            break
+        request["cursor"] = cursor
+    return {"status": "ok", "hive": target, "count": len(ilks), "ilks": ilks,
+            "next_cursor": reply.get("next_cursor") if single else None}
 
 
 async def get_ilk(ctx: Context, target: str, p: s.IlkParams, call: Call) -> dict[str, Any]:
@@ -762,7 +852,8 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
     _a(add_hive, s.AddHiveParams, "Register a worker hive", read_only=False, target=False),
     _a(remove_hive, s.HiveIdParams, "Forget a worker hive", read_only=False, target=False, confirm=True),
     _a(list_nodes, s.NoParams, "Declared and connected nodes", read_only=True, target=True),
-    _a(run_node, s.SpawnNodeParams, "Spawn a node from a runtime", read_only=False, target=True),
+    _a(run_node, s.SpawnNodeParams, "Spawn a node from a runtime and register its ILK", read_only=False,
+       target=True),
     _a(kill_node, s.KillNodeParams, "Stop and forget a spawned node", read_only=False, target=True, confirm=True),
     _a(get_node_status, s.NodeParams, "Lifecycle, health and runtime of a node", read_only=True, target=True),
     _a(get_node_config, s.NodeParams, "A node's effective config", read_only=True, target=True),
@@ -788,7 +879,8 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
     _a(get_deployments, s.HistoryParams, "Changes made to one hive", read_only=True, target=True),
     _a(list_drift_alerts, s.HistoryParams, "Observed drift", read_only=True, target=False),
     _a(get_drift_alerts, s.HistoryParams, "Observed drift on one hive", read_only=True, target=True),
-    _a(list_ilks, s.NoParams, "ILKs of a hive (compact rows), from SY.identity", read_only=True, target=True),
+    _a(list_ilks, s.IlkListParams, "ILKs of a hive (compact rows), from SY.identity; paged with limit/cursor",
+       read_only=True, target=True),
     _a(get_ilk, s.IlkParams, "One ILK with tenant and alias detail, from SY.identity", read_only=True, target=True),
     _a(list_modules, s.NoParams, "Prompt modules (names and every version)", read_only=True, target=False),
     _a(get_module, s.ModuleParams, "Versions of one prompt module", read_only=True, target=False),
@@ -842,7 +934,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/hives/{hive}/deployments", "get_deployments", query=_HIST),
     Route("GET", "/drift-alerts", "list_drift_alerts", query={"hive": str, **_HIST}),
     Route("GET", "/hives/{hive}/drift-alerts", "get_drift_alerts", query=_HIST),
-    Route("GET", "/hives/{hive}/identity/ilks", "list_ilks"),
+    Route("GET", "/hives/{hive}/identity/ilks", "list_ilks", query={"limit": int, "cursor": str}),
     Route("GET", "/hives/{hive}/identity/ilks/{ilk_id}", "get_ilk", {"ilk_id": "ilk_id"}),
     Route("GET", "/modules", "list_modules"),
     Route("GET", "/modules/{name}", "get_module", {"name": "name"}),

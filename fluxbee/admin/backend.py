@@ -13,6 +13,7 @@ Reads are ``async`` because the Kubernetes backend reads the API server; they ta
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -42,6 +43,12 @@ class NodeObservation:
     """Identities of the running instances (Pod uids, process ids): a change means a replacement."""
 
 
+RegisterIlk = Callable[[str, str], Awaitable[str | None]]
+"""The spawn's identity step, given the resolved runtime name and version: the node's ILK (None when
+skipped).  A backend calls it once the spawn is valid and before it writes anything; it raises
+AdminError when SY.identity refuses, and then the backend writes nothing."""
+
+
 class Backend(Protocol):
     hive_id: str
     kind: str
@@ -53,8 +60,17 @@ class Backend(Protocol):
         (None: the router is out of reach), just ``only`` when given."""
         ...
 
-    async def spawn_node(self, name: str, params: SpawnNodeParams) -> dict[str, Any]:
-        """Create and start a node; raises AdminError (NODE_ALREADY_EXISTS, RUNTIME_NOT_AVAILABLE …)."""
+    async def spawn_node(self, name: str, params: SpawnNodeParams, register: RegisterIlk) -> dict[str, Any]:
+        """Create and start a node with the ILK ``register`` gives; raises AdminError (NODE_ALREADY_EXISTS,
+        RUNTIME_NOT_AVAILABLE …).  Returns ``runtime``, ``version``, ``requested_version``, ``unit``,
+        ``visible_in_router`` and ``config``: the original's summary ``{status, path, created, config_version}``
+        (the full effective config is served by ``get_node_config``)."""
+        ...
+
+    async def node_state(self, name: str) -> tuple[str | None, Any]:
+        """Where a node's state file is (or would be) and its content, None when there is none yet: for nodes
+        the hive does not declare but that are connected (SY.* services, nodes started by hand).  An unreadable
+        file raises AdminError NODE_STATE_READ_FAILED."""
         ...
 
     async def kill_node(self, name: str, params: KillNodeParams) -> dict[str, Any]: ...

@@ -24,7 +24,7 @@ from fluxbee.admin.drift import DriftMonitor
 from fluxbee.admin.errors import AdminError
 from fluxbee.admin.gateway import serve_admin_commands
 from fluxbee.admin.history import History
-from fluxbee.admin.http import AdminSettings, build_app
+from fluxbee.admin.http import AdminSettings, admin_site, build_app
 from fluxbee.admin.k8s import HiveSpecRoutes, KubernetesBackend
 from fluxbee.admin.link import SdkRouterLink, SwitchableRouterLink, UnreachableRouterLink
 from fluxbee.dataplane.sdk import NodeConfig, SdkError, connect
@@ -104,7 +104,7 @@ async def cluster_admin(settings: AdminSettings, cluster: ClusterSettings) -> As
         runner = web.AppRunner(build_app(ctx, settings), handle_signals=False, access_log=None)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+            site = admin_site(runner, settings)
             await site.start()
             port = runner.addresses[0][1] if runner.addresses else settings.port
             url = f"http://{settings.host}:{port}"

@@ -5,16 +5,20 @@ Every answer is the envelope ``{status, action, payload, error_code, error_detai
 connection): a body that is not JSON or not an object, wrong types and unknown fields, a body over
 :attr:`AdminSettings.max_body`, an unknown path or method.  When a token is configured every request
 but ``/health`` needs ``Authorization: Bearer <token>``; :func:`check_settings` refuses to serve
-beyond loopback without one.
+beyond loopback without one.  A body nested deeper than :attr:`AdminSettings.max_depth` is refused
+(it would exhaust the parser's recursion); slow clients and connection floods are bounded by
+:mod:`fluxbee.admin.guard` and the body timeout here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import math
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +26,7 @@ from aiohttp import web
 
 from fluxbee.admin.actions import HIVE_QUERY_SWITCH, ROUTES, Call, Context, Route, dispatch
 from fluxbee.admin.errors import AdminError, envelope, error_envelope
+from fluxbee.admin.guard import ConnectionGuard, GuardedSite
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +42,41 @@ class AdminSettings:
     """Bearer token; required for every request but ``/health`` when set."""
     max_body: int = 1 << 20
     """Largest request body accepted (bytes); larger gets 413 PAYLOAD_TOO_LARGE."""
+    max_depth: int = 64
+    """Deepest nesting of arrays and objects accepted in a body; deeper gets 400 INVALID_JSON (a body
+    nested 100,000 deep overflowed the parser's recursion)."""
+    header_timeout: float = 10.0
+    """Seconds a connection may take to send a request's line and headers (from its opening or the
+    previous answer); then 408 REQUEST_TIMEOUT and the connection is closed (idle ones: closed)."""
+    body_timeout: float = 30.0
+    """Seconds a request may take to send its body once its headers are in; then 408 REQUEST_TIMEOUT."""
+    max_connections: int = 128
+    """Open connections served at once; more are answered 503 TOO_MANY_CONNECTIONS and closed."""
+
+    @classmethod
+    def with_limits_from_env(cls, environ: Mapping[str, str], **fields: Any) -> AdminSettings:
+        """Settings with the limits overridden by ``FLUXBEE_ADMIN_HEADER_TIMEOUT``,
+        ``FLUXBEE_ADMIN_BODY_TIMEOUT`` and ``FLUXBEE_ADMIN_MAX_CONNECTIONS``; a bad value raises
+        :class:`SettingsError` naming the variable."""
+        for var, name, kind in (("FLUXBEE_ADMIN_HEADER_TIMEOUT", "header_timeout", float),
+                                ("FLUXBEE_ADMIN_BODY_TIMEOUT", "body_timeout", float),
+                                ("FLUXBEE_ADMIN_MAX_CONNECTIONS", "max_connections", int)):
+            raw = environ.get(var)
+            if raw is None or raw == "":
+                continue
+            try:
+                value = kind(raw)
+            except ValueError:
+                value = 0
+            if not (value > 0 and math.isfinite(value)):  # also refuses NaN and infinity
+                raise SettingsError(f"{var}={raw!r}: expected a positive {kind.__name__}")
+            fields[name] = value
+        return cls(**fields)
 
 
 CTX_KEY = web.AppKey("ctx", Context)
 SETTINGS_KEY = web.AppKey("settings", AdminSettings)
+GUARD_KEY = web.AppKey("guard", ConnectionGuard)
 
 
 class SettingsError(ValueError):
@@ -98,6 +134,18 @@ async def _guard(request: web.Request, handler: Callable[[web.Request], Awaitabl
         return _json(error_envelope(None, code, detail), exc.status if exc.status < 500 else 400)
 
 
+@web.middleware
+async def _paced(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                 ) -> web.StreamResponse:
+    """No header deadline while a request is handled; a fresh one for the next (see guard.py)."""
+    guard = request.app[GUARD_KEY]
+    guard.request_started(request)
+    try:
+        return await handler(request)
+    finally:
+        guard.request_done(request)
+
+
 def _convert(name: str, kind: type, raw: str) -> Any:
     if kind is int:
         try:
@@ -114,10 +162,15 @@ def _convert(name: str, kind: type, raw: str) -> Any:
     return raw
 
 
-async def _body(request: web.Request, route: Route, max_body: int) -> dict[str, Any] | None:
+async def _body(request: web.Request, route: Route, settings: AdminSettings) -> dict[str, Any] | None:
+    max_body = settings.max_body
     if request.content_length is not None and request.content_length > max_body:
         raise AdminError("PAYLOAD_TOO_LARGE", f"the body is larger than {max_body} bytes")
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(settings.body_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise AdminError("REQUEST_TIMEOUT", f"the body did not arrive within {settings.body_timeout:g} s") from None
     if not raw.strip():
         if route.body_required:
             raise AdminError("INVALID_REQUEST", "a JSON object body is required")
@@ -126,9 +179,26 @@ async def _body(request: web.Request, route: Route, max_body: int) -> dict[str, 
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
         raise AdminError("INVALID_JSON", f"the body is not valid JSON: {err}") from None
+    except RecursionError:  # nested beyond the parser's reach
+        raise AdminError("INVALID_JSON", f"the body is nested deeper than {settings.max_depth} levels") from None
+    if _depth(doc) > settings.max_depth:  # what is accepted must also be safe to walk, store and echo
+        raise AdminError("INVALID_JSON", f"the body is nested deeper than {settings.max_depth} levels")
     if not isinstance(doc, dict):
         raise AdminError("INVALID_REQUEST", f"the body must be a JSON object, not {type(doc).__name__}")
     return doc
+
+
+def _depth(doc: Any) -> int:
+    """Nesting depth of a parsed JSON document, without recursion (1 for a flat object)."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in value if isinstance(v, (dict, list)))
+    return deepest
 
 
 def make_handler(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -152,7 +222,7 @@ def make_handler(route: Route) -> Callable[[web.Request], Awaitable[web.Response
             if target is None and "hive" in route.query and action not in HIVE_QUERY_SWITCH:
                 target = ctx.backend.hive_id  # global /routes, /vpns: the local hive's (as upstream)
             if route.body != "none":
-                body = await _body(request, route, settings.max_body)
+                body = await _body(request, route, settings)
                 if body is not None and route.body == "config":
                     params["config"] = body
                 elif body is not None:
@@ -163,6 +233,10 @@ def make_handler(route: Route) -> Callable[[web.Request], Awaitable[web.Response
                     params.update(body)
             payload = await dispatch(ctx, action, target, params, Call("admin_api", request.remote or "http"))
         except AdminError as err:
+            if err.code == "REQUEST_TIMEOUT":  # the rest of the body may still trickle in: do not wait for it
+                resp = _error(action, err)
+                resp.force_close()
+                return resp
             return _error(action, err)
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
@@ -184,12 +258,18 @@ async def _openapi(request: web.Request) -> web.Response:
 
 
 def build_app(ctx: Context, settings: AdminSettings) -> web.Application:
-    app = web.Application(middlewares=[_guard], client_max_size=settings.max_body)
+    app = web.Application(middlewares=[_paced, _guard], client_max_size=settings.max_body)
     app[CTX_KEY] = ctx
     app[SETTINGS_KEY] = settings
+    app[GUARD_KEY] = ConnectionGuard(max_connections=settings.max_connections, header_timeout=settings.header_timeout)
     app.router.add_get("/health", _health, allow_head=False)
     app.router.add_get("/openapi.json", _openapi, allow_head=False)
     for route in ROUTES:
         for path in (route.path, route.path + "/"):  # the original tolerates a trailing slash
             app.router.add_route(route.method, path, make_handler(route))
     return app
+
+
+def admin_site(runner: web.AppRunner, settings: AdminSettings) -> web.BaseSite:
+    """The TCP site to serve ``runner``'s app on, behind its connection limits."""
+    return GuardedSite(runner, settings.host, settings.port, runner.app[GUARD_KEY])

@@ -18,18 +18,17 @@ import asyncio
 import hashlib
 import json
 import re
-import time
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
-from fluxbee.admin.backend import NodeObservation
+from fluxbee.admin.backend import NodeObservation, RegisterIlk
 from fluxbee.admin.errors import AdminError
 from fluxbee.admin.schemas import KillNodeParams, SpawnNodeParams
 from fluxbee.kube import JSON_PATCH, ApiError, KubeClient
 from fluxbee.models import API_VERSION, FluxNode, FluxNodeSpec, RouteSpec, Runtime, VpnSpec
-from fluxbee.models.effective import effective_config, qualified_node_name, resolve_runtime_version
+from fluxbee.models.effective import qualified_node_name, resolve_runtime_version
 
 HIVE_LABEL = "fluxbee.io/hive"
 FLUXNODE_LABEL = "fluxbee.io/fluxnode"
@@ -237,12 +236,12 @@ class KubernetesBackend:
                 base = None
         return runtime, base, body
 
-    async def spawn_node(self, name: str, params: SpawnNodeParams) -> dict[str, Any]:
+    async def spawn_node(self, name: str, params: SpawnNodeParams, register: RegisterIlk) -> dict[str, Any]:
         async with self._write_lock:
             if await self._find(name) is not None:
                 raise AdminError("NODE_ALREADY_EXISTS", f"node {name} already exists (a FluxNode of hive "
                                                         f"{self.hive_resource}); kill it before spawning it again")
-            runtime, base, body = await self._runtime(params.runtime)
+            runtime, _, body = await self._runtime(params.runtime)
             phase, reason, message = _phase(body)
             if phase == "Degraded":
                 raise AdminError("RUNTIME_NOT_AVAILABLE", f"Runtime {params.runtime!r} is not ready: {reason}: "
@@ -261,18 +260,27 @@ class KubernetesBackend:
                 "annotations": {NODE_NAME_ANNOTATION: name, REQUESTED_VERSION_ANNOTATION: params.runtime_version,
                                 CONFIG_VERSION_ANNOTATION: "1"}}, "spec": spec}
             try:
-                model = FluxNode.model_validate(manifest)
+                FluxNode.model_validate(manifest)
             except ValidationError as err:
                 raise AdminError("INVALID_REQUEST", str(err)) from err
+            ilk = await register(runtime.metadata.name, version)
+            if ilk is not None:
+                spec["agentIlk"] = ilk
             try:
                 await self.api.create("fluxnodes", self.namespace, manifest)
             except ApiError as err:
                 if err.status == 409:
                     raise AdminError("NODE_ALREADY_EXISTS", f"FluxNode {resource_name(name)} exists") from err
                 raise api_error(err, "creating the FluxNode") from err
-        config = effective_config(runtime, model, self.hive_id, int(time.time() * 1000), base=base)
+        # the operator renders the effective config into this ConfigMap (GET …/config serves it)
         return {"runtime": runtime.metadata.name, "version": version, "requested_version": params.runtime_version,
-                "unit": f"fluxnode/{resource_name(name)}", "visible_in_router": False, "config": config}
+                "unit": f"fluxnode/{resource_name(name)}", "visible_in_router": False,
+                "config": {"status": "ok", "path": f"configmap/{resource_name(name)}-node-config#{NODE_CONFIG_KEY}",
+                           "created": True, "config_version": 1}}
+
+    async def node_state(self, name: str) -> tuple[str | None, Any]:
+        """Nodes in a cluster keep no state file the admin API can read: there is none to show."""
+        return None, None
 
     async def _managed(self, name: str) -> dict[str, Any]:
         node = await self._find(name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import signal
@@ -19,13 +20,15 @@ from typing import Any
 
 import yaml
 
-from fluxbee.admin.backend import NodeObservation
+from fluxbee.admin.backend import NodeObservation, RegisterIlk
 from fluxbee.admin.errors import AdminError
 from fluxbee.admin.schemas import KillNodeParams, SpawnNodeParams
 from fluxbee.local.plan import CONFIG_VERSION_ANNOTATION, CREATED_AT_ANNOTATION, PlanError
 from fluxbee.local.store import StoreError
 from fluxbee.local.supervisor import LocalHive, Supervised
 from fluxbee.models import FluxNode, FluxNodeSpec, Hive, ObjectMeta, ResourceError
+
+log = logging.getLogger(__name__)
 
 
 def _iso(ts: float | None) -> str | None:
@@ -132,7 +135,7 @@ class LocalBackend:
             snap = sup.snapshot()
             process = {"unit": sup.spec.key, "pid": snap["pid"], "exit_code": sup.last_exit,
                        "restart_count": sum(s.restarts for s in sups), "started_at": _iso(snap["started_at"]),
-                       "replicas": len(sups), "log": snap["log"]}
+                       "replicas": len(sups), "log": snap["log"], "reason": snap["reason"]}
         managed = self._doc_path(name).exists() or not declared
         return NodeObservation(
             node_name=name, hive=self.hive_id, managed=managed, lifecycle_state=lifecycle, visible_in_router=is_visible,
@@ -158,8 +161,11 @@ class LocalBackend:
         version = known[0] + 1
         self._status_versions[name] = (version, fingerprint)
         if node_dir.exists():
-            (node_dir / "status_version").write_text(f"{version}\n")
-            (node_dir / "status_fingerprint.sha256").write_text(fingerprint + "\n")
+            try:
+                (node_dir / "status_version").write_text(f"{version}\n")
+                (node_dir / "status_fingerprint.sha256").write_text(fingerprint + "\n")
+            except OSError as err:  # a read must not fail on it: the version is kept in memory meanwhile
+                log.warning("cannot persist the status version of %s: %s; it restarts after a restart", name, err)
         return version
 
     # changes ---------------------------------------------------------
@@ -187,10 +193,36 @@ class LocalBackend:
     async def _replan(self) -> None:
         try:
             await self.hive.replan()
-        except Exception as err:  # LocalHiveError and I/O: the change is on disk, the reconcile failed
+        except OSError as err:  # e.g. the node's config cannot be written: a read-only or full run dir
+            raise AdminError("STATE_WRITE_FAILED", f"the supervisor could not apply the change: {err}") from err
+        except Exception as err:  # LocalHiveError: the change is on disk, the reconcile failed
             raise AdminError("SPAWN_FAILED", f"the supervisor could not apply the change: {err}") from err
 
-    async def spawn_node(self, name: str, params: SpawnNodeParams) -> dict[str, Any]:
+    async def _apply_doc(self, path: Path, doc: FluxNode) -> None:
+        """Write a node's document and reconcile; if that fails, the previous document is put back, so
+        a refused change leaves nothing behind (a spawn answered with an error must not start later)."""
+        try:
+            previous: bytes | None = path.read_bytes()
+        except FileNotFoundError:
+            previous = None
+        self._write_doc(path, doc)
+        try:
+            await self._replan()
+        except AdminError as err:
+            try:
+                if previous is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    tmp = path.with_name(path.name + ".tmp")
+                    tmp.write_bytes(previous)
+                    os.replace(tmp, path)
+                await self.hive.replan()
+            except Exception as again:  # the run dir is in trouble: say so, keep the first error
+                log.error("could not undo the refused change of %s: %s", path, again)
+                raise err from None
+            raise AdminError(err.code, f"{err.detail}; nothing was changed") from err
+
+    async def spawn_node(self, name: str, params: SpawnNodeParams, register: RegisterIlk) -> dict[str, Any]:
         async with self._write_lock:
             plan = self.hive.plan
             if (plan is not None and name in plan.node_names) or (self._node_dir(name) / "config.json").exists():
@@ -213,11 +245,25 @@ class LocalBackend:
                 raise AdminError("INVALID_REQUEST", str(err)) from err
             path = self._doc_path(name)
             self._check_plan(self._docs_with(path, doc))
-            self._write_doc(path, doc)
-            await self._replan()
-        config = self._observe_one(name, True, [], set()).config
+            ilk = await register(resolved.name, resolved.version)
+            if ilk is not None:
+                doc = doc.model_copy(update={"spec": doc.spec.model_copy(update={"agent_ilk": ilk})})
+            await self._apply_doc(path, doc)
+        written = self._observe_one(name, True, [], set())
+        system = (written.config or {}).get("_system", {})
         return {"runtime": resolved.name, "version": resolved.version, "requested_version": params.runtime_version,
-                "unit": f"{name}#0", "visible_in_router": False, "config": config}
+                "unit": f"{name}#0", "visible_in_router": False,
+                "config": {"status": "ok" if written.config_valid else "missing", "path": written.config_path,
+                           "created": True, "config_version": system.get("config_version")}}
+
+    async def node_state(self, name: str) -> tuple[str | None, Any]:
+        path = self._node_dir(name) / "state.json"
+        try:
+            return str(path), json.loads(path.read_text())
+        except FileNotFoundError:
+            return str(path), None
+        except (OSError, ValueError) as err:
+            raise AdminError("NODE_STATE_READ_FAILED", f"cannot read {path}: {err}") from err
 
     def _signal(self, name: str, sig: signal.Signals) -> list[int]:
         pids = []
@@ -271,8 +317,7 @@ class LocalBackend:
             except ValueError as err:
                 raise AdminError("INVALID_CONFIG", str(err)) from err
             self._check_plan(self._docs_with(path, new))
-            self._write_doc(path, new)
-            await self._replan()
+            await self._apply_doc(path, new)
         return {"path": str(self._node_dir(name) / "config.json"), "config_version": version,
                 "applied_by": "restart"}
 

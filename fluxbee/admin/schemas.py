@@ -139,6 +139,14 @@ class RuntimeParams(Params):
     runtime: str = Field(min_length=1, max_length=128)
 
 
+class IlkListParams(Params):
+    limit: int | None = Field(default=None, ge=1, le=1000,
+                              description="One page of at most this many ILKs (fewer if they would not fit "
+                                          "in one frame); without `limit` and `cursor`, every ILK.")
+    cursor: str | None = Field(default=None, min_length=1, max_length=128,
+                               description="`next_cursor` of the previous page.")
+
+
 class IlkParams(Params):
     ilk_id: str = Field(min_length=1, max_length=64, description="`ilk:<uuid>` (an alias resolves to its ILK).")
 

@@ -22,7 +22,7 @@ from fluxbee.admin.actions import Context
 from fluxbee.admin.drift import DriftMonitor
 from fluxbee.admin.gateway import serve_admin_commands
 from fluxbee.admin.history import History
-from fluxbee.admin.http import AdminSettings, build_app
+from fluxbee.admin.http import AdminSettings, admin_site, build_app
 from fluxbee.admin.link import SdkRouterLink
 from fluxbee.admin.local import LocalBackend
 from fluxbee.dataplane.sdk import NodeConfig, connect
@@ -48,7 +48,7 @@ def local_admin(settings: AdminSettings) -> Callable[[LocalHive], AbstractAsyncC
         await runner.setup()
         state_file = hive.run_dir / "state" / "admin.json"
         try:
-            site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+            site = admin_site(runner, settings)
             try:
                 await site.start()
             except OSError as err:

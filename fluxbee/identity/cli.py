@@ -61,7 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         frontdesk=args.frontdesk, default_tenant=args.default_tenant, max_ilks=args.max_ilks,
         key_path=Path(args.key) if args.key else None, merge_alias_ttl_s=args.merge_alias_ttl,
         primary=primary, region_hive=args.region_hive, sync_heartbeat_s=args.sync_heartbeat,
-        sync_timeout_s=args.sync_timeout)
+        sync_timeout_s=args.sync_timeout, jsr_region=not args.no_jsr_region)
     service = IdentityService(settings)
     _run(_until_signal(service.run))
     return 0
@@ -160,6 +160,8 @@ def add_parser(sub: Any) -> None:
                            "NOT_PRIMARY for writes, region filled by replication")
     role.add_argument("--primary-hive", metavar="HIVE", help="shorthand for --primary SY.identity@HIVE")
     s.add_argument("--region-hive", help="write this hive's identity region (default --hive-id)")
+    s.add_argument("--no-jsr-region", action="store_true",
+                   help="do not also publish /jsr-identity-<hive> in the original layout (for original-SDK nodes)")
     s.add_argument("--sync-heartbeat", type=float, default=1.0,
                    help="primary: seconds between heartbeats to replicas (default 1)")
     s.add_argument("--sync-timeout", type=float, default=5.0,

@@ -109,10 +109,12 @@ async def update_ilk(sender: NodeSender, ilk_id: str, *, add_roles: list[str] | 
 
 
 async def tnt_create(sender: NodeSender, name: str, *, domain: str | None = None, status: str = "pending",
-                     **kw: Any) -> dict[str, Any]:
+                     tenant_id: str | None = None, **kw: Any) -> dict[str, Any]:
     payload: dict[str, Any] = {"name": name, "status": status}
     if domain is not None:
         payload["domain"] = domain
+    if tenant_id is not None:
+        payload["tenant_id"] = tenant_id
     return await identity_call(sender, m.TNT_CREATE, payload, **kw)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 
@@ -40,6 +40,7 @@ DUPLICATE_NODE_NAME: Final = "DUPLICATE_NODE_NAME"
 DUPLICATE_ICH: Final = "DUPLICATE_ICH"
 DUPLICATE_CONSTRAINT: Final = "DUPLICATE_CONSTRAINT"
 DB_WRITE_FAILED: Final = "DB_WRITE_FAILED"
+RESPONSE_TOO_LARGE: Final = "RESPONSE_TOO_LARGE"
 DB_NOT_READY: Final = "DB_NOT_READY"
 INVALID_MERGE_SOURCE: Final = "INVALID_MERGE_SOURCE"
 UNAUTHORIZED_REGISTRAR: Final = "UNAUTHORIZED_REGISTRAR"
@@ -156,6 +157,8 @@ class TenantCreateReq(_P):
     domain: str | None = None
     status: str = "pending"
     settings: dict[str, Any] = msgspec.field(default_factory=dict)
+    tenant_id: str | None = None
+    """Ours: create the tenant under this id (``tnt:<uuid>``), or find it by id; never matched by name."""
 
 
 class TenantApproveReq(_P):
@@ -169,6 +172,17 @@ class IlkGetReq(_P):
 
 class EmptyReq(_P):
     pass
+
+
+ILK_PAGE_MAX: Final = 1000
+"""Most ILKs in one ILK_LIST page (fewer when their encoded size would not fit in a frame)."""
+
+
+class IlkListReq(_P):
+    """ILK_LIST: one page after ``cursor`` (the ``next_cursor`` of the page before), at most ``limit``."""
+
+    limit: Annotated[int, msgspec.Meta(ge=1, le=ILK_PAGE_MAX)] | None = None
+    cursor: str | None = None
 
 
 class ModulePutReq(_P):

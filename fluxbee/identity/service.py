@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fluxbee.dataplane import identity_shm, wire
-from fluxbee.dataplane.sdk import NodeConfig, NodeSender, connect
+from fluxbee.dataplane import identity_jsid, identity_shm, wire
+from fluxbee.dataplane.sdk import FrameTooLargeError, NodeConfig, NodeSender, connect
 from fluxbee.dataplane.wire import Message
 from fluxbee.identity import degrees as dg
 from fluxbee.identity import model as m
@@ -74,6 +74,9 @@ class IdentitySettings:
     hive (a co-located replica, tests) keep its own region."""
     sync_heartbeat_s: float = 1.0
     """Primary: how often subscribers get the current ``(epoch, version)``."""
+    jsr_region: bool = True
+    """Also publish ``/jsr-identity-<region hive>`` in the original's layout (for nodes built with the
+    original SDKs), sized by ``max_ilks``; written in the same batch as our own region."""
     sync_timeout_s: float = 5.0
     """Replica: silence from the primary after which it subscribes again (full resync)."""
     sync_retry_s: float = 0.5
@@ -124,8 +127,8 @@ class Authorizer:
         admin = base == "SY.admin"
         if action == m.ILK_PROVISION:
             return base.startswith("IO.")
-        if action == m.ILK_REGISTER:
-            return frontdesk or orchestrator or self_
+        if action == m.ILK_REGISTER:  # SY.admin: the node ILK it registers at spawn (it is the orchestrator here)
+            return frontdesk or orchestrator or admin or self_
         if action == m.ILK_ADD_CHANNEL:
             return frontdesk
         if action == m.ILK_UPDATE:
@@ -165,7 +168,11 @@ class IdentityService:
         # replica
         self.tracker = sync.ReplicaTracker()
         self.tenants: dict[str, m.TenantRecord] = {}
+        self._jsr_dropped_logged = 0
         self._heard = 0.0
+        self._chunk_at = 0.0
+        """When the last full-sync chunk arrived: an unsynced replica waits on this, not on heartbeats (which
+        keep coming from a primary that still lists it, even when the subscription itself was lost)."""
         self._subscribed_at = 0.0
         self._resync = asyncio.Event()
         self._handlers: dict[str, Callable[[Message, Any], Awaitable[dict[str, Any]]]] = {
@@ -183,7 +190,7 @@ class IdentityService:
         s = self.settings
         self.region = identity_shm.IdentityRegionWriter(
             s.region_hive_id, capacity=identity_shm.Capacity.for_ilks(s.max_ilks), is_primary=self.is_primary,
-            run_dir=s.run_dir)
+            run_dir=s.run_dir, mirror=self._jsr_region())
         try:
             sender, receiver = await connect(NodeConfig(name=s.node_name, run_dir=s.run_dir, persistent=True))
             self.sender = sender
@@ -222,6 +229,24 @@ class IdentityService:
                 await self.store.close()
             self.region.close()
             log.info("SY.identity stopped")
+
+    def _jsr_region(self) -> identity_jsid.JsidRegionWriter | None:
+        """The original-layout region, or None (disabled, or another live writer holds the name)."""
+        s = self.settings
+        if not s.jsr_region:
+            return None
+        try:
+            limits = identity_jsid.JsidLimits.for_ilks(s.max_ilks)
+            return identity_jsid.JsidRegionWriter(s.region_hive_id, limits=limits, is_primary=self.is_primary)
+        except identity_jsid.JsidError as err:
+            log.warning("not publishing the original-layout identity region: %s; nodes built with the original "
+                        "SDKs on this host read that one", err)
+            return None
+
+    def jsr_dropped(self) -> dict[str, int]:
+        """Records the original-layout region could not hold (by reason), for status and metrics."""
+        mirror = self.region.mirror if self.region is not None else None
+        return dict(mirror.dropped) if isinstance(mirror, identity_jsid.JsidRegionWriter) else {}
 
     async def _open_store(self) -> None:
         s = self.settings
@@ -278,6 +303,7 @@ class IdentityService:
         with region.batch():
             region.clear()
             self._put(region, snapshot)
+        self._report_jsr_drops()
 
     def _commit(self, change: m.Change) -> None:
         """A write committed: show it in the region now, and send it to replicas at :meth:`_flush`."""
@@ -295,9 +321,12 @@ class IdentityService:
         except identity_shm.IdentityShmError as err:
             log.error("identity region update failed (%s); the database is authoritative, lookups for the "
                       "changed records will miss until the next rebuild", err)
+        self._report_jsr_drops()
 
     @staticmethod
     def _put(region: identity_shm.IdentityRegionWriter, change: m.Change) -> None:
+        for tenant in change.tenants:
+            region.put_tenant(tenant.tenant_id, name=tenant.name, status=tenant.status)
         for ilk_id in change.removed_ilks:
             region.remove_ilk(ilk_id)
         for old in change.removed_aliases:
@@ -366,7 +395,14 @@ class IdentityService:
         log.debug("%s from %s -> %s in %.1f ms", action, sender_name, payload.get("error_code", "ok"),
                   (time.perf_counter() - started) * 1000)
         try:
-            await self.sender.reply(msg, payload, msg_type=wire.TYPE_SYSTEM, msg=reply_name)
+            try:
+                await self.sender.reply(msg, payload, msg_type=wire.TYPE_SYSTEM, msg=reply_name)
+            except FrameTooLargeError as err:  # say so, rather than leave the asker to its timeout
+                log.error("%s to %s does not fit in a frame: %s", reply_name, sender_name, err)
+                await self.sender.reply(msg, {"status": "error", "error_code": m.RESPONSE_TOO_LARGE,
+                                              "message": f"the {reply_name} answer does not fit in a frame "
+                                                         f"({err.size} > {err.max_size} bytes)"},
+                                        msg_type=wire.TYPE_SYSTEM, msg=reply_name)
         except Exception as err:
             log.warning("reply %s to %s lost: %s", reply_name, sender_name, err)
 
@@ -421,7 +457,23 @@ class IdentityService:
                     "subscribers": len(self.subscribers)}
         if self.region is not None:
             metrics["region_data_version"] = self.region.data_version
+        metrics["jsr_region"] = self._jsr_status()
         return {"metrics": metrics}
+
+    def _jsr_status(self) -> dict[str, Any]:
+        mirror = self.region.mirror if self.region is not None else None
+        if not isinstance(mirror, identity_jsid.JsidRegionWriter):
+            return {"published": False}
+        return {"published": True, "name": mirror.name, "counts": mirror.counts(), "dropped": dict(mirror.dropped)}
+
+    def _report_jsr_drops(self) -> None:
+        """Log when the original-layout region starts to leave records out (once per new total)."""
+        total = sum(self.jsr_dropped().values())
+        if total > self._jsr_dropped_logged:
+            log.warning("the original-layout identity region is full or a record does not fit its fields; "
+                        "left out so far: %s (raise --max-ilks; lookups by nodes built with the original SDKs "
+                        "miss these records)", self.jsr_dropped())
+        self._jsr_dropped_logged = total
 
     def _replica_metrics(self) -> dict[str, Any]:
         ilks, aliases, channels = self.region.counts() if self.region is not None else (0, 0, 0)
@@ -429,6 +481,7 @@ class IdentityService:
         return {"role": "replica", "primary": self.settings.primary_name, "tenant_count": len(self.tenants),
                 "ilk_count": ilks, "ich_count": channels, "alias_count": aliases,
                 "region_data_version": self.region.data_version if self.region is not None else 0,
+                "jsr_region": self._jsr_status(),
                 "sync": {"synced": t.synced, "epoch": t.epoch, "version": t.version, "full_syncs": t.full_syncs,
                          "resyncs": dict(t.resyncs)}}
 
@@ -439,9 +492,25 @@ class IdentityService:
         return await self._ready().get_ilk(m.decode(msg.payload, m.IlkGetReq).ilk_id)
 
     async def _ilk_list(self, msg: Message, by: str) -> dict[str, Any]:
-        m.decode(msg.payload, m.EmptyReq)
-        ilks = await self._ready().list_ilks()
-        return {"count": len(ilks), "ilks": ilks}
+        """One page of ILKs: at most ``limit`` and no more than fit in one frame once encoded.
+
+        A reply is one frame: ~450 ILKs with their channels already outgrow 128 KiB, and a reply
+        that cannot be sent leaves the asker waiting for its timeout.  ``next_cursor`` (None on
+        the last page) continues the listing.
+        """
+        req = m.decode(msg.payload, m.IlkListReq)
+        want = req.limit or m.ILK_PAGE_MAX
+        rows = await self._ready().list_ilks(limit=want + 1, after=req.cursor)
+        page: list[dict[str, Any]] = []
+        used = 200  # the reply's own keys and a cursor
+        for _, doc in rows[:want]:
+            size = len(wire.encode(doc)) + 1
+            if page and used + size > wire.PAYLOAD_BUDGET:
+                break
+            used += size
+            page.append(doc)
+        next_cursor = rows[len(page) - 1][0] if len(page) < len(rows) else None
+        return {"count": len(page), "ilks": page, "next_cursor": next_cursor}
 
     async def _module_put(self, msg: Message, by: str) -> dict[str, Any]:
         return await self._ready().module_put(m.decode(msg.payload, m.ModulePutReq), by)
@@ -564,6 +633,7 @@ class IdentityService:
         t = self.tracker
         try:
             if action == sync.FULL_SYNC:
+                self._chunk_at = self._heard
                 snapshot = t.on_chunk(sync.decode(msg.payload, sync.FullSyncChunk))
                 if snapshot is not None:
                     self.tenants = {r.tenant_id: r for r in snapshot.tenants}
@@ -604,7 +674,7 @@ class IdentityService:
         while True:
             now = time.monotonic()
             t = self.tracker
-            last = max(self._heard, self._subscribed_at)
+            last = max(self._chunk_at, self._subscribed_at)
             silent = t.synced and now - self._heard > s.sync_timeout_s
             due = self._resync.is_set() or silent or (not t.synced and now - last > retry)
             if due:

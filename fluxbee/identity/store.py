@@ -112,6 +112,25 @@ def _tenant_record(row: asyncpg.Record) -> TenantRecord:
     return TenantRecord(fmt("tnt", row["tenant_id"]), row["name"], row["status"], bool(row["is_default"]))
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def ilk_cursor(created_at: datetime, ilk_id: uuid.UUID) -> str:
+    """An ILK_LIST cursor: the row's ``created_at`` in microseconds (PostgreSQL's precision) and id."""
+    return f"{(created_at - _EPOCH) // timedelta(microseconds=1)}.{ilk_id.hex}"
+
+
+def parse_ilk_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The ``(created_at, ilk_id)`` a cursor from :func:`ilk_cursor` names; INVALID_REQUEST otherwise."""
+    micros, dot, hexid = cursor.partition(".")
+    try:
+        if not dot or not micros.isdigit() or len(hexid) != 32:
+            raise ValueError(cursor)
+        return _EPOCH + timedelta(microseconds=int(micros)), uuid.UUID(hex=hexid)
+    except (ValueError, OverflowError):
+        raise IdentityError(INVALID_REQUEST, f"cursor {cursor!r} is not a next_cursor of ILK_LIST") from None
+
+
 def _chan_record(row: asyncpg.Record) -> ChannelRecord:
     return ChannelRecord(row["channel_type"], row["address"], fmt("tnt", row["tenant_id"]), fmt("ilk", row["ilk_id"]),
                          fmt("ich", row["ich_id"]))
@@ -234,18 +253,25 @@ class IdentityStore:
             raise IdentityError(INVALID_REQUEST, "only SY.admin may create a tenant that is not pending; "
                                 "create it pending and approve it with TNT_APPROVE")
         domain = (req.domain or "").strip().lower() or None
+        wanted = parse_id(req.tenant_id, "tnt") if req.tenant_id is not None else None
 
         async def run(conn: asyncpg.Connection) -> dict[str, Any]:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('identity_tenants'))")
-            if domain is not None:
-                row = await conn.fetchrow("SELECT tenant_id FROM identity_tenants WHERE lower(domain) = $1", domain)
+            if wanted is not None:  # the caller names the id: another tenant's name or domain is no match
+                row = await conn.fetchrow("SELECT tenant_id FROM identity_tenants WHERE tenant_id = $1", wanted)
                 if row is not None:
-                    return {"tenant_id": fmt("tnt", row["tenant_id"]), "created": False, "matched_by": "domain"}
-            row = await conn.fetchrow("SELECT tenant_id FROM identity_tenants WHERE lower(name) = lower($1) "
-                                      "ORDER BY created_at LIMIT 1", name)
-            if row is not None:
-                return {"tenant_id": fmt("tnt", row["tenant_id"]), "created": False, "matched_by": "name"}
-            tid = uuid.uuid4()
+                    return {"tenant_id": fmt("tnt", wanted), "created": False, "matched_by": "tenant_id"}
+            else:
+                if domain is not None:
+                    row = await conn.fetchrow("SELECT tenant_id FROM identity_tenants WHERE lower(domain) = $1",
+                                              domain)
+                    if row is not None:
+                        return {"tenant_id": fmt("tnt", row["tenant_id"]), "created": False, "matched_by": "domain"}
+                row = await conn.fetchrow("SELECT tenant_id FROM identity_tenants WHERE lower(name) = lower($1) "
+                                          "ORDER BY created_at LIMIT 1", name)
+                if row is not None:
+                    return {"tenant_id": fmt("tnt", row["tenant_id"]), "created": False, "matched_by": "name"}
+            tid = wanted if wanted is not None else uuid.uuid4()
             await conn.execute("INSERT INTO identity_tenants (tenant_id, name, domain, status, settings) "
                                "VALUES ($1, $2, $3, $4, $5)", tid, name, domain, req.status, req.settings)
             if change is not None:
@@ -523,23 +549,40 @@ class IdentityStore:
                        "domain": row["tenant_domain"], "status": row["tenant_status"]},
         }
 
-    async def list_ilks(self, *, include_deleted: bool = True) -> list[dict[str, Any]]:
-        """ILK_LIST rows: ``{ilk_id, ilk_type, registration_status, tenant_id, tenant_name, display_name,
-        node_name, channel_count, channels, deleted_at_ms}``."""
+    async def list_ilks(self, *, include_deleted: bool = True, limit: int | None = None,
+                        after: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """ILK_LIST rows ``{ilk_id, ilk_type, registration_status, tenant_id, tenant_name, display_name,
+        node_name, channel_count, channels, deleted_at_ms}``, each with its cursor, oldest first.
+
+        Keyset paging on ``(created_at, ilk_id)``: ``after`` is a row's cursor (see
+        :func:`ilk_cursor`) and the rows after it come next, so a page is one index range whatever
+        its depth, and ILKs created while a client pages through arrive at the end, never twice.
+        """
+        where = [] if include_deleted else ["i.deleted_at IS NULL"]
+        args: list[Any] = []
+        if after is not None:
+            created_at, ilk_id = parse_ilk_cursor(after)
+            args += [created_at, ilk_id]
+            where.append("(i.created_at, i.ilk_id) > ($1, $2)")
+        sql = ("SELECT i.*, t.name AS tenant_name FROM identity_ilks i JOIN identity_tenants t USING (tenant_id) "
+               + ("WHERE " + " AND ".join(where) + " " if where else "") + "ORDER BY i.created_at, i.ilk_id")
+        if limit is not None:
+            args.append(limit)
+            sql += f" LIMIT ${len(args)}"
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT i.*, t.name AS tenant_name FROM identity_ilks i JOIN identity_tenants t USING (tenant_id) "
-                + ("" if include_deleted else "WHERE i.deleted_at IS NULL ") + "ORDER BY i.created_at, i.ilk_id")
-            chans = await conn.fetch("SELECT * FROM identity_ichs ORDER BY added_at, ich_id")
+            rows = await conn.fetch(sql, *args)
+            chans = await conn.fetch("SELECT * FROM identity_ichs WHERE ilk_id = ANY($1::uuid[]) "
+                                     "ORDER BY added_at, ich_id", [r["ilk_id"] for r in rows])
         by_ilk: dict[Any, list[ChannelRecord]] = {}
         for c in chans:
             by_ilk.setdefault(c["ilk_id"], []).append(_chan_record(c))
         out = []
         for r in rows:
             doc = _ilk_doc(r, by_ilk.get(r["ilk_id"], []))
-            out.append({k: doc[k] for k in ("ilk_id", "ilk_type", "registration_status", "tenant_id", "display_name",
-                                            "node_name", "channels", "deleted_at_ms")}
-                       | {"tenant_name": r["tenant_name"], "channel_count": len(doc["channels"])})
+            out.append((ilk_cursor(r["created_at"], r["ilk_id"]),
+                        {k: doc[k] for k in ("ilk_id", "ilk_type", "registration_status", "tenant_id", "display_name",
+                                             "node_name", "channels", "deleted_at_ms")}
+                        | {"tenant_name": r["tenant_name"], "channel_count": len(doc["channels"])}))
         return out
 
     # ---------------------------------------------------------------- modules, degrees, graduation

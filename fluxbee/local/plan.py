@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fluxbee import __version__
+from fluxbee.local import hive_yaml
 from fluxbee.local.credentials import CREDENTIAL_FILE_ENV, claims_dir, credential_path
 from fluxbee.local.plan_types import HivePlan, ProcessSpec
 from fluxbee.local.store import RuntimeStore, StoreError
@@ -117,6 +118,7 @@ def plan_hive(
             raise PlanError(f"FluxNode {doc.metadata.name!r}: {err}") from err
         config_path = run_dir / "nodes" / name / "config.json"
         env = (("FLUXBEE_NODE_CONFIG", str(config_path)), ("FLUXBEE_RUN_DIR", str(run_dir)),
+               (hive_yaml.CONFIG_DIR_ENV, str(hive_yaml.config_dir(run_dir))),
                (CREDENTIAL_FILE_ENV, str(credential_path(run_dir, name))))
         digest = _digest(command, env, {k: v for k, v in config.items() if k != "_system"},
                          {k: v for k, v in config["_system"].items() if not k.endswith("_at_ms")})
@@ -126,7 +128,8 @@ def plan_hive(
     from fluxbee.local.services import system_services
 
     services = system_services(hive, hid, run_dir)
-    return HivePlan(hive_id=hid, router_config=router_config, router=router, nodes=tuple(services + nodes))
+    return HivePlan(hive_id=hid, router_config=router_config, router=router, nodes=tuple(services + nodes),
+                    role=hive.spec.role)
 
 
 def _lookup(name: str, requested: str, builtin: dict[str, Runtime], resources: Sequence[object],

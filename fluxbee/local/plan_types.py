@@ -26,6 +26,8 @@ class HivePlan:
     router_config: dict[str, Any]
     router: ProcessSpec
     nodes: tuple[ProcessSpec, ...]
+    role: str = "motherbee"
+    """The Hive's role, written to ``hive.yaml`` for nodes built with the original SDKs."""
 
     @property
     def node_names(self) -> set[str]:

@@ -28,10 +28,11 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from importlib import resources as importlib_resources
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from fluxbee.dataplane import shm
 from fluxbee.dataplane.sdk import default_run_dir, read_node_table
+from fluxbee.local import hive_yaml
 from fluxbee.local.credentials import claimed_names, write_claims
 from fluxbee.local.plan import PlanError, plan_hive
 from fluxbee.local.plan_types import HivePlan, ProcessSpec
@@ -69,6 +70,8 @@ class Supervised:
     started_at: float = 0.0
     last_exit: int | None = None
     state: str = "STARTING"
+    reason: str | None = None
+    """Why the process is not running (``FAILED``): it could not be started, or it exited."""
     stopping: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -76,7 +79,7 @@ class Supervised:
         return {"key": self.spec.key, "node_name": self.spec.node_name, "state": self.state,
                 "pid": self.proc.pid if self.proc and self.proc.returncode is None else None,
                 "restarts": self.restarts, "last_exit": self.last_exit,
-                "started_at": self.started_at or None, "log": str(self.log_path)}
+                "started_at": self.started_at or None, "log": str(self.log_path), "reason": self.reason}
 
 
 ServiceFactory = Callable[["LocalHive"], AbstractAsyncContextManager[object]]
@@ -164,24 +167,37 @@ class LocalHive:
         return sup
 
     async def _keep_running(self, sup: Supervised) -> None:
+        """Start the process, wait for it, start it again: forever, until it is stopped.
+
+        Nothing that goes wrong while starting (the log file cannot be opened: a read-only run dir,
+        a full disk, no file descriptors left; the program cannot be executed) may end this loop:
+        the process stays ``FAILED`` with the reason in its status, and is retried with backoff, so
+        it comes back by itself once the cause is gone."""
         delay = BACKOFF_INITIAL
         while not sup.stopping:
-            sup.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(sup.log_path, "ab") as logf:
+            try:
+                logf = _open_log(sup.log_path)
+            except OSError as err:
+                self._retry_later(sup, f"cannot open its log file {sup.log_path}: {err}", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            with logf:
                 try:
                     sup.proc = await asyncio.create_subprocess_exec(
                         *sup.spec.argv, env={**os.environ, **dict(sup.spec.env)}, stdin=asyncio.subprocess.DEVNULL,
                         stdout=logf, stderr=logf, start_new_session=True, preexec_fn=die_with_parent,
                     )
-                except OSError as err:
-                    log.error("%s: cannot start %s: %s; will retry in %.1f s", sup.spec.key, sup.spec.argv[0], err,
-                              delay)
-                    sup.state = "FAILED"
+                except (OSError, ValueError) as err:
+                    self._retry_later(sup, f"cannot start {sup.spec.argv[0]}: {err}", delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, BACKOFF_MAX)
                     continue
             sup.started_at = time.time()
             sup.state = "RUNNING"
+            if sup.reason is not None:  # it was failing: say it is back
+                sup.reason = None
+                self._write_state()
             code = await sup.proc.wait()
             sup.last_exit = code
             if sup.stopping:
@@ -198,10 +214,18 @@ class LocalHive:
                           f"ends with:\n{_tail(sup.log_path, 5)}", file=sys.stderr, flush=True)
             sup.restarts += 1
             sup.state = "FAILED"
+            sup.reason = f"exited with {code} after {ran:.1f} s"
+            self._write_state()
             log.warning("%s exited with %s after %.1f s; restarting in %.1f s (see %s)",
                         sup.spec.key, code, ran, delay, sup.log_path)
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
+
+    def _retry_later(self, sup: Supervised, reason: str, delay: float) -> None:
+        sup.state = "FAILED"
+        sup.reason = reason
+        log.error("%s: %s; will retry in %.1f s", sup.spec.key, reason, delay)
+        self._write_state()  # the state file says why now, not at the next periodic write
 
     async def _stop(self, sup: Supervised) -> None:
         sup.stopping = True
@@ -262,6 +286,10 @@ class LocalHive:
         plan = self.load_plan()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.write_configs(plan)
+        try:
+            hive_yaml.write(hive_yaml.config_dir(self.run_dir), plan.hive_id, plan.role)
+        except (hive_yaml.HiveYamlError, OSError) as err:
+            raise LocalHiveError(f"cannot provide hive.yaml for nodes built with the original SDKs: {err}") from err
         self._file_sig = _sig(self.hive_file)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -297,7 +325,8 @@ class LocalHive:
             await asyncio.sleep(0.05)
         if not stop.is_set():
             tail = _tail(router.log_path)
-            print(f"fluxbee up: the router did not come up; its log ({router.log_path}) ends with:\n{tail}",
+            why = f" ({router.reason})" if router.reason else ""
+            print(f"fluxbee up: the router did not come up{why}; its log ({router.log_path}) ends with:\n{tail}",
                   file=sys.stderr, flush=True)
         return None
 
@@ -329,9 +358,10 @@ class LocalHive:
             sig = _sig(self.hive_file)
             if sig != self._file_sig:
                 self._file_sig = sig
+                # a bad edit (bad YAML or encoding, unreadable, gone) is refused: it never stops the hive
                 try:
                     plan = self.load_plan()
-                except LocalHiveError as err:
+                except (LocalHiveError, OSError, ValueError) as err:
                     log.error("hive file change refused; keeping the running hive: %s", err)
                 else:
                     if self.plan is not None and plan.hive_id != self.plan.hive_id:
@@ -339,7 +369,11 @@ class LocalHive:
                                   self.plan.hive_id, plan.hive_id)
                     else:
                         log.info("hive file changed; reconciling")
-                        await self.reconcile(plan)
+                        try:
+                            await self.reconcile(plan)
+                        except OSError as err:
+                            log.error("hive file change not applied (%s); the hive keeps running, edit the "
+                                      "file again to retry", err)
             self._write_state()
 
     async def shutdown(self) -> None:
@@ -402,6 +436,12 @@ def _router_of(sock: Path) -> int | None:
             return reader.header().owner_pid
     except (ValueError, shm.ShmError):
         return None
+
+
+def _open_log(path: Path) -> BinaryIO:
+    """The process's log file, opened for appending (creating its folder first); raises OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "ab")
 
 
 def _tail(path: Path, lines: int = 15) -> str:

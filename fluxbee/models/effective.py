@@ -3,8 +3,9 @@
 Upstream rule (admin-api reference §4): the runtime's config template, then the node's
 ``config`` overrides (shallow: a top-level key replaces the template's value wholesale), then
 ``tenant_id`` if the node names one and the config does not, then a forced ``_system`` block
-that nothing upstream of it may set.  Shared by the operator (ConfigMap) and the local hive
-(config file), so both start nodes with byte-identical configs.
+that nothing upstream of it may set (``ilk_id`` in it when the node has an ILK, ``spec.agentIlk``).
+Shared by the operator (ConfigMap) and the local hive (config file), so both start nodes with
+byte-identical configs.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def effective_config(
     tenant = config.get("tenant_id")
     if isinstance(tenant, str):
         system["tenant_id"] = tenant
+    if spec.agent_ilk is not None:  # the node's ILK (registered at spawn): status and the node read it here
+        system["ilk_id"] = spec.agent_ilk
     if runtime.spec.type != "full_runtime":
         base_name = runtime.spec.runtime_base
         system["runtime_base"] = base.metadata.name if base is not None else base_name

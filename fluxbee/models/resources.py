@@ -287,7 +287,8 @@ class FluxNodeSpec(_Model):
     agent_ilk: str | None = Field(
         default=None,
         pattern=ILK_RE.pattern,
-        description="The agent's ILK (`ilk:<uuid>`); required with `degree`.",
+        description="The node's ILK (`ilk:<uuid>`; the admin API sets it when it registers the node at "
+        "spawn); required with `degree`.",
     )
     degree: DegreeBinding | None = Field(
         default=None,
@@ -510,6 +511,9 @@ def load_documents(source: str | Path, text: str | None = None) -> list[Resource
             text = Path(source).read_text(encoding="utf-8")
         except OSError as err:
             raise ResourceError(name, f"cannot read: {err.strerror}") from err
+        except UnicodeDecodeError as err:  # a latin-1 comment must not crash whoever reads the file
+            line = err.object[:err.start].count(b"\n") + 1
+            raise ResourceError(name, f"not UTF-8 text: byte 0x{err.object[err.start]:02x} on line {line}") from err
     try:
         docs: Iterable[Any] = list(yaml.safe_load_all(text))
     except yaml.YAMLError as err:

@@ -2,8 +2,10 @@
 
 Node Pods run on hosts that run the hive's router: the hive's node selector and tolerations,
 plus a required pod affinity to the hive's pods on the same host.  They share host IPC (the
-router's ``/dev/shm`` regions) and the socket directory (hostPath), and read their effective
-config from a mounted ConfigMap named by ``FLUXBEE_NODE_CONFIG``.  Pods are named
+router's ``/dev/shm`` regions) and the socket directory (hostPath), read their effective
+config from a mounted ConfigMap named by ``FLUXBEE_NODE_CONFIG``, and prove their node name to
+the router with the token of their FluxNode's credential Secret (``FLUXBEE_NODE_CREDENTIAL_FILE``),
+whose hash the hive's claims ConfigMap holds under the node name.  Pods are named
 ``<fluxnode>-<index>``, so a restarted operator finds the Pods it made instead of adding more.
 """
 
@@ -18,7 +20,18 @@ from fluxbee.models import FluxNode, Hive, Runtime
 from fluxbee.models.effective import qualified_node_name
 from fluxbee.operator import labels as L
 from fluxbee.operator.children import with_spec_digest
-from fluxbee.operator.hive.build import RUN_DIR, pod_selector
+from fluxbee.operator.hive.build import (
+    CREDENTIAL_DIR,
+    CREDENTIAL_ENV,
+    CREDENTIAL_FILE,
+    RUN_DIR,
+    SDK_CONFIG_DIR,
+    SDK_HIVE_FILE,
+    SDK_HIVE_KEY,
+    credential_data,
+    pod_selector,
+)
+from fluxbee.operator.hive.build import names as hive_names
 from fluxbee.operator.settings import OperatorSettings
 
 CONFIG_KEY = "config.json"
@@ -46,6 +59,41 @@ def resolve_package(runtime: Runtime, base: Runtime | None, settings: OperatorSe
         runtime=runtime.metadata.name,
         version=runtime.spec.version,
     )
+
+
+CLAIM_ANNOTATION = "fluxbee.io/claim"
+"""On a FluxNode's credential Secret: ``<hive>/<claims key>`` its token's hash was written to, so
+a renamed node or a moved hive loses its old claim, and a deleted one finds it."""
+
+
+def credential_secret_name(node_resource: str) -> str:
+    return f"{node_resource}-credential"
+
+
+def claim_key(node: FluxNode) -> str:
+    """The claims key of a node: its L2 name without ``@hive`` (a router's claims file name)."""
+    return node.spec.node_name.split("@", 1)[0]
+
+
+def claim_ref(node: FluxNode) -> str:
+    return f"{node.spec.hive}/{claim_key(node)}"
+
+
+def build_credential_secret(node: FluxNode, namespace: str, token: str) -> dict[str, Any]:
+    """The token that proves the node's name to the router (created once, never rotated by the
+    operator: the running Pods hold it)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": credential_secret_name(node.metadata.name),
+            "namespace": namespace,
+            "labels": node_labels(node),
+            "annotations": {CLAIM_ANNOTATION: claim_ref(node)},
+        },
+        "type": "Opaque",
+        "data": credential_data({"token": token}),
+    }
 
 
 def config_map_name(node_resource: str) -> str:
@@ -107,7 +155,9 @@ def build_pod(
         {"name": "FLUXBEE_NODE_NAME", "value": full_name},
         {"name": "FLUXBEE_HIVE_ID", "value": hive.hive_id},
         {"name": "FLUXBEE_REPLICA", "value": str(index)},
+        {"name": "JSR_CONFIG_DIR", "value": SDK_CONFIG_DIR},  # where the original SDKs find hive.yaml
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": CREDENTIAL_ENV, "value": CREDENTIAL_FILE},
     ]
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
@@ -130,6 +180,8 @@ def build_pod(
         "volumeMounts": [
             {"name": "sockets", "mountPath": RUN_DIR},
             {"name": "node-config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+            {"name": "hive-file", "mountPath": SDK_HIVE_FILE, "subPath": "hive.yaml", "readOnly": True},
+            {"name": "credential", "mountPath": CREDENTIAL_DIR, "readOnly": True},
             *mounts,
         ],
     }
@@ -145,6 +197,9 @@ def build_pod(
         "volumes": [
             {"name": "sockets", "hostPath": {"path": hive.host_socket_dir, "type": "Directory"}},
             {"name": "node-config", "configMap": {"name": config_map_name(node.metadata.name)}},
+            {"name": "hive-file", "configMap": {"name": hive_names(hive).config_map,
+                                                "items": [{"key": SDK_HIVE_KEY, "path": "hive.yaml"}]}},
+            {"name": "credential", "secret": {"secretName": credential_secret_name(node.metadata.name)}},
             *volumes,
         ],
         "affinity": {

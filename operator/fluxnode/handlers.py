@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from fluxbee.identity import degrees as dg
-from fluxbee.models import FluxNode, Runtime
+from fluxbee.models import FluxNode, Hive, Runtime
 from fluxbee.models.effective import config_digest, effective_config, resolve_runtime_version
 from fluxbee.models.resources import DegreeBinding
 from fluxbee.operator import labels as L
@@ -20,14 +21,30 @@ from fluxbee.operator.context import OperatorContext, write_status
 from fluxbee.operator.degree.build import verify_binding
 from fluxbee.operator.degree.handlers import load_degree, load_identity_key
 from fluxbee.operator.fluxnode.build import (
+    CLAIM_ANNOTATION,
     CONFIG_KEY,
     build_config_map,
+    build_credential_secret,
     build_pod,
+    claim_key,
+    claim_ref,
     config_map_name,
+    credential_secret_name,
     pod_index,
     resolve_package,
 )
+from fluxbee.operator.hive.build import (
+    SYSTEM_NODES,
+    build_claims_config_map,
+    claim_hashes,
+    claim_value,
+    claims_config_map_name,
+    claims_patch,
+    credential_sha256,
+    secret_tokens,
+)
 from fluxbee.operator.hive.handlers import parse_hive
+from fluxbee.operator.kube import ApiError, Kube
 from fluxbee.operator.runtime.build import parse_resource, parse_runtime, runtime_outcome
 from fluxbee.operator.runtime.handlers import load_base
 
@@ -156,6 +173,14 @@ async def reconcile_fluxnode(ctx: OperatorContext, body: Mapping[str, Any]) -> O
             await write_status(kube, "fluxnodes", body, outcome)
             return outcome
 
+    refused = await _ensure_claim(ctx, body, node, hive, hive_body)
+    if refused is not None:
+        stopped = await _stop_pods(ctx, namespace, name)
+        outcome = Outcome.degraded(refused.reason, refused.message + (f"; stopped {stopped} pods" if stopped else ""),
+                                   replicas=0, readyReplicas=0)
+        await write_status(kube, "fluxnodes", body, outcome)
+        return outcome
+
     # Effective config: only rewritten (and Pods replaced) when its digest changes.
     now_ms = int(time.time() * 1000)
     config = effective_config(
@@ -233,6 +258,87 @@ async def cleanup_fluxnode(ctx: OperatorContext, body: Mapping[str, Any]) -> Non
     namespace, name = meta["namespace"], meta["name"]
     await _stop_pods(ctx, namespace, name)
     await ctx.kube.delete("configmaps", namespace, config_map_name(name))
+    secret = await ctx.kube.get("secrets", namespace, credential_secret_name(name))
+    if secret is not None:
+        # The claim goes before the Secret: without the Secret its hash could not be found again.
+        token = secret_tokens(secret).get("token")
+        ref = ((secret.get("metadata") or {}).get("annotations") or {}).get(CLAIM_ANNOTATION)
+        if token is not None and isinstance(ref, str) and "/" in ref:
+            hive_name, _, key = ref.partition("/")
+            await _drop_claim(ctx.kube, namespace, hive_name, key, credential_sha256(token))
+        await ctx.kube.delete("secrets", namespace, credential_secret_name(name))
+
+
+async def _ensure_claim(ctx: OperatorContext, body: Mapping[str, Any], node: FluxNode, hive: Hive,
+                        hive_body: Mapping[str, Any]) -> Outcome | None:
+    """The node's credential Secret, and its token's hash under the node's key of the hive's
+    claims ConfigMap; the refusing outcome if the node may not have its name.
+
+    Several FluxNodes may run one node name (the router balances among them): the key holds the
+    hash of each, merged one at a time by a merge patch of that key alone.  Two such FluxNodes
+    reconciled at the same instant can each miss the other's hash; their next reconcile adds it.
+    """
+    kube = ctx.kube
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    key = claim_key(node)
+    if key in SYSTEM_NODES:
+        return Outcome.degraded(
+            "NameClaimedBySystem",
+            f"{key} is run by the hive pods of Hive {hive.metadata.name!r}; a FluxNode cannot take it")
+    secret_name = credential_secret_name(name)
+    secret = await kube.get("secrets", namespace, secret_name)
+    if secret is None:
+        secret = owned(build_credential_secret(node, namespace, secrets.token_hex(32)), body)
+        try:
+            await kube.create("secrets", namespace, secret)
+        except ApiError as err:
+            found = await kube.get("secrets", namespace, secret_name) if err.conflict else None
+            if found is None:
+                raise
+            secret = found
+    token = secret_tokens(secret).get("token")
+    if token is None:
+        return Outcome.degraded(
+            "CredentialInvalid",
+            f"Secret {secret_name} has no `token` of 64 hex characters; delete it and the operator "
+            f"makes a new one")
+    digest = credential_sha256(token)
+    recorded = ((secret.get("metadata") or {}).get("annotations") or {}).get(CLAIM_ANNOTATION)
+    if recorded != claim_ref(node):
+        if isinstance(recorded, str) and "/" in recorded:  # renamed, or moved to another hive
+            old_hive, _, old_key = recorded.partition("/")
+            await _drop_claim(kube, namespace, old_hive, old_key, digest)
+        await kube.patch("secrets", namespace, secret_name,
+                         {"metadata": {"annotations": {CLAIM_ANNOTATION: claim_ref(node)}}})
+    await _add_claim(kube, namespace, hive, hive_body, key, digest)
+    return None
+
+
+async def _add_claim(kube: Kube, namespace: str, hive: Hive, hive_body: Mapping[str, Any], key: str,
+                     digest: str) -> None:
+    cm_name = claims_config_map_name(hive.metadata.name)
+    claims = await kube.get("configmaps", namespace, cm_name)
+    if claims is None:  # before the Hive's reconcile made it: made here, owned by the Hive all the same
+        try:
+            await kube.create("configmaps", namespace,
+                              owned(build_claims_config_map(hive, namespace, {key: claim_value([digest])}), hive_body))
+            return
+        except ApiError as err:
+            claims = await kube.get("configmaps", namespace, cm_name) if err.conflict else None
+            if claims is None:
+                raise
+    have = claim_hashes((claims.get("data") or {}).get(key))
+    if digest not in have:
+        await kube.patch("configmaps", namespace, cm_name, claims_patch(key, [*have, digest]))
+
+
+async def _drop_claim(kube: Kube, namespace: str, hive_name: str, key: str, digest: str) -> None:
+    """Take one hash out of one claims key (the key goes with its last hash)."""
+    cm_name = claims_config_map_name(hive_name)
+    claims = await kube.get("configmaps", namespace, cm_name)
+    have = claim_hashes(((claims or {}).get("data") or {}).get(key))
+    if digest in have:
+        await kube.patch("configmaps", namespace, cm_name, claims_patch(key, [h for h in have if h != digest]))
 
 
 def _json(text: str) -> dict[str, Any]:

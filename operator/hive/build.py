@@ -8,6 +8,12 @@ pod restart: nothing derived from the routes is put in the pod template.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +25,23 @@ from fluxbee.operator.settings import OperatorSettings
 
 CONFIG_KEY = "hive.yaml"
 CONFIG_MOUNT = "/etc/fluxbee/hive"
+SDK_HIVE_KEY = "sdk-hive.yaml"
+"""The ``hive.yaml`` nodes built with the original SDKs read from their config dir (``hive_id``, ``role``);
+FluxNode Pods mount it at :data:`SDK_HIVE_FILE` (``fluxbee.operator.fluxnode.build``)."""
+SDK_CONFIG_DIR = "/etc/fluxbee"
+SDK_HIVE_FILE = f"{SDK_CONFIG_DIR}/hive.yaml"
 RUN_DIR = "/var/run/fluxbee"
+
+# The credential contract between the operator, the router and the node SDK: a process proves a
+# claimed node name with a token (64 hex chars) from the file named by CREDENTIAL_ENV; the router
+# (``--claims-dir``) holds one file per claimed name with the token's sha256, never the token.
+CREDENTIAL_ENV = "FLUXBEE_NODE_CREDENTIAL_FILE"
+# Not under RUN_DIR: that is a hostPath, and a mount inside it would leave a folder on every host.
+CREDENTIAL_DIR = f"{SDK_CONFIG_DIR}/credential"
+CREDENTIAL_KEY = "token"
+CREDENTIAL_FILE = f"{CREDENTIAL_DIR}/{CREDENTIAL_KEY}"
+CLAIMS_MOUNT = "/etc/fluxbee/claims"
+_TOKEN_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -29,6 +51,8 @@ class HiveNames:
     gateway_service: str
     admin_service: str
     admin_secret: str
+    claims_config_map: str
+    system_credentials: str
 
 
 def names(hive: Hive) -> HiveNames:
@@ -39,7 +63,108 @@ def names(hive: Hive) -> HiveNames:
         gateway_service=f"{base}-gateway",
         admin_service=f"{base}-admin",
         admin_secret=hive.spec.admin.token_secret or f"{base}-admin-token",
+        claims_config_map=claims_config_map_name(base),
+        system_credentials=f"{base}-system-credentials",
     )
+
+
+def claims_config_map_name(hive_name: str) -> str:
+    """The hive's claims ConfigMap: one key per claimed node name, mounted into the router."""
+    return f"{hive_name}-claims"
+
+
+ADMIN_NODE = "SY.admin"
+SYSTEM_NODES = (ADMIN_NODE,)
+"""Every SY.* name a hive pod can run (its claims key is the Hive's, never a FluxNode's)."""
+
+
+def system_nodes(hive: Hive) -> list[str]:
+    """The SY.* names the hive pods run, each proven by a token of the system-credentials Secret."""
+    return [ADMIN_NODE] if hive.spec.admin.enabled else []
+
+
+def credential_volume(system_node: str) -> str:
+    """Name of the volume that carries one SY.* container's token."""
+    return f"credential-{system_node.lower().replace('.', '-')}"
+
+
+def credential_sha256(token: str) -> str:
+    """What the router keeps of a credential: lowercase hex sha256 of the token's UTF-8 bytes."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def claim_value(hashes: Iterable[str]) -> str:
+    """One claims-file body: ``{"credential_sha256": [...]}`` (the router's format)."""
+    return json.dumps({"credential_sha256": sorted(set(hashes))}, sort_keys=True)
+
+
+def claim_hashes(text: object) -> list[str]:
+    """The credential hashes of one claims-file body (none if it is not the router's format)."""
+    if not isinstance(text, str):
+        return []
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return []
+    hashes = value.get("credential_sha256") if isinstance(value, dict) else None
+    return [h for h in hashes if isinstance(h, str)] if isinstance(hashes, list) else []
+
+
+def claims_patch(key: str, hashes: Iterable[str]) -> dict[str, Any]:
+    """JSON merge patch of one claims key: other keys (other nodes' claims) are left as they are;
+    no hashes left removes the key (``null``), so the name is no longer provable at all."""
+    wanted = sorted(set(hashes))
+    return {"data": {key: claim_value(wanted) if wanted else None}}
+
+
+def secret_tokens(secret: Mapping[str, Any]) -> dict[str, str]:
+    """The well-formed tokens of a credential Secret, by key (``data`` is base64; ``stringData``
+    is what a create may still show before the API server folds it into ``data``)."""
+    out: dict[str, str] = {}
+    for key, raw in (secret.get("data") or {}).items():
+        try:
+            text = base64.b64decode(str(raw), validate=True).decode("ascii").strip()
+        except (binascii.Error, ValueError):
+            continue
+        if _TOKEN_RE.match(text):
+            out[str(key)] = text
+    for key, text in (secret.get("stringData") or {}).items():
+        if isinstance(text, str) and _TOKEN_RE.match(text.strip()) and key not in out:
+            out[str(key)] = text.strip()
+    return out
+
+
+def credential_data(tokens: Mapping[str, str]) -> dict[str, str]:
+    """Secret ``data`` holding ``tokens`` (base64, as the API server stores it)."""
+    return {k: base64.b64encode(v.encode()).decode() for k, v in sorted(tokens.items())}
+
+
+def build_claims_config_map(hive: Hive, namespace: str, data: Mapping[str, str]) -> dict[str, Any]:
+    """The claims ConfigMap with ``data``.  Owned by the Hive, whoever creates it first: the
+    Hive's reconcile writes its system nodes' keys, each FluxNode's reconcile merges in its own."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": names(hive).claims_config_map, "namespace": namespace, "labels": _labels(hive)},
+        "data": dict(data),
+    }
+
+
+def build_system_claims(hive: Hive, namespace: str, hashes: Mapping[str, str]) -> dict[str, Any]:
+    """The claims ConfigMap as the Hive's reconcile wants it: its system nodes' keys."""
+    return build_claims_config_map(hive, namespace, {name: claim_value([h]) for name, h in sorted(hashes.items())})
+
+
+def build_system_credentials(hive: Hive, namespace: str, tokens: Mapping[str, str]) -> dict[str, Any]:
+    """The tokens of the hive pods' SY.* containers, one key per name (created once, never
+    rotated by the operator: a new token would lock out the running containers until restart)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": names(hive).system_credentials, "namespace": namespace, "labels": _labels(hive)},
+        "type": "Opaque",
+        "data": credential_data(tokens),
+    }
 
 
 def pod_selector(hive_name: str) -> dict[str, str]:
@@ -62,6 +187,11 @@ def router_config(hive: Hive, version: int) -> dict[str, Any]:
     }
 
 
+def sdk_hive_yaml(hive: Hive) -> str:
+    """What the original SDKs need before they connect: ``hive_id`` (they append ``@hive_id``) and ``role``."""
+    return yaml.safe_dump({"hive_id": hive.hive_id, "role": hive.spec.role}, sort_keys=False)
+
+
 def build_config_map(hive: Hive, namespace: str, version: int) -> dict[str, Any]:
     text = yaml.safe_dump(router_config(hive, version), sort_keys=False)
     return {
@@ -72,7 +202,7 @@ def build_config_map(hive: Hive, namespace: str, version: int) -> dict[str, Any]
             "namespace": namespace,
             "labels": _labels(hive),
         },
-        "data": {CONFIG_KEY: text},
+        "data": {CONFIG_KEY: text, SDK_HIVE_KEY: sdk_hive_yaml(hive)},
     }
 
 
@@ -97,6 +227,8 @@ def _router_container(hive: Hive, settings: OperatorSettings, image: str) -> dic
             hive.spec.router_scheduling,
             "--metrics-addr",
             f"0.0.0.0:{port}",
+            "--claims-dir",
+            CLAIMS_MOUNT,
         ],
         "env": [
             {"name": "FLUXBEE_RUN_DIR", "value": RUN_DIR},
@@ -124,6 +256,7 @@ def _router_container(hive: Hive, settings: OperatorSettings, image: str) -> dic
         "volumeMounts": [
             {"name": "sockets", "mountPath": RUN_DIR},
             {"name": "hive-config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+            {"name": "claims", "mountPath": CLAIMS_MOUNT, "readOnly": True},
         ],
     }
     if hive.spec.resources is not None:
@@ -157,11 +290,26 @@ def _admin_container(hive: Hive, settings: OperatorSettings, image: str) -> dict
                 "name": "FLUXBEE_ADMIN_TOKEN",
                 "valueFrom": {"secretKeyRef": {"name": names(hive).admin_secret, "key": "token"}},
             },
+            {"name": CREDENTIAL_ENV, "value": CREDENTIAL_FILE},
         ],
         "ports": [{"name": "admin", "containerPort": admin.port, "protocol": "TCP"}],
         "readinessProbe": {"tcpSocket": {"port": "admin"}, "periodSeconds": 5},
-        "volumeMounts": [{"name": "sockets", "mountPath": RUN_DIR}],
+        "volumeMounts": [
+            {"name": "sockets", "mountPath": RUN_DIR},
+            {"name": credential_volume(ADMIN_NODE), "mountPath": CREDENTIAL_DIR, "readOnly": True},
+        ],
     }
+
+
+def _system_credential_volumes(hive: Hive) -> list[dict[str, Any]]:
+    """One volume per SY.* container: its own key of the system-credentials Secret as ``token``
+    (a container sees only its own token, at the same path as a FluxNode's)."""
+    return [
+        {"name": credential_volume(name),
+         "secret": {"secretName": names(hive).system_credentials,
+                    "items": [{"key": name, "path": CREDENTIAL_KEY}]}}
+        for name in system_nodes(hive)
+    ]
 
 
 def build_daemon_set(hive: Hive, namespace: str, settings: OperatorSettings) -> dict[str, Any]:
@@ -179,6 +327,8 @@ def build_daemon_set(hive: Hive, namespace: str, settings: OperatorSettings) -> 
                 "hostPath": {"path": hive.host_socket_dir, "type": "DirectoryOrCreate"},
             },
             {"name": "hive-config", "configMap": {"name": names(hive).config_map}},
+            {"name": "claims", "configMap": {"name": names(hive).claims_config_map}},
+            *_system_credential_volumes(hive),
         ],
         "terminationGracePeriodSeconds": 10,
     }

@@ -13,11 +13,18 @@ from fluxbee.operator.children import ensure, ensure_absent, owned
 from fluxbee.operator.conditions import InvalidSpec, Outcome
 from fluxbee.operator.context import OperatorContext, write_status
 from fluxbee.operator.hive.build import (
+    SYSTEM_NODES,
     build_admin_secret,
     build_config_map,
     build_daemon_set,
     build_services,
+    build_system_claims,
+    build_system_credentials,
+    credential_data,
+    credential_sha256,
     names,
+    secret_tokens,
+    system_nodes,
 )
 from fluxbee.operator.kube import ApiError
 from fluxbee.operator.runtime.build import parse_resource
@@ -74,6 +81,7 @@ async def reconcile_hive(ctx: OperatorContext, body: Mapping[str, Any]) -> Outco
             except ApiError as err:
                 if not err.conflict:
                     raise
+    await _ensure_system_claims(ctx, body, hive, namespace)
     version = int(meta.get("generation") or 1)
     await ensure(kube, "configmaps", namespace, owned(build_config_map(hive, namespace, version), body))
     await ensure(kube, "daemonsets", namespace, owned(build_daemon_set(hive, namespace, ctx.settings), body))
@@ -86,6 +94,47 @@ async def reconcile_hive(ctx: OperatorContext, body: Mapping[str, Any]) -> Outco
     outcome = hive_outcome(hive, daemon_set)
     await write_status(ctx.kube, "hives", body, outcome)
     return outcome
+
+
+async def _system_tokens(ctx: OperatorContext, body: Mapping[str, Any], hive: Hive,
+                         namespace: str) -> dict[str, str]:
+    """The tokens of the hive's SY.* containers: kept once made, missing ones added."""
+    kube, n = ctx.kube, names(hive)
+    wanted = system_nodes(hive)
+    secret = await kube.get("secrets", namespace, n.system_credentials)
+    if secret is None:
+        tokens = {name: secrets.token_hex(32) for name in wanted}
+        try:
+            await kube.create("secrets", namespace,
+                              owned(build_system_credentials(hive, namespace, tokens), body))
+            return tokens
+        except ApiError as err:
+            secret = await kube.get("secrets", namespace, n.system_credentials) if err.conflict else None
+            if secret is None:
+                raise
+    tokens = secret_tokens(secret)
+    missing = {name: secrets.token_hex(32) for name in wanted if name not in tokens}
+    if missing:  # e.g. the admin API was just enabled; the other tokens stay as they are
+        await kube.patch("secrets", namespace, n.system_credentials, {"data": credential_data(missing)})
+    return {**tokens, **missing}
+
+
+async def _ensure_system_claims(ctx: OperatorContext, body: Mapping[str, Any], hive: Hive,
+                                namespace: str) -> None:
+    """The claims ConfigMap with the hashes of the system tokens (FluxNodes add their own keys).
+
+    It exists before the DaemonSet that mounts it into the router.  A system name the hive no
+    longer runs loses its key, so nothing can prove it any more.
+    """
+    tokens = await _system_tokens(ctx, body, hive, namespace)
+    hashes = {name: credential_sha256(tokens[name]) for name in system_nodes(hive)}
+    cm_name = names(hive).claims_config_map
+    actual = await ctx.kube.get("configmaps", namespace, cm_name)
+    await ensure(ctx.kube, "configmaps", namespace, owned(build_system_claims(hive, namespace, hashes), body),
+                 actual=actual)
+    stale = {k: None for k in (actual or {}).get("data") or {} if k in SYSTEM_NODES and k not in hashes}
+    if stale:
+        await ctx.kube.patch("configmaps", namespace, cm_name, {"data": stale})
 
 
 async def cleanup_hive(ctx: OperatorContext, body: Mapping[str, Any]) -> None:

@@ -112,7 +112,9 @@ def test_a_name_claimed_later_evicts_its_squatter_and_a_bad_claims_file_changes_
     assert frames and refusal(frames[-1]).startswith("NAME_CLAIMED")
     (run_dir / "claims" / "WF.broken").write_text('{"credential_sha256": ["not hex"]}')
     wait_until(lambda: router.counter("config_errors", "claims") >= 1, 10, "the bad claims file to be refused")
-    assert "WF.later" in router.status()["trust"]["claimed_names"]  # the previous claims stay
+    assert router.status()["trust"]["claimed_names"] == 7  # the previous claims stay: the test's SY.* and WF.later
+    _, reply = hello(router.socket_path, "WF.later", peers=raw_peers)
+    assert refusal(reply).startswith("NAME_CLAIMED")
     assert "credential_sha256 entries must be" in router.log_path.read_text()
 
 

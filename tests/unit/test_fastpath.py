@@ -206,13 +206,16 @@ def bodies(draw: st.DrawFn) -> bytes:
 @pytest.mark.parametrize("scan", SCANS, ids=IDS)
 @settings(max_examples=400, deadline=None)
 @given(body=bodies())
+@example(body=frame_body("\x7f", 1))  # found by hypothesis: a DEL in dst is the general path's, not C's
 def test_generated_frames(scan: Scan, body: bytes) -> None:
     got = check(scan, body)
     want = expected(body)
     if scan is fastpath.scan_py:
         assert got == want
-    elif want is not None and body.isascii() and b"\\" not in body:
-        assert got == want  # canonical, compact, plain: the C path must take it
+    elif want is not None and body.isascii() and b"\\" not in body and b"\x7f" not in body:
+        # Canonical, compact, plain: the C path must take it.  (Its routing strings are printable
+        # ASCII only, so a DEL anywhere is left to the general path; payload strings may hold one.)
+        assert got == want
 
 
 @pytest.mark.parametrize("scan", SCANS, ids=IDS)

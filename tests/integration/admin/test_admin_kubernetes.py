@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,8 +109,13 @@ async def test_node_lifecycle_on_fluxnode_resources(admin: Admin) -> None:
     assert code == 200, doc
     p = doc["payload"]
     assert p["node_name"] == "WF.life.one@demo" and p["version"] == "0.1.0" and p["requested_version"] == "current"
-    assert p["config"]["_system"]["runtime_version"] == "0.1.0" and p["config"]["tenant_id"] == TENANT
     resource = p["unit"].removeprefix("fluxnode/")
+    # the original's summary (the full config is GET …/config's), and no router in reach: no ILK, and why
+    assert p["config"] == {"status": "ok", "path": f"configmap/{resource}-node-config#config.json", "created": True,
+                           "config_version": 1}
+    register = p["identity"]["register"]
+    assert (register["status"], register["ilk_id"], register["error_code"]) == ("skipped", None, "ROUTER_UNREACHABLE")
+    assert p["identity"]["identity_target"] == "SY.identity@demo" and p["identity"]["update"] is None
     node = await a.cluster.api.get("fluxnodes", NS, resource)
     assert node is not None and node["metadata"]["labels"][CREATED_BY] == "admin-api"
     assert node["spec"]["nodeName"] == "WF.life.one@demo" and node["spec"]["runtimeVersion"] == "0.1.0"
@@ -338,6 +344,81 @@ async def test_with_a_router_in_the_socket_dir_messages_and_control_go_through_i
             assert (code, doc["error_code"]) == (503, "IDENTITY_UNAVAILABLE")
         finally:
             await sender.close()
+    finally:
+        assert router.stop() == 0
+
+
+async def test_with_sy_identity_on_the_router_a_spawn_registers_the_ilk_and_records_it_in_the_fluxnode(
+        admin: Admin) -> None:
+    """A stand-in SY.identity on the hive's router: the spawn registers the node's ILK (creating the unknown
+    tenant first), the FluxNode carries it, the operator renders it into ``_system.ilk_id``, status shows it; a
+    refusal creates no FluxNode."""
+    a = admin
+    router = RouterProc(a.run_dir, hive_id="demo")
+    try:
+        async def connected() -> bool:
+            _, d = await a.call("GET", "/hive/status")
+            return bool(d["payload"]["router_connected"])
+
+        await eventually(connected, 10, "the admin API to connect to the router")
+        asked: list[tuple[str | None, Any]] = []
+        tenants: set[str] = set()
+        pending = f"tnt:{uuid.uuid4()}"
+        holder: list[Any] = []
+
+        def answer(msg: wire.Message) -> None:
+            asked.append((msg.meta.msg, msg.payload))
+            body = msg.payload
+            if msg.meta.msg == "TNT_CREATE":
+                tenants.add(body["tenant_id"])
+                reply = {"status": "ok", "tenant_id": body["tenant_id"], "created": True, "matched_by": None}
+            elif msg.meta.msg == "ILK_REGISTER" and body["tenant_id"] == pending:
+                reply = {"status": "error", "error_code": "TENANT_PENDING", "message": "pending approval"}
+            elif msg.meta.msg == "ILK_REGISTER" and body["tenant_id"] not in tenants:
+                reply = {"status": "error", "error_code": "INVALID_TENANT", "message": "no such tenant"}
+            elif msg.meta.msg == "ILK_REGISTER":
+                reply = {"status": "ok", "ilk_id": body["ilk_id"]}
+            else:
+                return
+            holder[0].reply_nowait(msg, reply, msg_type=wire.TYPE_SYSTEM, msg=f"{msg.meta.msg}_RESPONSE")
+
+        identity, _ = await connect(NodeConfig(name="SY.identity", run_dir=a.run_dir, reconnect=False,
+                                               on_message=answer, handle_config=False))
+        holder.append(identity)
+        try:
+            code, doc = await a.call("POST", "/hives/demo/nodes", {"node_name": "AI.k8s.agent",
+                                                                   "runtime": "fluxbee.echo", "tenant_id": TENANT})
+            assert code == 200, doc
+            register = doc["payload"]["identity"]["register"]
+            ilk = register["ilk_id"]
+            assert register == {"status": "ok", "ilk_id": ilk, "ilk_type": "agent", "target": "SY.identity@demo",
+                                "tenant_id": TENANT, "created": True, "tenant_created": True}
+            assert [m for m, _ in asked] == ["ILK_REGISTER", "TNT_CREATE", "ILK_REGISTER"]
+            assert asked[1][1] == {"name": TENANT, "status": "active", "tenant_id": TENANT}
+            assert asked[2][1]["identification"] == {"display_name": "AI.k8s.agent@demo",
+                                                     "node_name": "AI.k8s.agent@demo", "runtime": "fluxbee.echo",
+                                                     "runtime_version": "0.1.0"}
+            resource = doc["payload"]["unit"].removeprefix("fluxnode/")
+            node = await a.cluster.api.get("fluxnodes", NS, resource)
+            assert node is not None and node["spec"]["agentIlk"] == ilk
+
+            async def rendered() -> dict[str, Any] | None:
+                c, d = await a.call("GET", "/hives/demo/nodes/AI.k8s.agent/config")
+                return d["payload"]["config"] if c == 200 and d["payload"]["config"] else None
+
+            cfg = await eventually(rendered, 10, "the operator to render the node's config")
+            assert cfg["_system"]["ilk_id"] == ilk and cfg["_system"]["tenant_id"] == TENANT
+            code, doc = await a.call("GET", "/hives/demo/nodes/AI.k8s.agent/status")
+            assert doc["payload"]["node_status"]["identity"] == {"ilk_id": ilk, "tenant_id": TENANT}
+
+            code, doc = await a.call("POST", "/hives/demo/nodes", {"node_name": "WF.k8s.refused",
+                                                                   "runtime": "fluxbee.echo", "tenant_id": pending})
+            assert (code, doc["error_code"]) == (409, "IDENTITY_REGISTER_FAILED"), doc
+            assert doc["payload"]["identity"]["register"]["error_code"] == "TENANT_PENDING"
+            assert all((n.get("spec") or {}).get("nodeName") != "WF.k8s.refused@demo"
+                       for n in await a.cluster.api.list("fluxnodes", NS))
+        finally:
+            await identity.close()
     finally:
         assert router.stop() == 0
 

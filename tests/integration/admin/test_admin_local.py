@@ -6,14 +6,16 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
 import subprocess
 import uuid
+from typing import Any
 
 import pytest
-from conftest import AdminHive
+from conftest import AdminHive, running_hive
 from hive_harness import eventually, wait_until
 
 from fluxbee.admin.client import admin_command
@@ -23,14 +25,27 @@ from fluxbee.dataplane.sdk import NodeConfig, connect
 TENANT = "tnt:12345678-1234-1234-1234-123456789abc"
 
 
+SPAWN_KEYS = {"status", "state", "target", "hive", "node_name", "runtime", "version", "requested_version", "unit",
+              "visible_in_router", "config", "identity"}
+
+
+def _ilk_rows(hive: AdminHive, node_name: str) -> list[dict[str, Any]]:
+    code, doc = hive.call("GET", "/hives/local/identity/ilks")
+    assert code == 200, doc
+    return [r for r in doc["payload"]["ilks"] if r["node_name"] == node_name]
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_the_seed_readme_curl_sequence_spawns_a_node_and_reads_its_status_and_config(hive: AdminHive) -> None:
+def test_the_seed_readme_curl_sequence_spawns_a_node_with_its_ilk_and_reads_status_config_and_state(
+        hive: AdminHive) -> None:
+    """The seed README's sequence as written (AI.my.node.1, an unknown tenant) on a fresh hive: this is the
+    module's first test, so the tenant does not exist yet and is created."""
     script = f"""set -euo pipefail
 BASE="{hive.base}"
 TARGET_HIVE="local"
 RUNTIME_NAME="fluxbee.echo"
 TENANT_ID="{TENANT}"
-NODE_NAME="WF.my.node.1"
+NODE_NAME="AI.my.node.1"
 curl -sS -X POST "$BASE/hives/$TARGET_HIVE/nodes" \\
 -H "Content-Type: application/json" \\
 -d "{{
@@ -48,19 +63,120 @@ sleep 1
 curl -sS "$BASE/hives/$TARGET_HIVE/nodes/$NODE_NAME/status"
 echo
 curl -sS "$BASE/hives/$TARGET_HIVE/nodes/$NODE_NAME/config"
+echo
+curl -sS "$BASE/hives/$TARGET_HIVE/nodes/$NODE_NAME/state"
 """
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
-    spawn, status, config = (json.loads(line) for line in out.stdout.strip().splitlines())
-    assert spawn["status"] == "ok" and spawn["payload"]["node_name"] == "WF.my.node.1@local"
+    spawn, status, config, state = (json.loads(line) for line in out.stdout.strip().splitlines())
+    assert spawn["status"] == "ok", spawn
+    p = spawn["payload"]
+    assert set(p) == SPAWN_KEYS and p["node_name"] == "AI.my.node.1@local"
+    config_path = str(hive.run_dir / "nodes" / "AI.my.node.1@local" / "config.json")
+    # a summary, as the original: the full config is GET …/config's
+    assert p["config"] == {"status": "ok", "path": config_path, "created": True, "config_version": 1}
+    ilk = p["identity"]["register"]["ilk_id"]
+    assert p["identity"] == {
+        "requested_hive": "local", "identity_primary_hive_id": "local", "identity_target": "SY.identity@local",
+        "register": {"status": "ok", "ilk_id": ilk, "ilk_type": "agent", "target": "SY.identity@local",
+                     "tenant_id": TENANT, "created": True, "tenant_created": True},
+        "update": None}
+    assert re.fullmatch(r"ilk:[0-9a-f-]{36}", ilk)
     st = status["payload"]["node_status"]
     assert st["runtime"]["name"] == "fluxbee.echo" and st["runtime"]["resolved_version"] == "0.1.0"
     assert st["lifecycle_state"] in ("RUNNING", "STARTING")
+    assert st["identity"] == {"ilk_id": ilk, "tenant_id": TENANT}
     cfg = config["payload"]["config"]
+    assert config["payload"]["path"] == config_path and config["payload"]["config_version"] == 1
     assert cfg["model"] == "gpt-5" and cfg["temperature"] == 0.7 and cfg["tenant_id"] == TENANT
     assert cfg["_system"]["runtime"] == "fluxbee.echo" and cfg["_system"]["runtime_version"] == "0.1.0"
-    code, _ = hive.call("DELETE", "/hives/local/nodes/WF.my.node.1", {"purge_instance": True})
+    assert cfg["_system"]["ilk_id"] == ilk and cfg["_system"]["tenant_id"] == TENANT
+    assert state["status"] == "ok" and state["payload"]["state"] is None
+    assert state["payload"]["path"] == str(hive.run_dir / "nodes" / "AI.my.node.1@local" / "state.json")
+    [row] = _ilk_rows(hive, "AI.my.node.1@local")
+    assert (row["ilk_id"], row["ilk_type"], row["registration_status"], row["tenant_id"]) == (
+        ilk, "agent", "complete", TENANT)
+    # the node runs with its ILK in the config it reads
+    wait_until(lambda: hive.call("GET", "/hives/local/nodes/AI.my.node.1/status")[1]["payload"]["node_status"][
+        "lifecycle_state"] == "RUNNING", 15, "the node to run")
+    code, _ = hive.call("DELETE", "/hives/local/nodes/AI.my.node.1", {"purge_instance": True})
     assert code == 200
+    assert [r["ilk_id"] for r in _ilk_rows(hive, "AI.my.node.1@local")] == [ilk], "a kill leaves the ILK (as upstream)"
+
+
+def test_spawning_a_node_again_links_its_existing_ilk(hive: AdminHive) -> None:
+    body = {"node_name": "WF.ilk.again", "runtime": "fluxbee.echo", "tenant_id": TENANT}
+    code, doc = hive.call("POST", "/hives/local/nodes", body)
+    assert code == 200, doc
+    first = doc["payload"]["identity"]["register"]
+    assert first["status"] == "ok" and first["created"] is True and first["ilk_type"] == "system"
+    assert hive.call("DELETE", "/hives/local/nodes/WF.ilk.again", {"purge_instance": True})[0] == 200
+    code, doc = hive.call("POST", "/hives/local/nodes", body)
+    assert code == 200, doc
+    again = doc["payload"]["identity"]["register"]
+    assert again["status"] == "ok" and again["ilk_id"] == first["ilk_id"] and again["created"] is False
+    assert again["tenant_created"] is False
+    assert [r["ilk_id"] for r in _ilk_rows(hive, "WF.ilk.again@local")] == [first["ilk_id"]]
+    code, doc = hive.call("GET", "/hives/local/nodes/WF.ilk.again/status")
+    assert doc["payload"]["node_status"]["identity"]["ilk_id"] == first["ilk_id"]
+    assert hive.call("DELETE", "/hives/local/nodes/WF.ilk.again", {"purge_instance": True})[0] == 200
+
+
+def test_a_spawn_identity_refuses_writes_nothing_and_says_why(hive: AdminHive) -> None:
+    """The node's ILK is complete in one tenant: spawning it again in another is refused by SY.identity."""
+    body = {"node_name": "WF.ilk.moved", "runtime": "fluxbee.echo", "tenant_id": TENANT}
+    assert hive.call("POST", "/hives/local/nodes", body)[0] == 200
+    assert hive.call("DELETE", "/hives/local/nodes/WF.ilk.moved", {"purge_instance": True})[0] == 200
+    other = f"tnt:{uuid.uuid4()}"
+    code, doc = hive.call("POST", "/hives/local/nodes", {**body, "tenant_id": other})
+    assert (code, doc["error_code"]) == (409, "IDENTITY_REGISTER_FAILED"), doc
+    assert "INVALID_TENANT_TRANSITION" in doc["error_detail"]
+    register = doc["payload"]["identity"]["register"]
+    assert register["status"] == "error" and register["error_code"] == "INVALID_TENANT_TRANSITION"
+    code, doc = hive.call("GET", "/hives/local/nodes/WF.ilk.moved/status")
+    assert (code, doc["error_code"]) == (404, "NODE_NOT_FOUND")
+    assert not (hive.run_dir / "nodes" / "WF.ilk.moved@local").exists()
+    # the two tenants of one node are refused before anything is asked
+    code, doc = hive.call("POST", "/hives/local/nodes", {**body, "config": {"tenant_id": other}})
+    assert (code, doc["error_code"]) == (400, "INVALID_REQUEST") and "differ" in doc["error_detail"]
+
+
+async def test_the_state_of_a_connected_node_without_state_is_null_and_an_unknown_node_is_not_found(
+        hive: AdminHive) -> None:
+    sender, _ = await connect(NodeConfig(name="WF.adhoc.state", run_dir=hive.run_dir, reconnect=False))
+    try:
+        def listed() -> bool:
+            _, d = hive.call("GET", "/hives/local/nodes")
+            return "WF.adhoc.state@local" in {n["name"] for n in d["payload"]["nodes"]}
+
+        await asyncio.to_thread(wait_until, listed, 10, "the ad-hoc node in the node list")
+        code, doc = await asyncio.to_thread(hive.call, "GET", "/hives/local/nodes/WF.adhoc.state/state")
+        path = hive.run_dir / "nodes" / "WF.adhoc.state@local" / "state.json"
+        assert code == 200, doc
+        assert doc["payload"] == {"status": "ok", "target": "local", "hive": "local",
+                                  "node_name": "WF.adhoc.state@local", "path": str(path), "state": None}
+        path.parent.mkdir(parents=True)
+        path.write_text('{"turns": 3}')
+        code, doc = await asyncio.to_thread(hive.call, "GET", "/hives/local/nodes/WF.adhoc.state/state")
+        assert code == 200 and doc["payload"]["state"] == {"turns": 3}
+    finally:
+        await sender.close()
+    code, doc = await asyncio.to_thread(hive.call, "GET", "/hives/local/nodes/WF.never.seen/state")
+    assert (code, doc["error_code"]) == (404, "NODE_NOT_FOUND")
+
+
+def test_with_identity_disabled_a_spawn_works_and_says_why_no_ilk_was_registered() -> None:
+    with running_hive(identity=False) as h:
+        code, doc = h.call("POST", "/hives/local/nodes", {"node_name": "AI.my.node.1", "runtime": "fluxbee.echo",
+                                                          "tenant_id": TENANT})
+        assert code == 200, doc
+        register = doc["payload"]["identity"]["register"]
+        assert register["status"] == "skipped" and register["ilk_id"] is None
+        assert register["error_code"] == "NODE_NOT_FOUND" and "not connected" in register["reason"]
+        code, doc = h.call("GET", "/hives/local/nodes/AI.my.node.1/status")
+        assert doc["payload"]["node_status"]["identity"] == {"ilk_id": None, "tenant_id": TENANT}
+        code, doc = h.call("GET", "/hives/local/nodes/AI.my.node.1/config")
+        assert "ilk_id" not in doc["payload"]["config"]["_system"]
 
 
 def test_node_lifecycle_through_the_api(hive: AdminHive) -> None:

@@ -102,13 +102,36 @@ async def test_senders_not_allowed_are_rejected_with_unauthorized_registrar(run_
         assert err.value.code == "UNAUTHORIZED_REGISTRAR"
         assert err.value.payload["src_l2_name"] == "WF.sneaky@t", "authorisation uses the router-stamped name"
         with pytest.raises(IdentityCallError) as err:
-            await idc.register(admin, f"ilk:{uuid.uuid4()}", "human", f"tnt:{uuid.uuid4()}")
+            await idc.register(wf, f"ilk:{uuid.uuid4()}", "human", f"tnt:{uuid.uuid4()}")
         assert err.value.code == "UNAUTHORIZED_REGISTRAR"
+        with pytest.raises(IdentityCallError) as err:  # SY.admin registers node ILKs at spawn: it gets past the check
+            await idc.register(admin, f"ilk:{uuid.uuid4()}", "system", f"tnt:{uuid.uuid4()}")
+        assert err.value.code == "INVALID_TENANT"
         with pytest.raises(IdentityCallError) as err:
             await idc.tnt_create(wf, "Acme")
         assert err.value.code == "UNAUTHORIZED_REGISTRAR"
     finally:
         await wf.close()
+        await admin.close()
+
+
+async def test_tnt_create_with_a_tenant_id_creates_that_tenant_once_and_never_matches_by_name(
+        run_dir: Path, identity: IdentityProc) -> None:
+    admin = await node(run_dir, "SY.admin")
+    try:
+        named = await idc.tnt_create(admin, "Acme", status="active")
+        wanted = f"tnt:{uuid.uuid4()}"
+        first = await idc.tnt_create(admin, "Acme", status="active", tenant_id=wanted)
+        assert first == {"status": "ok", "tenant_id": wanted, "created": True, "matched_by": None}
+        again = await idc.tnt_create(admin, "Other name", tenant_id=wanted)
+        assert again == {"status": "ok", "tenant_id": wanted, "created": False, "matched_by": "tenant_id"}
+        assert named["tenant_id"] != wanted
+        ilk = await idc.register(admin, f"ilk:{uuid.uuid4()}", "system", wanted)
+        assert ilk["status"] == "ok"
+        with pytest.raises(IdentityCallError) as err:
+            await idc.tnt_create(admin, "Bad", tenant_id="tnt:not-a-uuid")
+        assert err.value.code == "INVALID_REQUEST"
+    finally:
         await admin.close()
 
 

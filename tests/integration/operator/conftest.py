@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import kmock
-import kopf
 import pytest
 from fluxbee_emulator import FluxEmulator, declare_fluxbee_resources
 from operator_kmock_support import IMAGE, Cluster, OperatorHandle
@@ -39,14 +38,12 @@ async def operator(cluster: Cluster) -> AsyncIterator[OperatorHandle]:
     settings = OperatorSettings(image=IMAGE)
     state: dict[str, Any] = {}
 
-    async def login(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=cluster.url, insecure=True)
-
     def thread_main(stop_flag: threading.Event, ready_flag: threading.Event,
                     errors: list[BaseException]) -> None:
         async def main() -> None:
-            async with KubeClient(KubeConfig(server=cluster.url)) as client:
-                await run(settings, client, login=login, stop_flag=stop_flag,
+            access = KubeConfig(server=cluster.url)
+            async with KubeClient(access) as client:
+                await run(settings, client, access, stop_flag=stop_flag,
                           ready_flag=ready_flag)
 
         try:

@@ -41,8 +41,11 @@ async def test_hive_becomes_daemonset_configmap_and_services(
     assert "--config" in router["command"] and "0.0.0.0:9090" in router["command"]
     assert router["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert {m["mountPath"] for m in router["volumeMounts"]} == {
-        "/var/run/fluxbee", "/etc/fluxbee/hive"
+        "/var/run/fluxbee", "/etc/fluxbee/hive", "/etc/fluxbee/claims"
     }
+    assert volumes["claims"]["configMap"]["name"] == "demo-claims"
+    flag = router["command"].index("--claims-dir")
+    assert router["command"][flag + 1] == "/etc/fluxbee/claims"
     assert admin["command"] == [
         "fluxbee", "admin", "--listen", "0.0.0.0:8080", "--backend", "kubernetes"
     ]

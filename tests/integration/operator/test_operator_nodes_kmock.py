@@ -318,7 +318,8 @@ async def test_operator_restart_creates_no_duplicate_children(
     assert [p["metadata"]["uid"] for p in after] == [p["metadata"]["uid"] for p in pods]
     assert len(await cluster.api.list("daemonsets", NS)) == 1
     assert len(await cluster.api.list("services", NS)) == 2
-    assert len(await cluster.api.list("configmaps", NS)) == 2
+    assert len(await cluster.api.list("configmaps", NS)) == 3  # hive config, claims, node config
+    assert len(await cluster.api.list("secrets", NS)) == 3  # admin token, system credentials, node credential
 
     # …and it still repairs: it is running, not just idle.
     await cluster.api.delete("pods", NS, "echo-0")

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Build the real Kubernetes tools the integration tests run, from source, with Go and the Go module
+# proxy: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok and helm.
+#
+#   hack/build-tools.sh            build what is missing; print the bin directory on stdout
+#   hack/build-tools.sh --check    print the bin directory if every tool is built, else exit 1
+#
+# Versions are pinned in one place: the go.mod/go.sum files under hack/tools/ (one module per
+# upstream project, because etcd and Kubernetes pin their sibling modules with relative `replace`
+# lines that only a module of ours can restate). The binaries are cached outside the work tree,
+# in $FLUXBEE_TOOLS_CACHE (default ~/.cache/fluxbee-tools), in a folder named after a digest of
+# those files and the Go version, so a fresh clone reuses them and a version bump rebuilds.
+# Idempotent; a half-finished build never leaves a tool in place (each binary is linked to a
+# temporary name, then renamed). Without Go it exits 3 with the reason on stderr.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+tools="$here/tools"
+
+command -v go >/dev/null 2>&1 || { echo "build-tools: go is not installed" >&2; exit 3; }
+
+go_version="$(go env GOVERSION)"
+key="$( { echo "$go_version"; cat "$tools"/*/go.mod "$tools"/*/go.sum; } | sha256sum | cut -c1-16)"
+cache="${FLUXBEE_TOOLS_CACHE:-$HOME/.cache/fluxbee-tools}"
+bin="$cache/$key/bin"
+
+# name  module-dir  package
+TOOLS=(
+    "etcd                    etcd        go.etcd.io/etcd/server/v3"
+    "kube-apiserver          kubernetes  k8s.io/kubernetes/cmd/kube-apiserver"
+    "kube-controller-manager kubernetes  k8s.io/kubernetes/cmd/kube-controller-manager"
+    "kube-scheduler          kubernetes  k8s.io/kubernetes/cmd/kube-scheduler"
+    "kubectl                 kubernetes  k8s.io/kubernetes/cmd/kubectl"
+    "kwok                    kwok        sigs.k8s.io/kwok/cmd/kwok"
+    "helm                    helm        helm.sh/helm/v4/cmd/helm"
+)
+
+missing=()
+for line in "${TOOLS[@]}"; do
+    read -r name _ _ <<<"$line"
+    [[ -x "$bin/$name" ]] || missing+=("$line")
+done
+# kwok needs "stages" (how fake nodes and Pods change state); the pinned kwok module ships them.
+stages="$bin/kwok-stages.yaml"
+[[ -s "$stages" ]] || missing+=("kwok-stages.yaml - -")
+
+if [[ "${1:-}" == "--check" ]]; then
+    [[ ${#missing[@]} -eq 0 ]] || exit 1
+    echo "$bin"
+    exit 0
+fi
+
+mkdir -p "$bin"
+if [[ ${#missing[@]} -gt 0 ]]; then
+    echo "build-tools: building ${#missing[@]} tool(s) into $bin with $go_version (a cold build takes a while)" >&2
+fi
+for line in "${missing[@]}"; do
+    read -r name dir pkg <<<"$line"
+    if [[ "$name" == kwok-stages.yaml ]]; then
+        # Nodes: initialise, then heartbeat through leases (stay Ready); Pods: the fast lifecycle.
+        src="$(cd "$tools/kwok" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage"
+        for f in "$src"/node/fast/node-initialize.yaml "$src"/node/heartbeat-with-lease/*.yaml "$src"/pod/fast/pod-*.yaml; do
+            echo "---"; cat "$f"
+        done > "$stages.tmp.$$"
+        mv -f "$stages.tmp.$$" "$stages"
+        continue
+    fi
+    start=$SECONDS
+    tmp="$bin/.$name.tmp.$$"
+    # -trimpath: no paths of the build machine in the binaries; CGO off: static, like upstream releases.
+    (cd "$tools/$dir" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -o "$tmp" "$pkg")
+    mv -f "$tmp" "$bin/$name"
+    echo "build-tools: $name built in $((SECONDS - start)) s" >&2
+done
+echo "$bin"
