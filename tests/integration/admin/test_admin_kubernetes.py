@@ -69,10 +69,13 @@ class Admin:
 
 
 @pytest.fixture
-async def admin(cluster: Cluster, operator: Any) -> AsyncIterator[Admin]:
+async def admin(cluster: Cluster, operator: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Admin]:
     await cluster.api.create("hives", NS, HIVE)
     await cluster.api.create("runtimes", NS, RUNTIME)
     run_dir = Path(tempfile.mkdtemp(prefix="fbk", dir="/tmp"))
+    # SY.admin is claimed (README: Trust model): the admin API proves it with the token that a test's
+    # RouterProc claims SY.* names for (in a cluster, the operator's Secret), named by the variable.
+    monkeypatch.setenv(CREDENTIAL_FILE_ENV, str(run_dir / "credentials" / "test-system"))
     settings = ClusterSettings(namespace=NS, hive_resource="demo", run_dir=run_dir, state_dir=run_dir / "history",
                                kube=KubeConfig(server=cluster.url, insecure=True), drift_interval=0.2)
     old_retry = cluster_mod.ROUTER_RETRY
@@ -301,13 +304,9 @@ async def test_observed_drift_a_replaced_pod_and_a_failing_node_are_recorded(adm
     assert doc["payload"]["node_status"]["process"]["reason"] == "RuntimeNotFound"
 
 
-async def test_with_a_router_in_the_socket_dir_messages_and_control_go_through_it(
-        admin: Admin, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_with_a_router_in_the_socket_dir_messages_and_control_go_through_it(admin: Admin) -> None:
     a = admin
     router = RouterProc(a.run_dir, hive_id="demo")
-    # SY.admin is claimed: the admin API proves it with the token the router's claims name (here the
-    # test's; in a cluster the operator's Secret), found through $FLUXBEE_NODE_CREDENTIAL_FILE.
-    monkeypatch.setenv(CREDENTIAL_FILE_ENV, str(router.credential_file))
     try:
         async def connected() -> bool:
             _, d = await a.call("GET", "/hive/status")
