@@ -9,7 +9,6 @@ each other's objects. Without Go, the tests here are skipped with the reason pri
 
 from __future__ import annotations
 
-import os
 import subprocess
 import uuid
 from collections.abc import Iterator
