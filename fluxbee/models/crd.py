@@ -211,7 +211,9 @@ KINDS: tuple[Kind, ...] = (
                 "degree needs agentIlk: a graduation binds a degree to an ILK",
             ),
         ),
-        reserved=(ReservedKey("spec.config", "_system", "Reserved: filled in by the hive; a FluxNode may not set it."),),
+        reserved=(
+            ReservedKey("spec.config", "_system", "Reserved: filled in by the hive; a FluxNode may not set it."),
+        ),
     ),
     Kind(
         Runtime,
@@ -250,6 +252,11 @@ KINDS: tuple[Kind, ...] = (
                 "self.type != 'full_runtime' || has(self.image) || "
                 "(has(self.command) && size(self.command) > 0)",
                 "a full_runtime package needs a command or an image",
+            ),
+            CelRule(
+                "spec.version",
+                "self != 'current'",
+                "version `current` is reserved: it names the newest version",
             ),
             CelRule(
                 "spec.type",
