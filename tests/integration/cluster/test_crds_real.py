@@ -240,7 +240,7 @@ def test_an_immutable_field_cannot_be_changed_after_creation(
     assert "labeled" in allowed.stdout
 
 
-STATUS = {
+STATUS: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, str]]] = {
     "hives": ("demo", HIVE, {"hiveId": "demo", "desiredPods": 3, "readyPods": 2, "phase": "Reconciling"},
               {"HIVE-ID": "demo", "ROLE": "motherbee", "DESIRED": "3", "READY": "2", "PHASE": "Reconciling"}),
     "fluxnodes": ("echo", edited(NODE, replicas=2),
