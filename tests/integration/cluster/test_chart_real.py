@@ -156,7 +156,8 @@ def test_the_operator_service_account_may_do_what_the_operator_does_and_no_more(
     # The authorizer learns new bindings through its informers: wait for the first one to show.
     wait_for("the operator's RBAC to take effect", lambda: can_i(cluster, namespace, "watch", "hives.fluxbee.io"),
              timeout=20)
-    needs = [*OPERATOR_NEEDS, ("patch", "kopfpeerings.kopf.dev" if namespaced else "clusterkopfpeerings.kopf.dev")]
+    peering = "kopfpeerings.kopf.dev" if namespaced else "clusterkopfpeerings.kopf.dev"  # kopf's, with 2 replicas
+    needs = [*OPERATOR_NEEDS, *((verb, peering) for verb in ("get", "list", "watch", "patch"))]
     denied = [(v, r) for v, r in needs if not can_i(cluster, namespace, v, r, None if namespaced else "")]
     assert denied == [], f"the operator needs these and may not: {denied}"
     granted = [(v, r) for v, r in OPERATOR_MUST_NOT if can_i(cluster, namespace, v, r)]
