@@ -1,0 +1,224 @@
+"""``fluxbee admin --backend kubernetes`` on the real control plane, beside the real operator.
+
+The chart is installed with ``hive.enabled`` (a Hive, its admin ServiceAccount and Role, its
+admin token Secret); the operator runs as in test_operator_real.py; the admin API runs on this
+machine as ``fluxbee admin --backend kubernetes --listen 127.0.0.1:PORT --token-file …`` with a
+kubeconfig holding only a token of the chart's admin ServiceAccount, so it can do exactly what
+the chart's Role lets it do.  What it creates is read back with kubectl.  No router runs here
+(kwok's Pods run nothing), so router-bound answers are not what these tests are about.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster_support import ControlPlane
+from operator_support import (
+    AdminApi,
+    FluxbeeProcess,
+    apply,
+    get,
+    install_chart,
+    objects,
+    running_pods,
+    start_admin,
+    start_operator,
+)
+
+RUNTIME: dict[str, Any] = {
+    "apiVersion": "fluxbee.io/v1alpha1", "kind": "Runtime", "metadata": {"name": "fluxbee.echo"},
+    "spec": {"version": "0.1.0", "command": ["fluxbee", "node", "echo"], "configTemplate": {"reply_prefix": "echo: "}},
+}
+TENANT = "tnt:12345678-1234-1234-1234-123456789abc"
+
+
+@dataclass
+class Setup:
+    cp: ControlPlane
+    ns: str
+    operator: FluxbeeProcess
+    admin: AdminApi
+
+    def wait_for(self, what: str, probe: Any, timeout: float = 60.0) -> Any:
+        def both_alive() -> Any:
+            self.admin.process.check_alive()
+            return probe()
+
+        return self.operator.wait_for(what, both_alive, timeout)
+
+
+@pytest.fixture(scope="module")
+def setup(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    """One namespace, chart, operator and admin API for this module's tests (each uses its own nodes)."""
+    cp, ns = control_plane, f"t-{uuid.uuid4().hex[:10]}"
+    work: Path = tmp_path_factory.mktemp("admin-real")
+    cp.kubectl("create", "namespace", ns)
+    operator = admin = None
+    try:
+        release = install_chart(cp, ns, hive="demo")
+        apply(cp, ns, RUNTIME)
+        operator = start_operator(cp, release, work)
+        admin = start_admin(cp, release, "demo", work)
+        yield Setup(cp, ns, operator, admin)
+    finally:
+        try:
+            if admin is not None:
+                admin.process.stop()
+        finally:
+            if operator is not None:
+                operator.stop()
+            cp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def payload(answer: tuple[int, Any], code: int = 200) -> Any:
+    status, doc = answer
+    assert status == code, doc
+    return doc["payload"]
+
+
+def test_the_admin_api_wants_the_charts_bearer_token_and_reports_the_hive(setup: Setup) -> None:
+    a = setup.admin
+    status, _ = a.call("GET", "/hive/status", token=None)
+    assert status == 401
+    assert a.call("GET", "/hive/status", token="not-the-token")[0] == 401
+    hive = payload(a.call("GET", "/hive/status"))
+    assert (hive["hive_id"], hive["backend"], hive["router_connected"]) == ("demo", "kubernetes", False)
+    hives = payload(a.call("GET", "/hives"))["hives"]
+    assert [h["hive_id"] for h in hives] == ["demo"]
+
+
+def test_a_node_spawned_through_the_admin_api_runs_as_a_fluxnode_and_killing_it_removes_its_pods(
+        setup: Setup) -> None:
+    cp, ns, a = setup.cp, setup.ns, setup.admin
+    spawned = payload(a.call("POST", "/hives/demo/nodes", {"node_name": "WF.life.one", "runtime": "fluxbee.echo",
+                                                           "tenant_id": TENANT, "config": {"a": 1}}))
+    assert spawned["node_name"] == "WF.life.one@demo" and spawned["version"] == "0.1.0"
+    resource = spawned["unit"].removeprefix("fluxnode/")
+    node = get(cp, ns, "fluxnode", resource)
+    assert node is not None
+    assert node["metadata"]["labels"]["fluxbee.io/created-by"] == "admin-api"
+    assert (node["spec"]["nodeName"], node["spec"]["hive"], node["spec"]["runtime"]) == (
+        "WF.life.one@demo", "demo", "fluxbee.echo")
+
+    # The operator makes its Pod, the scheduler places it, kwok runs it: the admin API sees it run.
+    setup.wait_for("the spawned node's Pod Running",
+                   lambda: len(running_pods(cp, ns, f"fluxbee.io/fluxnode={resource}")) == 1)
+
+    def running() -> dict[str, Any] | None:
+        code, doc = a.call("GET", "/hives/demo/nodes/WF.life.one/status")
+        st = doc["payload"]["node_status"] if code == 200 else None
+        return st if st and st["lifecycle_state"] == "RUNNING" and st["process"]["ready_replicas"] == 1 else None
+
+    st = setup.wait_for("the admin API to report the node RUNNING", running)
+    assert st["runtime"]["resolved_version"] == "0.1.0" and st["managed"] is True
+    assert st["process"]["pods"] == [f"{resource}-0"]
+    listed = payload(a.call("GET", "/hives/demo/nodes"))["nodes"]
+    assert "WF.life.one@demo" in {n["name"] for n in listed}
+    code, doc = a.call("POST", "/hives/demo/nodes", {"node_name": "WF.life.one", "runtime": "fluxbee.echo"})
+    assert (code, doc["error_code"]) == (409, "NODE_ALREADY_EXISTS")
+
+    # Its config: the admin API patches the FluxNode, the operator renders the ConfigMap.
+    changed = payload(a.call("PUT", "/hives/demo/nodes/WF.life.one/config?notify=false", {"b": 2}))
+    assert changed["config_version"] == 2
+    node = get(cp, ns, "fluxnode", resource)
+    assert node is not None and node["spec"]["config"] == {"a": 1, "b": 2}
+
+    def rendered() -> dict[str, Any] | None:
+        cm = get(cp, ns, "configmap", f"{resource}-node-config")
+        config = json.loads(cm["data"]["config.json"]) if cm else {}
+        return config if config.get("b") == 2 else None
+
+    config = setup.wait_for("the operator to render the new config", rendered)
+    assert config["a"] == 1 and config["reply_prefix"] == "echo: " and config["tenant_id"] == TENANT
+
+    setup.wait_for("the node RUNNING again (its Pod was replaced to run the new config)", running)
+    killed = payload(a.call("DELETE", "/hives/demo/nodes/WF.life.one", {"purge_instance": True}))
+    assert killed["was_running"] is True and killed["instance_purged"] is True
+    setup.wait_for("the FluxNode, its Pod and ConfigMap gone", lambda: get(cp, ns, "fluxnode", resource) is None
+                   and objects(cp, ns, "pods", f"fluxbee.io/fluxnode={resource}") == []
+                   and get(cp, ns, "configmap", f"{resource}-node-config") is None)
+    code, doc = a.call("GET", "/hives/demo/nodes/WF.life.one/status")
+    assert (code, doc["error_code"]) == (404, "NODE_NOT_FOUND")
+    history = payload(a.call("GET", "/hives/demo/deployments?limit=20&category=node"))["entries"]
+    assert {"run_node", "kill_node"} <= {e["action"] for e in history}
+
+
+def test_a_fluxnode_applied_with_kubectl_is_listed_but_not_changed_by_the_admin_api(setup: Setup) -> None:
+    cp, ns, a = setup.cp, setup.ns, setup.admin
+    apply(cp, ns, {"apiVersion": "fluxbee.io/v1alpha1", "kind": "FluxNode", "metadata": {"name": "gitops"},
+                   "spec": {"hive": "demo", "nodeName": "WF.gitops", "runtime": "fluxbee.echo"}})
+
+    def listed() -> dict[str, Any] | None:
+        nodes = payload(a.call("GET", "/hives/demo/nodes"))["nodes"]
+        found = [n for n in nodes if n["name"] == "WF.gitops@demo"]
+        return found[0] if found and found[0]["lifecycle_state"] == "RUNNING" else None
+
+    assert setup.wait_for("the kubectl-applied node RUNNING in the admin API", listed)["managed"] is False
+    code, doc = a.call("PUT", "/hives/demo/nodes/WF.gitops/config", {"x": 1})
+    assert (code, doc["error_code"]) == (409, "NODE_NOT_MANAGED")
+    code, doc = a.call("DELETE", "/hives/demo/nodes/WF.gitops")
+    assert (code, doc["error_code"]) == (409, "NODE_NOT_MANAGED")
+    assert get(cp, ns, "fluxnode", "gitops") is not None
+
+
+def test_routes_and_vpns_set_through_the_admin_api_reach_the_hive_and_its_config_map(setup: Setup) -> None:
+    cp, ns, a = setup.cp, setup.ns, setup.admin
+    payload(a.call("POST", "/hives/demo/routes", {"prefix": "AI.sales.", "action": "DROP"}))
+    assert a.call("POST", "/hives/demo/routes", {"prefix": "AI.sales.", "action": "DROP"})[0] == 409
+    payload(a.call("POST", "/hives/demo/vpns", {"pattern": "WF.q", "vpn_id": 3}))
+    hive = get(cp, ns, "hive", "demo")
+    assert hive is not None
+    assert [r["prefix"] for r in hive["spec"]["routes"]] == ["AI.sales."]
+    assert [(v["pattern"], v["vpnId"]) for v in hive["spec"]["vpns"]] == [("WF.q", 3)]
+    assert [r["prefix"] for r in payload(a.call("GET", "/hives/demo/routes"))["routes"]] == ["AI.sales."]
+    assert [v["vpn_id"] for v in payload(a.call("GET", "/hives/demo/vpns"))["vpns"]] == [3]
+
+    def rolled() -> bool:
+        cm = get(cp, ns, "configmap", "demo-hive-config")
+        text = cm["data"]["hive.yaml"] if cm else ""
+        return "AI.sales." in text and "vpn_id: 3" in text
+
+    setup.wait_for("the operator to roll the hive ConfigMap", rolled)
+
+    assert a.call("DELETE", "/hives/demo/routes/AI.sales.")[0] == 200
+    assert a.call("DELETE", "/hives/demo/vpns/WF.q")[0] == 200
+    assert a.call("DELETE", "/hives/demo/routes/AI.sales.")[0] == 404
+    hive = get(cp, ns, "hive", "demo")
+    assert hive is not None and hive["spec"]["routes"] == [] and hive["spec"]["vpns"] == []
+    setup.wait_for("the routes gone from the hive ConfigMap",
+                   lambda: "AI.sales." not in (get(cp, ns, "configmap", "demo-hive-config") or {})
+                   .get("data", {}).get("hive.yaml", "AI.sales."))
+
+
+def test_versions_runtimes_and_remote_hives_are_the_clusters_objects(setup: Setup) -> None:
+    cp, ns, a = setup.cp, setup.ns, setup.admin
+
+    def ready_runtime() -> dict[str, Any] | None:
+        doc = payload(a.call("GET", "/hives/demo/versions"))
+        rt = doc["hive"]["runtimes"]["runtimes"].get("fluxbee.echo")
+        return rt if rt and rt["readiness"]["0.1.0"]["start_sh_executable"] else None
+
+    rt = setup.wait_for("the Runtime Ready in the versions", ready_runtime)
+    assert rt["current"] == "0.1.0" and rt["available"] == ["0.1.0"]
+    assert payload(a.call("GET", "/versions"))["hives"][0]["hive_id"] == "demo"
+    runtime = payload(a.call("GET", "/hives/demo/runtimes/fluxbee.echo"))
+    assert runtime["materialization_summary"]["current_materialized"] is True
+    code, doc = a.call("GET", "/hives/demo/runtimes/no.such")
+    assert (code, doc["error_code"]) == (404, "RUNTIME_NOT_FOUND")
+
+    # A remote hive is a Hive object of role worker; removing it deletes the object.
+    added = payload(a.call("POST", "/hives", {"hive_id": "worker-220", "address": "192.168.8.220"}))
+    assert added["bootstrap_mode"] == "hive_resource"
+    worker = [h for h in objects(cp, ns, "hives") if h["metadata"]["name"] != "demo"]
+    assert len(worker) == 1 and worker[0]["spec"]["role"] == "worker"
+    assert {h["hive_id"] for h in payload(a.call("GET", "/hives"))["hives"]} == {"demo", "worker-220"}
+    assert a.call("DELETE", "/hives/worker-220")[0] == 200
+    setup.wait_for("the remote Hive object gone",
+                   lambda: [h["metadata"]["name"] for h in objects(cp, ns, "hives")] == ["demo"])
+    assert a.call("DELETE", "/hives/demo")[0] == 400  # not the hive it serves
