@@ -86,7 +86,8 @@ def uids(items: list[dict[str, Any]]) -> dict[str, str]:
 def test_a_hive_and_a_fluxnode_become_running_pods_on_every_node_and_ready_at_their_generation(
         control_plane: ControlPlane, namespace: str, operator: FluxbeeProcess) -> None:
     cp, ns = control_plane, namespace
-    apply(cp, ns, [hive(), RUNTIME, fluxnode(replicas=3)])
+    apply(cp, ns, [hive(nodeSelector={"type": "kwok"}), RUNTIME,
+                   fluxnode(replicas=3, resources={"requests": {"cpu": "50m"}, "limits": {"memory": "128Mi"}})])
 
     # The real DaemonSet controller puts one hive pod on each of the 3 nodes; kwok runs them.
     hive_pods = n_running(operator, cp, ns, HIVE_PODS, 3, "hive pods")
@@ -97,13 +98,25 @@ def test_a_hive_and_a_fluxnode_become_running_pods_on_every_node_and_ready_at_th
     owner = ds["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"], owner["controller"]) == ("Hive", "demo", True)
     assert hive_pods[0]["metadata"]["ownerReferences"][0]["name"] == "demo-hive"  # the controller's, not ours
+    template = ds["spec"]["template"]["spec"]
+    assert template["hostIPC"] is True and template["nodeSelector"] == {"type": "kwok"}
+    volumes = {v["name"]: v for v in template["volumes"]}
+    # one host directory per hive (two hives on a host must not share sockets)
+    assert volumes["sockets"]["hostPath"] == {"path": f"/var/run/fluxbee/{ns}/demo", "type": "DirectoryOrCreate"}
+    assert volumes["hive-config"]["configMap"]["name"] == "demo-hive-config"
+    assert volumes["claims"]["configMap"]["name"] == "demo-claims"
+    router = next(c for c in template["containers"] if c["command"][:2] == ["fluxbee", "router"])
+    assert router["command"][router["command"].index("--claims-dir") + 1] == "/etc/fluxbee/claims"
+    assert router["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert {"/var/run/fluxbee", "/etc/fluxbee/hive", "/etc/fluxbee/claims"} <= {
+        m["mountPath"] for m in router["volumeMounts"]}
     config = get(cp, ns, "configmap", "demo-hive-config")
     assert config is not None and "AI.sales." in config["data"]["hive.yaml"]
     claims = get(cp, ns, "configmap", "demo-claims")
     assert claims is not None and "SY.admin" in claims["data"]
-    services = {s["metadata"]["name"]: s for s in objects(cp, ns, "services")}
-    assert set(services) == {"demo-gateway", "demo-admin"}
-    assert services["demo-gateway"]["spec"]["selector"] == ds["spec"]["selector"]["matchLabels"]
+    gateway = get(cp, ns, "service", "demo-gateway")
+    assert gateway is not None and gateway["spec"]["selector"] == ds["spec"]["selector"]["matchLabels"]
+    assert gateway["spec"]["ports"][0]["port"] == 9000
 
     status = operator.wait_for("the Hive Ready at generation 1", reconciled(cp, ns, "hive", "demo", "Ready"))["status"]
     assert (status["desiredPods"], status["readyPods"], status["observedGeneration"]) == (3, 3, 1)
@@ -115,10 +128,27 @@ def test_a_hive_and_a_fluxnode_become_running_pods_on_every_node_and_ready_at_th
     assert [p["metadata"]["name"] for p in pods] == ["echo-0", "echo-1", "echo-2"]
     assert {p["spec"]["nodeName"] for p in pods} <= nodes
     assert all(p["metadata"]["ownerReferences"][0]["kind"] == "FluxNode" for p in pods)
+    spec = pods[0]["spec"]
+    assert spec["hostIPC"] is True and spec["nodeSelector"] == {"type": "kwok"}
+    affinity = spec["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert affinity["labelSelector"]["matchLabels"] == {"fluxbee.io/hive": "demo", "app.kubernetes.io/component": "hive"}
+    assert affinity["topologyKey"] == "kubernetes.io/hostname"
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["sockets"]["hostPath"]["path"] == f"/var/run/fluxbee/{ns}/demo"  # the hive's own directory
+    assert volumes["node-config"]["configMap"]["name"] == "echo-node-config"
+    assert volumes["credential"]["secret"]["secretName"] == "echo-credential"
+    (container,) = spec["containers"]
+    assert container["command"] == ["fluxbee", "node", "echo"]
+    # (the API server defaults a request to its limit: the memory request is its own)
+    assert container["resources"] == {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "128Mi"}}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["FLUXBEE_NODE_NAME"] == "AI.echo.a@demo" and env["FLUXBEE_RUN_DIR"] == "/var/run/fluxbee"
+    assert env["FLUXBEE_NODE_CONFIG"] == "/etc/fluxbee/node/config.json"
     node_config = get(cp, ns, "configmap", "echo-node-config")
     assert node_config is not None
     effective = json.loads(node_config["data"]["config.json"])
     assert effective["reply_prefix"] == "a: " and effective["_system"]["node_name"] == "AI.echo.a@demo"
+    assert effective["_system"]["runtime_version"] == "0.1.0" and effective["_system"]["config_version"] == 1
     node = operator.wait_for("the FluxNode Ready", reconciled(cp, ns, "fluxnode", "echo", "Ready"))
     assert (node["status"]["replicas"], node["status"]["readyReplicas"]) == (3, 3)
     assert condition(node, "Ready")["observedGeneration"] == node["metadata"]["generation"] == 1
@@ -144,6 +174,27 @@ def test_a_deleted_pod_comes_back_and_spec_changes_are_rolled_out(
 
     operator.wait_for("echo-1 recreated and Running", echo_1_back)
 
+    # The hive's children are put back too: a deleted DaemonSet and Service, a hand-edited ConfigMap.
+    ds = get(cp, ns, "daemonset", "demo-hive")
+    assert ds is not None
+    cp.kubectl("-n", ns, "delete", "daemonset", "demo-hive", "--wait=false")
+    cp.kubectl("-n", ns, "delete", "service", "demo-gateway", "--wait=false")
+    cp.kubectl("-n", ns, "patch", "configmap", "demo-hive-config", "--type=merge",
+               "-p", '{"data": {"hive.yaml": "hive_id: hacked\\n"}}')
+    operator.wait_for("the DaemonSet, Service and ConfigMap repaired", lambda: (
+        (get(cp, ns, "daemonset", "demo-hive") or {"metadata": {"uid": ds["metadata"]["uid"]}})["metadata"]["uid"]
+        != ds["metadata"]["uid"] and get(cp, ns, "service", "demo-gateway") is not None
+        and "hive_id: demo" in (get(cp, ns, "configmap", "demo-hive-config") or {"data": {"hive.yaml": ""}})
+        ["data"]["hive.yaml"]))
+    hive_pods = n_running(operator, cp, ns, HIVE_PODS, 3, "hive pods of the new DaemonSet")
+
+    # Routes and VPNs change the hive's ConfigMap in place: the pod template stays, no pod restarts.
+    cp.kubectl("-n", ns, "patch", "hive", "demo", "--type=merge", "-p", '{"spec": {"vpns": [{"pattern": "WF.", "vpnId": 3}]}}')
+    operator.wait_for("the hive ConfigMap with the VPN", lambda: "vpn_id: 3" in (
+        get(cp, ns, "configmap", "demo-hive-config") or {"data": {"hive.yaml": ""}})["data"]["hive.yaml"])
+    operator.wait_for("the Hive reconciled at generation 2", reconciled(cp, ns, "hive", "demo", "Ready"))
+    assert uids(running_pods(cp, ns, HIVE_PODS)) == uids(hive_pods)
+
     # A config and replicas change: every Pod replaced (they run the new config), one more Pod.
     before = uids(objects(cp, ns, "pods", "fluxbee.io/fluxnode=echo"))
     cp.kubectl("-n", ns, "patch", "fluxnode", "echo", "--type=merge",
@@ -156,7 +207,8 @@ def test_a_deleted_pod_comes_back_and_spec_changes_are_rolled_out(
     operator.wait_for("3 Running Pods, all new", replaced)
     node_config = get(cp, ns, "configmap", "echo-node-config")
     assert node_config is not None
-    assert json.loads(node_config["data"]["config.json"])["reply_prefix"] == "b: "
+    stored = json.loads(node_config["data"]["config.json"])
+    assert stored["reply_prefix"] == "b: " and stored["_system"]["config_version"] == 2
     node = operator.wait_for("the FluxNode Ready at generation 2", reconciled(cp, ns, "fluxnode", "echo", "Ready"))
     assert node["status"]["observedGeneration"] == 2 and node["status"]["readyReplicas"] == 3
 
@@ -177,7 +229,7 @@ def test_a_deleted_pod_comes_back_and_spec_changes_are_rolled_out(
     ds = get(cp, ns, "daemonset", "demo-hive")
     assert ds is not None and {c["image"] for c in ds["spec"]["template"]["spec"]["containers"]} == {
         "example.invalid/fb:2"}
-    operator.wait_for("the Hive Ready at generation 2", reconciled(cp, ns, "hive", "demo", "Ready"))
+    operator.wait_for("the Hive Ready at generation 3", reconciled(cp, ns, "hive", "demo", "Ready"))
 
 
 def test_deleting_a_fluxnode_or_a_hive_removes_what_it_owns(
@@ -232,6 +284,10 @@ def test_deleting_a_fluxnode_or_a_hive_removes_what_it_owns(
 
     assert condition(operator.wait_for("the orphaned node Degraded", other_degraded),
                      "Degraded")["reason"] == "HiveNotFound"
+
+    # The Hive comes back: its node starts again.
+    apply(cp, ns, hive())
+    n_running(operator, cp, ns, "fluxbee.io/fluxnode=other", 1, "node pod of the returned hive")
 
 
 def test_a_restarted_operator_creates_no_duplicates_and_still_repairs(
