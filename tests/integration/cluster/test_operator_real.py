@@ -131,7 +131,8 @@ def test_a_hive_and_a_fluxnode_become_running_pods_on_every_node_and_ready_at_th
     spec = pods[0]["spec"]
     assert spec["hostIPC"] is True and spec["nodeSelector"] == {"type": "kwok"}
     affinity = spec["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
-    assert affinity["labelSelector"]["matchLabels"] == {"fluxbee.io/hive": "demo", "app.kubernetes.io/component": "hive"}
+    assert affinity["labelSelector"]["matchLabels"] == {"fluxbee.io/hive": "demo",
+                                                        "app.kubernetes.io/component": "hive"}
     assert affinity["topologyKey"] == "kubernetes.io/hostname"
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["sockets"]["hostPath"]["path"] == f"/var/run/fluxbee/{ns}/demo"  # the hive's own directory
@@ -189,7 +190,8 @@ def test_a_deleted_pod_comes_back_and_spec_changes_are_rolled_out(
     hive_pods = n_running(operator, cp, ns, HIVE_PODS, 3, "hive pods of the new DaemonSet")
 
     # Routes and VPNs change the hive's ConfigMap in place: the pod template stays, no pod restarts.
-    cp.kubectl("-n", ns, "patch", "hive", "demo", "--type=merge", "-p", '{"spec": {"vpns": [{"pattern": "WF.", "vpnId": 3}]}}')
+    cp.kubectl("-n", ns, "patch", "hive", "demo", "--type=merge",
+               "-p", '{"spec": {"vpns": [{"pattern": "WF.", "vpnId": 3}]}}')
     operator.wait_for("the hive ConfigMap with the VPN", lambda: "vpn_id: 3" in (
         get(cp, ns, "configmap", "demo-hive-config") or {"data": {"hive.yaml": ""}})["data"]["hive.yaml"])
     operator.wait_for("the Hive reconciled at generation 2", reconciled(cp, ns, "hive", "demo", "Ready"))
