@@ -172,11 +172,11 @@ class AdminApi:
     base: str
     token: str | None
 
-    def call(self, method: str, path: str, body: Any = None, *,
+    def call(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
              token: str | None = "default") -> tuple[int, Any]:
         bearer = self.token if token == "default" else token
         headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
-        data = json.dumps(body).encode() if body is not None else None
+        data = raw if raw is not None else json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:

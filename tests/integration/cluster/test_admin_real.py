@@ -11,6 +11,8 @@ the chart's Role lets it do.  What it creates is read back with kubectl.  No rou
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from operator_support import (
     AdminApi,
     FluxbeeProcess,
     apply,
+    free_port,
     get,
     install_chart,
     objects,
@@ -99,6 +102,8 @@ def test_a_node_spawned_through_the_admin_api_runs_as_a_fluxnode_and_killing_it_
     spawned = payload(a.call("POST", "/hives/demo/nodes", {"node_name": "WF.life.one", "runtime": "fluxbee.echo",
                                                            "tenant_id": TENANT, "config": {"a": 1}}))
     assert spawned["node_name"] == "WF.life.one@demo" and spawned["version"] == "0.1.0"
+    register = spawned["identity"]["register"]  # no router in reach: no ILK, and it says why
+    assert (register["status"], register["ilk_id"], register["error_code"]) == ("skipped", None, "ROUTER_UNREACHABLE")
     resource = spawned["unit"].removeprefix("fluxnode/")
     node = get(cp, ns, "fluxnode", resource)
     assert node is not None
@@ -118,10 +123,25 @@ def test_a_node_spawned_through_the_admin_api_runs_as_a_fluxnode_and_killing_it_
     st = setup.wait_for("the admin API to report the node RUNNING", running)
     assert st["runtime"]["resolved_version"] == "0.1.0" and st["managed"] is True
     assert st["process"]["pods"] == [f"{resource}-0"]
-    listed = payload(a.call("GET", "/hives/demo/nodes"))["nodes"]
-    assert "WF.life.one@demo" in {n["name"] for n in listed}
-    code, doc = a.call("POST", "/hives/demo/nodes", {"node_name": "WF.life.one", "runtime": "fluxbee.echo"})
-    assert (code, doc["error_code"]) == (409, "NODE_ALREADY_EXISTS")
+    assert (st["health_state"], st["health_error"]["error_code"]) == ("UNKNOWN", "ROUTER_UNREACHABLE")
+    listed = payload(a.call("GET", "/hives/demo/nodes"))
+    assert "WF.life.one@demo" in {n["name"] for n in listed["nodes"]}
+    assert listed["inventory_source"] == "managed_instances_fallback"
+    assert payload(a.call("GET", "/hives/demo/nodes/WF.life.one/state"))["state"] is None
+    for body, code_and_error in (
+        ({"node_name": "WF.life.one", "runtime": "fluxbee.echo"}, (409, "NODE_ALREADY_EXISTS")),
+        ({"node_name": "WF.x.y", "runtime": "no.such"}, (404, "RUNTIME_NOT_AVAILABLE")),
+        ({"node_name": "WF.x.y", "runtime": "fluxbee.echo", "runtime_version": "9.9.9"},
+         (404, "RUNTIME_NOT_AVAILABLE")),
+        ({"node_name": "WF.x.y", "runtime": "fluxbee.echo", "config": {"_system": {}}}, (422, "INVALID_CONFIG")),
+    ):
+        code, doc = a.call("POST", "/hives/demo/nodes", body)
+        assert (code, doc["error_code"]) == code_and_error, (body, doc)
+    assert [n["spec"]["nodeName"] for n in objects(cp, ns, "fluxnodes", "fluxbee.io/created-by=admin-api")] == [
+        "WF.life.one@demo"]
+    for path, body in (("/messages", {"msg": "LLM", "payload": {"text": "hi"}}), ("/control/config-get", None)):
+        code, doc = a.call("POST", "/hives/demo/nodes/WF.life.one" + path, body)
+        assert (code, doc["error_code"]) == (503, "ROUTER_UNREACHABLE"), (path, doc)
 
     # Its config: the admin API patches the FluxNode, the operator renders the ConfigMap.
     changed = payload(a.call("PUT", "/hives/demo/nodes/WF.life.one/config?notify=false", {"b": 2}))
@@ -191,6 +211,18 @@ def test_routes_and_vpns_set_through_the_admin_api_reach_the_hive_and_its_config
     assert a.call("DELETE", "/hives/demo/routes/AI.sales.")[0] == 404
     hive = get(cp, ns, "hive", "demo")
     assert hive is not None and hive["spec"]["routes"] == [] and hive["spec"]["vpns"] == []
+    # The hive-less paths and the whole-table replacements, with their version check.
+    payload(a.call("POST", "/routes", {"prefix": "AI.ops.", "action": "DROP"}))
+    assert [r["prefix"] for r in (get(cp, ns, "hive", "demo") or {})["spec"]["routes"]] == ["AI.ops."]
+    assert a.call("DELETE", "/routes?prefix=AI.ops.")[0] == 200
+    payload(a.call("PUT", "/config/vpns", {"vpns": [{"pattern": "WF.echo", "match_kind": "PREFIX", "vpn_id": 20}]}))
+    assert [v["vpn_id"] for v in payload(a.call("GET", "/vpns"))["vpns"]] == [20]
+    assert [v["vpnId"] for v in (get(cp, ns, "hive", "demo") or {})["spec"]["vpns"]] == [20]
+    payload(a.call("PUT", "/config/routes", {"routes": [], "vpns": [], "version": 1000}))
+    code, doc = a.call("PUT", "/config/routes", {"routes": [], "version": 5})
+    assert (code, doc["error_code"]) == (409, "VERSION_MISMATCH")
+    hive = get(cp, ns, "hive", "demo")
+    assert hive is not None and hive["spec"]["routes"] == [] and hive["spec"]["vpns"] == []
     setup.wait_for("the routes gone from the hive ConfigMap",
                    lambda: "AI.sales." not in (get(cp, ns, "configmap", "demo-hive-config") or {})
                    .get("data", {}).get("hive.yaml", "AI.sales."))
@@ -218,7 +250,64 @@ def test_versions_runtimes_and_remote_hives_are_the_clusters_objects(setup: Setu
     worker = [h for h in objects(cp, ns, "hives") if h["metadata"]["name"] != "demo"]
     assert len(worker) == 1 and worker[0]["spec"]["role"] == "worker"
     assert {h["hive_id"] for h in payload(a.call("GET", "/hives"))["hives"]} == {"demo", "worker-220"}
+    assert payload(a.call("GET", "/hives/worker-220"))["hive"]["address"] == "192.168.8.220"
+    code, doc = a.call("POST", "/hives", {"hive_id": "worker-220", "address": "192.168.8.220"})
+    assert (code, doc["error_code"]) == (409, "HIVE_EXISTS")
+    assert a.call("POST", "/hives", {"hive_id": "bad id", "address": "x"})[0] == 400
+    assert a.call("GET", "/hives/worker-220/nodes")[0] == 503  # another hive's nodes are its admin API's
     assert a.call("DELETE", "/hives/worker-220")[0] == 200
     setup.wait_for("the remote Hive object gone",
                    lambda: [h["metadata"]["name"] for h in objects(cp, ns, "hives")] == ["demo"])
     assert a.call("DELETE", "/hives/demo")[0] == 400  # not the hive it serves
+    assert a.call("GET", "/hives/worker-220")[0] == 404
+
+
+def test_bad_requests_get_their_error_codes_and_router_bound_reads_say_the_router_is_unreachable(
+        setup: Setup) -> None:
+    a = setup.admin
+    assert a.call("GET", "/health") == (200, {"status": "ok"})
+    actions = {x["action"] for x in payload(a.call("GET", "/admin/actions"))["actions"]}
+    assert {"run_node", "list_ilks", "publish_module"} <= actions
+    for path in ("/hives/demo/identity/ilks", "/modules"):
+        code, doc = a.call("GET", path)
+        assert (code, doc["error_code"]) == (503, "ROUTER_UNREACHABLE"), path
+    for method, path, raw, status, error in (
+        ("POST", "/hives/demo/nodes", b"{not json", 400, "INVALID_JSON"),
+        ("POST", "/hives/demo/nodes", b"[1]", 400, "INVALID_REQUEST"),
+        ("POST", "/hives/demo/nodes", b'{"node_name": 5, "runtime": "fluxbee.echo"}', 400, "INVALID_REQUEST"),
+        ("POST", "/hives/demo/nodes", b'{"node_name": "WF.a.b", "runtime": "x", "bogus": 1}', 400, "INVALID_REQUEST"),
+        ("GET", "/hives/demo/deployments?limit=abc", None, 400, "INVALID_REQUEST"),
+        ("GET", "/no/such/path", None, 404, "NOT_FOUND"),
+    ):
+        code, doc = a.call(method, path, raw=raw)
+        assert (code, doc["status"], doc["error_code"]) == (status, "error", error), (path, doc)
+
+
+def test_a_replaced_pod_and_a_failing_node_are_recorded_as_drift(setup: Setup) -> None:
+    cp, ns, a = setup.cp, setup.ns, setup.admin
+    resource = payload(a.call("POST", "/hives/demo/nodes", {"node_name": "WF.drift.one", "runtime": "fluxbee.echo"}))[
+        "unit"].removeprefix("fluxnode/")
+    (pod,) = setup.wait_for("the node's Pod Running", lambda: running_pods(cp, ns, f"fluxbee.io/fluxnode={resource}"))
+
+    def alert(kind: str, node: str) -> bool:
+        entries = payload(a.call("GET", f"/hives/demo/drift-alerts?kind={kind}"))["entries"]
+        return any(e["detail"]["node_name"] == node for e in entries)
+
+    apply(cp, ns, {"apiVersion": "fluxbee.io/v1alpha1", "kind": "FluxNode", "metadata": {"name": "broken"},
+                   "spec": {"hive": "demo", "nodeName": "WF.broken", "runtime": "not.published"}})
+    # Its alert comes from a check that began after the Pod above ran: that check saw the Pod.
+    setup.wait_for("a node_failed drift alert", lambda: alert("node_failed", "WF.broken@demo"))
+    status = payload(a.call("GET", "/hives/demo/nodes/WF.broken/status"))["node_status"]
+    assert (status["lifecycle_state"], status["process"]["reason"]) == ("FAILED", "RuntimeNotFound")
+
+    cp.kubectl("-n", ns, "delete", "pod", pod["metadata"]["name"], "--wait=false")  # the operator brings a new one
+    setup.wait_for("a node_replaced drift alert", lambda: alert("node_replaced", "WF.drift.one@demo"))
+
+
+def test_off_loopback_the_admin_command_refuses_to_start_without_a_bearer_token(
+        setup: Setup, tmp_path: Path) -> None:
+    env = dict(setup.admin.process.env)
+    refused = subprocess.run([str(Path(sys.executable).parent / "fluxbee"), "admin", "--backend", "kubernetes",
+                              "--listen", f"0.0.0.0:{free_port()}", "--hive", "demo"],
+                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "bearer token is required" in refused.stderr, refused.stderr
