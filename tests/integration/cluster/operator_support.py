@@ -185,9 +185,11 @@ class AdminApi:
             return err.code, json.loads(err.read() or b"null")
 
 
-def start_admin(cp: ControlPlane, release: Release, hive: str, workdir: Path) -> AdminApi:
+def start_admin(cp: ControlPlane, release: Release, hive: str, workdir: Path,
+                run_dir: Path | None = None) -> AdminApi:
     """The admin API of ``hive`` logged in as the chart's admin ServiceAccount of that hive, with
-    the bearer token of the chart's admin Secret (``--token-file``)."""
+    the bearer token of the chart's admin Secret (``--token-file``); ``run_dir`` is where it looks
+    for the hive's router (short: socket paths have a length limit)."""
     workdir.mkdir(parents=True, exist_ok=True)
     accounts = cp.get_json("-n", release.namespace, "serviceaccounts", "-l",
                            "app.kubernetes.io/component=admin")["items"]
@@ -198,7 +200,7 @@ def start_admin(cp: ControlPlane, release: Release, hive: str, workdir: Path) ->
     bearer = base64.b64decode(secret["data"]["token"]).decode()
     token_file = workdir / "admin-token"
     token_file.write_text(bearer)
-    run_dir = workdir / "run"
+    run_dir = run_dir or workdir / "run"
     run_dir.mkdir(exist_ok=True)
     port = free_port()
     process = FluxbeeProcess(("admin", "--backend", "kubernetes", "--listen", f"127.0.0.1:{port}", "--hive", hive,

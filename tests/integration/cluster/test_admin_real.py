@@ -4,26 +4,33 @@ The chart is installed with ``hive.enabled`` (a Hive, its admin ServiceAccount a
 admin token Secret); the operator runs as in test_operator_real.py; the admin API runs on this
 machine as ``fluxbee admin --backend kubernetes --listen 127.0.0.1:PORT --token-file …`` with a
 kubeconfig holding only a token of the chart's admin ServiceAccount, so it can do exactly what
-the chart's Role lets it do.  What it creates is read back with kubectl.  No router runs here
-(kwok's Pods run nothing), so router-bound answers are not what these tests are about.
+the chart's Role lets it do.  What it creates is read back with kubectl.  kwok's Pods run
+nothing, so there is no router in the hive pods: router-bound calls answer ROUTER_UNREACHABLE,
+except in the last tests, where a second admin API of the hive finds a real ``fluxbee router``
+(with stand-in nodes on it) in its socket directory, as it would in the hive pod.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cluster_support import ControlPlane
+from hive_harness import RouterProc
 from operator_support import (
     AdminApi,
     FluxbeeProcess,
+    Release,
     apply,
     free_port,
     get,
@@ -33,6 +40,9 @@ from operator_support import (
     start_admin,
     start_operator,
 )
+
+from fluxbee.dataplane import wire
+from fluxbee.dataplane.sdk import NodeConfig, connect
 
 RUNTIME: dict[str, Any] = {
     "apiVersion": "fluxbee.io/v1alpha1", "kind": "Runtime", "metadata": {"name": "fluxbee.echo"},
@@ -45,6 +55,7 @@ TENANT = "tnt:12345678-1234-1234-1234-123456789abc"
 class Setup:
     cp: ControlPlane
     ns: str
+    release: Release
     operator: FluxbeeProcess
     admin: AdminApi
 
@@ -68,7 +79,7 @@ def setup(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory)
         apply(cp, ns, RUNTIME)
         operator = start_operator(cp, release, work)
         admin = start_admin(cp, release, "demo", work)
-        yield Setup(cp, ns, operator, admin)
+        yield Setup(cp, ns, release, operator, admin)
     finally:
         try:
             if admin is not None:
@@ -311,3 +322,158 @@ def test_off_loopback_the_admin_command_refuses_to_start_without_a_bearer_token(
                               "--listen", f"0.0.0.0:{free_port()}", "--hive", "demo"],
                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "bearer token is required" in refused.stderr, refused.stderr
+
+
+@dataclass
+class Routed:
+    """A second admin API of the same hive whose socket directory holds a running router."""
+
+    admin: AdminApi
+    run_dir: Path
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        # off the event loop: the stand-in nodes answer on it while the admin API waits for them
+        return await asyncio.to_thread(self.admin.call, method, path, body)
+
+    async def eventually(self, what: str, probe: Any, timeout: float = 20.0) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            self.admin.process.check_alive()
+            got = await probe()
+            if got is not None and got is not False:
+                return got
+            await asyncio.sleep(0.2)
+        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+async def routed(setup: Setup, tmp_path: Path) -> AsyncIterator[Routed]:
+    run_dir = Path(tempfile.mkdtemp(prefix="fbr", dir="/tmp"))  # short: socket paths have a length limit
+    router = RouterProc(run_dir, hive_id="demo")
+    admin = None
+    try:
+        admin = await asyncio.to_thread(start_admin, setup.cp, setup.release, "demo", tmp_path, run_dir)
+        r = Routed(admin, run_dir)
+
+        async def connected() -> bool:
+            return bool((await r.call("GET", "/hive/status"))[1]["payload"]["router_connected"])
+
+        await r.eventually("the admin API to connect to the router", connected)
+        yield r
+    finally:
+        try:
+            if admin is not None:
+                admin.process.stop()
+        finally:
+            assert router.stop() == 0
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+async def test_with_a_router_in_its_socket_directory_messages_and_control_go_through_it(routed: Routed) -> None:
+    r = routed
+    seen: list[wire.Message] = []
+    holder: list[Any] = []
+
+    def answer(msg: wire.Message) -> None:
+        seen.append(msg)
+        if msg.meta.msg == wire.CONFIG_GET:
+            holder[0].reply_nowait(msg, {"status": "ok", "seen": "CONFIG_GET"}, msg=wire.CONFIG_RESPONSE)
+
+    probe, _ = await connect(NodeConfig(name="WF.probe", run_dir=r.run_dir, reconnect=False, on_message=answer,
+                                        handle_config=False))
+    holder.append(probe)
+    try:
+        code, doc = await r.call("POST", "/hives/demo/nodes/WF.probe/messages", {"msg": "LLM",
+                                                                                 "payload": {"text": "hi"}})
+        assert code == 200 and wire.is_uuid(doc["payload"]["trace_id"]), doc
+
+        async def delivered() -> bool:
+            return any(m.payload == {"text": "hi"} for m in seen)
+
+        await r.eventually("the message", delivered)
+        code, doc = await r.call("POST", "/hives/demo/nodes/WF.probe/control/config-get")
+        assert code == 200 and doc["payload"]["response"]["seen"] == "CONFIG_GET", doc
+
+        async def listed() -> dict[str, Any] | None:  # the router's status is shared for 0.1 s
+            doc = (await r.call("GET", "/hives/demo/nodes"))[1]["payload"]
+            return doc if "WF.probe@demo" in {n["name"] for n in doc["nodes"]} else None
+
+        assert (await r.eventually("WF.probe in the node list", listed))["inventory_source"] == "router"
+        code, doc = await r.call("GET", "/hives/demo/identity/ilks")  # no SY.identity on this router
+        assert (code, doc["error_code"]) == (503, "IDENTITY_UNAVAILABLE")
+    finally:
+        await probe.close()
+
+
+async def test_with_sy_identity_on_the_router_a_spawn_registers_the_ilk_and_the_operator_renders_it(
+        setup: Setup, routed: Routed) -> None:
+    """A stand-in SY.identity: the spawn registers the node's ILK (creating the unknown tenant first),
+    the FluxNode carries it, the real operator renders it into ``_system.ilk_id``; a refusal creates
+    no FluxNode."""
+    cp, ns, r = setup.cp, setup.ns, routed
+    asked: list[tuple[str | None, Any]] = []
+    tenants: set[str] = set()
+    pending = f"tnt:{uuid.uuid4()}"
+    holder: list[Any] = []
+
+    def answer(msg: wire.Message) -> None:
+        asked.append((msg.meta.msg, msg.payload))
+        body = msg.payload
+        if msg.meta.msg == "TNT_CREATE":
+            tenants.add(body["tenant_id"])
+            reply = {"status": "ok", "tenant_id": body["tenant_id"], "created": True, "matched_by": None}
+        elif msg.meta.msg == "ILK_REGISTER" and body["tenant_id"] == pending:
+            reply = {"status": "error", "error_code": "TENANT_PENDING", "message": "pending approval"}
+        elif msg.meta.msg == "ILK_REGISTER" and body["tenant_id"] not in tenants:
+            reply = {"status": "error", "error_code": "INVALID_TENANT", "message": "no such tenant"}
+        elif msg.meta.msg == "ILK_REGISTER":
+            reply = {"status": "ok", "ilk_id": body["ilk_id"]}
+        else:
+            return
+        holder[0].reply_nowait(msg, reply, msg_type=wire.TYPE_SYSTEM, msg=f"{msg.meta.msg}_RESPONSE")
+
+    identity, _ = await connect(NodeConfig(name="SY.identity", run_dir=r.run_dir, reconnect=False,
+                                           on_message=answer, handle_config=False))
+    holder.append(identity)
+    try:
+        code, doc = await r.call("POST", "/hives/demo/nodes", {"node_name": "AI.k8s.agent",
+                                                               "runtime": "fluxbee.echo", "tenant_id": TENANT})
+        assert code == 200, doc
+        register = doc["payload"]["identity"]["register"]
+        ilk = register["ilk_id"]
+        assert register == {"status": "ok", "ilk_id": ilk, "ilk_type": "agent", "target": "SY.identity@demo",
+                            "tenant_id": TENANT, "created": True, "tenant_created": True}
+        assert [m for m, _ in asked] == ["ILK_REGISTER", "TNT_CREATE", "ILK_REGISTER"]
+        assert asked[2][1]["identification"] == {"display_name": "AI.k8s.agent@demo",
+                                                 "node_name": "AI.k8s.agent@demo", "runtime": "fluxbee.echo",
+                                                 "runtime_version": "0.1.0"}
+        resource = doc["payload"]["unit"].removeprefix("fluxnode/")
+        node = await asyncio.to_thread(get, cp, ns, "fluxnode", resource)
+        assert node is not None and node["spec"]["agentIlk"] == ilk
+
+        async def rendered() -> dict[str, Any] | None:
+            cm = await asyncio.to_thread(get, cp, ns, "configmap", f"{resource}-node-config")
+            config = json.loads(cm["data"]["config.json"]) if cm else {}
+            return config if config.get("_system", {}).get("ilk_id") == ilk else None
+
+        config = await r.eventually("the operator to render the ILK into the node's config", rendered)
+        assert config["_system"]["tenant_id"] == TENANT
+        code, doc = await r.call("GET", "/hives/demo/nodes/AI.k8s.agent/status")
+        assert doc["payload"]["node_status"]["identity"] == {"ilk_id": ilk, "tenant_id": TENANT}
+
+        code, doc = await r.call("POST", "/hives/demo/nodes", {"node_name": "WF.k8s.refused",
+                                                               "runtime": "fluxbee.echo", "tenant_id": pending})
+        assert (code, doc["error_code"]) == (409, "IDENTITY_REGISTER_FAILED"), doc
+        assert doc["payload"]["identity"]["register"]["error_code"] == "TENANT_PENDING"
+        nodes = await asyncio.to_thread(objects, cp, ns, "fluxnodes")
+        assert "WF.k8s.refused@demo" not in {n["spec"]["nodeName"] for n in nodes}
+        # …and the spawned agent is killed through this admin API too (its FluxNode goes).
+        assert (await r.call("DELETE", "/hives/demo/nodes/AI.k8s.agent"))[0] == 200
+
+        async def gone() -> bool:
+            return await asyncio.to_thread(get, cp, ns, "fluxnode", resource) is None
+
+        await r.eventually("the agent's FluxNode gone", gone)
+    finally:
+        await identity.close()
