@@ -191,12 +191,11 @@ def start_admin(cp: ControlPlane, release: Release, hive: str, workdir: Path,
     the bearer token of the chart's admin Secret (``--token-file``); ``run_dir`` is where it looks
     for the hive's router (short: socket paths have a length limit)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    accounts = cp.get_json("-n", release.namespace, "serviceaccounts", "-l",
-                           "app.kubernetes.io/component=admin")["items"]
-    assert [a["metadata"]["name"] for a in accounts] == [f"{hive}-admin"], accounts
-    token = account_token(cp, release.namespace, f"{hive}-admin")
+    admin = "app.kubernetes.io/component=admin"
+    (account,) = objects(cp, release.namespace, "serviceaccounts", admin)  # the chart makes one
+    token = account_token(cp, release.namespace, account["metadata"]["name"])
     kubeconfig = cp.token_kubeconfig(token, workdir / "admin.kubeconfig", release.namespace)
-    secret = cp.get_json("-n", release.namespace, "secret", f"{hive}-admin-token")
+    (secret,) = [s for s in objects(cp, release.namespace, "secrets", admin) if "token" in (s.get("data") or {})]
     bearer = base64.b64decode(secret["data"]["token"]).decode()
     token_file = workdir / "admin-token"
     token_file.write_text(bearer)

@@ -113,7 +113,7 @@ def test_a_hive_and_a_fluxnode_become_running_pods_on_every_node_and_ready_at_th
     config = get(cp, ns, "configmap", "demo-hive-config")
     assert config is not None and "AI.sales." in config["data"]["hive.yaml"]
     claims = get(cp, ns, "configmap", "demo-claims")
-    assert claims is not None and "SY.admin" in claims["data"]
+    assert claims is not None and claims["metadata"]["ownerReferences"][0]["name"] == "demo"
     gateway = get(cp, ns, "service", "demo-gateway")
     assert gateway is not None and gateway["spec"]["selector"] == ds["spec"]["selector"]["matchLabels"]
     assert gateway["spec"]["ports"][0]["port"] == 9000
