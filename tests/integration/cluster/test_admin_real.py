@@ -298,7 +298,8 @@ def test_a_replaced_pod_and_a_failing_node_are_recorded_as_drift(setup: Setup) -
     cp, ns, a = setup.cp, setup.ns, setup.admin
     resource = payload(a.call("POST", "/hives/demo/nodes", {"node_name": "WF.drift.one", "runtime": "fluxbee.echo"}))[
         "unit"].removeprefix("fluxnode/")
-    (pod,) = setup.wait_for("the node's Pod Running", lambda: running_pods(cp, ns, f"fluxbee.io/fluxnode={resource}"))
+    (pod,) = setup.wait_for("the node's Pod Running",
+                            lambda: running_pods(cp, ns, f"fluxbee.io/fluxnode={resource}") or None)
 
     def alert(kind: str, node: str) -> bool:
         entries = payload(a.call("GET", f"/hives/demo/drift-alerts?kind={kind}"))["entries"]
