@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_support import ControlPlane
+from cluster_support import ControlPlane, wait_for
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from operator_support import (
     FluxbeeProcess,
@@ -420,3 +420,29 @@ def test_invalid_specs_are_refused_by_the_api_server_or_end_degraded_with_a_reas
     # The missing Runtime appears: the waiting node starts without being touched.
     apply(cp, ns, {**RUNTIME, "metadata": {"name": "ai.missing"}})
     n_running(operator, cp, ns, "fluxbee.io/fluxnode=lost", 1, "lost's pod")
+
+
+def test_a_permission_the_chart_does_not_grant_shows_in_the_operators_log_and_fails_the_run(
+        control_plane: ControlPlane, release: Release, namespace: str, tmp_path: Path) -> None:
+    """The check every test here relies on: take one right out of the chart's Role (creating
+    Secrets) and the refusal is in the log, the Hive never gets its children, and stopping the
+    operator fails the test that ran it."""
+    cp, ns = control_plane, namespace
+    role = cp.get_json("-n", ns, "role", release.operator_account)
+    rules = [{**r, "verbs": [v for v in r["verbs"] if v != "create"]} if r.get("resources") == ["secrets"] else r
+             for r in role["rules"]]
+    assert rules != role["rules"]
+    cp.kubectl("-n", ns, "patch", "role", release.operator_account, "--type=merge",
+               "-p", json.dumps({"rules": rules}))
+    account = f"system:serviceaccount:{ns}:{release.operator_account}"
+    wait_for("the authorizer to see the narrower Role", lambda: cp.kubectl(
+        "-n", ns, "auth", "can-i", "create", "secrets", "--as", account, check=False).stdout.strip() == "no")
+    operator = start_operator(cp, release, tmp_path)
+    try:
+        apply(cp, ns, hive())
+        operator.wait_for("the refusal in the operator's log", lambda: 'cannot create resource "secrets"' in
+                          operator.output())
+        assert get(cp, ns, "daemonset", "demo-hive") is None
+    finally:
+        with pytest.raises(pytest.fail.Exception, match="refused by the API server"):
+            operator.stop()
