@@ -9,6 +9,7 @@ scheduler, the DaemonSet controller, the garbage collector and kwok's kubelets a
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -333,16 +334,21 @@ def test_of_two_peered_operators_one_reconciles_and_the_other_takes_over_when_it
     peering = get(cp, ns, "kopfpeering", release.peering)
     assert peering is not None, "the chart installs the KopfPeering its replicas share"
     active = start_operator(cp, release, tmp_path, "--peering", release.peering, "--priority", "200", label="active")
-    standby = start_operator(cp, release, tmp_path, "--peering", release.peering, "--priority", "100",
-                             label="standby")
+    standby: FluxbeeProcess | None = None
     try:
-        def both_peers() -> bool:
-            obj = get(cp, ns, "kopfpeering", release.peering) or {}
-            return len(obj.get("status") or {}) == 2
+        def peers(n: int) -> Callable[[], bool]:
+            def probe() -> bool:
+                obj = get(cp, ns, "kopfpeering", release.peering) or {}
+                return len(obj.get("status") or {}) == n
+            return probe
 
-        active.wait_for("both operators in the KopfPeering's status", both_peers)
-        # kopf starts paused and says when it resumes: the higher priority at once, the other never.
-        active.wait_for("the higher priority to resume", lambda: "Resuming operations" in active.output())
+        # kopf starts paused and says when it resumes: the higher priority at once (alone in the
+        # peering), the lower one never while the other keeps its entry alive.
+        active.wait_for("the first operator in the KopfPeering's status", peers(1))
+        active.wait_for("the first operator to resume", lambda: "Resuming operations" in active.output())
+        standby = start_operator(cp, release, tmp_path, "--peering", release.peering, "--priority", "100",
+                                 label="standby")
+        standby.wait_for("both operators in the KopfPeering's status", peers(2))
         apply(cp, ns, [hive(), RUNTIME, fluxnode(replicas=1)])
         active.wait_for("the FluxNode Ready", reconciled(cp, ns, "fluxnode", "echo", "Ready"))
         assert "reconcile-fluxnodes-create" in active.output()
@@ -358,7 +364,8 @@ def test_of_two_peered_operators_one_reconciles_and_the_other_takes_over_when_it
         assert "reconcile-fluxnodes-update" in standby.output()
     finally:
         active.stop()
-        standby.stop()
+        if standby is not None:
+            standby.stop()
 
 
 def test_invalid_specs_are_refused_by_the_api_server_or_end_degraded_with_a_reason(
