@@ -453,7 +453,16 @@ def main(argv: list[str] | None = None) -> None:
     # Children we start (`python -m fluxbee …`) must not put their working directory on sys.path:
     # in a source checkout it holds the `operator/` folder, which would shadow the stdlib module.
     os.environ.setdefault("PYTHONSAFEPATH", "1")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `fluxbee operator …` parses its own options (fluxbee.operator.main).  argparse's REMAINDER
+    # refuses an option that comes first (`fluxbee operator --namespace NS`), so the words after
+    # `operator` are handed over as they are.
+    command_at = next((i for i, arg in enumerate(argv) if not arg.startswith("-")), None)
+    if command_at is not None and argv[command_at] == "operator":
+        args = build_parser().parse_args(argv[:command_at + 1])
+        args.rest = argv[command_at + 1:]
+    else:
+        args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else getattr(logging, os.environ.get("FLUXBEE_LOG", "INFO").upper(), 20)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command in ("send", "status", "ctl") and not args.verbose:
