@@ -186,10 +186,11 @@ class AdminApi:
 
 
 def start_admin(cp: ControlPlane, release: Release, hive: str, workdir: Path,
-                run_dir: Path | None = None) -> AdminApi:
+                run_dir: Path | None = None, credential_file: Path | None = None) -> AdminApi:
     """The admin API of ``hive`` logged in as the chart's admin ServiceAccount of that hive, with
     the bearer token of the chart's admin Secret (``--token-file``); ``run_dir`` is where it looks
-    for the hive's router (short: socket paths have a length limit)."""
+    for the hive's router (short: socket paths have a length limit), and ``credential_file`` the token
+    that proves its claimed name SY.admin to that router (README: Trust model)."""
     workdir.mkdir(parents=True, exist_ok=True)
     admin = "app.kubernetes.io/component=admin"
     (account,) = objects(cp, release.namespace, "serviceaccounts", admin)  # the chart makes one
@@ -202,9 +203,12 @@ def start_admin(cp: ControlPlane, release: Release, hive: str, workdir: Path,
     run_dir = run_dir or workdir / "run"
     run_dir.mkdir(exist_ok=True)
     port = free_port()
+    env = user_env(cp, workdir / "admin-home", kubeconfig)
+    if credential_file is not None:
+        env["FLUXBEE_NODE_CREDENTIAL_FILE"] = str(credential_file)
     process = FluxbeeProcess(("admin", "--backend", "kubernetes", "--listen", f"127.0.0.1:{port}", "--hive", hive,
                               "--token-file", str(token_file), "--run-dir", str(run_dir)),
-                             user_env(cp, workdir / "admin-home", kubeconfig), workdir / "admin.log").start()
+                             env, workdir / "admin.log").start()
     api = AdminApi(process, f"http://127.0.0.1:{port}", bearer)
 
     def serving() -> bool:

@@ -42,7 +42,7 @@ from operator_support import (
 )
 
 from fluxbee.dataplane import wire
-from fluxbee.dataplane.sdk import NodeConfig, connect
+from fluxbee.dataplane.sdk import CREDENTIAL_FILE_ENV, NodeConfig, connect
 
 RUNTIME: dict[str, Any] = {
     "apiVersion": "fluxbee.io/v1alpha1", "kind": "Runtime", "metadata": {"name": "fluxbee.echo"},
@@ -349,12 +349,16 @@ class Routed:
 
 
 @pytest.fixture
-async def routed(setup: Setup, tmp_path: Path) -> AsyncIterator[Routed]:
+async def routed(setup: Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Routed]:
     run_dir = Path(tempfile.mkdtemp(prefix="fbr", dir="/tmp"))  # short: socket paths have a length limit
     router = RouterProc(run_dir, hive_id="demo")
+    # SY.* names are claimed on the router: the admin API and the stand-in SY.identity prove them
+    # with the test token the router's claims name (the contract `fluxbee up` and the operator use).
+    monkeypatch.setenv(CREDENTIAL_FILE_ENV, str(router.credential_file))
     admin = None
     try:
-        admin = await asyncio.to_thread(start_admin, setup.cp, setup.release, "demo", tmp_path, run_dir)
+        admin = await asyncio.to_thread(start_admin, setup.cp, setup.release, "demo", tmp_path, run_dir,
+                                        router.credential_file)
         r = Routed(admin, run_dir)
 
         async def connected() -> bool:
