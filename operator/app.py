@@ -160,7 +160,11 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
         make(plural)
 
-    @kopf.on.delete(API_GROUP, VERSION, "hives", registry=registry, id="cleanup-hive")
+    # Optional, so Hives carry no finalizer: everything a Hive makes is owned by it and goes with it
+    # through the garbage collector. A finalizer would leave a Hive Terminating for good whenever the
+    # operator is gone first (`helm uninstall` deletes the operator and the chart's Hive together).
+    # While the operator runs, the cleanup still deletes the children at once and stops the nodes.
+    @kopf.on.delete(API_GROUP, VERSION, "hives", registry=registry, id="cleanup-hive", optional=True)
     async def hive_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
         ctx = _ctx(memo)
         try:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from chart_support import CHART, apply_crds, helm
 from cluster_support import ControlPlane, wait_for
+from operator_support import get, install_chart, start_operator
 
 IMAGE = ["--set", "image.repository=example.invalid/fluxbee", "--set", "image.tag=0.0.1"]
 RELEASE = "fb"
@@ -222,24 +224,22 @@ def test_helm_uninstall_leaves_only_the_crds_and_the_kept_admin_token(cluster: C
     assert cluster.get_json("-n", namespace, "secret", f"{RELEASE}-admin-token")["data"]["token"] == kept
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="known bug: helm deletes the operator's Deployment and RBAC in the same uninstall as the Hive, so "
-    "nothing is left to remove the operator's finalizer (fluxbee.io/cleanup) and the Hive stays Terminating; the "
-    "fix belongs to the operator (no finalizer where ownerReferences already clean up) or to a pre-delete step")
-def test_helm_uninstall_does_not_leave_a_hive_the_operator_finalized_terminating(
-    cluster: ControlPlane, installed: str,
+def test_helm_uninstall_removes_a_hive_the_operator_reconciled_even_though_the_operator_goes_first(
+    cluster: ControlPlane, installed: str, tmp_path: Path,
 ) -> None:
+    """`helm uninstall` deletes the operator and the chart's Hive in one step: nothing the operator
+    put on the Hive (a finalizer) may then keep it Terminating for good."""
     namespace = installed
-    install(cluster, namespace, "--set", "hive.enabled=true")
-    # What the running operator does to every Hive it reconciles (kopf's finalizer, operator/labels.py).
-    cluster.kubectl("-n", namespace, "patch", "hive", RELEASE, "--type=merge",
-                    "-p", json.dumps({"metadata": {"finalizers": ["fluxbee.io/cleanup"]}}))
+    release = install_chart(cluster, namespace, hive=RELEASE)  # the operator Deployment scaled to 0
+    operator = start_operator(cluster, release, tmp_path)
     try:
-        # helm's --wait waits until everything it deleted is gone, and fails at the deadline.
-        out = helm(cluster, "uninstall", RELEASE, "-n", namespace, "--wait", "--timeout", "10s", check=False)
-        assert cluster.get_json("-n", namespace, "deployments,clusterrolebindings", "-l", INSTANCE)["items"] == []
-        assert out.returncode == 0, f"the Hive is left Terminating: {out.stderr.strip()}"
-    finally:  # leave no Terminating object behind for the namespace's deletion
-        cluster.kubectl("-n", namespace, "patch", "hive", RELEASE, "--type=merge",
-                        "-p", json.dumps({"metadata": {"finalizers": None}}), check=False)
+        operator.wait_for("the operator to reconcile the chart's Hive",
+                          lambda: get(cluster, namespace, "daemonsets", f"{RELEASE}-hive"), timeout=60)
+    finally:
+        operator.stop()  # gone first, as when helm deletes its Deployment
+    hive = cluster.get_json("-n", namespace, "hive", RELEASE)
+    assert not hive["metadata"].get("finalizers"), hive["metadata"]
+    # helm's --wait waits until everything it deleted is gone, and fails at the deadline.
+    out = helm(cluster, "uninstall", RELEASE, "-n", namespace, "--wait", "--timeout", "30s", check=False)
+    assert out.returncode == 0, f"the Hive is left Terminating: {out.stderr.strip()}"
+    assert cluster.kubectl("-n", namespace, "get", "hive", RELEASE, check=False).returncode != 0
