@@ -311,6 +311,8 @@ def _measure(cluster: Cluster, operator: Operator, namespace: str, nodes: int, b
 
     def on_fluxnode(watch: Watch) -> None:
         items = watch.objects.values()
+        if len(watch.objects) >= nodes:
+            mark("all_fluxnodes_exist")  # kubectl apply creates them one by one
         current = [v for v in items if v[1] and v[0] == v[1]]  # observedGeneration == generation
         if len(current) >= nodes:
             mark("all_reconciled")
@@ -415,6 +417,11 @@ def report(runs: list[dict[str, Any]], emulator: list[dict[str, Any]]) -> str:
     def s(run: dict[str, Any], key: str) -> str:
         return f"{run[key]:.1f} s" if key in run else "—"
 
+    def lag(run: dict[str, Any]) -> str:
+        if "all_ready" not in run or "all_fluxnodes_exist" not in run:
+            return "—"
+        return f"{run['all_ready'] - run['all_fluxnodes_exist']:.1f} s"
+
     lines = [
         SECTION,
         "",
@@ -432,14 +439,15 @@ def report(runs: list[dict[str, Any]], emulator: list[dict[str, Any]]) -> str:
         f"Machine: {os.cpu_count()} CPUs ({platform.machine()}, shared with other work), Python "
         f"{platform.python_version()}, commit `{_commit()}`, {time.strftime('%Y-%m-%d', time.gmtime())}.",
         "",
-        "| run | applied | reconciled | all Pods exist | all Running | all Ready | operator RSS before / peak / "
-        "settled | operator CPU | API requests | Pods replaced | load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | applied | reconciled | all Pods exist | all Running | all Ready | Ready after the last "
+        "FluxNode | operator RSS before / peak / settled | operator CPU | API requests | Pods replaced | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for i, r in enumerate(runs, 1):
         lines.append(
             f"| real {i} ({r['nodes']}) | {s(r, 'applied')} | {s(r, 'all_reconciled')} | {s(r, 'all_pods_exist')} | "
             f"{s(r, 'all_pods_running')} | {s(r, 'all_ready')}{' (TIMED OUT)' if r['timed_out'] else ''} | "
+            f"{lag(r)} | "
             f"{r['rss_before_mib']:.0f} / {r['rss_peak_mib']:.0f} / {r['rss_settled_mib']:.0f} MiB | "
             f"{r['operator_cpu_s']:.1f} s | {r['api_requests']:,} | {r['pods_replaced']} | "
             f"{r['load_before']:.1f}→{r['load_after']:.1f} |"
@@ -447,7 +455,7 @@ def report(runs: list[dict[str, Any]], emulator: list[dict[str, Any]]) -> str:
     for i, e in enumerate(emulator, 1):
         lines.append(
             f"| emulator {i} ({e['nodes']}) | {e['applied_s']:.1f} s | — | {e['all_pods_s']:.1f} s | — | — | — | — | — "
-            f"| — | — |"
+            f"| — | — | — |"
         )
     if runs:
         last = runs[-1]
