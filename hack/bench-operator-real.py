@@ -435,7 +435,9 @@ def report(runs: list[dict[str, Any]], emulator: list[dict[str, Any]]) -> str:
         "from `/proc/<pid>/status` (before the apply, peak = kernel high-water mark, settled = once the "
         "operator's CPU is quiet after convergence), CPU from `/proc/<pid>/stat`; API requests are the "
         "API server's `apiserver_request_total` over the span (every client: the operator, kubectl, "
-        "scheduler, controllers, kwok). "
+        "scheduler, controllers, kwok). Emulator rows: `hack/bench-operator.py` in the same session (32 "
+        "concurrent POSTs instead of kubectl, kmock's emulator instead of the API server, no scheduler or "
+        "kubelet, so no Pod is ever Running there). "
         f"Machine: {os.cpu_count()} CPUs ({platform.machine()}, shared with other work), Python "
         f"{platform.python_version()}, commit `{_commit()}`, {time.strftime('%Y-%m-%d', time.gmtime())}.",
         "",
