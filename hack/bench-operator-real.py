@@ -277,9 +277,25 @@ def measure(cluster: Cluster, nodes: int, timeout: float, workdir: Path, crds: P
         try:
             return _measure(cluster, operator, namespace, nodes, base, burst_file, timeout)
         finally:
-            operator.stop()
             if not cluster.pids:  # an existing cluster: leave it as it was found
-                cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+                _clean_up(cluster, operator, namespace)
+            operator.stop()
+
+
+def _clean_up(cluster: Cluster, operator: Operator, namespace: str) -> None:
+    """Delete the run's resources while the operator still runs (it removes their finalizers),
+    then the namespace; a namespace left behind with finalizers and no operator never goes."""
+    try:
+        if operator.proc.poll() is None:
+            cluster.kubectl("delete", "fluxnodes,hives,runtimes", "--all", "-n", namespace, "--timeout=600s",
+                            timeout=660)
+    except BenchError as err:
+        print(f"bench-operator-real: cleaning up {namespace}: {err}", file=sys.stderr)
+    finally:
+        try:
+            cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+        except BenchError as err:
+            print(f"bench-operator-real: {err}", file=sys.stderr)
 
 
 def _measure(cluster: Cluster, operator: Operator, namespace: str, nodes: int, base: str, burst_file: Path,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_support import ControlPlane
+from cluster_support import ControlPlane, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 SCRIPT = REPO / "hack" / "bench-operator-real.py"
@@ -60,6 +60,13 @@ def test_the_real_benchmark_reports_every_figure_for_five_fluxnodes(control_plan
         assert by.get(key, 0) >= NODES, (key, by)
     assert run["api_requests"] >= sum(by.values())
     assert run["operator_warnings"] >= 0 and run["operator_retries"] >= 0
+
+    # It leaves the cluster as it found it: its namespace goes (the operator removed the finalizers).
+    def namespaces_left() -> list[str]:
+        items = control_plane.get_json("namespaces")["items"]
+        return [i["metadata"]["name"] for i in items if i["metadata"]["name"].startswith("bench-")]
+
+    wait_for("the benchmark's namespace to be gone", lambda: not namespaces_left() or None, timeout=120)
 
     # The Markdown report renders the run.
     spec = importlib.util.spec_from_file_location("bench_operator_real", SCRIPT)
