@@ -364,6 +364,7 @@ def _measure(cluster: Cluster, operator: Operator, namespace: str, nodes: int, b
         converged = time.perf_counter() - t0
         # Settled: the operator's CPU quiet (< 5 % over 2 s) after convergence, or 60 s at most.
         window: list[tuple[float, float]] = []
+        quiet = False
         settle_deadline = time.perf_counter() + 60
         while time.perf_counter() < settle_deadline:
             now, cpu = time.perf_counter(), cpu_seconds(operator.pid)
@@ -372,6 +373,7 @@ def _measure(cluster: Cluster, operator: Operator, namespace: str, nodes: int, b
             while len(window) > 1 and now - window[1][0] >= 2.0:
                 window.pop(0)  # keep one sample at least 2 s old
             if now - window[0][0] >= 2.0 and cpu - window[0][1] < 0.1:
+                quiet = True
                 break
             time.sleep(SAMPLE_EVERY)
         settled_s = time.perf_counter() - t0
@@ -397,7 +399,7 @@ def _measure(cluster: Cluster, operator: Operator, namespace: str, nodes: int, b
     return {
         "nodes": nodes, "hive_ready_s": round(hive_s, 1),
         **{k: round(v, 2) for k, v in marks.items()},
-        "converged_s": round(converged, 2), "settled_s": round(settled_s, 1),
+        "converged_s": round(converged, 2), "settled_s": round(settled_s, 1), "settled_quiet": quiet,
         "timed_out": "all_pods_running" not in marks or "all_ready" not in marks,
         "pods": pod_count, "pods_running": running, "pods_replaced": replaced, "fluxnodes_ready": ready,
         "watch_events": events,
