@@ -251,6 +251,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--write", type=Path, help="replace the section in this file")
     parser.add_argument("--profile", type=Path, help="write emulator/operator cProfiles here")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of Markdown")
     parser.add_argument("--role", choices=("driver", "emulator", "operator"), default="driver",
                         help=argparse.SUPPRESS)
     parser.add_argument("--server", help=argparse.SUPPRESS)
@@ -267,6 +268,9 @@ def main() -> int:
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     results = [asyncio.run(bench(n, args.timeout, args.profile)) for n in args.nodes]
+    if args.json:
+        print(json.dumps(results))
+        return 0 if all(r["pods"] >= r["nodes"] for r in results) else 1
     text = report(results)
     print(text)
     if args.write:

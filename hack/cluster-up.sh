@@ -10,7 +10,9 @@
 # Returns once the API answers and the 3 nodes are Ready (exit 0), or prints the failing
 # component's log tail and exits non-zero (after stopping what it started). Ports are chosen free
 # at start, so several clusters can run side by side. Nothing listens beyond 127.0.0.1.
-# Environment: FLUXBEE_CLUSTER_NODES (3), FLUXBEE_CLUSTER_TIMEOUT (120 s).
+# Environment: FLUXBEE_CLUSTER_NODES (3), FLUXBEE_CLUSTER_TIMEOUT (120 s),
+# FLUXBEE_CLUSTER_NODE_PODS (110: the Pods each fake node accepts, as a kubelet's --max-pods;
+# hack/bench-operator-real.py raises it, since 500 FluxNode Pods do not fit on 3 nodes of 110).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 [[ $# -eq 1 ]] || { echo "usage: $0 DIR" >&2; exit 2; }
@@ -18,6 +20,8 @@ mkdir -p "$1"
 dir="$(cd "$1" && pwd)"
 nodes="${FLUXBEE_CLUSTER_NODES:-3}"
 timeout="${FLUXBEE_CLUSTER_TIMEOUT:-120}"
+node_pods="${FLUXBEE_CLUSTER_NODE_PODS:-110}"
+[[ "$node_pods" =~ ^[1-9][0-9]*$ ]] || { echo "cluster-up: FLUXBEE_CLUSTER_NODE_PODS must be a positive integer, not '$node_pods'" >&2; exit 2; }
 
 if [[ -s "$dir/pids" ]]; then
     echo "cluster-up: $dir already has a running cluster (run hack/cluster-down.sh $dir first)" >&2
@@ -173,8 +177,8 @@ metadata:
   annotations: {kwok.x-k8s.io/node: fake, node.alpha.kubernetes.io/ttl: "0"}
   labels: {kubernetes.io/hostname: kwok-node-$i, kubernetes.io/os: linux, kubernetes.io/arch: amd64, type: kwok}
 status:
-  allocatable: {cpu: "32", memory: 256Gi, pods: "110"}
-  capacity: {cpu: "32", memory: 256Gi, pods: "110"}
+  allocatable: {cpu: "32", memory: 256Gi, pods: "$node_pods"}
+  capacity: {cpu: "32", memory: 256Gi, pods: "$node_pods"}
 NODE
 done | kubectl apply -f - >/dev/null || fail "could not create the fake nodes" kube-apiserver
 

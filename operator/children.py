@@ -40,11 +40,19 @@ def owned(manifest: dict[str, Any], owner: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def is_subset(desired: Any, actual: Any) -> bool:
-    """Every field of ``desired`` is present and equal in ``actual`` (server defaults ignored)."""
+    """Every field of ``desired`` is present and equal in ``actual`` (server defaults ignored).
+
+    An empty map or list in ``desired`` also matches an absent field: the API server does not
+    store empty ``annotations``, ``labels``, ``data``…, so a child built with ``annotations: {}``
+    would otherwise look drifted on every pass and be patched for nothing.
+    """
     if isinstance(desired, Mapping):
         if not isinstance(actual, Mapping):
             return False
-        return all(k in actual and is_subset(v, actual[k]) for k, v in desired.items())
+        return all(
+            is_subset(v, actual[k]) if k in actual else (isinstance(v, Mapping | list) and not v)
+            for k, v in desired.items()
+        )
     if isinstance(desired, list):
         if not isinstance(actual, list) or len(actual) != len(desired):
             return False

@@ -123,6 +123,15 @@ def test_subset_ignores_server_defaults_but_not_changed_values() -> None:
     assert not is_subset({"a": {"b": 1}}, {"a": {"b": 2}})
 
 
+def test_subset_takes_an_absent_field_for_an_empty_one() -> None:
+    # A real API server drops `annotations: {}`: comparing must not see drift there (it did,
+    # and every Hive reconcile patched its ConfigMaps and Services for nothing).
+    desired = {"metadata": {"labels": {"x": "1"}, "annotations": {}, "ownerReferences": []}}
+    assert is_subset(desired, {"metadata": {"labels": {"x": "1"}}})
+    assert not is_subset({"metadata": {"annotations": {"a": "1"}}}, {"metadata": {}})
+    assert not is_subset({"data": {"k": ""}}, {})
+
+
 def test_policy_outcome_names_the_entrypoint_package() -> None:
     spec = PolicySpec(rego="package other\nx := 1\n")
     outcome = policy_outcome("p", spec)
