@@ -349,7 +349,10 @@ class KubeClient:
             headers["Authorization"] = f"Bearer {self._config.token}"
         self._session = aiohttp.ClientSession(
             headers=headers, connector=aiohttp.TCPConnector(ssl=self._config.ssl_context(), limit=self._limit),
-            timeout=aiohttp.ClientTimeout(total=self._timeout))
+            # Connect and read deadlines, not a total: a total also counts the wait for one of the
+            # ``limit`` pooled connections, so in a burst (500 FluxNodes deleted at once) queued requests
+            # timed out before they were ever sent. A server that stops answering still times out.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout, sock_read=self._timeout))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
