@@ -990,8 +990,8 @@ class Router:
             if isinstance(body, dict) and body.get("request_id") is not None:
                 payload["request_id"] = body["request_id"]
             conn.send(wire.encode_frame(wire.Message(
-                routing=wire.Routing(src=self.uuid, dst=conn.uuid, ttl=wire.DEFAULT_TTL, trace_id=routing.trace_id,
-                                     src_l2_name=self.name),
+                # No src_l2_name: router-generated frames never carry one (as in the original).
+                routing=wire.Routing(src=self.uuid, dst=conn.uuid, ttl=wire.DEFAULT_TTL, trace_id=routing.trace_id),
                 meta=wire.Meta(type=wire.TYPE_ADMIN, msg=wire.ADMIN_COMMAND_RESPONSE), payload=payload)))
             return
         try:

@@ -132,6 +132,7 @@ async def test_config_changed_and_admin_command_need_an_authenticated_system_nod
                                   msg_type=wire.TYPE_ADMIN, msg=wire.ADMIN_COMMAND)
         assert admin.meta.msg == wire.ADMIN_COMMAND_RESPONSE and admin.payload["error_code"] == "FORBIDDEN"
         assert admin.routing.src == router.uuid  # answered by the router: SY.admin never saw it
+        assert admin.routing.src_l2_name is None and reply.routing.src_l2_name is None  # router-made: none
         assert router.status()["routes"] == []
         assert router.counter("forbidden", wire.CONFIG_CHANGED) == 1
         assert router.counter("forbidden", wire.ADMIN_COMMAND) == 1
