@@ -27,7 +27,7 @@ from fluxbee import __version__
 from fluxbee.admin import schemas as s
 from fluxbee.admin.backend import Backend, NodeObservation, RouteConfig, RouterLink
 from fluxbee.admin.errors import AdminError
-from fluxbee.admin.history import DEPLOYMENTS, History
+from fluxbee.admin.history import DEPLOYMENTS, History, HistoryUnavailable, Journal
 from fluxbee.admin.link import RouterRoutes
 from fluxbee.admin.node_identity import SpawnIdentity
 from fluxbee.dataplane import wire
@@ -143,16 +143,16 @@ async def _record(ctx: Context, call: Call, category: str, action: str, started:
                   work: Awaitable[dict[str, Any]], detail: dict[str, Any]) -> dict[str, Any]:
     """Run a change and write its deployment entry, whatever the outcome.
 
-    The history file is opened first: a change that could not be recorded is not made (it was
+    The history is reserved first: a change that could not be recorded is not made (it was
     made, then answered 500, when the history was written after it). A change that fails on a
     write of its own answers ``STATE_WRITE_FAILED``; the backends leave nothing half-applied."""
     try:
-        fd = ctx.history.open(DEPLOYMENTS)
-    except OSError as err:
+        journal = await ctx.history.open(DEPLOYMENTS)
+    except HistoryUnavailable as err:
         if isinstance(work, Coroutine):
             work.close()  # never started
-        raise AdminError("STATE_WRITE_FAILED", f"the change cannot be recorded in {ctx.history.directory}: "
-                                               f"{err.strerror or err}; nothing was changed") from err
+        raise AdminError("STATE_WRITE_FAILED", f"the change cannot be recorded in {err.where}: "
+                                               f"{err.detail}; nothing was changed") from err
     try:
         try:
             result = await work
@@ -161,23 +161,23 @@ async def _record(ctx: Context, call: Call, category: str, action: str, started:
             raise AdminError("STATE_WRITE_FAILED", f"the change could not be written{where}: {err.strerror or err}"
                              ) from err
     except AdminError as err:
-        _write_entry(ctx, fd, category=category, action=action, actor=call.actor, trigger=call.trigger,
-                     started=started, result="error",
-                     detail={**detail, "error_code": err.code, "error_detail": err.detail})
+        await _write_entry(ctx, journal, category=category, action=action, actor=call.actor, trigger=call.trigger,
+                           started=started, result="error",
+                           detail={**detail, "error_code": err.code, "error_detail": err.detail})
         raise
     else:
-        _write_entry(ctx, fd, category=category, action=action, actor=call.actor, trigger=call.trigger,
-                     started=started, result="ok", detail=detail)
+        await _write_entry(ctx, journal, category=category, action=action, actor=call.actor, trigger=call.trigger,
+                           started=started, result="ok", detail=detail)
         return result
     finally:
-        os.close(fd)
+        journal.close()
 
 
-def _write_entry(ctx: Context, fd: int, **entry: Any) -> None:
+async def _write_entry(ctx: Context, journal: Journal, **entry: Any) -> None:
     """The change is decided (made or refused): its answer must say so even if the entry is lost."""
     try:
-        ctx.history.deployment(fd=fd, **entry)
-    except OSError as err:
+        await ctx.history.deployment(journal=journal, **entry)
+    except HistoryUnavailable as err:
         log.error("the %s change is done (%s) but its history entry could not be written: %s", entry["action"],
                   entry["result"], err)
 
@@ -733,8 +733,11 @@ async def _history(ctx: Context, target: str | None, name: str, p: s.HistoryPara
     filters: dict[str, str | None] = {"category": p.category}
     if name == "drift-alerts.jsonl":
         filters.update(severity=p.severity, kind=p.kind)
-    entries = ctx.history.read(name, limit=p.limit, filters=filters)
-    out: dict[str, Any] = {"status": "ok", "view": "history", "entries": entries}
+    try:
+        entries, dropped = await ctx.history.read(name, limit=p.limit, filters=filters)
+    except HistoryUnavailable as err:
+        raise AdminError("KUBERNETES_API_ERROR", str(err)) from err
+    out: dict[str, Any] = {"status": "ok", "view": "history", "entries": entries, "dropped_entries": dropped}
     if target is not None:
         out["hive_id"] = target
     return out

@@ -17,6 +17,7 @@ import time
 
 from fluxbee.admin.actions import Context
 from fluxbee.admin.errors import AdminError
+from fluxbee.admin.history import HistoryUnavailable
 
 log = logging.getLogger(__name__)
 INTERVAL = 1.0
@@ -45,7 +46,7 @@ class DriftMonitor:
             before = self.restarts.get(name)
             restarted = before is not None and count > before
             if restarted:
-                history.drift(category="node", kind="node_restarted", severity="warning",
+                await history.drift(category="node", kind="node_restarted", severity="warning",
                               message=f"{name} exited (code {o.process.get('exit_code')}) and was restarted "
                                       f"(restart #{count})",
                               detail={"node_name": name, "restart_count": count,
@@ -57,7 +58,7 @@ class DriftMonitor:
             if seen is not None and not restarted and seen[1] == config_hash:
                 gone = sorted(seen[0] - now_instances)
                 if gone and now_instances - seen[0]:
-                    history.drift(category="node", kind="node_replaced", severity="warning",
+                    await history.drift(category="node", kind="node_replaced", severity="warning",
                                   message=f"{name}: instance {', '.join(gone)} disappeared and was replaced "
                                           "without a change to its spec",
                                   detail={"node_name": name, "gone": gone,
@@ -80,7 +81,8 @@ class DriftMonitor:
             message = {"node_failed": f"{name} is declared but its process keeps failing",
                        "node_not_visible": f"{name} runs but has not connected to the router",
                        "unmanaged_node": f"{name} is connected to the router but not declared"}[kind]
-            history.drift(category="node", kind=kind, severity=severity, message=message, detail={"node_name": name})
+            await history.drift(category="node", kind=kind, severity=severity, message=message,
+                                detail={"node_name": name})
         self.active = now_active
 
     async def run(self) -> None:
@@ -97,6 +99,8 @@ class DriftMonitor:
                 await self.check(visible)
             except AdminError as err:
                 log.debug("drift check skipped: %s", err)
+            except HistoryUnavailable as err:
+                log.warning("drift alert not recorded: %s; checking again in %.0f s", err, self.interval)
             except OSError as err:  # a node directory vanished mid-scan: the next pass sees the new state
                 log.warning("drift check failed: %s; retrying in %.0f s", err, self.interval)
             await asyncio.sleep(self.interval)

@@ -73,7 +73,7 @@ async def admin(cluster: Cluster, operator: Any) -> AsyncIterator[Admin]:
     await cluster.api.create("hives", NS, HIVE)
     await cluster.api.create("runtimes", NS, RUNTIME)
     run_dir = Path(tempfile.mkdtemp(prefix="fbk", dir="/tmp"))
-    settings = ClusterSettings(namespace=NS, hive_resource="demo", run_dir=run_dir, state_dir=run_dir / "history",
+    settings = ClusterSettings(namespace=NS, hive_resource="demo", run_dir=run_dir,
                                kube=KubeConfig(server=cluster.url, insecure=True), drift_interval=0.2)
     old_retry = cluster_mod.ROUTER_RETRY
     cluster_mod.ROUTER_RETRY = 0.1
