@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from fluxbee import __version__
 from fluxbee.admin import schemas as s
-from fluxbee.admin.backend import Backend, NodeObservation, RouteConfig, RouterLink
+from fluxbee.admin.backend import LIST_CHANGED, Backend, NodeObservation, RouteConfig, RouterLink
 from fluxbee.admin.errors import AdminError
 from fluxbee.admin.history import DEPLOYMENTS, History, HistoryUnavailable, Journal
 from fluxbee.admin.link import RouterRoutes
@@ -546,13 +546,32 @@ async def _router_lists(ctx: Context) -> dict[str, Any]:
 
 
 async def _apply(ctx: Context, subsystem: str, items: list[dict[str, Any]], version: int = 0) -> dict[str, Any]:
-    reply = await ctx.route_config().apply(subsystem, items, version)
+    return _applied(await ctx.route_config().apply(subsystem, items, version))
+
+
+def _applied(reply: dict[str, Any]) -> dict[str, Any]:
     if reply.get("status") != "ok":
         code = str(reply.get("error_code") or "CONFIG_FAILED")
         code = {"STALE_VERSION": "VERSION_MISMATCH", "INVALID_CONFIG": "INVALID_CONFIG",
-                "INVALID_PAYLOAD": "INVALID_REQUEST", "FORBIDDEN": "FORBIDDEN"}.get(code, "CONFIG_FAILED")
+                "INVALID_PAYLOAD": "INVALID_REQUEST", "FORBIDDEN": "FORBIDDEN",
+                LIST_CHANGED: "BUSY"}.get(code, "CONFIG_FAILED")
         raise AdminError(code, str(reply.get("error_detail") or "the router refused the config"))
     return reply
+
+
+EDIT_RETRIES = 5
+
+
+async def _edit(ctx: Context, section: _Section,
+                change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> dict[str, Any]:
+    """Apply ``change`` to the current list of ``section``; read again and redo it when another
+    writer (an admin replica) changed the list in between, so no one's edit is lost."""
+    for _ in range(EDIT_RETRIES):
+        items = (await _router_lists(ctx))[section.name]
+        reply = await ctx.route_config().apply(section.subsystem, change(items), 0, base=items)
+        if reply.get("error_code") != LIST_CHANGED:
+            return _applied(reply)
+    raise AdminError("BUSY", f"the {section.name} kept changing under {EDIT_RETRIES} attempts; try again")
 
 
 async def list_routes(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
@@ -591,12 +610,14 @@ async def _add_entry(ctx: Context, target: str, call: Call, section: _Section, a
     """Append ``entry`` to a section unless its key is taken, and apply the result on the router."""
     value = entry[section.key]
 
+    def change(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if any(i[section.key] == value for i in items):
+            raise AdminError(section.duplicate, f"a {section.what} for {value!r} exists; delete it first")
+        return [*items, entry]
+
     async def work() -> dict[str, Any]:
         async with ctx.route_lock(target):
-            items = (await _router_lists(ctx))[section.name]
-            if any(i[section.key] == value for i in items):
-                raise AdminError(section.duplicate, f"a {section.what} for {value!r} exists; delete it first")
-            reply = await _apply(ctx, section.subsystem, [*items, entry])
+            reply = await _edit(ctx, section, change)
         return {"status": "ok", "hive": target, "config_version": reply.get("config_version"), answer_key: entry}
 
     return await _record(ctx, call, section.name, action, time.time(), work(), {section.key: value})
@@ -606,13 +627,15 @@ async def _delete_entry(ctx: Context, target: str, call: Call, section: _Section
                         value: str) -> dict[str, Any]:
     """Remove the entry whose key is ``value`` from a section and apply the result on the router."""
 
+    def change(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        kept = [i for i in items if i[section.key] != value]
+        if len(kept) == len(items):
+            raise AdminError("NOT_FOUND", f"no {section.what} for {value!r}")
+        return kept
+
     async def work() -> dict[str, Any]:
         async with ctx.route_lock(target):
-            items = (await _router_lists(ctx))[section.name]
-            kept = [i for i in items if i[section.key] != value]
-            if len(kept) == len(items):
-                raise AdminError("NOT_FOUND", f"no {section.what} for {value!r}")
-            reply = await _apply(ctx, section.subsystem, kept)
+            reply = await _edit(ctx, section, change)
         return {"status": "ok", "hive": target, "config_version": reply.get("config_version"), section.key: value}
 
     return await _record(ctx, call, section.name, action, time.time(), work(), {section.key: value})

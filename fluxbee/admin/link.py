@@ -127,7 +127,9 @@ class RouterRoutes:
         return {"config_version": status.get("config_version"), "routes": status.get("routes", []),
                 "vpns": status.get("vpns", [])}
 
-    async def apply(self, subsystem: str, items: list[dict[str, Any]], version: int) -> dict[str, Any]:
+    async def apply(self, subsystem: str, items: list[dict[str, Any]], version: int,
+                    base: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """``base`` is not checked: a local hive has one admin process, whose route lock orders its edits."""
         key = "routes" if subsystem == "routes" else "vpns"
         return await self.link.config_changed(subsystem, {key: items}, version)
 

@@ -182,7 +182,7 @@ def serving(proc: subprocess.Popen[bytes], log: Path) -> str | None:
     return found.group(1) if found else None
 
 
-def test_two_admin_processes_writing_history_at_once_both_see_every_entry(
+def test_two_admin_processes_writing_history_at_once_both_see_every_entry_and_keep_every_route(
     control_plane: ControlPlane, namespace: str, crds: None, tmp_path: Path,
 ) -> None:
     apply_hive(control_plane, namespace)
@@ -203,16 +203,28 @@ def test_two_admin_processes_writing_history_at_once_both_see_every_entry(
             assert answer["status"] == "ok", answer
             return name
 
+        def add_route(prefix: str) -> str:  # each edit reads the Hive's routes and writes them back
+            url = urls[0] if prefix.endswith(".a.") else urls[1]
+            answer = call(f"{url}/routes?hive=demo", "POST", {"prefix": prefix, "action": "DROP"})
+            assert answer["status"] == "ok", answer
+            return prefix
+
+        prefixes = [f"AI.r{i}.{side}." for side in ("a", "b") for i in range(6)]
         with ThreadPoolExecutor(max_workers=8) as pool:  # both processes append at the same moments
             assert sorted(pool.map(spawn, names)) == sorted(names)
+            assert sorted(pool.map(add_route, prefixes)) == sorted(prefixes)
 
         for url in urls:
             entries = call(f"{url}/hives/demo/deployments?limit=500&category=node")["payload"]["entries"]
             spawned = [e["detail"]["node_name"] for e in entries if e["action"] == "run_node"]
             assert sorted(spawned) == sorted(f"{n}@demo" for n in names), f"{url} lost entries"
             assert all(e["result"] == "ok" for e in entries)
+            routes = call(f"{url}/hives/demo/deployments?limit=500&category=routes")["payload"]["entries"]
+            assert sorted(e["detail"]["prefix"] for e in routes) == sorted(prefixes)
+    kept = control_plane.get_json("-n", namespace, "hive", "demo")["spec"]["routes"]
+    assert sorted(r["prefix"] for r in kept) == sorted(prefixes), "an admin replica's route edit was lost"
     history = control_plane.get_json("-n", namespace, "configmap", "demo-admin-history")
     lines = history["data"]["deployments.jsonl"].splitlines()
-    assert len(lines) == len(names) == len({json.loads(x)["deployment_id"] for x in lines})
+    assert len(lines) == len(names) + len(prefixes) == len({json.loads(x)["deployment_id"] for x in lines})
     owner = history["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"]) == ("Hive", "demo")
