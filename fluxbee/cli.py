@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -247,6 +248,8 @@ def cmd_admin(args: argparse.Namespace) -> int:
         return 2
     namespace = args.namespace or os.environ.get("POD_NAMESPACE") or access.namespace or "default"
     cluster = ClusterSettings(namespace=namespace, hive_resource=hive, run_dir=run_dir, kube=access)
+    if os.environ.get("POD_NAME"):  # the admin Deployment's pod: its name tells the replicas apart
+        cluster = dataclasses.replace(cluster, instance=os.environ["POD_NAME"])
 
     async def main() -> int:
         stop = asyncio.Event()

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
@@ -49,6 +52,8 @@ class ClusterSettings:
     """The hive's socket directory (``routers/*.sock``), shared with the router of this host."""
     kube: KubeConfig
     drift_interval: float = 1.0
+    instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    """This admin process among the hive's replicas (its pod name in a Deployment)."""
 
 
 @dataclass(slots=True)
@@ -98,11 +103,13 @@ async def cluster_admin(settings: AdminSettings, cluster: ClusterSettings) -> As
         link = SwitchableRouterLink(UnreachableRouterLink(
             f"no router reachable through {cluster.run_dir / 'routers'} from the admin API (it must run on a "
             "host of the hive, with its socket directory)"))
-        history = History(ConfigMapHistory(api, cluster.namespace, cluster.hive_resource), backend.hive_id)
-        ctx = Context(backend=backend, link=link, history=history, routes=HiveSpecRoutes(backend))
+        store = ConfigMapHistory(api, cluster.namespace, cluster.hive_resource)
+        ctx = Context(backend=backend, link=link, history=History(store, backend.hive_id),
+                      routes=HiveSpecRoutes(backend))
+        monitor = DriftMonitor(ctx, interval=cluster.drift_interval,
+                               leader=functools.partial(store.lead_drift_monitor, cluster.instance))
         tasks = [asyncio.create_task(_router_connector(ctx, link, cluster.run_dir), name="admin-router-connector"),
-                 asyncio.create_task(DriftMonitor(ctx, interval=cluster.drift_interval).run(),
-                                     name="admin-drift-monitor")]
+                 asyncio.create_task(monitor.run(), name="admin-drift-monitor")]
         runner = web.AppRunner(build_app(ctx, settings), handle_signals=False, access_log=None)
         await runner.setup()
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from fluxbee.admin.actions import Context
 from fluxbee.admin.errors import AdminError
@@ -26,13 +27,35 @@ IGNORED_PREFIXES = ("SY.", "RT.")
 
 
 class DriftMonitor:
-    def __init__(self, ctx: Context, *, interval: float = INTERVAL) -> None:
+    """``leader``: asked before each pass whether this process is the one that records drift (the
+    admin replicas of a cluster share one history: one of them watches, the others stand by).  A
+    process that takes over starts from what it sees then, as after a restart."""
+
+    def __init__(self, ctx: Context, *, interval: float = INTERVAL,
+                 leader: Callable[[], Awaitable[bool]] | None = None) -> None:
         self.ctx = ctx
         self.interval = interval
+        self.leader = leader
+        self._forget()
+
+    def _forget(self) -> None:
         self.restarts: dict[str, int] = {}
         self.instances: dict[str, tuple[set[str], object]] = {}
         self.active: set[tuple[str, str]] = set()
         self.starting_since: dict[str, float] = {}
+
+    async def _leading(self) -> bool:
+        if self.leader is None:
+            return True
+        try:
+            leading = await self.leader()
+        except HistoryUnavailable as err:
+            log.warning("cannot tell whether this admin process records drift: %s; asking again in %.0f s",
+                        err, self.interval)
+            leading = False
+        if not leading:
+            self._forget()
+        return leading
 
     async def check(self, visible: set[str] | None) -> None:
         history = self.ctx.history
@@ -87,6 +110,9 @@ class DriftMonitor:
 
     async def run(self) -> None:
         while True:
+            if not await self._leading():
+                await asyncio.sleep(self.interval)
+                continue
             try:
                 try:
                     status = await self.ctx.link.router_status()

@@ -6,6 +6,10 @@ append is a read-modify-write whose merge patch carries the ``resourceVersion`` 
 server refuses a patch over a newer version (409), and the writer reads again and re-applies its
 entry, so two replicas appending at once never lose each other's entries.
 
+The same ConfigMap carries the drift monitor's lease (annotation ``fluxbee.io/drift-monitor``: holder
+and expiry, written the same optimistic way): one replica records drift, the others take over
+when its lease runs out (:meth:`ConfigMapHistory.lead_drift_monitor`).
+
 The ConfigMap is created on first use, owned by the Hive (the garbage collector deletes it with
 the Hive), and deliberately not labelled as managed by the operator: its writes must not wake the
 Hive's reconcile.
@@ -17,6 +21,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +40,11 @@ WRITE_RETRIES = 30
 HIVE_LABEL = "fluxbee.io/hive"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 PART_OF_LABEL = "app.kubernetes.io/part-of"
+LEASE_ANNOTATION = "fluxbee.io/drift-monitor"
+LEASE_SECONDS = 15.0
+"""How long a drift monitor holds its lease unrenewed: the pause in drift records after its pod goes."""
+RENEW_BEFORE = 10.0
+"""Renew once less than this is left (about one write every 5 s, not one per check)."""
 
 
 def history_config_map(hive_resource: str) -> str:
@@ -87,6 +97,23 @@ def parse_log(text: object) -> list[dict[str, Any]]:
         if isinstance(entry, dict):
             out.append(entry)
     return out
+
+
+def lease_holder(annotations: dict[str, Any], now: float) -> str | None:
+    """Who holds the drift-monitor lease at ``now`` (None: nobody, or it ran out)."""
+    try:
+        lease = json.loads(str(annotations.get(LEASE_ANNOTATION) or "{}"))
+        holder, until = lease["holder"], float(lease["until"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return str(holder) if until > now else None
+
+
+def lease_left(annotations: dict[str, Any], holder: str, now: float) -> float:
+    """Seconds left of ``holder``'s lease at ``now`` (0 when someone else holds it or none does)."""
+    if lease_holder(annotations, now) != holder:
+        return 0.0
+    return float(json.loads(str(annotations[LEASE_ANNOTATION]))["until"]) - now
 
 
 class _Reserved:
@@ -178,3 +205,31 @@ class ConfigMapHistory:
         cm = await self._read(create=False)
         data = (cm or {}).get("data") or {}
         return parse_log(data.get(name)), dropped_counts(data).get(name, 0)
+
+    async def lead_drift_monitor(self, holder: str) -> bool:
+        """Whether ``holder`` records drift now: it holds the lease (renewed here when it runs low),
+        or takes it because nobody holds it.  A 409 means another replica wrote first: not now."""
+        async with self._lock:
+            cm = await self._read(create=True)
+            if cm is None:
+                return False
+            annotations = cm["metadata"].get("annotations") or {}
+            now = time.time()
+            current = lease_holder(annotations, now)
+            if current not in (None, holder):
+                return False
+            if current == holder and lease_left(annotations, holder, now) > RENEW_BEFORE:
+                return True
+            lease = json.dumps({"holder": holder, "until": round(now + LEASE_SECONDS, 3)}, sort_keys=True)
+            patch = {"metadata": {"resourceVersion": cm["metadata"]["resourceVersion"],
+                                  "annotations": {LEASE_ANNOTATION: lease}}}
+            try:
+                self._last = await self.api.patch("configmaps", self.namespace, self.name, patch)
+            except ApiError as err:
+                self._last = None
+                if err.status == 409 or err.not_found:
+                    return False
+                raise self._unavailable(err, "taking the drift monitor's lease") from err
+            if current is None:
+                log.info("this admin process (%s) now records the hive's drift", holder)
+            return True

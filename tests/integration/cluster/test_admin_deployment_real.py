@@ -228,3 +228,58 @@ def test_two_admin_processes_writing_history_at_once_both_see_every_entry_and_ke
     assert len(lines) == len(names) + len(prefixes) == len({json.loads(x)["deployment_id"] for x in lines})
     owner = history["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"]) == ("Hive", "demo")
+
+
+def lease(control_plane: ControlPlane, namespace: str) -> dict[str, Any] | None:
+    found = control_plane.kubectl("-n", namespace, "get", "configmap", "demo-admin-history", "-o",
+                                  r"jsonpath={.metadata.annotations.fluxbee\.io/drift-monitor}", check=False)
+    return json.loads(found.stdout) if found.returncode == 0 and found.stdout.strip() else None
+
+
+def test_of_two_admin_processes_one_records_drift_and_the_other_takes_over_when_it_stops(
+    control_plane: ControlPlane, namespace: str, crds: None, tmp_path: Path,
+) -> None:
+    apply_hive(control_plane, namespace)
+    control_plane.kubectl("-n", namespace, "apply", "-f", "-", input=RUNTIME + """---
+apiVersion: fluxbee.io/v1alpha1
+kind: FluxNode
+metadata: {name: bad}
+spec: {hive: demo, nodeName: WF.bad, runtime: wf.echo}
+""")
+    args = ("admin", "--backend", "kubernetes", "--namespace", namespace, "--hive", "demo",
+            "--run-dir", str(tmp_path / "no-router"))
+    env = {**control_plane.env, "FLUXBEE_ADMIN_TOKEN": TOKEN}
+    with fluxbee(tmp_path, "admin-a.log", {**env, "POD_NAME": "admin-a"}, *args,
+                 "--listen", f"127.0.0.1:{free_port()}") as a, \
+            fluxbee(tmp_path, "admin-b.log", {**env, "POD_NAME": "admin-b"}, *args,
+                    "--listen", f"127.0.0.1:{free_port()}") as b:
+        procs = {"admin-a": a, "admin-b": b}
+        urls = {name: wait_for(f"{name} serving", lambda p=p, name=name: serving(p, tmp_path / f"{name}.log"),
+                               timeout=30) for name, p in procs.items()}
+        first = wait_for("a drift monitor holding the lease", lambda: lease(control_plane, namespace))
+        leader = first["holder"]
+        other = "admin-b" if leader == "admin-a" else "admin-a"
+        control_plane.kubectl("-n", namespace, "patch", "fluxnode", "bad", "--subresource=status", "--type=merge",
+                              "-p", '{"status": {"phase": "Degraded"}}')
+
+        def failed_alerts(url: str) -> list[dict[str, Any]] | None:
+            entries: list[dict[str, Any]] = call(f"{url}/hives/demo/drift-alerts?kind=node_failed")["payload"][
+                "entries"]
+            return entries or None
+
+        wait_for("a node_failed alert", lambda: failed_alerts(urls[other]), timeout=30)
+        # Both monitors see the failing node on every pass; a renewal of the lease (≥5 s of passes
+        # later) shows the leader is still the only one recording it.
+        wait_for("the lease renewed", lambda: (x if (x := lease(control_plane, namespace)) and
+                                               x["until"] > first["until"] else None), timeout=30)
+        alerts = failed_alerts(urls[other]) or []
+        assert [e["detail"]["node_name"] for e in alerts] == ["WF.bad@demo"], alerts
+        assert lease(control_plane, namespace)["holder"] == leader  # type: ignore[index]
+
+        procs[leader].send_signal(signal.SIGTERM)
+        assert procs[leader].wait(20) == 0
+        wait_for(f"{other} taking the lease over", lambda: (
+            lease(control_plane, namespace) or {}).get("holder") == other, timeout=40)
+        # The new monitor starts from what it sees, as after a restart: the still-failing node again.
+        wait_for("the node_failed alert recorded by the new monitor",
+                 lambda: len(failed_alerts(urls[other]) or []) == 2, timeout=20)

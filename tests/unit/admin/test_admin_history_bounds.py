@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import json
 
-from fluxbee.admin.kube_history import DROPPED_KEY, bounded, dropped_counts, history_config_map, parse_log, with_entry
+from fluxbee.admin.kube_history import (
+    DROPPED_KEY,
+    LEASE_ANNOTATION,
+    bounded,
+    dropped_counts,
+    history_config_map,
+    lease_holder,
+    lease_left,
+    parse_log,
+    with_entry,
+)
 
 
 def test_an_append_keeps_the_other_log_and_adds_one_line_at_the_end() -> None:
@@ -32,3 +42,12 @@ def test_unreadable_counters_and_torn_lines_are_ignored_not_fatal() -> None:
     assert dropped_counts({DROPPED_KEY: '{"a": "3", "b": 2, "c": true}'}) == {"b": 2}
     assert parse_log('{"n": 1}\n{"n": 2\n[]\n') == [{"n": 1}]
     assert history_config_map("demo") == "demo-admin-history"
+
+
+def test_the_drift_lease_belongs_to_its_holder_until_it_runs_out() -> None:
+    held = {LEASE_ANNOTATION: json.dumps({"holder": "admin-a", "until": 100.0})}
+    assert lease_holder(held, 99.0) == "admin-a" and lease_left(held, "admin-a", 99.0) == 1.0
+    assert lease_holder(held, 100.0) is None  # ran out: anyone may take it
+    assert lease_left(held, "admin-b", 99.0) == 0.0
+    assert lease_holder({}, 0.0) is None and lease_holder({LEASE_ANNOTATION: "{broken"}, 0.0) is None
+    assert lease_holder({LEASE_ANNOTATION: '{"holder": "x"}'}, 0.0) is None
