@@ -188,6 +188,8 @@ def admin_pod_selector(hive_name: str) -> dict[str, str]:
 
 ADMIN_COMPONENT = "admin"
 HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
+ADMIN_EVICTION_SECONDS = 30
+"""How long an admin pod stays on a host that stopped answering before it is evicted (and replaced)."""
 
 
 def _labels(hive: Hive, component: str = "hive") -> dict[str, str]:
@@ -404,6 +406,12 @@ def build_admin_deployment(hive: Hive, namespace: str, settings: OperatorSetting
     else:
         pod_spec["automountServiceAccountToken"] = False
     _placement(hive, pod_spec)
+    # Leave a lost host after 30 s rather than the API server's default 300 s, so the Deployment
+    # replaces the pod on another hive host soon (the hive's own tolerations of these keys win).
+    own = {t.get("key") for t in pod_spec.get("tolerations", [])}
+    pod_spec["tolerations"] = [*pod_spec.get("tolerations", []), *(
+        {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": ADMIN_EVICTION_SECONDS}
+        for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable") if key not in own)]
     labels = _labels(hive, ADMIN_COMPONENT)
     return {
         "apiVersion": "apps/v1",

@@ -128,8 +128,12 @@ def test_a_hive_runs_one_admin_deployment_beside_its_hive_pods_and_it_comes_back
     replaced = wait_for("a new Running admin pod", lambda: (
         p if (p := one_running_admin()) and p["metadata"]["uid"] != admin["metadata"]["uid"] else None))
     assert replaced["spec"]["nodeName"] in {p["spec"]["nodeName"] for p in hive_pods}
-    assert [d["metadata"]["name"] for d in control_plane.get_json("-n", namespace, "deployments")["items"]] \
-        == ["demo-admin"]
+    (deployment,) = control_plane.get_json("-n", namespace, "deployments")["items"]
+    # reconciles after every pod event compare the Deployment with what the API server stored and
+    # find nothing to patch (a spec patch would bump the generation and roll the pods)
+    assert (deployment["metadata"]["name"], deployment["metadata"]["generation"]) == ("demo-admin", 1)
+    assert {t["key"]: t.get("tolerationSeconds") for t in replaced["spec"]["tolerations"]} == {
+        "node.kubernetes.io/not-ready": 30, "node.kubernetes.io/unreachable": 30}
 
     control_plane.kubectl("-n", namespace, "delete", "hive", "demo", "--wait=false")
 

@@ -46,7 +46,7 @@ def test_admin_pods_run_beside_a_hive_pod_with_its_sockets_and_host_ipc() -> Non
         "ns", SETTINGS)
     spec = pod_spec(deployment)
     assert spec["hostIPC"] is True
-    assert spec["nodeSelector"] == {"pool": "hive"} and spec["tolerations"] == [{"key": "k", "operator": "Exists"}]
+    assert spec["nodeSelector"] == {"pool": "hive"} and spec["tolerations"][0] == {"key": "k", "operator": "Exists"}
     assert spec["serviceAccountName"] == "h-admin" and "automountServiceAccountToken" not in spec
     required = spec["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert required == [{"labelSelector": {"matchLabels": pod_selector("h")},
@@ -77,3 +77,13 @@ def test_the_admin_selector_never_matches_hive_pods_and_the_service_selects_the_
     assert services["h-gateway"]["spec"]["selector"] == pod_selector("h")
     daemon_set = build_daemon_set(hive(), "ns", SETTINGS)
     assert not selector.items() <= daemon_set["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_an_admin_pod_leaves_a_lost_host_after_30_s_unless_the_hive_says_otherwise() -> None:
+    spec = pod_spec(build_admin_deployment(hive(), "ns", SETTINGS))
+    assert {(t["key"], t["effect"], t["tolerationSeconds"]) for t in spec["tolerations"]} == {
+        ("node.kubernetes.io/not-ready", "NoExecute", 30), ("node.kubernetes.io/unreachable", "NoExecute", 30)}
+    own = {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute",
+           "tolerationSeconds": 5}
+    spec = pod_spec(build_admin_deployment(hive(tolerations=[own]), "ns", SETTINGS))
+    assert [t for t in spec["tolerations"] if t["key"] == "node.kubernetes.io/unreachable"] == [own]
