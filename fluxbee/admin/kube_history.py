@@ -10,9 +10,10 @@ The same ConfigMap carries the drift monitor's lease (annotation ``fluxbee.io/dr
 and expiry, written the same optimistic way): one replica records drift, the others take over
 when its lease runs out (:meth:`ConfigMapHistory.lead_drift_monitor`).
 
-The ConfigMap is created on first use, owned by the Hive (the garbage collector deletes it with
-the Hive), and deliberately not labelled as managed by the operator: its writes must not wake the
-Hive's reconcile.
+The operator creates the ConfigMap with the admin Deployment (so the admin API needs no right to
+create ConfigMaps); an admin process that finds none (run by hand, before the operator) creates it
+the same way: owned by the Hive (the garbage collector deletes it with the Hive), and deliberately
+not labelled as managed by the operator, whose reconcile its writes must not wake.
 """
 
 from __future__ import annotations

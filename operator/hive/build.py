@@ -57,6 +57,7 @@ class HiveNames:
     gateway_service: str
     admin_service: str
     admin_deployment: str
+    admin_history: str
     admin_secret: str
     claims_config_map: str
     system_credentials: str
@@ -70,6 +71,7 @@ def names(hive: Hive) -> HiveNames:
         gateway_service=f"{base}-gateway",
         admin_service=f"{base}-admin",
         admin_deployment=f"{base}-admin",
+        admin_history=f"{base}-admin-history",
         admin_secret=hive.spec.admin.token_secret or f"{base}-admin-token",
         claims_config_map=claims_config_map_name(base),
         system_credentials=f"{base}-system-credentials",
@@ -422,6 +424,19 @@ def build_admin_deployment(hive: Hive, namespace: str, settings: OperatorSetting
             "selector": {"matchLabels": admin_pod_selector(name)},
             "template": {"metadata": {"labels": {**labels, **admin_pod_selector(name)}}, "spec": pod_spec},
         },
+    }
+
+
+def build_admin_history(hive: Hive, namespace: str) -> dict[str, Any]:
+    """The ConfigMap the admin replicas keep their history in (``fluxbee.admin.kube_history`` owns
+    its data; no ``data`` here, so a reconcile never compares or resets it).  Made by the operator
+    so the admin API needs no right to create ConfigMaps; not labelled as managed by the operator,
+    so its many writes do not wake the Hive's reconcile."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": names(hive).admin_history, "namespace": namespace, "labels": {
+            L.HIVE: hive.metadata.name, L.COMPONENT: "admin-history", L.PART_OF: "fluxbee"}},
     }
 
 

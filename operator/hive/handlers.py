@@ -15,6 +15,7 @@ from fluxbee.operator.context import OperatorContext, write_status
 from fluxbee.operator.hive.build import (
     SYSTEM_NODES,
     build_admin_deployment,
+    build_admin_history,
     build_admin_secret,
     build_config_map,
     build_daemon_set,
@@ -86,7 +87,8 @@ async def reconcile_hive(ctx: OperatorContext, body: Mapping[str, Any]) -> Outco
     version = int(meta.get("generation") or 1)
     await ensure(kube, "configmaps", namespace, owned(build_config_map(hive, namespace, version), body))
     await ensure(kube, "daemonsets", namespace, owned(build_daemon_set(hive, namespace, ctx.settings), body))
-    if hive.spec.admin.enabled:
+    if hive.spec.admin.enabled:  # the history outlives a disabled admin API, and goes with the Hive
+        await ensure(kube, "configmaps", namespace, owned(build_admin_history(hive, namespace), body))
         await ensure(kube, "deployments", namespace,
                      owned(build_admin_deployment(hive, namespace, ctx.settings), body))
     else:

@@ -287,3 +287,37 @@ spec: {hive: demo, nodeName: WF.bad, runtime: wf.echo}
         # The new monitor starts from what it sees, as after a restart: the still-failing node again.
         wait_for("the node_failed alert recorded by the new monitor",
                  lambda: len(failed_alerts(urls[other]) or []) == 2, timeout=20)
+
+
+def test_the_charts_admin_service_account_may_keep_the_history_and_change_no_other_config_map(
+    control_plane: ControlPlane, namespace: str, operator: Path, tmp_path: Path,
+) -> None:
+    """The admin API logged in as the chart's ServiceAccount (its Role really enforced by the API
+    server) appends to the history ConfigMap the operator made, and may create or change no other."""
+    rendered = subprocess.run(
+        [str(control_plane.bin / "helm"), "template", "demo", str(REPO / "charts" / "fluxbee"), "--namespace", namespace,
+         "--set", "hive.enabled=true", "--set", "operator.enabled=false"],
+        capture_output=True, text=True, env=control_plane.env, timeout=60, check=True).stdout
+    control_plane.kubectl("-n", namespace, "apply", "-f", "-", input=rendered)
+    control_plane.kubectl("-n", namespace, "apply", "-f", "-", input=RUNTIME)
+    control_plane.kubectl("-n", namespace, "create", "configmap", "someone-elses", "--from-literal=k=v")
+    token = control_plane.kubectl("-n", namespace, "create", "token", "demo-admin").stdout.strip()
+    kubeconfig = control_plane.token_kubeconfig(token, tmp_path / "admin.kubeconfig", namespace)
+    env = {**control_plane.env, "KUBECONFIG": str(kubeconfig), "FLUXBEE_ADMIN_TOKEN": TOKEN}
+    wait_for("the operator's history ConfigMap", lambda: control_plane.kubectl(
+        "-n", namespace, "get", "configmap", "demo-admin-history", check=False).returncode == 0)
+    with fluxbee(tmp_path, "admin.log", env, "admin", "--backend", "kubernetes", "--hive", "demo",
+                 "--run-dir", str(tmp_path / "no-router"), "--listen", f"127.0.0.1:{free_port()}") as proc:
+        url = wait_for("the admin API serving", lambda: serving(proc, tmp_path / "admin.log"), timeout=30)
+        answer = call(f"{url}/hives/demo/nodes", "POST", {"node_name": "WF.rbac", "runtime": "wf.echo"})
+        assert answer["status"] == "ok", answer
+        entries = call(f"{url}/hives/demo/deployments")["payload"]["entries"]
+        assert [(e["action"], e["result"]) for e in entries] == [("run_node", "ok")]
+    history = control_plane.get_json("-n", namespace, "configmap", "demo-admin-history")
+    assert json.loads(history["data"]["deployments.jsonl"])["detail"]["node_name"] == "WF.rbac@demo"
+    refused = control_plane.kubectl("--kubeconfig", str(kubeconfig), "-n", namespace, "patch", "configmap",
+                                    "someone-elses", "--type=merge", "-p", '{"data": {"k": "x"}}', check=False)
+    assert refused.returncode != 0 and "cannot patch resource" in refused.stderr
+    refused = control_plane.kubectl("--kubeconfig", str(kubeconfig), "-n", namespace, "create", "configmap",
+                                    "new-one", check=False)
+    assert refused.returncode != 0 and "cannot create resource" in refused.stderr

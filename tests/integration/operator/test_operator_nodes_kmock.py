@@ -317,8 +317,9 @@ async def test_operator_restart_creates_no_duplicate_children(
     after = await pods_of(cluster)
     assert [p["metadata"]["uid"] for p in after] == [p["metadata"]["uid"] for p in pods]
     assert len(await cluster.api.list("daemonsets", NS)) == 1
+    assert len(await cluster.api.list("deployments", NS)) == 1  # the admin API
     assert len(await cluster.api.list("services", NS)) == 2
-    assert len(await cluster.api.list("configmaps", NS)) == 3  # hive config, claims, node config
+    assert len(await cluster.api.list("configmaps", NS)) == 4  # hive config, claims, admin history, node config
     assert len(await cluster.api.list("secrets", NS)) == 3  # admin token, system credentials, node credential
 
     # …and it still repairs: it is running, not just idle.

@@ -7,8 +7,16 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from fluxbee.admin.kube_history import COMPONENT_LABEL, HIVE_LABEL, PART_OF_LABEL, history_config_map
 from fluxbee.models import Hive
-from fluxbee.operator.hive.build import build_admin_deployment, build_daemon_set, build_services, pod_selector
+from fluxbee.operator import labels as L
+from fluxbee.operator.hive.build import (
+    build_admin_deployment,
+    build_admin_history,
+    build_daemon_set,
+    build_services,
+    pod_selector,
+)
 from fluxbee.operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings(image="img:1", image_pull_policy="Never")
@@ -87,3 +95,12 @@ def test_an_admin_pod_leaves_a_lost_host_after_30_s_unless_the_hive_says_otherwi
            "tolerationSeconds": 5}
     spec = pod_spec(build_admin_deployment(hive(tolerations=[own]), "ns", SETTINGS))
     assert [t for t in spec["tolerations"] if t["key"] == "node.kubernetes.io/unreachable"] == [own]
+
+
+def test_the_operator_makes_the_history_config_map_as_the_admin_api_would_and_never_its_data() -> None:
+    cm = build_admin_history(hive(), "ns")
+    assert cm["metadata"]["name"] == history_config_map("h") == "h-admin-history"
+    assert "data" not in cm  # the admin replicas own the entries; a reconcile must not reset them
+    labels = cm["metadata"]["labels"]
+    assert labels == {HIVE_LABEL: "h", COMPONENT_LABEL: "admin-history", PART_OF_LABEL: "fluxbee"}
+    assert L.MANAGED_BY not in labels  # its writes must not wake the Hive's reconcile
