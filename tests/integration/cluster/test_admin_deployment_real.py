@@ -295,8 +295,8 @@ def test_the_charts_admin_service_account_may_keep_the_history_and_change_no_oth
     """The admin API logged in as the chart's ServiceAccount (its Role really enforced by the API
     server) appends to the history ConfigMap the operator made, and may create or change no other."""
     rendered = subprocess.run(
-        [str(control_plane.bin / "helm"), "template", "demo", str(REPO / "charts" / "fluxbee"), "--namespace", namespace,
-         "--set", "hive.enabled=true", "--set", "operator.enabled=false"],
+        [str(control_plane.bin / "helm"), "template", "demo", str(REPO / "charts" / "fluxbee"),
+         "--namespace", namespace, "--set", "hive.enabled=true", "--set", "operator.enabled=false"],
         capture_output=True, text=True, env=control_plane.env, timeout=60, check=True).stdout
     control_plane.kubectl("-n", namespace, "apply", "-f", "-", input=rendered)
     control_plane.kubectl("-n", namespace, "apply", "-f", "-", input=RUNTIME)
