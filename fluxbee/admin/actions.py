@@ -15,6 +15,7 @@ import ipaddress
 import json
 import logging
 import os
+import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -559,18 +560,21 @@ def _applied(reply: dict[str, Any]) -> dict[str, Any]:
     return reply
 
 
-EDIT_RETRIES = 5
+EDIT_RETRIES = 30
+"""Attempts of one route/VPN edit while other admin replicas keep changing the list: each lost
+attempt means another edit was made, so only a long queue of them on the other side exhausts this."""
 
 
 async def _edit(ctx: Context, section: _Section,
                 change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> dict[str, Any]:
     """Apply ``change`` to the current list of ``section``; read again and redo it when another
     writer (an admin replica) changed the list in between, so no one's edit is lost."""
-    for _ in range(EDIT_RETRIES):
+    for attempt in range(EDIT_RETRIES):
         items = (await _router_lists(ctx))[section.name]
         reply = await ctx.route_config().apply(section.subsystem, change(items), 0, base=items)
         if reply.get("error_code") != LIST_CHANGED:
             return _applied(reply)
+        await asyncio.sleep(random.uniform(0.0, 0.02 * min(attempt + 1, 10)))  # out of step with the winner
     raise AdminError("BUSY", f"the {section.name} kept changing under {EDIT_RETRIES} attempts; try again")
 
 

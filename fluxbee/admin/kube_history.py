@@ -158,16 +158,20 @@ class ConfigMapHistory:
     async def _read(self, *, create: bool) -> dict[str, Any] | None:
         try:
             cm = await self.api.get("configmaps", self.namespace, self.name)
-            if cm is None and create:
-                try:
-                    cm = await self.api.create("configmaps", self.namespace, await self._manifest())
-                    log.info("created %s for the admin history", self.where)
-                except ApiError as err:
-                    if not err.conflict:
-                        raise
-                    cm = await self.api.get("configmaps", self.namespace, self.name)  # another replica made it
         except ApiError as err:
             raise self._unavailable(err, "reading the history") from err
+        if cm is not None or not create:
+            return cm
+        try:  # normally the operator made it with the admin Deployment
+            cm = await self.api.create("configmaps", self.namespace, await self._manifest())
+            log.info("created %s for the admin history", self.where)
+        except ApiError as err:
+            if not err.conflict:
+                raise self._unavailable(err, "it does not exist and creating it failed") from err
+            try:
+                cm = await self.api.get("configmaps", self.namespace, self.name)  # another writer made it
+            except ApiError as again:
+                raise self._unavailable(again, "reading the history") from again
         return cm
 
     async def reserve(self, name: str) -> Journal:

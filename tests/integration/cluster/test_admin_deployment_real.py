@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -289,21 +290,42 @@ spec: {hive: demo, nodeName: WF.bad, runtime: wf.echo}
                  lambda: len(failed_alerts(urls[other]) or []) == 2, timeout=20)
 
 
-def test_the_charts_admin_service_account_may_keep_the_history_and_change_no_other_config_map(
-    control_plane: ControlPlane, namespace: str, operator: Path, tmp_path: Path,
-) -> None:
-    """The admin API logged in as the chart's ServiceAccount (its Role really enforced by the API
-    server) appends to the history ConfigMap the operator made, and may create or change no other."""
+def chart_admin_env(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """The chart's hive objects (``helm template | kubectl apply``, no operator Deployment) and the
+    environment of an admin process logged in with a token of the chart's admin ServiceAccount."""
     rendered = subprocess.run(
         [str(control_plane.bin / "helm"), "template", "demo", str(REPO / "charts" / "fluxbee"),
          "--namespace", namespace, "--set", "hive.enabled=true", "--set", "operator.enabled=false"],
         capture_output=True, text=True, env=control_plane.env, timeout=60, check=True).stdout
     control_plane.kubectl("-n", namespace, "apply", "-f", "-", input=rendered)
     control_plane.kubectl("-n", namespace, "apply", "-f", "-", input=RUNTIME)
-    control_plane.kubectl("-n", namespace, "create", "configmap", "someone-elses", "--from-literal=k=v")
     token = control_plane.kubectl("-n", namespace, "create", "token", "demo-admin").stdout.strip()
     kubeconfig = control_plane.token_kubeconfig(token, tmp_path / "admin.kubeconfig", namespace)
-    env = {**control_plane.env, "KUBECONFIG": str(kubeconfig), "FLUXBEE_ADMIN_TOKEN": TOKEN}
+    return {**control_plane.env, "KUBECONFIG": str(kubeconfig), "FLUXBEE_ADMIN_TOKEN": TOKEN}, kubeconfig
+
+
+def test_without_a_history_config_map_the_charts_admin_makes_no_change_it_cannot_record(
+    control_plane: ControlPlane, namespace: str, crds: None, tmp_path: Path,
+) -> None:
+    env, _ = chart_admin_env(control_plane, namespace, tmp_path)  # no operator: nobody made the ConfigMap
+    with fluxbee(tmp_path, "admin.log", env, "admin", "--backend", "kubernetes", "--hive", "demo",
+                 "--run-dir", str(tmp_path / "no-router"), "--listen", f"127.0.0.1:{free_port()}") as proc:
+        url = wait_for("the admin API serving", lambda: serving(proc, tmp_path / "admin.log"), timeout=30)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            call(f"{url}/hives/demo/nodes", "POST", {"node_name": "WF.unrecorded", "runtime": "wf.echo"})
+        answer = json.loads(refused.value.read())
+    assert (refused.value.code, answer["error_code"]) == (503, "STATE_WRITE_FAILED"), answer
+    assert "creating it failed" in answer["error_detail"] and "403" in answer["error_detail"], answer
+    assert control_plane.get_json("-n", namespace, "fluxnodes")["items"] == []  # nothing was changed
+
+
+def test_the_charts_admin_service_account_may_keep_the_history_and_change_no_other_config_map(
+    control_plane: ControlPlane, namespace: str, operator: Path, tmp_path: Path,
+) -> None:
+    """The admin API logged in as the chart's ServiceAccount (its Role really enforced by the API
+    server) appends to the history ConfigMap the operator made, and may create or change no other."""
+    env, kubeconfig = chart_admin_env(control_plane, namespace, tmp_path)
+    control_plane.kubectl("-n", namespace, "create", "configmap", "someone-elses", "--from-literal=k=v")
     wait_for("the operator's history ConfigMap", lambda: control_plane.kubectl(
         "-n", namespace, "get", "configmap", "demo-admin-history", check=False).returncode == 0)
     with fluxbee(tmp_path, "admin.log", env, "admin", "--backend", "kubernetes", "--hive", "demo",
