@@ -74,6 +74,9 @@ async def test_hive_becomes_daemonset_configmap_and_services(
     assert gateway["spec"]["ports"][0]["port"] == 9000
     assert admin_svc["spec"]["ports"][0]["targetPort"] == "admin"
     assert await _get(cluster, "secrets", "demo-admin-token") is not None
+    history = await eventually(lambda: _get(cluster, "configmaps", "demo-admin-history"), what="history")
+    assert "app.kubernetes.io/managed-by" not in history["metadata"]["labels"]  # its writes wake no reconcile
+    assert history["metadata"]["ownerReferences"][0]["name"] == "demo"
 
     async def reconciling() -> dict[str, Any] | None:
         hive = await _get(cluster, "hives", "demo")
