@@ -5,8 +5,9 @@ instance was replaced behind our back (a Pod deleted and recreated by the operat
 config), that is FAILED, or that runs but has not shown up in the router for
 :data:`NOT_VISIBLE_AFTER` seconds; and a node connected to the router that nothing declares.  A
 condition is recorded once when it appears (restarts and replacements: once each) and again only
-after it cleared.  Without a router in reach (a cluster admin container that does not share the
-hive's sockets) the checks that need the router are skipped and the others still run.
+after it cleared.  Without a router in reach (a cluster admin process whose host runs no router
+yet) the checks that need the router are skipped and the others still run.  Of a cluster's admin
+replicas only the one holding the lease records drift (:class:`DriftMonitor` ``leader``).
 """
 
 from __future__ import annotations
@@ -70,10 +71,10 @@ class DriftMonitor:
             restarted = before is not None and count > before
             if restarted:
                 await history.drift(category="node", kind="node_restarted", severity="warning",
-                              message=f"{name} exited (code {o.process.get('exit_code')}) and was restarted "
-                                      f"(restart #{count})",
-                              detail={"node_name": name, "restart_count": count,
-                                      "exit_code": o.process.get("exit_code")})
+                                    message=f"{name} exited (code {o.process.get('exit_code')}) and was restarted "
+                                            f"(restart #{count})",
+                                    detail={"node_name": name, "restart_count": count,
+                                            "exit_code": o.process.get("exit_code")})
             self.restarts[name] = count
             now_instances = set(o.instances)
             config_hash = o.process.get("config_hash")
@@ -82,10 +83,10 @@ class DriftMonitor:
                 gone = sorted(seen[0] - now_instances)
                 if gone and now_instances - seen[0]:
                     await history.drift(category="node", kind="node_replaced", severity="warning",
-                                  message=f"{name}: instance {', '.join(gone)} disappeared and was replaced "
-                                          "without a change to its spec",
-                                  detail={"node_name": name, "gone": gone,
-                                          "now": sorted(now_instances - seen[0])})
+                                        message=f"{name}: instance {', '.join(gone)} disappeared and was replaced "
+                                                "without a change to its spec",
+                                        detail={"node_name": name, "gone": gone,
+                                                "now": sorted(now_instances - seen[0])})
             if now_instances:
                 self.instances[name] = (now_instances, config_hash)
             if o.lifecycle_state == "FAILED":
@@ -105,7 +106,7 @@ class DriftMonitor:
                        "node_not_visible": f"{name} runs but has not connected to the router",
                        "unmanaged_node": f"{name} is connected to the router but not declared"}[kind]
             await history.drift(category="node", kind=kind, severity=severity, message=message,
-                                detail={"node_name": name})
+                                      detail={"node_name": name})
         self.active = now_active
 
     async def run(self) -> None:

@@ -139,8 +139,8 @@ def router_unreachable(detail: str) -> AdminError:
 
 
 class UnreachableRouterLink:
-    """The link of an admin server that has no router socket in reach (an admin container whose pod
-    does not share the hive's socket directory, or before the router has started).  Everything that
+    """The link of an admin server that has no router socket in reach (an admin process run away
+    from the hive's hosts, or before the router has started).  Everything that
     needs the router refuses with ``ROUTER_UNREACHABLE`` (503); nothing is guessed."""
 
     def __init__(self, reason: str) -> None:
