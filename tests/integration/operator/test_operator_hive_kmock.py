@@ -108,16 +108,16 @@ async def test_the_admin_deployment_is_repaired_scaled_removed_with_the_admin_ap
     """What the emulator shows and a real cluster hides: without the garbage collector (off here),
     the operator itself deletes the admin Deployment with the Hive."""
     await cluster.api.create("hives", NS, HIVE)
-    await eventually(lambda: _get(cluster, "deployments", "demo-admin"), what="admin Deployment")
+    await eventually(lambda: _get(cluster, "deployments", "demo-admin"), 30, what="admin Deployment")
     await cluster.api.delete("deployments", NS, "demo-admin")
 
     async def replicas(n: int) -> dict[str, Any] | None:
         d = await _get(cluster, "deployments", "demo-admin")
         return d if d is not None and d["spec"]["replicas"] == n else None
 
-    await eventually(lambda: replicas(1), what="the deleted admin Deployment back")
+    await eventually(lambda: replicas(1), 30, what="the deleted admin Deployment back")
     await cluster.api.patch("hives", NS, "demo", {"spec": {"admin": {"replicas": 3}}})
-    await eventually(lambda: replicas(3), what="3 admin replicas")
+    await eventually(lambda: replicas(3), 30, what="3 admin replicas")
 
     await cluster.api.patch("hives", NS, "demo", {"spec": {"admin": {"enabled": False}}})
 
@@ -126,9 +126,9 @@ async def test_the_admin_deployment_is_repaired_scaled_removed_with_the_admin_ap
                 and await _get(cluster, "services", "demo-admin") is None)
         return True if gone else None
 
-    await eventually(admin_gone, what="no admin Deployment nor Service")
+    await eventually(admin_gone, 30, what="no admin Deployment nor Service")
     await cluster.api.patch("hives", NS, "demo", {"spec": {"admin": {"enabled": True}}})
-    await eventually(lambda: replicas(3), what="the admin Deployment again")
+    await eventually(lambda: replicas(3), 30, what="the admin Deployment again")
     await cluster.api.delete("hives", NS, "demo")
 
     async def all_gone() -> bool | None:
@@ -136,4 +136,4 @@ async def test_the_admin_deployment_is_repaired_scaled_removed_with_the_admin_ap
                 await _get(cluster, "hives", "demo")]
         return True if left == [None, None, None] else None
 
-    await eventually(all_gone, what="the Hive and its admin Deployment gone")
+    await eventually(all_gone, 30, what="the Hive and its admin Deployment gone")
