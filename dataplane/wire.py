@@ -179,6 +179,20 @@ class HelloPayload(msgspec.Struct):
     version: str = "1"
 
 
+class HelloProofPayload(HelloPayload, kw_only=True):
+    """HELLO with ``credential``: the token that proves a claimed name (ours; the original SDKs send none).
+
+    A subclass rather than an optional field, so a HELLO without proof stays byte for byte the original's.
+    """
+
+    credential: str
+
+
+def hello_payload(uuid: str, name: str, version: str = "1", credential: str | None = None) -> HelloPayload:
+    return HelloPayload(uuid, name, version) if credential is None else HelloProofPayload(
+        uuid, name, version, credential=credential)
+
+
 class AnnouncePayload(msgspec.Struct):
     uuid: str
     name: str

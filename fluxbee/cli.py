@@ -40,6 +40,28 @@ def _positive(value: str) -> int:
     return int(value)
 
 
+def _group(value: str) -> int:
+    """A group name or a numeric gid (``--socket-group``)."""
+    import grp
+
+    if value.isdigit():
+        return int(value)
+    try:
+        return grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"no group named {value!r} (give a group name or a numeric gid)") from None
+
+
+def _non_negative(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}")
+    return int(value)
+
+
+STATUS_NODE = "WF.cli.status"
+"""``fluxbee status`` asks the router as this undeclared name (ROUTER_STATUS_GET needs no privilege)."""
+
+
 def _run_dir(value: str | None) -> Path:
     from fluxbee.dataplane.sdk import default_run_dir
 
@@ -68,7 +90,19 @@ def cmd_router(args: argparse.Namespace) -> int:
         slow_consumer_timeout_s=args.slow_consumer_timeout,
         identity_frontdesk=args.identity_frontdesk,
         scheduling=args.scheduling,
+        claims_dir=Path(args.claims_dir) if args.claims_dir else None,
+        socket_group=args.socket_group,
+        claimed_reserve=args.claimed_reserve,
+        max_unclaimed_per_uid=args.max_unclaimed_per_uid,
+        max_unclaimed_per_pid=args.max_unclaimed_per_pid,
+        max_pending_per_uid=args.max_pending_per_uid,
+        takeover_window_s=args.takeover_window,
+        takeover_limit=args.takeover_limit,
     )
+    if settings.claimed_reserve >= settings.max_nodes:
+        print(f"fluxbee router: --claimed-reserve ({settings.claimed_reserve}) must be below --max-nodes "
+              f"({settings.max_nodes})", file=sys.stderr)
+        return 2
     _raise_fd_limit()
     try:
         _run(run_router(settings))
@@ -143,7 +177,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from fluxbee.dataplane.sdk import NodeConfig, SdkError, connect
 
     async def main() -> dict[str, Any]:
-        sender, _ = await connect(NodeConfig(name="SY.cli.status", run_dir=_run_dir(args.run_dir),
+        sender, _ = await connect(NodeConfig(name=STATUS_NODE, run_dir=_run_dir(args.run_dir),
                                              connect_timeout=5.0, reconnect=False))
         try:
             return await sender.router_status()
@@ -169,11 +203,18 @@ def format_status(status: dict[str, Any]) -> str:
         f"socket  {router['socket']}  fast path {router.get('fast_path', '?')}  "
         f"scheduling {router.get('scheduling', '?')}  allocator {router.get('allocator', '?')}",
         "",
-        f"{'NODE':40} {'UUID':36} {'VPN':>4}",
+        f"{'NODE':40} {'UUID':36} {'VPN':>4}  {'PID':>7} {'UID':>6}  TRUST",
     ]
-    nodes = [n for n in status["nodes"] if not n["name"].startswith("SY.cli.status")]
+    nodes = [n for n in status["nodes"] if not n["name"].startswith(STATUS_NODE + "@")]
     for node in sorted(nodes, key=lambda n: n["name"]):
-        lines.append(f"{node['name']:40} {node['uuid']:36} {node['vpn_id']:>4}")
+        peer = node.get("peer") or {}
+        trust = "claimed" if node.get("claimed") else "open"
+        if node.get("replacements"):
+            trust += f", replaced {node['replacements']}x"
+        if node.get("flapping"):
+            trust += f", FLAPPING ({node.get('takeovers_refused', 0)} takeovers refused)"
+        lines.append(f"{node['name']:40} {node['uuid']:36} {node['vpn_id']:>4}  {peer.get('pid', '?'):>7} "
+                     f"{peer.get('uid', '?'):>6}  {trust}")
     if not nodes:
         lines.append("(no nodes)")
     lines.append("")
@@ -319,6 +360,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU scheduling class: batch (default; Linux SCHED_BATCH, no preemption on wake-up: "
                         "faster hand-offs, longer tail when every CPU is saturated) or inherit (keep the "
                         "class the router was started in)")
+    t = r.add_argument_group("trust (README: Trust model)")
+    t.add_argument("--claims-dir", metavar="DIR",
+                   help="claimed node names and their proofs, one JSON file per name (reloaded when it changes); "
+                        "without it SY.*/RT.* names cannot register")
+    t.add_argument("--socket-group", type=_group, metavar="NAME|GID",
+                   help="group of the socket dir (0750) and socket (0660); default the router's primary group")
+    t.add_argument("--claimed-reserve", type=_non_negative, default=256,
+                   help="node slots only claimed names may use (default 256)")
+    t.add_argument("--max-unclaimed-per-uid", type=_positive, default=2048,
+                   help="registered undeclared nodes per peer uid (default 2048)")
+    t.add_argument("--max-unclaimed-per-pid", type=_positive, default=1024,
+                   help="registered undeclared nodes per peer process (default 1024)")
+    t.add_argument("--max-pending-per-uid", type=_positive, default=256,
+                   help="connections per peer uid still waiting for their HELLO (default 256)")
+    t.add_argument("--takeover-window", type=float, default=30.0, metavar="SECONDS",
+                   help="window in which repeated takeovers of one live UUID count as flapping (default 30)")
+    t.add_argument("--takeover-limit", type=_non_negative, default=3,
+                   help="takeovers of one live UUID allowed in the window before the incumbent keeps it (default 3)")
     r.set_defaults(func=cmd_router)
 
     n = sub.add_parser("node", help="run an example node built on the SDK")
@@ -361,7 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="wait for the reply and print it")
     s.add_argument("--timeout", type=float, default=5.0)
     s.add_argument("--msg-type", default="user")
-    s.add_argument("--as", dest="as_name", default="SY.cli", help="sender name (default SY.cli)")
+    s.add_argument("--as", dest="as_name", default="WF.cli",
+                   help="sender name (default WF.cli, an undeclared name; SY.* and declared names are claimed: "
+                        "they need the credential in $FLUXBEE_NODE_CREDENTIAL_FILE)")
     s.add_argument("--run-dir")
     s.set_defaults(func=cmd_send)
 
@@ -392,7 +453,16 @@ def main(argv: list[str] | None = None) -> None:
     # Children we start (`python -m fluxbee …`) must not put their working directory on sys.path:
     # in a source checkout it holds the `operator/` folder, which would shadow the stdlib module.
     os.environ.setdefault("PYTHONSAFEPATH", "1")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `fluxbee operator …` parses its own options (fluxbee.operator.main).  argparse's REMAINDER
+    # refuses an option that comes first (`fluxbee operator --namespace NS`), so the words after
+    # `operator` are handed over as they are.
+    command_at = next((i for i, arg in enumerate(argv) if not arg.startswith("-")), None)
+    if command_at is not None and argv[command_at] == "operator":
+        args = build_parser().parse_args(argv[:command_at + 1])
+        args.rest = argv[command_at + 1:]
+    else:
+        args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else getattr(logging, os.environ.get("FLUXBEE_LOG", "INFO").upper(), 20)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command in ("send", "status", "ctl") and not args.verbose:

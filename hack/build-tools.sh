@@ -34,10 +34,27 @@ TOOLS=(
     "helm                    helm        helm.sh/helm/v4/cmd/helm"
 )
 
+# The Kubernetes binaries report the version they were built from (`kubectl version`, the API
+# server's /version, which Helm checks against a chart's kubeVersion): upstream stamps it at link
+# time, and without the stamp they say v0.0.0-master. A binary whose stamp file does not name the
+# pinned version (built before stamping, or for another version) is rebuilt.
+k8s_version="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$tools/kubernetes/go.mod")"
+k8s_minor="$(cut -d. -f2 <<<"$k8s_version")"
+k8s_ldflags=""
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    k8s_ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$k8s_minor"
+    k8s_ldflags+=" -X $pkg.gitTreeState=clean"
+done
+
+stamp_ok() {  # NAME DIR: the binary exists and, for Kubernetes, carries the pinned version
+    [[ -x "$bin/$1" ]] || return 1
+    [[ "$2" != kubernetes ]] || [[ "$(cat "$bin/.$1.version" 2>/dev/null)" == "$k8s_version" ]]
+}
+
 missing=()
 for line in "${TOOLS[@]}"; do
-    read -r name _ _ <<<"$line"
-    [[ -x "$bin/$name" ]] || missing+=("$line")
+    read -r name dir _ <<<"$line"
+    stamp_ok "$name" "$dir" || missing+=("$line")
 done
 # kwok needs "stages" (how fake nodes and Pods change state); the pinned kwok module ships them.
 stages="$bin/kwok-stages.yaml"
@@ -67,8 +84,11 @@ for line in "${missing[@]}"; do
     start=$SECONDS
     tmp="$bin/.$name.tmp.$$"
     # -trimpath: no paths of the build machine in the binaries; CGO off: static, like upstream releases.
-    (cd "$tools/$dir" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -o "$tmp" "$pkg")
+    ldflags=""
+    [[ "$dir" != kubernetes ]] || ldflags="$k8s_ldflags"
+    (cd "$tools/$dir" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o "$tmp" "$pkg")
     mv -f "$tmp" "$bin/$name"
+    [[ "$dir" != kubernetes ]] || echo "$k8s_version" > "$bin/.$name.version"
     echo "build-tools: $name built in $((SECONDS - start)) s" >&2
 done
 echo "$bin"

@@ -230,6 +230,10 @@ def configure(settings: kopf.OperatorSettings, operator: OperatorSettings) -> No
     settings.watching.server_timeout = 300
     settings.queueing.worker_limit = operator.worker_limit
     settings.queueing.idle_timeout = operator.worker_idle_timeout
+    # Watching one namespace, the operator has a Role there and nothing cluster-wide: kopf's scan
+    # of namespaces and CRDs would be refused (logged as errors, retried for ~40 s) before it
+    # fell back to the kinds it found at startup, which is all it needs.
+    settings.scanning.disabled = operator.namespace is not None
     if operator.peering:
         settings.peering.name = operator.peering
         settings.peering.priority = operator.priority

@@ -19,6 +19,10 @@ _HELP = {
     "disconnects": "Connections closed, by reason.",
     "config_applied": "Config versions applied, by source.",
     "config_errors": "Config updates refused, by source.",
+    "hello_refused": "HELLOs refused by the trust model, by reason (NAME_CLAIMED, UUID_IN_USE, PEER_LIMIT, ...).",
+    "forbidden": "Privileged messages (CONFIG_CHANGED, ADMIN_COMMAND) refused FORBIDDEN, by message.",
+    "takeovers": "Live connections replaced by a HELLO with their UUID (replaced), and takeovers refused "
+                 "to keep the incumbent (refused).",
 }
 
 
@@ -39,6 +43,9 @@ class Counters:
     disconnects: Counter[str] = field(default_factory=Counter)
     config_applied: Counter[str] = field(default_factory=Counter)
     config_errors: Counter[str] = field(default_factory=Counter)
+    hello_refused: Counter[str] = field(default_factory=Counter)
+    forbidden: Counter[str] = field(default_factory=Counter)
+    takeovers: Counter[str] = field(default_factory=Counter)
 
     def snapshot(self) -> dict[str, int | dict[str, int]]:
         out: dict[str, int | dict[str, int]] = {}

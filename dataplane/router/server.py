@@ -18,7 +18,14 @@ Decisions the original left open, made here:
 * ``routing.src`` is bound to the connection: a frame claiming any other UUID
   is not routed, is counted, and the sender gets UNREACHABLE ``SRC_MISMATCH``.
 * One UUID is one connection: a second HELLO with a connected UUID replaces
-  the older connection, which is closed with PROTOCOL_ERROR ``REPLACED``.
+  the older connection, which is closed with PROTOCOL_ERROR ``REPLACED`` —
+  unless the UUID's name is claimed and the newcomer has not proven it, or
+  two processes keep taking it from each other (then the incumbent keeps it).
+* Trust (:mod:`fluxbee.dataplane.router.trust`): the socket is owner + hive
+  group only; peer credentials are read at accept; claimed names need proof;
+  ``CONFIG_CHANGED`` / ``ADMIN_COMMAND`` need an authenticated system node or
+  a grant; undeclared names are limited per uid and per process and never get
+  the slots reserved for claimed names.
 * Several live nodes with one L2 name share the load round-robin.
 * A matching DROP route wins over a connected node (silent to the sender, as
   in the original, but counted).
@@ -45,12 +52,14 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import contextlib
 import json
 import logging
 import os
 import signal
 import socket
+import struct
 import time
 import uuid as uuid_mod
 from collections.abc import Callable
@@ -62,7 +71,7 @@ from typing import Any, cast
 import msgspec
 
 from fluxbee.dataplane import alloc, fastpath, shm, wire
-from fluxbee.dataplane.router import scheduling
+from fluxbee.dataplane.router import scheduling, trust
 from fluxbee.dataplane.router.config import (
     ROUTE_CACHE_LIMIT,
     CompiledRoute,
@@ -128,6 +137,26 @@ class RouterSettings:
     scheduling: str = "batch"
     """CPU scheduling class of the router process, set by :func:`run_router`: ``batch`` or
     ``inherit`` (:mod:`fluxbee.dataplane.router.scheduling` says why and what it costs)."""
+    claims_dir: Path | None = None
+    """Claimed names and their proofs (:mod:`fluxbee.dataplane.router.trust`), polled like the config
+    file.  Without it no claims file exists: ``SY.*``/``RT.*`` names cannot register at all."""
+    socket_group: int | None = None
+    """Group of the socket directory (0750) and socket (0660); default the router's primary gid.
+    Processes outside the owner and this group cannot connect at all."""
+    claimed_reserve: int = 256
+    """Node-table slots only proven claimed names may use: undeclared names are refused once
+    ``max_nodes - claimed_reserve`` nodes are registered, so a flood never locks the hive out."""
+    max_unclaimed_per_uid: int = 2048
+    """Registered nodes with unclaimed names per peer uid (SO_PEERCRED)."""
+    max_unclaimed_per_pid: int = 1024
+    """Registered nodes with unclaimed names per peer process."""
+    max_pending_per_uid: int = 256
+    """Connections of one uid that have not said HELLO yet; more are closed at once."""
+    takeover_window_s: float = 30.0
+    """Window in which repeated takeovers of one live UUID count as flapping."""
+    takeover_limit: int = 3
+    """Takeovers of one live UUID (by another process) allowed in the window; the next HELLO is
+    refused ``UUID_IN_USE`` and the incumbent keeps the UUID for as long as it stays connected."""
 
 
 class RouterError(Exception):
@@ -141,6 +170,8 @@ class Conn(asyncio.Protocol):
         "router", "transport", "reader", "uuid", "name", "base", "vpn_id", "connected_at_ms",
         "congested_since", "closing", "hello_timer", "peer", "out", "out_bytes",
         "blocked_sources", "blocked_on", "backlog", "uuid_bytes", "stamp", "out_base",
+        "cred", "claimed", "proof", "grants", "holds_uuid", "takeover_times", "replacements",
+        "takeovers_refused", "pending",
     )
 
     def __init__(self, router: Router) -> None:
@@ -164,12 +195,27 @@ class Conn(asyncio.Protocol):
         self.blocked_sources: set[Conn] = set()  # producers paused because this connection is congested
         self.blocked_on: set[Conn] = set()  # congested destinations this producer waits for
         self.backlog: list[bytes] = []  # frames read but held while blocked, in order
+        # Trust (fluxbee.dataplane.router.trust): who is on the other end and what it proved.
+        self.cred: trust.PeerCred | None = None  # SO_PEERCRED, read at accept
+        self.claimed = False  # registered under a claimed name, proven
+        self.proof: str | None = None  # sha256 of the credential the HELLO carried (re-checked on reload)
+        self.grants: frozenset[str] = frozenset()
+        self.holds_uuid = False  # takeovers of this UUID flapped: the incumbent (this one) keeps it
+        self.takeover_times: list[float] = []  # recent takeovers of this UUID (monotonic), inherited
+        self.replacements = 0  # takeovers of this UUID so far, inherited by each new connection
+        self.takeovers_refused = 0
+        self.pending = False  # counted in the router's per-uid pre-HELLO tally
 
     # asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(high=self.router.settings.high_water)
         self.router.counters.connections += 1
+        self.cred = _peer_cred(transport)
+        if self.cred is not None:
+            self.peer = f"pid {self.cred.pid} uid {self.cred.uid}"
+        if not self.router.admit_pending(self):
+            return
         self.hello_timer = asyncio.get_running_loop().call_later(
             self.router.settings.hello_timeout_s, self._hello_timeout
         )
@@ -211,6 +257,7 @@ class Conn(asyncio.Protocol):
         self.closing = True
         if self.hello_timer is not None:
             self.hello_timer.cancel()
+        self.router.end_pending(self)
         self.release_sources()
         for dst in self.blocked_on:
             dst.blocked_sources.discard(self)
@@ -396,6 +443,11 @@ class Router:
         self.paused_producers = 0
         self._stopped = asyncio.Event()
         self.l3 = L3Resolver(settings.hive_id, settings.identity_frontdesk, run_dir=settings.run_dir)
+        self.claims = trust.Claims.empty()
+        self._claims_sig: object = None
+        self._pending_by_uid: collections.Counter[int] = collections.Counter()
+        self._unclaimed_by_uid: collections.Counter[int] = collections.Counter()
+        self._unclaimed_by_pid: collections.Counter[int] = collections.Counter()
 
     # lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -405,6 +457,14 @@ class Router:
             raise RouterError(f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes; use a shorter --run-dir")
         path.parent.mkdir(parents=True, exist_ok=True)
         (s.run_dir / "state").mkdir(parents=True, exist_ok=True)
+        group = os.getgid() if s.socket_group is None else s.socket_group
+        _secure(path.parent, 0o750, group)
+        if s.claims_dir is not None:
+            self._claims_sig = trust.dir_signature(s.claims_dir)
+            try:
+                self.claims = trust.Claims(trust.load_claims_dir(s.claims_dir))
+            except trust.ClaimsError as err:
+                raise RouterError(f"claims: {err}") from err
         if path.exists():
             if _socket_alive(path):
                 raise RouterError(f"another router is listening on {path}")
@@ -425,7 +485,7 @@ class Router:
             self._load_initial_config()
             loop = asyncio.get_running_loop()
             self._server = await loop.create_unix_server(lambda: Conn(self), path=str(path), backlog=1024)
-            os.chmod(path, 0o666)
+            _secure(path, 0o660, group)
             if s.metrics_addr is not None:
                 host, port = s.metrics_addr
                 try:
@@ -448,10 +508,15 @@ class Router:
             self._tasks.append(
                 asyncio.create_task(self._periodic(s.config_poll_s, self._poll_config), name="router-config-poll")
             )
+        if s.claims_dir is not None:
+            self._tasks.append(
+                asyncio.create_task(self._periodic(s.config_poll_s, self._poll_claims), name="router-claims-poll")
+            )
         self.ready.set()
         log.info("router %s (%s) listening on %s; config version %d; fast path: %s; scheduling: %s; allocator: %s",
                  self.name, self.uuid, path, self.config_version, fastpath.IMPLEMENTATION, scheduling.current(),
                  alloc.state())
+        log.info("socket group %d; %d claims from %s", group, len(self.claims.by_name), s.claims_dir or "(none)")
 
     async def stop(self) -> None:
         """Stop accepting, close every connection, remove the socket and the regions."""
@@ -551,7 +616,7 @@ class Router:
         dirty = self.dirty
         high_water = self.settings.high_water
         room = self.settings.max_buffer
-        system, broadcast = wire.TYPE_SYSTEM, wire.BROADCAST
+        system, broadcast, privileged = wire.TYPE_SYSTEM, wire.BROADCAST, trust.PRIVILEGED
         node, node_b, stamp, vpn = conn.uuid, conn.uuid_bytes, conn.stamp, conn.vpn_id
         routed = 0
         count = len(frames)
@@ -585,7 +650,7 @@ class Router:
                         if len(metas) >= META_CACHE_ENTRIES:
                             metas.clear()
                         metas[raw_meta] = meta
-                if meta.type == system or dst == broadcast:
+                if meta.type == system or dst == broadcast or (meta.msg is not None and meta.msg in privileged):
                     vpn = self._general(conn, body)
                     continue
                 single = True
@@ -694,6 +759,9 @@ class Router:
             self._unreachable(conn, routing, wire.SRC_MISMATCH,
                               f"routing.src {routing.src!r} is not this connection's node")
             return
+        if meta.msg in trust.PRIVILEGED and not trust.may_send(meta.msg, conn.base, conn.claimed, conn.grants):
+            self._forbidden(conn, env, meta.msg)
+            return
         if meta.type == wire.TYPE_SYSTEM and meta.msg is not None and self._system(conn, env, meta):
             return
         if routing.ttl == 0:
@@ -725,6 +793,7 @@ class Router:
         self._route_name(conn, env, meta, dst)
 
     def _on_hello(self, conn: Conn, body: bytes) -> None:
+        self.end_pending(conn)
         try:
             msg = wire.decode_message(body)
         except wire.ProtocolError as err:
@@ -736,8 +805,15 @@ class Router:
             conn.fail(wire.HELLO_REQUIRED, f"first frame must be a HELLO, got {msg.meta.type}/{msg.meta.msg}")
             return
         reason = None
+        proof: str | None = None
         try:
             hello = msgspec.convert(msg.payload, wire.HelloPayload)
+            credential = msg.payload.get("credential") if isinstance(msg.payload, dict) else None
+            if credential is not None:
+                if not isinstance(credential, str):
+                    raise ValueError("payload.credential must be a string")
+                # Hashed at once: the router keeps no token, only what claims files hold.
+                proof = trust.token_sha256(credential[:4096])
             node_uuid = wire.canonical_uuid(hello.uuid)
             if wire.canonical_uuid(msg.routing.src) != node_uuid:
                 reason = "payload.uuid differs from routing.src"
@@ -754,14 +830,30 @@ class Router:
             self.counters.rejected[wire.INVALID_HELLO] += 1
             conn.fail(wire.INVALID_HELLO, reason)
             return
-        if len(self.by_uuid) >= self.settings.max_nodes and node_uuid not in self.by_uuid:
-            self.counters.rejected["NODE_TABLE_FULL"] += 1
-            conn.fail(wire.INVALID_HELLO, f"the router is full ({self.settings.max_nodes} nodes)")
+        verdict = self.claims.check(base, conn.cred, proof)
+        if not verdict.ok:
+            self._refuse_hello(conn, trust.NAME_CLAIMED, verdict.detail)
             return
         old = self.by_uuid.get(node_uuid)
         if old is not None:
+            taken = self._takeover_refusal(old, conn, proof)
+            if taken is not None:
+                self._refuse_hello(conn, trust.UUID_IN_USE, taken)
+                return
+        else:
+            full = self._limit_refusal(conn, verdict.claimed)
+            if full is not None:
+                self._refuse_hello(conn, *full)
+                return
+        if old is not None:
             self._unregister(old)
+            conn.takeover_times = old.takeover_times
+            conn.replacements = old.replacements + 1
+            conn.takeovers_refused = old.takeovers_refused
             old.fail(wire.REPLACED, "a new connection said HELLO with this node's UUID")
+        conn.claimed = verdict.claimed
+        conn.grants = verdict.grants
+        conn.proof = proof
         if conn.hello_timer is not None:
             conn.hello_timer.cancel()
             conn.hello_timer = None
@@ -783,10 +875,170 @@ class Router:
         )
         log.info("node %s (%s) registered, vpn %d", name, node_uuid, conn.vpn_id)
 
+    # trust -------------------------------------------------------------
+    def admit_pending(self, conn: Conn) -> bool:
+        """Count a fresh connection against its uid's pre-HELLO allowance; close it if over."""
+        cred = conn.cred
+        if cred is None:
+            return True
+        if self._pending_by_uid[cred.uid] >= self.settings.max_pending_per_uid:
+            self.counters.hello_refused[trust.PEER_LIMIT] += 1
+            conn.fail(wire.INVALID_HELLO, f"{trust.PEER_LIMIT}: uid {cred.uid} has "
+                                          f"{self.settings.max_pending_per_uid} connections waiting for HELLO")
+            return False
+        self._pending_by_uid[cred.uid] += 1
+        conn.pending = True
+        return True
+
+    def end_pending(self, conn: Conn) -> None:
+        if conn.pending and conn.cred is not None:
+            conn.pending = False
+            left = self._pending_by_uid[conn.cred.uid] - 1
+            if left > 0:
+                self._pending_by_uid[conn.cred.uid] = left
+            else:
+                del self._pending_by_uid[conn.cred.uid]
+
+    def _refuse_hello(self, conn: Conn, reason: str, detail: str) -> None:
+        self.counters.hello_refused[reason] += 1
+        conn.fail(wire.INVALID_HELLO, detail if detail.startswith(reason) else f"{reason}: {detail}")
+
+    def _limit_refusal(self, conn: Conn, claimed: bool) -> tuple[str, str] | None:
+        """Why a new node may not take a table slot (None: it may)."""
+        s = self.settings
+        count = len(self.by_uuid)
+        if count >= s.max_nodes:
+            self.counters.rejected["NODE_TABLE_FULL"] += 1
+            return "NODE_TABLE_FULL", f"the router is full ({s.max_nodes} nodes)"
+        if claimed:
+            return None  # the reserve is theirs
+        if count >= s.max_nodes - s.claimed_reserve:
+            return trust.PEER_LIMIT, (f"the last {s.claimed_reserve} of {s.max_nodes} node slots are reserved "
+                                      "for the hive's claimed names")
+        cred = conn.cred
+        if cred is not None:
+            if self._unclaimed_by_uid[cred.uid] >= s.max_unclaimed_per_uid:
+                return trust.PEER_LIMIT, f"uid {cred.uid} already has {s.max_unclaimed_per_uid} undeclared nodes"
+            if self._unclaimed_by_pid[cred.pid] >= s.max_unclaimed_per_pid:
+                return trust.PEER_LIMIT, f"pid {cred.pid} already has {s.max_unclaimed_per_pid} undeclared nodes"
+        return None
+
+    def _takeover_refusal(self, old: Conn, new: Conn, proof: str | None) -> str | None:
+        """Why ``new`` may not take ``old``'s UUID (None: it may, and the takeover is recorded).
+
+        A UUID bound to a claimed name is only taken over by a connection that proves that claim.
+        Two live processes with one UUID (two nodes sharing a UUID file; the original SDKs
+        reconnect 500 ms after any close) would evict each other forever: after
+        ``takeover_limit`` takeovers in ``takeover_window_s`` the incumbent keeps the UUID for as
+        long as it stays connected.  A process taking over its own connection does not count.
+        """
+        s = self.settings
+        if old.claimed and not self.claims.check(old.base, new.cred, proof).ok:
+            old.takeovers_refused += 1
+            self.counters.takeovers["refused"] += 1
+            return (f"{old.uuid} belongs to {old.name} ({_who(old)}), a claimed name this connection "
+                    "has not proven; the incumbent stays")
+        if old.cred is not None and new.cred is not None and old.cred.pid == new.cred.pid:
+            self.counters.takeovers["replaced"] += 1  # the same process again: not two processes fighting
+            return None
+        now = time.monotonic()
+        recent = [t for t in old.takeover_times if now - t < s.takeover_window_s]
+        old.takeover_times = recent
+        if old.holds_uuid or len(recent) >= s.takeover_limit:
+            old.takeovers_refused += 1
+            self.counters.takeovers["refused"] += 1
+            if not old.holds_uuid or _power_of_ten(old.takeovers_refused):
+                log.warning("node %s (%s): two live processes use one UUID (%s now, %s before); after %d takeovers "
+                            "in %.0f s the incumbent keeps it (%d refused so far)", old.name, old.uuid, _who(new),
+                            _who(old), len(recent), s.takeover_window_s, old.takeovers_refused)
+            old.holds_uuid = True
+            return (f"{old.uuid} is in use by {old.name} ({_who(old)}) and was taken over {len(recent)} times in "
+                    f"{s.takeover_window_s:g} s; the incumbent keeps it")
+        recent.append(now)
+        self.counters.takeovers["replaced"] += 1
+        log.warning("node %s (%s) taken over: %s replaces %s (%d in %.0f s)", old.name, old.uuid, _who(new),
+                    _who(old), len(recent), s.takeover_window_s)
+        return None
+
+    def _tally(self, conn: Conn, delta: int) -> None:
+        """Per-uid and per-pid counts of registered unclaimed nodes (the limits of _limit_refusal)."""
+        cred = conn.cred
+        if conn.claimed or cred is None:
+            return
+        for tally, key in ((self._unclaimed_by_uid, cred.uid), (self._unclaimed_by_pid, cred.pid)):
+            value = tally[key] + delta
+            if value > 0:
+                tally[key] = value
+            else:
+                tally.pop(key, None)
+
+    def _forbidden(self, conn: Conn, env: wire.RawEnvelope, msg: str) -> None:
+        """Refuse a privileged message with the answer its sender waits for."""
+        self.counters.forbidden[msg] += 1
+        routing = env.routing
+        detail = (f"{conn.name} may not send {msg}: only authenticated SY.* nodes and names granted {msg} "
+                  "in the hive's claims may")
+        log.warning("%s from %s (%s) refused FORBIDDEN", msg, conn.name, _who(conn))
+        if msg == wire.ADMIN_COMMAND:
+            try:
+                body = msgspec.json.decode(env.payload)
+            except msgspec.DecodeError:
+                body = None
+            action = body.get("action") if isinstance(body, dict) else None
+            payload: dict[str, Any] = {"status": "error", "action": action if isinstance(action, str) else None,
+                                       "payload": None, "error_code": trust.FORBIDDEN, "error_detail": detail}
+            if isinstance(body, dict) and body.get("request_id") is not None:
+                payload["request_id"] = body["request_id"]
+            conn.send(wire.encode_frame(wire.Message(
+                routing=wire.Routing(src=self.uuid, dst=conn.uuid, ttl=wire.DEFAULT_TTL, trace_id=routing.trace_id,
+                                     src_l2_name=self.name),
+                meta=wire.Meta(type=wire.TYPE_ADMIN, msg=wire.ADMIN_COMMAND_RESPONSE), payload=payload)))
+            return
+        try:
+            body = msgspec.json.decode(env.payload)
+        except msgspec.DecodeError:
+            body = None
+        subsystem = body.get("subsystem") if isinstance(body, dict) else None
+        self._reply(conn, routing, wire.CONFIG_RESPONSE,
+                    {"subsystem": subsystem, "hive": self.hive_id, "status": "error",
+                     "error_code": trust.FORBIDDEN, "error_detail": detail})
+
+    def _poll_claims(self) -> None:
+        """Reload the claims directory when it changes; a bad one keeps the claims in force."""
+        directory = self.settings.claims_dir
+        if directory is None:
+            return
+        sig = trust.dir_signature(directory)
+        if sig == self._claims_sig:
+            return
+        try:
+            claims = trust.Claims(trust.load_claims_dir(directory))
+        except trust.ClaimsError as err:
+            self.counters.config_errors["claims"] += 1
+            log.error("claims change refused; keeping the %d claims in force: %s", len(self.claims.by_name), err)
+            self._claims_sig = sig
+            return
+        self._claims_sig = sig
+        self.claims = claims
+        self.counters.config_applied["claims"] += 1
+        log.info("claims reloaded from %s: %d names", directory, len(claims.by_name))
+        for conn in list(self.by_uuid.values()):
+            verdict = claims.check(conn.base, conn.cred, conn.proof)
+            if not verdict.ok:  # e.g. an undeclared node squatting a name the hive now declares
+                self.counters.hello_refused[trust.NAME_CLAIMED] += 1
+                conn.fail(wire.INVALID_HELLO, verdict.detail)
+                continue
+            if verdict.claimed != conn.claimed:
+                self._tally(conn, -1)
+                conn.claimed = verdict.claimed
+                self._tally(conn, +1)
+            conn.grants = verdict.grants
+
     def _register(self, conn: Conn) -> None:
         if conn.uuid is None:
             raise RuntimeError("bug: registering a connection before its HELLO")
         self.by_uuid[conn.uuid] = conn
+        self._tally(conn, +1)
         self._fast_names.clear()
         self.by_name.setdefault(conn.name, _Names()).conns.append(conn)
         self.by_base.setdefault(conn.base, []).append(conn)
@@ -796,6 +1048,7 @@ class Router:
         if conn.uuid is None or self.by_uuid.get(conn.uuid) is not conn:
             return
         del self.by_uuid[conn.uuid]
+        self._tally(conn, -1)
         self._fast_names.clear()
         names = self.by_name.get(conn.name)
         if names is not None:
@@ -1024,8 +1277,8 @@ class Router:
         routing = env.routing
         response: dict[str, Any] = {"subsystem": subsystem, "hive": self.hive_id}
         try:
-            if not is_system_name(conn.base):
-                raise _ConfigRefused("FORBIDDEN", f"{conn.name} may not change the hive config (SY.* only)")
+            if not trust.may_send(wire.CONFIG_CHANGED, conn.base, conn.claimed, conn.grants):
+                raise _ConfigRefused(trust.FORBIDDEN, f"{conn.name} may not change the hive config")
             version = payload.get("version", 0)
             if not isinstance(version, int) or isinstance(version, bool) or version < 0:
                 raise _ConfigRefused("INVALID_PAYLOAD", "version must be a non-negative integer")
@@ -1196,7 +1449,10 @@ class Router:
     @staticmethod
     def _node_entry(c: Conn) -> dict[str, Any]:
         return {"uuid": c.uuid, "name": c.name, "vpn_id": c.vpn_id, "connected_at_ms": c.connected_at_ms,
-                "congested": c.congested_since is not None}
+                "congested": c.congested_since is not None,
+                "peer": None if c.cred is None else {"pid": c.cred.pid, "uid": c.cred.uid, "gid": c.cred.gid},
+                "claimed": c.claimed, "replacements": c.replacements, "takeovers_refused": c.takeovers_refused,
+                "flapping": c.holds_uuid}
 
     def _status_head(self, nodes: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -1207,6 +1463,15 @@ class Router:
                        "allocator": alloc.state()},
             "config_version": self.config_version,
             "nodes": nodes,
+            "trust": {"claims_dir": None if self.settings.claims_dir is None else str(self.settings.claims_dir),
+                      "claimed_names": len(self.claims.by_name),  # a count: the head repeats on every status page
+                      "limits": {"max_nodes": self.settings.max_nodes,
+                                 "claimed_reserve": self.settings.claimed_reserve,
+                                 "max_unclaimed_per_uid": self.settings.max_unclaimed_per_uid,
+                                 "max_unclaimed_per_pid": self.settings.max_unclaimed_per_pid,
+                                 "max_pending_per_uid": self.settings.max_pending_per_uid,
+                                 "takeover_window_s": self.settings.takeover_window_s,
+                                 "takeover_limit": self.settings.takeover_limit}},
             "routes": [r.model_dump(mode="json") for r in self.table.route_specs],
             "vpns": [v.model_dump(mode="json") for v in self.table.vpn_specs],
             "counters": {**self.counters.snapshot(), "producer_pauses": self.paused_producers},
@@ -1293,6 +1558,42 @@ def _rss_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+_PEERCRED = struct.Struct("3i")
+
+
+def _peer_cred(transport: asyncio.BaseTransport) -> trust.PeerCred | None:
+    """``SO_PEERCRED`` of a Unix-socket connection (None where the kernel cannot say)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        pid, uid, gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    except (OSError, AttributeError, struct.error):
+        return None
+    return trust.PeerCred(pid, uid, gid)
+
+
+def _who(conn: Conn) -> str:
+    cred = conn.cred
+    return "pid ?" if cred is None else f"pid {cred.pid} uid {cred.uid}"
+
+
+def _power_of_ten(n: int) -> bool:
+    while n >= 10 and n % 10 == 0:
+        n //= 10
+    return n == 1
+
+
+def _secure(path: Path, mode: int, group: int) -> None:
+    """Owner + hive group, nothing for others: the socket dir and socket are never world-writable."""
+    try:
+        if os.stat(path).st_gid != group:
+            os.chown(path, -1, group)
+        os.chmod(path, mode)
+    except OSError as err:
+        raise RouterError(f"cannot give {path} mode {mode:o} and group {group}: {err.strerror}") from err
 
 
 def _socket_alive(path: Path) -> bool:

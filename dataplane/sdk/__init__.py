@@ -1,6 +1,8 @@
 """The Python node SDK (``from fluxbee.dataplane.sdk import connect, NodeConfig``)."""
 
 from fluxbee.dataplane.sdk.node import (
+    CREDENTIAL_FILE_ENV,
+    CredentialError,
     FrameTooLargeError,
     HandshakeError,
     NodeConfig,
@@ -8,6 +10,7 @@ from fluxbee.dataplane.sdk.node import (
     NodeSender,
     NodeStatus,
     NotConnectedError,
+    ReplacedError,
     RequestTimeoutError,
     SdkError,
     UnreachableError,
@@ -21,6 +24,8 @@ from fluxbee.dataplane.sdk.node import (
 from fluxbee.dataplane.sdk.nodetable import read_node_table
 
 __all__ = [
+    "CREDENTIAL_FILE_ENV",
+    "CredentialError",
     "FrameTooLargeError",
     "HandshakeError",
     "NodeConfig",
@@ -28,6 +33,7 @@ __all__ = [
     "NodeSender",
     "NodeStatus",
     "NotConnectedError",
+    "ReplacedError",
     "RequestTimeoutError",
     "SdkError",
     "UnreachableError",

@@ -5,8 +5,15 @@ one router connection.  The connection:
 
 * says HELLO with the node's UUID (persistent across restarts, or ephemeral)
   and waits for ANNOUNCE (with a timeout: the original waited forever);
+* proves a claimed name (README: Trust model) with the token in the file named
+  by ``$FLUXBEE_NODE_CREDENTIAL_FILE``, sent as HELLO's ``credential``;
 * reconnects with exponential backoff (100 ms doubling to 30 s) after the
-  router goes away, and says HELLO again with the **same** UUID;
+  router goes away, and says HELLO again with the **same** UUID — but not after
+  PROTOCOL_ERROR ``REPLACED`` (another process took the UUID) or a refused
+  HELLO: then every ``send``/``recv``/``request`` raises the reason
+  (:class:`ReplacedError`, :class:`HandshakeError`).  A connection is always
+  either up, being re-established, or failed with an error: never idle
+  without a socket;
 * answers NODE_STATUS_GET itself (unless the node opts out);
 * matches replies to :meth:`NodeSender.request` by ``trace_id``;
 * blocks the producer: ``send`` waits while the router is not reading
@@ -53,6 +60,45 @@ class HandshakeError(SdkError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class ReplacedError(SdkError):
+    """Another connection said HELLO with this node's UUID and the router closed ours (``REPLACED``).
+
+    Two live processes are using one UUID (e.g. two copies of a node sharing a UUID file).  The SDK
+    does not reconnect: fighting over the UUID would evict the other process forever.
+    """
+
+    def __init__(self, uuid: str, name: str, detail: str) -> None:
+        super().__init__(f"node {name} ({uuid}) was replaced by another connection with the same UUID ({detail}); "
+                         "not reconnecting: another process uses this UUID")
+        self.uuid = uuid
+        self.name = name
+        self.detail = detail
+
+
+class CredentialError(SdkError):
+    """The node's credential file (``$FLUXBEE_NODE_CREDENTIAL_FILE``) cannot be read."""
+
+
+CREDENTIAL_FILE_ENV = "FLUXBEE_NODE_CREDENTIAL_FILE"
+"""Names the file holding this process's credential token (README: Trust model)."""
+
+
+def credential_file_from_env() -> Path | None:
+    value = os.environ.get(CREDENTIAL_FILE_ENV)
+    return Path(value) if value else None
+
+
+def read_credential(path: Path) -> str:
+    """The token in ``path`` (surrounding whitespace stripped); :class:`CredentialError` if unusable."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CredentialError(f"cannot read the node credential {path} (${CREDENTIAL_FILE_ENV}): {err}") from err
+    if not token:
+        raise CredentialError(f"the node credential {path} (${CREDENTIAL_FILE_ENV}) is empty")
+    return token
 
 
 class RequestTimeoutError(SdkError, TimeoutError):
@@ -176,6 +222,9 @@ class NodeConfig:
     """Deliver messages to this callback, synchronously as frames arrive, instead of the
     receiver's queue: no task switch per message.  It must not block; it may send with
     :meth:`NodeSender.send_nowait`/:meth:`NodeSender.reply_nowait`."""
+    credential_file: Path | None = field(default_factory=credential_file_from_env)
+    """File holding the token that proves a claimed name (default ``$FLUXBEE_NODE_CREDENTIAL_FILE``);
+    read at each connection, so a rotated token is picked up on reconnect."""
 
 
 def resolve_uuid(config: NodeConfig) -> str:
@@ -309,6 +358,9 @@ class _Client:
         """``up`` and the router is reading: frames can be written without waiting."""
         self.proto: _Protocol | None = None
         self.closed = False
+        self.failure: SdkError | None = None
+        """Why the connection ended for good (REPLACED, a refused HELLO); raised by every call."""
+        self.dead = asyncio.Event()
         self._hello_trace = ""
         self._announced: asyncio.Future[None] | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
@@ -325,10 +377,15 @@ class _Client:
 
     # connection ------------------------------------------------------
     async def open(self) -> None:
+        if self.failure is not None:
+            raise self.failure
         socket_path = self.config.router_socket or find_router_socket(self.config.run_dir, self.name)
+        path = self.config.credential_file
+        credential = read_credential(path) if path is not None else None
         loop = self.loop = self.inbox.loop = asyncio.get_running_loop()
         _, proto = await loop.create_unix_connection(lambda: _Protocol(self), str(socket_path))
         self.proto = proto
+        self.last_protocol_error = None
         self._reading_paused = False  # a fresh transport reads; a full inbox pauses it again
         self._announced = loop.create_future()
         self._hello_trace = wire.new_trace_id()
@@ -337,7 +394,7 @@ class _Client:
             raise NotConnectedError("transport missing after connect")
         transport.write(
             wire.system_frame(self.uuid, None, wire.HELLO,
-                              wire.HelloPayload(uuid=self.uuid, name=self.name, version=self.config.version),
+                              wire.hello_payload(self.uuid, self.name, self.config.version, credential),
                               trace_id=self._hello_trace, ttl=1)
         )
         try:
@@ -349,6 +406,13 @@ class _Client:
         except BaseException:
             transport.close()
             raise
+        if self.proto is not proto or transport.is_closing():
+            # ANNOUNCE came, then the connection was lost before this coroutine resumed (e.g. the
+            # router replaced it at once): on_lost saw a handshake already done and left the
+            # reconnection to this task, so it must not mark a dead connection up.
+            if self.failure is not None:
+                raise self.failure
+            raise NotConnectedError("connection lost right after ANNOUNCE")
         self.connections += 1
         self._mark_up()
 
@@ -361,10 +425,12 @@ class _Client:
     async def open_with_retry(self, deadline: float | None) -> None:
         delay = self.config.backoff_initial
         while not self.closed:
+            if self.failure is not None:
+                raise self.failure
             try:
                 await self.open()
                 return
-            except HandshakeError:
+            except (HandshakeError, CredentialError, ReplacedError):
                 raise
             except (OSError, NotConnectedError) as err:
                 now = time.monotonic()
@@ -389,21 +455,49 @@ class _Client:
             else:
                 announced.set_exception(NotConnectedError("router closed the connection during HELLO"))
             return  # open() reports it
-        if self.closed:
+        if self.closed or self.failure is not None:
             return
-        log.warning("router connection lost (%s); reconnecting with the same UUID", exc or "EOF")
-        if self.config.reconnect and (self._reconnect_task is None or self._reconnect_task.done()):
+        err = self.last_protocol_error
+        if err is not None and err.reason == wire.REPLACED:
+            self._fail(ReplacedError(self.uuid, self.name, err.detail))
+            return
+        if not self.config.reconnect:
+            self._fail(NotConnectedError(f"router connection lost ({exc or 'EOF'}); reconnect is off"))
+            return
+        if self._reconnect_task is None or self._reconnect_task.done():
+            log.warning("router connection lost (%s); reconnecting with the same UUID", exc or "EOF")
             self._reconnect_task = asyncio.get_running_loop().create_task(
                 self._reconnect(), name=f"fluxbee-reconnect-{self.name}")
+        # else: the running reconnection task sees this loss in open() and tries again.
 
     async def _reconnect(self) -> None:
         try:
             await self.open_with_retry(None)
             log.info("reconnected to the router as %s (%s)", self.name, self.uuid)
-        except HandshakeError as err:
+        except (HandshakeError, CredentialError, ReplacedError) as err:
             log.error("router refused the reconnection: %s; giving up", err)
-        except NotConnectedError:
-            pass
+            self._fail(err)
+        except NotConnectedError as err:
+            if not self.closed:
+                self._fail(err)
+        except Exception as err:  # never end idle without a socket and without telling the node
+            log.exception("reconnection failed")
+            self._fail(NotConnectedError(f"reconnection failed: {err!r}"))
+
+    def _fail(self, err: SdkError) -> None:
+        """The connection is over for good: every waiting and later call raises ``err``."""
+        if self.failure is not None:
+            return
+        log.error("%s", err)
+        self.failure = err
+        self.connected.clear()
+        self.up = self.ready = False
+        self.dead.set()
+        self.inbox.fail(err)
+        for fut, _, _ in self.pending.values():
+            if not fut.done():
+                fut.set_exception(err)
+        self.pending.clear()
 
     # request deadlines ------------------------------------------------
     def start_sweeper(self) -> None:
@@ -693,9 +787,14 @@ class _Client:
     async def _wait_ready(self) -> None:
         if self.closed:
             raise NotConnectedError("node is closed")
+        if self.failure is not None:
+            raise self.failure
         try:
             async with asyncio.timeout(self.config.connect_timeout):
-                await self.connected.wait()
+                if not self.connected.is_set():
+                    await _first(self.connected, self.dead)
+                    if self.failure is not None:
+                        raise self.failure
                 await self.writable.wait()
         except TimeoutError:
             raise NotConnectedError(
@@ -763,9 +862,18 @@ class NodeSender:
         """Mutable: what NODE_STATUS_GET reports."""
         return self._c.status
 
+    @property
+    def failure(self) -> SdkError | None:
+        """Why the connection ended for good (then every call raises it), else None."""
+        return self._c.failure
+
     async def wait_connected(self, timeout: float | None = None) -> None:
+        client = self._c
         async with asyncio.timeout(timeout):
-            await self._c.connected.wait()
+            if not client.connected.is_set():
+                await _first(client.connected, client.dead)
+        if client.failure is not None:
+            raise client.failure
 
     async def send(self, dst: str | None, payload: Any = None, *, msg_type: str = wire.TYPE_USER,
                    msg: str | None = None, meta: Meta | None = None, trace_id: str | None = None,
@@ -892,7 +1000,7 @@ class _Inbox:
     falls to half the capacity.
     """
 
-    __slots__ = ("items", "capacity", "_waiter", "_on_drained", "_full", "loop")
+    __slots__ = ("items", "capacity", "_waiter", "_on_drained", "_full", "loop", "error")
 
     def __init__(self, capacity: int, on_drained: Callable[[], None]) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None  # set when the client connects
@@ -901,6 +1009,14 @@ class _Inbox:
         self._waiter: asyncio.Future[None] | None = None
         self._on_drained = on_drained
         self._full = False
+        self.error: BaseException | None = None
+
+    def fail(self, error: BaseException) -> None:
+        """No more messages will come: once the backlog is read, ``get`` raises ``error``."""
+        self.error = error
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
 
     def put(self, msg: Message) -> bool:
         self.items.append(msg)
@@ -920,6 +1036,8 @@ class _Inbox:
 
     async def get(self) -> Message:
         while not self.items:
+            if self.error is not None:
+                raise self.error
             self._waiter = (self.loop or asyncio.get_running_loop()).create_future()
             try:
                 await self._waiter
@@ -952,6 +1070,16 @@ class NodeReceiver:
         inbox = self._c.inbox
         while not self._c.closed:
             yield inbox.pop() if inbox.items else await inbox.get()
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Wait until any of ``events`` is set."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
 
 
 async def connect(config: NodeConfig) -> tuple[NodeSender, NodeReceiver]:

@@ -33,7 +33,12 @@ async def answer(ctx: Context, msg: Message) -> dict[str, Any]:
     target = body.get("target")
     params = body.get("params", {})
     unknown = sorted(set(body) - {"action", "target", "params", "request_id"})
+    sender = msg.routing.src_l2_name
     try:
+        if not sender:
+            # The router stamps the authenticated sender on every frame it routes (and refuses
+            # ADMIN_COMMAND from unauthenticated ones); a frame without it did not come that way.
+            raise AdminError("FORBIDDEN", "ADMIN_COMMAND without a router-stamped sender")
         if unknown:
             raise AdminError("INVALID_REQUEST", f"unknown field(s): {', '.join(unknown)}")
         if target is not None and not isinstance(target, str):
@@ -43,7 +48,7 @@ async def answer(ctx: Context, msg: Message) -> dict[str, Any]:
         if isinstance(target, str) and "@" in target:  # `X@hive` targets the hive
             target = target.rpartition("@")[2]
         payload = await dispatch(ctx, action, target, params,
-                                 Call("admin_command", msg.routing.src_l2_name or msg.routing.src))
+                                 Call("admin_command", sender))
     except AdminError as err:
         return {**error_envelope(action, err.code, err.detail, err.payload), **extra}
     except Exception:

@@ -26,6 +26,7 @@ from fluxbee.admin.http import AdminSettings, admin_site, build_app
 from fluxbee.admin.link import SdkRouterLink
 from fluxbee.admin.local import LocalBackend
 from fluxbee.dataplane.sdk import NodeConfig, connect
+from fluxbee.local.credentials import credential_path
 from fluxbee.local.supervisor import LocalHive
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ ADMIN_NODE_NAME = "SY.admin"
 def local_admin(settings: AdminSettings) -> Callable[[LocalHive], AbstractAsyncContextManager[Any]]:
     @contextlib.asynccontextmanager
     async def run(hive: LocalHive) -> AsyncIterator[Any]:
-        sender, receiver = await connect(NodeConfig(name=ADMIN_NODE_NAME, run_dir=hive.run_dir, connect_timeout=10.0))
+        sender, receiver = await connect(NodeConfig(name=ADMIN_NODE_NAME, run_dir=hive.run_dir, connect_timeout=10.0,
+                                                    credential_file=credential_path(hive.run_dir, ADMIN_NODE_NAME)))
         backend = LocalBackend(hive)
         link = SdkRouterLink(sender)
         ctx = Context(backend=backend, link=link, history=History(FileHistory(

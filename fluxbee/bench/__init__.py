@@ -490,7 +490,11 @@ def _rss_mb(pid: int) -> float:
 def bench_router_memory(plan: Plan, tmp: Path) -> dict[str, float]:
     run_dir = tmp / "mem"
     with _procs() as procs:
-        router = _Proc(_fluxbee("router", "--hive-id", "mem", "--run-dir", str(run_dir)), wait_ready=False)
+        # The idle nodes come from one process, all connecting at once: lift the per-peer limits to fit them.
+        limit = str(plan.idle_nodes + 16)
+        router = _Proc(_fluxbee("router", "--hive-id", "mem", "--run-dir", str(run_dir), "--max-nodes",
+                                str(max(4096, plan.idle_nodes + 512)), "--max-unclaimed-per-pid", limit,
+                                "--max-unclaimed-per-uid", limit, "--max-pending-per-uid", limit), wait_ready=False)
         procs.append(router)
         _wait_for(lambda: any((run_dir / "routers").glob("*.sock")) if (run_dir / "routers").exists() else False,
                   15, "the router socket")

@@ -192,7 +192,10 @@ def add_parser(sub: Any) -> None:
     c = isub.add_parser("call", help="send an identity request and print the reply")
     c.add_argument("action", help="e.g. IDENTITY_METRICS, ILK_GET")
     c.add_argument("--payload", help="JSON payload")
-    c.add_argument("--as", dest="as_name", default="SY.admin", help="sender name (default SY.admin)")
+    c.add_argument("--as", dest="as_name", default="WF.cli",
+                   help="sender name (default WF.cli, an undeclared name: enough for IDENTITY_METRICS). Admin-only "
+                        "actions go through the admin HTTP API (e.g. GET /hives/HIVE/identity/ilks), which has its "
+                        "own token; SY.* names are claimed and need their credential ($FLUXBEE_NODE_CREDENTIAL_FILE)")
     c.add_argument("--timeout", type=float, default=5.0)
     c.add_argument("--run-dir")
     c.set_defaults(func=cmd_call)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fluxbee.identity.cli import DB_URL_ENV, default_pg_data
 from fluxbee.identity.pg import Cluster
+from fluxbee.local.credentials import CREDENTIAL_FILE_ENV, credential_path
 from fluxbee.local.plan_types import ProcessSpec
 
 
@@ -20,11 +21,13 @@ def identity_services(hive_id: str, run_dir: Path, db_url: str | None, *,
     ``SY.identity@<primary_hive>``, no PostgreSQL.  (It syncs once hives can reach
     each other; until then it answers NOT_PRIMARY and keeps subscribing.)"""
     py = (sys.executable, "-m", "fluxbee", "identity")
+    # SY.identity is claimed: it proves its name with the token fluxbee up keeps for it.
+    env = (("FLUXBEE_RUN_DIR", str(run_dir)), (CREDENTIAL_FILE_ENV, str(credential_path(run_dir, "SY.identity"))))
     if primary_hive is not None:
         return [ProcessSpec(
             key=f"SY.identity@{hive_id}#0",
             argv=(*py, "serve", "--hive-id", hive_id, "--run-dir", str(run_dir), "--primary-hive", primary_hive),
-            env=(("FLUXBEE_RUN_DIR", str(run_dir)),), node_name=f"SY.identity@{hive_id}",
+            env=env, node_name=f"SY.identity@{hive_id}",
             digest=f"replica-of:{primary_hive}")]
     specs: list[ProcessSpec] = []
     dsn = db_url
@@ -36,7 +39,7 @@ def identity_services(hive_id: str, run_dir: Path, db_url: str | None, *,
     specs.append(ProcessSpec(
         key=f"SY.identity@{hive_id}#0",
         argv=(*py, "serve", "--hive-id", hive_id, "--run-dir", str(run_dir), "--db-url", dsn),
-        env=(("FLUXBEE_RUN_DIR", str(run_dir)),), node_name=f"SY.identity@{hive_id}", digest=dsn))
+        env=env, node_name=f"SY.identity@{hive_id}", digest=dsn))
     return specs
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from fluxbee import __version__
 from fluxbee.local import hive_yaml
+from fluxbee.local.credentials import CREDENTIAL_FILE_ENV, claims_dir, credential_path
 from fluxbee.local.plan_types import HivePlan, ProcessSpec
 from fluxbee.local.store import RuntimeStore, StoreError
 from fluxbee.models import FluxNode, Hive, ObjectMeta, Runtime, RuntimeSpec
@@ -77,7 +78,7 @@ def plan_hive(
         key="router",
         argv=(sys.executable, "-m", "fluxbee", "router", "--hive-id", hid, "--run-dir", str(run_dir),
               "--router-name", hive.spec.router_name, "--scheduling", hive.spec.router_scheduling,
-              "--config", str(run_dir / "hive" / "config.json")),
+              "--config", str(run_dir / "hive" / "config.json"), "--claims-dir", str(claims_dir(run_dir))),
         digest=_digest(hid, hive.spec.router_name, hive.spec.router_scheduling),
     )
     nodes: list[ProcessSpec] = []
@@ -117,7 +118,8 @@ def plan_hive(
             raise PlanError(f"FluxNode {doc.metadata.name!r}: {err}") from err
         config_path = run_dir / "nodes" / name / "config.json"
         env = (("FLUXBEE_NODE_CONFIG", str(config_path)), ("FLUXBEE_RUN_DIR", str(run_dir)),
-               (hive_yaml.CONFIG_DIR_ENV, str(hive_yaml.config_dir(run_dir))))
+               (hive_yaml.CONFIG_DIR_ENV, str(hive_yaml.config_dir(run_dir))),
+               (CREDENTIAL_FILE_ENV, str(credential_path(run_dir, name))))
         digest = _digest(command, env, {k: v for k, v in config.items() if k != "_system"},
                          {k: v for k, v in config["_system"].items() if not k.endswith("_at_ms")})
         for replica in range(doc.spec.replicas):

@@ -33,6 +33,7 @@ from typing import Any, BinaryIO
 from fluxbee.dataplane import shm
 from fluxbee.dataplane.sdk import default_run_dir, read_node_table
 from fluxbee.local import hive_yaml
+from fluxbee.local.credentials import claimed_names, write_claims
 from fluxbee.local.plan import PlanError, plan_hive
 from fluxbee.local.plan_types import HivePlan, ProcessSpec
 from fluxbee.local.store import RuntimeStore
@@ -143,6 +144,7 @@ class LocalHive:
         return plan
 
     def write_configs(self, plan: HivePlan) -> None:
+        write_claims(self.run_dir, claimed_names(plan.node_names))  # before any process that needs them starts
         router_config = self.run_dir / "hive" / "config.json"
         try:
             current = json.loads(router_config.read_text())

@@ -57,6 +57,23 @@ class CelRule:
 
 
 @dataclass(frozen=True)
+class ReservedKey:
+    """A key of a free-form object at ``path`` that users may not set, declared so CEL can see it.
+
+    CEL in the API server cannot test keys of an object with ``x-kubernetes-preserve-unknown-fields``
+    and no declared properties (``'k' in self`` and ``has(self.k)`` do not compile there), so the key is
+    declared as an object of its own and a rule at ``path`` refuses it with ``!has(self.<name>)``.
+    """
+
+    path: str
+    name: str
+    description: str
+
+    def render(self) -> dict[str, Any]:
+        return {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "description": self.description}
+
+
+@dataclass(frozen=True)
 class Column:
     name: str
     json_path: str
@@ -82,6 +99,7 @@ class Kind:
     short_names: tuple[str, ...]
     columns: tuple[Column, ...]
     rules: tuple[CelRule, ...] = field(default=())
+    reserved: tuple[ReservedKey, ...] = field(default=())
 
 
 def _cel_regex(pattern: str) -> str:
@@ -179,7 +197,7 @@ KINDS: tuple[Kind, ...] = (
             ),
             CelRule(
                 "spec.config",
-                "!('_system' in self)",
+                "!has(self._system)",
                 "config may not set `_system`: it is filled in by the hive",
             ),
             CelRule(
@@ -192,6 +210,9 @@ KINDS: tuple[Kind, ...] = (
                 "!has(self.degree) || has(self.agentIlk)",
                 "degree needs agentIlk: a graduation binds a degree to an ILK",
             ),
+        ),
+        reserved=(
+            ReservedKey("spec.config", "_system", "Reserved: filled in by the hive; a FluxNode may not set it."),
         ),
     ),
     Kind(
@@ -231,6 +252,11 @@ KINDS: tuple[Kind, ...] = (
                 "self.type != 'full_runtime' || has(self.image) || "
                 "(has(self.command) && size(self.command) > 0)",
                 "a full_runtime package needs a command or an image",
+            ),
+            CelRule(
+                "spec.version",
+                "self != 'current'",
+                "version `current` is reserved: it names the newest version",
             ),
             CelRule(
                 "spec.type",
@@ -369,6 +395,8 @@ def openapi_schema(kind: Kind) -> dict[str, Any]:
         },
     }
     schema["properties"]["status"].pop("nullable", None)
+    for key in kind.reserved:
+        _at(schema, key.path).setdefault("properties", {})[key.name] = key.render()
     for rule in kind.rules:
         target = _at(schema, rule.path)
         target.setdefault("x-kubernetes-validations", []).append(rule.render())

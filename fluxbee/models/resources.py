@@ -86,7 +86,9 @@ class RouteSpec(_Model):
     match_kind: MatchKind = Field(default=MatchKind.PREFIX, description="How `prefix` is matched.")
     action: RouteAction = Field(default=RouteAction.FORWARD, description="FORWARD or DROP.")
     next_hop_hive: str | None = Field(
-        default=None, description="Hive to forward to (FORWARD only)."
+        default=None,
+        description="Hive to forward to (FORWARD only).",
+        json_schema_extra={"pattern": HIVE_ID_RE.pattern},
     )
     metric: int = Field(default=0, ge=0, description="Lower wins among equally specific routes.")
     priority: int = Field(
@@ -151,7 +153,13 @@ class AdminSpec(_Model):
 class HiveSpec(_Model):
     """Desired state of a hive: its id, role, routes and VPN rules."""
 
-    hive_id: str | None = Field(default=None, description="Hive id; defaults to metadata.name.")
+    # The pattern reaches the CRD only (json_schema_extra): a CEL regex on it exceeds the API server's
+    # cost budget; the validator below keeps its own message for `fluxbee up`.
+    hive_id: str | None = Field(
+        default=None,
+        description="Hive id; defaults to metadata.name.",
+        json_schema_extra={"pattern": HIVE_ID_RE.pattern},
+    )
     role: Literal["motherbee", "worker"] = Field(default="motherbee", description="Hive role.")
     router_name: str = Field(default="RT.gateway", description="L2 name of the hive's router.")
     router_scheduling: Literal["batch", "inherit"] = Field(

@@ -12,6 +12,7 @@ import pytest
 from hive_harness import NodeProc, RawPeer, RouterProc, node_names, wait_until
 
 from fluxbee.dataplane import shm
+from fluxbee.dataplane.sdk import CREDENTIAL_FILE_ENV
 
 
 @pytest.fixture
@@ -24,11 +25,13 @@ def run_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-def router_factory(run_dir: Path) -> Iterator[Callable[..., RouterProc]]:
+def router_factory(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., RouterProc]]:
     started: list[RouterProc] = []
 
     def make(config: dict[str, Any] | None = None, extra: tuple[str, ...] = ()) -> RouterProc:
         r = RouterProc(run_dir, config=config, extra=extra)
+        # The test's SDK nodes and the processes it starts prove the SY.* names they use (TEST_SYSTEM_NAMES).
+        monkeypatch.setenv(CREDENTIAL_FILE_ENV, str(r.credential_file))
         started.append(r)
         return r
 

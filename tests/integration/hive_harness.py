@@ -23,6 +23,40 @@ from fluxbee.dataplane import wire
 from fluxbee.dataplane.sdk import read_node_table
 
 HEADER = struct.Struct(">I")
+TEST_SYSTEM_NAMES = ("SY.admin", "SY.identity", "SY.identity.replica", "SY.frontdesk.gov", "SY.desk",
+                     "SY.orchestrator")
+"""The SY.* names the tests run as.  They are claimed (README: Trust model): each test router gets a
+claims file per name holding the hash of one test token, and the test process (and its children) prove
+them with ``$FLUXBEE_NODE_CREDENTIAL_FILE`` pointing at that token — the same contract `fluxbee up` uses."""
+
+
+def grant(run_dir: Path, *names: str, token_name: str = "test-system") -> Path:
+    """Claim ``names`` in ``run_dir/claims`` for the token in ``run_dir/credentials/<token_name>``; that file."""
+    import hashlib
+    import secrets
+
+    creds = run_dir / "credentials"
+    creds.mkdir(mode=0o700, exist_ok=True)
+    token_file = creds / token_name
+    if not token_file.exists():
+        token_file.write_text(secrets.token_hex(32) + "\n")
+        token_file.chmod(0o600)
+    digest = hashlib.sha256(token_file.read_text().strip().encode()).hexdigest()
+    claims = run_dir / "claims"
+    claims.mkdir(exist_ok=True)
+    for name in names:
+        path = claims / name
+        try:
+            doc = json.loads(path.read_text())
+        except OSError:
+            doc = {}
+        hashes = doc.setdefault("credential_sha256", [])
+        if digest not in hashes:
+            hashes.append(digest)
+            tmp = claims / f".{name}.tmp"
+            tmp.write_text(json.dumps(doc))
+            os.replace(tmp, path)
+    return token_file
 
 
 def free_port() -> int:
@@ -88,6 +122,7 @@ class RouterProc:
         self.extra = extra
         self.log_path = run_dir / "router.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.credential_file = grant(run_dir, *TEST_SYSTEM_NAMES)
         self.start()
 
     def write_config(self, config: dict[str, Any]) -> None:
@@ -100,7 +135,7 @@ class RouterProc:
             self.proc = subprocess.Popen(
                 fluxbee_argv("router", "--hive-id", self.hive_id, "--run-dir", str(self.run_dir),
                              "--config", str(self.config_path), "--metrics-addr", f"127.0.0.1:{self.metrics_port}",
-                             *self.extra),
+                             "--claims-dir", str(self.run_dir / "claims"), *self.extra),
                 stdout=logf, stderr=logf,
             )
         wait_until(self._ready, 15, "the router to listen")

@@ -45,6 +45,8 @@ def test_nodes_become_one_process_per_replica_with_the_effective_config() -> Non
     assert spec.config["_system"]["node_name"] == "WF.echo@local"
     assert spec.config["_system"]["runtime"] == "fluxbee.echo"
     assert dict(spec.env)["FLUXBEE_NODE_CONFIG"] == "/run/x/nodes/WF.echo@local/config.json"
+    assert dict(spec.env)["FLUXBEE_NODE_CREDENTIAL_FILE"] == "/run/x/credentials/WF.echo"  # proves its claim
+    assert p.router.argv[p.router.argv.index("--claims-dir") + 1] == "/run/x/claims"
     assert p.router_config["vpns"][0]["vpn_id"] == 10
     assert p.router_config["routes"][0]["action"] == "DROP"
 

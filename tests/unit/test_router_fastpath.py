@@ -21,10 +21,12 @@ import msgspec
 import pytest
 
 from fluxbee.dataplane import _native, fastpath, wire
+from fluxbee.dataplane.router import trust
 from fluxbee.dataplane.router.server import Conn, Router, RouterSettings
 from fluxbee.models import RouteAction, RouteSpec, VpnSpec
 
 HIVE = "prod"
+SYSTEM_TOKEN = "0" * 64
 ROUTER_UUID = "5f0e1d2c-3b4a-4968-8776-655443322110"
 NODES = {  # name -> uuid; WF.sink twice (load balancing)
     "WF.client": "00000000-0000-4000-8000-000000000001",
@@ -96,7 +98,7 @@ class Hive:
         transport = FakeTransport()
         conn.connection_made(transport)  # type: ignore[arg-type]
         conn.data_received(wire.system_frame(node, None, wire.HELLO,
-                                             wire.HelloPayload(uuid=node, name=label.split("#")[0]),
+                                             wire.hello_payload(node, label.split("#")[0], credential=SYSTEM_TOKEN),
                                              trace_id=f"hello-{label}", ttl=1))
         assert conn.uuid == node
         transport.data.clear()
@@ -120,6 +122,9 @@ class Hive:
 def build_hive(tmp: Path, *, routes: list[RouteSpec] | None = None, vpns: list[VpnSpec] | None = None,
                **settings: Any) -> Hive:
     router = Router(RouterSettings(hive_id=HIVE, run_dir=tmp, **settings), router_uuid=ROUTER_UUID)
+    # SY.admin is claimed (README: Trust model): its HELLO proves it with the token this claim names.
+    router.claims = trust.Claims({"SY.admin": trust.Claim(credential_sha256=frozenset({
+        trust.token_sha256(SYSTEM_TOKEN)}))})
     hive = Hive(router)
     if routes or vpns:
         router.apply_config(routes or [], vpns or [], source="test")
@@ -312,6 +317,25 @@ async def test_a_config_change_in_the_middle_of_a_read_applies_to_the_rest_of_it
     assert got == general.received()
     assert [m["payload"]["reason"] for m in got["WF.client"] if m["meta"].get("msg") == "UNREACHABLE"] == [
         "VPN_BLOCKED", "VPN_BLOCKED"]
+
+
+async def test_privileged_messages_from_an_unproven_node_are_forbidden_on_both_paths(tmp_path: Path) -> None:
+    """ADMIN_COMMAND is privileged whatever meta.type says: the fast path must step aside for it."""
+    fast = build_hive(tmp_path / "fast")
+    general = build_hive(tmp_path / "general")
+    for hive in (fast, general):
+        hive.join("SY.admin", "00000000-0000-4000-8000-0000000000bb")
+    frames = [body("SY.admin", {"action": "kill_node"}, meta={"type": meta_type, "msg": "ADMIN_COMMAND"})
+              for meta_type in ("admin", "user")] + [body("SY.admin", {"action": "x"}, meta={"type": "admin"})]
+    fast.conns["WF.client"].data_received(b"".join(frame(b) for b in frames))
+    general_feed(general, frames)
+    got = fast.received()
+    assert got == general.received()
+    refusals = [m["payload"]["error_code"] for m in got["WF.client"]
+                if m["meta"].get("msg") == "ADMIN_COMMAND_RESPONSE"]
+    assert refusals == ["FORBIDDEN", "FORBIDDEN"]
+    assert len(got["SY.admin"]) == 1 and got["SY.admin"][0]["payload"] == {"action": "x"}  # a plain admin message
+    assert fast.router.counters.forbidden["ADMIN_COMMAND"] == 2
 
 
 # --- runs: a burst to one destination is routed as one step ----------------

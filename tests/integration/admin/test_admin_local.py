@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -288,7 +289,22 @@ def test_bad_input_gets_a_4xx_envelope_with_a_reason(hive: AdminHive) -> None:
 
 
 async def test_admin_command_runs_the_same_handlers_over_the_router(hive: AdminHive) -> None:
-    sender, _ = await connect(NodeConfig(name="WF.admin.client", run_dir=hive.run_dir, reconnect=False))
+    stranger, _ = await connect(NodeConfig(name="WF.admin.stranger", run_dir=hive.run_dir, reconnect=False,
+                                           credential_file=None))
+    try:  # ADMIN_COMMAND is privileged (README: Trust model): refused without a grant, by the router
+        out = await admin_command(stranger, "list_admin_actions", request_id="r0")
+        assert (out["status"], out["error_code"], out["request_id"]) == ("error", "FORBIDDEN", "r0")
+    finally:
+        await stranger.close()
+    # An operator grants a tool ADMIN_COMMAND with a claims file of its own in the hive's claims dir.
+    token = hive.run_dir / "admin-client.token"
+    token.write_text(secrets.token_hex(32))
+    digest = hashlib.sha256(token.read_text().encode()).hexdigest()
+    (hive.run_dir / "claims" / "WF.admin.client").write_text(
+        json.dumps({"credential_sha256": [digest], "grants": ["ADMIN_COMMAND"]}))
+    await asyncio.sleep(1.5)  # the router polls its claims dir every second
+    sender, _ = await connect(NodeConfig(name="WF.admin.client", run_dir=hive.run_dir, reconnect=False,
+                                         credential_file=token))
     try:
         out = await admin_command(sender, "list_admin_actions", request_id="r1")
         assert out["status"] == "ok" and out["request_id"] == "r1"
