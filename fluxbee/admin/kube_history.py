@@ -215,8 +215,8 @@ class ConfigMapHistory:
         """Whether ``holder`` records drift now: it holds the lease (renewed here when it runs low),
         or takes it because nobody holds it.  A 409 means another replica wrote first: not now."""
         async with self._lock:
-            cm = await self._read(create=True)
-            if cm is None:
+            cm = await self._read(create=False)
+            if cm is None:  # the operator makes it with the admin Deployment (or the first change does)
                 return False
             annotations = cm["metadata"].get("annotations") or {}
             now = time.time()
