@@ -261,6 +261,9 @@ spec: {hive: demo, nodeName: WF.bad, runtime: wf.echo}
         procs = {"admin-a": a, "admin-b": b}
         urls = {name: wait_for(f"{name} serving", lambda p=p, name=name: serving(p, tmp_path / f"{name}.log"),
                                timeout=30) for name, p in procs.items()}
+        # No operator here to make the history ConfigMap: the first change makes it.
+        assert call(f"{urls['admin-a']}/hives/demo/nodes", "POST",
+                    {"node_name": "WF.first", "runtime": "wf.echo"})["status"] == "ok"
         first = wait_for("a drift monitor holding the lease", lambda: lease(control_plane, namespace))
         leader = first["holder"]
         other = "admin-b" if leader == "admin-a" else "admin-a"
