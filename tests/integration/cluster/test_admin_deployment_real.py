@@ -147,7 +147,7 @@ def test_a_hive_runs_one_admin_deployment_beside_its_hive_pods_and_it_comes_back
     wait_for("the Hive, its admin Deployment, Service and pods gone", all_gone, timeout=90)
 
 
-def test_admin_replicas_spread_over_hosts_that_run_the_hive(
+def test_admin_replicas_spread_over_hosts_that_run_the_hive_and_go_with_the_admin_api_disabled(
     control_plane: ControlPlane, namespace: str, operator: Path,
 ) -> None:
     control_plane.kubectl("label", "node", "kwok-node-0", "kwok-node-1", f"{namespace}=hive")
@@ -159,6 +159,17 @@ def test_admin_replicas_spread_over_hosts_that_run_the_hive(
         control_plane.kubectl("-n", namespace, "patch", "hive", "demo", "--type=merge",
                               "-p", '{"spec": {"admin": {"replicas": 1}}}')
         wait_for("1 admin pod left", lambda: len(pods(control_plane, namespace, "admin")) == 1)
+        control_plane.kubectl("-n", namespace, "patch", "hive", "demo", "--type=merge",
+                              "-p", '{"spec": {"admin": {"enabled": false}}}')
+
+        def admin_gone() -> bool:
+            left = [control_plane.kubectl("-n", namespace, "get", kind, "demo-admin", check=False).returncode
+                    for kind in ("deployment", "service")]
+            return left == [1, 1] and not pods(control_plane, namespace, "admin")
+
+        wait_for("no admin Deployment, Service nor pod", admin_gone)
+        # the history outlives a disabled admin API (it goes with the Hive)
+        control_plane.kubectl("-n", namespace, "get", "configmap", "demo-admin-history")
     finally:
         control_plane.kubectl("label", "node", "kwok-node-0", "kwok-node-1", f"{namespace}-")
 
