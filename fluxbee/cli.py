@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -254,7 +255,7 @@ def _admin_services(args: argparse.Namespace) -> list[Any]:
 
 
 def cmd_admin(args: argparse.Namespace) -> int:
-    """``fluxbee admin --backend kubernetes``: the admin API of one hive, as the hive pod's container."""
+    """``fluxbee admin --backend kubernetes``: the admin API of one hive, as the pods of its admin Deployment."""
     import signal
 
     from fluxbee.admin.cluster import ClusterSettings, run_cluster_admin
@@ -287,9 +288,9 @@ def cmd_admin(args: argparse.Namespace) -> int:
         print(f"fluxbee admin: no Kubernetes API to log in to: {err}", file=sys.stderr)
         return 2
     namespace = args.namespace or os.environ.get("POD_NAMESPACE") or access.namespace or "default"
-    cluster = ClusterSettings(namespace=namespace, hive_resource=hive, run_dir=run_dir,
-                              state_dir=Path(args.state_dir) if args.state_dir else run_dir / "admin" / hive,
-                              kube=access)
+    cluster = ClusterSettings(namespace=namespace, hive_resource=hive, run_dir=run_dir, kube=access)
+    if os.environ.get("POD_NAME"):  # the admin Deployment's pod: its name tells the replicas apart
+        cluster = dataclasses.replace(cluster, instance=os.environ["POD_NAME"])
 
     async def main() -> int:
         stop = asyncio.Event()
@@ -405,7 +406,6 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--hive", help="name of the Hive resource (default $FLUXBEE_HIVE_RESOURCE)")
     a.add_argument("--token-file", help="file holding the bearer token (default $FLUXBEE_ADMIN_TOKEN)")
     a.add_argument("--run-dir", help="the hive's socket directory, to reach its router (default $FLUXBEE_RUN_DIR)")
-    a.add_argument("--state-dir", help="where deployment/drift history is kept (default <run dir>/admin/<hive>)")
     a.add_argument("--kube-api", help="API server URL without auth (`kubectl proxy`); default: in-cluster "
                                       "service account ($FLUXBEE_SERVICE_ACCOUNT_DIR), else $KUBECONFIG")
     a.set_defaults(func=cmd_admin)

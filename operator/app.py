@@ -202,6 +202,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
         ("", "v1", "configmaps"),
         ("", "v1", "services"),
         ("apps", "v1", "daemonsets"),
+        ("apps", "v1", "deployments"),
     ):
         resource = (group, version, plural) if group else (version, plural)
 

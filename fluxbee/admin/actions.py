@@ -15,6 +15,7 @@ import ipaddress
 import json
 import logging
 import os
+import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -25,9 +26,9 @@ from pydantic import ValidationError
 
 from fluxbee import __version__
 from fluxbee.admin import schemas as s
-from fluxbee.admin.backend import Backend, NodeObservation, RouteConfig, RouterLink
+from fluxbee.admin.backend import LIST_CHANGED, Backend, NodeObservation, RouteConfig, RouterLink
 from fluxbee.admin.errors import AdminError
-from fluxbee.admin.history import DEPLOYMENTS, History
+from fluxbee.admin.history import DEPLOYMENTS, History, HistoryUnavailable, Journal
 from fluxbee.admin.link import RouterRoutes
 from fluxbee.admin.node_identity import SpawnIdentity
 from fluxbee.dataplane import wire
@@ -143,16 +144,16 @@ async def _record(ctx: Context, call: Call, category: str, action: str, started:
                   work: Awaitable[dict[str, Any]], detail: dict[str, Any]) -> dict[str, Any]:
     """Run a change and write its deployment entry, whatever the outcome.
 
-    The history file is opened first: a change that could not be recorded is not made (it was
+    The history is reserved first: a change that could not be recorded is not made (it was
     made, then answered 500, when the history was written after it). A change that fails on a
     write of its own answers ``STATE_WRITE_FAILED``; the backends leave nothing half-applied."""
     try:
-        fd = ctx.history.open(DEPLOYMENTS)
-    except OSError as err:
+        journal = await ctx.history.open(DEPLOYMENTS)
+    except HistoryUnavailable as err:
         if isinstance(work, Coroutine):
             work.close()  # never started
-        raise AdminError("STATE_WRITE_FAILED", f"the change cannot be recorded in {ctx.history.directory}: "
-                                               f"{err.strerror or err}; nothing was changed") from err
+        raise AdminError("STATE_WRITE_FAILED", f"the change cannot be recorded in {err.where}: "
+                                               f"{err.detail}; nothing was changed") from err
     try:
         try:
             result = await work
@@ -161,23 +162,23 @@ async def _record(ctx: Context, call: Call, category: str, action: str, started:
             raise AdminError("STATE_WRITE_FAILED", f"the change could not be written{where}: {err.strerror or err}"
                              ) from err
     except AdminError as err:
-        _write_entry(ctx, fd, category=category, action=action, actor=call.actor, trigger=call.trigger,
-                     started=started, result="error",
-                     detail={**detail, "error_code": err.code, "error_detail": err.detail})
+        await _write_entry(ctx, journal, category=category, action=action, actor=call.actor, trigger=call.trigger,
+                           started=started, result="error",
+                           detail={**detail, "error_code": err.code, "error_detail": err.detail})
         raise
     else:
-        _write_entry(ctx, fd, category=category, action=action, actor=call.actor, trigger=call.trigger,
-                     started=started, result="ok", detail=detail)
+        await _write_entry(ctx, journal, category=category, action=action, actor=call.actor, trigger=call.trigger,
+                           started=started, result="ok", detail=detail)
         return result
     finally:
-        os.close(fd)
+        journal.close()
 
 
-def _write_entry(ctx: Context, fd: int, **entry: Any) -> None:
+async def _write_entry(ctx: Context, journal: Journal, **entry: Any) -> None:
     """The change is decided (made or refused): its answer must say so even if the entry is lost."""
     try:
-        ctx.history.deployment(fd=fd, **entry)
-    except OSError as err:
+        await ctx.history.deployment(journal=journal, **entry)
+    except HistoryUnavailable as err:
         log.error("the %s change is done (%s) but its history entry could not be written: %s", entry["action"],
                   entry["result"], err)
 
@@ -546,13 +547,35 @@ async def _router_lists(ctx: Context) -> dict[str, Any]:
 
 
 async def _apply(ctx: Context, subsystem: str, items: list[dict[str, Any]], version: int = 0) -> dict[str, Any]:
-    reply = await ctx.route_config().apply(subsystem, items, version)
+    return _applied(await ctx.route_config().apply(subsystem, items, version))
+
+
+def _applied(reply: dict[str, Any]) -> dict[str, Any]:
     if reply.get("status") != "ok":
         code = str(reply.get("error_code") or "CONFIG_FAILED")
         code = {"STALE_VERSION": "VERSION_MISMATCH", "INVALID_CONFIG": "INVALID_CONFIG",
-                "INVALID_PAYLOAD": "INVALID_REQUEST", "FORBIDDEN": "FORBIDDEN"}.get(code, "CONFIG_FAILED")
+                "INVALID_PAYLOAD": "INVALID_REQUEST", "FORBIDDEN": "FORBIDDEN",
+                LIST_CHANGED: "BUSY"}.get(code, "CONFIG_FAILED")
         raise AdminError(code, str(reply.get("error_detail") or "the router refused the config"))
     return reply
+
+
+EDIT_RETRIES = 30
+"""Attempts of one route/VPN edit while other admin replicas keep changing the list: each lost
+attempt means another edit was made, so only a long queue of them on the other side exhausts this."""
+
+
+async def _edit(ctx: Context, section: _Section,
+                change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> dict[str, Any]:
+    """Apply ``change`` to the current list of ``section``; read again and redo it when another
+    writer (an admin replica) changed the list in between, so no one's edit is lost."""
+    for attempt in range(EDIT_RETRIES):
+        items = (await _router_lists(ctx))[section.name]
+        reply = await ctx.route_config().apply(section.subsystem, change(items), 0, base=items)
+        if reply.get("error_code") != LIST_CHANGED:
+            return _applied(reply)
+        await asyncio.sleep(random.uniform(0.0, 0.02 * min(attempt + 1, 10)))  # out of step with the winner
+    raise AdminError("BUSY", f"the {section.name} kept changing under {EDIT_RETRIES} attempts; try again")
 
 
 async def list_routes(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
@@ -591,12 +614,14 @@ async def _add_entry(ctx: Context, target: str, call: Call, section: _Section, a
     """Append ``entry`` to a section unless its key is taken, and apply the result on the router."""
     value = entry[section.key]
 
+    def change(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if any(i[section.key] == value for i in items):
+            raise AdminError(section.duplicate, f"a {section.what} for {value!r} exists; delete it first")
+        return [*items, entry]
+
     async def work() -> dict[str, Any]:
         async with ctx.route_lock(target):
-            items = (await _router_lists(ctx))[section.name]
-            if any(i[section.key] == value for i in items):
-                raise AdminError(section.duplicate, f"a {section.what} for {value!r} exists; delete it first")
-            reply = await _apply(ctx, section.subsystem, [*items, entry])
+            reply = await _edit(ctx, section, change)
         return {"status": "ok", "hive": target, "config_version": reply.get("config_version"), answer_key: entry}
 
     return await _record(ctx, call, section.name, action, time.time(), work(), {section.key: value})
@@ -606,13 +631,15 @@ async def _delete_entry(ctx: Context, target: str, call: Call, section: _Section
                         value: str) -> dict[str, Any]:
     """Remove the entry whose key is ``value`` from a section and apply the result on the router."""
 
+    def change(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        kept = [i for i in items if i[section.key] != value]
+        if len(kept) == len(items):
+            raise AdminError("NOT_FOUND", f"no {section.what} for {value!r}")
+        return kept
+
     async def work() -> dict[str, Any]:
         async with ctx.route_lock(target):
-            items = (await _router_lists(ctx))[section.name]
-            kept = [i for i in items if i[section.key] != value]
-            if len(kept) == len(items):
-                raise AdminError("NOT_FOUND", f"no {section.what} for {value!r}")
-            reply = await _apply(ctx, section.subsystem, kept)
+            reply = await _edit(ctx, section, change)
         return {"status": "ok", "hive": target, "config_version": reply.get("config_version"), section.key: value}
 
     return await _record(ctx, call, section.name, action, time.time(), work(), {section.key: value})
@@ -733,8 +760,11 @@ async def _history(ctx: Context, target: str | None, name: str, p: s.HistoryPara
     filters: dict[str, str | None] = {"category": p.category}
     if name == "drift-alerts.jsonl":
         filters.update(severity=p.severity, kind=p.kind)
-    entries = ctx.history.read(name, limit=p.limit, filters=filters)
-    out: dict[str, Any] = {"status": "ok", "view": "history", "entries": entries}
+    try:
+        entries, dropped = await ctx.history.read(name, limit=p.limit, filters=filters)
+    except HistoryUnavailable as err:
+        raise AdminError("KUBERNETES_API_ERROR", str(err)) from err
+    out: dict[str, Any] = {"status": "ok", "view": "history", "entries": entries, "dropped_entries": dropped}
     if target is not None:
         out["hive_id"] = target
     return out

@@ -100,10 +100,16 @@ class RouteConfig(Protocol):
         """``{config_version, routes: [...], vpns: [...]}`` (snake_case items, as the router reports them)."""
         ...
 
-    async def apply(self, subsystem: str, items: list[dict[str, Any]], version: int) -> dict[str, Any]:
+    async def apply(self, subsystem: str, items: list[dict[str, Any]], version: int,
+                    base: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Replace ``routes`` or ``vpn`` (``version`` 0: any newer); ``{status, config_version, version}``
-        or ``{status: error, error_code, error_detail}``."""
+        or ``{status: error, error_code, error_detail}``.  ``base``: the list (as :meth:`lists` gave it)
+        ``items`` was derived from; where another writer may have changed it since (admin replicas),
+        nothing is written and ``error_code`` is :data:`LIST_CHANGED`: read again and redo the edit."""
         ...
+
+
+LIST_CHANGED = "LIST_CHANGED"
 
 
 class RouterLink(Protocol):

@@ -1,8 +1,11 @@
 """``fluxbee admin --backend kubernetes``: the admin API of one hive in a cluster.
 
-It runs as a container of the hive's pods (``operator/hive/build.py``): it reads and changes the
-hive through the Kubernetes API, and reaches the router through the socket directory the pod
-shares with it.  The router link is optional: a connector task looks for a router socket every
+It runs as the hive's admin Deployment (``operator/hive/build.py``), its pods beside hive pods: it
+reads and changes the hive through the Kubernetes API, and reaches the router of its host through
+the hive's socket directory (a hostPath) with host IPC.  Its deployment and drift history is the
+hive's history ConfigMap (:mod:`fluxbee.admin.kube_history`), shared by every replica.
+
+The router link is optional: a connector task looks for a router socket every
 :data:`ROUTER_RETRY` seconds; while there is none, actions that need the router answer
 ``ROUTER_UNREACHABLE`` (503) and ``ADMIN_COMMAND`` is not served.  When the router is there, the
 admin node is ``SY.admin`` on it, exactly as in a local hive.
@@ -12,9 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
@@ -26,6 +32,7 @@ from fluxbee.admin.gateway import serve_admin_commands
 from fluxbee.admin.history import History
 from fluxbee.admin.http import AdminSettings, admin_site, build_app
 from fluxbee.admin.k8s import HiveSpecRoutes, KubernetesBackend
+from fluxbee.admin.kube_history import ConfigMapHistory
 from fluxbee.admin.link import SdkRouterLink, SwitchableRouterLink, UnreachableRouterLink
 from fluxbee.dataplane.sdk import NodeConfig, SdkError, connect
 from fluxbee.kube import KubeClient, KubeConfig
@@ -42,11 +49,11 @@ class ClusterSettings:
     hive_resource: str
     """Name of the Hive resource this admin API serves."""
     run_dir: Path
-    """The hive's socket directory (``routers/*.sock``), shared with the router container."""
-    state_dir: Path
-    """Where the deployment and drift history is kept."""
+    """The hive's socket directory (``routers/*.sock``), shared with the router of this host."""
     kube: KubeConfig
     drift_interval: float = 1.0
+    instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    """This admin process among the hive's replicas (its pod name in a Deployment)."""
 
 
 @dataclass(slots=True)
@@ -94,13 +101,15 @@ async def cluster_admin(settings: AdminSettings, cluster: ClusterSettings) -> As
         backend = KubernetesBackend(api, cluster.namespace, cluster.hive_resource)
         await backend.start()
         link = SwitchableRouterLink(UnreachableRouterLink(
-            f"no router reachable through {cluster.run_dir / 'routers'} from the admin API (it must share the "
-            "hive pod's socket directory)"))
-        ctx = Context(backend=backend, link=link, history=History(cluster.state_dir, backend.hive_id),
+            f"no router reachable through {cluster.run_dir / 'routers'} from the admin API (it must run on a "
+            "host of the hive, with its socket directory)"))
+        store = ConfigMapHistory(api, cluster.namespace, cluster.hive_resource)
+        ctx = Context(backend=backend, link=link, history=History(store, backend.hive_id),
                       routes=HiveSpecRoutes(backend))
+        monitor = DriftMonitor(ctx, interval=cluster.drift_interval,
+                               leader=functools.partial(store.lead_drift_monitor, cluster.instance))
         tasks = [asyncio.create_task(_router_connector(ctx, link, cluster.run_dir), name="admin-router-connector"),
-                 asyncio.create_task(DriftMonitor(ctx, interval=cluster.drift_interval).run(),
-                                     name="admin-drift-monitor")]
+                 asyncio.create_task(monitor.run(), name="admin-drift-monitor")]
         runner = web.AppRunner(build_app(ctx, settings), handle_signals=False, access_log=None)
         await runner.setup()
         try:

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fluxbee.admin.backend import NodeObservation, RegisterIlk
+from fluxbee.admin.backend import LIST_CHANGED, NodeObservation, RegisterIlk
 from fluxbee.admin.errors import AdminError
 from fluxbee.admin.schemas import KillNodeParams, SpawnNodeParams
 from fluxbee.kube import JSON_PATCH, ApiError, KubeClient
@@ -418,7 +418,8 @@ class HiveSpecRoutes:
                 "routes": [RouteSpec.model_validate(r).model_dump(mode="json") for r in spec.get("routes") or []],
                 "vpns": [VpnSpec.model_validate(v).model_dump(mode="json") for v in spec.get("vpns") or []]}
 
-    async def apply(self, subsystem: str, items: list[dict[str, Any]], version: int) -> dict[str, Any]:
+    async def apply(self, subsystem: str, items: list[dict[str, Any]], version: int,
+                    base: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         key, model = ("routes", RouteSpec) if subsystem == "routes" else ("vpns", VpnSpec)
         try:
             wire_items = [model.model_validate(i).model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -429,6 +430,12 @@ class HiveSpecRoutes:
         for _ in range(CONFLICT_RETRIES):
             hive = await b._hive()
             meta = hive["metadata"]
+            if base is not None and [model.model_validate(i).model_dump(mode="json")
+                                     for i in (hive.get("spec") or {}).get(key) or []] != base:
+                # another admin replica edited the list since it was read: an edit on the old one
+                # would drop its change, even though the patch below is on the newest version
+                return {"status": "error", "error_code": LIST_CHANGED,
+                        "error_detail": f"the Hive's {key} changed since they were read"}
             annotations = meta.get("annotations") or {}
             annotation = VERSION_ANNOTATION.format(key=key)
             applied = max(int(meta.get("generation") or 0), int(annotations.get(annotation, "0")))

@@ -127,7 +127,9 @@ class RouterRoutes:
         return {"config_version": status.get("config_version"), "routes": status.get("routes", []),
                 "vpns": status.get("vpns", [])}
 
-    async def apply(self, subsystem: str, items: list[dict[str, Any]], version: int) -> dict[str, Any]:
+    async def apply(self, subsystem: str, items: list[dict[str, Any]], version: int,
+                    base: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """``base`` is not checked: a local hive has one admin process, whose route lock orders its edits."""
         key = "routes" if subsystem == "routes" else "vpns"
         return await self.link.config_changed(subsystem, {key: items}, version)
 
@@ -137,8 +139,8 @@ def router_unreachable(detail: str) -> AdminError:
 
 
 class UnreachableRouterLink:
-    """The link of an admin server that has no router socket in reach (an admin container whose pod
-    does not share the hive's socket directory, or before the router has started).  Everything that
+    """The link of an admin server that has no router socket in reach (an admin process run away
+    from the hive's hosts, or before the router has started).  Everything that
     needs the router refuses with ``ROUTER_UNREACHABLE`` (503); nothing is guessed."""
 
     def __init__(self, reason: str) -> None:

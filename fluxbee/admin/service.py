@@ -21,7 +21,7 @@ from aiohttp import web
 from fluxbee.admin.actions import Context
 from fluxbee.admin.drift import DriftMonitor
 from fluxbee.admin.gateway import serve_admin_commands
-from fluxbee.admin.history import History
+from fluxbee.admin.history import FileHistory, History
 from fluxbee.admin.http import AdminSettings, admin_site, build_app
 from fluxbee.admin.link import SdkRouterLink
 from fluxbee.admin.local import LocalBackend
@@ -40,8 +40,8 @@ def local_admin(settings: AdminSettings) -> Callable[[LocalHive], AbstractAsyncC
                                                     credential_file=credential_path(hive.run_dir, ADMIN_NODE_NAME)))
         backend = LocalBackend(hive)
         link = SdkRouterLink(sender)
-        ctx = Context(backend=backend, link=link, history=History(
-            hive.run_dir / "admin" / "history", backend.hive_id))
+        ctx = Context(backend=backend, link=link, history=History(FileHistory(
+            hive.run_dir / "admin" / "history"), backend.hive_id))
         tasks = [asyncio.create_task(serve_admin_commands(ctx, sender, receiver), name="admin-command-gateway"),
                  asyncio.create_task(DriftMonitor(ctx).run(), name="admin-drift-monitor")]
         runner = web.AppRunner(build_app(ctx, settings), handle_signals=False, access_log=None)

@@ -129,9 +129,15 @@ class ResourceRequirements(_Model):
 
 
 class AdminSpec(_Model):
-    """The admin HTTP API container of the hive pods (`fluxbee admin`)."""
+    """The admin HTTP API of the hive (`fluxbee admin`): one Deployment and its Service."""
 
-    enabled: bool = Field(default=True, description="Run the admin API in every hive pod.")
+    enabled: bool = Field(default=True, description="Run the hive's admin API (a Deployment and a Service).")
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=16,
+        description="Admin API pods (each on a host that runs a hive pod; the history is shared).",
+    )
     port: int = Field(default=8080, ge=1, le=65535, description="Port of the admin API.")
     token_secret: str | None = Field(
         default=None,
@@ -139,7 +145,7 @@ class AdminSpec(_Model):
     )
     service_account_name: str | None = Field(
         default=None,
-        description="ServiceAccount of the hive pods, with RBAC to manage this namespace's "
+        description="ServiceAccount of the admin API pods, with RBAC to manage this namespace's "
         "FluxNodes (the chart creates one); without it the admin API cannot change the hive.",
     )
 

@@ -1,9 +1,15 @@
-"""Hive → DaemonSet, ConfigMap, Services (pure builders, no I/O).
+"""Hive → DaemonSet, ConfigMap, Services, admin Deployment (pure builders, no I/O).
 
 One hive pod per selected host: the router sidecar owns ``/dev/shm`` regions (``hostIPC``)
 and the socket directory on a hostPath that node Pods on the same host mount too.  The hive
 config is a mounted ConfigMap, so route/VPN edits reach the router by file reload, never by a
 pod restart: nothing derived from the routes is put in the pod template.
+
+The admin API is not part of the hive pods: it is one Deployment (``spec.admin.replicas``) and
+its Service.  Its pods run on hosts that run a hive pod (required pod affinity) with the same
+host IPC and socket hostPath, so each reaches the router of its own host as ``SY.admin``; its
+deployment and drift history lives in a ConfigMap the admin processes share
+(``fluxbee.admin.kube_history``), so a replica or a replacement pod on another host sees it all.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ class HiveNames:
     config_map: str
     gateway_service: str
     admin_service: str
+    admin_deployment: str
+    admin_history: str
     admin_secret: str
     claims_config_map: str
     system_credentials: str
@@ -62,6 +70,8 @@ def names(hive: Hive) -> HiveNames:
         config_map=f"{base}-hive-config",
         gateway_service=f"{base}-gateway",
         admin_service=f"{base}-admin",
+        admin_deployment=f"{base}-admin",
+        admin_history=f"{base}-admin-history",
         admin_secret=hive.spec.admin.token_secret or f"{base}-admin-token",
         claims_config_map=claims_config_map_name(base),
         system_credentials=f"{base}-system-credentials",
@@ -172,8 +182,20 @@ def pod_selector(hive_name: str) -> dict[str, str]:
     return {L.HIVE: hive_name, L.COMPONENT: "hive"}
 
 
-def _labels(hive: Hive) -> dict[str, str]:
-    return {**L.common("hive", hive.metadata.name), L.HIVE: hive.metadata.name}
+def admin_pod_selector(hive_name: str) -> dict[str, str]:
+    """Labels selecting a hive's admin API pods (never the hive pods: the gateway Service must
+    not send traffic to them, nor the admin Service to a router)."""
+    return {L.HIVE: hive_name, L.COMPONENT: ADMIN_COMPONENT}
+
+
+ADMIN_COMPONENT = "admin"
+HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
+ADMIN_EVICTION_SECONDS = 30
+"""How long an admin pod stays on a host that stopped answering before it is evicted (and replaced)."""
+
+
+def _labels(hive: Hive, component: str = "hive") -> dict[str, str]:
+    return {**L.common(component, hive.metadata.name), L.HIVE: hive.metadata.name}
 
 
 def router_config(hive: Hive, version: int) -> dict[str, Any]:
@@ -286,6 +308,7 @@ def _admin_container(hive: Hive, settings: OperatorSettings, image: str) -> dict
                 "name": "POD_NAMESPACE",
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
             },
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {
                 "name": "FLUXBEE_ADMIN_TOKEN",
                 "valueFrom": {"secretKeyRef": {"name": names(hive).admin_secret, "key": "token"}},
@@ -312,34 +335,36 @@ def _system_credential_volumes(hive: Hive) -> list[dict[str, Any]]:
     ]
 
 
+def _placement(hive: Hive, pod_spec: dict[str, Any]) -> None:
+    """The hive's host selection (``spec.nodeSelector``, ``spec.tolerations``) on ``pod_spec``."""
+    if hive.spec.node_selector:
+        pod_spec["nodeSelector"] = dict(hive.spec.node_selector)
+    if hive.spec.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in hive.spec.tolerations]
+
+
+def _sockets_volume(hive: Hive) -> dict[str, Any]:
+    return {"name": "sockets", "hostPath": {"path": hive.host_socket_dir, "type": "DirectoryOrCreate"}}
+
+
 def build_daemon_set(hive: Hive, namespace: str, settings: OperatorSettings) -> dict[str, Any]:
+    """The hive pods: the router of each selected host (the admin API is its own Deployment)."""
     image = hive.spec.image or settings.image
     containers = [_router_container(hive, settings, image)]
-    if hive.spec.admin.enabled:
-        containers.append(_admin_container(hive, settings, image))
     pod_labels = {**_labels(hive), **pod_selector(hive.metadata.name)}
     pod_spec: dict[str, Any] = {
         "hostIPC": True,
         "containers": containers,
         "volumes": [
-            {
-                "name": "sockets",
-                "hostPath": {"path": hive.host_socket_dir, "type": "DirectoryOrCreate"},
-            },
+            _sockets_volume(hive),
             {"name": "hive-config", "configMap": {"name": names(hive).config_map}},
             {"name": "claims", "configMap": {"name": names(hive).claims_config_map}},
-            *_system_credential_volumes(hive),
         ],
         "terminationGracePeriodSeconds": 10,
+        # the router never calls the Kubernetes API: no token in its pods
+        "automountServiceAccountToken": False,
     }
-    if hive.spec.admin.enabled and hive.spec.admin.service_account_name:
-        pod_spec["serviceAccountName"] = hive.spec.admin.service_account_name
-    else:
-        pod_spec["automountServiceAccountToken"] = False
-    if hive.spec.node_selector:
-        pod_spec["nodeSelector"] = dict(hive.spec.node_selector)
-    if hive.spec.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in hive.spec.tolerations]
+    _placement(hive, pod_spec)
     return {
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
@@ -349,6 +374,69 @@ def build_daemon_set(hive: Hive, namespace: str, settings: OperatorSettings) -> 
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
             "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
         },
+    }
+
+
+def build_admin_deployment(hive: Hive, namespace: str, settings: OperatorSettings) -> dict[str, Any]:
+    """The admin API: ``spec.admin.replicas`` pods, each beside a hive pod.
+
+    Each pod shares its host's IPC namespace and the hive's socket hostPath, so ``fluxbee admin``
+    finds the router of that host in ``routers/*.sock`` and joins it as ``SY.admin`` with the token
+    of the system-credentials Secret (the same file and variable as before).  Required pod affinity
+    to the hive pods keeps it off hosts without a router; replicas prefer different hosts, so one
+    host going away leaves the others serving while the Deployment replaces the lost pod.
+    """
+    image = hive.spec.image or settings.image
+    name = hive.metadata.name
+    pod_spec: dict[str, Any] = {
+        "hostIPC": True,
+        "containers": [_admin_container(hive, settings, image)],
+        "volumes": [_sockets_volume(hive), *_system_credential_volumes(hive)],
+        "affinity": {
+            "podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": pod_selector(name)}, "topologyKey": HOSTNAME_TOPOLOGY},
+            ]},
+            "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "podAffinityTerm": {"labelSelector": {"matchLabels": admin_pod_selector(name)},
+                                                    "topologyKey": HOSTNAME_TOPOLOGY}},
+            ]},
+        },
+        "terminationGracePeriodSeconds": 10,
+    }
+    if hive.spec.admin.service_account_name:
+        pod_spec["serviceAccountName"] = hive.spec.admin.service_account_name
+    else:
+        pod_spec["automountServiceAccountToken"] = False
+    _placement(hive, pod_spec)
+    # Leave a lost host after 30 s rather than the API server's default 300 s, so the Deployment
+    # replaces the pod on another hive host soon (the hive's own tolerations of these keys win).
+    own = {t.get("key") for t in pod_spec.get("tolerations", [])}
+    pod_spec["tolerations"] = [*pod_spec.get("tolerations", []), *(
+        {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": ADMIN_EVICTION_SECONDS}
+        for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable") if key not in own)]
+    labels = _labels(hive, ADMIN_COMPONENT)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": names(hive).admin_deployment, "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": hive.spec.admin.replicas,
+            "selector": {"matchLabels": admin_pod_selector(name)},
+            "template": {"metadata": {"labels": {**labels, **admin_pod_selector(name)}}, "spec": pod_spec},
+        },
+    }
+
+
+def build_admin_history(hive: Hive, namespace: str) -> dict[str, Any]:
+    """The ConfigMap the admin replicas keep their history in (``fluxbee.admin.kube_history`` owns
+    its data; no ``data`` here, so a reconcile never compares or resets it).  Made by the operator
+    so the admin API needs no right to create ConfigMaps; not labelled as managed by the operator,
+    so its many writes do not wake the Hive's reconcile."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": names(hive).admin_history, "namespace": namespace, "labels": {
+            L.HIVE: hive.metadata.name, L.COMPONENT: "admin-history", L.PART_OF: "fluxbee"}},
     }
 
 
@@ -370,13 +458,15 @@ def build_services(hive: Hive, namespace: str) -> list[dict[str, Any]]:
                 namespace,
                 n.admin_service,
                 [{"name": "http", "port": hive.spec.admin.port, "targetPort": "admin"}],
+                admin_pod_selector(hive.metadata.name),
             )
         )
     return out
 
 
 def _service(
-    hive: Hive, namespace: str, name: str, ports: list[dict[str, Any]]
+    hive: Hive, namespace: str, name: str, ports: list[dict[str, Any]],
+    selector: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -384,7 +474,7 @@ def _service(
         "metadata": {"name": name, "namespace": namespace, "labels": _labels(hive)},
         "spec": {
             "type": "ClusterIP",
-            "selector": pod_selector(hive.metadata.name),
+            "selector": selector or pod_selector(hive.metadata.name),
             "ports": [{**p, "protocol": "TCP"} for p in ports],
         },
     }

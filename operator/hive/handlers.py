@@ -1,4 +1,4 @@
-"""Hive reconcile: ConfigMap, DaemonSet, Services, admin token; status from the DaemonSet."""
+"""Hive reconcile: ConfigMap, DaemonSet, admin Deployment, Services, admin token; status from the DaemonSet."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from fluxbee.operator.conditions import InvalidSpec, Outcome
 from fluxbee.operator.context import OperatorContext, write_status
 from fluxbee.operator.hive.build import (
     SYSTEM_NODES,
+    build_admin_deployment,
+    build_admin_history,
     build_admin_secret,
     build_config_map,
     build_daemon_set,
@@ -85,6 +87,12 @@ async def reconcile_hive(ctx: OperatorContext, body: Mapping[str, Any]) -> Outco
     version = int(meta.get("generation") or 1)
     await ensure(kube, "configmaps", namespace, owned(build_config_map(hive, namespace, version), body))
     await ensure(kube, "daemonsets", namespace, owned(build_daemon_set(hive, namespace, ctx.settings), body))
+    if hive.spec.admin.enabled:  # the history outlives a disabled admin API, and goes with the Hive
+        await ensure(kube, "configmaps", namespace, owned(build_admin_history(hive, namespace), body))
+        await ensure(kube, "deployments", namespace,
+                     owned(build_admin_deployment(hive, namespace, ctx.settings), body))
+    else:
+        await ensure_absent(kube, "deployments", namespace, n.admin_deployment)
     wanted = {s["metadata"]["name"] for s in build_services(hive, namespace)}
     for service in build_services(hive, namespace):
         await ensure(kube, "services", namespace, owned(service, body))
@@ -141,11 +149,13 @@ async def cleanup_hive(ctx: OperatorContext, body: Mapping[str, Any]) -> None:
     """Delete what the hive owns now (ownerReference GC would do it later, or never off-cluster)."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    selector = {L.MANAGED_BY: L.OPERATOR, L.HIVE: name, L.COMPONENT: "hive"}
-    for plural in ("daemonsets", "services", "configmaps", "secrets"):
-        for child in await ctx.kube.list(plural, namespace, selector):
-            if _owned_by(child, meta.get("uid")):
-                await ctx.kube.delete(plural, namespace, child["metadata"]["name"])
+    for component, plurals in (("admin", ("deployments",)),
+                               ("hive", ("daemonsets", "services", "configmaps", "secrets"))):
+        selector = {L.MANAGED_BY: L.OPERATOR, L.HIVE: name, L.COMPONENT: component}
+        for plural in plurals:
+            for child in await ctx.kube.list(plural, namespace, selector):
+                if _owned_by(child, meta.get("uid")):
+                    await ctx.kube.delete(plural, namespace, child["metadata"]["name"])
     log.info("hive %s/%s: children deleted; its FluxNodes stop until it comes back", namespace, name)
 
 

@@ -137,7 +137,7 @@ def test_admin_api_answers_with_the_token(hive: str) -> None:
     deadline = time.monotonic() + 60
     while True:
         try:
-            out = kubectl("exec", hive_pod(hive), "-c", "admin", "--", "python", "-c",
+            out = kubectl("exec", f"deployment/{hive}-admin", "-c", "admin", "--", "python", "-c",
                           ADMIN_PROBE, token_b64, timeout=30)
             break
         except AssertionError:

@@ -15,6 +15,7 @@ from fluxbee.operator.fluxnode.build import (
     resolve_package,
 )
 from fluxbee.operator.hive.build import (
+    build_admin_deployment,
     build_daemon_set,
     build_system_claims,
     build_system_credentials,
@@ -85,15 +86,19 @@ def test_claims_values_are_the_routers_format_and_patches_touch_one_key() -> Non
     assert claim_hashes("not json") == [] and claim_hashes('{"credential_sha256": "x"}') == []
 
 
-def test_the_router_mounts_the_claims_and_the_admin_its_own_system_token() -> None:
+def test_the_router_mounts_the_claims_and_the_admin_deployment_its_own_system_token() -> None:
     ds = build_daemon_set(hive(), "ns", SETTINGS)
-    router, admin = containers(ds)["router"], containers(ds)["admin"]
+    router = containers(ds)["router"]
     flag = router["command"].index("--claims-dir")
     assert router["command"][flag + 1] == "/etc/fluxbee/claims"
     assert {"name": "claims", "mountPath": "/etc/fluxbee/claims", "readOnly": True} in router["volumeMounts"]
     volumes = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
     assert volumes["claims"] == {"name": "claims", "configMap": {"name": "h-claims"}}
-    assert volumes["credential-sy-admin"]["secret"] == {
+    assert "credential-sy-admin" not in volumes  # the hive pods run no SY.* process of their own
+    deployment = build_admin_deployment(hive(), "ns", SETTINGS)
+    admin = containers(deployment)["admin"]
+    admin_volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert admin_volumes["credential-sy-admin"]["secret"] == {
         "secretName": "h-system-credentials", "items": [{"key": "SY.admin", "path": "token"}]}
     assert {"name": "credential-sy-admin", "mountPath": "/etc/fluxbee/credential",
             "readOnly": True} in admin["volumeMounts"]
