@@ -160,18 +160,27 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
         make(plural)
 
-    # Optional, so Hives carry no finalizer: everything a Hive makes is owned by it and goes with it
-    # through the garbage collector. A finalizer would leave a Hive Terminating for good whenever the
-    # operator is gone first (`helm uninstall` deletes the operator and the chart's Hive together).
-    # While the operator runs, the cleanup still deletes the children at once and stops the nodes.
-    @kopf.on.delete(API_GROUP, VERSION, "hives", registry=registry, id="cleanup-hive", optional=True)
-    async def hive_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
+    # Hives carry no finalizer: everything a Hive makes is owned by it and goes with it through the
+    # garbage collector. A finalizer would leave a Hive Terminating for good whenever the operator is
+    # gone first (`helm uninstall` deletes the operator and the chart's Hive together). So the
+    # operator reacts to the watch's DELETED event instead (no finalizer needed, and none added):
+    # it deletes the children at once and stops the Hive's nodes (their Pods are the FluxNodes', not
+    # the Hive's). An operator that was down at that moment does the same at its next start, when
+    # each FluxNode is resumed and finds its Hive gone.
+    @kopf.on.event(API_GROUP, VERSION, "hives", registry=registry, id="hive-gone")
+    async def hive_deleted(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+        if event.get("type") != "DELETED":
+            return
+        body = event.get("object") or {}
+        if not (body.get("metadata") or {}).get("namespace"):
+            return
         ctx = _ctx(memo)
         try:
             await _exclusive(ctx, "hives", body, cleanup_hive)
             await _after(ctx, "hives", body)
         except ApiError as err:
-            raise _temporary(err) from err
+            log.warning("hive %s/%s deleted; cleaning up failed, the garbage collector and the nodes' next "
+                        "reconcile finish it: %s", body["metadata"]["namespace"], body["metadata"].get("name"), err)
 
     @kopf.on.delete(API_GROUP, VERSION, "fluxnodes", registry=registry, id="cleanup-fluxnode")
     async def fluxnode_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:

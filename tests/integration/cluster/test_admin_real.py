@@ -155,6 +155,7 @@ def test_a_node_spawned_through_the_admin_api_runs_as_a_fluxnode_and_killing_it_
         assert (code, doc["error_code"]) == (503, "ROUTER_UNREACHABLE"), (path, doc)
 
     # Its config: the admin API patches the FluxNode, the operator renders the ConfigMap.
+    (before,) = running_pods(cp, ns, f"fluxbee.io/fluxnode={resource}")
     changed = payload(a.call("PUT", "/hives/demo/nodes/WF.life.one/config?notify=false", {"b": 2}))
     assert changed["config_version"] == 2
     node = get(cp, ns, "fluxnode", resource)
@@ -168,7 +169,12 @@ def test_a_node_spawned_through_the_admin_api_runs_as_a_fluxnode_and_killing_it_
     config = setup.wait_for("the operator to render the new config", rendered)
     assert config["a"] == 1 and config["reply_prefix"] == "echo: " and config["tenant_id"] == TENANT
 
-    setup.wait_for("the node RUNNING again (its Pod was replaced to run the new config)", running)
+    # The Pod is replaced to run the new config (same name, new uid); until the new one runs, the
+    # admin API may still see the old one RUNNING.
+    setup.wait_for("the node's Pod replaced to run the new config", lambda: [
+        p for p in running_pods(cp, ns, f"fluxbee.io/fluxnode={resource}")
+        if p["metadata"]["uid"] != before["metadata"]["uid"]])
+    setup.wait_for("the node RUNNING again", running)
     killed = payload(a.call("DELETE", "/hives/demo/nodes/WF.life.one", {"purge_instance": True}))
     assert killed["was_running"] is True and killed["instance_purged"] is True
     setup.wait_for("the FluxNode, its Pod and ConfigMap gone", lambda: get(cp, ns, "fluxnode", resource) is None
