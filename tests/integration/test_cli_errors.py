@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from shm_leaks import SessionSegments, fluxbee_segments
 
 
 def fluxbee(*args: str) -> subprocess.CompletedProcess[str]:
@@ -43,12 +44,11 @@ def test_a_run_dir_too_long_for_a_unix_socket_is_refused(tmp_path: Path) -> None
 
 
 def test_a_router_that_cannot_start_leaves_no_socket_or_shared_memory(run_dir: Path) -> None:
-    import os
     import socket
 
     config = run_dir / "hive.yaml"
     config.write_text("vpns: [{pattern: WF.x}]\n")  # vpn_id missing
-    before = set(os.listdir("/dev/shm"))
+    segments = SessionSegments(fluxbee_segments())  # other hives on the machine make segments too
     done = fluxbee("router", "--hive-id", "h", "--run-dir", str(run_dir), "--config", str(config))
     assert done.returncode == 2 and "vpn" in done.stderr.lower()
     with socket.socket() as taken:  # a metrics port already in use
@@ -58,4 +58,6 @@ def test_a_router_that_cannot_start_leaves_no_socket_or_shared_memory(run_dir: P
         done = fluxbee("router", "--hive-id", "h", "--run-dir", str(run_dir), "--metrics-addr", f"127.0.0.1:{port}")
     assert done.returncode == 2 and f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr
     assert not list((run_dir / "routers").glob("*.sock"))
-    assert {n for n in set(os.listdir("/dev/shm")) - before if n.startswith("fluxbee-")} == set()
+    segments.note_run_dir(run_dir)  # this router's uuid is kept there: its region names follow from it
+    assert segments.router_hexes, "the router kept no uuid in its run dir"
+    assert segments.leftovers() == []
