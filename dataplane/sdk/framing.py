@@ -23,7 +23,7 @@ _PLAIN_META_BYTES: dict[str, bytes] = {
 _USER_META_BYTES = _PLAIN_META_BYTES[wire.TYPE_USER]
 _TTL_TRACE = b',"ttl":' + str(wire.DEFAULT_TTL).encode() + b',"trace_id":'
 _frame: Callable[[bytes, str | None, bytes, str, bytes, bytes], bytes | None] | None = (
-    _native.speedups.frame if _native.speedups is not None else None  # splice() in one allocation
+    _native.choose(__name__, "_frame", "frame", None)  # splice() in one allocation
 )
 _MAX_WIRE = wire.MAX_FRAME + wire.HEADER_SIZE
 _encode = wire.encoder.encode

@@ -32,7 +32,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
-from fluxbee.dataplane import wire
+from fluxbee.dataplane import _native, wire
 from fluxbee.dataplane.sdk.client import _Client, _Inbox, _Protocol
 from fluxbee.dataplane.sdk.control import NodeStatus
 from fluxbee.dataplane.sdk.discovery import (
@@ -68,7 +68,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_new_trace_id = wire.new_trace_id
+_new_trace_id = _native.choose(__name__, "_new_trace_id", "trace_id", wire.new_trace_id_py)
 _DEFAULT_TTL = wire.DEFAULT_TTL
 _TYPE_USER, _TYPE_SYSTEM = wire.TYPE_USER, wire.TYPE_SYSTEM
 _REFUSALS = frozenset((wire.UNREACHABLE, wire.TTL_EXCEEDED))
