@@ -102,7 +102,7 @@ def extend_py(bodies: list[bytes], start: int, node: bytes, stamp: bytes, dst: s
     return b"".join(out), len(out)
 
 
-scan: Final[Scan] = _native.speedups.scan if _native.speedups is not None else scan_py
-extend: Final[Extend] = _native.speedups.extend if _native.speedups is not None else extend_py
+scan: Final[Scan] = _native.choose(__name__, "scan", "scan", scan_py)
+extend: Final[Extend] = _native.choose(__name__, "extend", "extend", extend_py)
 IMPLEMENTATION: Final = _native.IMPLEMENTATION
 """Which implementation :data:`scan` is: ``"c"`` or why it is the Python one."""

@@ -274,9 +274,7 @@ def new_trace_id_py() -> str:
     return "%s%012x" % (_trace_prefix, next(_trace_counter) & 0xFFFFFFFFFFFF)  # noqa: UP031
 
 
-new_trace_id: Final[Callable[[], str]] = (
-    _native.speedups.trace_id if _native.speedups is not None else new_trace_id_py
-)
+new_trace_id: Final[Callable[[], str]] = _native.choose(__name__, "new_trace_id", "trace_id", new_trace_id_py)
 """A fresh trace id: the C extension writes the same text in ~25 ns instead of ~157.  The two keep
 separate counters over the same prefix, so a process uses one of them (this one), never both."""
 
@@ -399,4 +397,5 @@ class FrameReader:
         return frames, pos
 
 
-_split: Final = _native.speedups.split if _native.speedups is not None else None
+_split: Final[Callable[[bytes | bytearray | memoryview, int], tuple[list[bytes], int, int]] | None] = (
+    _native.choose(__name__, "_split", "split", None))

@@ -6,7 +6,7 @@ import uuid as uuid_mod
 from pathlib import Path
 
 from fluxbee.dataplane import shm
-from fluxbee.dataplane.sdk.node import default_run_dir
+from fluxbee.dataplane.sdk.discovery import default_run_dir
 
 _ATTEMPTS = 5
 

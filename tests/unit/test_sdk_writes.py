@@ -9,7 +9,8 @@ import pytest
 
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.sdk import NodeConfig, NodeSender, NotConnectedError, RequestTimeoutError, UnreachableError
-from fluxbee.dataplane.sdk import node as sdk_node
+from fluxbee.dataplane.sdk import framing as sdk_framing
+from fluxbee.dataplane.sdk import writes as sdk_writes
 from fluxbee.dataplane.sdk.node import _Client, _Protocol
 
 
@@ -51,7 +52,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
     c = Clock()
-    monkeypatch.setattr(sdk_node, "_perf_ns", c)
+    monkeypatch.setattr(sdk_writes, "_perf_ns", c)
     yield c
 
 
@@ -101,12 +102,12 @@ async def test_a_long_burst_is_written_in_chunks_without_waiting_for_the_iterati
     client, _, transport = attach(asyncio.get_running_loop())
     sender = NodeSender(client)
     payload = "p" * 1_000
-    count = 3 * sdk_node._CHUNK // 1_000
+    count = 3 * sdk_writes._CHUNK // 1_000
     for i in range(count):
         clock.now += 1_000
         await sender.send("WF.x", [i, payload])
     assert 2 + 2 <= len(transport.writes) <= 2 + 3  # two at once, then full chunks before the iteration ends
-    assert all(len(w) <= sdk_node._CHUNK + 2_000 for w in transport.writes)
+    assert all(len(w) <= sdk_writes._CHUNK + 2_000 for w in transport.writes)
     await asyncio.sleep(0)
     assert [m.payload[0] for m in transport.frames()] == list(range(count))
 
@@ -204,7 +205,7 @@ async def test_nowait_sends_refuse_when_the_connection_is_down(clock: Clock) -> 
 
 
 # --- the C extension's sending side against the pure-Python one ------------------
-needs_c = pytest.mark.skipif(sdk_node._frame is None, reason="the C extension is not built")
+needs_c = pytest.mark.skipif(sdk_framing._frame is None, reason="the C extension is not built")
 ODD_TEXT = ["", "WF.sink", "WF.sink@*", "a\"b", "back\\slash", "tab\there", "\x00", "\x1f", "\x7f", "ü", "🐝",
             "x" * 300]
 
@@ -217,7 +218,7 @@ def test_the_c_frame_is_byte_for_byte_the_joined_one(monkeypatch: pytest.MonkeyP
     client = _Client(NodeConfig(name="WF.t"))
     payload = {"text": "hi", "n": [1, 2.5, None]}
     fast = client.splice(dst, payload, trace)
-    monkeypatch.setattr(sdk_node, "_frame", None)
+    monkeypatch.setattr(sdk_framing, "_frame", None)
     assert fast == client.splice(dst, payload, trace)
     msg = wire.decode_message(fast[wire.HEADER_SIZE:])
     assert (msg.routing.dst, msg.routing.trace_id, msg.payload) == (dst, trace, payload)
@@ -225,9 +226,9 @@ def test_the_c_frame_is_byte_for_byte_the_joined_one(monkeypatch: pytest.MonkeyP
 
 @needs_c
 def test_the_c_frame_leaves_escaping_to_msgspec_and_the_size_limit_to_the_sdk() -> None:
-    frame = sdk_node._frame
+    frame = sdk_framing._frame
     assert frame is not None
-    head, tail = b'{"routing":{"src":"s","dst":', sdk_node._TTL_TRACE
+    head, tail = b'{"routing":{"src":"s","dst":', sdk_framing._TTL_TRACE
     assert frame(head, "a\"b", tail, "t", b"}", b"1") is None
     assert frame(head, "d", tail, "\n", b"}", b"1") is None
     out = frame(head, "d", tail, "t", b'},"meta":{"type":"user"},"payload":', b"1")
