@@ -1,17 +1,24 @@
 """The hive router: one asyncio process that moves frames between node sockets.
 
-Two paths make every routing decision.  The general path
+The rules live in :mod:`fluxbee.dataplane.router.decide`, which returns a
+decision (deliver, refuse with reason and detail, drop, fan out) from the
+registry kept here (nodes by UUID, by full name, by base name), the route
+table, VPNs and L3; this module carries decisions out.  The general path
 (:meth:`Router.on_frame`) decodes ``routing`` and the few meta fields it
 decides on; ``meta`` and ``payload`` stay raw bytes and are written out
 unchanged (see :mod:`fluxbee.dataplane.wire`).  The fast path
-(:meth:`Router.route_frames`) takes the common case without decoding at all
-(:mod:`fluxbee.dataplane.fastpath`) and hands every other frame to the general
-path.  **A new rule for user messages to a UUID or a name (a policy, a
-quota, a new refusal) must be added to the fast path's conditions too, or
-make it step aside** — and get a case in ``tests/unit/test_router_fastpath.py``,
-which checks that both paths agree.  Lookups are dict hits: nodes by UUID,
-nodes by full name, nodes by base name, and per-name route decisions
-memoised until the config or the connected nodes change.
+(:meth:`Router.route_frames`) takes only the case whose decision is a plain
+delivery (a user message to a connected UUID, or to a name no route decides,
+in the sender's VPN, with room) without decoding, and hands every other frame
+to the general path.  **A new rule goes into ``decide``; if it can change the
+outcome of that plain case, the fast path must step aside for it** — and the
+rule gets a case in ``tests/unit/test_router_fastpath.py``, which checks that
+both paths agree.  Per-name route decisions are memoised until the config or
+the connected nodes change.  Connections and backpressure are in
+:mod:`~fluxbee.dataplane.router.connection`, the HELLO-less messages the router
+answers itself in :mod:`~fluxbee.dataplane.router.control`, the config state in
+:mod:`~fluxbee.dataplane.router.config_state`, the probes in
+:mod:`~fluxbee.dataplane.router.probes`.
 
 Decisions the original left open, made here:
 
@@ -60,8 +67,6 @@ import socket
 import time
 import uuid as uuid_mod
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -69,21 +74,21 @@ import msgspec
 from aiohttp import web
 
 from fluxbee.dataplane import alloc, fastpath, shm, wire
-from fluxbee.dataplane.router import config_state, control, probes, scheduling, trust
+from fluxbee.dataplane.router import config_state, control, decide, probes, scheduling, trust
 from fluxbee.dataplane.router import status as _status
 from fluxbee.dataplane.router.config import (
     ROUTE_CACHE_LIMIT,
     CompiledRoute,
     RouteTable,
-    is_system_name,
     split_name,
 )
 from fluxbee.dataplane.router.config_state import SectionVersions
 from fluxbee.dataplane.router.connection import Conn, who
 from fluxbee.dataplane.router.counters import Counters
+from fluxbee.dataplane.router.decide import Names, pick
 from fluxbee.dataplane.router.l3 import L3Resolver, with_src_ilk
 from fluxbee.dataplane.router.settings import RouterError, RouterSettings
-from fluxbee.models import RouteAction, RouteSpec, VpnSpec, validate_node_name
+from fluxbee.models import RouteSpec, VpnSpec, validate_node_name
 from fluxbee.models.resources import HIVE_ID_RE
 
 __all__ = ["Conn", "Router", "RouterError", "RouterSettings", "run_router"]
@@ -101,14 +106,6 @@ META_CACHE_ENTRIES = 4096
 MAX_SOCKET_PATH = 107
 
 
-@dataclass(slots=True)
-class _Names:
-    """Nodes sharing one name, with a round-robin cursor."""
-
-    conns: list[Conn] = field(default_factory=list)
-    cursor: int = 0
-
-
 class Router:
     """State and decisions of one hive router (see the module docstring)."""
 
@@ -124,11 +121,11 @@ class Router:
         self.socket_path = settings.run_dir / "routers" / f"{uuid_mod.UUID(self.uuid).hex}.sock"
         self.counters = Counters()
         self.by_uuid: dict[str, Conn] = {}
-        self.by_name: dict[str, _Names] = {}
+        self.by_name: dict[str, Names[Conn]] = {}
         self.by_base: dict[str, list[Conn]] = {}
         self.table = RouteTable.build(0, (), ())
         self._dst_cache: dict[str, tuple[str, str, CompiledRoute | None]] = {}
-        self._fast_names: dict[str, _Names] = {}  # fast path: destination -> live nodes; emptied on any change
+        self._fast_names: dict[str, Names[Conn]] = {}  # fast path: destination -> live nodes; emptied on any change
         self._meta_cache: dict[bytes, wire.MetaView] = {}
         self.config_version = 0
         self.section_versions = SectionVersions()
@@ -369,7 +366,7 @@ class Router:
                     if len(conns) == 1:
                         target = conns[0]
                     else:
-                        target = self._pick(names)
+                        target = pick(names)
                         single = False  # round robin: each frame picks its node
                 transport = target.transport
                 if target.vpn_id != vpn or target.closing or transport is None:
@@ -421,7 +418,7 @@ class Router:
         self.on_frame(conn, body)
         return conn.vpn_id
 
-    def _fast_name(self, dst: str) -> _Names | None:
+    def _fast_name(self, dst: str) -> Names[Conn] | None:
         """The live nodes a name reaches when no route decides it (memoised until nodes or config change)."""
         if len(dst) in (32, 36):  # maybe a UUID in another spelling: the general path knows
             return None
@@ -487,11 +484,11 @@ class Router:
             self._deliver(conn, target, env, meta)
             return
         if wire.is_uuid(dst):
-            target = self.by_uuid.get(wire.canonical_uuid(dst))
-            if target is not None:
-                self._deliver(conn, target, env, meta)
+            found = decide.by_uuid(dst, self.by_uuid)
+            if isinstance(found, decide.Refuse):
+                self._refuse(conn, routing, found)
             else:
-                self.unreachable(conn, routing, wire.NODE_NOT_FOUND, "no node with this UUID is connected")
+                self._deliver(conn, found, env, meta)
             return
         self._route_name(conn, env, meta, dst)
 
@@ -681,7 +678,7 @@ class Router:
         self.by_uuid[conn.uuid] = conn
         self.tally(conn, +1)
         self._fast_names.clear()
-        self.by_name.setdefault(conn.name, _Names()).conns.append(conn)
+        self.by_name.setdefault(conn.name, Names[Conn]()).conns.append(conn)
         self.by_base.setdefault(conn.base, []).append(conn)
         self.shm_put(conn)
 
@@ -722,19 +719,13 @@ class Router:
                 self.counters.disconnects[reason] += 1
             log.info("node %s (%s) disconnected (%s)", conn.name, conn.uuid, reason)
 
-    # routing -----------------------------------------------------------
-    def _allowed(self, src: Conn, dst: Conn, meta: wire.MetaView) -> bool:
-        if src.vpn_id == dst.vpn_id:
-            return True
-        if meta.type == wire.TYPE_SYSTEM and meta.scope == "global":
-            return True
-        return is_system_name(src.base) or is_system_name(dst.base)
-
+    # routing: decisions in decide.py, carried out here ----------------------------
     def _deliver(self, src: Conn, dst: Conn, env: wire.RawEnvelope, meta: wire.MetaView) -> None:
-        if src.vpn_id != dst.vpn_id and not self._allowed(src, dst, meta):
-            self.unreachable(src, env.routing, wire.VPN_BLOCKED,
-                              f"{src.name} (vpn {src.vpn_id}) may not reach {dst.name} (vpn {dst.vpn_id})")
-            return
+        if src.vpn_id != dst.vpn_id:
+            decision = decide.unicast(src, dst, meta)
+            if isinstance(decision, decide.Refuse):
+                self.unreachable(src, env.routing, decision.reason, decision.detail)
+                return
         try:
             frame = wire.encode_frame(env)
         except wire.FrameTooLargeError as err:
@@ -748,33 +739,20 @@ class Router:
             self.counters.dropped[wire.DST_CONGESTED] += 1
             self.unreachable(src, env.routing, wire.DST_CONGESTED, f"{dst.name} is not reading; message dropped")
 
-    def _pick(self, names: _Names) -> Conn:
-        """Round-robin over live nodes with one name, skipping congested ones when possible."""
-        conns = names.conns
-        count = len(conns)
-        start = names.cursor
-        for i in range(count):
-            conn = conns[(start + i) % count]
-            if conn.congested_since is None:
-                names.cursor = (start + i + 1) % count
-                return conn
-        names.cursor = (start + 1) % count
-        return conns[start % count]
+    def _refuse(self, src: Conn, routing: wire.Routing, decision: decide.Refuse | decide.Drop) -> None:
+        if isinstance(decision, decide.Drop):
+            self.counters.dropped[decision.counter] += 1
+            return
+        if decision.dropped is not None:
+            self.counters.dropped[decision.dropped] += 1
+        self.unreachable(src, routing, decision.reason, decision.detail)
 
     def _resolve(self, dst: str) -> tuple[str, str, CompiledRoute | None]:
         """Full name, base name and deciding route of a destination string (cached per config)."""
         cached = self._dst_cache.get(dst)
         if cached is not None:
             return cached
-        if dst.endswith("@*"):
-            base = dst[:-2]
-            full = f"{base}@{self.hive_id}"
-        elif "@" in dst:
-            full = dst
-            base, _ = split_name(dst)
-        else:
-            full = f"{dst}@{self.hive_id}"
-            base = dst
+        full, base = decide.full_name(dst, self.hive_id)
         cached = (full, base, self.table.route_for(full))
         if len(self._dst_cache) >= ROUTE_CACHE_LIMIT:
             self._dst_cache.clear()
@@ -782,33 +760,12 @@ class Router:
         return cached
 
     def _route_name(self, src: Conn, env: wire.RawEnvelope, meta: wire.MetaView, dst: str) -> None:
-        routing = env.routing
         full, base, route = self._resolve(dst)
-        if route is not None:
-            spec = route.spec
-            if spec.action is RouteAction.DROP:
-                self.counters.dropped["ROUTE_DROP"] += 1
-                return
-            if spec.next_hop_hive and spec.next_hop_hive != self.hive_id:
-                self.unreachable(src, routing, wire.WAN_UNAVAILABLE,
-                                  f"route {spec.prefix!r} forwards to hive {spec.next_hop_hive!r}; "
-                                  "this router has no inter-hive gateway")
-                return
-        names = self.by_name.get(full)
-        if names is not None and names.conns:
-            self._deliver(src, self._pick(names), env, meta)
-            return
-        if dst.endswith("@*"):
-            candidates = self.by_base.get(base)
-            if candidates:
-                self._deliver(src, candidates[0], env, meta)
-                return
-        _, hive = split_name(full)
-        if hive != self.hive_id:
-            self.unreachable(src, routing, wire.WAN_UNAVAILABLE,
-                              f"{full} is in hive {hive!r}; this router has no inter-hive gateway")
-            return
-        self.unreachable(src, routing, wire.NODE_NOT_FOUND, f"no node named {full} is connected")
+        target = decide.by_name(dst, full, base, route, self.hive_id, self.by_name, self.by_base)
+        if isinstance(target, decide.Refuse | decide.Drop):
+            self._refuse(src, env.routing, target)
+        else:
+            self._deliver(src, target, env, meta)
 
     def _route_l3(self, src: Conn, env: wire.RawEnvelope, meta: wire.MetaView) -> bool:
         """Identity pre-resolve of ``dst: null`` (see :mod:`fluxbee.dataplane.router.l3`); True if routed."""
@@ -822,34 +779,18 @@ class Router:
 
     def _broadcast(self, src: Conn, env: wire.RawEnvelope, meta: wire.MetaView) -> None:
         routing = env.routing
-        trace_id = routing.trace_id
-        if not wire.is_uuid(trace_id):
-            self.counters.dropped["BROADCAST_TRACE_ID_NOT_UUID"] += 1
-            self.unreachable(src, routing, wire.NODE_NOT_FOUND,
-                              "a broadcast needs a UUID trace_id (the de-duplication key)")
+        refused = decide.broadcast(routing.trace_id, self._seen_broadcasts)
+        if refused is not None:
+            self._refuse(src, routing, refused)
             return
-        if trace_id in self._seen_broadcasts:
-            self.counters.dropped["BROADCAST_DUPLICATE"] += 1
-            return
-        self._seen_broadcasts[trace_id] = time.monotonic() + self.settings.dedupe_window_s
+        self._seen_broadcasts[routing.trace_id] = time.monotonic() + self.settings.dedupe_window_s
         try:
             frame = wire.encode_frame(env)
         except wire.FrameTooLargeError as err:
             self.unreachable(src, routing, wire.FRAME_TOO_LARGE, str(err))
             return
-        pattern = meta.target or None
         self.counters.broadcasts += 1
-        for conn in self.by_uuid.values():
-            if conn is src:
-                continue
-            if pattern is not None:
-                if "*" in pattern:
-                    if not (fnmatchcase(conn.name, pattern) or fnmatchcase(conn.base, pattern)):
-                        continue
-                elif pattern not in (conn.name, conn.base):
-                    continue
-            if not self._allowed(src, conn, meta):
-                continue
+        for conn in decide.fan_out(src, self.by_uuid.values(), meta):
             if conn.send(frame):
                 self.counters.delivered += 1
             else:
