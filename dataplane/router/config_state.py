@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fluxbee.dataplane import wire
-from fluxbee.dataplane.router import trust
+from fluxbee.dataplane.router import handshake, trust
 from fluxbee.dataplane.router.config import (
     ConfigError,
     HiveConfigDoc,
@@ -170,7 +170,7 @@ def poll_claims(router: Router) -> None:
             conn.fail(wire.INVALID_HELLO, verdict.detail)
             continue
         if verdict.claimed != conn.claimed:
-            router.tally(conn, -1)
+            handshake.tally(router, conn, -1)
             conn.claimed = verdict.claimed
-            router.tally(conn, +1)
+            handshake.tally(router, conn, +1)
         conn.grants = verdict.grants

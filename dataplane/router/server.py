@@ -74,21 +74,20 @@ import msgspec
 from aiohttp import web
 
 from fluxbee.dataplane import alloc, fastpath, shm, wire
-from fluxbee.dataplane.router import config_state, control, decide, probes, scheduling, trust
+from fluxbee.dataplane.router import config_state, control, decide, handshake, probes, scheduling, trust
 from fluxbee.dataplane.router import status as _status
 from fluxbee.dataplane.router.config import (
     ROUTE_CACHE_LIMIT,
     CompiledRoute,
     RouteTable,
-    split_name,
 )
 from fluxbee.dataplane.router.config_state import SectionVersions
-from fluxbee.dataplane.router.connection import Conn, who
+from fluxbee.dataplane.router.connection import Conn
 from fluxbee.dataplane.router.counters import Counters
 from fluxbee.dataplane.router.decide import Names, pick
 from fluxbee.dataplane.router.l3 import L3Resolver, with_src_ilk
 from fluxbee.dataplane.router.settings import RouterError, RouterSettings
-from fluxbee.models import RouteSpec, VpnSpec, validate_node_name
+from fluxbee.models import RouteSpec, VpnSpec
 from fluxbee.models.resources import HIVE_ID_RE
 
 __all__ = ["Conn", "Router", "RouterError", "RouterSettings", "run_router"]
@@ -145,9 +144,9 @@ class Router:
         self.l3 = L3Resolver(settings.hive_id, settings.identity_frontdesk, run_dir=settings.run_dir)
         self.claims = trust.Claims.empty()
         self.claims_sig: object = None
-        self._pending_by_uid: collections.Counter[int] = collections.Counter()
-        self._unclaimed_by_uid: collections.Counter[int] = collections.Counter()
-        self._unclaimed_by_pid: collections.Counter[int] = collections.Counter()
+        self.pending_by_uid: collections.Counter[int] = collections.Counter()
+        self.unclaimed_by_uid: collections.Counter[int] = collections.Counter()
+        self.unclaimed_by_pid: collections.Counter[int] = collections.Counter()
 
     # lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -440,7 +439,7 @@ class Router:
         """The general path for one frame (HELLO included)."""
         if conn.uuid is None:
             self.counters.frames_in += 1
-            self._on_hello(conn, body)
+            handshake.hello(self, conn, body)
             return
         try:
             env = _decode_raw(body)
@@ -492,191 +491,19 @@ class Router:
             return
         self._route_name(conn, env, meta, dst)
 
-    def _on_hello(self, conn: Conn, body: bytes) -> None:
-        self.end_pending(conn)
-        try:
-            msg = wire.decode_message(body)
-        except wire.ProtocolError as err:
-            self.counters.rejected[wire.HELLO_REQUIRED] += 1
-            conn.fail(wire.HELLO_REQUIRED, f"first frame must be a HELLO: {err.detail}")
-            return
-        if msg.meta.type != wire.TYPE_SYSTEM or msg.meta.msg != wire.HELLO:
-            self.counters.rejected[wire.HELLO_REQUIRED] += 1
-            conn.fail(wire.HELLO_REQUIRED, f"first frame must be a HELLO, got {msg.meta.type}/{msg.meta.msg}")
-            return
-        reason = None
-        proof: str | None = None
-        try:
-            hello = msgspec.convert(msg.payload, wire.HelloPayload)
-            credential = msg.payload.get("credential") if isinstance(msg.payload, dict) else None
-            if credential is not None:
-                if not isinstance(credential, str):
-                    raise ValueError("payload.credential must be a string")
-                # Hashed at once: the router keeps no token, only what claims files hold.
-                proof = trust.token_sha256(credential[:4096])
-            node_uuid = wire.canonical_uuid(hello.uuid)
-            if wire.canonical_uuid(msg.routing.src) != node_uuid:
-                reason = "payload.uuid differs from routing.src"
-            name = hello.name if "@" in hello.name else f"{hello.name}@{self.hive_id}"
-            base, hive = split_name(name)
-            if hive != self.hive_id:
-                reason = f"node name {name!r} names hive {hive!r}, but this router serves {self.hive_id!r}"
-            validate_node_name(name)
-            if base.startswith("RT."):
-                reason = "RT.* names are reserved for routers"
-        except (msgspec.ValidationError, ValueError) as err:
-            reason = str(err)
-        if reason is not None:
-            self.counters.rejected[wire.INVALID_HELLO] += 1
-            conn.fail(wire.INVALID_HELLO, reason)
-            return
-        verdict = self.claims.check(base, conn.cred, proof)
-        if not verdict.ok:
-            self._refuse_hello(conn, trust.NAME_CLAIMED, verdict.detail)
-            return
-        old = self.by_uuid.get(node_uuid)
-        if old is not None:
-            taken = self._takeover_refusal(old, conn, proof)
-            if taken is not None:
-                self._refuse_hello(conn, trust.UUID_IN_USE, taken)
-                return
-        else:
-            full = self._limit_refusal(conn, verdict.claimed)
-            if full is not None:
-                self._refuse_hello(conn, *full)
-                return
-        if old is not None:
-            self.unregister(old)
-            conn.takeover_times = old.takeover_times
-            conn.replacements = old.replacements + 1
-            conn.takeovers_refused = old.takeovers_refused
-            old.fail(wire.REPLACED, "a new connection said HELLO with this node's UUID")
-        conn.claimed = verdict.claimed
-        conn.grants = verdict.grants
-        conn.proof = proof
-        if conn.hello_timer is not None:
-            conn.hello_timer.cancel()
-            conn.hello_timer = None
-        conn.uuid = node_uuid
-        conn.uuid_bytes = node_uuid.encode()
-        conn.name = name
-        conn.stamp = fastpath.make_stamp(name)
-        conn.base = base
-        conn.vpn_id = self.table.vpn_for(name)
-        conn.connected_at_ms = int(time.time() * 1000)
-        self._register(conn)
-        conn.send(
-            wire.system_frame(
-                self.uuid, node_uuid, wire.ANNOUNCE,
-                wire.AnnouncePayload(uuid=node_uuid, name=name, status="registered",
-                                     vpn_id=conn.vpn_id, router_name=self.name),
-                trace_id=msg.routing.trace_id, ttl=1,
-            )
-        )
-        log.info("node %s (%s) registered, vpn %d", name, node_uuid, conn.vpn_id)
-
-    # trust -------------------------------------------------------------
+    # handshake (handshake.py) -------------------------------------------
     def admit_pending(self, conn: Conn) -> bool:
         """Count a fresh connection against its uid's pre-HELLO allowance; close it if over."""
-        cred = conn.cred
-        if cred is None:
-            return True
-        if self._pending_by_uid[cred.uid] >= self.settings.max_pending_per_uid:
-            self.counters.hello_refused[trust.PEER_LIMIT] += 1
-            conn.fail(wire.INVALID_HELLO, f"{trust.PEER_LIMIT}: uid {cred.uid} has "
-                                          f"{self.settings.max_pending_per_uid} connections waiting for HELLO")
-            return False
-        self._pending_by_uid[cred.uid] += 1
-        conn.pending = True
-        return True
+        return handshake.admit_pending(self, conn)
 
     def end_pending(self, conn: Conn) -> None:
-        if conn.pending and conn.cred is not None:
-            conn.pending = False
-            left = self._pending_by_uid[conn.cred.uid] - 1
-            if left > 0:
-                self._pending_by_uid[conn.cred.uid] = left
-            else:
-                del self._pending_by_uid[conn.cred.uid]
+        handshake.end_pending(self, conn)
 
-    def _refuse_hello(self, conn: Conn, reason: str, detail: str) -> None:
-        self.counters.hello_refused[reason] += 1
-        conn.fail(wire.INVALID_HELLO, detail if detail.startswith(reason) else f"{reason}: {detail}")
-
-    def _limit_refusal(self, conn: Conn, claimed: bool) -> tuple[str, str] | None:
-        """Why a new node may not take a table slot (None: it may)."""
-        s = self.settings
-        count = len(self.by_uuid)
-        if count >= s.max_nodes:
-            self.counters.rejected["NODE_TABLE_FULL"] += 1
-            return "NODE_TABLE_FULL", f"the router is full ({s.max_nodes} nodes)"
-        if claimed:
-            return None  # the reserve is theirs
-        if count >= s.max_nodes - s.claimed_reserve:
-            return trust.PEER_LIMIT, (f"the last {s.claimed_reserve} of {s.max_nodes} node slots are reserved "
-                                      "for the hive's claimed names")
-        cred = conn.cred
-        if cred is not None:
-            if self._unclaimed_by_uid[cred.uid] >= s.max_unclaimed_per_uid:
-                return trust.PEER_LIMIT, f"uid {cred.uid} already has {s.max_unclaimed_per_uid} undeclared nodes"
-            if self._unclaimed_by_pid[cred.pid] >= s.max_unclaimed_per_pid:
-                return trust.PEER_LIMIT, f"pid {cred.pid} already has {s.max_unclaimed_per_pid} undeclared nodes"
-        return None
-
-    def _takeover_refusal(self, old: Conn, new: Conn, proof: str | None) -> str | None:
-        """Why ``new`` may not take ``old``'s UUID (None: it may, and the takeover is recorded).
-
-        A UUID bound to a claimed name is only taken over by a connection that proves that claim.
-        Two live processes with one UUID (two nodes sharing a UUID file; the original SDKs
-        reconnect 500 ms after any close) would evict each other forever: after
-        ``takeover_limit`` takeovers in ``takeover_window_s`` the incumbent keeps the UUID for as
-        long as it stays connected.  A process taking over its own connection does not count.
-        """
-        s = self.settings
-        if old.claimed and not self.claims.check(old.base, new.cred, proof).ok:
-            old.takeovers_refused += 1
-            self.counters.takeovers["refused"] += 1
-            return (f"{old.uuid} belongs to {old.name} ({who(old)}), a claimed name this connection "
-                    "has not proven; the incumbent stays")
-        if old.cred is not None and new.cred is not None and old.cred.pid == new.cred.pid:
-            self.counters.takeovers["replaced"] += 1  # the same process again: not two processes fighting
-            return None
-        now = time.monotonic()
-        recent = [t for t in old.takeover_times if now - t < s.takeover_window_s]
-        old.takeover_times = recent
-        if old.holds_uuid or len(recent) >= s.takeover_limit:
-            old.takeovers_refused += 1
-            self.counters.takeovers["refused"] += 1
-            if not old.holds_uuid or _power_of_ten(old.takeovers_refused):
-                log.warning("node %s (%s): two live processes use one UUID (%s now, %s before); after %d takeovers "
-                            "in %.0f s the incumbent keeps it (%d refused so far)", old.name, old.uuid, who(new),
-                            who(old), len(recent), s.takeover_window_s, old.takeovers_refused)
-            old.holds_uuid = True
-            return (f"{old.uuid} is in use by {old.name} ({who(old)}) and was taken over {len(recent)} times in "
-                    f"{s.takeover_window_s:g} s; the incumbent keeps it")
-        recent.append(now)
-        self.counters.takeovers["replaced"] += 1
-        log.warning("node %s (%s) taken over: %s replaces %s (%d in %.0f s)", old.name, old.uuid, who(new),
-                    who(old), len(recent), s.takeover_window_s)
-        return None
-
-    def tally(self, conn: Conn, delta: int) -> None:
-        """Per-uid and per-pid counts of registered unclaimed nodes (the limits of _limit_refusal)."""
-        cred = conn.cred
-        if conn.claimed or cred is None:
-            return
-        for tally, key in ((self._unclaimed_by_uid, cred.uid), (self._unclaimed_by_pid, cred.pid)):
-            value = tally[key] + delta
-            if value > 0:
-                tally[key] = value
-            else:
-                tally.pop(key, None)
-
-    def _register(self, conn: Conn) -> None:
+    def register(self, conn: Conn) -> None:
         if conn.uuid is None:
             raise RuntimeError("bug: registering a connection before its HELLO")
         self.by_uuid[conn.uuid] = conn
-        self.tally(conn, +1)
+        handshake.tally(self, conn, +1)
         self._fast_names.clear()
         self.by_name.setdefault(conn.name, Names[Conn]()).conns.append(conn)
         self.by_base.setdefault(conn.base, []).append(conn)
@@ -686,7 +513,7 @@ class Router:
         if conn.uuid is None or self.by_uuid.get(conn.uuid) is not conn:
             return
         del self.by_uuid[conn.uuid]
-        self.tally(conn, -1)
+        handshake.tally(self, conn, -1)
         self._fast_names.clear()
         names = self.by_name.get(conn.name)
         if names is not None:
@@ -844,12 +671,6 @@ class Router:
 
 def _dst_text(dst: str | None) -> str:
     return "null" if dst is None else dst
-
-
-def _power_of_ten(n: int) -> bool:
-    while n >= 10 and n % 10 == 0:
-        n //= 10
-    return n == 1
 
 
 def _secure(path: Path, mode: int, group: int) -> None:
