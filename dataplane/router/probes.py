@@ -21,7 +21,9 @@ _TEXT = "text/plain"
 
 
 def _respond(code: int, body: bytes, ctype: str = _TEXT) -> web.Response:
-    return web.Response(status=code, body=body, headers={"Content-Type": ctype, "Connection": "close"})
+    response = web.Response(status=code, body=body, headers={"Content-Type": ctype})
+    response.force_close()  # one request per connection, as probes and scrapers use it
+    return response
 
 
 def app(router: Router) -> web.Application:

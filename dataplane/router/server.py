@@ -15,7 +15,7 @@ outcome of that plain case, the fast path must step aside for it** — and the
 rule gets a case in ``tests/unit/test_router_fastpath.py``, which checks that
 both paths agree.  Per-name route decisions are memoised until the config or
 the connected nodes change.  Connections and backpressure are in
-:mod:`~fluxbee.dataplane.router.connection`, the HELLO-less messages the router
+:mod:`~fluxbee.dataplane.router.connection`, the system messages the router
 answers itself in :mod:`~fluxbee.dataplane.router.control`, the config state in
 :mod:`~fluxbee.dataplane.router.config_state`, the probes in
 :mod:`~fluxbee.dataplane.router.probes`.
