@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from fluxbee.dataplane.router.server import _status_page_request
+from fluxbee.dataplane.router.control import status_page_request as _status_page_request
 from fluxbee.identity.model import IdentityError
 from fluxbee.identity.store import ilk_cursor, parse_ilk_cursor
 
