@@ -21,8 +21,8 @@ import time
 import uuid
 from pathlib import Path
 
-from fluxbee.dataplane import identity_shm
 from fluxbee.dataplane.sdk import NodeConfig, connect
+from fluxbee.dataplane.shm import identity as identity_shm
 from fluxbee.identity import client as idc
 from fluxbee.identity import pg
 from fluxbee.identity.model import ProvisionReq

@@ -1,7 +1,7 @@
 """An independent reader of ``/jsr-identity-<hive>`` (magic "JSID", version 3), written for the tests
 from the original's documented layout, the way the original SDKs read it: open ``/dev/shm/<name>``,
 map it read-only, take the table offsets from the header maxima, read under the seqlock, and probe
-the channel hash table.  It shares no code with the writer (``fluxbee.dataplane.identity_jsid``):
+the channel hash table.  It shares no code with the writer (``fluxbee.dataplane.shm.identity_jsid``):
 every offset below is spelled out again on purpose.
 """
 

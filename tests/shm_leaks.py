@@ -24,14 +24,14 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from fluxbee.dataplane import identity_shm
+from fluxbee.dataplane.shm import identity as identity_shm
 
 SHM_DIR = Path("/dev/shm")
 PREFIX = "fluxbee-"
 TEST_PREFIXES = ("fluxbee-test-", "fluxbee-itest-")
 _ROUTER_REGION = re.compile(r"^fluxbee-(?:nodes|config)-([0-9a-f]{32})$")  # shm.node_table_name, config_region_name
 _IDENTITY_PREFIX = "fluxbee-identity-"  # identity_shm.region_name
-_OWNER_PID_AT = {b"FLXBNODE": 64, b"FLXBCONF": 64, b"FLXBIDNT": 56}  # offsets in dataplane/shm.py, identity_shm.py
+_OWNER_PID_AT = {b"FLXBNODE": 64, b"FLXBCONF": 64, b"FLXBIDNT": 56}  # offsets: dataplane/shm/table.py, identity.py
 _SCAN_DEPTH = 4  # run dirs sit at most a few levels below a test's tmp_path
 
 

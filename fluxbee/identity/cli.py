@@ -88,7 +88,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_lookup(args: argparse.Namespace) -> int:
-    from fluxbee.dataplane import identity_shm
+    from fluxbee.dataplane.shm import identity as identity_shm
 
     try:
         reader = identity_shm.IdentityRegionReader(args.hive_id, run_dir=_run_dir(args.run_dir))

@@ -19,8 +19,9 @@ import os
 import uuid
 from typing import Any
 
-from fluxbee.dataplane import identity_shm, wire
+from fluxbee.dataplane import wire
 from fluxbee.dataplane.sdk import NodeSender, UnreachableError, default_run_dir
+from fluxbee.dataplane.shm import identity as identity_shm
 from fluxbee.identity import model as m
 
 DEFAULT_TARGET = "SY.identity"

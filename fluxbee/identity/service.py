@@ -30,8 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fluxbee.dataplane import identity_jsid, identity_shm, wire
+from fluxbee.dataplane import wire
 from fluxbee.dataplane.sdk import FrameTooLargeError, NodeConfig, NodeSender, connect
+from fluxbee.dataplane.shm import identity as identity_shm
+from fluxbee.dataplane.shm import identity_jsid
 from fluxbee.dataplane.wire import Message
 from fluxbee.identity import degrees as dg
 from fluxbee.identity import model as m

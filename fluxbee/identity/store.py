@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from fluxbee.dataplane.identity_shm import MAX_ADDRESS_BYTES, MAX_CHANNEL_TYPE_BYTES, normalise_channel
+from fluxbee.dataplane.shm.identity import MAX_ADDRESS_BYTES, MAX_CHANNEL_TYPE_BYTES, normalise_channel
 from fluxbee.identity import degrees as dg
 from fluxbee.identity import migrations
 from fluxbee.identity.model import (

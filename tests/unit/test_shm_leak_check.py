@@ -14,7 +14,8 @@ import posix_ipc
 import pytest
 from shm_leaks import SessionSegments, fluxbee_segments
 
-from fluxbee.dataplane import identity_shm, shm
+from fluxbee.dataplane import shm
+from fluxbee.dataplane.shm import identity as identity_shm
 
 
 def _crash_a_hive(router_uuid: str, run_dir: Path) -> None:
@@ -22,7 +23,8 @@ def _crash_a_hive(router_uuid: str, run_dir: Path) -> None:
     removing them (a crashed hive: the segments stay, their owner is gone)."""
     script = f"""
         import os
-        from fluxbee.dataplane import identity_shm, shm
+        from fluxbee.dataplane import shm
+        from fluxbee.dataplane.shm import identity as identity_shm
         shm.NodeTableWriter(shm.node_table_name({router_uuid!r}), owner_uuid={router_uuid!r}, hive_id="t",
                             owner_name="RT.router@t", capacity=8)
         shm.ConfigRegionWriter(shm.config_region_name({router_uuid!r}), owner_uuid={router_uuid!r}, hive_id="t",

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 from hive_harness import RouterProc, fluxbee_argv, stop_process, wait_until
 
-from fluxbee.dataplane import identity_shm
+from fluxbee.dataplane.shm import identity as identity_shm
 from fluxbee.identity import pg
 
 

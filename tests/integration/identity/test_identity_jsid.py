@@ -13,7 +13,7 @@ from conftest import Db, IdentityProc
 from hive_harness import RouterProc, wait_until
 from test_identity_service import default_tenant, node
 
-from fluxbee.dataplane import identity_shm
+from fluxbee.dataplane.shm import identity as identity_shm
 from fluxbee.identity import client as idc
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,9 @@ import pytest
 from conftest import Db, IdentityProc
 from hive_harness import fluxbee_argv
 
-from fluxbee.dataplane import identity_shm, wire
+from fluxbee.dataplane import wire
 from fluxbee.dataplane.sdk import NodeConfig, NodeSender, connect
+from fluxbee.dataplane.shm import identity as identity_shm
 from fluxbee.identity import client as idc
 from fluxbee.identity.client import IdentityCallError
 

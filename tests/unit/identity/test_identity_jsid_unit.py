@@ -11,8 +11,8 @@ import jsid_reader
 import posix_ipc
 import pytest
 
-from fluxbee.dataplane import identity_jsid as jsid
-from fluxbee.dataplane import identity_shm
+from fluxbee.dataplane.shm import identity as identity_shm
+from fluxbee.dataplane.shm import identity_jsid as jsid
 
 TENANT = "tnt:11111111-1111-4111-8111-111111111111"
 OTHER_TENANT = "tnt:22222222-2222-4222-8222-222222222222"

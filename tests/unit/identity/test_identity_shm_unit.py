@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fluxbee.dataplane import identity_shm as ish
+from fluxbee.dataplane.shm import identity as ish
 
 HIVE = f"u{uuid.uuid4().hex[:8]}"
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from fluxbee.dataplane import identity_shm as ish
 from fluxbee.dataplane.router import l3
+from fluxbee.dataplane.shm import identity as ish
 
 TENANT = f"tnt:{uuid.uuid4()}"
 
