@@ -68,13 +68,12 @@ import time
 import uuid as uuid_mod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-from aiohttp import web
 
 from fluxbee.dataplane import alloc, fastpath, shm, wire
-from fluxbee.dataplane.router import config_state, control, decide, handshake, probes, scheduling, trust
+from fluxbee.dataplane.router import config_state, control, decide, handshake, scheduling, trust
 from fluxbee.dataplane.router import status as _status
 from fluxbee.dataplane.router.config import (
     ROUTE_CACHE_LIMIT,
@@ -91,6 +90,9 @@ from fluxbee.models import RouteSpec, VpnSpec
 from fluxbee.models.resources import HIVE_ID_RE
 
 __all__ = ["Conn", "Router", "RouterError", "RouterSettings", "run_router"]
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +189,10 @@ class Router:
             _secure(path, 0o660, group)
             if s.metrics_addr is not None:
                 host, port = s.metrics_addr
+                # Imported only when probes are served: aiohttp's web server costs a router ~14 MB
+                # of RSS, and a router without --metrics-addr has no use for it.
+                from fluxbee.dataplane.router import probes
+
                 try:
                     self._probes = await probes.start(self, host, port)
                 except OSError as err:
