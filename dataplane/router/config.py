@@ -2,8 +2,8 @@
 
 The router keeps one :class:`RouteTable` per config version.  Lookups are
 cached per destination name, and the cache is thrown away with the table, so
-the per-message cost is a dict hit (DESIGN.md §2: rebuilt only when the config
-changes, never per message).
+the per-message cost is a dict hit: tables are rebuilt only when the config
+changes, never per message.
 
 Matching (ours, fixing the original's loose prefix rule):
 

@@ -2,7 +2,7 @@
 
 Two placement backends implement :class:`Backend`: the local supervisor (``fluxbee up``,
 :mod:`fluxbee.admin.local`) and the Kubernetes API (FluxNode, Runtime and Hive resources and their
-status, :mod:`fluxbee.admin.kubernetes`).  Both reach the hive's router through a :class:`RouterLink`
+status, :mod:`fluxbee.admin.k8s`).  Both reach the hive's router through a :class:`RouterLink`
 (an SDK connection as ``SY.admin``); in a cluster the router may be out of reach, and the link then
 refuses with ``ROUTER_UNREACHABLE`` rather than guessing.  Routes and VPN rules live where each
 backend keeps them (:class:`RouteConfig`): in the router's live config locally, in the Hive spec in
@@ -29,7 +29,7 @@ class NodeObservation:
     managed: bool
     """Created through the admin API (so it can be killed and reconfigured through it)."""
     lifecycle_state: str
-    """RUNNING | STARTING | FAILED | STOPPED | UNKNOWN (upstream §4)."""
+    """RUNNING | STARTING | FAILED | STOPPED | UNKNOWN, as the original admin API reports them."""
     visible_in_router: bool
     runtime: dict[str, Any]
     process: dict[str, Any] = field(default_factory=dict)

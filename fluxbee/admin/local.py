@@ -146,7 +146,7 @@ class LocalBackend:
             instances=[str(x.proc.pid) for x in sups if x.proc is not None and x.proc.returncode is None])
 
     def bump_status_version(self, name: str, fingerprint: str) -> int:
-        """Persisted per node; bumped only when the fingerprint changes (upstream §4)."""
+        """Persisted per node; bumped only when the fingerprint changes (the original's status_version rule)."""
         known = self._status_versions.get(name)
         node_dir = self._node_dir(name)
         if known is None:

@@ -1,4 +1,4 @@
-"""Degree digests and graduation checks (pure): the operator's side of DESIGN.md §4.
+"""Degree digests and graduation checks (pure): the operator refuses Pods for an agent whose degree does not verify.
 
 The encodings are the identity service's (``fluxbee.identity.degrees``): a module digest is
 sha256 of its text, a degree digest is sha256 over the tagged canonical JSON of its pinned

@@ -161,7 +161,7 @@ async def reconcile_fluxnode(ctx: OperatorContext, body: Mapping[str, Any]) -> O
             degree_fields = await _verify_degree(ctx, namespace, node.spec.degree,
                                                  node.spec.agent_ilk)
         except dg.DegreeVerificationError as err:
-            # No Pods for an agent whose degree does not verify (DESIGN.md §4).
+            # No Pods for an agent whose degree does not verify: its prompt modules are not the signed ones.
             stopped = await _stop_pods(ctx, namespace, name)
             outcome = Outcome.degraded(
                 err.reason,

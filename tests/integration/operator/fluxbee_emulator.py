@@ -1,6 +1,6 @@
 """kmock's KubernetesEmulator, given what a kopf operator needs and stock kmock 0.8 lacks.
 
-See reference/stack-notes.md §1.  Fixed here:
+Stock kmock serves too little of the Kubernetes API for kopf and Helm.  Fixed here:
 - objects get a monotonic ``resourceVersion``, ``uid``, ``creationTimestamp``, ``generation``
   (bumped when anything but metadata/status changes) and the namespace from the URL;
 - create answers 201; a failed JSON-patch (``test`` op) answers 422 instead of 500;

@@ -1,4 +1,4 @@
-"""An agent FluxNode gets Pods only if its degree's graduation verifies (DESIGN.md §4).
+"""An agent FluxNode gets Pods only if its degree's graduation verifies (signature and digest).
 
 The real operator against the emulator: Modules, a Degree, the identity public key in a
 ConfigMap and a graduation signed with the matching private key.  Tampering with a module's
