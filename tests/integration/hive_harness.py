@@ -90,18 +90,20 @@ async def eventually(predicate: Callable[[], Any], timeout: float = 10.0, what: 
         await asyncio.sleep(0.01)
 
 
-def stop_process(proc: subprocess.Popen[bytes] | None, what: str, *, strict: bool = True) -> int:
-    """SIGTERM, then wait 10 s; a process that needs SIGKILL fails the test when ``strict``."""
+def stop_process(proc: subprocess.Popen[Any] | None, what: str, *, strict: bool = True,
+                 sig: signal.Signals = signal.SIGTERM, timeout: float = 10) -> int:
+    """Send ``sig`` (SIGTERM; SIGINT is Ctrl-C for ``fluxbee up``), then wait ``timeout`` s; a process
+    that needs SIGKILL fails the test when ``strict``. Its exit code."""
     if proc is None or proc.poll() is not None:
         return proc.returncode if proc else 0
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     try:
-        return proc.wait(10)
+        return proc.wait(timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
         if strict:
-            raise AssertionError(f"{what} did not stop on SIGTERM within 10 s") from None
+            raise AssertionError(f"{what} did not stop on {sig.name} within {timeout:.0f} s") from None
         return proc.returncode
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hive_harness import free_port, node_names, wait_until
+from hive_harness import free_port, node_names, stop_process, wait_until
 
 HIVE = """
 apiVersion: fluxbee.io/v1alpha1
@@ -69,14 +69,7 @@ class Up:
         assert self.proc.poll() is None, self.stderr()[-3000:]
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, "fluxbee up", strict=False, sig=signal.SIGINT, timeout=30)
 
 
 @pytest.fixture

@@ -27,7 +27,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hive_harness import HEADER, RawPeer, RouterProc, eventually, fluxbee_argv, free_port, grant, wait_until
+from hive_harness import (
+    HEADER,
+    RawPeer,
+    RouterProc,
+    eventually,
+    fluxbee_argv,
+    free_port,
+    grant,
+    stop_process,
+    wait_until,
+)
 
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.sdk import NodeConfig, ReplacedError, connect
@@ -392,12 +402,7 @@ def up() -> Iterator[UpHive]:
         wait_until(lambda: h.http("/hives/local/identity/ilks")[0] == 200, 60, "SY.identity to be ready")
         yield h
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, "fluxbee up", strict=False, sig=signal.SIGINT, timeout=30)
         log.close()
         shutil.rmtree(run_dir, ignore_errors=True)
 

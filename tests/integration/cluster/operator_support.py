@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from chart_support import helm
 from cluster_support import ControlPlane, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
@@ -50,14 +51,6 @@ class Release:
     @property
     def peering(self) -> str:
         return f"{self.name}-fluxbee-operator"
-
-
-def helm(cp: ControlPlane, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """The real helm CLI as the cluster admin (what a user installing the chart runs)."""
-    proc = subprocess.run([str(cp.bin / "helm"), *args], capture_output=True, text=True, env=cp.env, timeout=120)
-    if check and proc.returncode != 0:
-        pytest.fail(f"helm {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
-    return proc
 
 
 def install_chart(cp: ControlPlane, namespace: str, *, peers: int = 1, hive: str | None = None) -> Release:

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from cluster_support import ControlPlane, wait_for
+from hive_harness import stop_process
 
 REPO = Path(__file__).resolve().parents[3]
 TOKEN = "admin-deployment-test-token"
@@ -45,13 +46,7 @@ def fluxbee(tmp_path: Path, log_name: str, env: dict[str, str], *args: str) -> I
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, "fluxbee operator", strict=False, timeout=20)
         log.close()
 
 
