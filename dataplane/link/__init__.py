@@ -1,0 +1,1 @@
+"""Links between routers: certificates now; the protocol follows (see the README's Links section)."""
