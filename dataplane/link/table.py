@@ -190,6 +190,14 @@ class LinkTable:
         seen = self._src.get(sid)
         return None if seen is None else seen.get(uuid)
 
+    def src_known(self, uuid: str) -> NodeAd | None:
+        """The node ``uuid`` if any session advertised it (mesh links: our own routers vouch for each other)."""
+        for seen in self._src.values():
+            node = seen.get(uuid)
+            if node is not None:
+                return node
+        return None
+
     def route(self, hive: str) -> Route | None:
         return self.routes.get(hive)
 
