@@ -26,10 +26,15 @@ HIVE_CERT_DAYS = 365
 RENEW_BEFORE = datetime.timedelta(days=30)
 """A generated hive certificate is reissued once it has less than this left (or is invalid)."""
 CA_DAYS = 3650
+SECRET_RETRY_S = 15.0
+"""How soon a hive held back by a missing or bad Secret looks again (a Secret it does not own
+sends it no event when the user fixes it)."""
 
 
-class CertificateProblem(Exception):
-    """A Secret that cannot serve as a link certificate; ``reason`` is CamelCase for conditions."""
+class SecretProblem(Exception):
+    """A Secret the hive needs (link certificate, CA, database URL) is missing or cannot serve;
+    ``reason`` is CamelCase for conditions.  Unlike a bad spec it may be fixed without touching the
+    Hive, so the reconcile is retried (``SECRET_RETRY_S``)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"{reason}: {message}")
@@ -70,44 +75,44 @@ def _load(pem: bytes, what: str) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(pem)
     except ValueError as err:
-        raise CertificateProblem("CertificateInvalid", f"{what} is not a PEM certificate: {err}") from None
+        raise SecretProblem("CertificateInvalid", f"{what} is not a PEM certificate: {err}") from None
 
 
 def check_pair(secret: Mapping[str, Any], where: str, *, need_ca: bool = True) -> tuple[bytes, bytes, bytes | None]:
-    """(cert, key, ca) of a TLS Secret, or :class:`CertificateProblem` naming the missing or bad key."""
+    """(cert, key, ca) of a TLS Secret, or :class:`SecretProblem` naming the missing or bad key."""
     cert, key = secret_bytes(secret, TLS_CERT), secret_bytes(secret, TLS_KEY)
     ca = secret_bytes(secret, CA_CERT)
     wanted = ((TLS_CERT, cert), (TLS_KEY, key), (CA_CERT, ca)) if need_ca else ((TLS_CERT, cert), (TLS_KEY, key))
     missing = [k for k, v in wanted if v is None]
     if missing or cert is None or key is None:
-        raise CertificateProblem("CertificateSecretIncomplete", f"{where} has no {', '.join(missing)}")
+        raise SecretProblem("CertificateSecretIncomplete", f"{where} has no {', '.join(missing)}")
     return cert, key, ca
 
 
 def check_certificate(cert_pem: bytes, key_pem: bytes, ca_pem: bytes, where: str,
                       now: datetime.datetime | None = None) -> CheckedCertificate:
     """The hive id and expiry of a link certificate that is usable: parses, its key matches, it is
-    signed by ``ca_pem`` and valid now.  Anything else raises :class:`CertificateProblem`."""
+    signed by ``ca_pem`` and valid now.  Anything else raises :class:`SecretProblem`."""
     cert = _load(cert_pem, f"{where} {TLS_CERT}")
     ca = _load(ca_pem, f"{where} {CA_CERT}")
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as err:
-        raise CertificateProblem("CertificateInvalid", f"{where} {TLS_KEY} is not an unencrypted PEM key: {err}") \
+        raise SecretProblem("CertificateInvalid", f"{where} {TLS_KEY} is not an unencrypted PEM key: {err}") \
             from None
     if key.public_key() != cert.public_key():
-        raise CertificateProblem("CertificateInvalid", f"{where}: {TLS_KEY} does not belong to {TLS_CERT}")
+        raise SecretProblem("CertificateInvalid", f"{where}: {TLS_KEY} does not belong to {TLS_CERT}")
     try:
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature):
-        raise CertificateProblem("CertificateNotFromCa", f"{where}: {TLS_CERT} is not signed by {CA_CERT}") from None
+        raise SecretProblem("CertificateNotFromCa", f"{where}: {TLS_CERT} is not signed by {CA_CERT}") from None
     try:
         hive_id = hive_id_of(cert_pem)
     except CertificateError as err:
-        raise CertificateProblem("CertificateNamesNoHive", f"{where}: {err}") from None
+        raise SecretProblem("CertificateNamesNoHive", f"{where}: {err}") from None
     now = now or datetime.datetime.now(datetime.UTC)
     if cert.not_valid_after_utc <= now or cert.not_valid_before_utc > now:
-        raise CertificateProblem("CertificateExpired",
+        raise SecretProblem("CertificateExpired",
                                  f"{where}: valid {cert.not_valid_before_utc:%Y-%m-%d} to "
                                  f"{cert.not_valid_after_utc:%Y-%m-%d}, not now")
     return CheckedCertificate(hive_id, cert.not_valid_after_utc)
@@ -117,13 +122,13 @@ def check_user_secret(secret: Mapping[str, Any] | None, name: str, hive_id: str)
     """A user's TLS Secret for ``hive_id`` (never written by the operator: a problem is reported)."""
     where = f"Secret {name}"
     if secret is None:
-        raise CertificateProblem("CertificateSecretNotFound", f"{where} (spec.wan.certificate) does not exist")
+        raise SecretProblem("CertificateSecretNotFound", f"{where} (spec.wan.certificate) does not exist")
     cert, key, ca = check_pair(secret, where)
     if ca is None:
-        raise CertificateProblem("CertificateSecretIncomplete", f"{where} has no {CA_CERT}")
+        raise SecretProblem("CertificateSecretIncomplete", f"{where} has no {CA_CERT}")
     checked = check_certificate(cert, key, ca, where)
     if checked.hive_id != hive_id:
-        raise CertificateProblem("CertificateHiveMismatch",
+        raise SecretProblem("CertificateHiveMismatch",
                                  f"{where} names hive {checked.hive_id!r}, this hive is {hive_id!r}")
     return checked
 
@@ -139,7 +144,7 @@ def generated_still_good(secret: Mapping[str, Any] | None, ca_pem: bytes, hive_i
         if ca != ca_pem:
             return None
         checked = check_certificate(cert, key, ca_pem, "generated", now)
-    except CertificateProblem:
+    except SecretProblem:
         return None
     if checked.hive_id != hive_id or checked.not_after - now < RENEW_BEFORE:
         return None
@@ -156,12 +161,12 @@ def check_ca_secret(secret: Mapping[str, Any], where: str) -> tuple[bytes, bytes
     except x509.ExtensionNotFound:
         constraints = None
     if constraints is None or not constraints.ca:
-        raise CertificateProblem("WanCaInvalid", f"{where}: {TLS_CERT} is not a CA certificate")
+        raise SecretProblem("WanCaInvalid", f"{where}: {TLS_CERT} is not a CA certificate")
     try:
         private = serialization.load_pem_private_key(key, password=None)
     except (ValueError, TypeError) as err:
-        raise CertificateProblem("WanCaInvalid", f"{where}: {TLS_KEY} is not an unencrypted PEM key: {err}") \
+        raise SecretProblem("WanCaInvalid", f"{where}: {TLS_KEY} is not an unencrypted PEM key: {err}") \
             from None
     if private.public_key() != ca.public_key():
-        raise CertificateProblem("WanCaInvalid", f"{where}: {TLS_KEY} does not belong to {TLS_CERT}")
+        raise SecretProblem("WanCaInvalid", f"{where}: {TLS_KEY} does not belong to {TLS_CERT}")
     return cert, key

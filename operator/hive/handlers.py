@@ -14,6 +14,8 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
+import kopf
+
 from fluxbee.models import Hive
 from fluxbee.operator import labels as L
 from fluxbee.operator.children import ensure, ensure_absent, owned
@@ -36,7 +38,7 @@ from fluxbee.operator.hive.build import (
     secret_tokens,
     system_nodes,
 )
-from fluxbee.operator.hive.certs import CertificateProblem, CheckedCertificate
+from fluxbee.operator.hive.certs import SECRET_RETRY_S, CheckedCertificate, SecretProblem
 from fluxbee.operator.hive.gateway import build_gateway_deployment, build_gateway_service, build_mesh_service
 from fluxbee.operator.hive.identity import (
     build_identity_deployment,
@@ -119,10 +121,13 @@ async def reconcile_hive(ctx: OperatorContext, body: Mapping[str, Any]) -> Outco
     n = names(hive)
     try:
         certificate = await _preflight(ctx, body, hive, namespace)
-    except (InvalidSpec, CertificateProblem) as err:
+    except InvalidSpec as err:
         outcome = Outcome.degraded(err.reason, err.message, hiveId=hive.hive_id)
         await write_status(ctx.kube, "hives", body, outcome)
         return outcome
+    except SecretProblem as err:
+        await write_status(ctx.kube, "hives", body, Outcome.degraded(err.reason, err.message, hiveId=hive.hive_id))
+        raise kopf.TemporaryError(f"{err}; will look again in {SECRET_RETRY_S:.0f} s", delay=SECRET_RETRY_S) from None
     if hive.spec.admin.enabled and hive.spec.admin.token_secret is None:
         if await kube.get("secrets", namespace, n.admin_secret) is None:
             secret = owned(build_admin_secret(hive, namespace, secrets.token_urlsafe(32)), body)

@@ -23,13 +23,12 @@ from fluxbee.dataplane.link.certs import CertificateError, issue_hive_cert, make
 from fluxbee.models import Hive
 from fluxbee.operator import labels as L
 from fluxbee.operator.children import owned
-from fluxbee.operator.conditions import InvalidSpec
 from fluxbee.operator.context import OperatorContext
 from fluxbee.operator.hive.certs import (
     CA_DAYS,
     HIVE_CERT_DAYS,
-    CertificateProblem,
     CheckedCertificate,
+    SecretProblem,
     check_ca_secret,
     check_certificate,
     check_user_secret,
@@ -95,7 +94,7 @@ async def ensure_ca(ctx: OperatorContext, hive_namespace: str) -> tuple[bytes, b
 
 async def ensure_link_certificate(ctx: OperatorContext, body: Mapping[str, Any], hive: Hive,
                                   namespace: str) -> CheckedCertificate:
-    """The certificate the hive's routers present; raises :class:`CertificateProblem` when a user's
+    """The certificate the hive's routers present; raises :class:`SecretProblem` when a user's
     Secret cannot serve, or the CA is damaged."""
     if user_certificate(hive):
         name = certificate_secret(hive)
@@ -110,7 +109,7 @@ async def ensure_link_certificate(ctx: OperatorContext, body: Mapping[str, Any],
         cert, key = issue_hive_cert(ca_cert, ca_key, hive.hive_id, dns_names=certificate_dns_names(hive, namespace),
                                     days=HIVE_CERT_DAYS)
     except CertificateError as err:
-        raise CertificateProblem("WanCaInvalid", f"cannot issue from the CA: {err}") from None
+        raise SecretProblem("WanCaInvalid", f"cannot issue from the CA: {err}") from None
     data = tls_data(cert, key, ca_cert)
     if existing is None:
         manifest = owned({"apiVersion": "v1", "kind": "Secret",
@@ -129,18 +128,18 @@ async def ensure_link_certificate(ctx: OperatorContext, body: Mapping[str, Any],
 
 
 async def check_database_secret(ctx: OperatorContext, hive: Hive, namespace: str) -> None:
-    """Mode ``url``: the Secret key must exist and hold a PostgreSQL URL (:class:`InvalidSpec`
+    """Mode ``url``: the Secret key must exist and hold a PostgreSQL URL (:class:`SecretProblem`
     naming the Secret otherwise; the operator never writes it)."""
     name, key = database_url_ref(hive)
     secret = await ctx.kube.get("secrets", namespace, name)
     if secret is None:
-        raise InvalidSpec("DatabaseSecretNotFound",
+        raise SecretProblem("DatabaseSecretNotFound",
                                  f"Secret {name} (spec.identity.database.urlSecret) does not exist")
     value = secret_bytes(secret, key)
     if value is None:
-        raise InvalidSpec("DatabaseSecretIncomplete", f"Secret {name} has no key {key!r}")
+        raise SecretProblem("DatabaseSecretIncomplete", f"Secret {name} has no key {key!r}")
     if not value.decode(errors="replace").strip().startswith(("postgresql://", "postgres://")):
-        raise InvalidSpec("DatabaseUrlInvalid",
+        raise SecretProblem("DatabaseUrlInvalid",
                                  f"Secret {name} key {key!r} is not a postgresql:// URL")
 
 
