@@ -349,7 +349,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     wan = WanOptions(listen=args.wan_listen, ca_dir=Path(args.wan_ca) if args.wan_ca else None,
                      uplinks=tuple(args.uplink or ()), authorized_hives=tuple(args.authorized_hive or ()),
                      cert=Path(args.wan_cert) if args.wan_cert else None,
-                     key=Path(args.wan_key) if args.wan_key else None)
+                     key=Path(args.wan_key) if args.wan_key else None,
+                     hello_interval_s=args.link_hello_interval, dead_interval_s=args.link_dead_interval)
     try:
         return int(_run(run_local_hive(args.file, hive_id=args.hive_id, run_dir=args.run_dir, services=services,
                                        wan=wan)))
@@ -469,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a hive allowed to link (repeatable; none: any hive the CA signed)")
     w.add_argument("--wan-cert", metavar="FILE", help="this hive's certificate (when the CA key is not at hand)")
     w.add_argument("--wan-key", metavar="FILE", help="the key of --wan-cert")
+    w.add_argument("--link-hello-interval", type=float, metavar="SECONDS", help="keepalive period (router default 10)")
+    w.add_argument("--link-dead-interval", type=float, metavar="SECONDS",
+                   help="a link silent this long is closed (router default 40)")
     u.set_defaults(func=cmd_up)
 
     a = sub.add_parser("admin", help="run the admin HTTP API of a hive in a cluster (Kubernetes backend)")

@@ -140,9 +140,12 @@ class LinkManager:
         self._servers.clear()
 
     def _accept(self, role: p.Role) -> LinkSession:
-        session = LinkSession(self, role, "in", "?", secure=not self.settings.insecure_dev)
+        # Not listed until its TLS handshake succeeds (session_started): asyncio never tells a protocol
+        # whose handshake failed, so a listed one would stay for ever — one per failed attempt.
+        return LinkSession(self, role, "in", "?", secure=not self.settings.insecure_dev)
+
+    def session_started(self, session: LinkSession) -> None:
         self.sessions[session.sid] = session
-        return session
 
     def _dial(self, role: p.Role, address: str) -> None:
         key = (role, address)

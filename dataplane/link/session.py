@@ -41,6 +41,8 @@ class SessionOwner(Protocol):
 
     def max_buffer(self) -> int: ...
 
+    def session_started(self, session: LinkSession) -> None: ...
+
     def session_up(self, session: LinkSession) -> p.Reject | None: ...
 
     def session_down(self, session: LinkSession) -> None: ...
@@ -99,6 +101,7 @@ class LinkSession(asyncio.Protocol):
     # asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.owner.session_started(self)
         if self.direction == "in":
             peer = transport.get_extra_info("peername")
             if isinstance(peer, tuple) and len(peer) >= 2:
