@@ -254,6 +254,10 @@ class LinkSession(asyncio.Protocol):
     def _send_control(self, msg: str, payload: object) -> None:
         if self.transport is None or self.state == "down":
             return
+        if self.transport.get_write_buffer_size() > 2 * self.owner.max_buffer():
+            # Alive (it pings) but not reading: adverts and pongs would pile up without bound.
+            self.abort(wire.SLOW_CONSUMER, "the peer does not read what we send")
+            return
         self.transport.write(p.control_frame(self.owner.router_id, msg, payload))
         self.frames_out += 1
 
