@@ -262,6 +262,22 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"  {route['action']:8} {route['match_kind']:7} {route['prefix']}{hop}")
     for vpn in status["vpns"]:
         lines.append(f"  VPN {vpn['vpn_id']:<4} {vpn['match_kind']:7} {vpn['pattern']}")
+    for role in ("wan", "mesh"):
+        section = status.get(role) or {}
+        if not section.get("listen") and not section.get("links"):
+            continue
+        lines.append("")
+        lines.append(f"{role} links (listen {section.get('listen') or '-'}):")
+        for link in section.get("links", []):
+            rtt = "-" if link.get("rtt_ms") is None else f"{link['rtt_ms']:.1f} ms"
+            lsa = "-" if link.get("last_lsa_seq") is None else f"#{link['last_lsa_seq']}"
+            why = f"  ({link['reason']})" if link.get("state") != "up" and link.get("reason") else ""
+            lines.append(f"  {link.get('hive_id') or '?':16} {link['direction']:3} {link['state']:10} "
+                         f"{link['address']:24} rtt {rtt:>9}  lsa {lsa}{why}")
+        for route in section.get("routes", []):
+            lines.append(f"  route to {route['hive']}: {' > '.join(route['path'])}")
+        for reason, count in sorted((section.get("drops") or {}).items()):
+            lines.append(f"  dropped {reason}={count}")
     counters = status["counters"]
     lines.append("")
     lines.append("counters: " + "  ".join(

@@ -137,6 +137,8 @@ def test_two_hives_link_over_mutual_tls_and_answer_each_other(root: Path, ca: Pa
     assert link["direction"] == "out" and link["state"] == "up" and link["last_lsa_seq"] >= 1
     assert next(x for x in a.links() if x["hive_id"] == "B")["direction"] == "in"
     assert a.status()["wan"]["routes"][0]["hive"] == "B"
+    shown = fluxbee("status", "--run-dir", str(b.run_dir))
+    assert shown.returncode == 0 and "wan links" in shown.stdout and "route to A: A" in shown.stdout
 
 
 def test_transit_a_b_c_then_the_middle_gateway_killed_and_restarted(root: Path, ca: Path, hives: list[Hive]) -> None:
