@@ -153,6 +153,11 @@ def test_transit_a_b_c_then_the_middle_gateway_killed_and_restarted(root: Path, 
     assert wait_until(lambda: answered(a.send("WF.echo@C"), "WF.echo@C"), timeout=10, step=0.2)
     assert answered(c.send("WF.echo@A"), "WF.echo@A")
     assert answered(c.send("WF.echo@*"), "WF.echo@C")  # name@* prefers the sender's hive
+    # a broadcast from A reaches C through B (ttl 16: mesh hops >= 2, WAN hops >= 3)
+    before = c.status()["counters"]["broadcasts"]
+    sent = fluxbee("send", "broadcast", "--run-dir", str(a.run_dir), "--payload", '"to all hives"')
+    assert sent.returncode == 0, sent.stderr
+    wait_until(lambda: c.status()["counters"]["broadcasts"] > before, timeout=10, what="the broadcast at C")
     # SIGKILL B's router: A and C lose each other, and say why
     os.kill(b.router_pid(), signal.SIGKILL)
     killed = time.monotonic()
