@@ -184,3 +184,24 @@ def test_lsa_age_uses_the_injected_clock() -> None:
     a.receive(1, payload)
     clock.now += 2.5
     assert a.lsa_age(1) == (payload.seq, 2.5)
+
+
+def test_a_peer_cannot_grow_the_table_without_bound() -> None:
+    from fluxbee.dataplane.link import table as t
+
+    a = LinkTable("A")
+    a.add_peer(1, "wan", "B", "rb")
+    for i in range(t.MAX_ORIGINS):
+        assert a.receive(1, lsa("B", f"H{i}", ["B", f"H{i}"], [])) is None
+    refused = a.receive(1, lsa("B", "Hmore", ["B", "Hmore"], []))
+    assert isinstance(refused, Reject) and "origin hives" in refused.message
+    b = LinkTable("A")
+    b.add_peer(1, "wan", "B", "rb")
+    for i in range(t.MAX_PENDING):
+        half = lsa("B", f"P{i}", ["B", f"P{i}"], [])
+        half.parts = 2
+        assert b.receive(1, half) is None
+    half = lsa("B", "Pmore", ["B", "Pmore"], [])
+    half.parts = 2
+    refused = b.receive(1, half)
+    assert isinstance(refused, Reject) and "half-sent" in refused.message
