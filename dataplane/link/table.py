@@ -85,6 +85,8 @@ class LinkTable:
         self.last_lsa: dict[int, tuple[int, float]] = {}  # sid -> (seq, when)
         self.generation = 0
         """Grows whenever routes or node indexes change (callers drop caches keyed on it)."""
+        self.mesh_generation = 0
+        """Grows whenever the mesh peers' nodes (``mesh_nodes``) may have changed."""
 
     # sessions -------------------------------------------------------------
     def add_peer(self, sid: int, role: Role, hive: str, router_id: str) -> None:
@@ -182,6 +184,7 @@ class LinkTable:
             names.setdefault(node.name, []).append((sid, node))
         self.mesh_nodes = mesh_nodes
         self.mesh_names = names
+        self.mesh_generation += 1
 
     def _update_route(self, origin: str) -> None:
         best: tuple[tuple[int, int, str, str, int], Route] | None = None
