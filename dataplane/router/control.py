@@ -55,6 +55,11 @@ def handle_system(router: Router, conn: Conn, env: wire.RawEnvelope, meta: wire.
     return False
 
 def config_changed(router: Router, conn: Conn, env: wire.RawEnvelope) -> bool:
+    """Apply a CONFIG_CHANGED for ``routes`` or ``vpn(s)`` and pass it on to every other node; True if consumed.
+
+    Only frames :func:`decide.screen <fluxbee.dataplane.router.decide.screen>` let through get here, so
+    the sender may send CONFIG_CHANGED (an authenticated system node, or granted it).
+    """
     try:
         payload = msgspec.json.decode(env.payload)
     except msgspec.DecodeError:
@@ -65,8 +70,6 @@ def config_changed(router: Router, conn: Conn, env: wire.RawEnvelope) -> bool:
     routing = env.routing
     response: dict[str, Any] = {"subsystem": subsystem, "hive": router.hive_id}
     try:
-        if not trust.may_send(wire.CONFIG_CHANGED, conn.base, conn.claimed, conn.grants):
-            raise ConfigRefused(trust.FORBIDDEN, f"{conn.name} may not change the hive config")
         version = payload.get("version", 0)
         if not isinstance(version, int) or isinstance(version, bool) or version < 0:
             raise ConfigRefused("INVALID_PAYLOAD", "version must be a non-negative integer")
@@ -128,7 +131,7 @@ def refuse_privileged(router: Router, conn: Conn, env: wire.RawEnvelope, msg: st
     subsystem = body.get("subsystem") if isinstance(body, dict) else None
     reply(router, conn, routing, wire.CONFIG_RESPONSE,
           {"subsystem": subsystem, "hive": router.hive_id, "status": "error",
-                 "error_code": trust.FORBIDDEN, "error_detail": detail})
+           "error_code": trust.FORBIDDEN, "error_detail": detail})
 
 
 class ConfigRefused(Exception):

@@ -33,7 +33,10 @@ from fluxbee.models import RouteAction
 
 
 class Sender(Protocol):
-    """What the rules read of the node a frame came from, beyond :class:`Peer`: what it proved."""
+    """What the rules read of the connection a frame came from: the node it said HELLO as, what it proved."""
+
+    @property
+    def uuid(self) -> str | None: ...  # the UUID of its accepted HELLO (None before one)
 
     @property
     def name(self) -> str: ...
@@ -89,21 +92,21 @@ class Expired:
 EXPIRED = Expired()
 
 
-def screen(node_uuid: str | None, sender: Sender, src: str, msg: str | None) -> Refuse | Forbidden | None:
-    """What may stop a frame before anything else, None if nothing does.
+def screen(sender: Sender, src: str, msg: str | None) -> Refuse | Forbidden | None:
+    """What may stop a frame with ``routing.src`` ``src`` and ``meta.msg`` ``msg`` before anything else.
 
-    ``routing.src`` is bound to the connection: a frame claiming any other UUID than ``node_uuid`` (the
-    UUID its connection said HELLO with) is refused SRC_MISMATCH. Then ``CONFIG_CHANGED`` and
+    ``routing.src`` is bound to the connection: a frame claiming any other UUID than the one its
+    connection said HELLO with, in that spelling, is refused SRC_MISMATCH. Then ``CONFIG_CHANGED`` and
     ``ADMIN_COMMAND`` need an authenticated system node or a grant (:func:`trust.may_send`) — whatever
     ``meta.type`` says.
     """
-    if src != node_uuid:
+    if src != sender.uuid:
         return Refuse(wire.SRC_MISMATCH, f"routing.src {src!r} is not this connection's node",
                       rejected=wire.SRC_MISMATCH)
     if msg is not None and msg in trust.PRIVILEGED and not trust.may_send(msg, sender.base, sender.claimed,
                                                                             sender.grants):
         return Forbidden(msg)
-    return None
+    return None  # nothing stops it
 
 
 def expired(ttl: int) -> Expired | None:

@@ -55,7 +55,7 @@ def malformed(router: Router, conn: Conn, err: Exception) -> None:
 def route_decoded(router: Router, conn: Conn, env: wire.RawEnvelope, meta: wire.MetaView) -> None:
     """Every routing decision for a decoded frame of a registered connection, in the order of ``decide``."""
     routing = env.routing
-    stopped = decide.screen(conn.uuid, conn, routing.src, meta.msg)
+    stopped = decide.screen(conn, routing.src, meta.msg)
     if isinstance(stopped, decide.Forbidden):
         control.refuse_privileged(router, conn, env, stopped.msg)
         return

@@ -45,10 +45,12 @@ META_CACHE_ENTRIES = 4096
 class FastPath:
     """The hot loop of one router (see the module docstring); :meth:`route` is ``Router.route_frames``."""
 
-    __slots__ = ("_metas", "_router")
+    __slots__ = ("_by_uuid", "_metas", "_reached", "_registry", "_router")
 
     def __init__(self, router: Router) -> None:
         self._router = router
+        self._registry = registry = router.registry
+        self._by_uuid, self._reached = registry.by_uuid, registry.reached  # live views, looked up per frame
         self._metas: dict[bytes, tuple[wire.MetaView, bool]] = {}  # meta bytes -> (decoded, needs rules)
 
     def route(self, conn: Conn, frames: list[bytes]) -> None:
@@ -57,8 +59,7 @@ class FastPath:
         scan, extend = fastpath.scan, fastpath.extend
         general, deliver = router.on_frame, dispatch.deliver
         metas = self._metas
-        registry = router.registry
-        by_uuid, reached = registry.by_uuid, registry.reached
+        registry, by_uuid, reached = self._registry, self._by_uuid, self._reached
         dirty = router.dirty
         high_water = router.settings.high_water
         room = router.settings.max_buffer

@@ -22,6 +22,7 @@ class Node:
     congested_since: float | None = None
     claimed: bool = False
     grants: frozenset[str] = frozenset()
+    uuid: str | None = NODE  # as a sender: the UUID its HELLO registered
 
     @property
     def base(self) -> str:
@@ -145,29 +146,29 @@ def test_a_broadcast_reaches_the_other_matching_nodes_its_sender_may_reach() -> 
 
 def test_a_frame_claiming_another_source_is_refused_src_mismatch_and_counted_as_rejected() -> None:
     sender = Node("WF.client@prod")
-    assert decide.screen(NODE, sender, NODE, None) is None
-    refused = decide.screen(NODE, sender, "00000000-0000-4000-8000-000000000002", None)
+    assert decide.screen(sender, NODE, None) is None
+    refused = decide.screen(sender, "00000000-0000-4000-8000-000000000002", None)
     assert isinstance(refused, decide.Refuse)
     assert (refused.reason, refused.rejected, refused.dropped) == (wire.SRC_MISMATCH, wire.SRC_MISMATCH, None)
     assert "00000000-0000-4000-8000-000000000002" in refused.detail
     # Bound to the exact spelling the HELLO registered: another spelling of the same UUID is another claim.
-    assert isinstance(decide.screen(NODE, sender, NODE.replace("-", ""), None), decide.Refuse)
-    assert isinstance(decide.screen(None, sender, NODE, None), decide.Refuse)  # no HELLO, no source
+    assert isinstance(decide.screen(sender, NODE.replace("-", ""), None), decide.Refuse)
+    assert isinstance(decide.screen(Node("WF.client@prod", uuid=None), NODE, None), decide.Refuse)  # no HELLO
 
 
 def test_privileged_messages_need_a_proven_system_node_or_a_grant() -> None:
     for msg in (wire.CONFIG_CHANGED, wire.ADMIN_COMMAND):
-        assert decide.screen(NODE, Node("WF.client@prod"), NODE, msg) == decide.Forbidden(msg)
-        assert decide.screen(NODE, Node("SY.admin@prod"), NODE, msg) == decide.Forbidden(msg)  # not proven
-        assert decide.screen(NODE, Node("SY.admin@prod", claimed=True), NODE, msg) is None
+        assert decide.screen(Node("WF.client@prod"), NODE, msg) == decide.Forbidden(msg)
+        assert decide.screen(Node("SY.admin@prod"), NODE, msg) == decide.Forbidden(msg)  # not proven
+        assert decide.screen(Node("SY.admin@prod", claimed=True), NODE, msg) is None
         granted = Node("WF.ops@prod", claimed=True, grants=frozenset({msg}))
-        assert decide.screen(NODE, granted, NODE, msg) is None
-        assert decide.screen(NODE, Node("WF.ops@prod", claimed=True), NODE, msg) == decide.Forbidden(msg)
-    assert decide.screen(NODE, Node("WF.client@prod"), NODE, wire.ADMIN_COMMAND_RESPONSE) is None
+        assert decide.screen(granted, NODE, msg) is None
+        assert decide.screen(Node("WF.ops@prod", claimed=True), NODE, msg) == decide.Forbidden(msg)
+    assert decide.screen(Node("WF.client@prod"), NODE, wire.ADMIN_COMMAND_RESPONSE) is None
 
 
 def test_the_source_is_checked_before_the_privilege() -> None:
-    refused = decide.screen(NODE, Node("WF.client@prod"), "00000000-0000-4000-8000-000000000002",
+    refused = decide.screen(Node("WF.client@prod"), "00000000-0000-4000-8000-000000000002",
                             wire.ADMIN_COMMAND)
     assert isinstance(refused, decide.Refuse) and refused.reason == wire.SRC_MISMATCH
 

@@ -8,7 +8,7 @@ import pytest
 
 from fluxbee.dataplane.router.config import RouteTable
 from fluxbee.dataplane.router.registry import Registry
-from fluxbee.models import RouteAction, RouteSpec, VpnSpec
+from fluxbee.models import MatchKind, RouteAction, RouteSpec, VpnSpec
 
 HIVE = "prod"
 A, B, C = (f"00000000-0000-4000-8000-00000000000{i}" for i in (1, 2, 3))
@@ -26,7 +26,7 @@ class Node:
 
 
 def vpn_table(version: int, pattern: str, vpn: int) -> RouteTable:
-    return RouteTable.build(version, (), (VpnSpec(pattern=pattern, match_kind="EXACT", vpn_id=vpn),))
+    return RouteTable.build(version, (), (VpnSpec(pattern=pattern, match_kind=MatchKind.EXACT, vpn_id=vpn),))
 
 
 def test_a_node_is_found_by_uuid_full_name_and_base_name_until_it_is_removed() -> None:
