@@ -18,6 +18,9 @@ that go to the same ``dst`` with the same meta as one run (one join, one step of
 point where this loop would block the producer (the destination's high-water mark) or refuse a frame
 (its buffer cap); the loop then decides that frame itself. A name shared by several nodes gets no
 runs: each frame picks its node.
+
+The loop writes into its targets' output queues directly, so every registry entry it delivers to is a
+connection of this router; an entry of another kind must make it hand the frame to the general path.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ and the probes in :mod:`~fluxbee.dataplane.router.probes`. Here: start and stop,
 (shared-memory heartbeats, broadcast de-duplication expiry, cutting off slow consumers, config and
 claims polling), and putting nodes into and out of the registry and the node-table region.
 
-Decisions the original left open, made here:
+Decisions the original left open, as this router makes them (the rules in ``decide``, the
+mechanics in ``connection`` and ``handshake``):
 
 * ``routing.src`` is bound to the connection: a frame claiming any other UUID
   is not routed, is counted, and the sender gets UNREACHABLE ``SRC_MISMATCH``.
