@@ -465,7 +465,9 @@ class LinkManager:
                       and (role, x.address) in self._dialers]
             section: dict[str, Any] = {"hive_id": self.hive_id,
                                        "listen": None if listen is None else format_address(listen), "links": links,
-                                       "drops": dict(self.drops[role])}
+                                       "drops": dict(self.drops[role]),
+                                       "remote_nodes": len(self.table.by_uuid) if role == "wan"
+                                       else len(self.table.mesh_nodes)}
             if role == "wan":
                 section["routes"] = self.table.routes_view()
                 section["refused_hives"] = sorted(self.refused_hives)

@@ -99,11 +99,7 @@ def carry_out(router: Router, src: Conn, env: wire.RawEnvelope, meta: wire.MetaV
     """Carry out a unicast decision (a node reached through a link is forwarded there: :mod:`.links`)."""
     links = router.links
     if isinstance(decision, decide.Deliver):
-        target = decision.target
-        if links is not None and isinstance(target, RemoteNode):
-            links.deliver_remote(src, target, env, meta)
-        else:
-            deliver(router, src, target, env, meta)
+        deliver(router, src, decision.target, env, meta)
     elif isinstance(decision, decide.Forward):
         if links is None:  # decide only forwards when links reach the hive
             unreachable(router, src, env.routing, wire.WAN_UNAVAILABLE, f"hive {decision.hive!r}: no links")
@@ -116,7 +112,11 @@ def carry_out(router: Router, src: Conn, env: wire.RawEnvelope, meta: wire.MetaV
 
 
 def deliver(router: Router, src: Conn, dst: Conn, env: wire.RawEnvelope, meta: wire.MetaView) -> None:
-    """Queue the frame for ``dst`` if the VPN rule lets ``src`` reach it and its buffer has room."""
+    """Queue the frame for ``dst`` if the VPN rule lets ``src`` reach it and its buffer has room (a node
+    another router serves: forwarded there by :mod:`.links`; the fast path hands those here too)."""
+    if router.links is not None and isinstance(dst, RemoteNode):
+        router.links.deliver_remote(src, dst, env, meta)
+        return
     if src.vpn_id != dst.vpn_id:
         decision = decide.unicast(src, dst, meta)
         if isinstance(decision, decide.Refuse):
