@@ -63,7 +63,11 @@ async def reconcile(ctx: OperatorContext, plural: str, body: Mapping[str, Any], 
     async def work() -> None:
         fresh = await ctx.kube.get(plural, key[1], key[2]) if coalesce else body
         if fresh is None:
+            if plural == "hives":
+                ctx.hives.discard((key[1], key[2]))
             return
+        if plural == "hives":
+            ctx.hives.add((key[1], key[2]))
         outcome = await RECONCILERS[plural](ctx, fresh)
         log.debug("%s %s/%s: %s %s", plural, key[1], key[2], outcome.phase, outcome.reason)
 
@@ -177,23 +181,13 @@ def register(registry: kopf.OperatorRegistry) -> None:
         if not (body.get("metadata") or {}).get("namespace"):
             return
         ctx = _ctx(memo)
+        ctx.hives.discard((body["metadata"]["namespace"], body["metadata"].get("name")))
         try:
             await _exclusive(ctx, "hives", body, cleanup_hive)
             await _after(ctx, "hives", body)
         except ApiError as err:
             log.warning("hive %s/%s deleted; cleaning up failed, the garbage collector and the nodes' next "
                         "reconcile finish it: %s", body["metadata"]["namespace"], body["metadata"].get("name"), err)
-
-    # Generated link certificates are renewed by the reconcile that finds them close to expiry;
-    # a hive nobody touches for months still gets one every RENEWAL_CHECK_S.
-    @kopf.timer(API_GROUP, VERSION, "hives", registry=registry, id="renew-hive-certificate",
-                interval=RENEWAL_CHECK_S, initial_delay=RENEWAL_CHECK_S, idle=None)
-    async def hive_renewal(body: kopf.Body, memo: Any, **_: Any) -> None:
-        meta = body["metadata"]
-        try:
-            await reconcile_by_name(_ctx(memo), "hives", meta["namespace"], meta["name"])
-        except ApiError as err:
-            raise _temporary(err) from err
 
     @kopf.on.delete(API_GROUP, VERSION, "fluxnodes", registry=registry, id="cleanup-fluxnode")
     async def fluxnode_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
@@ -252,6 +246,18 @@ def register(registry: kopf.OperatorRegistry) -> None:
                             event.get("type"), namespace, meta.get("name"), err)
 
 
+async def _renew_forever(ctx: OperatorContext) -> None:
+    """Reconcile every Hive seen, one at a time, every ``RENEWAL_CHECK_S`` (until cancelled)."""
+    while True:
+        await asyncio.sleep(RENEWAL_CHECK_S)
+        for namespace, name in sorted(ctx.hives):
+            try:
+                await reconcile_by_name(ctx, "hives", namespace, name)
+            except (ApiError, kopf.TemporaryError) as err:
+                log.warning("hive %s/%s: periodic reconcile failed; the next event or round retries: %s",
+                            namespace, name, err)
+
+
 def configure(settings: kopf.OperatorSettings, operator: OperatorSettings) -> None:
     settings.persistence.finalizer = L.FINALIZER
     settings.posting.level = logging.WARNING
@@ -279,6 +285,22 @@ def build_registry(operator: OperatorSettings, access: KubeConfig) -> kopf.Opera
     @kopf.on.startup(registry=registry, id="configure")
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings, operator)
+
+    # Generated link certificates are renewed by the reconcile that finds them close to expiry; so
+    # that a Hive nobody touches for months gets one, every Hive seen is reconciled again every
+    # RENEWAL_CHECK_S.  Not a kopf timer: timers put a finalizer on the Hive, which would strand it
+    # Terminating whenever the operator is gone first (see ``hive-gone``).
+    @kopf.on.startup(registry=registry, id="start-renewal")
+    async def start_renewal(memo: Any, **_: Any) -> None:
+        ctx = _ctx(memo)
+        ctx.renewal = asyncio.create_task(_renew_forever(ctx), name="hive-certificate-renewal")
+
+    @kopf.on.cleanup(registry=registry, id="stop-renewal")
+    async def stop_renewal(memo: Any, **_: Any) -> None:
+        task = _ctx(memo).renewal
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
 
     @kopf.on.login(registry=registry, id="login")
     async def login(**_: Any) -> kopf.ConnectionInfo:

@@ -10,6 +10,7 @@ exercised here (kwok runs no containers).
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from typing import Any
 
@@ -297,7 +298,8 @@ def test_url_mode_uses_the_users_database_secret_and_bundles_no_postgres(
         control_plane: ControlPlane, namespace: str, operator: FluxbeeProcess) -> None:
     cp, ns = control_plane, namespace
     apply(cp, ns, hive("mother", identity={"database": {"mode": "url", "urlSecret": {"name": "pg", "key": "dsn"}}}))
-    waiting = operator.wait_for("Degraded until the Secret exists", degraded(cp, ns, "mother", "DatabaseSecretNotFound"))
+    waiting = operator.wait_for("Degraded until the Secret exists",
+                                degraded(cp, ns, "mother", "DatabaseSecretNotFound"))
     assert "pg" in condition(waiting, "Degraded")["message"]
     assert get(cp, ns, "deployment", "mother-identity") is None
     apply(cp, ns, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pg"},
@@ -310,3 +312,27 @@ def test_url_mode_uses_the_users_database_secret_and_bundles_no_postgres(
     for kind in ("statefulset", "service", "secret"):
         assert get(cp, ns, kind, "mother-postgres") is None, f"url mode made {kind}/mother-postgres"
     assert objects(cp, ns, "persistentvolumeclaims") == []
+
+
+def test_a_generated_certificate_close_to_expiry_or_naming_another_hive_is_reissued(
+        control_plane: ControlPlane, namespace: str, operator: FluxbeeProcess) -> None:
+    cp, ns = control_plane, namespace
+    apply(cp, ns, hive("renewed", identity={"enabled": False}))
+    operator.wait_for("renewed Ready", reconciled(cp, ns, "hive", "renewed", "Ready"), timeout=90)
+    ca = secret_data(cp, ns, CA_SECRET)
+    for hive_id, days in (("renewed", 10), ("intruder", 365)):
+        cert, key = issue_hive_cert(ca["tls.crt"], ca["tls.key"], hive_id, days=days)
+        patch = {"data": {"tls.crt": base64.b64encode(cert).decode(), "tls.key": base64.b64encode(key).decode()}}
+        cp.kubectl("-n", ns, "patch", "secret", "renewed-wan-tls", "--type=merge", "-p", json.dumps(patch))
+
+        def reissued(cert: bytes = cert) -> bytes | None:  # the edit is an event: the operator looks again
+            now = secret_data(cp, ns, "renewed-wan-tls")["tls.crt"]
+            return now if now != cert else None
+
+        fresh = operator.wait_for(f"a certificate replacing the one for {hive_id} valid {days} days", reissued)
+        parsed = x509.load_pem_x509_certificate(fresh)
+        assert hive_id_of(fresh) == "renewed" and verifies(fresh, ca["tls.crt"])
+        assert (parsed.not_valid_after_utc - parsed.not_valid_before_utc).days >= 364
+    renewed = get(cp, ns, "hive", "renewed")
+    assert renewed is not None and renewed["status"]["linkCertificateNotAfter"] == parsed.not_valid_after_utc.strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
