@@ -80,8 +80,6 @@ async def reconcile_by_name(ctx: OperatorContext, plural: str, namespace: str, n
 
 
 KICK_CONCURRENCY = 16
-RENEWAL_CHECK_S = 6 * 3600.0
-"""How often every Hive is reconciled even without an event (certificate renewal)."""
 
 
 async def _kick(ctx: OperatorContext, plural: str, items: list[dict[str, Any]]) -> None:
@@ -220,7 +218,6 @@ def register(registry: kopf.OperatorRegistry) -> None:
         ("apps", "v1", "daemonsets"),
         ("apps", "v1", "deployments"),
         ("apps", "v1", "statefulsets"),
-        ("", "v1", "secrets"),
     ):
         resource = (group, version, plural) if group else (version, plural)
 
@@ -247,9 +244,9 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
 
 async def _renew_forever(ctx: OperatorContext) -> None:
-    """Reconcile every Hive seen, one at a time, every ``RENEWAL_CHECK_S`` (until cancelled)."""
+    """Reconcile every Hive seen, one at a time, every ``resync_interval`` (until cancelled)."""
     while True:
-        await asyncio.sleep(RENEWAL_CHECK_S)
+        await asyncio.sleep(ctx.settings.resync_interval)
         for namespace, name in sorted(ctx.hives):
             try:
                 await reconcile_by_name(ctx, "hives", namespace, name)
@@ -286,10 +283,11 @@ def build_registry(operator: OperatorSettings, access: KubeConfig) -> kopf.Opera
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings, operator)
 
-    # Generated link certificates are renewed by the reconcile that finds them close to expiry; so
-    # that a Hive nobody touches for months gets one, every Hive seen is reconciled again every
-    # RENEWAL_CHECK_S.  Not a kopf timer: timers put a finalizer on the Hive, which would strand it
-    # Terminating whenever the operator is gone first (see ``hive-gone``).
+    # Generated link certificates are renewed by the reconcile that finds them close to expiry, and
+    # a Secret the operator does not watch (it watches no Secrets: that would stream every Secret of
+    # the cluster to it) is repaired by a reconcile too; so every Hive seen is reconciled again every
+    # ``resync_interval``.  Not a kopf timer: timers put a finalizer on the Hive, which would strand
+    # it Terminating whenever the operator is gone first (see ``hive-gone``).
     @kopf.on.startup(registry=registry, id="start-renewal")
     async def start_renewal(memo: Any, **_: Any) -> None:
         ctx = _ctx(memo)

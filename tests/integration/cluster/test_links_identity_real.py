@@ -315,8 +315,17 @@ def test_url_mode_uses_the_users_database_secret_and_bundles_no_postgres(
 
 
 def test_a_generated_certificate_close_to_expiry_or_naming_another_hive_is_reissued(
-        control_plane: ControlPlane, namespace: str, operator: FluxbeeProcess) -> None:
+        control_plane: ControlPlane, release: Release, namespace: str, tmp_path: Path) -> None:
+    """The operator watches no Secret: the periodic reconcile (``--resync-interval``) finds them."""
     cp, ns = control_plane, namespace
+    operator = start_operator(cp, release, tmp_path, "--resync-interval", "2")
+    try:
+        _reissued(cp, ns, operator)
+    finally:
+        operator.stop()
+
+
+def _reissued(cp: ControlPlane, ns: str, operator: FluxbeeProcess) -> None:
     apply(cp, ns, hive("renewed", identity={"enabled": False}))
     operator.wait_for("renewed Ready", reconciled(cp, ns, "hive", "renewed", "Ready"), timeout=90)
     ca = secret_data(cp, ns, CA_SECRET)
@@ -325,7 +334,7 @@ def test_a_generated_certificate_close_to_expiry_or_naming_another_hive_is_reiss
         patch = {"data": {"tls.crt": base64.b64encode(cert).decode(), "tls.key": base64.b64encode(key).decode()}}
         cp.kubectl("-n", ns, "patch", "secret", "renewed-wan-tls", "--type=merge", "-p", json.dumps(patch))
 
-        def reissued(cert: bytes = cert) -> bytes | None:  # the edit is an event: the operator looks again
+        def reissued(cert: bytes = cert) -> bytes | None:
             now = secret_data(cp, ns, "renewed-wan-tls")["tls.crt"]
             return now if now != cert else None
 
@@ -333,6 +342,11 @@ def test_a_generated_certificate_close_to_expiry_or_naming_another_hive_is_reiss
         parsed = x509.load_pem_x509_certificate(fresh)
         assert hive_id_of(fresh) == "renewed" and verifies(fresh, ca["tls.crt"])
         assert (parsed.not_valid_after_utc - parsed.not_valid_before_utc).days >= 364
-    renewed = get(cp, ns, "hive", "renewed")
-    assert renewed is not None and renewed["status"]["linkCertificateNotAfter"] == parsed.not_valid_after_utc.strftime(
-        "%Y-%m-%dT%H:%M:%SZ")
+    cp.kubectl("-n", ns, "delete", "secret", "renewed-wan-tls")
+    back = operator.wait_for("a deleted certificate Secret put back", lambda: get(cp, ns, "secret", "renewed-wan-tls"))
+    cert = base64.b64decode(back["data"]["tls.crt"])
+    assert hive_id_of(cert) == "renewed" and verifies(cert, ca["tls.crt"])
+    renewed = operator.wait_for("the status names the new expiry", lambda: (h := get(cp, ns, "hive", "renewed")) and (
+        h["status"].get("linkCertificateNotAfter") == x509.load_pem_x509_certificate(cert).not_valid_after_utc
+        .strftime("%Y-%m-%dT%H:%M:%SZ")) and h)
+    assert renewed["status"]["linkCertificate"] == "renewed-wan-tls"
