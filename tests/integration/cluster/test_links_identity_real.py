@@ -170,6 +170,15 @@ def test_a_mother_hive_with_wan_gets_mesh_gateway_certificate_and_identity_all_g
 
     operator.wait_for("the mesh Service's endpoints: every router", mesh_addresses, timeout=90)
 
+    # A new storage size cannot change an existing StatefulSet's claim template (the API server
+    # refuses it): the hive stays Ready at its new generation and the claim keeps its size.
+    cp.kubectl("-n", ns, "patch", "hive", "mother", "--type=merge",
+               "-p", '{"spec": {"identity": {"database": {"storage": "2Gi"}}}}')
+    operator.wait_for("mother Ready at generation 2", lambda: (h := reconciled(cp, ns, "hive", "mother", "Ready")())
+                      and h["metadata"]["generation"] == 2 and h, timeout=90)
+    sts = get(cp, ns, "statefulset", "mother-postgres") or {}
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "1Gi"
+
     # All of it is the Hive's and goes with it; what keeps data stays (documented).
     owned = [("deployment", "mother-gateway"), ("service", "mother-gateway"), ("service", "mother-mesh"),
              ("deployment", "mother-identity"), ("statefulset", "mother-postgres"), ("service", "mother-postgres"),
