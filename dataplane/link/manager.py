@@ -249,7 +249,8 @@ class LinkManager:
         if session.direction == "out" and peer.hive_id in self.refused_hives:
             self.refused_hives.discard(peer.hive_id)
             self._save_state()
-        self._address_hive[session.address] = peer.hive_id
+        if session.direction == "out":
+            self._address_hive[session.address] = peer.hive_id
         self.table.add_peer(session.sid, session.role, peer.hive_id, peer.router_id)
         self.sent[session.sid] = {}
         self._seqs[session.sid] = itertools.count(1)

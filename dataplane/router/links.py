@@ -87,6 +87,7 @@ class RouterLinks:
         self._mesh_entries: list[RemoteNode] = []
         self._senders: dict[tuple[int, str], RemoteNode] = {}  # (session, node) of frames from links
         self._generation = -1
+        self._mesh_generation = -1
 
     # LinkRouter --------------------------------------------------------------
     def local_nodes(self) -> Iterable[lp.NodeAd]:
@@ -107,6 +108,9 @@ class RouterLinks:
             return
         self._generation = table.generation
         self._senders.clear()
+        if table.mesh_generation == self._mesh_generation:
+            return
+        self._mesh_generation = table.mesh_generation
         router = self.router
         for entry in self._mesh_entries:
             router.unlist(entry)
