@@ -238,7 +238,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
                     await reconcile_by_name(ctx, "fluxnodes", namespace, child_labels[L.FLUXNODE])
                 elif L.HIVE in child_labels:
                     await reconcile_by_name(ctx, "hives", namespace, child_labels[L.HIVE])
-            except ApiError as err:
+            except (ApiError, kopf.TemporaryError) as err:  # e.g. a Hive waiting for a Secret
                 log.warning("repairing after %s %s/%s failed; the next event retries: %s",
                             event.get("type"), namespace, meta.get("name"), err)
 

@@ -125,7 +125,8 @@ def test_a_hive_runs_one_admin_deployment_beside_its_hive_pods_and_it_comes_back
     replaced = wait_for("a new Running admin pod", lambda: (
         p if (p := one_running_admin()) and p["metadata"]["uid"] != admin["metadata"]["uid"] else None))
     assert replaced["spec"]["nodeName"] in {p["spec"]["nodeName"] for p in hive_pods}
-    (deployment,) = control_plane.get_json("-n", namespace, "deployments")["items"]
+    (deployment,) = control_plane.get_json("-n", namespace, "deployments", "-l",
+                                           "app.kubernetes.io/component=admin")["items"]
     # reconciles after every pod event compare the Deployment with what the API server stored and
     # find nothing to patch (a spec patch would bump the generation and roll the pods)
     assert (deployment["metadata"]["name"], deployment["metadata"]["generation"]) == ("demo-admin", 1)
