@@ -10,9 +10,10 @@ handshake is in :mod:`~fluxbee.dataplane.router.handshake`, the system messages 
 itself in :mod:`~fluxbee.dataplane.router.control`, the config state in
 :mod:`~fluxbee.dataplane.router.config_state`, the snapshot in :mod:`~fluxbee.dataplane.router.status`,
 the probes in :mod:`~fluxbee.dataplane.router.probes`, and the links to other routers (mesh and WAN:
-:mod:`fluxbee.dataplane.link`, put into the router by :mod:`~fluxbee.dataplane.router.links`). Here: start and stop, the periodic tasks
-(shared-memory heartbeats, broadcast de-duplication expiry, cutting off slow consumers, config and
-claims polling), and putting nodes into and out of the registry and the node-table region.
+:mod:`fluxbee.dataplane.link`, put into the router by :mod:`~fluxbee.dataplane.router.links`).
+Here: start and stop, the periodic tasks (shared-memory heartbeats, broadcast de-duplication expiry,
+cutting off slow consumers, config and claims polling), and putting nodes into and out of the
+registry and the node-table region.
 
 Decisions the original left open, as this router makes them (the rules in ``decide``, the
 mechanics in ``connection`` and ``handshake``):
