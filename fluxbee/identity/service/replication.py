@@ -136,7 +136,7 @@ class Replication(RegionKeeper):
                     raise sync.ResyncNeededError(sync.EPOCH, f"primary {sender_name} started with epoch {beat.epoch}")
         except sync.ResyncNeededError as err:
             log.warning("replica copy is stale (%s); subscribing again for a full resync", err)
-            t.reset(err.reason)
+            t.reset(err.code)
             self._resync.set()
         except sync.SyncProtocolError as err:
             log.error("%s from %s does not decode (%s); subscribing again for a full resync", action,
