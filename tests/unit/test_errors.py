@@ -16,8 +16,8 @@ from fluxbee.identity import degrees, sync
 from fluxbee.identity.agent import AgentRefused
 from fluxbee.identity.client import IdentityCallError
 from fluxbee.identity.model import IdentityError
-from fluxbee.local.store import StoreError
 from fluxbee.operator.conditions import InvalidSpec
+from fluxbee.supervisor.store import StoreError
 
 # (error, code, detail, str()) -- the texts are the ones each class printed before the base existed.
 FAMILY: list[tuple[CodedError, str, str, str]] = [
