@@ -51,6 +51,8 @@ class LinkRouter(Protocol):
 
     def links_changed(self) -> None: ...
 
+    def read_done(self) -> None: ...
+
 
 class LinkManager:
     """See the module docstring."""
@@ -302,6 +304,10 @@ class LinkManager:
             return
         self.router.link_frame(session, env, meta, node)
 
+    def read_done(self, session: LinkSession) -> None:
+        """One read's frames of a link are routed: the router writes what they queued."""
+        self.router.read_done()
+
     def drop(self, role: p.Role, reason: str, detail: str) -> None:
         """Count a refused frame or advert; log it at most once a second per reason."""
         counter = self.drops[role]
@@ -465,7 +471,9 @@ class LinkManager:
                       and (role, x.address) in self._dialers]
             section: dict[str, Any] = {"hive_id": self.hive_id,
                                        "listen": None if listen is None else format_address(listen), "links": links,
-                                       "drops": dict(self.drops[role])}
+                                       "drops": dict(self.drops[role]),
+                                       "remote_nodes": len(self.table.by_uuid) if role == "wan"
+                                       else len(self.table.mesh_nodes)}
             if role == "wan":
                 section["routes"] = self.table.routes_view()
                 section["refused_hives"] = sorted(self.refused_hives)

@@ -51,6 +51,8 @@ class SessionOwner(Protocol):
 
     def on_data(self, session: LinkSession, env: wire.RawEnvelope, meta: wire.MetaView) -> None: ...
 
+    def read_done(self, session: LinkSession) -> None: ...
+
 
 class LinkSession(asyncio.Protocol):
     """One link (see the module docstring)."""
@@ -132,6 +134,13 @@ class LinkSession(asyncio.Protocol):
             self.close(err.reason, err.detail)
             return
         self.last_heard = self.clock()
+        try:
+            self._frames(frames)
+        finally:
+            if frames:
+                self.owner.read_done(self)
+
+    def _frames(self, frames: list[bytes]) -> None:
         for body in frames:
             if self.state == "down":
                 return
@@ -282,7 +291,9 @@ class LinkSession(asyncio.Protocol):
 
     # ending ------------------------------------------------------------------------
     def reject(self, reason: str, message: str) -> None:
-        log.warning("%s: refusing the peer: %s: %s", self.label(), reason, message)
+        # Two routers that dialled each other keep one link: the other one ending is routine.
+        log.log(logging.INFO if reason == p.DUPLICATE_LINK else logging.WARNING, "%s: refusing the peer: %s: %s",
+                self.label(), reason, message)
         if self.transport is not None and self.state != "down":
             with contextlib.suppress(wire.ProtocolError):
                 self.transport.write(p.control_frame(self.owner.router_id, p.WAN_REJECT, p.WanReject(reason, message)))
