@@ -124,7 +124,7 @@ class KubernetesBackend:
         hive = await self._hive()
         spec, status = hive.get("spec") or {}, hive.get("status") or {}
         phase, reason, message = _phase(hive)
-        return {"hive_id": self.hive_id, "role": spec.get("role", "motherbee"),
+        return {"hive_id": self.hive_id, "role": spec.get("role", "motherbee"), "mother_hive": spec.get("motherHive"),
                 "router_name": spec.get("routerName", "RT.gateway"), "backend": self.kind, "run_dir": None,
                 "started_at": (hive.get("metadata") or {}).get("creationTimestamp"), "namespace": self.namespace,
                 "hive_resource": self.hive_resource, "phase": phase, "reason": reason, "message": message,
