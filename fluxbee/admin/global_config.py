@@ -35,12 +35,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import Field
 
-from fluxbee.admin import remote
+from fluxbee.admin import remote, wan
 from fluxbee.admin import schemas as s
 from fluxbee.admin.errors import AdminError
 
 if TYPE_CHECKING:
-    from fluxbee.admin.actions import Call, Context
+    from fluxbee.admin.actions.common import Call, Context
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,9 @@ COLLECT_TIMEOUT: Final = 5.0
 PULL_INTERVAL: Final = 3.0
 """Seconds between a worker's asks for its mother's current global config."""
 STATE_FILE: Final = "global-config.json"
+_NOT_REACHED: Final = frozenset({"WAN_TIMEOUT", "HIVE_NOT_CONNECTED", "REMOTE_ADMIN_UNAVAILABLE", "ROUTER_UNREACHABLE",
+                                 "ROUTER_UNAVAILABLE"})
+"""Errors that mean a hive was not reached (it is pending: it catches up when it pulls), not that it refused."""
 
 
 class GlobalConfigParams(s.Params):
@@ -131,8 +134,7 @@ def collect(hives: Iterable[str], answers: dict[str, dict[str, Any] | AdminError
         if got is None:
             out.append(HiveResult(hive, "pending"))
         elif isinstance(got, AdminError):
-            pending = got.code in ("WAN_TIMEOUT", "HIVE_NOT_CONNECTED", "REMOTE_ADMIN_UNAVAILABLE", "ROUTER_UNREACHABLE",
-                                   "ROUTER_UNAVAILABLE")
+            pending = got.code in _NOT_REACHED
             out.append(HiveResult(hive, "pending" if pending else "error", error_code=got.code,
                                   error_detail=got.detail))
         else:
@@ -239,12 +241,9 @@ async def get_global_config(ctx: Context, target: str, p: s.NoParams, call: Call
     return {"status": "ok", "hive": ctx.backend.hive_id, **gc.store.load().to_json()}
 
 
-KnownHives = Callable[[], Awaitable[set[str]]]
-
-
 async def put_global(ctx: Context, gc: GlobalConfig, requested: int | None, routes: list[dict[str, Any]] | None,
-                     vpns: list[dict[str, Any]] | None, apply_here: Callable[[], Awaitable[dict[str, Any]]],
-                     known_hives: KnownHives) -> dict[str, Any]:
+                     vpns: list[dict[str, Any]] | None,
+                     apply_here: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
     """A global change on the mother: a version, the local apply, the record, then every hive."""
     async with gc.lock:
         held = gc.store.load()
@@ -252,7 +251,7 @@ async def put_global(ctx: Context, gc: GlobalConfig, requested: int | None, rout
         out = await apply_here()
         doc = merged(held, version, routes, vpns)
         gc.store.save(doc)
-    hives = await known_hives() - {ctx.backend.hive_id}
+    hives = await wan.known_hives(ctx.link, await ctx.backend.remote_hives()) - {ctx.backend.hive_id}
     answers = await fan_out(ctx, hives, doc)
     results = collect(hives, answers)
     done = summary(results)

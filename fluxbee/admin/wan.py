@@ -1,14 +1,16 @@
 """Hives and the links between them, as the admin API shows and changes them.
 
 The router keeps the links (mutual TLS between hive gateways) and reports them in the ``wan``
-section of its status snapshot: ``{hive_id, listen, links: [{hive_id, address, direction, state,
-since, last_lsa_seq, last_lsa_age_ms, rtt_ms}]}``.  The admin API reads that section for
-``GET /hives`` (each hive's link state, last link-state advert and round-trip time), for the set of
-hives it may relay to and take commands from, and changes it with the router's link control
-messages: ``POST /hives`` asks the router to dial the worker's gateway address (no SSH, nothing
-installed remotely: the worker runs ``fluxbee up`` with its own ``--wan-listen``), ``DELETE /hives/{h}``
-asks it to drop the link.
-"""
+section of its status snapshot: ``{hive_id, listen, links: [{hive_id, router_id, address, direction,
+state, since, last_lsa_seq, last_lsa_age_ms, rtt_ms, reason}], routes: [{hive, next_hop, path}]}``
+(``routes``: every hive the link-state adverts reach, through transit hives included).  The admin
+API reads that section for ``GET /hives`` (each hive's link state, last link-state advert and
+round-trip time), for the set of hives it may relay to and take commands from, and changes it with
+the router's link control messages: ``POST /hives`` sends ``LINK_ADD {address}`` (the router dials
+the worker's gateway and keeps dialling it, across restarts; no SSH, nothing installed remotely: the
+worker runs ``fluxbee up`` with its own ``--wan-listen``), ``DELETE /hives/{h}`` sends ``LINK_REMOVE
+{hive_id}`` (the router closes the links with that hive and refuses it until a ``LINK_ADD`` reaches
+it again)."""
 
 from __future__ import annotations
 
@@ -26,12 +28,16 @@ from fluxbee.admin.errors import AdminError
 
 DEFAULT_GATEWAY_PORT: Final = 9000
 """The gateway port of an address given without one (the original's and ``Hive.spec.gatewayPort``'s default)."""
-LINK_ADD: Final = "WAN_LINK_ADD"
-LINK_REMOVE: Final = "WAN_LINK_REMOVE"
+LINK_ADD: Final = "LINK_ADD"
+LINK_REMOVE: Final = "LINK_REMOVE"
 CONTROL_TIMEOUT: Final = 5.0
 LINK_WAIT: Final = 5.0
 """Seconds ``POST /hives`` waits for a new link to come up before it answers (it keeps trying after)."""
-UP_STATES: Final = frozenset({"up", "established"})
+UP_STATES: Final = frozenset({"up"})
+_CONTROL_CODES: Final = {"NO_WAN": "MISSING_WAN_LISTEN", "INVALID_ADDRESS": "INVALID_ADDRESS",
+                          "PERSIST_FAILED": "STATE_WRITE_FAILED", "LINK_NOT_FOUND": "NOT_FOUND",
+                          "FORBIDDEN": "FORBIDDEN"}
+"""The router's LINK_ADD / LINK_REMOVE error codes, as the admin API's."""
 _LABEL = re.compile(r"^[A-Za-z0-9-]{1,63}$")
 
 
@@ -114,13 +120,9 @@ class WanView:
                                 item.get("direction"), str(item.get("state") or "unknown"), item.get("since"),
                                 item.get("last_lsa_seq"), item.get("last_lsa_age_ms"), item.get("rtt_ms")))
         reachable = {r.hive_id for r in rows if r.up and r.hive_id}
-        for key in ("hives", "reachable_hives", "remote_hives"):
-            extra = wan.get(key)
-            if isinstance(extra, list):
-                reachable |= {h["hive_id"] if isinstance(h, dict) else h for h in extra
-                              if isinstance(h, str) or (isinstance(h, dict) and isinstance(h.get("hive_id"), str))}
-            elif isinstance(extra, dict):
-                reachable |= {h for h in extra if isinstance(h, str)}
+        for route in wan.get("routes") or ():  # every origin the path vector reaches, transit included
+            if isinstance(route, dict) and isinstance(route.get("hive"), str) and route["hive"]:
+                reachable.add(route["hive"])
         listen = wan.get("listen")
         return cls(True, str(listen) if listen else None, tuple(rows), frozenset(reachable))
 
@@ -169,10 +171,7 @@ async def _control(link: RouterLink, msg: str, payload: dict[str, Any]) -> dict[
     if str(reply.get("status", "")).lower() not in ("ok", ""):
         code = str(reply.get("error_code") or "SERVICE_FAILED")
         detail = str(reply.get("error_detail") or reply.get("message") or code)
-        raise AdminError("MISSING_WAN_LISTEN" if code in ("WAN_DISABLED", "NO_WAN", "MISSING_WAN_LISTEN") else
-                         "INVALID_ADDRESS" if code in ("INVALID_ADDRESS", "BAD_ADDRESS") else
-                         "WAN_NOT_AUTHORIZED" if code in ("WAN_NOT_AUTHORIZED", "HIVE_NOT_AUTHORIZED") else
-                         "SERVICE_FAILED", f"the router refused {msg}: {code}: {detail}")
+        raise AdminError(_CONTROL_CODES.get(code, "SERVICE_FAILED"), f"the router refused {msg}: {code}: {detail}")
     return reply
 
 
@@ -183,9 +182,6 @@ async def link_add(link: RouterLink, hive_id: str, address: str, wait: float = L
     (``WAN_NOT_AUTHORIZED``): the peer's certificate names its hive, and it is not the one asked for."""
     host, port = parse_address(address)
     target = dial_address(host, port)
-    if not (await wan_view(link)).enabled:
-        raise AdminError("MISSING_WAN_LISTEN", "this hive's router has no gateway: start it with --wan-listen "
-                                               "(or Hive.spec.wan) to link hives")
     await _control(link, LINK_ADD, {"address": target})
     deadline = time.monotonic() + wait
     row: LinkRow | None = None
@@ -193,7 +189,7 @@ async def link_add(link: RouterLink, hive_id: str, address: str, wait: float = L
         view = await wan_view(link)
         row = view.link_at(target)
         if row is not None and row.up and row.hive_id not in (None, hive_id):
-            await _control(link, LINK_REMOVE, {"address": target, "hive_id": row.hive_id})
+            await _control(link, LINK_REMOVE, {"hive_id": row.hive_id})
             raise AdminError("WAN_NOT_AUTHORIZED", f"the gateway at {target} is hive {row.hive_id!r}, not "
                                                    f"{hive_id!r}; the link was removed")
         if (row is not None and row.up) or time.monotonic() >= deadline:
@@ -203,17 +199,14 @@ async def link_add(link: RouterLink, hive_id: str, address: str, wait: float = L
             "link": row.to_json() if row is not None else None}
 
 
-async def link_remove(link: RouterLink, hive_id: str, address: str | None) -> str:
-    """Ask the router to drop its link to ``hive_id``; what was done (``unlinked`` or ``no_link``)."""
-    view = await wan_view(link)
-    if not view.enabled:
-        return "no_gateway"
-    if view.link_to(hive_id) is None and (address is None or view.link_at(address) is None):
-        return "no_link"
-    payload: dict[str, Any] = {"hive_id": hive_id}
-    if address is not None:
-        payload["address"] = address
-    await _control(link, LINK_REMOVE, payload)
+async def link_remove(link: RouterLink, hive_id: str) -> str:
+    """Ask the router to drop its links to ``hive_id``: ``unlinked``, or ``no_link`` when it had none."""
+    try:
+        await _control(link, LINK_REMOVE, {"hive_id": hive_id})
+    except AdminError as err:
+        if err.code == "NOT_FOUND":
+            return "no_link"
+        raise
     return "unlinked"
 
 
