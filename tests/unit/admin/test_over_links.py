@@ -153,7 +153,8 @@ def test_hive_rows_show_each_link_and_transit_and_registered_hives_without_links
 
 
 @pytest.mark.parametrize(("address", "parsed"), [
-    ("10.0.0.2", ("10.0.0.2", 9000)), ("10.0.0.2:9100", ("10.0.0.2", 9100)), ("hive-b.example:1", ("hive-b.example", 1)),
+    ("10.0.0.2", ("10.0.0.2", 9000)), ("10.0.0.2:9100", ("10.0.0.2", 9100)),
+    ("hive-b.example:1", ("hive-b.example", 1)),
     ("[::1]:9001", ("::1", 9001)), ("::1", ("::1", 9000)),
 ])
 def test_gateway_addresses_parse(address: str, parsed: tuple[str, int]) -> None:
