@@ -446,6 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
     from fluxbee.identity.cli import add_parser as add_identity_parser
 
     add_identity_parser(sub)
+
+    from fluxbee.dataplane.link.cli import add_parser as add_wan_parser
+
+    add_wan_parser(sub)
     return p
 
 

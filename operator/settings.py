@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 DEFAULT_IMAGE = "ghcr.io/fluxbee/fluxbee:0.1.0"
+DEFAULT_POSTGRES_IMAGE = "docker.io/library/postgres:17"
+DEFAULT_WAN_CA_SECRET = "fluxbee-wan-ca"
 
 
 class SettingsError(ValueError):
@@ -50,6 +53,22 @@ class OperatorSettings:
     worker_idle_timeout: float = 1.0
     """Seconds an idle kopf worker waits for more events of its object before it exits."""
 
+    postgres_image: str = DEFAULT_POSTGRES_IMAGE
+    """Image of the bundled PostgreSQL of a mother hive's SY.identity (a Hive may name its own)."""
+
+    wan_ca_secret: str = DEFAULT_WAN_CA_SECRET
+    """Secret holding the CA (``tls.crt``, ``tls.key``) the operator issues the hives' link
+    certificates from.  Created once when absent, never regenerated or overwritten: every hive it
+    issues for trusts every other, so hives under one operator can link."""
+
+    wan_ca_namespace: str | None = None
+    """Namespace of :attr:`wan_ca_secret`; None: the watched namespace, else the Hive's own (one CA
+    per namespace).  The chart sets the release namespace, so one operator has one CA."""
+
+    def ca_namespace(self, hive_namespace: str) -> str:
+        """Where the CA Secret lives for a hive of ``hive_namespace``."""
+        return self.wan_ca_namespace or self.namespace or hive_namespace
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
         env = os.environ if env is None else env
@@ -83,4 +102,19 @@ class OperatorSettings:
             namespace=env.get("FLUXBEE_WATCH_NAMESPACE") or None,
             peering=env.get("FLUXBEE_OPERATOR_PEERING") or None,
             priority=priority,
+            postgres_image=env.get("FLUXBEE_POSTGRES_IMAGE") or DEFAULT_POSTGRES_IMAGE,
+            wan_ca_secret=_name(env, "FLUXBEE_WAN_CA_SECRET") or DEFAULT_WAN_CA_SECRET,
+            wan_ca_namespace=_name(env, "FLUXBEE_WAN_CA_NAMESPACE"),
         )
+
+
+def _name(env: Mapping[str, str], variable: str) -> str | None:
+    """An object name from ``variable`` (None when unset or empty); a bad one names the variable."""
+    value = env.get(variable) or None
+    if value is not None and not _NAME_RE.match(value):
+        raise SettingsError(f"{variable} must be a Kubernetes object name (lower case, digits, '-', '.'), "
+                            f"not {value!r}")
+    return value
+
+
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from fluxbee.models.links import DEFAULT_MESH_PORT, IdentitySpec, WanSpec
 from fluxbee.models.status import (
     DegreeStatus,
     FluxNodeStatus,
@@ -202,10 +203,23 @@ class HiveSpec(_Model):
         ),
     )
     gateway_port: int = Field(
-        default=9000, ge=1, le=65535, description="TCP port of the inter-hive gateway."
+        default=9000, ge=1, le=65535,
+        description="Port of the `<hive>-gateway` Service (spec.wan); it forwards to the port of spec.wan.listen.",
     )
     admin: AdminSpec = Field(
         default_factory=lambda: AdminSpec(), description="The hive's admin HTTP API."
+    )
+    mesh_port: int = Field(
+        default=DEFAULT_MESH_PORT, ge=1, le=65535,
+        description="TCP port the hive's routers mesh on (found through the headless Service `<hive>-mesh`).",
+    )
+    wan: WanSpec | None = Field(
+        default=None,
+        description="The gateway to other hives (a `<hive>-gateway` Deployment and Service); none without it.",
+    )
+    identity: IdentitySpec = Field(
+        default_factory=lambda: IdentitySpec(),
+        description="SY.identity: a Deployment with PostgreSQL on a motherbee, a replica in every hive pod.",
     )
     resources: ResourceRequirements | None = Field(
         default=None, description="Requests and limits of the router container."
