@@ -64,7 +64,7 @@ class LocalBackend:
     async def hive_info(self) -> dict[str, Any]:
         try:
             hive = self._hive_doc()
-            role, router, mother = hive.spec.role, hive.spec.router_name, hive.spec.mother_hive
+            role, router, mother = hive.spec.role, hive.spec.router_name, hive.spec.mother
         except (ResourceError, StopIteration):
             role, router, mother = "motherbee", None, None
         return {"hive_id": self.hive_id, "role": role, "mother_hive": mother, "router_name": router,

@@ -25,5 +25,5 @@ def system_services(hive: Hive, hive_id: str, run_dir: Path) -> list[ProcessSpec
 
     if os.environ.get(UP_IDENTITY_ENV, "1") != "0":
         services += identity_services(hive_id, run_dir, os.environ.get(DB_URL_ENV) or None,
-                                      primary_hive=hive.spec.mother_hive)
+                                      primary_hive=hive.spec.mother)
     return services

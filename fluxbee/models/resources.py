@@ -238,7 +238,19 @@ class HiveSpec(_Model):
             raise ValueError("motherHive is for role worker; a motherbee hive is its own mother")
         if self.mother_hive is not None and self.mother_hive == self.hive_id:
             raise ValueError(f"motherHive {self.mother_hive!r} is this hive's own id")
+        primary = self.identity.primary_hive
+        if self.mother_hive is not None and primary is not None and primary != self.mother_hive:
+            raise ValueError(f"motherHive {self.mother_hive!r} and identity.primaryHive {primary!r} differ: a "
+                             "worker follows one mother")
         return self
+
+    @property
+    def mother(self) -> str | None:
+        """The hive this one follows (identity primary, global config, remote administration): ``motherHive``,
+        else a worker's ``identity.primaryHive``; None for a motherbee."""
+        if self.role != "worker":
+            return None
+        return self.mother_hive or self.identity.primary_hive
 
 
 class Hive(_Model):
