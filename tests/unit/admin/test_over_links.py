@@ -286,3 +286,53 @@ async def test_a_worker_takes_the_global_config_only_from_its_mothers_admin(tmp_
     ctx.backend = HiveInfo(None)  # type: ignore[assignment]
     with pytest.raises(AdminError):
         await g.apply_global_config(ctx, "B", g.GlobalConfigParams(version=4), Call("admin_command", "SY.admin@A"))
+
+
+# the ADMIN_COMMAND gateway --------------------------------------------------------------------
+class WorkerB:
+    """Hive B, a worker of A, as the gateway and the hive actions see it."""
+
+    hive_id = "B"
+    kind = "local"
+
+    async def hive_info(self) -> dict[str, Any]:
+        return {"hive_id": "B", "mother_hive": "A"}
+
+    async def remote_hives(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+
+def _command(sender: str, action: str, target: str | None = "B") -> Any:
+    from fluxbee.dataplane.wire import Message, Meta, Routing
+
+    body: dict[str, Any] = {"action": action, "params": {}}
+    if target is not None:
+        body["target"] = target
+    return Message(Routing(src="u-1", dst="u-2", ttl=10, trace_id="t-1", src_l2_name=sender),
+                   Meta(type="admin", msg="ADMIN_COMMAND"), body)
+
+
+B_STATUS = {"wan": {"hive_id": "B", "listen": None, "links": [
+    {"hive_id": "A", "address": "127.0.0.1:9000", "direction": "out", "state": "up"}],
+    "routes": [{"hive": "A", "next_hop": "A", "path": ["A"]}, {"hive": "C", "next_hop": "A", "path": ["A", "C"]}]}}
+
+
+@pytest.mark.parametrize(("sender", "target", "why"), [
+    ("SY.admin@C", "B", "only its mother"), ("SY.admin@Z", "B", "not linked"), ("WF.x@A", "B", "only SY.admin"),
+    ("SY.admin@A", "C", "not relayed")])
+async def test_the_gateway_refuses_a_remote_command_before_it_runs(sender: str, target: str, why: str) -> None:
+    from fluxbee.admin.gateway import answer
+
+    link = ScriptedLink(status=B_STATUS)
+    ctx = Context(backend=WorkerB(), link=link, history=None)  # type: ignore[arg-type]
+    reply = await answer(ctx, _command(sender, "list_hives", target))
+    assert reply["status"] == "error" and reply["error_code"] == "FORBIDDEN" and why in reply["error_detail"]
+    assert link.asked == []  # nothing was relayed or run
+
+
+async def test_the_gateway_runs_the_mothers_command_here() -> None:
+    from fluxbee.admin.gateway import answer
+
+    ctx = Context(backend=WorkerB(), link=ScriptedLink(status=B_STATUS), history=None)  # type: ignore[arg-type]
+    reply = await answer(ctx, _command("SY.admin@A", "list_admin_actions", None))
+    assert reply["status"] == "ok" and reply["action"] == "list_admin_actions", reply
