@@ -70,6 +70,11 @@ ADMIN_COMMAND: Final = "ADMIN_COMMAND"
 ADMIN_COMMAND_RESPONSE: Final = "ADMIN_COMMAND_RESPONSE"
 # Ours (not in the original): the router's own status, and the reason a
 # connection is about to be closed by the router.
+# Ours: link control, to the router (fluxbee.dataplane.link), privileged like CONFIG_CHANGED.
+LINK_ADD: Final = "LINK_ADD"
+LINK_ADD_RESPONSE: Final = "LINK_ADD_RESPONSE"
+LINK_REMOVE: Final = "LINK_REMOVE"
+LINK_REMOVE_RESPONSE: Final = "LINK_REMOVE_RESPONSE"
 ROUTER_STATUS_GET: Final = "ROUTER_STATUS_GET"
 ROUTER_STATUS_GET_RESPONSE: Final = "ROUTER_STATUS_GET_RESPONSE"
 PROTOCOL_ERROR: Final = "PROTOCOL_ERROR"

@@ -76,6 +76,8 @@ async def reconcile_by_name(ctx: OperatorContext, plural: str, namespace: str, n
 
 
 KICK_CONCURRENCY = 16
+RENEWAL_CHECK_S = 6 * 3600.0
+"""How often every Hive is reconciled even without an event (certificate renewal)."""
 
 
 async def _kick(ctx: OperatorContext, plural: str, items: list[dict[str, Any]]) -> None:
@@ -182,6 +184,17 @@ def register(registry: kopf.OperatorRegistry) -> None:
             log.warning("hive %s/%s deleted; cleaning up failed, the garbage collector and the nodes' next "
                         "reconcile finish it: %s", body["metadata"]["namespace"], body["metadata"].get("name"), err)
 
+    # Generated link certificates are renewed by the reconcile that finds them close to expiry;
+    # a hive nobody touches for months still gets one every RENEWAL_CHECK_S.
+    @kopf.timer(API_GROUP, VERSION, "hives", registry=registry, id="renew-hive-certificate",
+                interval=RENEWAL_CHECK_S, initial_delay=RENEWAL_CHECK_S, idle=None)
+    async def hive_renewal(body: kopf.Body, memo: Any, **_: Any) -> None:
+        meta = body["metadata"]
+        try:
+            await reconcile_by_name(_ctx(memo), "hives", meta["namespace"], meta["name"])
+        except ApiError as err:
+            raise _temporary(err) from err
+
     @kopf.on.delete(API_GROUP, VERSION, "fluxnodes", registry=registry, id="cleanup-fluxnode")
     async def fluxnode_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
         try:
@@ -212,6 +225,8 @@ def register(registry: kopf.OperatorRegistry) -> None:
         ("", "v1", "services"),
         ("apps", "v1", "daemonsets"),
         ("apps", "v1", "deployments"),
+        ("apps", "v1", "statefulsets"),
+        ("", "v1", "secrets"),
     ):
         resource = (group, version, plural) if group else (version, plural)
 

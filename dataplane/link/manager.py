@@ -313,6 +313,14 @@ class LinkManager:
         if self._advert_timer is None and not self._stopping and self.sessions:
             self._advert_timer = asyncio.get_running_loop().call_later(ADVERT_DELAY, self._flush)
 
+    def flush_adverts(self) -> None:
+        """Send held adverts now: called before a data frame goes out on a link, so the peer always
+        learns a node before it sees a frame from it (a link is one ordered stream; a transit hive
+        that just learned the node passes the advert on before the frame)."""
+        if self._advert_timer is not None:
+            self._advert_timer.cancel()
+            self._flush()
+
     def _flush(self) -> None:
         self._advert_timer = None
         local = list(self.router.local_nodes())

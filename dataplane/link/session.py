@@ -99,6 +99,10 @@ class LinkSession(asyncio.Protocol):
     # asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        if self.direction == "in":
+            peer = transport.get_extra_info("peername")
+            if isinstance(peer, tuple) and len(peer) >= 2:
+                self.address = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
         self.transport.set_write_buffer_limits(high=self.owner.max_buffer() // 4)
         if self.secure:
             sslobj = transport.get_extra_info("ssl_object")

@@ -38,6 +38,14 @@ def handle_system(router: Router, conn: Conn, env: wire.RawEnvelope, meta: wire.
         return True
     if msg == wire.CONFIG_CHANGED:
         return config_changed(router, conn, env)
+    if to_router and msg in (wire.LINK_ADD, wire.LINK_REMOVE):
+        if router.links is None:
+            reply = wire.LINK_ADD_RESPONSE if msg == wire.LINK_ADD else wire.LINK_REMOVE_RESPONSE
+            router.reply(conn, routing, reply, {"status": "error", "error_code": "NO_WAN",
+                                                "error_detail": "this router runs no links (no --wan-* flags)"})
+        else:
+            router.links.control(conn, env, msg)
+        return True
     if to_router and msg in (wire.ROUTER_STATUS_GET, wire.NODE_STATUS_GET):
         reply = wire.ROUTER_STATUS_GET_RESPONSE if msg == wire.ROUTER_STATUS_GET else wire.NODE_STATUS_GET_RESPONSE
         try:
@@ -124,6 +132,10 @@ def refuse_privileged(router: Router, conn: Conn, env: wire.RawEnvelope, msg: st
         body = msgspec.json.decode(env.payload)
     except msgspec.DecodeError:
         body = None
+    if msg in (wire.LINK_ADD, wire.LINK_REMOVE):
+        reply = wire.LINK_ADD_RESPONSE if msg == wire.LINK_ADD else wire.LINK_REMOVE_RESPONSE
+        router.reply(conn, routing, reply, {"status": "error", "error_code": trust.FORBIDDEN, "error_detail": detail})
+        return
     subsystem = body.get("subsystem") if isinstance(body, dict) else None
     router.reply(conn, routing, wire.CONFIG_RESPONSE,
                 {"subsystem": subsystem, "hive": router.hive_id, "status": "error",

@@ -67,6 +67,21 @@ class Refuse:
 
 
 @dataclass(frozen=True, slots=True)
+class Forward:
+    """Send the frame over a link toward another hive (``hive``'s best next hop)."""
+
+    hive: str
+
+
+class HiveReach(Protocol):
+    """What the rules read of the links: which hives are reachable, and which have a base name."""
+
+    def reaches(self, hive: str) -> bool: ...
+
+    def hives_with(self, base: str) -> Sequence[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
 class Drop:
     """Do not route and do not answer; count under ``dropped[counter]``."""
 
@@ -123,16 +138,22 @@ def full_name(dst: str, hive_id: str) -> tuple[str, str]:
 
 
 def by_name(dst: str, full: str, base: str, route: CompiledRoute | None, hive_id: str,
-            names: Mapping[str, Names[P]], bases: Mapping[str, Sequence[P]]) -> P | Refuse | Drop:
+            names: Mapping[str, Names[P]], bases: Mapping[str, Sequence[P]],
+            links: HiveReach | None = None) -> P | Refuse | Drop | Forward:
     """The node a name destination reaches: ``route`` (the route deciding ``full``) first, then the
-    live nodes of that name (round robin), then for ``name@*`` any node with that base name."""
+    live nodes of that name (round robin; a mesh peer's nodes are among them), then for ``name@*``
+    any node of ours with that base name, then the nearest hive that has it.  A name of another hive,
+    or a ``next_hop_hive`` route, is a :class:`Forward` when a link reaches that hive and
+    ``WAN_UNAVAILABLE`` when none does."""
     if route is not None:
         spec = route.spec
         if spec.action is RouteAction.DROP:
             return Drop("ROUTE_DROP")
         if spec.next_hop_hive and spec.next_hop_hive != hive_id:
-            return Refuse(wire.WAN_UNAVAILABLE, f"route {spec.prefix!r} forwards to hive {spec.next_hop_hive!r}; "
-                                                "this router has no inter-hive gateway")
+            if links is not None and links.reaches(spec.next_hop_hive):
+                return Forward(spec.next_hop_hive)
+            return Refuse(wire.WAN_UNAVAILABLE, f"route {spec.prefix!r} forwards to hive {spec.next_hop_hive!r}, "
+                                                "which no link reaches")
     group = names.get(full)
     if group is not None and group.conns:
         return pick(group)
@@ -140,9 +161,14 @@ def by_name(dst: str, full: str, base: str, route: CompiledRoute | None, hive_id
         candidates = bases.get(base)
         if candidates:
             return candidates[0]
+        hives = links.hives_with(base) if links is not None else ()
+        if hives:
+            return Forward(hives[0])
     _, hive = split_name(full)
     if hive != hive_id:
-        return Refuse(wire.WAN_UNAVAILABLE, f"{full} is in hive {hive!r}; this router has no inter-hive gateway")
+        if links is not None and links.reaches(hive):
+            return Forward(hive)
+        return Refuse(wire.WAN_UNAVAILABLE, f"{full} is in hive {hive!r}, which no link reaches")
     return Refuse(wire.NODE_NOT_FOUND, f"no node named {full} is connected")
 
 

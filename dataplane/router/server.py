@@ -73,6 +73,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from fluxbee.dataplane import alloc, fastpath, shm, wire
+from fluxbee.dataplane.link.settings import LinkConfigError
 from fluxbee.dataplane.router import config_state, control, decide, handshake, scheduling, trust
 from fluxbee.dataplane.router import status as _status
 from fluxbee.dataplane.router.config import (
@@ -85,6 +86,7 @@ from fluxbee.dataplane.router.connection import Conn
 from fluxbee.dataplane.router.counters import Counters
 from fluxbee.dataplane.router.decide import Names, pick
 from fluxbee.dataplane.router.l3 import L3Resolver, with_src_ilk
+from fluxbee.dataplane.router.links import RemoteNode, RouterLinks
 from fluxbee.dataplane.router.settings import RouterError, RouterSettings
 from fluxbee.models import RouteSpec, VpnSpec
 from fluxbee.models.resources import HIVE_ID_RE
@@ -149,6 +151,12 @@ class Router:
         self.pending_by_uid: collections.Counter[int] = collections.Counter()
         self.unclaimed_by_uid: collections.Counter[int] = collections.Counter()
         self.unclaimed_by_pid: collections.Counter[int] = collections.Counter()
+        self.links: RouterLinks | None = None
+        if settings.links.enabled:
+            try:
+                self.links = RouterLinks(self)
+            except LinkConfigError as err:
+                raise RouterError(f"links: {err}") from err
 
     # lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -205,6 +213,18 @@ class Router:
                 path.unlink()
             self._close_shm()
             raise
+        if self.links is not None:
+            try:
+                await self.links.manager.start()
+            except LinkConfigError as err:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                if self._server is not None:
+                    self._server.close()
+                if self._probes is not None:
+                    await self._probes.cleanup()
+                self._close_shm()
+                raise RouterError(f"links: {err}") from err
         self._tasks = [
             asyncio.create_task(self._periodic(s.heartbeat_interval_s, self._heartbeat), name="router-heartbeat"),
             asyncio.create_task(self._periodic(1.0, self._housekeeping), name="router-housekeeping"),
@@ -233,6 +253,8 @@ class Router:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.links is not None:
+            await self.links.manager.stop()
         if self._server is not None:
             self._server.close()
         if self._probes is not None:
@@ -491,6 +513,8 @@ class Router:
         if wire.is_uuid(dst):
             found = decide.by_uuid(dst, self.by_uuid)
             if isinstance(found, decide.Refuse):
+                if self.links is not None and self.links.by_uuid(conn, dst, env, meta):
+                    return
                 self._refuse(conn, routing, found)
             else:
                 self._deliver(conn, found, env, meta)
@@ -514,6 +538,8 @@ class Router:
         self.by_name.setdefault(conn.name, Names[Conn]()).conns.append(conn)
         self.by_base.setdefault(conn.base, []).append(conn)
         self.shm_put(conn)
+        if self.links is not None:
+            self.links.manager.nodes_changed()
 
     def unregister(self, conn: Conn) -> None:
         if conn.uuid is None or self.by_uuid.get(conn.uuid) is not conn:
@@ -535,6 +561,32 @@ class Router:
                 del self.by_base[conn.base]
         if self._nodes_shm is not None:
             self._nodes_shm.remove(conn.uuid)
+        if self.links is not None:
+            self.links.manager.nodes_changed()
+
+    def list_remote(self, entry: RemoteNode) -> None:
+        """List a mesh peer's node under its names (not in the node table: that is the local nodes)."""
+        self.by_name.setdefault(entry.name, Names[Conn]()).conns.append(entry)  # type: ignore[arg-type]
+        self.by_base.setdefault(entry.base, []).append(entry)  # type: ignore[arg-type]
+
+    def unlist(self, entry: RemoteNode) -> None:
+        names = self.by_name.get(entry.name)
+        if names is not None:
+            with contextlib.suppress(ValueError):
+                names.conns.remove(entry)  # type: ignore[arg-type]
+            if not names.conns:
+                del self.by_name[entry.name]
+        bases = self.by_base.get(entry.base)
+        if bases is not None:
+            with contextlib.suppress(ValueError):
+                bases.remove(entry)  # type: ignore[arg-type]
+            if not bases:
+                del self.by_base[entry.base]
+
+    def names_changed(self) -> None:
+        """Who a name reaches changed (links): forget memoised name decisions."""
+        self._fast_names.clear()
+        self._dst_cache.clear()
 
     def shm_put(self, conn: Conn) -> None:
         if self._nodes_shm is None or conn.uuid is None:
@@ -559,6 +611,9 @@ class Router:
             if isinstance(decision, decide.Refuse):
                 self.unreachable(src, env.routing, decision.reason, decision.detail)
                 return
+        if dst.transport is None and isinstance(dst, RemoteNode) and self.links is not None:
+            self.links.to_remote_node(src, dst, env)
+            return
         try:
             frame = wire.encode_frame(env)
         except wire.FrameTooLargeError as err:
@@ -594,8 +649,19 @@ class Router:
 
     def _route_name(self, src: Conn, env: wire.RawEnvelope, meta: wire.MetaView, dst: str) -> None:
         full, base, route = self._resolve(dst)
-        target = decide.by_name(dst, full, base, route, self.hive_id, self.by_name, self.by_base)
-        if isinstance(target, decide.Refuse | decide.Drop):
+        target = decide.by_name(dst, full, base, route, self.hive_id, self.by_name, self.by_base, self.links)
+        if isinstance(target, RemoteNode) and isinstance(src, RemoteNode) and src.session.role == "mesh":
+            # It crossed the mesh to reach a node here: one mesh hop only, so a local instance takes it.
+            group = self.by_name.get(full)
+            local = [c for c in (group.conns if group is not None else self.by_base.get(base, ()))
+                     if not isinstance(c, RemoteNode)]
+            target = local[0] if local else decide.Refuse(wire.NODE_NOT_FOUND, f"no node named {full} is here")
+        if isinstance(target, decide.Forward):
+            if self.links is not None:
+                if env.routing.dst is None:
+                    env.routing.dst = dst  # resolved here (L3): the next router routes the name
+                self.links.to_hive(src, target.hive, env)
+        elif isinstance(target, decide.Refuse | decide.Drop):
             self._refuse(src, env.routing, target)
         else:
             self._deliver(src, target, env, meta)
@@ -628,6 +694,8 @@ class Router:
                 self.counters.delivered += 1
             else:
                 self.counters.dropped[wire.DST_CONGESTED] += 1
+        if self.links is not None:
+            self.links.broadcast(src, env)
 
     def reply(self, conn: Conn, routing: wire.Routing, msg: str, payload: Any) -> None:
         """Answer ``conn``; an answer that outgrows a frame becomes UNREACHABLE ``FRAME_TOO_LARGE``.

@@ -55,10 +55,11 @@ def _digest(*parts: Any) -> str:
 
 def plan_hive(
     resources: Sequence[object], *, run_dir: Path, hive_id: str | None = None, now_ms: int = 0,
-    store: RuntimeStore | None = None,
+    store: RuntimeStore | None = None, link_args: Sequence[str] = (),
 ) -> HivePlan:
     """Processes for ``resources``.  Runtimes come from Runtime documents, then ``store``
-    (``runtimes/<name>/<version>/``), then the built-in example nodes."""
+    (``runtimes/<name>/<version>/``), then the built-in example nodes.  ``link_args`` are the router's
+    link flags (:func:`fluxbee.local.wan.link_args`)."""
     hives = [r for r in resources if isinstance(r, Hive)]
     if len(hives) != 1:
         raise PlanError(f"expected exactly one Hive document, found {len(hives)}")
@@ -78,8 +79,9 @@ def plan_hive(
         key="router",
         argv=(sys.executable, "-m", "fluxbee", "router", "--hive-id", hid, "--run-dir", str(run_dir),
               "--router-name", hive.spec.router_name, "--scheduling", hive.spec.router_scheduling,
-              "--config", str(run_dir / "hive" / "config.json"), "--claims-dir", str(claims_dir(run_dir))),
-        digest=_digest(hid, hive.spec.router_name, hive.spec.router_scheduling),
+              "--config", str(run_dir / "hive" / "config.json"), "--claims-dir", str(claims_dir(run_dir)),
+              *link_args),
+        digest=_digest(hid, hive.spec.router_name, hive.spec.router_scheduling, list(link_args)),
     )
     nodes: list[ProcessSpec] = []
     seen: set[str] = set()

@@ -37,7 +37,8 @@ from fluxbee.local.credentials import claimed_names, write_claims
 from fluxbee.local.plan import PlanError, plan_hive
 from fluxbee.local.plan_types import HivePlan, ProcessSpec
 from fluxbee.local.store import RuntimeStore
-from fluxbee.models import FluxNode, Resource, ResourceError, load_documents
+from fluxbee.local.wan import WanOptions, WanSetupError, link_args
+from fluxbee.models import FluxNode, Hive, Resource, ResourceError, load_documents
 from fluxbee.procs import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,10 @@ ServiceFactory = Callable[["LocalHive"], AbstractAsyncContextManager[object]]
 
 class LocalHive:
     def __init__(self, hive_file: Path, *, hive_id: str | None, run_dir: Path,
-                 services: Sequence[ServiceFactory] = ()) -> None:
+                 services: Sequence[ServiceFactory] = (), wan: WanOptions | None = None) -> None:
         self.hive_file = hive_file
+        self.wan = wan or WanOptions()
+        self.link_args: tuple[str, ...] = ()
         self.hive_id_override = hive_id
         self.run_dir = run_dir
         self.services = tuple(services)
@@ -128,7 +131,22 @@ class LocalHive:
     def plan_for(self, docs: Sequence[object]) -> HivePlan:
         """A plan of ``docs`` (raises :class:`PlanError`); used to check a change before making it."""
         return plan_hive(docs, run_dir=self.run_dir, hive_id=self.hive_id_override,
-                         now_ms=int(time.time() * 1000), store=self.store)
+                         now_ms=int(time.time() * 1000), store=self.store, link_args=self.link_args)
+
+    def prepare_links(self) -> None:
+        """The router's link flags from ``spec.wan`` and the ``--wan-*`` flags (certificate issued here);
+        read once at start: the router is started once."""
+        try:
+            hives = [d for d in self.hive_documents() if isinstance(d, Hive)]
+        except ResourceError as err:
+            raise LocalHiveError(f"{self.hive_file}: {err}") from err
+        if len(hives) != 1:
+            return  # load_plan says what is wrong
+        hive = hives[0]
+        try:
+            self.link_args = link_args(hive, self.hive_id_override or hive.hive_id, self.run_dir, self.wan)
+        except WanSetupError as err:
+            raise LocalHiveError(str(err)) from err
 
     def load_plan(self) -> HivePlan:
         try:
@@ -283,6 +301,7 @@ class LocalHive:
     # lifecycle --------------------------------------------------------
     async def run(self) -> int:
         self.store.seed_builtins()
+        self.prepare_links()
         plan = self.load_plan()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.write_configs(plan)
@@ -452,10 +471,10 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 async def run_local_hive(file: str | None, *, hive_id: str | None = None, run_dir: str | None = None,
-                         services: Sequence[ServiceFactory] = ()) -> int:
+                         services: Sequence[ServiceFactory] = (), wan: WanOptions | None = None) -> int:
     hive_file = Path(file) if file else default_hive_file()
     if not hive_file.exists():
         raise LocalHiveError(f"{hive_file}: no such file")
     hive = LocalHive(hive_file, hive_id=hive_id, run_dir=Path(run_dir) if run_dir else default_run_dir(),
-                     services=services)
+                     services=services, wan=wan)
     return await hive.run()

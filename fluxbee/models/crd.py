@@ -168,11 +168,6 @@ KINDS: tuple[Kind, ...] = (
                 "namespace and port go with service, not with address",
             ),
             CelRule(
-                "spec.wan.authorizedHives",
-                "self.all(h, self.exists_one(g, g == h))",
-                "authorizedHives lists a hive twice",
-            ),
-            CelRule(
                 "spec.identity.database",
                 "self.mode != 'url' || has(self.urlSecret)",
                 "database mode url needs urlSecret",

@@ -126,6 +126,7 @@ class CertificateRef(_Model):
         return value
 
 
+_HiveId = Annotated[str, Field(json_schema_extra={"pattern": HIVE_ID_PATTERN, "maxLength": 63})]
 ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
 
 
@@ -138,8 +139,8 @@ class WanSpec(_Model):
         json_schema_extra={"pattern": ADDRESS_RE.pattern},
     )
     uplinks: list[UplinkSpec] = Field(default_factory=list, max_length=64, description="Hives the gateway dials.")
-    authorized_hives: list[Annotated[str, Field(json_schema_extra={"pattern": HIVE_ID_PATTERN})]] = Field(
-        default_factory=list, max_length=256,
+    authorized_hives: list[_HiveId] = Field(
+        default_factory=list, max_length=256, json_schema_extra={"x-kubernetes-list-type": "set"},
         description="Hive ids allowed to link (empty: any hive whose certificate the CA signed).",
     )
     certificate: CertificateRef | None = Field(

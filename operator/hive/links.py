@@ -100,3 +100,21 @@ def link_volume(hive: Hive) -> dict[str, object]:
 
 
 LINK_VOLUME_MOUNT = {"name": LINK_VOLUME, "mountPath": LINK_MOUNT, "readOnly": True}
+
+
+def wan_problem(hive: Hive, namespace: str) -> tuple[str, str] | None:
+    """(reason, message) when ``spec.wan`` cannot work as written although each field is valid."""
+    wan = hive.spec.wan
+    if wan is None:
+        return None
+    own = f"{gateway_name(hive)}.{namespace}.svc"
+    for index, uplink in enumerate(wan.uplinks):
+        if uplink.service is not None and uplink.target(namespace).rsplit(":", 1)[0] == own:
+            return ("WanUplinkToSelf",
+                    f"spec.wan.uplinks[{index}] is this hive's own gateway Service {gateway_name(hive)}")
+    if hive.hive_id in wan.authorized_hives:
+        return ("WanAuthorizesSelf", f"spec.wan.authorizedHives lists this hive ({hive.hive_id}) itself")
+    targets = [u.target(namespace) for u in wan.uplinks]
+    if len(set(targets)) != len(targets):
+        return ("WanUplinkTwice", "spec.wan.uplinks names one address twice")
+    return None
