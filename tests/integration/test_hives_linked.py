@@ -183,8 +183,8 @@ def test_the_mother_administers_its_workers_over_the_links(hives: Hives) -> None
     config = a.ok("GET", "/hives/B/nodes/WF.ride.spawned/config")
     assert config["config"]["_system"]["hive_id"] == "B"
 
-    killed = a.ok("DELETE", "/hives/B/nodes/WF.ride.spawned")
-    assert killed["hive"] == "B"
+    killed = a.ok("DELETE", "/hives/B/nodes/WF.ride.spawned", {"purge_instance": True})
+    assert killed["hive"] == "B" and killed["purge_instance"] is True
     wait_until(lambda: "WF.ride.spawned@B" not in _node_names(b, "B"), 30, "the killed node gone from B")
 
     # the remote hive's errors come back as its own; bad bodies are refused here, before any hop
@@ -269,8 +269,13 @@ def test_global_routes_and_vpns_reach_every_hive_in_version_order(hives: Hives) 
 
 def test_a_worker_cut_off_catches_up_on_identity_and_routes_when_it_comes_back(hives: Hives) -> None:
     a, b, c = hives.a, hives.b, hives.c
-    before = asyncio.run(_ask_identity_metrics(b, "SY.identity@B"))
-    assert before["role"] == "replica" and before["sync"]["synced"], before
+    def synced(hive: Hive) -> dict[str, Any] | None:
+        m = asyncio.run(_ask_identity_metrics(hive, f"SY.identity@{hive.hive_id}"))
+        assert m["role"] == "replica" and m["primary"] == "SY.identity@A", m
+        return m if m["sync"]["synced"] else None
+
+    before = wait_until(lambda: synced(b), LINK_TIMEOUT, "B's replica synced with the primary on A", step=0.5)
+    wait_until(lambda: synced(c), LINK_TIMEOUT, "C's replica synced (through B)", step=0.5)
 
     b.stop()
     wait_until(lambda: not a.connected("B"), LINK_TIMEOUT, "A to see B gone")
@@ -296,11 +301,14 @@ def test_a_worker_cut_off_catches_up_on_identity_and_routes_when_it_comes_back(h
 
     primary = asyncio.run(_ask_identity_metrics(a, "SY.identity@A"))
 
-    def caught_up() -> bool:
-        m = asyncio.run(_ask_identity_metrics(b, "SY.identity@B"))
-        return bool(m["sync"]["synced"] and m["sync"]["version"] >= primary["published_version"])
+    assert primary["published_version"] > before["sync"]["version"], (primary, before)
 
-    wait_until(caught_up, LINK_TIMEOUT, "B's replica at the primary's version", step=0.5)
+    def caught_up(hive: Hive) -> bool:
+        m = synced(hive)
+        return bool(m and m["sync"]["version"] >= primary["published_version"])
+
+    wait_until(lambda: caught_up(b), LINK_TIMEOUT, "B's replica at the primary's version", step=0.5)
+    wait_until(lambda: caught_up(c), LINK_TIMEOUT, "C's replica at the primary's version", step=0.5)
     with identity_shm.IdentityRegionReader("B", run_dir=b.run_dir) as region:
         info = region.resolve(made["ilk_id"])  # written by the primary while B was away
         assert info is not None and info.registration_status == "temporary"
