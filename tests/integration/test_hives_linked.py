@@ -223,6 +223,11 @@ def test_hives_show_their_links_and_are_linked_and_unlinked_by_address(hives: Hi
         got, doc = a.call("POST", "/hives", body)
         assert (got, doc["error_code"]) == (code, error), (body, doc)
 
+    # a gateway that is another hive than the one named: unlinked again, refused, not registered
+    code, doc = a.call("POST", "/hives", {"hive_id": "X", "address": c.wan})
+    assert (code, doc["error_code"]) == (409, "WAN_NOT_AUTHORIZED") and "'C'" in doc["error_detail"], doc
+    assert a.hive_row("X") is None
+
     linked = a.ok("POST", "/hives", {"hive_id": "C", "address": c.wan})
     assert linked["wan_connected"] and linked["link"]["hive_id"] == "C", linked
     wait_until(lambda: (a.hive_row("C") or {}).get("via") is None, LINK_TIMEOUT, "A's direct link to C")
