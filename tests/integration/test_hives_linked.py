@@ -258,17 +258,23 @@ def test_global_routes_and_vpns_reach_every_hive_in_version_order(hives: Hives) 
     a, b, c = hives.a, hives.b, hives.c
     put = a.ok("PUT", "/config/routes", {"routes": [{"prefix": "WF.ride.dropped", "action": "DROP"}],
                                          "version": 100})
-    assert put["global_version"] == 100 and put["pending"] == [], put
-    assert {r["hive"]: r["status"] for r in put["hives"]} == {"B": "ok", "C": "ok"}, put
-    for h in (a, b, c):
-        assert _routes(h) == ["WF.ride.dropped"], h.hive_id
+    assert put["global_version"] == 100, put
+    results = {r["hive"]: r["status"] for r in put["hives"]}
+    assert set(results) == {"B", "C"} and set(results.values()) <= {"ok", "pending"}, put
+    assert put["pending"] == [h for h, status in sorted(results.items()) if status == "pending"], put
+    assert _routes(a) == ["WF.ride.dropped"]
+    for h in (b, c):
+        if results[h.hive_id] == "ok":  # it answered: applied before it did
+            assert _routes(h) == ["WF.ride.dropped"], h.hive_id
+        else:  # slower than the collection window on a loaded machine: it gets there by itself
+            wait_until(lambda h=h: _routes(h) == ["WF.ride.dropped"], LINK_TIMEOUT, f"the routes on {h.hive_id}")
     code, doc = a.call("PUT", "/config/routes", {"routes": [], "version": 90})
     assert (code, doc["error_code"]) == (409, "VERSION_MISMATCH"), doc
     put = a.ok("PUT", "/config/vpns", {"vpns": [{"pattern": "WF.ride", "vpn_id": 7}]})
-    assert put["global_version"] == 101 and put["pending"] == []
+    assert put["global_version"] == 101
     for h in (b, c):
-        vpns = h.ok("GET", "/vpns")["vpns"]
-        assert [(v["pattern"], v["vpn_id"]) for v in vpns] == [("WF.ride", 7)], h.hive_id
+        wait_until(lambda h=h: [(v["pattern"], v["vpn_id"]) for v in h.ok("GET", "/vpns")["vpns"]]
+                   == [("WF.ride", 7)], LINK_TIMEOUT, f"the VPN rule on {h.hive_id}")
         assert _routes(h) == ["WF.ride.dropped"], "a VPN change leaves the global routes as they were"
 
 
