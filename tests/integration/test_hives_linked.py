@@ -278,19 +278,19 @@ def test_global_routes_and_vpns_reach_every_hive_in_version_order(hives: Hives) 
         assert _routes(h) == ["WF.ride.dropped"], "a VPN change leaves the global routes as they were"
 
 
-def test_a_worker_cut_off_catches_up_on_identity_and_routes_when_it_comes_back(hives: Hives) -> None:
-    a, b, c = hives.a, hives.b, hives.c
-    def synced(hive: Hive) -> dict[str, Any] | None:
-        m = asyncio.run(_ask_identity_metrics(hive, f"SY.identity@{hive.hive_id}"))
-        assert m["role"] == "replica" and m["primary"] == "SY.identity@A", m
-        return m if m["sync"]["synced"] else None
+def _replica(hive: Hive) -> dict[str, Any] | None:
+    """The replica's sync state once it is synced with the primary on A, else None."""
+    m = asyncio.run(_ask_identity_metrics(hive, f"SY.identity@{hive.hive_id}"))
+    assert m["role"] == "replica" and m["primary"] == "SY.identity@A", m
+    return m if m["sync"]["synced"] else None
 
-    before = wait_until(lambda: synced(b), LINK_TIMEOUT, "B's replica synced with the primary on A", step=0.5)
-    wait_until(lambda: synced(c), LINK_TIMEOUT, "C's replica synced (through B)", step=0.5)
 
-    b.stop()
-    wait_until(lambda: not a.connected("B"), LINK_TIMEOUT, "A to see B gone")
-    # the primary takes writes while B is away: an IO node on A provisions identities
+def _primary_version(a: Hive) -> int:
+    return int(asyncio.run(_ask_identity_metrics(a, "SY.identity@A"))["published_version"])
+
+
+def _provision_on_mother(a: Hive) -> str:
+    """An IO node on A provisions an identity (a write on the primary); its ILK."""
     address = f"+54{uuid.uuid4().int % 10**9}"
 
     async def provision() -> dict[str, Any]:
@@ -300,29 +300,37 @@ def test_a_worker_cut_off_catches_up_on_identity_and_routes_when_it_comes_back(h
         finally:
             await io.close()
 
-    made = asyncio.run(provision())
+    return str(asyncio.run(provision())["ilk_id"])
+
+
+def _wait_caught_up(hive: Hive, version: int, ilk: str) -> None:
+    wait_until(lambda: (m := _replica(hive)) is not None and m["sync"]["version"] >= version, LINK_TIMEOUT,
+               f"{hive.hive_id}'s replica at the primary's version {version}", step=0.5)
+    with identity_shm.IdentityRegionReader(hive.hive_id, run_dir=hive.run_dir) as region:
+        info = region.resolve(ilk)  # written on the primary while the worker was away
+        assert info is not None and info.registration_status == "temporary", hive.hive_id
+
+
+def test_a_worker_cut_off_catches_up_on_identity_and_routes_when_it_comes_back(hives: Hives) -> None:
+    a, b, c = hives.a, hives.b, hives.c
+    before = wait_until(lambda: _replica(b), LINK_TIMEOUT, "B's replica synced with the primary on A", step=0.5)
+    wait_until(lambda: _replica(c), LINK_TIMEOUT, "C's replica synced (through B)", step=0.5)
+
+    b.stop()
+    wait_until(lambda: not a.connected("B"), LINK_TIMEOUT, "A to see B gone")
+    ilk = _provision_on_mother(a)  # the primary takes writes while B is away
     code, doc = a.call("PUT", "/config/routes", {"routes": [{"prefix": "WF.ride.later", "action": "DROP"}]})
     assert (code, doc["status"]) == (202, "sync_pending"), doc
     assert "B" in doc["payload"]["pending"], doc
+    version = _primary_version(a)
+    assert version > before["sync"]["version"]
 
     b.start()
     wait_until(lambda: a.connected("B") and a.connected("C"), LINK_TIMEOUT, "B and C back")
     wait_until(lambda: _routes(b) == ["WF.ride.later"] and _routes(c) == ["WF.ride.later"], LINK_TIMEOUT,
                "the routes set while B was away on B and C")
-
-    primary = asyncio.run(_ask_identity_metrics(a, "SY.identity@A"))
-
-    assert primary["published_version"] > before["sync"]["version"], (primary, before)
-
-    def caught_up(hive: Hive) -> bool:
-        m = synced(hive)
-        return bool(m and m["sync"]["version"] >= primary["published_version"])
-
-    wait_until(lambda: caught_up(b), LINK_TIMEOUT, "B's replica at the primary's version", step=0.5)
-    wait_until(lambda: caught_up(c), LINK_TIMEOUT, "C's replica at the primary's version", step=0.5)
-    with identity_shm.IdentityRegionReader("B", run_dir=b.run_dir) as region:
-        info = region.resolve(made["ilk_id"])  # written by the primary while B was away
-        assert info is not None and info.registration_status == "temporary"
+    _wait_caught_up(b, version, ilk)
+    _wait_caught_up(c, version, ilk)
 
     async def write_to_replica() -> dict[str, Any]:
         io, _ = await connect(NodeConfig(name="IO.ride.sms", run_dir=b.run_dir, connect_timeout=10.0))
@@ -336,3 +344,28 @@ def test_a_worker_cut_off_catches_up_on_identity_and_routes_when_it_comes_back(h
 
     refused = asyncio.run(write_to_replica())
     assert refused["error_code"] == "NOT_PRIMARY" and refused["primary"] == "SY.identity@A", refused
+
+
+def test_an_unlinked_worker_catches_up_when_it_is_linked_again(hives: Hives) -> None:
+    a, b, c = hives.a, hives.b, hives.c
+    removed = a.ok("DELETE", "/hives/B")
+    assert removed["link"] == "unlinked", removed
+    wait_until(lambda: a.hive_row("B") is None and a.hive_row("C") is None, LINK_TIMEOUT,
+               "B, and C behind it, gone from A's hives")
+    code, doc = a.call("GET", "/hives/B/nodes")
+    assert (code, doc["error_code"]) == (404, "NOT_FOUND"), doc
+    code, doc = b.call("GET", "/hives/B/nodes")  # B itself goes on as it was
+    assert code == 200, doc
+
+    ilk = _provision_on_mother(a)
+    put = a.ok("PUT", "/config/routes", {"routes": [{"prefix": "WF.ride.relinked", "action": "DROP"}]})
+    assert put["hives"] == [] and put["pending"] == [], "an unlinked hive is no longer one of A's"
+    version = _primary_version(a)
+    assert _routes(b) == ["WF.ride.later"], "B cannot have heard of it"
+
+    a.ok("POST", "/hives", {"hive_id": "B", "address": b.wan})
+    wait_until(lambda: a.connected("B") and a.connected("C"), LINK_TIMEOUT, "B and C linked again")
+    wait_until(lambda: _routes(b) == ["WF.ride.relinked"] and _routes(c) == ["WF.ride.relinked"], LINK_TIMEOUT,
+               "the routes set while B was unlinked on B and C")
+    _wait_caught_up(b, version, ilk)
+    _wait_caught_up(c, version, ilk)
