@@ -30,8 +30,8 @@ def _transport(err: Exception) -> AdminError:
     if isinstance(err, RequestTimeoutError):
         return AdminError("TIMEOUT", str(err))
     if isinstance(err, UnreachableError):
-        code = "NODE_NOT_FOUND" if err.reason == wire.NODE_NOT_FOUND else "UNREACHABLE"
-        return AdminError(code, str(err), payload={"reason": err.reason, "original_dst": err.original_dst})
+        code = "NODE_NOT_FOUND" if err.code == wire.NODE_NOT_FOUND else "UNREACHABLE"
+        return AdminError(code, str(err), payload={"reason": err.code, "original_dst": err.original_dst})
     if isinstance(err, NotConnectedError):
         return AdminError("ROUTER_UNAVAILABLE", f"not connected to the router: {err}")
     return AdminError("TRANSPORT_ERROR", str(err))

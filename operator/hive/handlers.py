@@ -114,7 +114,7 @@ async def reconcile_hive(ctx: OperatorContext, body: Mapping[str, Any]) -> Outco
     try:
         hive = parse_hive(body)
     except InvalidSpec as err:
-        outcome = Outcome.degraded(err.reason, err.message)
+        outcome = Outcome.degraded(err.code, err.detail)
         await write_status(ctx.kube, "hives", body, outcome)
         return outcome
     kube = ctx.kube
@@ -122,7 +122,7 @@ async def reconcile_hive(ctx: OperatorContext, body: Mapping[str, Any]) -> Outco
     try:
         certificate = await _preflight(ctx, body, hive, namespace)
     except InvalidSpec as err:
-        outcome = Outcome.degraded(err.reason, err.message, hiveId=hive.hive_id)
+        outcome = Outcome.degraded(err.code, err.detail, hiveId=hive.hive_id)
         await write_status(ctx.kube, "hives", body, outcome)
         return outcome
     except SecretProblem as err:

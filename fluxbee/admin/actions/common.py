@@ -62,6 +62,7 @@ def now_iso() -> str:
 
 
 async def check_hive(ctx: Context, hive: str) -> None:
+    """Refuse a target that is not this hive: HIVE_NOT_CONNECTED if registered, else NOT_FOUND."""
     if hive == ctx.backend.hive_id:
         return
     if hive in await ctx.backend.remote_hives():
@@ -71,6 +72,7 @@ async def check_hive(ctx: Context, hive: str) -> None:
 
 
 def full_node_name(ctx: Context, hive: str, raw: str) -> str:
+    """``raw`` as ``name@hive`` (the suffix, if given, must be the target hive), checked against the L2 grammar."""
     local, sep, suffix = raw.rpartition("@")
     if sep and suffix != hive:
         raise AdminError("INVALID_REQUEST", f"node {raw!r} names hive {suffix!r}, but the request targets {hive!r}")
@@ -83,6 +85,7 @@ def full_node_name(ctx: Context, hive: str, raw: str) -> str:
 
 
 async def router_visible(ctx: Context) -> tuple[set[str], dict[str, Any] | None]:
+    """The node names the router sees and its status; an empty set and None when it is out of reach."""
     try:
         status = await ctx.link.router_status()
     except AdminError:

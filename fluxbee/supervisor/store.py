@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fluxbee import __version__
+from fluxbee.errors import CodedError
 from fluxbee.models import ObjectMeta, Runtime, RuntimeSpec
 
 RUNTIME_NAME_RE = re.compile(r"^[a-z][a-z0-9]*(\.[a-z0-9]+)*$")
@@ -27,13 +28,8 @@ VERSION_TOKEN_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 BUILTIN_NODES = {"fluxbee.echo": "echo", "fluxbee.listener": "listener"}
 
 
-class StoreError(Exception):
+class StoreError(CodedError):
     """A runtime lookup that cannot be satisfied; ``code`` is the admin API error code."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.code = code
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fluxbee.local.plan_types import ProcessSpec
 from fluxbee.models import Hive
+from fluxbee.supervisor.plan_types import ProcessSpec
 
 
 def system_services(hive: Hive, hive_id: str, run_dir: Path) -> list[ProcessSpec]:
@@ -21,7 +21,9 @@ def system_services(hive: Hive, hive_id: str, run_dir: Path) -> list[ProcessSpec
     the embedded PostgreSQL (unless ``FLUXBEE_IDENTITY_DB_URL`` names a server) and a primary.
     On by default; ``FLUXBEE_UP_IDENTITY=0`` runs a hive without identity."""
     services: list[ProcessSpec] = []
-    from fluxbee.identity.local import DB_URL_ENV, UP_IDENTITY_ENV, identity_services
+    # Identity: embedded PostgreSQL unless FLUXBEE_IDENTITY_DB_URL names a server, then SY.identity.
+    # On by default; FLUXBEE_UP_IDENTITY=0 runs a hive without identity (no PostgreSQL).
+    from fluxbee.identity.supervised import DB_URL_ENV, UP_IDENTITY_ENV, identity_services
 
     if os.environ.get(UP_IDENTITY_ENV, "1") != "0":
         services += identity_services(hive_id, run_dir, os.environ.get(DB_URL_ENV) or None,

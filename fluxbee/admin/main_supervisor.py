@@ -1,9 +1,13 @@
 """The admin API inside ``fluxbee up``: one more root task of the supervisor.
 
+The local-mode twin of :mod:`fluxbee.admin.main_kubernetes`: the same actions over
+:class:`~fluxbee.admin.supervisor_backend.LocalBackend` and a file history.
+
 It connects to the router as ``SY.admin`` (answering ``ADMIN_COMMAND``), runs the drift monitor, on
 a worker hive follows its mother's global routes and VPN rules, and serves HTTP.  If the port cannot
 be bound the hive keeps running without HTTP and says so (the socket twin still works); ``<run
-dir>/state/admin.json`` records the URL when it is served."""
+dir>/state/admin.json`` records the URL when it is served.
+"""
 
 from __future__ import annotations
 
@@ -25,10 +29,10 @@ from fluxbee.admin.global_config import STATE_FILE, GlobalConfig, GlobalStore, f
 from fluxbee.admin.history import FileHistory, History
 from fluxbee.admin.http import AdminSettings, admin_site, build_app
 from fluxbee.admin.link import SdkRouterLink
-from fluxbee.admin.local import LocalBackend
+from fluxbee.admin.supervisor_backend import LocalBackend
 from fluxbee.dataplane.sdk import NodeConfig, connect
-from fluxbee.local.credentials import credential_path
-from fluxbee.local.supervisor import LocalHive
+from fluxbee.supervisor.credentials import credential_path
+from fluxbee.supervisor.hive import LocalHive
 
 log = logging.getLogger(__name__)
 ADMIN_NODE_NAME = "SY.admin"
