@@ -262,6 +262,22 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"  {route['action']:8} {route['match_kind']:7} {route['prefix']}{hop}")
     for vpn in status["vpns"]:
         lines.append(f"  VPN {vpn['vpn_id']:<4} {vpn['match_kind']:7} {vpn['pattern']}")
+    for role in ("wan", "mesh"):
+        section = status.get(role) or {}
+        if not section.get("listen") and not section.get("links"):
+            continue
+        lines.append("")
+        lines.append(f"{role} links (listen {section.get('listen') or '-'}):")
+        for link in section.get("links", []):
+            rtt = "-" if link.get("rtt_ms") is None else f"{link['rtt_ms']:.1f} ms"
+            lsa = "-" if link.get("last_lsa_seq") is None else f"#{link['last_lsa_seq']}"
+            why = f"  ({link['reason']})" if link.get("state") != "up" and link.get("reason") else ""
+            lines.append(f"  {link.get('hive_id') or '?':16} {link['direction']:3} {link['state']:10} "
+                         f"{link['address']:24} rtt {rtt:>9}  lsa {lsa}{why}")
+        for route in section.get("routes", []):
+            lines.append(f"  route to {route['hive']}: {' > '.join(route['path'])}")
+        for reason, count in sorted((section.get("drops") or {}).items()):
+            lines.append(f"  dropped {reason}={count}")
     counters = status["counters"]
     lines.append("")
     lines.append("counters: " + "  ".join(
@@ -349,7 +365,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     wan = WanOptions(listen=args.wan_listen, ca_dir=Path(args.wan_ca) if args.wan_ca else None,
                      uplinks=tuple(args.uplink or ()), authorized_hives=tuple(args.authorized_hive or ()),
                      cert=Path(args.wan_cert) if args.wan_cert else None,
-                     key=Path(args.wan_key) if args.wan_key else None)
+                     key=Path(args.wan_key) if args.wan_key else None,
+                     hello_interval_s=args.link_hello_interval, dead_interval_s=args.link_dead_interval)
     try:
         return int(_run(run_local_hive(args.file, hive_id=args.hive_id, run_dir=args.run_dir, services=services,
                                        wan=wan)))
@@ -469,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a hive allowed to link (repeatable; none: any hive the CA signed)")
     w.add_argument("--wan-cert", metavar="FILE", help="this hive's certificate (when the CA key is not at hand)")
     w.add_argument("--wan-key", metavar="FILE", help="the key of --wan-cert")
+    w.add_argument("--link-hello-interval", type=float, metavar="SECONDS", help="keepalive period (router default 10)")
+    w.add_argument("--link-dead-interval", type=float, metavar="SECONDS",
+                   help="a link silent this long is closed (router default 40)")
     u.set_defaults(func=cmd_up)
 
     a = sub.add_parser("admin", help="run the admin HTTP API of a hive in a cluster (Kubernetes backend)")

@@ -8,8 +8,8 @@ Keys are EC P-256 (small, fast handshakes, accepted everywhere TLS 1.3 is).  Bot
 (``serverAuth`` and ``clientAuth``) are set: a router dials some links and accepts others with the
 same certificate.
 
-This module is pure: it turns bytes into bytes.  Writing files (atomically, keys ``0600``) is
-:func:`write_pem_pair`'s job, used by ``fluxbee wan`` and ``fluxbee up``.
+The functions turn bytes into bytes; only :func:`write_pem_pair` touches the disk (atomically, keys
+``0600``), for ``fluxbee wan`` and ``fluxbee up``.
 """
 
 from __future__ import annotations

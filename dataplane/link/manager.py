@@ -82,6 +82,7 @@ class LinkManager:
         self._server_ctx: ssl.SSLContext | None = None
         self._client_ctx: ssl.SSLContext | None = None
         self._stopping = False
+        self._self_addresses: set[str] = set()
 
     # lifecycle ---------------------------------------------------------------
     async def start(self) -> None:
@@ -140,11 +141,16 @@ class LinkManager:
         self._servers.clear()
 
     def _accept(self, role: p.Role) -> LinkSession:
-        session = LinkSession(self, role, "in", "?", secure=not self.settings.insecure_dev)
+        # Not listed until its TLS handshake succeeds (session_started): asyncio never tells a protocol
+        # whose handshake failed, so a listed one would stay for ever — one per failed attempt.
+        return LinkSession(self, role, "in", "?", secure=not self.settings.insecure_dev)
+
+    def session_started(self, session: LinkSession) -> None:
         self.sessions[session.sid] = session
-        return session
 
     def _dial(self, role: p.Role, address: str) -> None:
+        if address in self._self_addresses:
+            return
         key = (role, address)
         if key in self._dialers and not self._dialers[key].done():
             return
@@ -170,6 +176,10 @@ class LinkManager:
                 log.info("%s link to %s failed (%s); will retry in %.1f s", role, address, err, delay)
             else:
                 reason = await session.closed
+                if reason == p.SELF_LINK:
+                    self._self_addresses.add(address)
+                    log.info("%s is this router itself; not dialling it again", address)
+                    return
                 was_up = session.was_up
                 if session.hive is not None:
                     self._address_hive[address] = session.hive
@@ -190,7 +200,7 @@ class LinkManager:
                 log.info("mesh DNS %s: %s; will retry in %.0f s", name, err, self.settings.mesh_dns_interval_s)
                 infos = []
             wanted = {format_address((str(info[4][0]), port)) for info in infos}
-            own = self._own_addresses()
+            own = self._own_addresses() | self._self_addresses
             for address in sorted(wanted - own):
                 self._dial("mesh", address)
             for (role, address), task in list(self._dialers.items()):

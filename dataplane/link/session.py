@@ -41,6 +41,8 @@ class SessionOwner(Protocol):
 
     def max_buffer(self) -> int: ...
 
+    def session_started(self, session: LinkSession) -> None: ...
+
     def session_up(self, session: LinkSession) -> p.Reject | None: ...
 
     def session_down(self, session: LinkSession) -> None: ...
@@ -99,6 +101,7 @@ class LinkSession(asyncio.Protocol):
     # asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.owner.session_started(self)
         if self.direction == "in":
             peer = transport.get_extra_info("peername")
             if isinstance(peer, tuple) and len(peer) >= 2:
@@ -250,6 +253,10 @@ class LinkSession(asyncio.Protocol):
     # output --------------------------------------------------------------------
     def _send_control(self, msg: str, payload: object) -> None:
         if self.transport is None or self.state == "down":
+            return
+        if self.transport.get_write_buffer_size() > 2 * self.owner.max_buffer():
+            # Alive (it pings) but not reading: adverts and pongs would pile up without bound.
+            self.abort(wire.SLOW_CONSUMER, "the peer does not read what we send")
             return
         self.transport.write(p.control_frame(self.owner.router_id, msg, payload))
         self.frames_out += 1

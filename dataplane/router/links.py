@@ -85,6 +85,7 @@ class RouterLinks:
                                    router_name=router.name,
                                    state_path=s.run_dir / "state" / f"{router.name}.links.json")
         self._mesh_entries: list[RemoteNode] = []
+        self._senders: dict[tuple[int, str], RemoteNode] = {}  # (session, node) of frames from links
         self._generation = -1
 
     # LinkRouter --------------------------------------------------------------
@@ -105,6 +106,7 @@ class RouterLinks:
         if table.generation == self._generation:
             return
         self._generation = table.generation
+        self._senders.clear()
         router = self.router
         for entry in self._mesh_entries:
             router.unlist(entry)
@@ -120,7 +122,10 @@ class RouterLinks:
         router.names_changed()
 
     def link_frame(self, session: LinkSession, env: wire.RawEnvelope, meta: wire.MetaView, src: lp.NodeAd) -> None:
-        sender = RemoteNode(src, session)
+        key = (session.sid, src.uuid)
+        sender = self._senders.get(key)
+        if sender is None or sender.name != src.name or sender.vpn_id != src.vpn_id:
+            sender = self._senders[key] = RemoteNode(src, session)
         router = self.router
         router.counters.frames_in += 1
         router.route_decoded(sender, env, meta)  # type: ignore[arg-type]

@@ -32,6 +32,8 @@ class WanOptions:
     authorized_hives: tuple[str, ...] = ()
     cert: Path | None = None
     key: Path | None = None
+    hello_interval_s: float | None = None
+    dead_interval_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +103,13 @@ def prepare_certificates(hive_id: str, run_dir: Path, opts: WanOptions) -> tuple
     return out / TLS_CERT, out / TLS_KEY, ca_cert
 
 
-def router_link_args(plan: WanPlan, cert: Path, key: Path, ca: Path) -> tuple[str, ...]:
+def router_link_args(plan: WanPlan, cert: Path, key: Path, ca: Path, opts: WanOptions) -> tuple[str, ...]:
     """The router flags for ``plan``."""
     args: list[str] = ["--wan-cert", str(cert), "--wan-key", str(key), "--wan-ca-cert", str(ca)]
+    if opts.hello_interval_s is not None:
+        args += ["--link-hello-interval", f"{opts.hello_interval_s:g}"]
+    if opts.dead_interval_s is not None:
+        args += ["--link-dead-interval", f"{opts.dead_interval_s:g}"]
     if plan.listen:
         args += ["--wan-listen", plan.listen]
     for address in plan.uplinks:
@@ -118,5 +124,5 @@ def link_args(hive: Hive, hive_id: str, run_dir: Path, opts: WanOptions) -> tupl
     plan = merge(hive, opts)
     if plan is None:
         return ()
-    return router_link_args(plan, *prepare_certificates(hive_id, run_dir, opts))
+    return router_link_args(plan, *prepare_certificates(hive_id, run_dir, opts), opts)
 

@@ -148,3 +148,12 @@ async def test_a_silent_peer_is_closed_by_the_dead_timer_and_the_uplink_redials_
     assert first.reason == p.DEAD_INTERVAL
     await until(lambda: any(s.state == "up" and s is not first for s in a.sessions.values()), timeout=10)
     await until(lambda: ra.nodes[0].uuid in b.table.by_uuid, timeout=5)
+
+
+async def test_a_router_dialling_itself_notices_and_stops(make: Callable[..., object]) -> None:
+    port = free_port()
+    m, _ = await make("A", mesh_listen=("127.0.0.1", port),  # type: ignore[operator,misc]
+                      mesh_peers=(("127.0.0.1", port),))
+    await until(lambda: f"127.0.0.1:{port}" in m._self_addresses)
+    await until(lambda: all(t.done() for t in m._dialers.values()))
+    assert m.table.peers == {}
