@@ -297,7 +297,8 @@ def test_url_mode_uses_the_users_database_secret_and_bundles_no_postgres(
         control_plane: ControlPlane, namespace: str, operator: FluxbeeProcess) -> None:
     cp, ns = control_plane, namespace
     apply(cp, ns, hive("mother", identity={"database": {"mode": "url", "urlSecret": {"name": "pg", "key": "dsn"}}}))
-    waiting = operator.wait_for("Degraded until the Secret exists", degraded(cp, ns, "mother", "DatabaseSecretNotFound"))
+    waiting = operator.wait_for("Degraded until the Secret exists",
+                                degraded(cp, ns, "mother", "DatabaseSecretNotFound"))
     assert "pg" in condition(waiting, "Degraded")["message"]
     assert get(cp, ns, "deployment", "mother-identity") is None
     apply(cp, ns, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pg"},

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from fluxbee.dataplane.link.certs import hive_id_of, issue_hive_cert, make_ca, write_pem_pair
-from fluxbee.local.wan import WanOptions, WanSetupError, link_args, merge, prepare_certificates
 from fluxbee.models import Hive
+from fluxbee.supervisor.wan import WanOptions, WanSetupError, link_args, merge, prepare_certificates
 
 
 def hive(wan: dict[str, object] | None = None) -> Hive:
