@@ -53,6 +53,9 @@ class Hive:
     ca: Path
     mother: str | None = None
     uplinks: tuple[str, ...] = ()
+    admin: bool = True
+    """False: ``--admin-listen off`` (no SY.admin at all)."""
+    identity: bool = True
     admin_port: int = field(default_factory=free_port)
     wan_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[str] | None = None
@@ -73,19 +76,22 @@ class Hive:
         file = self.root / "hive.yaml"
         file.write_text(hive_file(self.hive_id, self.mother))
         argv = fluxbee_argv("up", "-f", str(file), "--hive-id", self.hive_id, "--run-dir", str(self.run_dir),
-                            "--admin-listen", f"127.0.0.1:{self.admin_port}", "--wan-listen", self.wan,
-                            "--wan-ca", str(self.ca))
+                            "--admin-listen", f"127.0.0.1:{self.admin_port}" if self.admin else "off",
+                            "--wan-listen", self.wan, "--wan-ca", str(self.ca))
         for up in self.uplinks:
             argv += ["--uplink", up]
         offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "a") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            if not self.identity:
+                env["FLUXBEE_UP_IDENTITY"] = "0"
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
         proc = self.proc
         wait_until(lambda: "is ready" in self.log.read_text()[offset:] or proc.poll() is not None, START_TIMEOUT,
                    f"hive {self.hive_id} to be ready")
         assert proc.poll() is None, self.log.read_text()[offset:]
-        wait_until(lambda: self.call("GET", "/hive/status")[0] == 200, 30, f"hive {self.hive_id}'s admin API")
+        if self.admin:
+            wait_until(lambda: self.call("GET", "/hive/status")[0] == 200, 30, f"hive {self.hive_id}'s admin API")
 
     def stop(self) -> None:
         stop_process(self.proc, f"fluxbee up of hive {self.hive_id}", sig=signal.SIGINT, timeout=30)
@@ -369,3 +375,35 @@ def test_an_unlinked_worker_catches_up_when_it_is_linked_again(hives: Hives) -> 
                "the routes set while B was unlinked on B and C")
     _wait_caught_up(b, version, ilk)
     _wait_caught_up(c, version, ilk)
+
+
+def test_a_hive_without_an_admin_or_with_one_that_does_not_answer_gets_its_own_error(hives: Hives) -> None:
+    a = hives.a
+    d = Hive("D", a.root.parent / "D", a.ca, mother="A", uplinks=(a.wan,), admin=False, identity=False)
+    d.root.mkdir()
+    d.start()
+    try:
+        wait_until(lambda: a.connected("D"), LINK_TIMEOUT, "D linked to A")
+        code, doc = a.call("GET", "/hives/D/nodes")
+        assert (code, doc["error_code"]) == (503, "REMOTE_ADMIN_UNAVAILABLE"), doc
+    finally:
+        d.stop()
+    wait_until(lambda: a.hive_row("D") is None, LINK_TIMEOUT, "D gone from A's hives")
+    code, doc = a.call("GET", "/hives/D/nodes")
+    assert (code, doc["error_code"]) == (404, "NOT_FOUND"), doc
+
+    d.admin = True
+    d.start()
+    try:
+        wait_until(lambda: a.connected("D") and a.call("GET", "/hives/D/nodes")[0] == 200, LINK_TIMEOUT,
+                   "D's admin answering A")
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGSTOP)  # SY.admin runs inside `fluxbee up`: frozen; D's router is not
+        try:
+            code, doc = a.call("GET", "/hives/D/nodes")
+            assert (code, doc["error_code"]) == (504, "WAN_TIMEOUT"), doc
+            assert "SY.admin@D" in doc["error_detail"]
+        finally:
+            d.proc.send_signal(signal.SIGCONT)
+    finally:
+        d.stop()
