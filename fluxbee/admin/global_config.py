@@ -205,7 +205,8 @@ async def apply_offered(ctx: Context, gc: GlobalConfig, offered: GlobalDoc) -> d
         if not is_newer(held, offered.version):
             return {"status": "ok", "applied": False, "version": held.version,
                     "reason": f"version {offered.version} is not above the applied {held.version}"}
-        await _apply_lists(ctx, offered.routes, offered.vpns)
+        async with ctx.route_lock(ctx.backend.hive_id):  # not between the read and write of a local edit
+            await _apply_lists(ctx, offered.routes, offered.vpns)
         gc.store.save(merged(held, offered.version, offered.routes, offered.vpns))
     log.info("global config version %d applied (was %d)", offered.version, held.version)
     return {"status": "ok", "applied": True, "version": offered.version, "previous_version": held.version}
@@ -244,7 +245,11 @@ async def get_global_config(ctx: Context, target: str, p: s.NoParams, call: Call
 async def put_global(ctx: Context, gc: GlobalConfig, requested: int | None, routes: list[dict[str, Any]] | None,
                      vpns: list[dict[str, Any]] | None,
                      apply_here: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
-    """A global change on the mother: a version, the local apply, the record, then every hive."""
+    """A global change on the mother: a version, the local apply, the record, then every hive.
+
+    A change of neither list (an empty body: ``ok``, as in the original) takes no version."""
+    if routes is None and vpns is None:
+        return {**await apply_here(), "global_version": gc.store.load().version, "hives": [], "pending": []}
     async with gc.lock:
         held = gc.store.load()
         version = next_version(held.version, requested)

@@ -212,6 +212,16 @@ def test_the_store_writes_whole_documents_and_refuses_a_damaged_one(tmp_path: Pa
         assert err.value.code == "STATE_WRITE_FAILED"
 
 
+class HiveInfo:
+    hive_id = "B"
+
+    def __init__(self, mother: str | None) -> None:
+        self.mother = mother
+
+    async def hive_info(self) -> dict[str, Any]:
+        return {"hive_id": "B", "mother_hive": self.mother}
+
+
 class FakeRoutes:
     def __init__(self) -> None:
         self.applied: list[tuple[str, list[dict[str, Any]]]] = []
@@ -227,7 +237,7 @@ class FakeRoutes:
 
 async def test_a_worker_never_goes_back_to_an_older_global_version(tmp_path: Path) -> None:
     routes = FakeRoutes()
-    ctx = Context(backend=None, link=None, history=None, routes=routes)  # type: ignore[arg-type]
+    ctx = Context(backend=HiveInfo("A"), link=None, history=None, routes=routes)  # type: ignore[arg-type]
     gc = g.GlobalConfig(g.GlobalStore(tmp_path / "g.json"))
     v2 = g.GlobalDoc(2, [{"prefix": "WF.two"}], None)
     v1 = g.GlobalDoc(1, [{"prefix": "WF.one"}], [{"pattern": "WF.v"}])
@@ -241,7 +251,7 @@ async def test_a_worker_never_goes_back_to_an_older_global_version(tmp_path: Pat
 
 async def test_concurrent_offers_apply_in_version_order(tmp_path: Path) -> None:
     routes = FakeRoutes()
-    ctx = Context(backend=None, link=None, history=None, routes=routes)  # type: ignore[arg-type]
+    ctx = Context(backend=HiveInfo("A"), link=None, history=None, routes=routes)  # type: ignore[arg-type]
     gc = g.GlobalConfig(g.GlobalStore(tmp_path / "g.json"))
     docs = [g.GlobalDoc(v, [{"prefix": f"WF.v{v}"}], None) for v in (3, 1, 5, 2, 4)]
     await asyncio.gather(*(g.apply_offered(ctx, gc, d) for d in docs))
@@ -255,21 +265,11 @@ async def test_a_refused_apply_is_not_recorded_so_it_is_tried_again(tmp_path: Pa
                         base: list[dict[str, Any]] | None = None) -> dict[str, Any]:
             return {"status": "error", "error_code": "INVALID_CONFIG", "error_detail": "bad"}
 
-    ctx = Context(backend=None, link=None, history=None, routes=Refusing())  # type: ignore[arg-type]
+    ctx = Context(backend=HiveInfo("A"), link=None, history=None, routes=Refusing())  # type: ignore[arg-type]
     gc = g.GlobalConfig(g.GlobalStore(tmp_path / "g.json"))
     with pytest.raises(AdminError) as err:
         await g.apply_offered(ctx, gc, g.GlobalDoc(1, [], None))
     assert err.value.code == "CONFIG_FAILED" and gc.store.load().version == 0
-
-
-class HiveInfo:
-    hive_id = "B"
-
-    def __init__(self, mother: str | None) -> None:
-        self.mother = mother
-
-    async def hive_info(self) -> dict[str, Any]:
-        return {"hive_id": "B", "mother_hive": self.mother}
 
 
 async def test_a_worker_takes_the_global_config_only_from_its_mothers_admin(tmp_path: Path) -> None:
@@ -336,3 +336,16 @@ async def test_the_gateway_runs_the_mothers_command_here() -> None:
     ctx = Context(backend=WorkerB(), link=ScriptedLink(status=B_STATUS), history=None)  # type: ignore[arg-type]
     reply = await answer(ctx, _command("SY.admin@A", "list_admin_actions", None))
     assert reply["status"] == "ok" and reply["action"] == "list_admin_actions", reply
+
+
+async def test_a_global_change_of_neither_list_takes_no_version(tmp_path: Path) -> None:
+    gc = g.GlobalConfig(g.GlobalStore(tmp_path / "g.json"))
+    gc.store.save(g.GlobalDoc(7, [], None))
+    ctx = Context(backend=HiveInfo(None), link=None, history=None, routes=FakeRoutes())  # type: ignore[arg-type]
+
+    async def here() -> dict[str, Any]:
+        return {"status": "ok", "hive": "A"}
+
+    out = await g.put_global(ctx, gc, None, None, None, here)
+    assert out == {"status": "ok", "hive": "A", "global_version": 7, "hives": [], "pending": []}
+    assert gc.store.load().version == 7
