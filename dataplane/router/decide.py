@@ -68,9 +68,12 @@ class Refuse:
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    """Send the frame over a link toward another hive (``hive``'s best next hop)."""
+    """Send the frame over a link toward another hive (``hive``'s best next hop), addressed to
+    ``dst`` when set: a ``next_hop_hive`` route or a ``name@*`` choice names the hive it picked, so
+    the routers after this one do not decide again (and cannot send it back)."""
 
     hive: str
+    dst: str | None = None
 
 
 class HiveReach(Protocol):
@@ -151,7 +154,7 @@ def by_name(dst: str, full: str, base: str, route: CompiledRoute | None, hive_id
             return Drop("ROUTE_DROP")
         if spec.next_hop_hive and spec.next_hop_hive != hive_id:
             if links is not None and links.reaches(spec.next_hop_hive):
-                return Forward(spec.next_hop_hive)
+                return Forward(spec.next_hop_hive, f"{base}@{spec.next_hop_hive}")
             return Refuse(wire.WAN_UNAVAILABLE, f"route {spec.prefix!r} forwards to hive {spec.next_hop_hive!r}, "
                                                 "which no link reaches")
     group = names.get(full)
@@ -163,7 +166,7 @@ def by_name(dst: str, full: str, base: str, route: CompiledRoute | None, hive_id
             return candidates[0]
         hives = links.hives_with(base) if links is not None else ()
         if hives:
-            return Forward(hives[0])
+            return Forward(hives[0], f"{base}@{hives[0]}")
     _, hive = split_name(full)
     if hive != hive_id:
         if links is not None and links.reaches(hive):

@@ -658,7 +658,9 @@ class Router:
             target = local[0] if local else decide.Refuse(wire.NODE_NOT_FOUND, f"no node named {full} is here")
         if isinstance(target, decide.Forward):
             if self.links is not None:
-                if env.routing.dst is None:
+                if target.dst is not None:
+                    env.routing.dst = target.dst
+                elif env.routing.dst is None:
                     env.routing.dst = dst  # resolved here (L3): the next router routes the name
                 self.links.to_hive(src, target.hive, env)
         elif isinstance(target, decide.Refuse | decide.Drop):

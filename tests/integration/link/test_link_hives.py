@@ -28,11 +28,13 @@ apiVersion: fluxbee.io/v1alpha1
 kind: Hive
 metadata: {{name: h}}
 spec: {spec}
+"""
+NODE = """\
 ---
 apiVersion: fluxbee.io/v1alpha1
 kind: FluxNode
-metadata: {{name: echo}}
-spec: {{hive: h, nodeName: WF.echo, runtime: fluxbee.echo}}
+metadata: {{name: {key}}}
+spec: {{hive: h, nodeName: {name}, runtime: fluxbee.echo}}
 """
 
 
@@ -44,13 +46,16 @@ def fluxbee(*args: str, timeout: float = 30, env: dict[str, str] | None = None) 
 class Hive:
     """`fluxbee up` for one hive."""
 
-    def __init__(self, root: Path, hive_id: str, ca: Path, *args: str, spec: str = "{}") -> None:
+    def __init__(self, root: Path, hive_id: str, ca: Path, *args: str, spec: str = "{}",
+                 nodes: tuple[str, ...] = ("WF.echo",)) -> None:
         self.hive_id = hive_id
         self.run_dir = root / hive_id
         self.run_dir.mkdir()
         self.file = root / f"{hive_id}.yaml"
-        self.file.write_text(HIVE_FILE.format(spec=spec))
-        self.log = (root / f"{hive_id}.up.log").open("w")
+        self.file.write_text(HIVE_FILE.format(spec=spec) + "".join(
+            NODE.format(key=name.lower().replace(".", "-"), name=name) for name in nodes))
+        self.up_log = root / f"{hive_id}.up.log"
+        self.log = self.up_log.open("w")
         env = {**os.environ, "FLUXBEE_UP_IDENTITY": "0"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fluxbee", "up", "-f", str(self.file), "--hive-id", hive_id, "--run-dir",
@@ -68,7 +73,8 @@ class Hive:
 
     def status(self) -> dict[str, Any]:
         done = fluxbee("status", "--run-dir", str(self.run_dir), "--json")
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == 0, (f"{done.stderr}; the hive's log ends with: {_read(self.up_log)[-1500:]}; "
+                                      f"its router's log: {_read(self.run_dir / 'logs' / 'router.log')[-3000:]}")
         doc: dict[str, Any] = json.loads(done.stdout)
         return doc
 
@@ -144,15 +150,19 @@ def test_two_hives_link_over_mutual_tls_and_answer_each_other(root: Path, ca: Pa
 def test_transit_a_b_c_then_the_middle_gateway_killed_and_restarted(root: Path, ca: Path, hives: list[Hive]) -> None:
     pa, pb = free_port(), free_port()
     timers = ("--link-hello-interval", "0.3", "--link-dead-interval", "1.5")
-    hives.append(a := Hive(root, "A", ca, "--wan-listen", f"127.0.0.1:{pa}", *timers))
+    # A's one static route sends WF.far to hive C, which A reaches only through B
+    hives.append(a := Hive(root, "A", ca, "--wan-listen", f"127.0.0.1:{pa}", *timers,
+                           spec="{routes: [{prefix: WF.far, matchKind: EXACT, nextHopHive: C}]}"))
     hives.append(b := Hive(root, "B", ca, "--wan-listen", f"127.0.0.1:{pb}", "--uplink", f"127.0.0.1:{pa}", *timers))
-    hives.append(c := Hive(root, "C", ca, "--uplink", f"127.0.0.1:{pb}", *timers))
+    hives.append(c := Hive(root, "C", ca, "--uplink", f"127.0.0.1:{pb}", *timers, nodes=("WF.echo", "WF.far")))
     # no route is written anywhere: A learns C through B (path vector)
     wait_until(lambda: any(r["hive"] == "C" for r in a.status()["wan"]["routes"]), timeout=20, what="A's route to C")
     assert next(r for r in a.status()["wan"]["routes"] if r["hive"] == "C")["path"] == ["B", "C"]
     assert wait_until(lambda: answered(a.send("WF.echo@C"), "WF.echo@C"), timeout=10, step=0.2)
     assert answered(c.send("WF.echo@A"), "WF.echo@A")
     assert answered(c.send("WF.echo@*"), "WF.echo@C")  # name@* prefers the sender's hive
+    assert answered(a.send("WF.far"), "WF.far@C")  # next_hop_hive C, two hops away
+    assert answered(b.send("WF.far@*"), "WF.far@C")  # the nearest hive that has it
     # a broadcast from A reaches C through B (ttl 16: mesh hops >= 2, WAN hops >= 3)
     before = c.status()["counters"]["broadcasts"]
     sent = fluxbee("send", "broadcast", "--run-dir", str(a.run_dir), "--payload", '"to all hives"')

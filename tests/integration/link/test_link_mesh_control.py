@@ -173,3 +173,32 @@ async def test_link_add_and_remove_from_an_authenticated_system_node(root: Path,
     finally:
         await nobody.close()
         await admin.close()
+
+
+async def test_a_router_without_wan_links_reaches_other_hives_through_a_meshed_gateway(
+        root: Path, started: list[Any]) -> None:
+    pm, pw = free_port(), free_port()
+    b = RouterProc(run_dir(root, "b"), hive_id="B", extra=("--wan-listen", f"127.0.0.1:{pw}", *certificate(root, "B")))
+    started.append(b)
+    started.append(NodeProc("echo", "WF.echo", b.run_dir))
+    certs = certificate(root, "M")
+    gateway = RouterProc(run_dir(root, "gw"), hive_id="M",
+                         extra=("--mesh-listen", f"127.0.0.1:{pm}", "--uplink", f"127.0.0.1:{pw}", *certs))
+    started.append(gateway)
+    host = RouterProc(run_dir(root, "host"), hive_id="M", extra=("--mesh-peer", f"127.0.0.1:{pm}", *certs))
+    started.append(host)
+    started.append(NodeProc("echo", "WF.local", host.run_dir))
+    asker, _ = await connect(NodeConfig(name="WF.asker", run_dir=host.run_dir))
+    other, _ = await connect(NodeConfig(name="WF.other", run_dir=b.run_dir))
+    try:
+        reply = await answered(asker, "WF.echo@B", timeout=30, what="WF.echo@B from a router with no WAN link")
+        assert reply.routing.src_l2_name == "WF.echo@B"
+        routes = host.status()["wan"]["routes"]
+        assert routes == [{"hive": "B", "next_hop": "mesh:B", "path": ["B"], "via": "mesh"}]
+        # and back: hive B reaches a node on the host router through M's gateway
+        back = await answered(other, "WF.local@M", timeout=30, what="WF.local@M from hive B")
+        assert back.routing.src_l2_name == "WF.local@M"
+        assert gateway.counter("forwarded", "mesh") >= 1 and gateway.counter("forwarded", "wan") >= 1
+    finally:
+        await asker.close()
+        await other.close()

@@ -157,3 +157,60 @@ async def test_a_router_dialling_itself_notices_and_stops(make: Callable[..., ob
     await until(lambda: f"127.0.0.1:{port}" in m._self_addresses)
     await until(lambda: all(t.done() for t in m._dialers.values()))
     assert m.table.peers == {}
+
+
+async def _raw_peer(pki: Callable[[str], tuple[Path, Path, Path]], hive: str,
+                    port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    import ssl
+
+    cert, key, ca = pki(hive)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cafile=str(ca))
+    ctx.load_cert_chain(str(cert), str(key))
+    return await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+
+
+async def _closed(reader: asyncio.StreamReader) -> bytes:
+    data = b""
+    while chunk := await asyncio.wait_for(reader.read(65536), 5):
+        data += chunk
+    return data
+
+
+async def test_bad_frames_close_the_link_and_forged_senders_are_dropped(
+        make: Callable[..., object], pki: Callable[[str], tuple[Path, Path, Path]]) -> None:
+    port = free_port()
+    a, ra = await make("A", names=["WF.a"], wan_listen=("127.0.0.1", port))  # type: ignore[operator,misc]
+    # data before the handshake
+    reader, writer = await _raw_peer(pki, "B", port)
+    writer.write(wire.system_frame(str(uuid.uuid4()), "WF.a@A", "X", None, trace_id=str(uuid.uuid4())))
+    await _closed(reader)
+    writer.close()
+    # a length header past the frame limit
+    reader, writer = await _raw_peer(pki, "B", port)
+    writer.write(wire.HEADER.pack(wire.MAX_FRAME + 1) + b"{")
+    await _closed(reader)
+    writer.close()
+    # not JSON
+    reader, writer = await _raw_peer(pki, "B", port)
+    writer.write(wire.HEADER.pack(5) + b"nope!")
+    await _closed(reader)
+    writer.close()
+    await until(lambda: not a.sessions)
+    # a well-behaved peer whose frames claim a sender it never advertised (or one of A's own nodes)
+    b, rb = await make("B", names=["WF.b"], uplinks=(("127.0.0.1", port),))  # type: ignore[operator,misc]
+    await until(lambda: rb.nodes[0].uuid in a.table.by_uuid)
+    session = b.session_for_hive("A")
+    assert session is not None
+    for forged in (str(uuid.uuid4()), ra.nodes[0].uuid):
+        session.send(wire.encode_frame(wire.Message(
+            routing=wire.Routing(src=forged, dst="WF.a@A", ttl=16, trace_id=str(uuid.uuid4())),
+            meta=wire.Meta(type="user"), payload=None)))
+    session.send(wire.encode_frame(wire.Message(
+        routing=wire.Routing(src=rb.nodes[0].uuid, dst="WF.a@A", ttl=16, trace_id=str(uuid.uuid4())),
+        meta=wire.Meta(type="user"), payload=None)))
+    await until(lambda: len(ra.frames) == 1)
+    assert ra.frames[0][1] == rb.nodes[0]
+    assert a.drops["wan"][p.LINK_SRC_NOT_ADVERTISED] == 2
+    assert session.state == "up"  # a forged frame is dropped; the link stays

@@ -58,7 +58,7 @@ def test_a_name_of_a_reachable_hive_is_forwarded_there_and_of_an_unreachable_one
 def test_a_next_hop_route_forwards_even_over_a_local_node_when_the_hive_is_reachable() -> None:
     echo = Node("WF.echo@A")
     route = RouteSpec(prefix="WF.echo", next_hop_hive="B")
-    assert to_name("WF.echo", echo, links=Links(hives={"B"}), routes=(route,)) == decide.Forward("B")
+    assert to_name("WF.echo", echo, links=Links(hives={"B"}), routes=(route,)) == decide.Forward("B", "WF.echo@B")
     refused = to_name("WF.echo", echo, links=Links(), routes=(route,))
     assert isinstance(refused, decide.Refuse) and refused.reason == wire.WAN_UNAVAILABLE
     # a DROP still wins, links or not
@@ -73,7 +73,7 @@ def test_name_at_star_prefers_our_hive_then_the_nearest_hive_that_has_the_name()
     links = Links(hives={"B", "C"}, bases={"WF.echo": ["C", "B"]})
     local = Node("WF.echo@A")
     assert to_name("WF.echo@*", local, links=links) is local
-    assert to_name("WF.echo@*", links=links) == decide.Forward("C")
+    assert to_name("WF.echo@*", links=links) == decide.Forward("C", "WF.echo@C")
     assert isinstance(to_name("WF.other@*", links=links), decide.Refuse)
 
 
