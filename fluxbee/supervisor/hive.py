@@ -139,7 +139,7 @@ class LocalHive:
         try:
             hives = [d for d in self.hive_documents() if isinstance(d, Hive)]
         except ResourceError as err:
-            raise LocalHiveError(f"{self.hive_file}: {err}") from err
+            raise LocalHiveError(str(err)) from err  # the error names the file
         if len(hives) != 1:
             return  # load_plan says what is wrong
         hive = hives[0]
