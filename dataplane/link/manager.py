@@ -249,7 +249,8 @@ class LinkManager:
         if session.direction == "out" and peer.hive_id in self.refused_hives:
             self.refused_hives.discard(peer.hive_id)
             self._save_state()
-        self._address_hive[session.address] = peer.hive_id
+        if session.direction == "out":
+            self._address_hive[session.address] = peer.hive_id
         self.table.add_peer(session.sid, session.role, peer.hive_id, peer.router_id)
         self.sent[session.sid] = {}
         self._seqs[session.sid] = itertools.count(1)
@@ -464,7 +465,9 @@ class LinkManager:
                       and (role, x.address) in self._dialers]
             section: dict[str, Any] = {"hive_id": self.hive_id,
                                        "listen": None if listen is None else format_address(listen), "links": links,
-                                       "drops": dict(self.drops[role])}
+                                       "drops": dict(self.drops[role]),
+                                       "remote_nodes": len(self.table.by_uuid) if role == "wan"
+                                       else len(self.table.mesh_nodes)}
             if role == "wan":
                 section["routes"] = self.table.routes_view()
                 section["refused_hives"] = sorted(self.refused_hives)

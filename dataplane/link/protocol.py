@@ -53,6 +53,10 @@ UNEXPECTED_FRAME: Final = "UNEXPECTED_FRAME"
 
 Role = Literal["wan", "mesh"]
 
+MAX_PARTS: Final = 1024
+"""Frames one origin's advert may span (about 400,000 nodes)."""
+MAX_PATH: Final = 64
+"""Hives in one advert's path."""
 LSA_NODE_BUDGET: Final = wire.PAYLOAD_BUDGET - 2048
 """Encoded bytes of node entries one LSA frame may carry (the rest of the payload is small)."""
 
@@ -222,8 +226,13 @@ def parse_lsa(raw: bytes | msgspec.Raw) -> LsaPayload | Reject:
         lsa = _lsa_decoder.decode(raw)
     except msgspec.DecodeError as err:
         return Reject(BAD_LSA, f"LSA payload: {err}")
-    if not 0 <= lsa.part < lsa.parts or lsa.parts > 10_000:
+    if not 0 <= lsa.part < lsa.parts or lsa.parts > MAX_PARTS:
         return Reject(BAD_LSA, f"part {lsa.part} of {lsa.parts}")
+    for hive in (lsa.hive, lsa.origin, *lsa.path):
+        if not HIVE_ID_RE.match(hive):
+            return Reject(BAD_LSA, f"{hive!r} is not a hive id")
+    if len(lsa.path) > MAX_PATH:
+        return Reject(BAD_LSA, f"a path of {len(lsa.path)} hives (at most {MAX_PATH})")
     for node in lsa.nodes:
         if not wire.is_uuid(node.uuid) or "@" not in node.name or len(node.name) > 256:
             return Reject(BAD_LSA, f"node entry {node.uuid!r} {node.name!r}")

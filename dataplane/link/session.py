@@ -282,7 +282,9 @@ class LinkSession(asyncio.Protocol):
 
     # ending ------------------------------------------------------------------------
     def reject(self, reason: str, message: str) -> None:
-        log.warning("%s: refusing the peer: %s: %s", self.label(), reason, message)
+        # Two routers that dialled each other keep one link: the other one ending is routine.
+        log.log(logging.INFO if reason == p.DUPLICATE_LINK else logging.WARNING, "%s: refusing the peer: %s: %s",
+                self.label(), reason, message)
         if self.transport is not None and self.state != "down":
             with contextlib.suppress(wire.ProtocolError):
                 self.transport.write(p.control_frame(self.owner.router_id, p.WAN_REJECT, p.WanReject(reason, message)))

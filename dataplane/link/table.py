@@ -24,6 +24,11 @@ from fluxbee.dataplane.link.protocol import BAD_LSA, LsaPayload, NodeAd, Reject,
 
 Clock = Callable[[], float]
 
+MAX_ORIGINS = 4096
+"""Origin hives one session may advertise; more are refused (a peer cannot grow our memory at will)."""
+MAX_PENDING = 64
+"""Origins one session may have half-sent (some parts still missing)."""
+
 
 @dataclass(slots=True)
 class PeerInfo:
@@ -76,9 +81,12 @@ class LinkTable:
         self.mesh_nodes: dict[str, tuple[int, NodeAd]] = {}  # our hive's nodes on mesh peers, by UUID
         self.mesh_names: dict[str, list[tuple[int, NodeAd]]] = {}  # full name -> mesh instances
         self.remote_bases: dict[str, list[str]] = {}  # base name -> origin hives that have it (nearest first)
+        self._base_hops: dict[str, dict[str, int]] = {}  # base name -> {origin: hops}
         self.last_lsa: dict[int, tuple[int, float]] = {}  # sid -> (seq, when)
         self.generation = 0
         """Grows whenever routes or node indexes change (callers drop caches keyed on it)."""
+        self.mesh_generation = 0
+        """Grows whenever the mesh peers' nodes (``mesh_nodes``) may have changed."""
 
     # sessions -------------------------------------------------------------
     def add_peer(self, sid: int, role: Role, hive: str, router_id: str) -> None:
@@ -88,14 +96,15 @@ class LinkTable:
 
     def remove_peer(self, sid: int) -> None:
         """Forget a session and everything learned through it (its adverts are withdrawn at once)."""
-        if self.peers.pop(sid, None) is None:
+        if sid not in self.peers:
             return
-        self.learned.pop(sid, None)
+        origins = list(self.learned.pop(sid, {}))
         self._src.pop(sid, None)
         self.last_lsa.pop(sid, None)
         for key in [k for k in self._parts if k[0] == sid]:
             del self._parts[key]
-        self._recompute()
+        self._update(sid, origins)
+        del self.peers[sid]
 
     # adverts ----------------------------------------------------------------
     def receive(self, sid: int, lsa: LsaPayload) -> Reject | None:
@@ -114,6 +123,10 @@ class LinkTable:
                 return Reject(BAD_LSA, problem)
         key = (sid, origin)
         pending = self._parts.get(key)
+        if origin not in self.learned[sid] and path and len(self.learned[sid]) >= MAX_ORIGINS:
+            return Reject(BAD_LSA, f"more than {MAX_ORIGINS} origin hives on one link")
+        if pending is None and sum(1 for k in self._parts if k[0] == sid) >= MAX_PENDING:
+            return Reject(BAD_LSA, f"more than {MAX_PENDING} adverts half-sent on one link")
         if pending is None or pending.version != lsa.version or pending.parts != lsa.parts or pending.path != path:
             pending = self._parts[key] = _Parts(lsa.version, lsa.parts, path)
         pending.got[lsa.part] = lsa.nodes
@@ -123,13 +136,13 @@ class LinkTable:
         learned = self.learned[sid]
         if not path:
             if learned.pop(origin, None) is not None:
-                self._recompute()
+                self._update(sid, [origin])
             return None
         nodes = tuple(n for i in range(pending.parts) for n in pending.got[i])
         if peer.role == "mesh" and origin == self.hive_id:
             nodes = tuple(n for n in nodes if n.name.endswith("@" + self.hive_id))
         learned[origin] = Learned(path, nodes)
-        self._recompute()
+        self._update(sid, [origin])
         return None
 
     def _path_problem(self, peer: PeerInfo, origin: str, path: tuple[str, ...]) -> str | None:
@@ -146,43 +159,70 @@ class LinkTable:
         return None
 
     # derived state --------------------------------------------------------------
-    def _recompute(self) -> None:
+    def _update(self, sid: int, origins: Iterable[str]) -> None:
+        """Bring the derived state up to date after ``origins`` changed on session ``sid``: that session's
+        source index, and for each origin its best route and the node indexes (work in proportion to
+        what changed, not to the whole table)."""
         self.generation += 1
-        candidates: dict[str, list[tuple[tuple[int, int, str, str, int], Route]]] = {}
+        if sid in self.learned:
+            self._src[sid] = {n.uuid: n for learned in self.learned[sid].values() for n in learned.nodes}
+        for origin in set(origins):
+            if origin == self.hive_id:
+                self._update_mesh()
+            else:
+                self._update_route(origin)
+
+    def _update_mesh(self) -> None:
         mesh_nodes: dict[str, tuple[int, NodeAd]] = {}
-        src: dict[int, dict[str, NodeAd]] = {}
         for sid, by_origin in self.learned.items():
-            peer = self.peers[sid]
-            seen: dict[str, NodeAd] = {}
-            for origin, learned in by_origin.items():
+            learned = by_origin.get(self.hive_id)
+            if learned is not None and self.peers[sid].role == "mesh":
                 for node in learned.nodes:
-                    seen[node.uuid] = node
-                if origin == self.hive_id:
-                    if peer.role == "mesh":
-                        for node in learned.nodes:
-                            mesh_nodes[node.uuid] = (sid, node)
-                    continue
-                tail = learned.path if peer.role == "wan" else learned.path[1:]
-                hops = len(tail)
-                key = (hops, 0 if peer.role == "wan" else 1, peer.hive, peer.router_id, sid)
-                candidates.setdefault(origin, []).append(
-                    (key, Route(origin, sid, peer.role, hops, tail, learned.nodes)))
-            src[sid] = seen
-        self._src = src
-        self.routes = {origin: min(options, key=lambda o: o[0])[1] for origin, options in candidates.items()}
-        self.mesh_nodes = mesh_nodes
+                    mesh_nodes[node.uuid] = (sid, node)
         names: dict[str, list[tuple[int, NodeAd]]] = {}
         for sid, node in mesh_nodes.values():
             names.setdefault(node.name, []).append((sid, node))
+        self.mesh_nodes = mesh_nodes
         self.mesh_names = names
-        by_uuid: dict[str, tuple[str, NodeAd]] = {}
-        bases: dict[str, list[tuple[int, str]]] = {}
-        for origin, route in self.routes.items():
-            for node in route.nodes:
-                by_uuid[node.uuid] = (origin, node)
-                bases.setdefault(node.name.split("@", 1)[0], []).append((route.hops, origin))
-        self.by_uuid = by_uuid
-        self.remote_bases = {b: [o for _, o in sorted(set(v))] for b, v in bases.items()}
+        self.mesh_generation += 1
+
+    def _update_route(self, origin: str) -> None:
+        best: tuple[tuple[int, int, str, str, int], Route] | None = None
+        for sid, by_origin in self.learned.items():
+            learned = by_origin.get(origin)
+            if learned is None:
+                continue
+            peer = self.peers[sid]
+            tail = learned.path if peer.role == "wan" else learned.path[1:]
+            key = (len(tail), 0 if peer.role == "wan" else 1, peer.hive, peer.router_id, sid)
+            if best is None or key < best[0]:
+                best = (key, Route(origin, sid, peer.role, len(tail), tail, learned.nodes))
+        old = self.routes.get(origin)
+        new = None if best is None else best[1]
+        if old == new:
+            return
+        touched: set[str] = set()
+        if old is not None:
+            del self.routes[origin]
+            for node in old.nodes:
+                if self.by_uuid.get(node.uuid, ("", None))[0] == origin:
+                    del self.by_uuid[node.uuid]
+                touched.add(node.name.split("@", 1)[0])
+        if new is not None:
+            self.routes[origin] = new
+            for node in new.nodes:
+                self.by_uuid[node.uuid] = (origin, node)
+                touched.add(node.name.split("@", 1)[0])
+        for base in touched:
+            hops = self._base_hops.setdefault(base, {})
+            hops.pop(origin, None)
+            if new is not None and any(n.name.split("@", 1)[0] == base for n in new.nodes):
+                hops[origin] = new.hops
+            if hops:
+                self.remote_bases[base] = sorted(hops, key=lambda o: (hops[o], o))
+            else:
+                del self._base_hops[base]
+                self.remote_bases.pop(base, None)
 
     # queries --------------------------------------------------------------------
     def src_node(self, sid: int, uuid: str) -> NodeAd | None:

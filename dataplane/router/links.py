@@ -32,6 +32,7 @@ from fluxbee.dataplane import wire
 from fluxbee.dataplane.link import protocol as lp
 from fluxbee.dataplane.link.manager import LinkManager
 from fluxbee.dataplane.link.session import LinkSession
+from fluxbee.dataplane.router import answers, decide, dispatch
 from fluxbee.dataplane.router.config import is_system_name, split_name
 
 if TYPE_CHECKING:
@@ -87,18 +88,19 @@ class RouterLinks:
         self._mesh_entries: list[RemoteNode] = []
         self._senders: dict[tuple[int, str], RemoteNode] = {}  # (session, node) of frames from links
         self._generation = -1
+        self._mesh_generation = -1
 
     # LinkRouter --------------------------------------------------------------
     def local_nodes(self) -> Iterable[lp.NodeAd]:
         """Our nodes, and the router itself: the frames it generates (UNREACHABLE, TTL_EXCEEDED, answers
         to ROUTER_STATUS_GET) carry its UUID as ``routing.src`` and must pass the peers' source binding."""
         yield lp.NodeAd(self.router.uuid, self.router.name, 0)
-        for conn in self.router.by_uuid.values():
+        for conn in self.router.registry.nodes():
             if conn.uuid is not None:
                 yield lp.NodeAd(conn.uuid, conn.name, conn.vpn_id)
 
     def is_local_uuid(self, uuid: str) -> bool:
-        return uuid in self.router.by_uuid or uuid == self.router.uuid
+        return self.router.registry.get(uuid) is not None or uuid == self.router.uuid
 
     def links_changed(self) -> None:
         """The table changed: re-list mesh peers' nodes under their names, drop name caches."""
@@ -107,19 +109,21 @@ class RouterLinks:
             return
         self._generation = table.generation
         self._senders.clear()
-        router = self.router
+        if table.mesh_generation == self._mesh_generation:
+            return
+        self._mesh_generation = table.mesh_generation
+        registry = self.router.registry
         for entry in self._mesh_entries:
-            router.unlist(entry)
+            registry.remove_remote(entry)  # type: ignore[arg-type]
         entries: list[RemoteNode] = []
         for sid, ad in table.mesh_nodes.values():
             session = self.manager.sessions.get(sid)
-            if session is None or ad.uuid in router.by_uuid:
+            if session is None or registry.get(ad.uuid) is not None:
                 continue
             entry = RemoteNode(ad, session)
-            router.list_remote(entry)
+            registry.add_remote(entry)  # type: ignore[arg-type]
             entries.append(entry)
         self._mesh_entries = entries
-        router.names_changed()
 
     def link_frame(self, session: LinkSession, env: wire.RawEnvelope, meta: wire.MetaView, src: lp.NodeAd) -> None:
         key = (session.sid, src.uuid)
@@ -128,7 +132,7 @@ class RouterLinks:
             sender = self._senders[key] = RemoteNode(src, session)
         router = self.router
         router.counters.frames_in += 1
-        router.route_decoded(sender, env, meta)  # type: ignore[arg-type]
+        dispatch.route_decoded(router, sender, env, meta)  # type: ignore[arg-type]
         router.flush()
 
     # forwarding ---------------------------------------------------------------
@@ -137,15 +141,15 @@ class RouterLinks:
         router = self.router
         routing = env.routing
         if session is None or session.state != "up":
-            router.unreachable(src, routing, wire.WAN_UNAVAILABLE, f"{why}: the link is down")  # type: ignore[arg-type]
+            answers.unreachable(router, src, routing, wire.WAN_UNAVAILABLE, f"{why}: the link is down")  # type: ignore[arg-type]
             return
         if isinstance(src, RemoteNode) and src.session is session:
             self.manager.drop(session.role, "LINK_LOOP", f"{why}: would go back over the link it came from")
-            router.unreachable(src, routing, wire.NODE_NOT_FOUND, f"{why}: no way on from here")  # type: ignore[arg-type]
+            answers.unreachable(router, src, routing, wire.NODE_NOT_FOUND, f"{why}: no way on from here")  # type: ignore[arg-type]
             return
         if routing.ttl <= 1:
             router.counters.ttl_exceeded += 1
-            router.reply(src, routing, wire.TTL_EXCEEDED,  # type: ignore[arg-type]
+            answers.reply(router, src, routing, wire.TTL_EXCEEDED,  # type: ignore[arg-type]
                          wire.TtlExceededPayload(original_dst=str(routing.dst), last_hop=f"router:{router.uuid}"))
             return
         routing.ttl -= 1
@@ -153,16 +157,34 @@ class RouterLinks:
         try:
             frame = wire.encode_frame(env)
         except wire.FrameTooLargeError as err:
-            router.unreachable(src, routing, wire.FRAME_TOO_LARGE, str(err))  # type: ignore[arg-type]
+            answers.unreachable(router, src, routing, wire.FRAME_TOO_LARGE, str(err))  # type: ignore[arg-type]
             return
         if session.send(frame):
             router.counters.forwarded[session.role] += 1
         else:
             router.counters.dropped[wire.DST_CONGESTED] += 1
-            router.unreachable(src, routing, wire.DST_CONGESTED,  # type: ignore[arg-type]
+            answers.unreachable(router, src, routing, wire.DST_CONGESTED,  # type: ignore[arg-type]
                                f"the {session.role} link to {session.hive} is full; message dropped")
 
-    def to_remote_node(self, src: Conn | RemoteNode, target: RemoteNode, env: wire.RawEnvelope) -> None:
+    def deliver_remote(self, src: Conn | RemoteNode, target: RemoteNode, env: wire.RawEnvelope,
+                       meta: wire.MetaView) -> None:
+        """A decision to deliver to a mesh peer's node: forward it there (VPN rule first).  A frame that
+        already crossed the mesh goes to a local instance of the name instead: one mesh hop only."""
+        router = self.router
+        if isinstance(src, RemoteNode) and src.session.role == "mesh":
+            group = router.registry.named(target.name)
+            local = [c for c in (group.conns if group is not None else ()) if not isinstance(c, RemoteNode)]
+            if not local:
+                answers.unreachable(router, src, env.routing, wire.NODE_NOT_FOUND,  # type: ignore[arg-type]
+                                    f"no node named {target.name} is on this router")
+                return
+            dispatch.deliver(router, src, local[0], env, meta)  # type: ignore[arg-type]
+            return
+        if src.vpn_id != target.vpn_id:
+            decision = decide.unicast(src, target, meta)
+            if isinstance(decision, decide.Refuse):
+                dispatch.refuse(router, src, env.routing, decision)  # type: ignore[arg-type]
+                return
         self.forward(src, target.session, env, f"{target.name} is on another router")
 
     def to_hive(self, src: Conn | RemoteNode, hive: str, env: wire.RawEnvelope) -> None:
@@ -175,7 +197,7 @@ class RouterLinks:
             return False
         session, ad = found
         if src.vpn_id != ad.vpn_id and not _may_reach(src, ad, meta):
-            self.router.unreachable(src, env.routing, wire.VPN_BLOCKED,  # type: ignore[arg-type]
+            answers.unreachable(self.router, src, env.routing, wire.VPN_BLOCKED,  # type: ignore[arg-type]
                                     f"{src.name} (vpn {src.vpn_id}) may not reach {ad.name} (vpn {ad.vpn_id})")
             return True
         self.forward(src, session, env, ad.name)
@@ -235,16 +257,16 @@ class RouterLinks:
                     log.info("LINK_ADD %s by %s", address, src.name)
                 else:
                     answer.update(status="error", error_code=failed[0], error_detail=failed[1])
-            router.reply(src, env.routing, lp.LINK_ADD_RESPONSE, answer)  # type: ignore[arg-type]
+            answers.reply(router, src, env.routing, lp.LINK_ADD_RESPONSE, answer)  # type: ignore[arg-type]
             return
         hive = body.get("hive_id") if isinstance(body, dict) else None
         if not isinstance(hive, str):
-            router.reply(src, env.routing, lp.LINK_REMOVE_RESPONSE,  # type: ignore[arg-type]
+            answers.reply(router, src, env.routing, lp.LINK_REMOVE_RESPONSE,  # type: ignore[arg-type]
                          {"status": "error", "hive_id": hive, "closed": 0, "forgotten": [],
                           "error_code": "INVALID_REQUEST", "error_detail": "the payload must be {\"hive_id\": ID}"})
             return
         log.info("LINK_REMOVE %s by %s", hive, src.name)
-        router.reply(src, env.routing, lp.LINK_REMOVE_RESPONSE, self.manager.remove_hive(hive))  # type: ignore[arg-type]
+        answers.reply(router, src, env.routing, lp.LINK_REMOVE_RESPONSE, self.manager.remove_hive(hive))  # type: ignore[arg-type]
 
 
 def _may_reach(src: Conn | RemoteNode, dst: lp.NodeAd, meta: wire.MetaView) -> bool:

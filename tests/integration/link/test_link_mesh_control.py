@@ -99,7 +99,7 @@ async def test_two_routers_of_one_hive_mesh_balance_and_keep_vpns(root: Path, st
             for dst in (near_uuid, "WF.echo", near_uuid):
                 with pytest.raises(UnreachableError) as err:
                     await red.request(dst, {"n": 2}, timeout=5)
-                assert err.value.reason == wire.VPN_BLOCKED
+                assert err.value.reason == wire.VPN_BLOCKED, (dst, str(err.value))
         finally:
             await red.close()
     finally:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.router import decide
 from fluxbee.dataplane.router.config import RouteTable
+from fluxbee.dataplane.router.registry import Registry
 from fluxbee.models import RouteAction, RouteSpec
 
 HIVE = "A"
@@ -36,15 +37,15 @@ class Links:
         return self.bases.get(base, [])
 
 
-def to_name(dst: str, *nodes: Node, links: Links | None, routes: tuple[RouteSpec, ...] = ()) -> object:
-    full, base = decide.full_name(dst, HIVE)
-    route = RouteTable.build(1, routes, ()).route_for(full)
-    names: dict[str, decide.Names[Node]] = {}
-    bases: dict[str, list[Node]] = {}
-    for node in nodes:
-        names.setdefault(node.name, decide.Names()).conns.append(node)
-        bases.setdefault(node.base, []).append(node)
-    return decide.by_name(dst, full, base, route, HIVE, names, bases, links)
+def to_name(dst: str, *nodes: Node, links: Links | None, routes: tuple[RouteSpec, ...] = (),
+            remote: tuple[Node, ...] = ()) -> object:
+    registry: Registry[Node] = Registry(HIVE, RouteTable.build(1, routes, ()))
+    for i, node in enumerate(nodes):
+        registry.add(f"00000000-0000-4000-8000-{i + 1:012x}", node)
+    for node in remote:
+        registry.add_remote(node)
+    decision = decide.by_name(dst, registry, links)
+    return decision.target if isinstance(decision, decide.Deliver) else decision
 
 
 def test_a_name_of_a_reachable_hive_is_forwarded_there_and_of_an_unreachable_one_is_wan_unavailable() -> None:
@@ -80,3 +81,17 @@ def test_name_at_star_prefers_our_hive_then_the_nearest_hive_that_has_the_name()
 def test_without_links_the_rules_are_unchanged() -> None:
     refused = to_name("WF.echo@B", links=None)
     assert isinstance(refused, decide.Refuse) and refused.reason == wire.WAN_UNAVAILABLE
+
+
+def test_a_mesh_peers_node_shares_the_name_with_local_ones_but_not_the_node_table() -> None:
+    local, far = Node("WF.echo@A"), Node("WF.echo@A")
+    registry: Registry[Node] = Registry(HIVE, RouteTable.build(1, (), ()))
+    registry.add("00000000-0000-4000-8000-000000000001", local)
+    registry.add_remote(far)
+    picked = [decide.by_name("WF.echo", registry) for _ in range(4)]
+    assert [d.target for d in picked if isinstance(d, decide.Deliver)] == [local, far, local, far]
+    assert list(registry.nodes()) == [local]
+    assert decide.by_name("WF.echo@*", Registry(HIVE)) == decide.Refuse(wire.NODE_NOT_FOUND,
+                                                                        "no node named WF.echo@A is connected")
+    registry.remove_remote(far)
+    assert [decide.by_name("WF.echo", registry) for _ in range(2)] == [decide.Deliver(local)] * 2

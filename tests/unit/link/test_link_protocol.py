@@ -85,3 +85,13 @@ def test_lsa_parts_fit_in_a_frame_and_bad_lsas_are_refused() -> None:
     bad_node = msgspec.json.encode({**msgspec.to_builtins(parts[0]), "nodes": [{"uuid": "x", "name": "n@B"}]})
     assert isinstance(p.parse_lsa(bad_node), p.Reject)
     assert isinstance(p.parse_lsa(b"{"), p.Reject)
+
+
+def test_lsas_naming_bad_hives_or_endless_paths_are_refused() -> None:
+    base = msgspec.to_builtins(p.lsa_payloads(hive="B", router_id=OWN, router_name="RT.gateway@B", origin="B",
+                                              path=["B"], version=1, nodes=[], seqs=itertools.count(1),
+                                              now_ms=0)[0])
+    for change in ({"origin": "a/b"}, {"path": ["B", "../x"]}, {"hive": ""},
+                   {"path": [f"H{i}" for i in range(p.MAX_PATH + 1)]}, {"parts": p.MAX_PARTS + 1}):
+        refused = p.parse_lsa(msgspec.json.encode({**base, **change}))
+        assert isinstance(refused, p.Reject) and refused.reason == p.BAD_LSA

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 import uuid
 
 from fluxbee.dataplane.link.protocol import LsaPayload, NodeAd, Reject, lsa_payloads
@@ -184,3 +185,105 @@ def test_lsa_age_uses_the_injected_clock() -> None:
     a.receive(1, payload)
     clock.now += 2.5
     assert a.lsa_age(1) == (payload.seq, 2.5)
+
+
+def test_a_peer_cannot_grow_the_table_without_bound() -> None:
+    from fluxbee.dataplane.link import table as t
+
+    a = LinkTable("A")
+    a.add_peer(1, "wan", "B", "rb")
+    for i in range(t.MAX_ORIGINS):
+        assert a.receive(1, lsa("B", f"H{i}", ["B", f"H{i}"], [])) is None
+    refused = a.receive(1, lsa("B", "Hmore", ["B", "Hmore"], []))
+    assert isinstance(refused, Reject) and "origin hives" in refused.message
+    b = LinkTable("A")
+    b.add_peer(1, "wan", "B", "rb")
+    for i in range(t.MAX_PENDING):
+        half = lsa("B", f"P{i}", ["B", f"P{i}"], [])
+        half.parts = 2
+        assert b.receive(1, half) is None
+    half = lsa("B", "Pmore", ["B", "Pmore"], [])
+    half.parts = 2
+    refused = b.receive(1, half)
+    assert isinstance(refused, Reject) and "half-sent" in refused.message
+
+
+def _bfs(edges: set[frozenset[str]], start: str) -> dict[str, int]:
+    dist = {start: 0}
+    frontier = [start]
+    while frontier:
+        nxt = []
+        for h in frontier:
+            for e in edges:
+                if h in e:
+                    (other,) = e - {h}
+                    if other not in dist:
+                        dist[other] = dist[h] + 1
+                        nxt.append(other)
+        frontier = nxt
+    return dist
+
+
+def test_random_topologies_converge_to_shortest_loop_free_paths_and_reconverge_after_cuts() -> None:
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    for _ in range(15):
+        _random_topology(rng, seed)
+
+
+def _random_topology(rng: random.Random, seed: int) -> None:
+    hives = [f"H{i}" for i in range(rng.randint(3, 7))]
+    edges = {frozenset((a, b)) for a in hives for b in hives if a < b and rng.random() < 0.45}
+    tables = {h: LinkTable(h) for h in hives}
+    nodes = {h: [node(f"WF.n@{h}")] for h in hives}
+    sids: dict[tuple[str, str], int] = {}
+    for i, e in enumerate(sorted(edges, key=sorted)):
+        x, y = sorted(e)
+        sids[(x, y)] = sids[(y, x)] = i + 1
+        tables[x].add_peer(i + 1, "wan", y, "r" + y)
+        tables[y].add_peer(i + 1, "wan", x, "r" + x)
+    sent: dict[tuple[str, str], dict[str, Learned]] = {}
+
+    def converge() -> None:
+        for _round in range(40):
+            moved = False
+            for (x, y), sid in sids.items():
+                if sid not in tables[x].peers:
+                    continue
+                want = tables[x].desired(sid, nodes[x])
+                changed, withdrawn = diff(sent.get((x, y), {}), want)
+                for origin, learned in changed.items():
+                    tables[y].receive(sid, lsa(x, origin, list(learned.path), list(learned.nodes)))
+                for origin in withdrawn:
+                    tables[y].receive(sid, lsa(x, origin, [], []))
+                moved = moved or bool(changed or withdrawn)
+                sent[(x, y)] = want
+            if not moved:
+                return
+        raise AssertionError(f"no convergence (seed {seed})")
+
+    def check() -> None:
+        for h in hives:
+            dist = _bfs(edges, h)
+            table = tables[h]
+            assert set(table.routes) == set(dist) - {h}, f"seed {seed}"
+            for origin, route in table.routes.items():
+                assert route.hops == dist[origin], f"seed {seed}: {h}->{origin} {route.tail}"
+                hops = (h, *route.tail)
+                assert all(frozenset(pair) in edges for pair in zip(hops, hops[1:], strict=False)), f"seed {seed}"
+                assert len(set(hops)) == len(hops), f"seed {seed}"
+                assert table.by_uuid[nodes[origin][0].uuid][0] == origin
+
+    converge()
+    check()
+    for e in rng.sample(sorted(edges, key=sorted), k=min(2, len(edges))):
+        x, y = sorted(e)
+        sid = sids.pop((x, y))
+        sids.pop((y, x))
+        tables[x].remove_peer(sid)
+        tables[y].remove_peer(sid)
+        sent.pop((x, y), None)
+        sent.pop((y, x), None)
+        edges.discard(e)
+    converge()
+    check()
