@@ -220,6 +220,11 @@ def test_hives_show_their_links_and_are_linked_and_unlinked_by_address(hives: Hi
     assert row["link"]["rtt_ms"] is None or row["link"]["rtt_ms"] >= 0
     transit = a.hive_row("C")
     assert transit is not None and transit["via"] == "transit" and transit["wan_connected"]
+    shown = subprocess.run(fluxbee_argv("ctl", "--url", f"http://127.0.0.1:{a.admin_port}", "hives"),
+                           capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
+    assert shown[0].split()[:6] == ["HIVE_ID", "ROLE", "STATUS", "ADDRESS", "VIA", "LINK_STATE"], shown
+    rows = {line.split()[0]: line.split() for line in shown[1:]}
+    assert set(rows) == {"A", "B", "C"} and "up" in rows["B"] and "transit" in rows["C"], shown
 
     for body, code, error in (({"hive_id": "C"}, 400, "INVALID_REQUEST"),
                               ({"hive_id": "C", "address": "127.0.0.1:0"}, 400, "INVALID_ADDRESS"),
