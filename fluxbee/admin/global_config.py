@@ -38,6 +38,7 @@ from pydantic import Field
 from fluxbee.admin import remote, wan
 from fluxbee.admin import schemas as s
 from fluxbee.admin.errors import AdminError
+from fluxbee.dataplane import wire
 
 if TYPE_CHECKING:
     from fluxbee.admin.actions.common import Call, Context
@@ -103,6 +104,20 @@ def merged(doc: GlobalDoc, version: int, routes: list[dict[str, Any]] | None,
            vpns: list[dict[str, Any]] | None) -> GlobalDoc:
     """The document after a change that sets ``routes`` and/or ``vpns`` (None: that list unchanged)."""
     return GlobalDoc(version, doc.routes if routes is None else routes, doc.vpns if vpns is None else vpns)
+
+
+DOC_LIMIT: Final = wire.PAYLOAD_BUDGET - 1024
+"""Largest encoded global document: it travels to every hive in one ADMIN_COMMAND (and back in one
+answer to a worker that asks for it), each one frame with its envelope around it."""
+
+
+def check_deliverable(doc: GlobalDoc) -> None:
+    """Refuse, before anything is applied, a global config that could not reach the other hives."""
+    size = len(wire.encode(doc.to_json()))
+    if size > DOC_LIMIT:
+        raise AdminError("PAYLOAD_TOO_LARGE", f"the global routes and VPN rules would be {size} bytes encoded; "
+                                              f"they travel to every hive in one frame: at most {DOC_LIMIT} bytes; "
+                                              "nothing was changed")
 
 
 def is_newer(held: GlobalDoc, offered_version: int) -> bool:
@@ -253,8 +268,9 @@ async def put_global(ctx: Context, gc: GlobalConfig, requested: int | None, rout
     async with gc.lock:
         held = gc.store.load()
         version = next_version(held.version, requested)
-        out = await apply_here()
         doc = merged(held, version, routes, vpns)
+        check_deliverable(doc)
+        out = await apply_here()
         gc.store.save(doc)
     hives = await wan.known_hives(ctx.link, await ctx.backend.remote_hives()) - {ctx.backend.hive_id}
     answers = await fan_out(ctx, hives, doc)

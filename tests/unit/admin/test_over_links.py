@@ -349,3 +349,19 @@ async def test_a_global_change_of_neither_list_takes_no_version(tmp_path: Path) 
     out = await g.put_global(ctx, gc, None, None, None, here)
     assert out == {"status": "ok", "hive": "A", "global_version": 7, "hives": [], "pending": []}
     assert gc.store.load().version == 7
+
+
+async def test_a_global_config_too_large_for_one_frame_is_refused_before_anything_is_applied(tmp_path: Path) -> None:
+    gc = g.GlobalConfig(g.GlobalStore(tmp_path / "g.json"))
+    ctx = Context(backend=HiveInfo(None), link=None, history=None, routes=FakeRoutes())  # type: ignore[arg-type]
+    applied: list[str] = []
+
+    async def here() -> dict[str, Any]:
+        applied.append("here")
+        return {"status": "ok"}
+
+    routes = [{"prefix": f"WF.{'x' * 200}.{i}", "action": "DROP", "match_kind": "PREFIX"} for i in range(1000)]
+    with pytest.raises(AdminError) as err:
+        await g.put_global(ctx, gc, None, routes, None, here)
+    assert err.value.code == "PAYLOAD_TOO_LARGE" and http_status("PAYLOAD_TOO_LARGE") == 413
+    assert applied == [] and gc.store.load().version == 0
