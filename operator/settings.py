@@ -53,6 +53,10 @@ class OperatorSettings:
     worker_idle_timeout: float = 1.0
     """Seconds an idle kopf worker waits for more events of its object before it exits."""
 
+    resync_interval: float = 600.0
+    """Seconds between two reconciles of every Hive without an event: renews link certificates
+    before they expire and puts back a deleted or edited Secret of the hive (Secrets are not watched)."""
+
     postgres_image: str = DEFAULT_POSTGRES_IMAGE
     """Image of the bundled PostgreSQL of a mother hive's SY.identity (a Hive may name its own)."""
 
@@ -93,7 +97,16 @@ class OperatorSettings:
             raise SettingsError(
                 f"FLUXBEE_OPERATOR_WORKER_LIMIT must be a positive integer, not {limit_text!r}"
             )
+        resync_text = env.get("FLUXBEE_OPERATOR_RESYNC_INTERVAL", "")
+        try:
+            resync = float(resync_text) if resync_text else cls.resync_interval
+        except ValueError:
+            resync = 0.0
+        if not 0 < resync < float("inf"):
+            raise SettingsError(
+                f"FLUXBEE_OPERATOR_RESYNC_INTERVAL must be a positive number of seconds, not {resync_text!r}")
         return cls(
+            resync_interval=resync,
             identity_key_config_map=env.get("FLUXBEE_IDENTITY_KEY_CONFIGMAP")
             or cls.identity_key_config_map,
             worker_limit=worker_limit,

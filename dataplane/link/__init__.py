@@ -117,8 +117,9 @@ snapshot (ROUTER_STATUS_GET, ``/status``) carries::
 
     "wan":  {"hive_id": "A", "listen": "0.0.0.0:9000" | null, "links": [LINK, ...],
              "routes": [{"hive": "C", "next_hop": "B", "path": ["B", "C"], "via": "wan" | "mesh"}],
-             "drops": {REASON: n}, "refused_hives": [ID, ...], "insecure_dev": bool}
-    "mesh": {"hive_id": "A", "listen": ... | null, "links": [LINK, ...], "drops": {REASON: n}}
+             "drops": {REASON: n}, "refused_hives": [ID, ...], "insecure_dev": bool, "remote_nodes": n}
+    "mesh": {"hive_id": "A", "listen": ... | null, "links": [LINK, ...], "drops": {REASON: n},
+             "remote_nodes": n}
     LINK = {"hive_id": "B" | null, "router_id", "address": "HOST:PORT", "direction": "in" | "out",
             "state": "connecting" | "up" | "down", "since": epoch_ms, "last_lsa_seq": int | null,
             "last_lsa_age_ms": int | null, "rtt_ms": float | null, "reason": str | null}

@@ -51,6 +51,8 @@ class LinkRouter(Protocol):
 
     def links_changed(self) -> None: ...
 
+    def read_done(self) -> None: ...
+
 
 class LinkManager:
     """See the module docstring."""
@@ -301,6 +303,10 @@ class LinkManager:
             self.drop(session.role, "LINK_DST_NULL", f"{session.label()}: a data frame with dst null")
             return
         self.router.link_frame(session, env, meta, node)
+
+    def read_done(self, session: LinkSession) -> None:
+        """One read's frames of a link are routed: the router writes what they queued."""
+        self.router.read_done()
 
     def drop(self, role: p.Role, reason: str, detail: str) -> None:
         """Count a refused frame or advert; log it at most once a second per reason."""

@@ -51,6 +51,8 @@ class SessionOwner(Protocol):
 
     def on_data(self, session: LinkSession, env: wire.RawEnvelope, meta: wire.MetaView) -> None: ...
 
+    def read_done(self, session: LinkSession) -> None: ...
+
 
 class LinkSession(asyncio.Protocol):
     """One link (see the module docstring)."""
@@ -132,6 +134,13 @@ class LinkSession(asyncio.Protocol):
             self.close(err.reason, err.detail)
             return
         self.last_heard = self.clock()
+        try:
+            self._frames(frames)
+        finally:
+            if frames:
+                self.owner.read_done(self)
+
+    def _frames(self, frames: list[bytes]) -> None:
         for body in frames:
             if self.state == "down":
                 return

@@ -132,7 +132,12 @@ class RouterLinks:
             sender = self._senders[key] = RemoteNode(src, session)
         router = self.router
         router.counters.frames_in += 1
+        router.batching = True  # output is written once per read of the link (read_done)
         dispatch.route_decoded(router, sender, env, meta)  # type: ignore[arg-type]
+
+    def read_done(self) -> None:
+        router = self.router
+        router.batching = False
         router.flush()
 
     # forwarding ---------------------------------------------------------------

@@ -8,10 +8,12 @@ registry (:mod:`~fluxbee.dataplane.router.registry`: nodes by UUID and name, rou
 table and VPNs), and every rule is written once, in :mod:`~fluxbee.dataplane.router.decide`. The
 handshake is in :mod:`~fluxbee.dataplane.router.handshake`, the system messages the router answers
 itself in :mod:`~fluxbee.dataplane.router.control`, the config state in
-:mod:`~fluxbee.dataplane.router.config_state`, the snapshot in :mod:`~fluxbee.dataplane.router.status`
-and the probes in :mod:`~fluxbee.dataplane.router.probes`. Here: start and stop, the periodic tasks
-(shared-memory heartbeats, broadcast de-duplication expiry, cutting off slow consumers, config and
-claims polling), and putting nodes into and out of the registry and the node-table region.
+:mod:`~fluxbee.dataplane.router.config_state`, the snapshot in :mod:`~fluxbee.dataplane.router.status`,
+the probes in :mod:`~fluxbee.dataplane.router.probes`, and the links to other routers (mesh and WAN:
+:mod:`fluxbee.dataplane.link`, put into the router by :mod:`~fluxbee.dataplane.router.links`).
+Here: start and stop, the periodic tasks (shared-memory heartbeats, broadcast de-duplication expiry,
+cutting off slow consumers, config and claims polling), and putting nodes into and out of the
+registry and the node-table region.
 
 Decisions the original left open, as this router makes them (the rules in ``decide``, the
 mechanics in ``connection`` and ``handshake``):
@@ -46,7 +48,8 @@ mechanics in ``connection`` and ``handshake``):
 * Malformed or oversize frames close only the offending connection, after a
   PROTOCOL_ERROR frame that says why.
 * TTL: a frame arriving with ``ttl == 0`` is answered TTL_EXCEEDED; local
-  delivery does not decrement (as in the original).
+  delivery does not decrement (as in the original); every hop to another
+  router needs ``ttl > 1`` and sends ``ttl - 1``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """``fluxbee up``'s links to other hives: ``Hive.spec.wan`` and the ``--wan-*`` / ``--uplink`` flags.
 
-The flags override ``spec.wan.listen`` and add to its uplinks and authorised hives.  Certificates:
+The flags override ``spec.wan.listen`` and add to its uplinks and authorised hives; a local hive
+listens only where the file or ``--wan-listen`` says (not on the cluster default ``0.0.0.0:9000``).  Certificates:
 when the CA directory (``--wan-ca DIR``) holds ``ca.key``, the hive's own certificate is issued
 from it into ``<run dir>/wan/`` at every start (key 0600); otherwise ``--wan-cert``/``--wan-key``
 name the hive's certificate, and ``DIR/ca.crt`` is the CA peers are checked against.  The result is
@@ -48,7 +49,9 @@ class WanPlan:
 def merge(hive: Hive, opts: WanOptions) -> WanPlan | None:
     """The hive file's ``spec.wan`` with the flags applied; None when the hive has no links."""
     spec = hive.spec.wan
-    listen = opts.listen or (spec.listen if spec is not None else None)
+    # Only a listen address the file spells out: the model's default (0.0.0.0:9000, a cluster gateway's)
+    # would make two local hives that only dial collide on one port.
+    listen = opts.listen or (spec.listen if spec is not None and "listen" in spec.model_fields_set else None)
     uplinks: list[str] = []
     for up in spec.uplinks if spec is not None else ():
         if up.address is None:

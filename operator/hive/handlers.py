@@ -18,7 +18,7 @@ import kopf
 
 from fluxbee.models import Hive
 from fluxbee.operator import labels as L
-from fluxbee.operator.children import ensure, ensure_absent, owned
+from fluxbee.operator.children import ensure, ensure_absent, is_subset, owned
 from fluxbee.operator.conditions import InvalidSpec, Outcome
 from fluxbee.operator.context import OperatorContext, write_status
 from fluxbee.operator.hive.build import (
@@ -193,8 +193,18 @@ async def _ensure_identity(ctx: OperatorContext, body: Mapping[str, Any], hive: 
     if bundled:
         await ensure_postgres_secret(ctx, hive, namespace)
         await ensure(kube, "services", namespace, owned(build_postgres_service(hive, namespace), body))
-        await ensure(kube, "statefulsets", namespace,
-                     owned(build_postgres_stateful_set(hive, namespace, ctx.settings), body))
+        desired = owned(build_postgres_stateful_set(hive, namespace, ctx.settings), body)
+        actual = await kube.get("statefulsets", namespace, postgres_name(hive))
+        if actual is not None and "volumeClaimTemplates" in desired["spec"]:
+            # The API server refuses any change to a StatefulSet's claim templates: a new size or class
+            # applies to claims made from now on, never to the existing one (resize that claim itself).
+            if actual["spec"].get("volumeClaimTemplates") and not is_subset(
+                    desired["spec"]["volumeClaimTemplates"], actual["spec"]["volumeClaimTemplates"]):
+                log.warning("hive %s/%s: spec.identity.database storage changed; the existing claim of %s "
+                            "keeps its size and class (resize data-%s-0 yourself)", namespace,
+                            hive.metadata.name, postgres_name(hive), postgres_name(hive))
+            desired = {**desired, "spec": {k: v for k, v in desired["spec"].items() if k != "volumeClaimTemplates"}}
+        await ensure(kube, "statefulsets", namespace, desired, actual=actual)
     else:
         await ensure_absent(kube, "statefulsets", namespace, postgres_name(hive))
         await ensure_absent(kube, "services", namespace, postgres_name(hive))

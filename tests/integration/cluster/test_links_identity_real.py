@@ -10,6 +10,7 @@ exercised here (kwok runs no containers).
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,15 @@ def test_a_mother_hive_with_wan_gets_mesh_gateway_certificate_and_identity_all_g
 
     operator.wait_for("the mesh Service's endpoints: every router", mesh_addresses, timeout=90)
 
+    # A new storage size cannot change an existing StatefulSet's claim template (the API server
+    # refuses it): the hive stays Ready at its new generation and the claim keeps its size.
+    cp.kubectl("-n", ns, "patch", "hive", "mother", "--type=merge",
+               "-p", '{"spec": {"identity": {"database": {"storage": "2Gi"}}}}')
+    operator.wait_for("mother Ready at generation 2", lambda: (h := reconciled(cp, ns, "hive", "mother", "Ready")())
+                      and h["metadata"]["generation"] == 2 and h, timeout=90)
+    sts = get(cp, ns, "statefulset", "mother-postgres") or {}
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "1Gi"
+
     # All of it is the Hive's and goes with it; what keeps data stays (documented).
     owned = [("deployment", "mother-gateway"), ("service", "mother-gateway"), ("service", "mother-mesh"),
              ("deployment", "mother-identity"), ("statefulset", "mother-postgres"), ("service", "mother-postgres"),
@@ -311,3 +321,41 @@ def test_url_mode_uses_the_users_database_secret_and_bundles_no_postgres(
     for kind in ("statefulset", "service", "secret"):
         assert get(cp, ns, kind, "mother-postgres") is None, f"url mode made {kind}/mother-postgres"
     assert objects(cp, ns, "persistentvolumeclaims") == []
+
+
+def test_a_generated_certificate_close_to_expiry_or_naming_another_hive_is_reissued(
+        control_plane: ControlPlane, release: Release, namespace: str, tmp_path: Path) -> None:
+    """The operator watches no Secret: the periodic reconcile (``--resync-interval``) finds them."""
+    cp, ns = control_plane, namespace
+    operator = start_operator(cp, release, tmp_path, "--resync-interval", "2")
+    try:
+        _reissued(cp, ns, operator)
+    finally:
+        operator.stop()
+
+
+def _reissued(cp: ControlPlane, ns: str, operator: FluxbeeProcess) -> None:
+    apply(cp, ns, hive("renewed", identity={"enabled": False}))
+    operator.wait_for("renewed Ready", reconciled(cp, ns, "hive", "renewed", "Ready"), timeout=90)
+    ca = secret_data(cp, ns, CA_SECRET)
+    for hive_id, days in (("renewed", 10), ("intruder", 365)):
+        cert, key = issue_hive_cert(ca["tls.crt"], ca["tls.key"], hive_id, days=days)
+        patch = {"data": {"tls.crt": base64.b64encode(cert).decode(), "tls.key": base64.b64encode(key).decode()}}
+        cp.kubectl("-n", ns, "patch", "secret", "renewed-wan-tls", "--type=merge", "-p", json.dumps(patch))
+
+        def reissued(cert: bytes = cert) -> bytes | None:
+            now = secret_data(cp, ns, "renewed-wan-tls")["tls.crt"]
+            return now if now != cert else None
+
+        fresh = operator.wait_for(f"a certificate replacing the one for {hive_id} valid {days} days", reissued)
+        parsed = x509.load_pem_x509_certificate(fresh)
+        assert hive_id_of(fresh) == "renewed" and verifies(fresh, ca["tls.crt"])
+        assert (parsed.not_valid_after_utc - parsed.not_valid_before_utc).days >= 364
+    cp.kubectl("-n", ns, "delete", "secret", "renewed-wan-tls")
+    back = operator.wait_for("a deleted certificate Secret put back", lambda: get(cp, ns, "secret", "renewed-wan-tls"))
+    cert = base64.b64decode(back["data"]["tls.crt"])
+    assert hive_id_of(cert) == "renewed" and verifies(cert, ca["tls.crt"])
+    renewed = operator.wait_for("the status names the new expiry", lambda: (h := get(cp, ns, "hive", "renewed")) and (
+        h["status"].get("linkCertificateNotAfter") == x509.load_pem_x509_certificate(cert).not_valid_after_utc
+        .strftime("%Y-%m-%dT%H:%M:%SZ")) and h)
+    assert renewed["status"]["linkCertificate"] == "renewed-wan-tls"

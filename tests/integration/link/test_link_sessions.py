@@ -24,6 +24,7 @@ class FakeRouter:
         self.nodes = [p.NodeAd(str(uuid.uuid4()), f"{n}@{hive}") for n in names]
         self.frames: list[tuple[str, p.NodeAd]] = []
         self.changes = 0
+        self.reads = 0
 
     def local_nodes(self) -> Iterable[p.NodeAd]:
         return self.nodes
@@ -36,6 +37,9 @@ class FakeRouter:
 
     def links_changed(self) -> None:
         self.changes += 1
+
+    def read_done(self) -> None:
+        self.reads += 1
 
 
 def free_port() -> int:

@@ -80,3 +80,8 @@ def test_no_ca_directory_or_no_ca_certificate_is_a_clear_error(tmp_path: Path) -
         prepare_certificates("A", tmp_path, WanOptions())
     with pytest.raises(WanSetupError, match="no CA certificate"):
         prepare_certificates("A", tmp_path, WanOptions(ca_dir=tmp_path / "empty"))
+
+
+def test_a_local_hive_that_only_dials_does_not_listen_on_the_cluster_default() -> None:
+    plan = merge(hive({"uplinks": [{"address": "127.0.0.1:9000"}]}), WanOptions())
+    assert plan is not None and plan.listen is None and plan.uplinks == ("127.0.0.1:9000",)

@@ -226,3 +226,23 @@ def test_a_damaged_ca_is_reported_not_replaced() -> None:
     for bad in (secret(tls_data(cert, key)), secret(tls_data(ca, make_ca("x")[1])), secret({})):
         with pytest.raises(SecretProblem):
             check_ca_secret(bad, "ca")
+
+
+def test_every_command_the_operator_writes_parses_with_the_real_cli() -> None:
+    from fluxbee.cli import build_parser
+
+    parser = build_parser()
+    mother = hive("m", wan={"uplinks": [{"service": "w-gateway"}], "authorizedHives": ["w"]})
+    worker = hive("w", role="worker", identity={"primaryHive": "m"})
+    manifests = [build_daemon_set(mother, "ns", SETTINGS), build_daemon_set(worker, "ns", SETTINGS),
+                 build_gateway_deployment(mother, "ns", SETTINGS), build_identity_deployment(mother, "ns", SETTINGS)]
+    seen = set()
+    for manifest in manifests:
+        for container in manifest["spec"]["template"]["spec"]["containers"]:
+            command = args_of(container)
+            assert command[0] == "fluxbee"
+            parsed = parser.parse_args(command[1:])  # argparse exits (SystemExit) on an unknown flag
+            seen.add(tuple(command[1:3]))
+            if command[1] == "identity":
+                assert parsed.hive_id in ("m", "w")
+    assert seen == {("router", "--hive-id"), ("identity", "serve")}
