@@ -125,6 +125,10 @@ class RouterLink(Protocol):
         """Send CONFIG_CHANGED to the router; its CONFIG_RESPONSE payload."""
         ...
 
+    async def router_request(self, msg: str, payload: dict[str, Any], *, timeout: float) -> tuple[str | None, Any]:
+        """One control request to the router itself (``LINK_ADD`` …): (reply meta.msg, reply payload)."""
+        ...
+
     async def send(self, dst: str, payload: Any, *, msg_type: str, msg: str | None, meta: dict[str, Any],
                    ttl: int) -> str: ...
 

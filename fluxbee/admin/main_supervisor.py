@@ -3,9 +3,10 @@
 The local-mode twin of :mod:`fluxbee.admin.main_kubernetes`: the same actions over
 :class:`~fluxbee.admin.supervisor_backend.LocalBackend` and a file history.
 
-It connects to the router as ``SY.admin`` (answering ``ADMIN_COMMAND``), runs the drift monitor and
-serves HTTP.  If the port cannot be bound the hive keeps running without HTTP and says so (the
-socket twin still works); ``<run dir>/state/admin.json`` records the URL when it is served.
+It connects to the router as ``SY.admin`` (answering ``ADMIN_COMMAND``), runs the drift monitor, on
+a worker hive follows its mother's global routes and VPN rules, and serves HTTP.  If the port cannot
+be bound the hive keeps running without HTTP and says so (the socket twin still works); ``<run
+dir>/state/admin.json`` records the URL when it is served.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from aiohttp import web
 from fluxbee.admin.actions import Context
 from fluxbee.admin.drift import DriftMonitor
 from fluxbee.admin.gateway import serve_admin_commands
+from fluxbee.admin.global_config import STATE_FILE, GlobalConfig, GlobalStore, follow_mother
 from fluxbee.admin.history import FileHistory, History
 from fluxbee.admin.http import AdminSettings, admin_site, build_app
 from fluxbee.admin.link import SdkRouterLink
@@ -43,10 +45,14 @@ def local_admin(settings: AdminSettings) -> Callable[[LocalHive], AbstractAsyncC
                                                     credential_file=credential_path(hive.run_dir, ADMIN_NODE_NAME)))
         backend = LocalBackend(hive)
         link = SdkRouterLink(sender)
+        gc = GlobalConfig(GlobalStore(hive.run_dir / "admin" / STATE_FILE))
         ctx = Context(backend=backend, link=link, history=History(FileHistory(
-            hive.run_dir / "admin" / "history"), backend.hive_id))
+            hive.run_dir / "admin" / "history"), backend.hive_id), global_config=gc)
         tasks = [asyncio.create_task(serve_admin_commands(ctx, sender, receiver), name="admin-command-gateway"),
                  asyncio.create_task(DriftMonitor(ctx).run(), name="admin-drift-monitor")]
+        mother = (await backend.hive_info()).get("mother_hive")
+        if isinstance(mother, str) and mother:  # a worker follows its mother's global routes and VPNs
+            tasks.append(asyncio.create_task(follow_mother(ctx, gc, mother), name="admin-global-config-follower"))
         runner = web.AppRunner(build_app(ctx, settings), handle_signals=False, access_log=None)
         await runner.setup()
         state_file = hive.run_dir / "state" / "admin.json"

@@ -64,10 +64,11 @@ class LocalBackend:
     async def hive_info(self) -> dict[str, Any]:
         try:
             hive = self._hive_doc()
-            role, router = hive.spec.role, hive.spec.router_name
+            role, router, mother = hive.spec.role, hive.spec.router_name, hive.spec.mother
         except (ResourceError, StopIteration):
-            role, router = "motherbee", None
-        return {"hive_id": self.hive_id, "role": role, "router_name": router, "backend": self.kind,
+            role, router, mother = "motherbee", None, None
+        return {"hive_id": self.hive_id, "role": role, "mother_hive": mother, "router_name": router,
+                "backend": self.kind,
                 "run_dir": str(self.hive.run_dir), "started_at": _iso(self.hive.started_at)}
 
     # observation -----------------------------------------------------

@@ -18,9 +18,11 @@ def identity_services(hive_id: str, run_dir: Path, db_url: str | None, *,
     when ``db_url`` is None, then SY.identity pointed at it.  SY.identity retries the
     database (answering DB_NOT_READY) until PostgreSQL accepts connections.
 
-    ``primary_hive`` set (a ``worker`` hive): only a replica SY.identity of
-    ``SY.identity@<primary_hive>``, no PostgreSQL.  (It syncs once hives can reach
-    each other; until then it answers NOT_PRIMARY and keeps subscribing.)"""
+    ``primary_hive`` set (a ``worker`` hive, ``Hive.spec.motherHive``): only a replica
+    SY.identity of ``SY.identity@<primary_hive>``, reached over the links, and no
+    PostgreSQL.  It answers writes NOT_PRIMARY, follows the primary's deltas and
+    resyncs after any gap (link down, its own or the primary's restart); while the
+    mother cannot be reached it keeps subscribing."""
     py = (sys.executable, "-m", "fluxbee", "identity")
     # SY.identity is claimed: it proves its name with the token fluxbee up keeps for it.
     env = (("FLUXBEE_RUN_DIR", str(run_dir)), (CREDENTIAL_FILE_ENV, str(credential_path(run_dir, "SY.identity"))))

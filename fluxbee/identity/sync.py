@@ -2,7 +2,11 @@
 
 Why over the router and not the original's TCP port 9100: one transport, the
 router's authentication (sender names are stamped from the socket session),
-and no extra open port that hands out the whole identity dump.
+and no extra open port that hands out the whole identity dump.  Between hives
+the same messages cross the router links (mutual TLS, the sender still stamped
+by the origin router): a worker's replica subscribes to ``SY.identity@<mother>``
+and the primary answers to the replica's UUID, which the links route to the hive
+that advertised it.
 
 Protocol (system messages, unicast by UUID once a replica has subscribed):
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from fluxbee.admin.backend import Backend, NodeObservation, RouteConfig, RouterLink
 from fluxbee.admin.errors import AdminError
+from fluxbee.admin.global_config import GlobalConfig
 from fluxbee.admin.history import DEPLOYMENTS, History, HistoryUnavailable, Journal
 from fluxbee.admin.link import RouterRoutes
 from fluxbee.models import validate_node_name
@@ -36,6 +37,9 @@ class Context:
     """Where routes/VPNs live; default: the router's live config through ``link``."""
     started_at: float = field(default_factory=time.time)
     route_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    global_config: GlobalConfig | None = None
+    """The global routes and VPN rules this hive sets (mother) or follows (worker); None: not kept
+    (the Kubernetes backend), and ``PUT /config/*`` changes this hive only."""
 
     def route_lock(self, hive: str) -> asyncio.Lock:
         return self.route_locks.setdefault(hive, asyncio.Lock())

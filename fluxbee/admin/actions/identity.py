@@ -19,16 +19,26 @@ _IDENTITY_CODES = frozenset({"NOT_FOUND", "ILK_NOT_FOUND", "INVALID_REQUEST", "M
                              "UNAUTHORIZED_REGISTRAR", "DB_WRITE_FAILED", "RESPONSE_TOO_LARGE"})
 
 
-async def _identity(ctx: Context, hive: str, msg: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """One request to the hive's SY.identity as SY.admin; its error codes kept where the table knows them."""
+async def _ask(ctx: Context, dst: str, msg: str, payload: dict[str, Any]) -> Any:
     try:
-        _, reply = await ctx.link.request(f"{IDENTITY_NODE}@{hive}", payload, msg_type="system", msg=msg, meta={},
-                                          ttl=16, timeout=IDENTITY_TIMEOUT)
+        _, reply = await ctx.link.request(dst, payload, msg_type="system", msg=msg, meta={}, ttl=16,
+                                          timeout=IDENTITY_TIMEOUT)
     except AdminError as err:
         if err.code in ("NODE_NOT_FOUND", "UNREACHABLE"):
-            raise AdminError("IDENTITY_UNAVAILABLE", f"{IDENTITY_NODE}@{hive} is not connected to the router "
-                                                     f"({err.detail})") from err
+            raise AdminError("IDENTITY_UNAVAILABLE", f"{dst} cannot be reached ({err.detail})") from err
         raise
+    return reply
+
+
+async def _identity(ctx: Context, hive: str, msg: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """One request to the hive's SY.identity as SY.admin; its error codes kept where the table knows them.
+
+    A replica (a worker hive's) answers reads of full records NOT_PRIMARY with the primary's name; the
+    request is then sent there once (over the links), as the SDK does."""
+    reply = await _ask(ctx, f"{IDENTITY_NODE}@{hive}", msg, payload)
+    primary = reply.get("primary") if isinstance(reply, dict) else None
+    if isinstance(reply, dict) and reply.get("error_code") == "NOT_PRIMARY" and isinstance(primary, str) and primary:
+        reply = await _ask(ctx, primary, msg, payload)
     if not isinstance(reply, dict):
         raise AdminError("SERVICE_FAILED", f"{msg}_RESPONSE payload is not an object")
     if reply.get("status") != "ok":

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from fluxbee.admin import schemas as s
 from fluxbee.admin.actions.common import Call, Context
 from fluxbee.admin.actions.deployments import get_deployments, get_drift_alerts, list_deployments, list_drift_alerts
-from fluxbee.admin.actions.hives import add_hive, get_hive, hive_status, list_hives, remove_hive
+from fluxbee.admin.actions.hives import add_hive, get_hive, hive_status, list_hives, relay_to, remove_hive
 from fluxbee.admin.actions.identity import (
     get_ilk,
     get_module,
@@ -48,6 +48,7 @@ from fluxbee.admin.actions.router_config import (
 )
 from fluxbee.admin.actions.versions import get_runtime, get_versions, list_runtimes, list_versions
 from fluxbee.admin.errors import AdminError
+from fluxbee.admin.global_config import GlobalConfigParams, apply_global_config, get_global_config
 
 REGISTRY_VERSION = "6"
 
@@ -116,10 +117,13 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
     _a(hive_status, s.NoParams, "The local hive: id, pid, uptime, router", read_only=True, target=False),
     _a(list_admin_actions, s.NoParams, "This catalogue", read_only=True, target=False),
     _a(get_admin_action_help, s.ActionHelpParams, "One catalogue entry", read_only=True, target=False),
-    _a(list_hives, s.NoParams, "The local hive and the registered ones", read_only=True, target=False),
+    _a(list_hives, s.NoParams, "The local hive, the registered ones and the linked ones, with each link's state, "
+       "last advert and RTT", read_only=True, target=False),
     _a(get_hive, s.HiveIdParams, "One hive's record", read_only=True, target=False),
-    _a(add_hive, s.AddHiveParams, "Register a worker hive", read_only=False, target=False),
-    _a(remove_hive, s.HiveIdParams, "Forget a worker hive", read_only=False, target=False, confirm=True),
+    _a(add_hive, s.AddHiveParams, "Link a worker hive by its gateway address (HOST[:PORT]) and register it",
+       read_only=False, target=False),
+    _a(remove_hive, s.HiveIdParams, "Unlink a worker hive and forget it", read_only=False, target=False,
+       confirm=True),
     _a(list_nodes, s.NoParams, "Declared and connected nodes", read_only=True, target=True),
     _a(run_node, s.SpawnNodeParams, "Spawn a node from a runtime and register its ILK", read_only=False,
        target=True),
@@ -140,6 +144,10 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
     _a(delete_vpn, s.DeleteVpnParams, "Delete a VPN rule", read_only=False, target=True),
     _a(set_config_routes, s.ConfigRoutesParams, "Replace routes (and VPNs)", read_only=False, target=False),
     _a(set_config_vpns, s.ConfigVpnsParams, "Replace VPN rules", read_only=False, target=False),
+    _a(get_global_config, s.NoParams, "The global routes and VPN rules this hive holds, with their version",
+       read_only=True, target=False),
+    _a(apply_global_config, GlobalConfigParams, "Take the mother hive's global routes and VPN rules (only from "
+       "SY.admin of this hive's mother)", read_only=False, target=False),
     _a(list_versions, s.NoParams, "Versions of every hive", read_only=True, target=False),
     _a(get_versions, s.NoParams, "Core and runtime versions of a hive, with readiness", read_only=True, target=True),
     _a(list_runtimes, s.NoParams, "Runtimes in a hive's store", read_only=True, target=True),
@@ -218,7 +226,8 @@ HIVE_QUERY_SWITCH = {"list_versions": "get_versions", "list_deployments": "get_d
 
 async def dispatch(ctx: Context, action_name: str, target: str | None, params: dict[str, Any],
                    call: Call) -> dict[str, Any]:
-    """Run one action: validate params, resolve the target hive, call the handler."""
+    """Run one action: validate params, resolve the target hive, call the handler — or, for a
+    hive-scoped action aimed at another hive, relay it to that hive's admin API over the links."""
     action = ACTIONS.get(action_name)
     if action is None:
         raise AdminError("UNKNOWN_ACTION", f"unknown action {action_name!r}")
@@ -228,6 +237,8 @@ async def dispatch(ctx: Context, action_name: str, target: str | None, params: d
         parsed = action.params.model_validate(params)
     except ValidationError as err:
         raise AdminError("INVALID_REQUEST", describe_validation(err)) from err
+    if action.requires_target and target and target != ctx.backend.hive_id:
+        return await relay_to(ctx, target, action_name, params)  # validated here, run there
     return await action.handler(ctx, target or ctx.backend.hive_id, parsed, call)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fluxbee.admin import global_config
 from fluxbee.admin import schemas as s
 from fluxbee.admin.actions.common import HIVE_ID_RE, Call, Context, check_hive, record_change
 from fluxbee.admin.backend import LIST_CHANGED
@@ -145,7 +146,20 @@ async def delete_vpn(ctx: Context, target: str, p: s.DeleteVpnParams, call: Call
 
 
 async def set_config_routes(ctx: Context, target: str, p: s.ConfigRoutesParams, call: Call) -> dict[str, Any]:
+    """On a hive without a mother the change is global: applied here, then on every other hive
+    (:mod:`fluxbee.admin.global_config`); on a worker it changes the worker only, until its mother's
+    next global version."""
     await check_hive(ctx, target)
+    gc = ctx.global_config
+    if gc is None or (await ctx.backend.hive_info()).get("mother_hive"):
+        return await _set_config_here(ctx, target, p, call)
+    return await global_config.put_global(
+        ctx, gc, p.version, None if p.routes is None else [_route_dict(r) for r in p.routes],
+        None if p.vpns is None else [v.model_dump(mode="json") for v in p.vpns],
+        lambda: _set_config_here(ctx, target, p, call))
+
+
+async def _set_config_here(ctx: Context, target: str, p: s.ConfigRoutesParams, call: Call) -> dict[str, Any]:
 
     async def work() -> dict[str, Any]:
         out: dict[str, Any] = {"status": "ok", "hive": target}

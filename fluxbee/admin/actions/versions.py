@@ -6,6 +6,7 @@ from typing import Any
 
 from fluxbee import __version__
 from fluxbee.admin import schemas as s
+from fluxbee.admin import wan
 from fluxbee.admin.actions.common import Call, Context, check_hive, observe
 from fluxbee.admin.errors import AdminError
 
@@ -24,10 +25,10 @@ async def get_versions(ctx: Context, target: str, p: s.NoParams, call: Call) -> 
 
 
 async def list_versions(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
-    rows: list[dict[str, Any]] = [await _hive_versions(ctx)]
-    for hive_id in sorted(await ctx.backend.remote_hives()):
-        rows.append({"hive_id": hive_id, "status": "error", "error_code": "HIVE_NOT_CONNECTED",
-                     "message": "no WAN link to this hive"})
+    """This hive's versions, then every other hive's, asked over the links (a row with the error for a
+    hive that cannot be asked)."""
+    others = await wan.known_hives(ctx.link, await ctx.backend.remote_hives()) - {ctx.backend.hive_id}
+    rows: list[dict[str, Any]] = [await _hive_versions(ctx), *await wan.remote_versions(ctx.link, others)]
     return {"status": "ok", "hives": rows}
 
 
