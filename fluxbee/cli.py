@@ -69,10 +69,11 @@ def _run_dir(value: str | None) -> Path:
 
 
 def _hive_id(value: str) -> str:
-    from fluxbee.models.resources import HIVE_ID_RE
+    """The hive-id rule every layer applies (:mod:`fluxbee.dataplane.names`)."""
+    from fluxbee.dataplane.names import hive_id_problem
 
-    if not HIVE_ID_RE.match(value):
-        raise argparse.ArgumentTypeError(f"hive id {value!r} must match {HIVE_ID_RE.pattern}")
+    if (problem := hive_id_problem(value)) is not None:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 
@@ -338,6 +339,8 @@ def _raise_fd_limit() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fluxbee.dataplane import names
+
     p = argparse.ArgumentParser(prog="fluxbee", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
@@ -346,16 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--hive-id", required=True, type=_hive_id)
     r.add_argument("--run-dir", help="socket/state root (default: per-user or /var/run/fluxbee)")
     r.add_argument("--config", help="hive config file (routes, VPNs), reloaded when it changes")
-    r.add_argument("--router-name", default="RT.gateway")
+    r.add_argument("--router-name", default=names.DEFAULT_ROUTER_NAME)
     r.add_argument("--metrics-addr", type=_addr, help="HOST:PORT for /healthz /readyz /metrics /status")
     r.add_argument("--max-nodes", type=int, default=4096, help="node table capacity")
     r.add_argument("--max-buffer", type=int, default=1 << 20,
                    help="outbound bytes buffered per connection before frames are refused (default 1 MiB)")
     r.add_argument("--slow-consumer-timeout", type=float, default=10.0,
                    help="seconds a connection may stay congested before it is closed (default 10)")
-    r.add_argument("--identity-frontdesk", default="SY.frontdesk.gov", metavar="NAME",
+    r.add_argument("--identity-frontdesk", default=names.FRONTDESK_NODE, metavar="NAME",
                    help="where dst=null messages from temporary ILKs go (L2 name; @HIVE added when absent; "
-                        "default SY.frontdesk.gov)")
+                        f"default {names.FRONTDESK_NODE})")
     r.add_argument("--scheduling", choices=["batch", "inherit"], default="batch",
                    help="CPU scheduling class: batch (default; Linux SCHED_BATCH, no preemption on wake-up: "
                         "faster hand-offs, longer tail when every CPU is saturated) or inherit (keep the "

@@ -73,6 +73,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from fluxbee.dataplane import alloc, fastpath, shm, wire
+from fluxbee.dataplane.names import ROUTER_PREFIX, hive_id_problem
 from fluxbee.dataplane.router import config_state, control, decide, handshake, scheduling, trust
 from fluxbee.dataplane.router import status as _status
 from fluxbee.dataplane.router.config import (
@@ -87,7 +88,6 @@ from fluxbee.dataplane.router.decide import Names, pick
 from fluxbee.dataplane.router.l3 import L3Resolver, with_src_ilk
 from fluxbee.dataplane.router.settings import RouterError, RouterSettings
 from fluxbee.models import RouteSpec, VpnSpec
-from fluxbee.models.resources import HIVE_ID_RE
 
 __all__ = ["Conn", "Router", "RouterError", "RouterSettings", "run_router"]
 
@@ -111,9 +111,9 @@ class Router:
     """State and decisions of one hive router (see the module docstring)."""
 
     def __init__(self, settings: RouterSettings, router_uuid: str | None = None) -> None:
-        if not HIVE_ID_RE.match(settings.hive_id):
-            raise RouterError(f"hive id {settings.hive_id!r} must match {HIVE_ID_RE.pattern}")
-        if not settings.router_name.startswith("RT.") or "@" in settings.router_name:
+        if (problem := hive_id_problem(settings.hive_id)) is not None:
+            raise RouterError(problem)
+        if not settings.router_name.startswith(ROUTER_PREFIX) or "@" in settings.router_name:
             raise RouterError(f"router name {settings.router_name!r} must be an RT.* name without @hive")
         self.settings = settings
         self.hive_id = settings.hive_id

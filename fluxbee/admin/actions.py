@@ -32,11 +32,11 @@ from fluxbee.admin.history import DEPLOYMENTS, History, HistoryUnavailable, Jour
 from fluxbee.admin.link import RouterRoutes
 from fluxbee.admin.node_identity import SpawnIdentity
 from fluxbee.dataplane import wire
+from fluxbee.dataplane.names import HIVE_ID_RE, IDENTITY_NODE, NODE_TYPES, is_reserved
 from fluxbee.models import validate_node_name
 
 log = logging.getLogger(__name__)
 
-HIVE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 REGISTRY_VERSION = "6"
 NODE_STATUS_TIMEOUT = 2.0
 
@@ -292,7 +292,7 @@ async def remove_hive(ctx: Context, target: str, p: s.HiveIdParams, call: Call) 
 def _row(o: NodeObservation) -> dict[str, Any]:
     kind = o.node_name.split(".", 1)[0]
     return {"name": o.node_name, "node_name": o.node_name, "hive": o.hive,
-            "kind": kind if kind in ("AI", "IO", "WF", "SY", "RT") else "UNKNOWN", "managed": o.managed,
+            "kind": kind if kind in NODE_TYPES else "UNKNOWN", "managed": o.managed,
             "status": o.lifecycle_state.lower(), "lifecycle_state": o.lifecycle_state,
             "visible_in_router": o.visible_in_router,
             "runtime": {"name": o.runtime.get("name"), "version": o.runtime.get("resolved_version")}}
@@ -311,7 +311,7 @@ async def list_nodes(ctx: Context, target: str, p: s.NoParams, call: Call) -> di
         n = by_name[name]
         kind = name.split(".", 1)[0]
         rows.append({"name": name, "node_name": name, "hive": target, "managed": False, "uuid": n.get("uuid"),
-                     "kind": kind if kind in ("AI", "IO", "WF", "SY", "RT") else "UNKNOWN",
+                     "kind": kind if kind in NODE_TYPES else "UNKNOWN",
                      "vpn_id": n.get("vpn_id"), "status": "running", "lifecycle_state": "RUNNING",
                      "visible_in_router": True, "runtime": None})
     for row in rows:
@@ -327,7 +327,7 @@ async def list_nodes(ctx: Context, target: str, p: s.NoParams, call: Call) -> di
 async def run_node(ctx: Context, target: str, p: s.SpawnNodeParams, call: Call) -> dict[str, Any]:
     await _check_hive(ctx, target)
     name = _node_name(ctx, target, p.node_name)
-    if name.split(".", 1)[0] in ("SY", "RT"):
+    if is_reserved(name):
         raise AdminError("INVALID_REQUEST", "SY.* and RT.* nodes are the hive's own; they cannot be spawned")
     if "_system" in p.config:
         raise AdminError("INVALID_CONFIG", "config may not set `_system`: the hive fills it in")
@@ -787,7 +787,6 @@ async def get_drift_alerts(ctx: Context, target: str, p: s.HistoryParams, call: 
 
 
 # identity and modules (SY.identity over the router) ----------------------------------------
-IDENTITY_NODE = "SY.identity"
 IDENTITY_TIMEOUT = 5.0
 _IDENTITY_CODES = frozenset({"NOT_FOUND", "ILK_NOT_FOUND", "INVALID_REQUEST", "MODULE_EXISTS", "DB_NOT_READY",
                              "UNAUTHORIZED_REGISTRAR", "DB_WRITE_FAILED", "RESPONSE_TOO_LARGE"})

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fluxbee.dataplane.names import FRONTDESK_NODE, IDENTITY_NODE
+
 DB_URL_ENV = "FLUXBEE_IDENTITY_DB_URL"
 
 
@@ -49,7 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fluxbee.identity.service import IdentityService, IdentitySettings
 
     run_dir = _run_dir(args.run_dir)
-    primary = args.primary or (f"SY.identity@{args.primary_hive}" if args.primary_hive else None)
+    primary = args.primary or (f"{IDENTITY_NODE}@{args.primary_hive}" if args.primary_hive else None)
     if primary is not None and (args.db_url or args.pg_data):
         print("fluxbee identity serve: a replica (--primary/--primary-hive) has no database; drop --db-url/--pg-data",
               file=sys.stderr)
@@ -148,12 +150,12 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--db-url", help=f"PostgreSQL server URL (default ${DB_URL_ENV}, else the embedded server)")
     s.add_argument("--pg-data", help="embedded server data dir (default RUN_DIR/identity/pgdata)")
     s.add_argument("--database", default="fluxbee_identity")
-    s.add_argument("--frontdesk", default="SY.frontdesk.gov", help="identity front-desk node name")
+    s.add_argument("--frontdesk", default=FRONTDESK_NODE, help="identity front-desk node name")
     s.add_argument("--default-tenant", default="fluxbee")
     s.add_argument("--max-ilks", type=int, default=8192)
     s.add_argument("--key", help="Ed25519 signing key (default RUN_DIR/identity/signing.key)")
     s.add_argument("--merge-alias-ttl", type=int, default=3600)
-    s.add_argument("--node-name", default="SY.identity", help="L2 base name (default SY.identity)")
+    s.add_argument("--node-name", default=IDENTITY_NODE, help=f"L2 base name (default {IDENTITY_NODE})")
     role = s.add_mutually_exclusive_group()
     role.add_argument("--primary", metavar="NAME",
                       help="run as a replica of this primary (L2 name, e.g. SY.identity@motherbee): no database, "

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fluxbee.dataplane import wire
+from fluxbee.dataplane import names, wire
 from fluxbee.dataplane.sdk import FrameTooLargeError, NodeConfig, NodeSender, connect
 from fluxbee.dataplane.shm import identity as identity_shm
 from fluxbee.dataplane.shm import identity_jsid
@@ -56,8 +56,8 @@ class IdentitySettings:
     dsn: str
     """PostgreSQL server URL (any database part is replaced by ``database``)."""
     database: str = DATABASE
-    node_name: str = "SY.identity"
-    frontdesk: str = "SY.frontdesk.gov"
+    node_name: str = names.IDENTITY_NODE
+    frontdesk: str = names.FRONTDESK_NODE
     """The hive's identity front desk (``government.identity_frontdesk``), allowed to register and merge."""
     default_tenant: str = "fluxbee"
     max_ilks: int = 8192
@@ -114,8 +114,8 @@ class Authorizer:
 
     def _base(self, sender: str) -> str:
         base = sender.split("@", 1)[0]
-        if base.startswith("SY.orchestrator.relay."):
-            return "SY.orchestrator"
+        if base.startswith(f"{names.ORCHESTRATOR_NODE}.relay."):
+            return names.ORCHESTRATOR_NODE
         return base
 
     def allowed(self, action: str, sender: str | None) -> bool:
@@ -123,10 +123,10 @@ class Authorizer:
             return False
         base = self._base(sender)
         hive = sender.split("@", 1)[1] if "@" in sender else ""
-        frontdesk = base in ("SY.frontdesk.gov", self.frontdesk)
-        self_ = base == "SY.identity" and hive == self.hive_id
-        orchestrator = base == "SY.orchestrator"
-        admin = base == "SY.admin"
+        frontdesk = base in (names.FRONTDESK_NODE, self.frontdesk)
+        self_ = base == names.IDENTITY_NODE and hive == self.hive_id
+        orchestrator = base == names.ORCHESTRATOR_NODE
+        admin = base == names.ADMIN_NODE
         if action == m.ILK_PROVISION:
             return base.startswith("IO.")
         if action == m.ILK_REGISTER:  # SY.admin: the node ILK it registers at spawn (it is the orchestrator here)
@@ -143,9 +143,9 @@ class Authorizer:
         if action == m.ILK_GRADUATE:
             return admin or orchestrator
         if action == m.GRADUATION_GET:
-            return base.startswith(("AI.", "SY."))
+            return base.startswith(("AI.", names.SYSTEM_PREFIX))
         if action == sync.SYNC_SUBSCRIBE:
-            return base == "SY.identity" or base.startswith("SY.identity.")
+            return base == names.IDENTITY_NODE or base.startswith(f"{names.IDENTITY_NODE}.")
         return action == m.IDENTITY_METRICS
 
 
@@ -441,7 +441,7 @@ class IdentityService:
     async def _tnt_create(self, msg: Message, by: str) -> dict[str, Any]:
         req = m.decode(msg.payload, m.TenantCreateReq)
         change = m.Change()
-        result = await self._ready().tnt_create(req, may_activate=_matches(by, "SY.admin"), change=change)
+        result = await self._ready().tnt_create(req, may_activate=_matches(by, names.ADMIN_NODE), change=change)
         self._commit(change)
         return result
 
@@ -611,7 +611,7 @@ class IdentityService:
             await self.sender.send(wire.BROADCAST, sync.to_payload(sync.Heartbeat(self.epoch, self._published)),
                                    msg_type=wire.TYPE_SYSTEM, msg=sync.PRIMARY_READY,
                                    meta=wire.Meta(type=wire.TYPE_SYSTEM, msg=sync.PRIMARY_READY,
-                                                  target="SY.identity*"))
+                                                  target=f"{names.IDENTITY_NODE}*"))
         except Exception as err:
             log.warning("could not announce the primary (%s); replicas resync at their timeout", err)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fluxbee import __version__
+from fluxbee.dataplane.names import ANNOTATION_CONFIG_VERSION, ANNOTATION_CREATED_AT_MS
 from fluxbee.local import hive_yaml
 from fluxbee.local.credentials import CREDENTIAL_FILE_ENV, claims_dir, credential_path
 from fluxbee.local.plan_types import HivePlan, ProcessSpec
@@ -22,9 +23,9 @@ from fluxbee.models import FluxNode, Hive, ObjectMeta, Runtime, RuntimeSpec
 from fluxbee.models.effective import effective_config, qualified_node_name
 
 MANAGED_BY_LOCAL = "fluxbee-up"
-CONFIG_VERSION_ANNOTATION = "fluxbee.io/config-version"
+CONFIG_VERSION_ANNOTATION = ANNOTATION_CONFIG_VERSION
 """Set by the admin API on FluxNodes it manages: the node config's ``_system.config_version``."""
-CREATED_AT_ANNOTATION = "fluxbee.io/created-at-ms"
+CREATED_AT_ANNOTATION = ANNOTATION_CREATED_AT_MS
 
 
 class PlanError(ValueError):

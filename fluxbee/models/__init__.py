@@ -4,9 +4,8 @@ The same YAML documents a user would ``kubectl apply`` are parsed here for
 ``fluxbee up``; the CRDs in ``crds/`` are generated from these classes.
 """
 
+from fluxbee.dataplane.names import API_GROUP, API_VERSION
 from fluxbee.models.resources import (
-    API_GROUP,
-    API_VERSION,
     AdminSpec,
     Degree,
     DegreeSpec,

@@ -19,12 +19,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from fluxbee.dataplane.names import API_GROUP, HIVE_ID_RE, NODE_NAME_RE, NODE_TYPES, ROUTER_PREFIX, RUNTIME_NAME_RE
 from fluxbee.models.resources import (
-    API_GROUP,
-    HIVE_ID_RE,
-    NODE_NAME_RE,
-    NODE_TYPES,
-    RUNTIME_NAME_RE,
     Degree,
     FluxNode,
     Hive,
@@ -154,7 +150,7 @@ KINDS: tuple[Kind, ...] = (
             ),
             CelRule(
                 "spec.routerName",
-                "self.startsWith('RT.')",
+                f"self.startsWith('{ROUTER_PREFIX}')",
                 "the router's L2 name must be of type RT",
             ),
         ),

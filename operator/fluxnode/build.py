@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from fluxbee.dataplane import names
 from fluxbee.models import FluxNode, Hive, Runtime
 from fluxbee.models.effective import qualified_node_name
 from fluxbee.operator import labels as L
@@ -61,7 +62,7 @@ def resolve_package(runtime: Runtime, base: Runtime | None, settings: OperatorSe
     )
 
 
-CLAIM_ANNOTATION = "fluxbee.io/claim"
+CLAIM_ANNOTATION = names.ANNOTATION_CLAIM
 """On a FluxNode's credential Secret: ``<hive>/<claims key>`` its token's hash was written to, so
 a renamed node or a moved hive loses its old claim, and a deleted one finds it."""
 
@@ -227,7 +228,7 @@ def build_pod(
             "labels": {**node_labels(node), L.REPLICA: str(index)},
             "annotations": {
                 L.CONFIG_DIGEST: config_digest,
-                "fluxbee.io/runtime": f"{package.runtime}@{package.version}",
+                names.ANNOTATION_RUNTIME: f"{package.runtime}@{package.version}",
             },
         },
         "spec": spec,

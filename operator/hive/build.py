@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from fluxbee.dataplane.names import ADMIN_NODE
 from fluxbee.models import Hive
 from fluxbee.operator import labels as L
 from fluxbee.operator.settings import OperatorSettings
@@ -83,7 +84,6 @@ def claims_config_map_name(hive_name: str) -> str:
     return f"{hive_name}-claims"
 
 
-ADMIN_NODE = "SY.admin"
 SYSTEM_NODES = (ADMIN_NODE,)
 """Every SY.* name a hive pod can run (its claims key is the Hive's, never a FluxNode's)."""
 
