@@ -239,16 +239,15 @@ def _admin_services(args: argparse.Namespace) -> list[Any]:
     """The admin API for ``fluxbee up`` (``--admin-listen off`` disables it)."""
     if args.admin_listen == "off":
         return []
-    from fluxbee.admin.http import AdminSettings, SettingsError, check_settings
+    from fluxbee.admin.http import AdminSettings, check_settings
     from fluxbee.admin.service import local_admin
+    from fluxbee.dataplane.env import SettingsError
 
     host, port = _addr(args.admin_listen) if args.admin_listen.rpartition(":")[2] != "0" else (
         args.admin_listen.rpartition(":")[0] or "127.0.0.1", 0)
-    token = os.environ.get("FLUXBEE_ADMIN_TOKEN") or None
-    if args.admin_token_file:
-        token = Path(args.admin_token_file).read_text().strip() or None
     try:
-        settings = AdminSettings.with_limits_from_env(os.environ, host=host, port=port, token=token)
+        settings = AdminSettings.from_env(token_file=args.admin_token_file, file_flag="--admin-token-file",
+                                          host=host, port=port)
         check_settings(settings)
     except SettingsError as err:
         raise SystemExit(f"fluxbee up: {err}") from err
@@ -260,24 +259,19 @@ def cmd_admin(args: argparse.Namespace) -> int:
     import signal
 
     from fluxbee.admin.cluster import ClusterSettings, run_cluster_admin
-    from fluxbee.admin.http import AdminSettings, SettingsError, check_settings
+    from fluxbee.admin.http import AdminSettings, check_settings
+    from fluxbee.dataplane import env
+    from fluxbee.dataplane.env import SettingsError
     from fluxbee.kube import KubeConfig, KubeConfigError
 
     host, port = args.listen
-    token = os.environ.get("FLUXBEE_ADMIN_TOKEN") or None
-    if args.token_file:
-        try:
-            token = Path(args.token_file).read_text().strip() or None
-        except OSError as err:
-            print(f"fluxbee admin: --token-file {args.token_file}: {err.strerror}", file=sys.stderr)
-            return 2
     try:
-        settings = AdminSettings.with_limits_from_env(os.environ, host=host, port=port, token=token)
+        settings = AdminSettings.from_env(token_file=args.token_file, file_flag="--token-file", host=host, port=port)
         check_settings(settings)
+        hive = args.hive or env.HIVE_RESOURCE.read()
     except SettingsError as err:
         print(f"fluxbee admin: {err}", file=sys.stderr)
         return 2
-    hive = args.hive or os.environ.get("FLUXBEE_HIVE_RESOURCE")
     if not hive:
         print("fluxbee admin: which Hive? give --hive NAME or set FLUXBEE_HIVE_RESOURCE", file=sys.stderr)
         return 2
@@ -466,7 +460,13 @@ def main(argv: list[str] | None = None) -> None:
         args.rest = argv[command_at + 1:]
     else:
         args = build_parser().parse_args(argv)
-    level = logging.DEBUG if args.verbose else getattr(logging, os.environ.get("FLUXBEE_LOG", "INFO").upper(), 20)
+    from fluxbee.dataplane.env import LOG, SettingsError
+
+    try:
+        level = logging.DEBUG if args.verbose else LOG.read()
+    except SettingsError as err:
+        print(f"fluxbee: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command in ("send", "status", "ctl") and not args.verbose:
         # One-shot commands: their errors are printed; connection retries are noise.

@@ -7,11 +7,12 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-DEFAULT_IMAGE = "ghcr.io/fluxbee/fluxbee:0.1.0"
+from fluxbee.dataplane import env as E
+from fluxbee.dataplane.env import SettingsError
 
+DEFAULT_IMAGE = E.IMAGE.default
 
-class SettingsError(ValueError):
-    """A bad environment variable; the message names it."""
+__all__ = ["DEFAULT_IMAGE", "OperatorSettings", "SettingsError"]
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class OperatorSettings:
     image: str = DEFAULT_IMAGE
     """Image of the hive pods (router, admin API) and of runtimes that name no image."""
 
-    image_pull_policy: str = "IfNotPresent"
+    image_pull_policy: str = E.IMAGE_PULL_POLICY.default
     """Pull policy of every container the operator creates."""
 
     namespace: str | None = None
@@ -34,11 +35,11 @@ class OperatorSettings:
     metrics_port: int = 9090
     """Router HTTP port for /healthz, /readyz, /metrics and /status."""
 
-    identity_key_config_map: str = "fluxbee-identity-key"
+    identity_key_config_map: str = E.IDENTITY_KEY_CONFIGMAP.default
     """ConfigMap (in each FluxNode's namespace) whose key ``ed25519.pub`` holds SY.identity's
     public key (PEM); graduations of FluxNodes with a ``degree`` are verified with it."""
 
-    worker_limit: int = 5000
+    worker_limit: int = E.OPERATOR_WORKER_LIMIT.default
     """kopf workers per watched kind (one per object with pending events).
 
     A bound for memory, not for API pressure (the REST client's connection limit is that).
@@ -52,35 +53,16 @@ class OperatorSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
+        """Settings from the ``FLUXBEE_*`` variables the table in :mod:`fluxbee.dataplane.env` gives
+        the operator; a bad value raises :class:`SettingsError` naming the variable."""
         env = os.environ if env is None else env
-        priority_text = env.get("FLUXBEE_OPERATOR_PRIORITY", "")
-        try:
-            priority = int(priority_text) if priority_text else random.randint(1, 1_000_000)
-        except ValueError:
-            raise SettingsError(
-                f"FLUXBEE_OPERATOR_PRIORITY must be an integer, not {priority_text!r}"
-            ) from None
-        pull = env.get("FLUXBEE_IMAGE_PULL_POLICY", "IfNotPresent")
-        if pull not in ("Always", "IfNotPresent", "Never"):
-            raise SettingsError(
-                f"FLUXBEE_IMAGE_PULL_POLICY must be Always, IfNotPresent or Never, not {pull!r}"
-            )
-        limit_text = env.get("FLUXBEE_OPERATOR_WORKER_LIMIT", "")
-        try:
-            worker_limit = int(limit_text) if limit_text else cls.worker_limit
-        except ValueError:
-            worker_limit = 0
-        if worker_limit < 1:
-            raise SettingsError(
-                f"FLUXBEE_OPERATOR_WORKER_LIMIT must be a positive integer, not {limit_text!r}"
-            )
+        priority = E.OPERATOR_PRIORITY.read(env)
         return cls(
-            identity_key_config_map=env.get("FLUXBEE_IDENTITY_KEY_CONFIGMAP")
-            or cls.identity_key_config_map,
-            worker_limit=worker_limit,
-            image=env.get("FLUXBEE_IMAGE", DEFAULT_IMAGE) or DEFAULT_IMAGE,
-            image_pull_policy=pull,
-            namespace=env.get("FLUXBEE_WATCH_NAMESPACE") or None,
-            peering=env.get("FLUXBEE_OPERATOR_PEERING") or None,
-            priority=priority,
+            identity_key_config_map=E.IDENTITY_KEY_CONFIGMAP.read(env),
+            worker_limit=E.OPERATOR_WORKER_LIMIT.read(env),
+            image=E.IMAGE.read(env),
+            image_pull_policy=E.IMAGE_PULL_POLICY.read(env),
+            namespace=E.WATCH_NAMESPACE.read(env),
+            peering=E.OPERATOR_PEERING.read(env),
+            priority=random.randint(1, 1_000_000) if priority is None else priority,
         )

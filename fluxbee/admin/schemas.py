@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fluxbee.dataplane.names import HIVE_ID_PATTERN
+
 MatchKindName = Literal["PREFIX", "EXACT", "GLOB"]
 
 
@@ -34,7 +36,8 @@ class HistoryParams(Params):
 
 
 class AddHiveParams(Params):
-    hive_id: str = Field(min_length=1, max_length=64, description="New hive id `[A-Za-z0-9_-]{1,64}`.")
+    hive_id: str = Field(min_length=1, max_length=64,
+                         description=f"New hive id: the rule the router and the Hive CRD apply, `{HIVE_ID_PATTERN}`.")
     address: str = Field(min_length=1, max_length=253, description="IP address or DNS name of the worker.")
     harden_ssh: bool = False
     restrict_ssh: bool | None = None

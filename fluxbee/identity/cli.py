@@ -10,15 +10,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from fluxbee.dataplane import env
 from fluxbee.dataplane.names import FRONTDESK_NODE, IDENTITY_NODE
 
-DB_URL_ENV = "FLUXBEE_IDENTITY_DB_URL"
+DB_URL_ENV = env.IDENTITY_DB_URL.name
 
 
 def _run_dir(value: str | None) -> Path:
@@ -56,7 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("fluxbee identity serve: a replica (--primary/--primary-hive) has no database; drop --db-url/--pg-data",
               file=sys.stderr)
         return 2
-    dsn = "" if primary is not None else args.db_url or os.environ.get(DB_URL_ENV) or Cluster(
+    dsn = "" if primary is not None else args.db_url or env.IDENTITY_DB_URL.read() or Cluster(
         Path(args.pg_data) if args.pg_data else default_pg_data(run_dir)).dsn()
     settings = IdentitySettings(
         hive_id=args.hive_id, run_dir=run_dir, dsn=dsn, database=args.database, node_name=args.node_name,

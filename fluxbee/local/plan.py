@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fluxbee import __version__
+from fluxbee.dataplane import env as E
 from fluxbee.dataplane.names import ANNOTATION_CONFIG_VERSION, ANNOTATION_CREATED_AT_MS
 from fluxbee.local import hive_yaml
 from fluxbee.local.credentials import CREDENTIAL_FILE_ENV, claims_dir, credential_path
@@ -118,7 +119,7 @@ def plan_hive(
         except ValueError as err:
             raise PlanError(f"FluxNode {doc.metadata.name!r}: {err}") from err
         config_path = run_dir / "nodes" / name / "config.json"
-        env = (("FLUXBEE_NODE_CONFIG", str(config_path)), ("FLUXBEE_RUN_DIR", str(run_dir)),
+        env = ((E.NODE_CONFIG.name, str(config_path)), (E.RUN_DIR.name, str(run_dir)),
                (hive_yaml.CONFIG_DIR_ENV, str(hive_yaml.config_dir(run_dir))),
                (CREDENTIAL_FILE_ENV, str(credential_path(run_dir, name))))
         digest = _digest(command, env, {k: v for k, v in config.items() if k != "_system"},

@@ -4,7 +4,7 @@ The same YAML documents a user would ``kubectl apply`` are parsed here for
 ``fluxbee up``; the CRDs in ``crds/`` are generated from these classes.
 """
 
-from fluxbee.dataplane.names import API_GROUP, API_VERSION
+from fluxbee.dataplane.names import API_GROUP, API_VERSION, validate_node_name
 from fluxbee.models.resources import (
     AdminSpec,
     Degree,
@@ -31,7 +31,6 @@ from fluxbee.models.resources import (
     load_documents,
     parse_document,
     runtime_package_problem,
-    validate_node_name,
 )
 from fluxbee.models.status import Condition, ResourceStatus
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from fluxbee.dataplane import env as E
 from fluxbee.dataplane.names import ADMIN_NODE
 from fluxbee.models import Hive
 from fluxbee.operator import labels as L
@@ -42,7 +43,7 @@ RUN_DIR = "/var/run/fluxbee"
 # The credential contract between the operator, the router and the node SDK: a process proves a
 # claimed node name with a token (64 hex chars) from the file named by CREDENTIAL_ENV; the router
 # (``--claims-dir``) holds one file per claimed name with the token's sha256, never the token.
-CREDENTIAL_ENV = "FLUXBEE_NODE_CREDENTIAL_FILE"
+CREDENTIAL_ENV = E.NODE_CREDENTIAL_FILE.name
 # Not under RUN_DIR: that is a hostPath, and a mount inside it would leave a folder on every host.
 CREDENTIAL_DIR = f"{SDK_CONFIG_DIR}/credential"
 CREDENTIAL_KEY = "token"
@@ -253,8 +254,8 @@ def _router_container(hive: Hive, settings: OperatorSettings, image: str) -> dic
             CLAIMS_MOUNT,
         ],
         "env": [
-            {"name": "FLUXBEE_RUN_DIR", "value": RUN_DIR},
-            {"name": "FLUXBEE_HIVE_ID", "value": hive.hive_id},
+            {"name": E.RUN_DIR.name, "value": RUN_DIR},
+            {"name": E.HIVE_ID.name, "value": hive.hive_id},
         ],
         "ports": [
             {"name": "gateway", "containerPort": hive.spec.gateway_port, "protocol": "TCP"},
@@ -301,16 +302,16 @@ def _admin_container(hive: Hive, settings: OperatorSettings, image: str) -> dict
             "kubernetes",
         ],
         "env": [
-            {"name": "FLUXBEE_RUN_DIR", "value": RUN_DIR},
-            {"name": "FLUXBEE_HIVE_ID", "value": hive.hive_id},
-            {"name": "FLUXBEE_HIVE_RESOURCE", "value": hive.metadata.name},
+            {"name": E.RUN_DIR.name, "value": RUN_DIR},
+            {"name": E.HIVE_ID.name, "value": hive.hive_id},
+            {"name": E.HIVE_RESOURCE.name, "value": hive.metadata.name},
             {
                 "name": "POD_NAMESPACE",
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
             },
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {
-                "name": "FLUXBEE_ADMIN_TOKEN",
+                "name": E.ADMIN_TOKEN.name,
                 "valueFrom": {"secretKeyRef": {"name": names(hive).admin_secret, "key": "token"}},
             },
             {"name": CREDENTIAL_ENV, "value": CREDENTIAL_FILE},
