@@ -137,7 +137,7 @@ class Var(Generic[T]):
     def default_text(self) -> str:
         if self.default_doc:
             return self.default_doc
-        return "—" if self.default is None else str(self.default)
+        return "—" if self.default is None else f"`{self.default}`"
 
 
 _NODES = ("nodes (SDK)",)
@@ -145,20 +145,20 @@ RUN_DIR: Final[Var[Path | None]] = Var(
     "FLUXBEE_RUN_DIR", path, None,
     "Run dir: router sockets, state, logs, credentials.",
     ("nodes (SDK)", "router", "up", "admin", "identity", "status/send"),
-    default_doc="/var/run/fluxbee as root; else $XDG_RUNTIME_DIR/fluxbee or /tmp/fluxbee-<uid>")
+    default_doc="`/var/run/fluxbee` as root, else `$XDG_RUNTIME_DIR/fluxbee` or `/tmp/fluxbee-<uid>`")
 NODE_CREDENTIAL_FILE: Final[Var[Path | None]] = Var(
     "FLUXBEE_NODE_CREDENTIAL_FILE", path, None,
     "File holding the token that proves a claimed node name in HELLO.", _NODES)
 NODE_CONFIG: Final[Var[Path | None]] = Var(
     "FLUXBEE_NODE_CONFIG", path, None,
-    "The node's effective config (JSON); its `_system` block names the node.", ("node",))
+    "The node's effective config (JSON); its `_system` block names the node.", ("`fluxbee node`",))
 PURE_PYTHON: Final[Var[bool]] = Var(
     "FLUXBEE_PURE_PYTHON", set_means_on, False,
     "Any value: ignore the C extension, run the pure-Python paths.", ("router", "nodes (SDK)"),
     default_doc="unset (use C when built)")
 LOG: Final[Var[int]] = Var(
     "FLUXBEE_LOG", log_level, logging.INFO,
-    "Log level of every `fluxbee` command (`-v` means DEBUG).", ("all commands",), default_doc="INFO")
+    "Log level of every `fluxbee` command (`-v` means DEBUG).", ("all commands",), default_doc="`INFO`")
 ADMIN_TOKEN: Final[Var[str | None]] = Var(
     "FLUXBEE_ADMIN_TOKEN", secret, None,
     "Admin API bearer token (a token file flag wins over it).", ("up", "admin", "ctl"), is_secret=True)
@@ -200,7 +200,7 @@ OPERATOR_PEERING: Final[Var[str | None]] = Var(
     "kopf peering name (several replicas, one active).", ("operator",), default_doc="standalone")
 OPERATOR_PRIORITY: Final[Var[int | None]] = Var(
     "FLUXBEE_OPERATOR_PRIORITY", integer, None,
-    "Peering priority; the highest active replica works.", ("operator",), default_doc="random")
+    "Peering priority: the replica with the highest is active.", ("operator",), default_doc="random")
 OPERATOR_WORKER_LIMIT: Final[Var[int]] = Var(
     "FLUXBEE_OPERATOR_WORKER_LIMIT", positive_int, 5000,
     "kopf workers per watched kind.", ("operator",))
@@ -275,3 +275,11 @@ def admin_token(env: Mapping[str, str] | None = None, *, token_file: str | Path 
     if token_file is not None:
         return read_token_file(token_file, file_flag)
     return ADMIN_TOKEN.read(env)
+
+
+def markdown_table() -> str:
+    """:data:`VARIABLES` as the README shows them (one row each; the README test compares the two)."""
+    rows = ["| variable | read by | default | meaning |", "|---|---|---|---|"]
+    for var in VARIABLES:
+        rows.append(f"| `{var.name}` | {', '.join(var.readers)} | {var.default_text} | {var.doc} |")
+    return "\n".join(rows)

@@ -40,12 +40,9 @@ def hive_id_problem(value: str) -> str | None:
     """Why ``value`` is not a hive id, or None when it is one."""
     if HIVE_ID_RE.match(value):
         return None
-    if not value:
-        return "a hive id cannot be empty"
-    if len(value) > MAX_HIVE_ID_LENGTH:
-        return f"hive id {value[:16]!r}… is {len(value)} characters long; at most {MAX_HIVE_ID_LENGTH}"
-    return (f"hive id {value!r} must be letters, digits, '_' or '-', starting with a letter or digit "
-            f"(pattern {HIVE_ID_PATTERN})")
+    shown = repr(value) if len(value) <= 80 else f"{value[:40]!r}… ({len(value)} characters)"
+    return (f"hive id {shown} must match {HIVE_ID_PATTERN}: 1-{MAX_HIVE_ID_LENGTH} letters, digits, '_' or '-', "
+            "starting with a letter or digit")
 
 
 def check_hive_id(value: str) -> str:

@@ -19,7 +19,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from fluxbee.dataplane.names import API_GROUP, HIVE_ID_RE, NODE_NAME_RE, NODE_TYPES, ROUTER_PREFIX, RUNTIME_NAME_RE
+from fluxbee.dataplane.names import (
+    API_GROUP,
+    API_VERSION,
+    HIVE_ID_RE,
+    NODE_NAME_RE,
+    NODE_TYPES,
+    ROUTER_PREFIX,
+    RUNTIME_NAME_RE,
+)
 from fluxbee.models.resources import (
     Degree,
     FluxNode,
@@ -383,7 +391,7 @@ def openapi_schema(kind: Kind) -> dict[str, Any]:
         "description": raw.get("description", ""),
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string", "description": "fluxbee.io/v1alpha1"},
+            "apiVersion": {"type": "string", "description": API_VERSION},
             "kind": {"type": "string", "description": kind.kind},
             "metadata": {"type": "object"},
             "spec": _structural(props["spec"], defs),
