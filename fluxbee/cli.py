@@ -250,7 +250,8 @@ def _admin_services(args: argparse.Namespace) -> list[Any]:
                                           host=host, port=port)
         check_settings(settings)
     except SettingsError as err:
-        raise SystemExit(f"fluxbee up: {err}") from err
+        print(f"fluxbee up: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     return [local_admin(settings)]
 
 
