@@ -244,6 +244,8 @@ def read_token_file(file: str | Path, flag: str) -> str:
     :class:`SettingsError` that names ``flag`` and the file.  The token itself never appears in a
     message."""
     where = f"{flag} {file}"
+    if not str(file):
+        raise SettingsError(source=flag, message=f"{flag}: names no file")
     try:
         content = Path(file).read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -133,6 +133,11 @@ def test_a_token_file_that_cannot_be_used_is_refused_naming_the_flag_and_the_fil
     assert TOKEN not in message
 
 
+def test_an_empty_token_file_flag_names_no_file() -> None:
+    with pytest.raises(SettingsError, match=r"^--token-file: names no file$"):
+        env.admin_token({"FLUXBEE_ADMIN_TOKEN": TOKEN}, token_file="")
+
+
 def test_a_whitespace_token_is_refused_without_echoing_it() -> None:
     with pytest.raises(SettingsError, match=r"^FLUXBEE_ADMIN_TOKEN: is set but holds only whitespace$"):
         env.admin_token({"FLUXBEE_ADMIN_TOKEN": "   "})

@@ -3,6 +3,7 @@ here too, with 400 INVALID_HIVE_ID and the rule in the detail (the API once had 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -59,3 +60,17 @@ def test_the_longest_valid_id_is_still_accepted(hive: AdminHive) -> None:
     code, doc = hive.call("POST", "/hives", {"hive_id": hive_id, "address": "192.168.8.10"})
     assert code == 200, doc
     assert hive.call("DELETE", f"/hives/{hive_id}")[0] == 200
+
+
+def test_a_hive_recorded_under_the_old_looser_rule_can_still_be_removed(hive: AdminHive) -> None:
+    """Records written before the rule was unified stay listed, so they must stay removable."""
+    hives = hive.run_dir / "admin" / "hives"
+    hives.mkdir(parents=True, exist_ok=True)
+    (hives / "_legacy.json").write_text(json.dumps({"hive_id": "_legacy", "address": "192.168.8.11",
+                                                    "status": "registered", "role": "worker"}))
+    assert "_legacy" in {row["hive_id"] for row in hive.call("GET", "/hives")[1]["payload"]["hives"]}
+    code, doc = hive.call("DELETE", "/hives/_legacy")
+    assert code == 200, doc
+    assert not (hives / "_legacy.json").exists()
+    code, doc = hive.call("DELETE", "/hives/_legacy")
+    assert (code, doc["error_code"]) == (400, "INVALID_HIVE_ID"), "once gone, the id is judged by the rule again"
