@@ -130,7 +130,7 @@ class Var(Generic[T]):
         try:
             return self.parse(raw)
         except ValueError as err:
-            shown = "" if self.is_secret else f"={raw!r}"
+            shown = "" if self.is_secret else f"={raw!r}" if len(raw) <= 100 else f"={raw[:60]!r}… ({len(raw)} chars)"
             raise SettingsError(source=self.name, message=f"{self.name}{shown}: {err}") from None
 
     @property

@@ -125,3 +125,12 @@ def test_no_module_retypes_a_shared_name() -> None:
                         and 'Literal["fluxbee.io/v1alpha1"]' not in code:
                     offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_the_charts_values_schema_carries_the_same_hive_id_rule() -> None:
+    """JSON cannot import the rule, so this copy is checked (empty allowed: the Hive's name is its id)."""
+    import json
+
+    schema = json.loads((ROOT / "charts" / "fluxbee" / "values.schema.json").read_text())
+    pattern = schema["properties"]["hive"]["properties"]["hiveId"]["pattern"]
+    assert pattern == f"^({names.HIVE_ID_PATTERN[1:-1]})?$"
