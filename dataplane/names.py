@@ -12,6 +12,7 @@ the router accepts.
 
 from __future__ import annotations
 
+import argparse
 import re
 from typing import Final
 
@@ -50,6 +51,14 @@ def check_hive_id(value: str) -> str:
     problem = hive_id_problem(value)
     if problem is not None:
         raise InvalidName("hive id", value, problem)
+    return value
+
+
+def hive_id_argument(value: str) -> str:
+    """``type=`` of every command-line option that takes a hive id (argparse prints the reason)."""
+    problem = hive_id_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 

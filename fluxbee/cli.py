@@ -70,11 +70,9 @@ def _run_dir(value: str | None) -> Path:
 
 def _hive_id(value: str) -> str:
     """The hive-id rule every layer applies (:mod:`fluxbee.dataplane.names`)."""
-    from fluxbee.dataplane.names import hive_id_problem
+    from fluxbee.dataplane.names import hive_id_argument
 
-    if (problem := hive_id_problem(value)) is not None:
-        raise argparse.ArgumentTypeError(problem)
-    return value
+    return hive_id_argument(value)
 
 
 def cmd_router(args: argparse.Namespace) -> int:

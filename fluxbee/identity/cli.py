@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fluxbee.dataplane import env
-from fluxbee.dataplane.names import FRONTDESK_NODE, IDENTITY_NODE
+from fluxbee.dataplane.names import FRONTDESK_NODE, IDENTITY_NODE, hive_id_argument
 
 DB_URL_ENV = env.IDENTITY_DB_URL.name
 
@@ -145,7 +145,7 @@ def add_parser(sub: Any) -> None:
     isub = p.add_subparsers(dest="identity_command", required=True)
 
     s = isub.add_parser("serve", help="run SY.identity")
-    s.add_argument("--hive-id", required=True)
+    s.add_argument("--hive-id", required=True, type=hive_id_argument)
     s.add_argument("--run-dir")
     s.add_argument("--db-url", help=f"PostgreSQL server URL (default ${DB_URL_ENV}, else the embedded server)")
     s.add_argument("--pg-data", help="embedded server data dir (default RUN_DIR/identity/pgdata)")
@@ -160,8 +160,9 @@ def add_parser(sub: Any) -> None:
     role.add_argument("--primary", metavar="NAME",
                       help="run as a replica of this primary (L2 name, e.g. SY.identity@motherbee): no database, "
                            "NOT_PRIMARY for writes, region filled by replication")
-    role.add_argument("--primary-hive", metavar="HIVE", help="shorthand for --primary SY.identity@HIVE")
-    s.add_argument("--region-hive", help="write this hive's identity region (default --hive-id)")
+    role.add_argument("--primary-hive", metavar="HIVE", type=hive_id_argument,
+                      help=f"shorthand for --primary {IDENTITY_NODE}@HIVE")
+    s.add_argument("--region-hive", type=hive_id_argument, help="write this hive's identity region (default --hive-id)")
     s.add_argument("--no-jsr-region", action="store_true",
                    help="do not also publish /jsr-identity-<hive> in the original layout (for original-SDK nodes)")
     s.add_argument("--sync-heartbeat", type=float, default=1.0,
@@ -184,7 +185,7 @@ def add_parser(sub: Any) -> None:
     a.set_defaults(func=cmd_agent)
 
     lk = isub.add_parser("lookup", help="look up the identity region (no round trip)")
-    lk.add_argument("--hive-id", required=True)
+    lk.add_argument("--hive-id", required=True, type=hive_id_argument)
     lk.add_argument("--run-dir", help="the hive's run dir (default: per-user or /var/run/fluxbee)")
     lk.add_argument("--channel", help="TYPE:ADDRESS")
     lk.add_argument("--tenant", help="tnt:<uuid>")

@@ -78,3 +78,13 @@ def test_a_bad_variable_is_one_line_naming_it(tmp_path: Path, command: tuple[str
     assert done.returncode == 2, done
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("args", [("identity", "serve", "--hive-id=_lead"),
+                                  ("identity", "serve", "--hive-id", "h", "--primary-hive", "a.b"),
+                                  ("identity", "lookup", "--hive-id", "x" * 64, "--channel", "wa:1"),
+                                  ("up", "--hive-id=-lead")])
+def test_every_command_that_takes_a_hive_id_applies_the_one_rule(args: tuple[str, ...]) -> None:
+    done = fluxbee(*args)
+    assert done.returncode == 2, done
+    assert "must match ^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$" in done.stderr
