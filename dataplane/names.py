@@ -130,6 +130,11 @@ VERSION_PATTERN: Final = r"^[A-Za-z0-9._-]{1,64}$"
 """A runtime version: 1-64 characters of ``[A-Za-z0-9._-]`` (also a file name in the local store)."""
 VERSION_RE: Final = re.compile(VERSION_PATTERN)
 
+MODULE_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+"""A prompt module's name in the admin API's module actions (MODULE_PUT/GET, DEGREE_CREATE)."""
+MODULE_VERSION_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""A prompt module's or degree's version in the admin API's module actions."""
+
 
 # --- custom resources, labels and annotations --------------------------------------------------
 
