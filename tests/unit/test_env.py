@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -143,3 +144,17 @@ def test_a_whitespace_token_is_refused_without_echoing_it() -> None:
         env.admin_token({"FLUXBEE_ADMIN_TOKEN": "   "})
     with pytest.raises(SettingsError, match=r"^--token: "):
         env.admin_token({}, token=" ")
+
+
+def test_the_names_and_the_table_load_nothing_beyond_the_standard_library() -> None:
+    """A node with only the base install (and tools that only need a name) can import both."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys, fluxbee.dataplane.names, fluxbee.dataplane.env\n"
+            "std = sys.stdlib_module_names\n"
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} - std - {'fluxbee'})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    # Underscore names are the interpreter's own start-up hooks (e.g. setuptools' path hook).
+    loaded = [m for m in json.loads(done.stdout) if not m.startswith("_")]
+    assert loaded == [], f"third-party modules loaded: {loaded}"
