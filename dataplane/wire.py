@@ -33,6 +33,7 @@ from typing import Annotated, Any, Final
 import msgspec
 
 from fluxbee.dataplane import _native
+from fluxbee.errors import CodedError
 
 MAX_FRAME: Final = 128 * 1024
 PAYLOAD_BUDGET: Final = MAX_FRAME - 4 * 1024
@@ -96,13 +97,13 @@ SLOW_CONSUMER: Final = "SLOW_CONSUMER"
 REPLACED: Final = "REPLACED"
 
 
-class ProtocolError(Exception):
-    """Input that breaks the wire contract; ``reason`` is a PROTOCOL_ERROR code."""
+class ProtocolError(CodedError):
+    """Input that breaks the wire contract; ``code`` is a PROTOCOL_ERROR reason."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+    @property
+    def reason(self) -> str:
+        """``code``, under the name of the PROTOCOL_ERROR field it fills."""
+        return self.code
 
 
 class FrameTooLargeError(ProtocolError):

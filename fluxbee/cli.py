@@ -238,7 +238,7 @@ def _admin_services(args: argparse.Namespace) -> list[Any]:
     if args.admin_listen == "off":
         return []
     from fluxbee.admin.http import AdminSettings, check_settings
-    from fluxbee.admin.service import local_admin
+    from fluxbee.admin.main_supervisor import local_admin
     from fluxbee.dataplane.env import SettingsError
 
     host, port = _addr(args.admin_listen) if args.admin_listen.rpartition(":")[2] != "0" else (
@@ -257,8 +257,8 @@ def cmd_admin(args: argparse.Namespace) -> int:
     """``fluxbee admin --backend kubernetes``: the admin API of one hive, as the pods of its admin Deployment."""
     import signal
 
-    from fluxbee.admin.cluster import ClusterSettings, run_cluster_admin
     from fluxbee.admin.http import AdminSettings, check_settings
+    from fluxbee.admin.main_kubernetes import ClusterSettings, run_cluster_admin
     from fluxbee.dataplane import env
     from fluxbee.dataplane.env import SettingsError
     from fluxbee.kube import KubeConfig, KubeConfigError
@@ -297,7 +297,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from fluxbee.local.supervisor import LocalHiveError, run_local_hive
+    from fluxbee.supervisor.hive import LocalHiveError, run_local_hive
 
     _raise_fd_limit()
     services = _admin_services(args)

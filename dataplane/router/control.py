@@ -18,6 +18,7 @@ from fluxbee.dataplane.router import config_state, status, trust
 from fluxbee.dataplane.router.answers import reply, unreachable
 from fluxbee.dataplane.router.config import ConfigError, parse_routes, parse_vpns
 from fluxbee.dataplane.router.connection import Conn, who
+from fluxbee.errors import CodedError
 
 if TYPE_CHECKING:
     from fluxbee.dataplane.router.server import Router
@@ -134,13 +135,11 @@ def refuse_privileged(router: Router, conn: Conn, env: wire.RawEnvelope, msg: st
            "error_code": trust.FORBIDDEN, "error_detail": detail})
 
 
-class ConfigRefused(Exception):
+class ConfigRefused(CodedError):
     """A CONFIG_CHANGED the router refuses: the error code and detail of its CONFIG_RESPONSE."""
 
     def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
+        super().__init__(code, detail, text=detail)
 
 
 def status_page_request(raw: msgspec.Raw | bytes) -> tuple[int | None, str | None]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from fluxbee.errors import CodedError
+
 _BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
     400: ("INVALID_REQUEST", "INVALID_ADDRESS", "INVALID_ARCHIVE", "INVALID_HIVE_ID", "INVALID_ZIP",
           "INVALID_WORKFLOW_NAME", "INVALID_CONFIG_SET", "UNSUPPORTED_OPERATION", "INVALID_JSON", "UNKNOWN_ACTION"),
@@ -52,13 +54,11 @@ def http_status(code: str) -> int:
     return 500
 
 
-class AdminError(Exception):
+class AdminError(CodedError):
     """An action failed in a way the caller should hear about: ``code`` picks the HTTP status."""
 
     def __init__(self, code: str, detail: str, *, payload: dict[str, object] | None = None) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.code = code
-        self.detail = detail
+        super().__init__(code, detail)
         self.payload = payload
 
     @property

@@ -30,7 +30,7 @@ def _transport(err: Exception) -> AdminError:
     if isinstance(err, RequestTimeoutError):
         return AdminError("TIMEOUT", str(err))
     if isinstance(err, UnreachableError):
-        code = "NODE_NOT_FOUND" if err.reason == wire.NODE_NOT_FOUND else "UNREACHABLE"
+        code = "NODE_NOT_FOUND" if err.code == wire.NODE_NOT_FOUND else "UNREACHABLE"
         return AdminError(code, str(err))
     if isinstance(err, NotConnectedError):
         return AdminError("ROUTER_UNAVAILABLE", f"not connected to the router: {err}")

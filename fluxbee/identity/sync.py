@@ -42,6 +42,7 @@ from typing import Any, Final
 
 import msgspec
 
+from fluxbee.errors import CodedError
 from fluxbee.identity.model import Change, ChannelRecord, IlkRecord, TenantRecord
 
 SYNC_SUBSCRIBE: Final = "IDENTITY_SYNC_SUBSCRIBE"
@@ -132,13 +133,10 @@ def chunk_snapshot(snapshot: Change, *, epoch: str, version: int, sync_id: str |
     return chunks
 
 
-class ResyncNeededError(Exception):
-    """The replica's copy can no longer be trusted; it must subscribe again (full sync)."""
+class ResyncNeededError(CodedError):
+    """The replica's copy can no longer be trusted; it must subscribe again (full sync).
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+    ``code`` is why (:data:`GAP`, :data:`EPOCH`...), the key its resync is counted under."""
 
 
 GAP: Final = "gap"

@@ -70,7 +70,7 @@ async def reconcile_hive(ctx: OperatorContext, body: Mapping[str, Any]) -> Outco
     try:
         hive = parse_hive(body)
     except InvalidSpec as err:
-        outcome = Outcome.degraded(err.reason, err.message)
+        outcome = Outcome.degraded(err.code, err.detail)
         await write_status(ctx.kube, "hives", body, outcome)
         return outcome
     kube = ctx.kube

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fluxbee.dataplane import env
-from fluxbee.local.plan_types import ProcessSpec
 from fluxbee.models import Hive
+from fluxbee.supervisor.plan_types import ProcessSpec
 
 
 def system_services(hive: Hive, hive_id: str, run_dir: Path) -> list[ProcessSpec]:
@@ -19,7 +19,7 @@ def system_services(hive: Hive, hive_id: str, run_dir: Path) -> list[ProcessSpec
     services: list[ProcessSpec] = []
     # Identity: embedded PostgreSQL unless FLUXBEE_IDENTITY_DB_URL names a server, then SY.identity.
     # On by default; FLUXBEE_UP_IDENTITY=0 runs a hive without identity (no PostgreSQL).
-    from fluxbee.identity.local import identity_services
+    from fluxbee.identity.supervised import identity_services
 
     if env.UP_IDENTITY.read():
         services += identity_services(hive_id, run_dir, env.IDENTITY_DB_URL.read())

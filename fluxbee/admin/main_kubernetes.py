@@ -8,7 +8,7 @@ hive's history ConfigMap (:mod:`fluxbee.admin.kube_history`), shared by every re
 The router link is optional: a connector task looks for a router socket every
 :data:`ROUTER_RETRY` seconds; while there is none, actions that need the router answer
 ``ROUTER_UNREACHABLE`` (503) and ``ADMIN_COMMAND`` is not served.  When the router is there, the
-admin node is ``SY.admin`` on it, exactly as in a local hive.
+admin node is ``SY.admin`` on it, exactly as in a local hive (:mod:`fluxbee.admin.main_supervisor`).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fluxbee.local.plan import PlanError, plan_hive
 from fluxbee.models import ResourceError, load_documents
+from fluxbee.supervisor.plan import PlanError, plan_hive
 
 HIVE = """
 apiVersion: fluxbee.io/v1alpha1

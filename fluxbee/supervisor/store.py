@@ -20,19 +20,15 @@ from typing import Any
 
 from fluxbee import __version__
 from fluxbee.dataplane.names import RUNTIME_NAME_RE, VERSION_RE
+from fluxbee.errors import CodedError
 from fluxbee.models import ObjectMeta, Runtime, RuntimeSpec
 
 VERSION_TOKEN_RE = VERSION_RE
 BUILTIN_NODES = {"fluxbee.echo": "echo", "fluxbee.listener": "listener"}
 
 
-class StoreError(Exception):
+class StoreError(CodedError):
     """A runtime lookup that cannot be satisfied; ``code`` is the admin API error code."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.code = code
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)

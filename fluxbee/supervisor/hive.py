@@ -1,7 +1,7 @@
 """``fluxbee up``: run a hive file's router and nodes as supervised processes.
 
 The supervisor reconciles: every second it compares the processes the hive
-file asks for (:func:`fluxbee.local.plan.plan_hive`) with the ones running,
+file asks for (:func:`fluxbee.supervisor.plan.plan_hive`) with the ones running,
 starts what is missing, stops what is no longer declared, and restarts what
 changed.  A process that dies is restarted with exponential backoff (100 ms
 doubling to 30 s, reset after 10 s of healthy running).  Routes and VPNs are
@@ -32,13 +32,13 @@ from typing import Any, BinaryIO
 
 from fluxbee.dataplane import shm
 from fluxbee.dataplane.sdk import default_run_dir, read_node_table
-from fluxbee.local import hive_yaml
-from fluxbee.local.credentials import claimed_names, write_claims
-from fluxbee.local.plan import PlanError, plan_hive
-from fluxbee.local.plan_types import HivePlan, ProcessSpec
-from fluxbee.local.store import RuntimeStore
 from fluxbee.models import FluxNode, Resource, ResourceError, load_documents
 from fluxbee.procs import die_with_parent
+from fluxbee.supervisor import hive_yaml
+from fluxbee.supervisor.credentials import claimed_names, write_claims
+from fluxbee.supervisor.plan import PlanError, plan_hive
+from fluxbee.supervisor.plan_types import HivePlan, ProcessSpec
+from fluxbee.supervisor.store import RuntimeStore
 
 log = logging.getLogger(__name__)
 

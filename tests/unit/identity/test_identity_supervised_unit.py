@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fluxbee.identity.cli import default_pg_data
-from fluxbee.identity.local import identity_services
+from fluxbee.identity.supervised import identity_services
 
 
 def test_a_mother_hive_runs_postgresql_and_the_primary(tmp_path: Path) -> None:

@@ -16,12 +16,12 @@ from typing import Any
 from fluxbee import __version__
 from fluxbee.dataplane import env as E
 from fluxbee.dataplane.names import ANNOTATION_CONFIG_VERSION, ANNOTATION_CREATED_AT_MS
-from fluxbee.local import hive_yaml
-from fluxbee.local.credentials import CREDENTIAL_FILE_ENV, claims_dir, credential_path
-from fluxbee.local.plan_types import HivePlan, ProcessSpec
-from fluxbee.local.store import RuntimeStore, StoreError
 from fluxbee.models import FluxNode, Hive, ObjectMeta, Runtime, RuntimeSpec
 from fluxbee.models.effective import effective_config, qualified_node_name
+from fluxbee.supervisor import hive_yaml
+from fluxbee.supervisor.credentials import CREDENTIAL_FILE_ENV, claims_dir, credential_path
+from fluxbee.supervisor.plan_types import HivePlan, ProcessSpec
+from fluxbee.supervisor.store import RuntimeStore, StoreError
 
 MANAGED_BY_LOCAL = "fluxbee-up"
 CONFIG_VERSION_ANNOTATION = ANNOTATION_CONFIG_VERSION
@@ -127,7 +127,7 @@ def plan_hive(
         for replica in range(doc.spec.replicas):
             nodes.append(ProcessSpec(key=f"{name}#{replica}", argv=_argv(command), env=env, node_name=name,
                                      config=config, digest=digest))
-    from fluxbee.local.services import system_services
+    from fluxbee.supervisor.services import system_services
 
     services = system_services(hive, hid, run_dir)
     return HivePlan(hive_id=hid, router_config=router_config, router=router, nodes=tuple(services + nodes),

@@ -1,4 +1,5 @@
-"""The identity processes of a local hive (``fluxbee up``): PostgreSQL (unless a URL is given) and SY.identity."""
+"""The identity processes the local-mode supervisor (``fluxbee up``) runs: PostgreSQL (unless a URL is
+given) and SY.identity, as process specs for :mod:`fluxbee.supervisor`."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from fluxbee.dataplane import env
 from fluxbee.dataplane.names import IDENTITY_NODE
 from fluxbee.identity.cli import DB_URL_ENV, default_pg_data
 from fluxbee.identity.pg import Cluster
-from fluxbee.local.credentials import CREDENTIAL_FILE_ENV, credential_path
-from fluxbee.local.plan_types import ProcessSpec
+from fluxbee.supervisor.credentials import CREDENTIAL_FILE_ENV, credential_path
+from fluxbee.supervisor.plan_types import ProcessSpec
 
 
 def identity_services(hive_id: str, run_dir: Path, db_url: str | None, *,

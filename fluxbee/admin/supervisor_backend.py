@@ -1,4 +1,4 @@
-"""The local backend: the admin API over the ``fluxbee up`` supervisor, in its process.
+"""The admin backend of local mode (kind ``local``): the admin API over the ``fluxbee up`` supervisor, in its process.
 
 Spawned nodes are FluxNode documents in ``<run dir>/admin/nodes/`` (so they come back when the
 hive restarts, like the original's ``relaunch_on_boot``); the supervisor plans them together with
@@ -24,10 +24,10 @@ from fluxbee.admin.backend import NodeObservation, RegisterIlk
 from fluxbee.admin.errors import AdminError
 from fluxbee.admin.schemas import KillNodeParams, SpawnNodeParams
 from fluxbee.dataplane.names import ANNOTATION_REQUESTED_VERSION
-from fluxbee.local.plan import CONFIG_VERSION_ANNOTATION, CREATED_AT_ANNOTATION, PlanError
-from fluxbee.local.store import StoreError
-from fluxbee.local.supervisor import LocalHive, Supervised
 from fluxbee.models import FluxNode, FluxNodeSpec, Hive, ObjectMeta, ResourceError
+from fluxbee.supervisor.hive import LocalHive, Supervised
+from fluxbee.supervisor.plan import CONFIG_VERSION_ANNOTATION, CREATED_AT_ANNOTATION, PlanError
+from fluxbee.supervisor.store import StoreError
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,8 @@
 """The admin API inside ``fluxbee up``: one more root task of the supervisor.
 
+The local-mode twin of :mod:`fluxbee.admin.main_kubernetes`: the same actions over
+:class:`~fluxbee.admin.supervisor_backend.LocalBackend` and a file history.
+
 It connects to the router as ``SY.admin`` (answering ``ADMIN_COMMAND``), runs the drift monitor and
 serves HTTP.  If the port cannot be bound the hive keeps running without HTTP and says so (the
 socket twin still works); ``<run dir>/state/admin.json`` records the URL when it is served.
@@ -24,11 +27,11 @@ from fluxbee.admin.gateway import serve_admin_commands
 from fluxbee.admin.history import FileHistory, History
 from fluxbee.admin.http import AdminSettings, admin_site, build_app
 from fluxbee.admin.link import SdkRouterLink
-from fluxbee.admin.local import LocalBackend
+from fluxbee.admin.supervisor_backend import LocalBackend
 from fluxbee.dataplane.names import ADMIN_NODE
 from fluxbee.dataplane.sdk import NodeConfig, connect
-from fluxbee.local.credentials import credential_path
-from fluxbee.local.supervisor import LocalHive
+from fluxbee.supervisor.credentials import credential_path
+from fluxbee.supervisor.hive import LocalHive
 
 log = logging.getLogger(__name__)
 ADMIN_NODE_NAME = ADMIN_NODE
