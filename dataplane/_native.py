@@ -4,17 +4,18 @@ Built when the package is installed, if a C compiler is present; the modules
 that use it fall back to pure Python without it.  ``FLUXBEE_PURE_PYTHON=1``
 ignores it (tests run both ways).  Every module binds its fast function with
 :func:`choose` at import, so :func:`python_only` can switch them all to Python
-for a test.  A leaf: imports nothing else of ours.
+for a test.  A leaf: imports nothing of ours but the environment table.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any, TypeVar, cast
+
+from fluxbee.dataplane import env
 
 _T = TypeVar("_T")
 
@@ -23,7 +24,7 @@ FUNCTIONS = ("scan", "extend", "split", "frame", "trace_seed", "trace_id")
 
 
 def _load() -> tuple[ModuleType | None, str]:
-    if os.environ.get("FLUXBEE_PURE_PYTHON"):
+    if env.PURE_PYTHON.read():
         return None, "python (FLUXBEE_PURE_PYTHON is set)"
     try:
         from fluxbee.dataplane import _speedups  # type: ignore[attr-defined]

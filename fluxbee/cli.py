@@ -88,11 +88,10 @@ def _run_dir(value: str | None) -> Path:
 
 
 def _hive_id(value: str) -> str:
-    from fluxbee.models.resources import HIVE_ID_RE
+    """The hive-id rule every layer applies (:mod:`fluxbee.dataplane.names`)."""
+    from fluxbee.dataplane.names import hive_id_argument
 
-    if not HIVE_ID_RE.match(value):
-        raise argparse.ArgumentTypeError(f"hive id {value!r} must match {HIVE_ID_RE.pattern}")
-    return value
+    return hive_id_argument(value)
 
 
 def cmd_router(args: argparse.Namespace) -> int:
@@ -292,19 +291,19 @@ def _admin_services(args: argparse.Namespace) -> list[Any]:
     """The admin API for ``fluxbee up`` (``--admin-listen off`` disables it)."""
     if args.admin_listen == "off":
         return []
-    from fluxbee.admin.http import AdminSettings, SettingsError, check_settings
+    from fluxbee.admin.http import AdminSettings, check_settings
     from fluxbee.admin.main_supervisor import local_admin
+    from fluxbee.dataplane.env import SettingsError
 
     host, port = _addr(args.admin_listen) if args.admin_listen.rpartition(":")[2] != "0" else (
         args.admin_listen.rpartition(":")[0] or "127.0.0.1", 0)
-    token = os.environ.get("FLUXBEE_ADMIN_TOKEN") or None
-    if args.admin_token_file:
-        token = Path(args.admin_token_file).read_text().strip() or None
     try:
-        settings = AdminSettings.with_limits_from_env(os.environ, host=host, port=port, token=token)
+        settings = AdminSettings.from_env(token_file=args.admin_token_file, file_flag="--admin-token-file",
+                                          host=host, port=port)
         check_settings(settings)
     except SettingsError as err:
-        raise SystemExit(f"fluxbee up: {err}") from err
+        print(f"fluxbee up: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     return [local_admin(settings)]
 
 
@@ -312,25 +311,20 @@ def cmd_admin(args: argparse.Namespace) -> int:
     """``fluxbee admin --backend kubernetes``: the admin API of one hive, as the pods of its admin Deployment."""
     import signal
 
-    from fluxbee.admin.http import AdminSettings, SettingsError, check_settings
+    from fluxbee.admin.http import AdminSettings, check_settings
     from fluxbee.admin.main_kubernetes import ClusterSettings, run_cluster_admin
+    from fluxbee.dataplane import env
+    from fluxbee.dataplane.env import SettingsError
     from fluxbee.kube import KubeConfig, KubeConfigError
 
     host, port = args.listen
-    token = os.environ.get("FLUXBEE_ADMIN_TOKEN") or None
-    if args.token_file:
-        try:
-            token = Path(args.token_file).read_text().strip() or None
-        except OSError as err:
-            print(f"fluxbee admin: --token-file {args.token_file}: {err.strerror}", file=sys.stderr)
-            return 2
     try:
-        settings = AdminSettings.with_limits_from_env(os.environ, host=host, port=port, token=token)
+        settings = AdminSettings.from_env(token_file=args.token_file, file_flag="--token-file", host=host, port=port)
         check_settings(settings)
+        hive = args.hive or env.HIVE_RESOURCE.read()
     except SettingsError as err:
         print(f"fluxbee admin: {err}", file=sys.stderr)
         return 2
-    hive = args.hive or os.environ.get("FLUXBEE_HIVE_RESOURCE")
     if not hive:
         print("fluxbee admin: which Hive? give --hive NAME or set FLUXBEE_HIVE_RESOURCE", file=sys.stderr)
         return 2
@@ -399,6 +393,8 @@ def _raise_fd_limit() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fluxbee.dataplane import names
+
     p = argparse.ArgumentParser(prog="fluxbee", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
@@ -407,16 +403,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--hive-id", required=True, type=_hive_id)
     r.add_argument("--run-dir", help="socket/state root (default: per-user or /var/run/fluxbee)")
     r.add_argument("--config", help="hive config file (routes, VPNs), reloaded when it changes")
-    r.add_argument("--router-name", default="RT.gateway")
+    r.add_argument("--router-name", default=names.DEFAULT_ROUTER_NAME)
     r.add_argument("--metrics-addr", type=_addr, help="HOST:PORT for /healthz /readyz /metrics /status")
     r.add_argument("--max-nodes", type=int, default=4096, help="node table capacity")
     r.add_argument("--max-buffer", type=int, default=1 << 20,
                    help="outbound bytes buffered per connection before frames are refused (default 1 MiB)")
     r.add_argument("--slow-consumer-timeout", type=float, default=10.0,
                    help="seconds a connection may stay congested before it is closed (default 10)")
-    r.add_argument("--identity-frontdesk", default="SY.frontdesk.gov", metavar="NAME",
+    r.add_argument("--identity-frontdesk", default=names.FRONTDESK_NODE, metavar="NAME",
                    help="where dst=null messages from temporary ILKs go (L2 name; @HIVE added when absent; "
-                        "default SY.frontdesk.gov)")
+                        f"default {names.FRONTDESK_NODE})")
     r.add_argument("--scheduling", choices=["batch", "inherit"], default="batch",
                    help="CPU scheduling class: batch (default; Linux SCHED_BATCH, no preemption on wake-up: "
                         "faster hand-offs, longer tail when every CPU is saturated) or inherit (keep the "
@@ -562,7 +558,13 @@ def main(argv: list[str] | None = None) -> None:
         args.rest = argv[command_at + 1:]
     else:
         args = build_parser().parse_args(argv)
-    level = logging.DEBUG if args.verbose else getattr(logging, os.environ.get("FLUXBEE_LOG", "INFO").upper(), 20)
+    from fluxbee.dataplane.env import LOG, SettingsError
+
+    try:
+        level = logging.DEBUG if args.verbose else LOG.read()
+    except SettingsError as err:
+        print(f"fluxbee: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command in ("send", "status", "ctl") and not args.verbose:
         # One-shot commands: their errors are printed; connection retries are noise.

@@ -23,12 +23,14 @@ from urllib.parse import quote, urlencode
 import aiohttp
 import yaml
 
+from fluxbee.dataplane import env as E
+
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 
-SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+SERVICE_ACCOUNT_DIR = str(E.SERVICE_ACCOUNT_DIR.default)
 """Where Kubernetes mounts a pod's service account (token, ca.crt, namespace)."""
-SERVICE_ACCOUNT_DIR_ENV = "FLUXBEE_SERVICE_ACCOUNT_DIR"
+SERVICE_ACCOUNT_DIR_ENV = E.SERVICE_ACCOUNT_DIR.name
 """Overrides :data:`SERVICE_ACCOUNT_DIR` (tests, or a token projected elsewhere)."""
 
 RESOURCES: dict[str, str] = {
@@ -115,7 +117,7 @@ class KubeConfig:
         env = os.environ if env is None else env
         if server:
             return cls(server=server.rstrip("/"), insecure=True, source=f"--kube-api {server}")
-        sa_dir = Path(env.get(SERVICE_ACCOUNT_DIR_ENV) or SERVICE_ACCOUNT_DIR)
+        sa_dir = E.SERVICE_ACCOUNT_DIR.read(env)
         host = env.get("KUBERNETES_SERVICE_HOST")
         if host and (sa_dir / "token").exists():
             return cls.in_cluster(sa_dir, host, env.get("KUBERNETES_SERVICE_PORT") or "443")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fluxbee.dataplane import names
+
 MANAGED_BY = "app.kubernetes.io/managed-by"
 OPERATOR = "fluxbee-operator"
 NAME = "app.kubernetes.io/name"
@@ -9,14 +11,14 @@ INSTANCE = "app.kubernetes.io/instance"
 COMPONENT = "app.kubernetes.io/component"
 PART_OF = "app.kubernetes.io/part-of"
 
-HIVE = "fluxbee.io/hive"
-FLUXNODE = "fluxbee.io/fluxnode"
-REPLICA = "fluxbee.io/replica"
+HIVE = names.LABEL_HIVE
+FLUXNODE = names.LABEL_FLUXNODE
+REPLICA = names.LABEL_REPLICA
 
-CONFIG_DIGEST = "fluxbee.io/config-digest"
-SPEC_DIGEST = "fluxbee.io/spec-digest"
+CONFIG_DIGEST = names.ANNOTATION_CONFIG_DIGEST
+SPEC_DIGEST = names.ANNOTATION_SPEC_DIGEST
 
-FINALIZER = "fluxbee.io/cleanup"
+FINALIZER = names.FINALIZER
 
 
 def common(component: str, instance: str) -> dict[str, str]:

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import os
 import random
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-DEFAULT_IMAGE = "ghcr.io/fluxbee/fluxbee:0.1.0"
-DEFAULT_POSTGRES_IMAGE = "docker.io/library/postgres:17"
-DEFAULT_WAN_CA_SECRET = "fluxbee-wan-ca"
+from fluxbee.dataplane import env as E
+from fluxbee.dataplane.env import SettingsError
 
+DEFAULT_IMAGE = E.IMAGE.default
+DEFAULT_POSTGRES_IMAGE = E.POSTGRES_IMAGE.default
+DEFAULT_WAN_CA_SECRET = E.WAN_CA_SECRET.default
 
-class SettingsError(ValueError):
-    """A bad environment variable; the message names it."""
+__all__ = ["DEFAULT_IMAGE", "OperatorSettings", "SettingsError"]
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class OperatorSettings:
     image: str = DEFAULT_IMAGE
     """Image of the hive pods (router, admin API) and of runtimes that name no image."""
 
-    image_pull_policy: str = "IfNotPresent"
+    image_pull_policy: str = E.IMAGE_PULL_POLICY.default
     """Pull policy of every container the operator creates."""
 
     namespace: str | None = None
@@ -37,11 +37,11 @@ class OperatorSettings:
     metrics_port: int = 9090
     """Router HTTP port for /healthz, /readyz, /metrics and /status."""
 
-    identity_key_config_map: str = "fluxbee-identity-key"
+    identity_key_config_map: str = E.IDENTITY_KEY_CONFIGMAP.default
     """ConfigMap (in each FluxNode's namespace) whose key ``ed25519.pub`` holds SY.identity's
     public key (PEM); graduations of FluxNodes with a ``degree`` are verified with it."""
 
-    worker_limit: int = 5000
+    worker_limit: int = E.OPERATOR_WORKER_LIMIT.default
     """kopf workers per watched kind (one per object with pending events).
 
     A bound for memory, not for API pressure (the REST client's connection limit is that).
@@ -75,59 +75,21 @@ class OperatorSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
+        """Settings from the ``FLUXBEE_*`` variables the table in :mod:`fluxbee.dataplane.env` gives
+        the operator; a bad value raises :class:`SettingsError` naming the variable."""
         env = os.environ if env is None else env
-        priority_text = env.get("FLUXBEE_OPERATOR_PRIORITY", "")
-        try:
-            priority = int(priority_text) if priority_text else random.randint(1, 1_000_000)
-        except ValueError:
-            raise SettingsError(
-                f"FLUXBEE_OPERATOR_PRIORITY must be an integer, not {priority_text!r}"
-            ) from None
-        pull = env.get("FLUXBEE_IMAGE_PULL_POLICY", "IfNotPresent")
-        if pull not in ("Always", "IfNotPresent", "Never"):
-            raise SettingsError(
-                f"FLUXBEE_IMAGE_PULL_POLICY must be Always, IfNotPresent or Never, not {pull!r}"
-            )
-        limit_text = env.get("FLUXBEE_OPERATOR_WORKER_LIMIT", "")
-        try:
-            worker_limit = int(limit_text) if limit_text else cls.worker_limit
-        except ValueError:
-            worker_limit = 0
-        if worker_limit < 1:
-            raise SettingsError(
-                f"FLUXBEE_OPERATOR_WORKER_LIMIT must be a positive integer, not {limit_text!r}"
-            )
-        resync_text = env.get("FLUXBEE_OPERATOR_RESYNC_INTERVAL", "")
-        try:
-            resync = float(resync_text) if resync_text else cls.resync_interval
-        except ValueError:
-            resync = 0.0
-        if not 0 < resync < float("inf"):
-            raise SettingsError(
-                f"FLUXBEE_OPERATOR_RESYNC_INTERVAL must be a positive number of seconds, not {resync_text!r}")
+        priority = E.OPERATOR_PRIORITY.read(env)
         return cls(
-            resync_interval=resync,
-            identity_key_config_map=env.get("FLUXBEE_IDENTITY_KEY_CONFIGMAP")
-            or cls.identity_key_config_map,
-            worker_limit=worker_limit,
-            image=env.get("FLUXBEE_IMAGE", DEFAULT_IMAGE) or DEFAULT_IMAGE,
-            image_pull_policy=pull,
-            namespace=env.get("FLUXBEE_WATCH_NAMESPACE") or None,
-            peering=env.get("FLUXBEE_OPERATOR_PEERING") or None,
-            priority=priority,
-            postgres_image=env.get("FLUXBEE_POSTGRES_IMAGE") or DEFAULT_POSTGRES_IMAGE,
-            wan_ca_secret=_name(env, "FLUXBEE_WAN_CA_SECRET") or DEFAULT_WAN_CA_SECRET,
-            wan_ca_namespace=_name(env, "FLUXBEE_WAN_CA_NAMESPACE"),
+            identity_key_config_map=E.IDENTITY_KEY_CONFIGMAP.read(env),
+            worker_limit=E.OPERATOR_WORKER_LIMIT.read(env),
+            image=E.IMAGE.read(env),
+            image_pull_policy=E.IMAGE_PULL_POLICY.read(env),
+            namespace=E.WATCH_NAMESPACE.read(env),
+            peering=E.OPERATOR_PEERING.read(env),
+            priority=random.randint(1, 1_000_000) if priority is None else priority,
+            resync_interval=E.OPERATOR_RESYNC_INTERVAL.read(env),
+            postgres_image=E.POSTGRES_IMAGE.read(env),
+            wan_ca_secret=E.WAN_CA_SECRET.read(env),
+            wan_ca_namespace=E.WAN_CA_NAMESPACE.read(env),
         )
 
-
-def _name(env: Mapping[str, str], variable: str) -> str | None:
-    """An object name from ``variable`` (None when unset or empty); a bad one names the variable."""
-    value = env.get(variable) or None
-    if value is not None and not _NAME_RE.match(value):
-        raise SettingsError(f"{variable} must be a Kubernetes object name (lower case, digits, '-', '.'), "
-                            f"not {value!r}")
-    return value
-
-
-_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")

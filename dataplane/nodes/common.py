@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from fluxbee.dataplane import env
 from fluxbee.dataplane.sdk import NodeConfig, default_run_dir
 
 log = logging.getLogger(__name__)
 
-CONFIG_ENV = "FLUXBEE_NODE_CONFIG"
+CONFIG_ENV = env.NODE_CONFIG.name
 
 
 class NodeConfigError(Exception):
@@ -24,13 +24,15 @@ class NodeConfigError(Exception):
 
 def load_effective_config() -> dict[str, Any]:
     """The node's effective config (template + overrides + ``_system``), or {} if none is given."""
-    path = os.environ.get(CONFIG_ENV)
-    if not path:
+    path = env.NODE_CONFIG.read()
+    if path is None:
         return {}
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as err:
         raise NodeConfigError(f"{CONFIG_ENV}={path}: cannot read: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise NodeConfigError(f"{CONFIG_ENV}={path}: not UTF-8: {err}") from err
     except json.JSONDecodeError as err:
         raise NodeConfigError(f"{CONFIG_ENV}={path}: invalid JSON: {err}") from err
     if not isinstance(data, dict):

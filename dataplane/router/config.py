@@ -31,9 +31,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fluxbee.dataplane.names import RESERVED_PREFIXES
 from fluxbee.models import MatchKind, RouteSpec, VpnSpec
 
-SYSTEM_PREFIXES = ("SY.", "RT.")
+SYSTEM_PREFIXES = RESERVED_PREFIXES
 ROUTE_CACHE_LIMIT = 65_536
 
 

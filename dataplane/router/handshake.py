@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from fluxbee.dataplane import fastpath, wire
+from fluxbee.dataplane.names import ROUTER_PREFIX, validate_node_name
 from fluxbee.dataplane.router import trust
 from fluxbee.dataplane.router.config import split_name
 from fluxbee.dataplane.router.connection import Conn, who
-from fluxbee.models import validate_node_name
 
 if TYPE_CHECKING:
     from fluxbee.dataplane.router.server import Router
@@ -57,7 +57,7 @@ def hello(router: Router, conn: Conn, body: bytes) -> None:
         if hive != router.hive_id:
             reason = f"node name {name!r} names hive {hive!r}, but this router serves {router.hive_id!r}"
         validate_node_name(name)
-        if base.startswith("RT."):
+        if base.startswith(ROUTER_PREFIX):
             reason = "RT.* names are reserved for routers"
     except (msgspec.ValidationError, ValueError) as err:
         reason = str(err)

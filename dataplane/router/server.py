@@ -69,6 +69,7 @@ from typing import TYPE_CHECKING
 
 from fluxbee.dataplane import alloc, fastpath, shm, wire
 from fluxbee.dataplane.link.settings import LinkConfigError
+from fluxbee.dataplane.names import ROUTER_PREFIX, hive_id_problem
 from fluxbee.dataplane.router import config_state, dispatch, handshake, scheduling, trust
 from fluxbee.dataplane.router.config_state import SectionVersions
 from fluxbee.dataplane.router.connection import Conn
@@ -79,7 +80,6 @@ from fluxbee.dataplane.router.links import RouterLinks
 from fluxbee.dataplane.router.registry import Registry
 from fluxbee.dataplane.router.settings import RouterError, RouterSettings
 from fluxbee.models import RouteSpec, VpnSpec
-from fluxbee.models.resources import HIVE_ID_RE
 
 __all__ = ["Conn", "Router", "RouterError", "RouterSettings", "run_router"]
 
@@ -95,9 +95,9 @@ class Router:
     """One hive router: its state, its parts, and their lifecycle (see the module docstring)."""
 
     def __init__(self, settings: RouterSettings, router_uuid: str | None = None) -> None:
-        if not HIVE_ID_RE.match(settings.hive_id):
-            raise RouterError(f"hive id {settings.hive_id!r} must match {HIVE_ID_RE.pattern}")
-        if not settings.router_name.startswith("RT.") or "@" in settings.router_name:
+        if (problem := hive_id_problem(settings.hive_id)) is not None:
+            raise RouterError(problem)
+        if not settings.router_name.startswith(ROUTER_PREFIX) or "@" in settings.router_name:
             raise RouterError(f"router name {settings.router_name!r} must be an RT.* name without @hive")
         self.settings = settings
         self.hive_id = settings.hive_id

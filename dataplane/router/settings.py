@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fluxbee.dataplane.link.settings import LinkSettings
+from fluxbee.dataplane.names import DEFAULT_ROUTER_NAME, FRONTDESK_NODE
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,7 +17,7 @@ class RouterSettings:
     """Hive this router serves; appended as ``@hive`` to names without one."""
     run_dir: Path
     """Root of ``routers/<uuid>.sock`` and ``state/``."""
-    router_name: str = "RT.gateway"
+    router_name: str = DEFAULT_ROUTER_NAME
     """L2 base name of the router (``RT.*``); not addressable by nodes."""
     config_path: Path | None = None
     """Hive config file (routes, VPNs); polled and reloaded live when it changes."""
@@ -38,7 +39,7 @@ class RouterSettings:
     """Shared-memory heartbeat period."""
     config_poll_s: float = 1.0
     """How often the config file's stat is checked."""
-    identity_frontdesk: str = "SY.frontdesk.gov"
+    identity_frontdesk: str = FRONTDESK_NODE
     """Where ``dst: null`` messages from temporary ILKs go (L3, :mod:`fluxbee.dataplane.router.l3`)."""
     scheduling: str = "batch"
     """CPU scheduling class of the router process, set by :func:`run_router`: ``batch`` or

@@ -34,8 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fluxbee.dataplane import wire
+from fluxbee.dataplane.names import RESERVED_PREFIXES, SYSTEM_PREFIX
 
-ALWAYS_CLAIMED = ("SY.", "RT.")
+ALWAYS_CLAIMED = RESERVED_PREFIXES
 PRIVILEGED = frozenset({wire.CONFIG_CHANGED, wire.ADMIN_COMMAND, wire.LINK_ADD, wire.LINK_REMOVE})
 """Messages only authenticated system nodes (or granted names) may send."""
 NAME_CLAIMED = "NAME_CLAIMED"
@@ -215,4 +216,4 @@ def may_send(message: str, base: str, proven: bool, grants: frozenset[str]) -> b
     """Privileged messages need a proven claim and either a ``SY.*`` name or an explicit grant."""
     if message not in PRIVILEGED:
         return True
-    return proven and (base.startswith("SY.") or message in grants)
+    return proven and (base.startswith(SYSTEM_PREFIX) or message in grants)

@@ -13,17 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fluxbee.dataplane import shm, wire
+from fluxbee.dataplane import env, shm, wire
 from fluxbee.dataplane.sdk.errors import CredentialError, NotConnectedError
 from fluxbee.dataplane.wire import Message
 
-CREDENTIAL_FILE_ENV = "FLUXBEE_NODE_CREDENTIAL_FILE"
+CREDENTIAL_FILE_ENV = env.NODE_CREDENTIAL_FILE.name
 """Names the file holding this process's credential token (README: Trust model)."""
 
 
 def credential_file_from_env() -> Path | None:
-    value = os.environ.get(CREDENTIAL_FILE_ENV)
-    return Path(value) if value else None
+    return env.NODE_CREDENTIAL_FILE.read()
 
 
 def read_credential(path: Path) -> str:
@@ -40,9 +39,9 @@ def read_credential(path: Path) -> str:
 
 def default_run_dir() -> Path:
     """``$FLUXBEE_RUN_DIR``; else /var/run/fluxbee as root, or a per-user dir."""
-    env = os.environ.get("FLUXBEE_RUN_DIR")
-    if env:
-        return Path(env)
+    configured = env.RUN_DIR.read()
+    if configured is not None:
+        return configured
     if os.geteuid() == 0:
         return Path("/var/run/fluxbee")
     runtime = os.environ.get("XDG_RUNTIME_DIR")

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from fluxbee.dataplane import wire
+from fluxbee.dataplane.names import ADMIN_NODE
 from fluxbee.dataplane.sdk import NodeSender
 from fluxbee.errors import CodedError
 
 
 async def admin_command(sender: NodeSender, action: str, *, target: str | None = None,
                         params: dict[str, Any] | None = None, request_id: str | None = None,
-                        admin_target: str = "SY.admin", timeout: float = 10.0) -> dict[str, Any]:
+                        admin_target: str = ADMIN_NODE, timeout: float = 10.0) -> dict[str, Any]:
     """Run one admin action through the router; raises the SDK's errors on transport failure."""
     body: dict[str, Any] = {"action": action, "params": params or {}}
     if target is not None:

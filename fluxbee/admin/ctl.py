@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
 from fluxbee.admin.client import AdminCommandError, HttpAdminClient
+from fluxbee.dataplane import env
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -49,7 +49,14 @@ def _render(args: argparse.Namespace, payload: Any) -> str:
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
-    client = HttpAdminClient(base=args.url, token=args.token or os.environ.get("FLUXBEE_ADMIN_TOKEN"))
+    try:
+        token = env.admin_token(token=args.token, token_flag="--token")
+    except env.SettingsError as err:
+        print(f"fluxbee ctl: {err}", file=sys.stderr)
+        return 2
+    if args.url is None:
+        args.url = env.ADMIN_URL.read()
+    client = HttpAdminClient(base=args.url, token=token)
     h = args.hive
     cmd = args.ctl_command
     try:
@@ -86,7 +93,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     c = sub.add_parser("ctl", help="admin API operations from the shell")
-    c.add_argument("--url", default=os.environ.get("FLUXBEE_ADMIN_URL", "http://127.0.0.1:8080"))
+    c.add_argument("--url", help=f"the admin API (default $FLUXBEE_ADMIN_URL, else {env.ADMIN_URL.default})")
     c.add_argument("--token", help="bearer token (default $FLUXBEE_ADMIN_TOKEN)")
     c.add_argument("--hive", default="local")
     c.add_argument("--json", action="store_true")

@@ -20,11 +20,12 @@ from collections.abc import Awaitable, Callable
 from fluxbee.admin.actions import Context
 from fluxbee.admin.errors import AdminError
 from fluxbee.admin.history import HistoryUnavailable
+from fluxbee.dataplane.names import RESERVED_PREFIXES
 
 log = logging.getLogger(__name__)
 INTERVAL = 1.0
 NOT_VISIBLE_AFTER = 10.0
-IGNORED_PREFIXES = ("SY.", "RT.")
+IGNORED_PREFIXES = RESERVED_PREFIXES
 
 
 class DriftMonitor:

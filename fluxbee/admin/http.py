@@ -17,7 +17,7 @@ import hmac
 import ipaddress
 import json
 import logging
-import math
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +27,8 @@ from aiohttp import web
 from fluxbee.admin.actions import HIVE_QUERY_SWITCH, ROUTES, Call, Context, Route, dispatch
 from fluxbee.admin.errors import SYNC_PENDING, AdminError, envelope, error_envelope
 from fluxbee.admin.guard import ConnectionGuard, GuardedSite
+from fluxbee.dataplane import env
+from fluxbee.dataplane.env import SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -45,42 +47,39 @@ class AdminSettings:
     max_depth: int = 64
     """Deepest nesting of arrays and objects accepted in a body; deeper gets 400 INVALID_JSON (a body
     nested 100,000 deep overflowed the parser's recursion)."""
-    header_timeout: float = 10.0
+    header_timeout: float = env.ADMIN_HEADER_TIMEOUT.default
     """Seconds a connection may take to send a request's line and headers (from its opening or the
     previous answer); then 408 REQUEST_TIMEOUT and the connection is closed (idle ones: closed)."""
-    body_timeout: float = 30.0
+    body_timeout: float = env.ADMIN_BODY_TIMEOUT.default
     """Seconds a request may take to send its body once its headers are in; then 408 REQUEST_TIMEOUT."""
-    max_connections: int = 128
+    max_connections: int = env.ADMIN_MAX_CONNECTIONS.default
     """Open connections served at once; more are answered 503 TOO_MANY_CONNECTIONS and closed."""
 
     @classmethod
     def with_limits_from_env(cls, environ: Mapping[str, str], **fields: Any) -> AdminSettings:
-        """Settings with the limits overridden by ``FLUXBEE_ADMIN_HEADER_TIMEOUT``,
-        ``FLUXBEE_ADMIN_BODY_TIMEOUT`` and ``FLUXBEE_ADMIN_MAX_CONNECTIONS``; a bad value raises
-        :class:`SettingsError` naming the variable."""
-        for var, name, kind in (("FLUXBEE_ADMIN_HEADER_TIMEOUT", "header_timeout", float),
-                                ("FLUXBEE_ADMIN_BODY_TIMEOUT", "body_timeout", float),
-                                ("FLUXBEE_ADMIN_MAX_CONNECTIONS", "max_connections", int)):
-            raw = environ.get(var)
-            if raw is None or raw == "":
-                continue
-            try:
-                value = kind(raw)
-            except ValueError:
-                value = 0
-            if not (value > 0 and math.isfinite(value)):  # also refuses NaN and infinity
-                raise SettingsError(f"{var}={raw!r}: expected a positive {kind.__name__}")
-            fields[name] = value
-        return cls(**fields)
+        """Settings with the limits read from ``FLUXBEE_ADMIN_HEADER_TIMEOUT``,
+        ``FLUXBEE_ADMIN_BODY_TIMEOUT`` and ``FLUXBEE_ADMIN_MAX_CONNECTIONS`` (unset: the defaults
+        above); a bad value raises :class:`SettingsError` naming the variable."""
+        return cls(header_timeout=env.ADMIN_HEADER_TIMEOUT.read(environ),
+                   body_timeout=env.ADMIN_BODY_TIMEOUT.read(environ),
+                   max_connections=env.ADMIN_MAX_CONNECTIONS.read(environ), **fields)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, token_file: str | None = None,
+                 file_flag: str = "--token-file", **fields: Any) -> AdminSettings:
+        """Settings from the environment: the limits (:meth:`with_limits_from_env`) and the bearer
+        token (``token_file`` named by ``file_flag``, else ``$FLUXBEE_ADMIN_TOKEN``:
+        :func:`fluxbee.dataplane.env.admin_token`).  Raises :class:`SettingsError` naming the
+        variable, flag or file at fault."""
+        environ = os.environ if environ is None else environ
+        token = env.admin_token(environ, token_file=token_file, file_flag=file_flag)
+        return cls.with_limits_from_env(environ, token=token, **fields)
 
 
 CTX_KEY = web.AppKey("ctx", Context)
 SETTINGS_KEY = web.AppKey("settings", AdminSettings)
 GUARD_KEY = web.AppKey("guard", ConnectionGuard)
 
-
-class SettingsError(ValueError):
-    pass
 
 
 def is_loopback(host: str) -> bool:

@@ -26,19 +26,20 @@ from pydantic import ValidationError
 from fluxbee.admin.backend import LIST_CHANGED, NodeObservation, RegisterIlk
 from fluxbee.admin.errors import AdminError
 from fluxbee.admin.schemas import KillNodeParams, SpawnNodeParams
+from fluxbee.dataplane import names
 from fluxbee.kube import JSON_PATCH, ApiError, KubeClient
 from fluxbee.models import API_VERSION, FluxNode, FluxNodeSpec, RouteSpec, Runtime, VpnSpec
 from fluxbee.models.effective import qualified_node_name, resolve_runtime_version
 
-HIVE_LABEL = "fluxbee.io/hive"
-FLUXNODE_LABEL = "fluxbee.io/fluxnode"
-CREATED_BY = "fluxbee.io/created-by"
+HIVE_LABEL = names.LABEL_HIVE
+FLUXNODE_LABEL = names.LABEL_FLUXNODE
+CREATED_BY = names.LABEL_CREATED_BY
 ADMIN_API = "admin-api"
-NODE_NAME_ANNOTATION = "fluxbee.io/node-name"
-REQUESTED_VERSION_ANNOTATION = "fluxbee.io/requested-runtime-version"
-CONFIG_VERSION_ANNOTATION = "fluxbee.io/config-version"
-ADDRESS_ANNOTATION = "fluxbee.io/address"
-VERSION_ANNOTATION = "fluxbee.io/{key}-version"
+NODE_NAME_ANNOTATION = names.ANNOTATION_NODE_NAME
+REQUESTED_VERSION_ANNOTATION = names.ANNOTATION_REQUESTED_VERSION
+CONFIG_VERSION_ANNOTATION = names.ANNOTATION_CONFIG_VERSION
+ADDRESS_ANNOTATION = names.ANNOTATION_ADDRESS
+VERSION_ANNOTATION = names.ANNOTATION_VERSION_TEMPLATE
 """The last explicit version of ``routes`` / ``vpns`` (kept apart, as the router keeps them)."""
 NODE_CONFIG_KEY = "config.json"
 CRASH_REASONS = frozenset({"CrashLoopBackOff", "Error", "ImagePullBackOff", "ErrImagePull",
@@ -134,7 +135,7 @@ class KubernetesBackend:
         spec, status = hive.get("spec") or {}, hive.get("status") or {}
         phase, reason, message = _phase(hive)
         return {"hive_id": self.hive_id, "role": spec.get("role", "motherbee"), "mother_hive": _mother(spec),
-                "router_name": spec.get("routerName", "RT.gateway"), "backend": self.kind, "run_dir": None,
+                "router_name": spec.get("routerName", names.DEFAULT_ROUTER_NAME), "backend": self.kind, "run_dir": None,
                 "started_at": (hive.get("metadata") or {}).get("creationTimestamp"), "namespace": self.namespace,
                 "hive_resource": self.hive_resource, "phase": phase, "reason": reason, "message": message,
                 "desired_pods": status.get("desiredPods"), "ready_pods": status.get("readyPods")}

@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from fluxbee.admin.history import HistoryUnavailable, Journal
+from fluxbee.dataplane.names import ANNOTATION_DRIFT_LEASE, API_VERSION, LABEL_HIVE
 from fluxbee.kube import ApiError, KubeClient
-from fluxbee.models import API_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,10 @@ MAX_ENTRIES = 1000
 MAX_BYTES = 400_000
 """Bytes kept per log: both logs stay well under the API server's 1 MiB object limit."""
 WRITE_RETRIES = 30
-HIVE_LABEL = "fluxbee.io/hive"
+HIVE_LABEL = LABEL_HIVE
 COMPONENT_LABEL = "app.kubernetes.io/component"
 PART_OF_LABEL = "app.kubernetes.io/part-of"
-LEASE_ANNOTATION = "fluxbee.io/drift-monitor"
+LEASE_ANNOTATION = ANNOTATION_DRIFT_LEASE
 LEASE_SECONDS = 15.0
 """How long a drift monitor holds its lease unrenewed: the pause in drift records after its pod goes."""
 RENEW_BEFORE = 10.0

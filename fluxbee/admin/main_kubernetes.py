@@ -34,11 +34,12 @@ from fluxbee.admin.http import AdminSettings, admin_site, build_app
 from fluxbee.admin.k8s import HiveSpecRoutes, KubernetesBackend
 from fluxbee.admin.kube_history import ConfigMapHistory
 from fluxbee.admin.link import SdkRouterLink, SwitchableRouterLink, UnreachableRouterLink
+from fluxbee.dataplane.names import ADMIN_NODE
 from fluxbee.dataplane.sdk import NodeConfig, SdkError, connect
 from fluxbee.kube import KubeClient, KubeConfig
 
 log = logging.getLogger(__name__)
-ADMIN_NODE_NAME = "SY.admin"
+ADMIN_NODE_NAME = ADMIN_NODE
 ROUTER_RETRY = 2.0
 
 

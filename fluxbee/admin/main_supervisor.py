@@ -30,12 +30,13 @@ from fluxbee.admin.history import FileHistory, History
 from fluxbee.admin.http import AdminSettings, admin_site, build_app
 from fluxbee.admin.link import SdkRouterLink
 from fluxbee.admin.supervisor_backend import LocalBackend
+from fluxbee.dataplane.names import ADMIN_NODE
 from fluxbee.dataplane.sdk import NodeConfig, connect
 from fluxbee.supervisor.credentials import credential_path
 from fluxbee.supervisor.hive import LocalHive
 
 log = logging.getLogger(__name__)
-ADMIN_NODE_NAME = "SY.admin"
+ADMIN_NODE_NAME = ADMIN_NODE
 
 
 def local_admin(settings: AdminSettings) -> Callable[[LocalHive], AbstractAsyncContextManager[Any]]:

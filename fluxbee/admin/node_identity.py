@@ -32,10 +32,10 @@ from typing import Any, NoReturn
 
 from fluxbee.admin.backend import RouterLink
 from fluxbee.admin.errors import AdminError
+from fluxbee.dataplane.names import IDENTITY_NODE
 from fluxbee.errors import CodedError
 from fluxbee.models.resources import ILK_RE
 
-IDENTITY_NODE = "SY.identity"
 IDENTITY_TIMEOUT = 5.0
 _TRANSPORT_DOWN = frozenset({"NODE_NOT_FOUND", "UNREACHABLE", "ROUTER_UNREACHABLE", "ROUTER_UNAVAILABLE", "TIMEOUT",
                              "TRANSPORT_ERROR"})

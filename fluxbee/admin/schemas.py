@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fluxbee.dataplane.names import HIVE_ID_PATTERN, MODULE_NAME_PATTERN, MODULE_VERSION_PATTERN
+
 MatchKindName = Literal["PREFIX", "EXACT", "GLOB"]
 
 
@@ -34,7 +36,8 @@ class HistoryParams(Params):
 
 
 class AddHiveParams(Params):
-    hive_id: str = Field(min_length=1, max_length=64, description="New hive id `[A-Za-z0-9_-]{1,64}`.")
+    hive_id: str = Field(min_length=1, max_length=64,
+                         description=f"New hive id: the rule the router and the Hive CRD apply, `{HIVE_ID_PATTERN}`.")
     address: str = Field(min_length=1, max_length=253, description="IP address or DNS name of the worker.")
     harden_ssh: bool = False
     restrict_ssh: bool | None = None
@@ -151,7 +154,7 @@ class IlkParams(Params):
     ilk_id: str = Field(min_length=1, max_length=64, description="`ilk:<uuid>` (an alias resolves to its ILK).")
 
 
-_MODULE_TOKEN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_MODULE_TOKEN = MODULE_NAME_PATTERN
 
 
 class ModuleParams(Params):
@@ -160,12 +163,12 @@ class ModuleParams(Params):
 
 class ModuleVersionParams(Params):
     name: str = Field(pattern=_MODULE_TOKEN, description="Module name.")
-    version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Module version.")
+    version: str = Field(pattern=MODULE_VERSION_PATTERN, description="Module version.")
 
 
 class ModulePutParams(Params):
     name: str = Field(pattern=_MODULE_TOKEN, description="Module name.")
-    version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Module version.")
+    version: str = Field(pattern=MODULE_VERSION_PATTERN, description="Module version.")
     prompt_text: str = Field(min_length=1, max_length=262144, description="The prompt fragment (UTF-8).")
     description: str = Field(default="", max_length=1024)
     category: str = Field(default="", max_length=32)

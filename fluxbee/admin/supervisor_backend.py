@@ -23,6 +23,7 @@ import yaml
 from fluxbee.admin.backend import NodeObservation, RegisterIlk
 from fluxbee.admin.errors import AdminError
 from fluxbee.admin.schemas import KillNodeParams, SpawnNodeParams
+from fluxbee.dataplane.names import ANNOTATION_REQUESTED_VERSION
 from fluxbee.models import FluxNode, FluxNodeSpec, Hive, ObjectMeta, ResourceError
 from fluxbee.supervisor.hive import LocalHive, Supervised
 from fluxbee.supervisor.plan import CONFIG_VERSION_ANNOTATION, CREATED_AT_ANNOTATION, PlanError
@@ -238,7 +239,7 @@ class LocalBackend:
                 doc = FluxNode(
                     metadata=ObjectMeta(name=name.replace("@", "-at-").lower()[:253], annotations={
                         CONFIG_VERSION_ANNOTATION: "1", CREATED_AT_ANNOTATION: str(now_ms),
-                        "fluxbee.io/requested-runtime-version": params.runtime_version}),
+                        ANNOTATION_REQUESTED_VERSION: params.runtime_version}),
                     spec=FluxNodeSpec(hive=self._hive_doc().metadata.name, node_name=name, runtime=resolved.name,
                                       runtime_version=resolved.version, tenant_id=params.tenant_id,
                                       config=params.config))

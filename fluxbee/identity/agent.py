@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fluxbee.dataplane import wire
+from fluxbee.dataplane.names import IDENTITY_NODE
 from fluxbee.dataplane.sdk import NodeConfig, NodeSender, connect, text_of, text_v1
 from fluxbee.errors import CodedError
 from fluxbee.identity import degrees as dg
@@ -41,7 +42,7 @@ class AgentSettings:
     run_dir: Path
     ilk_id: str
     public_key_path: Path
-    identity_node: str = "SY.identity"
+    identity_node: str = IDENTITY_NODE
 
 
 def verify_bundle(bundle: dict[str, Any], public_key: Any, *, expect_ilk: str) -> dg.Graduation:

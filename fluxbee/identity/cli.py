@@ -10,13 +10,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-DB_URL_ENV = "FLUXBEE_IDENTITY_DB_URL"
+from fluxbee.dataplane import env
+from fluxbee.dataplane.names import FRONTDESK_NODE, IDENTITY_NODE, hive_id_argument
+
+DB_URL_ENV = env.IDENTITY_DB_URL.name
 
 
 def _run_dir(value: str | None) -> Path:
@@ -49,12 +51,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fluxbee.identity.service import IdentityService, IdentitySettings
 
     run_dir = _run_dir(args.run_dir)
-    primary = args.primary or (f"SY.identity@{args.primary_hive}" if args.primary_hive else None)
+    primary = args.primary or (f"{IDENTITY_NODE}@{args.primary_hive}" if args.primary_hive else None)
     if primary is not None and (args.db_url or args.pg_data):
         print("fluxbee identity serve: a replica (--primary/--primary-hive) has no database; drop --db-url/--pg-data",
               file=sys.stderr)
         return 2
-    dsn = "" if primary is not None else args.db_url or os.environ.get(DB_URL_ENV) or Cluster(
+    dsn = "" if primary is not None else args.db_url or env.IDENTITY_DB_URL.read() or Cluster(
         Path(args.pg_data) if args.pg_data else default_pg_data(run_dir)).dsn()
     settings = IdentitySettings(
         hive_id=args.hive_id, run_dir=run_dir, dsn=dsn, database=args.database, node_name=args.node_name,
@@ -143,23 +145,24 @@ def add_parser(sub: Any) -> None:
     isub = p.add_subparsers(dest="identity_command", required=True)
 
     s = isub.add_parser("serve", help="run SY.identity")
-    s.add_argument("--hive-id", required=True)
+    s.add_argument("--hive-id", required=True, type=hive_id_argument)
     s.add_argument("--run-dir")
     s.add_argument("--db-url", help=f"PostgreSQL server URL (default ${DB_URL_ENV}, else the embedded server)")
     s.add_argument("--pg-data", help="embedded server data dir (default RUN_DIR/identity/pgdata)")
     s.add_argument("--database", default="fluxbee_identity")
-    s.add_argument("--frontdesk", default="SY.frontdesk.gov", help="identity front-desk node name")
+    s.add_argument("--frontdesk", default=FRONTDESK_NODE, help="identity front-desk node name")
     s.add_argument("--default-tenant", default="fluxbee")
     s.add_argument("--max-ilks", type=int, default=8192)
     s.add_argument("--key", help="Ed25519 signing key (default RUN_DIR/identity/signing.key)")
     s.add_argument("--merge-alias-ttl", type=int, default=3600)
-    s.add_argument("--node-name", default="SY.identity", help="L2 base name (default SY.identity)")
+    s.add_argument("--node-name", default=IDENTITY_NODE, help=f"L2 base name (default {IDENTITY_NODE})")
     role = s.add_mutually_exclusive_group()
     role.add_argument("--primary", metavar="NAME",
                       help="run as a replica of this primary (L2 name, e.g. SY.identity@motherbee): no database, "
                            "NOT_PRIMARY for writes, region filled by replication")
-    role.add_argument("--primary-hive", metavar="HIVE", help="shorthand for --primary SY.identity@HIVE")
-    s.add_argument("--region-hive", help="write this hive's identity region (default --hive-id)")
+    role.add_argument("--primary-hive", metavar="HIVE", type=hive_id_argument,
+                      help=f"shorthand for --primary {IDENTITY_NODE}@HIVE")
+    s.add_argument("--region-hive", type=hive_id_argument, help="write this hive's identity region (default --hive-id)")
     s.add_argument("--no-jsr-region", action="store_true",
                    help="do not also publish /jsr-identity-<hive> in the original layout (for original-SDK nodes)")
     s.add_argument("--sync-heartbeat", type=float, default=1.0,
@@ -182,7 +185,7 @@ def add_parser(sub: Any) -> None:
     a.set_defaults(func=cmd_agent)
 
     lk = isub.add_parser("lookup", help="look up the identity region (no round trip)")
-    lk.add_argument("--hive-id", required=True)
+    lk.add_argument("--hive-id", required=True, type=hive_id_argument)
     lk.add_argument("--run-dir", help="the hive's run dir (default: per-user or /var/run/fluxbee)")
     lk.add_argument("--channel", help="TYPE:ADDRESS")
     lk.add_argument("--tenant", help="tnt:<uuid>")

@@ -20,12 +20,13 @@ import uuid
 from typing import Any
 
 from fluxbee.dataplane import wire
+from fluxbee.dataplane.names import IDENTITY_NODE
 from fluxbee.dataplane.sdk import NodeSender, UnreachableError, default_run_dir
 from fluxbee.dataplane.shm import identity as identity_shm
 from fluxbee.errors import CodedError
 from fluxbee.identity import model as m
 
-DEFAULT_TARGET = "SY.identity"
+DEFAULT_TARGET = IDENTITY_NODE
 
 
 class IdentityCallError(CodedError):

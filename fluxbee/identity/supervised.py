@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from fluxbee.dataplane import env
+from fluxbee.dataplane.names import IDENTITY_NODE
 from fluxbee.identity.cli import DB_URL_ENV, default_pg_data
 from fluxbee.identity.pg import Cluster
 from fluxbee.supervisor.credentials import CREDENTIAL_FILE_ENV, credential_path
@@ -25,12 +27,13 @@ def identity_services(hive_id: str, run_dir: Path, db_url: str | None, *,
     mother cannot be reached it keeps subscribing."""
     py = (sys.executable, "-m", "fluxbee", "identity")
     # SY.identity is claimed: it proves its name with the token fluxbee up keeps for it.
-    env = (("FLUXBEE_RUN_DIR", str(run_dir)), (CREDENTIAL_FILE_ENV, str(credential_path(run_dir, "SY.identity"))))
+    process_env = ((env.RUN_DIR.name, str(run_dir)),
+                   (CREDENTIAL_FILE_ENV, str(credential_path(run_dir, IDENTITY_NODE))))
     if primary_hive is not None:
         return [ProcessSpec(
-            key=f"SY.identity@{hive_id}#0",
+            key=f"{IDENTITY_NODE}@{hive_id}#0",
             argv=(*py, "serve", "--hive-id", hive_id, "--run-dir", str(run_dir), "--primary-hive", primary_hive),
-            env=env, node_name=f"SY.identity@{hive_id}",
+            env=process_env, node_name=f"{IDENTITY_NODE}@{hive_id}",
             digest=f"replica-of:{primary_hive}")]
     specs: list[ProcessSpec] = []
     dsn = db_url
@@ -40,13 +43,13 @@ def identity_services(hive_id: str, run_dir: Path, db_url: str | None, *,
         specs.append(ProcessSpec(key="identity-postgres", argv=(*py, "postgres", "--data", str(data)),
                                  digest=str(data)))
     specs.append(ProcessSpec(
-        key=f"SY.identity@{hive_id}#0",
+        key=f"{IDENTITY_NODE}@{hive_id}#0",
         argv=(*py, "serve", "--hive-id", hive_id, "--run-dir", str(run_dir), "--db-url", dsn),
-        env=env, node_name=f"SY.identity@{hive_id}", digest=dsn))
+        env=process_env, node_name=f"{IDENTITY_NODE}@{hive_id}", digest=dsn))
     return specs
 
 
-UP_IDENTITY_ENV = "FLUXBEE_UP_IDENTITY"
+UP_IDENTITY_ENV = env.UP_IDENTITY.name
 """``0`` turns identity off in ``fluxbee up``; anything else (the default) runs PostgreSQL and SY.identity."""
 
 __all__ = ["DB_URL_ENV", "UP_IDENTITY_ENV", "identity_services"]

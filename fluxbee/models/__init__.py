@@ -4,6 +4,7 @@ The same YAML documents a user would ``kubectl apply`` are parsed here for
 ``fluxbee up``; the CRDs in ``crds/`` are generated from these classes.
 """
 
+from fluxbee.dataplane.names import API_GROUP, API_VERSION, validate_node_name
 from fluxbee.models.links import (
     CertificateRef,
     IdentityDatabaseSpec,
@@ -13,8 +14,6 @@ from fluxbee.models.links import (
     WanSpec,
 )
 from fluxbee.models.resources import (
-    API_GROUP,
-    API_VERSION,
     AdminSpec,
     Degree,
     DegreeSpec,
@@ -40,7 +39,6 @@ from fluxbee.models.resources import (
     load_documents,
     parse_document,
     runtime_package_problem,
-    validate_node_name,
 )
 from fluxbee.models.status import Condition, ResourceStatus
 

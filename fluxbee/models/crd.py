@@ -19,12 +19,16 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from fluxbee.models.resources import (
+from fluxbee.dataplane.names import (
     API_GROUP,
+    API_VERSION,
     HIVE_ID_RE,
     NODE_NAME_RE,
     NODE_TYPES,
+    ROUTER_PREFIX,
     RUNTIME_NAME_RE,
+)
+from fluxbee.models.resources import (
     Degree,
     FluxNode,
     Hive,
@@ -154,7 +158,7 @@ KINDS: tuple[Kind, ...] = (
             ),
             CelRule(
                 "spec.routerName",
-                "self.startsWith('RT.')",
+                f"self.startsWith('{ROUTER_PREFIX}')",
                 "the router's L2 name must be of type RT",
             ),
             CelRule(
@@ -407,7 +411,7 @@ def openapi_schema(kind: Kind) -> dict[str, Any]:
         "description": raw.get("description", ""),
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string", "description": "fluxbee.io/v1alpha1"},
+            "apiVersion": {"type": "string", "description": API_VERSION},
             "kind": {"type": "string", "description": kind.kind},
             "metadata": {"type": "object"},
             "spec": _structural(props["spec"], defs),

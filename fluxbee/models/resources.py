@@ -12,12 +12,20 @@ import re
 from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from fluxbee.dataplane.names import (
+    API_VERSION,
+    DEFAULT_ROUTER_NAME,
+    HIVE_ID_RE,
+    RUNTIME_NAME_RE,
+    VERSION_RE,
+    validate_node_name,
+)
 from fluxbee.models.links import DEFAULT_MESH_PORT, IdentitySpec, WanSpec
 from fluxbee.models.status import (
     DegreeStatus,
@@ -28,17 +36,6 @@ from fluxbee.models.status import (
     RuntimeStatus,
 )
 
-API_GROUP = "fluxbee.io"
-API_VERSION: Final = "fluxbee.io/v1alpha1"
-
-NODE_TYPES = ("AI", "IO", "WF", "SY", "RT")
-_FIELD = r"[A-Za-z0-9_-]+"
-HIVE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
-NODE_NAME_RE = re.compile(
-    rf"^(?:{'|'.join(NODE_TYPES)})(?:\.{_FIELD}){{1,9}}(?:@[A-Za-z0-9][A-Za-z0-9_-]{{0,62}})?$"
-)
-MAX_NODE_NAME_BYTES = 256
-
 
 class ResourceError(ValueError):
     """A resource document that cannot be accepted; ``where`` names the document."""
@@ -47,18 +44,6 @@ class ResourceError(ValueError):
         super().__init__(f"{where}: {reason}")
         self.where = where
         self.reason = reason
-
-
-def validate_node_name(name: str) -> str:
-    """Check the L2 grammar ``TYPE.f2…fN[@hive]`` (≤ 10 fields, ``[A-Za-z0-9_-]``)."""
-    if len(name.encode()) > MAX_NODE_NAME_BYTES:
-        raise ValueError(f"node name is longer than {MAX_NODE_NAME_BYTES} bytes")
-    if not NODE_NAME_RE.match(name):
-        raise ValueError(
-            f"node name {name!r} must be TYPE.field[.field…][@hive] with TYPE in "
-            f"{'/'.join(NODE_TYPES)}, 2–10 fields of [A-Za-z0-9_-]"
-        )
-    return name
 
 
 class _Model(BaseModel):
@@ -171,7 +156,7 @@ class HiveSpec(_Model):
         ),
         json_schema_extra={"pattern": HIVE_ID_RE.pattern},
     )
-    router_name: str = Field(default="RT.gateway", description="L2 name of the hive's router.")
+    router_name: str = Field(default=DEFAULT_ROUTER_NAME, description="L2 name of the hive's router.")
     router_scheduling: Literal["batch", "inherit"] = Field(
         default="batch",
         description=(
@@ -381,8 +366,6 @@ class FluxNode(_Model):
     status: FluxNodeStatus | None = None
 
 
-RUNTIME_NAME_RE = re.compile(r"^[a-z][a-z0-9]*(\.[a-z0-9]+)*$")
-VERSION_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 RuntimeType = Literal["full_runtime", "config_only", "workflow"]
 
 

@@ -27,12 +27,14 @@ import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
+from fluxbee.dataplane import env, names
+
 CREDENTIALS_DIR = "credentials"
 CLAIMS_DIR = "claims"
 MANIFEST = ".fluxbee-up"
 """In the claims dir: the names whose files fluxbee up wrote (dot-names are not claims)."""
-CREDENTIAL_FILE_ENV = "FLUXBEE_NODE_CREDENTIAL_FILE"
-ADMIN_NODE = "SY.admin"
+CREDENTIAL_FILE_ENV = env.NODE_CREDENTIAL_FILE.name
+ADMIN_NODE = names.ADMIN_NODE
 """Runs inside the ``fluxbee up`` process and proves its name with its own token like any node."""
 
 

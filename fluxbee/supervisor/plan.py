@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from fluxbee import __version__
+from fluxbee.dataplane import env as E
+from fluxbee.dataplane.names import ANNOTATION_CONFIG_VERSION, ANNOTATION_CREATED_AT_MS
 from fluxbee.models import FluxNode, Hive, ObjectMeta, Runtime, RuntimeSpec
 from fluxbee.models.effective import effective_config, qualified_node_name
 from fluxbee.supervisor import hive_yaml
@@ -22,9 +24,9 @@ from fluxbee.supervisor.plan_types import HivePlan, ProcessSpec
 from fluxbee.supervisor.store import RuntimeStore, StoreError
 
 MANAGED_BY_LOCAL = "fluxbee-up"
-CONFIG_VERSION_ANNOTATION = "fluxbee.io/config-version"
+CONFIG_VERSION_ANNOTATION = ANNOTATION_CONFIG_VERSION
 """Set by the admin API on FluxNodes it manages: the node config's ``_system.config_version``."""
-CREATED_AT_ANNOTATION = "fluxbee.io/created-at-ms"
+CREATED_AT_ANNOTATION = ANNOTATION_CREATED_AT_MS
 
 
 class PlanError(ValueError):
@@ -119,7 +121,7 @@ def plan_hive(
         except ValueError as err:
             raise PlanError(f"FluxNode {doc.metadata.name!r}: {err}") from err
         config_path = run_dir / "nodes" / name / "config.json"
-        env = (("FLUXBEE_NODE_CONFIG", str(config_path)), ("FLUXBEE_RUN_DIR", str(run_dir)),
+        env = ((E.NODE_CONFIG.name, str(config_path)), (E.RUN_DIR.name, str(run_dir)),
                (hive_yaml.CONFIG_DIR_ENV, str(hive_yaml.config_dir(run_dir))),
                (CREDENTIAL_FILE_ENV, str(credential_path(run_dir, name))))
         digest = _digest(command, env, {k: v for k, v in config.items() if k != "_system"},

@@ -6,9 +6,9 @@ supervisor starts them after the router and restarts them like any node.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from fluxbee.dataplane import env
 from fluxbee.models import Hive
 from fluxbee.supervisor.plan_types import ProcessSpec
 
@@ -23,9 +23,9 @@ def system_services(hive: Hive, hive_id: str, run_dir: Path) -> list[ProcessSpec
     services: list[ProcessSpec] = []
     # Identity: embedded PostgreSQL unless FLUXBEE_IDENTITY_DB_URL names a server, then SY.identity.
     # On by default; FLUXBEE_UP_IDENTITY=0 runs a hive without identity (no PostgreSQL).
-    from fluxbee.identity.supervised import DB_URL_ENV, UP_IDENTITY_ENV, identity_services
+    from fluxbee.identity.supervised import identity_services
 
-    if os.environ.get(UP_IDENTITY_ENV, "1") != "0":
-        services += identity_services(hive_id, run_dir, os.environ.get(DB_URL_ENV) or None,
+    if env.UP_IDENTITY.read():
+        services += identity_services(hive_id, run_dir, env.IDENTITY_DB_URL.read(),
                                       primary_hive=hive.spec.mother)
     return services

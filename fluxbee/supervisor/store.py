@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -20,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from fluxbee import __version__
+from fluxbee.dataplane.names import RUNTIME_NAME_RE, VERSION_RE
 from fluxbee.errors import CodedError
 from fluxbee.models import ObjectMeta, Runtime, RuntimeSpec
 
-RUNTIME_NAME_RE = re.compile(r"^[a-z][a-z0-9]*(\.[a-z0-9]+)*$")
-VERSION_TOKEN_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+VERSION_TOKEN_RE = VERSION_RE
 BUILTIN_NODES = {"fluxbee.echo": "echo", "fluxbee.listener": "listener"}
 
 

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from fluxbee.dataplane import env as E
+from fluxbee.dataplane import names
 from fluxbee.models import FluxNode, Hive, Runtime
 from fluxbee.models.effective import qualified_node_name
 from fluxbee.operator import labels as L
@@ -61,7 +63,7 @@ def resolve_package(runtime: Runtime, base: Runtime | None, settings: OperatorSe
     )
 
 
-CLAIM_ANNOTATION = "fluxbee.io/claim"
+CLAIM_ANNOTATION = names.ANNOTATION_CLAIM
 """On a FluxNode's credential Secret: ``<hive>/<claims key>`` its token's hash was written to, so
 a renamed node or a moved hive loses its old claim, and a deleted one finds it."""
 
@@ -150,11 +152,11 @@ def build_pod(
     """Replica ``index`` of ``node``; its spec digest changes when it must be replaced."""
     full_name = qualified_node_name(node.spec.node_name, hive.hive_id)
     env = [
-        {"name": "FLUXBEE_NODE_CONFIG", "value": f"{CONFIG_MOUNT}/{CONFIG_KEY}"},
-        {"name": "FLUXBEE_RUN_DIR", "value": RUN_DIR},
-        {"name": "FLUXBEE_NODE_NAME", "value": full_name},
-        {"name": "FLUXBEE_HIVE_ID", "value": hive.hive_id},
-        {"name": "FLUXBEE_REPLICA", "value": str(index)},
+        {"name": E.NODE_CONFIG.name, "value": f"{CONFIG_MOUNT}/{CONFIG_KEY}"},
+        {"name": E.RUN_DIR.name, "value": RUN_DIR},
+        {"name": E.NODE_NAME.name, "value": full_name},
+        {"name": E.HIVE_ID.name, "value": hive.hive_id},
+        {"name": E.REPLICA.name, "value": str(index)},
         {"name": "JSR_CONFIG_DIR", "value": SDK_CONFIG_DIR},  # where the original SDKs find hive.yaml
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": CREDENTIAL_ENV, "value": CREDENTIAL_FILE},
@@ -164,9 +166,9 @@ def build_pod(
     if node.spec.degree is not None and node.spec.agent_ilk is not None:
         # What the agent re-verifies itself before its first message (the operator already did).
         env += [
-            {"name": "FLUXBEE_AGENT_ILK", "value": node.spec.agent_ilk},
-            {"name": "FLUXBEE_DEGREE", "value": f"{node.spec.degree.name}@{node.spec.degree.version}"},
-            {"name": "FLUXBEE_IDENTITY_PUBLIC_KEY", "value": f"{IDENTITY_MOUNT}/ed25519.pub"},
+            {"name": E.AGENT_ILK.name, "value": node.spec.agent_ilk},
+            {"name": E.DEGREE.name, "value": f"{node.spec.degree.name}@{node.spec.degree.version}"},
+            {"name": E.IDENTITY_PUBLIC_KEY.name, "value": f"{IDENTITY_MOUNT}/ed25519.pub"},
         ]
         volumes.append({"name": "identity-key",
                         "configMap": {"name": settings.identity_key_config_map}})
@@ -227,7 +229,7 @@ def build_pod(
             "labels": {**node_labels(node), L.REPLICA: str(index)},
             "annotations": {
                 L.CONFIG_DIGEST: config_digest,
-                "fluxbee.io/runtime": f"{package.runtime}@{package.version}",
+                names.ANNOTATION_RUNTIME: f"{package.runtime}@{package.version}",
             },
         },
         "spec": spec,

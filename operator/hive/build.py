@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from fluxbee.dataplane import env as E
+from fluxbee.dataplane.names import ADMIN_NODE, IDENTITY_NODE
 from fluxbee.models import Hive
 from fluxbee.operator import labels as L
 from fluxbee.operator.hive.links import (
@@ -48,7 +50,7 @@ RUN_DIR = "/var/run/fluxbee"
 # The credential contract between the operator, the router and the node SDK: a process proves a
 # claimed node name with a token (64 hex chars) from the file named by CREDENTIAL_ENV; the router
 # (``--claims-dir``) holds one file per claimed name with the token's sha256, never the token.
-CREDENTIAL_ENV = "FLUXBEE_NODE_CREDENTIAL_FILE"
+CREDENTIAL_ENV = E.NODE_CREDENTIAL_FILE.name
 # Not under RUN_DIR: that is a hostPath, and a mount inside it would leave a folder on every host.
 CREDENTIAL_DIR = f"{SDK_CONFIG_DIR}/credential"
 CREDENTIAL_KEY = "token"
@@ -90,8 +92,6 @@ def claims_config_map_name(hive_name: str) -> str:
     return f"{hive_name}-claims"
 
 
-ADMIN_NODE = "SY.admin"
-IDENTITY_NODE = "SY.identity"
 IDENTITY_REPLICA_NODE = "SY.identity.replica"
 SYSTEM_NODES = (ADMIN_NODE, IDENTITY_NODE, IDENTITY_REPLICA_NODE)
 """Every SY.* name a hive's pods can run (its claims key is the Hive's, never a FluxNode's)."""
@@ -296,8 +296,8 @@ def router_container(hive: Hive, namespace: str, settings: OperatorSettings, ima
             *(extra_args or []),
         ],
         "env": [
-            {"name": "FLUXBEE_RUN_DIR", "value": RUN_DIR},
-            {"name": "FLUXBEE_HIVE_ID", "value": hive.hive_id},
+            {"name": E.RUN_DIR.name, "value": RUN_DIR},
+            {"name": E.HIVE_ID.name, "value": hive.hive_id},
         ],
         "ports": [
             {"name": MESH_PORT_NAME, "containerPort": hive.spec.mesh_port, "protocol": "TCP"},
@@ -346,16 +346,16 @@ def _admin_container(hive: Hive, settings: OperatorSettings, image: str) -> dict
             "kubernetes",
         ],
         "env": [
-            {"name": "FLUXBEE_RUN_DIR", "value": RUN_DIR},
-            {"name": "FLUXBEE_HIVE_ID", "value": hive.hive_id},
-            {"name": "FLUXBEE_HIVE_RESOURCE", "value": hive.metadata.name},
+            {"name": E.RUN_DIR.name, "value": RUN_DIR},
+            {"name": E.HIVE_ID.name, "value": hive.hive_id},
+            {"name": E.HIVE_RESOURCE.name, "value": hive.metadata.name},
             {
                 "name": "POD_NAMESPACE",
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
             },
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {
-                "name": "FLUXBEE_ADMIN_TOKEN",
+                "name": E.ADMIN_TOKEN.name,
                 "valueFrom": {"secretKeyRef": {"name": names(hive).admin_secret, "key": "token"}},
             },
             {"name": CREDENTIAL_ENV, "value": CREDENTIAL_FILE},

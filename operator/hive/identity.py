@@ -24,13 +24,13 @@ import base64
 from typing import Any
 from urllib.parse import quote
 
+from fluxbee.dataplane.names import IDENTITY_NODE
 from fluxbee.models import Hive
 from fluxbee.operator import labels as L
 from fluxbee.operator.hive.build import (
     CREDENTIAL_DIR,
     CREDENTIAL_ENV,
     CREDENTIAL_FILE,
-    IDENTITY_NODE,
     RUN_DIR,
     credential_volume,
     labels,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
@@ -25,7 +24,6 @@ from fluxbee.models import validate_node_name
 
 log = logging.getLogger(__name__)
 
-HIVE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 @dataclass(slots=True)

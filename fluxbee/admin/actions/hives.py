@@ -19,8 +19,9 @@ from typing import Any
 from fluxbee import __version__
 from fluxbee.admin import remote, wan
 from fluxbee.admin import schemas as s
-from fluxbee.admin.actions.common import HIVE_ID_RE, Call, Context, record_change, router_visible
+from fluxbee.admin.actions.common import Call, Context, record_change, router_visible
 from fluxbee.admin.errors import AdminError
+from fluxbee.dataplane.names import HIVE_ID_RE
 
 
 async def hive_status(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
@@ -98,9 +99,9 @@ async def add_hive(ctx: Context, target: str, p: s.AddHiveParams, call: Call) ->
 async def remove_hive(ctx: Context, target: str, p: s.HiveIdParams, call: Call) -> dict[str, Any]:
     if p.hive_id == ctx.backend.hive_id:
         raise AdminError("INVALID_REQUEST", "the local hive cannot be removed")
-    if not HIVE_ID_RE.match(p.hive_id):
-        raise AdminError("INVALID_HIVE_ID", f"hive_id {p.hive_id!r} must match {HIVE_ID_RE.pattern}")
     record = (await ctx.backend.remote_hives()).get(p.hive_id)
+    if record is None and not HIVE_ID_RE.match(p.hive_id):  # a record kept from a looser rule can still go
+        raise AdminError("INVALID_HIVE_ID", f"hive_id {p.hive_id!r} must match {HIVE_ID_RE.pattern}")
     view = await wan.wan_view(ctx.link)
     if record is None and view.link_to(p.hive_id) is None:
         raise AdminError("NOT_FOUND", f"hive {p.hive_id!r} is neither registered nor linked")

@@ -12,8 +12,8 @@ from typing import Any
 from fluxbee.admin import schemas as s
 from fluxbee.admin.actions.common import Call, Context, check_hive, record_change
 from fluxbee.admin.errors import AdminError
+from fluxbee.dataplane.names import IDENTITY_NODE
 
-IDENTITY_NODE = "SY.identity"
 IDENTITY_TIMEOUT = 5.0
 _IDENTITY_CODES = frozenset({"NOT_FOUND", "ILK_NOT_FOUND", "INVALID_REQUEST", "MODULE_EXISTS", "DB_NOT_READY",
                              "UNAUTHORIZED_REGISTRAR", "DB_WRITE_FAILED", "RESPONSE_TOO_LARGE"})

@@ -28,6 +28,7 @@ from fluxbee.admin.backend import NodeObservation
 from fluxbee.admin.errors import AdminError
 from fluxbee.admin.node_identity import SpawnIdentity
 from fluxbee.dataplane import wire
+from fluxbee.dataplane.names import NODE_TYPES, is_reserved
 
 NODE_STATUS_TIMEOUT = 2.0
 
@@ -35,7 +36,7 @@ NODE_STATUS_TIMEOUT = 2.0
 def _row(o: NodeObservation) -> dict[str, Any]:
     kind = o.node_name.split(".", 1)[0]
     return {"name": o.node_name, "node_name": o.node_name, "hive": o.hive,
-            "kind": kind if kind in ("AI", "IO", "WF", "SY", "RT") else "UNKNOWN", "managed": o.managed,
+            "kind": kind if kind in NODE_TYPES else "UNKNOWN", "managed": o.managed,
             "status": o.lifecycle_state.lower(), "lifecycle_state": o.lifecycle_state,
             "visible_in_router": o.visible_in_router,
             "runtime": {"name": o.runtime.get("name"), "version": o.runtime.get("resolved_version")}}
@@ -54,7 +55,7 @@ async def list_nodes(ctx: Context, target: str, p: s.NoParams, call: Call) -> di
         n = by_name[name]
         kind = name.split(".", 1)[0]
         rows.append({"name": name, "node_name": name, "hive": target, "managed": False, "uuid": n.get("uuid"),
-                     "kind": kind if kind in ("AI", "IO", "WF", "SY", "RT") else "UNKNOWN",
+                     "kind": kind if kind in NODE_TYPES else "UNKNOWN",
                      "vpn_id": n.get("vpn_id"), "status": "running", "lifecycle_state": "RUNNING",
                      "visible_in_router": True, "runtime": None})
     for row in rows:
@@ -70,7 +71,7 @@ async def list_nodes(ctx: Context, target: str, p: s.NoParams, call: Call) -> di
 async def run_node(ctx: Context, target: str, p: s.SpawnNodeParams, call: Call) -> dict[str, Any]:
     await check_hive(ctx, target)
     name = full_node_name(ctx, target, p.node_name)
-    if name.split(".", 1)[0] in ("SY", "RT"):
+    if is_reserved(name):
         raise AdminError("INVALID_REQUEST", "SY.* and RT.* nodes are the hive's own; they cannot be spawned")
     if "_system" in p.config:
         raise AdminError("INVALID_CONFIG", "config may not set `_system`: the hive fills it in")

@@ -15,9 +15,10 @@ from typing import Any
 
 from fluxbee.admin import global_config
 from fluxbee.admin import schemas as s
-from fluxbee.admin.actions.common import HIVE_ID_RE, Call, Context, check_hive, record_change
+from fluxbee.admin.actions.common import Call, Context, check_hive, record_change
 from fluxbee.admin.backend import LIST_CHANGED
 from fluxbee.admin.errors import AdminError
+from fluxbee.dataplane.names import HIVE_ID_RE
 
 
 async def _router_lists(ctx: Context) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fluxbee.dataplane import wire
+from fluxbee.dataplane import names, wire
 from fluxbee.dataplane.wire import Message
 from fluxbee.identity import degrees as dg
 from fluxbee.identity import model as m
@@ -59,7 +59,7 @@ class ActionHandlers(RegionKeeper):
     async def _tnt_create(self, msg: Message, by: str) -> dict[str, Any]:
         req = m.decode(msg.payload, m.TenantCreateReq)
         change = m.Change()
-        result = await self._ready().tnt_create(req, may_activate=matches_base(by, "SY.admin"), change=change)
+        result = await self._ready().tnt_create(req, may_activate=matches_base(by, names.ADMIN_NODE), change=change)
         self._commit(change)
         return result
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fluxbee.dataplane import names
 from fluxbee.identity import model as m
 from fluxbee.identity import sync
 
@@ -20,8 +21,8 @@ class Authorizer:
 
     def _base(self, sender: str) -> str:
         base = sender.split("@", 1)[0]
-        if base.startswith("SY.orchestrator.relay."):
-            return "SY.orchestrator"
+        if base.startswith(f"{names.ORCHESTRATOR_NODE}.relay."):
+            return names.ORCHESTRATOR_NODE
         return base
 
     def allowed(self, action: str, sender: str | None) -> bool:
@@ -29,10 +30,10 @@ class Authorizer:
             return False
         base = self._base(sender)
         hive = sender.split("@", 1)[1] if "@" in sender else ""
-        frontdesk = base in ("SY.frontdesk.gov", self.frontdesk)
-        self_ = base == "SY.identity" and hive == self.hive_id
-        orchestrator = base == "SY.orchestrator"
-        admin = base == "SY.admin"
+        frontdesk = base in (names.FRONTDESK_NODE, self.frontdesk)
+        self_ = base == names.IDENTITY_NODE and hive == self.hive_id
+        orchestrator = base == names.ORCHESTRATOR_NODE
+        admin = base == names.ADMIN_NODE
         if action == m.ILK_PROVISION:
             return base.startswith("IO.")
         if action == m.ILK_REGISTER:  # SY.admin: the node ILK it registers at spawn (it is the orchestrator here)
@@ -49,7 +50,7 @@ class Authorizer:
         if action == m.ILK_GRADUATE:
             return admin or orchestrator
         if action == m.GRADUATION_GET:
-            return base.startswith(("AI.", "SY."))
+            return base.startswith(("AI.", names.SYSTEM_PREFIX))
         if action == sync.SYNC_SUBSCRIBE:
-            return base == "SY.identity" or base.startswith("SY.identity.")
+            return base == names.IDENTITY_NODE or base.startswith(f"{names.IDENTITY_NODE}.")
         return action == m.IDENTITY_METRICS

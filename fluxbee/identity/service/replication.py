@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any
 
-from fluxbee.dataplane import wire
+from fluxbee.dataplane import names, wire
 from fluxbee.dataplane.wire import Message
 from fluxbee.identity import model as m
 from fluxbee.identity import sync
@@ -90,7 +90,7 @@ class Replication(RegionKeeper):
             await self.sender.send(wire.BROADCAST, sync.to_payload(sync.Heartbeat(self.epoch, self._published)),
                                    msg_type=wire.TYPE_SYSTEM, msg=sync.PRIMARY_READY,
                                    meta=wire.Meta(type=wire.TYPE_SYSTEM, msg=sync.PRIMARY_READY,
-                                                  target="SY.identity*"))
+                                                  target=f"{names.IDENTITY_NODE}*"))
         except Exception as err:
             log.warning("could not announce the primary (%s); replicas resync at their timeout", err)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fluxbee.dataplane import names
 from fluxbee.identity.store import DATABASE
 
 
@@ -17,8 +18,8 @@ class IdentitySettings:
     dsn: str
     """PostgreSQL server URL (any database part is replaced by ``database``)."""
     database: str = DATABASE
-    node_name: str = "SY.identity"
-    frontdesk: str = "SY.frontdesk.gov"
+    node_name: str = names.IDENTITY_NODE
+    frontdesk: str = names.FRONTDESK_NODE
     """The hive's identity front desk (``government.identity_frontdesk``), allowed to register and merge."""
     default_tenant: str = "fluxbee"
     max_ilks: int = 8192
