@@ -146,6 +146,8 @@ LABEL_HIVE: Final = "fluxbee.io/hive"
 LABEL_FLUXNODE: Final = "fluxbee.io/fluxnode"
 LABEL_REPLICA: Final = "fluxbee.io/replica"
 LABEL_CREATED_BY: Final = "fluxbee.io/created-by"
+LABEL_MESH: Final = "fluxbee.io/mesh"
+"""On every router pod of a hive (value: the Hive's name); the hive's mesh Service selects it."""
 """``admin-api`` on FluxNodes the admin API spawned."""
 
 ANNOTATION_CONFIG_DIGEST: Final = "fluxbee.io/config-digest"

@@ -38,8 +38,8 @@ from typing import Any, Final
 from fluxbee.admin.backend import RouterLink
 from fluxbee.admin.errors import AdminError
 from fluxbee.dataplane import wire
+from fluxbee.dataplane.names import ADMIN_NODE
 
-ADMIN_NODE: Final = "SY.admin"
 RELAY_TIMEOUT: Final = 30.0
 """Seconds a relayed action may take (the original's default for orchestrator actions)."""
 SLOW_RELAY_TIMEOUT: Final = {"run_node": 60.0}

@@ -9,11 +9,11 @@ or ``<hive>-wan-tls``, which the operator issues from its CA.  The gateway adds 
 
 from __future__ import annotations
 
+from fluxbee.dataplane.names import LABEL_MESH
 from fluxbee.models import Hive
 from fluxbee.models.links import port_of
 
-MESH_LABEL = "fluxbee.io/mesh"
-"""Label on every router pod of a hive (value: the Hive's name); the mesh Service selects it."""
+MESH_LABEL = LABEL_MESH
 LINK_MOUNT = "/etc/fluxbee/link"
 LINK_VOLUME = "link-tls"
 TLS_CERT = "tls.crt"

@@ -58,6 +58,19 @@ def _links_by_router(ctx: Context) -> bool:
     return ctx.backend.kind == "local"
 
 
+async def _unlink(ctx: Context, hive_id: str) -> Any:
+    """Take the router's link to ``hive_id`` down; a registered hive that never had a link (this hive
+    has no WAN gateway, or the link was never made) is still removed."""
+    if not _links_by_router(ctx):
+        return "not_by_router"
+    try:
+        return await wan.link_remove(ctx.link, hive_id)
+    except AdminError as err:
+        if err.code in ("MISSING_WAN_LISTEN", "NOT_FOUND"):
+            return "no_link"
+        raise
+
+
 async def add_hive(ctx: Context, target: str, p: s.AddHiveParams, call: Call) -> dict[str, Any]:
     if not HIVE_ID_RE.match(p.hive_id):
         raise AdminError("INVALID_HIVE_ID", f"hive_id {p.hive_id!r} must match {HIVE_ID_RE.pattern}")
@@ -107,7 +120,7 @@ async def remove_hive(ctx: Context, target: str, p: s.HiveIdParams, call: Call) 
         raise AdminError("NOT_FOUND", f"hive {p.hive_id!r} is neither registered nor linked")
 
     async def work() -> dict[str, Any]:
-        unlinked = await wan.link_remove(ctx.link, p.hive_id) if _links_by_router(ctx) else "not_by_router"
+        unlinked = await _unlink(ctx, p.hive_id)
         if record is not None:
             await ctx.backend.remove_remote_hive(p.hive_id)
         return {"status": "ok", "hive_id": p.hive_id, "address": (record or {}).get("address"),

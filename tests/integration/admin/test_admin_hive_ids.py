@@ -55,11 +55,13 @@ def test_a_route_to_a_hive_the_router_would_refuse_is_400(hive: AdminHive) -> No
     assert "WF.far" not in {r["prefix"] for r in doc["payload"]["routes"]}
 
 
-def test_the_longest_valid_id_is_still_accepted(hive: AdminHive) -> None:
+def test_the_longest_valid_id_passes_the_id_rule(hive: AdminHive) -> None:
+    """This hive has no WAN gateway, so linking is refused — but for that reason, not the id."""
     hive_id = "w" * 63
     code, doc = hive.call("POST", "/hives", {"hive_id": hive_id, "address": "192.168.8.10"})
-    assert code == 200, doc
-    assert hive.call("DELETE", f"/hives/{hive_id}")[0] == 200
+    assert (code, doc["error_code"]) == (503, "MISSING_WAN_LISTEN"), doc
+    code, doc = hive.call("POST", "/hives", {"hive_id": hive_id + "w", "address": "192.168.8.10"})
+    assert (code, doc["error_code"]) == (400, "INVALID_HIVE_ID"), doc
 
 
 def test_a_hive_recorded_under_the_old_looser_rule_can_still_be_removed(hive: AdminHive) -> None:
