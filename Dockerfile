@@ -22,9 +22,11 @@ COPY pyproject.toml setup.py README.md ./
 COPY fluxbee ./fluxbee
 COPY dataplane ./dataplane
 COPY operator ./operator
+# The extras of the commands above: the operator, the admin API's cluster backend and the router's
+# probes (--metrics-addr).  Not [identity], [local] or [bench]: no pod runs them.
 RUN pip install --no-cache-dir --upgrade pip \
- && pip install --no-cache-dir . \
- && python -c "import fluxbee.operator.app, fluxbee.models" \
+ && pip install --no-cache-dir '.[operator,admin,metrics]' \
+ && python -c "import fluxbee.operator.app, fluxbee.admin.cluster, fluxbee.dataplane.router.probes" \
  && python -c "from fluxbee.dataplane import _native as n; assert n.IMPLEMENTATION == 'c', n.IMPLEMENTATION"
 
 FROM python:${PYTHON}-slim
