@@ -333,7 +333,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from fluxbee.bench import run_bench
+    from fluxbee.bench.run import run_bench
 
     _raise_fd_limit()
     return run_bench(quick=args.quick, as_json=args.json, round_trips=args.round_trips, messages=args.messages,
