@@ -9,7 +9,7 @@ ARG PYTHON=3.11
 FROM python:${PYTHON}-slim AS build
 WORKDIR /src
 # A C compiler for the router's fast path and the SDK's frame builder (dataplane/_speedups.c).
-# Without it pip would still install, silently, the pure-Python path: about a third of the
+# Without it pip would still install, silently, the pure-Python path, with a fraction of the
 # throughput (BENCHMARKS.md), so the build below refuses an image without the extension.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
