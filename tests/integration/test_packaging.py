@@ -151,7 +151,9 @@ def test_every_data_plane_module_imports_on_the_base_install(base_venv: BaseVenv
         import importlib, json, pkgutil, sys
         import fluxbee.dataplane
         skip = set(json.loads(sys.argv[1]))
-        names = ["fluxbee.cli", "fluxbee.extras", "fluxbee.admin.ctl", "fluxbee.identity.cli"]
+        # the CLI and what its base commands import (ctl, identity lookup and call), then the data plane
+        names = ["fluxbee.cli", "fluxbee.extras", "fluxbee.admin.ctl", "fluxbee.admin.client", "fluxbee.identity.cli",
+                 "fluxbee.identity.client"]
         names += [m.name for m in pkgutil.walk_packages(fluxbee.dataplane.__path__, "fluxbee.dataplane.")
                   if m.name not in skip]
         failed = {}
@@ -167,6 +169,8 @@ def test_every_data_plane_module_imports_on_the_base_install(base_venv: BaseVenv
     result = json.loads(done.stdout)
     assert result["failed"] == {}
     assert result["imported"] > 30  # the walk found the package (router, sdk, shm, nodes, wire …)
+    helped = base_venv.run(base_venv.fluxbee("--help"), cwd=tmp_path)
+    assert helped.returncode == 0 and "operator" in helped.stdout, helped.stderr
 
 
 @pytest.fixture
