@@ -8,8 +8,6 @@ import os
 import sys
 from typing import Any
 
-from fluxbee.admin.client import AdminCommandError, HttpAdminClient
-
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
@@ -47,6 +45,9 @@ def _render(args: argparse.Namespace, payload: Any) -> str:
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
+    # Imported here: the parser of every `fluxbee` command registers `ctl`, and only `ctl` needs the client.
+    from fluxbee.admin.client import AdminCommandError, HttpAdminClient
+
     client = HttpAdminClient(base=args.url, token=args.token or os.environ.get("FLUXBEE_ADMIN_TOKEN"))
     h = args.hive
     cmd = args.ctl_command

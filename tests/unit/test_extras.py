@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -84,3 +87,18 @@ def test_every_extra_a_command_declares_exists_in_pyproject() -> None:
     # [all] is everything but the test tools.
     (everything,) = declared["all"]
     assert set(everything.removeprefix("fluxbee[").removesuffix("]").split(",")) == set(declared) - {"all", "test"}
+
+
+def test_building_the_cli_parser_imports_no_command_and_no_library(tmp_path: Path) -> None:
+    """Every command imports its own code when it runs: `fluxbee router` loads no SDK, `fluxbee send` no router,
+    and no command loads a library of an extra it does not use."""
+    probe = ("import sys; from fluxbee.cli import build_parser; build_parser(); "
+             "print(' '.join(sorted(m for m in sys.modules if m.startswith('fluxbee.')))); "
+             "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names))))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={**os.environ, "PYTHONSAFEPATH": "1"})
+    assert done.returncode == 0, done.stderr
+    ours, libraries = (line.split() for line in done.stdout.splitlines())
+    assert set(ours) == {"fluxbee.cli", "fluxbee.admin", "fluxbee.admin.ctl", "fluxbee.identity",
+                         "fluxbee.identity.cli"}
+    assert {name for name in libraries if not name.startswith("_") and name != "fluxbee"} == set()
