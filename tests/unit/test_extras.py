@@ -99,6 +99,7 @@ def test_building_the_cli_parser_imports_no_command_and_no_library(tmp_path: Pat
                           env={**os.environ, "PYTHONSAFEPATH": "1"})
     assert done.returncode == 0, done.stderr
     ours, libraries = (line.split() for line in done.stdout.splitlines())
-    assert set(ours) == {"fluxbee.cli", "fluxbee.admin", "fluxbee.admin.ctl", "fluxbee.identity",
-                         "fluxbee.identity.cli"}
+    assert set(ours) == {"fluxbee.cli", "fluxbee.admin", "fluxbee.admin.ctl", "fluxbee.identity",  # parsers only
+                         "fluxbee.identity.cli", "fluxbee.dataplane", "fluxbee.dataplane.link",
+                         "fluxbee.dataplane.link.cli"}
     assert {name for name in libraries if not name.startswith("_") and name != "fluxbee"} == set()
