@@ -2,6 +2,7 @@
 #   fluxbee router …      the hive router sidecar
 #   fluxbee operator      the kopf operator
 #   fluxbee admin …       the admin HTTP API
+#   fluxbee identity serve   SY.identity
 #   fluxbee node echo|listener          the built-in example node runtimes
 # Build: hack/build-image.sh [TAG]
 ARG PYTHON=3.11
@@ -22,11 +23,11 @@ COPY pyproject.toml setup.py README.md ./
 COPY fluxbee ./fluxbee
 COPY dataplane ./dataplane
 COPY operator ./operator
-# The extras of the commands above: the operator, the admin API's cluster backend and the router's
-# probes (--metrics-addr).  Not [identity], [local] or [bench]: no pod runs them.
+# The extras of the commands the pods run: the operator, the admin API's cluster backend, the
+# router's probes (--metrics-addr) and SY.identity (`fluxbee identity serve`).  Not [local] or [bench].
 RUN pip install --no-cache-dir --upgrade pip \
- && pip install --no-cache-dir '.[operator,admin,metrics]' \
- && python -c "import fluxbee.operator.app, fluxbee.admin.cluster, fluxbee.dataplane.router.probes" \
+ && pip install --no-cache-dir '.[operator,admin,metrics,identity]' \
+ && python -c "import fluxbee.operator.app, fluxbee.admin.main_kubernetes, fluxbee.dataplane.router.probes, fluxbee.identity.service" \
  && python -c "from fluxbee.dataplane import _native as n; assert n.IMPLEMENTATION == 'c', n.IMPLEMENTATION"
 
 FROM python:${PYTHON}-slim
