@@ -2,6 +2,7 @@
 #   fluxbee router …      the hive router sidecar
 #   fluxbee operator      the kopf operator
 #   fluxbee admin …       the admin HTTP API
+#   fluxbee identity serve   SY.identity
 #   fluxbee node echo|listener          the built-in example node runtimes
 # Build: hack/build-image.sh [TAG]
 ARG PYTHON=3.11
@@ -9,7 +10,7 @@ ARG PYTHON=3.11
 FROM python:${PYTHON}-slim AS build
 WORKDIR /src
 # A C compiler for the router's fast path and the SDK's frame builder (dataplane/_speedups.c).
-# Without it pip would still install, silently, the pure-Python path: about a third of the
+# Without it pip would still install, silently, the pure-Python path, with a fraction of the
 # throughput (BENCHMARKS.md), so the build below refuses an image without the extension.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
@@ -22,9 +23,11 @@ COPY pyproject.toml setup.py README.md ./
 COPY fluxbee ./fluxbee
 COPY dataplane ./dataplane
 COPY operator ./operator
+# The extras of the commands the pods run: the operator, the admin API's cluster backend, the
+# router's probes (--metrics-addr) and SY.identity (`fluxbee identity serve`).  Not [local] or [bench].
 RUN pip install --no-cache-dir --upgrade pip \
- && pip install --no-cache-dir . \
- && python -c "import fluxbee.operator.app, fluxbee.models" \
+ && pip install --no-cache-dir '.[operator,admin,metrics,identity]' \
+ && python -c "import fluxbee.operator.app, fluxbee.admin.main_kubernetes, fluxbee.dataplane.router.probes, fluxbee.identity.service" \
  && python -c "from fluxbee.dataplane import _native as n; assert n.IMPLEMENTATION == 'c', n.IMPLEMENTATION"
 
 FROM python:${PYTHON}-slim

@@ -6,10 +6,9 @@ glibc's defaults such a block is freed to the top of the heap, the heap is
 trimmed back to the kernel as soon as more than 128 KiB are free there, and
 the next read grows it again: every burst pays page faults (zeroing and
 mapping fresh pages, memory-cgroup accounting) for memory it just gave away.
-Measured on the 2-vCPU development VM (one-way bursts of 200-byte messages,
-CPU per message from ``/proc/PID/schedstat``; BENCHMARKS.md): the router
-~490 → ~200 ns, a receiving node ~740 → ~600 ns; in an A/B inside one run,
-throughput 0.85 → 1.22 million messages/s.
+Keeping that memory cuts the CPU the router and a receiving node spend per
+message in one-way bursts, and raises the throughput of an A/B inside one run
+(figures: BENCHMARKS.md, "The allocator").
 
 :func:`tune` sets three ``mallopt`` parameters: keep up to
 :data:`TRIM_THRESHOLD` free at the top of the heap, grow it

@@ -1,6 +1,9 @@
 """The ``fluxbee`` command: router, nodes, local hive, send/status, benchmark, operator.
 
-The event loop is chosen here (uvloop) and nowhere else.
+The event loop is chosen here (uvloop) and nowhere else.  Every command imports what it runs
+inside its own function, so that the base install (``pip install fluxbee``, no extras) runs
+``router``, ``node``, ``send``, ``status`` and ``ctl``; a command that needs an extra declares it
+(``set_defaults(extra=…)``) and :func:`require_extra` names it when it is missing.
 """
 
 from __future__ import annotations
@@ -94,7 +97,22 @@ def _hive_id(value: str) -> str:
     return hive_id_argument(value)
 
 
+def require_extra(extra: str | None, command: str) -> None:
+    """Stop with a message naming the extra to install when ``command`` needs one that is missing."""
+    if extra is None:
+        return
+    from fluxbee.extras import MissingExtraError, require
+
+    try:
+        require(extra)
+    except MissingExtraError as err:
+        print(f"fluxbee {command}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def cmd_router(args: argparse.Namespace) -> int:
+    if args.metrics_addr is not None:  # the probes are served by aiohttp
+        require_extra("metrics", "router --metrics-addr")
     from fluxbee.dataplane.router.server import RouterError, RouterSettings, run_router
 
     settings = RouterSettings(
@@ -370,7 +388,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from fluxbee.bench import run_bench
+    from fluxbee.bench.run import run_bench
 
     _raise_fd_limit()
     return run_bench(quick=args.quick, as_json=args.json, round_trips=args.round_trips, messages=args.messages,
@@ -485,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--link-hello-interval", type=float, metavar="SECONDS", help="keepalive period (router default 10)")
     w.add_argument("--link-dead-interval", type=float, metavar="SECONDS",
                    help="a link silent this long is closed (router default 40)")
-    u.set_defaults(func=cmd_up)
+    u.set_defaults(func=cmd_up, extra="local")
 
     a = sub.add_parser("admin", help="run the admin HTTP API of a hive in a cluster (Kubernetes backend)")
     a.add_argument("--listen", type=_addr, default=("127.0.0.1", 8080),
@@ -499,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--run-dir", help="the hive's socket directory, to reach its router (default $FLUXBEE_RUN_DIR)")
     a.add_argument("--kube-api", help="API server URL without auth (`kubectl proxy`); default: in-cluster "
                                       "service account ($FLUXBEE_SERVICE_ACCOUNT_DIR), else $KUBECONFIG")
-    a.set_defaults(func=cmd_admin)
+    a.set_defaults(func=cmd_admin, extra="admin")
 
     from fluxbee.admin.ctl import register as register_ctl
 
@@ -528,11 +546,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--round-trips", type=_positive, help="round trips per transport (default 20,000)")
     b.add_argument("--messages", type=_positive, help="one-way messages per transport (default 200,000)")
     b.add_argument("--idle-nodes", type=_positive, help="idle nodes for the router memory figure (default 1,000)")
-    b.set_defaults(func=cmd_bench)
+    b.set_defaults(func=cmd_bench, extra="bench")
 
     o = sub.add_parser("operator", help="run the Kubernetes operator", add_help=False)
     o.add_argument("rest", nargs=argparse.REMAINDER)
-    o.set_defaults(func=cmd_operator)
+    o.set_defaults(func=cmd_operator, extra="operator")
 
     from fluxbee.identity.cli import add_parser as add_identity_parser
 
@@ -569,4 +587,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command in ("send", "status", "ctl") and not args.verbose:
         # One-shot commands: their errors are printed; connection retries are noise.
         logging.getLogger("fluxbee.dataplane.sdk").setLevel(logging.WARNING)
+    # Only the base install is certain: a command that needs an extra says which, before importing it.
+    require_extra(getattr(args, "extra", None), " ".join(
+        word for word in (args.command, getattr(args, "identity_command", None)) if word))
     raise SystemExit(args.func(args))

@@ -12,8 +12,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from fluxbee.dataplane.link.certs import CertificateError, issue_hive_cert, make_ca, write_pem_pair
-
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
 TLS_CERT = "tls.crt"
@@ -21,6 +19,9 @@ TLS_KEY = "tls.key"
 
 
 def cmd_ca(args: argparse.Namespace) -> int:
+    # Imported here, as in every command: the parser of every `fluxbee` command registers `wan`.
+    from fluxbee.dataplane.link.certs import CertificateError, make_ca, write_pem_pair
+
     ca_dir = Path(args.dir)
     cert_path, key_path = ca_dir / CA_CERT, ca_dir / CA_KEY
     existing = [p for p in (cert_path, key_path) if p.exists()]
@@ -39,6 +40,8 @@ def cmd_ca(args: argparse.Namespace) -> int:
 
 
 def cmd_issue(args: argparse.Namespace) -> int:
+    from fluxbee.dataplane.link.certs import CertificateError, issue_hive_cert, write_pem_pair
+
     ca_dir, out = Path(args.ca), Path(args.out)
     try:
         ca_cert = (ca_dir / CA_CERT).read_bytes()

@@ -10,18 +10,16 @@ again only to go to sleep.  In ``SCHED_BATCH`` the router never preempts on
 wake-up: the writer finishes and sleeps first, so every hop is one hand-off
 on one CPU.
 
-Measured on the 2-vCPU development VM (BENCHMARKS.md, A/B inside one run),
-round trips after a rest: routed p50 39.0–39.5 → 30.5–30.7 µs, p90 58 → 47–53
-µs, p99 76–78 → 83–94 µs; throughput unchanged; `fluxbee bench` routed/floor
-3.03–4.95 → 2.60–2.61.  The costs: a woken router waits for a CPU-bound task
-on its CPU to block or to use up its slice, so when every CPU is saturated
-the tail grows (two busy loops on two CPUs: p99 2.3 → 4.0 ms, p90 66 → 36
-µs); and one request/reply flow running back to back for seconds, which on
-this VM spreads its processes over both CPUs, mostly lands at ~72–77 µs in
-either class, but the default class sometimes holds ~40 µs there and batch
-did not (13.5k against 14.8k–20.7k round trips/s; with eight concurrent
-flows both ran 71–75k/s).  ``inherit`` keeps whatever class the router was
-started with (also any real-time class an operator gave it).
+On a 2-vCPU VM (A/B inside one run; figures in BENCHMARKS.md, "The router's
+scheduling class") rested round trips get faster and steadier at the median,
+throughput is unchanged, and ``fluxbee bench``'s routed/floor ratio drops.
+The costs: a woken router waits for a CPU-bound task on its CPU to block or
+to use up its slice, so when every CPU is saturated the tail grows; and one
+request/reply flow running back to back for seconds, which on such a VM
+spreads its processes over both CPUs, is sometimes faster in the default
+class than in batch (with several concurrent flows the two classes are
+alike).  ``inherit`` keeps whatever class the router was started with (also
+any real-time class an operator gave it).
 """
 
 from __future__ import annotations

@@ -175,8 +175,8 @@ class Router:
             _secure(path, 0o660, group)
             if s.metrics_addr is not None:
                 host, port = s.metrics_addr
-                # Imported only when probes are served: aiohttp's web server costs a router ~14 MB
-                # of RSS, and a router without --metrics-addr has no use for it.
+                # Imported only when probes are served: aiohttp's web server is a large share of a
+                # router's RSS, and a router without --metrics-addr has no use for it.
                 from fluxbee.dataplane.router import probes
 
                 try:

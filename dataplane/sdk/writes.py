@@ -20,8 +20,8 @@ _perf_ns = time.perf_counter_ns
 _BURST_NS = 10_000
 """Writes closer together than this are taken for a burst and coalesced (see :meth:`_Writes._queue`)."""
 _CHUNK = 64 * 1024
-"""A burst's coalesced frames are written once they reach this size (256 KiB was tried: A/B runs
-inside one bench session gave +3.7 %, +1.6 % and -1 % messages per second, i.e. noise)."""
+"""A burst's coalesced frames are written once they reach this size (256 KiB was tried: in A/B runs
+inside one bench session the difference was within the noise)."""
 
 
 
@@ -90,8 +90,8 @@ class _Writes:
         ends (or at once past :data:`_CHUNK`), so a tight send loop costs
         one syscall per chunk.  A lone frame — a request, a reply — is written
         at once and schedules nothing, so it costs no extra loop iteration
-        (that iteration measured ~0.7 µs of CPU per round trip with every
-        process on one CPU; BENCHMARKS.md).
+        (that iteration is a visible share of a round trip's CPU when every
+        process runs on one CPU).
         """
         if self._flush_handle is None:
             proto = self.proto

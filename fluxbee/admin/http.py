@@ -219,7 +219,7 @@ def make_handler(route: Route) -> Callable[[web.Request], Awaitable[web.Response
                     else:
                         params[name] = value
             if target is None and "hive" in route.query and action not in HIVE_QUERY_SWITCH:
-                target = ctx.backend.hive_id  # global /routes, /vpns: the local hive's (as upstream)
+                target = ctx.backend.hive_id  # global /routes, /vpns: the local hive's (as in the original)
             if route.body != "none":
                 body = await _body(request, route, settings)
                 if body is not None and route.body == "config":

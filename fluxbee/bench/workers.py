@@ -241,7 +241,7 @@ def _recv_exact(s: socket.socket, n: int) -> bytes:
 def main(argv: list[str]) -> None:
     from fluxbee.dataplane import alloc
 
-    alloc.tune()  # every worker, whichever transport it serves (see fluxbee.bench)
+    alloc.tune()  # every worker, whichever transport it serves (see fluxbee.bench.run)
     role = argv[0]
     if role == "idle-nodes":
         idle_nodes(argv[1], int(argv[2]))

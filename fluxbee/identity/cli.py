@@ -169,20 +169,20 @@ def add_parser(sub: Any) -> None:
                    help="primary: seconds between heartbeats to replicas (default 1)")
     s.add_argument("--sync-timeout", type=float, default=5.0,
                    help="replica: seconds of silence from the primary before a full resync (default 5)")
-    s.set_defaults(func=cmd_serve)
+    s.set_defaults(func=cmd_serve, extra="identity")
 
     pg = isub.add_parser("postgres", help="run the embedded PostgreSQL in the foreground")
     pg.add_argument("--run-dir")
     pg.add_argument("--data", help="data dir (default RUN_DIR/identity/pgdata; kept between runs)")
     pg.add_argument("--port", type=int, default=5432, help="port number of the Unix socket (no TCP)")
-    pg.set_defaults(func=cmd_postgres)
+    pg.set_defaults(func=cmd_postgres, extra="identity")
 
     a = isub.add_parser("agent", help="run a graduated agent node (verifies its degree first)")
     a.add_argument("--name", required=True)
     a.add_argument("--ilk", required=True)
     a.add_argument("--public-key", help="identity public key (default RUN_DIR/identity/signing.key.pub)")
     a.add_argument("--run-dir")
-    a.set_defaults(func=cmd_agent)
+    a.set_defaults(func=cmd_agent, extra="identity")
 
     lk = isub.add_parser("lookup", help="look up the identity region (no round trip)")
     lk.add_argument("--hive-id", required=True, type=hive_id_argument)

@@ -372,7 +372,7 @@ RuntimeType = Literal["full_runtime", "config_only", "workflow"]
 class RuntimeSpec(_Model):
     """A published node package: what runs and with which config template.
 
-    Package rules (upstream `validate_package`): a `full_runtime` has its own entry point and no
+    Package rules (the original's): a `full_runtime` has its own entry point and no
     base; `config_only` and `workflow` packages run their base runtime's entry point with their
     own config template, and a `workflow` also carries its flow.
     """

@@ -53,7 +53,7 @@ class Package:
 
 
 def resolve_package(runtime: Runtime, base: Runtime | None, settings: OperatorSettings) -> Package:
-    """config_only / workflow packages run their base's entry point (upstream spawn rule)."""
+    """config_only / workflow packages run their base's entry point (the original's spawn rule)."""
     runner = base if runtime.spec.type != "full_runtime" and base is not None else runtime
     return Package(
         image=runner.spec.image or settings.image,

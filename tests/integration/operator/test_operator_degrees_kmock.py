@@ -86,7 +86,7 @@ async def test_a_valid_graduation_gets_pods_and_the_degree_counts_it(
         status = ((await cluster.api.get("fluxnodes", NS, "agent")) or {}).get("status") or {}
         return status if status.get("graduation") == "Verified" else None
 
-    status = await verified()
+    status = await eventually(verified, what="graduation Verified")  # Pods may come before the status write
     assert status["degreeDigest"] == digest_of(TEXTS)
 
     async def counted() -> dict[str, Any] | None:

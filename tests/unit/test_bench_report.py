@@ -1,0 +1,65 @@
+"""The bench report: sections add JSON keys and report lines; the layout is table, ratios, notes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from fluxbee.bench import run
+from fluxbee.bench.report import Lines
+from fluxbee.bench.results import Plan, Result
+from fluxbee.bench.transports import TRANSPORTS, Transports, ratios
+
+
+class _Fixed:
+    """A section that measures nothing: returns what it was given."""
+
+    def __init__(self, keys: dict[str, Any], lines: Lines) -> None:
+        self.keys, self._lines = keys, lines
+
+    async def measure(self, plan: Plan, tmp: Path) -> dict[str, Any]:
+        assert tmp.is_dir()
+        return self.keys
+
+    def lines(self, result: dict[str, Any]) -> Lines:
+        return self._lines
+
+
+def test_sections_are_merged_in_order_and_their_lines_grouped_by_part() -> None:
+    first = _Fixed({"a": 1}, Lines(table=("T1",), ratios=("R1",), notes=("N1",)))
+    second = _Fixed({"b": 2}, Lines(ratios=("R2",), notes=("N2",)))
+    result = asyncio.run(run.run_all(Plan(1, 1, 1, 1), (first, second)))
+    assert result == {"a": 1, "b": 2}
+    assert run.report(result, (first, second)).splitlines() == ["T1", "", "R1", "R2", "N1", "N2"]
+
+
+def _transport_result() -> dict[str, Any]:
+    figures = {"floor": 10.0, "relay": 20.0, "fluxbee": 25.0, "nats": 100.0}
+    out: dict[str, Any] = {name: Result([figures[name]] * 5, 1000.0 * (2 if name == "fluxbee" else 1), {},
+                                        [figures[name] * 2] * 5, 0.5).summary() for name in TRANSPORTS}
+    out |= {"payload_bytes": 200, "router_fast_path": "c", "router_scheduling": "batch", "router_allocator": "tuned",
+            "round_trips": 5, "messages": 30, "router_rss_mb_idle": 30.0, "router_rss_mb_1000_nodes": 45.5,
+            "idle_nodes": 1000}
+    out["ratios"] = ratios(out)
+    return out
+
+
+def test_the_transport_ratios_compare_the_routed_figures_with_the_floor_nats_and_the_relay() -> None:
+    q = _transport_result()["ratios"]
+    assert q["fluxbee_p50_over_floor_p50"] == 2.5 and q["fluxbee_p50_over_nats_p50"] == 0.25
+    assert q["fluxbee_p50_over_relay_p50"] == 1.25 and q["relay_p50_over_floor_p50"] == 2.0
+    assert q["fluxbee_msgs_over_nats_msgs"] == 2.0
+    assert q["sustained_fluxbee_p50_over_floor_p50"] == 2.5 and q["sustained_fluxbee_p50_over_nats_p50"] == 0.25
+
+
+def test_the_default_report_has_the_transport_table_then_the_targets_then_the_notes() -> None:
+    lines = run.report(_transport_result()).splitlines()
+    assert lines[0].split() == ["transport", "p50", "µs", "p99", "µs", "msgs/s", "CPU", "moves/rtt"]
+    assert [line.split()[0] for line in lines[1:5]] == list(TRANSPORTS)
+    assert lines[5] == ""
+    assert lines[6] == "routed p50 / floor p50   = 2.50   (target ≤ 3)"
+    assert lines[10] == "router RSS: 30.0 MB idle, 45.5 MB with 1000 nodes   (target ≤ 100 MB)"
+    assert lines[11].startswith("sustained (5 round trips back to back)")
+    assert len(lines) == 15
+    assert isinstance(run.SECTIONS[0], Transports)
