@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from fluxbee.dataplane import env
+
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
@@ -48,8 +50,6 @@ def _render(args: argparse.Namespace, payload: Any) -> str:
 def cmd_ctl(args: argparse.Namespace) -> int:
     # Imported here: the parser of every `fluxbee` command registers `ctl`, and only `ctl` needs the client.
     from fluxbee.admin.client import AdminCommandError, HttpAdminClient
-    from fluxbee.dataplane import env
-
     try:
         token = env.admin_token(token=args.token, token_flag="--token")
     except env.SettingsError as err:
