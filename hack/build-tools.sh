@@ -5,6 +5,7 @@
 #
 #   hack/build-tools.sh            build what is missing; print the bin directory on stdout
 #   hack/build-tools.sh --check    print the bin directory if every tool is built, else exit 1
+#   hack/build-tools.sh --opa      build opa alone if it is missing; print the path of the binary
 #
 # Versions are pinned in one place: the go.mod/go.sum files under hack/tools/ (one module per
 # upstream project, because etcd and Kubernetes pin their sibling modules with relative `replace`
@@ -33,6 +34,22 @@ opa_key="$( { echo "$go_version"; cat "$tools/opa/go.mod" "$tools/opa/go.sum" "$
 cache="${FLUXBEE_TOOLS_CACHE:-$HOME/.cache/fluxbee-tools}"
 bin="$cache/$key/bin"
 opa_bin="$cache/opa-$opa_key/bin"
+
+build_opa() {  # the pinned opa into its own cache folder, if it is not there yet
+    [[ ! -x "$opa_bin/opa" ]] || return 0
+    echo "build-tools: building opa into $opa_bin with $go_version" >&2
+    local start=$SECONDS tmp="$opa_bin/.opa.tmp.$$"
+    mkdir -p "$opa_bin"
+    (cd "$tools/opa" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -o "$tmp" github.com/open-policy-agent/opa)
+    mv -f "$tmp" "$opa_bin/opa"
+    echo "build-tools: opa built in $((SECONDS - start)) s" >&2
+}
+
+if [[ "${1:-}" == "--opa" ]]; then
+    build_opa
+    echo "$opa_bin/opa"
+    exit 0
+fi
 
 # name  module-dir  package
 TOOLS=(
@@ -106,15 +123,7 @@ for line in "${missing[@]}"; do
     [[ "$dir" != kubernetes ]] || echo "$k8s_version" > "$bin/.$name.version"
     echo "build-tools: $name built in $((SECONDS - start)) s" >&2
 done
-if [[ ! -x "$opa_bin/opa" ]]; then
-    echo "build-tools: building opa into $opa_bin with $go_version" >&2
-    start=$SECONDS
-    mkdir -p "$opa_bin"
-    tmp="$opa_bin/.opa.tmp.$$"
-    (cd "$tools/opa" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -o "$tmp" github.com/open-policy-agent/opa)
-    mv -f "$tmp" "$opa_bin/opa"
-    echo "build-tools: opa built in $((SECONDS - start)) s" >&2
-fi
+build_opa
 if [[ "$(readlink "$bin/opa" 2>/dev/null)" != "$opa_bin/opa" ]]; then
     ln -sfn "$opa_bin/opa" "$bin/.opa.link.$$"
     mv -fT "$bin/.opa.link.$$" "$bin/opa"

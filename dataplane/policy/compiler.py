@@ -49,7 +49,14 @@ _NOT_A_RULE = "does not refer to a rule"
 
 
 class OpaNotFound(Exception):
-    """No usable ``opa`` here; the message is the reason printed when compiling falls back."""
+    """No usable ``opa`` here; the message is the reason printed when compiling falls back.
+
+    ``misconfigured`` is set when ``$FLUXBEE_OPA`` names something that is not an executable: that
+    is the operator's mistake to fix, so compiling refuses instead of falling back."""
+
+    def __init__(self, message: str, *, misconfigured: bool = False) -> None:
+        super().__init__(message)
+        self.misconfigured = misconfigured
 
 
 def find_opa(environ: Mapping[str, str] | None = None) -> str:
@@ -60,7 +67,7 @@ def find_opa(environ: Mapping[str, str] | None = None) -> str:
     if configured:
         path = Path(configured)
         if not path.is_file() or not os.access(path, os.X_OK):
-            raise OpaNotFound(f"{OPA_ENV}={configured} is not an executable file")
+            raise OpaNotFound(f"{OPA_ENV}={configured} is not an executable file", misconfigured=True)
         return str(path)
     found = shutil.which("opa", path=env.get("PATH"))
     if found is None:
@@ -120,6 +127,8 @@ def compile_policy(source: str, *, data: Mapping[str, Any] | None = None,
         try:
             opa = opa or find_opa()
         except OpaNotFound as err:
+            if err.misconfigured:
+                raise CompileError(str(err), compiler="opa") from err
             reason = str(err)
     else:
         reason = "compiling with opa was not asked for"

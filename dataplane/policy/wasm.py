@@ -82,7 +82,7 @@ class _Trapped(Exception):
 class _Instance:
     """One store, memory and instance of a compiled module, with data parsed into its heap."""
 
-    def __init__(self, owner: WasmEngine, data_json: bytes) -> None:
+    def __init__(self, owner: WasmEngine, data_json: bytes | None) -> None:
         self.owner = owner
         self.store = wasmtime.Store(owner.wasm_engine)
         self.host_error: str | None = None
@@ -100,7 +100,10 @@ class _Instance:
                 arity = int(name[-1])
                 linker.define_func("env", name, wasmtime.FuncType([i32] * (arity + 2), [i32]),
                                    self._builtin, access_caller=False)
-        instance = linker.instantiate(self.store, owner.module)
+        try:
+            instance = linker.instantiate(self.store, owner.module)
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as err:
+            raise PolicyLoadError(f"the module cannot be instantiated: {err}") from err
         exports = instance.exports(self.store)
         self.exports = exports
         self.fast = FAST_PATH_REASON is None and not owner.force_slow_calls
@@ -113,6 +116,9 @@ class _Instance:
             self._mem_data = _ffi.wasmtime_memory_data
             self._mem_size = _ffi.wasmtime_memory_data_size
             self._ctx = self.store._context()
+        self.data_addr = self.base = 0
+        if data_json is None:  # a probe: ABI, builtins and entry points only
+            return
         # Data: malloc, copy, parse; the heap after it is where every evaluation starts.
         addr = self.calls["opa_malloc"](len(data_json))
         self.write(addr, data_json)
@@ -322,8 +328,8 @@ class WasmEngine:
         self.entrypoint_ids: dict[str, int] = {}
         self._host = {**HOST_BUILTINS, **(builtins or {})}
         self._data_json = canonical_json(dict(data))
-        self._instance = self._new_instance(first=True)
-        self.abi = self._abi
+        self._probe(exported)
+        self._instance = self._new_instance()
         self.one_shot = self.call_names is _ONE_SHOT_CALLS
         self._eval = _Instance.eval_one_shot if self.one_shot else _Instance.eval_context
         self.fast_calls = self._instance.fast
@@ -340,42 +346,47 @@ class WasmEngine:
         self._entrypoint_ids = (target,) if self._allow_id is None else (target, self._allow_id)
         self._broken = False
 
-    def _new_instance(self, *, first: bool = False) -> _Instance:
-        if first:
-            # ABI and builtins are properties of the module: check them before parsing data.
-            probe = _Instance(self, b"{}")
-            major = probe.exports["opa_wasm_abi_version"]
-            minor = probe.exports["opa_wasm_abi_minor_version"]
-            if not isinstance(major, wasmtime.Global) or not isinstance(minor, wasmtime.Global):
-                raise PolicyLoadError("the module does not export its ABI version")
-            self._abi = (int(major.value(probe.store)), int(minor.value(probe.store)))
-            if self._abi[0] != 1:
-                raise PolicyLoadError(f"OPA WebAssembly ABI {self._abi[0]}.{self._abi[1]} is not supported "
-                                      f"(this host speaks 1.x)")
-            if self.call_names is _ONE_SHOT_CALLS and self._abi[1] < 2:
-                self.call_names = _CONTEXT_CALLS
-            names = self._dump_object(probe, probe.calls["opa_json_dump"](self._plain_call(probe, "builtins")))
-            unsupported = sorted(n for n in names if n not in self._host)
-            if unsupported:
-                raise PolicyLoadError(f"the policy uses builtins this host does not provide: {', '.join(unsupported)}",
-                                      unsupported_builtins=tuple(unsupported))
-            self.builtin_table = {int(i): (self._host[n], n) for n, i in names.items()}
-            eps = self._dump_object(probe, probe.calls["opa_json_dump"](self._plain_call(probe, "entrypoints")))
-            self.entrypoint_ids = {n: int(i) for n, i in eps.items()}
+    def _probe(self, exported: set[str]) -> None:
+        """ABI version, builtins and entry points: properties of the module, read from an instance
+        without data before the data is parsed."""
+        probe = _Instance(self, None)
+        major = probe.exports["opa_wasm_abi_version"]
+        minor = probe.exports["opa_wasm_abi_minor_version"]
+        if not isinstance(major, wasmtime.Global) or not isinstance(minor, wasmtime.Global):
+            raise PolicyLoadError("the module does not export its ABI version")
+        self.abi = (int(major.value(probe.store)), int(minor.value(probe.store)))
+        if self.abi[0] != 1:
+            raise PolicyLoadError(f"OPA WebAssembly ABI {self.abi[0]}.{self.abi[1]} is not supported "
+                                  f"(this host speaks 1.x)")
+        if self.abi[1] < 2 and self.call_names is _ONE_SHOT_CALLS:
+            self.call_names = _CONTEXT_CALLS  # opa_eval is a 1.2 addition
+            missing = [n for n in self.call_names if n not in exported]
+            if missing:
+                raise PolicyLoadError(f"the ABI {self.abi[0]}.{self.abi[1]} module lacks {', '.join(missing)}")
+        try:
+            names = self._dump_object(probe, probe.calls["opa_json_dump"](probe._bind("builtins")()))
+            eps = self._dump_object(probe, probe.calls["opa_json_dump"](probe._bind("entrypoints")()))
+        except _Trapped as err:
+            raise PolicyLoadError(f"the module failed to list its builtins and entry points: {err.reason}") from err
+        unsupported = sorted(n for n in names if n not in self._host)
+        if unsupported:
+            raise PolicyLoadError(f"the policy uses builtins this host does not provide: {', '.join(unsupported)}",
+                                  unsupported_builtins=tuple(unsupported))
+        self.builtin_table = {int(i): (self._host[n], n) for n, i in names.items()}
+        self.entrypoint_ids = {n: int(i) for n, i in eps.items()}
+
+    def _new_instance(self) -> _Instance:
         try:
             return _Instance(self, self._data_json)
         except _Trapped as err:
             raise PolicyLoadError(f"loading the policy data failed: {err.reason}") from err
 
     @staticmethod
-    def _plain_call(instance: _Instance, name: str) -> int:
-        func = instance.exports[name]
-        assert isinstance(func, wasmtime.Func)  # checked by export listing
-        return int(func(instance.store))
-
-    @staticmethod
     def _dump_object(instance: _Instance, addr: int) -> dict[str, Any]:
-        value = _decode(instance.read_cstring(addr))
+        try:
+            value = _decode(instance.read_cstring(addr))
+        except msgspec.DecodeError as err:
+            raise PolicyLoadError(f"the module listed its builtins or entry points as bad JSON: {err}") from err
         if not isinstance(value, dict):
             raise PolicyLoadError("the module's builtins/entrypoints export is not an object")
         return value
