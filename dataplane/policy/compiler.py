@@ -134,7 +134,8 @@ def compile_policy(source: str, *, data: Mapping[str, Any] | None = None,
         reason = "compiling with opa was not asked for"
     if reason is None and opa is not None:
         return _compile_with_opa(source, own_data, opa, target_entrypoint, allow_entrypoint, timeout)
-    log.warning("policy compiled for regorus evaluation, without WebAssembly: %s", reason)
+    if use_opa:  # wanted, not found: say so (a caller that chose regorus knows)
+        log.warning("policy compiled for regorus evaluation, without WebAssembly: %s", reason)
     names = rule_names(parse_policy(source))
     if target_rule not in names.get(target_pkg, set()):
         raise CompileError(f"the policy defines no {target_rule} rule in package "
