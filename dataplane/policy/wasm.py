@@ -86,6 +86,7 @@ class _Instance:
         self.owner = owner
         self.store = wasmtime.Store(owner.wasm_engine)
         self.host_error: str | None = None
+        self.now_ns: int | None = None
         limits = wasmtime.Limits(owner.min_pages, owner.max_pages)
         self.memory = wasmtime.Memory(self.store, wasmtime.MemoryType(limits))
         linker = wasmtime.Linker(owner.wasm_engine)
@@ -226,10 +227,19 @@ class _Instance:
         log.info("policy print: %s", self.read_cstring(addr).decode("utf-8", "replace"))
 
     def _builtin(self, builtin_id: int, _ctx: int, *args: int) -> int:
-        impl, name = self.owner.builtin_table[builtin_id]
+        entry = self.owner.builtin_table.get(builtin_id)
+        if entry is None:
+            self.host_error = f"the module called builtin id {builtin_id}, which it never listed"
+            raise _Trapped(self.host_error)
+        impl, name = entry
         try:
             values = [_decode(self.read_cstring(self.calls["opa_json_dump"](a))) for a in args]
-            result = _encode(impl(*values))
+            if name == "time.now_ns":  # one instant per evaluation, as in OPA
+                if self.now_ns is None:
+                    self.now_ns = impl()
+                result = _encode(self.now_ns)
+            else:
+                result = _encode(impl(*values))
         except (BuiltinError, msgspec.DecodeError, msgspec.EncodeError, TypeError, ValueError, _Trapped) as err:
             self.host_error = f"builtin {name}: {err}"
             raise _Trapped(self.host_error) from err
@@ -409,7 +419,7 @@ class WasmEngine:
             self._instance = self._new_instance()
             self._broken = False
         instance = self._instance
-        instance.host_error = None
+        instance.host_error = instance.now_ns = None
         try:
             raw = self._eval(instance, self._entrypoint_ids, input_json)
         except _Trapped as err:

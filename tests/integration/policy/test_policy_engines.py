@@ -213,3 +213,24 @@ def test_an_input_that_is_not_json_is_an_evaluation_error_in_both_engines(artefa
         with pytest.raises(EvaluationError, match="input is not JSON"):
             policy.evaluate({"meta": {"context": object()}})
 
+
+
+def test_a_failing_host_builtin_is_an_opa_error_naming_it_and_the_next_input_is_decided(opa: str) -> None:
+    artefact = compile_policy("package router\n\ntarget := sprintf(\"at %d\", [time.parse_rfc3339_ns(input.t)])\n",
+                              opa=opa)
+    policy = WasmEngine(artefact, {})
+    with pytest.raises(EvaluationError, match="builtin time.parse_rfc3339_ns: .*not an RFC 3339"):
+        policy.evaluate({"t": "yesterday"})
+    assert policy.evaluate({"t": "1970-01-01T00:00:01Z"}).target == "at 1000000000"
+
+
+def test_time_now_ns_is_one_instant_within_an_evaluation(opa: str) -> None:
+    artefact = compile_policy("package router\n\ntarget := \"same\" if time.now_ns() == time.now_ns()\n", opa=opa)
+    assert load(artefact, {}).evaluate({}).target == "same"
+
+
+def test_an_input_larger_than_the_memory_ceiling_is_an_evaluation_error(artefacts: dict[str, Artefact]) -> None:
+    policy = WasmEngine(artefacts["seed"], {}, max_memory=2 * 1024 * 1024)
+    with pytest.raises(EvaluationError, match="does not fit the policy's memory ceiling"):
+        policy.evaluate({"meta": {"context": {"blob": "x" * (4 * 1024 * 1024)}}})
+    assert policy.evaluate(message(action="chat")).allow is True
