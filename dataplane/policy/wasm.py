@@ -35,6 +35,7 @@ from __future__ import annotations
 import ctypes
 import logging
 from collections.abc import Callable, Mapping
+from importlib import metadata
 from typing import Any, Final
 
 import msgspec
@@ -58,14 +59,21 @@ Call = Callable[..., int]
 def _probe_fast_path() -> str | None:
     """Why the raw C call cannot be used with this wasmtime-py, or ``None`` if it can."""
     try:
+        version = metadata.version("wasmtime")
+    except metadata.PackageNotFoundError:
+        version = "?"
+    try:
         from wasmtime import _bindings, _ffi  # noqa: PLC0415 - private modules, probed on purpose
-        from wasmtime import _func as _func_mod  # noqa: PLC0415
-        needed = (_bindings._wasmtime_func_call_unchecked, _ffi.wasmtime_val_raw_t, _ffi.wasm_trap_t,
-                  _ffi.wasmtime_memory_data, _func_mod.LAST_EXCEPTION is None or True,
-                  wasmtime.Func._from_raw, wasmtime.Store._context)
-    except (ImportError, AttributeError) as err:
-        return f"wasmtime-py {getattr(wasmtime, '__version__', '?')} lacks a private binding ({err})"
-    return None if all(n is not None for n in needed) else "wasmtime-py private bindings incomplete"
+        from wasmtime import _func as func_mod  # noqa: PLC0415
+    except ImportError as err:
+        return f"wasmtime-py {version} has no private bindings ({err})"
+    needed = ((_bindings, "_wasmtime_func_call_unchecked"), (_ffi, "wasmtime_val_raw_t"), (_ffi, "wasm_trap_t"),
+              (_ffi, "wasmtime_memory_data"), (_ffi, "wasmtime_memory_data_size"), (func_mod, "LAST_EXCEPTION"),
+              (wasmtime.Store, "_context"), (wasmtime.Trap, "_from_ptr"), (wasmtime.WasmtimeError, "_from_ptr"))
+    for owner, attr in needed:
+        if not hasattr(owner, attr):
+            return f"wasmtime-py {version} has no {getattr(owner, '__name__', owner)}.{attr}"
+    return None
 
 
 FAST_PATH_REASON: Final[str | None] = _probe_fast_path()
@@ -110,13 +118,20 @@ class _Instance:
         self.fast = FAST_PATH_REASON is None and not owner.force_slow_calls
         self.size = -1
         self.base_address = 0
-        self.calls: dict[str, Call] = {name: self._bind(name) for name in owner.call_names}
-        if self.fast:
-            from wasmtime import _ffi  # noqa: PLC0415
-            self._mem_ref = ctypes.byref(self.memory._memory)
-            self._mem_data = _ffi.wasmtime_memory_data
-            self._mem_size = _ffi.wasmtime_memory_data_size
-            self._ctx = self.store._context()
+        try:
+            self.calls: dict[str, Call] = {name: self._bind(name) for name in owner.call_names}
+            if self.fast:
+                from wasmtime import _ffi  # noqa: PLC0415
+                self._mem_ref = ctypes.byref(self.memory._memory)
+                self._mem_data = _ffi.wasmtime_memory_data
+                self._mem_size = _ffi.wasmtime_memory_data_size
+                self._ctx = self.store._context()
+        except AttributeError as err:  # an instance attribute the probe could not see moved
+            if not self.fast:
+                raise
+            log.warning("wasmtime-py's private call path is not usable (%s); using its public calls", err)
+            self.fast = False
+            self.calls = {name: self._bind(name) for name in owner.call_names}
         self.data_addr = self.base = 0
         if data_json is None:  # a probe: ABI, builtins and entry points only
             return
@@ -152,10 +167,21 @@ class _Instance:
         ctypes.memmove(self.base_address + addr, data, len(data))
 
     def read_cstring(self, addr: int) -> bytes:
+        """The NUL-terminated string at ``addr``, never reading past the end of linear memory."""
         self.refresh()
         if not 0 < addr < self.size:
             raise _Trapped(f"module returned an address outside its memory ({addr})")
-        return ctypes.string_at(self.base_address + addr)
+        limit = self.size - addr
+        chunk = 4096
+        while True:
+            n = min(chunk, limit)
+            buf = ctypes.string_at(self.base_address + addr, n)
+            end = buf.find(b"\0")
+            if end >= 0:
+                return buf[:end]
+            if n == limit:
+                raise _Trapped(f"module returned a string at {addr} that runs to the end of its memory")
+            chunk *= 8
 
     def ensure(self, end: int) -> None:
         """Grow memory so that ``[0, end)`` is addressable (the input is written past the heap)."""
@@ -337,7 +363,10 @@ class WasmEngine:
         self.builtin_table: dict[int, tuple[Builtin, str]] = {}
         self.entrypoint_ids: dict[str, int] = {}
         self._host = {**HOST_BUILTINS, **(builtins or {})}
-        self._data_json = canonical_json(dict(data))
+        try:
+            self._data_json = canonical_json(dict(data))
+        except (msgspec.EncodeError, TypeError, ValueError) as err:
+            raise PolicyLoadError(f"the policy data is not JSON: {err}") from err
         self._probe(exported)
         self._instance = self._new_instance()
         self.one_shot = self.call_names is _ONE_SHOT_CALLS

@@ -49,12 +49,16 @@ def test_when_regorus_cannot_read_what_opa_accepts_opa_settles_the_entry_points(
     assert load(artefact, {}).evaluate({"x": True}).target == "AI.x@*"
 
 
-def abi_module(major: int, minor: int) -> bytes:
-    """A module with the exports of OPA's ABI and the given version, whose functions do nothing."""
-    funcs = "".join(f'(func (export "{name}") (param i32) (result i32) (i32.const 0))' for name in (
-        "opa_malloc", "opa_json_dump", "opa_eval_ctx_set_input"))
+def abi_module(major: int, minor: int, dump: int = 0, tail: str = "") -> bytes:
+    """A module with the exports of OPA's ABI and the given version, whose functions do nothing
+    (``opa_json_dump`` answers ``dump``; ``tail`` fills the last bytes of its two pages)."""
+    answers = {"opa_malloc": 0, "opa_json_dump": dump, "opa_eval_ctx_set_input": 0}
+    funcs = "".join(f'(func (export "{name}") (param i32) (result i32) (i32.const {value}))'
+                    for name, value in answers.items())
+    segment = f'(data (i32.const {2 * 65536 - len(tail)}) "{tail}")' if tail else ""
     return wasmtime.wat2wasm(f"""(module
       (import "env" "memory" (memory 2))
+      {segment}
       (global (export "opa_wasm_abi_version") i32 (i32.const {major}))
       (global (export "opa_wasm_abi_minor_version") i32 (i32.const {minor}))
       {funcs}
@@ -83,4 +87,11 @@ def test_a_1_1_module_without_the_context_calls_is_refused_naming_them() -> None
 def test_bytes_that_are_not_a_module_are_refused() -> None:
     artefact = Artefact(source="package router", wasm=b"\0asm garbage", sha256=Artefact.digest("", b"\0asm garbage"))
     with pytest.raises(PolicyLoadError, match="not a valid WebAssembly module"):
+        load(artefact, {})
+
+
+def test_a_string_running_to_the_end_of_memory_is_refused_without_reading_past_it() -> None:
+    wasm = abi_module(1, 3, dump=2 * 65536 - 16, tail="x" * 16)
+    artefact = Artefact(source="package router", wasm=wasm, sha256=Artefact.digest("", wasm))
+    with pytest.raises(PolicyLoadError, match="runs to the end of its memory"):
         load(artefact, {})
