@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fluxbee.dataplane.policy import CompileError, OpaNotFound, compile_policy, find_opa, load
+from fluxbee.dataplane.policy import CompileError, EvaluationError, OpaNotFound, compile_policy, find_opa, load
 from fluxbee.dataplane.policy import compiler as compiler_mod
 from fluxbee.dataplane.policy.compiler import read_bundle_wasm
 
@@ -144,3 +144,12 @@ def test_an_oversized_module_is_refused_before_it_is_read(monkeypatch: pytest.Mo
     monkeypatch.setattr(compiler_mod, "MAX_WASM_BYTES", 16)
     with pytest.raises(CompileError, match="larger than 16 bytes"):
         read_bundle_wasm(bundle(regular("/policy.wasm", WASM + bytes(32))))
+
+
+def test_a_builtin_regorus_lacks_is_an_opa_error_naming_it_at_evaluation() -> None:
+    artefact = compile_policy('package router\n\ntarget := crypto.sha256(input.x)\n', use_opa=False)
+    policy = load(artefact, {})
+    with pytest.raises(EvaluationError) as err:
+        policy.evaluate({"x": "a"})
+    assert err.value.code == "OPA_ERROR" and err.value.engine == "regorus"
+    assert err.value.detail == "policy.rego:3:24: could not find function crypto.sha256"
