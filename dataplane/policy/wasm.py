@@ -412,6 +412,9 @@ class WasmEngine:
             raise PolicyLoadError(f"the policy uses builtins this host does not provide: {', '.join(unsupported)}",
                                   unsupported_builtins=tuple(unsupported))
         self.builtin_table = {int(i): (self._host[n], n) for n, i in names.items()}
+        # Which host builtins the policy calls: a decision cache must not keep decisions of a
+        # policy that reads the clock (time.now_ns), for instance.
+        self.host_builtins = tuple(sorted(names))
         self.entrypoint_ids = {n: int(i) for n, i in eps.items()}
 
     def _new_instance(self) -> _Instance:
