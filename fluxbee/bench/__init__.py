@@ -48,7 +48,6 @@ from typing import Any
 
 import uvloop
 
-from fluxbee.bench.policy import bench_policy, format_policy
 from fluxbee.procs import die_with_parent
 
 HEADER = struct.Struct(">I")
@@ -514,6 +513,8 @@ async def _run_all(plan: Plan) -> dict[str, Any]:
     try:
         results = await measure(plan, tmp)
         memory = bench_router_memory(plan, tmp)
+        from fluxbee.bench.policy import bench_policy  # not in the workers, which import this package
+
         policy = bench_policy(plan.round_trips)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -548,6 +549,8 @@ async def _run_all(plan: Plan) -> dict[str, Any]:
 
 
 def format_table(r: dict[str, Any]) -> str:
+    from fluxbee.bench.policy import format_policy
+
     rows = [f"{'transport':10} {'p50 µs':>9} {'p99 µs':>9} {'msgs/s':>11} {'CPU moves/rtt':>14}"]
     for key in ("floor", "relay", "fluxbee", "nats"):
         v = r[key]
