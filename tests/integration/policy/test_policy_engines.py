@@ -151,12 +151,19 @@ def test_a_policy_that_errors_at_evaluation_answers_opa_error_with_the_detail(
     assert policy.evaluate(message(context={"priority": "high"})).target == "AI.urgent@*"
 
 
-def test_after_many_evaluation_errors_the_webassembly_engine_still_decides(artefacts: dict[str, Artefact]) -> None:
-    policy = WasmEngine(artefacts["errors"], {})
-    for _ in range(30):
+def test_after_many_evaluation_errors_the_webassembly_engine_still_decides_with_its_data(
+        opa: str, hive_data: dict[str, Any]) -> None:
+    source = ('package router\n\ntarget := "AI.urgent@*" if input.meta.context.priority == "high"\n\n'
+              'target := "AI.vip@*" if input.meta.context.vip == true\n\n'
+              'target := data.by_capability[input.meta.context.cap][0] if input.meta.context.cap\n')
+    policy = WasmEngine(compile_policy(source, opa=opa), hive_data)
+    for i in range(100):
         with pytest.raises(EvaluationError, match="conflict"):
             policy.evaluate(message(context={"priority": "high", "vip": True}))
         assert policy.evaluate(message(context={"vip": True})).target == "AI.vip@*"
+        cap = f"cap.{i % 2000:04d}"
+        assert policy.evaluate(message(context={"cap": cap})).target == hive_data["by_capability"][cap][0]
+    assert policy.recoveries == 100
 
 
 def test_data_is_parsed_once_and_every_evaluation_rewinds_to_the_heap_after_it(
