@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import wasmtime
+import yaml
 
 from fluxbee.dataplane.policy import Artefact, CompileError, PolicyLoadError, compile_policy, load
 from fluxbee.dataplane.policy import compiler as compiler_mod
@@ -95,3 +98,13 @@ def test_a_string_running_to_the_end_of_memory_is_refused_without_reading_past_i
     artefact = Artefact(source="package router", wasm=wasm, sha256=Artefact.digest("", wasm))
     with pytest.raises(PolicyLoadError, match="runs to the end of its memory"):
         load(artefact, {})
+
+
+def test_the_example_policy_resource_compiles_and_both_engines_route_by_intent(opa: str) -> None:
+    doc = yaml.safe_load((Path(__file__).resolve().parents[3] / "examples" / "policy.yaml").read_text())
+    artefact = compile_policy(doc["spec"]["rego"], opa=opa)
+    assert doc["spec"]["entrypoint"] == "data." + artefact.target_entrypoint.replace("/", ".")
+    for engine in ("wasm", "regorus"):
+        policy = load(artefact, {}, engine=engine)  # type: ignore[arg-type]
+        assert policy.evaluate({"meta": {"intent": "buy"}}).target == "AI.sales.l1"
+        assert policy.evaluate({"meta": {}}).target == "AI.support.l1"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fluxbee.dataplane.policy import SYSTEM_DATA_KEYS, IdentityRecord, build_identity_data, build_input, merge_data
 from fluxbee.dataplane.policy.errors import PolicyLoadError
@@ -92,3 +94,32 @@ def test_system_data_merges_over_the_policys_own_data_and_owns_only_its_keys() -
         merge_data({}, {"tiers": {}})
     with pytest.raises(PolicyLoadError, match="defines system keys: identity"):
         merge_data({"identity": {}}, system)
+
+
+_names = st.text(alphabet="abcdefgh.", min_size=1, max_size=6)
+
+
+@st.composite
+def _records(draw: st.DrawFn) -> list[IdentityRecord]:
+    ilks = draw(st.lists(st.integers(0, 10_000), unique=True, max_size=40))
+    out = []
+    for n in ilks:
+        kind = draw(st.sampled_from(["human", "agent", "system"]))
+        out.append(IdentityRecord(
+            ilk=f"ilk:{n}", type=kind, tenant=draw(st.sampled_from(["tnt:a", "tnt:b"])),
+            human_subtype=draw(st.sampled_from(["internal", "external"])) if kind == "human" else "",
+            capabilities=tuple(draw(st.lists(_names, max_size=4))), roles=tuple(draw(st.lists(_names, max_size=3)))))
+    return out
+
+
+@given(_records())
+def test_the_indexes_hold_exactly_the_holders_of_each_capability_and_role(records: list[IdentityRecord]) -> None:
+    doc = build_identity_data(records)
+    assert set(doc["identity"]) == {r.ilk for r in records}
+    for index, field in (("by_capability", "capabilities"), ("by_role", "roles")):
+        expected: dict[str, set[str]] = {}
+        for r in records:
+            for value in getattr(r, field):
+                expected.setdefault(value, set()).add(r.ilk)
+        assert {k: set(v) for k, v in doc[index].items()} == expected
+        assert all(v == sorted(set(v)) for v in doc[index].values())
