@@ -16,6 +16,7 @@ tells the two apart.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any, Final
@@ -26,6 +27,8 @@ import regorus  # type: ignore[import-untyped]
 from fluxbee.dataplane.policy.artefact import Artefact, Decision, canonical_json, entrypoint_rule
 from fluxbee.dataplane.policy.errors import CompileError, EvaluationError, PolicyLoadError
 from fluxbee.dataplane.policy.results import decision_from
+
+log = logging.getLogger(__name__)
 
 POLICY_FILE: Final = "policy.rego"
 _LOCATION = re.compile(r"-->\s*(?P<file>[^\s:]+):(?P<line>\d+):(?P<col>\d+)")
@@ -111,6 +114,9 @@ class RegorusEngine:
             self._engine = parse_policy(artefact.source)
         except CompileError as err:
             raise PolicyLoadError(f"the artefact's Rego does not parse: {err}") from err
+        # print() output is kept and logged, never written to the process's stdout (opa build
+        # leaves print() out of WebAssembly modules altogether).
+        self._engine.set_gather_prints(True)
         try:
             self._engine.add_data_json(canonical_json(dict(data)).decode("utf-8"))
         except (RuntimeError, ValueError) as err:
@@ -137,4 +143,8 @@ class RegorusEngine:
             message, file, line, column = parse_regorus_error(err)
             where = f"{file}:{line}:{column}: " if line is not None else ""
             raise EvaluationError(f"{where}{message}", engine="regorus") from None
+        finally:
+            prints = self._engine.take_prints()
+            if prints:
+                log.debug("policy print: %s", "; ".join(prints))
         return decision_from(target, allow, engine="regorus")

@@ -153,3 +153,15 @@ def test_a_builtin_regorus_lacks_is_an_opa_error_naming_it_at_evaluation() -> No
         policy.evaluate({"x": "a"})
     assert err.value.code == "OPA_ERROR" and err.value.engine == "regorus"
     assert err.value.detail == "policy.rego:3:24: could not find function crypto.sha256"
+
+
+def test_print_in_a_policy_goes_to_the_log_not_to_stdout(capfd: pytest.CaptureFixture[str],
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    artefact = compile_policy('package router\n\ntarget := x if {\n  x := input.t\n  print("deciding", x)\n}\n',
+                              use_opa=False)
+    policy = load(artefact, {})
+    with caplog.at_level(logging.DEBUG, logger="fluxbee.dataplane.policy.regorus_engine"):
+        for _ in range(3):
+            assert policy.evaluate({"t": "AI.a@*"}).target == "AI.a@*"
+    assert "deciding" not in capfd.readouterr().out
+    assert caplog.text.count("policy.rego:5: deciding AI.a@*") == 3  # taken per evaluation, not accumulated
