@@ -47,16 +47,9 @@ class SectionVersions:
 def apply_config(router: Router, routes: list[RouteSpec], vpns: list[VpnSpec], *, source: str) -> None:
     """Install a new config version atomically and re-VPN connected nodes live."""
     router.config_version += 1
-    router.table = RouteTable.build(router.config_version, routes, vpns)
-    router._dst_cache = {}
-    router._fast_names.clear()
-    for conn in router.by_uuid.values():
-        vpn = router.table.vpn_for(conn.name)
-        if vpn != conn.vpn_id:
-            conn.vpn_id = vpn
-            router.shm_put(conn)
-    if router._config_shm is not None:
-        router._config_shm.write(router.config_version, router.table.to_json())
+    for moved in router.registry.install(RouteTable.build(router.config_version, routes, vpns)):
+        router.shm_put(moved)
+    router.publish_config()
     router.counters.config_applied[source] += 1
     persist(router)
     log.info("config version %d applied from %s: %d routes, %d vpn rules",
@@ -70,8 +63,8 @@ def persist(router: Router) -> None:
         "saved_at": time.time(),
         "config_version": router.config_version,
         "section_versions": {"routes": router.section_versions.routes, "vpns": router.section_versions.vpns},
-        "routes": [r.model_dump(mode="json") for r in router.table.route_specs],
-        "vpns": [v.model_dump(mode="json") for v in router.table.vpn_specs],
+        "routes": [r.model_dump(mode="json") for r in router.registry.table.route_specs],
+        "vpns": [v.model_dump(mode="json") for v in router.registry.table.vpn_specs],
     }
     path = state_path(router)
     tmp = path.with_suffix(".tmp")
@@ -114,7 +107,7 @@ def load_initial_config(router: Router) -> None:
                 source = "state"
         except (OSError, ValueError, ConfigError, TypeError, AttributeError) as err:
             log.error("ignoring unreadable saved config %s: %s", state, err)
-    router.apply_config(routes, vpns, source=source)
+    apply_config(router, routes, vpns, source=source)
 
 def check_hive(router: Router, doc: HiveConfigDoc, path: Path) -> None:
     if doc.hive_id is not None and doc.hive_id != router.hive_id:
@@ -140,7 +133,7 @@ def poll_config(router: Router) -> None:
         log.error("config file change refused; keeping version %d: %s", router.config_version, err)
         return
     router.section_versions = SectionVersions()
-    router.apply_config(list(doc.routes), list(doc.vpns), source="file")
+    apply_config(router, list(doc.routes), list(doc.vpns), source="file")
 
 
 
@@ -163,7 +156,7 @@ def poll_claims(router: Router) -> None:
     router.claims = claims
     router.counters.config_applied["claims"] += 1
     log.info("claims reloaded from %s: %d names", directory, len(claims.by_name))
-    for conn in list(router.by_uuid.values()):
+    for conn in list(router.registry.nodes()):
         verdict = claims.check(conn.base, conn.cred, conn.proof)
         if not verdict.ok:  # e.g. an undeclared node squatting a name the hive now declares
             router.counters.hello_refused[trust.NAME_CLAIMED] += 1

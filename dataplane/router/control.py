@@ -15,6 +15,7 @@ import msgspec
 
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.router import config_state, status, trust
+from fluxbee.dataplane.router.answers import reply, unreachable
 from fluxbee.dataplane.router.config import ConfigError, parse_routes, parse_vpns
 from fluxbee.dataplane.router.connection import Conn, who
 
@@ -39,21 +40,26 @@ def handle_system(router: Router, conn: Conn, env: wire.RawEnvelope, meta: wire.
     if msg == wire.CONFIG_CHANGED:
         return config_changed(router, conn, env)
     if to_router and msg in (wire.ROUTER_STATUS_GET, wire.NODE_STATUS_GET):
-        reply = wire.ROUTER_STATUS_GET_RESPONSE if msg == wire.ROUTER_STATUS_GET else wire.NODE_STATUS_GET_RESPONSE
+        answer = wire.ROUTER_STATUS_GET_RESPONSE if msg == wire.ROUTER_STATUS_GET else wire.NODE_STATUS_GET_RESPONSE
         try:
             limit, cursor = status_page_request(env.payload)
         except ValueError as err:
-            router.reply(conn, routing, reply,
-                        {"status": "error", "error_code": "INVALID_REQUEST", "error_detail": str(err)})
+            reply(router, conn, routing, answer,
+                  {"status": "error", "error_code": "INVALID_REQUEST", "error_detail": str(err)})
             return True
-        router.reply(conn, routing, reply, status.status_page(router, limit, cursor))
+        reply(router, conn, routing, answer, status.status_page(router, limit, cursor))
         return True
     if to_router:
-        router.unreachable(conn, routing, wire.NODE_NOT_FOUND, f"the router does not handle {msg}")
+        unreachable(router, conn, routing, wire.NODE_NOT_FOUND, f"the router does not handle {msg}")
         return True
     return False
 
 def config_changed(router: Router, conn: Conn, env: wire.RawEnvelope) -> bool:
+    """Apply a CONFIG_CHANGED for ``routes`` or ``vpn(s)`` and pass it on to every other node; True if consumed.
+
+    Only frames :func:`decide.screen <fluxbee.dataplane.router.decide.screen>` let through get here, so
+    the sender may send CONFIG_CHANGED (an authenticated system node, or granted it).
+    """
     try:
         payload = msgspec.json.decode(env.payload)
     except msgspec.DecodeError:
@@ -64,8 +70,6 @@ def config_changed(router: Router, conn: Conn, env: wire.RawEnvelope) -> bool:
     routing = env.routing
     response: dict[str, Any] = {"subsystem": subsystem, "hive": router.hive_id}
     try:
-        if not trust.may_send(wire.CONFIG_CHANGED, conn.base, conn.claimed, conn.grants):
-            raise ConfigRefused(trust.FORBIDDEN, f"{conn.name} may not change the hive config")
         version = payload.get("version", 0)
         if not isinstance(version, int) or isinstance(version, bool) or version < 0:
             raise ConfigRefused("INVALID_PAYLOAD", "version must be a non-negative integer")
@@ -76,9 +80,9 @@ def config_changed(router: Router, conn: Conn, env: wire.RawEnvelope) -> bool:
         config = payload.get("config")
         try:
             if section == "routes":
-                routes, vpns = parse_routes(config), list(router.table.vpn_specs)
+                routes, vpns = parse_routes(config), list(router.registry.table.vpn_specs)
             else:
-                routes, vpns = list(router.table.route_specs), parse_vpns(config)
+                routes, vpns = list(router.registry.table.route_specs), parse_vpns(config)
         except ConfigError as err:
             raise ConfigRefused("INVALID_CONFIG", str(err)) from err
         setattr(router.section_versions, section, version or last + 1)
@@ -88,11 +92,11 @@ def config_changed(router: Router, conn: Conn, env: wire.RawEnvelope) -> bool:
     except ConfigRefused as refused:
         router.counters.config_errors["message"] += 1
         response.update(status="error", error_code=refused.code, error_detail=refused.detail)
-    router.reply(conn, routing, wire.CONFIG_RESPONSE, response)
+    reply(router, conn, routing, wire.CONFIG_RESPONSE, response)
     if response["status"] == "ok":
         routing.src_l2_name = conn.name
         frame = wire.encode_frame(env)
-        for other in router.by_uuid.values():
+        for other in router.registry.nodes():
             if other is not conn:
                 other.send(frame)
     return True
@@ -125,9 +129,9 @@ def refuse_privileged(router: Router, conn: Conn, env: wire.RawEnvelope, msg: st
     except msgspec.DecodeError:
         body = None
     subsystem = body.get("subsystem") if isinstance(body, dict) else None
-    router.reply(conn, routing, wire.CONFIG_RESPONSE,
-                {"subsystem": subsystem, "hive": router.hive_id, "status": "error",
-                 "error_code": trust.FORBIDDEN, "error_detail": detail})
+    reply(router, conn, routing, wire.CONFIG_RESPONSE,
+          {"subsystem": subsystem, "hive": router.hive_id, "status": "error",
+           "error_code": trust.FORBIDDEN, "error_detail": detail})
 
 
 class ConfigRefused(Exception):

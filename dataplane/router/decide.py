@@ -1,52 +1,54 @@
 """Routing decisions, without I/O: where a message goes, or why it does not.
 
-The router (:mod:`fluxbee.dataplane.router.server`) keeps the registry of connected nodes (by UUID,
-by full name, by base name) and the route table; the functions here read them and return a decision —
-:class:`Deliver` to a node, :class:`Refuse` with the UNREACHABLE reason and detail the sender gets,
-:class:`Drop` silently (counted under a key) — or, for a broadcast, the nodes it fans out to. The
-router carries the decision out (encodes, queues, counts, answers). The fast path asks the same
-registry and steps aside to the general path, and so to these functions, for anything else: a new
-rule goes here once. Nodes are anything with the few fields a rule reads (:class:`Peer`), so the
-rules are tested with plain objects.
+Every rule of the router is written here once, as a function of the frame's routing fields and meta,
+the sender, and the registry (:mod:`fluxbee.dataplane.router.registry`: reachable nodes, names, the
+route table and VPNs). The answer is a decision — :class:`Deliver` to a node, :class:`Refuse` with the
+UNREACHABLE reason and detail the sender gets, :class:`Drop` silently (counted under a key),
+:class:`Forbidden` for a privileged message the sender may not send, :class:`Expired` for a spent TTL —
+or, for a broadcast, the nodes it fans out to. The general path
+(:mod:`fluxbee.dataplane.router.dispatch`) asks in this order — :func:`screen` (the sender may send
+this), the router's own system messages, :func:`expired`, then the destination — and carries the
+answer out (encodes, queues, counts, replies). The fast path (:mod:`fluxbee.dataplane.router.fastroute`)
+only ever delivers: it takes a frame only when :func:`needs_rules` is false for its meta and the
+envelope checks it shares with :func:`screen` and :func:`expired` pass, and for anything else it hands
+the frame to the general path, so a new rule needs no second copy there. New kinds of decision are new
+classes here, matched by whoever carries decisions out.
+
+Nodes are anything with the few fields a rule reads (:class:`~fluxbee.dataplane.router.registry.Peer`),
+so the rules are tested with plain objects.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol
 
 from fluxbee.dataplane import wire
-from fluxbee.dataplane.router.config import CompiledRoute, is_system_name, split_name
+from fluxbee.dataplane.router import trust
+from fluxbee.dataplane.router.config import is_system_name, split_name
+from fluxbee.dataplane.router.registry import P, Peer, Registry, pick
 from fluxbee.models import RouteAction
 
 
-class Peer(Protocol):
-    """What the rules read of a connected node."""
+class Sender(Protocol):
+    """What the rules read of the connection a frame came from: the node it said HELLO as, what it proved."""
 
     @property
-    def name(self) -> str: ...  # full L2 name, name@hive
+    def uuid(self) -> str | None: ...  # the UUID of its accepted HELLO (None before one)
 
     @property
-    def base(self) -> str: ...  # name without @hive
+    def name(self) -> str: ...
 
     @property
-    def vpn_id(self) -> int: ...
+    def base(self) -> str: ...
 
     @property
-    def congested_since(self) -> float | None: ...  # None unless its outbound buffer is over high water
+    def claimed(self) -> bool: ...  # registered under a claimed name it proved
 
-
-P = TypeVar("P", bound=Peer)
-
-
-@dataclass(slots=True)
-class Names(Generic[P]):
-    """Nodes sharing one name, with a round-robin cursor."""
-
-    conns: list[P] = field(default_factory=list)
-    cursor: int = 0
+    @property
+    def grants(self) -> frozenset[str]: ...  # privileged messages its claim grants
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +60,13 @@ class Deliver(Generic[P]):
 
 @dataclass(frozen=True, slots=True)
 class Refuse:
-    """Do not route; answer the sender UNREACHABLE with ``reason`` and ``detail``
-    (and count under ``dropped[dropped]`` too, when set)."""
+    """Do not route; answer the sender UNREACHABLE with ``reason`` and ``detail`` (and count under
+    ``dropped[dropped]`` or ``rejected[rejected]`` too, when set)."""
 
     reason: str
     detail: str
     dropped: str | None = None
+    rejected: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,18 +76,52 @@ class Drop:
     counter: str
 
 
-def pick(names: Names[P]) -> P:
-    """Round-robin over live nodes with one name, skipping congested ones when possible."""
-    conns = names.conns
-    count = len(conns)
-    start = names.cursor
-    for i in range(count):
-        conn = conns[(start + i) % count]
-        if conn.congested_since is None:
-            names.cursor = (start + i + 1) % count
-            return conn
-    names.cursor = (start + 1) % count
-    return conns[start % count]
+@dataclass(frozen=True, slots=True)
+class Forbidden:
+    """A privileged message its sender may not send: refuse it with the answer the sender waits for
+    (an ADMIN_COMMAND_RESPONSE or CONFIG_RESPONSE with ``FORBIDDEN``), counted under ``forbidden[msg]``."""
+
+    msg: str
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """The frame's TTL is spent: answer TTL_EXCEEDED (local delivery never decrements it, as in the original)."""
+
+
+EXPIRED = Expired()
+
+
+def screen(sender: Sender, src: str, msg: str | None) -> Refuse | Forbidden | None:
+    """What may stop a frame with ``routing.src`` ``src`` and ``meta.msg`` ``msg`` before anything else.
+
+    ``routing.src`` is bound to the connection: a frame claiming any other UUID than the one its
+    connection said HELLO with, in that spelling, is refused SRC_MISMATCH. Then ``CONFIG_CHANGED`` and
+    ``ADMIN_COMMAND`` need an authenticated system node or a grant (:func:`trust.may_send`) — whatever
+    ``meta.type`` says.
+    """
+    if src != sender.uuid:
+        return Refuse(wire.SRC_MISMATCH, f"routing.src {src!r} is not this connection's node",
+                      rejected=wire.SRC_MISMATCH)
+    if msg is not None and msg in trust.PRIVILEGED and not trust.may_send(msg, sender.base, sender.claimed,
+                                                                            sender.grants):
+        return Forbidden(msg)
+    return None  # nothing stops it
+
+
+def expired(ttl: int) -> Expired | None:
+    """A frame that arrives with ``ttl == 0`` goes no further (asked after the router's own messages)."""
+    return EXPIRED if ttl == 0 else None
+
+
+def needs_rules(meta: wire.MetaView) -> bool:
+    """Whether a frame's meta alone calls for more than delivery to its destination.
+
+    System messages may be the router's own or cross VPNs; privileged messages need :func:`screen`.
+    The fast path takes only frames for which this is false (and memoises the answer per meta).
+    """
+    msg = meta.msg
+    return meta.type == wire.TYPE_SYSTEM or (msg is not None and msg in trust.PRIVILEGED)
 
 
 def may_reach(src: Peer, dst: Peer, meta: wire.MetaView) -> bool:
@@ -97,35 +134,35 @@ def may_reach(src: Peer, dst: Peer, meta: wire.MetaView) -> bool:
 
 
 def unicast(src: P, dst: P, meta: wire.MetaView) -> Deliver[P] | Refuse:
-    """A message from ``src`` to the connected node ``dst``."""
+    """A message from ``src`` to the reachable node ``dst``."""
     if src.vpn_id != dst.vpn_id and not may_reach(src, dst, meta):
         return Refuse(wire.VPN_BLOCKED, f"{src.name} (vpn {src.vpn_id}) may not reach {dst.name} (vpn {dst.vpn_id})")
     return Deliver(dst)
 
 
-def by_uuid(dst: str, nodes: Mapping[str, P]) -> P | Refuse:
+def to_node(dst: str, registry: Registry[P]) -> Deliver[P] | Refuse | Drop:
+    """The node a unicast destination names: a UUID (in any spelling) or a name."""
+    target = registry.get(dst)
+    if target is not None:
+        return Deliver(target)
+    if wire.is_uuid(dst):
+        return by_uuid(dst, registry)
+    return by_name(dst, registry)
+
+
+def by_uuid(dst: str, registry: Registry[P]) -> Deliver[P] | Refuse:
     """The node a UUID destination (in any spelling) names, or NODE_NOT_FOUND."""
-    target = nodes.get(wire.canonical_uuid(dst))
+    target = registry.get(wire.canonical_uuid(dst))
     if target is None:
         return Refuse(wire.NODE_NOT_FOUND, "no node with this UUID is connected")
-    return target
+    return Deliver(target)
 
 
-def full_name(dst: str, hive_id: str) -> tuple[str, str]:
-    """Full and base name of a destination string (``name``, ``name@hive`` or ``name@*``)."""
-    if dst.endswith("@*"):
-        base = dst[:-2]
-        return f"{base}@{hive_id}", base
-    if "@" in dst:
-        base, _ = split_name(dst)
-        return dst, base
-    return f"{dst}@{hive_id}", dst
-
-
-def by_name(dst: str, full: str, base: str, route: CompiledRoute | None, hive_id: str,
-            names: Mapping[str, Names[P]], bases: Mapping[str, Sequence[P]]) -> P | Refuse | Drop:
-    """The node a name destination reaches: ``route`` (the route deciding ``full``) first, then the
-    live nodes of that name (round robin), then for ``name@*`` any node with that base name."""
+def by_name(dst: str, registry: Registry[P]) -> Deliver[P] | Refuse | Drop:
+    """The node a name destination reaches: the route deciding its full name first, then the nodes of
+    that name (round robin), then for ``name@*`` any node with that base name."""
+    full, base, route = registry.resolve(dst)
+    hive_id = registry.hive_id
     if route is not None:
         spec = route.spec
         if spec.action is RouteAction.DROP:
@@ -133,13 +170,13 @@ def by_name(dst: str, full: str, base: str, route: CompiledRoute | None, hive_id
         if spec.next_hop_hive and spec.next_hop_hive != hive_id:
             return Refuse(wire.WAN_UNAVAILABLE, f"route {spec.prefix!r} forwards to hive {spec.next_hop_hive!r}; "
                                                 "this router has no inter-hive gateway")
-    group = names.get(full)
+    group = registry.named(full)
     if group is not None and group.conns:
-        return pick(group)
+        return Deliver(pick(group))
     if dst.endswith("@*"):
-        candidates = bases.get(base)
+        candidates = registry.of_base(base)
         if candidates:
-            return candidates[0]
+            return Deliver(candidates[0])
     _, hive = split_name(full)
     if hive != hive_id:
         return Refuse(wire.WAN_UNAVAILABLE, f"{full} is in hive {hive!r}; this router has no inter-hive gateway")

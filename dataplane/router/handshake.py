@@ -69,7 +69,7 @@ def hello(router: Router, conn: Conn, body: bytes) -> None:
     if not verdict.ok:
         refuse_hello(router, conn, trust.NAME_CLAIMED, verdict.detail)
         return
-    old = router.by_uuid.get(node_uuid)
+    old = router.registry.get(node_uuid)
     if old is not None:
         taken = takeover_refusal(router, old, conn, proof)
         if taken is not None:
@@ -97,9 +97,8 @@ def hello(router: Router, conn: Conn, body: bytes) -> None:
     conn.name = name
     conn.stamp = fastpath.make_stamp(name)
     conn.base = base
-    conn.vpn_id = router.table.vpn_for(name)
     conn.connected_at_ms = int(time.time() * 1000)
-    router.register(conn)
+    router.register(conn)  # and into the VPN the route table gives its name
     conn.send(
         wire.system_frame(
             router.uuid, node_uuid, wire.ANNOUNCE,
@@ -142,7 +141,7 @@ def refuse_hello(router: Router, conn: Conn, reason: str, detail: str) -> None:
 def limit_refusal(router: Router, conn: Conn, claimed: bool) -> tuple[str, str] | None:
     """Why a new node may not take a table slot (None: it may)."""
     s = router.settings
-    count = len(router.by_uuid)
+    count = len(router.registry)
     if count >= s.max_nodes:
         router.counters.rejected["NODE_TABLE_FULL"] += 1
         return "NODE_TABLE_FULL", f"the router is full ({s.max_nodes} nodes)"

@@ -1,26 +1,20 @@
 """The hive router: one asyncio process that moves frames between node sockets.
 
-The rules live in :mod:`fluxbee.dataplane.router.decide`, which returns a
-decision (deliver, refuse with reason and detail, drop, fan out) from the
-registry kept here (nodes by UUID, by full name, by base name), the route
-table, VPNs and L3; this module carries decisions out.  The general path
-(:meth:`Router.on_frame`) decodes ``routing`` and the few meta fields it
-decides on; ``meta`` and ``payload`` stay raw bytes and are written out
-unchanged (see :mod:`fluxbee.dataplane.wire`).  The fast path
-(:meth:`Router.route_frames`) takes only the case whose decision is a plain
-delivery (a user message to a connected UUID, or to a name no route decides,
-in the sender's VPN, with room) without decoding, and hands every other frame
-to the general path.  **A new rule goes into ``decide``; if it can change the
-outcome of that plain case, the fast path must step aside for it** — and the
-rule gets a case in ``tests/unit/test_router_fastpath.py``, which checks that
-both paths agree.  Per-name route decisions are memoised until the config or
-the connected nodes change.  Connections and backpressure are in
-:mod:`~fluxbee.dataplane.router.connection`, the system messages the router
-answers itself in :mod:`~fluxbee.dataplane.router.control`, the config state in
-:mod:`~fluxbee.dataplane.router.config_state`, the probes in
-:mod:`~fluxbee.dataplane.router.probes`.
+This module wires the parts together and runs them: it accepts connections
+(:mod:`~fluxbee.dataplane.router.connection`: backpressure and output batching), hands each read to
+the hot loop (:mod:`~fluxbee.dataplane.router.fastroute`), which delivers the plain frames and passes
+every other one to the general path (:mod:`~fluxbee.dataplane.router.dispatch`). Both ask the same
+registry (:mod:`~fluxbee.dataplane.router.registry`: nodes by UUID and name, round robin, the route
+table and VPNs), and every rule is written once, in :mod:`~fluxbee.dataplane.router.decide`. The
+handshake is in :mod:`~fluxbee.dataplane.router.handshake`, the system messages the router answers
+itself in :mod:`~fluxbee.dataplane.router.control`, the config state in
+:mod:`~fluxbee.dataplane.router.config_state`, the snapshot in :mod:`~fluxbee.dataplane.router.status`
+and the probes in :mod:`~fluxbee.dataplane.router.probes`. Here: start and stop, the periodic tasks
+(shared-memory heartbeats, broadcast de-duplication expiry, cutting off slow consumers, config and
+claims polling), and putting nodes into and out of the registry and the node-table region.
 
-Decisions the original left open, made here:
+Decisions the original left open, as this router makes them (the rules in ``decide``, the
+mechanics in ``connection`` and ``handshake``):
 
 * ``routing.src`` is bound to the connection: a frame claiming any other UUID
   is not routed, is counted, and the sender gets UNREACHABLE ``SRC_MISMATCH``.
@@ -68,23 +62,16 @@ import time
 import uuid as uuid_mod
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import msgspec
+from typing import TYPE_CHECKING
 
 from fluxbee.dataplane import alloc, fastpath, shm, wire
-from fluxbee.dataplane.router import config_state, control, decide, handshake, scheduling, trust
-from fluxbee.dataplane.router import status as _status
-from fluxbee.dataplane.router.config import (
-    ROUTE_CACHE_LIMIT,
-    CompiledRoute,
-    RouteTable,
-)
+from fluxbee.dataplane.router import config_state, dispatch, handshake, scheduling, trust
 from fluxbee.dataplane.router.config_state import SectionVersions
 from fluxbee.dataplane.router.connection import Conn
 from fluxbee.dataplane.router.counters import Counters
-from fluxbee.dataplane.router.decide import Names, pick
-from fluxbee.dataplane.router.l3 import L3Resolver, with_src_ilk
+from fluxbee.dataplane.router.fastroute import FastPath
+from fluxbee.dataplane.router.l3 import L3Resolver
+from fluxbee.dataplane.router.registry import Registry
 from fluxbee.dataplane.router.settings import RouterError, RouterSettings
 from fluxbee.models import RouteSpec, VpnSpec
 from fluxbee.models.resources import HIVE_ID_RE
@@ -96,19 +83,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Hot path: the wire module's codecs, without the error-translating wrappers.
-_decode_raw = wire.raw_decoder.decode
-_decode_meta = wire.meta_decoder.decode
-META_CACHE_BYTES = 512
-"""Metas up to this size are memoised (decoded once per distinct byte string)."""
-META_CACHE_ENTRIES = 4096
-"""The memo is emptied when it reaches this many distinct metas."""
-
 MAX_SOCKET_PATH = 107
 
 
 class Router:
-    """State and decisions of one hive router (see the module docstring)."""
+    """One hive router: its state, its parts, and their lifecycle (see the module docstring)."""
 
     def __init__(self, settings: RouterSettings, router_uuid: str | None = None) -> None:
         if not HIVE_ID_RE.match(settings.hive_id):
@@ -121,34 +100,30 @@ class Router:
         self.name = f"{settings.router_name}@{settings.hive_id}"
         self.socket_path = settings.run_dir / "routers" / f"{uuid_mod.UUID(self.uuid).hex}.sock"
         self.counters = Counters()
-        self.by_uuid: dict[str, Conn] = {}
-        self.by_name: dict[str, Names[Conn]] = {}
-        self.by_base: dict[str, list[Conn]] = {}
-        self.table = RouteTable.build(0, (), ())
-        self._dst_cache: dict[str, tuple[str, str, CompiledRoute | None]] = {}
-        self._fast_names: dict[str, Names[Conn]] = {}  # fast path: destination -> live nodes; emptied on any change
-        self._meta_cache: dict[bytes, wire.MetaView] = {}
+        self.registry: Registry[Conn] = Registry(settings.hive_id)
         self.config_version = 0
         self.section_versions = SectionVersions()
-        self._seen_broadcasts: dict[str, float] = {}
         self.config_sig: tuple[int, int, int] | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._probes: web.AppRunner | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._nodes_shm: shm.NodeTableWriter | None = None
-        self._config_shm: shm.ConfigRegionWriter | None = None
-        self.started_at = time.time()
-        self.ready = asyncio.Event()
-        self.batching = False
-        self.dirty: list[Conn] = []
-        self.paused_producers = 0
-        self.stopped = asyncio.Event()
+        self.seen_broadcasts: dict[str, float] = {}  # broadcast trace id -> when it may be seen again
         self.l3 = L3Resolver(settings.hive_id, settings.identity_frontdesk, run_dir=settings.run_dir)
         self.claims = trust.Claims.empty()
         self.claims_sig: object = None
         self.pending_by_uid: collections.Counter[int] = collections.Counter()
         self.unclaimed_by_uid: collections.Counter[int] = collections.Counter()
         self.unclaimed_by_pid: collections.Counter[int] = collections.Counter()
+        # Output batching (Conn.send / Conn.process): connections with frames queued in this read.
+        self.batching = False
+        self.dirty: list[Conn] = []
+        self.paused_producers = 0
+        self.route_frames: Callable[[Conn, list[bytes]], None] = FastPath(self).route
+        self.started_at = time.time()
+        self.ready = asyncio.Event()
+        self.stopped = asyncio.Event()
+        self._server: asyncio.AbstractServer | None = None
+        self._probes: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._nodes_shm: shm.NodeTableWriter | None = None
+        self._config_shm: shm.ConfigRegionWriter | None = None
 
     # lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -237,7 +212,7 @@ class Router:
             self._server.close()
         if self._probes is not None:
             await self._probes.cleanup()
-        for conn in list(self.by_uuid.values()):
+        for conn in list(self.registry.nodes()):
             if conn.transport is not None:
                 conn.transport.close()
         with contextlib.suppress(FileNotFoundError):
@@ -272,13 +247,13 @@ class Router:
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
-        seen = self._seen_broadcasts
+        seen = self.seen_broadcasts
         if seen:
             expired = [k for k, t in seen.items() if t < now]
             for key in expired:
                 del seen[key]
         limit = self.settings.slow_consumer_timeout_s
-        for conn in list(self.by_uuid.values()):
+        for conn in list(self.registry.nodes()):
             since = conn.congested_since
             if since is not None and now - since > limit and conn.transport is not None:
                 if conn.transport.get_write_buffer_size() >= self.settings.high_water:
@@ -293,211 +268,11 @@ class Router:
             for conn in dirty:
                 conn.flush()
 
-    # connections -------------------------------------------------------
-    def route_frames(self, conn: Conn, frames: list[bytes]) -> None:
-        """Route one read's frames in order: the hot path.
-
-        The common case is decided here: a user message whose ``src`` is the
-        connection's node, with ``ttl > 0``, addressed to a connected UUID or
-        to a name that no route decides, for a node of the same VPN whose
-        buffer has room.  :func:`fluxbee.dataplane.fastpath.scan` checks the
-        envelope and stamps ``src_l2_name`` without building Python objects;
-        every other frame goes through :meth:`on_frame`, the general path,
-        which makes the same decisions (``tests/unit/test_router_fastpath.py``
-        runs each case through both).  Decoded metas are memoised by their
-        bytes: most traffic repeats a handful of metas.
-
-        Once a frame is queued for a node, :func:`fastpath.extend` takes the
-        frames after it that go to the same ``dst`` with the same meta as one
-        run (one join, one step of this loop), up to the point where this loop
-        would block the producer (the destination's high-water mark) or refuse
-        a frame (its buffer cap); the loop then decides that frame itself.  A
-        name shared by several nodes gets no runs: each frame picks its node.
-        """
-        scan, extend = fastpath.scan, fastpath.extend
-        metas = self._meta_cache
-        by_uuid = self.by_uuid
-        fast_names = self._fast_names
-        dirty = self.dirty
-        high_water = self.settings.high_water
-        room = self.settings.max_buffer
-        system, broadcast, privileged = wire.TYPE_SYSTEM, wire.BROADCAST, trust.PRIVILEGED
-        node, node_b, stamp, vpn = conn.uuid, conn.uuid_bytes, conn.stamp, conn.vpn_id
-        routed = 0
-        count = len(frames)
-        index = -1
-        try:
-            while True:
-                index += 1
-                if index >= count or conn.closing:
-                    break
-                if conn.blocked_on:
-                    conn.backlog.extend(frames[index:])
-                    break
-                body = frames[index]
-                if node is None:
-                    self.on_frame(conn, body)  # the HELLO
-                    node, node_b, stamp, vpn = conn.uuid, conn.uuid_bytes, conn.stamp, conn.vpn_id
-                    continue
-                hit = scan(body, node_b, stamp)
-                if hit is None:
-                    vpn = self._general(conn, body)
-                    continue
-                dst, raw_meta, frame = hit
-                meta = metas.get(raw_meta)
-                if meta is None:
-                    try:
-                        meta = _decode_meta(raw_meta)
-                    except msgspec.DecodeError as err:
-                        self._malformed(conn, err)
-                        break
-                    if len(raw_meta) <= META_CACHE_BYTES:
-                        if len(metas) >= META_CACHE_ENTRIES:
-                            metas.clear()
-                        metas[raw_meta] = meta
-                if meta.type == system or dst == broadcast or (meta.msg is not None and meta.msg in privileged):
-                    vpn = self._general(conn, body)
-                    continue
-                single = True
-                target = by_uuid.get(dst)
-                if target is None:
-                    names = fast_names.get(dst)
-                    if names is None:
-                        names = self._fast_name(dst)
-                        if names is None:
-                            vpn = self._general(conn, body)
-                            continue
-                    conns = names.conns
-                    if len(conns) == 1:
-                        target = conns[0]
-                    else:
-                        target = pick(names)
-                        single = False  # round robin: each frame picks its node
-                transport = target.transport
-                if target.vpn_id != vpn or target.closing or transport is None:
-                    self.counters.frames_in += 1
-                    self._deliver(conn, target, _decode_raw(body), meta)  # refusal, with the reply
-                    continue
-                out = target.out
-                size = len(frame)
-                base = target.out_base if out else transport.get_write_buffer_size()
-                if base + target.out_bytes + size > room:
-                    self.counters.frames_in += 1
-                    self._deliver(conn, target, _decode_raw(body), meta)  # dropped, with the reply
-                    continue
-                if not out:
-                    dirty.append(target)
-                    target.out_base = base
-                out.append(frame)
-                size += target.out_bytes
-                routed += 1
-                if single and index + 1 < count:
-                    # The frames after it that go the same way, as one run (a burst costs one step).
-                    if target is conn:
-                        soft = room
-                    elif target.congested_since is not None:
-                        soft = 0
-                    else:
-                        soft = high_water - size
-                    if soft > 0:
-                        data, more = extend(frames, index + 1, node_b, stamp, dst, raw_meta, soft, room - base - size)
-                        if more:
-                            out.append(data)
-                            size += len(data)
-                            routed += more
-                            index += more
-                target.out_bytes = size
-                if target is not conn and (target.congested_since is not None or size >= high_water):
-                    conn.block(target)
-        finally:
-            counters = self.counters
-            counters.frames_in += routed
-            counters.frames_out += routed
-            counters.delivered += routed
-
-    def _general(self, conn: Conn, body: bytes) -> int:
-        """One frame through the general path; returns the connection's VPN for the rest of the batch.
-
-        The frame may have changed it: a CONFIG_CHANGED from this node re-VPNs every connected node.
-        """
-        self.on_frame(conn, body)
-        return conn.vpn_id
-
-    def _fast_name(self, dst: str) -> Names[Conn] | None:
-        """The live nodes a name reaches when no route decides it (memoised until nodes or config change)."""
-        if len(dst) in (32, 36):  # maybe a UUID in another spelling: the general path knows
-            return None
-        full, _, route = self._resolve(dst)
-        names = self.by_name.get(full) if route is None else None
-        if names is None or not names.conns:
-            return None
-        if len(self._fast_names) >= ROUTE_CACHE_LIMIT:
-            self._fast_names.clear()
-        self._fast_names[dst] = names
-        return names
-
-    def _malformed(self, conn: Conn, err: Exception) -> None:
-        self.counters.frames_in += 1
-        self.counters.rejected[wire.MALFORMED_FRAME] += 1
-        conn.fail(wire.MALFORMED_FRAME, str(err))
-
     def on_frame(self, conn: Conn, body: bytes) -> None:
-        """The general path for one frame (HELLO included)."""
-        if conn.uuid is None:
-            self.counters.frames_in += 1
-            handshake.hello(self, conn, body)
-            return
-        try:
-            env = _decode_raw(body)
-            meta = _decode_meta(env.meta)
-        except (msgspec.DecodeError, UnicodeDecodeError) as err:
-            self._malformed(conn, err)
-            return
-        self.counters.frames_in += 1
-        self.route_decoded(conn, env, meta)
+        """The general path for one frame (HELLO included): :func:`dispatch.on_frame`."""
+        dispatch.on_frame(self, conn, body)
 
-    def route_decoded(self, conn: Conn, env: wire.RawEnvelope, meta: wire.MetaView) -> None:
-        """Every routing decision for a decoded frame of a registered connection."""
-        routing = env.routing
-        if routing.src != conn.uuid:
-            self.counters.rejected[wire.SRC_MISMATCH] += 1
-            self.unreachable(conn, routing, wire.SRC_MISMATCH,
-                              f"routing.src {routing.src!r} is not this connection's node")
-            return
-        if meta.msg in trust.PRIVILEGED and not trust.may_send(meta.msg, conn.base, conn.claimed, conn.grants):
-            control.refuse_privileged(self, conn, env, meta.msg)
-            return
-        if meta.type == wire.TYPE_SYSTEM and meta.msg is not None and control.handle_system(self, conn, env, meta):
-            return
-        if routing.ttl == 0:
-            self.counters.ttl_exceeded += 1
-            self.reply(conn, routing, wire.TTL_EXCEEDED,
-                        wire.TtlExceededPayload(original_dst=_dst_text(routing.dst), last_hop=f"router:{self.uuid}"))
-            return
-        routing.src_l2_name = conn.name
-        dst = routing.dst
-        if dst is None:
-            if self._route_l3(conn, env, meta):
-                return
-            self.unreachable(conn, routing, wire.OPA_ERROR, "no routing policy is loaded for dst=null")
-            return
-        if dst == wire.BROADCAST:
-            self._broadcast(conn, env, meta)
-            return
-        target = self.by_uuid.get(dst)
-        if target is not None:
-            self._deliver(conn, target, env, meta)
-            return
-        if wire.is_uuid(dst):
-            found = decide.by_uuid(dst, self.by_uuid)
-            if isinstance(found, decide.Refuse):
-                self._refuse(conn, routing, found)
-            else:
-                self._deliver(conn, found, env, meta)
-            return
-        self._route_name(conn, env, meta, dst)
-
-    # handshake (handshake.py) -------------------------------------------
+    # nodes ---------------------------------------------------------------
     def admit_pending(self, conn: Conn) -> bool:
         """Count a fresh connection against its uid's pre-HELLO allowance; close it if over."""
         return handshake.admit_pending(self, conn)
@@ -506,37 +281,22 @@ class Router:
         handshake.end_pending(self, conn)
 
     def register(self, conn: Conn) -> None:
+        """Put a connection whose HELLO was accepted into the registry (its VPN set) and the node table."""
         if conn.uuid is None:
             raise RuntimeError("bug: registering a connection before its HELLO")
-        self.by_uuid[conn.uuid] = conn
+        self.registry.add(conn.uuid, conn)
         handshake.tally(self, conn, +1)
-        self._fast_names.clear()
-        self.by_name.setdefault(conn.name, Names[Conn]()).conns.append(conn)
-        self.by_base.setdefault(conn.base, []).append(conn)
         self.shm_put(conn)
 
     def unregister(self, conn: Conn) -> None:
-        if conn.uuid is None or self.by_uuid.get(conn.uuid) is not conn:
+        if conn.uuid is None or not self.registry.remove(conn.uuid, conn):
             return
-        del self.by_uuid[conn.uuid]
         handshake.tally(self, conn, -1)
-        self._fast_names.clear()
-        names = self.by_name.get(conn.name)
-        if names is not None:
-            with contextlib.suppress(ValueError):
-                names.conns.remove(conn)
-            if not names.conns:
-                del self.by_name[conn.name]
-        bases = self.by_base.get(conn.base)
-        if bases is not None:
-            with contextlib.suppress(ValueError):
-                bases.remove(conn)
-            if not bases:
-                del self.by_base[conn.base]
         if self._nodes_shm is not None:
             self._nodes_shm.remove(conn.uuid)
 
     def shm_put(self, conn: Conn) -> None:
+        """Write a node's record (UUID, name, VPN, since when) into the node-table region."""
         if self._nodes_shm is None or conn.uuid is None:
             return
         try:
@@ -546,110 +306,11 @@ class Router:
 
     def on_disconnect(self, conn: Conn, reason: str, *, counted: bool = False) -> None:
         """Forget a node whose connection ended (``counted``: the caller has counted the reason)."""
-        if conn.uuid is not None and self.by_uuid.get(conn.uuid) is conn:
+        if conn.uuid is not None and self.registry.get(conn.uuid) is conn:
             self.unregister(conn)
             if not counted:
                 self.counters.disconnects[reason] += 1
             log.info("node %s (%s) disconnected (%s)", conn.name, conn.uuid, reason)
-
-    # routing: decisions in decide.py, carried out here ----------------------------
-    def _deliver(self, src: Conn, dst: Conn, env: wire.RawEnvelope, meta: wire.MetaView) -> None:
-        if src.vpn_id != dst.vpn_id:
-            decision = decide.unicast(src, dst, meta)
-            if isinstance(decision, decide.Refuse):
-                self.unreachable(src, env.routing, decision.reason, decision.detail)
-                return
-        try:
-            frame = wire.encode_frame(env)
-        except wire.FrameTooLargeError as err:
-            self.unreachable(src, env.routing, wire.FRAME_TOO_LARGE, str(err))
-            return
-        if dst.send(frame):
-            self.counters.delivered += 1
-            if dst is not src and (dst.congested_since is not None or dst.out_bytes >= self.settings.high_water):
-                src.block(dst)
-        else:
-            self.counters.dropped[wire.DST_CONGESTED] += 1
-            self.unreachable(src, env.routing, wire.DST_CONGESTED, f"{dst.name} is not reading; message dropped")
-
-    def _refuse(self, src: Conn, routing: wire.Routing, decision: decide.Refuse | decide.Drop) -> None:
-        if isinstance(decision, decide.Drop):
-            self.counters.dropped[decision.counter] += 1
-            return
-        if decision.dropped is not None:
-            self.counters.dropped[decision.dropped] += 1
-        self.unreachable(src, routing, decision.reason, decision.detail)
-
-    def _resolve(self, dst: str) -> tuple[str, str, CompiledRoute | None]:
-        """Full name, base name and deciding route of a destination string (cached per config)."""
-        cached = self._dst_cache.get(dst)
-        if cached is not None:
-            return cached
-        full, base = decide.full_name(dst, self.hive_id)
-        cached = (full, base, self.table.route_for(full))
-        if len(self._dst_cache) >= ROUTE_CACHE_LIMIT:
-            self._dst_cache.clear()
-        self._dst_cache[dst] = cached
-        return cached
-
-    def _route_name(self, src: Conn, env: wire.RawEnvelope, meta: wire.MetaView, dst: str) -> None:
-        full, base, route = self._resolve(dst)
-        target = decide.by_name(dst, full, base, route, self.hive_id, self.by_name, self.by_base)
-        if isinstance(target, decide.Refuse | decide.Drop):
-            self._refuse(src, env.routing, target)
-        else:
-            self._deliver(src, target, env, meta)
-
-    def _route_l3(self, src: Conn, env: wire.RawEnvelope, meta: wire.MetaView) -> bool:
-        """Identity pre-resolve of ``dst: null`` (see :mod:`fluxbee.dataplane.router.l3`); True if routed."""
-        decision = self.l3.resolve(meta.src_ilk, meta.dst_ilk)
-        if decision is None:
-            return False
-        if decision.canonical_src_ilk is not None:
-            env.meta = with_src_ilk(env.meta, decision.canonical_src_ilk)
-        self._route_name(src, env, meta, decision.target)
-        return True
-
-    def _broadcast(self, src: Conn, env: wire.RawEnvelope, meta: wire.MetaView) -> None:
-        routing = env.routing
-        refused = decide.broadcast(routing.trace_id, self._seen_broadcasts)
-        if refused is not None:
-            self._refuse(src, routing, refused)
-            return
-        self._seen_broadcasts[routing.trace_id] = time.monotonic() + self.settings.dedupe_window_s
-        try:
-            frame = wire.encode_frame(env)
-        except wire.FrameTooLargeError as err:
-            self.unreachable(src, routing, wire.FRAME_TOO_LARGE, str(err))
-            return
-        self.counters.broadcasts += 1
-        for conn in decide.fan_out(src, self.by_uuid.values(), meta):
-            if conn.send(frame):
-                self.counters.delivered += 1
-            else:
-                self.counters.dropped[wire.DST_CONGESTED] += 1
-
-    def reply(self, conn: Conn, routing: wire.Routing, msg: str, payload: Any) -> None:
-        """Answer ``conn``; an answer that outgrows a frame becomes UNREACHABLE ``FRAME_TOO_LARGE``.
-
-        Without the fallback the error would escape ``data_received`` and asyncio would drop the
-        asker's connection (and everything it had in flight) over a reply it never saw. No
-        ``src_l2_name``: like the original, router-generated frames (ANNOUNCE, UNREACHABLE,
-        TTL_EXCEEDED, PROTOCOL_ERROR) never carry it; ``routing.src`` is the router's UUID.
-        """
-        try:
-            frame = wire.system_frame(self.uuid, conn.uuid, msg, payload, trace_id=routing.trace_id)
-        except wire.FrameTooLargeError as err:
-            log.error("%s to %s does not fit in a frame: %s", msg, conn.name, err)
-            self.unreachable(conn, routing, wire.FRAME_TOO_LARGE, f"the {msg} answer does not fit in a frame: "
-                                                                   f"{err.detail}")
-            return
-        conn.send(frame)
-
-    def unreachable(self, conn: Conn, routing: wire.Routing, reason: str, detail: str) -> None:
-        self.counters.unreachable[reason] += 1
-        self.reply(conn, routing, wire.UNREACHABLE,
-                    wire.UnreachablePayload(original_dst=_dst_text(routing.dst), reason=reason, detail=detail))
 
     # config --------------------------------------------------------------
     def apply_config(self, routes: list[RouteSpec], vpns: list[VpnSpec], *, source: str) -> None:
@@ -662,21 +323,10 @@ class Router:
     def _poll_claims(self) -> None:
         config_state.poll_claims(self)
 
-    # status --------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        """The whole snapshot, every node included (HTTP ``/status``, which has no frame limit)."""
-        return _status.snapshot(self)
-
-    def status_page(self, limit: int | None, cursor: str | None) -> dict[str, Any]:
-        """The snapshot as a frame-sized page of nodes (:func:`status.status_page`)."""
-        return _status.status_page(self, limit, cursor)
-
-    def prometheus(self) -> str:
-        return _status.prometheus(self)
-
-
-def _dst_text(dst: str | None) -> str:
-    return "null" if dst is None else dst
+    def publish_config(self) -> None:
+        """Write the config in force into the config region (for readers outside the router)."""
+        if self._config_shm is not None:
+            self._config_shm.write(self.config_version, self.registry.table.to_json())
 
 
 def _secure(path: Path, mode: int, group: int) -> None:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def snapshot(router: Router) -> dict[str, Any]:
     """The whole snapshot, every node included (HTTP ``/status``, which has no frame limit)."""
-    return status_head(router, [node_entry(c) for c in router.by_uuid.values()])
+    return status_head(router, [node_entry(c) for c in router.registry.nodes()])
 
 def status_page(router: Router, limit: int | None, cursor: str | None) -> dict[str, Any]:
     """The snapshot as a frame-sized page of nodes, for ROUTER_STATUS_GET / NODE_STATUS_GET.
@@ -30,17 +30,21 @@ def status_page(router: Router, limit: int | None, cursor: str | None) -> dict[s
     snapshot (router, config, counters), so an asker that stops after one page still has it.
     """
     head = status_head(router, [])
-    head["node_count"] = len(router.by_uuid)
+    registry = router.registry
+    head["node_count"] = len(registry)
     head["next_cursor"] = None
     used = len(wire.encode(head)) + 40  # + the cursor, a quoted UUID, if there is a next page
     budget = wire.PAYLOAD_BUDGET
-    order = sorted(router.by_uuid)
+    order = registry.uuids()
     start = bisect.bisect_right(order, cursor) if cursor is not None else 0
     page: list[dict[str, Any]] = []
     for node_uuid in order[start:]:
         if limit is not None and len(page) >= limit:
             break
-        entry = node_entry(router.by_uuid[node_uuid])
+        node = registry.get(node_uuid)
+        if node is None:
+            raise RuntimeError(f"bug: {node_uuid} left the registry while a status page was built")
+        entry = node_entry(node)
         size = len(wire.encode(entry)) + 1
         if page and used + size > budget:
             break
@@ -76,17 +80,17 @@ def status_head(router: Router, nodes: list[dict[str, Any]]) -> dict[str, Any]:
                              "max_pending_per_uid": router.settings.max_pending_per_uid,
                              "takeover_window_s": router.settings.takeover_window_s,
                              "takeover_limit": router.settings.takeover_limit}},
-        "routes": [r.model_dump(mode="json") for r in router.table.route_specs],
-        "vpns": [v.model_dump(mode="json") for v in router.table.vpn_specs],
+        "routes": [r.model_dump(mode="json") for r in router.registry.table.route_specs],
+        "vpns": [v.model_dump(mode="json") for v in router.registry.table.vpn_specs],
         "counters": {**router.counters.snapshot(), "producer_pauses": router.paused_producers},
         "l3": router.l3.snapshot(),
     }
 
 def prometheus(router: Router) -> str:
     return router.counters.prometheus({
-        "nodes": len(router.by_uuid),
+        "nodes": len(router.registry),
         "config_version": router.config_version,
-        "congested_nodes": sum(1 for c in router.by_uuid.values() if c.congested_since is not None),
+        "congested_nodes": sum(1 for c in router.registry.nodes() if c.congested_since is not None),
         "producer_pauses": router.paused_producers,
         "rss_bytes": _rss_bytes(),
     }) + router.l3.prometheus()

@@ -1,4 +1,4 @@
-"""The router's routing rules, as pure decisions over plain nodes (no router, no sockets)."""
+"""The router's routing rules, as pure decisions over plain nodes and a registry (no router, no sockets)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.router import decide
 from fluxbee.dataplane.router.config import RouteTable
+from fluxbee.dataplane.router.registry import Registry, full_name, pick
 from fluxbee.models import RouteAction, RouteSpec
 
 HIVE = "prod"
 USER = wire.MetaView()
+NODE = "00000000-0000-4000-8000-000000000001"
 
 
 @dataclass(eq=False)
@@ -18,36 +20,33 @@ class Node:
     name: str
     vpn_id: int = 0
     congested_since: float | None = None
+    claimed: bool = False
+    grants: frozenset[str] = frozenset()
+    uuid: str | None = NODE  # as a sender: the UUID its HELLO registered
 
     @property
     def base(self) -> str:
         return self.name.split("@", 1)[0]
 
 
-def names_of(*nodes: Node) -> dict[str, decide.Names[Node]]:
-    table: dict[str, decide.Names[Node]] = {}
-    for node in nodes:
-        table.setdefault(node.name, decide.Names()).conns.append(node)
-    return table
-
-
-def bases_of(*nodes: Node) -> dict[str, list[Node]]:
-    table: dict[str, list[Node]] = {}
-    for node in nodes:
-        table.setdefault(node.base, []).append(node)
-    return table
+def registry_of(*nodes: Node, routes: tuple[RouteSpec, ...] = ()) -> Registry[Node]:
+    registry: Registry[Node] = Registry(HIVE, RouteTable.build(1, routes, ()))
+    for i, node in enumerate(nodes):
+        vpn = node.vpn_id
+        registry.add(f"00000000-0000-4000-8000-{i + 1:012x}", node)  # the first is NODE
+        node.vpn_id = vpn  # these tests set VPNs by hand, not by rule
+    return registry
 
 
 def to_name(dst: str, *nodes: Node, routes: tuple[RouteSpec, ...] = ()) -> object:
-    full, base = decide.full_name(dst, HIVE)
-    route = RouteTable.build(1, routes, ()).route_for(full)
-    return decide.by_name(dst, full, base, route, HIVE, names_of(*nodes), bases_of(*nodes))
+    decision = decide.by_name(dst, registry_of(*nodes, routes=routes))
+    return decision.target if isinstance(decision, decide.Deliver) else decision
 
 
 def test_a_name_without_a_hive_is_a_name_of_this_hive() -> None:
-    assert decide.full_name("WF.echo", HIVE) == ("WF.echo@prod", "WF.echo")
-    assert decide.full_name("WF.echo@other", HIVE) == ("WF.echo@other", "WF.echo")
-    assert decide.full_name("WF.echo@*", HIVE) == ("WF.echo@prod", "WF.echo")
+    assert full_name("WF.echo", HIVE) == ("WF.echo@prod", "WF.echo")
+    assert full_name("WF.echo@other", HIVE) == ("WF.echo@other", "WF.echo")
+    assert full_name("WF.echo@*", HIVE) == ("WF.echo@prod", "WF.echo")
 
 
 def test_a_connected_name_is_delivered_to_its_node() -> None:
@@ -57,16 +56,18 @@ def test_a_connected_name_is_delivered_to_its_node() -> None:
 
 def test_nodes_sharing_a_name_take_turns_and_a_congested_one_is_skipped() -> None:
     a, b, c = Node("WF.sink@prod"), Node("WF.sink@prod"), Node("WF.sink@prod")
-    group = names_of(a, b, c)["WF.sink@prod"]
-    assert [decide.pick(group) for _ in range(4)] == [a, b, c, a]
+    group = registry_of(a, b, c).named("WF.sink@prod")
+    assert group is not None
+    assert [pick(group) for _ in range(4)] == [a, b, c, a]
     b.congested_since = 1.0
-    assert [decide.pick(group) for _ in range(3)] == [c, a, c]
+    assert [pick(group) for _ in range(3)] == [c, a, c]
 
 
 def test_when_every_node_of_a_name_is_congested_the_turn_still_moves_on() -> None:
     a, b = Node("WF.sink@prod", congested_since=1.0), Node("WF.sink@prod", congested_since=1.0)
-    group = names_of(a, b)["WF.sink@prod"]
-    assert [decide.pick(group) for _ in range(3)] == [a, b, a]
+    group = registry_of(a, b).named("WF.sink@prod")
+    assert group is not None
+    assert [pick(group) for _ in range(3)] == [a, b, a]
 
 
 def test_an_unknown_name_is_node_not_found_and_a_name_of_another_hive_is_wan_unavailable() -> None:
@@ -96,9 +97,22 @@ def test_any_hive_reaches_a_node_by_its_base_name() -> None:
 
 def test_a_uuid_is_looked_up_in_any_spelling() -> None:
     node = Node("WF.echo@prod")
-    uuid = "00000000-0000-4000-8000-000000000001"
-    assert decide.by_uuid(uuid.replace("-", "").upper(), {uuid: node}) is node
-    assert decide.by_uuid(uuid, {}) == decide.Refuse(wire.NODE_NOT_FOUND, "no node with this UUID is connected")
+    registry = registry_of(node)
+    spellings = (NODE.replace("-", "").upper(), NODE.upper(), NODE.replace("-", ""))
+    assert [decide.to_node(s, registry) for s in spellings] == [decide.Deliver(node)] * 3
+    assert decide.to_node("00000000-0000-4000-8000-000000000009", registry) == decide.Refuse(
+        wire.NODE_NOT_FOUND, "no node with this UUID is connected")
+    assert decide.by_uuid(NODE, registry_of()) == decide.Refuse(wire.NODE_NOT_FOUND,
+                                                                 "no node with this UUID is connected")
+
+
+def test_a_destination_that_is_not_a_uuid_is_a_name() -> None:
+    echo = Node("WF.echo@prod")
+    registry = registry_of(echo)
+    assert decide.to_node("WF.echo", registry) == decide.Deliver(echo)
+    assert decide.to_node("WF.echo@prod", registry) == decide.Deliver(echo)
+    refused = decide.to_node("not-quite-a-uuid-0000-4000-8000-000000000001", registry)
+    assert isinstance(refused, decide.Refuse) and refused.reason == wire.NODE_NOT_FOUND
 
 
 def test_vpns_separate_nodes_unless_a_system_node_or_a_global_system_message_is_involved() -> None:
@@ -128,3 +142,48 @@ def test_a_broadcast_reaches_the_other_matching_nodes_its_sender_may_reach() -> 
     assert list(decide.fan_out(src, peers, USER)) == [a, b, other_name]
     assert list(decide.fan_out(src, peers, wire.MetaView(target="WF.sink.*"))) == [a, b]
     assert list(decide.fan_out(src, peers, wire.MetaView(target="AI.x"))) == [other_name]
+
+
+def test_a_frame_claiming_another_source_is_refused_src_mismatch_and_counted_as_rejected() -> None:
+    sender = Node("WF.client@prod")
+    assert decide.screen(sender, NODE, None) is None
+    refused = decide.screen(sender, "00000000-0000-4000-8000-000000000002", None)
+    assert isinstance(refused, decide.Refuse)
+    assert (refused.reason, refused.rejected, refused.dropped) == (wire.SRC_MISMATCH, wire.SRC_MISMATCH, None)
+    assert "00000000-0000-4000-8000-000000000002" in refused.detail
+    # Bound to the exact spelling the HELLO registered: another spelling of the same UUID is another claim.
+    assert isinstance(decide.screen(sender, NODE.replace("-", ""), None), decide.Refuse)
+    assert isinstance(decide.screen(Node("WF.client@prod", uuid=None), NODE, None), decide.Refuse)  # no HELLO
+
+
+def test_privileged_messages_need_a_proven_system_node_or_a_grant() -> None:
+    for msg in (wire.CONFIG_CHANGED, wire.ADMIN_COMMAND):
+        assert decide.screen(Node("WF.client@prod"), NODE, msg) == decide.Forbidden(msg)
+        assert decide.screen(Node("SY.admin@prod"), NODE, msg) == decide.Forbidden(msg)  # not proven
+        assert decide.screen(Node("SY.admin@prod", claimed=True), NODE, msg) is None
+        granted = Node("WF.ops@prod", claimed=True, grants=frozenset({msg}))
+        assert decide.screen(granted, NODE, msg) is None
+        assert decide.screen(Node("WF.ops@prod", claimed=True), NODE, msg) == decide.Forbidden(msg)
+    assert decide.screen(Node("WF.client@prod"), NODE, wire.ADMIN_COMMAND_RESPONSE) is None
+
+
+def test_the_source_is_checked_before_the_privilege() -> None:
+    refused = decide.screen(Node("WF.client@prod"), "00000000-0000-4000-8000-000000000002",
+                            wire.ADMIN_COMMAND)
+    assert isinstance(refused, decide.Refuse) and refused.reason == wire.SRC_MISMATCH
+
+
+def test_a_frame_with_ttl_zero_has_expired_and_any_other_ttl_goes_on() -> None:
+    assert decide.expired(0) is decide.EXPIRED
+    assert decide.expired(1) is None
+    assert decide.expired(wire.DEFAULT_TTL) is None
+
+
+def test_system_and_privileged_metas_need_the_rules_and_plain_ones_do_not() -> None:
+    assert not decide.needs_rules(USER)
+    assert not decide.needs_rules(wire.MetaView(type=wire.TYPE_ADMIN, msg=wire.ADMIN_COMMAND_RESPONSE))
+    assert decide.needs_rules(wire.MetaView(type=wire.TYPE_SYSTEM))
+    assert decide.needs_rules(wire.MetaView(type=wire.TYPE_SYSTEM, msg=wire.NODE_STATUS_GET))
+    for meta_type in (wire.TYPE_ADMIN, "user"):
+        assert decide.needs_rules(wire.MetaView(type=meta_type, msg=wire.ADMIN_COMMAND))
+        assert decide.needs_rules(wire.MetaView(type=meta_type, msg=wire.CONFIG_CHANGED))

@@ -1,0 +1,152 @@
+"""The general path: decode a frame, ask :mod:`~fluxbee.dataplane.router.decide`, carry the decision out.
+
+Every frame the fast path (:mod:`fluxbee.dataplane.router.fastroute`) does not take comes here, one at a
+time, HELLO included. Only ``routing`` and the few meta fields the rules read are decoded; ``meta`` and
+``payload`` stay raw bytes and are written out unchanged (see :mod:`fluxbee.dataplane.wire`). Carrying
+out means encoding, queueing on the destination's connection (holding the producer when that takes the
+destination past its high-water mark), counting, and answering the sender
+(:mod:`~fluxbee.dataplane.router.answers`): UNREACHABLE, TTL_EXCEEDED, or the answer a refused
+privileged message waits for (:func:`~fluxbee.dataplane.router.control.refuse_privileged`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from fluxbee.dataplane import wire
+from fluxbee.dataplane.router import control, decide, handshake
+from fluxbee.dataplane.router.answers import dst_text, reply, unreachable
+from fluxbee.dataplane.router.connection import Conn
+from fluxbee.dataplane.router.l3 import with_src_ilk
+
+if TYPE_CHECKING:
+    from fluxbee.dataplane.router.server import Router
+
+_decode_raw = wire.raw_decoder.decode
+_decode_meta = wire.meta_decoder.decode
+
+
+def on_frame(router: Router, conn: Conn, body: bytes) -> None:
+    """One frame of ``conn`` through the general path (its HELLO, if it has not said one yet)."""
+    if conn.uuid is None:
+        router.counters.frames_in += 1
+        handshake.hello(router, conn, body)
+        return
+    try:
+        env = _decode_raw(body)
+        meta = _decode_meta(env.meta)
+    except (msgspec.DecodeError, UnicodeDecodeError) as err:
+        malformed(router, conn, err)
+        return
+    router.counters.frames_in += 1
+    route_decoded(router, conn, env, meta)
+
+
+def malformed(router: Router, conn: Conn, err: Exception) -> None:
+    """Close a connection that sent a frame that is not an envelope, saying why."""
+    router.counters.frames_in += 1
+    router.counters.rejected[wire.MALFORMED_FRAME] += 1
+    conn.fail(wire.MALFORMED_FRAME, str(err))
+
+
+def route_decoded(router: Router, conn: Conn, env: wire.RawEnvelope, meta: wire.MetaView) -> None:
+    """Every routing decision for a decoded frame of a registered connection, in the order of ``decide``."""
+    routing = env.routing
+    stopped = decide.screen(conn, routing.src, meta.msg)
+    if isinstance(stopped, decide.Forbidden):
+        control.refuse_privileged(router, conn, env, stopped.msg)
+        return
+    if stopped is not None:
+        refuse(router, conn, routing, stopped)
+        return
+    if meta.type == wire.TYPE_SYSTEM and meta.msg is not None and control.handle_system(router, conn, env, meta):
+        return
+    if decide.expired(routing.ttl) is not None:
+        router.counters.ttl_exceeded += 1
+        reply(router, conn, routing, wire.TTL_EXCEEDED,
+              wire.TtlExceededPayload(original_dst=dst_text(routing.dst), last_hop=f"router:{router.uuid}"))
+        return
+    routing.src_l2_name = conn.name
+    dst = routing.dst
+    if dst is None:
+        resolved = router.l3.resolve(meta.src_ilk, meta.dst_ilk)  # identity pre-resolve (router/l3.py)
+        if resolved is None:
+            unreachable(router, conn, routing, wire.OPA_ERROR, "no routing policy is loaded for dst=null")
+            return
+        if resolved.canonical_src_ilk is not None:
+            env.meta = with_src_ilk(env.meta, resolved.canonical_src_ilk)
+        carry_out(router, conn, env, meta, decide.by_name(resolved.target, router.registry))
+        return
+    if dst == wire.BROADCAST:
+        broadcast(router, conn, env, meta)
+        return
+    carry_out(router, conn, env, meta, decide.to_node(dst, router.registry))
+
+
+def carry_out(router: Router, src: Conn, env: wire.RawEnvelope, meta: wire.MetaView,
+              decision: decide.Deliver[Conn] | decide.Refuse | decide.Drop) -> None:
+    """Carry out a unicast decision."""
+    if isinstance(decision, decide.Deliver):
+        deliver(router, src, decision.target, env, meta)
+    else:
+        refuse(router, src, env.routing, decision)
+
+
+def deliver(router: Router, src: Conn, dst: Conn, env: wire.RawEnvelope, meta: wire.MetaView) -> None:
+    """Queue the frame for ``dst`` if the VPN rule lets ``src`` reach it and its buffer has room."""
+    if src.vpn_id != dst.vpn_id:
+        decision = decide.unicast(src, dst, meta)
+        if isinstance(decision, decide.Refuse):
+            refuse(router, src, env.routing, decision)
+            return
+    try:
+        frame = wire.encode_frame(env)
+    except wire.FrameTooLargeError as err:
+        unreachable(router, src, env.routing, wire.FRAME_TOO_LARGE, str(err))
+        return
+    if dst.send(frame):
+        router.counters.delivered += 1
+        if dst is not src and (dst.congested_since is not None or dst.out_bytes >= router.settings.high_water):
+            src.block(dst)
+    else:
+        router.counters.dropped[wire.DST_CONGESTED] += 1
+        unreachable(router, src, env.routing, wire.DST_CONGESTED, f"{dst.name} is not reading; message dropped")
+
+
+def refuse(router: Router, src: Conn, routing: wire.Routing, decision: decide.Refuse | decide.Drop) -> None:
+    """Count a refusal, and answer UNREACHABLE unless it is a silent drop."""
+    counters = router.counters
+    if isinstance(decision, decide.Drop):
+        counters.dropped[decision.counter] += 1
+        return
+    if decision.dropped is not None:
+        counters.dropped[decision.dropped] += 1
+    if decision.rejected is not None:
+        counters.rejected[decision.rejected] += 1
+    unreachable(router, src, routing, decision.reason, decision.detail)
+
+
+def broadcast(router: Router, src: Conn, env: wire.RawEnvelope, meta: wire.MetaView) -> None:
+    """Fan a broadcast out to the nodes :func:`decide.fan_out` names, once per trace id in the window."""
+    routing = env.routing
+    seen = router.seen_broadcasts
+    refused = decide.broadcast(routing.trace_id, seen)
+    if refused is not None:
+        refuse(router, src, routing, refused)
+        return
+    seen[routing.trace_id] = time.monotonic() + router.settings.dedupe_window_s
+    try:
+        frame = wire.encode_frame(env)
+    except wire.FrameTooLargeError as err:
+        unreachable(router, src, routing, wire.FRAME_TOO_LARGE, str(err))
+        return
+    counters = router.counters
+    counters.broadcasts += 1
+    for conn in decide.fan_out(src, router.registry.nodes(), meta):
+        if conn.send(frame):
+            counters.delivered += 1
+        else:
+            counters.dropped[wire.DST_CONGESTED] += 1
