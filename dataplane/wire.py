@@ -33,6 +33,7 @@ from typing import Annotated, Any, Final
 import msgspec
 
 from fluxbee.dataplane import _native
+from fluxbee.errors import CodedError
 
 MAX_FRAME: Final = 128 * 1024
 PAYLOAD_BUDGET: Final = MAX_FRAME - 4 * 1024
@@ -70,6 +71,11 @@ ADMIN_COMMAND: Final = "ADMIN_COMMAND"
 ADMIN_COMMAND_RESPONSE: Final = "ADMIN_COMMAND_RESPONSE"
 # Ours (not in the original): the router's own status, and the reason a
 # connection is about to be closed by the router.
+# Ours: link control, to the router (fluxbee.dataplane.link), privileged like CONFIG_CHANGED.
+LINK_ADD: Final = "LINK_ADD"
+LINK_ADD_RESPONSE: Final = "LINK_ADD_RESPONSE"
+LINK_REMOVE: Final = "LINK_REMOVE"
+LINK_REMOVE_RESPONSE: Final = "LINK_REMOVE_RESPONSE"
 ROUTER_STATUS_GET: Final = "ROUTER_STATUS_GET"
 ROUTER_STATUS_GET_RESPONSE: Final = "ROUTER_STATUS_GET_RESPONSE"
 PROTOCOL_ERROR: Final = "PROTOCOL_ERROR"
@@ -96,13 +102,13 @@ SLOW_CONSUMER: Final = "SLOW_CONSUMER"
 REPLACED: Final = "REPLACED"
 
 
-class ProtocolError(Exception):
-    """Input that breaks the wire contract; ``reason`` is a PROTOCOL_ERROR code."""
+class ProtocolError(CodedError):
+    """Input that breaks the wire contract; ``code`` is a PROTOCOL_ERROR reason."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+    @property
+    def reason(self) -> str:
+        """``code``, under the name of the PROTOCOL_ERROR field it fills."""
+        return self.code
 
 
 class FrameTooLargeError(ProtocolError):

@@ -34,6 +34,25 @@ def _addr(value: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def _address_text(value: str) -> str:
+    """``HOST:PORT`` checked, kept as text (link flags)."""
+    from fluxbee.dataplane.link.settings import format_address, parse_address
+
+    try:
+        return format_address(parse_address(value))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _link_addr(value: str) -> tuple[str, int]:
+    from fluxbee.dataplane.link.settings import parse_address
+
+    try:
+        return parse_address(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _positive(value: str) -> int:
     if not value.isdigit() or int(value) <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value!r}")
@@ -98,7 +117,26 @@ def cmd_router(args: argparse.Namespace) -> int:
         max_pending_per_uid=args.max_pending_per_uid,
         takeover_window_s=args.takeover_window,
         takeover_limit=args.takeover_limit,
+        wan_listen=args.wan_listen,
+        uplinks=tuple(args.uplink or ()),
+        authorized_hives=frozenset(args.authorized_hive or ()),
+        wan_cert=Path(args.wan_cert) if args.wan_cert else None,
+        wan_key=Path(args.wan_key) if args.wan_key else None,
+        wan_ca_cert=Path(args.wan_ca_cert) if args.wan_ca_cert else None,
+        mesh_listen=args.mesh_listen,
+        mesh_peers=tuple(args.mesh_peer or ()),
+        mesh_dns=args.mesh_dns,
+        link_insecure_dev=args.link_insecure_dev,
+        link_hello_interval_s=args.link_hello_interval,
+        link_dead_interval_s=args.link_dead_interval,
     )
+    from fluxbee.dataplane.link.settings import LinkConfigError
+
+    try:
+        settings.links.check()
+    except LinkConfigError as err:
+        print(f"fluxbee router: {err}", file=sys.stderr)
+        return 2
     if settings.claimed_reserve >= settings.max_nodes:
         print(f"fluxbee router: --claimed-reserve ({settings.claimed_reserve}) must be below --max-nodes "
               f"({settings.max_nodes})", file=sys.stderr)
@@ -224,6 +262,22 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"  {route['action']:8} {route['match_kind']:7} {route['prefix']}{hop}")
     for vpn in status["vpns"]:
         lines.append(f"  VPN {vpn['vpn_id']:<4} {vpn['match_kind']:7} {vpn['pattern']}")
+    for role in ("wan", "mesh"):
+        section = status.get(role) or {}
+        if not section.get("listen") and not section.get("links"):
+            continue
+        lines.append("")
+        lines.append(f"{role} links (listen {section.get('listen') or '-'}):")
+        for link in section.get("links", []):
+            rtt = "-" if link.get("rtt_ms") is None else f"{link['rtt_ms']:.1f} ms"
+            lsa = "-" if link.get("last_lsa_seq") is None else f"#{link['last_lsa_seq']}"
+            why = f"  ({link['reason']})" if link.get("state") != "up" and link.get("reason") else ""
+            lines.append(f"  {link.get('hive_id') or '?':16} {link['direction']:3} {link['state']:10} "
+                         f"{link['address']:24} rtt {rtt:>9}  lsa {lsa}{why}")
+        for route in section.get("routes", []):
+            lines.append(f"  route to {route['hive']}: {' > '.join(route['path'])}")
+        for reason, count in sorted((section.get("drops") or {}).items()):
+            lines.append(f"  dropped {reason}={count}")
     counters = status["counters"]
     lines.append("")
     lines.append("counters: " + "  ".join(
@@ -239,7 +293,7 @@ def _admin_services(args: argparse.Namespace) -> list[Any]:
     if args.admin_listen == "off":
         return []
     from fluxbee.admin.http import AdminSettings, SettingsError, check_settings
-    from fluxbee.admin.service import local_admin
+    from fluxbee.admin.main_supervisor import local_admin
 
     host, port = _addr(args.admin_listen) if args.admin_listen.rpartition(":")[2] != "0" else (
         args.admin_listen.rpartition(":")[0] or "127.0.0.1", 0)
@@ -258,8 +312,8 @@ def cmd_admin(args: argparse.Namespace) -> int:
     """``fluxbee admin --backend kubernetes``: the admin API of one hive, as the pods of its admin Deployment."""
     import signal
 
-    from fluxbee.admin.cluster import ClusterSettings, run_cluster_admin
     from fluxbee.admin.http import AdminSettings, SettingsError, check_settings
+    from fluxbee.admin.main_kubernetes import ClusterSettings, run_cluster_admin
     from fluxbee.kube import KubeConfig, KubeConfigError
 
     host, port = args.listen
@@ -303,12 +357,19 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from fluxbee.local.supervisor import LocalHiveError, run_local_hive
+    from fluxbee.supervisor.hive import LocalHiveError, run_local_hive
+    from fluxbee.supervisor.wan import WanOptions
 
     _raise_fd_limit()
     services = _admin_services(args)
+    wan = WanOptions(listen=args.wan_listen, ca_dir=Path(args.wan_ca) if args.wan_ca else None,
+                     uplinks=tuple(args.uplink or ()), authorized_hives=tuple(args.authorized_hive or ()),
+                     cert=Path(args.wan_cert) if args.wan_cert else None,
+                     key=Path(args.wan_key) if args.wan_key else None,
+                     hello_interval_s=args.link_hello_interval, dead_interval_s=args.link_dead_interval)
     try:
-        return int(_run(run_local_hive(args.file, hive_id=args.hive_id, run_dir=args.run_dir, services=services)))
+        return int(_run(run_local_hive(args.file, hive_id=args.hive_id, run_dir=args.run_dir, services=services,
+                                       wan=wan)))
     except LocalHiveError as err:
         print(f"fluxbee up: {err}", file=sys.stderr)
         return 2
@@ -378,6 +439,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="window in which repeated takeovers of one live UUID count as flapping (default 30)")
     t.add_argument("--takeover-limit", type=_non_negative, default=3,
                    help="takeovers of one live UUID allowed in the window before the incumbent keeps it (default 3)")
+    lk = r.add_argument_group("links between routers (README: Links)")
+    lk.add_argument("--wan-listen", type=_link_addr, metavar="HOST:PORT", help="accept links from other hives here")
+    lk.add_argument("--uplink", type=_link_addr, action="append", metavar="HOST:PORT",
+                    help="dial another hive's gateway (repeatable)")
+    lk.add_argument("--authorized-hive", type=_hive_id, action="append", metavar="ID",
+                    help="a hive allowed on WAN links (repeatable; none: any hive with a certificate from the CA)")
+    lk.add_argument("--wan-cert", metavar="FILE", help="this hive's certificate (PEM), for WAN and mesh links")
+    lk.add_argument("--wan-key", metavar="FILE", help="the key of --wan-cert (PEM)")
+    lk.add_argument("--wan-ca-cert", metavar="FILE", help="the hive CA certificate (PEM) peers are checked against")
+    lk.add_argument("--mesh-listen", type=_link_addr, metavar="HOST:PORT",
+                    help="accept links from the other routers of this hive here")
+    lk.add_argument("--mesh-peer", type=_link_addr, action="append", metavar="HOST:PORT",
+                    help="another router of this hive (repeatable)")
+    lk.add_argument("--mesh-dns", type=_link_addr, metavar="NAME:PORT",
+                    help="a name resolved every few seconds; every address but this router's is a mesh peer")
+    lk.add_argument("--link-insecure-dev", action="store_true",
+                    help="plaintext links, peers believed on their word: development only")
+    lk.add_argument("--link-hello-interval", type=float, default=10.0, metavar="SECONDS",
+                    help="seconds between keepalives on a link (default 10)")
+    lk.add_argument("--link-dead-interval", type=float, default=40.0, metavar="SECONDS",
+                    help="a link silent this long is closed (default 40)")
     r.set_defaults(func=cmd_router)
 
     n = sub.add_parser("node", help="run an example node built on the SDK")
@@ -394,6 +476,19 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--admin-listen", default="127.0.0.1:8080",
                    help="HOST:PORT of the admin API (port 0: any free port; 'off': no admin API)")
     u.add_argument("--admin-token-file", help="file holding the admin bearer token (default $FLUXBEE_ADMIN_TOKEN)")
+    w = u.add_argument_group("links to other hives (README: Links; the same as the hive file's spec.wan)")
+    w.add_argument("--wan-listen", type=_address_text, metavar="HOST:PORT", help="accept links from other hives here")
+    w.add_argument("--wan-ca", metavar="DIR", help="the hive CA (`fluxbee wan ca DIR`); with DIR/ca.key the hive's "
+                                                    "certificate is issued into the run dir at start")
+    w.add_argument("--uplink", action="append", type=_address_text, metavar="HOST:PORT",
+                   help="dial this hive's gateway (repeatable)")
+    w.add_argument("--authorized-hive", action="append", type=_hive_id, metavar="ID",
+                   help="a hive allowed to link (repeatable; none: any hive the CA signed)")
+    w.add_argument("--wan-cert", metavar="FILE", help="this hive's certificate (when the CA key is not at hand)")
+    w.add_argument("--wan-key", metavar="FILE", help="the key of --wan-cert")
+    w.add_argument("--link-hello-interval", type=float, metavar="SECONDS", help="keepalive period (router default 10)")
+    w.add_argument("--link-dead-interval", type=float, metavar="SECONDS",
+                   help="a link silent this long is closed (router default 40)")
     u.set_defaults(func=cmd_up)
 
     a = sub.add_parser("admin", help="run the admin HTTP API of a hive in a cluster (Kubernetes backend)")
@@ -446,6 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
     from fluxbee.identity.cli import add_parser as add_identity_parser
 
     add_identity_parser(sub)
+
+    from fluxbee.dataplane.link.cli import add_parser as add_wan_parser
+
+    add_wan_parser(sub)
     return p
 
 

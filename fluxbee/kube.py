@@ -38,6 +38,7 @@ RESOURCES: dict[str, str] = {
     "secrets": "/api/v1",
     "daemonsets": "/apis/apps/v1",
     "deployments": "/apis/apps/v1",
+    "statefulsets": "/apis/apps/v1",
     "hives": "/apis/fluxbee.io/v1alpha1",
     "fluxnodes": "/apis/fluxbee.io/v1alpha1",
     "runtimes": "/apis/fluxbee.io/v1alpha1",

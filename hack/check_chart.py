@@ -63,11 +63,26 @@ CASES: dict[str, dict[str, Any]] = {
                       "hive": {"enabled": True, "admin": {"existingTokenSecret": "my-token"}}},
     "hive-only": {"operator": {"enabled": False}, "hive": {"enabled": True,
                                                            "admin": {"enabled": False}}},
+    "wan-gateway": {"hive": {"enabled": True, "meshPort": 9101,
+                             "wan": {"enabled": True, "listen": "0.0.0.0:9000", "serviceType": "LoadBalancer",
+                                     "uplinks": [{"address": "mother.example.com:9000"},
+                                                 {"service": "other-gateway", "namespace": "other", "port": 9000}],
+                                     "authorizedHives": ["mother", "worker-2"],
+                                     "certificateSecret": "my-hive-tls"}}},
+    "worker-url-identity": {"hive": {"enabled": True, "role": "worker",
+                                     "identity": {"primaryHive": "mother",
+                                                  "database": {"mode": "url",
+                                                               "urlSecret": {"name": "pg", "key": "url"}}}}},
 }
 MUST_FAIL: dict[str, dict[str, Any]] = {
     "bad-pull-policy": {"image": {"pullPolicy": "Sometimes"}},
     "bad-hive-id": {"hive": {"enabled": True, "hiveId": "has.dots"}},
     "unknown-key": {"hive": {"enabeld": True}},
+    "bad-wan-listen": {"hive": {"enabled": True, "wan": {"enabled": True, "listen": "0.0.0.0:70000"}}},
+    "uplink-address-and-service": {"hive": {"enabled": True, "wan": {
+        "enabled": True, "uplinks": [{"address": "a.example:9000", "service": "b-gateway"}]}}},
+    "bad-authorized-hive": {"hive": {"enabled": True, "wan": {"enabled": True, "authorizedHives": ["has.dots"]}}},
+    "url-mode-without-secret": {"hive": {"enabled": True, "identity": {"database": {"mode": "url"}}}},
 }
 
 

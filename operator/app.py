@@ -63,7 +63,11 @@ async def reconcile(ctx: OperatorContext, plural: str, body: Mapping[str, Any], 
     async def work() -> None:
         fresh = await ctx.kube.get(plural, key[1], key[2]) if coalesce else body
         if fresh is None:
+            if plural == "hives":
+                ctx.hives.discard((key[1], key[2]))
             return
+        if plural == "hives":
+            ctx.hives.add((key[1], key[2]))
         outcome = await RECONCILERS[plural](ctx, fresh)
         log.debug("%s %s/%s: %s %s", plural, key[1], key[2], outcome.phase, outcome.reason)
 
@@ -175,6 +179,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
         if not (body.get("metadata") or {}).get("namespace"):
             return
         ctx = _ctx(memo)
+        ctx.hives.discard((body["metadata"]["namespace"], body["metadata"].get("name")))
         try:
             await _exclusive(ctx, "hives", body, cleanup_hive)
             await _after(ctx, "hives", body)
@@ -212,6 +217,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
         ("", "v1", "services"),
         ("apps", "v1", "daemonsets"),
         ("apps", "v1", "deployments"),
+        ("apps", "v1", "statefulsets"),
     ):
         resource = (group, version, plural) if group else (version, plural)
 
@@ -232,9 +238,21 @@ def register(registry: kopf.OperatorRegistry) -> None:
                     await reconcile_by_name(ctx, "fluxnodes", namespace, child_labels[L.FLUXNODE])
                 elif L.HIVE in child_labels:
                     await reconcile_by_name(ctx, "hives", namespace, child_labels[L.HIVE])
-            except ApiError as err:
+            except (ApiError, kopf.TemporaryError) as err:  # e.g. a Hive waiting for a Secret
                 log.warning("repairing after %s %s/%s failed; the next event retries: %s",
                             event.get("type"), namespace, meta.get("name"), err)
+
+
+async def _renew_forever(ctx: OperatorContext) -> None:
+    """Reconcile every Hive seen, one at a time, every ``resync_interval`` (until cancelled)."""
+    while True:
+        await asyncio.sleep(ctx.settings.resync_interval)
+        for namespace, name in sorted(ctx.hives):
+            try:
+                await reconcile_by_name(ctx, "hives", namespace, name)
+            except (ApiError, kopf.TemporaryError) as err:
+                log.warning("hive %s/%s: periodic reconcile failed; the next event or round retries: %s",
+                            namespace, name, err)
 
 
 def configure(settings: kopf.OperatorSettings, operator: OperatorSettings) -> None:
@@ -264,6 +282,23 @@ def build_registry(operator: OperatorSettings, access: KubeConfig) -> kopf.Opera
     @kopf.on.startup(registry=registry, id="configure")
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings, operator)
+
+    # Generated link certificates are renewed by the reconcile that finds them close to expiry, and
+    # a Secret the operator does not watch (it watches no Secrets: that would stream every Secret of
+    # the cluster to it) is repaired by a reconcile too; so every Hive seen is reconciled again every
+    # ``resync_interval``.  Not a kopf timer: timers put a finalizer on the Hive, which would strand
+    # it Terminating whenever the operator is gone first (see ``hive-gone``).
+    @kopf.on.startup(registry=registry, id="start-renewal")
+    async def start_renewal(memo: Any, **_: Any) -> None:
+        ctx = _ctx(memo)
+        ctx.renewal = asyncio.create_task(_renew_forever(ctx), name="hive-certificate-renewal")
+
+    @kopf.on.cleanup(registry=registry, id="stop-renewal")
+    async def stop_renewal(memo: Any, **_: Any) -> None:
+        task = _ctx(memo).renewal
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
 
     @kopf.on.login(registry=registry, id="login")
     async def login(**_: Any) -> kopf.ConnectionInfo:

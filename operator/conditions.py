@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from fluxbee.errors import CodedError
+
 Phase = Literal["Pending", "Reconciling", "Ready", "Degraded"]
 
 
@@ -37,13 +39,10 @@ class Outcome:
         return cls("Degraded", reason, message, fields)
 
 
-class InvalidSpec(Exception):
-    """The spec can never be reconciled as written; the resource ends Degraded, not retried."""
+class InvalidSpec(CodedError):
+    """The spec can never be reconciled as written; the resource ends Degraded, not retried.
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
+    ``code`` becomes the Degraded condition's ``reason`` and ``detail`` its ``message``."""
 
 
 def now_rfc3339() -> str:

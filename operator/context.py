@@ -48,6 +48,10 @@ class OperatorContext:
     kube: Kube
     settings: OperatorSettings
     coalescer: Coalescer = field(default_factory=Coalescer)
+    hives: set[tuple[str, str]] = field(default_factory=set)
+    """(namespace, name) of every Hive reconciled and not seen gone: the periodic renewal's list."""
+    renewal: asyncio.Task[None] | None = None
+    """The periodic renewal task (``fluxbee.operator.app``), started and cancelled with the operator."""
 
 
 async def write_status(

@@ -1,6 +1,7 @@
 """``fluxbee operator``: run the operator, or print the CRDs it serves.
 
     fluxbee operator [run] [--namespace NS] [--peering NAME] [--priority N] [--image IMAGE]
+                           [--resync-interval SECONDS]
     fluxbee operator crds            # the CRD YAML generated from the models, for kubectl apply
 
 It logs in as ``fluxbee.kube.KubeConfig.from_environment`` finds: the pod's service account in a
@@ -33,9 +34,22 @@ def _parser() -> argparse.ArgumentParser:
         target.add_argument("--peering", help="kopf peering name for HA (env FLUXBEE_OPERATOR_PEERING)")
         target.add_argument("--priority", type=int, help="peering priority (default: random)")
         target.add_argument("--image", help="hive/default node image (env FLUXBEE_IMAGE)")
+        target.add_argument("--resync-interval", type=_seconds, metavar="SECONDS",
+                            help="reconcile every Hive this often without an event: certificate renewal, "
+                                 "repair of its Secrets (env FLUXBEE_OPERATOR_RESYNC_INTERVAL, default 600)")
         target.add_argument("--verbose", "-v", action="store_true")
     sub.add_parser("crds", help="print the CustomResourceDefinitions")
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         "peering": args.peering,
         "priority": args.priority,
         "image": args.image,
+        "resync_interval": args.resync_interval,
     }
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     logging.basicConfig(

@@ -18,6 +18,7 @@ from fluxbee.dataplane.router import config_state, status, trust
 from fluxbee.dataplane.router.answers import reply, unreachable
 from fluxbee.dataplane.router.config import ConfigError, parse_routes, parse_vpns
 from fluxbee.dataplane.router.connection import Conn, who
+from fluxbee.errors import CodedError
 
 if TYPE_CHECKING:
     from fluxbee.dataplane.router.server import Router
@@ -39,6 +40,14 @@ def handle_system(router: Router, conn: Conn, env: wire.RawEnvelope, meta: wire.
         return True
     if msg == wire.CONFIG_CHANGED:
         return config_changed(router, conn, env)
+    if to_router and msg in (wire.LINK_ADD, wire.LINK_REMOVE):
+        if router.links is None:
+            answer = wire.LINK_ADD_RESPONSE if msg == wire.LINK_ADD else wire.LINK_REMOVE_RESPONSE
+            reply(router, conn, routing, answer, {"status": "error", "error_code": "NO_WAN",
+                                                  "error_detail": "this router runs no links (no --wan-* flags)"})
+        else:
+            router.links.control(conn, env, msg)
+        return True
     if to_router and msg in (wire.ROUTER_STATUS_GET, wire.NODE_STATUS_GET):
         answer = wire.ROUTER_STATUS_GET_RESPONSE if msg == wire.ROUTER_STATUS_GET else wire.NODE_STATUS_GET_RESPONSE
         try:
@@ -128,19 +137,21 @@ def refuse_privileged(router: Router, conn: Conn, env: wire.RawEnvelope, msg: st
         body = msgspec.json.decode(env.payload)
     except msgspec.DecodeError:
         body = None
+    if msg in (wire.LINK_ADD, wire.LINK_REMOVE):
+        answer = wire.LINK_ADD_RESPONSE if msg == wire.LINK_ADD else wire.LINK_REMOVE_RESPONSE
+        reply(router, conn, routing, answer, {"status": "error", "error_code": trust.FORBIDDEN, "error_detail": detail})
+        return
     subsystem = body.get("subsystem") if isinstance(body, dict) else None
     reply(router, conn, routing, wire.CONFIG_RESPONSE,
           {"subsystem": subsystem, "hive": router.hive_id, "status": "error",
            "error_code": trust.FORBIDDEN, "error_detail": detail})
 
 
-class ConfigRefused(Exception):
+class ConfigRefused(CodedError):
     """A CONFIG_CHANGED the router refuses: the error code and detail of its CONFIG_RESPONSE."""
 
     def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
+        super().__init__(code, detail, text=detail)
 
 
 def status_page_request(raw: msgspec.Raw | bytes) -> tuple[int | None, str | None]:

@@ -21,6 +21,7 @@ _HELP = {
     "config_errors": "Config updates refused, by source.",
     "hello_refused": "HELLOs refused by the trust model, by reason (NAME_CLAIMED, UUID_IN_USE, PEER_LIMIT, ...).",
     "forbidden": "Privileged messages (CONFIG_CHANGED, ADMIN_COMMAND) refused FORBIDDEN, by message.",
+    "forwarded": "Messages forwarded to another router over a link, by link role (mesh, wan).",
     "takeovers": "Live connections replaced by a HELLO with their UUID (replaced), and takeovers refused "
                  "to keep the incumbent (refused).",
 }
@@ -46,6 +47,7 @@ class Counters:
     hello_refused: Counter[str] = field(default_factory=Counter)
     forbidden: Counter[str] = field(default_factory=Counter)
     takeovers: Counter[str] = field(default_factory=Counter)
+    forwarded: Counter[str] = field(default_factory=Counter)
 
     def snapshot(self) -> dict[str, int | dict[str, int]]:
         out: dict[str, int | dict[str, int]] = {}

@@ -20,7 +20,7 @@ so the rules are tested with plain objects.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Generic, Protocol
@@ -67,6 +67,25 @@ class Refuse:
     detail: str
     dropped: str | None = None
     rejected: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Send the frame over a link toward another hive (``hive``'s best next hop), addressed to
+    ``dst`` when set: a ``next_hop_hive`` route or a ``name@*`` choice names the hive it picked, so
+    the routers after this one do not decide again (and cannot send it back)."""
+
+    hive: str
+    dst: str | None = None
+
+
+class HiveReach(Protocol):
+    """What the rules read of the links (:mod:`fluxbee.dataplane.link`): which hives are reachable,
+    and which hives have a node with a base name (nearest first)."""
+
+    def reaches(self, hive: str) -> bool: ...
+
+    def hives_with(self, base: str) -> Sequence[str]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,14 +159,15 @@ def unicast(src: P, dst: P, meta: wire.MetaView) -> Deliver[P] | Refuse:
     return Deliver(dst)
 
 
-def to_node(dst: str, registry: Registry[P]) -> Deliver[P] | Refuse | Drop:
+def to_node(dst: str, registry: Registry[P],
+            links: HiveReach | None = None) -> Deliver[P] | Refuse | Drop | Forward:
     """The node a unicast destination names: a UUID (in any spelling) or a name."""
     target = registry.get(dst)
     if target is not None:
         return Deliver(target)
     if wire.is_uuid(dst):
         return by_uuid(dst, registry)
-    return by_name(dst, registry)
+    return by_name(dst, registry, links)
 
 
 def by_uuid(dst: str, registry: Registry[P]) -> Deliver[P] | Refuse:
@@ -158,9 +178,12 @@ def by_uuid(dst: str, registry: Registry[P]) -> Deliver[P] | Refuse:
     return Deliver(target)
 
 
-def by_name(dst: str, registry: Registry[P]) -> Deliver[P] | Refuse | Drop:
+def by_name(dst: str, registry: Registry[P], links: HiveReach | None = None) -> Deliver[P] | Refuse | Drop | Forward:
     """The node a name destination reaches: the route deciding its full name first, then the nodes of
-    that name (round robin), then for ``name@*`` any node with that base name."""
+    that name (round robin; a mesh peer's nodes are among them), then for ``name@*`` any node of ours
+    with that base name, then the nearest hive that has it.  A name of another hive, or a
+    ``next_hop_hive`` route, is a :class:`Forward` when a link reaches that hive and
+    ``WAN_UNAVAILABLE`` when none does."""
     full, base, route = registry.resolve(dst)
     hive_id = registry.hive_id
     if route is not None:
@@ -168,8 +191,10 @@ def by_name(dst: str, registry: Registry[P]) -> Deliver[P] | Refuse | Drop:
         if spec.action is RouteAction.DROP:
             return Drop("ROUTE_DROP")
         if spec.next_hop_hive and spec.next_hop_hive != hive_id:
-            return Refuse(wire.WAN_UNAVAILABLE, f"route {spec.prefix!r} forwards to hive {spec.next_hop_hive!r}; "
-                                                "this router has no inter-hive gateway")
+            if links is not None and links.reaches(spec.next_hop_hive):
+                return Forward(spec.next_hop_hive, f"{base}@{spec.next_hop_hive}")
+            return Refuse(wire.WAN_UNAVAILABLE, f"route {spec.prefix!r} forwards to hive {spec.next_hop_hive!r}, "
+                                                "which no link reaches")
     group = registry.named(full)
     if group is not None and group.conns:
         return Deliver(pick(group))
@@ -177,9 +202,14 @@ def by_name(dst: str, registry: Registry[P]) -> Deliver[P] | Refuse | Drop:
         candidates = registry.of_base(base)
         if candidates:
             return Deliver(candidates[0])
+        hives = links.hives_with(base) if links is not None else ()
+        if hives:
+            return Forward(hives[0], f"{base}@{hives[0]}")
     _, hive = split_name(full)
     if hive != hive_id:
-        return Refuse(wire.WAN_UNAVAILABLE, f"{full} is in hive {hive!r}; this router has no inter-hive gateway")
+        if links is not None and links.reaches(hive):
+            return Forward(hive)
+        return Refuse(wire.WAN_UNAVAILABLE, f"{full} is in hive {hive!r}, which no link reaches")
     return Refuse(wire.NODE_NOT_FOUND, f"no node named {full} is connected")
 
 

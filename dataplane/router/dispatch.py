@@ -21,6 +21,7 @@ from fluxbee.dataplane.router import control, decide, handshake
 from fluxbee.dataplane.router.answers import dst_text, reply, unreachable
 from fluxbee.dataplane.router.connection import Conn
 from fluxbee.dataplane.router.l3 import with_src_ilk
+from fluxbee.dataplane.router.links import RemoteNode
 
 if TYPE_CHECKING:
     from fluxbee.dataplane.router.server import Router
@@ -78,25 +79,44 @@ def route_decoded(router: Router, conn: Conn, env: wire.RawEnvelope, meta: wire.
             return
         if resolved.canonical_src_ilk is not None:
             env.meta = with_src_ilk(env.meta, resolved.canonical_src_ilk)
-        carry_out(router, conn, env, meta, decide.by_name(resolved.target, router.registry))
+        decision = decide.by_name(resolved.target, router.registry, router.links)
+        if isinstance(decision, decide.Forward) and decision.dst is None:
+            routing.dst = resolved.target  # resolved here: the routers after this one route the name
+        carry_out(router, conn, env, meta, decision)
         return
     if dst == wire.BROADCAST:
         broadcast(router, conn, env, meta)
         return
-    carry_out(router, conn, env, meta, decide.to_node(dst, router.registry))
+    decision = decide.to_node(dst, router.registry, router.links)
+    if isinstance(decision, decide.Refuse) and router.links is not None and wire.is_uuid(dst) \
+            and router.links.by_uuid(conn, dst, env, meta):
+        return  # a node another router serves (mesh peer or another hive)
+    carry_out(router, conn, env, meta, decision)
 
 
 def carry_out(router: Router, src: Conn, env: wire.RawEnvelope, meta: wire.MetaView,
-              decision: decide.Deliver[Conn] | decide.Refuse | decide.Drop) -> None:
-    """Carry out a unicast decision."""
+              decision: decide.Deliver[Conn] | decide.Refuse | decide.Drop | decide.Forward) -> None:
+    """Carry out a unicast decision (a node reached through a link is forwarded there: :mod:`.links`)."""
+    links = router.links
     if isinstance(decision, decide.Deliver):
         deliver(router, src, decision.target, env, meta)
+    elif isinstance(decision, decide.Forward):
+        if links is None:  # decide only forwards when links reach the hive
+            unreachable(router, src, env.routing, wire.WAN_UNAVAILABLE, f"hive {decision.hive!r}: no links")
+            return
+        if decision.dst is not None:
+            env.routing.dst = decision.dst
+        links.to_hive(src, decision.hive, env)
     else:
         refuse(router, src, env.routing, decision)
 
 
 def deliver(router: Router, src: Conn, dst: Conn, env: wire.RawEnvelope, meta: wire.MetaView) -> None:
-    """Queue the frame for ``dst`` if the VPN rule lets ``src`` reach it and its buffer has room."""
+    """Queue the frame for ``dst`` if the VPN rule lets ``src`` reach it and its buffer has room (a node
+    another router serves: forwarded there by :mod:`.links`; the fast path hands those here too)."""
+    if router.links is not None and isinstance(dst, RemoteNode):
+        router.links.deliver_remote(src, dst, env, meta)
+        return
     if src.vpn_id != dst.vpn_id:
         decision = decide.unicast(src, dst, meta)
         if isinstance(decision, decide.Refuse):
@@ -150,3 +170,5 @@ def broadcast(router: Router, src: Conn, env: wire.RawEnvelope, meta: wire.MetaV
             counters.delivered += 1
         else:
             counters.dropped[wire.DST_CONGESTED] += 1
+    if router.links is not None:
+        router.links.broadcast(src, env)

@@ -203,6 +203,33 @@ class Registry(Generic[P]):
                 del self._by_base[node.base]
         return True
 
+    def add_remote(self, node: P) -> None:
+        """List a node another router of this hive serves (a mesh peer's) under its full and base name.
+
+        Not under its UUID: :meth:`nodes` and :meth:`get` stay this router's own connections (the node
+        table, broadcasts, status); a remote UUID is the links' business.  Its VPN is the one its
+        router advertised, and :meth:`install` leaves it alone.
+        """
+        self._reach.clear()
+        self._by_name.setdefault(node.name, Names[P]()).conns.append(node)
+        self._by_base.setdefault(node.base, []).append(node)
+
+    def remove_remote(self, node: P) -> None:
+        """Undo :meth:`add_remote`."""
+        self._reach.clear()
+        names = self._by_name.get(node.name)
+        if names is not None:
+            with contextlib.suppress(ValueError):
+                names.conns.remove(node)
+            if not names.conns:
+                del self._by_name[node.name]
+        bases = self._by_base.get(node.base)
+        if bases is not None:
+            with contextlib.suppress(ValueError):
+                bases.remove(node)
+            if not bases:
+                del self._by_base[node.base]
+
     def install(self, table: RouteTable) -> list[P]:
         """Put ``table`` in force and every node in the VPN it gives; returns the nodes that moved."""
         self._table = table

@@ -8,10 +8,12 @@ registry (:mod:`~fluxbee.dataplane.router.registry`: nodes by UUID and name, rou
 table and VPNs), and every rule is written once, in :mod:`~fluxbee.dataplane.router.decide`. The
 handshake is in :mod:`~fluxbee.dataplane.router.handshake`, the system messages the router answers
 itself in :mod:`~fluxbee.dataplane.router.control`, the config state in
-:mod:`~fluxbee.dataplane.router.config_state`, the snapshot in :mod:`~fluxbee.dataplane.router.status`
-and the probes in :mod:`~fluxbee.dataplane.router.probes`. Here: start and stop, the periodic tasks
-(shared-memory heartbeats, broadcast de-duplication expiry, cutting off slow consumers, config and
-claims polling), and putting nodes into and out of the registry and the node-table region.
+:mod:`~fluxbee.dataplane.router.config_state`, the snapshot in :mod:`~fluxbee.dataplane.router.status`,
+the probes in :mod:`~fluxbee.dataplane.router.probes`, and the links to other routers (mesh and WAN:
+:mod:`fluxbee.dataplane.link`, put into the router by :mod:`~fluxbee.dataplane.router.links`).
+Here: start and stop, the periodic tasks (shared-memory heartbeats, broadcast de-duplication expiry,
+cutting off slow consumers, config and claims polling), and putting nodes into and out of the
+registry and the node-table region.
 
 Decisions the original left open, as this router makes them (the rules in ``decide``, the
 mechanics in ``connection`` and ``handshake``):
@@ -46,7 +48,8 @@ mechanics in ``connection`` and ``handshake``):
 * Malformed or oversize frames close only the offending connection, after a
   PROTOCOL_ERROR frame that says why.
 * TTL: a frame arriving with ``ttl == 0`` is answered TTL_EXCEEDED; local
-  delivery does not decrement (as in the original).
+  delivery does not decrement (as in the original); every hop to another
+  router needs ``ttl > 1`` and sends ``ttl - 1``.
 """
 
 from __future__ import annotations
@@ -65,12 +68,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fluxbee.dataplane import alloc, fastpath, shm, wire
+from fluxbee.dataplane.link.settings import LinkConfigError
 from fluxbee.dataplane.router import config_state, dispatch, handshake, scheduling, trust
 from fluxbee.dataplane.router.config_state import SectionVersions
 from fluxbee.dataplane.router.connection import Conn
 from fluxbee.dataplane.router.counters import Counters
 from fluxbee.dataplane.router.fastroute import FastPath
 from fluxbee.dataplane.router.l3 import L3Resolver
+from fluxbee.dataplane.router.links import RouterLinks
 from fluxbee.dataplane.router.registry import Registry
 from fluxbee.dataplane.router.settings import RouterError, RouterSettings
 from fluxbee.models import RouteSpec, VpnSpec
@@ -124,6 +129,12 @@ class Router:
         self._tasks: list[asyncio.Task[None]] = []
         self._nodes_shm: shm.NodeTableWriter | None = None
         self._config_shm: shm.ConfigRegionWriter | None = None
+        self.links: RouterLinks | None = None
+        if settings.links.enabled:
+            try:
+                self.links = RouterLinks(self)
+            except LinkConfigError as err:
+                raise RouterError(f"links: {err}") from err
 
     # lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -180,6 +191,18 @@ class Router:
                 path.unlink()
             self._close_shm()
             raise
+        if self.links is not None:
+            try:
+                await self.links.manager.start()
+            except LinkConfigError as err:
+                if self._server is not None:
+                    self._server.close()
+                if self._probes is not None:
+                    await self._probes.cleanup()
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                self._close_shm()
+                raise RouterError(f"links: {err}") from err
         self._tasks = [
             asyncio.create_task(self._periodic(s.heartbeat_interval_s, self._heartbeat), name="router-heartbeat"),
             asyncio.create_task(self._periodic(1.0, self._housekeeping), name="router-housekeeping"),
@@ -208,6 +231,8 @@ class Router:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.links is not None:
+            await self.links.manager.stop()
         if self._server is not None:
             self._server.close()
         if self._probes is not None:
@@ -287,6 +312,8 @@ class Router:
         self.registry.add(conn.uuid, conn)
         handshake.tally(self, conn, +1)
         self.shm_put(conn)
+        if self.links is not None:
+            self.links.manager.nodes_changed()
 
     def unregister(self, conn: Conn) -> None:
         if conn.uuid is None or not self.registry.remove(conn.uuid, conn):
@@ -294,6 +321,8 @@ class Router:
         handshake.tally(self, conn, -1)
         if self._nodes_shm is not None:
             self._nodes_shm.remove(conn.uuid)
+        if self.links is not None:
+            self.links.manager.nodes_changed()
 
     def shm_put(self, conn: Conn) -> None:
         """Write a node's record (UUID, name, VPN, since when) into the node-table region."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fluxbee.dataplane.link.settings import LinkSettings
+
 
 @dataclass(frozen=True, slots=True)
 class RouterSettings:
@@ -61,6 +63,35 @@ class RouterSettings:
     takeover_limit: int = 3
     """Takeovers of one live UUID (by another process) allowed in the window; the next HELLO is
     refused ``UUID_IN_USE`` and the incumbent keeps the UUID for as long as it stays connected."""
+    wan_listen: tuple[str, int] | None = None
+    """Accept WAN links from other hives here (README: Links)."""
+    uplinks: tuple[tuple[str, int], ...] = ()
+    """Dial these WAN peers (other hives' gateways); redialled with backoff."""
+    authorized_hives: frozenset[str] = frozenset()
+    """Hives allowed on WAN links; empty: any hive holding a certificate from the CA."""
+    wan_cert: Path | None = None
+    """This hive's link certificate (PEM), presented on WAN and mesh links."""
+    wan_key: Path | None = None
+    wan_ca_cert: Path | None = None
+    """The hive CA (PEM) every peer's certificate must chain to."""
+    mesh_listen: tuple[str, int] | None = None
+    """Accept mesh links from the other routers of this hive here."""
+    mesh_peers: tuple[tuple[str, int], ...] = ()
+    mesh_dns: tuple[str, int] | None = None
+    """A name (a headless Service) resolved periodically; every address but our own is a mesh peer."""
+    link_insecure_dev: bool = False
+    """Plaintext links whose peers are believed on their word: development only, logged loudly."""
+    link_hello_interval_s: float = 10.0
+    link_dead_interval_s: float = 40.0
+
+    @property
+    def links(self) -> LinkSettings:
+        """The link settings (:mod:`fluxbee.dataplane.link`)."""
+        return LinkSettings(wan_listen=self.wan_listen, uplinks=self.uplinks, authorized_hives=self.authorized_hives,
+                            cert=self.wan_cert, key=self.wan_key, ca_cert=self.wan_ca_cert,
+                            mesh_listen=self.mesh_listen, mesh_peers=self.mesh_peers, mesh_dns=self.mesh_dns,
+                            insecure_dev=self.link_insecure_dev, hello_interval_s=self.link_hello_interval_s,
+                            dead_interval_s=self.link_dead_interval_s)
 
 
 class RouterError(Exception):

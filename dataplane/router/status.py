@@ -84,7 +84,15 @@ def status_head(router: Router, nodes: list[dict[str, Any]]) -> dict[str, Any]:
         "vpns": [v.model_dump(mode="json") for v in router.registry.table.vpn_specs],
         "counters": {**router.counters.snapshot(), "producer_pauses": router.paused_producers},
         "l3": router.l3.snapshot(),
+        **links_status(router),
     }
+
+
+def links_status(router: Router) -> dict[str, Any]:
+    """The ``wan`` and ``mesh`` sections (README: Links); empty ones for a router without links."""
+    if router.links is not None:
+        return router.links.manager.status()
+    return {role: {"hive_id": router.hive_id, "listen": None, "links": [], "drops": {}} for role in ("wan", "mesh")}
 
 def prometheus(router: Router) -> str:
     return router.counters.prometheus({

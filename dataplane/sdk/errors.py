@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fluxbee.dataplane import wire
+from fluxbee.errors import CodedError
 
 
 class SdkError(Exception):
@@ -13,13 +14,13 @@ class NotConnectedError(SdkError):
     """The router could not be reached within the deadline."""
 
 
-class HandshakeError(SdkError):
-    """The router refused the HELLO (reason in ``reason``)."""
+class HandshakeError(SdkError, CodedError):
+    """The router refused the HELLO: ``code`` is the PROTOCOL_ERROR reason, ``detail`` its detail."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+    @property
+    def reason(self) -> str:
+        """``code``, under the name of the PROTOCOL_ERROR field it comes from."""
+        return self.code
 
 
 class ReplacedError(SdkError):
@@ -67,11 +68,15 @@ class FrameTooLargeError(SdkError, wire.FrameTooLargeError):
                      "nothing was sent",)
 
 
-class UnreachableError(SdkError):
-    """The router answered a request with UNREACHABLE or TTL_EXCEEDED."""
+class UnreachableError(SdkError, CodedError):
+    """The router answered a request with UNREACHABLE or TTL_EXCEEDED: ``code`` is its reason
+    (``NODE_NOT_FOUND``, ``VPN_BLOCKED``...), ``detail`` its detail (empty when it gave none)."""
 
-    def __init__(self, reason: str, original_dst: str, detail: str | None) -> None:
-        super().__init__(f"{reason} for {original_dst}" + (f": {detail}" if detail else ""))
-        self.reason = reason
+    def __init__(self, code: str, original_dst: str, detail: str | None) -> None:
+        super().__init__(code, detail or "", text=f"{code} for {original_dst}" + (f": {detail}" if detail else ""))
         self.original_dst = original_dst
-        self.detail = detail
+
+    @property
+    def reason(self) -> str:
+        """``code``, under the name of the UNREACHABLE field it comes from."""
+        return self.code

@@ -1,7 +1,7 @@
 """What the admin actions need from a placement backend and from the router.
 
 Two placement backends implement :class:`Backend`: the local supervisor (``fluxbee up``,
-:mod:`fluxbee.admin.local`) and the Kubernetes API (FluxNode, Runtime and Hive resources and their
+:mod:`fluxbee.admin.supervisor_backend`) and the Kubernetes API (FluxNode, Runtime and Hive resources and their
 status, :mod:`fluxbee.admin.k8s`).  Both reach the hive's router through a :class:`RouterLink`
 (an SDK connection as ``SY.admin``); in a cluster the router may be out of reach, and the link then
 refuses with ``ROUTER_UNREACHABLE`` rather than guessing.  Routes and VPN rules live where each
@@ -123,6 +123,10 @@ class RouterLink(Protocol):
 
     async def config_changed(self, subsystem: str, config: dict[str, Any], version: int) -> dict[str, Any]:
         """Send CONFIG_CHANGED to the router; its CONFIG_RESPONSE payload."""
+        ...
+
+    async def router_request(self, msg: str, payload: dict[str, Any], *, timeout: float) -> tuple[str | None, Any]:
+        """One control request to the router itself (``LINK_ADD`` …): (reply meta.msg, reply payload)."""
         ...
 
     async def send(self, dst: str, payload: Any, *, msg_type: str, msg: str | None, meta: dict[str, Any],

@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.sdk import NodeSender
+from fluxbee.errors import CodedError
 
 
 async def admin_command(sender: NodeSender, action: str, *, target: str | None = None,
@@ -40,12 +41,12 @@ async def admin_command_ok(sender: NodeSender, action: str, **kwargs: Any) -> An
     return out.get("payload")
 
 
-class AdminCommandError(Exception):
+class AdminCommandError(CodedError):
+    """An admin call answered with an error envelope (``http_status`` 0 over ``ADMIN_COMMAND``)."""
+
     def __init__(self, http_status: int, code: str, detail: str) -> None:
-        super().__init__(f"{code}: {detail}" + (f" (HTTP {http_status})" if http_status else ""))
+        super().__init__(code, detail, text=f"{code}: {detail}" + (f" (HTTP {http_status})" if http_status else ""))
         self.http_status = http_status
-        self.code = code
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)

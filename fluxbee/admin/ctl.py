@@ -24,7 +24,9 @@ def _render(args: argparse.Namespace, payload: Any) -> str:
     if args.json:
         return json.dumps(payload, indent=2)
     if cmd == "hives":
-        return table(payload["hives"], ["hive_id", "role", "status", "address", "is_local"])
+        rows = [{**h, **{f"link_{k}": v for k, v in (h.get("link") or {}).items()}} for h in payload["hives"]]
+        return table(rows, ["hive_id", "role", "status", "address", "via", "link_state", "link_direction",
+                            "link_rtt_ms", "link_last_lsa_age_ms", "is_local"])
     if cmd == "nodes":
         return table(payload["nodes"], ["node_name", "lifecycle_state", "managed", "visible_in_router", "vpn_id"])
     if cmd == "status":

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from fluxbee.errors import CodedError
+
 _BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
     400: ("INVALID_REQUEST", "INVALID_ADDRESS", "INVALID_ARCHIVE", "INVALID_HIVE_ID", "INVALID_ZIP",
           "INVALID_WORKFLOW_NAME", "INVALID_CONFIG_SET", "UNSUPPORTED_OPERATION", "INVALID_JSON", "UNKNOWN_ACTION"),
@@ -35,7 +37,8 @@ _BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
           "NODE_STATE_READ_FAILED", "UNREACHABLE", "KUBERNETES_API_ERROR",
           "DB_WRITE_FAILED", "RESPONSE_TOO_LARGE"),
     503: ("SHM_NOT_FOUND", "RUNTIME_MANIFEST_MISSING", "MISSING_WAN_LISTEN", "ROUTER_UNAVAILABLE",
-          "HIVE_NOT_CONNECTED", "ROUTER_UNREACHABLE", "IDENTITY_UNAVAILABLE", "DB_NOT_READY", "TOO_MANY_CONNECTIONS",
+          "HIVE_NOT_CONNECTED", "REMOTE_ADMIN_UNAVAILABLE", "ROUTER_UNREACHABLE", "IDENTITY_UNAVAILABLE",
+          "DB_NOT_READY", "TOO_MANY_CONNECTIONS",
           "STATE_WRITE_FAILED"),
     504: ("TIMEOUT", "WAN_TIMEOUT", "SSH_TIMEOUT"),
     500: ("INTERNAL_ERROR",),
@@ -52,13 +55,11 @@ def http_status(code: str) -> int:
     return 500
 
 
-class AdminError(Exception):
+class AdminError(CodedError):
     """An action failed in a way the caller should hear about: ``code`` picks the HTTP status."""
 
     def __init__(self, code: str, detail: str, *, payload: dict[str, object] | None = None) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.code = code
-        self.detail = detail
+        super().__init__(code, detail)
         self.payload = payload
 
     @property
@@ -66,7 +67,14 @@ class AdminError(Exception):
         return http_status(self.code)
 
 
-def envelope(action: str | None, payload: object, *, status: str = "ok") -> dict[str, object]:
+SYNC_PENDING = "sync_pending"
+"""A change made here that has not reached every hive yet (the envelope's status; HTTP 202)."""
+
+
+def envelope(action: str | None, payload: object, *, status: str | None = None) -> dict[str, object]:
+    """The success envelope; its status is ``sync_pending`` when the payload's is, else ``ok``."""
+    if status is None:
+        status = SYNC_PENDING if isinstance(payload, dict) and payload.get("status") == SYNC_PENDING else "ok"
     return {"status": status, "action": action, "payload": payload, "error_code": None, "error_detail": None}
 
 

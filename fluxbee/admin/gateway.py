@@ -3,6 +3,8 @@
 Request payload ``{action, target?, params?, request_id?}``; response payload
 ``{status, action, payload, error_code, error_detail, request_id?}`` with the same ``trace_id``.
 Each command runs in its own task (at most :data:`MAX_CONCURRENT` at once; more wait their turn).
+A command from another hive (over the links) is authorised first
+(:func:`fluxbee.admin.remote.authorise`: only the mother hive's ``SY.admin``, on this hive only).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import asyncio
 import logging
 from typing import Any
 
+from fluxbee.admin import remote
 from fluxbee.admin.actions import Call, Context, dispatch
+from fluxbee.admin.actions.hives import authorise_remote
 from fluxbee.admin.errors import AdminError, envelope, error_envelope
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.sdk import NodeReceiver, NodeSender, SdkError
@@ -47,6 +51,8 @@ async def answer(ctx: Context, msg: Message) -> dict[str, Any]:
             raise AdminError("INVALID_REQUEST", "params must be an object")
         if isinstance(target, str) and "@" in target:  # `X@hive` targets the hive
             target = target.rpartition("@")[2]
+        if remote.is_remote(sender, ctx.backend.hive_id):  # from another hive, over the links
+            await authorise_remote(ctx, sender, action, target)
         payload = await dispatch(ctx, action, target, params,
                                  Call("admin_command", sender))
     except AdminError as err:

@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from fluxbee.admin.actions import HIVE_QUERY_SWITCH, ROUTES, Call, Context, Route, dispatch
-from fluxbee.admin.errors import AdminError, envelope, error_envelope
+from fluxbee.admin.errors import SYNC_PENDING, AdminError, envelope, error_envelope
 from fluxbee.admin.guard import ConnectionGuard, GuardedSite
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,8 @@ def make_handler(route: Route) -> Callable[[web.Request], Awaitable[web.Response
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
             return _error(action, AdminError("INTERNAL_ERROR", "the admin API failed; see its log"))
-        return _json(envelope(action, payload))
+        doc = envelope(action, payload)
+        return _json(doc, 202 if doc["status"] == SYNC_PENDING else 200)
 
     handle.__name__ = f"http_{route.action}"
     return handle

@@ -91,6 +91,15 @@ def _pod_crashing(pod: Mapping[str, Any]) -> bool:
                for c in status.get("containerStatuses") or [])
 
 
+
+def _mother(spec: Mapping[str, Any]) -> str | None:
+    """A worker Hive's mother: ``motherHive``, else ``identity.primaryHive`` (as ``HiveSpec.mother``)."""
+    if spec.get("role") != "worker":
+        return None
+    identity = spec.get("identity")
+    mother = spec.get("motherHive") or (identity.get("primaryHive") if isinstance(identity, dict) else None)
+    return mother if isinstance(mother, str) and mother else None
+
 class KubernetesBackend:
     """One hive (a Hive resource) in one namespace.  Reads go to the API server each time (no cache,
     no lock); changes to one hive's nodes are serialised by one lock so a duplicate check holds."""
@@ -124,7 +133,7 @@ class KubernetesBackend:
         hive = await self._hive()
         spec, status = hive.get("spec") or {}, hive.get("status") or {}
         phase, reason, message = _phase(hive)
-        return {"hive_id": self.hive_id, "role": spec.get("role", "motherbee"),
+        return {"hive_id": self.hive_id, "role": spec.get("role", "motherbee"), "mother_hive": _mother(spec),
                 "router_name": spec.get("routerName", "RT.gateway"), "backend": self.kind, "run_dir": None,
                 "started_at": (hive.get("metadata") or {}).get("creationTimestamp"), "namespace": self.namespace,
                 "hive_resource": self.hive_resource, "phase": phase, "reason": reason, "message": message,

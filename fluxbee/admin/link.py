@@ -30,8 +30,8 @@ def _transport(err: Exception) -> AdminError:
     if isinstance(err, RequestTimeoutError):
         return AdminError("TIMEOUT", str(err))
     if isinstance(err, UnreachableError):
-        code = "NODE_NOT_FOUND" if err.reason == wire.NODE_NOT_FOUND else "UNREACHABLE"
-        return AdminError(code, str(err))
+        code = "NODE_NOT_FOUND" if err.code == wire.NODE_NOT_FOUND else "UNREACHABLE"
+        return AdminError(code, str(err), payload={"reason": err.code, "original_dst": err.original_dst})
     if isinstance(err, NotConnectedError):
         return AdminError("ROUTER_UNAVAILABLE", f"not connected to the router: {err}")
     return AdminError("TRANSPORT_ERROR", str(err))
@@ -93,6 +93,16 @@ class SdkRouterLink:
         finally:
             self.invalidate()
         return cast(dict[str, Any], reply.payload) if isinstance(reply.payload, dict) else {}
+
+    async def router_request(self, msg: str, payload: dict[str, Any], *, timeout: float) -> tuple[str | None, Any]:
+        try:
+            reply = await self.sender.request(self.sender.router_uuid, payload, msg_type=wire.TYPE_SYSTEM, msg=msg,
+                                              timeout=timeout)
+        except SdkError as err:
+            raise _transport(err) from err
+        finally:
+            self.invalidate()
+        return reply.meta.msg, reply.payload
 
     async def send(self, dst: str, payload: Any, *, msg_type: str, msg: str | None, meta: dict[str, Any],
                    ttl: int) -> str:
@@ -158,6 +168,9 @@ class UnreachableRouterLink:
     async def config_changed(self, subsystem: str, config: dict[str, Any], version: int) -> dict[str, Any]:
         raise self._fail()
 
+    async def router_request(self, msg: str, payload: dict[str, Any], *, timeout: float) -> tuple[str | None, Any]:
+        raise self._fail()
+
     async def send(self, dst: str, payload: Any, *, msg_type: str, msg: str | None, meta: dict[str, Any],
                    ttl: int) -> str:
         raise self._fail()
@@ -182,6 +195,9 @@ class SwitchableRouterLink:
 
     async def config_changed(self, subsystem: str, config: dict[str, Any], version: int) -> dict[str, Any]:
         return await self.current.config_changed(subsystem, config, version)
+
+    async def router_request(self, msg: str, payload: dict[str, Any], *, timeout: float) -> tuple[str | None, Any]:
+        return await self.current.router_request(msg, payload, timeout=timeout)
 
     async def send(self, dst: str, payload: Any, *, msg_type: str, msg: str | None, meta: dict[str, Any],
                    ttl: int) -> str:

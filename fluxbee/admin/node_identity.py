@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 
 from fluxbee.admin.backend import RouterLink
 from fluxbee.admin.errors import AdminError
+from fluxbee.errors import CodedError
 from fluxbee.models.resources import ILK_RE
 
 IDENTITY_NODE = "SY.identity"
@@ -41,11 +42,8 @@ _TRANSPORT_DOWN = frozenset({"NODE_NOT_FOUND", "UNREACHABLE", "ROUTER_UNREACHABL
 """Link errors that mean SY.identity cannot be asked (as opposed to SY.identity refusing)."""
 
 
-class _Unreachable(Exception):
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(f"{code}: {reason}")
-        self.code = code
-        self.reason = reason
+class _Unreachable(CodedError):
+    """SY.identity could not be asked (``code`` from the link); the spawn goes on without an ILK."""
 
 
 def ilk_type_of(node_name: str) -> str:
@@ -125,7 +123,7 @@ class SpawnIdentity:
                 tenant_created = bool(made.get("created"))
                 reply = await self._call("ILK_REGISTER", body)
         except _Unreachable as err:
-            reg.update(status="skipped", error_code=err.code, reason=err.reason)
+            reg.update(status="skipped", error_code=err.code, reason=err.detail)
             return None
         if reply.get("status") != "ok":
             self._refused("ILK_REGISTER", reply)

@@ -21,6 +21,7 @@ from typing import Any
 
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.sdk import NodeConfig, NodeSender, connect, text_of, text_v1
+from fluxbee.errors import CodedError
 from fluxbee.identity import degrees as dg
 from fluxbee.identity import model as m
 from fluxbee.identity.client import IdentityCallError, identity_call
@@ -30,13 +31,8 @@ log = logging.getLogger(__name__)
 EXIT_UNVERIFIED = 3
 
 
-class AgentRefused(Exception):
-    """The agent must not run; ``reason`` is a degrees.* reason or an identity error code."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
+class AgentRefused(CodedError):
+    """The agent must not run; ``code`` is a degrees.* reason or an identity error code."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +65,11 @@ async def verify_self(sender: NodeSender, settings: AgentSettings) -> tuple[dg.G
         bundle = await identity_call(sender, m.GRADUATION_GET, {"ilk_id": settings.ilk_id},
                                      target=settings.identity_node)
     except IdentityCallError as err:
-        raise AgentRefused(err.code, f"cannot fetch the graduation of {settings.ilk_id}: {err.message}") from err
+        raise AgentRefused(err.code, f"cannot fetch the graduation of {settings.ilk_id}: {err.detail}") from err
     try:
         grad = verify_bundle(bundle, public_key, expect_ilk=settings.ilk_id)
     except dg.DegreeVerificationError as err:
-        raise AgentRefused(err.reason, err.message) from err
+        raise AgentRefused(err.code, err.detail) from err
     prompt = "\n\n".join(str(x["prompt_text"]) for x in bundle["modules"])
     return grad, prompt
 
@@ -84,7 +80,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> int:
         try:
             grad, prompt = await verify_self(sender, settings)
         except AgentRefused as err:
-            log.error("agent %s refuses to run: %s: %s", settings.name, err.reason, err.message)
+            log.error("agent %s refuses to run: %s: %s", settings.name, err.code, err.detail)
             sender.status.health_state = "ERROR"
             sender.status.last_error = str(err)
             return EXIT_UNVERIFIED

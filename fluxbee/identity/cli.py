@@ -127,7 +127,7 @@ def cmd_call(args: argparse.Namespace) -> int:
         try:
             body = await identity_call(sender, args.action, payload, timeout=args.timeout)
         except IdentityCallError as err:
-            print(json.dumps(err.payload or {"error_code": err.code, "message": err.message}, indent=2))
+            print(json.dumps(err.payload or {"error_code": err.code, "message": err.detail}, indent=2))
             return 1
         finally:
             await sender.close()

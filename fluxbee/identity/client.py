@@ -22,17 +22,19 @@ from typing import Any
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.sdk import NodeSender, UnreachableError, default_run_dir
 from fluxbee.dataplane.shm import identity as identity_shm
+from fluxbee.errors import CodedError
 from fluxbee.identity import model as m
 
 DEFAULT_TARGET = "SY.identity"
 
 
-class IdentityCallError(Exception):
-    def __init__(self, action: str, code: str, message: str, payload: dict[str, Any]) -> None:
-        super().__init__(f"{action}: {code}: {message}")
+class IdentityCallError(CodedError):
+    """An identity request that failed: SY.identity's error reply (``payload``), or the router's
+    refusal to deliver it (``payload`` empty)."""
+
+    def __init__(self, action: str, code: str, detail: str, payload: dict[str, Any]) -> None:
+        super().__init__(code, detail, text=f"{action}: {code}: {detail}")
         self.action = action
-        self.code = code
-        self.message = message
         self.payload = payload
 
 
@@ -47,9 +49,9 @@ async def identity_call(sender: NodeSender, action: str, payload: dict[str, Any]
         try:
             reply = await sender.request(dst, payload, msg_type=wire.TYPE_SYSTEM, msg=action, timeout=timeout)
         except UnreachableError as err:
-            if attempt == 0 and fallback is not None and err.reason == wire.NODE_NOT_FOUND:
+            if attempt == 0 and fallback is not None and err.code == wire.NODE_NOT_FOUND:
                 continue
-            raise IdentityCallError(action, err.reason, str(err), {}) from err
+            raise IdentityCallError(action, err.code, str(err), {}) from err
         body = reply.payload if isinstance(reply.payload, dict) else {}
         if body.get("status") == "ok":
             return body

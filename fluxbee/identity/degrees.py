@@ -30,6 +30,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from fluxbee.errors import CodedError
+
 DEGREE_TAG: Final = b"fluxbee-degree-v1\n"
 GRADUATION_TAG: Final = b"fluxbee-graduation-v1\n"
 
@@ -41,11 +43,8 @@ GRADUATION_MISMATCH: Final = "GraduationMismatch"
 MALFORMED: Final = "MalformedGraduation"
 
 
-class DegreeVerificationError(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
+class DegreeVerificationError(CodedError):
+    """A graduation or degree that does not verify; ``code`` is one of the reasons above."""
 
 
 def sha256_hex(data: bytes) -> str:

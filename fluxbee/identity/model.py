@@ -9,6 +9,8 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
+from fluxbee.errors import CodedError
+
 # message names (meta.msg), as in the original; replies are <NAME>_RESPONSE
 ILK_PROVISION: Final = "ILK_PROVISION"
 ILK_REGISTER: Final = "ILK_REGISTER"
@@ -64,17 +66,17 @@ TENANT_STATUSES: Final = ("pending", "active", "suspended")
 _TAG = re.compile(r"^[a-z0-9_]+$")
 
 
-class IdentityError(Exception):
-    """A request the identity service refuses; ``code`` is one of the codes above."""
+class IdentityError(CodedError):
+    """A request the identity service refuses; ``code`` is one of the codes above, ``extra`` more
+    fields of the error reply."""
 
-    def __init__(self, code: str, message: str, **extra: Any) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+    def __init__(self, code: str, detail: str, **extra: Any) -> None:
+        super().__init__(code, detail)
         self.extra = extra
 
     def payload(self) -> dict[str, Any]:
-        return {"status": "error", "error_code": self.code, "message": self.message, **self.extra}
+        """The error reply (the original's field names: the detail goes in ``message``)."""
+        return {"status": "error", "error_code": self.code, "message": self.detail, **self.extra}
 
 
 def parse_id(value: object, prefix: str, what: str | None = None) -> uuid.UUID:

@@ -2,7 +2,11 @@
 
 Why over the router and not the original's TCP port 9100: one transport, the
 router's authentication (sender names are stamped from the socket session),
-and no extra open port that hands out the whole identity dump.
+and no extra open port that hands out the whole identity dump.  Between hives
+the same messages cross the router links (mutual TLS, the sender still stamped
+by the origin router): a worker's replica subscribes to ``SY.identity@<mother>``
+and the primary answers to the replica's UUID, which the links route to the hive
+that advertised it.
 
 Protocol (system messages, unicast by UUID once a replica has subscribed):
 
@@ -42,6 +46,7 @@ from typing import Any, Final
 
 import msgspec
 
+from fluxbee.errors import CodedError
 from fluxbee.identity.model import Change, ChannelRecord, IlkRecord, TenantRecord
 
 SYNC_SUBSCRIBE: Final = "IDENTITY_SYNC_SUBSCRIBE"
@@ -132,13 +137,10 @@ def chunk_snapshot(snapshot: Change, *, epoch: str, version: int, sync_id: str |
     return chunks
 
 
-class ResyncNeededError(Exception):
-    """The replica's copy can no longer be trusted; it must subscribe again (full sync)."""
+class ResyncNeededError(CodedError):
+    """The replica's copy can no longer be trusted; it must subscribe again (full sync).
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+    ``code`` is why (:data:`GAP`, :data:`EPOCH`...), the key its resync is counted under."""
 
 
 GAP: Final = "gap"

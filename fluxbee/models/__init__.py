@@ -4,6 +4,14 @@ The same YAML documents a user would ``kubectl apply`` are parsed here for
 ``fluxbee up``; the CRDs in ``crds/`` are generated from these classes.
 """
 
+from fluxbee.models.links import (
+    CertificateRef,
+    IdentityDatabaseSpec,
+    IdentitySpec,
+    SecretKeyRef,
+    UplinkSpec,
+    WanSpec,
+)
 from fluxbee.models.resources import (
     API_GROUP,
     API_VERSION,
@@ -40,6 +48,12 @@ __all__ = [
     "API_GROUP",
     "API_VERSION",
     "AdminSpec",
+    "CertificateRef",
+    "IdentityDatabaseSpec",
+    "IdentitySpec",
+    "SecretKeyRef",
+    "UplinkSpec",
+    "WanSpec",
     "Condition",
     "Degree",
     "DegreeSpec",

@@ -157,6 +157,26 @@ KINDS: tuple[Kind, ...] = (
                 "self.startsWith('RT.')",
                 "the router's L2 name must be of type RT",
             ),
+            CelRule(
+                "spec.wan.uplinks[]",
+                "has(self.address) != has(self.service)",
+                "an uplink names exactly one of address or service",
+            ),
+            CelRule(
+                "spec.wan.uplinks[]",
+                "!has(self.address) || (!has(self.namespace) && !has(self.port))",
+                "namespace and port go with service, not with address",
+            ),
+            CelRule(
+                "spec.identity.database",
+                "self.mode != 'url' || has(self.urlSecret)",
+                "database mode url needs urlSecret",
+            ),
+            CelRule(
+                "spec.identity.database",
+                "self.mode != 'bundled' || !has(self.urlSecret)",
+                "urlSecret goes with database mode url",
+            ),
         ),
     ),
     Kind(

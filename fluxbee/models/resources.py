@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from fluxbee.models.links import DEFAULT_MESH_PORT, IdentitySpec, WanSpec
 from fluxbee.models.status import (
     DegreeStatus,
     FluxNodeStatus,
@@ -161,6 +162,15 @@ class HiveSpec(_Model):
         json_schema_extra={"pattern": HIVE_ID_RE.pattern},
     )
     role: Literal["motherbee", "worker"] = Field(default="motherbee", description="Hive role.")
+    mother_hive: str | None = Field(
+        default=None,
+        description=(
+            "Id of the mother hive (role worker only): its SY.identity is the identity primary this hive's "
+            "replica follows, its SY.admin is the only other hive allowed to administer this one, and its "
+            "global routes and VPN rules are applied here."
+        ),
+        json_schema_extra={"pattern": HIVE_ID_RE.pattern},
+    )
     router_name: str = Field(default="RT.gateway", description="L2 name of the hive's router.")
     router_scheduling: Literal["batch", "inherit"] = Field(
         default="batch",
@@ -193,21 +203,54 @@ class HiveSpec(_Model):
         ),
     )
     gateway_port: int = Field(
-        default=9000, ge=1, le=65535, description="TCP port of the inter-hive gateway."
+        default=9000, ge=1, le=65535,
+        description="Port of the `<hive>-gateway` Service (spec.wan); it forwards to the port of spec.wan.listen.",
     )
     admin: AdminSpec = Field(
         default_factory=lambda: AdminSpec(), description="The hive's admin HTTP API."
+    )
+    mesh_port: int = Field(
+        default=DEFAULT_MESH_PORT, ge=1, le=65535,
+        description="TCP port the hive's routers mesh on (found through the headless Service `<hive>-mesh`).",
+    )
+    wan: WanSpec | None = Field(
+        default=None,
+        description="The gateway to other hives (a `<hive>-gateway` Deployment and Service); none without it.",
+    )
+    identity: IdentitySpec = Field(
+        default_factory=lambda: IdentitySpec(),
+        description="SY.identity: a Deployment with PostgreSQL on a motherbee, a replica in every hive pod.",
     )
     resources: ResourceRequirements | None = Field(
         default=None, description="Requests and limits of the router container."
     )
 
-    @field_validator("hive_id")
+    @field_validator("hive_id", "mother_hive")
     @classmethod
     def _hive_id(cls, value: str | None) -> str | None:
         if value is not None and not HIVE_ID_RE.match(value):
             raise ValueError(f"hive id {value!r} must match {HIVE_ID_RE.pattern}")
         return value
+
+    @model_validator(mode="after")
+    def _mother_of_workers(self) -> HiveSpec:
+        if self.mother_hive is not None and self.role != "worker":
+            raise ValueError("motherHive is for role worker; a motherbee hive is its own mother")
+        if self.mother_hive is not None and self.mother_hive == self.hive_id:
+            raise ValueError(f"motherHive {self.mother_hive!r} is this hive's own id")
+        primary = self.identity.primary_hive
+        if self.mother_hive is not None and primary is not None and primary != self.mother_hive:
+            raise ValueError(f"motherHive {self.mother_hive!r} and identity.primaryHive {primary!r} differ: a "
+                             "worker follows one mother")
+        return self
+
+    @property
+    def mother(self) -> str | None:
+        """The hive this one follows (identity primary, global config, remote administration): ``motherHive``,
+        else a worker's ``identity.primaryHive``; None for a motherbee."""
+        if self.role != "worker":
+            return None
+        return self.mother_hive or self.identity.primary_hive
 
 
 class Hive(_Model):

@@ -63,6 +63,13 @@ class HiveStatus(ResourceStatus):
     config_map: str | None = Field(default=None, description="Name of the hive config ConfigMap.")
     desired_pods: int | None = Field(default=None, ge=0, description="Hosts that should run it.")
     ready_pods: int | None = Field(default=None, ge=0, description="Hive pods that are ready.")
+    link_certificate: str | None = Field(
+        default=None, description="TLS Secret the hive's routers present on their links (mesh and gateway).")
+    link_certificate_not_after: str | None = Field(
+        default=None, description="When that certificate expires (RFC 3339); a generated one is renewed before.")
+    gateway: str | None = Field(default=None, description="The gateway Deployment and Service (spec.wan).")
+    identity: str | None = Field(
+        default=None, description="How SY.identity runs here: primary (with its database) and/or replicas.")
 
 
 class FluxNodeStatus(ResourceStatus):

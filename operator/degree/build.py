@@ -105,7 +105,7 @@ def degree_outcome(
         pins = resolve_pins(spec, modules)
         check_pins(pins)
     except dg.DegreeVerificationError as err:
-        return Outcome.degraded(err.reason, err.message)
+        return Outcome.degraded(err.code, err.detail)
     fields: dict[str, Any] = {
         "digest": degree_digest(pins),
         "graduations": f"{verified}/{total}",

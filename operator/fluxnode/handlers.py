@@ -102,7 +102,7 @@ async def _load_runtime(
     try:
         runtime = parse_runtime(body)
     except InvalidSpec as err:
-        return None, None, Outcome.degraded("RuntimeNotReady", f"Runtime {name!r}: {err.message}")
+        return None, None, Outcome.degraded("RuntimeNotReady", f"Runtime {name!r}: {err.detail}")
     base = await load_base(ctx, namespace, runtime)
     readiness = runtime_outcome(runtime, base, ctx.settings)
     if readiness.phase != "Ready":
@@ -121,7 +121,7 @@ async def reconcile_fluxnode(ctx: OperatorContext, body: Mapping[str, Any]) -> O
     try:
         node = parse_fluxnode(body)
     except InvalidSpec as err:
-        outcome = Outcome.degraded(err.reason, err.message)
+        outcome = Outcome.degraded(err.code, err.detail)
         await write_status(kube, "fluxnodes", body, outcome)
         return outcome
 
@@ -140,7 +140,7 @@ async def reconcile_fluxnode(ctx: OperatorContext, body: Mapping[str, Any]) -> O
     try:
         hive = parse_hive(hive_body)
     except InvalidSpec as err:
-        outcome = Outcome.degraded("HiveInvalid", f"Hive {node.spec.hive!r}: {err.message}")
+        outcome = Outcome.degraded("HiveInvalid", f"Hive {node.spec.hive!r}: {err.detail}")
         await write_status(kube, "fluxnodes", body, outcome)
         return outcome
 
@@ -164,11 +164,11 @@ async def reconcile_fluxnode(ctx: OperatorContext, body: Mapping[str, Any]) -> O
             # No Pods for an agent whose degree does not verify: its prompt modules are not the signed ones.
             stopped = await _stop_pods(ctx, namespace, name)
             outcome = Outcome.degraded(
-                err.reason,
-                err.message + (f"; stopped {stopped} pods" if stopped else ""),
+                err.code,
+                err.detail + (f"; stopped {stopped} pods" if stopped else ""),
                 replicas=0,
                 readyReplicas=0,
-                graduation=err.reason,
+                graduation=err.code,
             )
             await write_status(kube, "fluxnodes", body, outcome)
             return outcome

@@ -27,6 +27,13 @@ import yaml
 
 from fluxbee.models import Hive
 from fluxbee.operator import labels as L
+from fluxbee.operator.hive.links import (
+    LINK_VOLUME_MOUNT,
+    MESH_LABEL,
+    MESH_PORT_NAME,
+    link_volume,
+    mesh_args,
+)
 from fluxbee.operator.settings import OperatorSettings
 
 CONFIG_KEY = "hive.yaml"
@@ -84,13 +91,39 @@ def claims_config_map_name(hive_name: str) -> str:
 
 
 ADMIN_NODE = "SY.admin"
-SYSTEM_NODES = (ADMIN_NODE,)
-"""Every SY.* name a hive pod can run (its claims key is the Hive's, never a FluxNode's)."""
+IDENTITY_NODE = "SY.identity"
+IDENTITY_REPLICA_NODE = "SY.identity.replica"
+SYSTEM_NODES = (ADMIN_NODE, IDENTITY_NODE, IDENTITY_REPLICA_NODE)
+"""Every SY.* name a hive's pods can run (its claims key is the Hive's, never a FluxNode's)."""
+
+
+def identity_primary(hive: Hive) -> bool:
+    """Whether this hive runs SY.identity's primary (a Deployment with PostgreSQL)."""
+    return hive.spec.identity.enabled and hive.spec.role == "motherbee"
+
+
+def identity_primary_hive(hive: Hive) -> str | None:
+    """The hive whose SY.identity the replicas follow: a motherbee's own, a worker's ``primaryHive``."""
+    if not hive.spec.identity.enabled:
+        return None
+    return hive.hive_id if hive.spec.role == "motherbee" else hive.spec.identity.primary_hive
+
+
+def identity_replica_node(hive: Hive) -> str:
+    """The replica's name: on a worker it is the hive's SY.identity (answering NOT_PRIMARY to writes,
+    as ``fluxbee up`` runs it); on a motherbee SY.identity is the primary, so the replicas take
+    another name and writes addressed to SY.identity never land on one."""
+    return IDENTITY_REPLICA_NODE if hive.spec.role == "motherbee" else IDENTITY_NODE
 
 
 def system_nodes(hive: Hive) -> list[str]:
-    """The SY.* names the hive pods run, each proven by a token of the system-credentials Secret."""
-    return [ADMIN_NODE] if hive.spec.admin.enabled else []
+    """The SY.* names the hive's pods run, each proven by a token of the system-credentials Secret."""
+    out = [ADMIN_NODE] if hive.spec.admin.enabled else []
+    if identity_primary(hive):
+        out.append(IDENTITY_NODE)
+    if identity_primary_hive(hive) is not None:
+        out.append(identity_replica_node(hive))
+    return sorted(set(out))
 
 
 def credential_volume(system_node: str) -> str:
@@ -194,6 +227,11 @@ ADMIN_EVICTION_SECONDS = 30
 """How long an admin pod stays on a host that stopped answering before it is evicted (and replaced)."""
 
 
+def labels(hive: Hive, component: str = "hive") -> dict[str, str]:
+    """The labels of every object the operator makes for ``hive``."""
+    return _labels(hive, component)
+
+
 def _labels(hive: Hive, component: str = "hive") -> dict[str, str]:
     return {**L.common(component, hive.metadata.name), L.HIVE: hive.metadata.name}
 
@@ -228,7 +266,10 @@ def build_config_map(hive: Hive, namespace: str, version: int) -> dict[str, Any]
     }
 
 
-def _router_container(hive: Hive, settings: OperatorSettings, image: str) -> dict[str, Any]:
+def router_container(hive: Hive, namespace: str, settings: OperatorSettings, image: str,
+                     extra_args: list[str] | None = None,
+                     extra_ports: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A router of the hive: meshing with the others, presenting the hive's certificate."""
     port = settings.metrics_port
     container: dict[str, Any] = {
         "name": "router",
@@ -251,13 +292,16 @@ def _router_container(hive: Hive, settings: OperatorSettings, image: str) -> dic
             f"0.0.0.0:{port}",
             "--claims-dir",
             CLAIMS_MOUNT,
+            *mesh_args(hive, namespace),
+            *(extra_args or []),
         ],
         "env": [
             {"name": "FLUXBEE_RUN_DIR", "value": RUN_DIR},
             {"name": "FLUXBEE_HIVE_ID", "value": hive.hive_id},
         ],
         "ports": [
-            {"name": "gateway", "containerPort": hive.spec.gateway_port, "protocol": "TCP"},
+            {"name": MESH_PORT_NAME, "containerPort": hive.spec.mesh_port, "protocol": "TCP"},
+            *(extra_ports or []),
             {"name": "metrics", "containerPort": port, "protocol": "TCP"},
         ],
         "readinessProbe": {
@@ -279,6 +323,7 @@ def _router_container(hive: Hive, settings: OperatorSettings, image: str) -> dic
             {"name": "sockets", "mountPath": RUN_DIR},
             {"name": "hive-config", "mountPath": CONFIG_MOUNT, "readOnly": True},
             {"name": "claims", "mountPath": CLAIMS_MOUNT, "readOnly": True},
+            dict(LINK_VOLUME_MOUNT),
         ],
     }
     if hive.spec.resources is not None:
@@ -324,18 +369,37 @@ def _admin_container(hive: Hive, settings: OperatorSettings, image: str) -> dict
     }
 
 
-def _system_credential_volumes(hive: Hive) -> list[dict[str, Any]]:
-    """One volume per SY.* container: its own key of the system-credentials Secret as ``token``
-    (a container sees only its own token, at the same path as a FluxNode's)."""
-    return [
-        {"name": credential_volume(name),
-         "secret": {"secretName": names(hive).system_credentials,
-                    "items": [{"key": name, "path": CREDENTIAL_KEY}]}}
-        for name in system_nodes(hive)
-    ]
+def _identity_replica_container(hive: Hive, settings: OperatorSettings, image: str,
+                                primary_hive: str) -> dict[str, Any]:
+    """SY.identity as a replica of the primary's: it follows the primary over the links and
+    writes this host's identity region (the hive pod shares the host's IPC namespace)."""
+    node = identity_replica_node(hive)
+    return {
+        "name": "identity-replica",
+        "image": image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["fluxbee", "identity", "serve", "--hive-id", hive.hive_id, "--run-dir", RUN_DIR,
+                    "--primary", f"{IDENTITY_NODE}@{primary_hive}", "--node-name", node],
+        "env": [
+            {"name": "FLUXBEE_RUN_DIR", "value": RUN_DIR},
+            {"name": "FLUXBEE_HIVE_ID", "value": hive.hive_id},
+            {"name": CREDENTIAL_ENV, "value": CREDENTIAL_FILE},
+        ],
+        "volumeMounts": [
+            {"name": "sockets", "mountPath": RUN_DIR},
+            {"name": credential_volume(node), "mountPath": CREDENTIAL_DIR, "readOnly": True},
+        ],
+    }
 
 
-def _placement(hive: Hive, pod_spec: dict[str, Any]) -> None:
+def system_credential_volume(hive: Hive, name: str) -> dict[str, Any]:
+    """One SY.* container's token (its own key of the system-credentials Secret) as ``token``."""
+    return {"name": credential_volume(name),
+            "secret": {"secretName": names(hive).system_credentials,
+                       "items": [{"key": name, "path": CREDENTIAL_KEY}]}}
+
+
+def placement(hive: Hive, pod_spec: dict[str, Any]) -> None:
     """The hive's host selection (``spec.nodeSelector``, ``spec.tolerations``) on ``pod_spec``."""
     if hive.spec.node_selector:
         pod_spec["nodeSelector"] = dict(hive.spec.node_selector)
@@ -343,28 +407,39 @@ def _placement(hive: Hive, pod_spec: dict[str, Any]) -> None:
         pod_spec["tolerations"] = [dict(t) for t in hive.spec.tolerations]
 
 
-def _sockets_volume(hive: Hive) -> dict[str, Any]:
+def sockets_volume(hive: Hive) -> dict[str, Any]:
     return {"name": "sockets", "hostPath": {"path": hive.host_socket_dir, "type": "DirectoryOrCreate"}}
+
+
+def router_volumes(hive: Hive) -> list[dict[str, Any]]:
+    """What a hive pod's router mounts: sockets (the host's), config, claims, certificate."""
+    return [
+        sockets_volume(hive),
+        {"name": "hive-config", "configMap": {"name": names(hive).config_map}},
+        {"name": "claims", "configMap": {"name": names(hive).claims_config_map}},
+        link_volume(hive),
+    ]
 
 
 def build_daemon_set(hive: Hive, namespace: str, settings: OperatorSettings) -> dict[str, Any]:
     """The hive pods: the router of each selected host (the admin API is its own Deployment)."""
     image = hive.spec.image or settings.image
-    containers = [_router_container(hive, settings, image)]
-    pod_labels = {**_labels(hive), **pod_selector(hive.metadata.name)}
+    containers = [router_container(hive, namespace, settings, image)]
+    volumes = router_volumes(hive)
+    primary_hive = identity_primary_hive(hive)
+    if primary_hive is not None:
+        containers.append(_identity_replica_container(hive, settings, image, primary_hive))
+        volumes.append(system_credential_volume(hive, identity_replica_node(hive)))
+    pod_labels = {**_labels(hive), **pod_selector(hive.metadata.name), MESH_LABEL: hive.metadata.name}
     pod_spec: dict[str, Any] = {
         "hostIPC": True,
         "containers": containers,
-        "volumes": [
-            _sockets_volume(hive),
-            {"name": "hive-config", "configMap": {"name": names(hive).config_map}},
-            {"name": "claims", "configMap": {"name": names(hive).claims_config_map}},
-        ],
+        "volumes": volumes,
         "terminationGracePeriodSeconds": 10,
         # the router never calls the Kubernetes API: no token in its pods
         "automountServiceAccountToken": False,
     }
-    _placement(hive, pod_spec)
+    placement(hive, pod_spec)
     return {
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
@@ -391,7 +466,7 @@ def build_admin_deployment(hive: Hive, namespace: str, settings: OperatorSetting
     pod_spec: dict[str, Any] = {
         "hostIPC": True,
         "containers": [_admin_container(hive, settings, image)],
-        "volumes": [_sockets_volume(hive), *_system_credential_volumes(hive)],
+        "volumes": [sockets_volume(hive), system_credential_volume(hive, ADMIN_NODE)],
         "affinity": {
             "podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
                 {"labelSelector": {"matchLabels": pod_selector(name)}, "topologyKey": HOSTNAME_TOPOLOGY},
@@ -407,7 +482,7 @@ def build_admin_deployment(hive: Hive, namespace: str, settings: OperatorSetting
         pod_spec["serviceAccountName"] = hive.spec.admin.service_account_name
     else:
         pod_spec["automountServiceAccountToken"] = False
-    _placement(hive, pod_spec)
+    placement(hive, pod_spec)
     # Leave a lost host after 30 s rather than the API server's default 300 s, so the Deployment
     # replaces the pod on another hive host soon (the hive's own tolerations of these keys win).
     own = {t.get("key") for t in pod_spec.get("tolerations", [])}
@@ -441,19 +516,13 @@ def build_admin_history(hive: Hive, namespace: str) -> dict[str, Any]:
 
 
 def build_services(hive: Hive, namespace: str) -> list[dict[str, Any]]:
-    """The gateway Service, and the admin API Service when the admin API is enabled."""
+    """The admin API Service when the admin API is enabled (the link Services are
+    ``fluxbee.operator.hive.gateway``'s)."""
     n = names(hive)
-    out = [
-        _service(
-            hive,
-            namespace,
-            n.gateway_service,
-            [{"name": "gateway", "port": hive.spec.gateway_port, "targetPort": "gateway"}],
-        )
-    ]
+    out = []
     if hive.spec.admin.enabled:
         out.append(
-            _service(
+            service_manifest(
                 hive,
                 namespace,
                 n.admin_service,
@@ -464,7 +533,7 @@ def build_services(hive: Hive, namespace: str) -> list[dict[str, Any]]:
     return out
 
 
-def _service(
+def service_manifest(
     hive: Hive, namespace: str, name: str, ports: list[dict[str, Any]],
     selector: dict[str, str] | None = None,
 ) -> dict[str, Any]:

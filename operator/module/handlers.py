@@ -18,7 +18,7 @@ async def reconcile_module(ctx: OperatorContext, body: Mapping[str, Any]) -> Out
     try:
         module = parse_resource(Module, body)
     except InvalidSpec as err:
-        outcome = Outcome.degraded(err.reason, err.message)
+        outcome = Outcome.degraded(err.code, err.detail)
     else:
         pinned_by = sorted(d["metadata"]["name"]
                            for d in await degrees_pinning(ctx, meta["namespace"], meta["name"]))

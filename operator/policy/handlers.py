@@ -16,7 +16,7 @@ async def reconcile_policy(ctx: OperatorContext, body: Mapping[str, Any]) -> Out
     try:
         policy = parse_resource(Policy, body)
     except InvalidSpec as err:
-        outcome = Outcome.degraded(err.reason, err.message)
+        outcome = Outcome.degraded(err.code, err.detail)
     else:
         outcome = policy_outcome(policy.metadata.name, policy.spec)
     await write_status(ctx.kube, "policies", body, outcome)

@@ -32,7 +32,7 @@ async def reconcile_runtime(ctx: OperatorContext, body: Mapping[str, Any]) -> Ou
     try:
         runtime = parse_runtime(body)
     except InvalidSpec as err:
-        outcome = Outcome.degraded(err.reason, err.message)
+        outcome = Outcome.degraded(err.code, err.detail)
     else:
         outcome = runtime_outcome(runtime, await load_base(ctx, namespace, runtime), ctx.settings)
     await write_status(ctx.kube, "runtimes", body, outcome)

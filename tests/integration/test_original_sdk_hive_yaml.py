@@ -16,7 +16,7 @@ import yaml
 from hive_harness import node_names, wait_until
 from test_local_hive import Up
 
-from fluxbee.local import hive_yaml
+from fluxbee.supervisor import hive_yaml
 
 ORIGINAL_STYLE_NODE = r"""
 import glob, json, os, socket, struct, sys, time, uuid

@@ -13,7 +13,7 @@ import pytest
 
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.router import trust
-from fluxbee.local import credentials
+from fluxbee.supervisor import credentials
 
 TOKEN = "ab" * 32
 

@@ -246,17 +246,18 @@ def test_hives_versions_runtimes_and_catalogue(hive: AdminHive) -> None:
     assert hive.call("GET", "/health") == (200, {"status": "ok"})
     code, doc = hive.call("GET", "/hive/status")
     assert code == 200 and doc["payload"]["hive_id"] == "local" and doc["payload"]["router_connected"]
-    assert hive.call("POST", "/hives", {"hive_id": "worker-220", "address": "192.168.8.220"})[0] == 200
-    assert hive.call("POST", "/hives", {"hive_id": "worker-220", "address": "192.168.8.220"})[1]["error_code"] == \
-        "HIVE_EXISTS"
-    assert hive.call("POST", "/hives", {"hive_id": "bad id", "address": "x"})[0] == 400
+    # A hive started without --wan-listen has no gateway: it cannot link a worker, and registers nothing.
+    code, doc = hive.call("POST", "/hives", {"hive_id": "worker-220", "address": "192.168.8.220"})
+    assert (code, doc["error_code"]) == (503, "MISSING_WAN_LISTEN"), doc
+    assert hive.call("POST", "/hives", {"hive_id": "bad id", "address": "x"})[1]["error_code"] == "INVALID_HIVE_ID"
+    assert hive.call("POST", "/hives", {"hive_id": "w", "address": "x:99999"})[1]["error_code"] == "INVALID_ADDRESS"
     code, doc = hive.call("GET", "/hives")
-    assert {h["hive_id"] for h in doc["payload"]["hives"]} == {"local", "worker-220"}
-    assert hive.call("GET", "/hives/worker-220")[1]["payload"]["hive"]["address"] == "192.168.8.220"
-    assert hive.call("GET", "/hives/worker-220/nodes")[0] == 503
-    assert hive.call("DELETE", "/hives/local")[0] == 400
-    assert hive.call("DELETE", "/hives/worker-220")[0] == 200
+    assert {h["hive_id"] for h in doc["payload"]["hives"]} == {"local"}
     assert hive.call("GET", "/hives/worker-220")[0] == 404
+    code, doc = hive.call("GET", "/hives/worker-220/nodes")  # neither registered nor reached by a link
+    assert (code, doc["error_code"]) == (404, "NOT_FOUND"), doc
+    assert hive.call("DELETE", "/hives/local")[0] == 400
+    assert hive.call("DELETE", "/hives/worker-220")[0] == 404
     code, doc = hive.call("GET", "/hives/local/versions")
     rt = doc["payload"]["hive"]["runtimes"]["runtimes"]["fluxbee.echo"]
     assert rt["current"] == "0.1.0" and rt["readiness"]["0.1.0"]["start_sh_executable"] is True

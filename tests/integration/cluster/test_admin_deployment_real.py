@@ -95,7 +95,7 @@ def test_a_hive_runs_one_admin_deployment_beside_its_hive_pods_and_it_comes_back
     apply_hive(control_plane, namespace)
     hive_pods = wait_for("a Running hive pod on each of the 3 nodes",
                          lambda: (r if len(r := running(pods(control_plane, namespace, "hive"))) == 3 else None))
-    assert all([c["name"] for c in p["spec"]["containers"]] == ["router"] for p in hive_pods)
+    assert all([c["name"] for c in p["spec"]["containers"]] == ["router", "identity-replica"] for p in hive_pods)
 
     def one_running_admin() -> dict[str, Any] | None:
         found = running(pods(control_plane, namespace, "admin"))
@@ -105,7 +105,8 @@ def test_a_hive_runs_one_admin_deployment_beside_its_hive_pods_and_it_comes_back
     assert admin["spec"]["nodeName"] in kwok_nodes(control_plane)
     assert admin["spec"]["nodeName"] in {p["spec"]["nodeName"] for p in hive_pods}
     assert admin["spec"]["hostIPC"] is True and [c["name"] for c in admin["spec"]["containers"]] == ["admin"]
-    deployments = control_plane.get_json("-n", namespace, "deployments")["items"]
+    deployments = control_plane.get_json("-n", namespace, "deployments", "-l", "app.kubernetes.io/component=admin")[
+        "items"]
     assert [d["metadata"]["name"] for d in deployments] == ["demo-admin"]
     owner = deployments[0]["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"]) == ("Hive", "demo")
@@ -124,7 +125,8 @@ def test_a_hive_runs_one_admin_deployment_beside_its_hive_pods_and_it_comes_back
     replaced = wait_for("a new Running admin pod", lambda: (
         p if (p := one_running_admin()) and p["metadata"]["uid"] != admin["metadata"]["uid"] else None))
     assert replaced["spec"]["nodeName"] in {p["spec"]["nodeName"] for p in hive_pods}
-    (deployment,) = control_plane.get_json("-n", namespace, "deployments")["items"]
+    (deployment,) = control_plane.get_json("-n", namespace, "deployments", "-l",
+                                           "app.kubernetes.io/component=admin")["items"]
     # reconciles after every pod event compare the Deployment with what the API server stored and
     # find nothing to patch (a spec patch would bump the generation and roll the pods)
     assert (deployment["metadata"]["name"], deployment["metadata"]["generation"]) == ("demo-admin", 1)

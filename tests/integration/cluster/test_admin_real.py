@@ -78,6 +78,9 @@ def setup(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory)
         release = install_chart(cp, ns, hive="demo")
         apply(cp, ns, RUNTIME)
         operator = start_operator(cp, release, work)
+        # The admin API keeps its history in a ConfigMap the operator makes for the Hive: changes
+        # are refused (STATE_WRITE_FAILED) until it exists.
+        operator.wait_for("the hive's admin history ConfigMap", lambda: get(cp, ns, "configmap", "demo-admin-history"))
         admin = start_admin(cp, release, "demo", work)
         yield Setup(cp, ns, release, operator, admin)
     finally:

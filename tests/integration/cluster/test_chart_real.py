@@ -125,7 +125,8 @@ OPERATOR_NEEDS = [
     *((verb, f"{kind}.fluxbee.io/status") for kind in ("hives", "fluxnodes", "runtimes", "modules", "degrees",
                                                         "policies") for verb in ("get", "patch")),
     *((verb, f"{kind}.fluxbee.io/finalizers") for kind in ("hives", "fluxnodes") for verb in ("update",)),
-    *((verb, kind) for kind in ("pods", "configmaps", "services", "daemonsets.apps", "deployments.apps")
+    *((verb, kind) for kind in ("pods", "configmaps", "services", "daemonsets.apps", "deployments.apps",
+                                "statefulsets.apps")
       for verb in ("get", "list", "watch", "create", "patch", "delete")),
     *((verb, "secrets") for verb in ("get", "list", "create", "patch", "delete")),
     ("create", "events"), ("create", "events.events.k8s.io"),

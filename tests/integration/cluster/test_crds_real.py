@@ -60,6 +60,18 @@ REFUSED = [
                                                     "must be of type integer"], id="hive-port-type"),
     pytest.param(edited(HIVE, gatewayPort=70000), ["spec.gatewayPort", "less than or equal to 65535"],
                  id="hive-port-range"),
+    pytest.param(edited(HIVE, wan={"listen": "0.0.0.0:70000"}), ["spec.wan.listen", "should match"],
+                 id="hive-wan-listen-port"),
+    pytest.param(edited(HIVE, wan={"uplinks": [{"address": "a.example:9000", "service": "b-gateway"}]}),
+                 ["an uplink names exactly one of address or service"], id="hive-wan-uplink-both"),
+    pytest.param(edited(HIVE, wan={"uplinks": [{"address": "a.example:9000", "port": 9000}]}),
+                 ["namespace and port go with service, not with address"], id="hive-wan-uplink-port"),
+    pytest.param(edited(HIVE, wan={"authorizedHives": ["a", "a"]}),
+                 ['spec.wan.authorizedHives[1]: Duplicate value: "a"'], id="hive-wan-authorized-twice"),
+    pytest.param(edited(HIVE, wan={"authorizedHives": ["no.dots"]}), ["spec.wan.authorizedHives[0]", "should match"],
+                 id="hive-wan-authorized-pattern"),
+    pytest.param(edited(HIVE, identity={"database": {"mode": "url"}}), ["database mode url needs urlSecret"],
+                 id="hive-identity-url-without-secret"),
     pytest.param(edited(HIVE, role="queen"), ['spec.role: Unsupported value: "queen"', '"motherbee", "worker"'],
                  id="hive-role-enum"),
     pytest.param(edited(HIVE, routes=[{"prefix": "AI.sales.", "action": "FORWARD"}]),
@@ -193,7 +205,7 @@ def test_the_schema_defaults_are_written_by_the_api_server(crds: ControlPlane, n
         crds.kubectl("-n", namespace, "create", "-f", "-", input=json.dumps(doc))
     hive = crds.get_json("-n", namespace, "hive", "demo")["spec"]
     assert hive == {"role": "motherbee", "routerName": "RT.gateway", "routerScheduling": "batch",
-                    "gatewayPort": 9000}
+                    "gatewayPort": 9000, "meshPort": 9001}
     routed = crds.get_json("-n", namespace, "hive", "routed")["spec"]
     assert routed["routes"] == [{"prefix": "AI.", "action": "DROP", "matchKind": "PREFIX", "metric": 0,
                                  "priority": 100}]

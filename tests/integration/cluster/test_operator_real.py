@@ -115,9 +115,10 @@ def test_a_hive_and_a_fluxnode_become_running_pods_on_every_node_and_ready_at_th
     assert config is not None and "AI.sales." in config["data"]["hive.yaml"]
     claims = get(cp, ns, "configmap", "demo-claims")
     assert claims is not None and claims["metadata"]["ownerReferences"][0]["name"] == "demo"
-    gateway = get(cp, ns, "service", "demo-gateway")
-    assert gateway is not None and gateway["spec"]["selector"] == ds["spec"]["selector"]["matchLabels"]
-    assert gateway["spec"]["ports"][0]["port"] == 9000
+    # No spec.wan: no gateway (nothing would listen behind it), but the routers mesh.
+    assert get(cp, ns, "service", "demo-gateway") is None
+    mesh = get(cp, ns, "service", "demo-mesh")
+    assert mesh is not None and mesh["spec"]["clusterIP"] == "None"
 
     status = operator.wait_for("the Hive Ready at generation 1", reconciled(cp, ns, "hive", "demo", "Ready"))["status"]
     assert (status["desiredPods"], status["readyPods"], status["observedGeneration"]) == (3, 3, 1)
@@ -180,12 +181,12 @@ def test_a_deleted_pod_comes_back_and_spec_changes_are_rolled_out(
     ds = get(cp, ns, "daemonset", "demo-hive")
     assert ds is not None
     cp.kubectl("-n", ns, "delete", "daemonset", "demo-hive", "--wait=false")
-    cp.kubectl("-n", ns, "delete", "service", "demo-gateway", "--wait=false")
+    cp.kubectl("-n", ns, "delete", "service", "demo-mesh", "--wait=false")
     cp.kubectl("-n", ns, "patch", "configmap", "demo-hive-config", "--type=merge",
                "-p", '{"data": {"hive.yaml": "hive_id: hacked\\n"}}')
     operator.wait_for("the DaemonSet, Service and ConfigMap repaired", lambda: (
         (get(cp, ns, "daemonset", "demo-hive") or {"metadata": {"uid": ds["metadata"]["uid"]}})["metadata"]["uid"]
-        != ds["metadata"]["uid"] and get(cp, ns, "service", "demo-gateway") is not None
+        != ds["metadata"]["uid"] and get(cp, ns, "service", "demo-mesh") is not None
         and "hive_id: demo" in (get(cp, ns, "configmap", "demo-hive-config") or {"data": {"hive.yaml": ""}})
         ["data"]["hive.yaml"]))
     hive_pods = n_running(operator, cp, ns, HIVE_PODS, 3, "hive pods of the new DaemonSet")

@@ -11,8 +11,8 @@ from fluxbee.admin.openapi import openapi_document
 
 
 def test_every_error_code_the_admin_code_raises_has_a_deliberate_status() -> None:
-    source = "".join(p.read_text() for p in Path("fluxbee/admin").glob("*.py"))
-    source += Path("fluxbee/local/store.py").read_text()
+    source = "".join(p.read_text() for p in Path("fluxbee/admin").rglob("*.py"))
+    source += Path("fluxbee/supervisor/store.py").read_text()
     raised = set(re.findall(r'(?:AdminError|StoreError)\("([A-Z_]+)"', source))
     assert raised and raised <= set(HTTP_STATUS), raised - set(HTTP_STATUS)
     assert http_status("NODE_ALREADY_EXISTS") == 409 and http_status("SSH_AUTH_FAILED") == 502

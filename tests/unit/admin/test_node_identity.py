@@ -37,6 +37,9 @@ class ScriptedLink:
     async def config_changed(self, subsystem: str, config: dict[str, Any], version: int) -> dict[str, Any]:
         raise NotImplementedError
 
+    async def router_request(self, msg: str, payload: dict[str, Any], *, timeout: float) -> tuple[str | None, Any]:
+        raise NotImplementedError
+
     async def send(self, dst: str, payload: Any, *, msg_type: str, msg: str | None, meta: dict[str, Any],
                    ttl: int) -> str:
         raise NotImplementedError

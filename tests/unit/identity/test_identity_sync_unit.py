@@ -86,8 +86,8 @@ def test_a_gap_a_new_epoch_or_a_heartbeat_ahead_needs_a_full_resync(event: objec
             t.on_delta(event)
         else:
             t.on_heartbeat(event)  # type: ignore[arg-type]
-    assert err.value.reason == reason
-    t.reset(err.value.reason)
+    assert err.value.code == reason
+    t.reset(err.value.code)
     assert not t.synced and t.resyncs == {reason: 1}
     assert t.on_delta(delta(13)) is None, "nothing applies until the next full sync"
 
@@ -99,7 +99,7 @@ def test_chunks_out_of_order_or_from_two_syncs_are_refused() -> None:
     assert t.on_chunk(a[0]) is None
     with pytest.raises(sync.ResyncNeededError) as err:
         t.on_chunk(b[1])
-    assert err.value.reason == sync.CHUNK_ORDER
+    assert err.value.code == sync.CHUNK_ORDER
     with pytest.raises(sync.ResyncNeededError):
         sync.ReplicaTracker().on_chunk(a[1])
     # a new sync (chunk 1) starts over cleanly

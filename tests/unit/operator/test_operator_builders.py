@@ -67,9 +67,8 @@ def test_hive_pod_template_does_not_depend_on_routes() -> None:
     assert plain == routed  # routes reach the router by ConfigMap reload, not a restart
     assert router_config(hive(hiveId="prod"), 3)["hive_id"] == "prod"
     no_admin = build_daemon_set(hive(admin={"enabled": False}), "ns", SETTINGS)
-    assert [c["name"] for c in no_admin["spec"]["template"]["spec"]["containers"]] == ["router"]
-    assert [s["metadata"]["name"] for s in build_services(hive(admin={"enabled": False}), "ns")] \
-        == ["h-gateway"]
+    assert [c["name"] for c in no_admin["spec"]["template"]["spec"]["containers"]] == ["router", "identity-replica"]
+    assert build_services(hive(admin={"enabled": False}), "ns") == []
 
 
 def test_the_router_container_gets_the_hives_scheduling_class() -> None:

@@ -108,9 +108,12 @@ def test_the_router_mounts_the_claims_and_the_admin_deployment_its_own_system_to
 
 
 def test_without_the_admin_api_no_system_token_is_mounted_but_the_claims_are() -> None:
-    ds = build_daemon_set(hive(admin={"enabled": False}), "ns", SETTINGS)
+    ds = build_daemon_set(hive(admin={"enabled": False}, identity={"enabled": False}), "ns", SETTINGS)
     names = [v["name"] for v in ds["spec"]["template"]["spec"]["volumes"]]
     assert "claims" in names and not any(n.startswith("credential-") for n in names)
+    with_replica = build_daemon_set(hive(admin={"enabled": False}), "ns", SETTINGS)
+    names = [v["name"] for v in with_replica["spec"]["template"]["spec"]["volumes"]]
+    assert [n for n in names if n.startswith("credential-")] == ["credential-sy-identity-replica"]
 
 
 def test_system_credentials_and_claims_carry_one_key_per_system_node() -> None:

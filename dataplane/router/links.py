@@ -1,0 +1,280 @@
+"""The router's side of links (:mod:`fluxbee.dataplane.link`): remote nodes, forwarding, control.
+
+The link manager decides who is reachable over which link; this module puts that into the router:
+
+* nodes of our hive on mesh peers become :class:`RemoteNode` entries next to the local connections
+  under their full and base names, so round robin, VPNs and ``name@*`` treat them like local ones
+  (a UUID is looked up in the link table instead: the node table stays the local nodes);
+* a decision to reach a :class:`RemoteNode`, another hive, or a ``next_hop_hive`` route becomes a
+  forward: ``ttl > 1`` is required and ``ttl - 1`` is sent (else TTL_EXCEEDED), on the link the table
+  chose;
+* a frame arriving from a link, once the manager has checked its source (the peer advertised that
+  node), is routed as if a :class:`RemoteNode` had sent it: answers to it travel back over links;
+* broadcasts go on to mesh peers when ``ttl >= 2`` and to WAN peers when ``ttl >= 3``, never back to
+  the link they came from and never from mesh to mesh;
+* ``LINK_ADD`` / ``LINK_REMOVE`` and the status sections.
+
+A remote ``SY.*`` node counts as authenticated (``claimed``): its own router proved it before it
+advertised it (unproven ``SY.*`` names cannot register anywhere), and that router is a certificate
+holder we accepted.  So ADMIN_COMMAND from ``SY.admin@A`` reaches ``SY.orchestrator@B``, and a
+CONFIG_CHANGED from a remote ``SY.*`` node is applied like a local one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from fluxbee.dataplane import wire
+from fluxbee.dataplane.link import protocol as lp
+from fluxbee.dataplane.link.manager import LinkManager
+from fluxbee.dataplane.link.session import LinkSession
+from fluxbee.dataplane.router import answers, decide, dispatch
+from fluxbee.dataplane.router.config import is_system_name, split_name
+
+if TYPE_CHECKING:
+    from fluxbee.dataplane.router.connection import Conn
+    from fluxbee.dataplane.router.server import Router
+
+log = logging.getLogger(__name__)
+
+
+class RemoteNode:
+    """A node reached through a link: the fields the rules read, and a ``send`` that forwards.
+
+    ``transport`` is None, so the fast path steps aside for it (to the general path, which forwards).
+    """
+
+    __slots__ = ("base", "claimed", "closing", "connected_at_ms", "grants", "hive", "name", "out_bytes", "session",
+                 "transport", "uuid", "vpn_id")
+
+    def __init__(self, ad: lp.NodeAd, session: LinkSession) -> None:
+        self.uuid = ad.uuid
+        self.name = ad.name
+        self.base, self.hive = split_name(ad.name)
+        self.vpn_id = ad.vpn_id
+        self.session = session
+        self.transport = None
+        self.closing = False
+        self.out_bytes = 0
+        self.connected_at_ms = 0
+        self.claimed = is_system_name(self.base) and self.base.startswith("SY.")
+        self.grants: frozenset[str] = frozenset()
+
+    @property
+    def congested_since(self) -> float | None:
+        return 0.0 if self.session.congested else None
+
+    def send(self, frame: bytes) -> bool:
+        """Frames the router generates for this node (answers): sent on the link it came over."""
+        return self.session.send(frame)
+
+    def block(self, dst: object) -> None:
+        """Links do not hold producers: a full link drops (counted) instead."""
+
+
+class RouterLinks:
+    """The :class:`~fluxbee.dataplane.link.manager.LinkRouter` of one router (see the module docstring)."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        s = router.settings
+        self.manager = LinkManager(s.links, self, hive_id=router.hive_id, router_id=router.uuid,
+                                   router_name=router.name,
+                                   state_path=s.run_dir / "state" / f"{router.name}.links.json")
+        self._mesh_entries: list[RemoteNode] = []
+        self._senders: dict[tuple[int, str], RemoteNode] = {}  # (session, node) of frames from links
+        self._generation = -1
+        self._mesh_generation = -1
+
+    # LinkRouter --------------------------------------------------------------
+    def local_nodes(self) -> Iterable[lp.NodeAd]:
+        """Our nodes, and the router itself: the frames it generates (UNREACHABLE, TTL_EXCEEDED, answers
+        to ROUTER_STATUS_GET) carry its UUID as ``routing.src`` and must pass the peers' source binding."""
+        yield lp.NodeAd(self.router.uuid, self.router.name, 0)
+        for conn in self.router.registry.nodes():
+            if conn.uuid is not None:
+                yield lp.NodeAd(conn.uuid, conn.name, conn.vpn_id)
+
+    def is_local_uuid(self, uuid: str) -> bool:
+        return self.router.registry.get(uuid) is not None or uuid == self.router.uuid
+
+    def links_changed(self) -> None:
+        """The table changed: re-list mesh peers' nodes under their names, drop name caches."""
+        table = self.manager.table
+        if table.generation == self._generation:
+            return
+        self._generation = table.generation
+        self._senders.clear()
+        if table.mesh_generation == self._mesh_generation:
+            return
+        self._mesh_generation = table.mesh_generation
+        registry = self.router.registry
+        for entry in self._mesh_entries:
+            registry.remove_remote(entry)  # type: ignore[arg-type]
+        entries: list[RemoteNode] = []
+        for sid, ad in table.mesh_nodes.values():
+            session = self.manager.sessions.get(sid)
+            if session is None or registry.get(ad.uuid) is not None:
+                continue
+            entry = RemoteNode(ad, session)
+            registry.add_remote(entry)  # type: ignore[arg-type]
+            entries.append(entry)
+        self._mesh_entries = entries
+
+    def link_frame(self, session: LinkSession, env: wire.RawEnvelope, meta: wire.MetaView, src: lp.NodeAd) -> None:
+        key = (session.sid, src.uuid)
+        sender = self._senders.get(key)
+        if sender is None or sender.name != src.name or sender.vpn_id != src.vpn_id:
+            sender = self._senders[key] = RemoteNode(src, session)
+        router = self.router
+        router.counters.frames_in += 1
+        router.batching = True  # output is written once per read of the link (read_done)
+        dispatch.route_decoded(router, sender, env, meta)  # type: ignore[arg-type]
+
+    def read_done(self) -> None:
+        router = self.router
+        router.batching = False
+        router.flush()
+
+    # forwarding ---------------------------------------------------------------
+    def forward(self, src: Conn | RemoteNode, session: LinkSession | None, env: wire.RawEnvelope, why: str) -> None:
+        """Send ``env`` over ``session`` (one router hop: ttl > 1 needed, ttl - 1 sent)."""
+        router = self.router
+        routing = env.routing
+        if session is None or session.state != "up":
+            answers.unreachable(router, src, routing, wire.WAN_UNAVAILABLE, f"{why}: the link is down")  # type: ignore[arg-type]
+            return
+        if isinstance(src, RemoteNode) and src.session is session:
+            self.manager.drop(session.role, "LINK_LOOP", f"{why}: would go back over the link it came from")
+            answers.unreachable(router, src, routing, wire.NODE_NOT_FOUND, f"{why}: no way on from here")  # type: ignore[arg-type]
+            return
+        if routing.ttl <= 1:
+            router.counters.ttl_exceeded += 1
+            answers.reply(router, src, routing, wire.TTL_EXCEEDED,  # type: ignore[arg-type]
+                         wire.TtlExceededPayload(original_dst=str(routing.dst), last_hop=f"router:{router.uuid}"))
+            return
+        routing.ttl -= 1
+        self.manager.flush_adverts()
+        try:
+            frame = wire.encode_frame(env)
+        except wire.FrameTooLargeError as err:
+            answers.unreachable(router, src, routing, wire.FRAME_TOO_LARGE, str(err))  # type: ignore[arg-type]
+            return
+        if session.send(frame):
+            router.counters.forwarded[session.role] += 1
+        else:
+            router.counters.dropped[wire.DST_CONGESTED] += 1
+            answers.unreachable(router, src, routing, wire.DST_CONGESTED,  # type: ignore[arg-type]
+                               f"the {session.role} link to {session.hive} is full; message dropped")
+
+    def deliver_remote(self, src: Conn | RemoteNode, target: RemoteNode, env: wire.RawEnvelope,
+                       meta: wire.MetaView) -> None:
+        """A decision to deliver to a mesh peer's node: forward it there (VPN rule first).  A frame that
+        already crossed the mesh goes to a local instance of the name instead: one mesh hop only."""
+        router = self.router
+        if isinstance(src, RemoteNode) and src.session.role == "mesh":
+            group = router.registry.named(target.name)
+            local = [c for c in (group.conns if group is not None else ()) if not isinstance(c, RemoteNode)]
+            if not local:
+                answers.unreachable(router, src, env.routing, wire.NODE_NOT_FOUND,  # type: ignore[arg-type]
+                                    f"no node named {target.name} is on this router")
+                return
+            dispatch.deliver(router, src, local[0], env, meta)  # type: ignore[arg-type]
+            return
+        if src.vpn_id != target.vpn_id:
+            decision = decide.unicast(src, target, meta)
+            if isinstance(decision, decide.Refuse):
+                dispatch.refuse(router, src, env.routing, decision)  # type: ignore[arg-type]
+                return
+        self.forward(src, target.session, env, f"{target.name} is on another router")
+
+    def to_hive(self, src: Conn | RemoteNode, hive: str, env: wire.RawEnvelope) -> None:
+        self.forward(src, self.manager.session_for_hive(hive), env, f"hive {hive!r}")
+
+    def by_uuid(self, src: Conn | RemoteNode, dst: str, env: wire.RawEnvelope, meta: wire.MetaView) -> bool:
+        """Forward to a remote node by UUID; False when no link knows it."""
+        found = self.manager.session_for_uuid(wire.canonical_uuid(dst))
+        if found is None:
+            return False
+        session, ad = found
+        if src.vpn_id != ad.vpn_id and not _may_reach(src, ad, meta):
+            answers.unreachable(self.router, src, env.routing, wire.VPN_BLOCKED,  # type: ignore[arg-type]
+                                    f"{src.name} (vpn {src.vpn_id}) may not reach {ad.name} (vpn {ad.vpn_id})")
+            return True
+        self.forward(src, session, env, ad.name)
+        return True
+
+    def reaches(self, hive: str) -> bool:
+        return self.manager.table.route(hive) is not None
+
+    def hives_with(self, base: str) -> list[str]:
+        return self.manager.table.remote_bases.get(base, [])
+
+    def broadcast(self, src: Conn | RemoteNode, env: wire.RawEnvelope) -> None:
+        """Flood a broadcast on (see the module docstring); the frame was de-duplicated already."""
+        routing = env.routing
+        ttl = routing.ttl
+        came_from = src.session if isinstance(src, RemoteNode) else None
+        targets = []
+        if ttl >= 2 and (came_from is None or came_from.role != "mesh"):
+            targets += self.manager.up_sessions("mesh")
+        if ttl >= 3:
+            targets += self.manager.up_sessions("wan")
+        targets = [s for s in targets if s is not came_from]
+        if not targets:
+            return
+        routing.ttl = ttl - 1
+        self.manager.flush_adverts()
+        try:
+            frame = wire.encode_frame(env)
+        except wire.FrameTooLargeError:
+            return
+        finally:
+            routing.ttl = ttl
+        for session in targets:
+            if session.send(frame):
+                self.router.counters.forwarded[session.role] += 1
+            else:
+                self.router.counters.dropped[wire.DST_CONGESTED] += 1
+
+    # control ------------------------------------------------------------------------
+    def control(self, src: Conn | RemoteNode, env: wire.RawEnvelope, msg: str) -> None:
+        """LINK_ADD / LINK_REMOVE (the sender's privilege was checked by the router)."""
+        try:
+            body = msgspec.json.decode(env.payload) if env.payload else None
+        except msgspec.DecodeError:
+            body = None
+        router = self.router
+        if msg == lp.LINK_ADD:
+            address = body.get("address") if isinstance(body, dict) else None
+            answer: dict[str, Any] = {"address": address}
+            if not isinstance(address, str):
+                answer.update(status="error", error_code="INVALID_ADDRESS",
+                              error_detail="the payload must be {\"address\": \"HOST:PORT\"}")
+            else:
+                failed = self.manager.add_uplink(address)
+                if failed is None:
+                    answer.update(status="ok")
+                    log.info("LINK_ADD %s by %s", address, src.name)
+                else:
+                    answer.update(status="error", error_code=failed[0], error_detail=failed[1])
+            answers.reply(router, src, env.routing, lp.LINK_ADD_RESPONSE, answer)  # type: ignore[arg-type]
+            return
+        hive = body.get("hive_id") if isinstance(body, dict) else None
+        if not isinstance(hive, str):
+            answers.reply(router, src, env.routing, lp.LINK_REMOVE_RESPONSE,  # type: ignore[arg-type]
+                         {"status": "error", "hive_id": hive, "closed": 0, "forgotten": [],
+                          "error_code": "INVALID_REQUEST", "error_detail": "the payload must be {\"hive_id\": ID}"})
+            return
+        log.info("LINK_REMOVE %s by %s", hive, src.name)
+        answers.reply(router, src, env.routing, lp.LINK_REMOVE_RESPONSE, self.manager.remove_hive(hive))  # type: ignore[arg-type]
+
+
+def _may_reach(src: Conn | RemoteNode, dst: lp.NodeAd, meta: wire.MetaView) -> bool:
+    if meta.type == wire.TYPE_SYSTEM and meta.scope == "global":
+        return True
+    return is_system_name(src.base) or is_system_name(split_name(dst.name)[0])

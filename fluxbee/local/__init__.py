@@ -1,1 +1,0 @@
-"""Local mode: the hive of a resource file run as supervised processes on one machine."""
