@@ -53,13 +53,23 @@ def test_the_transport_ratios_compare_the_routed_figures_with_the_floor_nats_and
     assert q["sustained_fluxbee_p50_over_floor_p50"] == 2.5 and q["sustained_fluxbee_p50_over_nats_p50"] == 0.25
 
 
+_POLICY = {"identities": 10_000, "evaluations": 2_000,
+           "wasm": {"p50_us": 18.0, "p99_us": 40.0, "abi": "1.3", "one_shot": True, "fast_calls": True, "memory_mb": 15.0},
+           "regorus": {"p50_us": 28.0, "p99_us": 60.0}, "load_ms": {"wasm": 300.0, "regorus": 80.0},
+           "ratios": {"wasm_p50_over_regorus_p50": 0.64}, "compile_ms": {"opa": 120.0, "regorus": 2.0},
+           "scan_p50_us": {"wasm": 9000.0}}
+
+
 def test_the_default_report_has_the_transport_table_then_the_targets_then_the_notes() -> None:
-    lines = run.report(_transport_result()).splitlines()
+    lines = run.report({**_transport_result(), "policy": _POLICY}).splitlines()
     assert lines[0].split() == ["transport", "p50", "µs", "p99", "µs", "msgs/s", "CPU", "moves/rtt"]
     assert [line.split()[0] for line in lines[1:5]] == list(TRANSPORTS)
     assert lines[5] == ""
     assert lines[6] == "routed p50 / floor p50   = 2.50   (target ≤ 3)"
     assert lines[10] == "router RSS: 30.0 MB idle, 45.5 MB with 1000 nodes   (target ≤ 100 MB)"
     assert lines[11].startswith("sustained (5 round trips back to back)")
-    assert len(lines) == 15
+    assert "policy decision, 10,000 identities" in lines[16]  # the policy section's notes come last
+    assert lines[17].split()[:3] == ["wasm", "p50", "18.0"]
+    assert "wasm p50 / regorus p50 = 0.64" in lines[19]
+    assert len(lines) == 22
     assert isinstance(run.SECTIONS[0], Transports)
