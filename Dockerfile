@@ -3,8 +3,18 @@
 #   fluxbee operator      the kopf operator
 #   fluxbee admin …       the admin HTTP API
 #   fluxbee node echo|listener          the built-in example node runtimes
+#   opa build -t wasm …   the policy compiler (on PATH, so policies compile to WebAssembly)
 # Build: hack/build-image.sh [TAG]
 ARG PYTHON=3.11
+ARG GO=1.26
+
+# The policy compiler (`opa build -t wasm`), built from source at the version pinned in
+# hack/tools/opa (the same pin hack/build-tools.sh uses), static, without build paths.
+FROM golang:${GO} AS opa
+WORKDIR /src
+COPY hack/tools/opa/ ./
+RUN CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -o /out/opa github.com/open-policy-agent/opa \
+ && /out/opa version
 
 FROM python:${PYTHON}-slim AS build
 WORKDIR /src
@@ -32,6 +42,7 @@ LABEL org.opencontainers.image.title="fluxbee" \
       org.opencontainers.image.description="Kubernetes-native router for AI agents: router, operator, admin API, node runner" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/fluxbee /opt/fluxbee
+COPY --from=opa /out/opa /usr/local/bin/opa
 ENV PATH=/opt/fluxbee/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONSAFEPATH=1 \

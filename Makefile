@@ -36,8 +36,10 @@ test: lint tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	bash hack/check-speedups.sh
 
+# The policy section measures the WebAssembly engine with the pinned opa when Go can build it
+# (regorus alone otherwise, with the reason printed).
 bench: setup
-	$(BIN)/fluxbee bench $(ARGS)
+	FLUXBEE_OPA="$${FLUXBEE_OPA:-$$(bash hack/build-tools.sh --opa 2>/dev/null)}" $(BIN)/fluxbee bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

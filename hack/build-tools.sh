@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Build the real Kubernetes tools the integration tests run, from source, with Go and the Go module
-# proxy: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok and helm.
+# proxy: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok and helm; and
+# opa, the policy compiler (`opa build -t wasm`).
 #
 #   hack/build-tools.sh            build what is missing; print the bin directory on stdout
 #   hack/build-tools.sh --check    print the bin directory if every tool is built, else exit 1
+#   hack/build-tools.sh --opa      build opa alone if it is missing; print the path of the binary
 #
 # Versions are pinned in one place: the go.mod/go.sum files under hack/tools/ (one module per
 # upstream project, because etcd and Kubernetes pin their sibling modules with relative `replace`
 # lines that only a module of ours can restate). The binaries are cached outside the work tree,
 # in $FLUXBEE_TOOLS_CACHE (default ~/.cache/fluxbee-tools), in a folder named after a digest of
 # those files and the Go version, so a fresh clone reuses them and a version bump rebuilds.
+# opa has a cache folder and digest of its own (hack/tools/opa only), so pinning or bumping it never
+# changes the digest of the Kubernetes build (a cold one takes about 15 minutes); the bin directory
+# printed holds a symbolic link to it.
 # Idempotent; a half-finished build never leaves a tool in place (each binary is linked to a
 # temporary name, then renamed). Without Go it exits 3 with the reason on stderr.
 set -euo pipefail
@@ -19,9 +24,32 @@ tools="$here/tools"
 command -v go >/dev/null 2>&1 || { echo "build-tools: go is not installed" >&2; exit 3; }
 
 go_version="$(go env GOVERSION)"
-key="$( { echo "$go_version"; cat "$tools"/*/go.mod "$tools"/*/go.sum; } | sha256sum | cut -c1-16)"
+# The Kubernetes group's digest covers exactly these module folders, in this order (the order a
+# glob gave before opa joined): a new folder under hack/tools/ must not change it.
+k8s_dirs=(etcd helm kubernetes kwok)
+key="$( { echo "$go_version"; for d in "${k8s_dirs[@]}"; do cat "$tools/$d/go.mod"; done
+          for d in "${k8s_dirs[@]}"; do cat "$tools/$d/go.sum"; done; } | sha256sum | cut -c1-16)"
+opa_key="$( { echo "$go_version"; cat "$tools/opa/go.mod" "$tools/opa/go.sum" "$tools/opa/tools.go"; } \
+            | sha256sum | cut -c1-16)"
 cache="${FLUXBEE_TOOLS_CACHE:-$HOME/.cache/fluxbee-tools}"
 bin="$cache/$key/bin"
+opa_bin="$cache/opa-$opa_key/bin"
+
+build_opa() {  # the pinned opa into its own cache folder, if it is not there yet
+    [[ ! -x "$opa_bin/opa" ]] || return 0
+    echo "build-tools: building opa into $opa_bin with $go_version" >&2
+    local start=$SECONDS tmp="$opa_bin/.opa.tmp.$$"
+    mkdir -p "$opa_bin"
+    (cd "$tools/opa" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -o "$tmp" github.com/open-policy-agent/opa)
+    mv -f "$tmp" "$opa_bin/opa"
+    echo "build-tools: opa built in $((SECONDS - start)) s" >&2
+}
+
+if [[ "${1:-}" == "--opa" ]]; then
+    build_opa
+    echo "$opa_bin/opa"
+    exit 0
+fi
 
 # name  module-dir  package
 TOOLS=(
@@ -59,9 +87,13 @@ done
 # kwok needs "stages" (how fake nodes and Pods change state); the pinned kwok module ships them.
 stages="$bin/kwok-stages.yaml"
 [[ -s "$stages" ]] || missing+=("kwok-stages.yaml - -")
+opa_missing=0
+[[ -x "$opa_bin/opa" ]] || opa_missing=1
+# The link in the shared bin directory must point at the pinned build.
+[[ "$(readlink "$bin/opa" 2>/dev/null)" == "$opa_bin/opa" ]] || opa_missing=1
 
 if [[ "${1:-}" == "--check" ]]; then
-    [[ ${#missing[@]} -eq 0 ]] || exit 1
+    [[ ${#missing[@]} -eq 0 && $opa_missing -eq 0 ]] || exit 1
     echo "$bin"
     exit 0
 fi
@@ -91,4 +123,9 @@ for line in "${missing[@]}"; do
     [[ "$dir" != kubernetes ]] || echo "$k8s_version" > "$bin/.$name.version"
     echo "build-tools: $name built in $((SECONDS - start)) s" >&2
 done
+build_opa
+if [[ "$(readlink "$bin/opa" 2>/dev/null)" != "$opa_bin/opa" ]]; then
+    ln -sfn "$opa_bin/opa" "$bin/.opa.link.$$"
+    mv -fT "$bin/.opa.link.$$" "$bin/opa"
+fi
 echo "$bin"

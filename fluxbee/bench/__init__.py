@@ -19,7 +19,8 @@ All of them run at once and are measured in interleaved rounds (a few thousand
 round trips of each in turn; three one-way bursts of each in turn, median
 rate), every batch after a second of rest, so every transport sees the same
 machine conditions.  Also the
-router's resident memory with 1,000 connected idle nodes.  Results are
+router's resident memory with 1,000 connected idle nodes, and one policy
+decision by each engine (:mod:`fluxbee.bench.policy`).  Results are
 ratios measured in one run, never absolute targets: the machines are shared
 and noisy.
 """
@@ -512,6 +513,9 @@ async def _run_all(plan: Plan) -> dict[str, Any]:
     try:
         results = await measure(plan, tmp)
         memory = bench_router_memory(plan, tmp)
+        from fluxbee.bench.policy import bench_policy  # not in the workers, which import this package
+
+        policy = bench_policy(plan.round_trips)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out: dict[str, Any] = {
@@ -520,6 +524,7 @@ async def _run_all(plan: Plan) -> dict[str, Any]:
         "fluxbee": results["fluxbee"].summary(),
         "nats": results["nats"].summary(),
         **memory,
+        "policy": policy,
         "payload_bytes": PAYLOAD_BYTES,
         "router_fast_path": results["fluxbee"].notes.get("fast_path", "?"),
         "router_scheduling": results["fluxbee"].notes.get("scheduling", "?"),
@@ -544,6 +549,8 @@ async def _run_all(plan: Plan) -> dict[str, Any]:
 
 
 def format_table(r: dict[str, Any]) -> str:
+    from fluxbee.bench.policy import format_policy
+
     rows = [f"{'transport':10} {'p50 µs':>9} {'p99 µs':>9} {'msgs/s':>11} {'CPU moves/rtt':>14}"]
     for key in ("floor", "relay", "fluxbee", "nats"):
         v = r[key]
@@ -570,6 +577,7 @@ def format_table(r: dict[str, Any]) -> str:
         f"of 3 bursts of {r['messages'] // 3:,} messages of {r['payload_bytes']} B)",
         "(CPU moves/rtt: how often the transport's processes changed CPU per round trip in the rested rounds; "
         "a hop within one CPU costs a context switch, a hop to another CPU a cross-CPU wake-up)",
+        *format_policy(r["policy"]),
     ]
     return "\n".join(rows)
 
