@@ -1,0 +1,225 @@
+"""The policy lifecycle of one hive: compile (stage), apply, rollback, check, and what is in force.
+
+:class:`Lifecycle` holds the rules; the node (:mod:`fluxbee.policy_service.node`) only carries
+requests to it, and a :class:`Publisher` carries an applied artefact to the hive's routers.
+
+* Versions strictly increase and are written down (:class:`~fluxbee.policy_service.store.PolicyStore`)
+  before use.  A compile that fails takes no version; ``check`` never takes one.
+* ``compile`` stages; ``apply`` makes the staged artefact current, then publishes it; the answer
+  carries the routers' result (``router``: ``applied``, ``error`` with the router's reason, or
+  ``pending`` when no router confirmed in time).
+* ``rollback`` publishes an earlier artefact **as a new version** (origin ``rollback:<v>``): the
+  routers and the region only take versions above the one they run, so going back is a step
+  forward in version with the old artefact.  Without ``version`` it restores the applied version
+  before the current one; with ``version`` that applied version (any of the newest kept).
+* At start the current artefact is published again (a restarted router or a fresh region gets it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fluxbee.dataplane.policy import (
+    ALLOW_ENTRYPOINT,
+    TARGET_ENTRYPOINT,
+    Artefact,
+    CompileError,
+    EvaluationError,
+    PolicyLoadError,
+    compile_policy,
+    load,
+)
+from fluxbee.policy_service.store import PolicyStore, StoreError, Versioned
+
+log = logging.getLogger(__name__)
+
+
+class PolicyServiceError(Exception):
+    """A refused request: ``code`` is what the admin API answers with, ``extra`` goes into the reply."""
+
+    def __init__(self, code: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.extra = extra
+
+    def payload(self) -> dict[str, Any]:
+        return {"status": "error", "error_code": self.code, "error_detail": self.detail, **self.extra}
+
+
+class Publisher(Protocol):
+    async def publish(self, item: Versioned) -> dict[str, Any]:
+        """Carry ``item`` to the hive's routers; the routers' result (``status``: ``applied`` |
+        ``error`` | ``pending``, with ``error`` and per-router detail)."""
+        ...
+
+    async def router_policy(self) -> dict[str, Any] | None:
+        """What the hive's router says it runs (its status's ``policy``), None when it cannot say."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class CompileRequest:
+    rego: str
+    entrypoint: str = TARGET_ENTRYPOINT
+    allow_entrypoint: str = ALLOW_ENTRYPOINT
+    data: Mapping[str, Any] | None = None
+    version: int | None = None
+    """A version chosen by the mother hive for every hive (above this hive's last one)."""
+
+
+def compile_error(err: CompileError) -> PolicyServiceError:
+    return PolicyServiceError("COMPILE_ERROR", err.message, line=err.line, column=err.column,
+                              compiler=err.compiler or None)
+
+
+def _compile(req: CompileRequest) -> Artefact:
+    try:
+        return compile_policy(req.rego, data=req.data, target_entrypoint=req.entrypoint,
+                              allow_entrypoint=req.allow_entrypoint)
+    except CompileError as err:
+        raise compile_error(err) from err
+
+
+class Lifecycle:
+    """One hive's policy: one request at a time (``lock``)."""
+
+    def __init__(self, store: PolicyStore, publisher: Publisher, hive_id: str) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.hive_id = hive_id
+        self.lock = asyncio.Lock()
+        self.last_result: dict[str, Any] | None = None
+
+    def _files(self) -> tuple[Versioned | None, Versioned | None]:
+        try:
+            return self.store.current(), self.store.staged()
+        except StoreError as err:
+            raise PolicyServiceError("STATE_READ_FAILED", str(err)) from err
+
+    async def compile(self, req: CompileRequest, *, apply: bool) -> dict[str, Any]:
+        """Compile (in a worker thread: ``opa build`` takes a while), then take a version and stage it;
+        with ``apply`` make it current at once."""
+        started = time.perf_counter()
+        artefact = await asyncio.to_thread(_compile, req)
+        compile_ms = int((time.perf_counter() - started) * 1000)
+        try:
+            version = self.store.take_version(req.version)
+        except ValueError as err:
+            raise PolicyServiceError("VERSION_MISMATCH", str(err), last_version=self.store.last_version()) from err
+        except (OSError, StoreError) as err:
+            raise PolicyServiceError("STATE_WRITE_FAILED", f"version not taken: {err}") from err
+        item = Versioned(version=version, artefact=artefact, created_at_ms=int(time.time() * 1000))
+        try:
+            self.store.stage(item)
+        except OSError as err:
+            raise PolicyServiceError("STATE_WRITE_FAILED", f"version {version} compiled but not staged: {err}") from err
+        out = {"status": "ok", "hive": self.hive_id, "version": version, "compile_time_ms": compile_ms,
+               **_sizes(item), "staged": True}
+        if apply:
+            out.update(await self._make_current(item, staged=True))
+        return out
+
+    async def apply(self, version: int | None) -> dict[str, Any]:
+        _, staged = self._files()
+        if staged is None:
+            raise PolicyServiceError("NOTHING_STAGED", "no compiled policy is staged; compile one first")
+        if version is not None and version != staged.version:
+            raise PolicyServiceError("VERSION_MISMATCH", f"version {version} is not the staged one "
+                                     f"({staged.version})", staged_version=staged.version)
+        return {"status": "ok", "hive": self.hive_id, "version": staged.version, **_sizes(staged),
+                **await self._make_current(staged, staged=True)}
+
+    async def rollback(self, version: int | None) -> dict[str, Any]:
+        current, _ = self._files()
+        try:
+            source = self.store.previous() if version is None else self.store.applied(version)
+        except StoreError as err:
+            raise PolicyServiceError("STATE_READ_FAILED", str(err)) from err
+        if source is None:
+            kept = self.store.applied_versions()
+            raise PolicyServiceError("NO_BACKUP", "no earlier applied version to restore" if version is None else
+                                     f"version {version} is not among the applied versions kept ({kept})",
+                                     applied_versions=kept)
+        if current is not None and source.version == current.version:
+            raise PolicyServiceError("VERSION_MISMATCH", f"version {version} is the current one")
+        try:
+            new_version = self.store.take_version()
+        except (OSError, StoreError) as err:
+            raise PolicyServiceError("STATE_WRITE_FAILED", f"version not taken: {err}") from err
+        item = Versioned(version=new_version, artefact=source.artefact, created_at_ms=int(time.time() * 1000),
+                         origin=f"rollback:{source.version}")
+        return {"status": "ok", "hive": self.hive_id, "version": new_version, "restored_version": source.version,
+                **_sizes(item), **await self._make_current(item, staged=False)}
+
+    async def _make_current(self, item: Versioned, *, staged: bool) -> dict[str, Any]:
+        try:
+            self.store.make_current(item)
+            if staged:
+                self.store.unstage()
+        except OSError as err:
+            raise PolicyServiceError("STATE_WRITE_FAILED", f"version {item.version} not made current: {err}") from err
+        result = await self.publisher.publish(item)
+        self.last_result = {"version": item.version, "at_ms": int(time.time() * 1000), **result}
+        return {"applied": True, "router": result}
+
+    async def republish(self) -> None:
+        """Publish the current artefact again (at start)."""
+        current, _ = self._files()
+        if current is not None:
+            result = await self.publisher.publish(current)
+            self.last_result = {"version": current.version, "at_ms": int(time.time() * 1000), **result}
+            log.info("policy version %d published again at start: %s", current.version, result.get("status"))
+
+    async def check(self, rego: str | None, source: str, input_doc: Any, data: Mapping[str, Any] | None,
+                    entrypoint: str) -> dict[str, Any]:
+        """Validate ``rego`` (when given; else use the staged or current artefact) and, with an input,
+        evaluate it with the regorus engine.  Takes no version and writes nothing."""
+        if rego is not None:
+            artefact = await asyncio.to_thread(_compile, CompileRequest(rego=rego, data=data, entrypoint=entrypoint))
+            against = "request"
+        else:
+            current, staged = self._files()
+            chosen = staged if source == "staged" else current
+            if chosen is None:
+                raise PolicyServiceError("NOTHING_STAGED" if source == "staged" else "NOT_FOUND",
+                                         f"there is no {source} policy to check against")
+            artefact = chosen.artefact
+            against = f"{source}:{chosen.version}"
+        out: dict[str, Any] = {"status": "ok", "hive": self.hive_id, "valid": True, "against": against,
+                               "module_sha256": artefact.sha256, "engine": artefact.engine}
+        if input_doc is not None:
+            if not isinstance(input_doc, dict):
+                raise PolicyServiceError("INVALID_REQUEST", "input must be a JSON object")
+            try:
+                decision = await asyncio.to_thread(lambda: load(artefact, engine="regorus").evaluate(input_doc))
+            except (EvaluationError, PolicyLoadError) as err:
+                raise PolicyServiceError(err.code, str(err)) from err
+            out["decision"] = {"target": decision.target, "allow": decision.allow, "engine": decision.engine}
+        return out
+
+    async def describe(self, *, with_source: bool) -> dict[str, Any]:
+        current, staged = self._files()
+        out: dict[str, Any] = {"status": "ok", "hive": self.hive_id, "last_version": self.store.last_version(),
+                               "current": current.summary() if current else None,
+                               "staged": staged.summary() if staged else None,
+                               "applied_versions": self.store.applied_versions()}
+        if with_source:
+            out["rego"] = current.artefact.source if current else None
+            out["entrypoint"] = current.artefact.target_entrypoint if current else None
+        else:
+            out["last_apply"] = self.last_result
+            out["router"] = await self.publisher.router_policy()
+        return out
+
+
+def _sizes(item: Versioned) -> dict[str, Any]:
+    a = item.artefact
+    return {"hash": item.hash, "module_sha256": a.sha256, "engine": a.engine,
+            "wasm_size_bytes": len(a.wasm) if a.wasm is not None else None,
+            "fallback_reason": a.fallback_reason}
