@@ -20,15 +20,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from fluxbee.dataplane.policy import (
     ALLOW_ENTRYPOINT,
     TARGET_ENTRYPOINT,
     Artefact,
     CompileError,
+    Decision,
     EvaluationError,
     PolicyLoadError,
     compile_policy,
@@ -37,6 +39,7 @@ from fluxbee.dataplane.policy import (
 from fluxbee.policy_service.store import PolicyStore, StoreError, Versioned
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class PolicyServiceError(Exception):
@@ -79,11 +82,23 @@ def compile_error(err: CompileError) -> PolicyServiceError:
 
 
 def _compile(req: CompileRequest) -> Artefact:
+    """Runs on the policy thread.  The compiler's own exception (whose traceback holds regorus engines,
+    which must be dropped on the thread that made them) is freed here; a plain error leaves."""
     try:
         return compile_policy(req.rego, data=req.data, target_entrypoint=req.entrypoint,
                               allow_entrypoint=req.allow_entrypoint)
     except CompileError as err:
-        raise compile_error(err) from err
+        failure = compile_error(err)
+    raise failure
+
+
+def _evaluate(artefact: Artefact, input_doc: dict[str, Any]) -> Decision:
+    """Runs on the policy thread; the engine is made and dropped there (see :func:`_compile`)."""
+    try:
+        return load(artefact, engine="regorus").evaluate(input_doc)
+    except (EvaluationError, PolicyLoadError) as err:
+        failure = PolicyServiceError(err.code, str(err))
+    raise failure
 
 
 class Lifecycle:
@@ -95,6 +110,15 @@ class Lifecycle:
         self.hive_id = hive_id
         self.lock = asyncio.Lock()
         self.last_result: dict[str, Any] | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
+        """Compiles and evaluations, one at a time, off the event loop: regorus engines are bound to
+        the thread that made them, and one ``opa build`` at a time is plenty."""
+
+    async def _on_policy_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)
 
     def _files(self) -> tuple[Versioned | None, Versioned | None]:
         try:
@@ -106,7 +130,7 @@ class Lifecycle:
         """Compile (in a worker thread: ``opa build`` takes a while), then take a version and stage it;
         with ``apply`` make it current at once."""
         started = time.perf_counter()
-        artefact = await asyncio.to_thread(_compile, req)
+        artefact = await self._on_policy_thread(_compile, req)
         compile_ms = int((time.perf_counter() - started) * 1000)
         try:
             version = self.store.take_version(req.version)
@@ -181,7 +205,8 @@ class Lifecycle:
         """Validate ``rego`` (when given; else use the staged or current artefact) and, with an input,
         evaluate it with the regorus engine.  Takes no version and writes nothing."""
         if rego is not None:
-            artefact = await asyncio.to_thread(_compile, CompileRequest(rego=rego, data=data, entrypoint=entrypoint))
+            artefact = await self._on_policy_thread(_compile, CompileRequest(rego=rego, data=data,
+                                                                             entrypoint=entrypoint))
             against = "request"
         else:
             current, staged = self._files()
@@ -196,10 +221,7 @@ class Lifecycle:
         if input_doc is not None:
             if not isinstance(input_doc, dict):
                 raise PolicyServiceError("INVALID_REQUEST", "input must be a JSON object")
-            try:
-                decision = await asyncio.to_thread(lambda: load(artefact, engine="regorus").evaluate(input_doc))
-            except (EvaluationError, PolicyLoadError) as err:
-                raise PolicyServiceError(err.code, str(err)) from err
+            decision = await self._on_policy_thread(_evaluate, artefact, input_doc)
             out["decision"] = {"target": decision.target, "allow": decision.allow, "engine": decision.engine}
         return out
 

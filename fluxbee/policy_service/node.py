@@ -149,6 +149,7 @@ class PolicyService:
                     await t
             await sender.close()
             region.close()
+            self.lifecycle.close()
         if serving.done() and not serving.cancelled() and serving.exception() is not None:
             raise serving.exception()  # type: ignore[misc]
 
