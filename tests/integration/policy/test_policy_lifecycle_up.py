@@ -1,0 +1,181 @@
+"""The policy lifecycle as a user drives it: ``fluxbee up`` hives, the admin HTTP API and ``fluxbee policy``.
+
+One hive for the single-hive round trip (stage, apply, rollback, check, bad bodies, a restart);
+then a mother and a linked worker for an apply that reaches both, and one made while the worker is
+down, which names it as pending.  Identity is off (``FLUXBEE_UP_IDENTITY=0``): SY.policy does not
+need it.  What the router does with an applied policy is the router's tests' business; here the
+policy region is read back to see that what SY.policy answered was really published.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hive_harness import fluxbee_argv, wait_until
+from test_hives_linked import LINK_TIMEOUT, Hive
+
+from fluxbee.dataplane.policy import Artefact
+from fluxbee.dataplane.shm.policy import PolicyRegionReader
+
+POLICY = 'package router\n\ntarget := "WF.echo@{hive}" if {{\n\tinput.meta.action == "echo"\n}}\n'
+BAD = 'package router\n\ntarget := "x" if {\n\tinput.meta.action ==\n}\n'
+
+
+@pytest.fixture(scope="module")
+def root() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="fbp", dir="/tmp"))
+    path.chmod(0o755)
+    subprocess.run(fluxbee_argv("wan", "ca", str(path / "ca")), check=True, capture_output=True, text=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _hive(root: Path, name: str, mother: str | None = None) -> Hive:
+    (root / name).mkdir(exist_ok=True)
+    return Hive(name, root / name, root / "ca", mother=mother, identity=False)
+
+
+@contextlib.contextmanager
+def running(*hives: Hive) -> Iterator[None]:
+    started: list[Hive] = []
+    try:
+        for h in hives:
+            h.start()
+            started.append(h)
+        yield
+    finally:
+        for h in reversed(started):
+            with contextlib.suppress(AssertionError):
+                h.stop()
+
+
+def _policy_ready(h: Hive) -> bool:
+    return h.call("GET", "/opa/status")[0] == 200
+
+
+def _region(h: Hive) -> tuple[int, str, str]:
+    """(version, hash, source) of what the hive's policy region holds."""
+    reader = PolicyRegionReader.open(h.hive_id, h.run_dir)
+    try:
+        snap = reader.read()
+        assert snap is not None
+        return snap.version, f"sha256:{snap.sha256}", Artefact.from_bytes(snap.artefact).source
+    finally:
+        reader.close()
+
+
+def _cli(h: Hive, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": "/nonexistent"}
+    return subprocess.run(fluxbee_argv("policy", "--url", f"http://127.0.0.1:{h.admin_port}", *args),
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_one_hive_round_trip_with_the_api_and_the_cli(root: Path) -> None:
+    a = _hive(root, "P")
+    rego = root / "p.rego"
+    rego.write_text(POLICY.format(hive="P"))
+    with running(a):
+        wait_until(lambda: _policy_ready(a), 30, "SY.policy answering")
+        # stage with the CLI: version 1, nothing current yet
+        staged = _cli(a, "--json", "compile", str(rego))
+        assert staged.returncode == 0, staged.stderr
+        out = json.loads(staged.stdout)
+        assert out["version"] == 1 and out["responses"][0]["staged"] is True and out["pending_hives"] == []
+        status = a.ok("GET", "/opa/status")
+        assert status["current"] is None and status["staged"]["version"] == 1
+
+        # bad Rego: COMPILE_ERROR with line and column, and no version taken
+        code, doc = a.call("POST", "/opa/policy/compile", {"rego": BAD})
+        assert (code, doc["error_code"]) == (422, "COMPILE_ERROR"), doc
+        assert doc["payload"]["line"] == 5 and isinstance(doc["payload"]["column"], int), doc
+        bad_file = root / "bad.rego"
+        bad_file.write_text(BAD)
+        failed = _cli(a, "compile", str(bad_file))
+        assert failed.returncode == 1 and "COMPILE_ERROR" in failed.stderr and "line 5" in failed.stderr
+        assert a.ok("GET", "/opa/status")["last_version"] == 1
+
+        # bad bodies: refused before anything is compiled or written
+        for body, code_wanted, error in (({}, 400, "COMPILE_ERROR"), ({"rego": 5}, 400, "INVALID_REQUEST"),
+                                         ({"rego": "x", "bogus": 1}, 400, "INVALID_REQUEST"),
+                                         ({"rego": "x" * 200_000}, 413, "PAYLOAD_TOO_LARGE")):
+            code, doc = a.call("POST", "/opa/policy", body)
+            assert (code, doc["error_code"]) == (code_wanted, error), (body if len(str(body)) < 80 else "big", doc)
+        code, doc = a.call("POST", "/opa/policy/apply", {"version": "1"})
+        assert (code, doc["error_code"]) == (400, "INVALID_REQUEST"), doc
+        code, doc = a.call("POST", "/opa/policy/apply", {"version": 9})
+        assert (code, doc["error_code"]) == (409, "VERSION_MISMATCH"), doc
+        assert a.ok("GET", "/opa/status")["last_version"] == 1
+        code, doc = a.call("POST", "/opa/policy/rollback", {})
+        assert (code, doc["error_code"]) == (409, "NO_BACKUP"), doc
+
+        # apply the staged version: current, and in the region under the hash SY.policy reports
+        applied = a.ok("POST", "/opa/policy/apply", {})
+        assert applied["version"] == 1 and applied["responses"][0]["applied"] is True
+        assert _region(a)[:2] == (1, applied["responses"][0]["hash"])
+
+        # check: evaluates against the current policy or given Rego, takes no version
+        checked = a.ok("POST", "/opa/policy/check", {"against": "current", "input": {"meta": {"action": "echo"}}})
+        assert checked["decision"]["target"] == "WF.echo@P" and checked["check_only"] is True
+        other = a.ok("POST", "/opa/policy/check", {"rego": POLICY.format(hive="Q"), "input": {"meta": {"action":
+                                                                                                    "echo"}}})
+        assert other["decision"]["target"] == "WF.echo@Q"
+        code, doc = a.call("POST", "/opa/policy/check", {"rego": BAD})
+        assert (code, doc["error_code"], doc["payload"]["line"]) == (422, "COMPILE_ERROR", 5), doc
+
+        # compile + apply a second version, then roll back: the first artefact as version 3
+        rego.write_text(POLICY.format(hive="Z"))
+        second = _cli(a, "compile", "--apply", str(rego))
+        assert second.returncode == 0 and "version 2" in second.stdout, second.stdout + second.stderr
+        assert _region(a)[0] == 2
+        back = a.ok("POST", "/opa/policy/rollback", {})
+        assert (back["version"], back["responses"][0]["restored_version"]) == (3, 1)
+        assert _region(a)[0] == 3 and _region(a)[2] == POLICY.format(hive="P")
+        got = a.ok("GET", "/opa/policy")
+        assert got["rego"] == POLICY.format(hive="P") and got["current"]["origin"] == "rollback:1"
+        assert got["applied_versions"] == [1, 2, 3]
+        shown = _cli(a, "status")
+        assert shown.returncode == 0 and "current: 3" in shown.stdout, shown.stdout
+
+    # a restart: the versions continue and the current artefact is in the region again
+    with running(a):
+        wait_until(lambda: _policy_ready(a), 30, "SY.policy answering after the restart")
+        wait_until(lambda: _region(a)[0] == 3, 30, "the current policy published again")
+        assert a.ok("GET", "/opa/status")["last_version"] == 3
+        assert a.ok("POST", "/opa/policy/compile", {"rego": POLICY.format(hive="P")})["version"] == 4
+
+
+def test_an_apply_on_the_mother_reaches_the_worker_or_names_it_pending(root: Path) -> None:
+    m = _hive(root, "M")
+    w = _hive(root, "W", mother="M")
+    with running(m, w):
+        m.ok("POST", "/hives", {"hive_id": "W", "address": w.wan})
+        wait_until(lambda: m.connected("W"), LINK_TIMEOUT, "M linked to W")
+        wait_until(lambda: _policy_ready(m) and _policy_ready(w), 30, "SY.policy on both hives")
+        done = m.ok("POST", "/opa/policy", {"rego": POLICY.format(hive="M")})
+        assert done["expected_hives"] == ["M", "W"] and done["pending_hives"] == [], done
+        assert {r["hive"]: (r["status"], r["version"]) for r in done["responses"]} == {"M": ("ok", 1),
+                                                                                     "W": ("ok", 1)}
+        assert _region(w)[:2] == (1, next(r["hash"] for r in done["responses"] if r["hive"] == "W"))
+        assert m.ok("GET", "/hives/W/opa/status")["current"]["version"] == 1  # read over the links
+        # SY.policy takes changes from its own hive's SY.admin and its mother's only: W's admin
+        # may not change the mother's policy, and M's SY.policy says so (nothing staged there)
+        code, doc = w.call("POST", "/hives/M/opa/policy", {"rego": POLICY.format(hive="W")})
+        assert (code, doc["error_code"]) == (403, "FORBIDDEN"), doc
+        assert m.ok("GET", "/opa/status")["last_version"] == 1
+
+        w.stop()
+        code, doc = m.call("POST", "/opa/policy", {"rego": POLICY.format(hive="N")})
+        assert code == 202 and doc["status"] == "sync_pending", doc
+        payload: dict[str, Any] = doc["payload"]
+        assert payload["version"] == 2 and payload["pending_hives"] == ["W"], payload
+        assert _region(m)[0] == 2
+        assert next(r for r in payload["responses"] if r["hive"] == "W")["status"] == "pending"
