@@ -184,7 +184,8 @@ class IdentityRegionReader(ClosedOnExit):
         base, heap, mask = self._ilk_base, self._heap_base, self.ilk_slots - 1
         i = _hash(key) & mask
         for _ in range(self.ilk_slots):
-            k, ref, expires, kind, itype, status, subtype, off, ln, aoff, aln = _ILK.unpack_from(mm, base + i * SLOT_SIZE)
+            k, ref, expires, kind, itype, status, subtype, off, ln, aoff, aln = _ILK.unpack_from(
+                mm, base + i * SLOT_SIZE)
             if kind == KIND_EMPTY:
                 return None
             if k == key and kind in (KIND_ILK, KIND_ALIAS):

@@ -9,9 +9,9 @@ from typing import Any
 import asyncpg
 
 from fluxbee.identity.model import (
-    HUMAN_SUBTYPES,
     DB_WRITE_FAILED,
     DUPLICATE_ICH,
+    HUMAN_SUBTYPES,
     ILK_NOT_FOUND,
     ILK_TYPES,
     INVALID_MERGE_SOURCE,
