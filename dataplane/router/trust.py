@@ -36,7 +36,7 @@ from pathlib import Path
 from fluxbee.dataplane import wire
 
 ALWAYS_CLAIMED = ("SY.", "RT.")
-PRIVILEGED = frozenset({wire.CONFIG_CHANGED, wire.ADMIN_COMMAND, wire.LINK_ADD, wire.LINK_REMOVE})
+PRIVILEGED = frozenset({wire.CONFIG_CHANGED, wire.ADMIN_COMMAND, wire.LINK_ADD, wire.LINK_REMOVE, wire.OPA_RELOAD})
 """Messages only authenticated system nodes (or granted names) may send."""
 NAME_CLAIMED = "NAME_CLAIMED"
 """Detail prefix of the INVALID_HELLO that refuses an unproven claim."""
