@@ -39,8 +39,6 @@ from fluxbee.policy_service.store import PolicyStore, Versioned
 log = logging.getLogger(__name__)
 
 NODE_NAME = "SY.policy"
-OPA_RELOAD = "OPA_RELOAD"
-OPA_DECISIONS_GET = "OPA_DECISIONS_GET"
 CHANGES = frozenset({"POLICY_COMPILE", "POLICY_APPLY", "POLICY_ROLLBACK"})
 READS = frozenset({"POLICY_CHECK", "POLICY_GET", "POLICY_STATUS"})
 RELOAD_TIMEOUT = 10.0
@@ -70,12 +68,14 @@ class RouterPublisher:
         try:
             reply = await self.sender.request(self.sender.router_uuid, {"version": item.version,
                                                                         "hash": f"sha256:{digest}"},
-                                              msg_type=wire.TYPE_SYSTEM, msg=OPA_RELOAD, timeout=RELOAD_TIMEOUT)
+                                              msg_type=wire.TYPE_SYSTEM, msg=wire.OPA_RELOAD, timeout=RELOAD_TIMEOUT)
         except SdkError as err:  # the router polls the region too: it is in place, only unconfirmed
             return {"status": "pending", "error": f"no OPA_RELOAD answer from the router: {err}",
                     "region_version": item.version}
         body = reply.payload if isinstance(reply.payload, dict) else {}
-        if body.get("status") == "ok":
+        # a router that took it says so, with the version it now runs (its answer carries its policy
+        # description, whose status is "loaded")
+        if body.get("status") in ("ok", "loaded") and body.get("version") == item.version:
             return {"status": "applied", "routers": [body]}
         return {"status": "error", "error": body.get("error_detail") or body.get("error_code") or "refused",
                 "error_code": body.get("error_code"), "routers": [body]}

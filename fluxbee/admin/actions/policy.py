@@ -238,8 +238,8 @@ async def opa_get_decisions(ctx: Context, target: str, p: OpaDecisionsParams, ca
     """The router's decision audit ring (``OPA_DECISIONS_GET``), newest last."""
     await check_hive(ctx, target)
     request = {k: v for k, v in (("limit", p.limit), ("after", p.after)) if v is not None}
-    msg, reply = await ctx.link.router_request("OPA_DECISIONS_GET", request, timeout=5.0)
-    if not isinstance(reply, dict) or msg != "OPA_DECISIONS_GET_RESPONSE":
+    msg, reply = await ctx.link.router_request(wire.OPA_DECISIONS_GET, request, timeout=5.0)
+    if not isinstance(reply, dict) or msg != wire.OPA_DECISIONS_GET_RESPONSE:
         raise AdminError("SERVICE_FAILED", f"the router answered {msg} to OPA_DECISIONS_GET")
     if reply.get("status") != "ok":
         _raise(reply, target)
