@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -24,6 +26,7 @@ import pytest
 from hive_harness import fluxbee_argv, wait_until
 from test_hives_linked import LINK_TIMEOUT, Hive
 
+from fluxbee.admin.client import admin_command
 from fluxbee.dataplane.policy import Artefact
 from fluxbee.dataplane.sdk import NodeConfig, connect
 from fluxbee.dataplane.shm.policy import PolicyRegionReader
@@ -113,6 +116,13 @@ def test_one_hive_round_trip_with_the_api_and_the_cli(root: Path) -> None:
         failed = _cli(a, "compile", str(bad_file))
         assert failed.returncode == 1 and "COMPILE_ERROR" in failed.stderr and "line 5" in failed.stderr
         assert a.ok("GET", "/opa/status")["last_version"] == 1
+        missing = _cli(a, "compile", str(root / "nope.rego"))
+        assert missing.returncode == 2 and "cannot read the policy file" in missing.stderr, missing.stderr
+        not_json = _cli(a, "check", "--input", str(bad_file))
+        assert not_json.returncode == 2 and "is not JSON" in not_json.stderr, not_json.stderr
+        down = subprocess.run(fluxbee_argv("policy", "--url", "http://127.0.0.1:9", "status"), capture_output=True,
+                              text=True, timeout=60)
+        assert down.returncode == 2 and "cannot reach" in down.stderr, down.stderr
 
         # bad bodies: refused before anything is compiled or written
         for body, code_wanted, error in (({}, 400, "COMPILE_ERROR"), ({"rego": 5}, 400, "INVALID_REQUEST"),
@@ -169,6 +179,39 @@ def test_one_hive_round_trip_with_the_api_and_the_cli(root: Path) -> None:
                    "the restarted router running version 3")
         assert a.ok("GET", "/opa/status")["last_version"] == 3
         assert a.ok("POST", "/opa/policy/compile", {"rego": POLICY.format(hive="P")})["version"] == 4
+
+
+async def _over_the_socket(h: Hive) -> None:
+    # a tool an operator granted ADMIN_COMMAND runs the same opa_* actions over the router
+    token = h.root / "tool.token"
+    token.write_text(secrets.token_hex(32))
+    digest = hashlib.sha256(token.read_text().encode()).hexdigest()
+    (h.run_dir / "claims" / "WF.policy.tool").write_text(
+        json.dumps({"credential_sha256": [digest], "grants": ["ADMIN_COMMAND"]}))
+    await asyncio.sleep(1.5)  # the router polls its claims dir every second
+    tool, _ = await connect(NodeConfig(name="WF.policy.tool", run_dir=h.run_dir, reconnect=False,
+                                       credential_file=token))
+    try:
+        out = await admin_command(tool, "opa_compile", params={"rego": POLICY.format(hive="S")}, timeout=60)
+        assert out["status"] == "ok" and out["payload"]["version"] == 1, out
+        out = await admin_command(tool, "opa_compile", params={"rego": BAD}, timeout=60)
+        assert out["error_code"] == "COMPILE_ERROR" and out["payload"]["line"] == 5, out
+        out = await admin_command(tool, "opa_get_status", target=h.hive_id)
+        assert out["payload"]["staged"]["version"] == 1 and out["payload"]["last_version"] == 1, out
+        # SY.policy itself believes no name: only SY.admin may change the policy, whoever asks
+        reply = await tool.request(f"SY.policy@{h.hive_id}", {"rego": POLICY.format(hive="S"), "apply": True},
+                                   msg_type="system", msg="POLICY_COMPILE", timeout=30)
+        assert (reply.meta.msg, reply.payload["error_code"]) == ("POLICY_COMPILE_RESPONSE", "FORBIDDEN"), reply
+    finally:
+        await tool.close()
+    assert h.ok("GET", "/opa/status")["last_version"] == 1
+
+
+def test_admin_command_and_the_service_s_own_check_of_the_sender(root: Path) -> None:
+    a = _hive(root, "S")
+    with running(a):
+        wait_until(lambda: _policy_ready(a), 30, "SY.policy answering")
+        asyncio.run(_over_the_socket(a))
 
 
 @pytest.mark.xfail(strict=True, reason="the router builds its regorus engine on a worker thread and evaluates "
