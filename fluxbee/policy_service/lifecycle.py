@@ -13,6 +13,9 @@ requests to it, and a :class:`Publisher` carries an applied artefact to the hive
   forward in version with the old artefact.  Without ``version`` it restores the applied version
   before the current one; with ``version`` that applied version (any of the newest kept).
 * At start the current artefact is published again (a restarted router or a fresh region gets it).
+* A worker hive follows its mother (:meth:`Lifecycle.follow`): a mother's current version above
+  every version the worker gave out is taken, so a worker that was down or cut off during an apply
+  catches up once it reaches its mother again.
 """
 
 from __future__ import annotations
@@ -192,6 +195,22 @@ class Lifecycle:
         self.last_result = {"version": item.version, "at_ms": int(time.time() * 1000), **result}
         return {"applied": True, "router": result}
 
+    async def follow(self, mother: dict[str, Any]) -> int | None:
+        """Take the mother hive's current policy (its POLICY_GET answer) when its version is above every
+        version this hive gave out: compiled here and applied under the mother's version.  The version
+        taken, or None when there was nothing to take."""
+        current = mother.get("current")
+        rego, entrypoint, data = mother.get("rego"), mother.get("entrypoint"), mother.get("data")
+        if not isinstance(current, dict) or not isinstance(rego, str) or not isinstance(entrypoint, str):
+            return None
+        version = current.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or version <= self.store.last_version():
+            return None
+        out = await self.compile(CompileRequest(rego=rego, entrypoint=entrypoint,
+                                                data=data if isinstance(data, dict) else None, version=version),
+                                 apply=True)
+        return int(out["version"])
+
     async def republish(self) -> None:
         """Publish the current artefact again (at start)."""
         current, _ = self._files()
@@ -234,6 +253,7 @@ class Lifecycle:
         if with_source:
             out["rego"] = current.artefact.source if current else None
             out["entrypoint"] = current.artefact.target_entrypoint if current else None
+            out["data"] = dict(current.artefact.data) if current else None
         else:
             out["last_apply"] = self.last_result
             out["router"] = await self.publisher.router_policy()

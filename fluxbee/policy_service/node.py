@@ -30,7 +30,7 @@ from typing import Any
 
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.policy import TARGET_ENTRYPOINT
-from fluxbee.dataplane.sdk import NodeConfig, NodeSender, SdkError, connect
+from fluxbee.dataplane.sdk import FrameTooLargeError, NodeConfig, NodeSender, SdkError, connect
 from fluxbee.dataplane.shm.policy import PolicyRegion, artefact_digest
 from fluxbee.dataplane.wire import Message
 from fluxbee.policy_service.lifecycle import CompileRequest, Lifecycle, PolicyServiceError
@@ -44,6 +44,8 @@ READS = frozenset({"POLICY_CHECK", "POLICY_GET", "POLICY_STATUS"})
 RELOAD_TIMEOUT = 10.0
 """How long an apply waits for the router's OPA_RELOAD_RESPONSE before calling it ``pending``."""
 HEARTBEAT_S = 2.0
+FOLLOW_S = 3.0
+"""How often a worker's SY.policy asks its mother's for the current policy."""
 
 
 def state_dir(run_dir: Path) -> Path:
@@ -132,6 +134,8 @@ class PolicyService:
         self.lifecycle = Lifecycle(self.store, RouterPublisher(sender, region), self.hive_id)
         tasks = [asyncio.create_task(self._heartbeat(region), name="policy-heartbeat"),
                  asyncio.create_task(self._republish(), name="policy-republish")]
+        if self.mother_hive:
+            tasks.append(asyncio.create_task(self._follow_mother(sender), name="policy-follow-mother"))
 
         async def serve() -> None:
             async for message in receiver:
@@ -166,6 +170,29 @@ class PolicyService:
         except PolicyServiceError as err:
             log.error("the current policy could not be published again at start: %s", err.detail)
 
+    async def _follow_mother(self, sender: NodeSender) -> None:
+        """Every :data:`FOLLOW_S`, ask the mother's SY.policy for its current policy and take a newer one."""
+        assert self.lifecycle is not None
+        mother = f"{NODE_NAME}@{self.mother_hive}"
+        while True:
+            await asyncio.sleep(FOLLOW_S)
+            try:
+                reply = await sender.request(mother, {}, msg_type=wire.TYPE_SYSTEM, msg="POLICY_GET", timeout=10.0)
+            except SdkError as err:  # down, unlinked: asked again next time
+                log.debug("%s not asked for its policy: %s", mother, err)
+                continue
+            if reply.routing.src_l2_name != mother or not isinstance(reply.payload, dict) \
+                    or reply.payload.get("status") != "ok":
+                continue
+            try:
+                async with self.lifecycle.lock:
+                    taken = await self.lifecycle.follow(reply.payload)
+            except PolicyServiceError as err:
+                log.error("the mother's policy could not be taken: %s: %s", err.code, err.detail)
+                continue
+            if taken is not None:
+                log.info("policy version %d taken from %s", taken, mother)
+
     async def handle(self, sender: NodeSender, msg: Message) -> None:
         action = msg.meta.msg
         if msg.meta.type != wire.TYPE_SYSTEM or action not in CHANGES | READS:
@@ -178,7 +205,13 @@ class PolicyService:
             log.exception("%s failed", action)
             payload = {"status": "error", "error_code": "INTERNAL_ERROR", "error_detail": str(err)}
         try:
-            await sender.reply(msg, payload, msg_type=wire.TYPE_SYSTEM, msg=f"{action}_RESPONSE")
+            try:
+                await sender.reply(msg, payload, msg_type=wire.TYPE_SYSTEM, msg=f"{action}_RESPONSE")
+            except FrameTooLargeError as err:  # say so rather than leave the asker to its timeout
+                await sender.reply(msg, {"status": "error", "error_code": "RESPONSE_TOO_LARGE",
+                                         "error_detail": f"the {action}_RESPONSE answer does not fit in a frame "
+                                                         f"({err.size} > {err.max_size} bytes)"},
+                                   msg_type=wire.TYPE_SYSTEM, msg=f"{action}_RESPONSE")
         except Exception as err:
             log.warning("%s_RESPONSE to %s lost: %s", action, msg.routing.src_l2_name, err)
 

@@ -38,7 +38,7 @@ MAX_POLICY_BYTES = wire.PAYLOAD_BUDGET - 8 * 1024
 """Largest Rego plus data accepted (JSON bytes): one frame to every hive, with room for the envelope."""
 _PASSED = frozenset({"COMPILE_ERROR", "VERSION_MISMATCH", "NOTHING_STAGED", "NO_BACKUP", "NOT_FOUND",
                      "INVALID_REQUEST", "FORBIDDEN", "OPA_ERROR", "POLICY_LOAD_ERROR", "STATE_WRITE_FAILED",
-                     "STATE_READ_FAILED"})
+                     "STATE_READ_FAILED", "RESPONSE_TOO_LARGE"})
 _KIND = {"opa_compile_apply": "compile", "opa_compile": "compile", "opa_apply": "apply", "opa_rollback": "rollback"}
 
 Hive = Field(default=None, min_length=1, max_length=64, description="One hive (\"broadcast\" or absent: every hive).")

@@ -2,7 +2,7 @@
 
 One hive for the single-hive round trip (stage, apply, rollback, check, bad bodies, a restart);
 then a mother and a linked worker for an apply that reaches both, and one made while the worker is
-down, which names it as pending.  Identity is off (``FLUXBEE_UP_IDENTITY=0``): SY.policy does not
+down, which names it as pending, and which the worker takes from its mother once it is back.  Identity is off (``FLUXBEE_UP_IDENTITY=0``): SY.policy does not
 need it.  What the router does with an applied policy is the router's tests' business; here the
 policy region is read back to see that what SY.policy answered was really published.
 """
@@ -255,3 +255,10 @@ def test_an_apply_on_the_mother_reaches_the_worker_or_names_it_pending(root: Pat
         assert payload["version"] == 2 and payload["pending_hives"] == ["W"], payload
         assert _region(m)[0] == 2
         assert next(r for r in payload["responses"] if r["hive"] == "W")["status"] == "pending"
+
+        # back up, W's SY.policy asks its mother for the current policy and takes version 2
+        w.start()
+        wait_until(lambda: _policy_ready(w) and (w.ok("GET", "/opa/status")["current"] or {}).get("version") == 2,
+                   LINK_TIMEOUT, "W catching up with its mother's version 2")
+        assert _region(w)[0] == 2 and _region(w)[2] == POLICY.format(hive="N")
+        assert w.ok("GET", "/opa/status")["router"]["version"] == 2
