@@ -2,9 +2,10 @@
 
 One hive for the single-hive round trip (stage, apply, rollback, check, bad bodies, a restart);
 then a mother and a linked worker for an apply that reaches both, and one made while the worker is
-down, which names it as pending, and which the worker takes from its mother once it is back.  Identity is off (``FLUXBEE_UP_IDENTITY=0``): SY.policy does not
-need it.  What the router does with an applied policy is the router's tests' business; here the
-policy region is read back to see that what SY.policy answered was really published.
+down, which names it as pending, and which the worker takes from its mother once it is back.
+Identity is off (``FLUXBEE_UP_IDENTITY=0``): SY.policy does not need it.  The router's answers
+(OPA_RELOAD_RESPONSE, its status) are checked, and the policy region is read back to see that what
+SY.policy answered was really published.
 """
 
 from __future__ import annotations
