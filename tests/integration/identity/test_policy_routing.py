@@ -19,7 +19,7 @@ from typing import Any
 import posix_ipc
 import pytest
 from conftest import Db, IdentityProc
-from hive_harness import RouterProc
+from hive_harness import RouterProc, wait_until
 
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.policy import compile_policy
@@ -172,6 +172,22 @@ async def test_seed_rules_capability_load_balancing_and_system_status(
         # the six messages differ only in payload: one evaluation, five cache hits
         assert (after["misses"] - before["misses"], after["hits"] - before["hits"]) == (1, 5)
 
+        # an identity change (a third agent gains the capability) reaches the policy's data within
+        # seconds: the engine is rebuilt once for the new identity version, not per message
+        agent3, rx3 = await node(run_dir, "AI.billing3")
+        made = await idc.register(orch, f"ilk:{uuid.uuid4()}", "agent", tenant,
+                                  identification={"node_name": "AI.billing3@t"})
+        await idc.update_ilk(orch, made["ilk_id"], add_capabilities=["billing"])
+        loaded_for = router.status()["policy"]["identity_version"]
+        wait_until(lambda: router.status()["policy"]["identity_version"] != loaded_for, 10,
+                   "the router to rebuild the policy data for the new identity version")
+        for i in range(6):
+            await io.send(None, {"n": i}, meta=wire.Meta(type="user", src_ilk=ilks["customer"],
+                                                          context={"required_capability": "billing"}))
+        counts = [len(await drain(rx)) for rx in (rx1, rx2, rx3)]
+        assert counts == [2, 2, 2], counts
+        await agent3.close()
+
         nothing = await io.request(None, {"n": 9}, raise_unreachable=False, timeout=5,
                                    meta=wire.Meta(type="user", context={"required_capability": "plumbing"}))
         assert nothing.payload["reason"] == wire.OPA_NO_TARGET
@@ -201,14 +217,14 @@ async def test_seed_rules_capability_load_balancing_and_system_status(
 
         audit = await decisions(io, router.uuid)
         results = Counter(d["result"] for d in audit["decisions"])
-        assert results == {"routed": 7, wire.OPA_NO_TARGET: 1, wire.POLICY_DENIED: 3, "allowed": 1}, results
+        assert results == {"routed": 13, wire.OPA_NO_TARGET: 1, wire.POLICY_DENIED: 3, "allowed": 1}, results
         assert {d["policy_version"] for d in audit["decisions"]} == {version}
         assert all(len(d["input_digest"]) == 16 for d in audit["decisions"])
         metrics = router.metrics()
         cache = router.status()["policy"]["cache"]
         assert f'fluxbee_router_policy_cache_total{{outcome="hit"}} {cache["hits"]}' in metrics, metrics
         assert f'fluxbee_router_policy_cache_total{{outcome="miss"}} {cache["misses"]}' in metrics
-        assert 'fluxbee_router_policy_decisions_total{result="routed"} 7' in metrics
+        assert 'fluxbee_router_policy_decisions_total{result="routed"} 13' in metrics
         assert 'fluxbee_router_policy_decisions_total{result="POLICY_DENIED"} 3' in metrics
         assert f"fluxbee_router_policy_version {version}" in metrics
         await admin_sender.close()
