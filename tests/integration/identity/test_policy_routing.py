@@ -318,6 +318,12 @@ async def test_a_new_version_under_load_routes_each_message_by_exactly_one_versi
             "one swap: every decision after it is by the new version"
         assert versions.count(first) == len(got_a) and versions.count(second) == len(got_b)
         assert all(d["resolved"] == ("AI.a@t" if d["policy_version"] == first else "AI.b@t") for d in audit)
+
+        # the safety net: a version published without OPA_RELOAD is found by the router's poll
+        third, _ = publisher.publish(by_name("AI.a"))
+        wait_until(lambda: router.status()["policy"]["version"] == third, 15, "the router to poll the region")
+        await io.send(None, {"polled": True})
+        assert (await a_rx.recv(timeout=5)).payload == {"polled": True}
     finally:
         for s in (io, a, b):
             await s.close()
