@@ -146,8 +146,10 @@ async def test_seed_rules_capability_load_balancing_and_system_status(
             made = await idc.register(desk, f"ilk:{uuid.uuid4()}", "human", tenant)
             await idc.update_ilk(orch, made["ilk_id"], human_subtype=subtype)
             ilks[who] = made["ilk_id"]
-        with pytest.raises(idc.IdentityCallError):  # a subtype only on humans, validated by SY.identity
-            await idc.update_ilk(orch, ilks["AI.billing1"], human_subtype="internal")
+        for ilk, subtype in ((ilks["AI.billing1"], "internal"), (ilks["staff"], "contractor")):
+            with pytest.raises(idc.IdentityCallError) as err:  # validated by SY.identity, nothing written
+                await idc.update_ilk(orch, ilk, human_subtype=subtype)
+            assert err.value.code == "INVALID_REQUEST"
 
         status = router.status()["policy"]
         assert status["status"] == "none" and status["version"] is None
