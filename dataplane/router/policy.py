@@ -71,6 +71,8 @@ IDENTITY_CHECK_S: Final = 1.0
 CACHE_ENTRIES: Final = 8192
 AUDIT_ENTRIES: Final = 1000
 MAX_DECISIONS_PAGE: Final = 1000
+MAX_DETAIL: Final = 1000
+"""Characters of an error detail kept in the status and of a reason kept in the audit ring."""
 
 # Error codes of OPA_RELOAD_RESPONSE and of the status' policy.error
 HASH_MISMATCH: Final = "HASH_MISMATCH"
@@ -322,7 +324,7 @@ class PolicyRuntime:
             failed = want if want is not None else self._region_version()
             if failed is not None and err.code != VERSION_MISMATCH:
                 self.refused.add(failed)
-            self.error = {"code": err.code, "detail": err.detail, "source": source,
+            self.error = {"code": err.code, "detail": err.detail[:MAX_DETAIL], "source": source,
                           "version": None if failed is None else failed[0],
                           "hash": None if failed is None else f"sha256:{failed[1]}"}
             log.warning("policy refused (%s): %s: %s; %s", source, err.code, err.detail,
@@ -402,7 +404,7 @@ class PolicyRuntime:
         self.audit.append((self.seq, time.time_ns() // 1_000_000,
                            current.version if current else None,
                            current.identity_version[1] if current else None, verdict.digest, verdict.target,
-                           resolved, verdict.allow, result, reason, verdict.engine, verdict.cached))
+                           resolved, verdict.allow, result, reason[:MAX_DETAIL], verdict.engine, verdict.cached))
 
     def decisions(self, payload: Any) -> dict[str, Any]:
         """OPA_DECISIONS_GET: ``{limit?: 1..1000, after?: seq}`` → the audit page (oldest first)."""
