@@ -237,10 +237,10 @@ def policy_target(target: str, registry: Registry[P], links: HiveReach | None, h
         handler = holders.handler_of(target)
         if not handler:
             return Refuse(wire.OPA_NO_TARGET, f"policy target {target}: no node handles that ILK")
-        return by_name(handler, registry, links)
+        return _stamped(handler, registry, links)
     nodes = holders.holders(target)
     if nodes is None:
-        return by_name(target, registry, links)
+        return _stamped(target, registry, links)
     hive_id = registry.hive_id
     live: list[str] = []
     for node in nodes:
@@ -254,7 +254,15 @@ def policy_target(target: str, registry: Registry[P], links: HiveReach | None, h
                                           "with that capability or role")
     turn = turns.get(target, 0)
     turns[target] = turn + 1
-    return by_name(live[turn % len(live)], registry, links)
+    return _stamped(live[turn % len(live)], registry, links)
+
+
+def _stamped(name: str, registry: Registry[P], links: HiveReach | None) -> Deliver[P] | Refuse | Drop | Forward:
+    """:func:`by_name`, with a forward addressed to the name the policy chose (decided here, once)."""
+    decision = by_name(name, registry, links)
+    if isinstance(decision, Forward) and decision.dst is None:
+        return Forward(decision.hive, name)
+    return decision
 
 
 def broadcast(trace_id: str, seen: Mapping[str, float]) -> Refuse | Drop | None:

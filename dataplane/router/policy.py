@@ -11,9 +11,12 @@ What it does (the README's "Routing policies" section has the protocol):
 * **Identity data.** The engine is loaded with the policy's own data plus ``data.identity`` and its
   indexes, built from the identity region (:func:`build_identity_data`), once per identity version:
   when SY.identity publishes a change the engine is rebuilt with the new data (checked every
-  :data:`IDENTITY_CHECK_S`), never per message. Artefact decoding, identity copy and engine load run
-  in a worker thread; the event loop only swaps the finished :class:`Loaded` in, so every message is
-  decided by exactly one (policy version, identity version).
+  :data:`IDENTITY_CHECK_S`), never per message. Reading the region, checking and decoding the
+  artefact and copying the identity data run in a worker thread; the engine is loaded on the event
+  loop (a regorus engine may only be used by the thread that made it; parsing the data document of
+  10,000 identities holds the loop for tens of milliseconds, once per version), which then swaps the
+  finished :class:`Loaded` in, so every message is decided by exactly one (policy version, identity
+  version).
 * **Deciding.** :meth:`PolicyRuntime.evaluate` answers one message with a :class:`Verdict` (target,
   allow, or the evaluation error). Verdicts are cached by (policy version, identity version, the
   sender, its name and the meta bytes: everything the input is built from), bounded to
@@ -68,6 +71,8 @@ IDENTITY_CHECK_S: Final = 1.0
 CACHE_ENTRIES: Final = 8192
 AUDIT_ENTRIES: Final = 1000
 MAX_DECISIONS_PAGE: Final = 1000
+MAX_DETAIL: Final = 1000
+"""Characters of an error detail kept in the status and of a reason kept in the audit ring."""
 
 # Error codes of OPA_RELOAD_RESPONSE and of the status' policy.error
 HASH_MISMATCH: Final = "HASH_MISMATCH"
@@ -155,10 +160,33 @@ def identity_data(hive_id: str, name: str) -> tuple[tuple[int, int], dict[str, A
     return (generation, version), data, handlers, {t: tuple(sorted(n)) for t, n in tags.items()}
 
 
-def build(region: str, hive_id: str, identity_name: str, want: tuple[int, str] | None,
-          reuse: Loaded | None) -> Loaded:
-    """Read, check and load a policy (in a worker thread). ``want``: the (version, digest) an
-    OPA_RELOAD names; ``reuse``: rebuild this policy with fresh identity data, without the region."""
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """Everything of a policy but its engine: what the worker thread reads and checks."""
+
+    version: int
+    sha256: str
+    artefact: Artefact
+    identity_version: tuple[int, int]
+    data: dict[str, Any]
+    handlers: dict[str, str]
+    tag_nodes: dict[str, tuple[str, ...]]
+
+    def load(self) -> Loaded:
+        """Load the engine, on the thread that will evaluate with it (regorus engines are bound to
+        the thread that made them)."""
+        try:
+            engine = load(self.artefact, self.data)
+        except PolicyError as err:
+            raise Refused(POLICY_LOAD_ERROR, str(err)) from err
+        return Loaded(self.version, self.sha256, self.artefact, engine, self.identity_version, self.handlers,
+                      self.tag_nodes)
+
+
+def prepare(region: str, hive_id: str, identity_name: str, want: tuple[int, str] | None,
+            reuse: Loaded | None) -> Prepared:
+    """Read and check a policy and the identity data (in a worker thread). ``want``: the (version,
+    digest) an OPA_RELOAD names; ``reuse``: this policy again, with fresh identity data."""
     if reuse is not None:
         version, sha256, artefact = reuse.version, reuse.sha256, reuse.artefact
     else:
@@ -186,11 +214,7 @@ def build(region: str, hive_id: str, identity_name: str, want: tuple[int, str] |
         except PolicyError as err:
             raise Refused(POLICY_LOAD_ERROR, str(err)) from err
     identity_version, data, handlers, tag_nodes = identity_data(hive_id, identity_name)
-    try:
-        engine = load(artefact, data)
-    except PolicyError as err:
-        raise Refused(POLICY_LOAD_ERROR, str(err)) from err
-    return Loaded(version, sha256, artefact, engine, identity_version, handlers, tag_nodes)
+    return Prepared(version, sha256, artefact, identity_version, data, handlers, tag_nodes)
 
 
 class PolicyRuntime:
@@ -287,18 +311,20 @@ class PolicyRuntime:
                 if refused is not None:
                     return {**answer, "status": "error", "version": version, "hash": f"sha256:{digest}",
                             "error_code": refused.code, "error_detail": refused.detail}
-        return {**answer, "status": "ok", **self.describe()}
+        return {**answer, **self.describe(), "status": "ok"}
 
     async def _load(self, want: tuple[int, str] | None, reuse: Loaded | None, source: str) -> Refused | None:
         s = self._router.settings
         try:
-            loaded = await asyncio.to_thread(build, self.region, s.hive_id, self._router.l3.region_name, want, reuse)
+            prepared = await asyncio.to_thread(prepare, self.region, s.hive_id, self._router.l3.region_name,
+                                               want, reuse)
+            loaded = prepared.load()
         except Refused as err:
             self.reloads["refused"] += 1
             failed = want if want is not None else self._region_version()
             if failed is not None and err.code != VERSION_MISMATCH:
                 self.refused.add(failed)
-            self.error = {"code": err.code, "detail": err.detail, "source": source,
+            self.error = {"code": err.code, "detail": err.detail[:MAX_DETAIL], "source": source,
                           "version": None if failed is None else failed[0],
                           "hash": None if failed is None else f"sha256:{failed[1]}"}
             log.warning("policy refused (%s): %s: %s; %s", source, err.code, err.detail,
@@ -358,7 +384,9 @@ class PolicyRuntime:
             decision = current.engine.evaluate(doc)
         except PolicyError as err:
             verdict = Verdict(None, None, current.engine.name, digest, str(err))
-        except Exception as err:  # an engine bug must cost one message, not the router
+        except (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError):
+            raise
+        except BaseException as err:  # an engine bug (a Rust panic is a BaseException) costs one message
             log.exception("policy engine failed on input %s", digest)
             verdict = Verdict(None, None, current.engine.name, digest, f"{type(err).__name__}: {err}")
         else:
@@ -376,7 +404,7 @@ class PolicyRuntime:
         self.audit.append((self.seq, time.time_ns() // 1_000_000,
                            current.version if current else None,
                            current.identity_version[1] if current else None, verdict.digest, verdict.target,
-                           resolved, verdict.allow, result, reason, verdict.engine, verdict.cached))
+                           resolved, verdict.allow, result, reason[:MAX_DETAIL], verdict.engine, verdict.cached))
 
     def decisions(self, payload: Any) -> dict[str, Any]:
         """OPA_DECISIONS_GET: ``{limit?: 1..1000, after?: seq}`` → the audit page (oldest first)."""

@@ -106,9 +106,10 @@ class IlkWrites(StoreBase):
                 await conn.execute(
                     "UPDATE identity_ilks SET ilk_type = $2, tenant_id = $3, identification = $4, roles = $5, "
                     "capabilities = $6, email = $7, node_name = $8, registration_status = 'complete', "
-                    "human_subtype = CASE WHEN $2 = 'human' THEN human_subtype END, "
+                    "human_subtype = CASE WHEN $10 THEN human_subtype END, "
                     "registered_by = $9, registered_at = coalesce(registered_at, now()), updated_at = now() "
-                    "WHERE ilk_id = $1", ilk, req.ilk_type, tenant, ident, roles, caps, email, node_name, by)
+                    "WHERE ilk_id = $1", ilk, req.ilk_type, tenant, ident, roles, caps, email, node_name, by,
+                    req.ilk_type == "human")
             else:
                 await conn.execute(
                     "INSERT INTO identity_ilks (ilk_id, ilk_type, registration_status, tenant_id, identification, "
