@@ -215,9 +215,6 @@ def test_admin_command_and_the_service_s_own_check_of_the_sender(root: Path) -> 
         asyncio.run(_over_the_socket(a))
 
 
-@pytest.mark.xfail(strict=True, reason="the router builds its regorus engine on a worker thread and evaluates "
-                   "on the event loop's: regorus engines are bound to their thread (pyo3 panics 'unsendable') "
-                   "and the sender's connection is dropped")
 def test_a_dst_null_message_is_decided_by_the_applied_policy_and_audited(root: Path) -> None:
     a = _hive(root, "D")
     with running(a):
