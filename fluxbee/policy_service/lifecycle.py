@@ -246,7 +246,11 @@ class Lifecycle:
 
     async def describe(self, *, with_source: bool) -> dict[str, Any]:
         current, staged = self._files()
-        out: dict[str, Any] = {"status": "ok", "hive": self.hive_id, "last_version": self.store.last_version(),
+        try:
+            last = self.store.last_version()
+        except StoreError as err:
+            raise PolicyServiceError("STATE_READ_FAILED", str(err)) from err
+        out: dict[str, Any] = {"status": "ok", "hive": self.hive_id, "last_version": last,
                                "current": current.summary() if current else None,
                                "staged": staged.summary() if staged else None,
                                "applied_versions": self.store.applied_versions()}

@@ -101,6 +101,10 @@ def _scope(ctx: Context, target: str, p: OpaWriteParams) -> str | None:
 
 
 async def _every_hive(ctx: Context) -> list[str]:
+    """This hive, then every other it knows; a worker (a hive with a mother) only itself: the other
+    hives' SY.policy take changes from their own admin and their mother's only."""
+    if (await ctx.backend.hive_info()).get("mother_hive"):
+        return [ctx.backend.hive_id]
     others = set(await ctx.backend.remote_hives()) | set((await wan.wan_view(ctx.link)).reachable)
     return [ctx.backend.hive_id, *sorted(others - {ctx.backend.hive_id})]
 
@@ -183,7 +187,8 @@ def _response(hive: str, reply: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _known(ctx: Context, hive: str) -> None:
-    if hive in await _every_hive(ctx):
+    others = set(await ctx.backend.remote_hives()) | set((await wan.wan_view(ctx.link)).reachable)
+    if hive in others:
         return
     await check_hive(ctx, hive)  # raises NOT_FOUND / HIVE_NOT_CONNECTED
 

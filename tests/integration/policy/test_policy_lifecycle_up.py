@@ -260,3 +260,8 @@ def test_an_apply_on_the_mother_reaches_the_worker_or_names_it_pending(root: Pat
                    LINK_TIMEOUT, "W catching up with its mother's version 2")
         assert _region(w)[0] == 2 and _region(w)[2] == POLICY.format(hive="N")
         assert w.ok("GET", "/opa/status")["router"]["version"] == 2
+
+        # on a worker, a write without a hive is for the worker alone
+        own = w.ok("POST", "/opa/policy", {"rego": POLICY.format(hive="W")})
+        assert (own["expected_hives"], own["version"]) == (["W"], 3), own
+        assert m.ok("GET", "/opa/status")["last_version"] == 2
