@@ -373,15 +373,15 @@ class _FluxbeeNullPeer(_Peer):
 
         self.base = base
         self.pids = base.pids
-        self.to_echo = Meta(type="user")
         self.to_sink = Meta(type="user", context={"to": "sink"})
 
     async def rtt(self, count: int) -> list[float]:
-        request, payload, meta = self.base.sender.request, self.base.payload, self.to_echo
+        # No meta, like the explicit round trip: the policy's default target is the echo node.
+        request, payload = self.base.sender.request, self.base.payload
         samples: list[float] = []
         for _ in range(count):
             t0 = time.perf_counter_ns()
-            await request(None, payload, meta=meta)
+            await request(None, payload)
             samples.append((time.perf_counter_ns() - t0) / 1000)
         return samples
 
