@@ -218,6 +218,9 @@ OPERATOR_WORKER_LIMIT: Final[Var[int]] = Var(
 IDENTITY_KEY_CONFIGMAP: Final[Var[str]] = Var(
     "FLUXBEE_IDENTITY_KEY_CONFIGMAP", text, "fluxbee-identity-key",
     "ConfigMap with SY.identity's public key (degree checks).", ("operator",))
+UP_POLICY: Final[Var[bool]] = Var(
+    "FLUXBEE_UP_POLICY", zero_means_off, True,
+    "`0`: `fluxbee up` runs no SY.policy (no routing policy can be applied).", ("up",), default_doc="on")
 OPA: Final[Var[str | None]] = Var(
     "FLUXBEE_OPA", text, None,
     "The `opa` that compiles Rego to WebAssembly (must be an executable file).", ("policy compile", "bench"),
@@ -254,7 +257,7 @@ IDENTITY_PUBLIC_KEY: Final[Var[Path | None]] = Var(
 VARIABLES: Final[tuple[Var[Any], ...]] = (
     RUN_DIR, NODE_CREDENTIAL_FILE, NODE_CONFIG, PURE_PYTHON, LOG,
     ADMIN_TOKEN, ADMIN_URL, ADMIN_HEADER_TIMEOUT, ADMIN_BODY_TIMEOUT, ADMIN_MAX_CONNECTIONS, HIVE_RESOURCE,
-    SERVICE_ACCOUNT_DIR, IDENTITY_DB_URL, UP_IDENTITY, OPA,
+    SERVICE_ACCOUNT_DIR, IDENTITY_DB_URL, UP_IDENTITY, UP_POLICY, OPA,
     IMAGE, IMAGE_PULL_POLICY, WATCH_NAMESPACE, OPERATOR_PEERING, OPERATOR_PRIORITY, OPERATOR_WORKER_LIMIT,
     IDENTITY_KEY_CONFIGMAP, OPERATOR_RESYNC_INTERVAL, POSTGRES_IMAGE, WAN_CA_SECRET, WAN_CA_NAMESPACE,
     HIVE_ID, NODE_NAME, REPLICA, AGENT_ILK, DEGREE, IDENTITY_PUBLIC_KEY,

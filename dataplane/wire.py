@@ -79,6 +79,12 @@ LINK_REMOVE_RESPONSE: Final = "LINK_REMOVE_RESPONSE"
 ROUTER_STATUS_GET: Final = "ROUTER_STATUS_GET"
 ROUTER_STATUS_GET_RESPONSE: Final = "ROUTER_STATUS_GET_RESPONSE"
 PROTOCOL_ERROR: Final = "PROTOCOL_ERROR"
+# The policy region's reload signal (as in the original; privileged like CONFIG_CHANGED), and ours:
+# the router's answer to it and the audit of its policy decisions (README: Routing policies).
+OPA_RELOAD: Final = "OPA_RELOAD"
+OPA_RELOAD_RESPONSE: Final = "OPA_RELOAD_RESPONSE"
+OPA_DECISIONS_GET: Final = "OPA_DECISIONS_GET"
+OPA_DECISIONS_GET_RESPONSE: Final = "OPA_DECISIONS_GET_RESPONSE"
 
 # UNREACHABLE reasons, as in the original.
 NODE_NOT_FOUND: Final = "NODE_NOT_FOUND"
@@ -88,6 +94,8 @@ GATEWAY_UNAVAILABLE: Final = "GATEWAY_UNAVAILABLE"
 WAN_UNAVAILABLE: Final = "WAN_UNAVAILABLE"
 OPA_ERROR: Final = "OPA_ERROR"
 OPA_NO_TARGET: Final = "OPA_NO_TARGET"
+# Ours: the policy's allow rule refused a message carrying meta.action.
+POLICY_DENIED: Final = "POLICY_DENIED"
 # Ours: the frame's routing.src is not the connection's node (anti-spoofing).
 SRC_MISMATCH: Final = "SRC_MISMATCH"
 # Ours: the destination's outbound buffer is full (slow consumer).
@@ -161,6 +169,7 @@ class MetaView(msgspec.Struct, frozen=True):
     target: str | None = None
     src_ilk: str | None = None
     dst_ilk: str | None = None
+    action: Any = None  # free-form in meta: only a string is an action (a policy's allow rule guards it)
 
 
 class Message(msgspec.Struct):

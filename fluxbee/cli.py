@@ -523,6 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_ctl(sub)
 
+    from fluxbee.admin.policy_cli import register as register_policy
+
+    register_policy(sub)
+
     s = sub.add_parser("send", help="send a message as an ephemeral node")
     s.add_argument("name", help="destination: L2 name, name@*, UUID or 'broadcast'")
     s.add_argument("--payload", help="JSON payload")

@@ -27,6 +27,27 @@ SYSTEM_DATA_KEYS: Final = frozenset({"identity", "identity_aliases", "by_capabil
 
 _encoder = msgspec.json.Encoder(order="sorted")
 
+ARTEFACT_FORMAT: Final = 1
+"""Version of :meth:`Artefact.to_bytes`'s encoding; :meth:`Artefact.from_bytes` refuses others."""
+
+
+class _Wire(msgspec.Struct, forbid_unknown_fields=True):
+    """The serialised form of an :class:`Artefact` (MessagePack, keys sorted)."""
+
+    format: int
+    source: str
+    wasm: bytes | None
+    sha256: str
+    target_entrypoint: str
+    allow_entrypoint: str | None
+    data: dict[str, Any]
+    compiler: str
+    fallback_reason: str | None
+
+
+_wire_encoder = msgspec.msgpack.Encoder(order="sorted")
+_wire_decoder = msgspec.msgpack.Decoder(_Wire)
+
 
 def canonical_json(value: Any) -> bytes:
     """JSON with sorted keys and no spaces: equal documents give equal bytes (and digests)."""
@@ -65,6 +86,36 @@ class Artefact:
     @staticmethod
     def digest(source: str, wasm: bytes | None) -> str:
         return hashlib.sha256(wasm if wasm is not None else source.encode("utf-8")).hexdigest()
+
+    def to_bytes(self) -> bytes:
+        """The artefact as bytes (MessagePack with sorted keys): what the policy region and the
+        links carry. Equal artefacts give equal bytes, so the bytes' SHA-256 identifies a version's
+        artefact (module, source, data and entry points together)."""
+        return _wire_encoder.encode(_Wire(
+            format=ARTEFACT_FORMAT, source=self.source, wasm=self.wasm, sha256=self.sha256,
+            target_entrypoint=self.target_entrypoint, allow_entrypoint=self.allow_entrypoint,
+            data=dict(self.data), compiler=self.compiler, fallback_reason=self.fallback_reason))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Artefact:
+        """Decode :meth:`to_bytes`'s output and :meth:`verify` it.
+
+        :class:`PolicyLoadError` for bytes that are not an artefact (truncated, wrong types,
+        unknown fields, another format version) or whose module no longer matches its digest.
+        """
+        try:
+            wire = _wire_decoder.decode(raw)
+        except msgspec.DecodeError as exc:  # ValidationError is a subclass
+            raise PolicyLoadError(f"not a policy artefact: {exc}") from exc
+        if wire.format != ARTEFACT_FORMAT:
+            raise PolicyLoadError(
+                f"artefact format {wire.format}; this router reads format {ARTEFACT_FORMAT}")
+        artefact = cls(
+            source=wire.source, wasm=wire.wasm, sha256=wire.sha256,
+            target_entrypoint=wire.target_entrypoint, allow_entrypoint=wire.allow_entrypoint,
+            data=wire.data, compiler=wire.compiler, fallback_reason=wire.fallback_reason)
+        artefact.verify()
+        return artefact
 
     def verify(self) -> None:
         """Raise :class:`PolicyLoadError` unless ``sha256`` matches the module (or source)."""

@@ -32,7 +32,8 @@ HUMAN_SUBTYPES: Final = ("internal", "external")
 class IdentityRecord:
     """One identity as the identity region publishes it.
 
-    ``human_subtype`` is ``"internal"`` or ``"external"`` for humans and empty otherwise;
+    ``human_subtype`` is ``"internal"`` or ``"external"`` for humans whose subtype is known (empty
+    for a human no one classified yet: a policy treats it as neither) and empty otherwise;
     ``handler_node`` may be empty (an identity no node handles).
     """
 
@@ -52,7 +53,7 @@ def _check(record: IdentityRecord) -> None:
         raise ValueError(f"identity {record.ilk}: unknown type {record.type!r}; expected one of "
                          f"{', '.join(ILK_TYPES)}")
     if record.type == "human":
-        if record.human_subtype not in HUMAN_SUBTYPES:
+        if record.human_subtype and record.human_subtype not in HUMAN_SUBTYPES:
             raise ValueError(f"identity {record.ilk}: human subtype {record.human_subtype!r}; expected one of "
                              f"{', '.join(HUMAN_SUBTYPES)}")
     elif record.human_subtype:

@@ -40,6 +40,17 @@ def handle_system(router: Router, conn: Conn, env: wire.RawEnvelope, meta: wire.
         return True
     if msg == wire.CONFIG_CHANGED:
         return config_changed(router, conn, env)
+    if msg == wire.OPA_RELOAD:  # whatever its dst, like CONFIG_CHANGED; screen() let only SY.* nodes through
+        opa_reload(router, conn, env)
+        return True
+    if to_router and msg == wire.OPA_DECISIONS_GET:
+        try:
+            body = msgspec.json.decode(env.payload) if env.payload else None
+            page = router.policy.decisions(body)
+        except (msgspec.DecodeError, ValueError) as err:
+            page = {"status": "error", "error_code": "INVALID_REQUEST", "error_detail": str(err)}
+        reply(router, conn, routing, wire.OPA_DECISIONS_GET_RESPONSE, page)
+        return True
     if to_router and msg in (wire.LINK_ADD, wire.LINK_REMOVE):
         if router.links is None:
             answer = wire.LINK_ADD_RESPONSE if msg == wire.LINK_ADD else wire.LINK_REMOVE_RESPONSE
@@ -62,6 +73,24 @@ def handle_system(router: Router, conn: Conn, env: wire.RawEnvelope, meta: wire.
         unreachable(router, conn, routing, wire.NODE_NOT_FOUND, f"the router does not handle {msg}")
         return True
     return False
+
+def opa_reload(router: Router, conn: Conn, env: wire.RawEnvelope) -> None:
+    """Load the policy region's artefact OPA_RELOAD names (off the event loop); answer the sender
+    OPA_RELOAD_RESPONSE once it runs or was refused."""
+    try:
+        payload = msgspec.json.decode(env.payload)
+    except msgspec.DecodeError:
+        payload = None
+    routing = wire.Routing(src=env.routing.src, dst=env.routing.dst, ttl=env.routing.ttl,
+                           trace_id=env.routing.trace_id)
+
+    async def run() -> None:
+        answer = await router.policy.reload(payload)
+        if not conn.closing:
+            reply(router, conn, routing, wire.OPA_RELOAD_RESPONSE, answer)
+
+    router.policy.spawn(run())
+
 
 def config_changed(router: Router, conn: Conn, env: wire.RawEnvelope) -> bool:
     """Apply a CONFIG_CHANGED for ``routes`` or ``vpn(s)`` and pass it on to every other node; True if consumed.
@@ -137,6 +166,10 @@ def refuse_privileged(router: Router, conn: Conn, env: wire.RawEnvelope, msg: st
         body = msgspec.json.decode(env.payload)
     except msgspec.DecodeError:
         body = None
+    if msg == wire.OPA_RELOAD:
+        reply(router, conn, routing, wire.OPA_RELOAD_RESPONSE,
+              {"router": router.name, "status": "error", "error_code": trust.FORBIDDEN, "error_detail": detail})
+        return
     if msg in (wire.LINK_ADD, wire.LINK_REMOVE):
         answer = wire.LINK_ADD_RESPONSE if msg == wire.LINK_ADD else wire.LINK_REMOVE_RESPONSE
         reply(router, conn, routing, answer, {"status": "error", "error_code": trust.FORBIDDEN, "error_detail": detail})

@@ -133,14 +133,17 @@ def expired(ttl: int) -> Expired | None:
     return EXPIRED if ttl == 0 else None
 
 
-def needs_rules(meta: wire.MetaView) -> bool:
+def needs_rules(meta: wire.MetaView, guard_actions: bool = False) -> bool:
     """Whether a frame's meta alone calls for more than delivery to its destination.
 
-    System messages may be the router's own or cross VPNs; privileged messages need :func:`screen`.
-    The fast path takes only frames for which this is false (and memoises the answer per meta).
+    System messages may be the router's own or cross VPNs; privileged messages need :func:`screen`;
+    with ``guard_actions`` (the loaded policy has an ``allow`` rule) a meta carrying an action needs
+    the policy. The fast path takes only frames for which this is false (and memoises the answer per
+    meta, forgetting it when the policy changes).
     """
     msg = meta.msg
-    return meta.type == wire.TYPE_SYSTEM or (msg is not None and msg in trust.PRIVILEGED)
+    return (meta.type == wire.TYPE_SYSTEM or (msg is not None and msg in trust.PRIVILEGED)
+            or (guard_actions and isinstance(meta.action, str)))
 
 
 def may_reach(src: Peer, dst: Peer, meta: wire.MetaView) -> bool:
@@ -211,6 +214,55 @@ def by_name(dst: str, registry: Registry[P], links: HiveReach | None = None) -> 
             return Forward(hive)
         return Refuse(wire.WAN_UNAVAILABLE, f"{full} is in hive {hive!r}, which no link reaches")
     return Refuse(wire.NODE_NOT_FOUND, f"no node named {full} is connected")
+
+
+class Holders(Protocol):
+    """What the policy target rules read of the identity data the policy was loaded with."""
+
+    def handler_of(self, ilk: str) -> str | None: ...  # the node handling an ILK (aliases followed)
+
+    def holders(self, tag: str) -> Sequence[str] | None: ...  # nodes of the ILKs with that capability or role
+
+
+def policy_target(target: str, registry: Registry[P], links: HiveReach | None, holders: Holders,
+                  turns: dict[str, int]) -> Deliver[P] | Refuse | Drop | Forward:
+    """Where a policy's ``target`` sends a ``dst: null`` message.
+
+    ``ilk:<uuid>`` goes to the node handling that ILK. A capability or role some ILK holds goes to one
+    of the live nodes handling such ILKs, in turn (``turns`` keeps each tag's round-robin position).
+    Anything else is a node name (``name``, ``name@hive``, ``name@*``), as :func:`by_name` routes it.
+    Nothing live for an ILK, capability or role is ``OPA_NO_TARGET``.
+    """
+    if target.startswith("ilk:"):
+        handler = holders.handler_of(target)
+        if not handler:
+            return Refuse(wire.OPA_NO_TARGET, f"policy target {target}: no node handles that ILK")
+        return _stamped(handler, registry, links)
+    nodes = holders.holders(target)
+    if nodes is None:
+        return _stamped(target, registry, links)
+    hive_id = registry.hive_id
+    live: list[str] = []
+    for node in nodes:
+        full = node if "@" in node else f"{node}@{hive_id}"
+        hive = split_name(full)[1]
+        group = registry.named(full)
+        if (group is not None and group.conns) or (hive != hive_id and links is not None and links.reaches(hive)):
+            live.append(full)
+    if not live:
+        return Refuse(wire.OPA_NO_TARGET, f"policy target {target!r}: no live node handles an identity "
+                                          "with that capability or role")
+    turn = turns.get(target, 0)
+    turns[target] = turn + 1
+    return _stamped(live[turn % len(live)], registry, links)
+
+
+def _stamped(name: str, registry: Registry[P], links: HiveReach | None) -> Deliver[P] | Refuse | Drop | Forward:
+    """:func:`by_name`, with a forward addressed to the name the policy chose (decided here, once)."""
+    decision = by_name(name, registry, links)
+    if isinstance(decision, Forward) and decision.dst is None:
+        return Forward(decision.hive, name)
+    return decision
 
 
 def broadcast(trace_id: str, seen: Mapping[str, float]) -> Refuse | Drop | None:

@@ -22,6 +22,7 @@ from fluxbee.dataplane.router.answers import dst_text, reply, unreachable
 from fluxbee.dataplane.router.connection import Conn
 from fluxbee.dataplane.router.l3 import with_src_ilk
 from fluxbee.dataplane.router.links import RemoteNode
+from fluxbee.dataplane.router.policy import Verdict
 
 if TYPE_CHECKING:
     from fluxbee.dataplane.router.server import Router
@@ -73,24 +74,85 @@ def route_decoded(router: Router, conn: Conn, env: wire.RawEnvelope, meta: wire.
     routing.src_l2_name = conn.name
     dst = routing.dst
     if dst is None:
-        resolved = router.l3.resolve(meta.src_ilk, meta.dst_ilk)  # identity pre-resolve (router/l3.py)
-        if resolved is None:
-            unreachable(router, conn, routing, wire.OPA_ERROR, "no routing policy is loaded for dst=null")
-            return
-        if resolved.canonical_src_ilk is not None:
-            env.meta = with_src_ilk(env.meta, resolved.canonical_src_ilk)
-        decision = decide.by_name(resolved.target, router.registry, router.links)
-        if isinstance(decision, decide.Forward) and decision.dst is None:
-            routing.dst = resolved.target  # resolved here: the routers after this one route the name
-        carry_out(router, conn, env, meta, decision)
+        route_null(router, conn, env, meta)
         return
     if dst == wire.BROADCAST:
         broadcast(router, conn, env, meta)
         return
+    if router.policy.guards_actions and isinstance(meta.action, str):
+        verdict = policy_verdict(router, conn, env, meta)
+        if verdict is None:
+            return
+        router.policy.record(verdict, "allowed", f"action {meta.action!r} allowed", dst)
     decision = decide.to_node(dst, router.registry, router.links)
     if isinstance(decision, decide.Refuse) and router.links is not None and wire.is_uuid(dst) \
             and router.links.by_uuid(conn, dst, env, meta):
         return  # a node another router serves (mesh peer or another hive)
+    carry_out(router, conn, env, meta, decision)
+
+
+def policy_verdict(router: Router, conn: Conn, env: wire.RawEnvelope, meta: wire.MetaView) -> Verdict | None:
+    """The running policy's verdict on a message, or None once it was refused (answered, audited):
+    no policy, an evaluation error (OPA_ERROR), or an action the allow rule does not allow."""
+    routing = env.routing
+    policy = router.policy
+    verdict = policy.evaluate(routing.src, conn.name, bytes(env.meta))
+    if verdict is None:
+        unreachable(router, conn, routing, wire.OPA_ERROR, "no routing policy is loaded for dst=null")
+        return None
+    if verdict.error is not None:
+        policy.record(verdict, wire.OPA_ERROR, verdict.error, None)
+        unreachable(router, conn, routing, wire.OPA_ERROR, f"policy evaluation failed: {verdict.error}")
+        return None
+    if isinstance(meta.action, str) and verdict.allow is False:
+        detail = f"the policy does not allow action {meta.action!r} from {conn.name}"
+        policy.record(verdict, wire.POLICY_DENIED, detail, None)
+        unreachable(router, conn, routing, wire.POLICY_DENIED, detail)
+        return None
+    return verdict
+
+
+def route_null(router: Router, conn: Conn, env: wire.RawEnvelope, meta: wire.MetaView) -> None:
+    """``dst: null``: the identity pre-resolve (router/l3.py), then the policy's target (and its allow
+    rule for an action). Decided here, once: the destination is stamped into ``routing.dst``, so the
+    routers after this one route it without deciding again."""
+    routing = env.routing
+    resolved = router.l3.resolve(meta.src_ilk, meta.dst_ilk)  # identity pre-resolve
+    if resolved is not None and resolved.canonical_src_ilk is not None:
+        env.meta = with_src_ilk(env.meta, resolved.canonical_src_ilk)
+    verdict = None
+    if resolved is None or (router.policy.guards_actions and isinstance(meta.action, str)):
+        verdict = policy_verdict(router, conn, env, meta)
+        if verdict is None:
+            return
+    decision: decide.Deliver[Conn] | decide.Refuse | decide.Drop | decide.Forward
+    if resolved is not None:
+        decision = decide.by_name(resolved.target, router.registry, router.links)
+        if isinstance(decision, decide.Forward) and decision.dst is None:
+            decision = decide.Forward(decision.hive, resolved.target)
+    else:
+        current = router.policy.current
+        if verdict is None or current is None:  # policy_verdict answered unless a policy ran
+            raise RuntimeError("bug: dst:null without an identity decision reached the policy step without a verdict")
+        if verdict.target is None:
+            detail = "the policy's target rule is undefined for this message"
+            router.policy.record(verdict, wire.OPA_NO_TARGET, detail, None)
+            unreachable(router, conn, routing, wire.OPA_NO_TARGET, detail)
+            return
+        decision = decide.policy_target(verdict.target, router.registry, router.links, current,
+                                        router.policy.turns)
+    if isinstance(decision, decide.Deliver) and decision.target.uuid is not None:
+        routing.dst = decision.target.uuid  # decided once: later hops route the UUID
+    if verdict is not None:
+        if isinstance(decision, decide.Deliver):
+            router.policy.record(verdict, "routed", "", decision.target.name)
+        elif isinstance(decision, decide.Forward):
+            router.policy.record(verdict, "routed", f"to hive {decision.hive}", decision.dst)
+        elif isinstance(decision, decide.Refuse):
+            result = wire.OPA_NO_TARGET if decision.reason == wire.OPA_NO_TARGET else "refused"
+            router.policy.record(verdict, result, f"{decision.reason}: {decision.detail}", None)
+        else:
+            router.policy.record(verdict, "refused", decision.counter, None)
     carry_out(router, conn, env, meta, decision)
 
 

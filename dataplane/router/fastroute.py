@@ -56,6 +56,10 @@ class FastPath:
         self._by_uuid, self._reached = registry.by_uuid, registry.reached  # live views, looked up per frame
         self._metas: dict[bytes, tuple[wire.MetaView, bool]] = {}  # meta bytes -> (decoded, needs rules)
 
+    def forget_metas(self) -> None:
+        """Decide every meta afresh (the policy that says whether actions need it changed)."""
+        self._metas.clear()
+
     def route(self, conn: Conn, frames: list[bytes]) -> None:
         """Route one read's frames of ``conn`` in order; hold the rest once a destination blocks it."""
         router = self._router
@@ -97,7 +101,7 @@ class FastPath:
                     except msgspec.DecodeError as err:
                         dispatch.malformed(router, conn, err)
                         break
-                    known = (decoded, decide.needs_rules(decoded))
+                    known = (decoded, decide.needs_rules(decoded, router.policy.guards_actions))
                     if len(raw_meta) <= META_CACHE_BYTES:
                         if len(metas) >= META_CACHE_ENTRIES:
                             metas.clear()

@@ -69,6 +69,21 @@ class L3Resolver:
     def region_open(self) -> bool:
         return self._handle.is_open
 
+    @property
+    def region_name(self) -> str:
+        return self._handle.name
+
+    def identity_version(self) -> tuple[int, int]:
+        """``(generation, data_version)`` of the identity region; ``(0, 0)`` without one (the policy's
+        identity data is rebuilt when this changes)."""
+        region = self._region()
+        if region is None:
+            return (0, 0)
+        try:
+            return region.version()
+        except identity_shm.ReadTimeoutError:
+            return (-1, -1)  # busy: counts as changed, and the rebuild reads it again
+
     def resolve(self, src_ilk: str | None, dst_ilk: str | None) -> L3Decision | None:
         decision = self._resolve(src_ilk, dst_ilk)
         if decision is not None and decision.canonical_src_ilk is not None:

@@ -77,6 +77,7 @@ from fluxbee.dataplane.router.counters import Counters
 from fluxbee.dataplane.router.fastroute import FastPath
 from fluxbee.dataplane.router.l3 import L3Resolver
 from fluxbee.dataplane.router.links import RouterLinks
+from fluxbee.dataplane.router.policy import PolicyRuntime
 from fluxbee.dataplane.router.registry import Registry
 from fluxbee.dataplane.router.settings import RouterError, RouterSettings
 from fluxbee.models import RouteSpec, VpnSpec
@@ -120,7 +121,8 @@ class Router:
         self.batching = False
         self.dirty: list[Conn] = []
         self.paused_producers = 0
-        self.route_frames: Callable[[Conn, list[bytes]], None] = FastPath(self).route
+        self.fast_path = FastPath(self)
+        self.route_frames: Callable[[Conn, list[bytes]], None] = self.fast_path.route
         self.started_at = time.time()
         self.ready = asyncio.Event()
         self.stopped = asyncio.Event()
@@ -129,6 +131,7 @@ class Router:
         self._tasks: list[asyncio.Task[None]] = []
         self._nodes_shm: shm.NodeTableWriter | None = None
         self._config_shm: shm.ConfigRegionWriter | None = None
+        self.policy = PolicyRuntime(self)
         self.links: RouterLinks | None = None
         if settings.links.enabled:
             try:
@@ -231,6 +234,7 @@ class Router:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.policy.close()
         if self.links is not None:
             await self.links.manager.stop()
         if self._server is not None:
@@ -270,7 +274,12 @@ class Router:
         if self._config_shm is not None:
             self._config_shm.heartbeat()
 
+    def policy_changed(self) -> None:
+        """A new policy (or identity data) runs: the fast path forgets which metas it may take."""
+        self.fast_path.forget_metas()
+
     def _housekeeping(self) -> None:
+        self.policy.tick()
         now = time.monotonic()
         seen = self.seen_broadcasts
         if seen:

@@ -84,6 +84,7 @@ def status_head(router: Router, nodes: list[dict[str, Any]]) -> dict[str, Any]:
         "vpns": [v.model_dump(mode="json") for v in router.registry.table.vpn_specs],
         "counters": {**router.counters.snapshot(), "producer_pauses": router.paused_producers},
         "l3": router.l3.snapshot(),
+        "policy": router.policy.describe(),
         **links_status(router),
     }
 
@@ -101,7 +102,7 @@ def prometheus(router: Router) -> str:
         "congested_nodes": sum(1 for c in router.registry.nodes() if c.congested_since is not None),
         "producer_pauses": router.paused_producers,
         "rss_bytes": _rss_bytes(),
-    }) + router.l3.prometheus()
+    }) + router.l3.prometheus() + router.policy.prometheus()
 
 
 def _rss_bytes() -> int:

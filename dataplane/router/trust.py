@@ -37,7 +37,7 @@ from fluxbee.dataplane import wire
 from fluxbee.dataplane.names import RESERVED_PREFIXES, SYSTEM_PREFIX
 
 ALWAYS_CLAIMED = RESERVED_PREFIXES
-PRIVILEGED = frozenset({wire.CONFIG_CHANGED, wire.ADMIN_COMMAND, wire.LINK_ADD, wire.LINK_REMOVE})
+PRIVILEGED = frozenset({wire.CONFIG_CHANGED, wire.ADMIN_COMMAND, wire.LINK_ADD, wire.LINK_REMOVE, wire.OPA_RELOAD})
 """Messages only authenticated system nodes (or granted names) may send."""
 NAME_CLAIMED = "NAME_CLAIMED"
 """Detail prefix of the INVALID_HELLO that refuses an unproven claim."""

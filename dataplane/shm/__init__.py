@@ -6,6 +6,8 @@
   :mod:`.config` the config region.
 * :mod:`.identity` -- SY.identity's region; :mod:`.identity_jsid` the original system's layout of
   the same records; :mod:`.identity_records` the record types both share.
+* :mod:`.policy` -- the hive's policy region: the routing-policy artefact the policy service
+  publishes and every router loads.
 
 Shared memory is a leaf: it imports nothing of ours. The names below are the package's public
 API (``from fluxbee.dataplane import shm; shm.NodeTableWriter``).

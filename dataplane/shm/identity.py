@@ -36,8 +36,13 @@ Layout (ours; little-endian except the native ``seq`` word)::
      96 updated_ms u64 | 104 owner_uuid 16 B | 120 hive_id_len u8 | 128 hive_id 64 B | 192 reserved
     ILK table, ilk_slots x 64 B at 256 (open addressing, linear probing, key = ILK UUID bytes)
       0 key 16 B | 16 ref 16 B (tenant of an ILK; canonical ILK of an alias) | 32 expires_ms u64 (alias)
-     40 kind u8 (0 empty, 1 ILK, 2 alias, 3 tombstone) | 41 ilk_type u8 | 42 status u8 | 43 reserved
+     40 kind u8 (0 empty, 1 ILK, 2 alias, 3 tombstone) | 41 ilk_type u8 | 42 status u8
+     43 human_subtype u8 (0 none, 1 internal, 2 external)
      44 str_off u32 | 48 str_len u16 (handler node name, in the heap) | 50 reserved
+     52 attr_off u32 | 56 attr_len u32 (capabilities and roles: JSON ``[[caps], [roles]]`` in the
+        heap; 0 = none) | 60 reserved
+    (bytes 43 and 52..59 were reserved zeros in the first version of this layout, so a region
+    written without them reads as "no subtype, no capabilities, no roles")
     channel table, chan_slots x 64 B (key = normalised channel_type, address and tenant)
       0 hash u64 | 8 ilk 16 B | 24 ich 16 B | 40 tenant 16 B | 56 str_off u32 | 60 str_len u16
      62 kind u8 (0 empty, 1 used, 3 tombstone) | 63 reserved
@@ -54,9 +59,11 @@ from __future__ import annotations
 import mmap
 import os
 import uuid as _uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+
+import msgspec
 
 from .identity_layout import (
     _CHAN,
@@ -93,6 +100,7 @@ from .identity_layout import (
 from .identity_reader import IdentityRegionReader, RegionHandle
 from .identity_records import (
     CASE_INSENSITIVE_CHANNELS,
+    HUMAN_SUBTYPES,
     ILK_TYPES,
     MAX_ADDRESS_BYTES,
     MAX_CHANNEL_TYPE_BYTES,
@@ -129,6 +137,7 @@ __all__ = [
     "Capacity",
     "ChannelHit",
     "HEADER_SIZE",
+    "HUMAN_SUBTYPES",
     "ILK_TYPES",
     "IdentityHeader",
     "IdentityRegionReader",
@@ -166,6 +175,8 @@ __all__ = [
 ]
 
 
+_json = msgspec.json.Encoder()
+
 IdentityShmError = ShmError
 """Kept name: the identity region raises the one error family of :mod:`.region`."""
 
@@ -185,6 +196,8 @@ class _IlkModel:
     ilk_type: int
     status: int
     handler: str
+    subtype: int = 0
+    attrs: bytes = b""  # JSON [[capabilities], [roles]], empty when both are
 
 
 class IdentityRegionWriter(ClosedOnExit):
@@ -275,11 +288,21 @@ class IdentityRegionWriter(ClosedOnExit):
 
     # public change operations (inside batch) ----------------------------
     def put_ilk(self, ilk_id: str, *, tenant_id: str, ilk_type: str, registration_status: str,
-                handler_node: str = "") -> None:
+                handler_node: str = "", human_subtype: str = "", capabilities: Sequence[str] = (),
+                roles: Sequence[str] = ()) -> None:
+        """Publish an ILK (replacing its previous record). ValueError for an unknown type, status or
+        subtype, a subtype on a non-human, or an empty capability or role."""
         self._need_batch()
         key = id_bytes(ilk_id)
+        subtype = _index(HUMAN_SUBTYPES, human_subtype)
+        if subtype and ilk_type != "human":
+            raise ValueError(f"{ilk_id}: human subtype {human_subtype!r} on a {ilk_type} identity")
+        caps, role_list = sorted(set(capabilities)), sorted(set(roles))
+        if any(not isinstance(v, str) or not v for v in (*caps, *role_list)):
+            raise ValueError(f"{ilk_id}: empty or non-string capability or role")
+        attrs = _json.encode([caps, role_list]) if caps or role_list else b""
         model = _IlkModel(id_bytes(tenant_id), _index(ILK_TYPES, ilk_type), _index(STATUSES, registration_status),
-                          handler_node)
+                          handler_node, subtype, attrs)
         self._ilks[key] = model
         self._aliases.pop(key, None)
         self._store_ilk_slot(key)
@@ -384,10 +407,12 @@ class IdentityRegionWriter(ClosedOnExit):
         if ilk is not None:
             handler = ilk.handler.encode()
             str_off = self._alloc_str(handler) if handler else 0
-            _ILK.pack_into(self._mm, off, key, ilk.tenant, 0, KIND_ILK, ilk.ilk_type, ilk.status, str_off, len(handler))
+            attr_off = self._alloc_str(ilk.attrs) if ilk.attrs else 0
+            _ILK.pack_into(self._mm, off, key, ilk.tenant, 0, KIND_ILK, ilk.ilk_type, ilk.status, ilk.subtype,
+                           str_off, len(handler), attr_off, len(ilk.attrs))
         else:
             canonical, expires = self._aliases[key]
-            _ILK.pack_into(self._mm, off, key, canonical, expires, KIND_ALIAS, 0, 0, 0, 0)
+            _ILK.pack_into(self._mm, off, key, canonical, expires, KIND_ALIAS, 0, 0, 0, 0, 0, 0, 0)
 
     def _drop_ilk_slot(self, key: bytes) -> None:
         slot = self._ilk_slot.pop(key, None)

@@ -11,13 +11,18 @@ import os
 import time
 import uuid as _uuid
 
+import msgspec
 import posix_ipc
 
 from .identity_layout import (
     _CHAN,
     _HEADER,
     _ILK,
+    _OFF_HEAP_USED,
+    _OFF_VERSIONS,
     _SEQ_WORD,
+    _U32,
+    _VERSIONS,
     HEADER_SIZE,
     KIND_ALIAS,
     KIND_EMPTY,
@@ -33,6 +38,7 @@ from .identity_layout import (
     region_name,
 )
 from .identity_records import (
+    HUMAN_SUBTYPES,
     ILK_TYPES,
     STATUSES,
     ChannelHit,
@@ -51,6 +57,26 @@ from .region import (
 )
 
 # --------------------------------------------------------------------------- reader
+
+_Probe = tuple[int, bytes, int, int, int, str, int, bytes]
+"""kind, ref, expires, ilk type, status, handler node, human subtype code, attribute JSON"""
+_attrs_decoder = msgspec.json.Decoder(tuple[list[str], list[str]])
+
+
+def _info(key: bytes, tenant: bytes, itype: int, status: int, handler: str, subtype: int,
+          attrs: bytes) -> IlkInfo:
+    caps: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    if attrs:
+        try:
+            cap_list, role_list = _attrs_decoder.decode(attrs)
+            caps, roles = tuple(cap_list), tuple(role_list)
+        except msgspec.DecodeError:
+            pass  # a torn or foreign heap string: the ILK without attributes, never an exception
+    return IlkInfo(id_text("ilk", key), id_text("tnt", tenant), ILK_TYPES[itype] if itype < 3 else "?",
+                   STATUSES[status] if status < 3 else "?", handler,
+                   HUMAN_SUBTYPES[subtype] if subtype < len(HUMAN_SUBTYPES) else "", caps, roles)
+
 
 
 class IdentityRegionReader(ClosedOnExit):
@@ -153,21 +179,23 @@ class IdentityRegionReader(ClosedOnExit):
                 return hit
             deadline = deadline or time.monotonic() + READ_DEADLINE_S
 
-    def _probe_ilk(self, key: bytes) -> tuple[int, bytes, int, int, int, str] | None:
+    def _probe_ilk(self, key: bytes) -> _Probe | None:
         mm = self._mm
         base, heap, mask = self._ilk_base, self._heap_base, self.ilk_slots - 1
         i = _hash(key) & mask
         for _ in range(self.ilk_slots):
-            k, ref, expires, kind, itype, status, off, ln = _ILK.unpack_from(mm, base + i * SLOT_SIZE)
+            k, ref, expires, kind, itype, status, subtype, off, ln, aoff, aln = _ILK.unpack_from(
+                mm, base + i * SLOT_SIZE)
             if kind == KIND_EMPTY:
                 return None
             if k == key and kind in (KIND_ILK, KIND_ALIAS):
                 name = bytes(mm[heap + off: heap + off + ln]).decode("utf-8", "replace") if ln else ""
-                return kind, ref, expires, itype, status, name
+                attrs = bytes(mm[heap + aoff: heap + aoff + aln]) if aln else b""
+                return kind, ref, expires, itype, status, name, subtype, attrs
             i = (i + 1) & mask
         return None
 
-    def _read_ilk(self, key: bytes) -> tuple[int, bytes, int, int, int, str] | None:
+    def _read_ilk(self, key: bytes) -> _Probe | None:
         deadline: float | None = None
         while True:
             s1, deadline = self._begin(deadline)
@@ -190,9 +218,39 @@ class IdentityRegionReader(ClosedOnExit):
         found = self._read_ilk(key)
         if found is None or found[0] != KIND_ILK:
             return None
-        _, tenant, _, itype, status, handler = found
-        return IlkInfo(id_text("ilk", key), id_text("tnt", tenant), ILK_TYPES[itype] if itype < 3 else "?",
-                       STATUSES[status] if status < 3 else "?", handler)
+        _, tenant, _, itype, status, handler, subtype, attrs = found
+        return _info(key, tenant, itype, status, handler, subtype, attrs)
+
+    def snapshot(self, now_ms: int | None = None) -> tuple[int, list[IlkInfo], dict[str, str]]:
+        """``(data_version, every ILK, live aliases old -> canonical)`` as one consistent copy.
+
+        The ILK table and the used heap are copied under the seqlock (a memcpy) and decoded after,
+        so a writer is held off for the copy only; callers (the router's policy data) do this once
+        per ``data_version``, never per message. ReadTimeoutError if the writer keeps the region
+        busy for longer than the deadline on every attempt.
+        """
+        deadline: float | None = None
+        mm = self._mm
+        base, heap = self._ilk_base, self._heap_base
+        while True:
+            s1, deadline = self._begin(deadline)
+            version = _VERSIONS.unpack_from(mm, _OFF_VERSIONS)[0]
+            heap_used = min(_U32.unpack_from(mm, _OFF_HEAP_USED)[0], self.heap_size)
+            table = mm[base: base + SLOT_SIZE * self.ilk_slots]
+            heap_bytes = mm[heap: heap + heap_used]
+            if self._seq[_SEQ_WORD] == s1:
+                break
+            deadline = deadline or time.monotonic() + READ_DEADLINE_S
+        now = epoch_ms() if now_ms is None else now_ms
+        ilks: list[IlkInfo] = []
+        aliases: dict[str, str] = {}
+        for (key, ref, expires, kind, itype, status, subtype, off, ln, aoff, aln) in _ILK.iter_unpack(table):
+            if kind == KIND_ILK:
+                handler = heap_bytes[off: off + ln].decode("utf-8", "replace") if ln else ""
+                ilks.append(_info(key, ref, itype, status, handler, subtype, heap_bytes[aoff: aoff + aln]))
+            elif kind == KIND_ALIAS and expires > now:
+                aliases[id_text("ilk", key)] = id_text("ilk", ref)
+        return int(version), ilks, aliases
 
     def resolve(self, ilk_id: str) -> IlkInfo | None:
         """Canonicalise through aliases, then the ILK record."""

@@ -16,6 +16,8 @@ from typing import Any, Final, Protocol
 
 ILK_TYPES: Final = ("human", "agent", "system")
 STATUSES: Final = ("temporary", "partial", "complete")
+HUMAN_SUBTYPES: Final = ("", "internal", "external")
+"""Code 0 = none (every non-human, and a human registered before subtypes existed)."""
 ZERO_ID: Final = bytes(16)
 MAX_CHANNEL_TYPE_BYTES: Final = 32
 MAX_ADDRESS_BYTES: Final = 256
@@ -72,6 +74,9 @@ class IlkInfo:
     ilk_type: str
     registration_status: str
     handler_node: str
+    human_subtype: str = ""
+    capabilities: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
 
 
 

@@ -28,7 +28,8 @@ _BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
           "NODE_NOT_MANAGED", "IDENTITY_REGISTER_FAILED"),
     413: ("PAYLOAD_TOO_LARGE",),
     415: ("UNSUPPORTED_MEDIA_TYPE",),
-    422: ("COMPILE_ERROR", "INVALID_CONFIG", "INVALID_PACKAGE_LAYOUT", "UNSUPPORTED_APPLY_MODE",
+    422: ("COMPILE_ERROR", "OPA_ERROR", "POLICY_LOAD_ERROR", "INVALID_CONFIG", "INVALID_PACKAGE_LAYOUT",
+          "UNSUPPORTED_APPLY_MODE",
           "PACKAGE_PUBLISH_FAILED"),
     501: ("NOT_IMPLEMENTED",),
     502: ("SERVICE_FAILED", "SPAWN_FAILED", "KILL_FAILED", "REMOVE_FAILED", "COPY_FAILED", "CONFIG_FAILED",
@@ -38,7 +39,7 @@ _BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
           "DB_WRITE_FAILED", "RESPONSE_TOO_LARGE"),
     503: ("SHM_NOT_FOUND", "RUNTIME_MANIFEST_MISSING", "MISSING_WAN_LISTEN", "ROUTER_UNAVAILABLE",
           "HIVE_NOT_CONNECTED", "REMOTE_ADMIN_UNAVAILABLE", "ROUTER_UNREACHABLE", "IDENTITY_UNAVAILABLE",
-          "DB_NOT_READY", "TOO_MANY_CONNECTIONS",
+          "DB_NOT_READY", "TOO_MANY_CONNECTIONS", "POLICY_UNAVAILABLE", "STATE_READ_FAILED",
           "STATE_WRITE_FAILED"),
     504: ("TIMEOUT", "WAN_TIMEOUT", "SSH_TIMEOUT"),
     500: ("INTERNAL_ERROR",),
@@ -58,13 +59,17 @@ def http_status(code: str) -> int:
 class AdminError(CodedError):
     """An action failed in a way the caller should hear about: ``code`` picks the HTTP status."""
 
-    def __init__(self, code: str, detail: str, *, payload: dict[str, object] | None = None) -> None:
+    def __init__(self, code: str, detail: str, *, payload: dict[str, object] | None = None,
+                 status: int | None = None) -> None:
         super().__init__(code, detail)
         self.payload = payload
+        self.status = status
+        """Overrides the table for the few codes the original answers with two statuses (COMPILE_ERROR:
+        400 for a body without Rego, 422 for Rego that does not compile)."""
 
     @property
     def http_status(self) -> int:
-        return http_status(self.code)
+        return self.status if self.status is not None else http_status(self.code)
 
 
 SYNC_PENDING = "sync_pending"

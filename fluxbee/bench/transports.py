@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from fluxbee.bench.harness import cpu_migrations, processes
-from fluxbee.bench.peers import PAYLOAD_BYTES, FloorPeer, FluxbeePeer, NatsPeer, Peer, RelayPeer
+from fluxbee.bench.peers import PAYLOAD_BYTES, FloorPeer, FluxbeeNullPeer, FluxbeePeer, NatsPeer, Peer, RelayPeer
 from fluxbee.bench.report import Lines
 from fluxbee.bench.results import Plan, Result
 
 REST_S = 1.0
 """Idle time before each measured batch (see :func:`measure`)."""
 
-TRANSPORTS = ("floor", "relay", "fluxbee", "nats")
+TRANSPORTS = ("floor", "relay", "fluxbee", "fluxbee_null", "nats")
 
 
 async def measure(plan: Plan, tmp: Path) -> dict[str, Result]:
@@ -44,7 +44,8 @@ async def measure(plan: Plan, tmp: Path) -> dict[str, Result]:
         try:
             peers.append(await FloorPeer.start(tmp, procs))
             peers.append(await RelayPeer.start(tmp, procs))
-            peers.append(await FluxbeePeer.start(tmp, procs))
+            fluxbee = await FluxbeePeer.start(tmp, procs)
+            peers += [fluxbee, FluxbeeNullPeer(fluxbee)]
             peers.append(await NatsPeer.start(tmp, procs))
             for peer in peers:
                 await peer.rtt(plan.warmup)
@@ -83,6 +84,7 @@ def ratios(out: dict[str, Any]) -> dict[str, float]:
         "fluxbee_p50_over_floor_p50": round(f50 / out["floor"]["rtt_us"]["p50"], 2),
         "fluxbee_p50_over_nats_p50": round(f50 / out["nats"]["rtt_us"]["p50"], 2),
         "fluxbee_p50_over_relay_p50": round(f50 / out["relay"]["rtt_us"]["p50"], 2),
+        "null_p50_over_fluxbee_p50": round(out["fluxbee_null"]["rtt_us"]["p50"] / f50, 2),
         "relay_p50_over_floor_p50": round(out["relay"]["rtt_us"]["p50"] / out["floor"]["rtt_us"]["p50"], 2),
         "fluxbee_msgs_over_nats_msgs": round(out["fluxbee"]["msgs_per_s"] / out["nats"]["msgs_per_s"], 2),
         "sustained_fluxbee_p50_over_floor_p50": round(
@@ -111,16 +113,18 @@ class Transports:
         return out
 
     def lines(self, r: dict[str, Any]) -> Lines:
-        table = [f"{'transport':10} {'p50 µs':>9} {'p99 µs':>9} {'msgs/s':>11} {'CPU moves/rtt':>14}"]
+        table = [f"{'transport':12} {'p50 µs':>9} {'p99 µs':>9} {'msgs/s':>11} {'CPU moves/rtt':>14}"]
         for key in TRANSPORTS:
             v = r[key]
-            table.append(f"{key:10} {v['rtt_us']['p50']:>9.1f} {v['rtt_us']['p99']:>9.1f} {v['msgs_per_s']:>11,} "
+            table.append(f"{key:12} {v['rtt_us']['p50']:>9.1f} {v['rtt_us']['p99']:>9.1f} {v['msgs_per_s']:>11,} "
                          f"{v['cpu_migrations_per_rtt']:>14.2f}")
         q, sustained = r["ratios"], {key: r[key]["sustained_rtt_us"]["p50"] for key in TRANSPORTS}
         return Lines(table=tuple(table), ratios=(
             f"routed p50 / floor p50   = {q['fluxbee_p50_over_floor_p50']:.2f}   (target ≤ 3)",
             f"routed p50 / NATS p50    = {q['fluxbee_p50_over_nats_p50']:.2f}   (target ≤ 0.4)",
             f"routed msgs/s / NATS     = {q['fluxbee_msgs_over_nats_msgs']:.2f}   (target ≥ 2)",
+            f"dst:null p50 / routed p50 = {q['null_p50_over_fluxbee_p50']:.2f}  (target ≤ 1.2; the policy decides, "
+            "repeated messages are cache hits)",
             f"routed p50 / relay p50   = {q['fluxbee_p50_over_relay_p50']:.2f}   (for the record: relay = the same "
             f"four hops through a process that only copies bytes; relay/floor = {q['relay_p50_over_floor_p50']:.2f})",
         ), notes=(

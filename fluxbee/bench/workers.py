@@ -228,6 +228,35 @@ def idle_nodes(run_dir: str, count: int) -> None:
         s.close()
 
 
+NULL_POLICY = """package router
+
+default target := "WF.echo"
+
+target := "WF.sink" if input.meta.context.to == "sink"
+"""
+"""Where the bench's ``dst: null`` messages go: the echo node, or the sink when ``context.to`` says so."""
+
+
+def policy_region(run_dir: str, hive_id: str) -> None:
+    """Publish :data:`NULL_POLICY` in the hive's policy region, as its policy service would; hold the
+    region until SIGTERM (the bench's stop, or its death) and then remove it."""
+    import signal
+
+    from fluxbee.dataplane.policy import compile_policy
+    from fluxbee.dataplane.shm.policy import PolicyRegion, artefact_digest
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    region = PolicyRegion.create(hive_id, owner_uuid=str(uuid.uuid4()), run_dir=run_dir)
+    try:
+        artefact = compile_policy(NULL_POLICY)
+        blob = artefact.to_bytes()
+        region.publish(blob, 1, artefact_digest(blob), engine=artefact.engine, entrypoints=artefact.entrypoints)
+        print("READY", flush=True)
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    finally:
+        region.close()
+
+
 def _recv_exact(s: socket.socket, n: int) -> bytes:
     out = bytearray()
     while len(out) < n:
@@ -245,6 +274,9 @@ def main(argv: list[str]) -> None:
     role = argv[0]
     if role == "idle-nodes":
         idle_nodes(argv[1], int(argv[2]))
+        return
+    if role == "policy-region":
+        policy_region(argv[1], argv[2])
         return
     coro: Any
     if role == "floor-server":

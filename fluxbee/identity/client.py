@@ -102,11 +102,13 @@ async def add_channel(sender: NodeSender, ilk_id: str, channel_type: str, addres
 
 async def update_ilk(sender: NodeSender, ilk_id: str, *, add_roles: list[str] | None = None,
                      remove_roles: list[str] | None = None, add_capabilities: list[str] | None = None,
-                     remove_capabilities: list[str] | None = None, change_reason: str | None = None,
-                     **kw: Any) -> dict[str, Any]:
+                     remove_capabilities: list[str] | None = None, human_subtype: str | None = None,
+                     change_reason: str | None = None, **kw: Any) -> dict[str, Any]:
     payload: dict[str, Any] = {"ilk_id": ilk_id, "add_roles": add_roles or [], "remove_roles": remove_roles or [],
                                "add_capabilities": add_capabilities or [],
                                "remove_capabilities": remove_capabilities or []}
+    if human_subtype is not None:
+        payload["human_subtype"] = human_subtype
     if change_reason is not None:
         payload["change_reason"] = change_reason
     return await identity_call(sender, m.ILK_UPDATE, payload, **kw)

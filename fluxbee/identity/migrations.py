@@ -130,6 +130,12 @@ CREATE TABLE identity_graduations (
     FOREIGN KEY (degree_name, degree_version) REFERENCES identity_degrees (name, version)
 );
 """),
+    (3, "human subtype (internal/external), for routing policies", """
+ALTER TABLE identity_ilks ADD COLUMN human_subtype VARCHAR(16)
+    CHECK (human_subtype IN ('internal', 'external'));
+ALTER TABLE identity_ilks ADD CONSTRAINT identity_ilks_subtype_human
+    CHECK (human_subtype IS NULL OR ilk_type = 'human');
+"""),
 )
 
 

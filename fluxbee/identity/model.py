@@ -97,6 +97,10 @@ def fmt(prefix: str, value: uuid.UUID) -> str:
     return f"{prefix}:{value}"
 
 
+HUMAN_SUBTYPES: Final = ("internal", "external")
+"""Ours: what ILK_UPDATE may set as a human ILK's ``human_subtype`` (routing policies read it)."""
+
+
 def tags(values: list[str], what: str) -> list[str]:
     """Trim, lowercase, check ``[a-z0-9_]+``, sort, de-duplicate (VOCABULARY_INVALID otherwise)."""
     out: set[str] = set()
@@ -151,6 +155,8 @@ class UpdateReq(_P):
     remove_roles: list[str] = msgspec.field(default_factory=list)
     add_capabilities: list[str] = msgspec.field(default_factory=list)
     remove_capabilities: list[str] = msgspec.field(default_factory=list)
+    human_subtype: str | None = None
+    """Ours: ``"internal"`` or ``"external"`` (a human ILK only), ``""`` to clear, absent = unchanged."""
     change_reason: str | None = None
 
 
@@ -238,6 +244,9 @@ class IlkRecord:
     ilk_type: str
     registration_status: str
     handler_node: str
+    human_subtype: str = ""
+    capabilities: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

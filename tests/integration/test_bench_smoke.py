@@ -52,7 +52,7 @@ def test_fluxbee_bench_json_reports_every_transport_and_the_router_memory() -> N
         assert policy["ratios"]["wasm_p50_over_regorus_p50"] > 0
     else:
         assert "opa is not on PATH" in policy["wasm_unavailable"] and "wasm" not in policy
-    for key in ("floor", "relay", "fluxbee", "nats"):
+    for key in ("floor", "relay", "fluxbee", "fluxbee_null", "nats"):
         assert result[key]["rtt_us"]["samples"] == 300
         assert result[key]["cpu_migrations_per_rtt"] >= 0
         assert 0 < result[key]["rtt_us"]["p50"] <= result[key]["rtt_us"]["p99"]
@@ -61,6 +61,7 @@ def test_fluxbee_bench_json_reports_every_transport_and_the_router_memory() -> N
     assert 0 < result["router_rss_mb_1000_nodes"] < 500
     assert set(result["ratios"]) == {"fluxbee_p50_over_floor_p50", "fluxbee_p50_over_nats_p50",
                                      "fluxbee_p50_over_relay_p50", "relay_p50_over_floor_p50",
+                                     "null_p50_over_fluxbee_p50",
                                      "fluxbee_msgs_over_nats_msgs", "sustained_fluxbee_p50_over_floor_p50",
                                      "sustained_fluxbee_p50_over_nats_p50"}
     assert result["router_fast_path"] == fastpath.IMPLEMENTATION  # the router said which one it runs

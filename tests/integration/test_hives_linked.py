@@ -56,6 +56,8 @@ class Hive:
     admin: bool = True
     """False: ``--admin-listen off`` (no SY.admin at all)."""
     identity: bool = True
+    policy: bool = True
+    """False: ``FLUXBEE_UP_POLICY=0`` (no SY.policy: a test may write the hive's policy region itself)."""
     admin_port: int = field(default_factory=free_port)
     wan_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[str] | None = None
@@ -85,6 +87,8 @@ class Hive:
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             if not self.identity:
                 env["FLUXBEE_UP_IDENTITY"] = "0"
+            if not self.policy:
+                env["FLUXBEE_UP_POLICY"] = "0"
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
         proc = self.proc
         wait_until(lambda: "is ready" in self.log.read_text()[offset:] or proc.poll() is not None, START_TIMEOUT,
@@ -145,7 +149,7 @@ def hives() -> Iterator[Hives]:
     for d in dirs.values():
         d.mkdir()
         d.chmod(0o755)
-    a = Hive("A", dirs["A"], ca)
+    a = Hive("A", dirs["A"], ca, policy=False)  # the dst:null test writes A's policy region itself
     b = Hive("B", dirs["B"], ca, mother="A")
     c = Hive("C", dirs["C"], ca, mother="A", uplinks=(b.wan,))
     started: list[Hive] = []
@@ -412,3 +416,40 @@ def test_a_hive_without_an_admin_or_with_one_that_does_not_answer_gets_its_own_e
             d.proc.send_signal(signal.SIGCONT)
     finally:
         d.stop()
+
+
+def test_a_dst_null_message_is_decided_once_at_the_first_router_and_routed_by_name_after(hives: Hives) -> None:
+    """Hive A's policy sends dst:null to WF.echo@C (through B). B and C run no policy (A runs no
+    SY.policy for them to follow; the test writes A's region as SY.policy would): had they decided
+    again, they would answer OPA_ERROR; the echo's answer proves A stamped the destination."""
+    from fluxbee.dataplane import wire
+    from fluxbee.dataplane.policy import compile_policy
+    from fluxbee.dataplane.shm.policy import PolicyRegion, artefact_digest
+
+    a = hives.a
+    region = PolicyRegion.create("A", owner_uuid=str(uuid.uuid4()), run_dir=a.run_dir)
+    try:
+        artefact = compile_policy('package router\n\ntarget := "WF.echo@C"\n')
+        blob = artefact.to_bytes()
+        region.publish(blob, 1, artefact_digest(blob), engine=artefact.engine, entrypoints=artefact.entrypoints)
+
+        async def run() -> None:
+            sender, _ = await connect(NodeConfig(name="WF.policy.client", run_dir=a.run_dir, connect_timeout=10))
+            try:
+                deadline = asyncio.get_running_loop().time() + 30
+                while (await sender.router_status())["policy"]["version"] != 1:  # loaded by A's poll
+                    assert asyncio.get_running_loop().time() < deadline, "A's router did not load the policy"
+                    await asyncio.sleep(0.2)
+                answer = await sender.request(None, {"hello": "C"}, timeout=30)
+                assert answer.payload == {"hello": "C"} and answer.routing.src_l2_name == "WF.echo@C"
+                router = next((a.run_dir / "routers").glob("*.sock")).stem
+                page = await sender.request(str(uuid.UUID(router)), {}, msg_type=wire.TYPE_SYSTEM,
+                                            msg=wire.OPA_DECISIONS_GET, timeout=10)
+                decisions = page.payload["decisions"]
+                assert [(d["result"], d["resolved"]) for d in decisions] == [("routed", "WF.echo@C")], decisions
+            finally:
+                await sender.close()
+
+        asyncio.run(run())
+    finally:
+        region.close()

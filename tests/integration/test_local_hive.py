@@ -41,7 +41,7 @@ spec: {version: "1.0", command: [sh, -c, "echo 'cannot open model file' >&2; exi
 
 class Up:
     def __init__(self, run_dir: Path, hive_file: Path) -> None:
-        env = {**os.environ, "FLUXBEE_UP_IDENTITY": "0", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "FLUXBEE_UP_IDENTITY": "0", "FLUXBEE_UP_POLICY": "0", "PYTHONUNBUFFERED": "1"}
         self.err_path = run_dir / "up.err"
         self._err = open(self.err_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "fluxbee", "up", "-f", str(hive_file), "--run-dir",

@@ -303,9 +303,9 @@ async def test_fluxbee_up_starts_the_default_hive_answers_send_and_stops_clean(r
             state = json.loads((run_dir / "state" / "supervisor.json").read_text())
             return [p["pid"] for p in state["processes"] if p["pid"] and p["state"] == "RUNNING"]
 
-        # router, echo node, embedded PostgreSQL and SY.identity
-        pids = await eventually(lambda: (found if len(found := supervised_pids()) == 4 else None), 30,
-                                "the supervisor state to list the router, the echo node and the identity services")
+        # router, echo node, embedded PostgreSQL, SY.identity and SY.policy
+        pids = await eventually(lambda: (found if len(found := supervised_pids()) == 5 else None), 30,
+                                "the supervisor state to list the router, the echo node and the system services")
         router_uuid = str(uuid.UUID(next((run_dir / "routers").glob("*.sock")).stem))
         up.send_signal(signal.SIGINT)
         assert await asyncio.to_thread(up.wait, 30) == 0

@@ -411,8 +411,8 @@ def test_fluxbee_up_hands_each_claimed_name_a_credential_and_the_hive_works_end_
     creds, claims = up.run_dir / "credentials", up.run_dir / "claims"
     assert stat.S_IMODE(creds.stat().st_mode) == 0o700
     assert sorted(p.name for p in claims.iterdir() if not p.name.startswith(".")) == [
-        "SY.admin", "SY.identity", "WF.echo"]
-    for name in ("SY.admin", "SY.identity", "WF.echo"):
+        "SY.admin", "SY.identity", "SY.policy", "WF.echo"]
+    for name in ("SY.admin", "SY.identity", "SY.policy", "WF.echo"):
         assert stat.S_IMODE((creds / name).stat().st_mode) == 0o600
         assert len((creds / name).read_text().strip()) == 64
     assert stat.S_IMODE(up.socket_path.stat().st_mode) == 0o660
@@ -422,7 +422,8 @@ def test_fluxbee_up_hands_each_claimed_name_a_credential_and_the_hive_works_end_
     code, doc = up.http("/hives/local/identity/ilks")  # admin API -> SY.admin -> SY.identity
     assert code == 200 and doc["status"] == "ok", doc
     nodes = {n["name"]: n for n in up.status()["nodes"]}
-    assert all(nodes[n]["claimed"] for n in ("SY.admin@local", "SY.identity@local", "WF.echo@local"))
+    assert all(nodes[n]["claimed"] for n in ("SY.admin@local", "SY.identity@local", "SY.policy@local",
+                                             "WF.echo@local"))
     assert nodes["SY.admin@local"]["peer"]["pid"] == up.proc.pid  # SY.admin runs inside fluxbee up
 
 

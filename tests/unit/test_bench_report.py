@@ -35,7 +35,7 @@ def test_sections_are_merged_in_order_and_their_lines_grouped_by_part() -> None:
 
 
 def _transport_result() -> dict[str, Any]:
-    figures = {"floor": 10.0, "relay": 20.0, "fluxbee": 25.0, "nats": 100.0}
+    figures = {"floor": 10.0, "relay": 20.0, "fluxbee": 25.0, "fluxbee_null": 27.5, "nats": 100.0}
     out: dict[str, Any] = {name: Result([figures[name]] * 5, 1000.0 * (2 if name == "fluxbee" else 1), {},
                                         [figures[name] * 2] * 5, 0.5).summary() for name in TRANSPORTS}
     out |= {"payload_bytes": 200, "router_fast_path": "c", "router_scheduling": "batch", "router_allocator": "tuned",
@@ -50,11 +50,13 @@ def test_the_transport_ratios_compare_the_routed_figures_with_the_floor_nats_and
     assert q["fluxbee_p50_over_floor_p50"] == 2.5 and q["fluxbee_p50_over_nats_p50"] == 0.25
     assert q["fluxbee_p50_over_relay_p50"] == 1.25 and q["relay_p50_over_floor_p50"] == 2.0
     assert q["fluxbee_msgs_over_nats_msgs"] == 2.0
+    assert q["null_p50_over_fluxbee_p50"] == 1.1
     assert q["sustained_fluxbee_p50_over_floor_p50"] == 2.5 and q["sustained_fluxbee_p50_over_nats_p50"] == 0.25
 
 
 _POLICY = {"identities": 10_000, "evaluations": 2_000,
-           "wasm": {"p50_us": 18.0, "p99_us": 40.0, "abi": "1.3", "one_shot": True, "fast_calls": True, "memory_mb": 15.0},
+           "wasm": {"p50_us": 18.0, "p99_us": 40.0, "abi": "1.3", "one_shot": True, "fast_calls": True,
+                    "memory_mb": 15.0},
            "regorus": {"p50_us": 28.0, "p99_us": 60.0}, "load_ms": {"wasm": 300.0, "regorus": 80.0},
            "ratios": {"wasm_p50_over_regorus_p50": 0.64}, "compile_ms": {"opa": 120.0, "regorus": 2.0},
            "scan_p50_us": {"wasm": 9000.0}}
@@ -63,13 +65,13 @@ _POLICY = {"identities": 10_000, "evaluations": 2_000,
 def test_the_default_report_has_the_transport_table_then_the_targets_then_the_notes() -> None:
     lines = run.report({**_transport_result(), "policy": _POLICY}).splitlines()
     assert lines[0].split() == ["transport", "p50", "µs", "p99", "µs", "msgs/s", "CPU", "moves/rtt"]
-    assert [line.split()[0] for line in lines[1:5]] == list(TRANSPORTS)
-    assert lines[5] == ""
-    assert lines[6] == "routed p50 / floor p50   = 2.50   (target ≤ 3)"
-    assert lines[10] == "router RSS: 30.0 MB idle, 45.5 MB with 1000 nodes   (target ≤ 100 MB)"
-    assert lines[11].startswith("sustained (5 round trips back to back)")
-    assert "policy decision, 10,000 identities" in lines[16]  # the policy section's notes come last
-    assert lines[17].split()[:3] == ["wasm", "p50", "18.0"]
-    assert "wasm p50 / regorus p50 = 0.64" in lines[19]
-    assert len(lines) == 22
+    assert [line.split()[0] for line in lines[1:6]] == list(TRANSPORTS)
+    assert lines[6] == ""
+    assert lines[7] == "routed p50 / floor p50   = 2.50   (target ≤ 3)"
+    assert lines[12] == "router RSS: 30.0 MB idle, 45.5 MB with 1000 nodes   (target ≤ 100 MB)"
+    assert lines[13].startswith("sustained (5 round trips back to back)")
+    assert "policy decision, 10,000 identities" in lines[18]  # the policy section's notes come last
+    assert lines[19].split()[:3] == ["wasm", "p50", "18.0"]
+    assert "wasm p50 / regorus p50 = 0.64" in lines[21]
+    assert len(lines) == 24
     assert isinstance(run.SECTIONS[0], Transports)

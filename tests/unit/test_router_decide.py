@@ -187,3 +187,66 @@ def test_system_and_privileged_metas_need_the_rules_and_plain_ones_do_not() -> N
     for meta_type in (wire.TYPE_ADMIN, "user"):
         assert decide.needs_rules(wire.MetaView(type=meta_type, msg=wire.ADMIN_COMMAND))
         assert decide.needs_rules(wire.MetaView(type=meta_type, msg=wire.CONFIG_CHANGED))
+
+
+@dataclass
+class Holders:
+    """The identity indexes a loaded policy offers the target rules."""
+
+    handlers: dict[str, str]
+    tags: dict[str, tuple[str, ...]]
+
+    def handler_of(self, ilk: str) -> str | None:
+        return self.handlers.get(ilk)
+
+    def holders(self, tag: str) -> tuple[str, ...] | None:
+        return self.tags.get(tag)
+
+
+class Reach:
+    def __init__(self, *hives: str) -> None:
+        self.hives = hives
+
+    def reaches(self, hive: str) -> bool:
+        return hive in self.hives
+
+    def hives_with(self, base: str) -> tuple[str, ...]:
+        return ()
+
+
+def test_a_policy_target_capability_takes_turns_over_the_live_nodes_holding_it() -> None:
+    a, b, other = Node("AI.a@prod"), Node("AI.b@prod"), Node("AI.c@prod")
+    registry = registry_of(a, b, other)
+    holders = Holders({}, {"billing": ("AI.a@prod", "AI.b", "AI.gone@prod"), "nobody": ()})
+    turns: dict[str, int] = {}
+    picked = [decide.policy_target("billing", registry, None, holders, turns) for _ in range(4)]
+    assert [d.target for d in picked if isinstance(d, decide.Deliver)] == [a, b, a, b], \
+        "a node of the list that is not connected is skipped; a name without @hive is of this hive"
+    refused = decide.policy_target("nobody", registry, None, holders, turns)
+    assert isinstance(refused, decide.Refuse) and refused.reason == wire.OPA_NO_TARGET
+    far = Holders({}, {"x": ("AI.far@east",)})
+    forward = decide.policy_target("x", registry, Reach("east"), far, {})
+    assert forward == decide.Forward("east", "AI.far@east"), "a live remote hive counts, and the name is stamped"
+    gone = decide.policy_target("x", registry, Reach(), far, {})
+    assert isinstance(gone, decide.Refuse) and gone.reason == wire.OPA_NO_TARGET
+
+
+def test_a_policy_target_ilk_goes_to_its_handler_and_anything_else_is_a_name() -> None:
+    a = Node("AI.a@prod")
+    registry = registry_of(a)
+    holders = Holders({"ilk:1": "AI.a@prod", "ilk:2": ""}, {})
+    hit = decide.policy_target("ilk:1", registry, None, holders, {})
+    assert isinstance(hit, decide.Deliver) and hit.target is a
+    no_handler = decide.policy_target("ilk:3", registry, None, holders, {})
+    assert isinstance(no_handler, decide.Refuse) and no_handler.reason == wire.OPA_NO_TARGET
+    named = decide.policy_target("AI.a", registry, None, holders, {})
+    assert isinstance(named, decide.Deliver) and named.target is a
+    unknown = decide.policy_target("AI.zzz", registry, None, holders, {})
+    assert isinstance(unknown, decide.Refuse) and unknown.reason == wire.NODE_NOT_FOUND
+
+
+def test_an_action_needs_the_rules_only_while_a_policy_guards_actions() -> None:
+    acting = wire.MetaView(action="system_status")
+    assert not decide.needs_rules(acting) and decide.needs_rules(acting, guard_actions=True)
+    assert not decide.needs_rules(wire.MetaView(action=7), guard_actions=True), "only a string is an action"
+    assert not decide.needs_rules(USER, guard_actions=True)

@@ -36,6 +36,19 @@ from fluxbee.admin.actions.nodes import (
     send_node_message,
     set_node_config,
 )
+from fluxbee.admin.actions.policy import (
+    OpaCheckParams,
+    OpaDecisionsParams,
+    OpaWriteParams,
+    opa_apply,
+    opa_check,
+    opa_compile,
+    opa_compile_apply,
+    opa_get_decisions,
+    opa_get_policy,
+    opa_get_status,
+    opa_rollback,
+)
 from fluxbee.admin.actions.router_config import (
     add_route,
     add_vpn,
@@ -50,7 +63,7 @@ from fluxbee.admin.actions.versions import get_runtime, get_versions, list_runti
 from fluxbee.admin.errors import AdminError
 from fluxbee.admin.global_config import GlobalConfigParams, apply_global_config, get_global_config
 
-REGISTRY_VERSION = "6"
+REGISTRY_VERSION = "7"
 
 Handler = Callable[[Context, str, Any, Call], Awaitable[dict[str, Any]]]
 
@@ -165,6 +178,21 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
        target=False),
     _a(publish_module, s.ModulePutParams, "Publish a module version (immutable; same text again is a no-op)",
        read_only=False, target=False),
+    _a(opa_compile_apply, OpaWriteParams, "Compile a routing policy and apply it (one hive, or every hive)",
+       read_only=False, target=False),
+    _a(opa_compile, OpaWriteParams, "Compile and stage a routing policy under a new version", read_only=False,
+       target=False),
+    _a(opa_apply, OpaWriteParams, "Apply the staged routing policy", read_only=False, target=False),
+    _a(opa_rollback, OpaWriteParams, "Restore an earlier applied policy, as a new version", read_only=False,
+       target=False, confirm=True),
+    _a(opa_check, OpaCheckParams, "Validate Rego and evaluate an input (no version taken, nothing written)",
+       read_only=True, target=True),
+    _a(opa_get_policy, s.NoParams, "The current policy (with its Rego), the staged one, the versions kept",
+       read_only=True, target=True),
+    _a(opa_get_status, s.NoParams, "Policy versions, the last apply and what the router runs", read_only=True,
+       target=True),
+    _a(opa_get_decisions, OpaDecisionsParams, "The router's recent policy decisions (audit ring)",
+       read_only=True, target=True),
 )}
 
 _HIST = {"limit": int, "category": str, "severity": str, "kind": str}
@@ -218,6 +246,22 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/modules/{name}/{version}", "get_module_version", {"name": "name", "version": "version"}),
     Route("POST", "/modules/{name}/{version}", "publish_module", {"name": "name", "version": "version"},
           body="fields", body_required=True),
+)
+_OPA_WRITES = (("/opa/policy", "opa_compile_apply"), ("/opa/policy/compile", "opa_compile"),
+               ("/opa/policy/apply", "opa_apply"), ("/opa/policy/rollback", "opa_rollback"))
+ROUTES += tuple(Route("POST", path, action, body="fields", body_required=action != "opa_rollback")
+                for path, action in _OPA_WRITES)
+ROUTES += tuple(Route("POST", "/hives/{hive}" + path, action, {"hive": "hive"}, body="fields",
+                      body_required=action != "opa_rollback") for path, action in _OPA_WRITES)
+ROUTES += (
+    Route("POST", "/opa/policy/check", "opa_check", query={"hive": str}, body="fields", body_required=True),
+    Route("POST", "/hives/{hive}/opa/policy/check", "opa_check", body="fields", body_required=True),
+    Route("GET", "/opa/policy", "opa_get_policy", query={"hive": str}),
+    Route("GET", "/hives/{hive}/opa/policy", "opa_get_policy"),
+    Route("GET", "/opa/status", "opa_get_status", query={"hive": str}),
+    Route("GET", "/hives/{hive}/opa/status", "opa_get_status"),
+    Route("GET", "/opa/decisions", "opa_get_decisions", query={"hive": str, "limit": int, "after": int}),
+    Route("GET", "/hives/{hive}/opa/decisions", "opa_get_decisions", query={"limit": int, "after": int}),
 )
 HIVE_QUERY_SWITCH = {"list_versions": "get_versions", "list_deployments": "get_deployments",
                      "list_drift_alerts": "get_drift_alerts"}

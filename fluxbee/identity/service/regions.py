@@ -72,7 +72,8 @@ class RegionKeeper(ServiceState):
             region.remove_channel(*rc)
         for ilk in change.ilks:
             region.put_ilk(ilk.ilk_id, tenant_id=ilk.tenant_id, ilk_type=ilk.ilk_type,
-                           registration_status=ilk.registration_status, handler_node=ilk.handler_node)
+                           registration_status=ilk.registration_status, handler_node=ilk.handler_node,
+                           human_subtype=ilk.human_subtype, capabilities=ilk.capabilities, roles=ilk.roles)
         for old, canonical, expires in change.aliases:
             region.put_alias(old, canonical, expires)
         for ch in change.channels:

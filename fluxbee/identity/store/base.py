@@ -78,7 +78,8 @@ async def ensure_database(dsn: str, database: str) -> None:
 
 def ilk_record(row: asyncpg.Record) -> IlkRecord:
     return IlkRecord(fmt("ilk", row["ilk_id"]), fmt("tnt", row["tenant_id"]), row["ilk_type"],
-                     row["registration_status"], row["node_name"] or "")
+                     row["registration_status"], row["node_name"] or "", row["human_subtype"] or "",
+                     tuple(row["capabilities"] or ()), tuple(row["roles"] or ()))
 
 
 def tenant_record(row: asyncpg.Record) -> TenantRecord:

@@ -11,6 +11,7 @@ import asyncpg
 from fluxbee.identity.model import (
     DB_WRITE_FAILED,
     DUPLICATE_ICH,
+    HUMAN_SUBTYPES,
     ILK_NOT_FOUND,
     ILK_TYPES,
     INVALID_MERGE_SOURCE,
@@ -105,8 +106,10 @@ class IlkWrites(StoreBase):
                 await conn.execute(
                     "UPDATE identity_ilks SET ilk_type = $2, tenant_id = $3, identification = $4, roles = $5, "
                     "capabilities = $6, email = $7, node_name = $8, registration_status = 'complete', "
+                    "human_subtype = CASE WHEN $10 THEN human_subtype END, "
                     "registered_by = $9, registered_at = coalesce(registered_at, now()), updated_at = now() "
-                    "WHERE ilk_id = $1", ilk, req.ilk_type, tenant, ident, roles, caps, email, node_name, by)
+                    "WHERE ilk_id = $1", ilk, req.ilk_type, tenant, ident, roles, caps, email, node_name, by,
+                    req.ilk_type == "human")
             else:
                 await conn.execute(
                     "INSERT INTO identity_ilks (ilk_id, ilk_type, registration_status, tenant_id, identification, "
@@ -183,16 +186,23 @@ class IlkWrites(StoreBase):
         target = parse_id(req.ilk_id, "ilk")
         add_r, rm_r = tags(req.add_roles, "role"), tags(req.remove_roles, "role")
         add_c, rm_c = tags(req.add_capabilities, "capability"), tags(req.remove_capabilities, "capability")
+        if req.human_subtype not in (None, "", *HUMAN_SUBTYPES):
+            raise IdentityError(INVALID_REQUEST, f"human_subtype must be one of {', '.join(HUMAN_SUBTYPES)} "
+                                                 "(or empty to clear)")
         change = Change()
 
         async def run(conn: asyncpg.Connection) -> dict[str, Any]:
             ilk = await self._live_ilk(conn, target)
             roles = sorted((set(ilk["roles"]) | set(add_r)) - set(rm_r))
             caps = sorted((set(ilk["capabilities"]) | set(add_c)) - set(rm_c))
+            subtype = ilk["human_subtype"] if req.human_subtype is None else (req.human_subtype or None)
+            if subtype is not None and ilk["ilk_type"] != "human":
+                raise IdentityError(INVALID_REQUEST, f"ILK {req.ilk_id} is a {ilk['ilk_type']}; "
+                                                     "only a human ILK has a human_subtype")
             for ch in req.add_channels:
                 await self._add_channel(conn, ilk, ch, change)
-            await conn.execute("UPDATE identity_ilks SET roles = $2, capabilities = $3, updated_at = now() "
-                               "WHERE ilk_id = $1", target, roles, caps)
+            await conn.execute("UPDATE identity_ilks SET roles = $2, capabilities = $3, human_subtype = $4, "
+                               "updated_at = now() WHERE ilk_id = $1", target, roles, caps, subtype)
             await self._history(conn, target, "update", by, req.change_reason)
             await self._ilk_change(conn, target, change)
             return {"ilk_id": fmt("ilk", target), "change_reason": req.change_reason}

@@ -100,6 +100,21 @@ async def test_writes_on_the_primary_appear_in_the_replica_region_and_writes_to_
                         and replica_hit(replica, "web", "p-web", tenant) == person)
         await eventually(merged, 5, "the merge in the replica's region")
 
+        # what routing policies read travels too: subtype, capabilities and roles of ILK_UPDATE
+        orch = await node(run_dir, "SY.orchestrator")
+        try:
+            await idc.update_ilk(orch, person, human_subtype="internal", add_roles=["ops"],
+                                 add_capabilities=["status_reader"])
+        finally:
+            await orch.close()
+
+        def updated() -> bool:
+            with identity_shm.IdentityRegionReader(replica.region_hive, run_dir=replica.run_dir) as r:
+                info = r.get_ilk(person)
+                return info is not None and (info.human_subtype, info.roles, info.capabilities) == (
+                    "internal", ("ops",), ("status_reader",))
+        await eventually(updated, 5, "the ILK_UPDATE in the replica's region")
+
         # writes sent to the replica: NOT_PRIMARY with the original's fields, plus where the primary is
         reply = await io.request(f"{REPLICA}@t", {"ich_id": f"ich:{uuid.uuid4()}", "channel_type": "sms",
                                                   "address": "+1"}, msg_type=wire.TYPE_SYSTEM, msg="ILK_PROVISION")

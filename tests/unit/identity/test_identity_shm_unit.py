@@ -88,3 +88,48 @@ def test_a_live_writer_is_not_displaced_but_a_dead_ones_region_is(writer: ish.Id
         os._exit(0)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 7
+
+
+def test_subtype_capabilities_and_roles_round_trip_and_snapshot(writer: ish.IdentityRegionWriter) -> None:
+    t = f"tnt:{uuid.uuid4()}"
+    human, agent, old = ilk(), ilk(), ilk()
+    with writer.batch():
+        writer.put_ilk(human, tenant_id=t, ilk_type="human", registration_status="complete",
+                       human_subtype="internal", roles=["ops", "admin", "ops"])
+        writer.put_ilk(agent, tenant_id=t, ilk_type="agent", registration_status="complete",
+                       handler_node="AI.billing@h", capabilities=["billing", "refunds"])
+        writer.put_alias(old, agent, ish.epoch_ms() + 60_000)
+    with ish.IdentityRegionReader(HIVE) as r:
+        h = r.get_ilk(human)
+        assert h is not None and (h.human_subtype, h.roles, h.capabilities) == ("internal", ("admin", "ops"), ())
+        a = r.resolve(old)
+        assert a is not None and a.capabilities == ("billing", "refunds") and a.handler_node == "AI.billing@h"
+        version, ilks, aliases = r.snapshot()
+        assert version == writer.data_version
+        assert {i.ilk_id: i for i in ilks} == {human: h, agent: a}
+        assert aliases == {old: agent}
+        assert r.snapshot(now_ms=ish.epoch_ms() + 120_000)[2] == {}, "expired aliases are left out"
+        # a record replaced without attributes loses them; the heap is compacted when it fills up
+        for _ in range(200):
+            with writer.batch():
+                writer.put_ilk(agent, tenant_id=t, ilk_type="agent", registration_status="complete",
+                               handler_node="AI.billing@h", capabilities=["billing", "x" * 20])
+        assert r.get_ilk(agent).capabilities == ("billing", "x" * 20)  # type: ignore[union-attr]
+        with writer.batch():
+            writer.put_ilk(agent, tenant_id=t, ilk_type="agent", registration_status="complete")
+        assert r.get_ilk(agent).capabilities == ()  # type: ignore[union-attr]
+
+
+def test_bad_attributes_are_refused(writer: ish.IdentityRegionWriter) -> None:
+    t = f"tnt:{uuid.uuid4()}"
+    with writer.batch():
+        with pytest.raises(ValueError, match="subtype"):
+            writer.put_ilk(ilk(), tenant_id=t, ilk_type="agent", registration_status="complete",
+                           human_subtype="internal")
+        with pytest.raises(ValueError, match="unknown value"):
+            writer.put_ilk(ilk(), tenant_id=t, ilk_type="human", registration_status="complete",
+                           human_subtype="contractor")
+        with pytest.raises(ValueError, match="empty"):
+            writer.put_ilk(ilk(), tenant_id=t, ilk_type="agent", registration_status="complete",
+                           capabilities=[""])
+    assert writer.counts()[0] == 0

@@ -23,6 +23,8 @@ def test_identities_are_published_with_sorted_deduplicated_capabilities_and_role
         "type": "agent", "human_subtype": "", "tenant": "tnt:a", "capabilities": ["billing", "refunds"],
         "roles": ["l1", "l2"], "handler_node": "AI.billing@h"}
     assert doc["identity"]["ilk:1"]["human_subtype"] == "internal"
+    unclassified = build_identity_data([IdentityRecord(ilk="ilk:h", type="human", tenant="t")])
+    assert unclassified["identity"]["ilk:h"]["human_subtype"] == "", "a human nobody classified yet"
     assert set(doc) == SYSTEM_DATA_KEYS
 
 
@@ -52,7 +54,6 @@ def test_an_alias_cycle_is_refused(aliases: dict[str, str]) -> None:
 @pytest.mark.parametrize(("record", "message"), [
     (IdentityRecord(ilk="", type="agent", tenant="t"), "without an ILK"),
     (IdentityRecord(ilk="ilk:x", type="robot", tenant="t"), "unknown type 'robot'"),
-    (IdentityRecord(ilk="ilk:x", type="human", tenant="t"), "human subtype ''"),
     (IdentityRecord(ilk="ilk:x", type="human", human_subtype="vip", tenant="t"), "human subtype 'vip'"),
     (IdentityRecord(ilk="ilk:x", type="agent", human_subtype="internal", tenant="t"), "on a agent identity"),
     (IdentityRecord(ilk="ilk:x", type="agent", tenant="t", capabilities=("",)), "empty or non-string capability"),

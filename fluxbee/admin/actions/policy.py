@@ -1,0 +1,251 @@
+"""The routing-policy actions (``/opa/*``): carried to each hive's SY.policy, which keeps the lifecycle.
+
+Writes (``opa_compile_apply``, ``opa_compile``, ``opa_apply``, ``opa_rollback``) go to one hive when
+the body names it (``hive`` or ``target``, or the ``/hives/{h}/opa/...`` path), else to every hive
+this one knows (itself, the registered ones, the ones its links reach): this hive first — a refusal
+here (bad Rego, a version conflict) stops the change before any other hive hears of it — then the
+others at once over the links, compiled and staged under the version this hive gave out.  The
+answer lists each hive's result in ``responses``; hives that did not answer in time are named in
+``pending_hives`` and the envelope's status is ``sync_pending`` (HTTP 202).
+
+Reads (``opa_get_policy``, ``opa_get_status``, ``opa_get_decisions``) and ``opa_check`` are about
+one hive (``?hive=``, default this one; another hive's through its admin API over the links).
+``opa_check`` compiles in memory and evaluates an ``input``: it writes nothing and takes no version.
+
+A Rego body (with its data) travels in one frame to each hive: above :data:`MAX_POLICY_BYTES` it is
+refused with 413 ``PAYLOAD_TOO_LARGE`` before anything is compiled or written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Literal
+
+import msgspec
+from pydantic import Field
+
+from fluxbee.admin import schemas as s
+from fluxbee.admin import wan
+from fluxbee.admin.actions.common import Call, Context, check_hive, record_change
+from fluxbee.admin.errors import AdminError
+from fluxbee.dataplane import wire
+
+POLICY_NODE = "SY.policy"
+POLICY_TIMEOUT = 30.0
+"""How long a hive's SY.policy may take (an ``opa build`` and the routers' reload included)."""
+MAX_POLICY_BYTES = wire.PAYLOAD_BUDGET - 8 * 1024
+"""Largest Rego plus data accepted (JSON bytes): one frame to every hive, with room for the envelope."""
+_PASSED = frozenset({"COMPILE_ERROR", "VERSION_MISMATCH", "NOTHING_STAGED", "NO_BACKUP", "NOT_FOUND",
+                     "INVALID_REQUEST", "FORBIDDEN", "OPA_ERROR", "POLICY_LOAD_ERROR", "STATE_WRITE_FAILED",
+                     "STATE_READ_FAILED", "RESPONSE_TOO_LARGE"})
+_KIND = {"opa_compile_apply": "compile", "opa_compile": "compile", "opa_apply": "apply", "opa_rollback": "rollback"}
+
+Hive = Field(default=None, min_length=1, max_length=64, description="One hive (\"broadcast\" or absent: every hive).")
+
+
+class OpaWriteParams(s.Params):
+    rego: str | None = Field(default=None, description="The Rego module (compile).")
+    entrypoint: str | None = Field(default=None, min_length=3, max_length=200,
+                                   description="The target rule (default router/target).")
+    data: dict[str, Any] | None = Field(default=None, description="The policy's own data document.")
+    version: int | None = Field(default=None, ge=1, description="apply: the staged version; rollback: the "
+                                                                "applied version to restore.")
+    hive: str | None = Hive
+    target: str | None = Hive
+
+
+class OpaCheckParams(s.Params):
+    rego: str | None = Field(default=None, description="Rego to validate (default: the staged or current one).")
+    entrypoint: str | None = Field(default=None, min_length=3, max_length=200)
+    data: dict[str, Any] | None = None
+    input: dict[str, Any] | None = Field(default=None, description="An input document to evaluate.")
+    against: Literal["staged", "current"] | None = Field(default=None, description="Without rego: which policy.")
+
+
+class OpaDecisionsParams(s.Params):
+    limit: int | None = Field(default=None, ge=1, le=1000)
+    after: int | None = Field(default=None, ge=0)
+
+
+def _raise(reply: dict[str, Any], hive: str) -> None:
+    code = str(reply.get("error_code") or "SERVICE_FAILED")
+    detail = str(reply.get("error_detail") or code)
+    extra = {k: v for k, v in reply.items() if k not in ("status", "error_code", "error_detail")}
+    if code in _PASSED:
+        raise AdminError(code, detail, payload={"hive": hive, **extra})
+    raise AdminError("SERVICE_FAILED", f"{POLICY_NODE}@{hive}: {code}: {detail}", payload={"hive": hive, **extra})
+
+
+async def _ask(ctx: Context, hive: str, msg: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """One request to ``SY.policy@hive``; its answer (``status`` ok or error) or AdminError when it cannot
+    be reached (POLICY_UNAVAILABLE) or does not answer (TIMEOUT)."""
+    try:
+        _, reply = await ctx.link.request(f"{POLICY_NODE}@{hive}", payload, msg_type=wire.TYPE_SYSTEM, msg=msg,
+                                          meta={}, ttl=16, timeout=POLICY_TIMEOUT)
+    except AdminError as err:
+        if err.code in ("NODE_NOT_FOUND", "UNREACHABLE"):
+            raise AdminError("POLICY_UNAVAILABLE", f"{POLICY_NODE}@{hive} cannot be reached ({err.detail})") from err
+        raise
+    if not isinstance(reply, dict):
+        raise AdminError("SERVICE_FAILED", f"{msg}_RESPONSE from {POLICY_NODE}@{hive} is not an object")
+    return reply
+
+
+def _scope(ctx: Context, target: str, p: OpaWriteParams) -> str | None:
+    """The one hive a write is for, or None for every hive."""
+    named = p.hive or p.target
+    if named is None and target != ctx.backend.hive_id:
+        named = target  # /hives/{h}/opa/... or ADMIN_COMMAND's target
+    return None if named in (None, "broadcast") else named
+
+
+async def _every_hive(ctx: Context) -> list[str]:
+    """This hive, then every other it knows; a worker (a hive with a mother) only itself: the other
+    hives' SY.policy take changes from their own admin and their mother's only."""
+    if (await ctx.backend.hive_info()).get("mother_hive"):
+        return [ctx.backend.hive_id]
+    others = set(await ctx.backend.remote_hives()) | set((await wan.wan_view(ctx.link)).reachable)
+    return [ctx.backend.hive_id, *sorted(others - {ctx.backend.hive_id})]
+
+
+def _check_size(p: OpaWriteParams | OpaCheckParams) -> None:
+    size = len(msgspec.json.encode({"rego": p.rego, "data": p.data}))
+    if size > MAX_POLICY_BYTES:
+        raise AdminError("PAYLOAD_TOO_LARGE", f"the policy and its data take {size} bytes; at most "
+                                              f"{MAX_POLICY_BYTES} travel to a hive (nothing was compiled or written)")
+
+
+async def _write(ctx: Context, target: str, p: OpaWriteParams, call: Call, action: str) -> dict[str, Any]:
+    kind = _KIND[action]
+    if kind == "compile":
+        if p.rego is None or not p.rego.strip():
+            raise AdminError("COMPILE_ERROR", "rego_missing: the body needs a non-empty rego", status=400)
+        _check_size(p)
+    scope = _scope(ctx, target, p)
+    if scope is not None and scope != ctx.backend.hive_id:
+        await _known(ctx, scope)
+    first = scope or ctx.backend.hive_id
+    msg, body = _request(action, p, version=p.version)
+
+    async def work() -> dict[str, Any]:
+        started = time.perf_counter()
+        reply = await _ask(ctx, first, msg, body)
+        if reply.get("status") != "ok":
+            _raise(reply, first)
+        responses = [_response(first, reply)]
+        expected = [first] if scope is not None else await _every_hive(ctx)
+        version = reply.get("version")
+        others = [h for h in expected if h != first]
+        if others:
+            # the others stage (and apply) what this hive did, under the same version
+            follow_msg, follow = _request(action, p, version=version if kind == "compile" else p.version)
+            if kind == "apply":
+                follow = {"version": version}
+            results = await asyncio.gather(*(_ask(ctx, h, follow_msg, follow) for h in others),
+                                           return_exceptions=True)
+            for hive, result in zip(others, results, strict=True):
+                if isinstance(result, AdminError) and result.code in ("TIMEOUT", "POLICY_UNAVAILABLE"):
+                    responses.append({"hive": hive, "status": "pending", "error_code": result.code,
+                                      "error_detail": result.detail})
+                elif isinstance(result, BaseException):
+                    responses.append({"hive": hive, "status": "error", "error_code": getattr(result, "code",
+                                      "INTERNAL_ERROR"), "error_detail": str(result)})
+                else:
+                    responses.append(_response(hive, result))
+        pending = [r["hive"] for r in responses if r["status"] == "pending"]
+        failed = [r["hive"] for r in responses if r["status"] == "error"]
+        out = {"status": "sync_pending" if pending else "ok", "action": kind, "check_only": False,
+               "version": version, "responses": responses, "expected_hives": expected, "pending": bool(pending),
+               "pending_hives": pending, "failed_hives": failed,
+               "elapsed_ms": int((time.perf_counter() - started) * 1000)}
+        if failed:
+            raise AdminError("SERVICE_FAILED", f"hives {', '.join(failed)} refused the change", payload=out)
+        return out
+
+    return await record_change(ctx, call, "opa", action, time.time(), work(),
+                               {"hive": scope or "broadcast", "version": p.version})
+
+
+def _request(action: str, p: OpaWriteParams, *, version: int | None) -> tuple[str, dict[str, Any]]:
+    if action in ("opa_compile_apply", "opa_compile"):
+        body: dict[str, Any] = {"rego": p.rego, "apply": action == "opa_compile_apply"}
+        for key, value in (("entrypoint", p.entrypoint), ("data", p.data), ("version", version)):
+            if value is not None:
+                body[key] = value
+        return "POLICY_COMPILE", body
+    message = "POLICY_APPLY" if action == "opa_apply" else "POLICY_ROLLBACK"
+    return message, ({"version": version} if version is not None else {})
+
+
+def _response(hive: str, reply: dict[str, Any]) -> dict[str, Any]:
+    if reply.get("status") != "ok":
+        return {"hive": hive, "status": "error", **{k: v for k, v in reply.items() if k != "status"}}
+    keep = ("version", "restored_version", "compile_time_ms", "wasm_size_bytes", "hash", "module_sha256",
+            "engine", "fallback_reason", "staged", "applied", "router")
+    return {"hive": hive, "status": "ok", **{k: reply[k] for k in keep if k in reply}}
+
+
+async def _known(ctx: Context, hive: str) -> None:
+    others = set(await ctx.backend.remote_hives()) | set((await wan.wan_view(ctx.link)).reachable)
+    if hive in others:
+        return
+    await check_hive(ctx, hive)  # raises NOT_FOUND / HIVE_NOT_CONNECTED
+
+
+async def opa_compile_apply(ctx: Context, target: str, p: OpaWriteParams, call: Call) -> dict[str, Any]:
+    return await _write(ctx, target, p, call, "opa_compile_apply")
+
+
+async def opa_compile(ctx: Context, target: str, p: OpaWriteParams, call: Call) -> dict[str, Any]:
+    return await _write(ctx, target, p, call, "opa_compile")
+
+
+async def opa_apply(ctx: Context, target: str, p: OpaWriteParams, call: Call) -> dict[str, Any]:
+    if p.rego is not None or p.data is not None:
+        raise AdminError("INVALID_REQUEST", "apply takes the staged policy: leave rego and data out")
+    return await _write(ctx, target, p, call, "opa_apply")
+
+
+async def opa_rollback(ctx: Context, target: str, p: OpaWriteParams, call: Call) -> dict[str, Any]:
+    if p.rego is not None or p.data is not None:
+        raise AdminError("INVALID_REQUEST", "rollback restores an applied policy: leave rego and data out")
+    return await _write(ctx, target, p, call, "opa_rollback")
+
+
+async def opa_check(ctx: Context, target: str, p: OpaCheckParams, call: Call) -> dict[str, Any]:
+    await check_hive(ctx, target)
+    _check_size(p)
+    body = {k: v for k, v in p.model_dump().items() if v is not None}
+    reply = await _ask(ctx, target, "POLICY_CHECK", body)
+    if reply.get("status") != "ok":
+        _raise(reply, target)
+    return {**reply, "action": "compile", "check_only": True}
+
+
+async def opa_get_policy(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
+    await check_hive(ctx, target)
+    reply = await _ask(ctx, target, "POLICY_GET", {})
+    if reply.get("status") != "ok":
+        _raise(reply, target)
+    return reply
+
+
+async def opa_get_status(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
+    await check_hive(ctx, target)
+    reply = await _ask(ctx, target, "POLICY_STATUS", {})
+    if reply.get("status") != "ok":
+        _raise(reply, target)
+    return reply
+
+
+async def opa_get_decisions(ctx: Context, target: str, p: OpaDecisionsParams, call: Call) -> dict[str, Any]:
+    """The router's decision audit ring (``OPA_DECISIONS_GET``), newest last."""
+    await check_hive(ctx, target)
+    request = {k: v for k, v in (("limit", p.limit), ("after", p.after)) if v is not None}
+    msg, reply = await ctx.link.router_request(wire.OPA_DECISIONS_GET, request, timeout=5.0)
+    if not isinstance(reply, dict) or msg != wire.OPA_DECISIONS_GET_RESPONSE:
+        raise AdminError("SERVICE_FAILED", f"the router answered {msg} to OPA_DECISIONS_GET")
+    if reply.get("status") != "ok":
+        _raise(reply, target)
+    return {**reply, "status": "ok", "hive": target}

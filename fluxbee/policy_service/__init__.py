@@ -1,0 +1,5 @@
+"""SY.policy: one hive's routing-policy lifecycle (compile, stage, apply, rollback, check).
+
+:mod:`.store` keeps the files, :mod:`.lifecycle` the rules (versions only grow; a failed compile
+takes none), :mod:`.node` the socket side and the policy region, :mod:`.cli` ``fluxbee policy``.
+"""

@@ -1,0 +1,270 @@
+"""SY.policy as a node: the hive's policy region writer, answering the admin API's ``POLICY_*`` requests.
+
+Requests are system messages to ``SY.policy@<hive>`` (answers ``<msg>_RESPONSE``):
+
+=================  ==========================================================  =================
+message            payload                                                     from
+=================  ==========================================================  =================
+POLICY_COMPILE     ``{rego, entrypoint?, data?, version?, apply?}``            SY.admin (here or mother)
+POLICY_APPLY       ``{version?}`` (the staged one)                             SY.admin (here or mother)
+POLICY_ROLLBACK    ``{version?}`` (an applied one; default the previous)       SY.admin (here or mother)
+POLICY_CHECK       ``{rego?, input?, data?, entrypoint?, against?}``           any SY.* node
+POLICY_GET         ``{}``: current (with its Rego), staged, versions            any SY.* node
+POLICY_STATUS      ``{}``: the same without Rego, the last apply, the router's  any SY.* node
+=================  ==========================================================  =================
+
+Who sent a request is the name the router stamped on it (``routing.src_l2_name``), proven by the
+sender's claim token: nothing is believed because of a name inside a payload.  Changes come only
+from ``SY.admin`` of this hive or of its mother hive (an apply made on the mother reaches every
+hive's SY.policy over the links).  Answers are ``{status: "ok", ...}`` or ``{status: "error",
+error_code, error_detail, ...}``; a compile error carries ``line`` and ``column``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from fluxbee.dataplane import wire
+from fluxbee.dataplane.policy import TARGET_ENTRYPOINT
+from fluxbee.dataplane.sdk import FrameTooLargeError, NodeConfig, NodeSender, SdkError, connect
+from fluxbee.dataplane.shm.policy import PolicyRegion, artefact_digest
+from fluxbee.dataplane.wire import Message
+from fluxbee.policy_service.lifecycle import CompileRequest, Lifecycle, PolicyServiceError
+from fluxbee.policy_service.store import PolicyStore, Versioned
+
+log = logging.getLogger(__name__)
+
+NODE_NAME = "SY.policy"
+CHANGES = frozenset({"POLICY_COMPILE", "POLICY_APPLY", "POLICY_ROLLBACK"})
+READS = frozenset({"POLICY_CHECK", "POLICY_GET", "POLICY_STATUS"})
+RELOAD_TIMEOUT = 10.0
+"""How long an apply waits for the router's OPA_RELOAD_RESPONSE before calling it ``pending``."""
+HEARTBEAT_S = 2.0
+FOLLOW_S = 3.0
+"""How often a worker's SY.policy asks its mother's for the current policy."""
+
+
+def state_dir(run_dir: Path) -> Path:
+    return run_dir / "policy"
+
+
+class RouterPublisher:
+    """Writes the hive's policy region and tells the router (``OPA_RELOAD``), then reports its answer."""
+
+    def __init__(self, sender: NodeSender, region: PolicyRegion) -> None:
+        self.sender = sender
+        self.region = region
+
+    async def publish(self, item: Versioned) -> dict[str, Any]:
+        raw = item.artefact.to_bytes()
+        digest = artefact_digest(raw)
+        try:
+            self.region.publish(raw, item.version, digest, engine=item.artefact.engine,
+                                entrypoints=item.artefact.entrypoints)
+        except ValueError as err:
+            return {"status": "error", "error": f"not written to the policy region: {err}"}
+        try:
+            reply = await self.sender.request(self.sender.router_uuid, {"version": item.version,
+                                                                        "hash": f"sha256:{digest}"},
+                                              msg_type=wire.TYPE_SYSTEM, msg=wire.OPA_RELOAD, timeout=RELOAD_TIMEOUT)
+        except SdkError as err:  # the router polls the region too: it is in place, only unconfirmed
+            return {"status": "pending", "error": f"no OPA_RELOAD answer from the router: {err}",
+                    "region_version": item.version}
+        body = reply.payload if isinstance(reply.payload, dict) else {}
+        # a router that took it says so, with the version it now runs (its answer carries its policy
+        # description, whose status is "loaded")
+        if body.get("status") in ("ok", "loaded") and body.get("version") == item.version:
+            return {"status": "applied", "routers": [body]}
+        return {"status": "error", "error": body.get("error_detail") or body.get("error_code") or "refused",
+                "error_code": body.get("error_code"), "routers": [body]}
+
+    async def router_policy(self) -> dict[str, Any] | None:
+        try:
+            status = await self.sender.router_status(timeout=5.0)
+        except SdkError:
+            return None
+        policy = status.get("policy")
+        return policy if isinstance(policy, dict) else None
+
+
+def _int_or_none(value: Any, field: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise PolicyServiceError("INVALID_REQUEST", f"{field} must be a positive integer")
+    return value
+
+
+def _str_or(value: Any, field: str, default: str | None) -> str | None:
+    if value is None:
+        return default
+    if not isinstance(value, str) or not value:
+        raise PolicyServiceError("INVALID_REQUEST", f"{field} must be a non-empty string")
+    return value
+
+
+def _data(value: Any) -> dict[str, Any] | None:
+    if value is None or isinstance(value, dict):
+        return value
+    raise PolicyServiceError("INVALID_REQUEST", "data must be a JSON object")
+
+
+class PolicyService:
+    """One hive's SY.policy: :meth:`run` until ``stop`` is set."""
+
+    def __init__(self, hive_id: str, run_dir: Path, mother_hive: str | None = None) -> None:
+        self.hive_id = hive_id
+        self.run_dir = run_dir
+        self.mother_hive = mother_hive
+        self.store = PolicyStore(state_dir(run_dir))
+        self.lifecycle: Lifecycle | None = None
+
+    def may_change(self, sender: str | None) -> bool:
+        allowed = {f"SY.admin@{self.hive_id}"} | ({f"SY.admin@{self.mother_hive}"} if self.mother_hive else set())
+        return sender in allowed
+
+    async def run(self, stop: asyncio.Event) -> None:
+        sender, receiver = await connect(NodeConfig(name=NODE_NAME, run_dir=self.run_dir, persistent=True))
+        region = PolicyRegion.create(self.hive_id, owner_uuid=sender.uuid, run_dir=self.run_dir,
+                                     owner_name=NODE_NAME)
+        self.lifecycle = Lifecycle(self.store, RouterPublisher(sender, region), self.hive_id)
+        tasks = [asyncio.create_task(self._heartbeat(region), name="policy-heartbeat"),
+                 asyncio.create_task(self._republish(), name="policy-republish")]
+        if self.mother_hive:
+            tasks.append(asyncio.create_task(self._follow_mother(sender), name="policy-follow-mother"))
+
+        async def serve() -> None:
+            async for message in receiver:
+                await self.handle(sender, message)
+
+        serving = asyncio.create_task(serve(), name="policy-serve")
+        stopper = asyncio.create_task(stop.wait(), name="policy-stop")
+        try:
+            await asyncio.wait({serving, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (serving, stopper, *tasks):
+                t.cancel()
+            for t in (serving, stopper, *tasks):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            await sender.close()
+            region.close()
+            self.lifecycle.close()
+        if serving.done() and not serving.cancelled() and serving.exception() is not None:
+            raise serving.exception()  # type: ignore[misc]
+
+    async def _heartbeat(self, region: PolicyRegion) -> None:
+        while True:
+            region.heartbeat()
+            await asyncio.sleep(HEARTBEAT_S)
+
+    async def _republish(self) -> None:
+        assert self.lifecycle is not None
+        try:
+            async with self.lifecycle.lock:
+                await self.lifecycle.republish()
+        except PolicyServiceError as err:
+            log.error("the current policy could not be published again at start: %s", err.detail)
+
+    async def _follow_mother(self, sender: NodeSender) -> None:
+        """Every :data:`FOLLOW_S`, ask the mother's SY.policy for its current policy and take a newer one."""
+        assert self.lifecycle is not None
+        mother = f"{NODE_NAME}@{self.mother_hive}"
+        while True:
+            await asyncio.sleep(FOLLOW_S)
+            try:
+                reply = await sender.request(mother, {}, msg_type=wire.TYPE_SYSTEM, msg="POLICY_GET", timeout=10.0)
+            except SdkError as err:  # down, unlinked: asked again next time
+                log.debug("%s not asked for its policy: %s", mother, err)
+                continue
+            if reply.routing.src_l2_name != mother or not isinstance(reply.payload, dict) \
+                    or reply.payload.get("status") != "ok":
+                continue
+            try:
+                async with self.lifecycle.lock:
+                    taken = await self.lifecycle.follow(reply.payload)
+            except PolicyServiceError as err:
+                log.error("the mother's policy could not be taken: %s: %s", err.code, err.detail)
+                continue
+            if taken is not None:
+                log.info("policy version %d taken from %s", taken, mother)
+
+    async def handle(self, sender: NodeSender, msg: Message) -> None:
+        action = msg.meta.msg
+        if msg.meta.type != wire.TYPE_SYSTEM or action not in CHANGES | READS:
+            return
+        try:
+            payload = await self.answer(action, msg.routing.src_l2_name, msg.payload)
+        except PolicyServiceError as err:
+            payload = err.payload()
+        except Exception as err:  # a bug must answer, not leave the admin API to its timeout
+            log.exception("%s failed", action)
+            payload = {"status": "error", "error_code": "INTERNAL_ERROR", "error_detail": str(err)}
+        try:
+            try:
+                await sender.reply(msg, payload, msg_type=wire.TYPE_SYSTEM, msg=f"{action}_RESPONSE")
+            except FrameTooLargeError as err:  # say so rather than leave the asker to its timeout
+                await sender.reply(msg, {"status": "error", "error_code": "RESPONSE_TOO_LARGE",
+                                         "error_detail": f"the {action}_RESPONSE answer does not fit in a frame "
+                                                         f"({err.size} > {err.max_size} bytes)"},
+                                   msg_type=wire.TYPE_SYSTEM, msg=f"{action}_RESPONSE")
+        except Exception as err:
+            log.warning("%s_RESPONSE to %s lost: %s", action, msg.routing.src_l2_name, err)
+
+    async def answer(self, action: str, sender: str | None, body: Any) -> dict[str, Any]:
+        lc = self.lifecycle
+        assert lc is not None
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise PolicyServiceError("INVALID_REQUEST", f"{action} payload must be a JSON object")
+        if not (sender or "").startswith("SY."):
+            raise PolicyServiceError("FORBIDDEN", f"{sender or '(no name)'} may not ask SY.policy")
+        if action in CHANGES and not self.may_change(sender):
+            raise PolicyServiceError("FORBIDDEN", f"{sender} may not change the policy of {self.hive_id}")
+        if action == "POLICY_CHECK":  # reads only: no lock held while it compiles
+            rego = body.get("rego")
+            if rego is not None and not isinstance(rego, str):
+                raise PolicyServiceError("INVALID_REQUEST", "rego must be a string")
+            against = _str_or(body.get("against"), "against", "staged" if body.get("rego") is None else "request")
+            if rego is None and against not in ("staged", "current"):
+                raise PolicyServiceError("INVALID_REQUEST", "against must be staged or current")
+            entrypoint = _str_or(body.get("entrypoint"), "entrypoint", TARGET_ENTRYPOINT)
+            assert against is not None and entrypoint is not None
+            return await lc.check(rego, against, body.get("input"), _data(body.get("data")), entrypoint)
+        async with lc.lock:
+            if action == "POLICY_COMPILE":
+                rego = body.get("rego")
+                if not isinstance(rego, str) or not rego.strip():
+                    raise PolicyServiceError("INVALID_REQUEST", "rego_missing: rego must be a non-empty string")
+                entrypoint = _str_or(body.get("entrypoint"), "entrypoint", TARGET_ENTRYPOINT)
+                assert entrypoint is not None
+                req = CompileRequest(rego=rego, entrypoint=entrypoint, data=_data(body.get("data")),
+                                     version=_int_or_none(body.get("version"), "version"))
+                return await lc.compile(req, apply=bool(body.get("apply")))
+            if action == "POLICY_APPLY":
+                return await lc.apply(_int_or_none(body.get("version"), "version"))
+            if action == "POLICY_ROLLBACK":
+                return await lc.rollback(_int_or_none(body.get("version"), "version"))
+            return await lc.describe(with_source=action == "POLICY_GET")
+
+
+def serve(hive_id: str, run_dir: Path, mother_hive: str | None) -> None:
+    """Run SY.policy until SIGINT/SIGTERM."""
+    import signal
+
+    import uvloop
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await PolicyService(hive_id, run_dir, mother_hive).run(stop)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
