@@ -38,7 +38,6 @@ from fluxbee.dataplane.policy.artefact import (
     canonical_json,
 )
 from fluxbee.dataplane.policy.errors import CompileError
-from fluxbee.dataplane.policy.regorus_engine import POLICY_FILE, parse_policy, rule_names
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +136,8 @@ def compile_policy(source: str, *, data: Mapping[str, Any] | None = None,
         return _compile_with_opa(source, own_data, opa, target_entrypoint, allow_entrypoint, timeout)
     if use_opa:  # wanted, not found: say so (a caller that chose regorus knows)
         log.warning("policy compiled for regorus evaluation, without WebAssembly: %s", reason)
+    from fluxbee.dataplane.policy.regorus_engine import parse_policy, rule_names  # noqa: PLC0415 - the policy extra
+
     names = rule_names(parse_policy(source))
     if target_rule not in names.get(target_pkg, set()):
         raise CompileError(f"the policy defines no {target_rule} rule in package "
@@ -190,6 +191,8 @@ def _run(argv: list[str], cwd: str, timeout: float) -> subprocess.CompletedProce
 
 def _compile_with_opa(source: str, own_data: dict[str, Any], opa: str, target: str, allow: str,
                       timeout: float) -> Artefact:
+    from fluxbee.dataplane.policy.regorus_engine import POLICY_FILE, parse_policy, rule_names  # noqa: PLC0415
+
     with tempfile.TemporaryDirectory(prefix="fluxbee-policy-") as tmp:
         Path(tmp, POLICY_FILE).write_text(source, encoding="utf-8")
         check = _run([opa, "check", "--format", "json", POLICY_FILE], tmp, timeout)

