@@ -192,7 +192,8 @@ class LinkManager:
             delay = min(delay * 2, BACKOFF_MAX_S)
 
     async def _mesh_dns_loop(self) -> None:
-        assert self.settings.mesh_dns is not None
+        if self.settings.mesh_dns is None:
+            return
         name, port = self.settings.mesh_dns
         loop = asyncio.get_running_loop()
         while True:
@@ -236,7 +237,8 @@ class LinkManager:
 
     def session_up(self, session: LinkSession) -> p.Reject | None:
         peer = session.peer
-        assert peer is not None
+        if peer is None:
+            raise RuntimeError("bug: a session is up before the peer's HELLO")
         if session.role == "mesh":
             for other in list(self.sessions.values()):
                 if other is session or other.state != "up" or other.role != "mesh" or other.router_id != peer.router_id:

@@ -138,8 +138,8 @@ class LocalHive:
         read once at start: the router is started once."""
         try:
             hives = [d for d in self.hive_documents() if isinstance(d, Hive)]
-        except ResourceError as err:
-            raise LocalHiveError(str(err)) from err  # the error names the file
+        except ResourceError:
+            return  # load_plan says what is wrong with the file
         if len(hives) != 1:
             return  # load_plan says what is wrong
         hive = hives[0]
