@@ -47,6 +47,7 @@ from typing import Any
 
 import uvloop
 
+from fluxbee.bench import crosshive
 from fluxbee.procs import die_with_parent
 
 HEADER = struct.Struct(">I")
@@ -512,6 +513,7 @@ async def _run_all(plan: Plan) -> dict[str, Any]:
     try:
         results = await measure(plan, tmp)
         memory = bench_router_memory(plan, tmp)
+        cross = await crosshive.measure(plan.round_trips, plan.messages, tmp / "cross")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out: dict[str, Any] = {
@@ -527,6 +529,7 @@ async def _run_all(plan: Plan) -> dict[str, Any]:
         "round_trips": plan.round_trips,
         "messages": plan.messages,
         "idle_nodes": plan.idle_nodes,
+        "cross_hive": cross,
     }
     f50 = out["fluxbee"]["rtt_us"]["p50"]
     out["ratios"] = {
@@ -571,7 +574,7 @@ def format_table(r: dict[str, Any]) -> str:
         "(CPU moves/rtt: how often the transport's processes changed CPU per round trip in the rested rounds; "
         "a hop within one CPU costs a context switch, a hop to another CPU a cross-CPU wake-up)",
     ]
-    return "\n".join(rows)
+    return "\n".join(rows) + "\n" + crosshive.format_section(r["cross_hive"])
 
 
 def run_bench(*, quick: bool, as_json: bool, round_trips: int | None = None, messages: int | None = None,
