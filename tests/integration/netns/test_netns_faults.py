@@ -1,0 +1,498 @@
+"""Links across real network boundaries: every host a network namespace, every wire a veth pair.
+
+Topology (hosts in lower case, hives in upper case)::
+
+    c (hive C) ── b (hive B) ── a (hive A) ── d1 (hive D, router 1) ── d2 (hive D, router 2)
+
+A, B and C are `fluxbee up` processes started inside their namespaces (``ip netns exec``); C dials B
+and B dials A, so A reaches C only through B (transit).  Hive D is two `fluxbee router` processes on
+two hosts meshed over their wire; router 1 dials A's gateway; ``WF.deep`` runs on router 2 only, so
+``WF.deep@D`` from A crosses a WAN hop and a mesh hop.  Faults: a wire's interfaces set down and up,
+netem delay and loss on a wire, B's router killed with SIGKILL, hive C stopped and started again, a
+peer presenting another hive's certificate.  Every request a test sends is accounted for: answered,
+or answered UNREACHABLE with a reason — none may vanish.
+
+Where namespaces cannot be made the same tests run on loopback (see ``topology``); the variant is
+printed at the start of the module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import topology as topo
+from hive_harness import stop_process, wait_until
+
+from fluxbee.dataplane.sdk import NodeConfig, NodeSender, UnreachableError, connect
+
+pytestmark = pytest.mark.integration
+
+HELLO_S = 0.3
+DEAD_S = 2.0
+TIMERS = ("--link-hello-interval", str(HELLO_S), "--link-dead-interval", str(DEAD_S))
+REQUEST_TIMEOUT = DEAD_S + 4.0
+"""Longer than the dead timer plus the time to answer: a request outliving it was lost, not slow."""
+HIVE_FILE = """\
+apiVersion: fluxbee.io/v1alpha1
+kind: Hive
+metadata: {{name: {hive}}}
+spec: {{}}
+---
+apiVersion: fluxbee.io/v1alpha1
+kind: FluxNode
+metadata: {{name: echo}}
+spec: {{hive: {hive}, nodeName: WF.echo, runtime: fluxbee.echo}}
+"""
+
+
+def fluxbee(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fluxbee", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def status(run_dir: Path) -> dict[str, Any]:
+    done = fluxbee("status", "--run-dir", str(run_dir), "--json")
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+def links_up(run_dir: Path, hive: str, role: str = "wan") -> bool:
+    try:
+        return any(x["hive_id"] == hive and x["state"] == "up" for x in status(run_dir)[role]["links"])
+    except AssertionError:
+        return False
+
+
+@dataclass
+class Host:
+    """One process group started on a host: `fluxbee up` for a hive, or one `fluxbee router`."""
+
+    name: str
+    argv: list[str]
+    run_dir: Path
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, net: topo.Topology, ready: str | None = None) -> None:
+        """Start on its host; ready when the node ``ready`` is registered (or, None, when the router answers)."""
+        with self.log.open("ab") as out:
+            env = {**os.environ, "FLUXBEE_UP_IDENTITY": "0", "PYTHONUNBUFFERED": "1"}
+            self.proc = subprocess.Popen(net.argv(self.name, self.argv), stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = self.proc
+        wait_until(lambda: proc.poll() is not None or self._ready(ready),
+                   timeout=90, what=f"{ready or 'the router'} on host {self.name}", step=0.3)
+        assert proc.poll() is None, self.log.read_text()[-3000:]
+        if isinstance(net, topo.Loopback):
+            net.pids[self.name] = [self.router_pid()]
+
+    def _ready(self, ready: str | None) -> bool:
+        if not (self.run_dir / "routers").is_dir() or not any((self.run_dir / "routers").glob("*.sock")):
+            return False
+        try:
+            nodes = status(self.run_dir)["nodes"]
+        except (AssertionError, ValueError, KeyError):
+            return False
+        return ready is None or any(n["name"] == ready for n in nodes)
+
+    def router_pid(self) -> int:
+        return int(status(self.run_dir)["router"]["pid"])
+
+    def stop(self) -> None:
+        stop_process(self.proc, f"processes of host {self.name}", sig=signal.SIGINT, timeout=30, strict=False)
+
+
+@dataclass
+class World:
+    net: topo.Topology
+    root: Path
+    hosts: dict[str, Host] = field(default_factory=dict)
+    others: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def run(self, host: str) -> Path:
+        return self.hosts[host].run_dir
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    net, why = topo.make(["a", "b", "c", "d1", "d2"], [("a", "b"), ("b", "c"), ("a", "d1"), ("d1", "d2")])
+    print(f"\nlink fault tests: {net.kind} variant" + (f" (namespaces unavailable: {why})" if why else ""))
+    root = Path(tempfile.mkdtemp(prefix="fbn", dir="/tmp"))
+    root.chmod(0o755)
+    w = World(net, root)
+    try:
+        assert fluxbee("wan", "ca", str(root / "ca")).returncode == 0
+        done = fluxbee("wan", "issue", "--ca", str(root / "ca"), "--hive-id", "D", "--out", str(root / "cert-D"))
+        assert done.returncode == 0, done.stderr
+        up = [sys.executable, "-m", "fluxbee", "up", "--admin-listen", "off", "--wan-ca", str(root / "ca"), *TIMERS]
+        spec = {"a": ("A", ["--wan-listen", net.listen("a", net.port("a"))]),
+                "b": ("B", ["--wan-listen", net.listen("b", net.port("b")),
+                            "--uplink", net.address("a", "b", net.port("a"))]),
+                "c": ("C", ["--uplink", net.address("b", "c", net.port("b"))])}
+        for host, (hive, args) in spec.items():
+            (root / f"{hive}.yaml").write_text(HIVE_FILE.format(hive=hive))
+            w.hosts[host] = Host(host, [*up, "-f", str(root / f"{hive}.yaml"), "--hive-id", hive, "--run-dir",
+                                        str(root / hive), *args], root / hive, root / f"{hive}.log")
+            w.hosts[host].start(net, f"WF.echo@{hive}")
+        cert = ("--wan-cert", str(root / "cert-D" / "tls.crt"), "--wan-key", str(root / "cert-D" / "tls.key"),
+                "--wan-ca-cert", str(root / "ca" / "ca.crt"))
+        mesh = {"d1": net.port("d1") + 1 if isinstance(net, topo.Loopback) else 9100,
+                "d2": net.port("d2") + 1 if isinstance(net, topo.Loopback) else 9100}
+        for host, other, extra in (("d1", "d2", ("--uplink", net.address("a", "d1", net.port("a")))),
+                                   ("d2", "d1", ())):
+            argv = [sys.executable, "-m", "fluxbee", "router", "--hive-id", "D", "--run-dir", str(root / host), *cert,
+                    "--mesh-listen", net.listen(host, mesh[host]), "--mesh-peer",
+                    net.address(other, host, mesh[other]), *TIMERS, *extra]
+            (root / host).mkdir()
+            w.hosts[host] = Host(host, argv, root / host, root / f"{host}.log")
+            w.hosts[host].start(net)
+        deep = subprocess.Popen([sys.executable, "-m", "fluxbee", "node", "echo", "--name", "WF.deep", "--run-dir",
+                                 str(root / "d2")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        w.others.append(deep)
+        wait_until(lambda: links_up(w.run("a"), "B") and links_up(w.run("b"), "C") and links_up(w.run("a"), "D"),
+                   timeout=60, what="the A-B, B-C and A-D links", step=0.3)
+        yield w
+    finally:  # processes first (a namespace outlives its deletion while a process is in it), then the wires
+        if isinstance(net, topo.Loopback):
+            net.thaw()
+        for proc in w.others:
+            stop_process(proc, "a node", strict=False)
+        for host in reversed(list(w.hosts.values())):
+            host.stop()
+        net.teardown()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class Outcome:
+    sent: float
+    done: float = 0.0
+    result: str = "pending"
+    """``answered``, ``UNREACHABLE:<reason>``, or ``lost`` (no answer within REQUEST_TIMEOUT)."""
+
+
+class Traffic:
+    """Requests to ``dst`` every ``interval`` s from an SDK node on hive A's router, each accounted for."""
+
+    def __init__(self, sender: NodeSender, dst: str, interval: float = 0.05) -> None:
+        self.sender, self.dst, self.interval = sender, dst, interval
+        self.outcomes: list[Outcome] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+
+    async def _one(self, outcome: Outcome) -> None:
+        try:
+            reply = await self.sender.request(self.dst, {"n": len(self.outcomes)}, timeout=REQUEST_TIMEOUT)
+            outcome.result = "answered" if reply.routing.src_l2_name == self.dst else f"from {reply.routing.src_l2_name}"
+        except UnreachableError as err:
+            outcome.result = f"UNREACHABLE:{err.reason}"
+        except (TimeoutError, asyncio.TimeoutError):
+            outcome.result = "lost"
+        outcome.done = time.monotonic()
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            outcome = Outcome(time.monotonic())
+            self.outcomes.append(outcome)
+            self._tasks.append(asyncio.create_task(self._one(outcome)))
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self._loop = asyncio.create_task(self._run())
+
+    async def stop(self) -> list[Outcome]:
+        self._stop.set()
+        if self._loop is not None:
+            await self._loop
+        await asyncio.gather(*self._tasks)
+        return self.outcomes
+
+    def answered_since(self, t: float) -> bool:
+        return any(o.result == "answered" and o.sent >= t for o in self.outcomes)
+
+
+def tally(outcomes: list[Outcome]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.result] = counts.get(o.result, 0) + 1
+    return counts
+
+
+async def client(world: World, host: str = "a") -> NodeSender:
+    sender, _ = await connect(NodeConfig(name=f"WF.probe{os.getpid()}x{time.monotonic_ns() % 10**6}",
+                                         run_dir=world.run(host)))
+    return sender
+
+
+async def answers(sender: NodeSender, dst: str, timeout: float = 3.0) -> bool:
+    try:
+        reply = await sender.request(dst, "ping", timeout=timeout)
+    except (UnreachableError, TimeoutError, asyncio.TimeoutError):
+        return False
+    return reply.routing.src_l2_name == dst
+
+
+async def until(check: Any, timeout: float, what: str) -> float:
+    """Await ``check()`` until true; the seconds it took."""
+    start = time.monotonic()
+    while not await check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - start
+
+
+async def link_state(sender: NodeSender, hive: str, role: str = "wan") -> bool:
+    links = (await sender.router_status())[role]["links"]
+    return any(x["hive_id"] == hive and x["state"] == "up" for x in links)
+
+
+async def test_routing_across_hosts_and_hives_with_transit(world: World) -> None:
+    done = fluxbee("send", "WF.echo@C", "--run-dir", str(world.run("a")), "--payload", '"over two wires"', "--wait")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["from"] == "WF.echo@C"
+    route = next(r for r in status(world.run("a"))["wan"]["routes"] if r["hive"] == "C")
+    assert route["path"] == ["B", "C"] and route["next_hop"] == "B"  # transit, no route written anywhere
+    sender = await client(world, "c")
+    try:
+        assert await answers(sender, "WF.echo@A")
+        assert await answers(sender, "WF.deep@D")  # C → B → A → D router 1 → mesh → D router 2
+    finally:
+        await sender.close()
+    # the two routers of hive D: a node on router 1 reaches the node on router 2 across their wire
+    assert links_up(world.run("d1"), "D", "mesh")
+    sender = await client(world, "d1")
+    try:
+        assert await answers(sender, "WF.deep@D")
+        assert await answers(sender, "WF.echo@C")
+    finally:
+        await sender.close()
+
+
+async def test_a_cut_wire_is_detected_within_the_dead_timer_and_healed(world: World) -> None:
+    sender = await client(world)
+    traffic = Traffic(sender, "WF.echo@C")
+    try:
+        traffic.start()
+        await asyncio.sleep(1.0)
+        world.net.cut("a", "b")
+        cut = time.monotonic()
+        try:
+            detect = await until(lambda: _not(link_state(sender, "B")), DEAD_S + 10, "A closing the dead link")
+            await asyncio.sleep(1.0)
+            with pytest.raises(UnreachableError) as refused:
+                await sender.request("WF.echo@C", "ping", timeout=5)
+            assert refused.value.reason == "WAN_UNAVAILABLE" and "no link reaches" in refused.value.detail
+        finally:
+            world.net.heal("a", "b")
+        healed = time.monotonic()
+        reconverge = await until(lambda: _true(traffic.answered_since(healed)), 60, "A reaching C after the heal")
+        await asyncio.sleep(0.5)
+    finally:
+        outcomes = await traffic.stop()
+        await sender.close()
+    counts = tally(outcomes)
+    print(f"\n[{world.net.kind}] cut A-B: detected in {detect:.2f} s (dead timer {DEAD_S} s), "
+          f"answered again {reconverge:.2f} s after the heal; requests: {counts}")
+    assert detect <= DEAD_S + HELLO_S + 3  # the dead timer, plus the time to ask the router
+    before = [o for o in outcomes if o.sent < cut]
+    assert before and all(o.result == "answered" for o in before)
+    while_down = [o for o in outcomes if cut + detect + 0.5 <= o.sent < healed]
+    assert while_down and all(o.result == "UNREACHABLE:WAN_UNAVAILABLE" for o in while_down), tally(while_down)
+    assert all(o.done - o.sent < 1.0 for o in while_down)  # refused at once, not after a timeout
+    assert any(o.result == "answered" for o in outcomes if o.sent >= healed)
+    assert set(counts) <= {"answered", "UNREACHABLE:WAN_UNAVAILABLE", "lost"}, counts
+    lost = [o for o in outcomes if o.result == "lost"]
+    assert all(cut <= o.sent <= cut + detect for o in lost)  # only what was in flight before the dead timer fired
+    if lost:
+        # Known gap (issue #14 item 5): frames written to a session that later dies of its dead timer are gone with
+        # the TCP buffer; nobody answers UNREACHABLE for them.  Visible here until the link code reports them.
+        pytest.xfail(f"{len(lost)} requests sent in the {detect:.2f} s before the dead timer fired were neither "
+                     f"answered nor refused")
+
+
+async def _not(check: Any) -> bool:
+    return not await check
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_netem_delay_and_loss_on_a_wire(world: World) -> None:
+    if isinstance(world.net, topo.Loopback):
+        pytest.skip("netem needs network namespaces (loopback variant)")
+    sender = await client(world)
+    try:
+        assert await answers(sender, "WF.echo@B")
+        try:
+            world.net.netem("a", "b", "delay", "40ms")  # on both ends: 80 ms more per round trip
+        except topo.TopologyError as err:
+            pytest.skip(f"this kernel cannot delay or drop packets: {err}")
+        try:
+            rtts = []
+            for n in range(15):
+                t0 = time.monotonic()
+                reply = await sender.request("WF.echo@B", {"n": n}, timeout=REQUEST_TIMEOUT)
+                rtts.append(time.monotonic() - t0)
+                assert reply.payload == {"n": n}
+            assert min(rtts) >= 0.080  # the frames did cross the delayed wire, both ways
+            print(f"\n[{world.net.kind}] delay 40 ms each way: round trip min {min(rtts) * 1000:.0f} ms, "
+                  f"median {sorted(rtts)[len(rtts) // 2] * 1000:.0f} ms")
+            # loss: TCP retransmits under the link; every request is answered, or refused with a reason
+            world.net.netem("a", "b", "loss", "5%")
+            traffic = Traffic(sender, "WF.echo@B", interval=0.02)
+            traffic.start()
+            await asyncio.sleep(4.0)
+            outcomes = await traffic.stop()
+        finally:
+            world.net.clear_netem("a", "b")
+        counts = tally(outcomes)
+        print(f"[{world.net.kind}] 5% loss each way: {counts}")
+        assert counts.get("answered", 0) >= len(outcomes) * 0.9, counts
+        assert set(counts) <= {"answered", "UNREACHABLE:WAN_UNAVAILABLE"}, counts  # none vanished
+        await until(lambda: answers(sender, "WF.echo@C"), 30, "A reaching C after netem")
+    finally:
+        await sender.close()
+
+
+async def test_a_slow_wire_still_answers_everything(world: World) -> None:
+    """A token bucket (tbf, in every kernel that has tc) throttles the A-B wire to 512 kbit/s each way:
+    a burst of requests queues behind it; every one is answered or refused with a reason."""
+    if isinstance(world.net, topo.Loopback):
+        pytest.skip("traffic shaping needs network namespaces (loopback variant)")
+    sender = await client(world)
+    try:
+        assert await answers(sender, "WF.echo@C")
+        world.net.qdisc("a", "b", "tbf", "rate", "512kbit", "burst", "4kb", "latency", "2s")
+        try:
+            traffic = Traffic(sender, "WF.echo@C", interval=0.005)  # ~200 requests/s: more than the wire carries
+            traffic.start()
+            await asyncio.sleep(3.0)
+            outcomes = await traffic.stop()
+            await until(lambda: answers(sender, "WF.echo@C"), 30, "A reaching C on the slow wire")
+        finally:
+            world.net.clear_netem("a", "b")
+        counts = tally(outcomes)
+        waits = sorted(o.done - o.sent for o in outcomes if o.result == "answered")
+        print(f"\n[{world.net.kind}] A-B throttled to 512 kbit/s: {counts}; round trip median "
+              f"{waits[len(waits) // 2] * 1000:.0f} ms, max {waits[-1] * 1000:.0f} ms")
+        assert counts.get("answered", 0) >= len(outcomes) * 0.9, counts
+        assert set(counts) <= {"answered", "UNREACHABLE:WAN_UNAVAILABLE", "UNREACHABLE:DST_CONGESTED"}, counts
+    finally:
+        await sender.close()
+
+
+async def test_a_gateway_killed_with_sigkill_relinks_and_resyncs(world: World) -> None:
+    sender = await client(world)
+    traffic = Traffic(sender, "WF.echo@C")
+    try:
+        await until(lambda: answers(sender, "WF.echo@C"), 30, "A reaching C")
+        traffic.start()
+        await asyncio.sleep(0.5)
+        os.kill(world.hosts["b"].router_pid(), signal.SIGKILL)
+        killed = time.monotonic()
+        # `fluxbee up` of hive B restarts its router; B dials A again and C dials B again; full resync
+        back = await until(lambda: _true(traffic.answered_since(killed + 0.5)), 90, "A reaching C after B's restart")
+        await asyncio.sleep(0.5)
+    finally:
+        outcomes = await traffic.stop()
+    try:
+        counts = tally(outcomes)
+        refused = [o for o in outcomes if o.result.startswith("UNREACHABLE")]
+        print(f"\n[{world.net.kind}] B's router SIGKILLed: first refusal at A "
+              f"{(min(o.done for o in refused) - killed) if refused else float('nan'):.2f} s after the kill, "
+              f"C answering again {back:.2f} s after it (restart + relink + resync); requests: {counts}")
+        assert all(o.result == "answered" for o in outcomes if o.sent < killed)
+        # the kernel of host b reset the connections: A refused at once, with the reason (no dead timer needed)
+        assert refused and min(o.done for o in refused) - killed <= DEAD_S + 1
+        assert set(counts) <= {"answered", "UNREACHABLE:WAN_UNAVAILABLE", "lost"}, counts
+        route = next(r for r in (await sender.router_status())["wan"]["routes"] if r["hive"] == "C")
+        assert route["path"] == ["B", "C"]
+        assert await answers(sender, "WF.deep@D")  # the other side of A was never disturbed
+        lost = [round(o.sent - killed, 2) for o in outcomes if o.result == "lost"]
+        if lost:
+            pytest.xfail(f"{len(lost)} requests in flight when B's router died were neither answered nor refused "
+                         f"(sent {lost} s after the kill)")
+    finally:
+        await sender.close()
+        if isinstance(world.net, topo.Loopback):
+            world.net.pids["b"] = [world.hosts["b"].router_pid()]
+
+
+async def test_a_hive_restarted_is_linked_and_reachable_again(world: World) -> None:
+    sender = await client(world)
+    try:
+        await until(lambda: answers(sender, "WF.echo@C"), 30, "A reaching C")
+        world.hosts["c"].stop()
+        gone = await until(lambda: _refused(sender, "WF.echo@C", "WAN_UNAVAILABLE"), DEAD_S + 10,
+                           "C withdrawn after its hive stopped")
+        world.hosts["c"].start(world.net, "WF.echo@C")
+        restarted = time.monotonic()
+        back = await until(lambda: answers(sender, "WF.echo@C"), 60, "A reaching C after its restart")
+        print(f"\n[{world.net.kind}] hive C stopped: withdrawn at A in {gone:.2f} s; after its restart "
+              f"reachable {back:.2f} s after it was ready ({time.monotonic() - restarted:.2f} s)")
+    finally:
+        await sender.close()
+
+
+async def test_a_peer_presenting_another_hives_certificate_is_refused(world: World) -> None:
+    root = world.root
+    done = fluxbee("wan", "issue", "--ca", str(root / "ca"), "--hive-id", "A", "--out", str(root / "cert-A"))
+    assert done.returncode == 0, done.stderr
+    rogue_dir = root / "rogue"
+    rogue_dir.mkdir()
+    # on host c, a router claiming to be hive E with hive A's (valid, same CA) certificate dials B's gateway
+    argv = [sys.executable, "-m", "fluxbee", "router", "--hive-id", "E", "--run-dir", str(rogue_dir),
+            "--wan-cert", str(root / "cert-A" / "tls.crt"), "--wan-key", str(root / "cert-A" / "tls.key"),
+            "--wan-ca-cert", str(root / "ca" / "ca.crt"), "--uplink", world.net.address("b", "c", world.net.port("b")),
+            *TIMERS]
+    with (root / "rogue.log").open("ab") as out:
+        rogue = subprocess.Popen(world.net.argv("c", argv), stdout=out, stderr=subprocess.STDOUT)
+    world.others.append(rogue)
+    b_log = world.run("b") / "logs" / "router.log"
+    wait_until(lambda: "CERT_HIVE_MISMATCH" in _read(b_log), timeout=30, what="B refusing the rogue", step=0.2)
+    assert "E" not in {x["hive_id"] for x in status(world.run("b"))["wan"]["links"] if x["state"] == "up"}
+
+    def rogue_reason() -> str | None:
+        if not any((rogue_dir / "routers").glob("*.sock")) if (rogue_dir / "routers").is_dir() else True:
+            return None
+        return next((x["reason"] for x in status(rogue_dir)["wan"]["links"] if x["reason"]), None)
+
+    reason = wait_until(rogue_reason, timeout=30, what="the refusal in the rogue's status", step=0.3)
+    assert "CERT_HIVE_MISMATCH" in reason
+    stop_process(rogue, "rogue router", strict=False)
+    sender = await client(world)
+    try:
+        assert await answers(sender, "WF.echo@C")  # the real hives were not disturbed
+    finally:
+        await sender.close()
+
+
+async def _refused(sender: NodeSender, dst: str, reason: str) -> bool:
+    try:
+        await sender.request(dst, "ping", timeout=3)
+    except UnreachableError as err:
+        return err.reason == reason
+    except (TimeoutError, asyncio.TimeoutError):
+        return False
+    return False
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
