@@ -6,6 +6,8 @@
 * **nats2** — two ``nats-server`` processes joined by a cluster route; the responder is connected
   to the second server, the client to the first, so every request crosses the route both ways.
 
+One-way throughput is sent in windows of :data:`WINDOW` messages acknowledged by the sink, for both.
+
 Both are measured by the same client, in alternating rested rounds (as the local section does).
 Then the link's failure figures, from its timers: the time from freezing router B (SIGSTOP — the
 TCP connection stays open, only the dead timer can notice) until router A reports the link down,
@@ -26,6 +28,12 @@ from typing import Any
 HELLO_S = 0.2
 DEAD_S = 1.0
 """Link timers of the bench's routers (the defaults, 10 s / 40 s, would make the failure figures minutes long)."""
+
+
+WINDOW = 1_000
+"""One-way messages between the sink's acknowledgements.  The link has no end-to-end flow control:
+router A forwards as fast as its node writes, and router B drops (DST_CONGESTED) what its sink cannot
+take in time — a 30,000-message burst lost messages here.  Both transports get the same windows."""
 
 
 async def _until(check: Any, timeout: float, what: str) -> None:
@@ -56,7 +64,7 @@ class LinkPeer:
 
     @classmethod
     async def start(cls, tmp: Path, procs: list[Any]) -> LinkPeer:
-        from fluxbee.bench import _Proc, _fluxbee, _free_port, _wait_for, _worker
+        from fluxbee.bench import _fluxbee, _free_port, _Proc, _wait_for, _worker
         from fluxbee.dataplane.link.certs import issue_hive_cert, make_ca, write_pem_pair
         from fluxbee.dataplane.sdk import NodeConfig, connect
 
@@ -94,7 +102,7 @@ class LinkPeer:
 
         try:
             await self.sender.request("WF.echo@B", "ping", timeout=1)
-        except (UnreachableError, TimeoutError, asyncio.TimeoutError):
+        except (UnreachableError, TimeoutError):
             return False
         return True
 
@@ -109,15 +117,15 @@ class LinkPeer:
 
     async def one_way(self, count: int) -> float:
         send, payload = self.sender.send, self.payload
-        await self.sender.request("WF.sink@B", {"expect": count})
         t1 = time.perf_counter()
-        for _ in range(count):
-            await send("WF.sink@B", payload)
-        done = await self.receiver.recv(timeout=120)
-        rate = count / (time.perf_counter() - t1)
-        if not isinstance(done.payload, dict) or done.payload.get("done") != count:
-            raise RuntimeError(f"sink reported {done.payload!r}")
-        return rate
+        for window in _windows(count):
+            await self.sender.request("WF.sink@B", {"expect": window})
+            for _ in range(window):
+                await send("WF.sink@B", payload)
+            done = await self.receiver.recv(timeout=120)
+            if not isinstance(done.payload, dict) or done.payload.get("done") != window:
+                raise RuntimeError(f"sink reported {done.payload!r}")
+        return count / (time.perf_counter() - t1)
 
     async def link_up(self) -> bool:
         links = (await self.sender.router_status()).get("wan", {}).get("links", [])
@@ -157,7 +165,7 @@ class NatsPairPeer:
     async def start(cls, tmp: Path, procs: list[Any]) -> NatsPairPeer:
         import nats
 
-        from fluxbee.bench import _Proc, _free_port, _wait_for, _worker, nats_server_binary
+        from fluxbee.bench import _free_port, _Proc, _wait_for, _worker, nats_server_binary
 
         ports = [_free_port() for _ in range(4)]
         for client, cluster, other in ((ports[0], ports[1], ports[3]), (ports[2], ports[3], ports[1])):
@@ -190,26 +198,31 @@ class NatsPairPeer:
 
     async def one_way(self, count: int) -> float:
         nc = self.nc
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done: asyncio.Queue[None] = asyncio.Queue()
 
         async def on_done(_msg: Any) -> None:
-            if not done.done():
-                done.set_result(None)
+            done.put_nowait(None)
 
         sub = await nc.subscribe("bench.done", cb=on_done)
         await nc.flush()
-        await nc.request("bench.sink", str(count).encode(), timeout=5)
         t1 = time.perf_counter()
-        for _ in range(count):
-            await nc.publish("bench.sink", self.payload)
-        await nc.flush(timeout=60)
-        await asyncio.wait_for(done, 120)
+        for window in _windows(count):
+            await nc.request("bench.sink", str(window).encode(), timeout=5)
+            for _ in range(window):
+                await nc.publish("bench.sink", self.payload)
+            await nc.flush(timeout=60)
+            await asyncio.wait_for(done.get(), 120)
         rate = count / (time.perf_counter() - t1)
         await sub.unsubscribe()
         return rate
 
     async def close(self) -> None:
         await self.nc.close()
+
+
+def _windows(count: int) -> list[int]:
+    """One-way bursts go in windows of :data:`WINDOW` messages, each acknowledged by the sink before the next."""
+    return [WINDOW] * (count // WINDOW) + ([count % WINDOW] if count % WINDOW else [])
 
 
 def _pct(ordered: list[float], p: float) -> float:

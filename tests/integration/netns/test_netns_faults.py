@@ -30,87 +30,33 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 import topology as topo
 from hive_harness import stop_process, wait_until
+from hosts import (
+    DEAD_S,
+    HELLO_S,
+    HIVE_FILE,
+    REQUEST_TIMEOUT,
+    TIMERS,
+    Host,
+    Traffic,
+    already,
+    answers,
+    fluxbee,
+    links_up,
+    negate,
+    read_text,
+    refused_with,
+    status,
+    tally,
+    until,
+)
 
 from fluxbee.dataplane.sdk import NodeConfig, NodeSender, UnreachableError, connect
 
 pytestmark = pytest.mark.integration
-
-HELLO_S = 0.3
-DEAD_S = 2.0
-TIMERS = ("--link-hello-interval", str(HELLO_S), "--link-dead-interval", str(DEAD_S))
-REQUEST_TIMEOUT = DEAD_S + 4.0
-"""Longer than the dead timer plus the time to answer: a request outliving it was lost, not slow."""
-HIVE_FILE = """\
-apiVersion: fluxbee.io/v1alpha1
-kind: Hive
-metadata: {{name: {hive}}}
-spec: {{}}
----
-apiVersion: fluxbee.io/v1alpha1
-kind: FluxNode
-metadata: {{name: echo}}
-spec: {{hive: {hive}, nodeName: WF.echo, runtime: fluxbee.echo}}
-"""
-
-
-def fluxbee(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fluxbee", *args], capture_output=True, text=True, timeout=timeout)
-
-
-def status(run_dir: Path) -> dict[str, Any]:
-    done = fluxbee("status", "--run-dir", str(run_dir), "--json")
-    assert done.returncode == 0, done.stderr
-    return dict(json.loads(done.stdout))
-
-
-def links_up(run_dir: Path, hive: str, role: str = "wan") -> bool:
-    try:
-        return any(x["hive_id"] == hive and x["state"] == "up" for x in status(run_dir)[role]["links"])
-    except AssertionError:
-        return False
-
-
-@dataclass
-class Host:
-    """One process group started on a host: `fluxbee up` for a hive, or one `fluxbee router`."""
-
-    name: str
-    argv: list[str]
-    run_dir: Path
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, net: topo.Topology, ready: str | None = None) -> None:
-        """Start on its host; ready when the node ``ready`` is registered (or, None, when the router answers)."""
-        with self.log.open("ab") as out:
-            env = {**os.environ, "FLUXBEE_UP_IDENTITY": "0", "PYTHONUNBUFFERED": "1"}
-            self.proc = subprocess.Popen(net.argv(self.name, self.argv), stdout=out, stderr=subprocess.STDOUT, env=env)
-        proc = self.proc
-        wait_until(lambda: proc.poll() is not None or self._ready(ready),
-                   timeout=90, what=f"{ready or 'the router'} on host {self.name}", step=0.3)
-        assert proc.poll() is None, self.log.read_text()[-3000:]
-        if isinstance(net, topo.Loopback):
-            net.pids[self.name] = [self.router_pid()]
-
-    def _ready(self, ready: str | None) -> bool:
-        if not (self.run_dir / "routers").is_dir() or not any((self.run_dir / "routers").glob("*.sock")):
-            return False
-        try:
-            nodes = status(self.run_dir)["nodes"]
-        except (AssertionError, ValueError, KeyError):
-            return False
-        return ready is None or any(n["name"] == ready for n in nodes)
-
-    def router_pid(self) -> int:
-        return int(status(self.run_dir)["router"]["pid"])
-
-    def stop(self) -> None:
-        stop_process(self.proc, f"processes of host {self.name}", sig=signal.SIGINT, timeout=30, strict=False)
 
 
 @dataclass
@@ -174,84 +120,10 @@ def world() -> Iterator[World]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@dataclass
-class Outcome:
-    sent: float
-    done: float = 0.0
-    result: str = "pending"
-    """``answered``, ``UNREACHABLE:<reason>``, or ``lost`` (no answer within REQUEST_TIMEOUT)."""
-
-
-class Traffic:
-    """Requests to ``dst`` every ``interval`` s from an SDK node on hive A's router, each accounted for."""
-
-    def __init__(self, sender: NodeSender, dst: str, interval: float = 0.05) -> None:
-        self.sender, self.dst, self.interval = sender, dst, interval
-        self.outcomes: list[Outcome] = []
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stop = asyncio.Event()
-        self._loop: asyncio.Task[None] | None = None
-
-    async def _one(self, outcome: Outcome) -> None:
-        try:
-            reply = await self.sender.request(self.dst, {"n": len(self.outcomes)}, timeout=REQUEST_TIMEOUT)
-            outcome.result = "answered" if reply.routing.src_l2_name == self.dst else f"from {reply.routing.src_l2_name}"
-        except UnreachableError as err:
-            outcome.result = f"UNREACHABLE:{err.reason}"
-        except (TimeoutError, asyncio.TimeoutError):
-            outcome.result = "lost"
-        outcome.done = time.monotonic()
-
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            outcome = Outcome(time.monotonic())
-            self.outcomes.append(outcome)
-            self._tasks.append(asyncio.create_task(self._one(outcome)))
-            await asyncio.sleep(self.interval)
-
-    def start(self) -> None:
-        self._loop = asyncio.create_task(self._run())
-
-    async def stop(self) -> list[Outcome]:
-        self._stop.set()
-        if self._loop is not None:
-            await self._loop
-        await asyncio.gather(*self._tasks)
-        return self.outcomes
-
-    def answered_since(self, t: float) -> bool:
-        return any(o.result == "answered" and o.sent >= t for o in self.outcomes)
-
-
-def tally(outcomes: list[Outcome]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for o in outcomes:
-        counts[o.result] = counts.get(o.result, 0) + 1
-    return counts
-
-
 async def client(world: World, host: str = "a") -> NodeSender:
     sender, _ = await connect(NodeConfig(name=f"WF.probe{os.getpid()}x{time.monotonic_ns() % 10**6}",
                                          run_dir=world.run(host)))
     return sender
-
-
-async def answers(sender: NodeSender, dst: str, timeout: float = 3.0) -> bool:
-    try:
-        reply = await sender.request(dst, "ping", timeout=timeout)
-    except (UnreachableError, TimeoutError, asyncio.TimeoutError):
-        return False
-    return reply.routing.src_l2_name == dst
-
-
-async def until(check: Any, timeout: float, what: str) -> float:
-    """Await ``check()`` until true; the seconds it took."""
-    start = time.monotonic()
-    while not await check():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.05)
-    return time.monotonic() - start
 
 
 async def link_state(sender: NodeSender, hive: str, role: str = "wan") -> bool:
@@ -290,7 +162,7 @@ async def test_a_cut_wire_is_detected_within_the_dead_timer_and_healed(world: Wo
         world.net.cut("a", "b")
         cut = time.monotonic()
         try:
-            detect = await until(lambda: _not(link_state(sender, "B")), DEAD_S + 10, "A closing the dead link")
+            detect = await until(lambda: negate(link_state(sender, "B")), DEAD_S + 10, "A closing the dead link")
             await asyncio.sleep(1.0)
             with pytest.raises(UnreachableError) as refused:
                 await sender.request("WF.echo@C", "ping", timeout=5)
@@ -298,7 +170,7 @@ async def test_a_cut_wire_is_detected_within_the_dead_timer_and_healed(world: Wo
         finally:
             world.net.heal("a", "b")
         healed = time.monotonic()
-        reconverge = await until(lambda: _true(traffic.answered_since(healed)), 60, "A reaching C after the heal")
+        reconverge = await until(lambda: already(traffic.answered_since(healed)), 60, "A reaching C after the heal")
         await asyncio.sleep(0.5)
     finally:
         outcomes = await traffic.stop()
@@ -321,14 +193,6 @@ async def test_a_cut_wire_is_detected_within_the_dead_timer_and_healed(world: Wo
         # the TCP buffer; nobody answers UNREACHABLE for them.  Visible here until the link code reports them.
         pytest.xfail(f"{len(lost)} requests sent in the {detect:.2f} s before the dead timer fired were neither "
                      f"answered nor refused")
-
-
-async def _not(check: Any) -> bool:
-    return not await check
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_netem_delay_and_loss_on_a_wire(world: World) -> None:
@@ -369,25 +233,30 @@ async def test_netem_delay_and_loss_on_a_wire(world: World) -> None:
 
 
 async def test_a_slow_wire_still_answers_everything(world: World) -> None:
-    """A token bucket (tbf, in every kernel that has tc) throttles the A-B wire to 512 kbit/s each way:
+    """A token bucket (tbf, in every kernel that has tc) throttles the A-B wire to 128 kbit/s each way:
     a burst of requests queues behind it; every one is answered or refused with a reason."""
     if isinstance(world.net, topo.Loopback):
         pytest.skip("traffic shaping needs network namespaces (loopback variant)")
     sender = await client(world)
     try:
         assert await answers(sender, "WF.echo@C")
-        world.net.qdisc("a", "b", "tbf", "rate", "512kbit", "burst", "4kb", "latency", "2s")
+        world.net.qdisc("a", "b", "tbf", "rate", "128kbit", "burst", "4kb", "latency", "2s")
         try:
-            traffic = Traffic(sender, "WF.echo@C", interval=0.005)  # ~200 requests/s: more than the wire carries
+            traffic = Traffic(sender, "WF.echo@C", interval=0.005)  # a burst of ~100 requests: ~40 KB each way
             traffic.start()
-            await asyncio.sleep(3.0)
+            await asyncio.sleep(0.5)
             outcomes = await traffic.stop()
             await until(lambda: answers(sender, "WF.echo@C"), 30, "A reaching C on the slow wire")
+            assert isinstance(world.net, topo.Namespaces)
+            shaped = world.net.qdisc_stats("a", "b")
         finally:
             world.net.clear_netem("a", "b")
         counts = tally(outcomes)
         waits = sorted(o.done - o.sent for o in outcomes if o.result == "answered")
-        print(f"\n[{world.net.kind}] A-B throttled to 512 kbit/s: {counts}; round trip median "
+        overlimits = int(shaped.split("overlimits")[1].split()[0]) if "overlimits" in shaped else 0
+        assert "tbf" in shaped and overlimits > 0, shaped  # the wire really was the bottleneck
+        print(f"\n[{world.net.kind}] A-B throttled to 128 kbit/s ({overlimits} packets held back): {counts}; "
+              f"round trip median "
               f"{waits[len(waits) // 2] * 1000:.0f} ms, max {waits[-1] * 1000:.0f} ms")
         assert counts.get("answered", 0) >= len(outcomes) * 0.9, counts
         assert set(counts) <= {"answered", "UNREACHABLE:WAN_UNAVAILABLE", "UNREACHABLE:DST_CONGESTED"}, counts
@@ -405,7 +274,7 @@ async def test_a_gateway_killed_with_sigkill_relinks_and_resyncs(world: World) -
         os.kill(world.hosts["b"].router_pid(), signal.SIGKILL)
         killed = time.monotonic()
         # `fluxbee up` of hive B restarts its router; B dials A again and C dials B again; full resync
-        back = await until(lambda: _true(traffic.answered_since(killed + 0.5)), 90, "A reaching C after B's restart")
+        back = await until(lambda: already(traffic.answered_since(killed + 0.5)), 90, "A reaching C after B's restart")
         await asyncio.sleep(0.5)
     finally:
         outcomes = await traffic.stop()
@@ -437,7 +306,7 @@ async def test_a_hive_restarted_is_linked_and_reachable_again(world: World) -> N
     try:
         await until(lambda: answers(sender, "WF.echo@C"), 30, "A reaching C")
         world.hosts["c"].stop()
-        gone = await until(lambda: _refused(sender, "WF.echo@C", "WAN_UNAVAILABLE"), DEAD_S + 10,
+        gone = await until(lambda: refused_with(sender, "WF.echo@C", "WAN_UNAVAILABLE"), DEAD_S + 10,
                            "C withdrawn after its hive stopped")
         world.hosts["c"].start(world.net, "WF.echo@C")
         restarted = time.monotonic()
@@ -463,7 +332,7 @@ async def test_a_peer_presenting_another_hives_certificate_is_refused(world: Wor
         rogue = subprocess.Popen(world.net.argv("c", argv), stdout=out, stderr=subprocess.STDOUT)
     world.others.append(rogue)
     b_log = world.run("b") / "logs" / "router.log"
-    wait_until(lambda: "CERT_HIVE_MISMATCH" in _read(b_log), timeout=30, what="B refusing the rogue", step=0.2)
+    wait_until(lambda: "CERT_HIVE_MISMATCH" in read_text(b_log), timeout=30, what="B refusing the rogue", step=0.2)
     assert "E" not in {x["hive_id"] for x in status(world.run("b"))["wan"]["links"] if x["state"] == "up"}
 
     def rogue_reason() -> str | None:
@@ -479,20 +348,3 @@ async def test_a_peer_presenting_another_hives_certificate_is_refused(world: Wor
         assert await answers(sender, "WF.echo@C")  # the real hives were not disturbed
     finally:
         await sender.close()
-
-
-async def _refused(sender: NodeSender, dst: str, reason: str) -> bool:
-    try:
-        await sender.request(dst, "ping", timeout=3)
-    except UnreachableError as err:
-        return err.reason == reason
-    except (TimeoutError, asyncio.TimeoutError):
-        return False
-    return False
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""

@@ -35,7 +35,9 @@ def _ip(*args: str) -> None:
 
 
 def namespaces_available() -> str | None:
-    """None when namespaces can be made here, else why not."""
+    """None when namespaces can be made here, else why not (``FLUXBEE_TEST_NETNS=0`` forces loopback)."""
+    if os.environ.get("FLUXBEE_TEST_NETNS") == "0":
+        return "FLUXBEE_TEST_NETNS=0"
     if shutil.which("ip") is None:
         return "no iproute2 (`ip`) on this machine"
     if os.geteuid() != 0:
@@ -157,6 +159,11 @@ class Namespaces(Topology):
                                    "root", *spec], capture_output=True, text=True, timeout=20)
             if done.returncode != 0:
                 raise TopologyError(f"tc qdisc {' '.join(spec)} on {w.devs[h]}: {done.stderr.strip()}")
+
+    def qdisc_stats(self, host: str, toward: str) -> str:
+        done = subprocess.run(["ip", "netns", "exec", self.ns[host], "tc", "-s", "qdisc", "show", "dev",
+                               self._wire(host, toward).devs[host]], capture_output=True, text=True, timeout=20)
+        return done.stdout
 
     def clear_netem(self, a: str, b: str) -> None:
         w = self._wire(a, b)
