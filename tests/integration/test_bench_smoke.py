@@ -36,6 +36,13 @@ def test_fluxbee_bench_json_reports_every_transport_and_the_router_memory() -> N
     assert result["router_fast_path"] == fastpath.IMPLEMENTATION  # the router said which one it runs
     assert result["router_scheduling"] in ("batch", "normal")  # batch unless the platform refused it
     assert result["router_allocator"] == (alloc.left_alone(os.environ) or "tuned")
+    cross = result["cross_hive"]  # hive A to WF.echo@B over the link, against two routed NATS servers
+    for key in ("link", "nats2"):
+        assert 0 < cross[key]["rtt_us"]["p50"] <= cross[key]["rtt_us"]["p99"]
+        assert cross[key]["msgs_per_s"] > 0
+    assert set(cross["ratios"]) == {"link_p50_over_nats2_p50", "link_msgs_over_nats2_msgs"}
+    failure = cross["link_failure"]
+    assert failure["detect_s"] > 0 and failure["reconverge_s"] > 0 and failure["dead_s"] > failure["hello_s"]
 
 
 def test_fluxbee_bench_refuses_bad_sizes() -> None:
@@ -85,13 +92,13 @@ def test_a_bench_stopped_by_a_signal_leaves_no_process_or_shared_memory(sig: sig
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
-        while not (_bench_regions() - regions_before and len(_children(bench.pid)) >= 4):
-            assert bench.poll() is None and time.monotonic() < deadline, "the bench did not start its peers"
+        # The bench's own segments: those its processes map (other hives on the machine make theirs, so a
+        # new segment in /dev/shm alone does not say the bench's router has made its own yet).
+        while not (ours := _mapped_regions([bench.pid, *(children := _children(bench.pid))])) or len(children) < 4:
+            assert bench.poll() is None and time.monotonic() < deadline, (
+                "the bench did not start its peers, or its processes map no fluxbee segment")
             time.sleep(0.1)
-        children = _children(bench.pid)
-        # The bench's own segments: those its processes map (other hives on the machine make theirs).
-        ours = _mapped_regions([bench.pid, *children])
-        assert ours, "the bench's processes map no fluxbee segment"
+        assert ours <= _bench_regions() - regions_before
         bench.send_signal(sig)
         _, stderr = bench.communicate(timeout=60)
         if sig == signal.SIGTERM:
