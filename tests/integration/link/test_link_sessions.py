@@ -218,3 +218,12 @@ async def test_bad_frames_close_the_link_and_forged_senders_are_dropped(
     assert ra.frames[0][1] == rb.nodes[0]
     assert a.drops["wan"][p.LINK_SRC_NOT_ADVERTISED] == 2
     assert session.state == "up"  # a forged frame is dropped; the link stays
+
+
+async def test_mesh_peers_found_through_dns_are_dialled(make: Callable[..., object]) -> None:
+    pa, pb = free_port(), free_port()
+    b, rb = await make("M", names=["WF.b"], mesh_listen=("127.0.0.1", pb))  # type: ignore[operator,misc]
+    a, _ = await make("M", mesh_listen=("127.0.0.1", pa), mesh_dns=("localhost", pb),  # type: ignore[operator,misc]
+                      mesh_dns_interval_s=0.2)
+    await until(lambda: rb.nodes[0].uuid in a.table.mesh_nodes)
+    assert [s.direction for s in a.up_sessions("mesh")] == ["out"]
