@@ -15,11 +15,13 @@ pulled cable), and netem is unavailable (those tests say so and are skipped).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hive_harness import free_port
 
@@ -49,6 +51,17 @@ def namespaces_available() -> str | None:
         return str(err)
     _ip("netns", "del", probe)
     return None
+
+
+def remove_stale() -> None:
+    """Delete the namespaces of earlier runs whose test process is gone (killed before its teardown ran);
+    their veth ends go with them."""
+    done = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=20)
+    for line in done.stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        found = re.fullmatch(r"fx(\d+)[a-z]\w*", name)
+        if found and not Path(f"/proc/{found.group(1)}").exists():
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20)
 
 
 @dataclass
@@ -102,7 +115,8 @@ class Namespaces(Topology):
     kind = "netns"
 
     def __init__(self, hosts: Iterable[str], wires: Iterable[tuple[str, str]]) -> None:
-        tag = f"fx{os.getpid() % 100000}"
+        remove_stale()
+        tag = f"fx{os.getpid()}"  # fx + 7 digits + w + wire + host: within the 15 bytes of an interface name
         self.ns = {h: f"{tag}{h}" for h in hosts}
         self.wires = {}
         try:
