@@ -93,8 +93,7 @@ def world() -> Iterator[World]:
             w.hosts[host].start(net, f"WF.echo@{hive}")
         cert = ("--wan-cert", str(root / "cert-D" / "tls.crt"), "--wan-key", str(root / "cert-D" / "tls.key"),
                 "--wan-ca-cert", str(root / "ca" / "ca.crt"))
-        mesh = {"d1": net.port("d1") + 1 if isinstance(net, topo.Loopback) else 9100,
-                "d2": net.port("d2") + 1 if isinstance(net, topo.Loopback) else 9100}
+        mesh = {h: net.mesh_port(h) for h in ("d1", "d2")}
         for host, other, extra in (("d1", "d2", ("--uplink", net.address("a", "d1", net.port("a")))),
                                    ("d2", "d1", ())):
             argv = [sys.executable, "-m", "fluxbee", "router", "--hive-id", "D", "--run-dir", str(root / host), *cert,

@@ -92,6 +92,9 @@ class Topology:
     def port(self, host: str) -> int:
         raise NotImplementedError
 
+    def mesh_port(self, host: str) -> int:
+        raise NotImplementedError
+
     def cut(self, a: str, b: str) -> None:
         raise NotImplementedError
 
@@ -152,6 +155,9 @@ class Namespaces(Topology):
     def port(self, host: str) -> int:
         return 9000  # every host has its own network stack: the same port everywhere
 
+    def mesh_port(self, host: str) -> int:
+        return 9100
+
     def cut(self, a: str, b: str) -> None:
         w = self._wire(a, b)
         for h in (a, b):
@@ -196,6 +202,7 @@ class Loopback(Topology):
 
     def __init__(self, hosts: Iterable[str], wires: Iterable[tuple[str, str]]) -> None:
         self.ports = {h: free_port() for h in hosts}
+        self.mesh_ports = {h: free_port() for h in self.ports}
         self.wires = {frozenset(w): Wire(w[0], w[1], i) for i, w in enumerate(wires)}
         self.pids: dict[str, list[int]] = {h: [] for h in self.ports}
         """Processes per host, registered by the test harness: a cut freezes the far host's."""
@@ -212,6 +219,9 @@ class Loopback(Topology):
 
     def port(self, host: str) -> int:
         return self.ports[host]
+
+    def mesh_port(self, host: str) -> int:
+        return self.mesh_ports[host]
 
     def cut(self, a: str, b: str) -> None:
         for pid in self.pids[b]:
