@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid as uuid_mod
 from pathlib import Path
 
@@ -9,6 +10,8 @@ from fluxbee.dataplane import shm
 from fluxbee.dataplane.sdk.discovery import default_run_dir
 
 _ATTEMPTS = 5
+_BACKOFF_S = 0.002
+"""Pause after the first failed attempt; the n-th waits n times as long (20 ms in all at most)."""
 
 
 def read_node_table(run_dir: Path | None = None) -> list[shm.NodeRecord]:
@@ -24,18 +27,19 @@ def read_node_table(run_dir: Path | None = None) -> list[shm.NodeRecord]:
             router_uuid = str(uuid_mod.UUID(sock.stem))
         except ValueError:
             continue
-        try:
-            reader = shm.NodeTableReader(shm.node_table_name(router_uuid))
-        except shm.RegionNotFoundError:
-            continue
-        with reader:
-            for attempt in range(_ATTEMPTS):
-                try:
+        for attempt in range(_ATTEMPTS):
+            try:
+                # Opening reads the header too: it can meet the same half-finished write as a read.
+                with shm.NodeTableReader(shm.node_table_name(router_uuid)) as reader:
                     if not reader.header().is_stale():
                         records.extend(reader.read())
-                    break
-                except shm.ReadTimeoutError:
-                    # The writer was descheduled mid-write; its next step finishes the record.
-                    if attempt == _ATTEMPTS - 1:
-                        raise
+                break
+            except shm.RegionNotFoundError:
+                break
+            except shm.ReadTimeoutError:
+                # The writer was descheduled mid-write; its next step finishes the record. Yield the
+                # CPU before trying again, so that it can take that step (on a busy host it waits for one).
+                if attempt == _ATTEMPTS - 1:
+                    raise
+                time.sleep(_BACKOFF_S * (attempt + 1))
     return records

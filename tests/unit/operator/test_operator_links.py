@@ -246,3 +246,20 @@ def test_every_command_the_operator_writes_parses_with_the_real_cli() -> None:
             if command[1] == "identity":
                 assert parsed.hive_id in ("m", "w")
     assert seen == {("router", "--hive-id"), ("identity", "serve")}
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon", "inf", "nan"])
+def test_a_bad_resync_interval_is_refused_by_name(value: str) -> None:
+    with pytest.raises(SettingsError, match="FLUXBEE_OPERATOR_RESYNC_INTERVAL"):
+        OperatorSettings.from_env({"FLUXBEE_OPERATOR_RESYNC_INTERVAL": value})
+    assert OperatorSettings.from_env({"FLUXBEE_OPERATOR_RESYNC_INTERVAL": "2.5"}).resync_interval == 2.5
+    assert OperatorSettings.from_env({}).resync_interval == 600.0
+
+
+def test_the_operator_cli_refuses_a_bad_resync_interval() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "fluxbee", "operator", "--resync-interval", "0"],
+                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2 and "--resync-interval: must be a positive number of seconds" in done.stderr
