@@ -93,6 +93,13 @@ when ``ttl >= 3``, never back where they came from, never mesh to mesh; trace-id
 stops echoes.  ``dst: null`` is resolved by the first router; the forwarded frame carries the
 resolved name.
 
+Receipt confirmation: the peer answers each ``LINK_PING`` in order with its ``LINK_PONG``, so a pong
+confirms every frame we wrote before its ping.  The router keeps each data frame it writes to a link
+(sender, routing) until confirmed; 256 unconfirmed frames send a ping out of turn (one pending at a
+time); a pong carrying a time ahead of our clock confirms only up to now.  When a session dies, every
+unconfirmed frame is answered UNREACHABLE ``WAN_UNAVAILABLE`` (mesh: ``PEER_UNAVAILABLE``), "may or
+may not have been delivered": a sender hears within the dead interval, never only from its timeout.
+
 Source binding across links: a data frame from a link is routed only if its ``routing.src`` is a
 node that this peer advertised (any origin); otherwise it is dropped, counted
 (``LINK_SRC_NOT_ADVERTISED``) and logged — a remote hive can forge neither a local sender nor

@@ -82,6 +82,9 @@ class LinkSession(asyncio.Protocol):
         self._got_accept = False
         self.last_heard = clock()
         self.rtt_ms: float | None = None
+        self.confirmed_ms = 0.0
+        """Our clock (ms) when we sent the latest ping the peer answered: it has read every frame we wrote before."""
+        self._probe_ms: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.closed = asyncio.get_running_loop().create_future()
         self.frames_in = 0
@@ -217,7 +220,12 @@ class LinkSession(asyncio.Protocol):
         elif msg == p.LINK_PONG:
             pong = p.parse_ping(env.payload)
             if pong is not None:
-                self.rtt_ms = round(max(0.0, self.clock() * 1000 - pong.sent_ms), 3)
+                now_ms = self.clock() * 1000
+                self.rtt_ms = round(max(0.0, now_ms - pong.sent_ms), 3)
+                # a pong echoes our own clock; one from the future confirms nothing beyond now
+                self.confirmed_ms = max(self.confirmed_ms, min(pong.sent_ms, now_ms))
+                if self._probe_ms is not None and pong.sent_ms >= self._probe_ms:
+                    self._probe_ms = None
 
     def _maybe_up(self) -> None:
         if not (self._sent_accept and self._got_accept) or self.state != "connecting":
@@ -258,6 +266,12 @@ class LinkSession(asyncio.Protocol):
             return
         self._send_control(p.LINK_PING, p.Ping(sent_ms=self.clock() * 1000))
         self._arm(self.hello_ms() / 1000, self._tick)
+
+    def probe(self) -> None:
+        """Ask the peer now (a ping out of turn) to confirm what it has read, unless such a ping is pending."""
+        if self.state == "up" and self._probe_ms is None:
+            self._probe_ms = self.clock() * 1000
+            self._send_control(p.LINK_PING, p.Ping(sent_ms=self._probe_ms))
 
     # output --------------------------------------------------------------------
     def _send_control(self, msg: str, payload: object) -> None:

@@ -22,9 +22,10 @@ CONFIG_CHANGED from a remote ``SY.*`` node is applied like a local one.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import msgspec
 
@@ -40,6 +41,13 @@ if TYPE_CHECKING:
     from fluxbee.dataplane.router.server import Router
 
 log = logging.getLogger(__name__)
+
+
+Unconfirmed: TypeAlias = "tuple[float, Conn | RemoteNode, wire.Routing]"
+"""A frame written to a link: our clock (ms) then, its sender, its routing."""
+PROBE_AFTER = 256
+"""Unconfirmed frames on a session before a ping is sent out of turn to confirm them (bounds the memory
+kept per session by the traffic of one round trip, not of one hello interval)."""
 
 
 class RemoteNode:
@@ -89,6 +97,7 @@ class RouterLinks:
         self._senders: dict[tuple[int, str], RemoteNode] = {}  # (session, node) of frames from links
         self._generation = -1
         self._mesh_generation = -1
+        self._unconfirmed: dict[int, tuple[LinkSession, collections.deque[Unconfirmed]]] = {}
 
     # LinkRouter --------------------------------------------------------------
     def local_nodes(self) -> Iterable[lp.NodeAd]:
@@ -103,7 +112,11 @@ class RouterLinks:
         return self.router.registry.get(uuid) is not None or uuid == self.router.uuid
 
     def links_changed(self) -> None:
-        """The table changed: re-list mesh peers' nodes under their names, drop name caches."""
+        """The table changed: refuse what died with a session, re-list mesh peers' nodes, drop name caches."""
+        for sid, (gone, pending) in list(self._unconfirmed.items()):
+            if gone.state == "down":
+                del self._unconfirmed[sid]
+                self._refuse_unconfirmed(gone, pending)
         table = self.manager.table
         if table.generation == self._generation:
             return
@@ -166,10 +179,40 @@ class RouterLinks:
             return
         if session.send(frame):
             router.counters.forwarded[session.role] += 1
+            self._track(session, src, routing)
         else:
             router.counters.dropped[wire.DST_CONGESTED] += 1
             answers.unreachable(router, src, routing, wire.DST_CONGESTED,  # type: ignore[arg-type]
                                f"the {session.role} link to {session.hive} is full; message dropped")
+
+    # frames the peer has not confirmed ------------------------------------------
+    def _track(self, session: LinkSession, src: Conn | RemoteNode, routing: wire.Routing) -> None:
+        """Remember a frame written to ``session`` until the peer confirms it read it (a pong to a later
+        ping): if the session dies first, its sender is told (UNREACHABLE) instead of never hearing back."""
+        slot = self._unconfirmed.get(session.sid)
+        if slot is None:
+            slot = self._unconfirmed[session.sid] = (session, collections.deque())
+        pending = slot[1]
+        confirmed = session.confirmed_ms
+        while pending and pending[0][0] <= confirmed:
+            pending.popleft()
+        pending.append((session.clock() * 1000, src, routing))
+        if len(pending) >= PROBE_AFTER:
+            session.probe()
+
+    def _refuse_unconfirmed(self, session: LinkSession, pending: collections.deque[Unconfirmed]) -> None:
+        reason = wire.WAN_UNAVAILABLE if session.role == "wan" else wire.PEER_UNAVAILABLE
+        detail = (f"the {session.role} link to {session.hive} went down ({session.reason}) before the peer "
+                  f"confirmed receiving it: it may or may not have been delivered")
+        refused = 0
+        for sent_ms, src, routing in pending:
+            if sent_ms > session.confirmed_ms and not (isinstance(src, RemoteNode) and src.session.state == "down"):
+                answers.unreachable(self.router, src, routing, reason, detail)  # type: ignore[arg-type]
+                refused += 1
+        if refused:
+            log.warning("%d frames sent on %s were not confirmed before it went down: their senders are told "
+                        "UNREACHABLE %s", refused, session.label(), reason)
+            self.router.flush()
 
     def deliver_remote(self, src: Conn | RemoteNode, target: RemoteNode, env: wire.RawEnvelope,
                        meta: wire.MetaView) -> None:

@@ -8,6 +8,8 @@ The modules, from the command down:
   and the routed round trip and throughput as ratios to the floor and to NATS;
 * :mod:`.memory` — the router memory section: its resident memory idle and with many idle nodes;
 * :mod:`.policy` — the policy section: one routing decision by each policy engine, 10,000 identities;
+* :mod:`.crosshive` — the cross-hive section: a round trip and a one-way stream over the mTLS link
+  between two hives, against two NATS servers joined by a route; dead-link detection and healing;
 * :mod:`.peers` — each transport as a peer: floor, relay, fluxbee, NATS;
 * :mod:`.harness` — the child processes, and what is read about them from ``/proc``;
 * :mod:`.results` — the run's sizes (``Plan``) and one transport's figures (``Result``);

@@ -17,13 +17,14 @@ from typing import Any
 
 import uvloop
 
+from fluxbee.bench.crosshive import CrossHive
 from fluxbee.bench.memory import RouterMemory
 from fluxbee.bench.policy import PolicyDecisions
 from fluxbee.bench.report import Section, format_table
 from fluxbee.bench.results import Plan
 from fluxbee.bench.transports import Transports
 
-SECTIONS: tuple[Section, ...] = (Transports(), RouterMemory(), PolicyDecisions())
+SECTIONS: tuple[Section, ...] = (Transports(), RouterMemory(), PolicyDecisions(), CrossHive())
 """Measured in this order; each adds keys to the JSON output and lines to the report (:mod:`.report`)."""
 
 
