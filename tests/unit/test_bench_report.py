@@ -62,8 +62,14 @@ _POLICY = {"identities": 10_000, "evaluations": 2_000,
            "scan_p50_us": {"wasm": 9000.0}}
 
 
+_CROSS = {"link": {"rtt_us": {"p50": 100.0, "p99": 170.0}, "msgs_per_s": 80_000},
+          "nats2": {"rtt_us": {"p50": 220.0, "p99": 480.0}, "msgs_per_s": 140_000},
+          "ratios": {"link_p50_over_nats2_p50": 0.45, "link_msgs_over_nats2_msgs": 0.57},
+          "link_failure": {"detect_s": 1.1, "reconverge_s": 0.6, "hello_s": 0.2, "dead_s": 1.0}}
+
+
 def test_the_default_report_has_the_transport_table_then_the_targets_then_the_notes() -> None:
-    lines = run.report({**_transport_result(), "policy": _POLICY}).splitlines()
+    lines = run.report({**_transport_result(), "policy": _POLICY, "cross_hive": _CROSS}).splitlines()
     assert lines[0].split() == ["transport", "p50", "µs", "p99", "µs", "msgs/s", "CPU", "moves/rtt"]
     assert [line.split()[0] for line in lines[1:6]] == list(TRANSPORTS)
     assert lines[6] == ""
@@ -73,5 +79,7 @@ def test_the_default_report_has_the_transport_table_then_the_targets_then_the_no
     assert "policy decision, 10,000 identities" in lines[18]  # the policy section's notes come last
     assert lines[19].split()[:3] == ["wasm", "p50", "18.0"]
     assert "wasm p50 / regorus p50 = 0.64" in lines[21]
-    assert len(lines) == 24
+    assert lines[25].startswith("cross-hive (hive A → WF.echo@B over the mTLS link")
+    assert lines[29] == "link p50 / NATS-pair p50 = 0.45   (target ≤ 0.5)"
+    assert len(lines) == 32
     assert isinstance(run.SECTIONS[0], Transports)
