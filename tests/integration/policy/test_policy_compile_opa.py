@@ -9,7 +9,7 @@ import wasmtime
 import yaml
 
 from fluxbee.dataplane.policy import Artefact, CompileError, PolicyLoadError, compile_policy, load
-from fluxbee.dataplane.policy import compiler as compiler_mod
+from fluxbee.dataplane.policy import regorus_engine as regorus_engine_mod
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,8 @@ def test_when_regorus_cannot_read_what_opa_accepts_opa_settles_the_entry_points(
         opa: str, monkeypatch: pytest.MonkeyPatch, allow: str, entrypoints: tuple[str, ...]) -> None:
     def unreadable(source: str) -> None:
         raise CompileError("regorus does not know this construct", line=1, column=1, compiler="regorus")
-    monkeypatch.setattr(compiler_mod, "parse_policy", unreadable)
+    # The compiler imports regorus's parser when it compiles (the policy extra), so patch it at its source.
+    monkeypatch.setattr(regorus_engine_mod, "parse_policy", unreadable)
     artefact = compile_policy(f'package router\n\ntarget := "AI.x@*"\n\n{allow}', opa=opa)
     assert artefact.engine == "wasm" and artefact.entrypoints == entrypoints
     assert load(artefact, {}).evaluate({"x": True}).target == "AI.x@*"
