@@ -188,19 +188,7 @@ class Registry(Generic[P]):
         if self._by_uuid.get(node_uuid) is not node:
             return False
         del self._by_uuid[node_uuid]
-        self._reach.clear()
-        names = self._by_name.get(node.name)
-        if names is not None:
-            with contextlib.suppress(ValueError):
-                names.conns.remove(node)
-            if not names.conns:
-                del self._by_name[node.name]
-        bases = self._by_base.get(node.base)
-        if bases is not None:
-            with contextlib.suppress(ValueError):
-                bases.remove(node)
-            if not bases:
-                del self._by_base[node.base]
+        self._unlist(node)
         return True
 
     def add_remote(self, node: P) -> None:
@@ -216,6 +204,10 @@ class Registry(Generic[P]):
 
     def remove_remote(self, node: P) -> None:
         """Undo :meth:`add_remote`."""
+        self._unlist(node)
+
+    def _unlist(self, node: P) -> None:
+        """Take ``node`` off its full and base name (a local node's UUID is :meth:`remove`'s business)."""
         self._reach.clear()
         names = self._by_name.get(node.name)
         if names is not None:

@@ -115,13 +115,9 @@ class LinkPeer:
         return True
 
     async def rtt(self, count: int) -> list[float]:
-        request, payload = self.sender.request, self.payload
-        samples: list[float] = []
-        for _ in range(count):
-            t0 = time.perf_counter_ns()
-            await request("WF.echo@B", payload)
-            samples.append((time.perf_counter_ns() - t0) / 1000)
-        return samples
+        from fluxbee.bench.peers import timed_requests
+
+        return await timed_requests(self.sender.request, "WF.echo@B", self.payload, count)
 
     async def one_way(self, count: int) -> float:
         send, payload = self.sender.send, self.payload

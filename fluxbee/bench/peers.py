@@ -61,6 +61,16 @@ class FloorClient(asyncio.Protocol):
         self.writable.set()
 
 
+async def timed_requests(request: Any, dst: str | None, payload: Any, count: int) -> list[float]:
+    """``count`` SDK request/replies to ``dst`` one after the other; each round trip in µs."""
+    samples: list[float] = []
+    for _ in range(count):
+        t0 = time.perf_counter_ns()
+        await request(dst, payload)
+        samples.append((time.perf_counter_ns() - t0) / 1000)
+    return samples
+
+
 class Peer(abc.ABC):
     """One transport under test: a request/reply batch and a one-way burst, repeatable."""
 
@@ -188,13 +198,7 @@ class FluxbeePeer(Peer):
         return peer
 
     async def rtt(self, count: int) -> list[float]:
-        request, payload = self.sender.request, self.payload
-        samples: list[float] = []
-        for _ in range(count):
-            t0 = time.perf_counter_ns()
-            await request("WF.echo", payload)
-            samples.append((time.perf_counter_ns() - t0) / 1000)
-        return samples
+        return await timed_requests(self.sender.request, "WF.echo", self.payload, count)
 
     async def one_way(self, count: int) -> float:
         send, payload = self.sender.send, self.payload
@@ -231,13 +235,7 @@ class FluxbeeNullPeer(Peer):
 
     async def rtt(self, count: int) -> list[float]:
         # No meta, like the explicit round trip: the policy's default target is the echo node.
-        request, payload = self.base.sender.request, self.base.payload
-        samples: list[float] = []
-        for _ in range(count):
-            t0 = time.perf_counter_ns()
-            await request(None, payload)
-            samples.append((time.perf_counter_ns() - t0) / 1000)
-        return samples
+        return await timed_requests(self.base.sender.request, None, self.base.payload, count)
 
     async def one_way(self, count: int) -> float:
         sender, payload, meta = self.base.sender, self.base.payload, self.to_sink

@@ -5,26 +5,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from fluxbee.bench.policy import POLICY as SEED_POLICY
+
 # The seed's two example rules: (a) a message naming a required capability goes to the first agent
-# holding it, found through the index; (b) system_status only from internal humans.
-SEED_POLICY = """package router
-
-default allow := false
-
-allow if input.meta.action != "system_status"
-
-allow if {
-	input.meta.action == "system_status"
-	ident := data.identity[input.src_ilk]
-	ident.type == "human"
-	ident.human_subtype == "internal"
-}
-
-target := agents[0] if {
-	cap := input.meta.context.required_capability
-	agents := [ilk | some ilk in data.by_capability[cap]; data.identity[ilk].type == "agent"]
-}
-"""
+# holding it, found through the index; (b) system_status only from internal humans. The policy bench
+# measures the same policy (SEED_POLICY, imported above).
 
 # Aliases, roles, else-chains, sprintf, membership; allow without a default.
 ROLES_POLICY = """package router
