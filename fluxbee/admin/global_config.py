@@ -19,6 +19,13 @@ does not know of directly (reached through a transit hive) gets it too.  On the 
 are applied to its router as ordinary config changes (the router numbers them in its own sequence);
 the global version orders them.  A change is recorded only after the router applied it, so a crash
 in between makes the worker apply the same version again (harmless) rather than skip it.
+
+Where the document is kept is a :class:`GlobalStore`: locally a file (:class:`FileGlobalStore`), in a
+cluster a key of the hive's admin ConfigMap (:mod:`fluxbee.admin.kube_global`), shared by every admin
+replica of the hive.  Every change of it (a mother's version, a worker's apply) runs inside
+:meth:`GlobalStore.locked`, which excludes every other writer of the same hive, in this process and
+in the other replicas, and is saved only over the version it was computed from (:meth:`GlobalStore.save`),
+so two replicas never number two changes alike, lose one, or go back.
 """
 
 from __future__ import annotations
@@ -28,10 +35,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from pydantic import Field
 
@@ -166,13 +174,39 @@ def summary(results: list[HiveResult]) -> dict[str, Any]:
             "status": "sync_pending" if pending else "ok"}
 
 
-class GlobalStore:
-    """The global document of one hive, in a file written whole (temp file + rename) or not at all."""
+class GlobalStore(Protocol):
+    """Where a hive keeps its global document (:class:`FileGlobalStore`, or a ConfigMap in a cluster)."""
+
+    where: str
+    """What the store is, for messages (a path, a ConfigMap and key)."""
+
+    async def load(self) -> GlobalDoc:
+        """The document held (version 0 when there is none yet); a damaged one is an AdminError, never 0."""
+        ...
+
+    async def save(self, doc: GlobalDoc, based_on: int) -> None:
+        """Write ``doc`` whole or not at all, only if the held version is still ``based_on`` (else
+        ``BUSY``: someone else changed it since it was read)."""
+        ...
+
+    def locked(self) -> AbstractAsyncContextManager[None]:
+        """Exclude every other writer of this hive's global config while the block runs."""
+        ...
+
+
+class FileGlobalStore:
+    """The global document of one local hive, in a file written whole (temp file + rename) or not at
+    all; its one admin process is the only writer, so an asyncio lock excludes the others."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.where = str(path)
+        self._lock = asyncio.Lock()
 
-    def load(self) -> GlobalDoc:
+    async def load(self) -> GlobalDoc:
+        return self._load()
+
+    def _load(self) -> GlobalDoc:
         try:
             raw = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -184,7 +218,11 @@ class GlobalStore:
         except ValueError as err:  # a damaged file must not make a worker go back to version 0
             raise AdminError("STATE_WRITE_FAILED", f"{err}; fix or remove the file") from err
 
-    def save(self, doc: GlobalDoc) -> None:
+    async def save(self, doc: GlobalDoc, based_on: int) -> None:
+        held = self._load().version
+        if held != based_on:
+            raise AdminError("BUSY", f"{self.path} holds version {held}, not {based_on}: it changed since it was "
+                                     "read; nothing was written")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")
@@ -193,13 +231,17 @@ class GlobalStore:
         except OSError as err:
             raise AdminError("STATE_WRITE_FAILED", f"cannot write {self.path}: {err.strerror or err}") from err
 
+    @asynccontextmanager
+    async def locked(self) -> AsyncIterator[None]:
+        async with self._lock:
+            yield
+
 
 @dataclass(slots=True)
 class GlobalConfig:
-    """The global config of one hive and the lock that orders its changes."""
+    """The global config of one hive: where it is kept (which also orders its changes)."""
 
     store: GlobalStore
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 async def _apply_lists(ctx: Context, routes: list[dict[str, Any]] | None, vpns: list[dict[str, Any]] | None) -> None:
@@ -215,14 +257,14 @@ async def _apply_lists(ctx: Context, routes: list[dict[str, Any]] | None, vpns: 
 
 async def apply_offered(ctx: Context, gc: GlobalConfig, offered: GlobalDoc) -> dict[str, Any]:
     """Apply ``offered`` here if it is newer than what this hive holds; never go back."""
-    async with gc.lock:
-        held = gc.store.load()
+    async with gc.store.locked():
+        held = await gc.store.load()
         if not is_newer(held, offered.version):
             return {"status": "ok", "applied": False, "version": held.version,
                     "reason": f"version {offered.version} is not above the applied {held.version}"}
         async with ctx.route_lock(ctx.backend.hive_id):  # not between the read and write of a local edit
             await _apply_lists(ctx, offered.routes, offered.vpns)
-        gc.store.save(merged(held, offered.version, offered.routes, offered.vpns))
+        await gc.store.save(merged(held, offered.version, offered.routes, offered.vpns), held.version)
     log.info("global config version %d applied (was %d)", offered.version, held.version)
     return {"status": "ok", "applied": True, "version": offered.version, "previous_version": held.version}
 
@@ -241,7 +283,7 @@ async def apply_global_config(ctx: Context, target: str, p: GlobalConfigParams, 
     """A worker takes its mother's global config (``ADMIN_COMMAND`` from ``SY.admin@<mother>`` only)."""
     gc = ctx.global_config
     if gc is None:
-        raise AdminError("NOT_IMPLEMENTED", "this admin API keeps no global config (it runs in a cluster)")
+        raise AdminError("NOT_IMPLEMENTED", "this admin API keeps no global config")
     mother = await _mother_of_this_hive(ctx)
     if mother is None or call.actor != remote.admin_of(mother):
         raise AdminError("FORBIDDEN", f"the global config is taken only from this hive's mother's SY.admin "
@@ -253,8 +295,8 @@ async def apply_global_config(ctx: Context, target: str, p: GlobalConfigParams, 
 async def get_global_config(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
     gc = ctx.global_config
     if gc is None:
-        raise AdminError("NOT_IMPLEMENTED", "this admin API keeps no global config (it runs in a cluster)")
-    return {"status": "ok", "hive": ctx.backend.hive_id, **gc.store.load().to_json()}
+        raise AdminError("NOT_IMPLEMENTED", "this admin API keeps no global config")
+    return {"status": "ok", "hive": ctx.backend.hive_id, **(await gc.store.load()).to_json()}
 
 
 async def put_global(ctx: Context, gc: GlobalConfig, requested: int | None, routes: list[dict[str, Any]] | None,
@@ -264,14 +306,14 @@ async def put_global(ctx: Context, gc: GlobalConfig, requested: int | None, rout
 
     A change of neither list (an empty body: ``ok``, as in the original) takes no version."""
     if routes is None and vpns is None:
-        return {**await apply_here(), "global_version": gc.store.load().version, "hives": [], "pending": []}
-    async with gc.lock:
-        held = gc.store.load()
+        return {**await apply_here(), "global_version": (await gc.store.load()).version, "hives": [], "pending": []}
+    async with gc.store.locked():
+        held = await gc.store.load()
         version = next_version(held.version, requested)
         doc = merged(held, version, routes, vpns)
         check_deliverable(doc)
         out = await apply_here()
-        gc.store.save(doc)
+        await gc.store.save(doc, held.version)
     hives = await wan.known_hives(ctx.link, await ctx.backend.remote_hives()) - {ctx.backend.hive_id}
     answers = await fan_out(ctx, hives, doc)
     results = collect(hives, answers)
@@ -306,14 +348,21 @@ async def fan_out(ctx: Context, hives: Iterable[str], doc: GlobalDoc) -> dict[st
     return answers
 
 
-async def follow_mother(ctx: Context, gc: GlobalConfig, mother: str, interval: float = PULL_INTERVAL) -> None:
-    """A worker's catch-up loop: ask the mother for its global config and apply what is newer, until cancelled."""
+async def follow_mother(ctx: Context, gc: GlobalConfig, mother: str, interval: float = PULL_INTERVAL,
+                        leader: Callable[[], Awaitable[bool]] | None = None) -> None:
+    """A worker's catch-up loop: ask the mother for its global config and apply what is newer, until cancelled.
+
+    With ``leader`` (several admin replicas of one hive), a round asks only while it answers True, so
+    one replica follows at a time; the others take over when it stops."""
     last_problem: str | None = None
     while True:
         try:
+            if leader is not None and not await leader():
+                await asyncio.sleep(interval)
+                continue
             doc = await remote.relay(ctx.link, mother, "get_global_config", {}, timeout=max(interval, 5.0))
             offered = GlobalDoc.from_json(doc, f"{remote.admin_of(mother)}'s global config")
-            if is_newer(gc.store.load(), offered.version):
+            if is_newer(await gc.store.load(), offered.version):
                 await apply_offered(ctx, gc, offered)
             if last_problem is not None:
                 log.info("global config: %s reached again", remote.admin_of(mother))

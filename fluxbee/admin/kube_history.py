@@ -8,7 +8,9 @@ entry, so two replicas appending at once never lose each other's entries.
 
 The same ConfigMap carries the drift monitor's lease (annotation ``fluxbee.io/drift-monitor``: holder
 and expiry, written the same optimistic way): one replica records drift, the others take over
-when its lease runs out (:meth:`ConfigMapHistory.lead_drift_monitor`).
+when its lease runs out (:meth:`ConfigMapHistory.lead_drift_monitor`).  :meth:`ConfigMapHistory.lead`
+is the same lease under any annotation (the global config's writer and follower use it:
+:mod:`fluxbee.admin.kube_global`).
 
 The operator creates the ConfigMap with the admin Deployment (so the admin API needs no right to
 create ConfigMaps); an admin process that finds none (run by hand, before the operator) creates it
@@ -100,21 +102,22 @@ def parse_log(text: object) -> list[dict[str, Any]]:
     return out
 
 
-def lease_holder(annotations: dict[str, Any], now: float) -> str | None:
-    """Who holds the drift-monitor lease at ``now`` (None: nobody, or it ran out)."""
+def lease_holder(annotations: dict[str, Any], now: float, key: str = LEASE_ANNOTATION) -> str | None:
+    """Who holds the lease in annotation ``key`` (default: the drift monitor's) at ``now`` (None:
+    nobody, or it ran out)."""
     try:
-        lease = json.loads(str(annotations.get(LEASE_ANNOTATION) or "{}"))
+        lease = json.loads(str(annotations.get(key) or "{}"))
         holder, until = lease["holder"], float(lease["until"])
     except (ValueError, KeyError, TypeError):
         return None
     return str(holder) if until > now else None
 
 
-def lease_left(annotations: dict[str, Any], holder: str, now: float) -> float:
+def lease_left(annotations: dict[str, Any], holder: str, now: float, key: str = LEASE_ANNOTATION) -> float:
     """Seconds left of ``holder``'s lease at ``now`` (0 when someone else holds it or none does)."""
-    if lease_holder(annotations, now) != holder:
+    if lease_holder(annotations, now, key) != holder:
         return 0.0
-    return float(json.loads(str(annotations[LEASE_ANNOTATION]))["until"]) - now
+    return float(json.loads(str(annotations[key]))["until"]) - now
 
 
 class _Reserved:
@@ -174,6 +177,10 @@ class ConfigMapHistory:
                 raise self._unavailable(again, "reading the history") from again
         return cm
 
+    async def read(self, *, create: bool) -> dict[str, Any] | None:
+        """The ConfigMap as the API server has it now (made first with ``create``; None: there is none)."""
+        return await self._read(create=create)
+
     async def reserve(self, name: str) -> Journal:
         """The ConfigMap exists (made here if need be) and can be read: entries can be appended."""
         async with self._lock:
@@ -214,27 +221,56 @@ class ConfigMapHistory:
     async def lead_drift_monitor(self, holder: str) -> bool:
         """Whether ``holder`` records drift now: it holds the lease (renewed here when it runs low),
         or takes it because nobody holds it.  A 409 means another replica wrote first: not now."""
+        return await self.lead(holder, LEASE_ANNOTATION, "records the hive's drift")
+
+    async def lead(self, holder: str, key: str, role: str, seconds: float = LEASE_SECONDS,
+                   renew_before: float = RENEW_BEFORE) -> bool:
+        """Whether ``holder`` has the lease in annotation ``key`` now (one replica plays ``role`` at a
+        time): it holds it (renewed when less than ``renew_before`` is left), or takes it because
+        nobody holds it.  A 409 means another replica wrote first: not now."""
         async with self._lock:
             cm = await self._read(create=False)
             if cm is None:  # the operator makes it with the admin Deployment (or the first change does)
                 return False
             annotations = cm["metadata"].get("annotations") or {}
             now = time.time()
-            current = lease_holder(annotations, now)
+            current = lease_holder(annotations, now, key)
             if current not in (None, holder):
                 return False
-            if current == holder and lease_left(annotations, holder, now) > RENEW_BEFORE:
+            if current == holder and lease_left(annotations, holder, now, key) > renew_before:
                 return True
-            lease = json.dumps({"holder": holder, "until": round(now + LEASE_SECONDS, 3)}, sort_keys=True)
+            lease = json.dumps({"holder": holder, "until": round(now + seconds, 3)}, sort_keys=True)
             patch = {"metadata": {"resourceVersion": cm["metadata"]["resourceVersion"],
-                                  "annotations": {LEASE_ANNOTATION: lease}}}
+                                  "annotations": {key: lease}}}
             try:
                 self._last = await self.api.patch("configmaps", self.namespace, self.name, patch)
             except ApiError as err:
                 self._last = None
                 if err.status == 409 or err.not_found:
                     return False
-                raise self._unavailable(err, "taking the drift monitor's lease") from err
+                raise self._unavailable(err, f"taking the lease {key}") from err
             if current is None:
-                log.info("this admin process (%s) now records the hive's drift", holder)
+                log.info("this admin process (%s) now %s", holder, role)
             return True
+
+    async def release(self, holder: str, key: str) -> None:
+        """Give up ``holder``'s lease in annotation ``key`` (if it still holds it), so another replica
+        need not wait for it to run out."""
+        async with self._lock:
+            for _ in range(WRITE_RETRIES):
+                cm = await self._read(create=False)
+                annotations = ((cm or {}).get("metadata") or {}).get("annotations") or {}
+                if cm is None or lease_holder(annotations, time.time(), key) != holder:
+                    return
+                patch = {"metadata": {"resourceVersion": cm["metadata"]["resourceVersion"],
+                                      "annotations": {key: None}}}
+                try:
+                    self._last = await self.api.patch("configmaps", self.namespace, self.name, patch)
+                    return
+                except ApiError as err:
+                    self._last = None
+                    if err.status == 409:
+                        continue
+                    if err.not_found:
+                        return
+                    raise self._unavailable(err, f"giving up the lease {key}") from err

@@ -3,7 +3,11 @@
 It runs as the hive's admin Deployment (``operator/hive/build.py``), its pods beside hive pods: it
 reads and changes the hive through the Kubernetes API, and reaches the router of its host through
 the hive's socket directory (a hostPath) with host IPC.  Its deployment and drift history is the
-hive's history ConfigMap (:mod:`fluxbee.admin.kube_history`), shared by every replica.
+hive's history ConfigMap (:mod:`fluxbee.admin.kube_history`), shared by every replica, and so
+is its global config (:mod:`fluxbee.admin.kube_global`): on a mother, ``PUT /config/routes|vpns``
+numbers a global version, applies it to the Hive's spec and pushes it to every known hive; on a
+worker one replica at a time follows the mother, as a local hive does
+(:mod:`fluxbee.admin.global_config`).
 
 The router link is optional: a connector task looks for a router socket every
 :data:`ROUTER_RETRY` seconds; while there is none, actions that need the router answer
@@ -29,9 +33,11 @@ from fluxbee.admin.actions import Context
 from fluxbee.admin.drift import DriftMonitor
 from fluxbee.admin.errors import AdminError
 from fluxbee.admin.gateway import serve_admin_commands
+from fluxbee.admin.global_config import PULL_INTERVAL, GlobalConfig, follow_mother
 from fluxbee.admin.history import History
 from fluxbee.admin.http import AdminSettings, admin_site, build_app
 from fluxbee.admin.k8s import HiveSpecRoutes, KubernetesBackend
+from fluxbee.admin.kube_global import ConfigMapGlobalStore
 from fluxbee.admin.kube_history import ConfigMapHistory
 from fluxbee.admin.link import SdkRouterLink, SwitchableRouterLink, UnreachableRouterLink
 from fluxbee.dataplane.names import ADMIN_NODE
@@ -53,6 +59,8 @@ class ClusterSettings:
     """The hive's socket directory (``routers/*.sock``), shared with the router of this host."""
     kube: KubeConfig
     drift_interval: float = 1.0
+    pull_interval: float = PULL_INTERVAL
+    """Seconds between a worker's asks for its mother's global config."""
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     """This admin process among the hive's replicas (its pod name in a Deployment)."""
 
@@ -105,12 +113,19 @@ async def cluster_admin(settings: AdminSettings, cluster: ClusterSettings) -> As
             f"no router reachable through {cluster.run_dir / 'routers'} from the admin API (it must run on a "
             "host of the hive, with its socket directory)"))
         store = ConfigMapHistory(api, cluster.namespace, cluster.hive_resource)
+        global_store = ConfigMapGlobalStore(store, cluster.instance)
+        gc = GlobalConfig(global_store)
         ctx = Context(backend=backend, link=link, history=History(store, backend.hive_id),
-                      routes=HiveSpecRoutes(backend))
+                      routes=HiveSpecRoutes(backend), global_config=gc)
         monitor = DriftMonitor(ctx, interval=cluster.drift_interval,
                                leader=functools.partial(store.lead_drift_monitor, cluster.instance))
         tasks = [asyncio.create_task(_router_connector(ctx, link, cluster.run_dir), name="admin-router-connector"),
                  asyncio.create_task(monitor.run(), name="admin-drift-monitor")]
+        mother = (await backend.hive_info()).get("mother_hive")
+        if isinstance(mother, str) and mother:  # a worker follows its mother's global routes and VPNs
+            tasks.append(asyncio.create_task(
+                follow_mother(ctx, gc, mother, interval=cluster.pull_interval, leader=global_store.lead_follower),
+                name="admin-global-config-follower"))
         runner = web.AppRunner(build_app(ctx, settings), handle_signals=False, access_log=None)
         await runner.setup()
         try:

@@ -25,7 +25,7 @@ from aiohttp import web
 from fluxbee.admin.actions import Context
 from fluxbee.admin.drift import DriftMonitor
 from fluxbee.admin.gateway import serve_admin_commands
-from fluxbee.admin.global_config import STATE_FILE, GlobalConfig, GlobalStore, follow_mother
+from fluxbee.admin.global_config import STATE_FILE, FileGlobalStore, GlobalConfig, follow_mother
 from fluxbee.admin.history import FileHistory, History
 from fluxbee.admin.http import AdminSettings, admin_site, build_app
 from fluxbee.admin.link import SdkRouterLink
@@ -46,7 +46,7 @@ def local_admin(settings: AdminSettings) -> Callable[[LocalHive], AbstractAsyncC
                                                     credential_file=credential_path(hive.run_dir, ADMIN_NODE_NAME)))
         backend = LocalBackend(hive)
         link = SdkRouterLink(sender)
-        gc = GlobalConfig(GlobalStore(hive.run_dir / "admin" / STATE_FILE))
+        gc = GlobalConfig(FileGlobalStore(hive.run_dir / "admin" / STATE_FILE))
         ctx = Context(backend=backend, link=link, history=History(FileHistory(
             hive.run_dir / "admin" / "history"), backend.hive_id), global_config=gc)
         tasks = [asyncio.create_task(serve_admin_commands(ctx, sender, receiver), name="admin-command-gateway"),

@@ -36,8 +36,8 @@ class Context:
     started_at: float = field(default_factory=time.time)
     route_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     global_config: GlobalConfig | None = None
-    """The global routes and VPN rules this hive sets (mother) or follows (worker); None: not kept
-    (the Kubernetes backend), and ``PUT /config/*`` changes this hive only."""
+    """The global routes and VPN rules this hive sets (mother) or follows (worker); None: not kept,
+    and ``PUT /config/*`` changes this hive only."""
 
     def route_lock(self, hive: str) -> asyncio.Lock:
         return self.route_locks.setdefault(hive, asyncio.Lock())

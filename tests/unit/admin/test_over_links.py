@@ -198,18 +198,24 @@ def test_the_collection_names_pending_hives_and_refusals() -> None:
     assert envelope("set_config_routes", done)["status"] == SYNC_PENDING
 
 
-def test_the_store_writes_whole_documents_and_refuses_a_damaged_one(tmp_path: Path) -> None:
-    store = g.GlobalStore(tmp_path / "admin" / "global-config.json")
-    assert store.load() == g.GlobalDoc()
-    store.save(g.GlobalDoc(9, [{"prefix": "WF.a"}], None))
-    assert store.load() == g.GlobalDoc(9, [{"prefix": "WF.a"}], None)
+async def test_the_store_writes_whole_documents_and_refuses_a_damaged_one(tmp_path: Path) -> None:
+    store = g.FileGlobalStore(tmp_path / "admin" / "global-config.json")
+    assert await store.load() == g.GlobalDoc()
+    await store.save(g.GlobalDoc(9, [{"prefix": "WF.a"}], None), 0)
+    assert await store.load() == g.GlobalDoc(9, [{"prefix": "WF.a"}], None)
     assert not list(store.path.parent.glob("*.tmp"))
+    with pytest.raises(AdminError) as stale:  # computed from version 3, but 9 is held: not written
+        await store.save(g.GlobalDoc(4, [], None), 3)
+    assert stale.value.code == "BUSY" and (await store.load()).version == 9
     for bad in ("{", "[]", json.dumps({"version": -1}), json.dumps({"version": 2, "routes": "x"}),
                 json.dumps({"version": True})):
         store.path.write_text(bad)
         with pytest.raises(AdminError) as err:
-            store.load()
+            await store.load()
         assert err.value.code == "STATE_WRITE_FAILED"
+        with pytest.raises(AdminError):
+            await store.save(g.GlobalDoc(10, [], None), 9)
+        assert store.path.read_text() == bad
 
 
 class HiveInfo:
@@ -238,7 +244,7 @@ class FakeRoutes:
 async def test_a_worker_never_goes_back_to_an_older_global_version(tmp_path: Path) -> None:
     routes = FakeRoutes()
     ctx = Context(backend=HiveInfo("A"), link=None, history=None, routes=routes)  # type: ignore[arg-type]
-    gc = g.GlobalConfig(g.GlobalStore(tmp_path / "g.json"))
+    gc = g.GlobalConfig(g.FileGlobalStore(tmp_path / "g.json"))
     v2 = g.GlobalDoc(2, [{"prefix": "WF.two"}], None)
     v1 = g.GlobalDoc(1, [{"prefix": "WF.one"}], [{"pattern": "WF.v"}])
     assert (await g.apply_offered(ctx, gc, v2))["applied"] is True
@@ -246,17 +252,17 @@ async def test_a_worker_never_goes_back_to_an_older_global_version(tmp_path: Pat
     assert late["applied"] is False and late["version"] == 2
     assert (await g.apply_offered(ctx, gc, v2))["applied"] is False  # the same version again: nothing to do
     assert routes.applied == [("routes", [{"prefix": "WF.two"}])]
-    assert gc.store.load().version == 2
+    assert (await gc.store.load()).version == 2
 
 
 async def test_concurrent_offers_apply_in_version_order(tmp_path: Path) -> None:
     routes = FakeRoutes()
     ctx = Context(backend=HiveInfo("A"), link=None, history=None, routes=routes)  # type: ignore[arg-type]
-    gc = g.GlobalConfig(g.GlobalStore(tmp_path / "g.json"))
+    gc = g.GlobalConfig(g.FileGlobalStore(tmp_path / "g.json"))
     docs = [g.GlobalDoc(v, [{"prefix": f"WF.v{v}"}], None) for v in (3, 1, 5, 2, 4)]
     await asyncio.gather(*(g.apply_offered(ctx, gc, d) for d in docs))
     versions = [int(items[0]["prefix"][4:]) for _, items in routes.applied]
-    assert versions == sorted(versions) and versions[-1] == 5 and gc.store.load().version == 5
+    assert versions == sorted(versions) and versions[-1] == 5 and (await gc.store.load()).version == 5
 
 
 async def test_a_refused_apply_is_not_recorded_so_it_is_tried_again(tmp_path: Path) -> None:
@@ -266,15 +272,15 @@ async def test_a_refused_apply_is_not_recorded_so_it_is_tried_again(tmp_path: Pa
             return {"status": "error", "error_code": "INVALID_CONFIG", "error_detail": "bad"}
 
     ctx = Context(backend=HiveInfo("A"), link=None, history=None, routes=Refusing())  # type: ignore[arg-type]
-    gc = g.GlobalConfig(g.GlobalStore(tmp_path / "g.json"))
+    gc = g.GlobalConfig(g.FileGlobalStore(tmp_path / "g.json"))
     with pytest.raises(AdminError) as err:
         await g.apply_offered(ctx, gc, g.GlobalDoc(1, [], None))
-    assert err.value.code == "CONFIG_FAILED" and gc.store.load().version == 0
+    assert err.value.code == "CONFIG_FAILED" and (await gc.store.load()).version == 0
 
 
 async def test_a_worker_takes_the_global_config_only_from_its_mothers_admin(tmp_path: Path) -> None:
     routes = FakeRoutes()
-    gc = g.GlobalConfig(g.GlobalStore(tmp_path / "g.json"))
+    gc = g.GlobalConfig(g.FileGlobalStore(tmp_path / "g.json"))
     ctx = Context(backend=HiveInfo("A"), link=None, history=None, routes=routes,  # type: ignore[arg-type]
                   global_config=gc)
     params = g.GlobalConfigParams(version=3, routes=None, vpns=[])
@@ -339,8 +345,8 @@ async def test_the_gateway_runs_the_mothers_command_here() -> None:
 
 
 async def test_a_global_change_of_neither_list_takes_no_version(tmp_path: Path) -> None:
-    gc = g.GlobalConfig(g.GlobalStore(tmp_path / "g.json"))
-    gc.store.save(g.GlobalDoc(7, [], None))
+    gc = g.GlobalConfig(g.FileGlobalStore(tmp_path / "g.json"))
+    await gc.store.save(g.GlobalDoc(7, [], None), 0)
     ctx = Context(backend=HiveInfo(None), link=None, history=None, routes=FakeRoutes())  # type: ignore[arg-type]
 
     async def here() -> dict[str, Any]:
@@ -348,11 +354,11 @@ async def test_a_global_change_of_neither_list_takes_no_version(tmp_path: Path) 
 
     out = await g.put_global(ctx, gc, None, None, None, here)
     assert out == {"status": "ok", "hive": "A", "global_version": 7, "hives": [], "pending": []}
-    assert gc.store.load().version == 7
+    assert (await gc.store.load()).version == 7
 
 
 async def test_a_global_config_too_large_for_one_frame_is_refused_before_anything_is_applied(tmp_path: Path) -> None:
-    gc = g.GlobalConfig(g.GlobalStore(tmp_path / "g.json"))
+    gc = g.GlobalConfig(g.FileGlobalStore(tmp_path / "g.json"))
     ctx = Context(backend=HiveInfo(None), link=None, history=None, routes=FakeRoutes())  # type: ignore[arg-type]
     applied: list[str] = []
 
@@ -364,4 +370,4 @@ async def test_a_global_config_too_large_for_one_frame_is_refused_before_anythin
     with pytest.raises(AdminError) as err:
         await g.put_global(ctx, gc, None, routes, None, here)
     assert err.value.code == "PAYLOAD_TOO_LARGE" and http_status("PAYLOAD_TOO_LARGE") == 413
-    assert applied == [] and gc.store.load().version == 0
+    assert applied == [] and (await gc.store.load()).version == 0
