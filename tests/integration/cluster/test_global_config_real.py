@@ -1,0 +1,333 @@
+"""Global routes and VPN rules between a mother and a worker hive in a cluster, on the real control plane.
+
+Two namespaces, each with the chart installed as a user installs it: ``mother`` (a motherbee) and
+``worker`` (``role: worker``, its mother ``mother``), each with the real operator (which makes the
+hive's admin ConfigMap) and the cluster admin API (``fluxbee admin --backend kubernetes``) logged in
+with a token of that hive's admin ServiceAccount only.  kwok runs no containers, so the data plane
+is real local processes: one ``fluxbee router`` per hive, linked over loopback mutual TLS with
+certificates from ``fluxbee wan ca``/``issue``, and each admin API finds its hive's router in its
+socket directory, as it would in the hive pod.
+
+What is read back: the Hives' ``spec.routes``/``spec.vpns`` and the global document (key
+``global-config.json`` of ``<hive>-admin-history``), with kubectl as the cluster admin.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chart_support import helm
+from cluster_support import ControlPlane, wait_for
+from hive_harness import RouterProc, free_port
+from operator_support import AdminApi, FluxbeeProcess, Release, get, start_admin, start_operator
+
+GLOBAL_KEY = "global-config.json"
+
+
+@dataclass
+class Hive:
+    name: str
+    release: Release
+    operator: FluxbeeProcess
+    router: RouterProc
+    work: Path
+    admin: AdminApi | None = None
+
+    @property
+    def ns(self) -> str:
+        return self.release.namespace
+
+
+@dataclass
+class Pair:
+    cp: ControlPlane
+    mother: Hive
+    worker: Hive
+
+    def spec(self, hive: Hive) -> dict[str, Any]:
+        found = get(self.cp, hive.ns, "hive", hive.name)
+        assert found is not None
+        spec: dict[str, Any] = found["spec"]
+        return spec
+
+    def doc(self, hive: Hive) -> dict[str, Any] | None:
+        """The hive's global document as the API server has it (None: none recorded)."""
+        cm = get(self.cp, hive.ns, "configmap", f"{hive.name}-admin-history")
+        raw = ((cm or {}).get("data") or {}).get(GLOBAL_KEY)
+        return json.loads(raw) if raw is not None else None
+
+    def version(self, hive: Hive) -> int:
+        return int((self.doc(hive) or {}).get("version", 0))
+
+
+def prefixes(spec: dict[str, Any]) -> list[str]:
+    return [r["prefix"] for r in spec.get("routes") or []]
+
+
+def vpn_ids(spec: dict[str, Any]) -> list[int]:
+    return [v["vpnId"] for v in spec.get("vpns") or []]
+
+
+def install(cp: ControlPlane, ns: str, hive: str, *values: str) -> Release:
+    """The chart with one Hive (its admin ServiceAccount, Role and token), the operator Deployment at
+    0 replicas (the operator under test is a subprocess), identity off (no database needed here)."""
+    cp.kubectl("create", "namespace", ns)
+    helm(cp, "install", "fb", str(Path(__file__).resolve().parents[3] / "charts" / "fluxbee"), "--namespace", ns,
+         "--set", "operator.watchReleaseNamespaceOnly=true", "--set", "image.repository=example.invalid/fluxbee",
+         "--set", "image.tag=test", "--set", "hive.enabled=true", "--set", f"hive.name={hive}",
+         "--set", "hive.identity.enabled=false", *values)
+    release = Release(ns)
+    cp.kubectl("-n", ns, "scale", "deployment", release.operator_account, "--replicas=0")
+    return release
+
+
+def fluxbee(*args: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "fluxbee", *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def certificate(root: Path, hive: str) -> tuple[str, ...]:
+    out = root / f"cert-{hive}"
+    fluxbee("wan", "issue", "--ca", str(root / "ca"), "--hive-id", hive, "--out", str(out))
+    return ("--wan-cert", str(out / "tls.crt"), "--wan-key", str(out / "tls.key"),
+            "--wan-ca-cert", str(root / "ca" / "ca.crt"), "--link-hello-interval", "0.3",
+            "--link-dead-interval", "2")
+
+
+def start_hive_admin(cp: ControlPlane, hive: Hive, label: str) -> AdminApi:
+    admin = start_admin(cp, hive.release, hive.name, hive.work / label, hive.router.run_dir,
+                        hive.router.credential_file)
+
+    def connected() -> bool:
+        return bool(admin.call("GET", "/hive/status")[1]["payload"]["router_connected"])
+
+    admin.process.wait_for(f"{hive.name}'s admin API to join its router", connected, timeout=30)
+    return admin
+
+
+@pytest.fixture(scope="module")
+def pair(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    cp = control_plane
+    work = tmp_path_factory.mktemp("global-config")
+    root = Path(tempfile.mkdtemp(prefix="fbg", dir="/tmp"))  # short: socket paths have a length limit
+    root.chmod(0o755)
+    fluxbee("wan", "ca", str(root / "ca"))
+    tag = uuid.uuid4().hex[:8]
+    ns_m, ns_w = f"t-gm-{tag}", f"t-gw-{tag}"
+    started: list[Any] = []
+    hives: list[Hive] = []
+    try:
+        port = free_port()
+        for name, ns, values, link in (
+                ("mother", ns_m, (), ("--wan-listen", f"127.0.0.1:{port}")),
+                ("worker", ns_w, ("--set", "hive.role=worker", "--set", "hive.identity.primaryHive=mother"),
+                 ("--uplink", f"127.0.0.1:{port}"))):
+            release = install(cp, ns, name, *values)
+            operator = start_operator(cp, release, work / name)
+            started.append(operator)
+            (root / name).mkdir()
+            router = RouterProc(root / name, hive_id=name, extra=(*link, *certificate(root, name)))
+            started.append(router)
+            hives.append(Hive(name, release, operator, router, work / name))
+        for hive in hives:
+            hive.operator.wait_for(f"{hive.name}'s admin ConfigMap (the operator makes it)",
+                                   lambda h=hive: get(cp, h.ns, "configmap", f"{h.name}-admin-history"), timeout=90)
+            hive.admin = start_hive_admin(cp, hive, "admin")
+        mother, worker = hives
+
+        def linked() -> bool:
+            return any(x["state"] == "up" for x in mother.router.status()["wan"]["links"])
+
+        wait_for("the worker's router to link to the mother's", linked, timeout=30)
+        yield Pair(cp, mother, worker)
+    finally:
+        try:
+            for hive in hives:  # the admin API running now (a test may have replaced it)
+                if hive.admin is not None:
+                    hive.admin.process.stop()
+        finally:
+            for proc in reversed(started):
+                proc.stop()
+        for ns in (ns_m, ns_w):
+            cp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def ok(answer: tuple[int, Any], code: int = 200) -> dict[str, Any]:
+    status, doc = answer
+    assert status == code, doc
+    payload: dict[str, Any] = doc["payload"]
+    return payload
+
+
+def test_a_global_change_on_the_mother_reaches_the_workers_hive_spec_with_its_version(pair: Pair) -> None:
+    m, w = pair.mother, pair.worker
+    assert m.admin is not None
+    put = ok(m.admin.call("PUT", "/config/routes", {"routes": [{"prefix": "WF.global.one", "action": "DROP"}],
+                                                    "vpns": [{"pattern": "WF.red", "vpn_id": 7}]}))
+    version = put["global_version"]
+    assert version == 1 and put["status"] == "ok" and put["pending"] == []
+    assert put["hives"] == [{"hive": "worker", "status": "ok", "version": version, "applied": True}]
+    # applied and recorded on both sides: the Hives' specs and each hive's global document
+    for hive in (m, w):
+        spec = pair.spec(hive)
+        assert (prefixes(spec), vpn_ids(spec)) == (["WF.global.one"], [7]), hive.name
+        doc = pair.doc(hive)
+        assert doc is not None and doc["version"] == version
+        assert [r["prefix"] for r in doc["routes"]] == ["WF.global.one"]
+        assert [v["vpn_id"] for v in doc["vpns"]] == [7]
+    # a later change of one list keeps the other one, and numbers on
+    put = ok(m.admin.call("PUT", "/config/vpns", {"vpns": [{"pattern": "WF.blue", "vpn_id": 8}]}))
+    assert put["global_version"] == version + 1 and put["hives"][0]["applied"] is True
+    spec = pair.spec(w)
+    assert (prefixes(spec), vpn_ids(spec)) == (["WF.global.one"], [8])
+    assert pair.version(w) == version + 1
+
+
+def test_versions_never_go_back(pair: Pair) -> None:
+    m, w = pair.mother, pair.worker
+    assert m.admin is not None and w.admin is not None
+    held = pair.version(m)
+    assert held >= 1 and pair.version(w) == held
+    before_m, before_w = pair.spec(m), pair.spec(w)
+    for stale in (1, held):  # an explicit version must be above the one held
+        code, doc = m.admin.call("PUT", "/config/routes", {"routes": [], "version": stale})
+        assert (code, doc["error_code"]) == (409, "VERSION_MISMATCH"), doc
+    assert pair.version(m) == held and pair.spec(m) == before_m and pair.spec(w) == before_w
+    # an explicit version above it is taken, and the next one numbers on from there
+    jump = held + 10
+    assert ok(m.admin.call("PUT", "/config/routes", {"routes": [{"prefix": "WF.jump", "action": "DROP"}],
+                                                     "version": jump}))["global_version"] == jump
+    assert ok(m.admin.call("PUT", "/config/routes", {"routes": [{"prefix": "WF.after", "action": "DROP"}]}))[
+        "global_version"] == jump + 1
+    assert pair.version(w) == jump + 1 and prefixes(pair.spec(w)) == ["WF.after"]
+
+
+def test_a_worker_down_during_a_change_catches_up_when_it_returns(pair: Pair) -> None:
+    m, w = pair.mother, pair.worker
+    assert m.admin is not None and w.admin is not None
+    w.admin.process.stop()
+    w.admin = None
+    put = ok(m.admin.call("PUT", "/config/routes", {"routes": [{"prefix": "WF.while.away", "action": "DROP"}]}),
+             code=202)
+    version = put["global_version"]
+    assert put["status"] == "sync_pending" and put["pending"] == ["worker"]
+    assert pair.version(m) == version and pair.version(w) == version - 1
+    assert prefixes(pair.spec(w)) != ["WF.while.away"]
+    w.admin = start_hive_admin(pair.cp, w, "admin-again")
+    # nobody pushes again: the returning worker asks its mother (every 3 s) and applies what it missed
+    w.admin.process.wait_for("the worker to catch up with the mother's global config",
+                             lambda: pair.version(w) == version, timeout=30)
+    assert prefixes(pair.spec(w)) == ["WF.while.away"]
+
+
+def test_two_mother_replicas_racing_number_every_change_once_and_lose_none(pair: Pair, tmp_path: Path) -> None:
+    m, w = pair.mother, pair.worker
+    assert m.admin is not None
+    # A second replica of the mother's admin API (its own socket directory, with no router in it:
+    # it pushes to nobody, and the worker catches up by pulling).
+    (tmp_path / "second-run").mkdir()
+    other = start_admin(pair.cp, m.release, m.name, tmp_path / "second", tmp_path / "second-run")
+    base = pair.version(m)
+    answers: list[tuple[str, int, dict[str, Any]]] = []
+    lock = threading.Lock()
+
+    def writer(admin: AdminApi, who: str, kind: str) -> None:
+        for i in range(4):
+            name = f"WF.{who}.{kind}.{i}"
+            body = ({"routes": [{"prefix": name, "action": "DROP"}]} if kind == "routes"
+                    else {"vpns": [{"pattern": name, "vpn_id": 100 + i}]})
+            code, doc = admin.call("PUT", f"/config/{kind}", body)
+            with lock:
+                answers.append((name, code, doc))
+
+    try:
+        threads = [threading.Thread(target=writer, args=args) for args in
+                   ((m.admin, "one", "routes"), (other, "two", "routes"), (m.admin, "one", "vpns"),
+                    (other, "two", "vpns"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert len(answers) == 16
+        assert all(code in (200, 202) for _, code, _ in answers), [(n, c, d) for n, c, d in answers if c >= 300]
+        versions = sorted(doc["payload"]["global_version"] for _, _, doc in answers)
+        # every change got its own version, none skipped: 16 changes, 16 consecutive versions
+        assert versions == list(range(base + 1, base + 17))
+        by_version = {doc["payload"]["global_version"]: name for name, _, doc in answers}
+        last_route = by_version[max(v for v, n in by_version.items() if ".routes." in n)]
+        last_vpn = by_version[max(v for v, n in by_version.items() if ".vpns." in n)]
+        # no change lost: the document holds the newest of each list, and so do both Hive specs
+        doc = pair.doc(m)
+        assert doc is not None and doc["version"] == base + 16
+        assert [r["prefix"] for r in doc["routes"]] == [last_route]
+        assert [v["pattern"] for v in doc["vpns"]] == [last_vpn]
+        spec = pair.spec(m)
+        assert prefixes(spec) == [last_route] and [v["pattern"] for v in spec["vpns"]] == [last_vpn]
+        m.operator.wait_for("the worker to reach the last version", lambda: pair.version(w) == base + 16,
+                            timeout=30)
+        spec = pair.spec(w)
+        assert prefixes(spec) == [last_route] and [v["pattern"] for v in spec["vpns"]] == [last_vpn]
+    finally:
+        other.process.stop()
+
+
+def test_a_damaged_global_document_is_a_clear_error_not_a_reset(pair: Pair) -> None:
+    m, w = pair.mother, pair.worker
+    assert m.admin is not None and w.admin is not None
+    held, spec = pair.version(m), pair.spec(m)
+    cm = f"{m.name}-admin-history"
+    good = (get(pair.cp, m.ns, "configmap", cm) or {})["data"][GLOBAL_KEY]
+    pair.cp.kubectl("-n", m.ns, "patch", "configmap", cm, "--type", "merge", "-p",
+                    json.dumps({"data": {GLOBAL_KEY: '{"version": "seven"'}}))
+    code, doc = m.admin.call("PUT", "/config/routes", {"routes": [{"prefix": "WF.never", "action": "DROP"}]})
+    assert (code, doc["error_code"]) == (503, "STATE_READ_FAILED"), doc
+    assert cm in doc["error_detail"] and GLOBAL_KEY in doc["error_detail"] and "damaged" in doc["error_detail"]
+    assert pair.spec(m) == spec  # nothing applied
+    # the worker asking meanwhile gets the error, not a version 0 to go back to
+    assert pair.version(w) == held
+    pair.cp.kubectl("-n", m.ns, "patch", "configmap", cm, "--type", "merge", "-p",
+                    json.dumps({"data": {GLOBAL_KEY: good}}))
+    assert ok(m.admin.call("PUT", "/config/routes", {"routes": [{"prefix": "WF.mended", "action": "DROP"}]}))[
+        "global_version"] == held + 1
+
+    # a damaged document on the worker: it refuses the push (the mother says so) and keeps it as it is
+    wcm = f"{w.name}-admin-history"
+    pair.cp.kubectl("-n", w.ns, "patch", "configmap", wcm, "--type", "merge", "-p",
+                    json.dumps({"data": {GLOBAL_KEY: "[]"}}))
+    code, doc = m.admin.call("PUT", "/config/routes", {"routes": [{"prefix": "WF.refused", "action": "DROP"}]})
+    assert (code, doc["error_code"]) == (502, "CONFIG_BROADCAST_FAILED"), doc
+    assert "worker (STATE_READ_FAILED" in doc["error_detail"] and doc["payload"]["global_version"] == held + 2
+    assert (get(pair.cp, w.ns, "configmap", wcm) or {})["data"][GLOBAL_KEY] == "[]"
+    assert prefixes(pair.spec(w)) == ["WF.mended"]
+    # removing the key is how a user starts it again: the worker then takes the mother's whole config
+    pair.cp.kubectl("-n", w.ns, "patch", "configmap", wcm, "--type", "json", "-p",
+                    json.dumps([{"op": "remove", "path": f"/data/{GLOBAL_KEY}"}]))
+    w.admin.process.wait_for("the worker to take the mother's config again", lambda: pair.version(w) == held + 2,
+                             timeout=30)
+    assert prefixes(pair.spec(w)) == ["WF.refused"]
+
+
+@pytest.mark.parametrize("body", [
+    b"{not json", b"[]", b'{"routes": "WF.x"}', b'{"routes": [{"prefix": "WF.x"}]}',
+    b'{"routes": [{"prefix": "WF.x", "action": "BOUNCE"}]}', b'{"routes": [], "version": 0}',
+    b'{"routes": [], "version": -3}', b'{"routes": [], "version": "9"}', b'{"routes": [], "extra": 1}',
+    b'{"vpns": [{"pattern": "WF.x", "vpn_id": -1}]}'])
+def test_a_bad_body_is_refused_and_nothing_is_written(pair: Pair, body: bytes) -> None:
+    m, w = pair.mother, pair.worker
+    assert m.admin is not None
+    before = [(pair.doc(h), pair.spec(h)) for h in (m, w)]
+    code, doc = m.admin.call("PUT", "/config/routes", raw=body)
+    assert code in (400, 422) and doc["status"] == "error", (code, doc)
+    assert [(pair.doc(h), pair.spec(h)) for h in (m, w)] == before
