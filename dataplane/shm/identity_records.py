@@ -67,7 +67,8 @@ def normalise_channel(channel_type: str, address: str) -> tuple[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class IlkInfo:
-    """An ILK as published: ids are prefixed strings; ``handler_node`` may be empty."""
+    """An ILK as published: ids are prefixed strings; ``handler_node`` may be empty.  SY.identity
+    commits and replicates this same record (its ``IlkRecord`` is this class)."""
 
     ilk_id: str
     tenant_id: str

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
+from fluxbee.dataplane.shm.identity_records import IlkInfo
 from fluxbee.errors import CodedError
 
 # message names (meta.msg), as in the original; replies are <NAME>_RESPONSE
@@ -237,16 +238,9 @@ def decode(payload: Any, kind: type[msgspec.Struct]) -> Any:
 # ------------------------------------------------------------------ committed changes (for the region)
 
 
-@dataclass(frozen=True, slots=True)
-class IlkRecord:
-    ilk_id: str
-    tenant_id: str
-    ilk_type: str
-    registration_status: str
-    handler_node: str
-    human_subtype: str = ""
-    capabilities: tuple[str, ...] = ()
-    roles: tuple[str, ...] = ()
+IlkRecord = IlkInfo
+"""An ILK as committed: the very record the identity region publishes and its readers return
+(defined once, in the data plane, which must not import the identity service)."""
 
 
 @dataclass(frozen=True, slots=True)
