@@ -99,15 +99,9 @@ def _hive_id(value: str) -> str:
 
 def require_extra(extra: str | None, command: str) -> None:
     """Stop with a message naming the extra to install when ``command`` needs one that is missing."""
-    if extra is None:
-        return
-    from fluxbee.extras import MissingExtraError, require
+    from fluxbee.extras import exit_unless_installed
 
-    try:
-        require(extra)
-    except MissingExtraError as err:
-        print(f"fluxbee {command}: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    exit_unless_installed(extra, command)
 
 
 def cmd_router(args: argparse.Namespace) -> int:
