@@ -61,6 +61,11 @@ class Cluster:
     data_dir: Path
     port: int = DEFAULT_PORT
 
+    def __post_init__(self) -> None:
+        # The server and initdb run from "/" and libpq reads a relative host as a host name:
+        # a data dir given relative to the caller's directory (`--run-dir ra`) is made absolute here.
+        object.__setattr__(self, "data_dir", self.data_dir.absolute())
+
     @property
     def socket_dir(self) -> Path:
         return self.data_dir
