@@ -40,13 +40,14 @@ from fluxbee.admin.errors import AdminError
 from fluxbee.admin.global_config import GlobalDoc
 from fluxbee.admin.history import HistoryUnavailable
 from fluxbee.admin.kube_history import WRITE_RETRIES, ConfigMapHistory, lease_holder
+from fluxbee.dataplane.names import ANNOTATION_GLOBAL_FOLLOWER, ANNOTATION_GLOBAL_WRITER
 from fluxbee.kube import ApiError
 
 log = logging.getLogger(__name__)
 
 GLOBAL_KEY: Final = "global-config.json"
-WRITER_ANNOTATION: Final = "fluxbee.io/global-config-writer"
-FOLLOWER_ANNOTATION: Final = "fluxbee.io/global-config-follower"
+WRITER_ANNOTATION: Final = ANNOTATION_GLOBAL_WRITER
+FOLLOWER_ANNOTATION: Final = ANNOTATION_GLOBAL_FOLLOWER
 WRITER_SECONDS: Final = 20.0
 """How long the writer lease holds unrenewed: the longest another replica waits behind a dead one."""
 WRITER_WAIT: Final = 30.0
