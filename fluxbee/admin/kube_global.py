@@ -5,7 +5,9 @@ key ``global-config.json`` of the hive's admin ConfigMap ``<hive>-admin-history`
 operator makes with the admin Deployment and the chart's admin Role lets the admin API patch, so no
 other object or right is needed.  It is the same document a local hive keeps in
 ``<run dir>/admin/global-config.json``, and :mod:`fluxbee.admin.global_config` runs the same logic
-over it (:class:`ConfigMapGlobalStore` is its store).
+over it (:class:`ConfigMapGlobalStore` is its store).  It fits one frame, so as JSON it is at most
+about 140 kB: beside the history's two logs of at most 400 kB each, the ConfigMap stays under the
+API server's 1 MiB.
 
 Two replicas of a hive's admin API may change it at once (two ``PUT /config/routes`` on a mother,
 or a push and a pull on a worker).  A change runs under the **writer lease** (annotation
