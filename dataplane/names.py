@@ -166,5 +166,7 @@ ANNOTATION_GLOBAL_WRITER: Final = "fluxbee.io/global-config-writer"
 """On a hive's admin ConfigMap: the admin replica changing the hive's global routes and VPNs now."""
 ANNOTATION_GLOBAL_FOLLOWER: Final = "fluxbee.io/global-config-follower"
 """On a worker hive's admin ConfigMap: the admin replica asking the mother for its global config."""
+ANNOTATION_GLOBAL_VERSION: Final = "fluxbee.io/global-config-version"
+"""On a Hive: the version of the global routes and VPNs applied to its spec (set by its admin API)."""
 
 FINALIZER: Final = "fluxbee.io/cleanup"

@@ -242,6 +242,18 @@ class GlobalConfig:
     """The global config of one hive: where it is kept (which also orders its changes)."""
 
     store: GlobalStore
+    applied: Callable[[int], Awaitable[None]] | None = None
+    """Told each version once it is applied here and recorded (a cluster annotates the Hive with it)."""
+
+
+async def _mark(gc: GlobalConfig, version: int) -> None:
+    """Tell :attr:`GlobalConfig.applied` (a failure there is logged: the version is applied and recorded)."""
+    if gc.applied is None:
+        return
+    try:
+        await gc.applied(version)
+    except AdminError as err:
+        log.warning("global config version %d is applied and recorded, but could not be marked: %s", version, err)
 
 
 async def _apply_lists(ctx: Context, routes: list[dict[str, Any]] | None, vpns: list[dict[str, Any]] | None) -> None:
@@ -265,6 +277,7 @@ async def apply_offered(ctx: Context, gc: GlobalConfig, offered: GlobalDoc) -> d
         async with ctx.route_lock(ctx.backend.hive_id):  # not between the read and write of a local edit
             await _apply_lists(ctx, offered.routes, offered.vpns)
         await gc.store.save(merged(held, offered.version, offered.routes, offered.vpns), held.version)
+        await _mark(gc, offered.version)
     log.info("global config version %d applied (was %d)", offered.version, held.version)
     return {"status": "ok", "applied": True, "version": offered.version, "previous_version": held.version}
 
@@ -314,6 +327,7 @@ async def put_global(ctx: Context, gc: GlobalConfig, requested: int | None, rout
         check_deliverable(doc)
         out = await apply_here()
         await gc.store.save(doc, held.version)
+        await _mark(gc, version)
     hives = await wan.known_hives(ctx.link, await ctx.backend.remote_hives()) - {ctx.backend.hive_id}
     answers = await fan_out(ctx, hives, doc)
     results = collect(hives, answers)

@@ -411,6 +411,24 @@ class KubernetesBackend:
                     raise api_error(err, f"deleting Hive {hive['metadata']['name']}") from err
 
 
+async def mark_global_version(backend: KubernetesBackend, version: int) -> None:
+    """Annotate the Hive with the global config version its spec now holds (never a lower one)."""
+    b, key = backend, names.ANNOTATION_GLOBAL_VERSION
+    for _ in range(CONFLICT_RETRIES):
+        meta = (await b._hive())["metadata"]
+        held = str((meta.get("annotations") or {}).get(key, "0"))
+        if held.isdigit() and int(held) >= version:
+            return
+        patch = {"metadata": {"resourceVersion": meta.get("resourceVersion"), "annotations": {key: str(version)}}}
+        try:
+            await b.api.patch("hives", b.namespace, b.hive_resource, patch)
+            return
+        except ApiError as err:
+            if err.status != 409:
+                raise api_error(err, f"annotating Hive {b.hive_resource}") from err
+    raise AdminError("BUSY", f"the Hive kept changing; its {key} annotation was not set to {version}")
+
+
 class HiveSpecRoutes:
     """Routes and VPN rules as the Hive's spec (:class:`~fluxbee.admin.backend.RouteConfig`).
 

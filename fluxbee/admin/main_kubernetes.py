@@ -36,7 +36,7 @@ from fluxbee.admin.gateway import serve_admin_commands
 from fluxbee.admin.global_config import PULL_INTERVAL, GlobalConfig, follow_mother
 from fluxbee.admin.history import History
 from fluxbee.admin.http import AdminSettings, admin_site, build_app
-from fluxbee.admin.k8s import HiveSpecRoutes, KubernetesBackend
+from fluxbee.admin.k8s import HiveSpecRoutes, KubernetesBackend, mark_global_version
 from fluxbee.admin.kube_global import ConfigMapGlobalStore
 from fluxbee.admin.kube_history import ConfigMapHistory
 from fluxbee.admin.link import SdkRouterLink, SwitchableRouterLink, UnreachableRouterLink
@@ -114,7 +114,7 @@ async def cluster_admin(settings: AdminSettings, cluster: ClusterSettings) -> As
             "host of the hive, with its socket directory)"))
         store = ConfigMapHistory(api, cluster.namespace, cluster.hive_resource)
         global_store = ConfigMapGlobalStore(store, cluster.instance)
-        gc = GlobalConfig(global_store)
+        gc = GlobalConfig(global_store, applied=functools.partial(mark_global_version, backend))
         ctx = Context(backend=backend, link=link, history=History(store, backend.hive_id),
                       routes=HiveSpecRoutes(backend), global_config=gc)
         monitor = DriftMonitor(ctx, interval=cluster.drift_interval,

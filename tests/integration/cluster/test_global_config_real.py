@@ -33,6 +33,7 @@ from hive_harness import RouterProc, free_port
 from operator_support import AdminApi, FluxbeeProcess, Release, get, start_admin, start_operator
 
 GLOBAL_KEY = "global-config.json"
+MARK = "fluxbee.io/global-config-version"
 
 
 @dataclass
@@ -69,6 +70,11 @@ class Pair:
 
     def version(self, hive: Hive) -> int:
         return int((self.doc(hive) or {}).get("version", 0))
+
+    def marked(self, hive: Hive) -> int:
+        """The global version the Hive is annotated with (what its spec holds)."""
+        found = get(self.cp, hive.ns, "hive", hive.name) or {}
+        return int(((found.get("metadata") or {}).get("annotations") or {}).get(MARK, "0"))
 
 
 def prefixes(spec: dict[str, Any]) -> list[str]:
@@ -185,6 +191,7 @@ def test_a_global_change_on_the_mother_reaches_the_workers_hive_spec_with_its_ve
         assert (prefixes(spec), vpn_ids(spec)) == (["WF.global.one"], [7]), hive.name
         doc = pair.doc(hive)
         assert doc is not None and doc["version"] == version
+        assert pair.marked(hive) == version
         assert [r["prefix"] for r in doc["routes"]] == ["WF.global.one"]
         assert [v["vpn_id"] for v in doc["vpns"]] == [7]
     # a later change of one list keeps the other one, and numbers on
@@ -228,8 +235,8 @@ def test_a_worker_down_during_a_change_catches_up_when_it_returns(pair: Pair) ->
     w.admin = start_hive_admin(pair.cp, w, "admin-again")
     # nobody pushes again: the returning worker asks its mother (every 3 s) and applies what it missed
     w.admin.process.wait_for("the worker to catch up with the mother's global config",
-                             lambda: pair.version(w) == version, timeout=30)
-    assert prefixes(pair.spec(w)) == ["WF.while.away"]
+                             lambda: pair.version(w) == pair.marked(w) == version, timeout=30)
+    assert prefixes(pair.spec(w)) == ["WF.while.away"] and pair.marked(w) == version
 
 
 def test_two_mother_replicas_racing_number_every_change_once_and_lose_none(pair: Pair, tmp_path: Path) -> None:
@@ -275,10 +282,12 @@ def test_two_mother_replicas_racing_number_every_change_once_and_lose_none(pair:
         assert [v["pattern"] for v in doc["vpns"]] == [last_vpn]
         spec = pair.spec(m)
         assert prefixes(spec) == [last_route] and [v["pattern"] for v in spec["vpns"]] == [last_vpn]
-        m.operator.wait_for("the worker to reach the last version", lambda: pair.version(w) == base + 16,
-                            timeout=30)
+        assert pair.marked(m) == base + 16
+        m.operator.wait_for("the worker to reach the last version",
+                            lambda: pair.version(w) == pair.marked(w) == base + 16, timeout=30)
         spec = pair.spec(w)
         assert prefixes(spec) == [last_route] and [v["pattern"] for v in spec["vpns"]] == [last_vpn]
+        assert pair.marked(w) == base + 16
     finally:
         other.process.stop()
 

@@ -265,6 +265,21 @@ async def test_concurrent_offers_apply_in_version_order(tmp_path: Path) -> None:
     assert versions == sorted(versions) and versions[-1] == 5 and (await gc.store.load()).version == 5
 
 
+async def test_each_applied_version_is_marked_once_and_a_failed_mark_does_not_undo_it(tmp_path: Path) -> None:
+    marks: list[int] = []
+
+    async def mark(version: int) -> None:
+        marks.append(version)
+        if version == 3:
+            raise AdminError("KUBERNETES_API_ERROR", "down")
+
+    ctx = Context(backend=HiveInfo("A"), link=None, history=None, routes=FakeRoutes())  # type: ignore[arg-type]
+    gc = g.GlobalConfig(g.FileGlobalStore(tmp_path / "g.json"), applied=mark)
+    for version in (2, 1, 3, 2):
+        await g.apply_offered(ctx, gc, g.GlobalDoc(version, [], None))
+    assert marks == [2, 3] and (await gc.store.load()).version == 3
+
+
 async def test_a_refused_apply_is_not_recorded_so_it_is_tried_again(tmp_path: Path) -> None:
     class Refusing(FakeRoutes):
         async def apply(self, subsystem: str, items: list[dict[str, Any]], version: int,
