@@ -122,9 +122,14 @@ async def cluster_admin(settings: AdminSettings, cluster: ClusterSettings) -> As
         tasks = [asyncio.create_task(_router_connector(ctx, link, cluster.run_dir), name="admin-router-connector"),
                  asyncio.create_task(monitor.run(), name="admin-drift-monitor")]
         mother = (await backend.hive_info()).get("mother_hive")
+
+        async def follows() -> bool:
+            """A replica without its router cannot ask the mother: it leaves the lease to one that can."""
+            return not isinstance(link.current, UnreachableRouterLink) and await global_store.lead_follower()
+
         if isinstance(mother, str) and mother:  # a worker follows its mother's global routes and VPNs
             tasks.append(asyncio.create_task(
-                follow_mother(ctx, gc, mother, interval=cluster.pull_interval, leader=global_store.lead_follower),
+                follow_mother(ctx, gc, mother, interval=cluster.pull_interval, leader=follows),
                 name="admin-global-config-follower"))
         runner = web.AppRunner(build_app(ctx, settings), handle_signals=False, access_log=None)
         await runner.setup()

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from operator_support import AdminApi, FluxbeeProcess, Release, get, start_admin
 
 GLOBAL_KEY = "global-config.json"
 MARK = "fluxbee.io/global-config-version"
+FOLLOWER = "fluxbee.io/global-config-follower"
 
 
 @dataclass
@@ -221,9 +223,29 @@ def test_versions_never_go_back(pair: Pair) -> None:
     assert pair.version(w) == jump + 1 and prefixes(pair.spec(w)) == ["WF.after"]
 
 
-def test_a_worker_down_during_a_change_catches_up_when_it_returns(pair: Pair) -> None:
+def test_a_worker_down_during_a_change_catches_up_when_it_returns(pair: Pair, tmp_path: Path) -> None:
     m, w = pair.mother, pair.worker
     assert m.admin is not None and w.admin is not None
+    # A second replica of the worker's admin API whose router is out of reach: it cannot ask the
+    # mother, so it must not take the turn to follow while the first one is away.
+    (tmp_path / "spare-run").mkdir()
+    spare = start_admin(pair.cp, w.release, w.name, tmp_path / "spare", tmp_path / "spare-run")
+    try:
+        _catch_up(pair, m, w)
+    finally:
+        spare.process.stop()
+
+
+def _follower_lease(pair: Pair, hive: Hive) -> dict[str, Any]:
+    cm = get(pair.cp, hive.ns, "configmap", f"{hive.name}-admin-history") or {}
+    lease: dict[str, Any] = json.loads(((cm.get("metadata") or {}).get("annotations") or {}).get(FOLLOWER, "{}"))
+    return lease
+
+
+def _catch_up(pair: Pair, m: Hive, w: Hive) -> None:
+    assert m.admin is not None and w.admin is not None
+    w.admin.process.wait_for("the worker's admin API to follow the mother",
+                             lambda: _follower_lease(pair, w).get("holder"), timeout=30)
     w.admin.process.stop()
     w.admin = None
     put = ok(m.admin.call("PUT", "/config/routes", {"routes": [{"prefix": "WF.while.away", "action": "DROP"}]}),
@@ -232,6 +254,10 @@ def test_a_worker_down_during_a_change_catches_up_when_it_returns(pair: Pair) ->
     assert put["status"] == "sync_pending" and put["pending"] == ["worker"]
     assert pair.version(m) == version and pair.version(w) == version - 1
     assert prefixes(pair.spec(w)) != ["WF.while.away"]
+    # the turn to follow the mother was the stopped replica's: wait until it has run out, and long
+    # enough after it for the spare replica to have taken it if it would (it asks every 3 s)
+    lease = _follower_lease(pair, w)
+    time.sleep(max(0.0, float(lease["until"]) + 4.0 - time.time()))
     w.admin = start_hive_admin(pair.cp, w, "admin-again")
     # nobody pushes again: the returning worker asks its mother (every 3 s) and applies what it missed
     w.admin.process.wait_for("the worker to catch up with the mother's global config",
