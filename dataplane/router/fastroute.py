@@ -66,6 +66,7 @@ class FastPath:
         scan, extend = fastpath.scan, fastpath.extend
         general, deliver = router.on_frame, dispatch.deliver
         metas = self._metas
+        take_null = router.policy.lane.take
         registry, by_uuid, reached = self._registry, self._by_uuid, self._reached
         dirty = router.dirty
         high_water = router.settings.high_water
@@ -90,6 +91,11 @@ class FastPath:
                     continue
                 hit = scan(body, node_b, stamp)
                 if hit is None:
+                    taken = take_null(conn, frames, index)  # dst:null with a cached decision (nullroute)
+                    if taken:
+                        routed += taken
+                        index += taken - 1
+                        continue
                     general(conn, body)
                     vpn = conn.vpn_id  # a CONFIG_CHANGED from this node may have moved it
                     continue
