@@ -199,7 +199,7 @@ class NullLane:
         policy changes) or ``_MISSING`` (not now: keep nothing, ask again next time)."""
         policy = self._policy
         current = policy.current
-        if current is None:
+        if current is None or conn.uuid is None:
             return None
         try:
             meta = _decode_meta(raw_meta)

@@ -347,18 +347,24 @@ class PolicyRuntime:
             return err
         if self._router.stopped.is_set():
             return None
-        self.flush_lane()  # the lane's decisions so far are audited under the version that made them
-        self.lane.clear()
-        self.current = loaded
-        self.cache.clear()
+        self.install(loaded)
         self.reloads["ok"] += 1
         if reuse is None:
             self.error = None
             self.refused.discard((loaded.version, loaded.sha256))
             log.info("policy version %d sha256:%s loaded (%s engine, %s)", loaded.version, loaded.sha256,
                      loaded.engine.name, source)
-        self._router.policy_changed()
         return None
+
+    def install(self, loaded: Loaded) -> None:
+        """Make ``loaded`` the running policy, in one step of the event loop: the fast lane's decisions
+        so far are audited under the version that made them, then the lane and the cache are emptied,
+        so every later message is decided by ``loaded`` alone."""
+        self.flush_lane()
+        self.lane.clear()
+        self.current = loaded
+        self.cache.clear()
+        self._router.policy_changed()
 
     def describe(self) -> dict[str, Any]:
         """The status' ``policy`` section: ``{version, hash, engine, status, error, ...}``."""

@@ -218,8 +218,13 @@ async def test_seed_rules_capability_load_balancing_and_system_status(
         assert (after["hits"], after["misses"]) == (before["hits"], before["misses"])
 
         audit = await decisions(io, router.uuid)
-        results = Counter(d["result"] for d in audit["decisions"])
+        results: Counter[str] = Counter()
+        for d in audit["decisions"]:  # a record is one decision, or the fast lane's aggregate of `count`
+            results[d["result"]] += d["count"]
         assert results == {"routed": 13, wire.OPA_NO_TARGET: 1, wire.POLICY_DENIED: 3, "allowed": 1}, results
+        lane = [d for d in audit["decisions"] if d["count"] > 1]
+        assert lane and all(d["cached"] and d["result"] == "routed" and d["since_ms"] <= d["ts_ms"] for d in lane), \
+            "repeated decisions were taken by the fast lane and audited as aggregates"
         assert {d["policy_version"] for d in audit["decisions"]} == {version}
         assert all(len(d["input_digest"]) == 16 for d in audit["decisions"])
         metrics = router.metrics()
