@@ -106,35 +106,11 @@ class NullLane:
         if hit is None:
             return 0
         raw_meta, cut = hit
-        lane = self.lanes.get(node)
-        if lane is None or lane[0] != conn.stamp:
-            lane = (conn.stamp, {})
-            self.lanes[node] = lane
-        entries = lane[1]
-        entry = entries.get(raw_meta, _MISSING)
-        if entry is _MISSING:
-            entry = self._learn(conn, raw_meta)
-            if entry is _MISSING:
-                return 0
-            if self.size >= LANE_ENTRIES:
-                self._policy.flush_lane()
-                self.clear()
-                lane = (conn.stamp, {})
-                self.lanes[node] = lane
-                entries = lane[1]
-            entries[raw_meta] = entry
-            self.size += 1
+        entry = self.lookup(conn, raw_meta)
         if entry is None:
             return 0
         registry = self._router.registry
-        if entry.generation != registry.generation:
-            self._plan(entry)
         names = entry.names
-        if not names:
-            return 0
-        if entry.l3_version is not None and self._router.l3.identity_version() != entry.l3_version:
-            entries[raw_meta] = None  # the region moved on: the general path decides, the next policy load relearns
-            return 0
         key = entry.key
         turn = 0
         if key is not None:
@@ -193,6 +169,39 @@ class NullLane:
         tname = target.name
         counts[tname] = counts.get(tname, 0) + taken
         return taken
+
+    def lookup(self, conn: Conn, raw_meta: bytes) -> Entry | None:
+        """The decision for a ``dst: null`` frame of ``conn`` with this meta, if the lane may take it
+        (learnt from the policy cache on a miss; None: the general path decides). This is the whole
+        cost of a cached decision on the router's side (``fluxbee bench`` measures it)."""
+        node = conn.uuid_bytes
+        lane = self.lanes.get(node)
+        if lane is None or lane[0] != conn.stamp:
+            lane = (conn.stamp, {})
+            self.lanes[node] = lane
+        entries = lane[1]
+        entry = entries.get(raw_meta, _MISSING)
+        if entry is _MISSING:
+            entry = self._learn(conn, raw_meta)
+            if entry is _MISSING:
+                return None
+            if self.size >= LANE_ENTRIES:
+                self._policy.flush_lane()
+                self.clear()
+                entries = {}
+                self.lanes[node] = (conn.stamp, entries)
+            entries[raw_meta] = entry
+            self.size += 1
+        if entry is None:
+            return None
+        if entry.generation != self._router.registry.generation:
+            self._plan(entry)
+        if not entry.names:
+            return None
+        if entry.l3_version is not None and self._router.l3.identity_version() != entry.l3_version:
+            entries[raw_meta] = None  # the region moved on: the general path decides, the next policy load relearns
+            return None
+        return entry
 
     def _learn(self, conn: Conn, raw_meta: bytes) -> Any:
         """The entry for a sender's meta: an :class:`Entry`, None (always the general path, until the
