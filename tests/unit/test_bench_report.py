@@ -86,7 +86,7 @@ def test_the_default_report_has_the_transport_table_then_the_targets_then_the_no
     assert lines[25].startswith("  the general path's cache hit (key tuple, dict lookup): p50 0.25 µs")
     assert lines[26] == ("  routed round trip in this run: explicit dst p50 25.0 µs, dst:null p50 27.5 µs, ratio 1.10 "
                          "(target ≤ 1.2); one-way 2,000 / 1,000 msgs/s")
-    assert lines[27].startswith("cross-hive (hive A → WF.echo@B over the mTLS link")
-    assert lines[31] == "link p50 / NATS-pair p50 = 0.45   (target ≤ 0.5)"
-    assert len(lines) == 34
+    assert lines[28].startswith("cross-hive (hive A → WF.echo@B over the mTLS link")
+    assert lines[32] == "link p50 / NATS-pair p50 = 0.45   (target ≤ 0.5)"
+    assert len(lines) == 35
     assert isinstance(run.SECTIONS[0], Transports)
