@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import random
 import statistics
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from typing import Any
 
 import msgspec
 
+from fluxbee.bench.distribution import format_distribution, measure_distribution
 from fluxbee.bench.report import Lines
 from fluxbee.bench.results import Plan
 from fluxbee.dataplane.policy import (
@@ -149,6 +151,7 @@ def _measure(engines: dict[str, Any], docs: list[dict[str, Any]], evaluations: i
     return samples
 
 
+DISTRIBUTION_RUNS = 7
 LANE_SENDERS = 50
 LANE_METAS = 2_000
 HIVE = "hive0"
@@ -309,7 +312,15 @@ class PolicyDecisions:
 
     async def measure(self, plan: Plan, tmp: Path) -> dict[str, Any]:
         # Blocking calls in-process: the bench runs one section at a time, nothing else is on the loop.
-        return {"policy": bench_policy(plan.round_trips, tmp)}
+        result = bench_policy(plan.round_trips, tmp)
+        try:
+            result["distribution"] = measure_distribution(tmp, DISTRIBUTION_RUNS)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+            result["distribution"] = {"error": f"{type(err).__name__}: {err}"}
+        return {"policy": result}
 
     def lines(self, r: dict[str, Any]) -> Lines:
-        return Lines(notes=tuple(format_policy(r["policy"]) + format_routed(r)))
+        dist = r["policy"].get("distribution")
+        rows = [] if dist is None else [f"  compile and distribute not measured: {dist['error']}"] if "error" in dist \
+            else format_distribution(dist)
+        return Lines(notes=tuple(format_policy(r["policy"]) + rows + format_routed(r)))
