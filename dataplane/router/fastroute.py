@@ -12,6 +12,10 @@ a node of the sender's VPN with room. Every other frame goes to the general path
 buffer would stop is handed to :func:`dispatch.deliver`, so every refusal, and every rule, is written
 once. ``tests/unit/test_router_fastpath.py`` runs each case through both paths and compares.
 
+A ``dst: null`` frame whose policy decision is cached is taken by the policy's fast lane
+(:mod:`~fluxbee.dataplane.router.nullroute`, one call where ``scan`` declines a frame), which queues it
+into the same buffers; anything the lane does not take goes to the general path.
+
 Decoded metas are memoised by their bytes: most traffic repeats a handful of metas. Once a frame is
 queued for a node, :func:`fastpath.extend <fluxbee.dataplane.fastpath.extend>` takes the frames after it
 that go to the same ``dst`` with the same meta as one run (one join, one step of this loop), up to the
