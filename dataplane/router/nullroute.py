@@ -41,7 +41,7 @@ is always exact.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
@@ -59,7 +59,13 @@ LANE_ENTRIES: Final = 8192
 """Entries (senders × metas) the lane keeps; it is emptied (after a flush) when it reaches this many."""
 
 _decode_meta = wire.meta_decoder.decode
-_MISSING: Final[Any] = object()
+
+
+class _Missing:
+    """Not known yet: keep nothing for the meta, ask again next time."""
+
+
+_MISSING: Final = _Missing()
 
 
 class Entry:
@@ -181,9 +187,9 @@ class NullLane:
             self.lanes[node] = lane
         entries = lane[1]
         entry = entries.get(raw_meta, _MISSING)
-        if entry is _MISSING:
+        if isinstance(entry, _Missing):
             entry = self._learn(conn, raw_meta)
-            if entry is _MISSING:
+            if isinstance(entry, _Missing):
                 return None
             if self.size >= LANE_ENTRIES:
                 self._policy.flush_lane()
@@ -203,7 +209,7 @@ class NullLane:
             return None
         return entry
 
-    def _learn(self, conn: Conn, raw_meta: bytes) -> Any:
+    def _learn(self, conn: Conn, raw_meta: bytes) -> Entry | None | _Missing:
         """The entry for a sender's meta: an :class:`Entry`, None (always the general path, until the
         policy changes) or ``_MISSING`` (not now: keep nothing, ask again next time)."""
         policy = self._policy

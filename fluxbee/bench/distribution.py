@@ -158,4 +158,5 @@ def format_distribution(r: dict[str, Any]) -> list[str]:
     return [f"  compile and distribute to every router of {len(r['hives'])} linked hives ({r['runs']} runs, "
             f"compiler {r['compiler']}): p50 {r['wall_s']['p50'] * 1000:.0f} ms, max {r['wall_s']['max'] * 1000:.0f} ms"
             f"   (target ≤ 2 s; the POST alone answered in p50 {r['post_s']['p50'] * 1000:.0f} ms, of which the "
-            f"slowest hive's compile p50 {r['slowest_compile_s']['p50'] * 1000:.0f} ms: every hive compiles the Rego itself)"]
+            f"slowest hive's compile p50 {r['slowest_compile_s']['p50'] * 1000:.0f} ms: every hive compiles "
+            "the Rego itself)"]
