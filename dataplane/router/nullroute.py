@@ -56,7 +56,8 @@ if TYPE_CHECKING:
     from fluxbee.dataplane.router.server import Router
 
 LANE_ENTRIES: Final = 8192
-"""Entries (senders × metas) the lane keeps; it is emptied (after a flush) when it reaches this many."""
+"""Entries (senders × metas), and senders, the lane keeps; it is emptied (after a flush) when either
+reaches this many."""
 
 _decode_meta = wire.meta_decoder.decode
 
@@ -183,6 +184,9 @@ class NullLane:
         node = conn.uuid_bytes
         lane = self.lanes.get(node)
         if lane is None or lane[0] != conn.stamp:
+            if len(self.lanes) >= LANE_ENTRIES:  # senders come and go: their lanes are bounded too
+                self._policy.flush_lane()
+                self.clear()
             lane = (conn.stamp, {})
             self.lanes[node] = lane
         entries = lane[1]

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fluxbee.bench.harness import fluxbee, free_port, wait_for
+from fluxbee.dataplane.names import API_VERSION
 from fluxbee.procs import die_with_parent
 
 HIVES = (("M", None), ("W1", "M"), ("W2", "M"))
@@ -50,7 +51,7 @@ class _Hive:
 
     def start(self) -> None:
         spec = {"role": "worker", "motherHive": self.mother} if self.mother else {"role": "motherbee"}
-        doc = {"apiVersion": "fluxbee.io/v1alpha1", "kind": "Hive", "metadata": {"name": self.hive_id}, "spec": spec}
+        doc = {"apiVersion": API_VERSION, "kind": "Hive", "metadata": {"name": self.hive_id}, "spec": spec}
         (self.dir / "hive.yaml").write_text(json.dumps(doc))
         argv = fluxbee("up", "-f", str(self.dir / "hive.yaml"), "--hive-id", self.hive_id,
                        "--run-dir", str(self.dir / "run"), "--admin-listen", f"127.0.0.1:{self.admin_port}",

@@ -21,6 +21,7 @@ from test_router_fastpath import NODES, Hive, body, build_hive, frame, general_f
 
 from fluxbee.dataplane import _native, fastpath, nullpath, wire
 from fluxbee.dataplane.policy import compile_policy, load
+from fluxbee.dataplane.router import nullroute
 from fluxbee.dataplane.router import policy as rp
 from fluxbee.dataplane.router.l3 import NO_ILK, NO_REGION
 from fluxbee.models import VpnSpec
@@ -220,3 +221,20 @@ async def test_a_src_ilk_entry_is_dropped_when_the_identity_region_moves(tmp_pat
     assert fast.general_calls == calls + 4 and fast.router.policy.describe()["cache"]["lane_hits"] == 3
     assert fast.router.l3.counts[NO_REGION] == 8
     assert [m["payload"] for m in fast.received()["WF.other"]] == [0, 1, 2, 3, 0, 1, 2, 3]
+
+
+async def test_the_lane_stays_bounded_and_loses_no_count_when_it_is_emptied(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nullroute, "LANE_ENTRIES", 3)
+    fast, general = hives(tmp_path)
+    frames = [null({"to": "WF.other", "k": k}, i) for i in range(4) for k in range(5)]  # five metas, in turn
+    for hive in (fast, general):
+        if hive is fast:
+            for f in frames:  # one read each: the lane learns and forgets as it goes
+                hive.conns["WF.client"].data_received(frame(f))
+        else:
+            general_feed(hive, frames)
+    lane = fast.router.policy.lane
+    assert lane.size <= 3
+    compare(fast, general)
+    assert lane.taken > 0 and sum(d["count"] for d in fast.router.policy.decisions(None)["decisions"]) == 20
