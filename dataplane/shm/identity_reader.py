@@ -80,9 +80,8 @@ def _info(key: bytes, tenant: bytes, itype: int, status: int, handler: str, subt
 
 
 
-_U64 = struct.Struct("<Q")
 _GENERATION_AT = struct.calcsize("<QQIIQ")  # header fields 5 and 16 (identity_layout._HEADER)
-_DATA_VERSION_AT = struct.calcsize("<QQIIQQQQ8I")
+_VERSION_WORDS = struct.Struct(f"<Q{struct.calcsize('<QQIIQQQQ8I') - _GENERATION_AT - 8}xQ")
 
 class IdentityRegionReader(ClosedOnExit):
     """Read-only view.  Every lookup is one seqlock-validated probe in the mapping."""
@@ -158,12 +157,12 @@ class IdentityRegionReader(ClosedOnExit):
         """``(generation, data_version)``: changes whenever anything readable changes. Reads the two
         words alone (the router's ``dst: null`` fast lane asks per message for a meta with an ILK)."""
         deadline: float | None = None
-        mm, unpack = self._mm, _U64.unpack_from
+        mm = self._mm
         while True:
             s1, deadline = self._begin(deadline)
-            generation, data_version = unpack(mm, _GENERATION_AT)[0], unpack(mm, _DATA_VERSION_AT)[0]
+            words: tuple[int, int] = _VERSION_WORDS.unpack_from(mm, _GENERATION_AT)
             if self._seq[_SEQ_WORD] == s1:
-                return generation, data_version
+                return words
             deadline = deadline or time.monotonic() + READ_DEADLINE_S
 
     def lookup_channel(self, channel_type: str, address: str, tenant_id: str) -> ChannelHit | None:
