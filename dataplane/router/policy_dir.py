@@ -114,6 +114,8 @@ def read_mounted(directory: Path, max_bytes: int = DEFAULT_CAPACITY) -> Mounted 
         base = directory / os.readlink(link) if link.is_symlink() else directory
     except OSError as err:
         raise MountMoved(str(err)) from err
+    if base is not directory and not base.is_dir():
+        raise MountMoved(f"{DATA_LINK} points at {base.name}, which is gone")
     try:
         if not (base / ARTEFACT_KEY).exists() and not (base / VERSION_KEY).exists():
             return None

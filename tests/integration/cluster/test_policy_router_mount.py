@@ -32,9 +32,9 @@ from typing import Any
 import pytest
 from hive_harness import free_port, stop_process, wait_until
 
-from fluxbee.dataplane.policy import Artefact, compile_policy
+from fluxbee.dataplane.policy import compile_policy
 from fluxbee.dataplane.sdk import NodeConfig, connect
-from fluxbee.dataplane.wire import Meta, Message
+from fluxbee.dataplane.wire import Message, Meta
 from fluxbee.models import Hive
 from fluxbee.operator.hive.build import (
     CLAIMS_MOUNT,
