@@ -153,6 +153,18 @@ class PolicyHiveStatus(_Status):
     message: str = Field(default="", description="Why, when not delivered.")
 
 
+class PolicyAppliedStatus(_Status):
+    """What a hive's router reports it runs (through the hive's admin API, which reaches it)."""
+
+    version: int | None = Field(default=None, description="Policy version the router runs.")
+    sha256: str | None = Field(default=None, description="sha256 of the artefact it runs.")
+    engine: str | None = Field(default=None, description="`wasm` or `regorus`.")
+    state: str | None = Field(default=None, description="The router's policy status: loaded, error or none.")
+    error: str | None = Field(default=None, description="Why the router refused the last delivery, if it did.")
+    reported_by: str | None = Field(default=None, description="The admin replica that read the router.")
+    at: str | None = Field(default=None, description="When (RFC 3339).")
+
+
 class PolicyStatus(ResourceStatus):
     """Compile result, stored versions and delivery of a policy."""
 
@@ -170,3 +182,6 @@ class PolicyStatus(ResourceStatus):
     pinned_version: int | None = Field(default=None, description="spec.pinVersion when it is delivered.")
     versions: list[PolicyVersionStatus] = Field(default_factory=list, description="Versions kept, newest first.")
     hives: list[PolicyHiveStatus] = Field(default_factory=list, description="Delivery per hive.")
+    applied: dict[str, PolicyAppliedStatus] = Field(
+        default_factory=dict, description="Per Hive resource: the version its router runs, as reported by the "
+        "hive's admin API (the router of the admin replica's host).")
