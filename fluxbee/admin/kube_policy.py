@@ -33,6 +33,7 @@ from typing import Any, Final
 
 from fluxbee.admin.backend import RouterLink
 from fluxbee.admin.errors import AdminError
+from fluxbee.dataplane.names import API_VERSION
 from fluxbee.kube import ApiError, KubeClient
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class KubePolicies:
         try:
             if found is None:
                 spec.pop("pinVersion")
-                body = {"apiVersion": "fluxbee.io/v1alpha1", "kind": "Policy",
+                body = {"apiVersion": API_VERSION, "kind": "Policy",
                         "metadata": {"name": self.hive_resource, "namespace": self.namespace},
                         "spec": {**spec, "hives": [self.hive_resource]}}
                 return await self.api.create("policies", self.namespace, body)

@@ -32,8 +32,7 @@ from fluxbee.models import PolicySpec
 from fluxbee.operator import labels as L
 from fluxbee.operator.hive.build import POLICY_ARTEFACT_KEY, POLICY_SHA256_KEY, POLICY_VERSION_KEY
 
-POLICY_LABEL: Final = "fluxbee.io/policy"
-"""On every ConfigMap the operator makes for a Policy: the Policy's name."""
+POLICY_LABEL: Final = L.POLICY
 VERSION_COMPONENT: Final = "policy-version"
 DELIVERY_COMPONENT: Final = "policy"
 MAX_ARTEFACT_BYTES: Final = 1024 * 1024 - 16 * 1024
