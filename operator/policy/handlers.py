@@ -21,15 +21,17 @@ garbage collector remove the versions and the hives' ConfigMaps.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from fluxbee.dataplane.policy import CompileError, compile_policy
-from fluxbee.models import Policy
+from fluxbee.dataplane.policy import Artefact, CompileError, compile_policy
+from fluxbee.models import Policy, PolicySpec
 from fluxbee.operator.children import owned
 from fluxbee.operator.conditions import InvalidSpec, Outcome
 from fluxbee.operator.context import OperatorContext, write_status
@@ -71,13 +73,34 @@ async def _stored(kube: Kube, namespace: str, policy: str) -> dict[int, dict[str
     return out
 
 
+def _compile_here(spec: PolicySpec) -> Artefact | CompileError:
+    """Compile in this (worker) thread, and let every regorus object die in it.
+
+    A regorus engine may only be dropped by the thread that made it.  A compile error's traceback and
+    cause keep the parser's frames (and its engine) alive in a reference cycle, which the garbage
+    collector would otherwise free on whatever thread it next runs on (the event loop's): so the
+    frames are cleared and collected here, and the error is handed back as a fresh one, without
+    traceback or cause."""
+    target, allow = entrypoints(spec)
+    try:
+        return compile_policy(spec.rego, data=spec.data, target_entrypoint=target, allow_entrypoint=allow,
+                              timeout=COMPILE_TIMEOUT_S)
+    except CompileError as err:
+        fresh = CompileError(err.message, line=err.line, column=err.column, file=err.file, compiler=err.compiler)
+        chained: BaseException | None = err
+        while chained is not None:  # drop the finished frames' locals now, in this thread
+            traceback.clear_frames(chained.__traceback__)
+            chained = chained.__cause__ or chained.__context__
+    gc.collect()
+    return fresh
+
+
 async def _compile(ctx: OperatorContext, body: Mapping[str, Any], policy: Policy, version: int) -> dict[str, Any]:
     """Compile the spec into version ``version``'s ConfigMap (created, or found made by an earlier pass)."""
     meta = body["metadata"]
-    target, allow = entrypoints(policy.spec)
-    artefact = await asyncio.to_thread(compile_policy, policy.spec.rego, data=policy.spec.data,
-                                       target_entrypoint=target, allow_entrypoint=allow,
-                                       timeout=COMPILE_TIMEOUT_S)
+    artefact = await asyncio.to_thread(_compile_here, policy.spec)
+    if isinstance(artefact, CompileError):
+        raise artefact
     manifest = owned(build_version_config_map(
         meta["name"], meta["namespace"], version, artefact.to_bytes(), engine=artefact.engine,
         compiler=artefact.compiler, source_sha256=source_digest(policy.spec),
