@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 
-from fluxbee.models import PolicySpec
+from fluxbee.models import Hive, PolicySpec
+from fluxbee.operator.hive.build import POLICY_MOUNT, build_daemon_set
+from fluxbee.operator.hive.gateway import build_gateway_deployment
+from fluxbee.operator.hive.identity import build_identity_deployment
 from fluxbee.operator.policy.build import (
     MAX_ARTEFACT_BYTES,
     StoredVersionError,
@@ -22,6 +25,7 @@ from fluxbee.operator.policy.build import (
     stored_version,
     to_prune,
 )
+from fluxbee.operator.settings import OperatorSettings
 
 
 def version_cm(artefact: bytes = b"\x81artefact", version: int = 3) -> dict[str, Any]:
@@ -89,3 +93,17 @@ def test_versions_never_reuse_a_number_and_pruning_keeps_delivered_and_pinned() 
     assert to_prune([1, 2, 3, 4, 5], 2, delivered_version=5, pinned=None) == [3, 2, 1]
     assert to_prune([1, 2, 3, 4, 5], 2, delivered_version=2, pinned=2) == [3, 1]
     assert to_prune([1, 2], 5, delivered_version=2, pinned=None) == []
+
+
+def test_every_router_of_a_hive_mounts_its_policy_config_map_and_reads_it() -> None:
+    hive = Hive.model_validate({"metadata": {"name": "h", "namespace": "ns"},
+                                "spec": {"wan": {"listen": "0.0.0.0:9000"}}})
+    settings = OperatorSettings()
+    templates = [build_daemon_set(hive, "ns", settings), build_gateway_deployment(hive, "ns", settings),
+                 build_identity_deployment(hive, "ns", settings)]
+    for manifest in templates:
+        pod = manifest["spec"]["template"]["spec"]
+        router = next(c for c in pod["containers"] if c["name"] == "router")
+        assert router["command"][router["command"].index("--policy-dir") + 1] == POLICY_MOUNT
+        assert {"name": "policy", "mountPath": POLICY_MOUNT, "readOnly": True} in router["volumeMounts"]
+        assert {"name": "policy", "configMap": {"name": "h-policy", "optional": True}} in pod["volumes"]
