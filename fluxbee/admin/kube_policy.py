@@ -196,8 +196,13 @@ class KubePolicies:
                                           "column": st.get("errorColumn")} if st.get("error") else None)}
         if with_source:
             out.update(rego=spec.get("rego"), entrypoint=spec.get("entrypoint"), data=spec.get("data"))
-        else:
-            out["router"] = (st.get("applied") or {}).get(self.hive_resource)
+        else:  # the router's own policy description, as a local hive's status gives it
+            applied = (st.get("applied") or {}).get(self.hive_resource)
+            out["router"] = None if not isinstance(applied, Mapping) else {
+                "status": applied.get("state"), "version": applied.get("version"),
+                "hash": f"sha256:{applied['sha256']}" if applied.get("sha256") else None,
+                "engine": applied.get("engine"), "error": applied.get("error"),
+                "reported_by": applied.get("reportedBy"), "at": applied.get("at")}
         return out
 
     async def report(self, link: RouterLink) -> None:

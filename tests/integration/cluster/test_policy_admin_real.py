@@ -9,6 +9,8 @@ ConfigMap into that directory).  The admin API reaches the router as SY.admin, a
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -73,8 +75,17 @@ def test_opa_routes_write_the_policy_and_read_its_status_and_the_router_applied_
         entry = operator.wait_for("the router's version 1 reported", lambda: applied(1), timeout=60)
         assert entry["sha256"] == pol["status"]["deliveredSha256"] and entry["state"] == "loaded"
         status = call("GET", "/opa/status")[1]["payload"]
-        assert status["current"]["version"] == 1 and status["router"]["version"] == 1
+        assert status["current"]["version"] == 1
+        assert (status["router"]["status"], status["router"]["version"]) == ("loaded", 1)
+        assert status["router"]["hash"] == response["hash"]
         assert call("GET", "/opa/policy")[1]["payload"]["rego"] == RULES.format(name="a")
+        # the CLI a user points at the cluster's admin API says the same
+        cli = subprocess.run([sys.executable, "-m", "fluxbee", "policy", "--url", api.base, "status"],
+                             capture_output=True, text=True, timeout=60,
+                             env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+                                  "FLUXBEE_ADMIN_TOKEN": api.token or ""})
+        assert cli.returncode == 0, cli.stderr
+        assert "router:  loaded version 1" in cli.stdout, cli.stdout
 
         # bad Rego: COMPILE_ERROR with line and column, version 1 stays delivered
         code, doc = call("POST", "/opa/policy", {"rego": BAD})
