@@ -158,3 +158,30 @@ def test_a_policy_is_compiled_stored_per_version_delivered_pinned_back_and_delet
     operator.wait_for("the Policy's ConfigMaps collected",
                       lambda: not objects(cp, ns, "configmaps", "fluxbee.io/policy"), timeout=90)
     operator.check_alive()
+
+
+def test_a_policy_for_every_hive_reaches_a_hive_created_later_and_a_deleted_copy_comes_back(
+        control_plane: ControlPlane, namespace: str, operator: FluxbeeProcess) -> None:
+    cp, ns = control_plane, namespace
+    apply(cp, ns, policy(RULES.format(name="a")))
+    status = operator.wait_for("version 1 compiled, no hive yet", delivered_at(cp, ns, 1), timeout=90)["status"]
+    assert "hives" not in status or status["hives"] == []
+    assert condition(get(cp, ns, "policy", "route") or {}, "Ready")["message"].endswith(
+        "no hive (none in the namespace)")
+
+    apply(cp, ns, hive())  # the Hive's reconcile wakes the Policies of its namespace
+    hive_cm = operator.wait_for("the new hive's policy ConfigMap", lambda: get(cp, ns, "configmap", "pol-policy"),
+                                timeout=90)
+    assert hive_cm["data"]["version"] == "1" and hive_cm["data"]["policy"] == "route"
+
+    cp.kubectl("-n", ns, "delete", "configmap", "pol-policy")  # by hand: the operator puts it back
+    back = operator.wait_for("the hive's policy ConfigMap put back",
+                             lambda: get(cp, ns, "configmap", "pol-policy"), timeout=90)
+    assert back["metadata"]["uid"] != hive_cm["metadata"]["uid"] and back["data"]["version"] == "1"
+
+    # naming no hive withdraws the copy; the version stays stored
+    apply(cp, ns, policy(RULES.format(name="a"), hives=[]))
+    operator.wait_for("the copy withdrawn", lambda: get(cp, ns, "configmap", "pol-policy") is None, timeout=90)
+    st = operator.wait_for("the Policy reconciled", reconciled(cp, ns, "policy", "route", "Ready"))["status"]
+    assert (st["deliveredVersion"], st["compiledVersion"]) == (1, 1)
+    assert get(cp, ns, "configmap", "route-policy-v1") is not None
