@@ -218,7 +218,8 @@ async def _reconcile(ctx: OperatorContext, body: Mapping[str, Any], policy: Poli
     if taken:
         return Outcome.degraded("HiveTaken", "; ".join(e["message"] for e in entries if e["state"] != "Delivered"),
                                 **fields)
-    where = ", ".join(hives) if hives else "no hive (none in the namespace)"
+    where = ", ".join(hives) if hives else (
+        "no hive (spec.hives is empty)" if policy.spec.hives is not None else "no hive (none in the namespace)")
     return Outcome.ready(f"version {chosen} ({info.engine}) delivered to {where}", **fields)
 
 

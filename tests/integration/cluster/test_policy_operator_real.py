@@ -182,6 +182,8 @@ def test_a_policy_for_every_hive_reaches_a_hive_created_later_and_a_deleted_copy
     # naming no hive withdraws the copy; the version stays stored
     apply(cp, ns, policy(RULES.format(name="a"), hives=[]))
     operator.wait_for("the copy withdrawn", lambda: get(cp, ns, "configmap", "pol-policy") is None, timeout=90)
-    st = operator.wait_for("the Policy reconciled", reconciled(cp, ns, "policy", "route", "Ready"))["status"]
+    done = operator.wait_for("the Policy reconciled", reconciled(cp, ns, "policy", "route", "Ready"))
+    st = done["status"]
     assert (st["deliveredVersion"], st["compiledVersion"]) == (1, 1)
+    assert condition(done, "Ready")["message"].endswith("no hive (spec.hives is empty)")
     assert get(cp, ns, "configmap", "route-policy-v1") is not None
