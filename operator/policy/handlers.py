@@ -220,7 +220,8 @@ async def _reconcile(ctx: OperatorContext, body: Mapping[str, Any], policy: Poli
                                 **fields)
     where = ", ".join(hives) if hives else (
         "no hive (spec.hives is empty)" if policy.spec.hives is not None else "no hive (none in the namespace)")
-    return Outcome.ready(f"version {chosen} ({info.engine}) delivered to {where}", **fields)
+    pinned = f" (pinned; newest compiled: {compiled})" if pin is not None else ""
+    return Outcome.ready(f"version {chosen} ({info.engine}) delivered to {where}{pinned}", **fields)
 
 
 async def reconcile_policy(ctx: OperatorContext, body: Mapping[str, Any]) -> Outcome:

@@ -134,8 +134,10 @@ def test_a_policy_is_compiled_stored_per_version_delivered_pinned_back_and_delet
 
     # rollback: pin version 2; the hive's ConfigMap holds version 2's artefact again
     apply(cp, ns, policy(RULES.format(name="c"), keepVersions=2, pinVersion=2))
-    status = operator.wait_for("version 2 pinned", delivered_at(cp, ns, 2), timeout=90)["status"]
+    pinned = operator.wait_for("version 2 pinned", delivered_at(cp, ns, 2), timeout=90)
+    status = pinned["status"]
     assert (status["pinnedVersion"], status["compiledVersion"]) == (2, 3)
+    assert condition(pinned, "Ready")["message"].endswith("(pinned; newest compiled: 3)")
     hive_cm = get(cp, ns, "configmap", "pol-policy") or {}
     assert hive_cm["data"]["version"] == "2" and artefact_of(hive_cm)[0] == raw2
     # a pin on a version no longer kept changes nothing
