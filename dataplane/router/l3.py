@@ -85,10 +85,16 @@ class L3Resolver:
             return (-1, -1)  # busy: counts as changed, and the rebuild reads it again
 
     def resolve(self, src_ilk: str | None, dst_ilk: str | None) -> L3Decision | None:
-        decision = self._resolve(src_ilk, dst_ilk)
+        decision, outcome = self.peek(src_ilk, dst_ilk)
+        self.counts[outcome] += 1
         if decision is not None and decision.canonical_src_ilk is not None:
             self.alias_rewrites += 1
         return decision
+
+    def peek(self, src_ilk: str | None, dst_ilk: str | None) -> tuple[L3Decision | None, str]:
+        """What :meth:`resolve` answers and its outcome, counting nothing (the router's ``dst: null``
+        fast lane asks once per meta and counts the messages it routes later, in bulk)."""
+        return self._resolve(src_ilk, dst_ilk)
 
     def snapshot(self) -> dict[str, object]:
         """For the router's status: where temporary ILKs go, whether the region is open, the counts."""
@@ -108,15 +114,12 @@ class L3Resolver:
                   f"fluxbee_router_l3_region_open {int(self.region_open)}"]
         return "\n".join(lines) + "\n"
 
-    def _resolve(self, src_ilk: str | None, dst_ilk: str | None) -> L3Decision | None:
-        counts = self.counts
+    def _resolve(self, src_ilk: str | None, dst_ilk: str | None) -> tuple[L3Decision | None, str]:
         if src_ilk is None and dst_ilk is None:
-            counts[NO_ILK] += 1
-            return None
+            return None, NO_ILK
         region = self._region()
         if region is None:
-            counts[NO_REGION] += 1
-            return None
+            return None, NO_REGION
         try:
             canonical_src = None
             if src_ilk is not None:
@@ -125,18 +128,14 @@ class L3Resolver:
                     canonical_src = canonical
                 info = region.get_ilk(canonical)
                 if info is not None and info.registration_status == "temporary":
-                    counts[FRONTDESK] += 1
-                    return L3Decision(self.frontdesk, canonical_src, FRONTDESK)
+                    return L3Decision(self.frontdesk, canonical_src, FRONTDESK), FRONTDESK
             if dst_ilk is not None:
                 target = region.resolve(dst_ilk)
                 if target is not None and target.handler_node:
-                    counts[DST_ILK] += 1
-                    return L3Decision(target.handler_node, canonical_src, DST_ILK)
+                    return L3Decision(target.handler_node, canonical_src, DST_ILK), DST_ILK
         except identity_shm.ReadTimeoutError:
-            counts[READ_TIMEOUT] += 1
-            return None
-        counts[NO_DECISION] += 1
-        return None
+            return None, READ_TIMEOUT
+        return None, NO_DECISION
 
     def close(self) -> None:
         self._handle.close()

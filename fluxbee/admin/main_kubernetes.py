@@ -39,6 +39,7 @@ from fluxbee.admin.http import AdminSettings, admin_site, build_app
 from fluxbee.admin.k8s import HiveSpecRoutes, KubernetesBackend, mark_global_version
 from fluxbee.admin.kube_global import ConfigMapGlobalStore
 from fluxbee.admin.kube_history import ConfigMapHistory
+from fluxbee.admin.kube_policy import KubePolicies
 from fluxbee.admin.link import SdkRouterLink, SwitchableRouterLink, UnreachableRouterLink
 from fluxbee.dataplane.names import ADMIN_NODE
 from fluxbee.dataplane.sdk import NodeConfig, SdkError, connect
@@ -115,12 +116,14 @@ async def cluster_admin(settings: AdminSettings, cluster: ClusterSettings) -> As
         store = ConfigMapHistory(api, cluster.namespace, cluster.hive_resource)
         global_store = ConfigMapGlobalStore(store, cluster.instance)
         gc = GlobalConfig(global_store, applied=functools.partial(mark_global_version, backend))
+        policies = KubePolicies(api, cluster.namespace, cluster.hive_resource, backend.hive_id, cluster.instance)
         ctx = Context(backend=backend, link=link, history=History(store, backend.hive_id),
-                      routes=HiveSpecRoutes(backend), global_config=gc)
+                      routes=HiveSpecRoutes(backend), global_config=gc, policies=policies)
         monitor = DriftMonitor(ctx, interval=cluster.drift_interval,
                                leader=functools.partial(store.lead_drift_monitor, cluster.instance))
         tasks = [asyncio.create_task(_router_connector(ctx, link, cluster.run_dir), name="admin-router-connector"),
-                 asyncio.create_task(monitor.run(), name="admin-drift-monitor")]
+                 asyncio.create_task(monitor.run(), name="admin-drift-monitor"),
+                 asyncio.create_task(policies.report_forever(link), name="admin-policy-report")]
         mother = (await backend.hive_info()).get("mother_hive")
 
         async def follows() -> bool:
