@@ -19,7 +19,7 @@ from fluxbee.dataplane import env
 
 _T = TypeVar("_T")
 
-FUNCTIONS = ("scan", "extend", "split", "frame", "trace_seed", "trace_id")
+FUNCTIONS = ("scan", "extend", "split", "frame", "trace_seed", "trace_id", "hop")
 """What the Python side calls; a build from older sources that lacks one is not used."""
 
 
