@@ -471,7 +471,7 @@ class LinkManager:
         return {"hive_id": s.hive, "router_id": s.router_id, "address": s.address, "direction": s.direction,
                 "state": s.state, "since": s.since_ms, "last_lsa_seq": seq,
                 "last_lsa_age_ms": None if age is None else int(age * 1000), "rtt_ms": s.rtt_ms,
-                "reason": s.reason}
+                "reason": s.reason, "read_pauses": s.read_pauses}
 
     def status(self) -> dict[str, Any]:
         s = self.settings

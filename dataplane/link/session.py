@@ -116,6 +116,7 @@ class LinkSession(asyncio.Protocol):
         # input backpressure
         self.blocked_on: set[Any] = set()  # local nodes this link waits for (it does not read meanwhile)
         self.backlog: list[bytes] = []  # frames read but held while blocked, in order
+        self.read_pauses = 0  # times this link stopped reading for a local node (status: flow control at work)
 
     # identity ----------------------------------------------------------------
     @property
@@ -244,6 +245,7 @@ class LinkSession(asyncio.Protocol):
         dst.blocked_sources.add(self)
         if len(self.blocked_on) == 1 and self.transport is not None:
             self.transport.pause_reading()
+            self.read_pauses += 1
 
     def drain_backlog(self) -> None:
         """Route the frames held while blocked (called soon after the last node we waited for drained)."""
