@@ -110,11 +110,12 @@ off as usual, which frees the link.  Time not spent reading by choice does not c
 dead interval.
 
 Receipt confirmation: the peer answers each ``LINK_PING`` in order with its ``LINK_PONG``, so a pong
-confirms every frame we wrote before its ping.  The router keeps what it writes to a link (the
-sender and the written bytes, one entry per written run) until confirmed; 256 unconfirmed frames send
-a ping out of turn (one pending at a time); a pong carrying a time ahead of our clock confirms only up to now.  When a session dies, every
-unconfirmed frame is answered UNREACHABLE ``WAN_UNAVAILABLE`` (mesh: ``PEER_UNAVAILABLE``), "may or
-may not have been delivered": a sender hears within the dead interval, never only from its timeout.
+confirms every frame we wrote before its ping. The router keeps what it writes to a link (the sender
+and the written bytes, one entry per written run) until confirmed; 256 unconfirmed frames send a ping
+out of turn (one pending at a time); a pong carrying a time ahead of our clock confirms only up to
+now. When a session dies, every unconfirmed frame is answered UNREACHABLE ``WAN_UNAVAILABLE`` (mesh:
+``PEER_UNAVAILABLE``), "may or may not have been delivered": a sender hears within the dead interval,
+never only from its timeout.
 
 Source binding across links: a data frame from a link is routed only if its ``routing.src`` is a
 node that this peer advertised (any origin); otherwise it is dropped, counted
