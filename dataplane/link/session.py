@@ -429,6 +429,8 @@ class LinkSession(asyncio.Protocol):
         self.out_bytes = 0
         if self.transport is not None and self.state != "down":
             self.transport.write(data)  # may call pause_writing() synchronously
+        if self.congested_since is None and self.blocked_sources:
+            self.release_sources()  # the batch fit: producers held for it may go on
 
     @property
     def congested(self) -> bool:
