@@ -29,6 +29,9 @@ from fluxbee.dataplane.sdk import NodeConfig, connect
 pytestmark = pytest.mark.integration
 
 FLOOD = 200_000
+PAD = 250
+"""Bytes of padding per message: the flood (~60 MB) is far more than the kernel's socket buffers and the
+routers' buffers can hold while the consumer lags, so router A must hold its producer."""
 
 CONSUMER = """
 import asyncio, json, sys
@@ -47,11 +50,13 @@ async def main(run_dir, expect):
         if msg.meta.type != "user" or msg.payload == -1:  # -1: the test's "are you there yet" probes
             other += 1
             continue
-        if msg.payload != got:
+        if msg.payload.get("i") != got:
             in_order = False
         got += 1
-        if got % 200 == 0:
-            await asyncio.sleep(0.004)  # slower than the producer: its router must hold it
+        if got == 1000:
+            await asyncio.sleep(3)  # a stall (well under the slow-consumer timeout): the buffers fill up
+        elif got % 200 == 0:
+            await asyncio.sleep(0.004)  # then slower than the producer
     print(json.dumps({"got": got, "in_order": in_order, "other": other}), flush=True)
     await sender.close()
 
@@ -130,8 +135,9 @@ async def test_a_flood_to_a_slow_node_of_another_hive_loses_nothing_and_is_never
                     break
             else:
                 raise AssertionError("WF.slow@B never became reachable from hive A")
+            pad = "x" * PAD
             for i in range(FLOOD):
-                await sender.send("WF.slow@B", i)
+                await sender.send("WF.slow@B", {"i": i, "pad": pad})
             out, err = await asyncio.wait_for(asyncio.to_thread(consumer.communicate), 300)
             refused: list[Any] = []
             while (msg := receiver.recv_nowait()) is not None:
