@@ -34,7 +34,8 @@ COPY fluxbee ./fluxbee
 COPY dataplane ./dataplane
 COPY operator ./operator
 # The extras of the commands the pods run: the operator, the admin API's cluster backend, the
-# router's probes (--metrics-addr) and SY.identity (`fluxbee identity serve`).  Not [local] or [bench].
+# router's probes (--metrics-addr) and SY.identity (`fluxbee identity serve`, always given a database
+# URL in a cluster, so not [postgres]).  Not [local] or [bench].
 RUN pip install --no-cache-dir --upgrade pip \
  && pip install --no-cache-dir '.[operator,admin,metrics,identity]' \
  && python -c "import fluxbee.operator.app, fluxbee.admin.main_kubernetes, fluxbee.dataplane.router.probes, fluxbee.identity.service" \

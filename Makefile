@@ -33,6 +33,7 @@ tools:
 	@bash hack/build-tools.sh >/dev/null || { rc=$$?; [ $$rc -eq 3 ] && echo "make: no Go here; the real-control-plane tests will be skipped"; [ $$rc -eq 3 ]; }
 
 test: lint tools
+	@bash hack/install-debs.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	bash hack/check-speedups.sh
 

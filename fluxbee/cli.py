@@ -99,15 +99,9 @@ def _hive_id(value: str) -> str:
 
 def require_extra(extra: str | None, command: str) -> None:
     """Stop with a message naming the extra to install when ``command`` needs one that is missing."""
-    if extra is None:
-        return
-    from fluxbee.extras import MissingExtraError, require
+    from fluxbee.extras import exit_unless_installed
 
-    try:
-        require(extra)
-    except MissingExtraError as err:
-        print(f"fluxbee {command}: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    exit_unless_installed(extra, command)
 
 
 def cmd_router(args: argparse.Namespace) -> int:
@@ -200,6 +194,16 @@ def cmd_send(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as err:
         print(f"fluxbee send: --payload is not valid JSON: {err}", file=sys.stderr)
         return 2
+    meta: wire.Meta | None = None
+    if args.meta is not None:
+        import msgspec
+
+        try:
+            meta = msgspec.json.decode(args.meta.encode(), type=wire.Meta)
+        except msgspec.DecodeError as err:
+            print(f"fluxbee send: --meta must be a JSON object of meta fields (context, action, target, src_ilk, "
+                  f"…): {err}", file=sys.stderr)
+            return 2
 
     async def main() -> int:
         config = NodeConfig(name=args.as_name, run_dir=_run_dir(args.run_dir), connect_timeout=args.timeout,
@@ -207,10 +211,11 @@ def cmd_send(args: argparse.Namespace) -> int:
         sender, _ = await connect(config)
         try:
             if not args.wait:
-                trace = await sender.send(args.name, payload, msg_type=args.msg_type)
+                trace = await sender.send(args.name, payload, msg_type=args.msg_type, meta=meta)
                 print(json.dumps({"status": "sent", "trace_id": trace, "dst": args.name}))
                 return 0
-            reply = await sender.request(args.name, payload, msg_type=args.msg_type, timeout=args.timeout)
+            reply = await sender.request(args.name, payload, msg_type=args.msg_type, meta=meta,
+                                         timeout=args.timeout)
             out = {"trace_id": reply.routing.trace_id, "from": reply.routing.src_l2_name,
                    "meta": reply.meta, "payload": reply.payload}
             print(wire.encode(out).decode())
@@ -528,8 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
     register_policy(sub)
 
     s = sub.add_parser("send", help="send a message as an ephemeral node")
-    s.add_argument("name", help="destination: L2 name, name@*, UUID or 'broadcast'")
+    s.add_argument("name", nargs="?", help="destination: L2 name, name@hive, name@*, UUID or 'broadcast'; "
+                                           "left out, dst is null and the hive's routing policy chooses")
     s.add_argument("--payload", help="JSON payload")
+    s.add_argument("--meta", help="JSON object of meta fields, e.g. '{\"context\": {\"required_capability\": "
+                                  "\"billing\"}, \"action\": \"system_status\"}'")
     s.add_argument("--wait", action="store_true", help="wait for the reply and print it")
     s.add_argument("--timeout", type=float, default=5.0)
     s.add_argument("--msg-type", default="user")

@@ -13,6 +13,7 @@ This module imports nothing of ours: the CLI uses it before it knows which comma
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Iterable
 from importlib import metadata
 
@@ -101,3 +102,14 @@ def require(extra: str) -> None:
     absent = missing(extra)
     if absent:
         raise MissingExtraError(extra, absent)
+
+
+def exit_unless_installed(extra: str | None, command: str) -> None:
+    """For a command line: print which extra ``fluxbee {command}`` needs and exit 2 when it is missing."""
+    if extra is None:
+        return
+    try:
+        require(extra)
+    except MissingExtraError as err:
+        print(f"fluxbee {command}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

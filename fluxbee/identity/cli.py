@@ -47,8 +47,8 @@ def default_pg_data(run_dir: Path) -> Path:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from fluxbee.extras import exit_unless_installed
     from fluxbee.identity.pg import Cluster
-    from fluxbee.identity.service import IdentityService, IdentitySettings
 
     run_dir = _run_dir(args.run_dir)
     primary = args.primary or (f"{IDENTITY_NODE}@{args.primary_hive}" if args.primary_hive else None)
@@ -56,8 +56,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("fluxbee identity serve: a replica (--primary/--primary-hive) has no database; drop --db-url/--pg-data",
               file=sys.stderr)
         return 2
-    dsn = "" if primary is not None else args.db_url or env.IDENTITY_DB_URL.read() or Cluster(
-        Path(args.pg_data) if args.pg_data else default_pg_data(run_dir)).dsn()
+    dsn: str = "" if primary is not None else args.db_url or env.IDENTITY_DB_URL.read() or ""
+    if primary is None and not dsn:  # the embedded server: only then is the PostgreSQL wheel needed
+        exit_unless_installed("postgres", "identity serve (no --db-url: the embedded PostgreSQL)")
+        dsn = Cluster(Path(args.pg_data) if args.pg_data else default_pg_data(run_dir)).dsn()
+    from fluxbee.identity.service import IdentityService, IdentitySettings
+
     settings = IdentitySettings(
         hive_id=args.hive_id, run_dir=run_dir, dsn=dsn, database=args.database, node_name=args.node_name,
         frontdesk=args.frontdesk, default_tenant=args.default_tenant, max_ilks=args.max_ilks,
@@ -175,7 +179,7 @@ def add_parser(sub: Any) -> None:
     pg.add_argument("--run-dir")
     pg.add_argument("--data", help="data dir (default RUN_DIR/identity/pgdata; kept between runs)")
     pg.add_argument("--port", type=int, default=5432, help="port number of the Unix socket (no TCP)")
-    pg.set_defaults(func=cmd_postgres, extra="identity")
+    pg.set_defaults(func=cmd_postgres, extra="postgres")
 
     a = isub.add_parser("agent", help="run a graduated agent node (verifies its degree first)")
     a.add_argument("--name", required=True)

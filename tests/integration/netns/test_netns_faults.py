@@ -8,8 +8,9 @@ A, B and C are `fluxbee up` processes started inside their namespaces (``ip netn
 and B dials A, so A reaches C only through B (transit).  Hive D is two `fluxbee router` processes on
 two hosts meshed over their wire; router 1 dials A's gateway; ``WF.deep`` runs on router 2 only, so
 ``WF.deep@D`` from A crosses a WAN hop and a mesh hop.  Faults: a wire's interfaces set down and up,
-netem delay and loss on a wire, B's router killed with SIGKILL, hive C stopped and started again, a
-peer presenting another hive's certificate.  Every request a test sends is accounted for: answered,
+delay and loss on a wire (netem, or netfilter where the kernel has no netem), B's router killed
+with SIGKILL, hive C stopped and started again, a peer presenting another hive's certificate.
+Every request a test sends is accounted for: answered,
 or answered UNREACHABLE with a reason — none may vanish.
 
 Where namespaces cannot be made the same tests run on loopback (see ``topology``); the variant is
@@ -226,16 +227,16 @@ async def test_a_cut_mesh_wire_between_the_two_routers_of_a_hive(world: World) -
     assert in_doubt and all(cut <= o.sent <= cut + detect and o.done - cut <= detect + 1.0 for o in in_doubt)
 
 
-async def test_netem_delay_and_loss_on_a_wire(world: World) -> None:
+async def test_delay_and_loss_on_a_wire(world: World) -> None:
     if isinstance(world.net, topo.Loopback):
-        pytest.skip("netem needs network namespaces (loopback variant)")
+        pytest.skip("delay and loss need network namespaces (loopback variant)")
     sender = await client(world)
     try:
         assert await answers(sender, "WF.echo@B")
         try:
-            world.net.netem("a", "b", "delay", "40ms")  # on both ends: 80 ms more per round trip
+            how = world.net.impair("a", "b", delay_ms=40)  # on both ends: 80 ms more per round trip
         except topo.TopologyError as err:
-            pytest.skip(f"this kernel cannot delay or drop packets: {err}")
+            pytest.skip(f"this machine can neither netem nor emulate it: {err}")
         try:
             rtts = []
             for n in range(15):
@@ -244,21 +245,23 @@ async def test_netem_delay_and_loss_on_a_wire(world: World) -> None:
                 rtts.append(time.monotonic() - t0)
                 assert reply.payload == {"n": n}
             assert min(rtts) >= 0.080  # the frames did cross the delayed wire, both ways
-            print(f"\n[{world.net.kind}] delay 40 ms each way: round trip min {min(rtts) * 1000:.0f} ms, "
+            print(f"\n[{world.net.kind}] delay 40 ms each way by {how}: round trip min {min(rtts) * 1000:.0f} ms, "
                   f"median {sorted(rtts)[len(rtts) // 2] * 1000:.0f} ms")
             # loss: TCP retransmits under the link; every request is answered, or refused with a reason
-            world.net.netem("a", "b", "loss", "5%")
+            how = world.net.impair("a", "b", loss_percent=5)
             traffic = Traffic(sender, "WF.echo@B", interval=0.02)
             traffic.start()
             await asyncio.sleep(4.0)
             outcomes = await traffic.stop()
+            dropped = world.net.dropped("a", "b")
         finally:
-            world.net.clear_netem("a", "b")
+            world.net.clear_impairment("a", "b")
         counts = tally(outcomes)
-        print(f"[{world.net.kind}] 5% loss each way: {counts}")
+        print(f"[{world.net.kind}] 5% loss each way by {how}: {dropped} packets dropped; requests: {counts}")
+        assert dropped > 0  # the wire really lost packets under the link
         assert counts.get("answered", 0) >= len(outcomes) * 0.9, counts
         assert set(counts) <= {"answered", "UNREACHABLE:WAN_UNAVAILABLE"}, counts  # none vanished
-        await until(lambda: answers(sender, "WF.echo@C"), 30, "A reaching C after netem")
+        await until(lambda: answers(sender, "WF.echo@C"), 30, "A reaching C after the impairment")
     finally:
         await sender.close()
 
@@ -281,7 +284,7 @@ async def test_a_slow_wire_still_answers_everything(world: World) -> None:
             assert isinstance(world.net, topo.Namespaces)
             shaped = world.net.qdisc_stats("a", "b")
         finally:
-            world.net.clear_netem("a", "b")
+            world.net.clear_impairment("a", "b")
         counts = tally(outcomes)
         waits = sorted(o.done - o.sent for o in outcomes if o.result == "answered")
         overlimits = int(shaped.split("overlimits")[1].split()[0]) if "overlimits" in shaped else 0

@@ -65,7 +65,8 @@ def degraded(cluster: Cluster, name: str, reason: str) -> Any:
         degraded = [c for c in status.get("conditions") or [] if c["type"] == "Degraded"]
         return status if degraded and degraded[0]["reason"] == reason else None
 
-    return eventually(probe, what=f"fluxnode {name} Degraded/{reason}")
+    # generous: under a loaded CI machine the operator's retry after a failed key read can take >10 s
+    return eventually(probe, timeout=30.0, what=f"fluxnode {name} Degraded/{reason}")
 
 
 async def test_a_valid_graduation_gets_pods_and_the_degree_counts_it(
