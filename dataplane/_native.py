@@ -19,7 +19,8 @@ from fluxbee.dataplane import env
 
 _T = TypeVar("_T")
 
-FUNCTIONS = ("scan", "extend", "split", "frame", "trace_seed", "trace_id", "hop")
+FUNCTIONS = ("scan", "extend", "split", "frame", "trace_seed", "trace_id",
+             "scan_null", "splice_null", "extend_null", "hop")
 """What the Python side calls; a build from older sources that lacks one is not used."""
 
 

@@ -52,6 +52,9 @@
  * The sending side: a plain message's frame in one allocation, and trace
  * ids (see the comments above them).
  *
+ * scan_null / splice_null / extend_null: the same for a ``dst: null`` frame
+ * whose decision the router has cached (see the comment above scan_null()).
+ *
  * No I/O; the GIL is held throughout.  The only state is the trace-id prefix
  * and counter.
  */
@@ -629,6 +632,256 @@ static PyObject *frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
+/* ---- dst: null frames whose decision the router has cached (router/nullroute.py) ----------------
+ *
+ * scan_null(body, node) -> (meta, cut) | None
+ *
+ * The same canonical envelope as scan() but with ``"dst":null``:
+ *
+ *     {"routing":{"src":"S","dst":null,"ttl":N,"trace_id":"T"},"meta":{...},"payload":V}
+ *
+ * with the same checks (S equals ``node``, 1 <= N <= 255, T plain, meta an
+ * object, V any JSON value, nothing after).  It returns meta's bytes (the
+ * key of the router's decision cache) and ``cut``, the offset of the '}'
+ * that closes routing, for splice_null().  Anything else returns None.
+ *
+ * splice_null(body, node, cut, stamp, dst) -> frame | None
+ *
+ * The frame the general path writes once it has decided ``dst`` for a body
+ * scan_null() took: length header plus the body with ``"dst":"<dst>"``
+ * instead of ``"dst":null`` and ``stamp`` inserted before routing's '}'.
+ * It re-checks what it relies on (the routing prefix with ``node``, ``cut``
+ * inside the body at a '}'), so a wrong ``cut`` gives None, never a read out
+ * of bounds.  None too when ``dst`` is not plain printable ASCII or the frame
+ * would pass the size limit (the general path answers those).
+ *
+ * extend_null(bodies, start, node, stamp, dst, meta, soft, hard) -> (data, count)
+ *
+ * extend() for these frames: the run at bodies[start:] that scan_null()
+ * takes with this same meta, each spliced with ``dst`` and ``stamp``, joined.
+ */
+
+#define NULL_HEAD "{\"routing\":{\"src\":\""
+#define NULL_DST "\",\"dst\":null,\"ttl\":"
+
+/* 1 if [start, end) is a canonical dst:null envelope from ``node``; fills routing_close and meta. */
+static int check_null(cur start, cur end, const char *node, Py_ssize_t node_len, parts *out)
+{
+    cur p = start;
+    EXPECT(NULL_HEAD);
+    if (end - p < node_len || memcmp(p, node, (size_t)node_len) != 0) return 0;
+    p += node_len;
+    EXPECT(NULL_DST);
+    out->dst = out->dst_end = NULL;
+    {
+        int ttl = 0, digits = 0;
+        if (p < end && *p == '0') return 0;  /* ttl 0 (TTL_EXCEEDED) or a leading zero */
+        while (p < end && *p >= '0' && *p <= '9' && digits < 4) {
+            ttl = ttl * 10 + (*p - '0');
+            p++;
+            digits++;
+        }
+        if (digits == 0 || ttl > 255) return 0;
+    }
+    EXPECT(",\"trace_id\":\"");
+    p = plain_string(p, end);
+    if (p == NULL) return 0;
+    p++;
+    if (p >= end || *p != '}') return 0;
+    out->routing_close = p;
+    p++;
+    EXPECT(",\"meta\":");
+    if (p >= end || *p != '{') return 0;
+    out->meta = p;
+    out->meta_end = skip_container(p, end, 1);
+    if (out->meta_end == NULL) return 0;
+    p = out->meta_end;
+    EXPECT(",\"payload\":");
+    p = skip_value(p, end, 1);
+    if (p == NULL) return 0;
+    return end - p == 1 && *p == '}';
+}
+
+/* The size of the spliced body: "null" (4 bytes) becomes the quoted dst, and the stamp goes in. */
+static Py_ssize_t spliced_size(Py_ssize_t body_len, Py_ssize_t dst_len, Py_ssize_t stamp_len)
+{
+    return body_len - 4 + dst_len + 2 + stamp_len;
+}
+
+/* Write the spliced frame (header included) of a checked body at ``out``; ``null_at`` is where "null" is. */
+static void splice_into(char *out, cur start, Py_ssize_t body_len, Py_ssize_t null_at, cur close,
+                        const char *dst, Py_ssize_t dst_len, const Py_buffer *stamp)
+{
+    Py_ssize_t mid = (close - start) - (null_at + 4);  /* ,"ttl":N,"trace_id":"T" */
+    out = put_header(out, spliced_size(body_len, dst_len, stamp->len));
+    memcpy(out, start, (size_t)null_at);
+    out += null_at;
+    *out++ = '"';
+    memcpy(out, dst, (size_t)dst_len);
+    out += dst_len;
+    *out++ = '"';
+    memcpy(out, start + null_at + 4, (size_t)mid);
+    out += mid;
+    memcpy(out, stamp->buf, (size_t)stamp->len);
+    out += stamp->len;
+    memcpy(out, close, (size_t)(start + body_len - close));
+}
+
+/* ``text`` as plain printable ASCII (no quote, backslash or control character), or NULL. */
+static const char *plain_dst(PyObject *text, Py_ssize_t *len)
+{
+    if (!PyUnicode_Check(text) || !PyUnicode_IS_ASCII(text)) return NULL;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    const unsigned char *c = PyUnicode_1BYTE_DATA(text);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (c[i] < 0x20 || c[i] > 0x7E || c[i] == '"' || c[i] == '\\') return NULL;
+    *len = n;
+    return (const char *)c;
+}
+
+static PyObject *scan_null(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer views[2];
+    const Py_buffer *body = &views[0], *node = &views[1];
+    PyObject *result = NULL;
+    parts at;
+    (void)self;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "scan_null(body, node) takes 2 arguments");
+        return NULL;
+    }
+    if (get_buffers(views, args, 2) < 0) return NULL;
+    cur start = (cur)body->buf;
+    if (!check_null(start, start + body->len, (const char *)node->buf, node->len, &at)) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    {
+        PyObject *m = PyBytes_FromStringAndSize((const char *)at.meta, at.meta_end - at.meta);
+        if (m == NULL) goto done;
+        result = Py_BuildValue("(Nn)", m, (Py_ssize_t)(at.routing_close - start));
+    }
+done:
+    release_buffers(views, 2);
+    return result;
+}
+
+static PyObject *splice_null(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer views[3];
+    const Py_buffer *body = &views[0], *node = &views[1], *stamp = &views[2];
+    PyObject *result = NULL;
+    (void)self;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "splice_null(body, node, cut, stamp, dst) takes 5 arguments");
+        return NULL;
+    }
+    Py_ssize_t cut = PyLong_AsSsize_t(args[2]);
+    if (cut == -1 && PyErr_Occurred()) return NULL;
+    if (!PyUnicode_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "splice_null: dst must be a str");
+        return NULL;
+    }
+    PyObject *const objs[3] = {args[0], args[1], args[3]};
+    if (get_buffers(views, objs, 3) < 0) return NULL;
+    cur start = (cur)body->buf;
+    Py_ssize_t head = (Py_ssize_t)(sizeof(NULL_HEAD) - 1), mid = (Py_ssize_t)(sizeof(NULL_DST) - 1);
+    Py_ssize_t prefix = head + node->len + mid;
+    Py_ssize_t null_at = head + node->len + 8;  /* after ","dst": */
+    Py_ssize_t dst_len = 0;
+    const char *dst = plain_dst(args[4], &dst_len);
+    if (dst == NULL || body->len < prefix || cut < prefix || cut >= body->len || start[cut] != '}'
+        || memcmp(start, NULL_HEAD, (size_t)head) != 0
+        || memcmp(start + head, node->buf, (size_t)node->len) != 0
+        || memcmp(start + head + node->len, NULL_DST, (size_t)mid) != 0
+        || spliced_size(body->len, dst_len, stamp->len) > MAX_FRAME) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, spliced_size(body->len, dst_len, stamp->len) + 4);
+    if (result == NULL) goto done;
+    splice_into(PyBytes_AS_STRING(result), start, body->len, null_at, start + cut, dst, dst_len, stamp);
+done:
+    release_buffers(views, 3);
+    return result;
+}
+
+static PyObject *extend_null(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer views[3];
+    const Py_buffer *node = &views[0], *stamp = &views[1], *meta = &views[2];
+    PyObject *result = NULL;
+    Py_ssize_t *closes = NULL;
+    (void)self;
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError,
+                        "extend_null(bodies, start, node, stamp, dst, meta, soft, hard) takes 8 arguments");
+        return NULL;
+    }
+    if (!PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "extend_null: bodies must be a list");
+        return NULL;
+    }
+    if (!PyUnicode_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "extend_null: dst must be a str");
+        return NULL;
+    }
+    Py_ssize_t first = PyLong_AsSsize_t(args[1]);
+    if (first == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t soft = PyLong_AsSsize_t(args[6]);
+    if (soft == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t hard = PyLong_AsSsize_t(args[7]);
+    if (hard == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t dst_len = 0;
+    const char *dst = plain_dst(args[4], &dst_len);
+    PyObject *const objs[3] = {args[2], args[3], args[5]};
+    if (get_buffers(views, objs, 3) < 0) return NULL;
+    PyObject *bodies = args[0];
+    Py_ssize_t n = PyList_GET_SIZE(bodies);
+    Py_ssize_t null_at = (Py_ssize_t)(sizeof(NULL_HEAD) - 1) + node->len + 8;
+    if (first < 0) first = 0;
+    Py_ssize_t count = 0, total = 0;
+    if (first < n && dst != NULL) {
+        closes = PyMem_New(Py_ssize_t, (size_t)(n - first));
+        if (closes == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        /* First pass: how far the run goes (the GIL is held and nothing here calls back). */
+        for (Py_ssize_t i = first; i < n && total < soft; i++) {
+            PyObject *item = PyList_GET_ITEM(bodies, i);
+            if (!PyBytes_CheckExact(item)) break;
+            cur start = (cur)PyBytes_AS_STRING(item);
+            Py_ssize_t len = PyBytes_GET_SIZE(item);
+            parts at;
+            if (!check_null(start, start + len, (const char *)node->buf, node->len, &at)) break;
+            if (spliced_size(len, dst_len, stamp->len) > MAX_FRAME) break;
+            if (at.meta_end - at.meta != meta->len || memcmp(at.meta, meta->buf, (size_t)meta->len) != 0) break;
+            Py_ssize_t size = spliced_size(len, dst_len, stamp->len) + 4;
+            if (size > hard - total) break;
+            closes[count++] = at.routing_close - start;
+            total += size;
+        }
+    }
+    {
+        PyObject *data = PyBytes_FromStringAndSize(NULL, total);
+        if (data == NULL) goto done;
+        char *out = PyBytes_AS_STRING(data);
+        for (Py_ssize_t k = 0; k < count; k++) {
+            PyObject *item = PyList_GET_ITEM(bodies, first + k);
+            cur start = (cur)PyBytes_AS_STRING(item);
+            Py_ssize_t len = PyBytes_GET_SIZE(item);
+            splice_into(out, start, len, null_at, start + closes[k], dst, dst_len, stamp);
+            out += spliced_size(len, dst_len, stamp->len) + 4;
+        }
+        result = Py_BuildValue("(Nn)", data, count);
+    }
+done:
+    PyMem_Free(closes);
+    release_buffers(views, 3);
+    return result;
+}
+
 /* hop(bodies, start, node, dst, meta, hard, limit) -> (data, count): see the top of the file.
  *
  * check() has proven the layout ``..."dst":"D","ttl":N,"trace_id":...`` with N in 1..255 written
@@ -734,6 +987,12 @@ static PyMethodDef methods[] = {
      "frame(head, dst, ttl_trace, trace, meta, payload) -> bytes | None: a plain message's frame in one piece."},
     {"trace_seed", trace_seed, METH_O, "trace_seed(prefix): start trace ids over with this prefix."},
     {"trace_id", trace_id, METH_NOARGS, "trace_id() -> str: the next trace id."},
+    {"scan_null", (PyCFunction)(void (*)(void))scan_null, METH_FASTCALL,
+     "scan_null(body, node) -> (meta, cut) | None: a dst:null frame the router may splice."},
+    {"splice_null", (PyCFunction)(void (*)(void))splice_null, METH_FASTCALL,
+     "splice_null(body, node, cut, stamp, dst) -> frame | None: a dst:null frame with its decided dst."},
+    {"extend_null", (PyCFunction)(void (*)(void))extend_null, METH_FASTCALL,
+     "extend_null(bodies, start, node, stamp, dst, meta, soft, hard) -> (data, count): a run of them."},
     {"hop", (PyCFunction)(void (*)(void))hop, METH_FASTCALL,
      "hop(bodies, start, node, dst, meta, hard, limit) -> (data, count): a run of frames for a link, TTL lowered."},
     {"split", (PyCFunction)(void (*)(void))split, METH_FASTCALL,

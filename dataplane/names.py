@@ -149,6 +149,8 @@ LABEL_CREATED_BY: Final = "fluxbee.io/created-by"
 LABEL_MESH: Final = "fluxbee.io/mesh"
 """On every router pod of a hive (value: the Hive's name); the hive's mesh Service selects it."""
 """``admin-api`` on FluxNodes the admin API spawned."""
+LABEL_POLICY: Final = "fluxbee.io/policy"
+"""On the ConfigMaps the operator makes for a Policy (its stored versions, the hives' copies): its name."""
 
 ANNOTATION_CONFIG_DIGEST: Final = "fluxbee.io/config-digest"
 ANNOTATION_SPEC_DIGEST: Final = "fluxbee.io/spec-digest"

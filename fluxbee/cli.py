@@ -121,6 +121,7 @@ def cmd_router(args: argparse.Namespace) -> int:
         identity_frontdesk=args.identity_frontdesk,
         scheduling=args.scheduling,
         claims_dir=Path(args.claims_dir) if args.claims_dir else None,
+        policy_dir=Path(args.policy_dir) if args.policy_dir else None,
         socket_group=args.socket_group,
         claimed_reserve=args.claimed_reserve,
         max_unclaimed_per_uid=args.max_unclaimed_per_uid,
@@ -444,6 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--claims-dir", metavar="DIR",
                    help="claimed node names and their proofs, one JSON file per name (reloaded when it changes); "
                         "without it SY.*/RT.* names cannot register")
+    t.add_argument("--policy-dir", metavar="DIR",
+                   help="run the routing policy delivered in DIR (files artefact, version, sha256: the hive's "
+                        "policy ConfigMap as kubelet mounts it), checked and reloaded when it changes; the "
+                        "router then writes the hive's policy region itself (no SY.policy)")
     t.add_argument("--socket-group", type=_group, metavar="NAME|GID",
                    help="group of the socket dir (0750) and socket (0660); default the router's primary group")
     t.add_argument("--claimed-reserve", type=_non_negative, default=256,

@@ -4,7 +4,10 @@ Valid frames are mutated (bytes replaced, dropped, inserted, cut); every frame `
 must decode the same way in msgspec and be stamped exactly as the router's general path would.
 ``extend`` must take exactly the frames ``scan`` takes with the same destination and meta, ``hop``
 (the link side) only such frames with ``ttl >= 2``, re-written exactly as msgspec would with ``ttl - 1``,
-and ``split`` must never claim more bytes than it was given.  Deterministic for a given seed.
+and ``split`` must never claim more bytes than it was given.  The ``dst: null`` splicer gets the same
+treatment on mutated ``dst: null`` frames: what ``scan_null`` accepts ``splice_null`` writes as
+msgspec would, for any ``cut`` it stays inside the body, and ``extend_null`` takes the frames
+``scan_null`` takes with the same meta.  Deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit"))
 
 import test_fastpath as cases  # noqa: E402
+import test_nullpath as nulls  # noqa: E402
 
 from fluxbee.dataplane import _native, wire  # noqa: E402
 
@@ -111,6 +115,47 @@ def main(seed: int, count: int) -> int:
             print(f"fuzz_speedups: split claimed {used} of {len(stream)} bytes", file=sys.stderr)
             return 1
     print(f"fuzz_speedups: {count} mutated frames (seed {seed}), {accepted} accepted, all as msgspec reads them")
+    return fuzz_null(speedups, rng, count // 2)
+
+
+def fuzz_null(speedups: Any, rng: random.Random, count: int) -> int:
+    """The dst:null splicer on mutated dst:null frames (see the module docstring)."""
+    accepted = 0
+    seeds = nulls.BODIES
+    meta = speedups.scan_null(seeds[0], cases.NODE_B)[0]
+    for _ in range(count):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 6)):
+            if not data:
+                break
+            at = rng.randrange(len(data))
+            op = rng.random()
+            if op < 0.4:
+                data[at] = rng.randrange(256)
+            elif op < 0.6:
+                del data[at]
+            elif op < 0.8:
+                data.insert(at, rng.choice(ALPHABET))
+            else:
+                del data[at:]
+        body = bytes(data)
+        exact = (ctypes.c_char * len(body)).from_buffer_copy(body) if body else b""
+        hit = speedups.scan_null(exact, cases.NODE_B)
+        if hit is not None:
+            accepted += 1
+            got = (hit[0], speedups.splice_null(exact, cases.NODE_B, hit[1], cases.STAMP, nulls.DST))
+            if got != nulls.expected(body):
+                print(f"fuzz_speedups: scan_null/splice_null and msgspec disagree on {body!r}", file=sys.stderr)
+                return 1
+        for cut in (rng.randrange(-2, len(body) + 3), len(body) - 1):
+            speedups.splice_null(exact, cases.NODE_B, cut, cases.STAMP, nulls.DST)  # never outside the body
+        run = [seeds[0], body, seeds[0]]
+        soft, hard = rng.choice([10**6, rng.randrange(1, 2000)]), rng.choice([10**6, rng.randrange(0, 2000)])
+        want = nulls.runs(speedups.scan_null, speedups.splice_null, run, 0, meta, soft, hard)
+        if speedups.extend_null(run, 0, cases.NODE_B, cases.STAMP, nulls.DST, meta, soft, hard) != want:
+            print(f"fuzz_speedups: extend_null and scan_null disagree on {body!r}", file=sys.stderr)
+            return 1
+    print(f"fuzz_speedups: {count} mutated dst:null frames, {accepted} accepted, all as msgspec reads them")
     return 0
 
 

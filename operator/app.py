@@ -28,6 +28,7 @@ from fluxbee.operator.fluxnode.handlers import (
 from fluxbee.operator.hive.handlers import cleanup_hive, reconcile_hive
 from fluxbee.operator.kube import ApiError, Kube, KubeConfig, connection_info
 from fluxbee.operator.module.handlers import reconcile_module
+from fluxbee.operator.policy.build import POLICY_LABEL
 from fluxbee.operator.policy.handlers import reconcile_policy
 from fluxbee.operator.runtime.handlers import dependants, reconcile_runtime
 from fluxbee.operator.settings import OperatorSettings
@@ -102,6 +103,7 @@ async def _after(ctx: OperatorContext, plural: str, body: Mapping[str, Any]) -> 
     namespace, name = meta["namespace"], meta["name"]
     if plural == "hives":
         await _kick(ctx, "fluxnodes", await nodes_referencing(ctx, namespace, hive=name))
+        await _kick(ctx, "policies", await ctx.kube.list("policies", namespace))  # a new hive gets its policy
     elif plural == "runtimes":
         await _kick(ctx, "runtimes", await dependants(ctx, namespace, name))
         await _kick(ctx, "fluxnodes", await nodes_referencing(ctx, namespace, runtime=name))
@@ -238,6 +240,8 @@ def register(registry: kopf.OperatorRegistry) -> None:
                     await reconcile_by_name(ctx, "fluxnodes", namespace, child_labels[L.FLUXNODE])
                 elif L.HIVE in child_labels:
                     await reconcile_by_name(ctx, "hives", namespace, child_labels[L.HIVE])
+                elif POLICY_LABEL in child_labels:  # a stored version or a hive's copy edited or deleted
+                    await reconcile_by_name(ctx, "policies", namespace, child_labels[POLICY_LABEL])
             except (ApiError, kopf.TemporaryError) as err:  # e.g. a Hive waiting for a Secret
                 log.warning("repairing after %s %s/%s failed; the next event retries: %s",
                             event.get("type"), namespace, meta.get("name"), err)

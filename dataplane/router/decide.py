@@ -224,23 +224,24 @@ class Holders(Protocol):
     def holders(self, tag: str) -> Sequence[str] | None: ...  # nodes of the ILKs with that capability or role
 
 
-def policy_target(target: str, registry: Registry[P], links: HiveReach | None, holders: Holders,
-                  turns: dict[str, int]) -> Deliver[P] | Refuse | Drop | Forward:
-    """Where a policy's ``target`` sends a ``dst: null`` message.
+def policy_route(target: str, registry: Registry[P], links: HiveReach | None,
+                 holders: Holders) -> tuple[str | None, tuple[str, ...]] | Refuse:
+    """The names a policy's ``target`` may send a ``dst: null`` message to, and the key its turns are
+    kept under (None: one fixed name, no turns).
 
-    ``ilk:<uuid>`` goes to the node handling that ILK. A capability or role some ILK holds goes to one
-    of the live nodes handling such ILKs, in turn (``turns`` keeps each tag's round-robin position).
-    Anything else is a node name (``name``, ``name@hive``, ``name@*``), as :func:`by_name` routes it.
-    Nothing live for an ILK, capability or role is ``OPA_NO_TARGET``.
+    ``ilk:<uuid>`` is the node handling that ILK. A capability or role some ILK holds is the live
+    nodes handling such ILKs (a node of this hive with a connection, or of a hive a link reaches),
+    taken in turn under the tag. Anything else is the name itself (``name``, ``name@hive``,
+    ``name@*``). Nothing live for an ILK, capability or role is ``OPA_NO_TARGET``.
     """
     if target.startswith("ilk:"):
         handler = holders.handler_of(target)
         if not handler:
             return Refuse(wire.OPA_NO_TARGET, f"policy target {target}: no node handles that ILK")
-        return _stamped(handler, registry, links)
+        return None, (handler,)
     nodes = holders.holders(target)
     if nodes is None:
-        return _stamped(target, registry, links)
+        return None, (target,)
     hive_id = registry.hive_id
     live: list[str] = []
     for node in nodes:
@@ -252,9 +253,23 @@ def policy_target(target: str, registry: Registry[P], links: HiveReach | None, h
     if not live:
         return Refuse(wire.OPA_NO_TARGET, f"policy target {target!r}: no live node handles an identity "
                                           "with that capability or role")
-    turn = turns.get(target, 0)
-    turns[target] = turn + 1
-    return _stamped(live[turn % len(live)], registry, links)
+    return target, tuple(live)
+
+
+def policy_target(target: str, registry: Registry[P], links: HiveReach | None, holders: Holders,
+                  turns: dict[str, int]) -> Deliver[P] | Refuse | Drop | Forward:
+    """Where a policy's ``target`` sends a ``dst: null`` message: one of :func:`policy_route`'s names,
+    in turn when there are several (``turns`` keeps each tag's round-robin position), routed as
+    :func:`by_name` routes it."""
+    route = policy_route(target, registry, links, holders)
+    if isinstance(route, Refuse):
+        return route
+    key, names = route
+    if key is None:
+        return _stamped(names[0], registry, links)
+    turn = turns.get(key, 0)
+    turns[key] = turn + 1
+    return _stamped(names[turn % len(names)], registry, links)
 
 
 def _stamped(name: str, registry: Registry[P], links: HiveReach | None) -> Deliver[P] | Refuse | Drop | Forward:

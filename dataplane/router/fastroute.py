@@ -12,6 +12,10 @@ a node of the sender's VPN with room. Every other frame goes to the general path
 buffer would stop is handed to :func:`dispatch.deliver`, so every refusal, and every rule, is written
 once. ``tests/unit/test_router_fastpath.py`` runs each case through both paths and compares.
 
+A ``dst: null`` frame whose policy decision is cached is taken by the policy's fast lane
+(:mod:`~fluxbee.dataplane.router.nullroute`, one call where ``scan`` declines a frame), which queues it
+into the same buffers; anything the lane does not take goes to the general path.
+
 Decoded metas are memoised by their bytes: most traffic repeats a handful of metas. Once a frame is
 queued for a node, :func:`fastpath.extend <fluxbee.dataplane.fastpath.extend>` takes the frames after it
 that go to the same ``dst`` with the same meta as one run (one join, one step of this loop), up to the
@@ -71,6 +75,7 @@ class FastPath:
         scan, extend = fastpath.scan, fastpath.extend
         general, deliver = router.on_frame, dispatch.deliver
         metas = self._metas
+        take_null = router.policy.lane.take
         registry, by_uuid, reached = self._registry, self._by_uuid, self._reached
         dirty = router.dirty
         high_water = router.settings.high_water
@@ -96,6 +101,11 @@ class FastPath:
                     continue
                 hit = scan(body, node_b, stamp)
                 if hit is None:
+                    taken = take_null(conn, frames, index)  # dst:null with a cached decision (nullroute)
+                    if taken:
+                        routed += taken
+                        index += taken - 1
+                        continue
                     general(conn, body)
                     vpn = conn.vpn_id  # a CONFIG_CHANGED from this node may have moved it
                     continue

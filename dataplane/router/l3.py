@@ -44,12 +44,13 @@ OUTCOMES: Final = (FRONTDESK, DST_ILK, NO_DECISION, NO_ILK, NO_REGION, READ_TIME
 
 @dataclass(frozen=True, slots=True)
 class L3Decision:
-    target: str
-    """L2 name to route to."""
+    target: str | None
+    """L2 name to route to; None when identity decides no destination but ``meta.src_ilk`` must still
+    be rewritten (an alias): the policy then decides, on the canonical ILK."""
     canonical_src_ilk: str | None
     """Set when ``meta.src_ilk`` was an alias and must be rewritten."""
     reason: str
-    """``frontdesk`` or ``dst_ilk`` (counted by the router)."""
+    """``frontdesk``, ``dst_ilk`` or ``no_decision`` (counted by the router)."""
 
 
 class L3Resolver:
@@ -85,10 +86,16 @@ class L3Resolver:
             return (-1, -1)  # busy: counts as changed, and the rebuild reads it again
 
     def resolve(self, src_ilk: str | None, dst_ilk: str | None) -> L3Decision | None:
-        decision = self._resolve(src_ilk, dst_ilk)
+        decision, outcome = self.peek(src_ilk, dst_ilk)
+        self.counts[outcome] += 1
         if decision is not None and decision.canonical_src_ilk is not None:
             self.alias_rewrites += 1
         return decision
+
+    def peek(self, src_ilk: str | None, dst_ilk: str | None) -> tuple[L3Decision | None, str]:
+        """What :meth:`resolve` answers and its outcome, counting nothing (the router's ``dst: null``
+        fast lane asks once per meta and counts the messages it routes later, in bulk)."""
+        return self._resolve(src_ilk, dst_ilk)
 
     def snapshot(self) -> dict[str, object]:
         """For the router's status: where temporary ILKs go, whether the region is open, the counts."""
@@ -108,15 +115,12 @@ class L3Resolver:
                   f"fluxbee_router_l3_region_open {int(self.region_open)}"]
         return "\n".join(lines) + "\n"
 
-    def _resolve(self, src_ilk: str | None, dst_ilk: str | None) -> L3Decision | None:
-        counts = self.counts
+    def _resolve(self, src_ilk: str | None, dst_ilk: str | None) -> tuple[L3Decision | None, str]:
         if src_ilk is None and dst_ilk is None:
-            counts[NO_ILK] += 1
-            return None
+            return None, NO_ILK
         region = self._region()
         if region is None:
-            counts[NO_REGION] += 1
-            return None
+            return None, NO_REGION
         try:
             canonical_src = None
             if src_ilk is not None:
@@ -125,18 +129,26 @@ class L3Resolver:
                     canonical_src = canonical
                 info = region.get_ilk(canonical)
                 if info is not None and info.registration_status == "temporary":
-                    counts[FRONTDESK] += 1
-                    return L3Decision(self.frontdesk, canonical_src, FRONTDESK)
+                    return L3Decision(self.frontdesk, canonical_src, FRONTDESK), FRONTDESK
             if dst_ilk is not None:
                 target = region.resolve(dst_ilk)
                 if target is not None and target.handler_node:
-                    counts[DST_ILK] += 1
-                    return L3Decision(target.handler_node, canonical_src, DST_ILK)
+                    return L3Decision(target.handler_node, canonical_src, DST_ILK), DST_ILK
         except identity_shm.ReadTimeoutError:
-            counts[READ_TIMEOUT] += 1
-            return None
-        counts[NO_DECISION] += 1
-        return None
+            return None, READ_TIMEOUT
+        if canonical_src is not None:  # no destination from identity, but the policy sees the canonical ILK
+            return L3Decision(None, canonical_src, NO_DECISION), NO_DECISION
+        return None, NO_DECISION
+
+    def canonical(self, ilk: str) -> str:
+        """``ilk`` through the live aliases (itself when it is no alias, or without a readable region)."""
+        region = self._region()
+        if region is None:
+            return ilk
+        try:
+            return region.canonical(ilk)
+        except identity_shm.ReadTimeoutError:
+            return ilk
 
     def close(self) -> None:
         self._handle.close()

@@ -21,10 +21,19 @@ What it does (the README's "Routing policies" section has the protocol):
   allow, or the evaluation error). Verdicts are cached by (policy version, identity version, the
   sender, its name and the meta bytes: everything the input is built from), bounded to
   :data:`CACHE_ENTRIES` (oldest first out), so a repeated decision costs a dict lookup.
-* **Audit.** Every decision the router carries out is recorded once (:meth:`PolicyRuntime.record`):
+* **Fast lane.** A ``dst: null`` frame whose verdict is cached is routed by
+  :class:`~fluxbee.dataplane.router.nullroute.NullLane` without being decoded (its module docstring
+  says what an entry depends on); it is emptied with the cache whenever the policy or its identity
+  data changes.
+* **Audit.** Every decision the router carries out is recorded (:meth:`PolicyRuntime.record`):
   a ring of the last :data:`AUDIT_ENTRIES` (sequence number, time, policy and identity versions,
-  input digest, target, where it went, allowed, result, reason, engine, cache hit), read by
-  ``OPA_DECISIONS_GET`` and counted in ``/metrics``.
+  input digest, target, where it went, allowed, result, reason, engine, cache hit, count, since),
+  read by ``OPA_DECISIONS_GET`` and counted in ``/metrics``. A record is one decision (``count`` 1),
+  or, for the fast lane's decisions, an aggregate: ``count`` decisions with the same input and
+  result that went to the same node between ``since_ms`` and ``ts_ms``
+  (:meth:`PolicyRuntime.flush_lane`, run every second and before anything reads the audit or the
+  counters, so the counters are exact whenever they are read and ``sum(count)`` over the records is
+  the number of decisions).
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ from fluxbee.dataplane.policy import (
     load,
 )
 from fluxbee.dataplane.policy.artefact import canonical_json
+from fluxbee.dataplane.router.nullroute import NullLane
 from fluxbee.dataplane.shm import identity as identity_shm
 from fluxbee.dataplane.shm.policy import (
     PolicyDigestError,
@@ -80,6 +90,9 @@ VERSION_MISMATCH: Final = "VERSION_MISMATCH"
 NO_POLICY_REGION: Final = "NO_POLICY_REGION"
 INVALID_REQUEST: Final = "INVALID_REQUEST"
 
+AUDIT_FIELDS: Final = ("seq", "ts_ms", "policy_version", "identity_version", "input_digest", "target", "resolved",
+                       "allowed", "result", "reason", "engine", "cached", "count", "since_ms")
+"""The fields of an audit record, in the order the ring keeps them."""
 RESULTS: Final = ("routed", wire.OPA_NO_TARGET, wire.OPA_ERROR, wire.POLICY_DENIED, "allowed", "refused")
 """Audit results: routed (a dst:null message sent on), allowed (an action with an explicit dst let
 through), refused (the target was found but the route refused it: NODE_NOT_FOUND, VPN_BLOCKED ...)."""
@@ -239,6 +252,7 @@ class PolicyRuntime:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_poll = -1e9
         self._last_identity_check = -1e9
+        self.lane = NullLane(router, self)
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -250,6 +264,7 @@ class PolicyRuntime:
 
     def tick(self) -> None:
         """Called every second: poll the region every POLL_S, the identity version every IDENTITY_CHECK_S."""
+        self.flush_lane()
         if self._lock.locked() or self._router.stopped.is_set():
             return
         now = time.monotonic()
@@ -332,19 +347,28 @@ class PolicyRuntime:
             return err
         if self._router.stopped.is_set():
             return None
-        self.current = loaded
-        self.cache.clear()
+        self.install(loaded)
         self.reloads["ok"] += 1
         if reuse is None:
             self.error = None
             self.refused.discard((loaded.version, loaded.sha256))
             log.info("policy version %d sha256:%s loaded (%s engine, %s)", loaded.version, loaded.sha256,
                      loaded.engine.name, source)
-        self._router.policy_changed()
         return None
+
+    def install(self, loaded: Loaded) -> None:
+        """Make ``loaded`` the running policy, in one step of the event loop: the fast lane's decisions
+        so far are audited under the version that made them, then the lane and the cache are emptied,
+        so every later message is decided by ``loaded`` alone."""
+        self.flush_lane()
+        self.lane.clear()
+        self.current = loaded
+        self.cache.clear()
+        self._router.policy_changed()
 
     def describe(self) -> dict[str, Any]:
         """The status' ``policy`` section: ``{version, hash, engine, status, error, ...}``."""
+        self.flush_lane()
         current = self.current
         return {"version": current.version if current else None,
                 "hash": f"sha256:{current.sha256}" if current else None,
@@ -354,7 +378,8 @@ class PolicyRuntime:
                 "identity_version": list(current.identity_version) if current else None,
                 "entrypoints": list(current.artefact.entrypoints) if current else [],
                 "region": self.region,
-                "cache": {"entries": len(self.cache), "hits": self.cache_hits, "misses": self.cache_misses},
+                "cache": {"entries": len(self.cache), "hits": self.cache_hits, "misses": self.cache_misses,
+                          "lane_entries": self.lane.size, "lane_hits": self.lane.taken},
                 "decisions": {r: self.results[r] for r in RESULTS},
                 "reloads": dict(self.reloads)}
 
@@ -377,8 +402,10 @@ class PolicyRuntime:
         except msgspec.DecodeError as err:
             return Verdict(None, None, current.engine.name, "", f"meta is not a JSON object: {err}")
         src_ilk = meta.get("src_ilk")
+        # canonical through the live aliases (a dst:null meta was rewritten already; an explicit-dst
+        # message checked by the allow rule was not): the key holds the identity version, so it stays right
         doc = build_input(meta, src=src, src_l2_name=src_l2_name,
-                          src_ilk=src_ilk if isinstance(src_ilk, str) else None)
+                          src_ilk=self._router.l3.canonical(src_ilk) if isinstance(src_ilk, str) else None)
         digest = hashlib.sha256(canonical_json(doc)).hexdigest()[:16]
         try:
             decision = current.engine.evaluate(doc)
@@ -401,10 +428,38 @@ class PolicyRuntime:
         current = self.current
         self.seq += 1
         self.results[result] += 1
-        self.audit.append((self.seq, time.time_ns() // 1_000_000,
+        now_ms = time.time_ns() // 1_000_000
+        self.audit.append((self.seq, now_ms,
                            current.version if current else None,
                            current.identity_version[1] if current else None, verdict.digest, verdict.target,
-                           resolved, verdict.allow, result, reason[:MAX_DETAIL], verdict.engine, verdict.cached))
+                           resolved, verdict.allow, result, reason[:MAX_DETAIL], verdict.engine, verdict.cached,
+                           1, now_ms))
+
+    def flush_lane(self) -> None:
+        """Audit and count the fast lane's decisions since the last flush: one aggregate record per
+        entry and node (see the module docstring)."""
+        lane = self.lane
+        pending = lane.pending
+        if not pending:
+            return
+        lane.pending = []
+        now_ms = time.time_ns() // 1_000_000
+        l3_counts = self._router.l3.counts
+        total = 0
+        for entry in pending:
+            verdict = entry.verdict
+            for resolved, count in entry.counts.items():
+                self.seq += 1
+                total += count
+                self.audit.append((self.seq, now_ms, entry.version, entry.identity_version[1], verdict.digest,
+                                   verdict.target, resolved, verdict.allow, "routed",
+                                   f"fast lane: {count} decision{'s' if count != 1 else ''} with this input",
+                                   verdict.engine, True, count, entry.since_ms))
+                l3_counts[entry.l3_outcome] += count
+            entry.counts = {}
+        self.results["routed"] += total
+        self.cache_hits += total
+        lane.taken += total
 
     def decisions(self, payload: Any) -> dict[str, Any]:
         """OPA_DECISIONS_GET: ``{limit?: 1..1000, after?: seq}`` → the audit page (oldest first)."""
@@ -417,8 +472,8 @@ class PolicyRuntime:
                     or (top is not None and value > top):
                 raise ValueError(f"{name} must be an integer in [{1 if name == 'limit' else 0}, "
                                  f"{top if top is not None else '...'}], not {value!r}")
-        fields = ("seq", "ts_ms", "policy_version", "identity_version", "input_digest", "target", "resolved",
-                  "allowed", "result", "reason", "engine", "cached")
+        self.flush_lane()
+        fields = AUDIT_FIELDS
         page: list[dict[str, Any]] = []
         used = 2048
         for entry in self.audit:
@@ -434,6 +489,7 @@ class PolicyRuntime:
                 "next_after": page[-1]["seq"] if page else after, "latest": self.seq}
 
     def prometheus(self) -> str:
+        self.flush_lane()
         current = self.current
         lines = ["# HELP fluxbee_router_policy_decisions_total Policy decisions carried out, by result.",
                  "# TYPE fluxbee_router_policy_decisions_total counter"]

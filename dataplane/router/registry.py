@@ -89,7 +89,7 @@ def full_name(dst: str, hive_id: str) -> tuple[str, str]:
 class Registry(Generic[P]):
     """The reachable nodes of one router and the route table in force (see the module docstring)."""
 
-    __slots__ = ("_by_base", "_by_name", "_by_uuid", "_reach", "_resolved", "_table", "hive_id")
+    __slots__ = ("_by_base", "_by_name", "_by_uuid", "_reach", "_resolved", "_table", "generation", "hive_id")
 
     def __init__(self, hive_id: str, table: RouteTable | None = None) -> None:
         self.hive_id = hive_id
@@ -99,6 +99,9 @@ class Registry(Generic[P]):
         self._by_base: dict[str, list[P]] = {}
         self._resolved: dict[str, Resolved] = {}
         self._reach: dict[str, Names[P]] = {}
+        self.generation = 0
+        """Counts changes of the node set or the table: a memo of what names reach keeps it to know
+        it is still right (the policy fast lane's candidate names)."""
 
     # reading -------------------------------------------------------------
     @property
@@ -180,6 +183,7 @@ class Registry(Generic[P]):
         node.vpn_id = self._table.vpn_for(node.name)
         self._by_uuid[node_uuid] = node
         self._reach.clear()
+        self.generation += 1
         self._by_name.setdefault(node.name, Names[P]()).conns.append(node)
         self._by_base.setdefault(node.base, []).append(node)
 
@@ -199,6 +203,7 @@ class Registry(Generic[P]):
         router advertised, and :meth:`install` leaves it alone.
         """
         self._reach.clear()
+        self.generation += 1
         self._by_name.setdefault(node.name, Names[P]()).conns.append(node)
         self._by_base.setdefault(node.base, []).append(node)
 
@@ -209,6 +214,7 @@ class Registry(Generic[P]):
     def _unlist(self, node: P) -> None:
         """Take ``node`` off its full and base name (a local node's UUID is :meth:`remove`'s business)."""
         self._reach.clear()
+        self.generation += 1
         names = self._by_name.get(node.name)
         if names is not None:
             with contextlib.suppress(ValueError):
@@ -227,6 +233,7 @@ class Registry(Generic[P]):
         self._table = table
         self._resolved.clear()
         self._reach.clear()
+        self.generation += 1
         moved = []
         for node in self._by_uuid.values():
             vpn = table.vpn_for(node.name)

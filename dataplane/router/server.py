@@ -78,6 +78,7 @@ from fluxbee.dataplane.router.fastroute import FastPath
 from fluxbee.dataplane.router.l3 import L3Resolver
 from fluxbee.dataplane.router.links import RouterLinks
 from fluxbee.dataplane.router.policy import PolicyRuntime
+from fluxbee.dataplane.router.policy_dir import PolicyDirLoader
 from fluxbee.dataplane.router.registry import Registry
 from fluxbee.dataplane.router.settings import RouterError, RouterSettings
 from fluxbee.models import RouteSpec, VpnSpec
@@ -132,6 +133,7 @@ class Router:
         self._nodes_shm: shm.NodeTableWriter | None = None
         self._config_shm: shm.ConfigRegionWriter | None = None
         self.policy = PolicyRuntime(self)
+        self.policy_dir = PolicyDirLoader(self, settings.policy_dir) if settings.policy_dir is not None else None
         self.links: RouterLinks | None = None
         if settings.links.enabled:
             try:
@@ -235,6 +237,8 @@ class Router:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.policy.close()
+        if self.policy_dir is not None:
+            self.policy_dir.close()
         if self.links is not None:
             await self.links.manager.stop()
         if self._server is not None:
@@ -273,12 +277,16 @@ class Router:
             self._nodes_shm.heartbeat()
         if self._config_shm is not None:
             self._config_shm.heartbeat()
+        if self.policy_dir is not None:
+            self.policy_dir.heartbeat()
 
     def policy_changed(self) -> None:
         """A new policy (or identity data) runs: the fast path forgets which metas it may take."""
         self.fast_path.forget_metas()
 
     def _housekeeping(self) -> None:
+        if self.policy_dir is not None:
+            self.policy_dir.poll()
         self.policy.tick()
         now = time.monotonic()
         seen = self.seen_broadcasts

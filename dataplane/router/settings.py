@@ -47,6 +47,10 @@ class RouterSettings:
     claims_dir: Path | None = None
     """Claimed names and their proofs (:mod:`fluxbee.dataplane.router.trust`), polled like the config
     file.  Without it no claims file exists: ``SY.*``/``RT.*`` names cannot register at all."""
+    policy_dir: Path | None = None
+    """A directory holding the delivered policy (a mounted ConfigMap: ``artefact``, ``version``,
+    ``sha256``), polled every second; this router then writes its hive's policy region itself
+    (:mod:`fluxbee.dataplane.router.policy_dir`).  Without it the policy comes from SY.policy."""
     socket_group: int | None = None
     """Group of the socket directory (0750) and socket (0660); default the router's primary gid.
     Processes outside the owner and this group cannot connect at all."""

@@ -63,6 +63,7 @@ def node_entry(c: Conn) -> dict[str, Any]:
             "flapping": c.holds_uuid}
 
 def status_head(router: Router, nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    router.policy.flush_lane()  # the fast lane's decisions into the counters read below (l3 and policy)
     return {
         "router": {"uuid": router.uuid, "name": router.name, "hive_id": router.hive_id,
                    "socket": str(router.socket_path), "pid": os.getpid(),
@@ -96,6 +97,7 @@ def links_status(router: Router) -> dict[str, Any]:
     return {role: {"hive_id": router.hive_id, "listen": None, "links": [], "drops": {}} for role in ("wan", "mesh")}
 
 def prometheus(router: Router) -> str:
+    router.policy.flush_lane()
     return router.counters.prometheus({
         "nodes": len(router.registry),
         "config_version": router.config_version,

@@ -33,6 +33,7 @@ from fluxbee.admin.history import History
 from fluxbee.admin.http import AdminSettings, admin_site, build_app
 from fluxbee.admin.k8s import HiveSpecRoutes, KubernetesBackend
 from fluxbee.admin.kube_history import ConfigMapHistory
+from fluxbee.admin.kube_policy import KubePolicies
 from fluxbee.admin.link import SdkRouterLink, SwitchableRouterLink, UnreachableRouterLink
 from fluxbee.dataplane.names import ADMIN_NODE
 from fluxbee.dataplane.sdk import NodeConfig, SdkError, connect
@@ -105,12 +106,14 @@ async def cluster_admin(settings: AdminSettings, cluster: ClusterSettings) -> As
             f"no router reachable through {cluster.run_dir / 'routers'} from the admin API (it must run on a "
             "host of the hive, with its socket directory)"))
         store = ConfigMapHistory(api, cluster.namespace, cluster.hive_resource)
+        policies = KubePolicies(api, cluster.namespace, cluster.hive_resource, backend.hive_id, cluster.instance)
         ctx = Context(backend=backend, link=link, history=History(store, backend.hive_id),
-                      routes=HiveSpecRoutes(backend))
+                      routes=HiveSpecRoutes(backend), policies=policies)
         monitor = DriftMonitor(ctx, interval=cluster.drift_interval,
                                leader=functools.partial(store.lead_drift_monitor, cluster.instance))
         tasks = [asyncio.create_task(_router_connector(ctx, link, cluster.run_dir), name="admin-router-connector"),
-                 asyncio.create_task(monitor.run(), name="admin-drift-monitor")]
+                 asyncio.create_task(monitor.run(), name="admin-drift-monitor"),
+                 asyncio.create_task(policies.report_forever(link), name="admin-policy-report")]
         runner = web.AppRunner(build_app(ctx, settings), handle_signals=False, access_log=None)
         await runner.setup()
         try:

@@ -162,9 +162,10 @@ class RelayPeer(FloorPeer):
 class FluxbeePeer(Peer):
     name = "fluxbee"
 
-    def __init__(self, sender: Any, receiver: Any) -> None:
+    def __init__(self, sender: Any, receiver: Any, run_dir: Path | None = None) -> None:
         self.sender = sender
         self.receiver = receiver
+        self.run_dir = run_dir
         self.payload = "x" * PAYLOAD_BYTES
 
     @classmethod
@@ -193,7 +194,7 @@ class FluxbeePeer(Peer):
                 await sender.close()
                 raise RuntimeError(f"echo node did not register or the policy did not load: {status['policy']}")
             await asyncio.sleep(0.05)
-        peer = cls(sender, receiver)
+        peer = cls(sender, receiver, run_dir)
         peer.pids = (router.pid, echo.pid, sink.pid)
         return peer
 
@@ -222,35 +223,44 @@ class FluxbeePeer(Peer):
 
 class FluxbeeNullPeer(Peer):
     """The fluxbee round trip with ``dst: null``: the same router and nodes, routed by the hive's
-    policy; repeated messages are decision-cache hits, as repeated traffic is."""
+    policy; repeated messages are decision-cache hits, as repeated traffic is. The one-way bursts come
+    from a second node, ``WF.bench.burst``, whose messages the policy sends to the sink: the same plain
+    message as the explicit bursts, so the client's cost per message is the same for both."""
 
     name = "fluxbee_null"
 
     def __init__(self, base: FluxbeePeer) -> None:
-        from fluxbee.dataplane.wire import Meta
-
         self.base = base
         self.pids = base.pids
-        self.to_sink = Meta(type="user", context={"to": "sink"})
+        self.burst: tuple[Any, Any] | None = None
 
     async def rtt(self, count: int) -> list[float]:
         # No meta, like the explicit round trip: the policy's default target is the echo node.
         return await timed_requests(self.base.sender.request, None, self.base.payload, count)
 
     async def one_way(self, count: int) -> float:
-        sender, payload, meta = self.base.sender, self.base.payload, self.to_sink
+        if self.burst is None:
+            from fluxbee.dataplane.sdk import NodeConfig, connect
+
+            if self.base.run_dir is None:
+                raise RuntimeError("the fluxbee peer was not started with a run directory")
+            self.burst = await connect(NodeConfig(name="WF.bench.burst", run_dir=self.base.run_dir))
+        sender, receiver = self.burst
+        send, payload = sender.send, self.base.payload
         await sender.request("WF.sink", {"expect": count})
         t1 = time.perf_counter()
         for _ in range(count):
-            await sender.send(None, payload, meta=meta)
-        done = await self.base.receiver.recv(timeout=120)
+            await send(None, payload)
+        done = await receiver.recv(timeout=120)
         rate = count / (time.perf_counter() - t1)
         if not isinstance(done.payload, dict) or done.payload.get("done") != count:
             raise RuntimeError(f"sink reported {done.payload!r}")
         return rate
 
     async def close(self) -> None:
-        """The base peer owns the connection."""
+        """The base peer owns the main connection; the burst sender is this peer's."""
+        if self.burst is not None:
+            await self.burst[0].close()
 
 
 class NatsPeer(Peer):

@@ -8,17 +8,31 @@ conditions. Reported: p50/p99 of one decision per engine and their ratio, the co
 and regorus), the load time (data parsed once), and, for the record, what a rule that scans every
 identity instead of using the index costs per decision. Without ``opa`` only regorus is measured,
 and the reason is reported.
+
+The cost of a cached decision is measured on a router's own policy runtime (not started: no socket),
+with the 10,000 identities in an identity region as SY.identity writes it: the ``dst: null`` fast
+lane's lookup (:meth:`NullLane.lookup <fluxbee.dataplane.router.nullroute.NullLane.lookup>`, what the
+router does per message once a decision is cached, the identity region's version check for a meta
+with an ILK included) and, for comparison, the general path's cache hit
+(:meth:`PolicyRuntime.evaluate`). The report also repeats the transports section's explicit and
+``dst: null`` round trips and one-way rates, measured in the same run.
 """
 
 from __future__ import annotations
 
 import random
 import statistics
+import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import msgspec
+
+from fluxbee.bench.distribution import format_distribution, measure_distribution
 from fluxbee.bench.report import Lines
 from fluxbee.bench.results import Plan
 from fluxbee.dataplane.policy import (
@@ -33,6 +47,8 @@ from fluxbee.dataplane.policy import (
     load,
 )
 from fluxbee.dataplane.policy.wasm import FAST_PATH_REASON, WasmEngine
+from fluxbee.dataplane.router import policy as router_policy
+from fluxbee.dataplane.router.server import Router, RouterSettings
 
 IDENTITIES = 10_000
 CAPABILITIES = 2_000
@@ -135,7 +151,80 @@ def _measure(engines: dict[str, Any], docs: list[dict[str, Any]], evaluations: i
     return samples
 
 
-def bench_policy(evaluations: int) -> dict[str, Any]:
+DISTRIBUTION_RUNS = 7
+LANE_SENDERS = 50
+LANE_METAS = 2_000
+HIVE = "hive0"
+
+
+def _metas(records: list[IdentityRecord], count: int, seed: int = 16) -> list[bytes]:
+    """Meta bytes as nodes send them with ``dst: null``: a source ILK, a capability, an action."""
+    rng = random.Random(seed)
+    senders = [r.ilk for r in records if r.type == "human"]
+    return [msgspec.json.encode({"type": "user", "src_ilk": rng.choice(senders), "action": "chat",
+                                 "context": {"required_capability": f"cap.{rng.randrange(CAPABILITIES):04d}"}})
+            for _ in range(count)]
+
+
+def bench_cache_hit(artefact: Artefact, engine: Any, data: dict[str, Any], records: list[IdentityRecord],
+                    samples: int, tmp: Path) -> dict[str, Any]:
+    """A cached ``dst: null`` decision on a router's policy runtime (see the module docstring)."""
+    from fluxbee.dataplane.fastpath import make_stamp
+    from fluxbee.dataplane.shm.identity import Capacity, IdentityRegionWriter
+
+    run_dir = tmp / "policy-lane"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tenant = f"tnt:{uuid.UUID(int=1)}"
+    writer = IdentityRegionWriter(HIVE, capacity=Capacity.for_ilks(len(records)), run_dir=run_dir)
+    router: Router | None = None
+    try:
+        with writer.batch():
+            for r in records:
+                writer.put_ilk(r.ilk, tenant_id=tenant, ilk_type=r.type, registration_status="complete",
+                               handler_node=r.handler_node or "", human_subtype=r.human_subtype or "",
+                               capabilities=r.capabilities)
+        router = Router(RouterSettings(hive_id=HIVE, run_dir=run_dir), router_uuid=str(uuid.uuid4()))
+        policy = router.policy
+        handlers = {r.ilk: r.handler_node for r in records if r.handler_node}
+        policy.install(router_policy.Loaded(1, artefact.sha256, artefact, engine, router.l3.identity_version(),
+                                            handlers, {}))
+        conns: list[Any] = []  # what the lane reads of a connection
+        for i in range(LANE_SENDERS):
+            node = str(uuid.UUID(int=i + 1))
+            name = f"IO.web{i}@{HIVE}"
+            conns.append(SimpleNamespace(uuid=node, uuid_bytes=node.encode(), name=name, stamp=make_stamp(name)))
+        pairs: list[tuple[Any, bytes]] = []
+        for i, meta in enumerate(_metas(records, LANE_METAS)):
+            conn = conns[i % len(conns)]
+            policy.evaluate(conn.uuid, conn.name, meta)  # the first message: the general path evaluates
+            if policy.lane.lookup(conn, meta) is not None:  # the second: the lane learns it
+                pairs.append((conn, meta))
+        if not pairs:
+            raise RuntimeError("the fast lane took none of the bench's decisions")
+        lookup, evaluate, clock = policy.lane.lookup, policy.evaluate, time.perf_counter_ns
+        lane, general, timer = [], [], []
+        for i in range(samples):
+            conn, meta = pairs[i % len(pairs)]
+            t0 = clock()
+            lookup(conn, meta)
+            t1 = clock()
+            evaluate(conn.uuid, conn.name, meta)
+            t2 = clock()
+            clock()
+            t3 = clock()
+            lane.append((t1 - t0) / 1000)
+            general.append((t2 - t1) / 1000)
+            timer.append((t3 - t2) / 1000)
+        return {"lane": _summary(lane), "general_cache_hit": _summary(general), "timer": _summary(timer),
+                "metas": LANE_METAS, "senders": LANE_SENDERS, "held_by_lane": len(pairs),
+                "identity_region": list(router.l3.identity_version())}
+    finally:
+        if router is not None:
+            router.l3.close()
+        writer.close()
+
+
+def bench_policy(evaluations: int, tmp: Path | None = None) -> dict[str, Any]:
     """The policy section's figures (``evaluations`` decisions per engine)."""
     records = identities()
     data = build_identity_data(records)
@@ -167,6 +256,10 @@ def bench_policy(evaluations: int) -> dict[str, Any]:
                               memory_mb=round(wasm._instance.size / 2**20, 1))
         result["ratios"] = {"wasm_p50_over_regorus_p50": round(result["wasm"]["p50_us"] / result["regorus"]["p50_us"],
                                                                  2)}
+    if tmp is not None:
+        name = "wasm" if "wasm" in engines else "regorus"
+        result["cache_hit"] = bench_cache_hit(artefact, engines[name], data, records, evaluations, tmp)
+        result["cache_hit"]["engine"] = name
     scan: Artefact = compile_policy(SCAN_POLICY, opa=opa, use_opa=opa is not None)
     scan_engines = {name: load(scan, data, engine=name) for name in engines}  # type: ignore[arg-type]
     scan_samples = _measure(scan_engines, docs[:20], 20)  # a scan costs milliseconds: a few samples say it
@@ -193,7 +286,26 @@ def format_policy(r: dict[str, Any]) -> list[str]:
     rows.append(f"  compile (median of 3): opa build -t wasm {opa_ms}, regorus parse {compile_ms['regorus']:.1f} ms")
     rows.append("  for the record, the same rule scanning every identity instead of the index: "
                 + ", ".join(f"{k} p50 {v:,.0f} µs" for k, v in r["scan_p50_us"].items()))
+    hit = r.get("cache_hit")
+    if hit is not None:
+        lane, general = hit["lane"], hit["general_cache_hit"]
+        rows.append(f"  cached dst:null decision, fast lane lookup as the router does it: p50 {lane['p50_us']:.2f} µs"
+                    f"   p99 {lane['p99_us']:.2f} µs   (target ≤ 1 µs; timer overhead p50 "
+                    f"{hit['timer']['p50_us']:.2f} µs included)")
+        rows.append(f"  the general path's cache hit (key tuple, dict lookup): p50 {general['p50_us']:.2f} µs"
+                    f"   p99 {general['p99_us']:.2f} µs   ({hit['held_by_lane']:,} of {hit['metas']:,}"
+                    f" metas with a src_ilk from {hit['senders']} senders held by the lane; {hit['engine']} verdicts)")
     return rows
+
+
+def format_routed(r: dict[str, Any]) -> list[str]:
+    """The transports section's explicit and dst:null figures, repeated next to the policy figures."""
+    if "fluxbee" not in r or "fluxbee_null" not in r:
+        return []
+    f, n = r["fluxbee"], r["fluxbee_null"]
+    return [f"  routed round trip in this run: explicit dst p50 {f['rtt_us']['p50']:.1f} µs, dst:null p50 "
+            f"{n['rtt_us']['p50']:.1f} µs, ratio {n['rtt_us']['p50'] / f['rtt_us']['p50']:.2f} (target ≤ 1.2); "
+            f"one-way {f['msgs_per_s']:,} / {n['msgs_per_s']:,} msgs/s"]
 
 
 class PolicyDecisions:
@@ -201,7 +313,15 @@ class PolicyDecisions:
 
     async def measure(self, plan: Plan, tmp: Path) -> dict[str, Any]:
         # Blocking calls in-process: the bench runs one section at a time, nothing else is on the loop.
-        return {"policy": bench_policy(plan.round_trips)}
+        result = bench_policy(plan.round_trips, tmp)
+        try:
+            result["distribution"] = measure_distribution(tmp, DISTRIBUTION_RUNS)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+            result["distribution"] = {"error": f"{type(err).__name__}: {err}"}
+        return {"policy": result}
 
     def lines(self, r: dict[str, Any]) -> Lines:
-        return Lines(notes=tuple(format_policy(r["policy"])))
+        dist = r["policy"].get("distribution")
+        rows = [] if dist is None else [f"  compile and distribute not measured: {dist['error']}"] if "error" in dist \
+            else format_distribution(dist)
+        return Lines(notes=tuple(format_policy(r["policy"]) + rows + format_routed(r)))

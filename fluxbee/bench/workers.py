@@ -232,9 +232,10 @@ NULL_POLICY = """package router
 
 default target := "WF.echo"
 
-target := "WF.sink" if input.meta.context.to == "sink"
+target := "WF.sink" if input.routing.src_l2_name == "WF.bench.burst@bench"
 """
-"""Where the bench's ``dst: null`` messages go: the echo node, or the sink when ``context.to`` says so."""
+"""Where the bench's ``dst: null`` messages go: the echo node, or the sink for the burst sender's
+(the same plain message as the explicit bursts: the client's cost is the same for both)."""
 
 
 def policy_region(run_dir: str, hive_id: str) -> None:

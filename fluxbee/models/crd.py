@@ -333,7 +333,10 @@ KINDS: tuple[Kind, ...] = (
         ("fpol",),
         (
             Column("Entrypoint", ".spec.entrypoint"),
-            Column("SHA256", ".status.sha256", priority=1),
+            Column("Delivered", ".status.deliveredVersion", type="integer",
+                   description="Version written to the hives' policy ConfigMaps."),
+            Column("Engine", ".status.engine", description="wasm (opa) or regorus."),
+            Column("SHA256", ".status.deliveredSha256", priority=1),
             _PHASE,
             _AGE,
             _MESSAGE,

@@ -499,10 +499,34 @@ class PolicySpec(_Model):
         pattern=r"^data(\.[A-Za-z_][A-Za-z0-9_]*)+$",
         description="Rule queried for each routing decision.",
     )
+    data: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The policy's own data document (`data.<key>` in Rego); `identity`, "
+        "`identity_aliases`, `by_capability` and `by_role` are filled in by the routers.",
+    )
+    hives: list[str] | None = Field(
+        default=None,
+        max_length=256,
+        description="Hive resources (in this namespace) whose routers run this policy; absent: every "
+        "Hive of the namespace. A hive runs at most one Policy: the first one delivered keeps it.",
+    )
+    pin_version: int | None = Field(
+        default=None,
+        ge=1,
+        description="Deliver this stored version instead of the newest compiled one (rollback); it "
+        "must still be kept (see `status.versions`).",
+    )
+    keep_versions: int = Field(
+        default=5,
+        ge=1,
+        le=50,
+        description="Compiled versions kept (one ConfigMap each) for rollback; the delivered and the "
+        "pinned version are always kept as well.",
+    )
 
 
 class Policy(_Model):
-    """A Rego routing policy; the operator validates its syntax and reports errors in status."""
+    """A Rego routing policy: compiled by the operator, stored per version, delivered to the hives' routers."""
 
     api_version: Literal["fluxbee.io/v1alpha1"] = API_VERSION
     kind: Literal["Policy"] = "Policy"

@@ -132,9 +132,56 @@ class DegreeStatus(ResourceStatus):
     )
 
 
+class PolicyVersionStatus(_Status):
+    """One compiled version the operator keeps (a ConfigMap holding its artefact)."""
+
+    version: int = Field(ge=1, description="Policy version (strictly increasing per Policy).")
+    sha256: str = Field(description="sha256 of the artefact bytes (what the routers check).")
+    engine: str = Field(description="`wasm` (compiled by opa) or `regorus` (no opa where it was compiled).")
+    config_map: str = Field(description="The ConfigMap whose binaryData holds the artefact.")
+    source_sha256: str = Field(description="sha256 of the spec it was compiled from (rego, entrypoint, data).")
+
+
+class PolicyHiveStatus(_Status):
+    """What the operator delivered to one hive."""
+
+    hive: str = Field(description="Hive resource name.")
+    config_map: str = Field(description="The hive's policy ConfigMap, mounted into its routers.")
+    version: int | None = Field(default=None, description="Version written into it, if any.")
+    sha256: str | None = Field(default=None, description="sha256 of the artefact written into it.")
+    state: str = Field(description="`Delivered`, or `Taken` (another Policy delivers to this hive).")
+    message: str = Field(default="", description="Why, when not delivered.")
+
+
+class PolicyAppliedStatus(_Status):
+    """What a hive's router reports it runs (through the hive's admin API, which reaches it)."""
+
+    version: int | None = Field(default=None, description="Policy version the router runs.")
+    sha256: str | None = Field(default=None, description="sha256 of the artefact it runs.")
+    engine: str | None = Field(default=None, description="`wasm` or `regorus`.")
+    state: str | None = Field(default=None, description="The router's policy status: loaded, error or none.")
+    error: str | None = Field(default=None, description="Why the router refused the last delivery, if it did.")
+    reported_by: str | None = Field(default=None, description="The admin replica that read the router.")
+    at: str | None = Field(default=None, description="When (RFC 3339).")
+
+
 class PolicyStatus(ResourceStatus):
-    """Validation result of a policy."""
+    """Compile result, stored versions and delivery of a policy."""
 
     sha256: str | None = Field(default=None, description="sha256 of spec.rego.")
     packages: list[str] = Field(default_factory=list, description="Rego packages it defines.")
-    error: str | None = Field(default=None, description="First syntax error, if any.")
+    error: str | None = Field(default=None, description="The compile error, if any.")
+    error_line: int | None = Field(default=None, description="Line of the compile error.")
+    error_column: int | None = Field(default=None, description="Column of the compile error.")
+    compiled_version: int | None = Field(default=None, description="Newest compiled version.")
+    engine: str | None = Field(default=None, description="Engine of the delivered version: `wasm` or `regorus`.")
+    compiler: str | None = Field(default=None, description="What compiled the delivered version, e.g. `opa 1.22.4`.")
+    fallback_reason: str | None = Field(default=None, description="Why the delivered version has no WebAssembly.")
+    delivered_version: int | None = Field(default=None, description="Version written to the hives' ConfigMaps.")
+    delivered_sha256: str | None = Field(default=None, description="sha256 of the delivered artefact.")
+    pinned_version: int | None = Field(default=None, description="spec.pinVersion when it is delivered.")
+    versions: list[PolicyVersionStatus] = Field(default_factory=list, description="Versions kept, newest first.")
+    hives: list[PolicyHiveStatus] = Field(default_factory=list, description="Delivery per hive.")
+    applied: dict[str, PolicyAppliedStatus] = Field(
+        default_factory=dict, description="Per Hive resource: the version its router runs, as reported by the "
+        "hive's admin API (the router of the admin replica's host).")

@@ -131,7 +131,21 @@ class Lifecycle:
 
     async def compile(self, req: CompileRequest, *, apply: bool) -> dict[str, Any]:
         """Compile (in a worker thread: ``opa build`` takes a while), then take a version and stage it;
-        with ``apply`` make it current at once."""
+        with ``apply`` make it current at once.
+
+        The mother's apply of a version this hive already runs (its follow loop asked the mother
+        between the mother's own apply and the change reaching this hive) is answered as done, with
+        the router's policy: the same policy under the same version, nothing compiled or published
+        again. The same version with another policy is still refused (VERSION_MISMATCH)."""
+        if req.version is not None and apply:
+            current, _ = self._files()
+            if current is not None and current.version == req.version and _same_policy(current, req):
+                router = await self.publisher.router_policy()
+                done = router is not None and router.get("version") == current.version
+                return {"status": "ok", "hive": self.hive_id, "version": current.version, "compile_time_ms": 0,
+                        **_sizes(current), "staged": False, "applied": True, "already_current": True,
+                        "router": {"status": "applied" if done else "pending",
+                                   "routers": [router] if router is not None else []}}
         started = time.perf_counter()
         artefact = await self._on_policy_thread(_compile, req)
         compile_ms = int((time.perf_counter() - started) * 1000)
@@ -262,6 +276,12 @@ class Lifecycle:
             out["last_apply"] = self.last_result
             out["router"] = await self.publisher.router_policy()
         return out
+
+
+def _same_policy(item: Versioned, req: CompileRequest) -> bool:
+    """Whether ``req`` asks for the policy ``item`` was compiled from (source, entry point, data)."""
+    a = item.artefact
+    return a.source == req.rego and a.target_entrypoint == req.entrypoint and dict(a.data) == dict(req.data or {})
 
 
 def _sizes(item: Versioned) -> dict[str, Any]:

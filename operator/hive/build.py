@@ -56,6 +56,12 @@ CREDENTIAL_DIR = f"{SDK_CONFIG_DIR}/credential"
 CREDENTIAL_KEY = "token"
 CREDENTIAL_FILE = f"{CREDENTIAL_DIR}/{CREDENTIAL_KEY}"
 CLAIMS_MOUNT = "/etc/fluxbee/claims"
+# The hive's routing policy: a ConfigMap the Policy's reconcile writes (``fluxbee.operator.policy``),
+# mounted optional (a hive without a Policy starts all the same) and read by ``router --policy-dir``.
+POLICY_MOUNT = "/etc/fluxbee/policy"
+POLICY_ARTEFACT_KEY = "artefact"
+POLICY_VERSION_KEY = "version"
+POLICY_SHA256_KEY = "sha256"
 _TOKEN_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -85,6 +91,11 @@ def names(hive: Hive) -> HiveNames:
         claims_config_map=claims_config_map_name(base),
         system_credentials=f"{base}-system-credentials",
     )
+
+
+def policy_config_map_name(hive_name: str) -> str:
+    """The hive's policy ConfigMap: the artefact its routers run, written by the Policy's reconcile."""
+    return f"{hive_name}-policy"
 
 
 def claims_config_map_name(hive_name: str) -> str:
@@ -292,6 +303,8 @@ def router_container(hive: Hive, namespace: str, settings: OperatorSettings, ima
             f"0.0.0.0:{port}",
             "--claims-dir",
             CLAIMS_MOUNT,
+            "--policy-dir",
+            POLICY_MOUNT,
             *mesh_args(hive, namespace),
             *(extra_args or []),
         ],
@@ -323,6 +336,7 @@ def router_container(hive: Hive, namespace: str, settings: OperatorSettings, ima
             {"name": "sockets", "mountPath": RUN_DIR},
             {"name": "hive-config", "mountPath": CONFIG_MOUNT, "readOnly": True},
             {"name": "claims", "mountPath": CLAIMS_MOUNT, "readOnly": True},
+            {"name": "policy", "mountPath": POLICY_MOUNT, "readOnly": True},
             dict(LINK_VOLUME_MOUNT),
         ],
     }
@@ -411,12 +425,18 @@ def sockets_volume(hive: Hive) -> dict[str, Any]:
     return {"name": "sockets", "hostPath": {"path": hive.host_socket_dir, "type": "DirectoryOrCreate"}}
 
 
+def policy_volume(hive: Hive) -> dict[str, Any]:
+    """Every router of the hive mounts its policy ConfigMap (optional: absent until a Policy delivers)."""
+    return {"name": "policy", "configMap": {"name": policy_config_map_name(hive.metadata.name), "optional": True}}
+
+
 def router_volumes(hive: Hive) -> list[dict[str, Any]]:
-    """What a hive pod's router mounts: sockets (the host's), config, claims, certificate."""
+    """What a hive pod's router mounts: sockets (the host's), config, claims, policy, certificate."""
     return [
         sockets_volume(hive),
         {"name": "hive-config", "configMap": {"name": names(hive).config_map}},
         {"name": "claims", "configMap": {"name": names(hive).claims_config_map}},
+        policy_volume(hive),
         link_volume(hive),
     ]
 

@@ -17,6 +17,7 @@ from fluxbee.operator.hive.build import (
     labels,
     names,
     placement,
+    policy_volume,
     router_container,
 )
 from fluxbee.operator.hive.links import (
@@ -62,11 +63,12 @@ def build_mesh_service(hive: Hive, namespace: str) -> dict[str, Any]:
 
 def private_run_volumes(hive: Hive) -> list[dict[str, Any]]:
     """A router pod of its own (gateway, identity): a private socket dir, the hive's config,
-    claims and certificate."""
+    claims, policy and certificate."""
     return [
         {"name": "sockets", "emptyDir": {}},
         {"name": "hive-config", "configMap": {"name": names(hive).config_map}},
         {"name": "claims", "configMap": {"name": names(hive).claims_config_map}},
+        policy_volume(hive),
         link_volume(hive),
     ]
 

@@ -52,6 +52,13 @@ def test_fluxbee_bench_json_reports_every_transport_and_the_router_memory() -> N
         assert policy["ratios"]["wasm_p50_over_regorus_p50"] > 0
     else:
         assert "opa is not on PATH" in policy["wasm_unavailable"] and "wasm" not in policy
+    hit = policy["cache_hit"]  # a cached dst:null decision on a router's runtime, the lane's lookup
+    assert hit["lane"]["samples"] == 300 and 0 < hit["lane"]["p50_us"] <= hit["lane"]["p99_us"]
+    assert hit["held_by_lane"] == hit["metas"] > 0 and hit["engine"] == engines[0]
+    dist = policy["distribution"]  # three fluxbee up hives: compile and distribute to every router
+    assert "error" not in dist, dist
+    assert dist["routers"] == 3 and dist["runs"] == 7 and 0 < dist["wall_s"]["p50"] <= dist["wall_s"]["max"]
+    assert dist["compiler"].startswith("opa ") if "wasm" in engines else dist["compiler"] == "regorus"
     for key in ("floor", "relay", "fluxbee", "fluxbee_null", "nats"):
         assert result[key]["rtt_us"]["samples"] == 300
         assert result[key]["cpu_migrations_per_rtt"] >= 0

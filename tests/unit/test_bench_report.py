@@ -59,7 +59,10 @@ _POLICY = {"identities": 10_000, "evaluations": 2_000,
                     "memory_mb": 15.0},
            "regorus": {"p50_us": 28.0, "p99_us": 60.0}, "load_ms": {"wasm": 300.0, "regorus": 80.0},
            "ratios": {"wasm_p50_over_regorus_p50": 0.64}, "compile_ms": {"opa": 120.0, "regorus": 2.0},
-           "scan_p50_us": {"wasm": 9000.0}}
+           "scan_p50_us": {"wasm": 9000.0},
+           "cache_hit": {"lane": {"p50_us": 0.6, "p99_us": 1.1}, "general_cache_hit": {"p50_us": 0.25, "p99_us": 0.7},
+                         "timer": {"p50_us": 0.09}, "metas": 2000, "senders": 50, "held_by_lane": 2000,
+                         "engine": "wasm"}}
 
 
 _CROSS = {"link": {"rtt_us": {"p50": 100.0, "p99": 170.0}, "msgs_per_s": 80_000},
@@ -79,7 +82,11 @@ def test_the_default_report_has_the_transport_table_then_the_targets_then_the_no
     assert "policy decision, 10,000 identities" in lines[18]  # the policy section's notes come last
     assert lines[19].split()[:3] == ["wasm", "p50", "18.0"]
     assert "wasm p50 / regorus p50 = 0.64" in lines[21]
-    assert lines[25].startswith("cross-hive (hive A → WF.echo@B over the mTLS link")
-    assert lines[29] == "link p50 / NATS-pair p50 = 0.45   (target ≤ 0.5)"
-    assert len(lines) == 32
+    assert lines[24].startswith("  cached dst:null decision, fast lane lookup as the router does it: p50 0.60 µs")
+    assert lines[25].startswith("  the general path's cache hit (key tuple, dict lookup): p50 0.25 µs")
+    assert lines[26] == ("  routed round trip in this run: explicit dst p50 25.0 µs, dst:null p50 27.5 µs, ratio 1.10 "
+                         "(target ≤ 1.2); one-way 2,000 / 1,000 msgs/s")
+    assert lines[28].startswith("cross-hive (hive A → WF.echo@B over the mTLS link")
+    assert lines[32] == "link p50 / NATS-pair p50 = 0.45   (target ≤ 0.5)"
+    assert len(lines) == 35
     assert isinstance(run.SECTIONS[0], Transports)

@@ -313,5 +313,5 @@ def test_an_out_of_date_extension_is_not_used(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("FLUXBEE_PURE_PYTHON", raising=False)
     module, why = _native._load()
     assert module is None
-    assert why == ("python (C extension out of date, lacks extend, frame, trace_seed, trace_id, hop: "
-                   "run `make setup` or reinstall)")
+    assert why == ("python (C extension out of date, lacks extend, frame, trace_seed, trace_id, scan_null, "
+                   "splice_null, extend_null, hop: run `make setup` or reinstall)")

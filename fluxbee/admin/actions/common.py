@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fluxbee.admin.backend import Backend, NodeObservation, RouteConfig, RouterLink
 from fluxbee.admin.errors import AdminError
@@ -21,6 +21,9 @@ from fluxbee.admin.global_config import GlobalConfig
 from fluxbee.admin.history import DEPLOYMENTS, History, HistoryUnavailable, Journal
 from fluxbee.admin.link import RouterRoutes
 from fluxbee.models import validate_node_name
+
+if TYPE_CHECKING:
+    from fluxbee.admin.kube_policy import KubePolicies
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ class Context:
     global_config: GlobalConfig | None = None
     """The global routes and VPN rules this hive sets (mother) or follows (worker); None: not kept
     (the Kubernetes backend), and ``PUT /config/*`` changes this hive only."""
+    policies: KubePolicies | None = None
+    """In a cluster: the ``/opa/*`` routes act on the hive's Policy resource (no SY.policy runs there)."""
 
     def route_lock(self, hive: str) -> asyncio.Lock:
         return self.route_locks.setdefault(hive, asyncio.Lock())

@@ -8,6 +8,10 @@ others at once over the links, compiled and staged under the version this hive g
 answer lists each hive's result in ``responses``; hives that did not answer in time are named in
 ``pending_hives`` and the envelope's status is ``sync_pending`` (HTTP 202).
 
+In a cluster (``Context.policies`` set) there is no SY.policy: compile-and-apply, rollback and the two
+reads act on the hive's Policy resource (:mod:`fluxbee.admin.kube_policy`); staging and ``check``
+answer ``UNSUPPORTED_OPERATION``.
+
 Reads (``opa_get_policy``, ``opa_get_status``, ``opa_get_decisions``) and ``opa_check`` are about
 one hive (``?hive=``, default this one; another hive's through its admin API over the links).
 ``opa_check`` compiles in memory and evaluates an ``input``: it writes nothing and takes no version.
@@ -193,27 +197,67 @@ async def _known(ctx: Context, hive: str) -> None:
     await check_hive(ctx, hive)  # raises NOT_FOUND / HIVE_NOT_CONNECTED
 
 
+async def _cluster_write(ctx: Context, target: str, p: OpaWriteParams, call: Call, action: str) -> dict[str, Any]:
+    """In a cluster: write the hive's Policy resource and answer with what the operator made of it."""
+    policies = ctx.policies
+    assert policies is not None
+    await check_hive(ctx, p.hive or p.target or target)  # this hive only: other hives have their own Policy
+    kind = _KIND[action]
+    if kind == "compile":
+        if p.rego is None or not p.rego.strip():
+            raise AdminError("COMPILE_ERROR", "rego_missing: the body needs a non-empty rego", status=400)
+        _check_size(p)
+
+    async def work() -> dict[str, Any]:
+        started = time.perf_counter()
+        if kind == "compile":
+            assert p.rego is not None
+            written = await policies.write(p.rego, p.entrypoint, p.data)
+        else:
+            written = await policies.pin(p.version)
+        return policies.answer(kind, written, await policies.settled(written), started)
+
+    return await record_change(ctx, call, "opa", action, time.time(), work(),
+                               {"hive": ctx.backend.hive_id, "version": p.version})
+
+
+def _unstaged(ctx: Context, what: str) -> None:
+    if ctx.policies is not None:
+        raise AdminError("UNSUPPORTED_OPERATION", f"in Kubernetes a Policy resource has no staging ({what}): "
+                                                  "POST /opa/policy compiles and delivers, /opa/policy/rollback "
+                                                  "pins a stored version")
+
+
 async def opa_compile_apply(ctx: Context, target: str, p: OpaWriteParams, call: Call) -> dict[str, Any]:
+    if ctx.policies is not None:
+        return await _cluster_write(ctx, target, p, call, "opa_compile_apply")
     return await _write(ctx, target, p, call, "opa_compile_apply")
 
 
 async def opa_compile(ctx: Context, target: str, p: OpaWriteParams, call: Call) -> dict[str, Any]:
+    _unstaged(ctx, "compile without apply")
     return await _write(ctx, target, p, call, "opa_compile")
 
 
 async def opa_apply(ctx: Context, target: str, p: OpaWriteParams, call: Call) -> dict[str, Any]:
     if p.rego is not None or p.data is not None:
         raise AdminError("INVALID_REQUEST", "apply takes the staged policy: leave rego and data out")
+    _unstaged(ctx, "apply of a staged version")
     return await _write(ctx, target, p, call, "opa_apply")
 
 
 async def opa_rollback(ctx: Context, target: str, p: OpaWriteParams, call: Call) -> dict[str, Any]:
     if p.rego is not None or p.data is not None:
         raise AdminError("INVALID_REQUEST", "rollback restores an applied policy: leave rego and data out")
+    if ctx.policies is not None:
+        return await _cluster_write(ctx, target, p, call, "opa_rollback")
     return await _write(ctx, target, p, call, "opa_rollback")
 
 
 async def opa_check(ctx: Context, target: str, p: OpaCheckParams, call: Call) -> dict[str, Any]:
+    if ctx.policies is not None:
+        raise AdminError("UNSUPPORTED_OPERATION", "in Kubernetes /opa/policy/check is not served: the operator "
+                                                  "compiles; use fluxbee policy check locally")
     await check_hive(ctx, target)
     _check_size(p)
     body = {k: v for k, v in p.model_dump().items() if v is not None}
@@ -225,6 +269,8 @@ async def opa_check(ctx: Context, target: str, p: OpaCheckParams, call: Call) ->
 
 async def opa_get_policy(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
     await check_hive(ctx, target)
+    if ctx.policies is not None:
+        return await ctx.policies.describe(with_source=True)
     reply = await _ask(ctx, target, "POLICY_GET", {})
     if reply.get("status") != "ok":
         _raise(reply, target)
@@ -233,6 +279,8 @@ async def opa_get_policy(ctx: Context, target: str, p: s.NoParams, call: Call) -
 
 async def opa_get_status(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
     await check_hive(ctx, target)
+    if ctx.policies is not None:
+        return await ctx.policies.describe(with_source=False)
     reply = await _ask(ctx, target, "POLICY_STATUS", {})
     if reply.get("status") != "ok":
         _raise(reply, target)

@@ -124,7 +124,8 @@ OPERATOR_NEEDS = [
       for verb in ("get", "list", "watch", "patch")),
     *((verb, f"{kind}.fluxbee.io/status") for kind in ("hives", "fluxnodes", "runtimes", "modules", "degrees",
                                                         "policies") for verb in ("get", "patch")),
-    *((verb, f"{kind}.fluxbee.io/finalizers") for kind in ("hives", "fluxnodes") for verb in ("update",)),
+    *((verb, f"{kind}.fluxbee.io/finalizers") for kind in ("hives", "fluxnodes", "policies")
+      for verb in ("update",)),
     *((verb, kind) for kind in ("pods", "configmaps", "services", "daemonsets.apps", "deployments.apps",
                                 "statefulsets.apps")
       for verb in ("get", "list", "watch", "create", "patch", "delete")),

@@ -24,6 +24,7 @@ from hive_harness import RouterProc, wait_until
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.policy import compile_policy
 from fluxbee.dataplane.sdk import NodeConfig, NodeReceiver, NodeSender, connect
+from fluxbee.dataplane.shm import identity as identity_shm
 from fluxbee.dataplane.shm.policy import POLICY_ARTEFACT_OFFSET, PolicyRegion, artefact_digest
 from fluxbee.identity import client as idc
 
@@ -210,6 +211,24 @@ async def test_seed_rules_capability_load_balancing_and_system_status(
         await io.send("AI.ops", {"q": "direct"}, meta=wire.Meta(type="user", action="system_status",
                                                                 src_ilk=ilks["staff"]))
         assert (await admin_rx.recv(timeout=5)).payload == {"q": "direct"}
+        # an alias is judged as its canonical ILK: the staff member's WhatsApp got a temporary ILK,
+        # which the front desk merged into the staff ILK; a message still carrying the old ILK is the staff's
+        temp = await idc.provision_ilk(io, "whatsapp", "+34600999000")
+        await idc.add_channel(desk, ilks["staff"], "whatsapp", "+34600999000",
+                              ich_id=idc.ich_for(tenant, "whatsapp", "+34600999000"),
+                              merge_from_ilk_id=temp["ilk_id"], change_reason="same person")
+        reader = identity_shm.IdentityRegionReader("t", run_dir=run_dir)
+        try:
+            wait_until(lambda: reader.canonical(temp["ilk_id"]) == ilks["staff"], 10, "the alias in the region")
+        finally:
+            reader.close()
+        await io.send(None, {"q": "alias"}, meta=wire.Meta(type="user", action="system_status",
+                                                           src_ilk=temp["ilk_id"]))
+        aliased = await admin_rx.recv(timeout=5)
+        assert aliased.payload == {"q": "alias"} and aliased.meta.src_ilk == ilks["staff"], aliased.meta
+        await io.send("AI.ops", {"q": "alias direct"}, meta=wire.Meta(type="user", action="system_status",
+                                                                      src_ilk=temp["ilk_id"]))
+        assert (await admin_rx.recv(timeout=5)).payload == {"q": "alias direct"}
         # a plain message with an explicit dst is not evaluated at all
         before = router.status()["policy"]["cache"]
         await io.send("AI.billing1", {"plain": True})
@@ -218,15 +237,20 @@ async def test_seed_rules_capability_load_balancing_and_system_status(
         assert (after["hits"], after["misses"]) == (before["hits"], before["misses"])
 
         audit = await decisions(io, router.uuid)
-        results = Counter(d["result"] for d in audit["decisions"])
-        assert results == {"routed": 13, wire.OPA_NO_TARGET: 1, wire.POLICY_DENIED: 3, "allowed": 1}, results
+        results: Counter[str] = Counter()
+        for d in audit["decisions"]:  # a record is one decision, or the fast lane's aggregate of `count`
+            results[d["result"]] += d["count"]
+        assert results == {"routed": 14, wire.OPA_NO_TARGET: 1, wire.POLICY_DENIED: 3, "allowed": 2}, results
+        lane = [d for d in audit["decisions"] if d["count"] > 1]
+        assert lane and all(d["cached"] and d["result"] == "routed" and d["since_ms"] <= d["ts_ms"] for d in lane), \
+            "repeated decisions were taken by the fast lane and audited as aggregates"
         assert {d["policy_version"] for d in audit["decisions"]} == {version}
         assert all(len(d["input_digest"]) == 16 for d in audit["decisions"])
         metrics = router.metrics()
         cache = router.status()["policy"]["cache"]
         assert f'fluxbee_router_policy_cache_total{{outcome="hit"}} {cache["hits"]}' in metrics, metrics
         assert f'fluxbee_router_policy_cache_total{{outcome="miss"}} {cache["misses"]}' in metrics
-        assert 'fluxbee_router_policy_decisions_total{result="routed"} 13' in metrics
+        assert 'fluxbee_router_policy_decisions_total{result="routed"} 14' in metrics
         assert 'fluxbee_router_policy_decisions_total{result="POLICY_DENIED"} 3' in metrics
         assert f"fluxbee_router_policy_version {version}" in metrics
         await admin_sender.close()
@@ -320,6 +344,40 @@ async def test_a_new_version_under_load_routes_each_message_by_exactly_one_versi
             "one swap: every decision after it is by the new version"
         assert versions.count(first) == len(got_a) and versions.count(second) == len(got_b)
         assert all(d["resolved"] == ("AI.a@t" if d["policy_version"] == first else "AI.b@t") for d in audit)
+
+        # the same with one repeated meta: after its first message the fast lane routes them (audited
+        # as aggregates); a swap under load still routes each by exactly one version, in order
+        third_a = await publisher.apply(by_name("AI.a"))
+        start = (await decisions(io, router.uuid))["latest"]
+        lane_before = router.status()["policy"]["cache"]["lane_hits"]
+
+        async def repeated() -> None:
+            for i in range(total):
+                await io.send(None, {"i": i}, meta=wire.Meta(type="user", context={"same": True}))
+                if i % 50 == 0:
+                    await asyncio.sleep(0.01)
+
+        sending = asyncio.create_task(repeated())
+        await asyncio.sleep(0.05)
+        fourth_b = await publisher.apply(by_name("AI.b"))
+        await sending
+        got_a, got_b = await drain(a_rx, 1.0), await drain(b_rx, 1.0)
+        on_a, on_b = [m.payload["i"] for m in got_a], [m.payload["i"] for m in got_b]
+        assert sorted(on_a + on_b) == list(range(total)), "nothing lost, nothing twice"
+        assert on_b and (not on_a or max(on_a) < min(on_b)), "one swap: everything after it by the new version"
+        assert on_a == sorted(on_a) and on_b == sorted(on_b)
+        page = await decisions(io, router.uuid, after=start)
+        lane = page["decisions"]
+        assert sum(d["count"] for d in lane) == total and any(d["count"] > 1 for d in lane)
+        by_version = Counter()
+        for d in lane:
+            by_version[d["policy_version"]] += d["count"]
+            assert d["resolved"] == ("AI.a@t" if d["policy_version"] == third_a else "AI.b@t"), d
+        assert by_version == {third_a: len(got_a), fourth_b: len(got_b)} if got_a else {fourth_b: len(got_b)}
+        seqs = {v: [d["seq"] for d in lane if d["policy_version"] == v] for v in by_version}
+        if got_a:
+            assert max(seqs[third_a]) < min(seqs[fourth_b]), "audited in the order the versions ran"
+        assert router.status()["policy"]["cache"]["lane_hits"] - lane_before == total - 2 + (0 if got_a else 1)
 
         # the safety net: a version published without OPA_RELOAD is found by the router's poll
         third, _ = publisher.publish(by_name("AI.a"))

@@ -1,4 +1,4 @@
-"""Module / Degree digests and Policy validation reach status through the real operator."""
+"""Module / Degree digests and Policy compile results reach status through the real operator."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from operator_kmock_support import NS, Cluster, OperatorHandle, eventually
 
+from fluxbee.dataplane.policy import OpaNotFound, find_opa
 from fluxbee.identity import degrees as dg
 
 
@@ -49,19 +50,27 @@ async def test_module_and_degree_digests_follow_content(
     assert degree["conditions"][2]["reason"] == "ModuleVersionMismatch"
 
 
-async def test_policy_syntax_errors_are_reported_in_status(
+async def test_policy_compile_errors_are_reported_in_status(
     cluster: Cluster, operator: OperatorHandle
 ) -> None:
     good = "package router\n\ndefault target := \"AI.support.l1\"\n"
-    await cluster.api.create("policies", NS, doc("Policy", "ok", {"rego": good}))
-    await cluster.api.create("policies", NS, doc("Policy", "bad", {"rego": "package router\ntarget := if {"}))
+    await cluster.api.create("policies", NS, doc("Policy", "ok", {"rego": good, "hives": []}))
+    await cluster.api.create("policies", NS, doc("Policy", "bad", {"rego": "package router\ntarget := if {",
+                                                                   "hives": []}))
 
     ok = await phase(cluster, "policies", "ok", "Ready")
-    assert ok["packages"] == ["data.router"]
+    assert (ok["compiledVersion"], ok["deliveredVersion"]) == (1, 1)
+    try:  # the engine status names is the one this machine can compile for
+        find_opa()
+    except OpaNotFound:
+        assert (ok["engine"], ok["compiler"]) == ("regorus", "regorus") and "opa" in ok["fallbackReason"]
+    else:
+        assert ok["engine"] == "wasm" and ok["compiler"].startswith("opa ") and "fallbackReason" not in ok
     bad = await phase(cluster, "policies", "bad", "Degraded")
-    assert bad["conditions"][2]["reason"] == "RegoSyntaxError"
-    assert "bad.rego:2" in bad["error"] and "Stack backtrace" not in bad["error"]
+    assert bad["conditions"][2]["reason"] == "CompileError"
+    assert bad["errorLine"] == 2 and ":2:" in bad["error"] and "Stack backtrace" not in bad["error"]
+    assert "compiledVersion" not in bad and "deliveredVersion" not in bad  # nothing compiled, nothing delivered
 
     await cluster.api.patch("policies", NS, "bad", {"spec": {"rego": good}})
     fixed = await phase(cluster, "policies", "bad", "Ready")
-    assert fixed["observedGeneration"] == 2 and "error" not in fixed
+    assert fixed["observedGeneration"] == 2 and "error" not in fixed and fixed["deliveredVersion"] == 1

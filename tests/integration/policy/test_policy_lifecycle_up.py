@@ -80,10 +80,12 @@ def _region(h: Hive) -> tuple[int, str, str]:
         reader.close()
 
 
-async def _send_by_policy(h: Hive) -> None:
+async def _send_by_policy(h: Hive, count: int = 1) -> None:
     sender, _ = await connect(NodeConfig(name="WF.probe", run_dir=h.run_dir))
     try:
-        await sender.send(None, {"hello": 1}, meta=Meta(type="user", action="echo"))
+        for i in range(count):
+            await sender.send(None, {"hello": i}, meta=Meta(type="user", action="echo"))
+        await sender.router_status()  # a round trip: the router has read them all
     finally:
         await sender.close()
 
@@ -221,9 +223,13 @@ def test_a_dst_null_message_is_decided_by_the_applied_policy_and_audited(root: P
         wait_until(lambda: _policy_ready(a), 30, "SY.policy answering")
         assert a.ok("POST", "/opa/policy", {"rego": POLICY.format(hive="D")})["responses"][0]["router"]["status"] \
             == "applied"
-        asyncio.run(_send_by_policy(a))
+        asyncio.run(_send_by_policy(a, 30))
         decisions = wait_until(lambda: a.ok("GET", "/opa/decisions")["decisions"], 15, "a decision")
         assert decisions[-1]["policy_version"] == 1 and decisions[-1]["resolved"] == "WF.echo@D", decisions
+        # repeats of one message: the first evaluated, the rest routed by the fast lane and audited as
+        # aggregates that say how many; every one of the 30 is counted
+        assert sum(d["count"] for d in decisions) == 30 and any(d["count"] > 1 for d in decisions), decisions
+        assert {(d["result"], d["resolved"]) for d in decisions} == {("routed", "WF.echo@D")}
 
 
 def test_an_apply_on_the_mother_reaches_the_worker_or_names_it_pending(root: Path) -> None:

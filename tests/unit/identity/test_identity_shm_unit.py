@@ -50,6 +50,7 @@ def test_lookup_alias_and_removal(writer: ish.IdentityRegionWriter) -> None:
         assert r.lookup_channel("whatsapp", "+1", t1) is None
         h = r.header()
         assert (h.ilk_count, h.alias_count, h.chan_count, h.data_version) == (1, 1, 0, 2)
+        assert r.version() == (h.generation, h.data_version) == (h.generation, 2), "read alone, the same words"
 
 
 def test_heap_exhaustion_compacts_instead_of_failing(writer: ish.IdentityRegionWriter) -> None:
@@ -74,6 +75,8 @@ def test_a_full_table_is_reported(writer: ish.IdentityRegionWriter) -> None:
 def test_a_reader_never_accepts_a_read_while_a_write_is_in_progress(writer: ish.IdentityRegionWriter) -> None:
     with ish.IdentityRegionReader(HIVE) as r, writer.batch(), pytest.raises(ish.ReadTimeoutError):
         r.canonical(ilk())
+    with ish.IdentityRegionReader(HIVE) as r, writer.batch(), pytest.raises(ish.ReadTimeoutError):
+        r.version()
 
 
 def test_a_live_writer_is_not_displaced_but_a_dead_ones_region_is(writer: ish.IdentityRegionWriter) -> None:

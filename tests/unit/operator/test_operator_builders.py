@@ -7,14 +7,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from fluxbee.models import FluxNode, Hive, PolicySpec, Runtime
+from fluxbee.models import FluxNode, Hive, Runtime
 from fluxbee.models.effective import config_digest, effective_config
 from fluxbee.operator.children import is_subset
 from fluxbee.operator.conditions import Outcome, status_changed, status_patch
 from fluxbee.operator.fluxnode.build import build_pod, pod_index, resolve_package
 from fluxbee.operator.hive.build import build_daemon_set, build_services, router_config
 from fluxbee.operator.hive.handlers import hive_outcome
-from fluxbee.operator.policy.build import policy_outcome
 from fluxbee.operator.runtime.build import runtime_outcome
 from fluxbee.operator.settings import OperatorSettings
 
@@ -129,9 +128,3 @@ def test_subset_takes_an_absent_field_for_an_empty_one() -> None:
     assert is_subset(desired, {"metadata": {"labels": {"x": "1"}}})
     assert not is_subset({"metadata": {"annotations": {"a": "1"}}}, {"metadata": {}})
     assert not is_subset({"data": {"k": ""}}, {})
-
-
-def test_policy_outcome_names_the_entrypoint_package() -> None:
-    spec = PolicySpec(rego="package other\nx := 1\n")
-    outcome = policy_outcome("p", spec)
-    assert outcome.reason == "EntrypointNotDefined"

@@ -1,0 +1,244 @@
+"""The ``/opa/*`` routes of the cluster admin API, on the ``Policy`` resource; the applied-version report.
+
+In a cluster no SY.policy runs: the operator compiles ``Policy`` resources and delivers them to the
+hives (``fluxbee.operator.policy``).  So the admin API of a hive acts on the Policy that delivers to
+its hive — the one whose status lists the hive as ``Delivered``, else one whose ``spec.hives``
+names it, else one for every hive of the namespace; when there is none, a write creates
+``Policy/<hive resource>`` with ``spec.hives: [<hive>]``.
+
+* ``POST /opa/policy`` writes ``spec.rego`` (``entrypoint``, ``data``) and clears ``spec.pinVersion``,
+  then waits for the operator to reconcile that generation and answers with the original's envelope
+  (``version``, ``responses`` with this hive's result, ``pending_hives``); bad Rego is
+  ``COMPILE_ERROR`` with ``line`` and ``column`` from the Policy's status.  An operator that does not
+  answer within :data:`RECONCILE_TIMEOUT` leaves the answer ``sync_pending`` (202).
+* ``POST /opa/policy/rollback`` sets ``spec.pinVersion`` (default: the stored version before the
+  delivered one) and answers the same way.
+* ``GET /opa/policy`` and ``GET /opa/status`` read the resource and its status.
+
+The applied version is known from the router itself: every :data:`REPORT_S` seconds the admin
+process asks the router of its host (the one it is connected to) for its status and, when the
+router's policy changed, writes it into the Policy's ``status.applied.<hive>`` (version, sha256,
+engine, the refusal if any, and which admin replica reported).  With several admin replicas on
+different hosts the last report wins; each names its reporter and time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from fluxbee.admin.backend import RouterLink
+from fluxbee.admin.errors import AdminError
+from fluxbee.dataplane.names import API_VERSION
+from fluxbee.kube import ApiError, KubeClient
+
+log = logging.getLogger(__name__)
+
+RECONCILE_TIMEOUT: Final = 60.0
+"""How long a write waits for the operator's compile and delivery of the new generation."""
+REPORT_S: Final = 5.0
+
+
+def _status(obj: Mapping[str, Any]) -> dict[str, Any]:
+    status = obj.get("status")
+    return dict(status) if isinstance(status, Mapping) else {}
+
+
+def _condition(obj: Mapping[str, Any], ctype: str) -> dict[str, Any]:
+    for cond in _status(obj).get("conditions") or []:
+        if isinstance(cond, Mapping) and cond.get("type") == ctype:
+            return dict(cond)
+    return {}
+
+
+def _delivers_to(obj: Mapping[str, Any], hive: str) -> int:
+    """How surely ``obj`` is this hive's Policy: 3 delivered, 2 named, 1 for every hive, 0 not."""
+    if any(isinstance(h, Mapping) and h.get("hive") == hive and h.get("state") == "Delivered"
+           for h in _status(obj).get("hives") or []):
+        return 3
+    hives = (obj.get("spec") or {}).get("hives")
+    if isinstance(hives, list):
+        return 2 if hive in hives else 0
+    return 1
+
+
+class KubePolicies:
+    """The Policy resource of one hive, as the admin API reads and writes it."""
+
+    def __init__(self, api: KubeClient, namespace: str, hive_resource: str, hive_id: str, instance: str) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.hive_resource = hive_resource
+        self.hive_id = hive_id
+        self.instance = instance
+        self._reported: tuple[str, dict[str, Any]] | None = None
+
+    async def find(self) -> dict[str, Any] | None:
+        """This hive's Policy (see the module docstring), or None."""
+        try:
+            items = await self.api.list("policies", self.namespace)
+        except ApiError as err:
+            raise AdminError("SERVICE_FAILED", f"cannot list Policies: {err}") from err
+        ranked = [(_delivers_to(p, self.hive_resource), str(p["metadata"].get("creationTimestamp", "")),
+                   p["metadata"]["name"], p) for p in items]
+        ranked = [r for r in ranked if r[0] > 0]
+        if not ranked:
+            return None
+        ranked.sort(key=lambda r: (-r[0], r[1], r[2]))
+        return ranked[0][3]
+
+    async def _require(self) -> dict[str, Any]:
+        found = await self.find()
+        if found is None:
+            raise AdminError("NOT_FOUND", f"no Policy delivers to Hive {self.hive_resource} in {self.namespace}")
+        return found
+
+    async def write(self, rego: str, entrypoint: str | None, data: dict[str, Any] | None) -> dict[str, Any]:
+        """Set the Policy's Rego (creating the hive's own Policy if none exists) and unpin it."""
+        spec: dict[str, Any] = {"rego": rego, "pinVersion": None}
+        if entrypoint is not None:
+            spec["entrypoint"] = entrypoint if entrypoint.startswith("data.") else \
+                "data." + entrypoint.replace("/", ".")
+        if data is not None:
+            spec["data"] = data
+        found = await self.find()
+        try:
+            if found is None:
+                spec.pop("pinVersion")
+                body = {"apiVersion": API_VERSION, "kind": "Policy",
+                        "metadata": {"name": self.hive_resource, "namespace": self.namespace},
+                        "spec": {**spec, "hives": [self.hive_resource]}}
+                return await self.api.create("policies", self.namespace, body)
+            if data is not None:  # replace the data document, never merge it into the old one
+                await self.api.patch("policies", self.namespace, found["metadata"]["name"], {"spec": {"data": None}})
+            return await self.api.patch("policies", self.namespace, found["metadata"]["name"], {"spec": spec})
+        except ApiError as err:
+            code = "INVALID_REQUEST" if err.status in (400, 422) else "SERVICE_FAILED"
+            raise AdminError(code, f"the Policy was not written: {err.message or err}") from err
+
+    async def pin(self, version: int | None) -> dict[str, Any]:
+        """Pin a stored version (default: the newest stored one below the delivered one)."""
+        found = await self._require()
+        status = _status(found)
+        stored = sorted(int(v["version"]) for v in status.get("versions") or [] if isinstance(v, Mapping))
+        if version is None:
+            below = [v for v in stored if v < int(status.get("deliveredVersion") or 0)]
+            if not below:
+                raise AdminError("NO_BACKUP", "no stored version before the delivered one", status=409)
+            version = below[-1]
+        elif version not in stored:
+            raise AdminError("NOT_FOUND", f"version {version} is not stored (kept: {stored})")
+        try:
+            return await self.api.patch("policies", self.namespace, found["metadata"]["name"],
+                                        {"spec": {"pinVersion": version}})
+        except ApiError as err:
+            raise AdminError("SERVICE_FAILED", f"the Policy was not written: {err}") from err
+
+    async def settled(self, written: Mapping[str, Any], timeout: float = RECONCILE_TIMEOUT) -> dict[str, Any] | None:
+        """The Policy once the operator reconciled the generation just written; None on timeout."""
+        name, generation = written["metadata"]["name"], written["metadata"].get("generation")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            obj = await self.api.get("policies", self.namespace, name)
+            if obj is not None and _status(obj).get("observedGeneration") == generation:
+                return obj
+            await asyncio.sleep(0.5)
+        return None
+
+    def answer(self, action: str, written: Mapping[str, Any], settled: Mapping[str, Any] | None,
+               started: float) -> dict[str, Any]:
+        """The original's write envelope for this hive, or COMPILE_ERROR / SERVICE_FAILED."""
+        hive, name = self.hive_id, written["metadata"]["name"]
+        elapsed = int((time.perf_counter() - started) * 1000)
+        base = {"action": action, "check_only": False, "expected_hives": [hive], "policy": name,
+                "elapsed_ms": elapsed}
+        if settled is None:
+            return {**base, "status": "sync_pending", "version": None, "pending": True, "pending_hives": [hive],
+                    "failed_hives": [], "responses": [{"hive": hive, "status": "pending", "error_code": "TIMEOUT",
+                                                       "error_detail": "the operator did not reconcile the Policy "
+                                                                       f"within {RECONCILE_TIMEOUT:g} s"}]}
+        st = _status(settled)
+        degraded = _condition(settled, "Degraded")
+        if degraded.get("status") == "True":
+            payload = {"hive": hive, "policy": name, "line": st.get("errorLine"), "column": st.get("errorColumn")}
+            if degraded.get("reason") == "CompileError":
+                raise AdminError("COMPILE_ERROR", str(degraded.get("message")), payload=payload)
+            raise AdminError("SERVICE_FAILED", f"Policy {name}: {degraded.get('reason')}: {degraded.get('message')}",
+                             payload=payload)
+        delivered = next((h for h in st.get("hives") or [] if isinstance(h, Mapping)
+                          and h.get("hive") == self.hive_resource), None)
+        response = {"hive": hive, "status": "ok", "version": st.get("deliveredVersion"),
+                    "hash": f"sha256:{st['deliveredSha256']}" if st.get("deliveredSha256") else None,
+                    "engine": st.get("engine"), "fallback_reason": st.get("fallbackReason"),
+                    "applied": delivered is not None and delivered.get("state") == "Delivered"}
+        return {**base, "status": "ok", "version": st.get("deliveredVersion"), "pending": False, "pending_hives": [],
+                "failed_hives": [], "responses": [response]}
+
+    async def describe(self, *, with_source: bool) -> dict[str, Any]:
+        """``GET /opa/policy`` (with the Rego) and ``GET /opa/status`` (without)."""
+        found = await self._require()
+        st, spec = _status(found), found.get("spec") or {}
+        current = None
+        if st.get("deliveredVersion") is not None:
+            current = {"version": st["deliveredVersion"], "hash": f"sha256:{st.get('deliveredSha256')}",
+                       "engine": st.get("engine"), "compiler": st.get("compiler"),
+                       "fallback_reason": st.get("fallbackReason"), "pinned": st.get("pinnedVersion") is not None}
+        out: dict[str, Any] = {"status": "ok", "hive": self.hive_id, "policy": found["metadata"]["name"],
+                               "phase": st.get("phase"), "last_version": st.get("compiledVersion"),
+                               "current": current, "staged": None,
+                               "applied_versions": [v.get("version") for v in st.get("versions") or []],
+                               "versions": st.get("versions") or [], "delivery": st.get("hives") or [],
+                               "error": ({"message": st.get("error"), "line": st.get("errorLine"),
+                                          "column": st.get("errorColumn")} if st.get("error") else None)}
+        if with_source:
+            out.update(rego=spec.get("rego"), entrypoint=spec.get("entrypoint"), data=spec.get("data"))
+        else:  # the router's own policy description, as a local hive's status gives it
+            applied = (st.get("applied") or {}).get(self.hive_resource)
+            out["router"] = None if not isinstance(applied, Mapping) else {
+                "status": applied.get("state"), "version": applied.get("version"),
+                "hash": f"sha256:{applied['sha256']}" if applied.get("sha256") else None,
+                "engine": applied.get("engine"), "error": applied.get("error"),
+                "reported_by": applied.get("reportedBy"), "at": applied.get("at")}
+        return out
+
+    async def report(self, link: RouterLink) -> None:
+        """Write what the router of this host runs into the Policy's ``status.applied`` (when it changed)."""
+        try:
+            policy = (await link.router_status()).get("policy")
+        except AdminError:
+            return  # no router yet: nothing to report
+        if not isinstance(policy, Mapping):
+            return
+        error = policy.get("error") if isinstance(policy.get("error"), Mapping) else None
+        entry = {"version": policy.get("version"), "sha256": str(policy.get("hash") or "").removeprefix("sha256:")
+                 or None, "engine": policy.get("engine"), "state": policy.get("status"),
+                 "error": f"{error.get('code')}: {error.get('detail')}" if error else None,
+                 "reportedBy": self.instance}
+        found = await self.find()
+        if found is None:
+            return
+        key = (str(found["metadata"]["name"]), entry)
+        if self._reported == key:
+            return
+        stamp = datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            await self.api.patch("policies", self.namespace, found["metadata"]["name"],
+                                 {"status": {"applied": {self.hive_resource: {**entry, "at": stamp}}}},
+                                 subresource="status")
+        except ApiError as err:
+            log.warning("the router's policy was not reported into Policy %s; will retry in %.0f s: %s",
+                        found["metadata"]["name"], REPORT_S, err)
+            return
+        self._reported = key
+
+    async def report_forever(self, link: RouterLink) -> None:
+        while True:
+            try:
+                await self.report(link)
+            except AdminError as err:
+                log.warning("policy report skipped; will retry in %.0f s: %s", REPORT_S, err.detail)
+            await asyncio.sleep(REPORT_S)

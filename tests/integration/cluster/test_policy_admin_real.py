@@ -1,0 +1,116 @@
+"""The cluster admin API's ``/opa/*`` routes on the Policy resource, and the applied version it reports.
+
+Real control plane, the chart's operator and admin ServiceAccounts, ``fluxbee operator`` and
+``fluxbee admin --backend kubernetes`` as subprocesses, and a real router on loopback run with
+``--policy-dir`` (kwok runs no containers: the test plays kubelet, projecting the hive's policy
+ConfigMap into that directory).  The admin API reaches the router as SY.admin, as in a hive pod.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster_support import ControlPlane
+from hive_harness import RouterProc
+from operator_support import AdminApi, FluxbeeProcess, get, install_chart, start_admin, start_operator
+from test_policy_router_mount import config_map_files, project
+
+from fluxbee.dataplane.env import NODE_CREDENTIAL_FILE
+
+RULES = 'package router\n\ntarget := "WF.{name}@demo" if {{\n\tinput.meta.action == "route"\n}}\n'
+BAD = 'package router\n\ntarget := "x" if {\n\tinput.meta.action ==\n}\n'
+
+
+def test_opa_routes_write_the_policy_and_read_its_status_and_the_router_applied_version(
+        control_plane: ControlPlane, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cp, ns = control_plane, namespace
+    release = install_chart(cp, ns, hive="demo")
+    operator: FluxbeeProcess | None = None
+    admin: AdminApi | None = None
+    run_dir = Path(tempfile.mkdtemp(prefix="fbq", dir="/tmp"))  # short: the socket path has a length limit
+    policy_dir = run_dir / "policy"
+    router = RouterProc(run_dir, hive_id="demo", extra=("--policy-dir", str(policy_dir)))
+    monkeypatch.setenv(NODE_CREDENTIAL_FILE.name, str(router.credential_file))
+    try:
+        operator = start_operator(cp, release, tmp_path)
+        operator.wait_for("the hive's admin history ConfigMap", lambda: get(cp, ns, "configmap", "demo-admin-history"))
+        admin = start_admin(cp, release, "demo", tmp_path, run_dir, router.credential_file)
+        api = admin
+
+        def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+            return api.call(method, path, body)
+
+        operator.wait_for("the admin API connected to the router",
+                          lambda: call("GET", "/hive/status")[1]["payload"]["router_connected"])
+
+        # no Policy yet: the status read says so
+        code, doc = call("GET", "/opa/status")
+        assert (code, doc["error_code"]) == (404, "NOT_FOUND"), doc
+
+        # compile and apply: the admin API creates Policy/demo and answers with the operator's result
+        code, doc = call("POST", "/opa/policy", {"rego": RULES.format(name="a")})
+        assert code == 200, doc
+        out = doc["payload"]
+        assert (out["status"], out["version"], out["pending_hives"], out["policy"]) == ("ok", 1, [], "demo")
+        (response,) = out["responses"]
+        assert response["hive"] == "demo" and response["applied"] is True and response["engine"] in ("wasm", "regorus")
+        pol = get(cp, ns, "policy", "demo") or {}
+        assert pol["spec"]["hives"] == ["demo"] and pol["status"]["deliveredVersion"] == 1
+        assert response["hash"] == f"sha256:{pol['status']['deliveredSha256']}"
+
+        # kubelet's part: the hive's ConfigMap lands in the router's policy directory
+        project(policy_dir, config_map_files(get(cp, ns, "configmap", "demo-policy") or {}))
+
+        def applied(version: int) -> dict[str, Any] | None:
+            api.process.check_alive()
+            entry = (((get(cp, ns, "policy", "demo") or {}).get("status") or {}).get("applied") or {}).get("demo")
+            return entry if entry and entry.get("version") == version else None
+
+        entry = operator.wait_for("the router's version 1 reported", lambda: applied(1), timeout=60)
+        assert entry["sha256"] == pol["status"]["deliveredSha256"] and entry["state"] == "loaded"
+        status = call("GET", "/opa/status")[1]["payload"]
+        assert status["current"]["version"] == 1
+        assert (status["router"]["status"], status["router"]["version"]) == ("loaded", 1)
+        assert status["router"]["hash"] == response["hash"]
+        assert call("GET", "/opa/policy")[1]["payload"]["rego"] == RULES.format(name="a")
+        # the CLI a user points at the cluster's admin API says the same
+        cli = subprocess.run([sys.executable, "-m", "fluxbee", "policy", "--url", api.base, "status"],
+                             capture_output=True, text=True, timeout=60,
+                             env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+                                  "FLUXBEE_ADMIN_TOKEN": api.token or ""})
+        assert cli.returncode == 0, cli.stderr
+        assert "router:  loaded version 1" in cli.stdout, cli.stdout
+
+        # bad Rego: COMPILE_ERROR with line and column, version 1 stays delivered
+        code, doc = call("POST", "/opa/policy", {"rego": BAD})
+        assert (code, doc["error_code"]) == (422, "COMPILE_ERROR"), doc
+        assert isinstance(doc["payload"]["line"], int) and isinstance(doc["payload"]["column"], int)
+        assert (get(cp, ns, "configmap", "demo-policy") or {})["data"]["version"] == "1"
+
+        # a new version, then a rollback to the one before it
+        code, doc = call("POST", "/opa/policy", {"rego": RULES.format(name="b")})
+        assert code == 200 and doc["payload"]["version"] == 2, doc
+        code, doc = call("POST", "/opa/policy/rollback", {})
+        assert code == 200 and doc["payload"]["version"] == 1, doc
+        assert (get(cp, ns, "policy", "demo") or {})["spec"]["pinVersion"] == 1
+        code, doc = call("POST", "/opa/policy/rollback", {"version": 99})
+        assert (code, doc["error_code"]) == (404, "NOT_FOUND"), doc
+        # staging has no meaning for a Policy resource: refused, with the way to do it
+        code, doc = call("POST", "/opa/policy/compile", {"rego": RULES.format(name="c")})
+        assert (code, doc["error_code"]) == (400, "UNSUPPORTED_OPERATION"), doc
+        operator.check_alive()
+    finally:
+        try:
+            if admin is not None:
+                admin.process.stop()
+            if operator is not None:
+                operator.stop()
+        finally:
+            assert router.stop() == 0
+            shutil.rmtree(run_dir, ignore_errors=True)
