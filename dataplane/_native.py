@@ -20,7 +20,7 @@ from fluxbee.dataplane import env
 _T = TypeVar("_T")
 
 FUNCTIONS = ("scan", "extend", "split", "frame", "trace_seed", "trace_id",
-             "scan_null", "splice_null", "extend_null")
+             "scan_null", "splice_null", "extend_null", "hop")
 """What the Python side calls; a build from older sources that lacks one is not used."""
 
 

@@ -37,6 +37,15 @@
  * a header announcing more than ``max_frame`` bytes, that size (the bodies
  * before it are still returned; the caller refuses the stream).
  *
+ * hop(bodies, start, node, dst, meta, hard, limit) -> (data, count)
+ *
+ * The link side of extend(): up to ``limit`` frames at bodies[start:] that
+ * check() takes from ``node`` with this ``dst`` and ``meta`` and whose TTL is
+ * at least 2, each with its TTL lowered by one (one router hop) and no stamp
+ * (the router at the far end of a link names the sender itself), joined with
+ * their length headers.  The run stops at the first frame that differs and
+ * before the frame that would take it past ``hard`` bytes.
+ *
  * frame(head, dst, ttl_trace, trace, meta, payload) -> bytes | None
  * trace_seed(prefix); trace_id() -> str
  *
@@ -873,6 +882,102 @@ done:
     return result;
 }
 
+/* hop(bodies, start, node, dst, meta, hard, limit) -> (data, count): see the top of the file.
+ *
+ * check() has proven the layout ``..."dst":"D","ttl":N,"trace_id":...`` with N in 1..255 written
+ * without leading zeros, so the digits start 8 bytes after the closing quote of D and end at the
+ * next ','.  A frame with N == 1 ends the run (its TTL_EXCEEDED answer is the general path's).
+ */
+static PyObject *hop(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer views[2];
+    const Py_buffer *node = &views[0], *meta = &views[1];
+    PyObject *result = NULL;
+    Py_ssize_t *marks = NULL;  /* per frame: where its TTL digits start, and end */
+    (void)self;
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "hop(bodies, start, node, dst, meta, hard, limit) takes 7 arguments");
+        return NULL;
+    }
+    if (!PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "hop: bodies must be a list");
+        return NULL;
+    }
+    if (!PyUnicode_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "hop: dst must be a str");
+        return NULL;
+    }
+    Py_ssize_t first = PyLong_AsSsize_t(args[1]);
+    if (first == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t hard = PyLong_AsSsize_t(args[5]);
+    if (hard == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t limit = PyLong_AsSsize_t(args[6]);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t dst_len;
+    const char *dst = PyUnicode_AsUTF8AndSize(args[3], &dst_len);
+    if (dst == NULL) return NULL;
+    PyObject *const objs[2] = {args[2], args[4]};
+    if (get_buffers(views, objs, 2) < 0) return NULL;
+    PyObject *bodies = args[0];
+    Py_ssize_t n = PyList_GET_SIZE(bodies);
+    if (first < 0) first = 0;
+    if (limit > n - first) limit = n - first;
+    Py_ssize_t count = 0, total = 0;
+    if (limit > 0) {
+        marks = PyMem_New(Py_ssize_t, (size_t)(2 * limit));
+        if (marks == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    for (Py_ssize_t i = first; count < limit; i++) {
+        PyObject *item = PyList_GET_ITEM(bodies, i);
+        if (!PyBytes_CheckExact(item)) break;
+        cur start = (cur)PyBytes_AS_STRING(item);
+        Py_ssize_t len = PyBytes_GET_SIZE(item);
+        parts at;
+        if (len > MAX_FRAME || !check(start, start + len, (const char *)node->buf, node->len, &at)) break;
+        if (at.dst_end - at.dst != dst_len || memcmp(at.dst, dst, (size_t)dst_len) != 0) break;
+        if (at.meta_end - at.meta != meta->len || memcmp(at.meta, meta->buf, (size_t)meta->len) != 0) break;
+        cur digits = at.dst_end + 8, p = digits;
+        int ttl = 0;
+        while (*p != ',') ttl = ttl * 10 + (*p++ - '0');
+        if (ttl < 2) break;
+        Py_ssize_t size = len + 4 - ((ttl == 10 || ttl == 100) ? 1 : 0);
+        if (size > hard - total) break;
+        marks[2 * count] = digits - start;
+        marks[2 * count + 1] = p - start;
+        count++;
+        total += size;
+    }
+    {
+        PyObject *data = PyBytes_FromStringAndSize(NULL, total);
+        if (data == NULL) goto done;
+        char *out = PyBytes_AS_STRING(data);
+        for (Py_ssize_t k = 0; k < count; k++) {
+            PyObject *item = PyList_GET_ITEM(bodies, first + k);
+            cur start = (cur)PyBytes_AS_STRING(item);
+            Py_ssize_t len = PyBytes_GET_SIZE(item);
+            Py_ssize_t at = marks[2 * k], after = marks[2 * k + 1];
+            int ttl = 0;
+            for (Py_ssize_t j = at; j < after; j++) ttl = ttl * 10 + (start[j] - '0');
+            char digits[4];
+            int width = snprintf(digits, sizeof digits, "%d", ttl - 1);
+            Py_ssize_t size = len - (after - at) + width;
+            out = put_header(out, size);
+            memcpy(out, start, (size_t)at);
+            memcpy(out + at, digits, (size_t)width);
+            memcpy(out + at + width, start + after, (size_t)(len - after));
+            out += size;
+        }
+        result = Py_BuildValue("(Nn)", data, count);
+    }
+done:
+    PyMem_Free(marks);
+    release_buffers(views, 2);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "scan(body, node, stamp) -> (dst, meta, frame) | None: the router's fast path for one frame."},
@@ -888,6 +993,8 @@ static PyMethodDef methods[] = {
      "splice_null(body, node, cut, stamp, dst) -> frame | None: a dst:null frame with its decided dst."},
     {"extend_null", (PyCFunction)(void (*)(void))extend_null, METH_FASTCALL,
      "extend_null(bodies, start, node, stamp, dst, meta, soft, hard) -> (data, count): a run of them."},
+    {"hop", (PyCFunction)(void (*)(void))hop, METH_FASTCALL,
+     "hop(bodies, start, node, dst, meta, hard, limit) -> (data, count): a run of frames for a link, TTL lowered."},
     {"split", (PyCFunction)(void (*)(void))split, METH_FASTCALL,
      "split(data, max_frame) -> (bodies, consumed, oversize): complete frames at the front of data."},
     {NULL, NULL, 0, NULL},

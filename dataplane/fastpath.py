@@ -22,6 +22,14 @@ ends at the first frame that differs, before a frame once ``soft`` bytes are
 reached, and before a frame that would take it past ``hard`` bytes (the
 router's high-water and buffer limits; it then decides that frame on its own).
 
+``hop(bodies, start, node, dst, meta, hard, limit)`` returns ``(data, count)``
+for a link: up to ``limit`` frames at ``bodies[start:]`` that :func:`scan` takes
+from ``node`` with this ``dst`` and ``meta`` and whose ``ttl`` is at least 2,
+each re-written with ``ttl - 1`` and without a ``src_l2_name`` stamp (the router
+at the far end of the link stamps the name its peer advertised), joined; the
+run ends at the first frame that differs and before one that would take it
+past ``hard`` bytes.
+
 Two implementations give the same answers: the C extension
 ``fluxbee.dataplane._speedups`` (built when the package is installed, if a C
 compiler is present) and :func:`scan_py` below.  The C one accepts only the
@@ -42,6 +50,7 @@ from fluxbee.dataplane import _native, wire
 
 Scan = Callable[[bytes, bytes, bytes], "tuple[str, bytes, bytes] | None"]
 Extend = Callable[[list[bytes], int, bytes, bytes, str, bytes, int, int], "tuple[bytes, int]"]
+Hop = Callable[[list[bytes], int, bytes, str, bytes, int, int], "tuple[bytes, int]"]
 
 _decode_raw = wire.raw_decoder.decode
 _encode = wire.encoder.encode
@@ -102,7 +111,31 @@ def extend_py(bodies: list[bytes], start: int, node: bytes, stamp: bytes, dst: s
     return b"".join(out), len(out)
 
 
+def hop_py(bodies: list[bytes], start: int, node: bytes, dst: str, meta: bytes, hard: int,
+           limit: int) -> tuple[bytes, int]:
+    """Pure-Python :func:`hop`: the same frames, decoded and re-encoded by msgspec with ``ttl - 1``."""
+    out: list[bytes] = []
+    total = 0
+    for index in range(start, min(len(bodies), start + max(0, limit))):
+        try:
+            env = _decode_raw(bodies[index])
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            break
+        routing = env.routing
+        if (routing.dst != dst or routing.ttl < 2 or routing.src_l2_name is not None or routing.src.encode() != node
+                or bytes(env.meta) != meta):
+            break
+        routing.ttl -= 1
+        encoded = _encode(env)
+        if len(encoded) + 4 > hard - total:
+            break
+        out.append(_pack_header(len(encoded)) + encoded)
+        total += len(encoded) + 4
+    return b"".join(out), len(out)
+
+
 scan: Final[Scan] = _native.choose(__name__, "scan", "scan", scan_py)
 extend: Final[Extend] = _native.choose(__name__, "extend", "extend", extend_py)
+hop: Final[Hop] = _native.choose(__name__, "hop", "hop", hop_py)
 IMPLEMENTATION: Final = _native.IMPLEMENTATION
 """Which implementation :data:`scan` is: ``"c"`` or why it is the Python one."""

@@ -32,5 +32,5 @@ export PYTHONPATH="$root/$stage:$site" PYTHONSAFEPATH=1
 "$python" -S -m pytest -q -p no:cacheprovider --rootdir="$root" -c "$root/pyproject.toml" \
   "$root/tests/unit/test_fastpath.py" "$root/tests/unit/test_router_fastpath.py" \
   "$root/tests/unit/test_nullpath.py" "$root/tests/unit/test_router_nullroute.py" \
-  "$root/tests/unit/test_sdk_writes.py" "$root/tests/unit/test_wire.py"
+  "$root/tests/unit/test_sdk_writes.py" "$root/tests/unit/test_wire.py" "$root/tests/unit/test_link_hop.py"
 "$python" -S "$root/hack/fuzz_speedups.py" "${FUZZ_SEED:-$RANDOM}" "${FUZZ_COUNT:-200000}"

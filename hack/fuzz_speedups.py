@@ -2,8 +2,9 @@
 
 Valid frames are mutated (bytes replaced, dropped, inserted, cut); every frame ``scan`` accepts
 must decode the same way in msgspec and be stamped exactly as the router's general path would.
-``extend`` must take exactly the frames ``scan`` takes with the same destination and meta, and
-``split`` must never claim more bytes than it was given.  The ``dst: null`` splicer gets the same
+``extend`` must take exactly the frames ``scan`` takes with the same destination and meta, ``hop``
+(the link side) only such frames with ``ttl >= 2``, re-written exactly as msgspec would with ``ttl - 1``,
+and ``split`` must never claim more bytes than it was given.  The ``dst: null`` splicer gets the same
 treatment on mutated ``dst: null`` frames: what ``scan_null`` accepts ``splice_null`` writes as
 msgspec would, for any ``cut`` it stays inside the body, and ``extend_null`` takes the frames
 ``scan_null`` takes with the same meta.  Deterministic for a given seed.
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit"
 import test_fastpath as cases  # noqa: E402
 import test_nullpath as nulls  # noqa: E402
 
-from fluxbee.dataplane import _native  # noqa: E402
+from fluxbee.dataplane import _native, wire  # noqa: E402
 
 ALPHABET = b'{}[]",:\\0123456789.eE+-tfnul \t\x00\x1f\x7f\x80\xbf\xc3\xed\xf0\xf4\xff'
 
@@ -39,6 +40,18 @@ def _run(scan: Any, bodies: list[bytes], first: tuple[str, bytes, bytes], soft: 
         out += hit[2]
         count += 1
     return out, count
+
+
+def _hopped(body: bytes, first: tuple[str, bytes, bytes]) -> bytes | None:
+    """What ``hop`` must make of ``body`` (None: it must not take it)."""
+    hit = cases.expected(body)
+    if hit is None or hit[:2] != first[:2]:
+        return None
+    env = wire.decode_raw(body)
+    if env.routing.ttl < 2:
+        return None
+    env.routing.ttl -= 1
+    return wire.encode_frame(env)
 
 
 def main(seed: int, count: int) -> int:
@@ -91,6 +104,10 @@ def main(seed: int, count: int) -> int:
         if speedups.extend(run, 0, cases.NODE_B, cases.STAMP, first[0], first[1], soft, hard) != _run(
                 speedups.scan, run, first, soft, hard):
             print(f"fuzz_speedups: extend and scan disagree on {body!r}", file=sys.stderr)
+            return 1
+        data_out, taken = speedups.hop([body], 0, cases.NODE_B, first[0], first[1], 10**6, 1)
+        if taken and data_out != _hopped(body, first):
+            print(f"fuzz_speedups: hop and msgspec disagree on {body!r}", file=sys.stderr)
             return 1
         stream = len(body).to_bytes(4, "big") + body + body[: rng.randrange(len(body) + 1)]
         _, used, _ = speedups.split(stream, rng.randrange(0, 2 * len(body) + 1))

@@ -93,12 +93,29 @@ when ``ttl >= 3``, never back where they came from, never mesh to mesh; trace-id
 stops echoes.  ``dst: null`` is resolved by the first router; the forwarded frame carries the
 resolved name.
 
+Output to a link is coalesced: data frames queued during one loop iteration (a read's worth from
+every node) go out in one TLS write; a control frame is written after the data queued before it.
+Plain frames cross a router without being decoded (``dataplane/router/linkroute.py``): runs of them
+are re-written with ``ttl - 1`` in C on the way out, and on the way in a frame whose sender the
+general path has already accepted from this session is stamped with that sender's advertised name and
+queued for its local node.  The forwarded bytes then carry no ``src_l2_name`` (the receiving router
+stamps it from the advert in any case).
+
+Flow control: a link is a producer like a node connection.  When a local node cannot take what a link
+brings, the router stops reading that link until the node drains (``read_pauses`` in status), instead
+of refusing the frames; TCP carries the pressure back to the sending router, whose buffer for the
+link passes its high-water mark (a quarter of ``max_buffer``), so it holds the local producer as it
+would for a slow local node.  A node that stays over its limit past the slow-consumer timeout is cut
+off as usual, which frees the link.  Time not spent reading by choice does not count toward the
+dead interval.
+
 Receipt confirmation: the peer answers each ``LINK_PING`` in order with its ``LINK_PONG``, so a pong
-confirms every frame we wrote before its ping.  The router keeps each data frame it writes to a link
-(sender, routing) until confirmed; 256 unconfirmed frames send a ping out of turn (one pending at a
-time); a pong carrying a time ahead of our clock confirms only up to now.  When a session dies, every
-unconfirmed frame is answered UNREACHABLE ``WAN_UNAVAILABLE`` (mesh: ``PEER_UNAVAILABLE``), "may or
-may not have been delivered": a sender hears within the dead interval, never only from its timeout.
+confirms every frame we wrote before its ping. The router keeps what it writes to a link (the sender
+and the written bytes, one entry per written run) until confirmed; 256 unconfirmed frames send a ping
+out of turn (one pending at a time); a pong carrying a time ahead of our clock confirms only up to
+now. When a session dies, every unconfirmed frame is answered UNREACHABLE ``WAN_UNAVAILABLE`` (mesh:
+``PEER_UNAVAILABLE``), "may or may not have been delivered": a sender hears within the dead interval,
+never only from its timeout.
 
 Source binding across links: a data frame from a link is routed only if its ``routing.src`` is a
 node that this peer advertised (any origin); otherwise it is dropped, counted
@@ -129,5 +146,6 @@ snapshot (ROUTER_STATUS_GET, ``/status``) carries::
              "remote_nodes": n}
     LINK = {"hive_id": "B" | null, "router_id", "address": "HOST:PORT", "direction": "in" | "out",
             "state": "connecting" | "up" | "down", "since": epoch_ms, "last_lsa_seq": int | null,
-            "last_lsa_age_ms": int | null, "rtt_ms": float | null, "reason": str | null}
+            "last_lsa_age_ms": int | null, "rtt_ms": float | null, "reason": str | null,
+            "read_pauses": int}   # times the link stopped reading because a local node was full
 """

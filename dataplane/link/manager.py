@@ -53,6 +53,10 @@ class LinkRouter(Protocol):
 
     def read_done(self) -> None: ...
 
+    def fast_frames(self, session: LinkSession, frames: list[bytes], start: int) -> int: ...
+
+    def forget_senders(self) -> None: ...
+
 
 class LinkManager:
     """See the module docstring."""
@@ -310,6 +314,12 @@ class LinkManager:
         """One read's frames of a link are routed: the router writes what they queued."""
         self.router.read_done()
 
+    def fast_frames(self, session: LinkSession, frames: list[bytes], start: int) -> int:
+        """How many frames from ``frames[start]`` on the router's fast path took (0: decide it one by one
+        here).  It takes only frames whose sender passed :meth:`on_data` before (the router remembers
+        those per session, and forgets them whenever the table or the local nodes change)."""
+        return self.router.fast_frames(session, frames, start)
+
     def drop(self, role: p.Role, reason: str, detail: str) -> None:
         """Count a refused frame or advert; log it at most once a second per reason."""
         counter = self.drops[role]
@@ -321,7 +331,9 @@ class LinkManager:
 
     # adverts ---------------------------------------------------------------------
     def nodes_changed(self) -> None:
-        """Our local nodes changed: advertise soon."""
+        """Our local nodes changed: advertise soon (and check link senders afresh: a remote node may no
+        longer claim a UUID that is now local)."""
+        self.router.forget_senders()
         self._schedule()
 
     def _changed(self) -> None:
@@ -459,7 +471,7 @@ class LinkManager:
         return {"hive_id": s.hive, "router_id": s.router_id, "address": s.address, "direction": s.direction,
                 "state": s.state, "since": s.since_ms, "last_lsa_seq": seq,
                 "last_lsa_age_ms": None if age is None else int(age * 1000), "rtt_ms": s.rtt_ms,
-                "reason": s.reason}
+                "reason": s.reason, "read_pauses": s.read_pauses}
 
     def status(self) -> dict[str, Any]:
         s = self.settings

@@ -4,6 +4,20 @@ The session speaks the handshake, keeps the hello and dead timers, and hands eve
 :class:`SessionOwner` (the link manager): adverts once the link is up, data frames, and the end of
 the session.  It never routes.  States: ``connecting`` (TCP/TLS and the handshake), ``up``, ``down``
 (closed; a session object is never reused — a redial makes a new one).
+
+Output is coalesced: data frames are appended to :attr:`LinkSession.out` and written in one TLS write
+per loop iteration (:meth:`LinkSession.flush`, scheduled when the first frame of a batch is queued);
+a control frame flushes what is queued before it, so the stream keeps the order frames were queued in
+(a pong confirms every data frame queued before its ping).
+
+Backpressure both ways, as for a node connection (:mod:`fluxbee.dataplane.router.connection`):
+
+* as a destination: while the transport is over its high-water mark (:meth:`pause_writing`), producers
+  that the router held for this link (:attr:`blocked_sources`) wait, and are released when it drains;
+* as a producer: the router may :meth:`block` the session on a local node that cannot take more; the
+  session then stops reading (TCP backpressure reaches the sending router, which holds its own
+  producers), keeps the frames of the read in :attr:`backlog`, and resumes when the node drains.
+  Silence while we are not reading does not count toward the dead interval: we chose not to listen.
 """
 
 from __future__ import annotations
@@ -14,7 +28,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import msgspec
 
@@ -53,6 +67,8 @@ class SessionOwner(Protocol):
 
     def read_done(self, session: LinkSession) -> None: ...
 
+    def fast_frames(self, session: LinkSession, frames: list[bytes], start: int) -> int: ...
+
 
 class LinkSession(asyncio.Protocol):
     """One link (see the module docstring)."""
@@ -90,6 +106,17 @@ class LinkSession(asyncio.Protocol):
         self.frames_in = 0
         self.frames_out = 0
         self.was_up = False
+        # output (coalesced; see the module docstring)
+        self.out: list[bytes] = []
+        self.out_bytes = 0
+        self.out_base = 0  # the transport's buffer when this batch's first frame was queued
+        self._flush_handle: asyncio.Handle | None = None
+        self.congested_since: float | None = None  # the transport is over its high-water mark since then
+        self.blocked_sources: set[Any] = set()  # producers (node connections) held until this link drains
+        # input backpressure
+        self.blocked_on: set[Any] = set()  # local nodes this link waits for (it does not read meanwhile)
+        self.backlog: list[bytes] = []  # frames read but held while blocked, in order
+        self.read_pauses = 0  # times this link stopped reading for a local node (status: flow control at work)
 
     # identity ----------------------------------------------------------------
     @property
@@ -111,7 +138,7 @@ class LinkSession(asyncio.Protocol):
             peer = transport.get_extra_info("peername")
             if isinstance(peer, tuple) and len(peer) >= 2:
                 self.address = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
-        self.transport.set_write_buffer_limits(high=self.owner.max_buffer() // 4)
+        self.transport.set_write_buffer_limits(high=self.high_water)
         if self.secure:
             sslobj = transport.get_extra_info("ssl_object")
             der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
@@ -137,6 +164,12 @@ class LinkSession(asyncio.Protocol):
             self.close(err.reason, err.detail)
             return
         self.last_heard = self.clock()
+        if self.backlog or self.blocked_on:
+            self.backlog.extend(frames)  # keep the order behind what is already held
+            return
+        self._process(frames)
+
+    def _process(self, frames: list[bytes]) -> None:
         try:
             self._frames(frames)
         finally:
@@ -144,9 +177,27 @@ class LinkSession(asyncio.Protocol):
                 self.owner.read_done(self)
 
     def _frames(self, frames: list[bytes]) -> None:
-        for body in frames:
+        """Each frame in order: data frames the owner's fast path takes (in runs), the rest one by one;
+        once the owner blocks this session on a node, the rest wait in :attr:`backlog`."""
+        fast = self.owner.fast_frames
+        count = len(frames)
+        index = 0
+        while index < count:
             if self.state == "down":
                 return
+            if self.blocked_on:
+                self.backlog.extend(frames[index:])
+                return
+            if self.state == "up":
+                taken = fast(self, frames, index)
+                if taken:
+                    index += taken
+                    self.frames_in += taken
+                    continue
+                if self.blocked_on:
+                    continue
+            body = frames[index]
+            index += 1
             self.frames_in += 1
             try:
                 env = _decode_raw(body)
@@ -167,6 +218,54 @@ class LinkSession(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state != "down":
             self._down("EOF" if exc is None else "CONNECTION_LOST", "" if exc is None else str(exc))
+
+    def pause_writing(self) -> None:
+        if self.congested_since is None:
+            self.congested_since = time.monotonic()
+
+    def resume_writing(self) -> None:
+        self.congested_since = None
+        self.release_sources()
+
+    # backpressure ------------------------------------------------------------------
+    @property
+    def high_water(self) -> int:
+        """Bytes buffered for the peer past which producers are held (a quarter of the link's buffer cap)."""
+        return self.owner.max_buffer() // 4
+
+    @property
+    def closing(self) -> bool:
+        return self.state == "down"
+
+    def block(self, dst: Any) -> None:
+        """Stop reading this link until the local node ``dst`` drains (its ``release_sources`` resumes us)."""
+        if dst in self.blocked_on or self.state == "down":
+            return
+        self.blocked_on.add(dst)
+        dst.blocked_sources.add(self)
+        if len(self.blocked_on) == 1 and self.transport is not None:
+            self.transport.pause_reading()
+            self.read_pauses += 1
+
+    def drain_backlog(self) -> None:
+        """Route the frames held while blocked (called soon after the last node we waited for drained)."""
+        if self.blocked_on or self.state == "down" or not self.backlog:
+            return
+        frames, self.backlog = self.backlog, []
+        self._process(frames)
+
+    def release_sources(self) -> None:
+        """This link drained (or ended): the producers held for it may go on."""
+        if not self.blocked_sources:
+            return
+        loop = asyncio.get_running_loop()
+        for src in self.blocked_sources:
+            src.blocked_on.discard(self)
+            if not src.blocked_on and not src.closing and src.transport is not None:
+                src.transport.resume_reading()
+                if src.backlog:
+                    loop.call_soon(src.drain_backlog)
+        self.blocked_sources.clear()
 
     # handshake ----------------------------------------------------------------
     def _send_hello(self) -> None:
@@ -260,6 +359,8 @@ class LinkSession(asyncio.Protocol):
     def _tick(self) -> None:
         if self.state != "up":
             return
+        if self.blocked_on:
+            self.last_heard = self.clock()  # not reading by our own choice: the peer is not silent
         silent = self.clock() - self.last_heard
         if silent * 1000 > self.dead_ms():
             self.close(p.DEAD_INTERVAL, f"nothing heard for {silent:.1f} s")
@@ -277,6 +378,7 @@ class LinkSession(asyncio.Protocol):
     def _send_control(self, msg: str, payload: object) -> None:
         if self.transport is None or self.state == "down":
             return
+        self.flush()  # data queued before this frame goes first
         if self.transport.get_write_buffer_size() > 2 * self.owner.max_buffer():
             # Alive (it pings) but not reading: adverts and pongs would pile up without bound.
             self.abort(wire.SLOW_CONSUMER, "the peer does not read what we send")
@@ -292,11 +394,43 @@ class LinkSession(asyncio.Protocol):
         transport = self.transport
         if self.state != "up" or transport is None:
             return False
-        if transport.get_write_buffer_size() + len(frame) > self.owner.max_buffer():
+        if self.buffered() + len(frame) > self.owner.max_buffer():
             return False
-        transport.write(frame)
-        self.frames_out += 1
+        self.queue(frame, 1)
         return True
+
+    def buffered(self) -> int:
+        """Bytes queued for the peer and not yet handed to the kernel (the transport's buffer and ours)."""
+        transport = self.transport
+        base = self.out_base if self.out else (transport.get_write_buffer_size() if transport is not None else 0)
+        return base + self.out_bytes
+
+    def queue(self, data: bytes, frames: int) -> None:
+        """Append ``frames`` whole frames (``data``) to this loop iteration's write; the caller checked
+        that the link is up and that they fit (:meth:`buffered`)."""
+        if not self.out:
+            transport = self.transport
+            self.out_base = transport.get_write_buffer_size() if transport is not None else 0
+            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+        self.out.append(data)
+        self.out_bytes += len(data)
+        self.frames_out += frames
+
+    def flush(self) -> None:
+        """Write what is queued, as one write."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        out = self.out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self.out = []
+        self.out_bytes = 0
+        if self.transport is not None and self.state != "down":
+            self.transport.write(data)  # may call pause_writing() synchronously
+        if self.congested_since is None and self.blocked_sources:
+            self.release_sources()  # the batch fit: producers held for it may go on
 
     @property
     def congested(self) -> bool:
@@ -332,12 +466,18 @@ class LinkSession(asyncio.Protocol):
 
     def _down(self, reason: str, detail: str) -> None:
         was_up = self.state == "up"
+        self.flush()  # a graceful close writes what was queued; an abort drops it (unconfirmed either way)
         self.state = "down"
         self.reason = reason
         self.since_ms = int(time.time() * 1000)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.backlog = []
+        for dst in self.blocked_on:
+            dst.blocked_sources.discard(self)
+        self.blocked_on.clear()
+        self.release_sources()
         if was_up:
             log.info("%s is down: %s %s", self.label(), reason, detail)
         self.owner.session_down(self)

@@ -13,7 +13,7 @@ import logging
 import socket
 import struct
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.router import trust
@@ -53,8 +53,9 @@ class Conn(asyncio.Protocol):
         self.out: list[bytes] = []
         self.out_bytes = 0
         self.out_base = 0  # the transport's buffer when this batch's first frame was queued (constant in a batch)
-        self.blocked_sources: set[Conn] = set()  # producers paused because this connection is congested
-        self.blocked_on: set[Conn] = set()  # congested destinations this producer waits for
+        # Producers paused because this connection is congested (node connections, links: LinkSession).
+        self.blocked_sources: set[Any] = set()
+        self.blocked_on: set[Any] = set()  # congested destinations this producer waits for (a Conn, a LinkSession)
         self.backlog: list[bytes] = []  # frames read but held while blocked, in order
         # Trust (fluxbee.dataplane.router.trust): who is on the other end and what it proved.
         self.cred: trust.PeerCred | None = None  # SO_PEERCRED, read at accept
@@ -133,7 +134,7 @@ class Conn(asyncio.Protocol):
         self.congested_since = None
         self.release_sources()
 
-    def block(self, dst: Conn) -> None:
+    def block(self, dst: Any) -> None:
         """Stop reading from this producer until ``dst`` drains (backpressure, not loss)."""
         if dst in self.blocked_on or self.closing:
             return

@@ -117,16 +117,17 @@ def route_null(router: Router, conn: Conn, env: wire.RawEnvelope, meta: wire.Met
     rule for an action). Decided here, once: the destination is stamped into ``routing.dst``, so the
     routers after this one route it without deciding again."""
     routing = env.routing
-    resolved = router.l3.resolve(meta.src_ilk, meta.dst_ilk)  # identity pre-resolve
-    if resolved is not None and resolved.canonical_src_ilk is not None:
-        env.meta = with_src_ilk(env.meta, resolved.canonical_src_ilk)
+    l3_decision = router.l3.resolve(meta.src_ilk, meta.dst_ilk)  # identity pre-resolve
+    if l3_decision is not None and l3_decision.canonical_src_ilk is not None:
+        env.meta = with_src_ilk(env.meta, l3_decision.canonical_src_ilk)  # the policy too sees the canonical ILK
+    resolved = l3_decision if l3_decision is not None and l3_decision.target is not None else None
     verdict = None
     if resolved is None or (router.policy.guards_actions and isinstance(meta.action, str)):
         verdict = policy_verdict(router, conn, env, meta)
         if verdict is None:
             return
     decision: decide.Deliver[Conn] | decide.Refuse | decide.Drop | decide.Forward
-    if resolved is not None:
+    if resolved is not None and resolved.target is not None:
         decision = decide.by_name(resolved.target, router.registry, router.links)
         if isinstance(decision, decide.Forward) and decision.dst is None:
             decision = decide.Forward(decision.hive, resolved.target)

@@ -25,6 +25,9 @@ runs: each frame picks its node.
 
 The loop writes into its targets' output queues directly, so every registry entry it delivers to is a
 connection of this router; an entry of another kind must make it hand the frame to the general path.
+A plain frame for a node behind a link (a mesh peer's entry, or a destination the registry does not
+know) is offered to :meth:`LinkRoute.forward <fluxbee.dataplane.router.linkroute.LinkRoute.forward>`
+first, which forwards it (and the run after it) or declines.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ class FastPath:
     def forget_metas(self) -> None:
         """Decide every meta afresh (the policy that says whether actions need it changed)."""
         self._metas.clear()
+        if self._router.links is not None:
+            self._router.links.fast.forget_metas()
 
     def route(self, conn: Conn, frames: list[bytes]) -> None:
         """Route one read's frames of ``conn`` in order; hold the rest once a destination blocks it."""
@@ -77,6 +82,7 @@ class FastPath:
         room = router.settings.max_buffer
         broadcast = wire.BROADCAST
         node, node_b, stamp, vpn = conn.uuid, conn.uuid_bytes, conn.stamp, conn.vpn_id
+        link_route = router.links.fast if router.links is not None else None
         routed = 0
         count = len(frames)
         index = -1
@@ -128,6 +134,11 @@ class FastPath:
                     if names is None:
                         names = registry.reach(dst)
                         if names is None:
+                            if link_route is not None:
+                                taken = link_route.forward(conn, frames, index, dst, raw_meta, None, True)
+                                if taken:
+                                    index += taken - 1
+                                    continue
                             general(conn, body)
                             vpn = conn.vpn_id
                             continue
@@ -138,6 +149,11 @@ class FastPath:
                         target = pick(names)
                         single = False  # round robin: each frame picks its node
                 transport = target.transport
+                if transport is None and link_route is not None:
+                    taken = link_route.forward(conn, frames, index, dst, raw_meta, target, single)  # type: ignore[arg-type]
+                    if taken:
+                        index += taken - 1
+                        continue
                 if target.vpn_id != vpn or target.closing or transport is None:
                     router.counters.frames_in += 1
                     deliver(router, conn, target, _decode_raw(body), meta)  # refusal, with the reply

@@ -44,12 +44,13 @@ OUTCOMES: Final = (FRONTDESK, DST_ILK, NO_DECISION, NO_ILK, NO_REGION, READ_TIME
 
 @dataclass(frozen=True, slots=True)
 class L3Decision:
-    target: str
-    """L2 name to route to."""
+    target: str | None
+    """L2 name to route to; None when identity decides no destination but ``meta.src_ilk`` must still
+    be rewritten (an alias): the policy then decides, on the canonical ILK."""
     canonical_src_ilk: str | None
     """Set when ``meta.src_ilk`` was an alias and must be rewritten."""
     reason: str
-    """``frontdesk`` or ``dst_ilk`` (counted by the router)."""
+    """``frontdesk``, ``dst_ilk`` or ``no_decision`` (counted by the router)."""
 
 
 class L3Resolver:
@@ -135,7 +136,19 @@ class L3Resolver:
                     return L3Decision(target.handler_node, canonical_src, DST_ILK), DST_ILK
         except identity_shm.ReadTimeoutError:
             return None, READ_TIMEOUT
+        if canonical_src is not None:  # no destination from identity, but the policy sees the canonical ILK
+            return L3Decision(None, canonical_src, NO_DECISION), NO_DECISION
         return None, NO_DECISION
+
+    def canonical(self, ilk: str) -> str:
+        """``ilk`` through the live aliases (itself when it is no alias, or without a readable region)."""
+        region = self._region()
+        if region is None:
+            return ilk
+        try:
+            return region.canonical(ilk)
+        except identity_shm.ReadTimeoutError:
+            return ilk
 
     def close(self) -> None:
         self._handle.close()

@@ -14,6 +14,11 @@ The link manager decides who is reachable over which link; this module puts that
   the link they came from and never from mesh to mesh;
 * ``LINK_ADD`` / ``LINK_REMOVE`` and the status sections.
 
+Plain frames take a fast path both ways (:mod:`~fluxbee.dataplane.router.linkroute`); this module keeps
+what it needs: the senders each session's peer advertised that the general path already accepted
+(:attr:`RouterLinks.senders`), and the frames written to a link that its peer has not confirmed yet
+(:meth:`RouterLinks.track`: one entry per written run, not per frame).
+
 A remote ``SY.*`` node counts as authenticated (``claimed``): its own router proved it before it
 advertised it (unproven ``SY.*`` names cannot register anywhere), and that router is a certificate
 holder we accepted.  So ADMIN_COMMAND from ``SY.admin@A`` reaches ``SY.orchestrator@B``, and a
@@ -29,22 +34,25 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import msgspec
 
-from fluxbee.dataplane import wire
+from fluxbee.dataplane import fastpath, wire
 from fluxbee.dataplane.link import protocol as lp
 from fluxbee.dataplane.link.manager import LinkManager
 from fluxbee.dataplane.link.session import LinkSession
 from fluxbee.dataplane.router import answers, decide, dispatch
 from fluxbee.dataplane.router.config import is_system_name, split_name
+from fluxbee.dataplane.router.linkroute import LinkRoute
 
 if TYPE_CHECKING:
     from fluxbee.dataplane.router.connection import Conn
     from fluxbee.dataplane.router.server import Router
 
 log = logging.getLogger(__name__)
+_decode_raw = wire.raw_decoder.decode
 
 
-Unconfirmed: TypeAlias = "tuple[float, Conn | RemoteNode, wire.Routing]"
-"""A frame written to a link: our clock (ms) then, its sender, its routing."""
+Unconfirmed: TypeAlias = "tuple[float, Conn | RemoteNode, bytes, int]"
+"""Frames written to a link as one piece: our clock (ms) then, their sender, the frames (length headers
+included), how many."""
 PROBE_AFTER = 256
 """Unconfirmed frames on a session before a ping is sent out of turn to confirm them (bounds the memory
 kept per session by the traffic of one round trip, not of one hello interval)."""
@@ -84,6 +92,17 @@ class RemoteNode:
         """Links do not hold producers: a full link drops (counted) instead."""
 
 
+class Pending:
+    """The frames written to one session that its peer has not confirmed, oldest first."""
+
+    __slots__ = ("entries", "frames", "session")
+
+    def __init__(self, session: LinkSession) -> None:
+        self.session = session
+        self.entries: collections.deque[Unconfirmed] = collections.deque()
+        self.frames = 0
+
+
 class RouterLinks:
     """The :class:`~fluxbee.dataplane.link.manager.LinkRouter` of one router (see the module docstring)."""
 
@@ -97,7 +116,10 @@ class RouterLinks:
         self._senders: dict[tuple[int, str], RemoteNode] = {}  # (session, node) of frames from links
         self._generation = -1
         self._mesh_generation = -1
-        self._unconfirmed: dict[int, tuple[LinkSession, collections.deque[Unconfirmed]]] = {}
+        self._unconfirmed: dict[int, Pending] = {}
+        self.senders: dict[int, dict[bytes, tuple[bytes, RemoteNode]]] = {}
+        """Per session: the senders the general path accepted from it (UUID bytes -> their stamp, entry)."""
+        self.fast = LinkRoute(router, self)
 
     # LinkRouter --------------------------------------------------------------
     def local_nodes(self) -> Iterable[lp.NodeAd]:
@@ -113,15 +135,16 @@ class RouterLinks:
 
     def links_changed(self) -> None:
         """The table changed: refuse what died with a session, re-list mesh peers' nodes, drop name caches."""
-        for sid, (gone, pending) in list(self._unconfirmed.items()):
-            if gone.state == "down":
+        for sid, pending in list(self._unconfirmed.items()):
+            if pending.session.state == "down":
                 del self._unconfirmed[sid]
-                self._refuse_unconfirmed(gone, pending)
+                self._refuse_unconfirmed(pending)
         table = self.manager.table
         if table.generation == self._generation:
             return
         self._generation = table.generation
-        self._senders.clear()
+        self.forget_senders()
+        self.fast.forget()
         if table.mesh_generation == self._mesh_generation:
             return
         self._mesh_generation = table.mesh_generation
@@ -138,11 +161,21 @@ class RouterLinks:
             entries.append(entry)
         self._mesh_entries = entries
 
+    def forget_senders(self) -> None:
+        """Check every link sender afresh (the table or the local nodes changed)."""
+        self._senders.clear()
+        self.senders.clear()
+
+    def fast_frames(self, session: LinkSession, frames: list[bytes], start: int) -> int:
+        return self.fast.inbound(session, frames, start)
+
     def link_frame(self, session: LinkSession, env: wire.RawEnvelope, meta: wire.MetaView, src: lp.NodeAd) -> None:
         key = (session.sid, src.uuid)
         sender = self._senders.get(key)
         if sender is None or sender.name != src.name or sender.vpn_id != src.vpn_id:
             sender = self._senders[key] = RemoteNode(src, session)
+            if src.uuid.isascii() and '"' not in src.uuid and "\\" not in src.uuid:
+                self.senders.setdefault(session.sid, {})[src.uuid.encode()] = (fastpath.make_stamp(src.name), sender)
         router = self.router
         router.counters.frames_in += 1
         router.batching = True  # output is written once per read of the link (read_done)
@@ -179,34 +212,40 @@ class RouterLinks:
             return
         if session.send(frame):
             router.counters.forwarded[session.role] += 1
-            self._track(session, src, routing)
+            self.track(session, src, frame, 1)
         else:
             router.counters.dropped[wire.DST_CONGESTED] += 1
             answers.unreachable(router, src, routing, wire.DST_CONGESTED,  # type: ignore[arg-type]
                                f"the {session.role} link to {session.hive} is full; message dropped")
 
     # frames the peer has not confirmed ------------------------------------------
-    def _track(self, session: LinkSession, src: Conn | RemoteNode, routing: wire.Routing) -> None:
-        """Remember a frame written to ``session`` until the peer confirms it read it (a pong to a later
-        ping): if the session dies first, its sender is told (UNREACHABLE) instead of never hearing back."""
-        slot = self._unconfirmed.get(session.sid)
-        if slot is None:
-            slot = self._unconfirmed[session.sid] = (session, collections.deque())
-        pending = slot[1]
+    def track(self, session: LinkSession, src: Conn | RemoteNode, data: bytes, count: int) -> None:
+        """Remember ``count`` frames (``data``) written to ``session`` until the peer confirms it read them
+        (a pong to a later ping): if the session dies first, their sender is told (UNREACHABLE) instead of
+        never hearing back.  One entry per written piece; the frames are only decoded if that happens."""
+        pending = self._unconfirmed.get(session.sid)
+        if pending is None:
+            pending = self._unconfirmed[session.sid] = Pending(session)
+        entries = pending.entries
         confirmed = session.confirmed_ms
-        while pending and pending[0][0] <= confirmed:
-            pending.popleft()
-        pending.append((session.clock() * 1000, src, routing))
-        if len(pending) >= PROBE_AFTER:
+        while entries and entries[0][0] <= confirmed:
+            pending.frames -= entries.popleft()[3]
+        entries.append((session.clock() * 1000, src, data, count))
+        pending.frames += count
+        if pending.frames >= PROBE_AFTER:
             session.probe()
 
-    def _refuse_unconfirmed(self, session: LinkSession, pending: collections.deque[Unconfirmed]) -> None:
+    def _refuse_unconfirmed(self, pending: Pending) -> None:
+        session = pending.session
         reason = wire.WAN_UNAVAILABLE if session.role == "wan" else wire.PEER_UNAVAILABLE
         detail = (f"the {session.role} link to {session.hive} went down ({session.reason}) before the peer "
                   f"confirmed receiving it: it may or may not have been delivered")
         refused = 0
-        for sent_ms, src, routing in pending:
-            if sent_ms > session.confirmed_ms and not (isinstance(src, RemoteNode) and src.session.state == "down"):
+        for sent_ms, src, data, _ in pending.entries:
+            if sent_ms <= session.confirmed_ms or (isinstance(src, RemoteNode) and src.session.state == "down"):
+                continue
+            for body in wire.FrameReader().feed(data):
+                routing = _decode_raw(body).routing
                 answers.unreachable(self.router, src, routing, reason, detail)  # type: ignore[arg-type]
                 refused += 1
         if refused:

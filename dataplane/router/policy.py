@@ -402,8 +402,10 @@ class PolicyRuntime:
         except msgspec.DecodeError as err:
             return Verdict(None, None, current.engine.name, "", f"meta is not a JSON object: {err}")
         src_ilk = meta.get("src_ilk")
+        # canonical through the live aliases (a dst:null meta was rewritten already; an explicit-dst
+        # message checked by the allow rule was not): the key holds the identity version, so it stays right
         doc = build_input(meta, src=src, src_l2_name=src_l2_name,
-                          src_ilk=src_ilk if isinstance(src_ilk, str) else None)
+                          src_ilk=self._router.l3.canonical(src_ilk) if isinstance(src_ilk, str) else None)
         digest = hashlib.sha256(canonical_json(doc)).hexdigest()[:16]
         try:
             decision = current.engine.evaluate(doc)

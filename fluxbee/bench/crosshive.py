@@ -35,9 +35,11 @@ DEAD_S = 1.0
 
 
 WINDOW = 1_000
-"""One-way messages between the sink's acknowledgements.  The link has no end-to-end flow control:
-router A forwards as fast as its node writes, and router B drops (DST_CONGESTED) what its sink cannot
-take in time — a 30,000-message burst lost messages here.  Both transports get the same windows."""
+"""One-way messages between the sink's acknowledgements, for both transports.  The link itself needs
+no window (a full sink makes router B stop reading the link and router A hold the producer: see
+``tests/integration/link/test_link_flood.py``), but NATS core has no flow control from a subscriber
+back to a publisher — a subscriber that falls behind loses messages — so the windows stay, the same
+for both, to compare like with like."""
 
 
 async def _until(check: Any, timeout: float, what: str) -> None:

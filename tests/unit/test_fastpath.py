@@ -314,4 +314,4 @@ def test_an_out_of_date_extension_is_not_used(monkeypatch: pytest.MonkeyPatch) -
     module, why = _native._load()
     assert module is None
     assert why == ("python (C extension out of date, lacks extend, frame, trace_seed, trace_id, scan_null, "
-                   "splice_null, extend_null: run `make setup` or reinstall)")
+                   "splice_null, extend_null, hop: run `make setup` or reinstall)")

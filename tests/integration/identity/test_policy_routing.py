@@ -24,6 +24,7 @@ from hive_harness import RouterProc, wait_until
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.policy import compile_policy
 from fluxbee.dataplane.sdk import NodeConfig, NodeReceiver, NodeSender, connect
+from fluxbee.dataplane.shm import identity as identity_shm
 from fluxbee.dataplane.shm.policy import POLICY_ARTEFACT_OFFSET, PolicyRegion, artefact_digest
 from fluxbee.identity import client as idc
 
@@ -210,6 +211,24 @@ async def test_seed_rules_capability_load_balancing_and_system_status(
         await io.send("AI.ops", {"q": "direct"}, meta=wire.Meta(type="user", action="system_status",
                                                                 src_ilk=ilks["staff"]))
         assert (await admin_rx.recv(timeout=5)).payload == {"q": "direct"}
+        # an alias is judged as its canonical ILK: the staff member's WhatsApp got a temporary ILK,
+        # which the front desk merged into the staff ILK; a message still carrying the old ILK is the staff's
+        temp = await idc.provision_ilk(io, "whatsapp", "+34600999000")
+        await idc.add_channel(desk, ilks["staff"], "whatsapp", "+34600999000",
+                              ich_id=idc.ich_for(tenant, "whatsapp", "+34600999000"),
+                              merge_from_ilk_id=temp["ilk_id"], change_reason="same person")
+        reader = identity_shm.IdentityRegionReader("t", run_dir=run_dir)
+        try:
+            wait_until(lambda: reader.canonical(temp["ilk_id"]) == ilks["staff"], 10, "the alias in the region")
+        finally:
+            reader.close()
+        await io.send(None, {"q": "alias"}, meta=wire.Meta(type="user", action="system_status",
+                                                           src_ilk=temp["ilk_id"]))
+        aliased = await admin_rx.recv(timeout=5)
+        assert aliased.payload == {"q": "alias"} and aliased.meta.src_ilk == ilks["staff"], aliased.meta
+        await io.send("AI.ops", {"q": "alias direct"}, meta=wire.Meta(type="user", action="system_status",
+                                                                      src_ilk=temp["ilk_id"]))
+        assert (await admin_rx.recv(timeout=5)).payload == {"q": "alias direct"}
         # a plain message with an explicit dst is not evaluated at all
         before = router.status()["policy"]["cache"]
         await io.send("AI.billing1", {"plain": True})
@@ -221,7 +240,7 @@ async def test_seed_rules_capability_load_balancing_and_system_status(
         results: Counter[str] = Counter()
         for d in audit["decisions"]:  # a record is one decision, or the fast lane's aggregate of `count`
             results[d["result"]] += d["count"]
-        assert results == {"routed": 13, wire.OPA_NO_TARGET: 1, wire.POLICY_DENIED: 3, "allowed": 1}, results
+        assert results == {"routed": 14, wire.OPA_NO_TARGET: 1, wire.POLICY_DENIED: 3, "allowed": 2}, results
         lane = [d for d in audit["decisions"] if d["count"] > 1]
         assert lane and all(d["cached"] and d["result"] == "routed" and d["since_ms"] <= d["ts_ms"] for d in lane), \
             "repeated decisions were taken by the fast lane and audited as aggregates"
@@ -231,7 +250,7 @@ async def test_seed_rules_capability_load_balancing_and_system_status(
         cache = router.status()["policy"]["cache"]
         assert f'fluxbee_router_policy_cache_total{{outcome="hit"}} {cache["hits"]}' in metrics, metrics
         assert f'fluxbee_router_policy_cache_total{{outcome="miss"}} {cache["misses"]}' in metrics
-        assert 'fluxbee_router_policy_decisions_total{result="routed"} 13' in metrics
+        assert 'fluxbee_router_policy_decisions_total{result="routed"} 14' in metrics
         assert 'fluxbee_router_policy_decisions_total{result="POLICY_DENIED"} 3' in metrics
         assert f"fluxbee_router_policy_version {version}" in metrics
         await admin_sender.close()

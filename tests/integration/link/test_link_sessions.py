@@ -41,6 +41,12 @@ class FakeRouter:
     def read_done(self) -> None:
         self.reads += 1
 
+    def fast_frames(self, session: LinkSession, frames: list[bytes], start: int) -> int:
+        return 0  # every frame through the manager's checks
+
+    def forget_senders(self) -> None:
+        pass
+
 
 def free_port() -> int:
     with socket.socket() as s:
