@@ -39,8 +39,8 @@ def graduation(key: Ed25519PrivateKey, digest: str, ilk: str = ILK) -> dict[str,
             "ilkId": grad.ilk_id}
 
 
-async def setup(cluster: Cluster, key: Ed25519PrivateKey) -> None:
-    await cluster.api.create("hives", NS, HIVE)
+async def setup(cluster: Cluster, key: Ed25519PrivateKey, hive: dict[str, Any] = HIVE) -> None:
+    await cluster.api.create("hives", NS, hive)
     await cluster.api.create("runtimes", NS, RUNTIME)
     await cluster.api.create("configmaps", NS, {
         "apiVersion": "v1", "kind": "ConfigMap",
@@ -59,14 +59,19 @@ def agent(name: str, grad: dict[str, str], ilk: str = ILK) -> dict[str, Any]:
                     degree={"name": "support", "version": "2026.1", "graduation": grad})
 
 
-def degraded(cluster: Cluster, name: str, reason: str) -> Any:
+async def degraded(cluster: Cluster, name: str, reason: str) -> Any:
+    seen: list[Any] = []
+
     async def probe() -> dict[str, Any] | None:
         status = ((await cluster.api.get("fluxnodes", NS, name)) or {}).get("status") or {}
+        seen[:] = [status]
         degraded = [c for c in status.get("conditions") or [] if c["type"] == "Degraded"]
         return status if degraded and degraded[0]["reason"] == reason else None
 
-    # generous: under a loaded CI machine the operator's retry after a failed key read can take >10 s
-    return eventually(probe, timeout=30.0, what=f"fluxnode {name} Degraded/{reason}")
+    try:  # generous: under a loaded CI machine the operator's retry after a failed key read can take >10 s
+        return await eventually(probe, timeout=30.0, what=f"fluxnode {name} Degraded/{reason}")
+    except AssertionError as err:
+        raise AssertionError(f"{err}; the FluxNode's last status: {seen[0] if seen else None!r}") from None
 
 
 async def test_a_valid_graduation_gets_pods_and_the_degree_counts_it(
@@ -136,7 +141,11 @@ async def test_without_the_identity_key_nothing_starts(
     cluster: Cluster, operator: OperatorHandle
 ) -> None:
     key = Ed25519PrivateKey.generate()
-    await setup(cluster, key)
+    # a worker hive: a mother hive runs SY.identity's primary, and the operator publishes that key into
+    # the ConfigMap whenever it reconciles the Hive (it would come back, with a key the graduation was
+    # not signed with); a worker's primary is elsewhere, so nothing puts the key back here
+    worker = {**HIVE, "spec": {**HIVE["spec"], "role": "worker", "motherHive": "mother"}}
+    await setup(cluster, key, worker)
     await cluster.api.delete("configmaps", NS, OperatorSettings().identity_key_config_map)
     bad = base64.b64encode(b"\0" * 64).decode()
     await cluster.api.create("fluxnodes", NS, agent("agent", {**graduation(key, digest_of(TEXTS)),
