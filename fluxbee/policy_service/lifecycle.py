@@ -13,9 +13,11 @@ requests to it, and a :class:`Publisher` carries an applied artefact to the hive
   forward in version with the old artefact.  Without ``version`` it restores the applied version
   before the current one; with ``version`` that applied version (any of the newest kept).
 * At start the current artefact is published again (a restarted router or a fresh region gets it).
-* A worker hive follows its mother (:meth:`Lifecycle.follow`): a mother's current version above
-  every version the worker gave out is taken, so a worker that was down or cut off during an apply
-  catches up once it reaches its mother again.
+* Another hive's compiled artefact is taken as it is (:meth:`Lifecycle.take`, fed by
+  :mod:`.transfer`): the mother compiles once and every hive runs the same bytes under the same
+  version, whatever compiler it has itself.  A worker hive follows its mother: a mother's current
+  version above every version the worker gave out is fetched and applied, so a worker that was down
+  or cut off during an apply catches up once it reaches its mother again.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from fluxbee.dataplane.policy import (
     ALLOW_ENTRYPOINT,
@@ -40,6 +42,9 @@ from fluxbee.dataplane.policy import (
     load,
 )
 from fluxbee.policy_service.store import PolicyStore, StoreError, Versioned
+
+if TYPE_CHECKING:
+    from fluxbee.policy_service.transfer import Announced
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -209,21 +214,66 @@ class Lifecycle:
         self.last_result = {"version": item.version, "at_ms": int(time.time() * 1000), **result}
         return {"applied": True, "router": result}
 
-    async def follow(self, mother: dict[str, Any]) -> int | None:
-        """Take the mother hive's current policy (its POLICY_GET answer) when its version is above every
-        version this hive gave out: compiled here and applied under the mother's version.  The version
-        taken, or None when there was nothing to take."""
-        current = mother.get("current")
-        rego, entrypoint, data = mother.get("rego"), mother.get("entrypoint"), mother.get("data")
-        if not isinstance(current, dict) or not isinstance(rego, str) or not isinstance(entrypoint, str):
-            return None
-        version = current.get("version")
-        if not isinstance(version, int) or isinstance(version, bool) or version <= self.store.last_version():
-            return None
-        out = await self.compile(CompileRequest(rego=rego, entrypoint=entrypoint,
-                                                data=data if isinstance(data, dict) else None, version=version),
-                                 apply=True)
-        return int(out["version"])
+    async def take(self, want: Announced, get: Callable[[], Awaitable[Artefact]], *, apply: bool) -> dict[str, Any]:
+        """Take another hive's compiled artefact (announced as ``want``) under its version: ``get``
+        fetches and verifies the bytes; nothing is written before it returns.  With ``apply`` it becomes
+        current (a staged copy of the same artefact is applied without fetching again), else staged.
+
+        An announcement of what this hive already has (the same version and digest, current or staged)
+        is answered as done; the same version with other bytes, or a lower one, is VERSION_MISMATCH:
+        versions only grow."""
+        current, staged = self._files()
+        if current is not None and current.version == want.version and _digest(current) == want.sha256:
+            router = await self.publisher.router_policy()
+            done = router is not None and router.get("version") == current.version
+            return {"status": "ok", "hive": self.hive_id, "version": current.version, **_sizes(current),
+                    "staged": False, "applied": True, "already_current": True,
+                    "router": {"status": "applied" if done else "pending",
+                               "routers": [router] if router is not None else []}}
+        if staged is not None and staged.version == want.version and _digest(staged) == want.sha256:
+            out = {"status": "ok", "hive": self.hive_id, "version": staged.version, **_sizes(staged),
+                   "staged": True, "fetched": False}
+            if apply:
+                out.update(await self._make_current(staged, staged=True))
+            return out
+        last = self._last_version()
+        if want.version <= last:
+            raise PolicyServiceError("VERSION_MISMATCH", f"version {want.version} is not greater than {last}, the "
+                                     "last one given out here", last_version=last)
+        artefact = await get()
+        try:
+            version = self.store.take_version(want.version)
+        except ValueError as err:
+            raise PolicyServiceError("VERSION_MISMATCH", str(err), last_version=self.store.last_version()) from err
+        except (OSError, StoreError) as err:
+            raise PolicyServiceError("STATE_WRITE_FAILED", f"version not taken: {err}") from err
+        item = Versioned(version=version, artefact=artefact, created_at_ms=int(time.time() * 1000),
+                         origin=want.origin)
+        out = {"status": "ok", "hive": self.hive_id, "version": version, **_sizes(item), "fetched": True}
+        if apply:
+            return {**out, "staged": False, **await self._make_current(item, staged=False)}
+        try:
+            self.store.stage(item)
+        except OSError as err:
+            raise PolicyServiceError("STATE_WRITE_FAILED", f"version {version} fetched but not staged: {err}") from err
+        return {**out, "staged": True}
+
+    def _last_version(self) -> int:
+        try:
+            return self.store.last_version()
+        except StoreError as err:
+            raise PolicyServiceError("STATE_READ_FAILED", str(err)) from err
+
+    def kept(self, version: int) -> Versioned | None:
+        """This hive's artefact of ``version``: the current, the staged or an applied one kept."""
+        current, staged = self._files()
+        for item in (current, staged):
+            if item is not None and item.version == version:
+                return item
+        try:
+            return self.store.applied(version)
+        except StoreError as err:
+            raise PolicyServiceError("STATE_READ_FAILED", str(err)) from err
 
     async def republish(self) -> None:
         """Publish the current artefact again (at start)."""
@@ -284,8 +334,13 @@ def _same_policy(item: Versioned, req: CompileRequest) -> bool:
     return a.source == req.rego and a.target_entrypoint == req.entrypoint and dict(a.data) == dict(req.data or {})
 
 
+def _digest(item: Versioned) -> str:
+    return item.hash.removeprefix("sha256:")
+
+
 def _sizes(item: Versioned) -> dict[str, Any]:
     a = item.artefact
-    return {"hash": item.hash, "module_sha256": a.sha256, "engine": a.engine,
+    return {"hash": item.hash, "sha256": _digest(item), "size": len(a.to_bytes()), "origin": item.origin,
+            "module_sha256": a.sha256, "engine": a.engine,
             "wasm_size_bytes": len(a.wasm) if a.wasm is not None else None,
             "fallback_reason": a.fallback_reason}

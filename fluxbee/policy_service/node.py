@@ -8,6 +8,8 @@ message            payload                                                     f
 POLICY_COMPILE     ``{rego, entrypoint?, data?, version?, apply?}``            SY.admin (here or mother)
 POLICY_APPLY       ``{version?}`` (the staged one)                             SY.admin (here or mother)
 POLICY_ROLLBACK    ``{version?}`` (an applied one; default the previous)       SY.admin (here or mother)
+POLICY_TAKE        ``{version, sha256, size, engine, origin?, apply?}``        SY.admin (here or mother)
+POLICY_ARTEFACT_GET ``{version, offset, length}``: one chunk of an artefact   any SY.* node
 POLICY_CHECK       ``{rego?, input?, data?, entrypoint?, against?}``           any SY.* node
 POLICY_GET         ``{}``: current (with its Rego), staged, versions            any SY.* node
 POLICY_STATUS      ``{}``: the same without Rego, the last apply, the router's  any SY.* node
@@ -16,8 +18,15 @@ POLICY_STATUS      ``{}``: the same without Rego, the last apply, the router's  
 Who sent a request is the name the router stamped on it (``routing.src_l2_name``), proven by the
 sender's claim token: nothing is believed because of a name inside a payload.  Changes come only
 from ``SY.admin`` of this hive or of its mother hive (an apply made on the mother reaches every
-hive's SY.policy over the links).  Answers are ``{status: "ok", ...}`` or ``{status: "error",
-error_code, error_detail, ...}``; a compile error carries ``line`` and ``column``.
+hive's SY.policy over the links).
+
+The mother compiles once: the other hives get ``POLICY_TAKE`` (what to take: the version, the
+SHA-256 and size of the serialised artefact, its engine) and fetch the bytes from the asking hive's
+SY.policy with ``POLICY_ARTEFACT_GET`` in chunks that fit in a frame (:mod:`.transfer` has the
+checks and error codes); a worker's catch-up pull reads the same fields from its mother's
+``POLICY_STATUS`` answer (``current``) every :data:`FOLLOW_S` seconds.  Answers are
+``{status: "ok", ...}`` or ``{status: "error", error_code, error_detail, ...}``; a compile error
+carries ``line`` and ``column``.
 """
 
 from __future__ import annotations
@@ -25,22 +34,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from fluxbee.dataplane import wire
-from fluxbee.dataplane.policy import TARGET_ENTRYPOINT
+from fluxbee.dataplane.policy import TARGET_ENTRYPOINT, Artefact
 from fluxbee.dataplane.sdk import FrameTooLargeError, NodeConfig, NodeSender, SdkError, connect
 from fluxbee.dataplane.shm.policy import PolicyRegion, artefact_digest
 from fluxbee.dataplane.wire import Message
 from fluxbee.policy_service.lifecycle import CompileRequest, Lifecycle, PolicyServiceError
 from fluxbee.policy_service.store import PolicyStore, Versioned
+from fluxbee.policy_service.transfer import Announced, Ask, fetch, serve_chunk
 
 log = logging.getLogger(__name__)
 
 NODE_NAME = "SY.policy"
-CHANGES = frozenset({"POLICY_COMPILE", "POLICY_APPLY", "POLICY_ROLLBACK"})
-READS = frozenset({"POLICY_CHECK", "POLICY_GET", "POLICY_STATUS"})
+CHANGES = frozenset({"POLICY_COMPILE", "POLICY_APPLY", "POLICY_ROLLBACK", "POLICY_TAKE"})
+READS = frozenset({"POLICY_CHECK", "POLICY_GET", "POLICY_STATUS", "POLICY_ARTEFACT_GET"})
+CHUNK_TIMEOUT = 10.0
+"""How long a taker waits for one POLICY_ARTEFACT_GET answer before calling the fetch failed."""
 RELOAD_TIMEOUT = 10.0
 """How long an apply waits for the router's OPA_RELOAD_RESPONSE before calling it ``pending``."""
 HEARTBEAT_S = 2.0
@@ -122,6 +135,12 @@ class PolicyService:
         self.mother_hive = mother_hive
         self.store = PolicyStore(state_dir(run_dir))
         self.lifecycle: Lifecycle | None = None
+        self._sender: NodeSender | None = None
+
+    @property
+    def sender(self) -> NodeSender:
+        assert self._sender is not None
+        return self._sender
 
     def may_change(self, sender: str | None) -> bool:
         allowed = {f"SY.admin@{self.hive_id}"} | ({f"SY.admin@{self.mother_hive}"} if self.mother_hive else set())
@@ -129,6 +148,7 @@ class PolicyService:
 
     async def run(self, stop: asyncio.Event) -> None:
         sender, receiver = await connect(NodeConfig(name=NODE_NAME, run_dir=self.run_dir, persistent=True))
+        self._sender = sender
         region = PolicyRegion.create(self.hive_id, owner_uuid=sender.uuid, run_dir=self.run_dir,
                                      owner_name=NODE_NAME)
         self.lifecycle = Lifecycle(self.store, RouterPublisher(sender, region), self.hive_id)
@@ -171,27 +191,56 @@ class PolicyService:
             log.error("the current policy could not be published again at start: %s", err.detail)
 
     async def _follow_mother(self, sender: NodeSender) -> None:
-        """Every :data:`FOLLOW_S`, ask the mother's SY.policy for its current policy and take a newer one."""
-        assert self.lifecycle is not None
+        """Every :data:`FOLLOW_S`, ask the mother's SY.policy for its current policy and take a newer one
+        (its compiled artefact, fetched in chunks)."""
+        assert self.lifecycle is not None and self.mother_hive is not None
         mother = f"{NODE_NAME}@{self.mother_hive}"
         while True:
             await asyncio.sleep(FOLLOW_S)
             try:
-                reply = await sender.request(mother, {}, msg_type=wire.TYPE_SYSTEM, msg="POLICY_GET", timeout=10.0)
+                reply = await sender.request(mother, {}, msg_type=wire.TYPE_SYSTEM, msg="POLICY_STATUS", timeout=10.0)
             except SdkError as err:  # down, unlinked: asked again next time
                 log.debug("%s not asked for its policy: %s", mother, err)
                 continue
             if reply.routing.src_l2_name != mother or not isinstance(reply.payload, dict) \
-                    or reply.payload.get("status") != "ok":
+                    or reply.payload.get("status") != "ok" or not isinstance(reply.payload.get("current"), dict):
                 continue
             try:
+                want = Announced.parse(reply.payload["current"])
+                if want.version <= self.store.last_version():
+                    continue
                 async with self.lifecycle.lock:
-                    taken = await self.lifecycle.follow(reply.payload)
+                    taken = await self.lifecycle.take(want, self._getter(sender, self.mother_hive, want), apply=True)
             except PolicyServiceError as err:
                 log.error("the mother's policy could not be taken: %s: %s", err.code, err.detail)
                 continue
-            if taken is not None:
-                log.info("policy version %d taken from %s", taken, mother)
+            except Exception:  # a bad answer or state must not end the catch-up for good
+                log.exception("the mother's policy could not be taken")
+                continue
+            log.info("policy version %d taken from %s (%d bytes)", taken["version"], mother, want.size)
+
+    def _getter(self, sender: NodeSender, hive: str, want: Announced) -> Callable[[], Awaitable[Artefact]]:
+        """Fetches ``want`` from ``SY.policy@hive``; only that node's answers are believed."""
+        source = f"{NODE_NAME}@{hive}"
+
+        async def ask(body: dict[str, Any]) -> dict[str, Any]:
+            try:
+                reply = await sender.request(source, body, msg_type=wire.TYPE_SYSTEM, msg="POLICY_ARTEFACT_GET",
+                                             timeout=CHUNK_TIMEOUT)
+            except SdkError as err:
+                raise PolicyServiceError("FETCH_FAILED", f"{source} did not answer POLICY_ARTEFACT_GET at offset "
+                                         f"{body.get('offset')}: {err}; nothing was taken") from err
+            if reply.routing.src_l2_name != source or not isinstance(reply.payload, dict):
+                raise PolicyServiceError("ARTEFACT_MISMATCH", f"an answer from {reply.routing.src_l2_name} "
+                                         f"instead of {source}")
+            return reply.payload
+
+        asker: Ask = ask
+
+        async def get() -> Artefact:
+            return await fetch(want, asker)
+
+        return get
 
     async def handle(self, sender: NodeSender, msg: Message) -> None:
         action = msg.meta.msg
@@ -236,6 +285,11 @@ class PolicyService:
             entrypoint = _str_or(body.get("entrypoint"), "entrypoint", TARGET_ENTRYPOINT)
             assert against is not None and entrypoint is not None
             return await lc.check(rego, against, body.get("input"), _data(body.get("data")), entrypoint)
+        if action == "POLICY_ARTEFACT_GET":  # reads files written whole (renamed): no lock
+            version = _int_or_none(body.get("version"), "version")
+            if version is None:
+                raise PolicyServiceError("INVALID_REQUEST", "version is required")
+            return serve_chunk(lc.kept(version), body)
         async with lc.lock:
             if action == "POLICY_COMPILE":
                 rego = body.get("rego")
@@ -248,6 +302,14 @@ class PolicyService:
                 return await lc.compile(req, apply=bool(body.get("apply")))
             if action == "POLICY_APPLY":
                 return await lc.apply(_int_or_none(body.get("version"), "version"))
+            if action == "POLICY_TAKE":
+                source_hive = (sender or "").partition("@")[2]
+                if source_hive == self.hive_id or not source_hive:
+                    raise PolicyServiceError("INVALID_REQUEST", "POLICY_TAKE takes another hive's artefact; "
+                                             "this hive's own are compiled here")
+                want = Announced.parse(body)
+                return await lc.take(want, self._getter(self.sender, source_hive, want),
+                                     apply=bool(body.get("apply")))
             if action == "POLICY_ROLLBACK":
                 return await lc.rollback(_int_or_none(body.get("version"), "version"))
             return await lc.describe(with_source=action == "POLICY_GET")

@@ -88,7 +88,9 @@ class Versioned:
     def summary(self) -> dict[str, Any]:
         """What the API shows of it (no module bytes)."""
         a = self.artefact
-        return {"version": self.version, "hash": self.hash, "module_sha256": a.sha256, "engine": a.engine,
+        raw = a.to_bytes()
+        return {"version": self.version, "hash": self.hash, "sha256": hashlib.sha256(raw).hexdigest(),
+                "size": len(raw), "module_sha256": a.sha256, "engine": a.engine,
                 "compiler": a.compiler, "fallback_reason": a.fallback_reason, "entrypoints": list(a.entrypoints),
                 "wasm_size_bytes": len(a.wasm) if a.wasm is not None else None,
                 "created_at_ms": self.created_at_ms, "origin": self.origin}

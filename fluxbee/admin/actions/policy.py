@@ -4,9 +4,14 @@ Writes (``opa_compile_apply``, ``opa_compile``, ``opa_apply``, ``opa_rollback``)
 the body names it (``hive`` or ``target``, or the ``/hives/{h}/opa/...`` path), else to every hive
 this one knows (itself, the registered ones, the ones its links reach): this hive first — a refusal
 here (bad Rego, a version conflict) stops the change before any other hive hears of it — then the
-others at once over the links, compiled and staged under the version this hive gave out.  The
-answer lists each hive's result in ``responses``; hives that did not answer in time are named in
-``pending_hives`` and the envelope's status is ``sync_pending`` (HTTP 202).
+others at once over the links.  The others do not compile: each gets ``POLICY_TAKE`` with what this
+hive made (version, SHA-256 and size of the compiled artefact, engine; ``apply`` false for a compile
+without apply, which the others stage) and its SY.policy fetches those exact bytes from this hive's
+SY.policy in chunks, verifies them and stages or applies them under the same version.  An apply of
+the staged version and a rollback reach the others the same way (a rollback is a new version holding
+the earlier artefact).  The answer lists each hive's result in ``responses``; hives that did not
+answer in time, or whose fetch was cut (``FETCH_FAILED``: the hive's catch-up pull takes it later),
+are named in ``pending_hives`` and the envelope's status is ``sync_pending`` (HTTP 202).
 
 In a cluster (``Context.policies`` set) there is no SY.policy: compile-and-apply, rollback and the two
 reads act on the hive's Policy resource (:mod:`fluxbee.admin.kube_policy`); staging and ``check``
@@ -42,7 +47,8 @@ MAX_POLICY_BYTES = wire.PAYLOAD_BUDGET - 8 * 1024
 """Largest Rego plus data accepted (JSON bytes): one frame to every hive, with room for the envelope."""
 _PASSED = frozenset({"COMPILE_ERROR", "VERSION_MISMATCH", "NOTHING_STAGED", "NO_BACKUP", "NOT_FOUND",
                      "INVALID_REQUEST", "FORBIDDEN", "OPA_ERROR", "POLICY_LOAD_ERROR", "STATE_WRITE_FAILED",
-                     "STATE_READ_FAILED", "RESPONSE_TOO_LARGE"})
+                     "STATE_READ_FAILED", "RESPONSE_TOO_LARGE", "ARTEFACT_MISMATCH", "ARTEFACT_TOO_LARGE",
+                     "VERSION_NOT_FOUND", "BAD_OFFSET"})
 _KIND = {"opa_compile_apply": "compile", "opa_compile": "compile", "opa_apply": "apply", "opa_rollback": "rollback"}
 
 Hive = Field(default=None, min_length=1, max_length=64, description="One hive (\"broadcast\" or absent: every hive).")
@@ -142,11 +148,9 @@ async def _write(ctx: Context, target: str, p: OpaWriteParams, call: Call, actio
         version = reply.get("version")
         others = [h for h in expected if h != first]
         if others:
-            # the others stage (and apply) what this hive did, under the same version
-            follow_msg, follow = _request(action, p, version=version if kind == "compile" else p.version)
-            if kind == "apply":
-                follow = {"version": version}
-            results = await asyncio.gather(*(_ask(ctx, h, follow_msg, follow) for h in others),
+            # the others take what this hive made, byte for byte, under the same version
+            follow = _take(reply, apply=kind != "compile" or action == "opa_compile_apply")
+            results = await asyncio.gather(*(_ask(ctx, h, "POLICY_TAKE", follow) for h in others),
                                            return_exceptions=True)
             for hive, result in zip(others, results, strict=True):
                 if isinstance(result, AdminError) and result.code in ("TIMEOUT", "POLICY_UNAVAILABLE"):
@@ -155,6 +159,9 @@ async def _write(ctx: Context, target: str, p: OpaWriteParams, call: Call, actio
                 elif isinstance(result, BaseException):
                     responses.append({"hive": hive, "status": "error", "error_code": getattr(result, "code",
                                       "INTERNAL_ERROR"), "error_detail": str(result)})
+                elif result.get("status") != "ok" and result.get("error_code") == "FETCH_FAILED":
+                    responses.append({"hive": hive, "status": "pending", "error_code": "FETCH_FAILED",
+                                      "error_detail": result.get("error_detail")})
                 else:
                     responses.append(_response(hive, result))
         pending = [r["hive"] for r in responses if r["status"] == "pending"]
@@ -182,11 +189,16 @@ def _request(action: str, p: OpaWriteParams, *, version: int | None) -> tuple[st
     return message, ({"version": version} if version is not None else {})
 
 
+def _take(reply: dict[str, Any], *, apply: bool) -> dict[str, Any]:
+    """The ``POLICY_TAKE`` that carries this hive's answer (what it compiled, applied or restored)."""
+    return {"apply": apply, **{k: reply.get(k) for k in ("version", "sha256", "size", "engine", "origin")}}
+
+
 def _response(hive: str, reply: dict[str, Any]) -> dict[str, Any]:
     if reply.get("status") != "ok":
         return {"hive": hive, "status": "error", **{k: v for k, v in reply.items() if k != "status"}}
     keep = ("version", "restored_version", "compile_time_ms", "wasm_size_bytes", "hash", "module_sha256",
-            "engine", "fallback_reason", "staged", "applied", "router")
+            "engine", "fallback_reason", "staged", "applied", "router", "fetched", "already_current")
     return {"hive": hive, "status": "ok", **{k: reply[k] for k in keep if k in reply}}
 
 
