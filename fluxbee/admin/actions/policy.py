@@ -21,8 +21,9 @@ Reads (``opa_get_policy``, ``opa_get_status``, ``opa_get_decisions``) and ``opa_
 one hive (``?hive=``, default this one; another hive's through its admin API over the links).
 ``opa_check`` compiles in memory and evaluates an ``input``: it writes nothing and takes no version.
 
-A Rego body (with its data) travels in one frame to each hive: above :data:`MAX_POLICY_BYTES` it is
-refused with 413 ``PAYLOAD_TOO_LARGE`` before anything is compiled or written.
+A Rego body (with its data) travels in one frame to the hive that compiles it: above
+:data:`MAX_POLICY_BYTES` it is refused with 413 ``PAYLOAD_TOO_LARGE`` before anything is compiled or
+written.  The compiled artefact reaches the other hives in chunks, whatever its size.
 """
 
 from __future__ import annotations
