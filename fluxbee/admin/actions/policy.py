@@ -199,7 +199,8 @@ def _response(hive: str, reply: dict[str, Any]) -> dict[str, Any]:
     if reply.get("status") != "ok":
         return {"hive": hive, "status": "error", **{k: v for k, v in reply.items() if k != "status"}}
     keep = ("version", "restored_version", "compile_time_ms", "wasm_size_bytes", "hash", "module_sha256",
-            "engine", "fallback_reason", "staged", "applied", "router", "fetched", "already_current", "sha256", "size", "origin")
+            "engine", "fallback_reason", "staged", "applied", "router", "fetched", "already_current", "sha256",
+            "size", "origin")
     return {"hive": hive, "status": "ok", **{k: reply[k] for k in keep if k in reply}}
 
 
