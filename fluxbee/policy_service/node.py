@@ -24,7 +24,7 @@ The mother compiles once: the other hives get ``POLICY_TAKE`` (what to take: the
 SHA-256 and size of the serialised artefact, its engine) and fetch the bytes from the asking hive's
 SY.policy with ``POLICY_ARTEFACT_GET`` in chunks that fit in a frame (:mod:`.transfer` has the
 checks and error codes); a worker's catch-up pull reads the same fields from its mother's
-``POLICY_STATUS`` answer (``current``) every :data:`FOLLOW_S` seconds.  Answers are
+``POLICY_GET`` answer (``current``) every :data:`FOLLOW_S` seconds.  Answers are
 ``{status: "ok", ...}`` or ``{status: "error", error_code, error_detail, ...}``; a compile error
 carries ``line`` and ``column``.
 """
@@ -136,6 +136,18 @@ class PolicyService:
         self.store = PolicyStore(state_dir(run_dir))
         self.lifecycle: Lifecycle | None = None
         self._sender: NodeSender | None = None
+        self._served: tuple[int, bytes] | None = None
+        """The last artefact served in chunks (a version's artefact never changes once given out)."""
+
+    def _artefact_bytes(self, version: int) -> bytes | None:
+        if self._served is not None and self._served[0] == version:
+            return self._served[1]
+        assert self.lifecycle is not None
+        item = self.lifecycle.kept(version)
+        if item is None:
+            return None
+        self._served = (version, item.artefact.to_bytes())
+        return self._served[1]
 
     @property
     def sender(self) -> NodeSender:
@@ -198,7 +210,7 @@ class PolicyService:
         while True:
             await asyncio.sleep(FOLLOW_S)
             try:
-                reply = await sender.request(mother, {}, msg_type=wire.TYPE_SYSTEM, msg="POLICY_STATUS", timeout=10.0)
+                reply = await sender.request(mother, {}, msg_type=wire.TYPE_SYSTEM, msg="POLICY_GET", timeout=10.0)
             except SdkError as err:  # down, unlinked: asked again next time
                 log.debug("%s not asked for its policy: %s", mother, err)
                 continue
@@ -286,10 +298,7 @@ class PolicyService:
             assert against is not None and entrypoint is not None
             return await lc.check(rego, against, body.get("input"), _data(body.get("data")), entrypoint)
         if action == "POLICY_ARTEFACT_GET":  # reads files written whole (renamed): no lock
-            version = _int_or_none(body.get("version"), "version")
-            if version is None:
-                raise PolicyServiceError("INVALID_REQUEST", "version is required")
-            return serve_chunk(lc.kept(version), body)
+            return serve_chunk(self._artefact_bytes, body)
         async with lc.lock:
             if action == "POLICY_COMPILE":
                 rego = body.get("rego")

@@ -1,7 +1,7 @@
 """A compiled artefact carried from one hive's SY.policy to another's, in chunks that fit in a frame.
 
 The mother hive compiles once; every other hive runs the same bytes.  What is announced (the admin
-fan-out's ``POLICY_TAKE``, or the mother's ``POLICY_STATUS`` answer that a worker's catch-up pull reads)
+fan-out's ``POLICY_TAKE``, or the mother's ``POLICY_GET`` answer that a worker's catch-up pull reads)
 is a :class:`Announced`: ``{version, sha256, size, engine}``, where ``sha256`` is the hex digest of
 the serialised artefact (:meth:`~fluxbee.dataplane.policy.Artefact.to_bytes`, the bytes the policy
 region holds).  The taker then asks the source's SY.policy for the bytes with ``POLICY_ARTEFACT_GET``
@@ -31,7 +31,6 @@ from typing import Any, Final
 from fluxbee.dataplane.policy import Artefact, PolicyLoadError
 from fluxbee.dataplane.shm.policy import DEFAULT_CAPACITY
 from fluxbee.policy_service.lifecycle import PolicyServiceError
-from fluxbee.policy_service.store import Versioned
 
 CHUNK_BYTES: Final = 64 * 1024
 """Largest chunk asked for or served: base64 makes it 87,384 characters, well inside one frame."""
@@ -68,14 +67,8 @@ class Announced:
     origin: str = "compile"
 
     @classmethod
-    def of(cls, item: Versioned) -> Announced:
-        raw = item.artefact.to_bytes()
-        return cls(version=item.version, sha256=hashlib.sha256(raw).hexdigest(), size=len(raw),
-                   engine=item.artefact.engine, origin=item.origin)
-
-    @classmethod
     def parse(cls, body: dict[str, Any]) -> Announced:
-        """From a ``POLICY_TAKE`` body or a ``POLICY_STATUS`` answer's ``current``; INVALID_REQUEST or
+        """From a ``POLICY_TAKE`` body or a ``POLICY_GET`` answer's ``current``; INVALID_REQUEST or
         ARTEFACT_TOO_LARGE when it is not one that can be taken."""
         version = _positive_int(body.get("version"), "version")
         sha = _hex_digest(body.get("sha256", body.get("hash")), "sha256")
@@ -96,18 +89,18 @@ class Announced:
                 "origin": self.origin}
 
 
-def serve_chunk(item: Versioned | None, body: dict[str, Any]) -> dict[str, Any]:
-    """The ``POLICY_ARTEFACT_GET`` answer for ``body`` (``{version, offset, length}``), ``item`` being
-    the source's artefact of that version (None: it keeps none)."""
+def serve_chunk(artefact: Callable[[int], bytes | None], body: dict[str, Any]) -> dict[str, Any]:
+    """The ``POLICY_ARTEFACT_GET`` answer for ``body`` (``{version, offset, length}``); ``artefact``
+    gives the source's serialised artefact of a version (None: it keeps none)."""
     version = _positive_int(body.get("version"), "version")
     offset = _positive_int(body.get("offset", 0), "offset", minimum=0)
     length = _positive_int(body.get("length", CHUNK_BYTES), "length")
     if length > CHUNK_BYTES:
         raise PolicyServiceError("INVALID_REQUEST", f"length {length} is above {CHUNK_BYTES}, the largest chunk",
                                  max_length=CHUNK_BYTES)
-    if item is None:
+    raw = artefact(version)
+    if raw is None:
         raise PolicyServiceError("VERSION_NOT_FOUND", f"no artefact of version {version} is kept here")
-    raw = item.artefact.to_bytes()
     if offset >= len(raw):
         raise PolicyServiceError("BAD_OFFSET", f"offset {offset} is at or past the end ({len(raw)} bytes)",
                                  size=len(raw))

@@ -57,11 +57,18 @@ def _link(mother: Lifecycle, asked: list[int], alter: Callable[[dict[str, Any]],
     async def ask(body: dict[str, Any]) -> dict[str, Any]:
         asked.append(body["offset"])
         try:
-            reply = serve_chunk(mother.kept(body["version"]), body)
+            reply = serve_chunk(_kept(mother), body)
         except PolicyServiceError as err:
             reply = err.payload()
         return alter(reply) if alter else reply
     return ask
+
+
+def _kept(lc: Lifecycle) -> Callable[[int], bytes | None]:
+    def raw(version: int) -> bytes | None:
+        item = lc.kept(version)
+        return item.artefact.to_bytes() if item is not None else None
+    return raw
 
 
 def _getter(want: Announced, ask: Ask) -> Callable[[], Awaitable[Artefact]]:
@@ -200,9 +207,10 @@ def test_the_chunk_answers_refuse_bad_requests(tmp_path: Path) -> None:
 
     item = asyncio.run(go())
     raw = item.artefact.to_bytes()
-    whole = serve_chunk(item, {"version": 1, "offset": 0, "length": CHUNK_BYTES})
+    kept = _kept(mother)
+    whole = serve_chunk(kept, {"version": 1, "offset": 0, "length": CHUNK_BYTES})
     assert base64.b64decode(whole["chunk"]) == raw and whole["sha256"] == hashlib.sha256(raw).hexdigest()
-    assert base64.b64decode(serve_chunk(item, {"version": 1, "offset": 3, "length": 5})["chunk"]) == raw[3:8]
+    assert base64.b64decode(serve_chunk(kept, {"version": 1, "offset": 3, "length": 5})["chunk"]) == raw[3:8]
     for body, code in [({"version": 1, "offset": len(raw), "length": 10}, "BAD_OFFSET"),
                        ({"version": 1, "offset": 10 ** 12, "length": 10}, "BAD_OFFSET"),
                        ({"version": 1, "offset": -1, "length": 10}, "INVALID_REQUEST"),
@@ -212,10 +220,10 @@ def test_the_chunk_answers_refuse_bad_requests(tmp_path: Path) -> None:
                        ({"version": 1, "offset": "0", "length": 10}, "INVALID_REQUEST"),
                        ({"version": True, "offset": 0, "length": 10}, "INVALID_REQUEST")]:
         with pytest.raises(PolicyServiceError) as refused:
-            serve_chunk(item, body)
+            serve_chunk(kept, body)
         assert refused.value.code == code, body
     with pytest.raises(PolicyServiceError) as unknown:
-        serve_chunk(mother.kept(9), {"version": 9, "offset": 0, "length": 10})
+        serve_chunk(kept, {"version": 9, "offset": 0, "length": 10})
     assert unknown.value.code == "VERSION_NOT_FOUND"
 
 
