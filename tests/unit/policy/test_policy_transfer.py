@@ -19,6 +19,7 @@ import pytest
 
 from fluxbee.dataplane.policy import Artefact
 from fluxbee.policy_service.lifecycle import CompileRequest, Lifecycle, PolicyServiceError
+from fluxbee.policy_service.node import PolicyService
 from fluxbee.policy_service.store import PolicyStore, Versioned
 from fluxbee.policy_service.transfer import CHUNK_BYTES, MAX_ARTEFACT_BYTES, Announced, fetch, serve_chunk
 
@@ -253,3 +254,18 @@ def test_an_artefact_that_decodes_to_another_engine_is_refused(tmp_path: Path) -
         assert refused.value.code == "ARTEFACT_MISMATCH" and worker.store.current() is None
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize(("sender", "code"), [
+    ("SY.admin@w", "INVALID_REQUEST"),  # its own hive's artefacts are compiled here, not taken
+    ("SY.admin@x", "FORBIDDEN"),  # neither this hive's admin nor its mother's
+    ("WF.tool@m", "FORBIDDEN"),
+])
+def test_policy_take_is_refused_from_the_wrong_sender(tmp_path: Path, sender: str, code: str) -> None:
+    service = PolicyService("w", tmp_path, mother_hive="m")
+    worker, rec = _lc(tmp_path, "w")
+    service.lifecycle = worker
+    body = {"version": 1, "sha256": "a" * 64, "size": 10, "engine": "regorus", "apply": True}
+    with pytest.raises(PolicyServiceError) as refused:
+        asyncio.run(service.answer("POLICY_TAKE", sender, body))
+    assert refused.value.code == code and worker.store.last_version() == 0 and rec.published == []
