@@ -138,10 +138,9 @@ class Lifecycle:
         """Compile (in a worker thread: ``opa build`` takes a while), then take a version and stage it;
         with ``apply`` make it current at once.
 
-        The mother's apply of a version this hive already runs (its follow loop asked the mother
-        between the mother's own apply and the change reaching this hive) is answered as done, with
-        the router's policy: the same policy under the same version, nothing compiled or published
-        again. The same version with another policy is still refused (VERSION_MISMATCH)."""
+        A compile-and-apply pinned to the version this hive already runs, of the same policy (a retried
+        request), is answered as done, with the router's policy: nothing compiled or published again.
+        The same version with another policy is still refused (VERSION_MISMATCH)."""
         if req.version is not None and apply:
             current, _ = self._files()
             if current is not None and current.version == req.version and _same_policy(current, req):

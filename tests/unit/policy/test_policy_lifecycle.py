@@ -71,6 +71,25 @@ def test_versions_grow_and_a_failed_compile_or_a_check_takes_none(tmp_path: Path
     assert PolicyStore(tmp_path / "policy").last_version() == 7  # a new store (a restart) continues from there
 
 
+def test_a_retried_pinned_compile_and_apply_of_the_current_policy_is_done_not_refused(tmp_path: Path) -> None:
+    lc, rec = _lc(tmp_path)
+
+    async def go() -> None:
+        first = await lc.compile(CompileRequest(rego=POLICY, version=4), apply=True)
+        assert first["version"] == 4 and rec.published == [(4, POLICY)]
+        again = await lc.compile(CompileRequest(rego=POLICY, version=4), apply=True)
+        assert (again["status"], again["version"], again["already_current"]) == ("ok", 4, True)
+        assert again["router"]["status"] == "applied" and rec.published == [(4, POLICY)], "nothing published twice"
+        with pytest.raises(PolicyServiceError) as other:  # the same version with another policy: refused
+            await lc.compile(CompileRequest(rego=OTHER, version=4), apply=True)
+        assert other.value.code == "VERSION_MISMATCH"
+        with pytest.raises(PolicyServiceError) as staged_only:  # and a stage-only request still needs a new one
+            await lc.compile(CompileRequest(rego=POLICY, version=4), apply=False)
+        assert staged_only.value.code == "VERSION_MISMATCH"
+
+    asyncio.run(go())
+
+
 def test_rollback_restores_an_earlier_artefact_as_a_new_version(tmp_path: Path) -> None:
     lc, rec = _lc(tmp_path)
 
