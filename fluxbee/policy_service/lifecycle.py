@@ -249,8 +249,9 @@ class Lifecycle:
         item = Versioned(version=version, artefact=artefact, created_at_ms=int(time.time() * 1000),
                          origin=want.origin)
         out = {"status": "ok", "hive": self.hive_id, "version": version, **_sizes(item), "fetched": True}
-        if apply:
-            return {**out, "staged": False, **await self._make_current(item, staged=False)}
+        if apply:  # as on the mother: a compile-and-apply leaves nothing staged, a rollback keeps it
+            return {**out, "staged": False,
+                    **await self._make_current(item, staged=not want.origin.startswith("rollback:"))}
         try:
             self.store.stage(item)
         except OSError as err:

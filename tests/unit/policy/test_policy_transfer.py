@@ -107,13 +107,23 @@ def test_a_worker_takes_the_mothers_artefact_in_chunks_byte_for_byte(tmp_path: P
         await mother.apply(2)
         applied = await worker.take(want2, _getter(want2, _link(mother, asked := [])), apply=True)
         assert (applied["version"], applied["applied"], applied["fetched"], asked) == (2, True, False, [])
+        # a compile-and-apply on the mother leaves nothing staged there, nor on the worker
+        await mother.compile(CompileRequest(rego=POLICY.replace("WF.a", "WF.s")), apply=False)
+        staged_again = _announce(await mother.compile(CompileRequest(rego=POLICY.replace("WF.a", "WF.c")),
+                                                      apply=False))
+        await worker.take(staged_again, _getter(staged_again, _link(mother, [])), apply=False)
+        assert worker.store.staged() is not None
+        now = await mother.compile(CompileRequest(rego=POLICY.replace("WF.a", "WF.d")), apply=True)
+        want_now = _announce(now)
+        await worker.take(want_now, _getter(want_now, _link(mother, [])), apply=True)
+        assert mother.store.staged() is None and worker.store.staged() is None
         # a rollback on the mother is a new version with the old bytes: the worker gets those bytes
-        back = await mother.rollback(None)
+        back = await mother.rollback(1)
         want3 = _announce(back)
         assert want3.origin == "rollback:1"
         out3 = await worker.take(want3, _getter(want3, _link(mother, [])), apply=True)
         restored = worker.store.current()
-        assert out3["version"] == 3 and restored is not None and restored.artefact == current.artefact
+        assert out3["version"] == 6 and restored is not None and restored.artefact == current.artefact
         assert restored.origin == "rollback:1"
 
     asyncio.run(go())
