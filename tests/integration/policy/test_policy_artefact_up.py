@@ -118,6 +118,11 @@ async def _chunk_requests(h: Hive, version: int, size: int) -> dict[str, str]:
             assert reply.meta.msg == "POLICY_ARTEFACT_GET_RESPONSE"
             payload = reply.payload
             codes[name] = payload.get("error_code") or f"{payload['status']}:{payload['size']}:{payload['offset']}"
+        # only SY.admin (this hive's or the mother's) may make a hive take an artefact
+        reply = await probe.request(f"SY.policy@{h.hive_id}", {"version": 99, "sha256": "a" * 64, "size": 10,
+                                                                "engine": "wasm", "apply": True},
+                                    msg_type="system", msg="POLICY_TAKE", timeout=30)
+        codes["take"] = reply.payload.get("error_code")
     finally:
         await probe.close()
     return codes
@@ -187,6 +192,7 @@ def test_a_worker_without_opa_runs_the_mothers_wasm_artefact(root: Path, opa: st
         assert codes == {"first": f"ok:{len(_region(m)[2].to_bytes())}:0", "past the end": "BAD_OFFSET",
                          "negative length": "INVALID_REQUEST", "huge length": "INVALID_REQUEST",
                          "negative offset": "INVALID_REQUEST", "unknown version": "VERSION_NOT_FOUND",
-                         "no version": "INVALID_REQUEST"}, codes
+                         "no version": "INVALID_REQUEST", "take": "FORBIDDEN"}, codes
+        assert _status(m)["last_version"] == 4
     finally:
         _stop_all(*started)
