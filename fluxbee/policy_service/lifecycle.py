@@ -221,22 +221,12 @@ class Lifecycle:
         An announcement of what this hive already has (the same version and digest, current or staged)
         is answered as done; the same version with other bytes, or a lower one, is VERSION_MISMATCH:
         versions only grow."""
-        current, staged = self._files()
-        if current is not None and current.version == want.version and _digest(current) == want.sha256:
-            router = await self.publisher.router_policy()
-            done = router is not None and router.get("version") == current.version
-            return {"status": "ok", "hive": self.hive_id, "version": current.version, **_sizes(current),
-                    "staged": False, "applied": True, "already_current": True,
-                    "router": {"status": "applied" if done else "pending",
-                               "routers": [router] if router is not None else []}}
-        if staged is not None and staged.version == want.version and _digest(staged) == want.sha256:
-            out = {"status": "ok", "hive": self.hive_id, "version": staged.version, **_sizes(staged),
-                   "staged": True, "fetched": False}
-            if apply:
-                out.update(await self._make_current(staged, staged=True))
-            return out
+        if want.version is not None:  # None: compiled for this hive alone, taken under its next version
+            had = await self._already(want, apply=apply)
+            if had is not None:
+                return had
         last = self._last_version()
-        if want.version <= last:
+        if want.version is not None and want.version <= last:
             raise PolicyServiceError("VERSION_MISMATCH", f"version {want.version} is not greater than {last}, the "
                                      "last one given out here", last_version=last)
         artefact = await get()
@@ -257,6 +247,31 @@ class Lifecycle:
         except OSError as err:
             raise PolicyServiceError("STATE_WRITE_FAILED", f"version {version} fetched but not staged: {err}") from err
         return {**out, "staged": True}
+
+    async def _already(self, want: Announced, *, apply: bool) -> dict[str, Any] | None:
+        """The answer to an announcement of what this hive already has (current, or staged), else None."""
+        current, staged = self._files()
+        if current is not None and current.version == want.version and _digest(current) == want.sha256:
+            router = await self.publisher.router_policy()
+            done = router is not None and router.get("version") == current.version
+            return {"status": "ok", "hive": self.hive_id, "version": current.version, **_sizes(current),
+                    "staged": False, "applied": True, "already_current": True,
+                    "router": {"status": "applied" if done else "pending",
+                               "routers": [router] if router is not None else []}}
+        if staged is not None and staged.version == want.version and _digest(staged) == want.sha256:
+            out = {"status": "ok", "hive": self.hive_id, "version": staged.version, **_sizes(staged),
+                   "staged": True, "fetched": False}
+            if apply:
+                out.update(await self._make_current(staged, staged=True))
+            return out
+        return None
+
+    async def prepare(self, req: CompileRequest) -> tuple[Artefact, int]:
+        """Compile ``req`` for another hive: nothing is written and no version taken here.  The artefact
+        and the compile time (ms)."""
+        started = time.perf_counter()
+        artefact = await self._on_policy_thread(_compile, req)
+        return artefact, int((time.perf_counter() - started) * 1000)
 
     def _last_version(self) -> int:
         try:

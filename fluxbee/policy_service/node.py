@@ -8,8 +8,9 @@ message            payload                                                     f
 POLICY_COMPILE     ``{rego, entrypoint?, data?, version?, apply?}``            SY.admin (here or mother)
 POLICY_APPLY       ``{version?}`` (the staged one)                             SY.admin (here or mother)
 POLICY_ROLLBACK    ``{version?}`` (an applied one; default the previous)       SY.admin (here or mother)
-POLICY_TAKE        ``{version, sha256, size, engine, origin?, apply?}``        SY.admin (here or mother)
-POLICY_ARTEFACT_GET ``{version, offset, length}``: one chunk of an artefact   any SY.* node
+POLICY_TAKE        ``{version?, sha256, size, engine, origin?, apply?}``       SY.admin (here or mother)
+POLICY_PREPARE     ``{rego, entrypoint?, data?}``: compile for another hive    SY.admin (here)
+POLICY_ARTEFACT_GET ``{version | sha256, offset, length}``: one chunk          any SY.* node
 POLICY_CHECK       ``{rego?, input?, data?, entrypoint?, against?}``           any SY.* node
 POLICY_GET         ``{}``: current (with its Rego), staged, versions            any SY.* node
 POLICY_STATUS      ``{}``: the same without Rego, the last apply, the router's  any SY.* node
@@ -26,13 +27,16 @@ SY.policy with ``POLICY_ARTEFACT_GET`` in chunks that fit in a frame (:mod:`.tra
 checks and error codes); a worker's catch-up pull reads the same fields from its mother's
 ``POLICY_GET`` answer (``current``) every :data:`FOLLOW_S` seconds.  Answers are
 ``{status: "ok", ...}`` or ``{status: "error", error_code, error_detail, ...}``; a compile error
-carries ``line`` and ``column``.
+carries ``line`` and ``column``.  A write naming one other hive is compiled here too
+(``POLICY_PREPARE``: nothing written, no version taken, the artefact held in memory, the newest
+:data:`TRANSIT_KEPT`) and taken there under that hive's next version, fetched by its ``sha256``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -40,7 +44,7 @@ from typing import Any
 
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.policy import TARGET_ENTRYPOINT, Artefact
-from fluxbee.dataplane.sdk import FrameTooLargeError, NodeConfig, NodeSender, SdkError, connect
+from fluxbee.dataplane.sdk import FrameTooLargeError, NodeConfig, NodeSender, SdkError, UnreachableError, connect
 from fluxbee.dataplane.shm.policy import PolicyRegion, artefact_digest
 from fluxbee.dataplane.wire import Message
 from fluxbee.policy_service.lifecycle import CompileRequest, Lifecycle, PolicyServiceError
@@ -51,9 +55,13 @@ log = logging.getLogger(__name__)
 
 NODE_NAME = "SY.policy"
 CHANGES = frozenset({"POLICY_COMPILE", "POLICY_APPLY", "POLICY_ROLLBACK", "POLICY_TAKE"})
-READS = frozenset({"POLICY_CHECK", "POLICY_GET", "POLICY_STATUS", "POLICY_ARTEFACT_GET"})
+READS = frozenset({"POLICY_CHECK", "POLICY_GET", "POLICY_STATUS", "POLICY_ARTEFACT_GET", "POLICY_PREPARE"})
+TRANSIT_KEPT = 4
+"""Artefacts compiled for other hives (``POLICY_PREPARE``) held for their fetch."""
 CHUNK_TIMEOUT = 10.0
 """How long a taker waits for one POLICY_ARTEFACT_GET answer before calling the fetch failed."""
+UNREACHABLE_TRIES = 4
+"""Tries of a chunk request whose destination the router cannot reach (a link just made or remade)."""
 RELOAD_TIMEOUT = 10.0
 """How long an apply waits for the router's OPA_RELOAD_RESPONSE before calling it ``pending``."""
 HEARTBEAT_S = 2.0
@@ -138,8 +146,11 @@ class PolicyService:
         self._sender: NodeSender | None = None
         self._served: tuple[int, bytes] | None = None
         """The last artefact served in chunks (a version's artefact never changes once given out)."""
+        self._transit: dict[str, bytes] = {}
 
-    def _artefact_bytes(self, version: int) -> bytes | None:
+    def _artefact_bytes(self, version: int | None, sha256: str | None) -> bytes | None:
+        if version is None:
+            return self._transit.get(sha256 or "")
         if self._served is not None and self._served[0] == version:
             return self._served[1]
         assert self.lifecycle is not None
@@ -219,7 +230,7 @@ class PolicyService:
                 continue
             try:
                 want = Announced.parse(reply.payload["current"])
-                if want.version <= self.store.last_version():
+                if want.version is None or want.version <= self.store.last_version():
                     continue
                 async with self.lifecycle.lock:
                     taken = await self.lifecycle.take(want, self._getter(sender, self.mother_hive, want), apply=True)
@@ -236,12 +247,19 @@ class PolicyService:
         source = f"{NODE_NAME}@{hive}"
 
         async def ask(body: dict[str, Any]) -> dict[str, Any]:
-            try:
-                reply = await sender.request(source, body, msg_type=wire.TYPE_SYSTEM, msg="POLICY_ARTEFACT_GET",
-                                             timeout=CHUNK_TIMEOUT)
-            except SdkError as err:
-                raise PolicyServiceError("FETCH_FAILED", f"{source} did not answer POLICY_ARTEFACT_GET at offset "
-                                         f"{body.get('offset')}: {err}; nothing was taken") from err
+            for attempt in range(1, UNREACHABLE_TRIES + 1):
+                try:
+                    reply = await sender.request(source, body, msg_type=wire.TYPE_SYSTEM, msg="POLICY_ARTEFACT_GET",
+                                                 timeout=CHUNK_TIMEOUT)
+                    break
+                except UnreachableError as err:  # a route not (yet, or any more) there: a moment, then again
+                    if attempt == UNREACHABLE_TRIES:
+                        raise PolicyServiceError("FETCH_FAILED", f"{source} cannot be reached: {err}; nothing "
+                                                 "was taken") from err
+                    await asyncio.sleep(0.5 * attempt)
+                except SdkError as err:
+                    raise PolicyServiceError("FETCH_FAILED", f"{source} did not answer POLICY_ARTEFACT_GET at "
+                                             f"offset {body.get('offset')}: {err}; nothing was taken") from err
             if reply.routing.src_l2_name != source or not isinstance(reply.payload, dict):
                 raise PolicyServiceError("ARTEFACT_MISMATCH", f"an answer from {reply.routing.src_l2_name} "
                                          f"instead of {source}")
@@ -297,6 +315,24 @@ class PolicyService:
             entrypoint = _str_or(body.get("entrypoint"), "entrypoint", TARGET_ENTRYPOINT)
             assert against is not None and entrypoint is not None
             return await lc.check(rego, against, body.get("input"), _data(body.get("data")), entrypoint)
+        if action == "POLICY_PREPARE":  # compiles like a check; holds the artefact for another hive's fetch
+            if sender != f"SY.admin@{self.hive_id}":
+                raise PolicyServiceError("FORBIDDEN", f"{sender} may not compile for another hive here")
+            rego = body.get("rego")
+            if not isinstance(rego, str) or not rego.strip():
+                raise PolicyServiceError("INVALID_REQUEST", "rego_missing: rego must be a non-empty string")
+            entrypoint = _str_or(body.get("entrypoint"), "entrypoint", TARGET_ENTRYPOINT)
+            assert entrypoint is not None
+            artefact, compile_ms = await lc.prepare(CompileRequest(rego=rego, entrypoint=entrypoint,
+                                                                   data=_data(body.get("data"))))
+            raw = artefact.to_bytes()
+            sha = hashlib.sha256(raw).hexdigest()
+            self._transit.pop(sha, None)
+            self._transit[sha] = raw
+            while len(self._transit) > TRANSIT_KEPT:
+                del self._transit[next(iter(self._transit))]
+            return {"status": "ok", "hive": self.hive_id, "sha256": sha, "size": len(raw), "engine": artefact.engine,
+                    "module_sha256": artefact.sha256, "compile_time_ms": compile_ms, "origin": "compile"}
         if action == "POLICY_ARTEFACT_GET":  # reads files written whole (renamed): no lock
             return serve_chunk(self._artefact_bytes, body)
         async with lc.lock:

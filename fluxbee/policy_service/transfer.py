@@ -60,7 +60,9 @@ def _hex_digest(value: Any, field: str) -> str:
 class Announced:
     """What a source says it has: the artefact of ``version``, ``size`` bytes with digest ``sha256``."""
 
-    version: int
+    version: int | None
+    """None: an artefact compiled for this hive alone (a write naming it), taken under its next version
+    and fetched by its ``sha256``."""
     sha256: str
     size: int
     engine: str
@@ -70,7 +72,7 @@ class Announced:
     def parse(cls, body: dict[str, Any]) -> Announced:
         """From a ``POLICY_TAKE`` body or a ``POLICY_GET`` answer's ``current``; INVALID_REQUEST or
         ARTEFACT_TOO_LARGE when it is not one that can be taken."""
-        version = _positive_int(body.get("version"), "version")
+        version = None if body.get("version") is None else _positive_int(body.get("version"), "version")
         sha = _hex_digest(body.get("sha256", body.get("hash")), "sha256")
         size = _positive_int(body.get("size", body.get("size_bytes")), "size")
         engine = body.get("engine")
@@ -89,18 +91,23 @@ class Announced:
                 "origin": self.origin}
 
 
-def serve_chunk(artefact: Callable[[int], bytes | None], body: dict[str, Any]) -> dict[str, Any]:
-    """The ``POLICY_ARTEFACT_GET`` answer for ``body`` (``{version, offset, length}``); ``artefact``
-    gives the source's serialised artefact of a version (None: it keeps none)."""
-    version = _positive_int(body.get("version"), "version")
+def serve_chunk(artefact: Callable[[int | None, str | None], bytes | None], body: dict[str, Any]) -> dict[str, Any]:
+    """The ``POLICY_ARTEFACT_GET`` answer for ``body`` (``{version, offset, length}``, or ``{sha256,
+    offset, length}`` for an artefact compiled for one other hive); ``artefact`` gives the source's
+    serialised artefact of a version or digest (None: it keeps none)."""
+    if body.get("version") is None and body.get("sha256") is not None:
+        version, sha = None, _hex_digest(body.get("sha256"), "sha256")
+    else:
+        version, sha = _positive_int(body.get("version"), "version"), None
     offset = _positive_int(body.get("offset", 0), "offset", minimum=0)
     length = _positive_int(body.get("length", CHUNK_BYTES), "length")
     if length > CHUNK_BYTES:
         raise PolicyServiceError("INVALID_REQUEST", f"length {length} is above {CHUNK_BYTES}, the largest chunk",
                                  max_length=CHUNK_BYTES)
-    raw = artefact(version)
+    raw = artefact(version, sha)
     if raw is None:
-        raise PolicyServiceError("VERSION_NOT_FOUND", f"no artefact of version {version} is kept here")
+        raise PolicyServiceError("VERSION_NOT_FOUND", f"no artefact of version {version} is kept here"
+                                 if version is not None else f"no artefact {sha} is held for another hive here")
     if offset >= len(raw):
         raise PolicyServiceError("BAD_OFFSET", f"offset {offset} is at or past the end ({len(raw)} bytes)",
                                  size=len(raw))
@@ -137,7 +144,8 @@ async def fetch(want: Announced, ask: Ask) -> Artefact:
     parts: list[bytes] = []
     offset = 0
     while offset < want.size:
-        reply = await ask({"version": want.version, "offset": offset, "length": CHUNK_BYTES})
+        which = {"version": want.version} if want.version is not None else {"sha256": want.sha256}
+        reply = await ask({**which, "offset": offset, "length": CHUNK_BYTES})
         chunk = _check_chunk(want, offset, reply)
         parts.append(chunk)
         offset += len(chunk)

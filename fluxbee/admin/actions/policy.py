@@ -9,9 +9,11 @@ hive made (version, SHA-256 and size of the compiled artefact, engine; ``apply``
 without apply, which the others stage) and its SY.policy fetches those exact bytes from this hive's
 SY.policy in chunks, verifies them and stages or applies them under the same version.  An apply of
 the staged version and a rollback reach the others the same way (a rollback is a new version holding
-the earlier artefact).  The answer lists each hive's result in ``responses``; hives that did not
-answer in time, or whose fetch was cut (``FETCH_FAILED``: the hive's catch-up pull takes it later),
-are named in ``pending_hives`` and the envelope's status is ``sync_pending`` (HTTP 202).
+the earlier artefact).  A compile naming one other hive is compiled here as well
+(``POLICY_PREPARE``: nothing written, no version taken here) and taken there under that hive's next
+version.  The answer lists each hive's result in ``responses``; hives that did not answer in time,
+or whose fetch was cut (``FETCH_FAILED``: the hive's catch-up pull takes it later), are named in
+``pending_hives`` and the envelope's status is ``sync_pending`` (HTTP 202).
 
 In a cluster (``Context.policies`` set) there is no SY.policy: compile-and-apply, rollback and the two
 reads act on the hive's Policy resource (:mod:`fluxbee.admin.kube_policy`); staging and ``check``
@@ -141,7 +143,10 @@ async def _write(ctx: Context, target: str, p: OpaWriteParams, call: Call, actio
 
     async def work() -> dict[str, Any]:
         started = time.perf_counter()
-        reply = await _ask(ctx, first, msg, body)
+        if first != ctx.backend.hive_id and kind == "compile":
+            reply = await _compiled_here_taken_there(ctx, first, p, apply=action == "opa_compile_apply")
+        else:
+            reply = await _ask(ctx, first, msg, body)
         if reply.get("status") != "ok":
             _raise(reply, first)
         responses = [_response(first, reply)]
@@ -188,6 +193,18 @@ def _request(action: str, p: OpaWriteParams, *, version: int | None) -> tuple[st
         return "POLICY_COMPILE", body
     message = "POLICY_APPLY" if action == "opa_apply" else "POLICY_ROLLBACK"
     return message, ({"version": version} if version is not None else {})
+
+
+async def _compiled_here_taken_there(ctx: Context, hive: str, p: OpaWriteParams, *, apply: bool) -> dict[str, Any]:
+    """A compile for one other hive: this hive's SY.policy compiles it (nothing written here), that
+    hive's takes the artefact under its own next version (or ``version``)."""
+    own = ctx.backend.hive_id
+    prepare = {k: v for k, v in (("rego", p.rego), ("entrypoint", p.entrypoint), ("data", p.data)) if v is not None}
+    made = await _ask(ctx, own, "POLICY_PREPARE", prepare)
+    if made.get("status") != "ok":
+        _raise(made, own)
+    reply = await _ask(ctx, hive, "POLICY_TAKE", {**_take(made, apply=apply), "version": p.version})
+    return {**reply, "compile_time_ms": made.get("compile_time_ms")} if reply.get("status") == "ok" else reply
 
 
 def _take(reply: dict[str, Any], *, apply: bool) -> dict[str, Any]:

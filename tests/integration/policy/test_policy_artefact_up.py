@@ -6,7 +6,8 @@ could only make a regorus artefact itself: its router running the WebAssembly mo
 mother's SHA-256 shows that the bytes crossed.  A WebAssembly artefact is larger than one frame, so
 it crossed in chunks (``POLICY_ARTEFACT_GET``).  Then: a staged compile staged on both and applied
 without a second fetch, a rollback reaching the worker as the old bytes, the worker down during an
-apply catching up by pulling, and the chunk requests' refusals over the hive socket.
+apply catching up by pulling, the chunk requests' refusals over the hive socket, and a write naming
+the worker alone, compiled on the mother and taken by the worker.
 """
 
 from __future__ import annotations
@@ -194,5 +195,16 @@ def test_a_worker_without_opa_runs_the_mothers_wasm_artefact(root: Path, opa: st
                          "negative offset": "INVALID_REQUEST", "unknown version": "VERSION_NOT_FOUND",
                          "no version": "INVALID_REQUEST", "take": "FORBIDDEN"}, codes
         assert _status(m)["last_version"] == 4
+
+        # a write naming the worker alone: compiled on the mother (nothing written there), taken by the
+        # worker under its own next version
+        only_w = m.ok("POST", "/hives/W/opa/policy", {"rego": POLICY.format(hive="W5", deny="no")})
+        assert only_w["expected_hives"] == ["W"] and only_w["version"] == 5, only_w
+        (on_w,) = only_w["responses"]
+        assert (on_w["engine"], on_w["fetched"], on_w["router"]["status"]) == ("wasm", True, "applied"), on_w
+        wv, wsha, wart = _region(w)
+        assert (wv, wsha, wart.engine) == (5, on_w["sha256"], "wasm")
+        assert wart.source == POLICY.format(hive="W5", deny="no")
+        assert _status(m)["last_version"] == 4 and _region(m)[0] == 4
     finally:
         _stop_all(*started)

@@ -54,19 +54,22 @@ def _lc(root: Path, name: str) -> tuple[Lifecycle, Recorder]:
 Ask = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-def _link(mother: Lifecycle, asked: list[int], alter: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Ask:
+def _link(mother: Lifecycle, asked: list[int], alter: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+          transit: dict[str, bytes] | None = None) -> Ask:
     async def ask(body: dict[str, Any]) -> dict[str, Any]:
         asked.append(body["offset"])
         try:
-            reply = serve_chunk(_kept(mother), body)
+            reply = serve_chunk(_kept(mother, transit), body)
         except PolicyServiceError as err:
             reply = err.payload()
         return alter(reply) if alter else reply
     return ask
 
 
-def _kept(lc: Lifecycle) -> Callable[[int], bytes | None]:
-    def raw(version: int) -> bytes | None:
+def _kept(lc: Lifecycle, transit: dict[str, bytes] | None = None) -> Callable[[int | None, str | None], bytes | None]:
+    def raw(version: int | None, sha256: str | None) -> bytes | None:
+        if version is None:
+            return (transit or {}).get(sha256 or "")
         item = lc.kept(version)
         return item.artefact.to_bytes() if item is not None else None
     return raw
@@ -279,3 +282,26 @@ def test_policy_take_is_refused_from_the_wrong_sender(tmp_path: Path, sender: st
     with pytest.raises(PolicyServiceError) as refused:
         asyncio.run(service.answer("POLICY_TAKE", sender, body))
     assert refused.value.code == code and worker.store.last_version() == 0 and rec.published == []
+
+
+def test_an_artefact_compiled_for_one_other_hive_is_taken_under_that_hives_next_version(tmp_path: Path) -> None:
+    mother, _ = _lc(tmp_path, "m")
+    worker, rec = _lc(tmp_path, "w")
+
+    async def go() -> None:
+        await worker.compile(CompileRequest(rego=OTHER), apply=True)  # the worker's own version 1
+        artefact, _ = await mother.prepare(CompileRequest(rego=POLICY, data=BIG_DATA))
+        raw = artefact.to_bytes()
+        sha = hashlib.sha256(raw).hexdigest()
+        transit = {sha: raw}
+        assert mother.store.last_version() == 0  # nothing written on the mother
+        want = Announced.parse({"sha256": sha, "size": len(raw), "engine": artefact.engine})
+        asked: list[int] = []
+        out = await worker.take(want, _getter(want, _link(mother, asked, transit=transit)), apply=True)
+        assert (out["version"], out["sha256"], out["applied"]) == (2, sha, True) and len(asked) > 1
+        assert rec.published[-1] == (2, artefact.sha256)
+        with pytest.raises(PolicyServiceError) as unknown:
+            serve_chunk(_kept(mother, transit), {"sha256": "b" * 64, "offset": 0, "length": 10})
+        assert unknown.value.code == "VERSION_NOT_FOUND"
+
+    asyncio.run(go())
