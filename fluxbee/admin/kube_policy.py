@@ -198,21 +198,45 @@ class KubePolicies:
         except ApiError as err:
             raise AdminError("SERVICE_FAILED", f"the Policy was not written: {err}") from err
 
-    async def _replace(self, read: Mapping[str, Any], spec: Mapping[str, Any], annotations: Mapping[str, Any],
+    async def _replace(self, read: Mapping[str, Any], spec: Mapping[str, Any], staged: bool,
                        what: str) -> dict[str, Any]:
-        """Write the whole ``spec`` and annotations of the Policy ``read``, only if nobody changed it since."""
+        """Write the whole ``spec`` and the staged mark of the Policy ``read``, only if nobody changed it since.
+
+        Other annotations (the operator framework's own among them) are left as they are.
+
+        The write carries the ``resourceVersion`` read.  A conflict caused by a status write alone (the
+        operator's, the router report's) is retried on the new ``resourceVersion``; a changed spec
+        (``generation``) or staged mark is ``VERSION_CONFLICT``: someone else changed the Policy."""
         name = read["metadata"]["name"]
-        ops = [{"op": "replace", "path": "/metadata/resourceVersion", "value": read["metadata"]["resourceVersion"]},
-               {"op": "add", "path": "/metadata/annotations", "value": dict(annotations)},
-               {"op": "add", "path": "/spec", "value": dict(spec)}]
-        try:
-            return await self.api.patch("policies", self.namespace, name, ops, content_type=JSON_PATCH)
-        except ApiError as err:
-            if err.conflict:
-                raise AdminError("VERSION_CONFLICT", f"Policy {name} changed while {what} (another admin replica?); "
-                                                     "nothing was written: read it again and retry") from err
-            code = "INVALID_REQUEST" if err.status in (400, 422) else "SERVICE_FAILED"
-            raise AdminError(code, f"the Policy was not written ({what}): {err.message or err}") from err
+
+        def mark(obj: Mapping[str, Any]) -> tuple[Any, Any]:
+            meta = obj.get("metadata") or {}
+            return meta.get("generation"), (meta.get("annotations") or {}).get(STAGED_ANNOTATION)
+
+        current: Mapping[str, Any] = read
+        for _ in range(5):
+            ops = [{"op": "replace", "path": "/metadata/resourceVersion",
+                    "value": current["metadata"]["resourceVersion"]},
+                   {"op": "add", "path": "/spec", "value": dict(spec)}]
+            annotations = current["metadata"].get("annotations")
+            key = "/metadata/annotations/" + STAGED_ANNOTATION.replace("~", "~0").replace("/", "~1")
+            if staged:
+                ops.append({"op": "add", "path": key, "value": "true"} if isinstance(annotations, Mapping) else
+                           {"op": "add", "path": "/metadata/annotations", "value": {STAGED_ANNOTATION: "true"}})
+            elif isinstance(annotations, Mapping) and STAGED_ANNOTATION in annotations:
+                ops.append({"op": "remove", "path": key})
+            try:
+                return await self.api.patch("policies", self.namespace, name, ops, content_type=JSON_PATCH)
+            except ApiError as err:
+                if not err.conflict:
+                    code = "INVALID_REQUEST" if err.status in (400, 422) else "SERVICE_FAILED"
+                    raise AdminError(code, f"the Policy was not written ({what}): {err.message or err}") from err
+            latest = await self.api.get("policies", self.namespace, name)
+            if latest is None or mark(latest) != mark(read):
+                break
+            current = latest
+        raise AdminError("VERSION_CONFLICT", f"Policy {name} changed while {what} (another admin replica?); "
+                                             "nothing was written: read it again and retry")
 
     async def stage(self, rego: str, entrypoint: str | None,
                     data: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -227,13 +251,13 @@ class KubePolicies:
             spec["entrypoint"] = _full_entrypoint(entrypoint)
         if data is not None:
             spec["data"] = data
-        annotations = {**(found["metadata"].get("annotations") or {}), STAGED_ANNOTATION: "true"}
-        return found, await self._replace(found, spec, annotations, "staging a version")
+        return found, await self._replace(found, spec, True, "staging a version")
 
     async def unstage(self, before: Mapping[str, Any], written: Mapping[str, Any]) -> None:
         """Put back the spec a refused staging replaced (unless the Policy changed since)."""
         try:
-            await self._replace(written, before.get("spec") or {}, before["metadata"].get("annotations") or {},
+            was_staged = (before["metadata"].get("annotations") or {}).get(STAGED_ANNOTATION) == "true"
+            await self._replace(written, before.get("spec") or {}, was_staged,
                                 "putting back the spec a refused compile replaced")
         except AdminError as err:
             log.warning("Policy %s: %s", written["metadata"]["name"], err.detail)
@@ -249,9 +273,7 @@ class KubePolicies:
             raise AdminError("VERSION_MISMATCH", f"version {version} is not the staged one ({staged})",
                              payload={"hive": self.hive_id, "staged_version": staged})
         spec = {k: v for k, v in (found.get("spec") or {}).items() if k != "pinVersion"}
-        annotations = {k: v for k, v in (found["metadata"].get("annotations") or {}).items()
-                       if k != STAGED_ANNOTATION}
-        return await self._replace(found, spec, annotations, "applying the staged version")
+        return await self._replace(found, spec, False, "applying the staged version")
 
     async def check(self, rego: str | None, entrypoint: str | None, data: dict[str, Any] | None,
                     input_doc: dict[str, Any] | None, against: str | None) -> dict[str, Any]:
@@ -323,8 +345,9 @@ class KubePolicies:
                             settled: Mapping[str, Any] | None, started: float) -> dict[str, Any]:
         """The compile (stage) envelope: the staged version, or COMPILE_ERROR (the old spec put back)."""
         degraded = _condition(settled, "Degraded") if settled is not None else {}
-        if degraded.get("status") == "True" and degraded.get("reason") in ("CompileError", "ArtefactTooLarge"):
-            await self.unstage(before, written)
+        if settled is not None and degraded.get("status") == "True" and \
+                degraded.get("reason") in ("CompileError", "ArtefactTooLarge"):
+            await self.unstage(before, settled)
         out = self.answer("compile", written, settled, started)  # raises COMPILE_ERROR / SERVICE_FAILED
         if settled is None:
             return out

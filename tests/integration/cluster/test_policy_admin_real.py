@@ -27,7 +27,7 @@ RULES = 'package router\n\ntarget := "WF.{name}@demo" if {{\n\tinput.meta.action
 BAD = 'package router\n\ntarget := "x" if {\n\tinput.meta.action ==\n}\n'
 
 
-def test_opa_routes_write_the_policy_and_read_its_status_and_the_router_applied_version(
+def test_opa_routes_write_stage_apply_check_the_policy_and_read_the_router_applied_version(
         control_plane: ControlPlane, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cp, ns = control_plane, namespace
     release = install_chart(cp, ns, hive="demo")
@@ -101,9 +101,65 @@ def test_opa_routes_write_the_policy_and_read_its_status_and_the_router_applied_
         assert (get(cp, ns, "policy", "demo") or {})["spec"]["pinVersion"] == 1
         code, doc = call("POST", "/opa/policy/rollback", {"version": 99})
         assert (code, doc["error_code"]) == (404, "NOT_FOUND"), doc
-        # staging has no meaning for a Policy resource: refused, with the way to do it
+        # staging, applying and checking (version 1 delivered, pinned; version 2 stored)
+        def policy() -> dict[str, Any]:
+            return get(cp, ns, "policy", "demo") or {}
+
+        def hive_config_map() -> tuple[Any, Any]:
+            cm = get(cp, ns, "configmap", "demo-policy") or {}
+            return cm["data"], cm["binaryData"]
+
+        delivered_cm = hive_config_map()
+        code, doc = call("POST", "/opa/policy/apply", {})
+        assert (code, doc["error_code"]) == (409, "NOTHING_STAGED"), doc
+        route = {"meta": {"action": "route"}}
+        code, doc = call("POST", "/opa/policy/check", {"rego": BAD, "input": route})
+        assert (code, doc["error_code"]) == (422, "COMPILE_ERROR"), doc
+        assert isinstance(doc["payload"]["line"], int) and isinstance(doc["payload"]["column"], int)
+        code, doc = call("POST", "/opa/policy/check", {"rego": RULES.format(name="q"), "input": route})
+        assert code == 200, doc
+        assert (doc["payload"]["against"], doc["payload"]["decision"]["target"]) == ("request", "WF.q@demo")
+        assert call("POST", "/opa/policy/check", {"input": route})[1]["error_code"] == "NOTHING_STAGED"
+
+        # compile stages version 3: compiled and stored, the hive keeps running version 1
         code, doc = call("POST", "/opa/policy/compile", {"rego": RULES.format(name="c")})
-        assert (code, doc["error_code"]) == (400, "UNSUPPORTED_OPERATION"), doc
+        assert code == 200, doc
+        (staged,) = doc["payload"]["responses"]
+        assert (doc["payload"]["version"], staged["staged"], staged["applied"]) == (3, True, False), doc
+        st = policy()["status"]
+        assert (st["compiledVersion"], st["deliveredVersion"]) == (3, 1)
+        assert staged["hash"] == "sha256:" + next(v["sha256"] for v in st["versions"] if v["version"] == 3)
+        assert hive_config_map() == delivered_cm
+        described = call("GET", "/opa/policy")[1]["payload"]
+        assert (described["current"]["version"], described["staged"]["version"]) == (1, 3), described
+
+        # check against the staged and the current policy: evaluated, no version taken, nothing delivered
+        code, doc = call("POST", "/opa/policy/check", {"input": route})
+        assert code == 200, doc
+        assert (doc["payload"]["against"], doc["payload"]["decision"]["target"]) == ("staged:3", "WF.c@demo")
+        code, doc = call("POST", "/hives/demo/opa/policy/check", {"input": route, "against": "current"})
+        assert code == 200, doc
+        assert (doc["payload"]["against"], doc["payload"]["decision"]["target"]) == ("current:1", "WF.a@demo")
+        assert policy()["status"]["compiledVersion"] == 3 and hive_config_map() == delivered_cm
+
+        # bad Rego staged: COMPILE_ERROR with line and column; the spec is put back, version 3 stays staged
+        code, doc = call("POST", "/opa/policy/compile", {"rego": BAD})
+        assert (code, doc["error_code"]) == (422, "COMPILE_ERROR"), doc
+        assert isinstance(doc["payload"]["line"], int) and isinstance(doc["payload"]["column"], int)
+        operator.wait_for("the staged spec put back", lambda: (call("GET", "/opa/policy")[1]["payload"]
+                                                               .get("staged") or {}).get("version") == 3)
+        assert policy()["spec"]["rego"] == RULES.format(name="c") and hive_config_map() == delivered_cm
+
+        # apply: another version is refused, the staged one is delivered
+        code, doc = call("POST", "/opa/policy/apply", {"version": 2})
+        assert (code, doc["error_code"]) == (409, "VERSION_MISMATCH"), doc
+        code, doc = call("POST", "/opa/policy/apply", {"version": 3})
+        assert code == 200 and doc["payload"]["version"] == 3, doc
+        assert doc["payload"]["responses"][0]["applied"] is True
+        assert hive_config_map()[0]["version"] == "3" and "pinVersion" not in policy()["spec"]
+        assert call("GET", "/opa/policy")[1]["payload"]["staged"] is None
+        code, doc = call("POST", "/opa/policy/apply", {})
+        assert (code, doc["error_code"]) == (409, "NOTHING_STAGED"), doc
         operator.check_alive()
     finally:
         try:
