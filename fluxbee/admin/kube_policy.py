@@ -157,26 +157,26 @@ class KubePolicies:
         return found
 
     async def write(self, rego: str, entrypoint: str | None, data: dict[str, Any] | None) -> dict[str, Any]:
-        """Set the Policy's Rego (creating the hive's own Policy if none exists) and unpin it."""
-        spec: dict[str, Any] = {"rego": rego, "pinVersion": None}
+        """Set the Policy's Rego (creating the hive's own Policy if none exists) and unpin it.
+
+        One guarded write (:meth:`_replace`): the data document is replaced, never merged into the old one."""
+        found = await self.find()
+        spec: dict[str, Any] = {k: v for k, v in ((found or {}).get("spec") or {}).items() if k != "pinVersion"}
+        spec["rego"] = rego
         if entrypoint is not None:
             spec["entrypoint"] = _full_entrypoint(entrypoint)
         if data is not None:
             spec["data"] = data
-        found = await self.find()
+        if found is not None:
+            return await self._replace(found, spec, False, "writing the Rego")
+        body = {"apiVersion": API_VERSION, "kind": "Policy",
+                "metadata": {"name": self.hive_resource, "namespace": self.namespace},
+                "spec": {**spec, "hives": [self.hive_resource]}}
         try:
-            if found is None:
-                spec.pop("pinVersion")
-                body = {"apiVersion": API_VERSION, "kind": "Policy",
-                        "metadata": {"name": self.hive_resource, "namespace": self.namespace},
-                        "spec": {**spec, "hives": [self.hive_resource]}}
-                return await self.api.create("policies", self.namespace, body)
-            if data is not None:  # replace the data document, never merge it into the old one
-                await self.api.patch("policies", self.namespace, found["metadata"]["name"], {"spec": {"data": None}})
-            return await self.api.patch("policies", self.namespace, found["metadata"]["name"],
-                                        {"metadata": {"annotations": {STAGED_ANNOTATION: None}}, "spec": spec})
+            return await self.api.create("policies", self.namespace, body)
         except ApiError as err:
-            code = "INVALID_REQUEST" if err.status in (400, 422) else "SERVICE_FAILED"
+            code = "VERSION_CONFLICT" if err.conflict else \
+                "INVALID_REQUEST" if err.status in (400, 422) else "SERVICE_FAILED"
             raise AdminError(code, f"the Policy was not written: {err.message or err}") from err
 
     async def pin(self, version: int | None) -> dict[str, Any]:
@@ -191,12 +191,8 @@ class KubePolicies:
             version = below[-1]
         elif version not in stored:
             raise AdminError("NOT_FOUND", f"version {version} is not stored (kept: {stored})")
-        try:
-            return await self.api.patch("policies", self.namespace, found["metadata"]["name"],
-                                        {"metadata": {"annotations": {STAGED_ANNOTATION: None}},
-                                         "spec": {"pinVersion": version}})
-        except ApiError as err:
-            raise AdminError("SERVICE_FAILED", f"the Policy was not written: {err}") from err
+        return await self._replace(found, {**(found.get("spec") or {}), "pinVersion": version}, False,
+                                   f"pinning version {version}")
 
     async def _replace(self, read: Mapping[str, Any], spec: Mapping[str, Any], staged: bool,
                        what: str) -> dict[str, Any]:

@@ -59,7 +59,8 @@ def policy(name: str, *, hives: list[str] | None = None, delivered_to: str | Non
         spec["hives"] = hives
     if delivered_to:
         status["hives"] = [{"hive": delivered_to, "state": "Delivered"}]
-    return {"metadata": {"name": name, "creationTimestamp": created, "generation": 1}, "spec": spec,
+    return {"metadata": {"name": name, "creationTimestamp": created, "generation": 1, "resourceVersion": "1"},
+            "spec": spec,
             "status": status}
 
 
@@ -100,7 +101,9 @@ async def test_a_rollback_pins_the_version_before_the_delivered_one_or_says_why_
     kept = [{"version": v} for v in (5, 3, 2)]
     api = FakeApi(policy("p", hives=["demo"], deliveredVersion=5, versions=kept))
     await policies(api).pin(None)
-    assert api.patches[-1][1] == {"metadata": {"annotations": {STAGED_ANNOTATION: None}}, "spec": {"pinVersion": 3}}
+    ops = api.json_patches[-1]
+    assert {"op": "add", "path": "/spec", "value": {"rego": "package router", "hives": ["demo"], "pinVersion": 3}} \
+        in ops
     with pytest.raises(AdminError) as caught:
         await policies(api).pin(4)
     assert caught.value.code == "NOT_FOUND"
@@ -163,7 +166,6 @@ async def test_staging_pins_the_delivered_version_in_one_guarded_write() -> None
     assert all(op["path"] != "/metadata/annotations" for op in ops)  # the other annotations stay
     assert before["spec"]["rego"] == "package router"
     fresh = policy("new", hives=["demo"])  # nothing delivered yet: nothing to stage beside
-    fresh["metadata"]["resourceVersion"] = "1"
     with pytest.raises(AdminError) as caught:
         await policies(FakeApi(fresh)).stage("package router\n", None, None)
     assert caught.value.code == "INVALID_REQUEST"
@@ -248,3 +250,14 @@ async def test_check_validates_and_evaluates_without_writing() -> None:
 def test_entry_points_read_either_spelling() -> None:
     assert (rule_path(None), rule_path("data.router.allow"), rule_path("router/x")) == (
         "router/target", "router/allow", "router/x")
+
+
+async def test_compile_and_apply_replaces_the_spec_in_one_write_and_drops_a_staging() -> None:
+    obj = staged_policy()
+    obj["spec"]["data"] = {"old": True}
+    api = FakeApi(obj)
+    await policies(api).write("package router\n", None, {"new": 1})
+    (ops,) = api.json_patches
+    spec = next(op["value"] for op in ops if op["path"] == "/spec")
+    assert spec == {"rego": "package router\n", "hives": ["demo"], "data": {"new": 1}}  # unpinned, data replaced
+    assert {"op": "remove", "path": "/metadata/annotations/fluxbee.io~1policy-staged"} in ops
