@@ -21,9 +21,10 @@ names it, else one for every hive of the namespace; when there is none, a write 
 * ``POST /opa/policy/apply`` delivers the staged version (it clears the pin and the mark) and
   answers as ``POST /opa/policy`` does; ``NOTHING_STAGED`` when nothing is staged,
   ``VERSION_MISMATCH`` when the body names another version.
-* Staging and applying write with the ``resourceVersion`` they read (JSON patch), so a change made
-  in between (another admin replica's compile or apply) fails them with ``VERSION_CONFLICT``
-  instead of mixing the two; a retry reads the new state.
+* Every spec write (compile-and-apply, stage, apply, rollback) replaces the whole spec in one JSON
+  patch carrying the ``resourceVersion`` read, so a change made in between (another admin replica's
+  compile or apply) fails it with ``VERSION_CONFLICT`` instead of mixing the two; a retry reads the
+  new state.
 * ``POST /opa/policy/check`` compiles and evaluates in this process (:mod:`fluxbee.admin.kube_policy_check`):
   nothing written, no version taken.
 * ``GET /opa/policy`` and ``GET /opa/status`` read the resource and its status (``current`` and ``staged``).
