@@ -8,6 +8,7 @@ ConfigMap into that directory).  The admin API reaches the router as SY.admin, a
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -140,6 +141,17 @@ def test_opa_routes_write_stage_apply_check_the_policy_and_read_the_router_appli
         code, doc = call("POST", "/hives/demo/opa/policy/check", {"input": route, "against": "current"})
         assert code == 200, doc
         assert (doc["payload"]["against"], doc["payload"]["decision"]["target"]) == ("current:1", "WF.a@demo")
+        # the CLI's check against the cluster's admin API says the same
+        input_file = tmp_path / "input.json"
+        input_file.write_text(json.dumps(route))
+        cli = subprocess.run([sys.executable, "-m", "fluxbee", "policy", "--url", api.base, "--json", "check",
+                              "--input", str(input_file), "--against", "staged"],
+                             capture_output=True, text=True, timeout=60,
+                             env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+                                  "FLUXBEE_ADMIN_TOKEN": api.token or ""})
+        assert cli.returncode == 0, cli.stderr
+        checked = json.loads(cli.stdout)
+        assert (checked["against"], checked["decision"]["target"]) == ("staged:3", "WF.c@demo"), checked
         assert policy()["status"]["compiledVersion"] == 3 and hive_config_map() == delivered_cm
 
         # bad Rego staged: COMPILE_ERROR with line and column; the spec is put back, version 3 stays staged
