@@ -22,7 +22,11 @@ from hive_harness import RouterProc
 from operator_support import AdminApi, FluxbeeProcess, get, install_chart, start_admin, start_operator
 from test_policy_router_mount import config_map_files, project
 
+from fluxbee.admin.errors import AdminError
+from fluxbee.admin.kube_policy import STAGED_ANNOTATION, KubePolicies
 from fluxbee.dataplane.env import NODE_CREDENTIAL_FILE
+from fluxbee.dataplane.names import API_VERSION
+from fluxbee.kube import KubeClient, KubeConfig
 
 RULES = 'package router\n\ntarget := "WF.{name}@demo" if {{\n\tinput.meta.action == "route"\n}}\n'
 BAD = 'package router\n\ntarget := "x" if {\n\tinput.meta.action ==\n}\n'
@@ -182,3 +186,28 @@ def test_opa_routes_write_stage_apply_check_the_policy_and_read_the_router_appli
         finally:
             assert router.stop() == 0
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+async def test_a_spec_write_carries_the_resource_version_read(control_plane: ControlPlane, namespace: str) -> None:
+    """The API server's own answer to a stale write: a status change in between is retried, a spec
+    change in between is VERSION_CONFLICT and leaves the other writer's spec as it was."""
+    cp, ns = control_plane, namespace
+    install_chart(cp, ns)
+    manifest = {"apiVersion": API_VERSION, "kind": "Policy", "metadata": {"name": "p", "namespace": ns},
+                "spec": {"rego": RULES.format(name="a"), "hives": ["demo"]}}
+    cp.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    async with KubeClient(KubeConfig.from_kubeconfig_files([cp.kubeconfig])) as api:
+        kp = KubePolicies(api, ns, "demo", "demo", "test")
+        read = await api.get("policies", ns, "p")
+        assert read is not None
+        await api.patch("policies", ns, "p", {"status": {"phase": "Ready"}}, subresource="status")
+        written = await kp._replace(read, {**read["spec"], "pinVersion": 1}, True, "testing")
+        assert written["spec"]["pinVersion"] == 1
+        assert written["metadata"]["annotations"][STAGED_ANNOTATION] == "true"
+        await api.patch("policies", ns, "p", {"spec": {"rego": RULES.format(name="other")}})
+        with pytest.raises(AdminError) as caught:
+            await kp._replace(written, {**written["spec"], "rego": RULES.format(name="mine")}, False, "testing")
+        assert caught.value.code == "VERSION_CONFLICT"
+        now = await api.get("policies", ns, "p") or {}
+        assert now["spec"]["rego"] == RULES.format(name="other")
+        assert now["metadata"]["annotations"][STAGED_ANNOTATION] == "true"
