@@ -49,6 +49,7 @@ from fluxbee.admin.backend import RouterLink
 from fluxbee.admin.errors import AdminError
 from fluxbee.admin.kube_policy_check import Checker, artefact_from_config_map
 from fluxbee.dataplane.names import API_VERSION
+from fluxbee.dataplane.policy.artefact import Artefact
 from fluxbee.kube import JSON_PATCH, ApiError, KubeClient
 
 log = logging.getLogger(__name__)
@@ -286,17 +287,21 @@ class KubePolicies:
             if entry is None:
                 raise AdminError("NOTHING_STAGED" if source == "staged" else "NOT_FOUND",
                                  f"there is no {source} policy to check against")
-            cm = await self.api.get("configmaps", self.namespace, str(entry.get("configMap")))
-            if cm is None:
-                raise AdminError("POLICY_LOAD_ERROR", f"ConfigMap {entry.get('configMap')} of version {version} "
-                                                      "is gone")
-            artefact = artefact_from_config_map(cm, expected_sha256=entry.get("sha256"))
+            artefact = await self._artefact(entry)
             label = f"{source}:{version}"
         out: dict[str, Any] = {"status": "ok", "hive": self.hive_id, "valid": True, "against": label,
                                "module_sha256": artefact.sha256, "engine": artefact.engine}
         if input_doc is not None:
             out["decision"] = await self.checker.evaluate(artefact, input_doc)
         return out
+
+    async def _artefact(self, entry: Mapping[str, Any]) -> Artefact:
+        """The artefact of a stored version (an entry of ``status.versions``), read from its ConfigMap."""
+        cm = await self.api.get("configmaps", self.namespace, str(entry.get("configMap")))
+        if cm is None:
+            raise AdminError("POLICY_LOAD_ERROR", f"ConfigMap {entry.get('configMap')} of version "
+                                                  f"{entry.get('version')} is gone")
+        return artefact_from_config_map(cm, expected_sha256=entry.get("sha256"))
 
     async def settled(self, written: Mapping[str, Any], timeout: float = RECONCILE_TIMEOUT) -> dict[str, Any] | None:
         """The Policy once the operator reconciled the generation just written; None on timeout."""
@@ -375,7 +380,13 @@ class KubePolicies:
                                "error": ({"message": st.get("error"), "line": st.get("errorLine"),
                                           "column": st.get("errorColumn")} if st.get("error") else None)}
         if with_source:
-            out.update(rego=spec.get("rego"), entrypoint=spec.get("entrypoint"), data=spec.get("data"))
+            delivered = _stored(found).get(st.get("deliveredVersion"))
+            if delivered is None:  # nothing delivered: what the spec asks for
+                out.update(rego=spec.get("rego"), entrypoint=spec.get("entrypoint"), data=spec.get("data"))
+            else:  # the delivered version's own source (the spec holds a staged one, or a pin's newer one)
+                current_artefact = await self._artefact(delivered)
+                out.update(rego=current_artefact.source, entrypoint=current_artefact.target_entrypoint,
+                           data=dict(current_artefact.data))
         else:  # the router's own policy description, as a local hive's status gives it
             applied = (st.get("applied") or {}).get(self.hive_resource)
             out["router"] = None if not isinstance(applied, Mapping) else {

@@ -261,3 +261,22 @@ async def test_compile_and_apply_replaces_the_spec_in_one_write_and_drops_a_stag
     spec = next(op["value"] for op in ops if op["path"] == "/spec")
     assert spec == {"rego": "package router\n", "hives": ["demo"], "data": {"new": 1}}  # unpinned, data replaced
     assert {"op": "remove", "path": "/metadata/annotations/fluxbee.io~1policy-staged"} in ops
+
+
+async def test_the_policy_read_shows_the_delivered_source_not_a_staged_spec() -> None:
+    rego = 'package router\n\ntarget := "a"\n'
+    artefact = Artefact(source=rego, wasm=None, sha256=Artefact.digest(rego, None), data={"d": 1})
+    blob = artefact.to_bytes()
+    obj = staged_policy()  # spec: the staged Rego; version 1 delivered
+    for entry in obj["status"]["versions"]:
+        if entry["version"] == 1:
+            entry["sha256"] = hashlib.sha256(blob).hexdigest()
+    api = FakeApi(obj)
+    api.policies["p-policy-v1"] = _stored_cm(blob)  # the fake's get serves every kind by name
+    out = await policies(api).describe(with_source=True)
+    assert (out["rego"], out["data"], out["entrypoint"]) == (rego, {"d": 1}, "router/target")
+    assert (out["current"]["version"], out["staged"]["version"]) == (1, 3)
+    api.policies["p-policy-v1"]["binaryData"]["artefact"] = base64.b64encode(blob + b"x").decode()
+    with pytest.raises(AdminError) as caught:  # a changed artefact is reported, not shown
+        await policies(api).describe(with_source=True)
+    assert caught.value.code == "POLICY_LOAD_ERROR"

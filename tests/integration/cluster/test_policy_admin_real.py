@@ -137,6 +137,7 @@ def test_opa_routes_write_stage_apply_check_the_policy_and_read_the_router_appli
         assert hive_config_map() == delivered_cm
         described = call("GET", "/opa/policy")[1]["payload"]
         assert (described["current"]["version"], described["staged"]["version"]) == (1, 3), described
+        assert described["rego"] == RULES.format(name="a")  # the delivered version's source, not the staged one
 
         # check against the staged and the current policy: evaluated, no version taken, nothing delivered
         code, doc = call("POST", "/opa/policy/check", {"input": route})
@@ -173,7 +174,8 @@ def test_opa_routes_write_stage_apply_check_the_policy_and_read_the_router_appli
         assert code == 200 and doc["payload"]["version"] == 3, doc
         assert doc["payload"]["responses"][0]["applied"] is True
         assert hive_config_map()[0]["version"] == "3" and "pinVersion" not in policy()["spec"]
-        assert call("GET", "/opa/policy")[1]["payload"]["staged"] is None
+        described = call("GET", "/opa/policy")[1]["payload"]
+        assert described["staged"] is None and described["rego"] == RULES.format(name="c"), described
         code, doc = call("POST", "/opa/policy/apply", {})
         assert (code, doc["error_code"]) == (409, "NOTHING_STAGED"), doc
         operator.check_alive()
