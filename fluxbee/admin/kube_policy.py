@@ -380,7 +380,8 @@ class KubePolicies:
                                "error": ({"message": st.get("error"), "line": st.get("errorLine"),
                                           "column": st.get("errorColumn")} if st.get("error") else None)}
         if with_source:
-            delivered = _stored(found).get(st.get("deliveredVersion"))
+            version = st.get("deliveredVersion")
+            delivered = _stored(found).get(version) if isinstance(version, int) else None
             if delivered is None:  # nothing delivered: what the spec asks for
                 out.update(rego=spec.get("rego"), entrypoint=spec.get("entrypoint"), data=spec.get("data"))
             else:  # the delivered version's own source (the spec holds a staged one, or a pin's newer one)
