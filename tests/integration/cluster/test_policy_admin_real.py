@@ -168,8 +168,9 @@ def test_opa_routes_write_stage_apply_check_the_policy_and_read_the_router_appli
         assert policy()["spec"]["rego"] == RULES.format(name="c") and hive_config_map() == delivered_cm
 
         # apply: another version is refused, the staged one is delivered
-        code, doc = call("POST", "/opa/policy/apply", {"version": 2})
+        code, doc = call("POST", "/hives/demo/opa/policy/apply", {"version": 2})
         assert (code, doc["error_code"]) == (409, "VERSION_MISMATCH"), doc
+        assert doc["payload"]["staged_version"] == 3
         code, doc = call("POST", "/opa/policy/apply", {"version": 3})
         assert code == 200 and doc["payload"]["version"] == 3, doc
         assert doc["payload"]["responses"][0]["applied"] is True
