@@ -1,5 +1,9 @@
 """The cluster admin API's ``/opa/*`` routes on the Policy resource, and the applied version it reports.
 
+Compile-and-apply, rollback, staging (a new stored version while the hive's ConfigMap keeps the
+delivered one), apply of the staged version, ``check`` against given Rego and the staged/current
+artefact, and their refusals; the resourceVersion guard on spec writes, against the API server.
+
 Real control plane, the chart's operator and admin ServiceAccounts, ``fluxbee operator`` and
 ``fluxbee admin --backend kubernetes`` as subprocesses, and a real router on loopback run with
 ``--policy-dir`` (kwok runs no containers: the test plays kubelet, projecting the hive's policy
