@@ -149,6 +149,7 @@ async def cluster_admin(settings: AdminSettings, cluster: ClusterSettings) -> As
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await asyncio.shield(runner.cleanup())
+            policies.checker.close()
 
 
 async def run_cluster_admin(settings: AdminSettings, cluster: ClusterSettings, stop: asyncio.Event) -> int:

@@ -16,8 +16,9 @@ or whose fetch was cut (``FETCH_FAILED``: the hive's catch-up pull takes it late
 ``pending_hives`` and the envelope's status is ``sync_pending`` (HTTP 202).
 
 In a cluster (``Context.policies`` set) there is no SY.policy: compile-and-apply, rollback and the two
-reads act on the hive's Policy resource (:mod:`fluxbee.admin.kube_policy`); staging and ``check``
-answer ``UNSUPPORTED_OPERATION``.
+reads act on the hive's Policy resource (:mod:`fluxbee.admin.kube_policy`): a staging compile pins the
+delivered version while the operator compiles the new one, apply unpins it, and ``check`` runs in the
+admin process.
 
 Reads (``opa_get_policy``, ``opa_get_status``, ``opa_get_decisions``) and ``opa_check`` are about
 one hive (``?hive=``, default this one; another hive's through its admin API over the links).
@@ -241,7 +242,13 @@ async def _cluster_write(ctx: Context, target: str, p: OpaWriteParams, call: Cal
 
     async def work() -> dict[str, Any]:
         started = time.perf_counter()
-        if kind == "compile":
+        if action == "opa_compile":
+            assert p.rego is not None
+            before, written = await policies.stage(p.rego, p.entrypoint, p.data)
+            return await policies.staged_answer(before, written, await policies.settled(written), started)
+        if action == "opa_apply":
+            written = await policies.apply_staged(p.version)
+        elif kind == "compile":
             assert p.rego is not None
             written = await policies.write(p.rego, p.entrypoint, p.data)
         else:
@@ -252,13 +259,6 @@ async def _cluster_write(ctx: Context, target: str, p: OpaWriteParams, call: Cal
                                {"hive": ctx.backend.hive_id, "version": p.version})
 
 
-def _unstaged(ctx: Context, what: str) -> None:
-    if ctx.policies is not None:
-        raise AdminError("UNSUPPORTED_OPERATION", f"in Kubernetes a Policy resource has no staging ({what}): "
-                                                  "POST /opa/policy compiles and delivers, /opa/policy/rollback "
-                                                  "pins a stored version")
-
-
 async def opa_compile_apply(ctx: Context, target: str, p: OpaWriteParams, call: Call) -> dict[str, Any]:
     if ctx.policies is not None:
         return await _cluster_write(ctx, target, p, call, "opa_compile_apply")
@@ -266,14 +266,16 @@ async def opa_compile_apply(ctx: Context, target: str, p: OpaWriteParams, call: 
 
 
 async def opa_compile(ctx: Context, target: str, p: OpaWriteParams, call: Call) -> dict[str, Any]:
-    _unstaged(ctx, "compile without apply")
+    if ctx.policies is not None:
+        return await _cluster_write(ctx, target, p, call, "opa_compile")
     return await _write(ctx, target, p, call, "opa_compile")
 
 
 async def opa_apply(ctx: Context, target: str, p: OpaWriteParams, call: Call) -> dict[str, Any]:
     if p.rego is not None or p.data is not None:
         raise AdminError("INVALID_REQUEST", "apply takes the staged policy: leave rego and data out")
-    _unstaged(ctx, "apply of a staged version")
+    if ctx.policies is not None:
+        return await _cluster_write(ctx, target, p, call, "opa_apply")
     return await _write(ctx, target, p, call, "opa_apply")
 
 
@@ -286,11 +288,11 @@ async def opa_rollback(ctx: Context, target: str, p: OpaWriteParams, call: Call)
 
 
 async def opa_check(ctx: Context, target: str, p: OpaCheckParams, call: Call) -> dict[str, Any]:
-    if ctx.policies is not None:
-        raise AdminError("UNSUPPORTED_OPERATION", "in Kubernetes /opa/policy/check is not served: the operator "
-                                                  "compiles; use fluxbee policy check locally")
     await check_hive(ctx, target)
     _check_size(p)
+    if ctx.policies is not None:
+        out = await ctx.policies.check(p.rego, p.entrypoint, p.data, p.input, p.against)
+        return {**out, "action": "compile", "check_only": True}
     body = {k: v for k, v in p.model_dump().items() if v is not None}
     reply = await _ask(ctx, target, "POLICY_CHECK", body)
     if reply.get("status") != "ok":
