@@ -170,5 +170,7 @@ ANNOTATION_GLOBAL_FOLLOWER: Final = "fluxbee.io/global-config-follower"
 """On a worker hive's admin ConfigMap: the admin replica asking the mother for its global config."""
 ANNOTATION_GLOBAL_VERSION: Final = "fluxbee.io/global-config-version"
 """On a Hive: the version of the global routes and VPNs applied to its spec (set by its admin API)."""
+ANNOTATION_POLICY_STAGED: Final = "fluxbee.io/policy-staged"
+"""On a Policy: the cluster admin staged its newest compiled version (compiled and stored, not delivered)."""
 
 FINALIZER: Final = "fluxbee.io/cleanup"

@@ -55,8 +55,12 @@ def parse_policy(source: str) -> Any:
         engine.add_policy(POLICY_FILE, source)
     except (RuntimeError, ValueError) as err:
         message, file, line, column = parse_regorus_error(err)
-        raise CompileError(message, line=line, column=column, file=file, compiler="regorus") from None
-    return engine
+    else:
+        return engine
+    # The error's traceback keeps this frame alive, perhaps in a reference cycle that the collector
+    # frees on another thread; a regorus engine may only be dropped by the thread that made it.
+    del engine
+    raise CompileError(message, line=line, column=column, file=file, compiler="regorus") from None
 
 
 def _root_name(ref: Any) -> str | None:

@@ -48,7 +48,7 @@ from typing import Any, Final
 from fluxbee.admin.backend import RouterLink
 from fluxbee.admin.errors import AdminError
 from fluxbee.admin.kube_policy_check import Checker, artefact_from_config_map
-from fluxbee.dataplane.names import API_VERSION
+from fluxbee.dataplane.names import ANNOTATION_POLICY_STAGED, API_VERSION
 from fluxbee.dataplane.policy.artefact import Artefact
 from fluxbee.kube import JSON_PATCH, ApiError, KubeClient
 
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 RECONCILE_TIMEOUT: Final = 60.0
 """How long a write waits for the operator's compile and delivery of the new generation."""
 REPORT_S: Final = 5.0
-STAGED_ANNOTATION: Final = "fluxbee.io/policy-staged"
+STAGED_ANNOTATION: Final = ANNOTATION_POLICY_STAGED
 """Set (``"true"``) by a staging compile, removed by apply, compile-and-apply and rollback."""
 
 
