@@ -259,32 +259,35 @@ async def _cluster_write(ctx: Context, target: str, p: OpaWriteParams, call: Cal
                                {"hive": ctx.backend.hive_id, "version": p.version})
 
 
-async def opa_compile_apply(ctx: Context, target: str, p: OpaWriteParams, call: Call) -> dict[str, Any]:
+async def _write_here_or_cluster(ctx: Context, target: str, p: OpaWriteParams, call: Call,
+                                 action: str) -> dict[str, Any]:
+    """A policy write: on the Policy resource in a cluster, through SY.policy otherwise."""
     if ctx.policies is not None:
-        return await _cluster_write(ctx, target, p, call, "opa_compile_apply")
-    return await _write(ctx, target, p, call, "opa_compile_apply")
+        return await _cluster_write(ctx, target, p, call, action)
+    return await _write(ctx, target, p, call, action)
+
+
+def _refuse_source(p: OpaWriteParams, why: str) -> None:
+    if p.rego is not None or p.data is not None:
+        raise AdminError("INVALID_REQUEST", f"{why}: leave rego and data out")
+
+
+async def opa_compile_apply(ctx: Context, target: str, p: OpaWriteParams, call: Call) -> dict[str, Any]:
+    return await _write_here_or_cluster(ctx, target, p, call, "opa_compile_apply")
 
 
 async def opa_compile(ctx: Context, target: str, p: OpaWriteParams, call: Call) -> dict[str, Any]:
-    if ctx.policies is not None:
-        return await _cluster_write(ctx, target, p, call, "opa_compile")
-    return await _write(ctx, target, p, call, "opa_compile")
+    return await _write_here_or_cluster(ctx, target, p, call, "opa_compile")
 
 
 async def opa_apply(ctx: Context, target: str, p: OpaWriteParams, call: Call) -> dict[str, Any]:
-    if p.rego is not None or p.data is not None:
-        raise AdminError("INVALID_REQUEST", "apply takes the staged policy: leave rego and data out")
-    if ctx.policies is not None:
-        return await _cluster_write(ctx, target, p, call, "opa_apply")
-    return await _write(ctx, target, p, call, "opa_apply")
+    _refuse_source(p, "apply takes the staged policy")
+    return await _write_here_or_cluster(ctx, target, p, call, "opa_apply")
 
 
 async def opa_rollback(ctx: Context, target: str, p: OpaWriteParams, call: Call) -> dict[str, Any]:
-    if p.rego is not None or p.data is not None:
-        raise AdminError("INVALID_REQUEST", "rollback restores an applied policy: leave rego and data out")
-    if ctx.policies is not None:
-        return await _cluster_write(ctx, target, p, call, "opa_rollback")
-    return await _write(ctx, target, p, call, "opa_rollback")
+    _refuse_source(p, "rollback restores an applied policy")
+    return await _write_here_or_cluster(ctx, target, p, call, "opa_rollback")
 
 
 async def opa_check(ctx: Context, target: str, p: OpaCheckParams, call: Call) -> dict[str, Any]:

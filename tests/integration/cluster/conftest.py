@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from cluster_support import ControlPlane
+from operator_support import FluxbeeProcess, Release, install_chart, start_operator
 
 REPO = Path(__file__).resolve().parents[3]
 HACK = REPO / "hack"
@@ -55,3 +56,19 @@ def namespace(control_plane: ControlPlane) -> Iterator[str]:
     control_plane.kubectl("create", "namespace", name)
     yield name
     control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def release(control_plane: ControlPlane, namespace: str) -> Release:
+    """The chart installed in the test's namespace (CRDs, RBAC, ServiceAccounts)."""
+    return install_chart(control_plane, namespace)
+
+
+@pytest.fixture
+def operator(control_plane: ControlPlane, release: Release, tmp_path: Path) -> Iterator[FluxbeeProcess]:
+    """``fluxbee operator`` as a subprocess with the chart's ServiceAccount token (a file may define its own)."""
+    proc = start_operator(control_plane, release, tmp_path)
+    try:
+        yield proc
+    finally:
+        proc.stop()

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 from cluster_support import ControlPlane
 from cryptography import x509
 from operator_support import (
@@ -23,7 +22,6 @@ from operator_support import (
     apply,
     condition,
     get,
-    install_chart,
     objects,
     reconciled,
     running_pods,
@@ -68,20 +66,6 @@ def owner_uids(obj: dict[str, Any] | None) -> set[str]:
 def verifies(cert_pem: bytes, ca_pem: bytes) -> bool:
     x509.load_pem_x509_certificate(cert_pem).verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
     return True
-
-
-@pytest.fixture
-def release(control_plane: ControlPlane, namespace: str) -> Release:
-    return install_chart(control_plane, namespace)
-
-
-@pytest.fixture
-def operator(control_plane: ControlPlane, release: Release, tmp_path: Path) -> Any:
-    proc = start_operator(control_plane, release, tmp_path)
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 def degraded(cp: ControlPlane, ns: str, name: str, reason: str) -> Any:

@@ -52,20 +52,6 @@ def fluxnode(name: str = "echo", replicas: int = 3, **spec: Any) -> dict[str, An
                      "config": {"reply_prefix": "a: "}, **spec}}
 
 
-@pytest.fixture
-def release(control_plane: ControlPlane, namespace: str) -> Release:
-    return install_chart(control_plane, namespace)
-
-
-@pytest.fixture
-def operator(control_plane: ControlPlane, release: Release, tmp_path: Path) -> Any:
-    proc = start_operator(control_plane, release, tmp_path)
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
 def node_pods(cp: ControlPlane, ns: str, name: str = "echo") -> list[dict[str, Any]]:
     return objects(cp, ns, "pods", f"fluxbee.io/fluxnode={name}")
 

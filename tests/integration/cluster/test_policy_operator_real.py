@@ -14,21 +14,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from pathlib import Path
 from typing import Any
 
-import pytest
 from cluster_support import ControlPlane
 from operator_support import (
     FluxbeeProcess,
-    Release,
     apply,
     condition,
     get,
-    install_chart,
     objects,
     reconciled,
-    start_operator,
 )
 
 from fluxbee.dataplane.policy import Artefact
@@ -46,20 +41,6 @@ def hive() -> dict[str, Any]:
 def policy(rego: str, name: str = "route", **spec: Any) -> dict[str, Any]:
     return {"apiVersion": "fluxbee.io/v1alpha1", "kind": "Policy", "metadata": {"name": name},
             "spec": {"rego": rego, **spec}}
-
-
-@pytest.fixture
-def release(control_plane: ControlPlane, namespace: str) -> Release:
-    return install_chart(control_plane, namespace)
-
-
-@pytest.fixture
-def operator(control_plane: ControlPlane, release: Release, tmp_path: Path) -> Any:
-    proc = start_operator(control_plane, release, tmp_path)
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 def artefact_of(cm: dict[str, Any]) -> tuple[bytes, Artefact]:
