@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -31,6 +32,7 @@ from fluxbee.dataplane.link import protocol as p
 from fluxbee.dataplane.link.session import LinkSession, client_context, server_context
 from fluxbee.dataplane.link.settings import LinkConfigError, LinkSettings, format_address, parse_address
 from fluxbee.dataplane.link.table import Learned, LinkTable, diff
+from fluxbee.dataplane.link.tls import TlsChannel
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +106,13 @@ class LinkManager:
                 raise LinkConfigError(f"cannot load the link certificate/key/CA: {err}") from err
         self._load_state()
         loop = asyncio.get_running_loop()
-        for role, addr in (("wan", s.wan_listen), ("mesh", s.mesh_listen)):
+        listens: tuple[tuple[p.Role, tuple[str, int] | None], ...] = (("wan", s.wan_listen), ("mesh", s.mesh_listen))
+        for role, addr in listens:
             if addr is None:
                 continue
             try:
-                server = await loop.create_server(lambda role=role: self._accept(role), addr[0], addr[1],
-                                                  ssl=self._server_ctx, reuse_address=True)
+                server = await loop.create_server(functools.partial(self._accept, role), addr[0], addr[1],
+                                                  reuse_address=True)
             except OSError as err:
                 await self.stop()
                 raise LinkConfigError(f"cannot listen for {role} links on {format_address(addr)}: "
@@ -146,10 +149,14 @@ class LinkManager:
                 await asyncio.wait_for(server.wait_closed(), 2.0)
         self._servers.clear()
 
-    def _accept(self, role: p.Role) -> LinkSession:
-        # Not listed until its TLS handshake succeeds (session_started): asyncio never tells a protocol
-        # whose handshake failed, so a listed one would stay for ever — one per failed attempt.
-        return LinkSession(self, role, "in", "?", secure=not self.settings.insecure_dev)
+    def _accept(self, role: p.Role) -> asyncio.Protocol:
+        # Not listed until its TLS handshake succeeds (session_started): the TLS channel tells the
+        # session nothing before that, so a failed attempt leaves nothing behind.
+        session = LinkSession(self, role, "in", "?", secure=self._server_ctx is not None)
+        if self._server_ctx is None:
+            return session
+        return TlsChannel(self._server_ctx, server_side=True, app=session,
+                          handshake_timeout=self.settings.dead_interval_s)
 
     def session_started(self, session: LinkSession) -> None:
         self.sessions[session.sid] = session
@@ -169,12 +176,16 @@ class LinkManager:
         delay = BACKOFF_FIRST_S
         loop = asyncio.get_running_loop()
         while True:
-            session = LinkSession(self, role, "out", address, secure=not self.settings.insecure_dev)
+            session = LinkSession(self, role, "out", address, secure=self._client_ctx is not None)
             self.sessions[session.sid] = session
             try:
-                await loop.create_connection(lambda s=session: s, host, port, ssl=self._client_ctx,
-                                             ssl_handshake_timeout=self.settings.dead_interval_s if self._client_ctx
-                                             else None)
+                if self._client_ctx is None:
+                    await loop.create_connection(functools.partial(_same, session), host, port)
+                else:
+                    channel = TlsChannel(self._client_ctx, server_side=False, app=session,
+                                         handshake_timeout=self.settings.dead_interval_s)
+                    await loop.create_connection(functools.partial(_same, channel), host, port)
+                    await channel.ready  # the handshake's outcome: raises what made it fail
             except (TimeoutError, OSError, ssl.SSLError) as err:
                 session.reason = "CONNECT_FAILED"
                 self.sessions.pop(session.sid, None)
@@ -494,3 +505,8 @@ class LinkManager:
                 section["insecure_dev"] = s.insecure_dev
             out[role] = section
         return out
+
+
+def _same(protocol: asyncio.Protocol) -> asyncio.Protocol:
+    """``protocol`` itself (a protocol factory for one connection, with ``functools.partial``)."""
+    return protocol

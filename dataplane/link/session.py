@@ -102,7 +102,8 @@ class LinkSession(asyncio.Protocol):
         """Our clock (ms) when we sent the latest ping the peer answered: it has read every frame we wrote before."""
         self._probe_ms: float | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self.closed = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self.closed = self._loop.create_future()
         self.frames_in = 0
         self.frames_out = 0
         self.was_up = False
@@ -405,16 +406,22 @@ class LinkSession(asyncio.Protocol):
         base = self.out_base if self.out else (transport.get_write_buffer_size() if transport is not None else 0)
         return base + self.out_bytes
 
-    def queue(self, data: bytes, frames: int) -> None:
-        """Append ``frames`` whole frames (``data``) to this loop iteration's write; the caller checked
-        that the link is up and that they fit (:meth:`buffered`)."""
-        if not self.out:
+    def queue(self, data: bytes, frames: int, *, soon: bool = True) -> bool:
+        """Append ``frames`` whole frames (``data``) to the batch's write; the caller checked that the
+        link is up and that they fit (:meth:`buffered`).  The batch is written by :meth:`flush`: at the
+        next loop iteration (``soon``), or when the caller says — a router routing one read of a node
+        flushes at its end, as it does for node connections.  True when this started the batch (a
+        caller that flushes must remember the session)."""
+        first = not self.out
+        if first:
             transport = self.transport
             self.out_base = transport.get_write_buffer_size() if transport is not None else 0
-            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+            if soon:
+                self._flush_handle = self._loop.call_soon(self.flush)
         self.out.append(data)
         self.out_bytes += len(data)
         self.frames_out += frames
+        return first
 
     def flush(self) -> None:
         """Write what is queued, as one write."""
@@ -490,6 +497,7 @@ def server_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.num_tickets = 0  # links never resume a TLS session: no tickets to send after each handshake
     ctx.load_verify_locations(cafile=ca)
     ctx.load_cert_chain(cert, key)
     return ctx

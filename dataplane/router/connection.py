@@ -13,7 +13,7 @@ import logging
 import socket
 import struct
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.router import trust
@@ -22,6 +22,13 @@ if TYPE_CHECKING:
     from fluxbee.dataplane.router.server import Router
 
 log = logging.getLogger(__name__)
+
+
+class Batched(Protocol):
+    """What collects output while the router routes one read, and writes it when the router flushes
+    (:meth:`Router.flush <fluxbee.dataplane.router.server.Router.flush>`): a node connection, a link session."""
+
+    def flush(self) -> None: ...
 
 
 class Conn(asyncio.Protocol):

@@ -124,9 +124,14 @@ class LinkRoute:
                                    links.manager.max_buffer() - used, len(frames) if single else 1)
         if not count:
             return 0  # ttl 1, too big, not canonical, or no room: the general path answers
-        session.queue(data, count)
+        router = self._router
+        if router.batching:  # routing one read of the node: written with the rest of it at its end
+            if session.queue(data, count, soon=False):
+                router.dirty.append(session)
+        else:
+            session.queue(data, count)
         links.track(session, conn, data, count)
-        counters = self._router.counters
+        counters = router.counters
         counters.frames_in += count
         counters.forwarded[session.role] += count
         if session.congested_since is not None or used + len(data) >= session.high_water:

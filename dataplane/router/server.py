@@ -72,7 +72,7 @@ from fluxbee.dataplane.link.settings import LinkConfigError
 from fluxbee.dataplane.names import ROUTER_PREFIX, hive_id_problem
 from fluxbee.dataplane.router import config_state, dispatch, handshake, scheduling, trust
 from fluxbee.dataplane.router.config_state import SectionVersions
-from fluxbee.dataplane.router.connection import Conn
+from fluxbee.dataplane.router.connection import Batched, Conn
 from fluxbee.dataplane.router.counters import Counters
 from fluxbee.dataplane.router.fastroute import FastPath
 from fluxbee.dataplane.router.l3 import L3Resolver
@@ -120,7 +120,7 @@ class Router:
         self.unclaimed_by_pid: collections.Counter[int] = collections.Counter()
         # Output batching (Conn.send / Conn.process): connections with frames queued in this read.
         self.batching = False
-        self.dirty: list[Conn] = []
+        self.dirty: list[Batched] = []
         self.paused_producers = 0
         self.fast_path = FastPath(self)
         self.route_frames: Callable[[Conn, list[bytes]], None] = self.fast_path.route

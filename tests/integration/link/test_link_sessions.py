@@ -17,6 +17,7 @@ from fluxbee.dataplane.link.certs import issue_hive_cert, make_ca, write_pem_pai
 from fluxbee.dataplane.link.manager import LinkManager
 from fluxbee.dataplane.link.session import LinkSession
 from fluxbee.dataplane.link.settings import LinkSettings
+from fluxbee.dataplane.link.tls import TlsChannel
 
 
 class FakeRouter:
@@ -124,6 +125,17 @@ async def test_transit_and_withdrawal_when_the_middle_hive_goes(make: Callable[.
     assert a.table.by_uuid[rc.nodes[0].uuid][0] == "C"
     await b.stop()
     await until(lambda: a.table.route("C") is None and c.table.route("A") is None)
+
+
+async def test_both_ends_run_tls_13_on_the_links_own_channel(make: Callable[..., object]) -> None:
+    port = free_port()
+    a, _ = await make("A", wan_listen=("127.0.0.1", port))  # type: ignore[operator,misc]
+    b, _ = await make("B", uplinks=(("127.0.0.1", port),))  # type: ignore[operator,misc]
+    await until(lambda: bool(a.up_sessions("wan")) and bool(b.up_sessions("wan")))
+    for m in (a, b):
+        transport = m.up_sessions("wan")[0].transport
+        assert isinstance(transport, TlsChannel)  # not the event loop's TLS transport
+        assert transport.get_extra_info("cipher")[1] == "TLSv1.3"
 
 
 async def test_a_peer_whose_certificate_names_another_hive_is_refused(make: Callable[..., object]) -> None:
