@@ -93,8 +93,11 @@ when ``ttl >= 3``, never back where they came from, never mesh to mesh; trace-id
 stops echoes.  ``dst: null`` is resolved by the first router; the forwarded frame carries the
 resolved name.
 
-Output to a link is coalesced: data frames queued during one loop iteration (a read's worth from
-every node) go out in one TLS write; a control frame is written after the data queued before it.
+Output to a link is coalesced: the data frames a router queues while it routes one read of a node go
+out in one TLS write at the end of that read (frames queued elsewhere, at the next loop iteration); a
+control frame is written after the data queued before it.  TLS runs on
+:class:`~fluxbee.dataplane.link.tls.TlsChannel` (memory BIOs over a plain TCP transport), which
+decrypts a whole read into one delivery to the session.
 Plain frames cross a router without being decoded (``dataplane/router/linkroute.py``): runs of them
 are re-written with ``ttl - 1`` in C on the way out, and on the way in a frame whose sender the
 general path has already accepted from this session is stamped with that sender's advertised name and

@@ -6,7 +6,8 @@ the session.  It never routes.  States: ``connecting`` (TCP/TLS and the handshak
 (closed; a session object is never reused — a redial makes a new one).
 
 Output is coalesced: data frames are appended to :attr:`LinkSession.out` and written in one TLS write
-per loop iteration (:meth:`LinkSession.flush`, scheduled when the first frame of a batch is queued);
+(:meth:`LinkSession.flush`) by the router at the end of the node read that queued them, or at the next
+loop iteration when nothing else flushes (scheduled when the first frame of a batch is queued);
 a control frame flushes what is queued before it, so the stream keeps the order frames were queued in
 (a pong confirms every data frame queued before its ping).
 
