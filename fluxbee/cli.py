@@ -99,6 +99,10 @@ def _hive_id(value: str) -> str:
 
 def require_extra(extra: str | None, command: str) -> None:
     """Stop with a message naming the extra to install when ``command`` needs one that is missing."""
+    if extra is None:
+        # A base-install command (router, node, send, status) has nothing to check; the check reads the
+        # installed metadata (importlib.metadata, about 1.5 MB of a router's RSS), so it is not loaded.
+        return
     from fluxbee.extras import exit_unless_installed
 
     exit_unless_installed(extra, command)

@@ -32,7 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fluxbee.dataplane.names import RESERVED_PREFIXES
-from fluxbee.models import MatchKind, RouteSpec, VpnSpec
+from fluxbee.models.routing import MatchKind, RouteSpec, VpnSpec
 
 SYSTEM_PREFIXES = RESERVED_PREFIXES
 ROUTE_CACHE_LIMIT = 65_536

@@ -28,7 +28,7 @@ from fluxbee.dataplane.router.config import (
     parse_vpns,
 )
 from fluxbee.dataplane.router.settings import RouterError
-from fluxbee.models import RouteSpec, VpnSpec
+from fluxbee.models.routing import RouteSpec, VpnSpec
 
 if TYPE_CHECKING:
     from fluxbee.dataplane.router.server import Router

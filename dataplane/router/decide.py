@@ -29,7 +29,7 @@ from fluxbee.dataplane import wire
 from fluxbee.dataplane.router import trust
 from fluxbee.dataplane.router.config import is_system_name, split_name
 from fluxbee.dataplane.router.registry import P, Peer, Registry, pick
-from fluxbee.models import RouteAction
+from fluxbee.models.routing import RouteAction
 
 
 class Sender(Protocol):

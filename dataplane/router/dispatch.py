@@ -21,8 +21,8 @@ from fluxbee.dataplane.router import control, decide, handshake
 from fluxbee.dataplane.router.answers import dst_text, reply, unreachable
 from fluxbee.dataplane.router.connection import Conn
 from fluxbee.dataplane.router.l3 import with_src_ilk
-from fluxbee.dataplane.router.links import RemoteNode
 from fluxbee.dataplane.router.policy import Verdict
+from fluxbee.dataplane.router.remote import RemoteNode
 
 if TYPE_CHECKING:
     from fluxbee.dataplane.router.server import Router

@@ -42,7 +42,8 @@ from fluxbee.dataplane.router.config import split_name
 from fluxbee.dataplane.router.connection import Conn
 
 if TYPE_CHECKING:
-    from fluxbee.dataplane.router.links import RemoteNode, RouterLinks
+    from fluxbee.dataplane.router.links import RouterLinks
+    from fluxbee.dataplane.router.remote import RemoteNode
     from fluxbee.dataplane.router.server import Router
 
 _decode_meta = wire.meta_decoder.decode

@@ -41,6 +41,7 @@ from fluxbee.dataplane.link.session import LinkSession
 from fluxbee.dataplane.router import answers, decide, dispatch
 from fluxbee.dataplane.router.config import is_system_name, split_name
 from fluxbee.dataplane.router.linkroute import LinkRoute
+from fluxbee.dataplane.router.remote import RemoteNode
 
 if TYPE_CHECKING:
     from fluxbee.dataplane.router.connection import Conn
@@ -56,40 +57,6 @@ included), how many."""
 PROBE_AFTER = 256
 """Unconfirmed frames on a session before a ping is sent out of turn to confirm them (bounds the memory
 kept per session by the traffic of one round trip, not of one hello interval)."""
-
-
-class RemoteNode:
-    """A node reached through a link: the fields the rules read, and a ``send`` that forwards.
-
-    ``transport`` is None, so the fast path steps aside for it (to the general path, which forwards).
-    """
-
-    __slots__ = ("base", "claimed", "closing", "connected_at_ms", "grants", "hive", "name", "out_bytes", "session",
-                 "transport", "uuid", "vpn_id")
-
-    def __init__(self, ad: lp.NodeAd, session: LinkSession) -> None:
-        self.uuid = ad.uuid
-        self.name = ad.name
-        self.base, self.hive = split_name(ad.name)
-        self.vpn_id = ad.vpn_id
-        self.session = session
-        self.transport = None
-        self.closing = False
-        self.out_bytes = 0
-        self.connected_at_ms = 0
-        self.claimed = is_system_name(self.base) and self.base.startswith("SY.")
-        self.grants: frozenset[str] = frozenset()
-
-    @property
-    def congested_since(self) -> float | None:
-        return 0.0 if self.session.congested else None
-
-    def send(self, frame: bytes) -> bool:
-        """Frames the router generates for this node (answers): sent on the link it came over."""
-        return self.session.send(frame)
-
-    def block(self, dst: object) -> None:
-        """Links do not hold producers: a full link drops (counted) instead."""
 
 
 class Pending:

@@ -76,17 +76,18 @@ from fluxbee.dataplane.router.connection import Batched, Conn
 from fluxbee.dataplane.router.counters import Counters
 from fluxbee.dataplane.router.fastroute import FastPath
 from fluxbee.dataplane.router.l3 import L3Resolver
-from fluxbee.dataplane.router.links import RouterLinks
 from fluxbee.dataplane.router.policy import PolicyRuntime
 from fluxbee.dataplane.router.policy_dir import PolicyDirLoader
 from fluxbee.dataplane.router.registry import Registry
 from fluxbee.dataplane.router.settings import RouterError, RouterSettings
-from fluxbee.models import RouteSpec, VpnSpec
+from fluxbee.models.routing import RouteSpec, VpnSpec
 
 __all__ = ["Conn", "Router", "RouterError", "RouterSettings", "run_router"]
 
 if TYPE_CHECKING:
     from aiohttp import web
+
+    from fluxbee.dataplane.router.links import RouterLinks
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,11 @@ class Router:
         self.policy_dir = PolicyDirLoader(self, settings.policy_dir) if settings.policy_dir is not None else None
         self.links: RouterLinks | None = None
         if settings.links.enabled:
+            # Imported only when links are configured: the link manager, its TLS sessions and the
+            # certificate code (the `cryptography` package) are about 13 MB of a router's RSS, and a
+            # router without links never uses them.
+            from fluxbee.dataplane.router.links import RouterLinks
+
             try:
                 self.links = RouterLinks(self)
             except LinkConfigError as err:

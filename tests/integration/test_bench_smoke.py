@@ -66,6 +66,7 @@ def test_fluxbee_bench_json_reports_every_transport_and_the_router_memory() -> N
         assert result[key]["msgs_per_s"] > 0
         assert result[key]["sustained_rtt_us"]["samples"] == 300
     assert 0 < result["router_rss_mb_1000_nodes"] < 500
+    assert 0 < result["router_rss_mb_links"] < 500  # an idle router with a TLS WAN listener
     assert set(result["ratios"]) == {"fluxbee_p50_over_floor_p50", "fluxbee_p50_over_nats_p50",
                                      "fluxbee_p50_over_relay_p50", "relay_p50_over_floor_p50",
                                      "null_p50_over_fluxbee_p50",

@@ -90,3 +90,9 @@ def test_the_default_report_has_the_transport_table_then_the_targets_then_the_no
     assert lines[32] == "link p50 / NATS-pair p50 = 0.45   (target ≤ 0.5)"
     assert len(lines) == 35
     assert isinstance(run.SECTIONS[0], Transports)
+
+
+def test_the_memory_line_adds_the_linked_router_when_it_was_measured() -> None:
+    result = {**_transport_result(), "router_rss_mb_links": 52.5, "policy": _POLICY, "cross_hive": _CROSS}
+    assert run.report(result).splitlines()[12] == (
+        "router RSS: 30.0 MB idle, 45.5 MB with 1000 nodes, 52.5 MB idle with a TLS link listener   (target ≤ 100 MB)")
