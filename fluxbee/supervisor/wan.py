@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fluxbee.dataplane.link.certs import CertificateError, hive_id_of, issue_hive_cert, write_pem_pair
 from fluxbee.dataplane.link.cli import CA_CERT, CA_KEY, TLS_CERT, TLS_KEY
 from fluxbee.dataplane.link.settings import parse_address
 from fluxbee.models import Hive
@@ -76,6 +75,9 @@ def merge(hive: Hive, opts: WanOptions) -> WanPlan | None:
 def prepare_certificates(hive_id: str, run_dir: Path, opts: WanOptions) -> tuple[Path, Path, Path]:
     """(cert, key, CA cert) the router presents and checks with; issues the certificate when the CA key
     is at hand (see the module docstring)."""
+    # certificate code (cryptography) only for a hive that has links
+    from fluxbee.dataplane.link.certs import CertificateError, hive_id_of, issue_hive_cert, write_pem_pair
+
     if opts.ca_dir is None:
         raise WanSetupError("links need the hive CA: --wan-ca DIR (made by `fluxbee wan ca DIR`)")
     ca_cert = opts.ca_dir / CA_CERT
