@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,6 +46,8 @@ NODE_CONFIG_KEY = "config.json"
 CRASH_REASONS = frozenset({"CrashLoopBackOff", "Error", "ImagePullBackOff", "ErrImagePull",
                            "CreateContainerConfigError", "InvalidImageName"})
 CONFLICT_RETRIES = 5
+RESTARTED_AT_ENV = "FLUXBEE_RESTARTED_AT"
+"""Set in a FluxNode's ``spec.env`` by ``restart``: a new value makes the operator replace its Pods."""
 
 
 def api_error(err: ApiError, doing: str) -> AdminError:
@@ -321,8 +324,7 @@ class KubernetesBackend:
     # A FluxNode at ``replicas: 0`` is the operator's stopped node: it keeps its effective-config
     # ConfigMap and credential, and runs no Pod.  ``kill`` deletes a FluxNode (so a killed node has no
     # instance left to start, unlike a local one); a node of the admin API's scaled to 0 (``kubectl
-    # scale``-like patches) is started here by scaling it to 1.  Restart deletes the Pods, which the
-    # operator replaces at once (a deleted Pod is drift it repairs).
+    # scale``-like patches) is started here by scaling it to 1.
 
     def _summary(self, node: Mapping[str, Any], state: str, pods: list[str]) -> dict[str, Any]:
         meta, spec = node["metadata"], node.get("spec") or {}
@@ -362,28 +364,29 @@ class KubernetesBackend:
             return self._summary(node, "started", [])
 
     async def restart_node(self, name: str) -> dict[str, Any]:
-        """Delete the node's Pods: the operator makes new ones at once (a stopped node is started)."""
+        """Stamp :data:`RESTARTED_AT_ENV` into the FluxNode's ``spec.env`` (``kubectl rollout restart``'s
+        idea): the Pods' spec changes, so the operator replaces each of them; the node's config does not
+        change.  The admin Role may patch FluxNodes but not delete Pods.  A stopped node is started."""
         async with self._write_lock:
-            node, stopped = await self._stopped_managed(name)
-            if node is None:
-                raise AdminError("NODE_NOT_FOUND", f"node {name} is not a FluxNode of hive {self.hive_resource}")
-            resource = node["metadata"]["name"]
-            if stopped:
-                node = await self._managed(name)
+            node = await self._managed(name)
+            spec = node.get("spec") or {}
+            if spec.get("replicas", 1) == 0:
                 node = await self._scale(node, 1, "RESTART_FAILED")
                 return self._summary(node, "restarted", [])
-            pods = await self._list("pods", {FLUXNODE_LABEL: resource})
-            deleted = []
-            for pod in pods:
-                pod_name = pod["metadata"]["name"]
-                try:
-                    await self.api.delete("pods", self.namespace, pod_name)
-                except ApiError as err:
-                    if err.status != 404:
-                        raise AdminError("RESTART_FAILED", f"deleting Pod {pod_name}: the Kubernetes API answered "
-                                                           f"{err.status} {err.reason}: {err.message}") from err
-                deleted.append(pod_name)
-            return {**self._summary(node, "restarted", sorted(deleted)), "replaced_pods": sorted(deleted)}
+            meta = node["metadata"]
+            pods = sorted(p["metadata"]["name"] for p in await self._list("pods", {FLUXNODE_LABEL: meta["name"]}))
+            stamp = str(int(time.time() * 1000))
+            ops = [{"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")},
+                   {"op": "add", "path": "/spec/env", "value": {**(spec.get("env") or {}), RESTARTED_AT_ENV: stamp}}]
+            try:
+                node = await self.api.patch("fluxnodes", self.namespace, meta["name"], ops, content_type=JSON_PATCH)
+            except ApiError as err:
+                if err.status in (409, 422):
+                    raise AdminError("BUSY", f"FluxNode {meta['name']} changed while it was restarted; try again"
+                                     ) from err
+                raise AdminError("RESTART_FAILED", f"patching FluxNode {meta['name']}: the Kubernetes API answered "
+                                                   f"{err.status} {err.reason}: {err.message}") from err
+            return {**self._summary(node, "restarted", pods), "replaced_pods": pods, "restarted_at_ms": int(stamp)}
 
     async def remove_node_instance(self, name: str) -> dict[str, Any]:
         async with self._write_lock:
