@@ -3,12 +3,14 @@ driven over its admin HTTP port as a user drives it."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from conftest import AdminHive, running_hive
-from hive_harness import wait_until
+from hive_harness import fluxbee_argv, wait_until
 
 NODE = "WF.inv.life"
 FULL = f"{NODE}@local"
@@ -165,3 +167,25 @@ def test_lifecycle_bad_inputs_get_the_original_errors(hive: AdminHive) -> None:
     assert error(hive, "GET", "/hives/local/nodes/WF.echo/instance") == (405, "METHOD_NOT_ALLOWED")
     assert error(hive, "DELETE", "/hives/local/nodes/WF.echo/instance") == (409, "NODE_INSTANCE_RUNNING")
     assert ok(hive, "DELETE", "/hives/local/nodes/WF.never.spawned/instance")["status"] == "not_found"
+
+
+def test_fluxbee_ctl_shows_the_inventory_and_restarts_a_node(hive: AdminHive) -> None:
+    def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(fluxbee_argv("ctl", "--url", hive.base, "--hive", "local", *args),
+                              capture_output=True, text=True, timeout=120)
+
+    done = ctl("inventory", "--type", "wf")
+    assert done.returncode == 0, done.stderr
+    header, *lines = done.stdout.splitlines()
+    assert header.split()[:3] == ["HIVE", "HIVE_STATUS", "NODE_NAME"]
+    assert any(line.split()[:3] == ["local", "alive", "WF.echo@local"] for line in lines), done.stdout
+    assert not any("SY.admin" in line for line in lines)
+    summary = json.loads(ctl("--json", "inventory", "--summary").stdout)
+    assert summary["scope"] == "summary" and summary["hives"][0]["hive_id"] == "local"
+    wait_until(lambda: status(hive, "WF.echo")["lifecycle_state"] == "RUNNING", WAIT, "WF.echo running")
+    restarted = ctl("--json", "restart", "WF.echo")
+    assert restarted.returncode == 0 and json.loads(restarted.stdout)["state"] == "restarted", restarted.stderr
+    refused = ctl("rm-instance", "WF.echo")
+    assert refused.returncode == 1 and "NODE_INSTANCE_RUNNING" in refused.stderr
+    bad = ctl("inventory", "--summary", "--of-hive", "local")
+    assert bad.returncode == 2 and "--summary covers every hive" in bad.stderr
