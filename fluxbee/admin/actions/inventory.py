@@ -104,6 +104,11 @@ async def inventory(ctx: Context, target: str, p: s.InventoryParams, call: Call)
     scope = "hive" if only is not None and p.scope == "global" else p.scope
     if scope == "hive" and only is None:
         only = ctx.backend.hive_id
+    if remote.is_remote(call.actor, ctx.backend.hive_id) and (scope != "hive" or only != ctx.backend.hive_id):
+        # a command from another hive is never relayed further (remote.authorise, rule 4): it gets this hive only
+        raise AdminError("FORBIDDEN", f"{call.actor} asked hive {ctx.backend.hive_id!r} for the inventory of other "
+                                      "hives: commands from another hive are not relayed further; ask for scope "
+                                      f"hive of {ctx.backend.hive_id!r}")
     hives = await _hives(ctx, only if scope == "hive" else None, kind)
     known = [h for h in hives if h["node_count"] is not None]
     head: dict[str, Any] = {"status": "ok", "scope": scope, "hive_id": ctx.backend.hive_id, "filter_type": kind,
