@@ -232,8 +232,9 @@ class LocalBackend:
         async with self._write_lock:
             plan = self.hive.plan
             if (plan is not None and name in plan.node_names) or (self._node_dir(name) / "config.json").exists():
-                raise AdminError("NODE_ALREADY_EXISTS", f"node {name} already exists; kill it (with purge_instance "
-                                                        "for a stopped one) before spawning it again")
+                raise AdminError("NODE_ALREADY_EXISTS", f"node {name} already exists; kill it with purge_instance "
+                                                        "(or remove a stopped one's instance, or start it) before "
+                                                        "spawning it again")
             try:
                 resolved = self.hive.store.resolve(params.runtime, params.runtime_version)
             except StoreError as err:

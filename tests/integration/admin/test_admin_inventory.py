@@ -138,11 +138,17 @@ def test_start_restart_and_instance_removal_follow_the_stopped_instance(hive: Ad
     config = ok(hive, "GET", f"/hives/local/nodes/{NODE}/config")["config"]
     assert config["greeting"] == "hi" and config["_system"]["runtime"] == "fluxbee.echo"
 
-    # a stopped node is restarted by starting it
+    # a stopped node is restarted by starting it; without the document kill keeps (a node killed by an
+    # earlier version), from the instance's own config
     ok(hive, "DELETE", f"/hives/local/nodes/{NODE}")
     wait_until(lambda: FULL not in connected(hive), WAIT, "the killed node to leave the router")
+    kept = hive.run_dir / "admin" / "stopped" / f"{FULL}.yaml"
+    assert kept.exists()
+    kept.unlink()
     assert ok(hive, "POST", f"/hives/local/nodes/{NODE}/restart")["state"] == "restarted"
     assert status(hive, NODE)["lifecycle_state"] == "RUNNING"
+    config = ok(hive, "GET", f"/hives/local/nodes/{NODE}/config")["config"]
+    assert config["greeting"] == "hi" and config["_system"]["runtime"] == "fluxbee.echo"
 
     # removing a stopped node's instance deletes its files; then there is nothing to start
     ok(hive, "DELETE", f"/hives/local/nodes/{NODE}")
@@ -157,6 +163,22 @@ def test_start_restart_and_instance_removal_follow_the_stopped_instance(hive: Ad
     entries = ok(hive, "GET", "/hives/local/deployments?limit=50&category=node")["entries"]
     done = {e["action"] for e in entries}
     assert {"start_node", "restart_node", "remove_node_instance"} <= done
+
+
+def test_a_stopped_instance_whose_config_cannot_be_read_is_not_started_and_says_why(hive: AdminHive) -> None:
+    broken = hive.run_dir / "nodes" / "WF.inv.broken@local"
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text("{not json")
+    assert error(hive, "POST", "/hives/local/nodes/WF.inv.broken/start") == (502, "START_FAILED")
+    (broken / "config.json").write_text('{"_system": {"node_name": "WF.inv.broken@local"}}')  # no runtime
+    code, doc = hive.call("POST", "/hives/local/nodes/WF.inv.broken/start")
+    assert (code, doc["error_code"]) == (502, "START_FAILED") and "_system.runtime" in doc["error_detail"]
+    (broken / "config.json").write_text('{"_system": {"runtime": "no.such.runtime", "runtime_version": "1.0.0"}}')
+    code, doc = hive.call("POST", "/hives/local/nodes/WF.inv.broken/start")
+    assert (code, doc["error_code"]) == (502, "START_FAILED") and "no.such.runtime" in doc["error_detail"]
+    assert not (hive.run_dir / "admin" / "nodes" / "WF.inv.broken@local.yaml").exists()  # nothing left behind
+    assert ok(hive, "DELETE", "/hives/local/nodes/WF.inv.broken/instance")["status"] == "ok"
+    assert not broken.exists()
 
 
 def test_lifecycle_bad_inputs_get_the_original_errors(hive: AdminHive) -> None:
