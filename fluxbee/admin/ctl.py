@@ -91,11 +91,11 @@ def cmd_ctl(args: argparse.Namespace) -> int:
             payload = client.ok("DELETE", f"/hives/{h}/nodes/{quote(args.name, safe='@')}/instance")
         elif cmd == "inventory":
             query = {k: v for k, v in (("type", args.type), ("hive", args.of_hive)) if v}
-            path = "/inventory/summary" if args.summary else "/inventory"
             if args.summary and args.of_hive:
                 print("fluxbee ctl inventory: --summary covers every hive; leave out --of-hive", file=sys.stderr)
                 return 2
-            payload = client.ok("GET", path + (f"?{urlencode(query)}" if query else ""))
+            where = "/inventory/summary" if args.summary else "/inventory"
+            payload = client.ok("GET", where + (f"?{urlencode(query)}" if query else ""))
         else:
             path = {"hives": "/hives", "nodes": f"/hives/{h}/nodes", "routes": f"/hives/{h}/routes",
                     "vpns": f"/hives/{h}/vpns", "runtimes": f"/hives/{h}/runtimes",
