@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_global_config_real
 from cluster_support import ControlPlane
 from operator_support import (
     AdminApi,
@@ -26,6 +27,7 @@ from operator_support import (
     start_admin,
     start_operator,
 )
+from test_global_config_real import Pair
 
 RUNTIME: dict[str, Any] = {
     "apiVersion": "fluxbee.io/v1alpha1", "kind": "Runtime", "metadata": {"name": "fluxbee.echo"},
@@ -163,3 +165,47 @@ def test_a_fluxnode_not_made_by_the_admin_api_is_not_changed_by_it(setup: Setup)
         assert s.error(method, f"/hives/demo/nodes/WF.gitops/{action}") == (409, "NODE_NOT_MANAGED"), action
     node = get(s.cp, s.ns, "fluxnode", "gitops")
     assert node is not None and node["spec"]["replicas"] == 0 and "env" not in node["spec"]
+
+
+# Two hives in a cluster (the mother/worker pair of test_global_config_real.py: two namespaces, each hive's
+# operator and admin API, real routers linked over loopback mutual TLS): the mother's inventory holds the
+# worker's own rows, asked over the links, and its lifecycle actions reach the worker's FluxNodes.
+pair = test_global_config_real.pair
+"""That module's fixture, used here as well (module-scoped: this module gets a pair of its own)."""
+
+
+def test_the_mothers_inventory_and_lifecycle_reach_the_workers_fluxnodes(pair: Pair) -> None:
+    cp, m, w = pair.cp, pair.mother, pair.worker
+    assert m.admin is not None and w.admin is not None
+    apply(cp, w.ns, RUNTIME)
+    spawned = m.admin.call("POST", "/hives/worker/nodes", {"node_name": "WF.k8s.far", "runtime": "fluxbee.echo"})
+    assert spawned[0] == 200, spawned
+    resource = spawned[1]["payload"]["unit"].removeprefix("fluxnode/")
+    assert get(cp, w.ns, "fluxnode", resource) is not None
+
+    def worker_rows() -> dict[str, Any] | None:
+        assert m.admin is not None
+        code, doc = m.admin.call("GET", "/inventory")
+        entry = next((h for h in doc["payload"]["hives"] if h["hive_id"] == "worker"), None) if code == 200 else None
+        return entry if entry and entry["status"] != "error" else None
+
+    worker = m.operator.wait_for("the mother's inventory to hold the worker's rows", worker_rows, timeout=60)
+    names = {n["name"]: n for n in worker["nodes"]}
+    assert worker["inventory_source"] == "admin_command" and worker["remote_inventory_source"] == "router"
+    assert names["SY.admin@worker"]["visible_in_router"] is True  # the worker's admin API, on its router
+    assert names["WF.k8s.far@worker"]["managed"] is True and names["WF.k8s.far@worker"]["hive"] == "worker"
+    assert set(names) == {n["name"] for n in w.admin.call("GET", "/hives/worker/nodes")[1]["payload"]["nodes"]}
+    one = m.admin.call("GET", "/hives/worker/status")[1]["payload"]
+    assert one["scope"] == "hive" and "WF.k8s.far@worker" in {n["name"] for n in one["nodes"]}
+
+    restarted = m.admin.call("POST", "/hives/worker/nodes/WF.k8s.far/restart")
+    assert restarted[0] == 200 and restarted[1]["payload"]["state"] == "restarted", restarted
+    node = get(cp, w.ns, "fluxnode", resource)
+    assert node is not None and "FLUXBEE_RESTARTED_AT" in node["spec"]["env"]
+    code, doc = m.admin.call("DELETE", "/hives/worker/nodes/WF.k8s.far/instance")
+    assert (code, doc["error_code"]) == (409, "NODE_INSTANCE_RUNNING")
+
+    # the worker may not ask its mother: the mother's row says so, with nothing made up
+    code, doc = w.admin.call("GET", "/inventory")
+    mother = next(h for h in doc["payload"]["hives"] if h["hive_id"] == "mother")
+    assert (mother["status"], mother["error_code"], mother["node_count"]) == ("error", "FORBIDDEN", None)
