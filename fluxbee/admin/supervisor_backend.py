@@ -364,34 +364,35 @@ class LocalBackend:
 
     async def start_node(self, name: str) -> dict[str, Any]:
         async with self._write_lock:
-            if self._running(name):
-                return self._summary(name, "already_running")
-            doc = self._document_from_instance(name)
-            if doc is None:
-                raise AdminError("NODE_NOT_FOUND", f"node {name} has no instance to start; spawn it")
-            path = self._doc_path(name)
-            try:
-                self._check_plan(self._docs_with(path, doc))
-                await self._apply_doc(path, doc)
-            except AdminError as err:
-                raise AdminError("START_FAILED", f"{err.code}: {err.detail}") from err
-            self._stopped_path(name).unlink(missing_ok=True)
-            return self._summary(name, "started")
+            return await self._start_locked(name)
+
+    async def _start_locked(self, name: str) -> dict[str, Any]:
+        if self._running(name):
+            return self._summary(name, "already_running")
+        doc = self._document_from_instance(name)
+        if doc is None:
+            raise AdminError("NODE_NOT_FOUND", f"node {name} has no instance to start; spawn it")
+        path = self._doc_path(name)
+        try:
+            self._check_plan(self._docs_with(path, doc))
+            await self._apply_doc(path, doc)
+        except AdminError as err:
+            raise AdminError("START_FAILED", f"{err.code}: {err.detail}") from err
+        self._stopped_path(name).unlink(missing_ok=True)
+        return self._summary(name, "started")
 
     async def restart_node(self, name: str) -> dict[str, Any]:
         async with self._write_lock:
-            if not self._running(name):
-                if self._document_from_instance(name) is None:
-                    raise AdminError("NODE_NOT_FOUND", f"node {name} is neither running nor has an instance")
-            else:
-                started = await self.hive.restart_node(name)
-                if not started:
+            if self._running(name):
+                if not await self.hive.restart_node(name):
                     raise AdminError("RESTART_FAILED", f"the supervisor runs no process of {name}")
                 return self._summary(name, "restarted")
-        try:  # a stopped instance is started (systemctl restart starts an inactive unit)
-            out = await self.start_node(name)
-        except AdminError as err:
-            raise AdminError("RESTART_FAILED", err.detail) from err
+            if self._document_from_instance(name) is None:
+                raise AdminError("NODE_NOT_FOUND", f"node {name} is neither running nor has an instance")
+            try:  # a stopped instance is started (systemctl restart starts an inactive unit)
+                out = await self._start_locked(name)
+            except AdminError as err:
+                raise AdminError("RESTART_FAILED", err.detail) from err
         return {**out, "state": "restarted"}
 
     async def remove_node_instance(self, name: str) -> dict[str, Any]:
@@ -401,7 +402,17 @@ class LocalBackend:
             node_dir = self._node_dir(name)
             if not node_dir.exists() and not self._stopped_path(name).exists():
                 return {"status": "not_found", "removed_path": None, "instance_purged": False}
-            self._purge(name)
+            # one rename takes the instance away whole (a failure leaves it whole: STATE_WRITE_FAILED);
+            # only then are its files deleted, out of the nodes folder
+            trash = self.hive.run_dir / "admin" / "trash" / f"{name}.{time.time_ns()}"
+            if node_dir.exists():
+                trash.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(node_dir, trash)
+            self._stopped_path(name).unlink(missing_ok=True)
+            self._status_versions.pop(name, None)
+            shutil.rmtree(trash, ignore_errors=True)
+            if trash.exists():
+                log.warning("the removed instance of %s is out of the hive but %s could not be deleted", name, trash)
             return {"status": "ok", "removed_path": str(node_dir), "instance_purged": True}
 
     async def set_node_config(self, name: str, config: dict[str, Any], replace: bool) -> dict[str, Any]:
