@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -211,3 +212,23 @@ def test_fluxbee_ctl_shows_the_inventory_and_restarts_a_node(hive: AdminHive) ->
     assert refused.returncode == 1 and "NODE_INSTANCE_RUNNING" in refused.stderr
     bad = ctl("inventory", "--summary", "--of-hive", "local")
     assert bad.returncode == 2 and "--summary covers every hive" in bad.stderr
+
+
+def test_the_catalogue_and_the_openapi_document_list_the_new_actions_and_paths(hive: AdminHive) -> None:
+    actions = {a["action"]: a for a in ok(hive, "GET", "/admin/actions")["actions"]}
+    assert set(actions["inventory"]["path_patterns"]) == {
+        "GET /inventory", "GET /inventory/summary", "GET /inventory/nodes", "GET /inventory/{hive}",
+        "GET /hives/{hive}/status"}
+    assert actions["inventory"]["requires_target"] is False and actions["inventory"]["read_only"] is True
+    for name, pattern in (("start_node", "POST /hives/{hive}/nodes/{name}/start"),
+                          ("restart_node", "POST /hives/{hive}/nodes/{name}/restart"),
+                          ("remove_node_instance", "DELETE /hives/{hive}/nodes/{name}/instance")):
+        assert actions[name]["path_patterns"] == [pattern] and actions[name]["requires_target"] is True
+    assert actions["remove_node_instance"]["confirmation_required"] is True
+    help_ = ok(hive, "GET", "/admin/actions/inventory")["entry"]
+    assert set(help_["request_contract"]["body"]["optional_fields"]) == {"scope", "filter_hive", "filter_type"}
+    with urllib.request.urlopen(hive.base + "/openapi.json", timeout=30) as resp:
+        paths = json.loads(resp.read())["paths"]
+    assert {"/inventory", "/inventory/summary", "/inventory/nodes", "/inventory/{hive}"} <= set(paths)
+    assert "get" in paths["/hives/{hive}/status"] and "post" in paths["/hives/{hive}/nodes/{name}/restart"]
+    assert {p["name"] for p in paths["/inventory"]["get"]["parameters"]} == {"type", "hive"}
