@@ -75,6 +75,21 @@ class Backend(Protocol):
 
     async def kill_node(self, name: str, params: KillNodeParams) -> dict[str, Any]: ...
 
+    async def start_node(self, name: str) -> dict[str, Any]:
+        """Run a stopped node's instance again: ``state`` ``started`` or ``already_running``, ``unit``, ``runtime``,
+        ``version``, ``requested_version``; NODE_NOT_FOUND without an instance, START_FAILED when it cannot."""
+        ...
+
+    async def restart_node(self, name: str) -> dict[str, Any]:
+        """Replace a node's processes or Pods at once (a stopped instance is started): ``state: restarted``;
+        NODE_NOT_FOUND, RESTART_FAILED."""
+        ...
+
+    async def remove_node_instance(self, name: str) -> dict[str, Any]:
+        """Delete a stopped node's instance (config, state, kept document): ``status`` ``ok`` or ``not_found``,
+        ``removed_path``; NODE_INSTANCE_RUNNING while it runs."""
+        ...
+
     async def set_node_config(self, name: str, config: dict[str, Any], replace: bool) -> dict[str, Any]: ...
 
     def bump_status_version(self, name: str, fingerprint: str) -> int: ...

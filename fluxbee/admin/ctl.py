@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from fluxbee.dataplane import env
 
@@ -42,6 +43,18 @@ def _render(args: argparse.Namespace, payload: Any) -> str:
         cols = (["finished_at", "category", "action", "result", "actor"] if cmd == "deployments"
                 else ["detected_at", "severity", "kind", "message"])
         return table(payload["entries"], cols)
+    if cmd == "inventory" and args.summary:
+        return table(payload["hives"], ["hive_id", "status", "node_count", "by_kind", "by_status", "error_code"])
+    if cmd == "inventory":
+        rows = [{**n, "hive_status": h["status"]} for h in payload["hives"] for n in h["nodes"]]
+        rows += [{"hive": h["hive_id"], "hive_status": h["status"], "node_name": f"({h.get('error_code')})"}
+                 for h in payload["hives"] if h["node_count"] is None]
+        return table(rows, ["hive", "hive_status", "node_name", "kind", "lifecycle_state", "managed",
+                            "visible_in_router"])
+    if cmd in ("start", "restart"):
+        return table([payload], ["node_name", "state", "lifecycle_state", "visible_in_router", "pid", "unit"])
+    if cmd == "rm-instance":
+        return table([payload], ["node_name", "status", "removed_path"])
     if cmd == "actions":
         return table(payload["actions"], ["action", "read_only", "summary"])
     return json.dumps(payload, indent=2)
@@ -72,6 +85,17 @@ def cmd_ctl(args: argparse.Namespace) -> int:
             payload = client.ok("POST", f"/hives/{h}/nodes", body)
         elif cmd == "kill":
             payload = client.ok("DELETE", f"/hives/{h}/nodes/{args.name}", {"purge_instance": args.purge})
+        elif cmd in ("start", "restart"):
+            payload = client.ok("POST", f"/hives/{h}/nodes/{quote(args.name, safe='@')}/{cmd}")
+        elif cmd == "rm-instance":
+            payload = client.ok("DELETE", f"/hives/{h}/nodes/{quote(args.name, safe='@')}/instance")
+        elif cmd == "inventory":
+            query = {k: v for k, v in (("type", args.type), ("hive", args.of_hive)) if v}
+            if args.summary and args.of_hive:
+                print("fluxbee ctl inventory: --summary covers every hive; leave out --of-hive", file=sys.stderr)
+                return 2
+            where = "/inventory/summary" if args.summary else "/inventory"
+            payload = client.ok("GET", where + (f"?{urlencode(query)}" if query else ""))
         else:
             path = {"hives": "/hives", "nodes": f"/hives/{h}/nodes", "routes": f"/hives/{h}/routes",
                     "vpns": f"/hives/{h}/vpns", "runtimes": f"/hives/{h}/runtimes",
@@ -113,4 +137,11 @@ def register(sub: Any) -> None:
     k = cs.add_parser("kill")
     k.add_argument("name")
     k.add_argument("--purge", action="store_true")
+    for name, what in (("start", "start a stopped node's instance"), ("restart", "replace a node's processes"),
+                       ("rm-instance", "delete a stopped node's instance")):
+        cs.add_parser(name, help=what).add_argument("name")
+    inv = cs.add_parser("inventory", help="nodes of this hive and of every hive the links reach")
+    inv.add_argument("--type", help="only nodes of this kind (AI, IO, WF, SY, RT)")
+    inv.add_argument("--of-hive", help="only this hive")
+    inv.add_argument("--summary", action="store_true", help="counts per hive, kind and status")
     c.set_defaults(func=cmd_ctl)

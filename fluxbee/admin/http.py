@@ -207,13 +207,15 @@ def make_handler(route: Route) -> Callable[[web.Request], Awaitable[web.Response
         action = route.action
         try:
             target = request.match_info.get("hive")
-            params: dict[str, Any] = {}
+            params: dict[str, Any] = dict(route.fixed)
             for var, field_name in route.path_params.items():
                 params[field_name] = request.match_info[var]
             for name, kind in route.query.items():
                 if name in request.query:
                     value = _convert(name, kind, request.query[name])
-                    if name == "hive":
+                    if name in route.query_fields:
+                        params[route.query_fields[name]] = value
+                    elif name == "hive":
                         target = value
                         action = HIVE_QUERY_SWITCH.get(action, action)
                     else:

@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,6 +46,8 @@ NODE_CONFIG_KEY = "config.json"
 CRASH_REASONS = frozenset({"CrashLoopBackOff", "Error", "ImagePullBackOff", "ErrImagePull",
                            "CreateContainerConfigError", "InvalidImageName"})
 CONFLICT_RETRIES = 5
+RESTARTED_AT_ENV = "FLUXBEE_RESTARTED_AT"
+"""Set in a FluxNode's ``spec.env`` by ``restart``: a new value makes the operator replace its Pods."""
 
 
 def api_error(err: ApiError, doing: str) -> AdminError:
@@ -316,6 +319,93 @@ class KubernetesBackend:
             self._status_versions.pop(name, None)
             out.update(instance_purged=True, removed_path=f"fluxnode/{resource}", purge_status="purged")
         return out
+
+    # start, restart, instance ----------------------------------------------------
+    # A FluxNode at ``replicas: 0`` is the operator's stopped node: it keeps its effective-config
+    # ConfigMap and credential, and runs no Pod.  ``kill`` deletes a FluxNode (so a killed node has no
+    # instance left to start, unlike a local one); a node of the admin API's scaled to 0 (``kubectl
+    # scale``-like patches) is started here by scaling it to 1.
+
+    def _summary(self, node: Mapping[str, Any], state: str, pods: list[str]) -> dict[str, Any]:
+        meta, spec = node["metadata"], node.get("spec") or {}
+        status = node.get("status") or {}
+        return {"state": state, "unit": f"fluxnode/{meta['name']}", "runtime": spec.get("runtime"),
+                "version": status.get("runtimeVersion") or spec.get("runtimeVersion"),
+                "requested_version": (meta.get("annotations") or {}).get(REQUESTED_VERSION_ANNOTATION,
+                                                                         spec.get("runtimeVersion")),
+                "replicas": spec.get("replicas", 1), "pods": pods}
+
+    async def _scale(self, node: dict[str, Any], replicas: int, failure: str) -> dict[str, Any]:
+        meta = node["metadata"]
+        ops = [{"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")},
+               {"op": "add", "path": "/spec/replicas", "value": replicas}]
+        try:
+            return await self.api.patch("fluxnodes", self.namespace, meta["name"], ops, content_type=JSON_PATCH)
+        except ApiError as err:
+            if err.status in (409, 422):
+                raise AdminError("BUSY", f"FluxNode {meta['name']} changed while it was started; try again") from err
+            raise AdminError(failure, f"scaling FluxNode {meta['name']} to {replicas}: the Kubernetes API answered "
+                                      f"{err.status} {err.reason}: {err.message}") from err
+
+    async def _stopped_managed(self, name: str) -> tuple[dict[str, Any] | None, bool]:
+        """(the node's FluxNode or None, whether it is stopped: replicas 0)."""
+        node = await self._find(name)
+        return node, node is not None and (node.get("spec") or {}).get("replicas", 1) == 0
+
+    async def start_node(self, name: str) -> dict[str, Any]:
+        async with self._write_lock:
+            node, stopped = await self._stopped_managed(name)
+            if node is None:
+                raise AdminError("NODE_NOT_FOUND", f"node {name} is not a FluxNode of hive {self.hive_resource}; "
+                                                   "spawn it")
+            if not stopped:
+                return self._summary(node, "already_running", [])
+            node = await self._scale(await self._managed(name), 1, "START_FAILED")
+            return self._summary(node, "started", [])
+
+    async def restart_node(self, name: str) -> dict[str, Any]:
+        """Stamp :data:`RESTARTED_AT_ENV` into the FluxNode's ``spec.env`` (``kubectl rollout restart``'s
+        idea): the Pods' spec changes, so the operator replaces each of them; the node's config does not
+        change.  The admin Role may patch FluxNodes but not delete Pods.  A stopped node is started."""
+        async with self._write_lock:
+            node = await self._managed(name)
+            spec = node.get("spec") or {}
+            if spec.get("replicas", 1) == 0:
+                node = await self._scale(node, 1, "RESTART_FAILED")
+                return self._summary(node, "restarted", [])
+            meta = node["metadata"]
+            pods = sorted(p["metadata"]["name"] for p in await self._list("pods", {FLUXNODE_LABEL: meta["name"]}))
+            stamp = str(int(time.time() * 1000))
+            ops = [{"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")},
+                   {"op": "add", "path": "/spec/env", "value": {**(spec.get("env") or {}), RESTARTED_AT_ENV: stamp}}]
+            try:
+                node = await self.api.patch("fluxnodes", self.namespace, meta["name"], ops, content_type=JSON_PATCH)
+            except ApiError as err:
+                if err.status in (409, 422):
+                    raise AdminError("BUSY", f"FluxNode {meta['name']} changed while it was restarted; try again"
+                                     ) from err
+                raise AdminError("RESTART_FAILED", f"patching FluxNode {meta['name']}: the Kubernetes API answered "
+                                                   f"{err.status} {err.reason}: {err.message}") from err
+            return {**self._summary(node, "restarted", pods), "replaced_pods": pods, "restarted_at_ms": int(stamp)}
+
+    async def remove_node_instance(self, name: str) -> dict[str, Any]:
+        async with self._write_lock:
+            node, stopped = await self._stopped_managed(name)
+            if node is None:
+                return {"status": "not_found", "removed_path": None, "instance_purged": False}
+            if not stopped:
+                raise AdminError("NODE_INSTANCE_RUNNING", f"node {name} runs "
+                                                          f"{(node.get('spec') or {}).get('replicas', 1)} replicas; "
+                                                          "kill it or scale it to 0 first")
+            node = await self._managed(name)
+            resource = node["metadata"]["name"]
+            try:
+                await self.api.delete("fluxnodes", self.namespace, resource)
+            except ApiError as err:
+                raise AdminError("REMOVE_FAILED", f"deleting FluxNode {resource}: the Kubernetes API answered "
+                                                  f"{err.status} {err.reason}: {err.message}") from err
+            self._status_versions.pop(name, None)
+            return {"status": "ok", "removed_path": f"fluxnode/{resource}", "instance_purged": True}
 
     async def set_node_config(self, name: str, config: dict[str, Any], replace: bool) -> dict[str, Any]:
         async with self._write_lock:

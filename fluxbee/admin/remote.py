@@ -42,9 +42,9 @@ from fluxbee.dataplane.names import ADMIN_NODE
 
 RELAY_TIMEOUT: Final = 30.0
 """Seconds a relayed action may take (the original's default for orchestrator actions)."""
-SLOW_RELAY_TIMEOUT: Final = {"run_node": 60.0}
+SLOW_RELAY_TIMEOUT: Final = {"run_node": 60.0, "start_node": 60.0, "restart_node": 60.0}
 """Actions that do more than one round trip on the far side (a spawn registers an ILK with the
-identity primary, possibly over another link)."""
+identity primary, possibly over another link; start and restart wait for the node to connect)."""
 FROM_ANY_LINKED_HIVE: Final = frozenset({"get_global_config"})
 """Remote actions any linked hive's SY.admin may send (reads of what every hive receives anyway)."""
 

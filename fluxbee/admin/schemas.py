@@ -59,6 +59,17 @@ class SpawnNodeParams(Params):
     config: dict[str, Any] = Field(default_factory=dict, description="Overrides of the template (no `_system`).")
 
 
+class InventoryParams(Params):
+    scope: Literal["global", "hive", "summary"] = Field(
+        default="global", description="`global`: every hive with its nodes; `hive`: one hive (`filter_hive`); "
+                                      "`summary`: counts per hive, kind and status.")
+    filter_hive: str | None = Field(default=None, min_length=1, max_length=64,
+                                    description="Only this hive (`?hive=`; makes the scope `hive`).")
+    filter_type: str | None = Field(default=None, min_length=1, max_length=16,
+                                    description="Only nodes of this kind: AI, IO, WF, SY, RT or UNKNOWN "
+                                                "(`?type=`, upper-cased).")
+
+
 class NodeParams(Params):
     node_name: str = Field(min_length=1, max_length=256)
 

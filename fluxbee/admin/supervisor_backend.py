@@ -24,7 +24,7 @@ from fluxbee.admin.backend import NodeObservation, RegisterIlk
 from fluxbee.admin.errors import AdminError
 from fluxbee.admin.schemas import KillNodeParams, SpawnNodeParams
 from fluxbee.dataplane.names import ANNOTATION_REQUESTED_VERSION
-from fluxbee.models import FluxNode, FluxNodeSpec, Hive, ObjectMeta, ResourceError
+from fluxbee.models import FluxNode, FluxNodeSpec, Hive, ObjectMeta, ResourceError, load_documents
 from fluxbee.supervisor.hive import LocalHive, Supervised
 from fluxbee.supervisor.plan import CONFIG_VERSION_ANNOTATION, CREATED_AT_ANNOTATION, PlanError
 from fluxbee.supervisor.store import StoreError
@@ -53,6 +53,10 @@ class LocalBackend:
 
     def _doc_path(self, name: str) -> Path:
         return self.hive.managed_dir / f"{name}.yaml"
+
+    def _stopped_path(self, name: str) -> Path:
+        """Where a killed node's document waits for ``start`` (until its instance is removed)."""
+        return self.hive.run_dir / "admin" / "stopped" / f"{name}.yaml"
 
     @property
     def _hives_dir(self) -> Path:
@@ -228,8 +232,9 @@ class LocalBackend:
         async with self._write_lock:
             plan = self.hive.plan
             if (plan is not None and name in plan.node_names) or (self._node_dir(name) / "config.json").exists():
-                raise AdminError("NODE_ALREADY_EXISTS", f"node {name} already exists; kill it (with purge_instance "
-                                                        "for a stopped one) before spawning it again")
+                raise AdminError("NODE_ALREADY_EXISTS", f"node {name} already exists; kill it with purge_instance "
+                                                        "(or remove a stopped one's instance, or start it) before "
+                                                        "spawning it again")
             try:
                 resolved = self.hive.store.resolve(params.runtime, params.runtime_version)
             except StoreError as err:
@@ -290,16 +295,125 @@ class LocalBackend:
             if not declared and not node_dir.exists():
                 raise AdminError("NODE_NOT_FOUND", f"node {name} is neither running nor configured")
             pids: list[int] = []
+            stopped = self._stopped_path(name)
             if declared:
                 pids = self._signal(name, signal.SIGKILL if params.force else signal.Signals[params.signal])
-                path.unlink()
+                if params.purge_instance:
+                    path.unlink()
+                else:  # kept for `start`, as the original keeps a stopped unit's instance
+                    stopped.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(path, stopped)
                 await self._replan()
             out: dict[str, Any] = {"unit": f"{name}#0", "pids": pids, "was_running": declared}
             if params.purge_instance:
-                shutil.rmtree(node_dir, ignore_errors=True)
-                self._status_versions.pop(name, None)
+                self._purge(name)
                 out.update(instance_purged=True, removed_path=str(node_dir), purge_status="purged")
         return out
+
+    def _purge(self, name: str) -> None:
+        shutil.rmtree(self._node_dir(name), ignore_errors=True)
+        self._stopped_path(name).unlink(missing_ok=True)
+        self._status_versions.pop(name, None)
+
+    def _running(self, name: str) -> bool:
+        plan = self.hive.plan
+        return plan is not None and name in plan.node_names
+
+    def _summary(self, name: str, state: str) -> dict[str, Any]:
+        o = self._observe_one(name, self._running(name), [s for s in self.hive.procs.values()
+                                                         if s.spec.node_name == name], set())
+        return {"state": state, "unit": f"{name}#0", "runtime": o.runtime.get("name"),
+                "version": o.runtime.get("resolved_version"), "requested_version": o.runtime.get("requested_version"),
+                "pids": [int(p) for p in o.instances]}
+
+    def _document_from_instance(self, name: str) -> FluxNode | None:
+        """The FluxNode to start a stopped instance with: the document ``kill`` kept, else one rebuilt from
+        the instance's config (a node killed before documents were kept, or dropped from the hive file)."""
+        stopped = self._stopped_path(name)
+        if stopped.exists():
+            try:
+                docs = [d for d in load_documents(stopped) if isinstance(d, FluxNode)]
+            except ResourceError as err:
+                raise AdminError("START_FAILED", f"the stopped node's document {stopped} cannot be read: {err}"
+                                 ) from err
+            if len(docs) != 1:
+                raise AdminError("START_FAILED", f"{stopped} holds {len(docs)} FluxNodes, not one")
+            return docs[0]
+        try:
+            config = json.loads((self._node_dir(name) / "config.json").read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            raise AdminError("START_FAILED", f"the instance config of {name} cannot be read: {err}") from err
+        system = config.get("_system") if isinstance(config, dict) else None
+        if not isinstance(config, dict) or not isinstance(system, dict) or not system.get("runtime"):
+            raise AdminError("START_FAILED", f"the instance config of {name} has no `_system.runtime` to start "
+                                             "it with; remove the instance and spawn the node again")
+        annotations = {CONFIG_VERSION_ANNOTATION: str(system.get("config_version") or 1)}
+        if system.get("created_at_ms"):
+            annotations[CREATED_AT_ANNOTATION] = str(system["created_at_ms"])
+        try:
+            return FluxNode(
+                metadata=ObjectMeta(name=name.replace("@", "-at-").lower()[:253], annotations=annotations),
+                spec=FluxNodeSpec(hive=self._hive_doc().metadata.name, node_name=name, runtime=str(system["runtime"]),
+                                  runtime_version=str(system.get("runtime_version") or "current"),
+                                  tenant_id=system.get("tenant_id"), agent_ilk=system.get("ilk_id"),
+                                  config={k: v for k, v in config.items() if k != "_system"}))
+        except (ValueError, ResourceError, StopIteration) as err:
+            raise AdminError("START_FAILED", f"the instance config of {name} cannot be started: {err}") from err
+
+    async def start_node(self, name: str) -> dict[str, Any]:
+        async with self._write_lock:
+            return await self._start_locked(name)
+
+    async def _start_locked(self, name: str) -> dict[str, Any]:
+        if self._running(name):
+            return self._summary(name, "already_running")
+        doc = self._document_from_instance(name)
+        if doc is None:
+            raise AdminError("NODE_NOT_FOUND", f"node {name} has no instance to start; spawn it")
+        path = self._doc_path(name)
+        try:
+            self._check_plan(self._docs_with(path, doc))
+            await self._apply_doc(path, doc)
+        except AdminError as err:
+            raise AdminError("START_FAILED", f"{err.code}: {err.detail}") from err
+        self._stopped_path(name).unlink(missing_ok=True)
+        return self._summary(name, "started")
+
+    async def restart_node(self, name: str) -> dict[str, Any]:
+        async with self._write_lock:
+            if self._running(name):
+                if not await self.hive.restart_node(name):
+                    raise AdminError("RESTART_FAILED", f"the supervisor runs no process of {name}")
+                return self._summary(name, "restarted")
+            if self._document_from_instance(name) is None:
+                raise AdminError("NODE_NOT_FOUND", f"node {name} is neither running nor has an instance")
+            try:  # a stopped instance is started (systemctl restart starts an inactive unit)
+                out = await self._start_locked(name)
+            except AdminError as err:
+                raise AdminError("RESTART_FAILED", err.detail) from err
+        return {**out, "state": "restarted"}
+
+    async def remove_node_instance(self, name: str) -> dict[str, Any]:
+        async with self._write_lock:
+            if self._running(name):
+                raise AdminError("NODE_INSTANCE_RUNNING", f"node {name} is running; kill it first")
+            node_dir = self._node_dir(name)
+            if not node_dir.exists() and not self._stopped_path(name).exists():
+                return {"status": "not_found", "removed_path": None, "instance_purged": False}
+            # one rename takes the instance away whole (a failure leaves it whole: STATE_WRITE_FAILED);
+            # only then are its files deleted, out of the nodes folder
+            trash = self.hive.run_dir / "admin" / "trash" / f"{name}.{time.time_ns()}"
+            if node_dir.exists():
+                trash.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(node_dir, trash)
+            self._stopped_path(name).unlink(missing_ok=True)
+            self._status_versions.pop(name, None)
+            shutil.rmtree(trash, ignore_errors=True)
+            if trash.exists():
+                log.warning("the removed instance of %s is out of the hive but %s could not be deleted", name, trash)
+            return {"status": "ok", "removed_path": str(node_dir), "instance_purged": True}
 
     async def set_node_config(self, name: str, config: dict[str, Any], replace: bool) -> dict[str, Any]:
         async with self._write_lock:

@@ -286,6 +286,24 @@ class LocalHive:
         self.plan = plan
         self._write_state()
 
+    async def restart_node(self, node_name: str) -> list[Supervised]:
+        """Stop every process of ``node_name`` and start it again at once, with a fresh backoff (the
+        admin API's restart: not counted as a failure, unlike a process that exits by itself).
+
+        Returns the new processes' supervisors (empty when the plan runs no process of that name);
+        their ``proc`` is set once they have been spawned."""
+        async with self._reconcile_lock:
+            plan = self.plan
+            specs = [p for p in plan.nodes if p.node_name == node_name] if plan is not None else []
+            for spec in specs:
+                sup = self.procs.get(spec.key)
+                if sup is not None:
+                    log.info("%s: restart asked; stopping", spec.key)
+                    await self._stop(sup)
+            started = [self._start(spec) for spec in specs]
+            self._write_state()
+            return started
+
     def _write_state(self) -> None:
         plan = self.plan
         doc = {

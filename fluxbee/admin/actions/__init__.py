@@ -6,10 +6,12 @@ their ``params`` with the action's model, raise :class:`~fluxbee.admin.errors.Ad
 specific code, and return the payload of the envelope.  Reads take no lock; changes to the router
 config take one lock per hive (they are read-modify-write of the route list).
 
-One module per job: :mod:`.hives`, :mod:`.nodes`, :mod:`.router_config` (routes and VPN rules),
+One module per job: :mod:`.hives`, :mod:`.nodes`, :mod:`.lifecycle` (start, restart, instance removal),
+:mod:`.router_config` (routes and VPN rules),
 :mod:`.versions` (versions and runtimes), :mod:`.deployments` (the history journals) and
 :mod:`.identity` (ILKs and modules over SY.identity), over :mod:`.common` (context, checks, the
-history entry around a change); :mod:`.registry` lists them all.
+history entry around a change); :mod:`.inventory` sits above them (it reads the hives' and the nodes'
+rows) and :mod:`.registry` lists them all.
 """
 
 from fluxbee.admin.actions.common import Call, Context

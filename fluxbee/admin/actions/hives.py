@@ -37,16 +37,17 @@ async def _local_hive_row(ctx: Context) -> dict[str, Any]:
     return {"status": "alive", **await ctx.backend.hive_info(), "is_local": True}
 
 
-async def _rows(ctx: Context) -> list[dict[str, Any]]:
+async def hive_list(ctx: Context) -> list[dict[str, Any]]:
+    """This hive, the registered ones and every hive the links reach, each with its link state."""
     return wan.hive_rows(await _local_hive_row(ctx), await ctx.backend.remote_hives(), await wan.wan_view(ctx.link))
 
 
 async def list_hives(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
-    return {"status": "ok", "hives": await _rows(ctx)}
+    return {"status": "ok", "hives": await hive_list(ctx)}
 
 
 async def get_hive(ctx: Context, target: str, p: s.HiveIdParams, call: Call) -> dict[str, Any]:
-    row = next((r for r in await _rows(ctx) if r["hive_id"] == p.hive_id), None)
+    row = next((r for r in await hive_list(ctx) if r["hive_id"] == p.hive_id), None)
     if row is None:
         raise AdminError("NOT_FOUND", f"hive {p.hive_id!r} is not known")
     return {"status": "ok", "hive": row}

@@ -44,6 +44,16 @@ def _row(o: NodeObservation) -> dict[str, Any]:
 
 async def list_nodes(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
     await check_hive(ctx, target)
+    rows, source = await node_rows(ctx)
+    return {"status": "ok", "target": target, "hive": target, "inventory_source": source,
+            "node_count": len(rows), "nodes": rows}
+
+
+async def node_rows(ctx: Context) -> tuple[list[dict[str, Any]], str]:
+    """This hive's nodes as list rows, sorted by name, and where they come from: ``router`` (the backend's
+    declared and stopped nodes merged with every connection the router has) or
+    ``managed_instances_fallback`` (the router is out of reach: the backend's nodes only)."""
+    target = ctx.backend.hive_id
     visible, status = await router_visible(ctx)
     observed = await ctx.backend.observe(visible if status is not None else None)
     rows = [_row(o) for o in observed]
@@ -63,9 +73,7 @@ async def list_nodes(ctx: Context, target: str, p: s.NoParams, call: Call) -> di
         if n is not None:
             row.update(uuid=n.get("uuid"), vpn_id=n.get("vpn_id"), connected_at=n.get("connected_at_ms"))
     rows.sort(key=lambda r: str(r["name"]))
-    return {"status": "ok", "target": target, "hive": target,
-            "inventory_source": "router" if status is not None else "managed_instances_fallback",
-            "node_count": len(rows), "nodes": rows}
+    return rows, "router" if status is not None else "managed_instances_fallback"
 
 
 async def run_node(ctx: Context, target: str, p: s.SpawnNodeParams, call: Call) -> dict[str, Any]:

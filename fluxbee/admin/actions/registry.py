@@ -24,6 +24,8 @@ from fluxbee.admin.actions.identity import (
     list_modules,
     publish_module,
 )
+from fluxbee.admin.actions.inventory import inventory
+from fluxbee.admin.actions.lifecycle import remove_node_instance, restart_node, start_node
 from fluxbee.admin.actions.nodes import (
     get_node_config,
     get_node_state,
@@ -63,7 +65,7 @@ from fluxbee.admin.actions.versions import get_runtime, get_versions, list_runti
 from fluxbee.admin.errors import AdminError
 from fluxbee.admin.global_config import GlobalConfigParams, apply_global_config, get_global_config
 
-REGISTRY_VERSION = "7"
+REGISTRY_VERSION = "8"
 
 Handler = Callable[[Context, str, Any, Call], Awaitable[dict[str, Any]]]
 
@@ -90,6 +92,10 @@ class Route:
     """URL variable → params field (``hive`` always becomes the target)."""
     query: dict[str, type] = field(default_factory=dict)
     """Query parameter → type (str, int, bool)."""
+    query_fields: dict[str, str] = field(default_factory=dict)
+    """Query parameter → params field, where they differ (``?hive=`` is otherwise the target)."""
+    fixed: dict[str, Any] = field(default_factory=dict)
+    """Params this path sets (``/inventory/summary`` is scope ``summary``)."""
     body: Literal["none", "fields", "config"] = "none"
     """``fields``: the JSON object's keys are params; ``config``: the object is ``params.config``."""
     body_required: bool = False
@@ -137,10 +143,18 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
        read_only=False, target=False),
     _a(remove_hive, s.HiveIdParams, "Unlink a worker hive and forget it", read_only=False, target=False,
        confirm=True),
+    _a(inventory, s.InventoryParams, "Nodes of this hive and of every hive the links reach (scope global, hive "
+       "or summary; filter by hive and kind)", read_only=True, target=False),
     _a(list_nodes, s.NoParams, "Declared and connected nodes", read_only=True, target=True),
     _a(run_node, s.SpawnNodeParams, "Spawn a node from a runtime and register its ILK", read_only=False,
        target=True),
     _a(kill_node, s.KillNodeParams, "Stop and forget a spawned node", read_only=False, target=True, confirm=True),
+    _a(start_node, s.NodeParams, "Start a stopped node's instance again (already_running if it runs)",
+       read_only=False, target=True),
+    _a(restart_node, s.NodeParams, "Replace a node's processes or Pods now (a stopped instance is started)",
+       read_only=False, target=True),
+    _a(remove_node_instance, s.NodeParams, "Delete a stopped node's instance (its config and state); "
+       "NODE_INSTANCE_RUNNING while it runs", read_only=False, target=True, confirm=True),
     _a(get_node_status, s.NodeParams, "Lifecycle, health and runtime of a node", read_only=True, target=True),
     _a(get_node_config, s.NodeParams, "A node's effective config", read_only=True, target=True),
     _a(set_node_config, s.SetNodeConfigParams, "Patch a spawned node's config", read_only=False, target=True),
@@ -202,6 +216,15 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/admin/actions", "list_admin_actions"),
     Route("GET", "/admin/actions/{action}", "get_admin_action_help", {"action": "action_name"}),
     Route("GET", "/hive/status", "hive_status"),
+    Route("GET", "/inventory", "inventory", query={"type": str, "hive": str},
+          query_fields={"type": "filter_type", "hive": "filter_hive"}),
+    Route("GET", "/inventory/summary", "inventory", query={"type": str}, query_fields={"type": "filter_type"},
+          fixed={"scope": "summary"}),
+    Route("GET", "/inventory/nodes", "inventory", query={"type": str}, query_fields={"type": "filter_type"}),
+    Route("GET", "/inventory/{hive}", "inventory", {"hive": "filter_hive"}, query={"type": str},
+          query_fields={"type": "filter_type"}),
+    Route("GET", "/hives/{hive}/status", "inventory", {"hive": "filter_hive"}, query={"type": str},
+          query_fields={"type": "filter_type"}),
     Route("GET", "/hives", "list_hives"),
     Route("POST", "/hives", "add_hive", body="fields", body_required=True),
     Route("GET", "/hives/{hive}", "get_hive", {"hive": "hive_id"}),
@@ -209,6 +232,9 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/hives/{hive}/nodes", "list_nodes"),
     Route("POST", "/hives/{hive}/nodes", "run_node", body="fields", body_required=True),
     Route("DELETE", _N, "kill_node", _NAME, body="fields"),
+    Route("POST", _N + "/start", "start_node", _NAME),
+    Route("POST", _N + "/restart", "restart_node", _NAME),
+    Route("DELETE", _N + "/instance", "remove_node_instance", _NAME),
     Route("GET", _N + "/status", "get_node_status", _NAME),
     Route("GET", _N + "/config", "get_node_config", _NAME),
     Route("PUT", _N + "/config", "set_node_config", _NAME, {"replace": bool, "notify": bool}, body="config",
