@@ -183,3 +183,24 @@ class ModulePutParams(Params):
     prompt_text: str = Field(min_length=1, max_length=262144, description="The prompt fragment (UTF-8).")
     description: str = Field(default="", max_length=1024)
     category: str = Field(default="", max_length=32)
+
+
+class SyncHintParams(Params):
+    channel: Literal["blob", "dist"] = Field(default="blob", description="What to wait for: `dist` (runtime "
+                                                                         "packages) or `blob`.")
+    folder_id: str | None = Field(default=None, min_length=1, max_length=64,
+                                  description="`fluxbee-dist` or `fluxbee-blob`; must match `channel`.")
+    wait_for_idle: bool = Field(default=True, description="Wait until nothing is left to copy.")
+    timeout_ms: int = Field(default=30000, ge=1, le=300000, description="How long to wait (1..300000 ms).")
+
+
+class UpdateParams(Params):
+    category: Literal["runtime", "core", "vendor"] = Field(default="runtime",
+                                                           description="Only `runtime` is applied here.")
+    manifest_hash: str = Field(min_length=1, max_length=128,
+                               description="sha256 hex of the runtime manifest the caller published.")
+    manifest_version: int = Field(default=0, ge=0, description="The manifest's `version`; 0 skips the check.")
+    runtime: str | None = Field(default=None, min_length=1, max_length=128,
+                                description="Check only this runtime (category runtime).")
+    runtime_version: str | None = Field(default=None, min_length=1, max_length=64,
+                                        description="Check only this version of `runtime` (default its current).")

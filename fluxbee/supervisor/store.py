@@ -144,6 +144,14 @@ class RuntimeStore:
                                  f"(available: {', '.join(entry.get('available', []))})")
             version = requested
         package_dir = self.root / name / str(version)
+        if package_dir.is_dir() and not (package_dir / "package.json").exists():
+            # the original launches from the manifest entry and bin/start.sh alone: package.json is what
+            # publishing writes, not what a spawn needs, so a package copied in without one still runs
+            return Resolved(name=name, version=str(version), package_dir=package_dir,
+                            package={"name": name, "version": str(version),
+                                     "type": entry.get("type", "full_runtime"),
+                                     **({"runtime_base": entry["runtime_base"]} if entry.get("runtime_base")
+                                        else {})})
         try:
             package = json.loads((package_dir / "package.json").read_text())
         except (OSError, ValueError) as err:

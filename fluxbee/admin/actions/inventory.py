@@ -8,6 +8,12 @@ admin API the same way), in parallel and within :data:`REMOTE_TIMEOUT`; a hive t
 and ``node_count: null`` — never with rows made up from what was known before.  The link-state
 adverts carry only node counts, not the rows, which is why the hives are asked.
 
+As in the original, ``nodes`` are the nodes that run (the router sees them or the hive runs them): a
+node killed without ``purge_instance`` leaves ``nodes`` and is listed under ``stopped_nodes`` instead,
+whose instance ``start`` runs again and ``DELETE …/instance`` removes.  The global scope also lists
+every hive's rows at the top level (``nodes``, each naming its ``hive``), which is where the original's
+clients look for them.
+
 Scopes (the original's ``inventory`` params): ``global`` lists every hive with its nodes, ``hive``
 one hive (its rows also at the top level, as ``GET /hives/{h}/nodes`` shows them), ``summary``
 counts per hive, node kind and status without the rows.  ``filter_type`` keeps the nodes of one
@@ -46,8 +52,10 @@ async def _local(ctx: Context, kind: str | None) -> dict[str, Any]:
     rows, source = await node_rows(ctx)
     if kind is not None:
         rows = [r for r in rows if r["kind"] == kind]
+    stopped = [r for r in rows if r.get("lifecycle_state") == "STOPPED"]
+    rows = [r for r in rows if r.get("lifecycle_state") != "STOPPED"]
     return {"hive_id": ctx.backend.hive_id, "is_local": True, "status": "alive", "inventory_source": source,
-            "node_count": len(rows), "nodes": rows}
+            "node_count": len(rows), "nodes": rows, "stopped_nodes": stopped}
 
 
 async def _remote(ctx: Context, hive: str, kind: str | None, row: dict[str, Any] | None) -> dict[str, Any]:
@@ -64,10 +72,11 @@ async def _remote(ctx: Context, hive: str, kind: str | None, row: dict[str, Any]
             raise AdminError("SERVICE_FAILED", f"hive {hive!r} answered inventory without its own entry")
     except AdminError as err:
         return {"hive_id": hive, "is_local": False, "status": "error", "link_status": link_status,
-                "inventory_source": "admin_command", "node_count": None, "nodes": [],
+                "inventory_source": "admin_command", "node_count": None, "nodes": [], "stopped_nodes": [],
                 "error_code": err.code, "error_detail": err.detail}
     out = {**entry, "is_local": False, "status": link_status or "connected", "inventory_source": "admin_command",
-           "remote_inventory_source": entry.get("inventory_source"), "node_count": len(nodes), "nodes": nodes}
+           "remote_inventory_source": entry.get("inventory_source"), "node_count": len(nodes), "nodes": nodes,
+           "stopped_nodes": entry.get("stopped_nodes") if isinstance(entry.get("stopped_nodes"), list) else []}
     if row is not None and row.get("via"):
         out["via"] = row["via"]
     return out
@@ -121,7 +130,7 @@ async def inventory(ctx: Context, target: str, p: s.InventoryParams, call: Call)
         summary = []
         for h in hives:
             kinds, states = _counts(h["nodes"])
-            summary.append({k: v for k, v in h.items() if k != "nodes"}
+            summary.append({k: v for k, v in h.items() if k not in ("nodes", "stopped_nodes")}
                            | {"by_kind": kinds if h["node_count"] is not None else None,
                               "by_status": states if h["node_count"] is not None else None})
         return {**head, "by_kind": by_kind, "by_status": by_status, "hives": summary}
@@ -129,5 +138,6 @@ async def inventory(ctx: Context, target: str, p: s.InventoryParams, call: Call)
         one = hives[0]
         return {**head, "hive": one["hive_id"], "hive_status": one["status"],
                 "inventory_source": one["inventory_source"], "node_count": one["node_count"],
-                "nodes": one["nodes"], "hives": hives}
-    return {**head, "hives": hives}
+                "nodes": one["nodes"], "stopped_nodes": one.get("stopped_nodes", []), "hives": hives}
+    # the original's global answer also lists every node at the top level, each row naming its `hive`
+    return {**head, "nodes": [n for h in known for n in h["nodes"]], "hives": hives}

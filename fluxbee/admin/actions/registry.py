@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from fluxbee.admin import schemas as s
 from fluxbee.admin.actions.common import Call, Context
 from fluxbee.admin.actions.deployments import get_deployments, get_drift_alerts, list_deployments, list_drift_alerts
+from fluxbee.admin.actions.distribution import sync_hint, update
 from fluxbee.admin.actions.hives import add_hive, get_hive, hive_status, list_hives, relay_to, remove_hive
 from fluxbee.admin.actions.identity import (
     get_ilk,
@@ -65,7 +66,7 @@ from fluxbee.admin.actions.versions import get_runtime, get_versions, list_runti
 from fluxbee.admin.errors import AdminError
 from fluxbee.admin.global_config import GlobalConfigParams, apply_global_config, get_global_config
 
-REGISTRY_VERSION = "8"
+REGISTRY_VERSION = "9"
 
 Handler = Callable[[Context, str, Any, Call], Awaitable[dict[str, Any]]]
 
@@ -179,6 +180,10 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
     _a(get_versions, s.NoParams, "Core and runtime versions of a hive, with readiness", read_only=True, target=True),
     _a(list_runtimes, s.NoParams, "Runtimes in a hive's store", read_only=True, target=True),
     _a(get_runtime, s.RuntimeParams, "One runtime, its versions and usage", read_only=True, target=True),
+    _a(sync_hint, s.SyncHintParams, "Wait for a hive's dist/blob copy to be idle (here: nothing is copied, ok "
+       "at once)", read_only=True, target=True),
+    _a(update, s.UpdateParams, "Check a hive's runtime manifest and packages against a published manifest "
+       "(ok, or sync_pending until they match and are launchable)", read_only=False, target=True),
     _a(list_deployments, s.HistoryParams, "Changes made through the admin API", read_only=True, target=False),
     _a(get_deployments, s.HistoryParams, "Changes made to one hive", read_only=True, target=True),
     _a(list_drift_alerts, s.HistoryParams, "Observed drift", read_only=True, target=False),
@@ -261,6 +266,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/hives/{hive}/versions", "get_versions"),
     Route("GET", "/hives/{hive}/runtimes", "list_runtimes"),
     Route("GET", "/hives/{hive}/runtimes/{runtime}", "get_runtime", {"runtime": "runtime"}),
+    Route("POST", "/hives/{hive}/sync-hint", "sync_hint", body="fields"),
+    Route("POST", "/hives/{hive}/update", "update", body="fields", body_required=True),
     Route("GET", "/deployments", "list_deployments", query={"hive": str, **_HIST}),
     Route("GET", "/hives/{hive}/deployments", "get_deployments", query=_HIST),
     Route("GET", "/drift-alerts", "list_drift_alerts", query={"hive": str, **_HIST}),
