@@ -99,6 +99,8 @@ class SpawnIdentity:
         reply = await self._ask(self.target, msg, payload)
         primary = reply.get("primary")
         if reply.get("error_code") == "NOT_PRIMARY" and isinstance(primary, str) and primary:
+            # this hive holds a replica: the primary it names answers, and the report says where it is
+            self.report["identity_primary_hive_id"] = primary.rpartition("@")[2] or self.hive_id
             reply = await self._ask(primary, msg, payload)
         return reply
 

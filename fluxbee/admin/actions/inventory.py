@@ -4,8 +4,10 @@ Nothing here is guessed.  This hive's rows are :func:`~fluxbee.admin.actions.nod
 backend's declared and stopped nodes merged with the router's connections).  Another hive is asked
 for its own rows over the links (``ADMIN_COMMAND inventory`` with scope ``hive``, answered by its
 admin API the same way), in parallel and within :data:`REMOTE_TIMEOUT`; a hive that cannot be asked
-(no link, no admin, refused, too slow) is listed with ``status: error``, its error code and detail,
-and ``node_count: null`` — never with rows made up from what was known before.  The link-state
+is listed with its error code and detail and ``node_count: null`` — never with rows made up from what
+was known before — as ``stale`` when it was not reached (no link, no admin, too slow; the original's
+word for a hive whose adverts stopped) or ``error`` when it answered with a refusal or a failure.  A
+hive that answered is ``alive`` (``link_status`` keeps the link's own state).  The link-state
 adverts carry only node counts, not the rows, which is why the hives are asked.
 
 As in the original, ``nodes`` are the nodes that run (the router sees them or the hive runs them): a
@@ -37,6 +39,9 @@ from fluxbee.dataplane.names import HIVE_ID_RE, NODE_TYPES
 REMOTE_TIMEOUT: Final = 10.0
 """Seconds another hive has to answer (the original's inventory timeout)."""
 KINDS: Final = frozenset((*NODE_TYPES, "UNKNOWN"))
+UNREACHED: Final = frozenset(("HIVE_NOT_CONNECTED", "WAN_TIMEOUT", "TIMEOUT", "TRANSPORT_ERROR", "ROUTER_UNREACHABLE",
+                              "REMOTE_ADMIN_UNAVAILABLE"))
+"""Relay errors that mean the hive was not reached (its entry is ``stale``), not that it refused."""
 
 
 def _kind_filter(raw: str | None) -> str | None:
@@ -71,10 +76,12 @@ async def _remote(ctx: Context, hive: str, kind: str | None, row: dict[str, Any]
         if entry is None or not isinstance(nodes, list):
             raise AdminError("SERVICE_FAILED", f"hive {hive!r} answered inventory without its own entry")
     except AdminError as err:
-        return {"hive_id": hive, "is_local": False, "status": "error", "link_status": link_status,
+        status = "stale" if err.code in UNREACHED else "error"
+        return {"hive_id": hive, "is_local": False, "status": status, "link_status": link_status,
                 "inventory_source": "admin_command", "node_count": None, "nodes": [], "stopped_nodes": [],
                 "error_code": err.code, "error_detail": err.detail}
-    out = {**entry, "is_local": False, "status": link_status or "connected", "inventory_source": "admin_command",
+    out = {**entry, "is_local": False, "status": "alive", "link_status": link_status,
+           "inventory_source": "admin_command",
            "remote_inventory_source": entry.get("inventory_source"), "node_count": len(nodes), "nodes": nodes,
            "stopped_nodes": entry.get("stopped_nodes") if isinstance(entry.get("stopped_nodes"), list) else []}
     if row is not None and row.get("via"):
@@ -92,7 +99,7 @@ async def _hives(ctx: Context, only: str | None, kind: str | None) -> list[dict[
             raise AdminError("NOT_FOUND", f"hive {only!r} is not known: not registered here and not reached by "
                                           "the links")
         entry = await _remote(ctx, only, kind, rows[only])
-        if entry["status"] == "error":
+        if entry["status"] == "error":  # refused or failed; a hive out of reach is answered as stale
             raise AdminError(entry["error_code"], entry["error_detail"])
         return [entry]
     others = sorted(h for h in rows if h != local)

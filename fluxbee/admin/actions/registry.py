@@ -6,12 +6,14 @@ onto it; :func:`dispatch` validates an action's params with its model and calls 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from fluxbee.admin import remote
 from fluxbee.admin import schemas as s
 from fluxbee.admin.actions.common import Call, Context
 from fluxbee.admin.actions.deployments import get_deployments, get_drift_alerts, list_deployments, list_drift_alerts
@@ -65,6 +67,9 @@ from fluxbee.admin.actions.router_config import (
 from fluxbee.admin.actions.versions import get_runtime, get_versions, list_runtimes, list_versions
 from fluxbee.admin.errors import AdminError
 from fluxbee.admin.global_config import GlobalConfigParams, apply_global_config, get_global_config
+from fluxbee.dataplane.names import HIVE_ID_RE
+
+log = logging.getLogger(__name__)
 
 REGISTRY_VERSION = "9"
 
@@ -310,6 +315,7 @@ async def dispatch(ctx: Context, action_name: str, target: str | None, params: d
         raise AdminError("UNKNOWN_ACTION", f"unknown action {action_name!r}")
     if action.requires_target and not target:
         raise AdminError("INVALID_REQUEST", "missing target (payload.target required for this action)")
+    target = _node_name_target(ctx, action_name, target, params, call)
     try:
         parsed = action.params.model_validate(params)
     except ValidationError as err:
@@ -317,6 +323,28 @@ async def dispatch(ctx: Context, action_name: str, target: str | None, params: d
     if action.requires_target and target and target != ctx.backend.hive_id:
         return await relay_to(ctx, target, action_name, params)  # validated here, run there
     return await action.handler(ctx, target or ctx.backend.hive_id, parsed, call)
+
+
+NODE_NAME_TARGETS = frozenset(("run_node", "kill_node", "start_node", "restart_node", "remove_node_instance",
+                               "get_node_status", "get_node_config", "set_node_config", "get_node_state",
+                               "send_node_message"))
+"""Actions whose ``node_name@hive`` chooses the hive, over the path's (the original's precedence rule;
+its ``control/config-*`` routes refuse a mismatch instead, and so do these for another hive's command)."""
+
+
+def _node_name_target(ctx: Context, action: str, target: str | None, params: dict[str, Any],
+                      call: Call) -> str | None:
+    raw = params.get("node_name")
+    if action not in NODE_NAME_TARGETS or not target or not isinstance(raw, str) or "@" not in raw:
+        return target
+    hive = raw.rpartition("@")[2]
+    if hive == target or remote.is_remote(call.actor, ctx.backend.hive_id):
+        return target  # a command from another hive stays on this hive: full_node_name refuses the mismatch
+    if not HIVE_ID_RE.match(hive):
+        raise AdminError("INVALID_HIVE_ID", f"node {raw!r} names hive {hive!r}, which must match "
+                                            f"{HIVE_ID_RE.pattern}")
+    log.info("%s: node %s names hive %s; the request is for that hive, not %s", action, raw, hive, target)
+    return hive
 
 
 def describe_validation(err: ValidationError) -> str:
