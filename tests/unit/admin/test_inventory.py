@@ -70,33 +70,39 @@ async def test_the_global_inventory_holds_this_hives_rows_and_the_other_hives_ow
     link = Link(b_answer("WF.b@B", "SY.admin@B"))
     out = await inventory(ctx(link), "A", s.InventoryParams(), HTTP)
     a, b = out["hives"]
-    assert [n["name"] for n in a["nodes"]] == ["AI.off@A", "SY.admin@A", "WF.echo@A"]
+    # a stopped instance is not a node that runs: it leaves `nodes` (as the original's inventory) for `stopped_nodes`
+    assert [n["name"] for n in a["nodes"]] == ["SY.admin@A", "WF.echo@A"]
+    assert [(n["name"], n["status"]) for n in a["stopped_nodes"]] == [("AI.off@A", "stopped")]
     assert next(n for n in a["nodes"] if n["name"] == "WF.echo@A")["uuid"] == "u-1"
-    assert next(n for n in a["nodes"] if n["name"] == "AI.off@A")["status"] == "stopped"
-    assert (b["hive_id"], b["is_local"], b["status"], b["inventory_source"]) == ("B", False, "connected",
-                                                                                 "admin_command")
+    assert (b["hive_id"], b["is_local"], b["status"], b["link_status"], b["inventory_source"]) == (
+        "B", False, "alive", "connected", "admin_command")
     assert [n["name"] for n in b["nodes"]] == ["WF.b@B", "SY.admin@B"]
-    assert (out["total_hives"], out["total_nodes"], out["unreachable_hives"]) == (2, 5, 0)
+    assert (out["total_hives"], out["total_nodes"], out["unreachable_hives"]) == (2, 4, 0)
+    # every hive's rows again at the top level, each naming its hive (where the original's clients read them)
+    assert [(n["hive"], n["name"]) for n in out["nodes"]] == [("A", "SY.admin@A"), ("A", "WF.echo@A"),
+                                                               ("B", "WF.b@B"), ("B", "SY.admin@B")]
     ((dst, body, timeout),) = link.asked
     assert dst == "SY.admin@B" and timeout == REMOTE_TIMEOUT
     assert body == {"action": "inventory", "target": "B",
                     "params": {"scope": "hive", "filter_hive": "B", "filter_type": None}}
 
 
-@pytest.mark.parametrize("reply, code", [
-    (AdminError("UNREACHABLE", "no route", payload={"reason": "NO_ROUTE"}), "HIVE_NOT_CONNECTED"),
-    (AdminError("TIMEOUT", "late"), "WAN_TIMEOUT"),
+@pytest.mark.parametrize("reply, code, state", [
+    (AdminError("UNREACHABLE", "no route", payload={"reason": "NO_ROUTE"}), "HIVE_NOT_CONNECTED", "stale"),
+    (AdminError("TIMEOUT", "late"), "WAN_TIMEOUT", "stale"),
     ({"status": "error", "action": "inventory", "payload": None, "error_code": "FORBIDDEN",
-      "error_detail": "not your mother"}, "FORBIDDEN"),
-    (envelope("inventory", {"status": "ok", "hives": [{"hive_id": "C", "nodes": []}]}), "SERVICE_FAILED"),
+      "error_detail": "not your mother"}, "FORBIDDEN", "error"),
+    (envelope("inventory", {"status": "ok", "hives": [{"hive_id": "C", "nodes": []}]}), "SERVICE_FAILED", "error"),
 ])
-async def test_a_hive_that_cannot_be_asked_is_an_error_row_and_counts_for_nothing(reply: Any, code: str) -> None:
+async def test_a_hive_that_cannot_be_asked_is_a_stale_or_error_row_and_counts_for_nothing(
+        reply: Any, code: str, state: str) -> None:
     out = await inventory(ctx(Link(reply)), "A", s.InventoryParams(), HTTP)
     b = out["hives"][1]
-    assert (b["status"], b["error_code"], b["node_count"], b["nodes"]) == ("error", code, None, [])
-    assert (out["total_nodes"], out["unreachable_hives"]) == (3, 1)
+    assert (b["status"], b["error_code"], b["node_count"], b["nodes"]) == (state, code, None, [])
+    assert (out["total_nodes"], out["unreachable_hives"]) == (2, 1)
+    assert {n["hive"] for n in out["nodes"]} == {"A"}
     summary = await inventory(ctx(Link(reply)), "A", s.InventoryParams(scope="summary"), HTTP)
-    assert summary["hives"][1]["by_kind"] is None and summary["by_kind"] == {"AI": 1, "SY": 1, "WF": 1}
+    assert summary["hives"][1]["by_kind"] is None and summary["by_kind"] == {"SY": 1, "WF": 1}
 
 
 async def test_one_hive_is_asked_alone_and_its_failure_is_the_answer() -> None:
@@ -104,9 +110,15 @@ async def test_one_hive_is_asked_alone_and_its_failure_is_the_answer() -> None:
     out = await inventory(ctx(link), "A", s.InventoryParams(filter_hive="B", filter_type="wf"), HTTP)
     assert (out["scope"], out["hive"], out["node_count"], out["filter_type"]) == ("hive", "B", 1, "WF")
     assert link.asked[0][1]["params"]["filter_type"] == "WF"
-    with pytest.raises(AdminError) as err:
-        await inventory(ctx(Link(AdminError("TIMEOUT", "late"))), "A", s.InventoryParams(filter_hive="B"), HTTP)
-    assert err.value.code == "WAN_TIMEOUT"
+    # out of reach: the answer is the hive, stale, with why and no rows (the original's scripts poll for it)
+    late = await inventory(ctx(Link(AdminError("TIMEOUT", "late"))), "A", s.InventoryParams(filter_hive="B"), HTTP)
+    assert (late["hive_status"], late["node_count"], late["nodes"]) == ("stale", None, [])
+    assert late["hives"][0]["error_code"] == "WAN_TIMEOUT"
+    refused = {"status": "error", "action": "inventory", "payload": None, "error_code": "FORBIDDEN",
+               "error_detail": "not your mother"}
+    with pytest.raises(AdminError) as err:  # a refusal is not staleness: it is the answer's error
+        await inventory(ctx(Link(refused)), "A", s.InventoryParams(filter_hive="B"), HTTP)
+    assert err.value.code == "FORBIDDEN"
     with pytest.raises(AdminError) as err:
         await inventory(ctx(Link()), "A", s.InventoryParams(filter_hive="Z"), HTTP)
     assert err.value.code == "NOT_FOUND"
