@@ -268,7 +268,7 @@ static cur plain_string(cur p, cur end)
 #define NULL_DST DST_KEY "null,\"ttl\":"
 
 /* The literal ``lit`` (``n`` bytes) at p: the position after it, or NULL. */
-static cur expect(cur p, cur end, const char *lit, Py_ssize_t n)
+static inline Py_ALWAYS_INLINE cur expect(cur p, cur end, const char *lit, Py_ssize_t n)
 {
     if (p == NULL || end - p < n || memcmp(p, lit, (size_t)n) != 0) return NULL;
     return p + n;
@@ -278,7 +278,7 @@ static cur expect(cur p, cur end, const char *lit, Py_ssize_t n)
 
 /* The body's routing opens with ``"src":"<node>``: the position after node (at the quote that
  * closes it), or NULL. */
-static cur after_src(cur start, cur end, const char *node, Py_ssize_t node_len)
+static inline Py_ALWAYS_INLINE cur after_src(cur start, cur end, const char *node, Py_ssize_t node_len)
 {
     cur p = expect(start, end, LIT(ROUTING_HEAD));
     if (p == NULL || end - p < node_len || memcmp(p, node, (size_t)node_len) != 0) return NULL;

@@ -155,8 +155,9 @@ def calls(rng: random.Random, body: bytes, fns: ModuleType) -> Iterator[tuple[st
     dst, meta = (hit[0], hit[1]) if hit else ("WF.echo" if rng.random() < 0.8 else rng.choice(RUN_DSTS),
                                               b'{"type":"user"}')
     null_meta = null_hit[0] if null_hit else b'{"type":"user"}'
-    others = [frame_body(dst if dst.isprintable() else "WF.echo", ttl=rng.choice([1, 2, 16]), meta=meta), frame_body(None, ttl=rng.choice([1, 16]),
-                                                                                 meta=null_meta)]
+    plain_ttl, null_ttl = rng.choice([1, 2, 16]), rng.choice([1, 16])
+    others = [frame_body(dst if dst.isprintable() else "WF.echo", ttl=plain_ttl, meta=meta),
+              frame_body(None, ttl=null_ttl, meta=null_meta)]
     pool: list[Any] = [body, body, body, *others, *others, b"junk", 42, bytearray(body)]
     run = [rng.choice(pool) for _ in range(rng.randrange(0, 7))]
     start = 0 if rng.random() < 0.6 else rng.randrange(-2, len(run) + 3)
@@ -166,7 +167,8 @@ def calls(rng: random.Random, body: bytes, fns: ModuleType) -> Iterator[tuple[st
     yield "extend", (run, start, node, stamp, dst, meta, soft, hard)
     null_dst = RUN_DSTS[1] if rng.random() < 0.7 else rng.choice(RUN_DSTS)
     yield "extend_null", (run, start, node, stamp, null_dst, null_meta, soft, hard)
-    yield "hop", (run, start, node, dst, meta, hard, 1 << 20 if rng.random() < 0.6 else rng.choice([1, 0, -1, rng.randrange(8)]))
+    limit = 1 << 20 if rng.random() < 0.6 else rng.choice([1, 0, -1, rng.randrange(8)])
+    yield "hop", (run, start, node, dst, meta, hard, limit)
     stream = len(body).to_bytes(4, "big") + body + body[:rng.randrange(len(body) + 1)]
     yield "split", (stream, rng.randrange(0, 2 * len(body) + 2))
 
