@@ -1,6 +1,7 @@
 """Compare the C fast path with the one at another git revision: the same answers, and how fast each is.
 
     .venv/bin/python hack/diff_speedups.py [--base REV] [--seed N] [--count N] [--bench FRAMES] [--repeat N]
+                                           [--cflags FLAGS]
 
 Both ``dataplane/_speedups.c`` sources (the working tree's and the one at ``--base``, default
 ``main``) are compiled with the flags of ``setup.py`` and loaded side by side.  ``--count`` bodies
@@ -8,7 +9,9 @@ Both ``dataplane/_speedups.c`` sources (the working tree's and the one at ``--ba
 through every function of both; the first call whose answers differ is printed and the exit status
 is 1.  ``--bench`` then times each frame function over that many frames on both builds, interleaved
 in the same process, best CPU time of ``--repeat`` rounds, and prints this build's time as a ratio
-of the base's (below 1: faster).  The unit test ``tests/unit/test_speedups_baseline.py`` runs the
+of the base's (below 1: faster).  A few percent either way can be where the linker happened to put
+the hot loops rather than the code: ``--cflags "-O2 -falign-functions=64 -falign-loops=64"`` builds
+both with the same alignment to tell the two apart.  The unit test ``tests/unit/test_speedups_baseline.py`` runs the
 same comparison against a pinned revision.
 """
 
@@ -100,6 +103,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=100_000, help="bodies to compare on")
     parser.add_argument("--bench", type=int, default=0, metavar="FRAMES", help="time each function over FRAMES")
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--cflags", default="-O2", help="compiler flags for both builds (default: setup.py's -O2)")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     with tempfile.TemporaryDirectory(prefix="diff-speedups-") as tmp:
@@ -109,8 +113,9 @@ def main() -> int:
         except LookupError as err:
             print(f"diff_speedups: {err}", file=sys.stderr)
             return 2
-        old = baseline.compile_speedups(source, out, "base")
-        new = baseline.compile_speedups(baseline.ROOT / baseline.SOURCE, out, "this")
+        flags = tuple(args.cflags.split())
+        old = baseline.compile_speedups(source, out, "base", flags)
+        new = baseline.compile_speedups(baseline.ROOT / baseline.SOURCE, out, "this", flags)
         try:
             compared = baseline.compare(old, new, seed, args.count)
         except AssertionError as err:
