@@ -21,7 +21,9 @@
  * may refuse valid JSON it does not handle (deep nesting, \u escapes of
  * surrogates, whitespace in routing), but it must never accept input the
  * general path would reject.  tests/unit/test_fastpath.py checks that
- * against msgspec on generated and mutated frames.
+ * against msgspec on generated and mutated frames; a change that should not
+ * change any answer is checked against the previous build of this file
+ * (tests/unit/test_speedups_baseline.py, hack/diff_speedups.py).
  *
  * extend(bodies, start, node, stamp, dst, meta, soft, hard) -> (data, count)
  *
@@ -40,7 +42,7 @@
  * hop(bodies, start, node, dst, meta, hard, limit) -> (data, count)
  *
  * The link side of extend(): up to ``limit`` frames at bodies[start:] that
- * check() takes from ``node`` with this ``dst`` and ``meta`` and whose TTL is
+ * scan() takes from ``node`` with this ``dst`` and ``meta`` and whose TTL is
  * at least 2, each with its TTL lowered by one (one router hop) and no stamp
  * (the router at the far end of a link names the sender itself), joined with
  * their length headers.  The run stops at the first frame that differs and
@@ -254,57 +256,95 @@ static cur plain_string(cur p, cur end)
     return p < end ? p : NULL;  /* at the closing quote */
 }
 
-#define EXPECT(lit)                                                   \
-    do {                                                              \
-        Py_ssize_t n_ = (Py_ssize_t)(sizeof(lit) - 1);                \
-        if (end - p < n_ || memcmp(p, lit, (size_t)n_) != 0) return 0; \
-        p += n_;                                                      \
-    } while (0)
+/* ---- the envelope ----------------------------------------------------------------------------
+ *
+ * One parser for every function that takes a frame apart (scan, extend, hop, scan_null,
+ * extend_null) and one prefix matcher for splice_null, which re-checks a body it was handed
+ * back.  The canonical envelope, with D either "NAME" or null:
+ *
+ *     {"routing":{"src":"S","dst":D,"ttl":N,"trace_id":"T"},"meta":{...},"payload":V}
+ */
+
+#define ROUTING_HEAD "{\"routing\":{\"src\":\""
+#define DST_KEY "\",\"dst\":"     /* closes src, opens dst: 8 bytes */
+#define NULL_DST DST_KEY "null,\"ttl\":"
+
+/* The literal ``lit`` (``n`` bytes) at p: the position after it, or NULL. */
+static inline Py_ALWAYS_INLINE cur expect(cur p, cur end, const char *lit, Py_ssize_t n)
+{
+    if (p == NULL || end - p < n || memcmp(p, lit, (size_t)n) != 0) return NULL;
+    return p + n;
+}
+
+#define LIT(s) s, (Py_ssize_t)(sizeof(s) - 1)
+
+/* The body's routing opens with ``"src":"<node>``: the position after node (at the quote that
+ * closes it), or NULL. */
+static inline Py_ALWAYS_INLINE cur after_src(cur start, cur end, const char *node, Py_ssize_t node_len)
+{
+    cur p = expect(start, end, LIT(ROUTING_HEAD));
+    if (p == NULL || end - p < node_len || memcmp(p, node, (size_t)node_len) != 0) return NULL;
+    return p + node_len;
+}
+
+/* Which routing.dst the caller takes: a plain string (scan, extend, hop) or null (the *_null functions). */
+enum dst_form { DST_NAME, DST_NULL };
 
 /* Where the parts of a checked frame are. */
 typedef struct {
-    cur dst, dst_end;         /* routing.dst, without its quotes */
+    cur dst, dst_end;         /* routing.dst without its quotes (DST_NAME); both NULL for DST_NULL */
+    cur ttl, ttl_end;         /* routing.ttl's digits */
+    int ttl_value;            /* 1..255 */
     cur routing_close;        /* the '}' that closes routing: the stamp goes before it */
     cur meta, meta_end;       /* the meta object */
 } parts;
 
-/* 1 if [start, end) is a canonical envelope from ``node`` the router may forward as is. */
-static int check(cur start, cur end, const char *node, Py_ssize_t node_len, parts *out)
+/* 1 if [start, end) is a canonical envelope from ``node`` with a dst of this ``form``, its parts in
+ * ``out``; 0 for anything else (the general path's).  Rules: src equals node; dst and trace_id
+ * printable ASCII without escapes; ttl 1..255 without leading zeros; meta an object; payload any
+ * JSON value; nothing after the closing brace. */
+static int parse_envelope(cur start, cur end, const char *node, Py_ssize_t node_len, enum dst_form form,
+                          parts *out)
 {
-    cur p = start;
-    EXPECT("{\"routing\":{\"src\":\"");
-    if (end - p < node_len + 1 || memcmp(p, node, (size_t)node_len) != 0 || p[node_len] != '"') return 0;
-    p += node_len + 1;
-    EXPECT(",\"dst\":\"");
-    out->dst = p;
-    out->dst_end = plain_string(p, end);
-    if (out->dst_end == NULL) return 0;
-    p = out->dst_end + 1;
-    EXPECT(",\"ttl\":");
+    cur p = after_src(start, end, node, node_len);
+    if (form == DST_NULL) {
+        p = expect(p, end, LIT(NULL_DST));
+        out->dst = out->dst_end = NULL;
+    } else {
+        p = expect(p, end, LIT(DST_KEY "\""));
+        if (p == NULL) return 0;
+        out->dst = p;
+        out->dst_end = plain_string(p, end);
+        if (out->dst_end == NULL) return 0;
+        p = expect(out->dst_end + 1, end, LIT(",\"ttl\":"));
+    }
+    if (p == NULL) return 0;
     {
         int ttl = 0, digits = 0;
         if (p < end && *p == '0') return 0;  /* ttl 0 (TTL_EXCEEDED) or a leading zero */
+        out->ttl = p;
         while (p < end && *p >= '0' && *p <= '9' && digits < 4) {
             ttl = ttl * 10 + (*p - '0');
             p++;
             digits++;
         }
         if (digits == 0 || ttl > 255) return 0;
+        out->ttl_end = p;
+        out->ttl_value = ttl;
     }
-    EXPECT(",\"trace_id\":\"");
+    p = expect(p, end, LIT(",\"trace_id\":\""));
+    if (p == NULL) return 0;
     p = plain_string(p, end);
     if (p == NULL) return 0;
     p++;
     if (p >= end || *p != '}') return 0;
     out->routing_close = p;
-    p++;
-    EXPECT(",\"meta\":");
-    if (p >= end || *p != '{') return 0;
+    p = expect(p + 1, end, LIT(",\"meta\":"));
+    if (p == NULL || p >= end || *p != '{') return 0;
     out->meta = p;
     out->meta_end = skip_container(p, end, 1);
-    if (out->meta_end == NULL) return 0;
-    p = out->meta_end;
-    EXPECT(",\"payload\":");
+    p = expect(out->meta_end, end, LIT(",\"payload\":"));
+    if (p == NULL) return 0;
     p = skip_value(p, end, 1);
     if (p == NULL) return 0;
     return end - p == 1 && *p == '}';
@@ -320,14 +360,58 @@ static char *put_header(char *out, Py_ssize_t size)
     return out + 4;
 }
 
-/* Write the stamped frame of a checked body (``body_len`` + ``stamp_len`` + 4 bytes) at ``out``. */
-static void stamp_into(char *out, cur start, Py_ssize_t body_len, const parts *at, const Py_buffer *stamp)
+/* Write the stamped frame of a checked body (``body_len`` + ``stamp_len`` + 4 bytes) at ``out``;
+ * ``close`` is routing's '}'. */
+static void stamp_into(char *out, cur start, Py_ssize_t body_len, cur close, const Py_buffer *stamp)
 {
-    Py_ssize_t head = at->routing_close - start;
+    Py_ssize_t head = close - start;
     out = put_header(out, body_len + stamp->len);
     memcpy(out, start, (size_t)head);
     memcpy(out + head, stamp->buf, (size_t)stamp->len);
-    memcpy(out + head + stamp->len, at->routing_close, (size_t)(body_len - head));
+    memcpy(out + head + stamp->len, close, (size_t)(body_len - head));
+}
+
+/* The size of the spliced body: "null" (4 bytes) becomes the quoted dst, and the stamp goes in. */
+static Py_ssize_t spliced_size(Py_ssize_t body_len, Py_ssize_t dst_len, Py_ssize_t stamp_len)
+{
+    return body_len - 4 + dst_len + 2 + stamp_len;
+}
+
+/* Where routing.dst's value starts in a checked body from a node whose UUID is ``node_len`` bytes. */
+static Py_ssize_t dst_offset(Py_ssize_t node_len)
+{
+    return (Py_ssize_t)(sizeof(ROUTING_HEAD) - 1) + node_len + (Py_ssize_t)(sizeof(DST_KEY) - 1);
+}
+
+/* Write the spliced frame (header included) of a checked body at ``out``; ``null_at`` is where "null" is. */
+static void splice_into(char *out, cur start, Py_ssize_t body_len, Py_ssize_t null_at, cur close,
+                        const char *dst, Py_ssize_t dst_len, const Py_buffer *stamp)
+{
+    Py_ssize_t mid = (close - start) - (null_at + 4);  /* ,"ttl":N,"trace_id":"T" */
+    out = put_header(out, spliced_size(body_len, dst_len, stamp->len));
+    memcpy(out, start, (size_t)null_at);
+    out += null_at;
+    *out++ = '"';
+    memcpy(out, dst, (size_t)dst_len);
+    out += dst_len;
+    *out++ = '"';
+    memcpy(out, start + null_at + 4, (size_t)mid);
+    out += mid;
+    memcpy(out, stamp->buf, (size_t)stamp->len);
+    out += stamp->len;
+    memcpy(out, close, (size_t)(start + body_len - close));
+}
+
+/* ``text`` as plain printable ASCII (no quote, backslash or control character), or NULL. */
+static const char *plain_dst(PyObject *text, Py_ssize_t *len)
+{
+    if (!PyUnicode_Check(text) || !PyUnicode_IS_ASCII(text)) return NULL;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    const unsigned char *c = PyUnicode_1BYTE_DATA(text);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (c[i] < 0x20 || c[i] > 0x7E || c[i] == '"' || c[i] == '\\') return NULL;
+    *len = n;
+    return (const char *)c;
 }
 
 /* Acquire the buffers of objs[0..n); on failure release what was taken and return -1. */
@@ -360,7 +444,7 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     if (get_buffers(views, args, 3) < 0) return NULL;
     cur start = (cur)body->buf;
-    if (!check(start, start + body->len, (const char *)node->buf, node->len, &at)
+    if (!parse_envelope(start, start + body->len, (const char *)node->buf, node->len, DST_NAME, &at)
         || body->len + stamp->len > MAX_FRAME) {
         result = Py_NewRef(Py_None);
         goto done;
@@ -368,7 +452,7 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     {
         PyObject *frame = PyBytes_FromStringAndSize(NULL, body->len + stamp->len + 4);
         if (frame == NULL) goto done;
-        stamp_into(PyBytes_AS_STRING(frame), start, body->len, &at, stamp);
+        stamp_into(PyBytes_AS_STRING(frame), start, body->len, at.routing_close, stamp);
         PyObject *d = PyUnicode_DecodeASCII((const char *)at.dst, at.dst_end - at.dst, NULL);
         PyObject *m = PyBytes_FromStringAndSize((const char *)at.meta, at.meta_end - at.meta);
         if (d == NULL || m == NULL) {
@@ -387,6 +471,100 @@ done:
     return result;
 }
 
+/* ---- dst: null frames whose decision the router has cached (router/nullroute.py) ----------------
+ *
+ * scan_null(body, node) -> (meta, cut) | None
+ *
+ * The same canonical envelope as scan() but with ``"dst":null``:
+ *
+ *     {"routing":{"src":"S","dst":null,"ttl":N,"trace_id":"T"},"meta":{...},"payload":V}
+ *
+ * with the same checks (S equals ``node``, 1 <= N <= 255, T plain, meta an
+ * object, V any JSON value, nothing after).  It returns meta's bytes (the
+ * key of the router's decision cache) and ``cut``, the offset of the '}'
+ * that closes routing, for splice_null().  Anything else returns None.
+ *
+ * splice_null(body, node, cut, stamp, dst) -> frame | None
+ *
+ * The frame the general path writes once it has decided ``dst`` for a body
+ * scan_null() took: length header plus the body with ``"dst":"<dst>"``
+ * instead of ``"dst":null`` and ``stamp`` inserted before routing's '}'.
+ * It re-checks what it relies on (the routing prefix with ``node``, ``cut``
+ * inside the body at a '}'), so a wrong ``cut`` gives None, never a read out
+ * of bounds.  None too when ``dst`` is not plain printable ASCII or the frame
+ * would pass the size limit (the general path answers those).
+ *
+ * extend_null(bodies, start, node, stamp, dst, meta, soft, hard) -> (data, count)
+ *
+ * extend() for these frames: the run at bodies[start:] that scan_null()
+ * takes with this same meta, each spliced with ``dst`` and ``stamp``, joined.
+ */
+
+static PyObject *scan_null(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer views[2];
+    const Py_buffer *body = &views[0], *node = &views[1];
+    PyObject *result = NULL;
+    parts at;
+    (void)self;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "scan_null(body, node) takes 2 arguments");
+        return NULL;
+    }
+    if (get_buffers(views, args, 2) < 0) return NULL;
+    cur start = (cur)body->buf;
+    if (!parse_envelope(start, start + body->len, (const char *)node->buf, node->len, DST_NULL, &at)) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    {
+        PyObject *m = PyBytes_FromStringAndSize((const char *)at.meta, at.meta_end - at.meta);
+        if (m == NULL) goto done;
+        result = Py_BuildValue("(Nn)", m, (Py_ssize_t)(at.routing_close - start));
+    }
+done:
+    release_buffers(views, 2);
+    return result;
+}
+
+static PyObject *splice_null(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer views[3];
+    const Py_buffer *body = &views[0], *node = &views[1], *stamp = &views[2];
+    PyObject *result = NULL;
+    (void)self;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "splice_null(body, node, cut, stamp, dst) takes 5 arguments");
+        return NULL;
+    }
+    Py_ssize_t cut = PyLong_AsSsize_t(args[2]);
+    if (cut == -1 && PyErr_Occurred()) return NULL;
+    if (!PyUnicode_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "splice_null: dst must be a str");
+        return NULL;
+    }
+    PyObject *const objs[3] = {args[0], args[1], args[3]};
+    if (get_buffers(views, objs, 3) < 0) return NULL;
+    cur start = (cur)body->buf, end = start + body->len;
+    Py_ssize_t dst_len = 0;
+    const char *dst = plain_dst(args[4], &dst_len);
+    /* Only the prefix is checked again (up to ``"dst":null,"ttl":``); the rest is scan_null's word
+     * and ``cut``, which must at least be a '}' after that prefix and inside the body. */
+    cur src_end = after_src(start, end, (const char *)node->buf, node->len);
+    cur prefix_end = expect(src_end, end, LIT(NULL_DST));
+    if (dst == NULL || prefix_end == NULL || cut < prefix_end - start || cut >= body->len || start[cut] != '}'
+        || spliced_size(body->len, dst_len, stamp->len) > MAX_FRAME) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, spliced_size(body->len, dst_len, stamp->len) + 4);
+    if (result == NULL) goto done;
+    splice_into(PyBytes_AS_STRING(result), start, body->len, dst_offset(node->len), start + cut, dst, dst_len, stamp);
+done:
+    release_buffers(views, 3);
+    return result;
+}
+
 /* extend(bodies, start, node, stamp, dst, meta, soft, hard) -> (data, count)
  *
  * The run of frames at bodies[start:] that scan() would take with this very
@@ -398,23 +576,26 @@ done:
  * mark" and "refuse what does not fit" decisions, which it then takes for the
  * next frame on its own.
  */
-static PyObject *extend(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* extend() and extend_null(): the same run, told apart by the dst ``form`` of the frames they take.
+ * DST_NAME frames must carry ``dst`` and are stamped; DST_NULL frames get ``dst`` spliced in (a
+ * ``dst`` that is not plain ASCII takes no frame) and the stamp. */
+static PyObject *extend_run(PyObject *const *args, Py_ssize_t nargs, enum dst_form form)
 {
+    const char *name = form == DST_NULL ? "extend_null" : "extend";
     Py_buffer views[3];
     const Py_buffer *node = &views[0], *stamp = &views[1], *meta = &views[2];
     PyObject *result = NULL;
-    Py_ssize_t *heads = NULL;
-    (void)self;
+    Py_ssize_t *closes = NULL;  /* per frame of the run: where routing's '}' is */
     if (nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "extend(bodies, start, node, stamp, dst, meta, soft, hard) takes 8 arguments");
+        PyErr_Format(PyExc_TypeError, "%s(bodies, start, node, stamp, dst, meta, soft, hard) takes 8 arguments", name);
         return NULL;
     }
     if (!PyList_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "extend: bodies must be a list");
+        PyErr_Format(PyExc_TypeError, "%s: bodies must be a list", name);
         return NULL;
     }
     if (!PyUnicode_Check(args[4])) {
-        PyErr_SetString(PyExc_TypeError, "extend: dst must be a str");
+        PyErr_Format(PyExc_TypeError, "%s: dst must be a str", name);
         return NULL;
     }
     Py_ssize_t first = PyLong_AsSsize_t(args[1]);
@@ -423,36 +604,147 @@ static PyObject *extend(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (soft == -1 && PyErr_Occurred()) return NULL;
     Py_ssize_t hard = PyLong_AsSsize_t(args[7]);
     if (hard == -1 && PyErr_Occurred()) return NULL;
-    Py_ssize_t dst_len;
-    const char *dst = PyUnicode_AsUTF8AndSize(args[4], &dst_len);
-    if (dst == NULL) return NULL;
+    Py_ssize_t dst_len = 0;
+    const char *dst;
+    if (form == DST_NULL)
+        dst = plain_dst(args[4], &dst_len);  /* NULL: no frame is taken */
+    else if ((dst = PyUnicode_AsUTF8AndSize(args[4], &dst_len)) == NULL)
+        return NULL;
     PyObject *const objs[3] = {args[2], args[3], args[5]};
     if (get_buffers(views, objs, 3) < 0) return NULL;
     PyObject *bodies = args[0];
     Py_ssize_t n = PyList_GET_SIZE(bodies);
     if (first < 0) first = 0;
     Py_ssize_t count = 0, total = 0;
-    if (first < n) {
-        heads = PyMem_New(Py_ssize_t, (size_t)(n - first));
-        if (heads == NULL) {
+    if (first < n && dst != NULL) {
+        closes = PyMem_New(Py_ssize_t, (size_t)(n - first));
+        if (closes == NULL) {
             PyErr_NoMemory();
             goto done;
         }
     }
     /* First pass: how far the run goes (the list cannot change: the GIL is held and nothing here calls back). */
-    for (Py_ssize_t i = first; i < n && total < soft; i++) {
+    for (Py_ssize_t i = first; closes != NULL && i < n && total < soft; i++) {
         PyObject *item = PyList_GET_ITEM(bodies, i);
         if (!PyBytes_CheckExact(item)) break;
         cur start = (cur)PyBytes_AS_STRING(item);
         Py_ssize_t len = PyBytes_GET_SIZE(item);
         parts at;
-        if (!check(start, start + len, (const char *)node->buf, node->len, &at)) break;
-        if (len + stamp->len > MAX_FRAME) break;
+        if (!parse_envelope(start, start + len, (const char *)node->buf, node->len, form, &at)) break;
+        Py_ssize_t size = form == DST_NULL ? spliced_size(len, dst_len, stamp->len) : len + stamp->len;
+        if (size > MAX_FRAME) break;
+        if (form == DST_NAME && (at.dst_end - at.dst != dst_len || memcmp(at.dst, dst, (size_t)dst_len) != 0)) break;
+        if (at.meta_end - at.meta != meta->len || memcmp(at.meta, meta->buf, (size_t)meta->len) != 0) break;
+        if (size + 4 > hard - total) break;
+        closes[count++] = at.routing_close - start;
+        total += size + 4;
+    }
+    {
+        PyObject *data = PyBytes_FromStringAndSize(NULL, total);
+        if (data == NULL) goto done;
+        char *out = PyBytes_AS_STRING(data);
+        for (Py_ssize_t k = 0; k < count; k++) {
+            PyObject *item = PyList_GET_ITEM(bodies, first + k);
+            cur start = (cur)PyBytes_AS_STRING(item);
+            Py_ssize_t len = PyBytes_GET_SIZE(item);
+            if (form == DST_NULL) {
+                splice_into(out, start, len, dst_offset(node->len), start + closes[k], dst, dst_len, stamp);
+                out += spliced_size(len, dst_len, stamp->len) + 4;
+            } else {
+                stamp_into(out, start, len, start + closes[k], stamp);
+                out += len + stamp->len + 4;
+            }
+        }
+        result = Py_BuildValue("(Nn)", data, count);
+    }
+done:
+    PyMem_Free(closes);
+    release_buffers(views, 3);
+    return result;
+}
+
+static PyObject *extend(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    return extend_run(args, nargs, DST_NAME);
+}
+
+static PyObject *extend_null(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    return extend_run(args, nargs, DST_NULL);
+}
+
+/* hop(bodies, start, node, dst, meta, hard, limit) -> (data, count): see the top of the file.
+ *
+ * parse_envelope() has found routing.ttl's digits (N in 1..255, no leading zeros); each frame is
+ * written with N - 1 in their place.  A frame with N == 1 ends the run (its TTL_EXCEEDED answer
+ * is the general path's).
+ */
+typedef struct {
+    Py_ssize_t at, after;  /* where the frame's TTL digits start, and end */
+    int ttl;
+} ttl_mark;
+
+static PyObject *hop(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer views[2];
+    const Py_buffer *node = &views[0], *meta = &views[1];
+    PyObject *result = NULL;
+    ttl_mark *marks = NULL;
+    (void)self;
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "hop(bodies, start, node, dst, meta, hard, limit) takes 7 arguments");
+        return NULL;
+    }
+    if (!PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "hop: bodies must be a list");
+        return NULL;
+    }
+    if (!PyUnicode_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "hop: dst must be a str");
+        return NULL;
+    }
+    Py_ssize_t first = PyLong_AsSsize_t(args[1]);
+    if (first == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t hard = PyLong_AsSsize_t(args[5]);
+    if (hard == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t limit = PyLong_AsSsize_t(args[6]);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t dst_len;
+    const char *dst = PyUnicode_AsUTF8AndSize(args[3], &dst_len);
+    if (dst == NULL) return NULL;
+    PyObject *const objs[2] = {args[2], args[4]};
+    if (get_buffers(views, objs, 2) < 0) return NULL;
+    PyObject *bodies = args[0];
+    Py_ssize_t n = PyList_GET_SIZE(bodies);
+    if (first < 0) first = 0;
+    if (limit > n - first) limit = n - first;
+    Py_ssize_t count = 0, total = 0;
+    if (limit > 0) {
+        marks = PyMem_New(ttl_mark, (size_t)limit);
+        if (marks == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    for (Py_ssize_t i = first; count < limit; i++) {
+        PyObject *item = PyList_GET_ITEM(bodies, i);
+        if (!PyBytes_CheckExact(item)) break;
+        cur start = (cur)PyBytes_AS_STRING(item);
+        Py_ssize_t len = PyBytes_GET_SIZE(item);
+        parts at;
+        if (len > MAX_FRAME || !parse_envelope(start, start + len, (const char *)node->buf, node->len, DST_NAME, &at))
+            break;
         if (at.dst_end - at.dst != dst_len || memcmp(at.dst, dst, (size_t)dst_len) != 0) break;
         if (at.meta_end - at.meta != meta->len || memcmp(at.meta, meta->buf, (size_t)meta->len) != 0) break;
-        Py_ssize_t size = len + stamp->len + 4;
+        if (at.ttl_value < 2) break;
+        Py_ssize_t size = len + 4 - ((at.ttl_value == 10 || at.ttl_value == 100) ? 1 : 0);
         if (size > hard - total) break;
-        heads[count++] = at.routing_close - start;
+        marks[count].at = at.ttl - start;
+        marks[count].after = at.ttl_end - start;
+        marks[count].ttl = at.ttl_value;
+        count++;
         total += size;
     }
     {
@@ -463,16 +755,21 @@ static PyObject *extend(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             PyObject *item = PyList_GET_ITEM(bodies, first + k);
             cur start = (cur)PyBytes_AS_STRING(item);
             Py_ssize_t len = PyBytes_GET_SIZE(item);
-            parts at;
-            at.routing_close = start + heads[k];
-            stamp_into(out, start, len, &at, stamp);
-            out += len + stamp->len + 4;
+            Py_ssize_t at = marks[k].at, after = marks[k].after;
+            char digits[4];
+            int width = snprintf(digits, sizeof digits, "%d", marks[k].ttl - 1);
+            Py_ssize_t size = len - (after - at) + width;
+            out = put_header(out, size);
+            memcpy(out, start, (size_t)at);
+            memcpy(out + at, digits, (size_t)width);
+            memcpy(out + at + width, start + after, (size_t)(len - after));
+            out += size;
         }
         result = Py_BuildValue("(Nn)", data, count);
     }
 done:
-    PyMem_Free(heads);
-    release_buffers(views, 3);
+    PyMem_Free(marks);
+    release_buffers(views, 2);
     return result;
 }
 
@@ -629,352 +926,6 @@ static PyObject *frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     memcpy(out, PyBytes_AS_STRING(payload), (size_t)PyBytes_GET_SIZE(payload));
     out += PyBytes_GET_SIZE(payload);
     *out = '}';
-    return result;
-}
-
-/* ---- dst: null frames whose decision the router has cached (router/nullroute.py) ----------------
- *
- * scan_null(body, node) -> (meta, cut) | None
- *
- * The same canonical envelope as scan() but with ``"dst":null``:
- *
- *     {"routing":{"src":"S","dst":null,"ttl":N,"trace_id":"T"},"meta":{...},"payload":V}
- *
- * with the same checks (S equals ``node``, 1 <= N <= 255, T plain, meta an
- * object, V any JSON value, nothing after).  It returns meta's bytes (the
- * key of the router's decision cache) and ``cut``, the offset of the '}'
- * that closes routing, for splice_null().  Anything else returns None.
- *
- * splice_null(body, node, cut, stamp, dst) -> frame | None
- *
- * The frame the general path writes once it has decided ``dst`` for a body
- * scan_null() took: length header plus the body with ``"dst":"<dst>"``
- * instead of ``"dst":null`` and ``stamp`` inserted before routing's '}'.
- * It re-checks what it relies on (the routing prefix with ``node``, ``cut``
- * inside the body at a '}'), so a wrong ``cut`` gives None, never a read out
- * of bounds.  None too when ``dst`` is not plain printable ASCII or the frame
- * would pass the size limit (the general path answers those).
- *
- * extend_null(bodies, start, node, stamp, dst, meta, soft, hard) -> (data, count)
- *
- * extend() for these frames: the run at bodies[start:] that scan_null()
- * takes with this same meta, each spliced with ``dst`` and ``stamp``, joined.
- */
-
-#define NULL_HEAD "{\"routing\":{\"src\":\""
-#define NULL_DST "\",\"dst\":null,\"ttl\":"
-
-/* 1 if [start, end) is a canonical dst:null envelope from ``node``; fills routing_close and meta. */
-static int check_null(cur start, cur end, const char *node, Py_ssize_t node_len, parts *out)
-{
-    cur p = start;
-    EXPECT(NULL_HEAD);
-    if (end - p < node_len || memcmp(p, node, (size_t)node_len) != 0) return 0;
-    p += node_len;
-    EXPECT(NULL_DST);
-    out->dst = out->dst_end = NULL;
-    {
-        int ttl = 0, digits = 0;
-        if (p < end && *p == '0') return 0;  /* ttl 0 (TTL_EXCEEDED) or a leading zero */
-        while (p < end && *p >= '0' && *p <= '9' && digits < 4) {
-            ttl = ttl * 10 + (*p - '0');
-            p++;
-            digits++;
-        }
-        if (digits == 0 || ttl > 255) return 0;
-    }
-    EXPECT(",\"trace_id\":\"");
-    p = plain_string(p, end);
-    if (p == NULL) return 0;
-    p++;
-    if (p >= end || *p != '}') return 0;
-    out->routing_close = p;
-    p++;
-    EXPECT(",\"meta\":");
-    if (p >= end || *p != '{') return 0;
-    out->meta = p;
-    out->meta_end = skip_container(p, end, 1);
-    if (out->meta_end == NULL) return 0;
-    p = out->meta_end;
-    EXPECT(",\"payload\":");
-    p = skip_value(p, end, 1);
-    if (p == NULL) return 0;
-    return end - p == 1 && *p == '}';
-}
-
-/* The size of the spliced body: "null" (4 bytes) becomes the quoted dst, and the stamp goes in. */
-static Py_ssize_t spliced_size(Py_ssize_t body_len, Py_ssize_t dst_len, Py_ssize_t stamp_len)
-{
-    return body_len - 4 + dst_len + 2 + stamp_len;
-}
-
-/* Write the spliced frame (header included) of a checked body at ``out``; ``null_at`` is where "null" is. */
-static void splice_into(char *out, cur start, Py_ssize_t body_len, Py_ssize_t null_at, cur close,
-                        const char *dst, Py_ssize_t dst_len, const Py_buffer *stamp)
-{
-    Py_ssize_t mid = (close - start) - (null_at + 4);  /* ,"ttl":N,"trace_id":"T" */
-    out = put_header(out, spliced_size(body_len, dst_len, stamp->len));
-    memcpy(out, start, (size_t)null_at);
-    out += null_at;
-    *out++ = '"';
-    memcpy(out, dst, (size_t)dst_len);
-    out += dst_len;
-    *out++ = '"';
-    memcpy(out, start + null_at + 4, (size_t)mid);
-    out += mid;
-    memcpy(out, stamp->buf, (size_t)stamp->len);
-    out += stamp->len;
-    memcpy(out, close, (size_t)(start + body_len - close));
-}
-
-/* ``text`` as plain printable ASCII (no quote, backslash or control character), or NULL. */
-static const char *plain_dst(PyObject *text, Py_ssize_t *len)
-{
-    if (!PyUnicode_Check(text) || !PyUnicode_IS_ASCII(text)) return NULL;
-    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
-    const unsigned char *c = PyUnicode_1BYTE_DATA(text);
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (c[i] < 0x20 || c[i] > 0x7E || c[i] == '"' || c[i] == '\\') return NULL;
-    *len = n;
-    return (const char *)c;
-}
-
-static PyObject *scan_null(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    Py_buffer views[2];
-    const Py_buffer *body = &views[0], *node = &views[1];
-    PyObject *result = NULL;
-    parts at;
-    (void)self;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "scan_null(body, node) takes 2 arguments");
-        return NULL;
-    }
-    if (get_buffers(views, args, 2) < 0) return NULL;
-    cur start = (cur)body->buf;
-    if (!check_null(start, start + body->len, (const char *)node->buf, node->len, &at)) {
-        result = Py_NewRef(Py_None);
-        goto done;
-    }
-    {
-        PyObject *m = PyBytes_FromStringAndSize((const char *)at.meta, at.meta_end - at.meta);
-        if (m == NULL) goto done;
-        result = Py_BuildValue("(Nn)", m, (Py_ssize_t)(at.routing_close - start));
-    }
-done:
-    release_buffers(views, 2);
-    return result;
-}
-
-static PyObject *splice_null(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    Py_buffer views[3];
-    const Py_buffer *body = &views[0], *node = &views[1], *stamp = &views[2];
-    PyObject *result = NULL;
-    (void)self;
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "splice_null(body, node, cut, stamp, dst) takes 5 arguments");
-        return NULL;
-    }
-    Py_ssize_t cut = PyLong_AsSsize_t(args[2]);
-    if (cut == -1 && PyErr_Occurred()) return NULL;
-    if (!PyUnicode_Check(args[4])) {
-        PyErr_SetString(PyExc_TypeError, "splice_null: dst must be a str");
-        return NULL;
-    }
-    PyObject *const objs[3] = {args[0], args[1], args[3]};
-    if (get_buffers(views, objs, 3) < 0) return NULL;
-    cur start = (cur)body->buf;
-    Py_ssize_t head = (Py_ssize_t)(sizeof(NULL_HEAD) - 1), mid = (Py_ssize_t)(sizeof(NULL_DST) - 1);
-    Py_ssize_t prefix = head + node->len + mid;
-    Py_ssize_t null_at = head + node->len + 8;  /* after ","dst": */
-    Py_ssize_t dst_len = 0;
-    const char *dst = plain_dst(args[4], &dst_len);
-    if (dst == NULL || body->len < prefix || cut < prefix || cut >= body->len || start[cut] != '}'
-        || memcmp(start, NULL_HEAD, (size_t)head) != 0
-        || memcmp(start + head, node->buf, (size_t)node->len) != 0
-        || memcmp(start + head + node->len, NULL_DST, (size_t)mid) != 0
-        || spliced_size(body->len, dst_len, stamp->len) > MAX_FRAME) {
-        result = Py_NewRef(Py_None);
-        goto done;
-    }
-    result = PyBytes_FromStringAndSize(NULL, spliced_size(body->len, dst_len, stamp->len) + 4);
-    if (result == NULL) goto done;
-    splice_into(PyBytes_AS_STRING(result), start, body->len, null_at, start + cut, dst, dst_len, stamp);
-done:
-    release_buffers(views, 3);
-    return result;
-}
-
-static PyObject *extend_null(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    Py_buffer views[3];
-    const Py_buffer *node = &views[0], *stamp = &views[1], *meta = &views[2];
-    PyObject *result = NULL;
-    Py_ssize_t *closes = NULL;
-    (void)self;
-    if (nargs != 8) {
-        PyErr_SetString(PyExc_TypeError,
-                        "extend_null(bodies, start, node, stamp, dst, meta, soft, hard) takes 8 arguments");
-        return NULL;
-    }
-    if (!PyList_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "extend_null: bodies must be a list");
-        return NULL;
-    }
-    if (!PyUnicode_Check(args[4])) {
-        PyErr_SetString(PyExc_TypeError, "extend_null: dst must be a str");
-        return NULL;
-    }
-    Py_ssize_t first = PyLong_AsSsize_t(args[1]);
-    if (first == -1 && PyErr_Occurred()) return NULL;
-    Py_ssize_t soft = PyLong_AsSsize_t(args[6]);
-    if (soft == -1 && PyErr_Occurred()) return NULL;
-    Py_ssize_t hard = PyLong_AsSsize_t(args[7]);
-    if (hard == -1 && PyErr_Occurred()) return NULL;
-    Py_ssize_t dst_len = 0;
-    const char *dst = plain_dst(args[4], &dst_len);
-    PyObject *const objs[3] = {args[2], args[3], args[5]};
-    if (get_buffers(views, objs, 3) < 0) return NULL;
-    PyObject *bodies = args[0];
-    Py_ssize_t n = PyList_GET_SIZE(bodies);
-    Py_ssize_t null_at = (Py_ssize_t)(sizeof(NULL_HEAD) - 1) + node->len + 8;
-    if (first < 0) first = 0;
-    Py_ssize_t count = 0, total = 0;
-    if (first < n && dst != NULL) {
-        closes = PyMem_New(Py_ssize_t, (size_t)(n - first));
-        if (closes == NULL) {
-            PyErr_NoMemory();
-            goto done;
-        }
-        /* First pass: how far the run goes (the GIL is held and nothing here calls back). */
-        for (Py_ssize_t i = first; i < n && total < soft; i++) {
-            PyObject *item = PyList_GET_ITEM(bodies, i);
-            if (!PyBytes_CheckExact(item)) break;
-            cur start = (cur)PyBytes_AS_STRING(item);
-            Py_ssize_t len = PyBytes_GET_SIZE(item);
-            parts at;
-            if (!check_null(start, start + len, (const char *)node->buf, node->len, &at)) break;
-            if (spliced_size(len, dst_len, stamp->len) > MAX_FRAME) break;
-            if (at.meta_end - at.meta != meta->len || memcmp(at.meta, meta->buf, (size_t)meta->len) != 0) break;
-            Py_ssize_t size = spliced_size(len, dst_len, stamp->len) + 4;
-            if (size > hard - total) break;
-            closes[count++] = at.routing_close - start;
-            total += size;
-        }
-    }
-    {
-        PyObject *data = PyBytes_FromStringAndSize(NULL, total);
-        if (data == NULL) goto done;
-        char *out = PyBytes_AS_STRING(data);
-        for (Py_ssize_t k = 0; k < count; k++) {
-            PyObject *item = PyList_GET_ITEM(bodies, first + k);
-            cur start = (cur)PyBytes_AS_STRING(item);
-            Py_ssize_t len = PyBytes_GET_SIZE(item);
-            splice_into(out, start, len, null_at, start + closes[k], dst, dst_len, stamp);
-            out += spliced_size(len, dst_len, stamp->len) + 4;
-        }
-        result = Py_BuildValue("(Nn)", data, count);
-    }
-done:
-    PyMem_Free(closes);
-    release_buffers(views, 3);
-    return result;
-}
-
-/* hop(bodies, start, node, dst, meta, hard, limit) -> (data, count): see the top of the file.
- *
- * check() has proven the layout ``..."dst":"D","ttl":N,"trace_id":...`` with N in 1..255 written
- * without leading zeros, so the digits start 8 bytes after the closing quote of D and end at the
- * next ','.  A frame with N == 1 ends the run (its TTL_EXCEEDED answer is the general path's).
- */
-static PyObject *hop(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    Py_buffer views[2];
-    const Py_buffer *node = &views[0], *meta = &views[1];
-    PyObject *result = NULL;
-    Py_ssize_t *marks = NULL;  /* per frame: where its TTL digits start, and end */
-    (void)self;
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "hop(bodies, start, node, dst, meta, hard, limit) takes 7 arguments");
-        return NULL;
-    }
-    if (!PyList_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "hop: bodies must be a list");
-        return NULL;
-    }
-    if (!PyUnicode_Check(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "hop: dst must be a str");
-        return NULL;
-    }
-    Py_ssize_t first = PyLong_AsSsize_t(args[1]);
-    if (first == -1 && PyErr_Occurred()) return NULL;
-    Py_ssize_t hard = PyLong_AsSsize_t(args[5]);
-    if (hard == -1 && PyErr_Occurred()) return NULL;
-    Py_ssize_t limit = PyLong_AsSsize_t(args[6]);
-    if (limit == -1 && PyErr_Occurred()) return NULL;
-    Py_ssize_t dst_len;
-    const char *dst = PyUnicode_AsUTF8AndSize(args[3], &dst_len);
-    if (dst == NULL) return NULL;
-    PyObject *const objs[2] = {args[2], args[4]};
-    if (get_buffers(views, objs, 2) < 0) return NULL;
-    PyObject *bodies = args[0];
-    Py_ssize_t n = PyList_GET_SIZE(bodies);
-    if (first < 0) first = 0;
-    if (limit > n - first) limit = n - first;
-    Py_ssize_t count = 0, total = 0;
-    if (limit > 0) {
-        marks = PyMem_New(Py_ssize_t, (size_t)(2 * limit));
-        if (marks == NULL) {
-            PyErr_NoMemory();
-            goto done;
-        }
-    }
-    for (Py_ssize_t i = first; count < limit; i++) {
-        PyObject *item = PyList_GET_ITEM(bodies, i);
-        if (!PyBytes_CheckExact(item)) break;
-        cur start = (cur)PyBytes_AS_STRING(item);
-        Py_ssize_t len = PyBytes_GET_SIZE(item);
-        parts at;
-        if (len > MAX_FRAME || !check(start, start + len, (const char *)node->buf, node->len, &at)) break;
-        if (at.dst_end - at.dst != dst_len || memcmp(at.dst, dst, (size_t)dst_len) != 0) break;
-        if (at.meta_end - at.meta != meta->len || memcmp(at.meta, meta->buf, (size_t)meta->len) != 0) break;
-        cur digits = at.dst_end + 8, p = digits;
-        int ttl = 0;
-        while (*p != ',') ttl = ttl * 10 + (*p++ - '0');
-        if (ttl < 2) break;
-        Py_ssize_t size = len + 4 - ((ttl == 10 || ttl == 100) ? 1 : 0);
-        if (size > hard - total) break;
-        marks[2 * count] = digits - start;
-        marks[2 * count + 1] = p - start;
-        count++;
-        total += size;
-    }
-    {
-        PyObject *data = PyBytes_FromStringAndSize(NULL, total);
-        if (data == NULL) goto done;
-        char *out = PyBytes_AS_STRING(data);
-        for (Py_ssize_t k = 0; k < count; k++) {
-            PyObject *item = PyList_GET_ITEM(bodies, first + k);
-            cur start = (cur)PyBytes_AS_STRING(item);
-            Py_ssize_t len = PyBytes_GET_SIZE(item);
-            Py_ssize_t at = marks[2 * k], after = marks[2 * k + 1];
-            int ttl = 0;
-            for (Py_ssize_t j = at; j < after; j++) ttl = ttl * 10 + (start[j] - '0');
-            char digits[4];
-            int width = snprintf(digits, sizeof digits, "%d", ttl - 1);
-            Py_ssize_t size = len - (after - at) + width;
-            out = put_header(out, size);
-            memcpy(out, start, (size_t)at);
-            memcpy(out + at, digits, (size_t)width);
-            memcpy(out + at + width, start + after, (size_t)(len - after));
-            out += size;
-        }
-        result = Py_BuildValue("(Nn)", data, count);
-    }
-done:
-    PyMem_Free(marks);
-    release_buffers(views, 2);
     return result;
 }
 

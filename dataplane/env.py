@@ -250,6 +250,10 @@ AGENT_ILK: Final[Var[str | None]] = Var(
     "FLUXBEE_AGENT_ILK", text, None, "The agent's ILK (FluxNodes with a degree).", _POD, default_doc="set in Pods")
 DEGREE: Final[Var[str | None]] = Var(
     "FLUXBEE_DEGREE", text, None, "The degree `name@version` the agent runs.", _POD, default_doc="set in Pods")
+RESTARTED_AT: Final[Var[str | None]] = Var(
+    "FLUXBEE_RESTARTED_AT", text, None,
+    "When the admin API last restarted the node (a new value in the FluxNode's env makes the operator "
+    "replace its Pods; nothing reads it).", _POD, default_doc="set in Pods")
 IDENTITY_PUBLIC_KEY: Final[Var[Path | None]] = Var(
     "FLUXBEE_IDENTITY_PUBLIC_KEY", path, None, "File with SY.identity's public key (PEM).", _POD,
     default_doc="set in Pods")
@@ -260,7 +264,7 @@ VARIABLES: Final[tuple[Var[Any], ...]] = (
     SERVICE_ACCOUNT_DIR, IDENTITY_DB_URL, UP_IDENTITY, UP_POLICY, OPA,
     IMAGE, IMAGE_PULL_POLICY, WATCH_NAMESPACE, OPERATOR_PEERING, OPERATOR_PRIORITY, OPERATOR_WORKER_LIMIT,
     IDENTITY_KEY_CONFIGMAP, OPERATOR_RESYNC_INTERVAL, POSTGRES_IMAGE, WAN_CA_SECRET, WAN_CA_NAMESPACE,
-    HIVE_ID, NODE_NAME, REPLICA, AGENT_ILK, DEGREE, IDENTITY_PUBLIC_KEY,
+    HIVE_ID, NODE_NAME, REPLICA, AGENT_ILK, DEGREE, RESTARTED_AT, IDENTITY_PUBLIC_KEY,
 )
 """Every ``FLUXBEE_*`` variable, in the README's order."""
 

@@ -16,6 +16,7 @@ import ctypes
 import random
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit"
 
 import test_fastpath as cases  # noqa: E402
 import test_nullpath as nulls  # noqa: E402
+from speedup_frames import NODE_B, STAMP, frame_body, mutate  # noqa: E402
 
 from fluxbee.dataplane import _native, wire  # noqa: E402
 
-ALPHABET = b'{}[]",:\\0123456789.eE+-tfnul \t\x00\x1f\x7f\x80\xbf\xc3\xed\xf0\xf4\xff'
+Check = Callable[[bytes, Any], "tuple[bool, str | None]"]
+"""One mutated body (and the same bytes in an exact-size buffer): (accepted?, what went wrong or None)."""
 
 
 def _run(scan: Any, bodies: list[bytes], first: tuple[str, bytes, bytes], soft: int, hard: int) -> tuple[bytes, int]:
@@ -34,7 +37,7 @@ def _run(scan: Any, bodies: list[bytes], first: tuple[str, bytes, bytes], soft: 
     out = b""
     count = 0
     for body in bodies:
-        hit = scan(body, cases.NODE_B, cases.STAMP)
+        hit = scan(body, NODE_B, STAMP)
         if len(out) >= soft or hit is None or hit[:2] != first[:2] or len(out) + len(hit[2]) > hard:
             break
         out += hit[2]
@@ -54,6 +57,79 @@ def _hopped(body: bytes, first: tuple[str, bytes, bytes]) -> bytes | None:
     return wire.encode_frame(env)
 
 
+def _limits(rng: random.Random) -> tuple[int, int]:
+    """``soft`` and ``hard`` for a run: unbounded or small."""
+    return rng.choice([10**6, rng.randrange(1, 2000)]), rng.choice([10**6, rng.randrange(0, 2000)])
+
+
+def fuzz(what: str, seeds: list[bytes], check: Check, rng: random.Random, count: int) -> bool:
+    """``count`` mutations of ``seeds`` through ``check``; prints the tally or the first failure."""
+    accepted = 0
+    for _ in range(count):
+        body = mutate(rng, rng.choice(seeds))
+        # The same bytes in a buffer allocated to their exact size (bytes objects end in a NUL that
+        # would stop a runaway read): under ASan a read past the end aborts; otherwise it may show
+        # as a different answer.
+        exact = (ctypes.c_char * len(body)).from_buffer_copy(body) if body else b""
+        took, problem = check(body, exact)
+        if problem is not None:
+            print(f"fuzz_speedups: {problem} on {body!r}", file=sys.stderr)
+            return False
+        accepted += took
+    print(f"fuzz_speedups: {count} {what}, {accepted} accepted, all as msgspec reads them")
+    return True
+
+
+def plain_checks(speedups: Any, rng: random.Random, seeds: list[bytes]) -> Check:
+    """scan, extend, hop and split on a mutated plain frame."""
+    first = speedups.scan(seeds[0], NODE_B, STAMP)
+    assert first is not None
+
+    def check(body: bytes, exact: Any) -> tuple[bool, str | None]:
+        got = speedups.scan(body, NODE_B, STAMP)
+        if got is not None and got != cases.expected(body):
+            return True, "scan and msgspec disagree"
+        if speedups.scan(exact, NODE_B, STAMP) != got:
+            return got is not None, "scan read past the end"
+        run = [seeds[0], body, seeds[0]]
+        soft, hard = _limits(rng)
+        if speedups.extend(run, 0, NODE_B, STAMP, first[0], first[1], soft, hard) != _run(
+                speedups.scan, run, first, soft, hard):
+            return got is not None, "extend and scan disagree"
+        data_out, taken = speedups.hop([body], 0, NODE_B, first[0], first[1], 10**6, 1)
+        if taken and data_out != _hopped(body, first):
+            return got is not None, "hop and msgspec disagree"
+        stream = len(body).to_bytes(4, "big") + body + body[: rng.randrange(len(body) + 1)]
+        _, used, _ = speedups.split(stream, rng.randrange(0, 2 * len(body) + 1))
+        if not 0 <= used <= len(stream):
+            return got is not None, f"split claimed {used} of {len(stream)} bytes"
+        return got is not None, None
+
+    return check
+
+
+def null_checks(speedups: Any, rng: random.Random, seeds: list[bytes]) -> Check:
+    """scan_null, splice_null (right and wrong cuts) and extend_null on a mutated dst:null frame."""
+    meta = speedups.scan_null(seeds[0], NODE_B)[0]
+
+    def check(body: bytes, exact: Any) -> tuple[bool, str | None]:
+        hit = speedups.scan_null(exact, NODE_B)
+        if hit is not None:
+            got = (hit[0], speedups.splice_null(exact, NODE_B, hit[1], STAMP, nulls.DST))
+            if got != nulls.expected(body):
+                return True, "scan_null/splice_null and msgspec disagree"
+        for cut in (rng.randrange(-2, len(body) + 3), len(body) - 1):
+            speedups.splice_null(exact, NODE_B, cut, STAMP, nulls.DST)  # never outside the body
+        run = [seeds[0], body, seeds[0]]
+        soft, hard = _limits(rng)
+        want = nulls.runs(speedups.scan_null, speedups.splice_null, run, 0, meta, soft, hard)
+        if speedups.extend_null(run, 0, NODE_B, STAMP, nulls.DST, meta, soft, hard) != want:
+            return hit is not None, "extend_null and scan_null disagree"
+        return hit is not None, None
+
+    return check
+
+
 def main(seed: int, count: int) -> int:
     speedups = _native.speedups
     if speedups is None:
@@ -61,101 +137,16 @@ def main(seed: int, count: int) -> int:
         return 1
     rng = random.Random(seed)
     seeds = [
-        cases.frame_body(),
-        cases.frame_body(payload={"a": [1, -2.5e10, None, True, "ü🐝\\n\"q\""], "b": {"c": {}}}),
-        cases.frame_body(str(uuid.uuid4()), meta={"type": "user", "thread_id": "t", "context": {"k": [1, {"z": 0}]}}),
-        cases.frame_body(payload=[[[[[[[[1]]]]]]]]),
-        cases.frame_body(payload="x").replace(b'"payload":"x"}', b'"payload":"\\u00e9\\ud83d\\ude00\\/"}'),
+        frame_body(),
+        frame_body(payload={"a": [1, -2.5e10, None, True, "ü🐝\\n\"q\""], "b": {"c": {}}}),
+        frame_body(str(uuid.uuid4()), meta={"type": "user", "thread_id": "t", "context": {"k": [1, {"z": 0}]}}),
+        frame_body(payload=[[[[[[[[1]]]]]]]]),
+        frame_body(payload="x").replace(b'"payload":"x"}', b'"payload":"\\u00e9\\ud83d\\ude00\\/"}'),
     ]
-    accepted = 0
-    for _ in range(count):
-        data = bytearray(rng.choice(seeds))
-        for _ in range(rng.randint(1, 6)):
-            if not data:
-                break
-            at = rng.randrange(len(data))
-            op = rng.random()
-            if op < 0.4:
-                data[at] = rng.randrange(256)
-            elif op < 0.6:
-                del data[at]
-            elif op < 0.8:
-                data.insert(at, rng.choice(ALPHABET))
-            else:
-                del data[at:]
-        body = bytes(data)
-        got = speedups.scan(body, cases.NODE_B, cases.STAMP)
-        if got is not None:
-            accepted += 1
-            if got != cases.expected(body):
-                print(f"fuzz_speedups: scan and msgspec disagree on {body!r}", file=sys.stderr)
-                return 1
-        # The same bytes in a buffer allocated to their exact size (bytes objects end in a NUL that
-        # would stop a runaway read): under ASan a read past the end aborts; otherwise it may show
-        # as a different answer.
-        exact = (ctypes.c_char * len(body)).from_buffer_copy(body) if body else b""
-        if speedups.scan(exact, cases.NODE_B, cases.STAMP) != got:
-            print(f"fuzz_speedups: scan read past the end of {body!r}", file=sys.stderr)
-            return 1
-        first = speedups.scan(seeds[0], cases.NODE_B, cases.STAMP)
-        assert first is not None
-        run = [seeds[0], body, seeds[0]]
-        soft, hard = rng.choice([10**6, rng.randrange(1, 2000)]), rng.choice([10**6, rng.randrange(0, 2000)])
-        if speedups.extend(run, 0, cases.NODE_B, cases.STAMP, first[0], first[1], soft, hard) != _run(
-                speedups.scan, run, first, soft, hard):
-            print(f"fuzz_speedups: extend and scan disagree on {body!r}", file=sys.stderr)
-            return 1
-        data_out, taken = speedups.hop([body], 0, cases.NODE_B, first[0], first[1], 10**6, 1)
-        if taken and data_out != _hopped(body, first):
-            print(f"fuzz_speedups: hop and msgspec disagree on {body!r}", file=sys.stderr)
-            return 1
-        stream = len(body).to_bytes(4, "big") + body + body[: rng.randrange(len(body) + 1)]
-        _, used, _ = speedups.split(stream, rng.randrange(0, 2 * len(body) + 1))
-        if not 0 <= used <= len(stream):
-            print(f"fuzz_speedups: split claimed {used} of {len(stream)} bytes", file=sys.stderr)
-            return 1
-    print(f"fuzz_speedups: {count} mutated frames (seed {seed}), {accepted} accepted, all as msgspec reads them")
-    return fuzz_null(speedups, rng, count // 2)
-
-
-def fuzz_null(speedups: Any, rng: random.Random, count: int) -> int:
-    """The dst:null splicer on mutated dst:null frames (see the module docstring)."""
-    accepted = 0
-    seeds = nulls.BODIES
-    meta = speedups.scan_null(seeds[0], cases.NODE_B)[0]
-    for _ in range(count):
-        data = bytearray(rng.choice(seeds))
-        for _ in range(rng.randint(1, 6)):
-            if not data:
-                break
-            at = rng.randrange(len(data))
-            op = rng.random()
-            if op < 0.4:
-                data[at] = rng.randrange(256)
-            elif op < 0.6:
-                del data[at]
-            elif op < 0.8:
-                data.insert(at, rng.choice(ALPHABET))
-            else:
-                del data[at:]
-        body = bytes(data)
-        exact = (ctypes.c_char * len(body)).from_buffer_copy(body) if body else b""
-        hit = speedups.scan_null(exact, cases.NODE_B)
-        if hit is not None:
-            accepted += 1
-            got = (hit[0], speedups.splice_null(exact, cases.NODE_B, hit[1], cases.STAMP, nulls.DST))
-            if got != nulls.expected(body):
-                print(f"fuzz_speedups: scan_null/splice_null and msgspec disagree on {body!r}", file=sys.stderr)
-                return 1
-        for cut in (rng.randrange(-2, len(body) + 3), len(body) - 1):
-            speedups.splice_null(exact, cases.NODE_B, cut, cases.STAMP, nulls.DST)  # never outside the body
-        run = [seeds[0], body, seeds[0]]
-        soft, hard = rng.choice([10**6, rng.randrange(1, 2000)]), rng.choice([10**6, rng.randrange(0, 2000)])
-        want = nulls.runs(speedups.scan_null, speedups.splice_null, run, 0, meta, soft, hard)
-        if speedups.extend_null(run, 0, cases.NODE_B, cases.STAMP, nulls.DST, meta, soft, hard) != want:
-            print(f"fuzz_speedups: extend_null and scan_null disagree on {body!r}", file=sys.stderr)
-            return 1
-    print(f"fuzz_speedups: {count} mutated dst:null frames, {accepted} accepted, all as msgspec reads them")
+    if not fuzz(f"mutated frames (seed {seed})", seeds, plain_checks(speedups, rng, seeds), rng, count):
+        return 1
+    if not fuzz("mutated dst:null frames", nulls.BODIES, null_checks(speedups, rng, nulls.BODIES), rng, count // 2):
+        return 1
     return 0
 
 

@@ -64,8 +64,9 @@ class TlsChannel(asyncio.Protocol, asyncio.Transport):
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = loop.create_future()
         """Done when the handshake succeeded; its exception says why it failed (the dialler awaits it)."""
+        self._heard = False  # any byte from the peer (a TCP probe that connects and leaves sends none)
         if server_side:  # nobody awaits an accepted connection's handshake: it is logged instead
-            self.ready.add_done_callback(_log_failure)
+            self.ready.add_done_callback(self._log_failure)
 
     # protocol side (the TCP transport calls these) -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -76,6 +77,7 @@ class TlsChannel(asyncio.Protocol, asyncio.Transport):
     def data_received(self, data: bytes) -> None:
         if self.state == "closed":
             return
+        self._heard = True
         self._incoming.write(data)
         if self.state == "handshake" and not self._handshake():
             return
@@ -176,6 +178,21 @@ class TlsChannel(asyncio.Protocol, asyncio.Transport):
         if data and self.raw is not None and not self.raw.is_closing():
             self.raw.write(data)
 
+    def _log_failure(self, ready: asyncio.Future[None]) -> None:
+        """An accepted connection whose handshake failed: say why, at most once a second (a peer that
+        connected and left without a byte, such as a TCP health check, only at debug level)."""
+        global _last_failure_log
+        if ready.cancelled() or ready.exception() is None:
+            return
+        peer = self.raw.get_extra_info("peername") if self.raw is not None else None
+        if not self._heard:
+            log.debug("a link connection from %s closed before the TLS handshake: %s", peer, ready.exception())
+            return
+        now = time.monotonic()
+        if now - _last_failure_log >= 1.0:
+            _last_failure_log = now
+            log.warning("refused a link connection from %s: TLS handshake failed: %s", peer, ready.exception())
+
     # transport side (the app calls these) ----------------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.state != "open" or not data:
@@ -242,14 +259,3 @@ class TlsChannel(asyncio.Protocol, asyncio.Transport):
         self._cancel_timer()
         if self.raw is not None:
             self.raw.abort()
-
-
-def _log_failure(ready: asyncio.Future[None]) -> None:
-    """An accepted connection whose handshake failed: say why, at most once a second."""
-    global _last_failure_log
-    if ready.cancelled() or ready.exception() is None:
-        return
-    now = time.monotonic()
-    if now - _last_failure_log >= 1.0:
-        _last_failure_log = now
-        log.warning("refused a link connection: TLS handshake failed: %s", ready.exception())

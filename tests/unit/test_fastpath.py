@@ -18,12 +18,9 @@ import msgspec
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from speedup_frames import EDITS, NODE, NODE_B, STAMP, apply_edits, frame_body
 
 from fluxbee.dataplane import _native, fastpath, wire
-
-NODE = "0b6c7a52-3a41-4f4e-9b7e-6f8f0d1c2a3b"
-NODE_B = NODE.encode()
-STAMP = fastpath.make_stamp("WF.client@prod")
 
 Scan = Callable[[bytes, bytes, bytes], "tuple[str, bytes, bytes] | None"]
 IMPLEMENTATIONS: list[tuple[str, Scan]] = [("python", fastpath.scan_py)]
@@ -67,15 +64,6 @@ def check(scan: Scan, body: bytes) -> tuple[str, bytes, bytes] | None:
     if got is not None:
         assert got == expected(body), body
     return got
-
-
-def frame_body(dst: str | None = "WF.echo", payload: object = "x" * 200, *, ttl: int = 16,
-               meta: dict[str, object] | None = None, src: str = NODE) -> bytes:
-    return msgspec.json.encode({
-        "routing": {"src": src, "dst": dst, "ttl": ttl, "trace_id": str(uuid.uuid4())},
-        "meta": meta if meta is not None else {"type": "user"},
-        "payload": payload,
-    })
 
 
 # --- what the fast path must take -------------------------------------------
@@ -220,26 +208,12 @@ def test_generated_frames(scan: Scan, body: bytes) -> None:
 
 @pytest.mark.parametrize("scan", SCANS, ids=IDS)
 @settings(max_examples=1500, deadline=None)
-@given(body=bodies(), edits=st.lists(st.tuples(st.sampled_from(["flip", "drop", "insert", "cut"]),
-                                              st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4))
+@given(body=bodies(), edits=EDITS)
 @example(body=frame_body(payload={"a": "b"}), edits=[("insert", 60, ord("}"))])
 def test_mutated_frames_are_never_passed_on_when_msgspec_refuses_them(
     scan: Scan, body: bytes, edits: list[tuple[str, int, int]],
 ) -> None:
-    data = bytearray(body)
-    for op, at, byte in edits:
-        if not data:
-            break
-        i = at % len(data)
-        if op == "flip":
-            data[i] = byte
-        elif op == "drop":
-            del data[i]
-        elif op == "insert":
-            data.insert(i, byte)
-        else:
-            del data[i:]
-    check(scan, bytes(data))
+    check(scan, apply_edits(body, edits))
 
 
 @given(st.binary(max_size=400))

@@ -10,15 +10,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
-import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from speedup_frames import EDITS, NODE, NODE_B, apply_edits, frame_body
 
 from fluxbee.dataplane import _native, fastpath, wire
 
-NODE = "0b6c7a52-3a41-4f4e-9b7e-6f8f0d1c2a3b"
-NODE_B = NODE.encode()
 DST = "WF.echo@B"
 META = b'{"type":"user"}'
 
@@ -32,8 +30,7 @@ HOPS = [hop for _, hop in IMPLEMENTATIONS]
 
 def body(payload: object = "x" * 50, *, ttl: int = 16, dst: str | None = DST, meta: bytes = META,
          src: str = NODE) -> bytes:
-    return msgspec.json.encode({"routing": {"src": src, "dst": dst, "ttl": ttl, "trace_id": str(uuid.uuid4())},
-                                "meta": msgspec.Raw(meta), "payload": payload})
+    return frame_body(dst, payload, ttl=ttl, meta=meta, src=src)
 
 
 def forwarded(frame_body: bytes) -> bytes | None:
@@ -112,24 +109,10 @@ def test_generated_runs(hop: Hop, payloads: list[object], ttls: list[int], hard:
 
 @pytest.mark.parametrize("hop", HOPS, ids=IDS)
 @settings(max_examples=800, deadline=None)
-@given(edits=st.lists(st.tuples(st.sampled_from(["flip", "drop", "insert", "cut"]), st.integers(0, 10_000),
-                                st.integers(0, 255)), min_size=1, max_size=4), ttl=st.integers(0, 255))
+@given(edits=EDITS, ttl=st.integers(0, 255))
 def test_mutated_frames_are_never_passed_on_when_msgspec_refuses_them(
         hop: Hop, edits: list[tuple[str, int, int]], ttl: int) -> None:
-    data = bytearray(body({"a": [1, "b"]}, ttl=ttl))
-    for op, at, byte in edits:
-        if not data:
-            break
-        i = at % len(data)
-        if op == "flip":
-            data[i] = byte
-        elif op == "drop":
-            del data[i]
-        elif op == "insert":
-            data.insert(i, byte)
-        else:
-            del data[i:]
-    check(hop, [bytes(data), body()], exact=False)
+    check(hop, [apply_edits(body({"a": [1, "b"]}, ttl=ttl), edits), body()], exact=False)
 
 
 def test_the_c_hop_refuses_wrong_arguments() -> None:

@@ -270,10 +270,19 @@ def _server_ctx(material: tuple[str, str, str]) -> ssl.SSLContext:
     return ctx
 
 
-async def test_silent_and_plaintext_peers_are_cut_off_without_reaching_the_session(pki: Pki) -> None:
+async def test_silent_and_plaintext_peers_are_cut_off_without_reaching_the_session(
+        pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
     apps: list[App] = []
     server, port, channels = await serve(pki, apps, timeout=0.3)
     loop = asyncio.get_running_loop()
+    # a TCP probe that connects and leaves: not worth a warning
+    with caplog.at_level(logging.DEBUG, logger="fluxbee.dataplane.link.tls"):
+        socket.create_connection(("127.0.0.1", port)).close()
+        await until(lambda: bool(channels) and channels[0].state == "closed")
+        await until(lambda: "closed before the TLS handshake" in caplog.text)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    channels.clear()
+    apps.clear()
     # a TCP connection that never speaks: closed once the handshake timeout passes
     silent = socket.create_connection(("127.0.0.1", port))
     silent.setblocking(False)

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +42,7 @@ from hosts import (
     REQUEST_TIMEOUT,
     TIMERS,
     Host,
+    Outcome,
     Traffic,
     already,
     answers,
@@ -58,6 +59,9 @@ from hosts import (
 from fluxbee.dataplane.sdk import NodeConfig, NodeSender, UnreachableError, connect
 
 pytestmark = pytest.mark.integration
+
+LinkCheck = Callable[[], Awaitable[bool]]
+"""A check that a link is down, for :func:`until`."""
 
 
 @dataclass
@@ -153,78 +157,112 @@ async def test_routing_across_hosts_and_hives_with_transit(world: World) -> None
         await sender.close()
 
 
-async def test_a_cut_wire_is_detected_within_the_dead_timer_and_healed(world: World) -> None:
-    sender = await client(world)
-    traffic = Traffic(sender, "WF.echo@C")
+@dataclass
+class Cut:
+    """One wire cut and healed under steady traffic: when each step happened, and every request's outcome."""
+
+    at: float
+    """When the wire was cut (monotonic)."""
+    detect: float
+    """Seconds from the cut until the router saw the link down."""
+    healed: float
+    """When the wire was healed (monotonic)."""
+    reconverge: float
+    """Seconds from the heal until a request was answered again."""
+    outcomes: list[Outcome]
+
+    def before(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.sent < self.at]
+
+    def while_down(self) -> list[Outcome]:
+        """Sent once the link was known down (half a second of margin) and before the heal."""
+        return [o for o in self.outcomes if self.at + self.detect + 0.5 <= o.sent < self.healed]
+
+
+async def cut_and_heal(world: World, sender: NodeSender, dst: str, wire: tuple[str, str], link_down: LinkCheck,
+                       what: str, *, lead: float, settle: float,
+                       while_cut: Callable[[], Awaitable[None]] | None = None) -> Cut:
+    """Requests to ``dst`` every 50 ms; ``lead`` s later the wire is cut until ``link_down`` holds (within the
+    dead timer plus 10 s) and a second more (``while_cut`` runs then), healed, and the traffic goes on until a
+    request is answered again and ``settle`` s more.  The wire is healed and the traffic stopped whatever
+    fails.  Closes ``sender``."""
+    traffic = Traffic(sender, dst)
     try:
         traffic.start()
-        await asyncio.sleep(1.0)
-        world.net.cut("a", "b")
-        cut = time.monotonic()
+        await asyncio.sleep(lead)
+        world.net.cut(*wire)
+        at = time.monotonic()
         try:
-            detect = await until(lambda: negate(link_state(sender, "B")), DEAD_S + 10, "A closing the dead link")
+            detect = await until(link_down, DEAD_S + 10, what)
             await asyncio.sleep(1.0)
-            with pytest.raises(UnreachableError) as refused:
-                await sender.request("WF.echo@C", "ping", timeout=5)
-            assert refused.value.reason == "WAN_UNAVAILABLE" and "no link reaches" in refused.value.detail
+            if while_cut is not None:
+                await while_cut()
         finally:
-            world.net.heal("a", "b")
+            world.net.heal(*wire)
         healed = time.monotonic()
-        reconverge = await until(lambda: already(traffic.answered_since(healed)), 60, "A reaching C after the heal")
-        await asyncio.sleep(0.5)
+        reconverge = await until(lambda: already(traffic.answered_since(healed)), 60, f"{dst} after the heal")
+        await asyncio.sleep(settle)
     finally:
         outcomes = await traffic.stop()
         await sender.close()
-    counts = tally(outcomes)
-    print(f"\n[{world.net.kind}] cut A-B: detected in {detect:.2f} s (dead timer {DEAD_S} s), "
-          f"answered again {reconverge:.2f} s after the heal; requests: {counts}")
-    assert detect <= DEAD_S + HELLO_S + 3  # the dead timer, plus the time to ask the router
-    before = [o for o in outcomes if o.sent < cut]
-    assert before and all(o.result == "answered" for o in before)
-    while_down = [o for o in outcomes if cut + detect + 0.5 <= o.sent < healed]
-    assert while_down and all(o.result == "UNREACHABLE:WAN_UNAVAILABLE" for o in while_down), tally(while_down)
-    assert all(o.done - o.sent < 1.0 for o in while_down)  # refused at once, not after a timeout
-    assert any(o.result == "answered" for o in outcomes if o.sent >= healed)
-    assert set(counts) <= {"answered", "UNREACHABLE:WAN_UNAVAILABLE"}, counts  # none lost, none other
+    return Cut(at, detect, healed, reconverge, outcomes)
+
+
+def check_cut(world: World, cut: Cut, label: str, *, detect_within: float, refused_as: str,
+              allowed: set[str]) -> dict[str, int]:
+    """What every cut must show: detected in time, all answered before it, every request sent while the
+    link was known down refused as ``refused_as``, and no outcome outside ``allowed`` (none lost).  The tally."""
+    counts = tally(cut.outcomes)
+    print(f"\n[{world.net.kind}] {label}: detected in {cut.detect:.2f} s (dead timer {DEAD_S} s), answered again "
+          f"{cut.reconverge:.2f} s after the heal; requests: {counts}")
+    assert cut.detect <= detect_within
+    assert all(o.result == "answered" for o in cut.before())
+    down = cut.while_down()
+    assert down and all(o.result == refused_as for o in down), tally(down)
+    assert set(counts) <= allowed, counts
+    return counts
+
+
+async def test_a_cut_wire_is_detected_within_the_dead_timer_and_healed(world: World) -> None:
+    sender = await client(world)
+
+    async def refused_at_once() -> None:
+        with pytest.raises(UnreachableError) as refused:
+            await sender.request("WF.echo@C", "ping", timeout=5)
+        assert refused.value.reason == "WAN_UNAVAILABLE" and "no link reaches" in refused.value.detail
+
+    cut = await cut_and_heal(world, sender, "WF.echo@C", ("a", "b"), lambda: negate(link_state(sender, "B")),
+                             "A closing the dead link", lead=1.0, settle=0.5, while_cut=refused_at_once)
+    check_cut(world, cut, "cut A-B", detect_within=DEAD_S + HELLO_S + 3,  # the dead timer, plus asking the router
+              refused_as="UNREACHABLE:WAN_UNAVAILABLE",
+              allowed={"answered", "UNREACHABLE:WAN_UNAVAILABLE"})  # none lost, none other
+    assert cut.before()
+    assert all(o.done - o.sent < 1.0 for o in cut.while_down())  # refused at once, not after a timeout
+    assert any(o.result == "answered" for o in cut.outcomes if o.sent >= cut.healed)
     # what was written to the dying link: refused when the dead timer fired, not left to the sender's timeout
-    in_doubt = [o for o in outcomes if cut <= o.sent < cut + detect and o.result != "answered"]
-    assert in_doubt and all(o.done - cut <= detect + 1.0 for o in in_doubt)
+    in_doubt = [o for o in cut.outcomes if cut.at <= o.sent < cut.at + cut.detect and o.result != "answered"]
+    assert in_doubt and all(o.done - cut.at <= cut.detect + 1.0 for o in in_doubt)
 
 
 async def test_a_cut_mesh_wire_between_the_two_routers_of_a_hive(world: World) -> None:
     """Hive D's routers lose each other: WF.deep (on router 2) is withdrawn from hive D, and A's requests to it
     are refused by D with a reason until the wire is back."""
     sender = await client(world)
-    traffic = Traffic(sender, "WF.deep@D")
     try:
         await until(lambda: answers(sender, "WF.deep@D"), 30, "A reaching WF.deep@D")
-        traffic.start()
-        await asyncio.sleep(0.5)
-        world.net.cut("d1", "d2")
-        cut = time.monotonic()
-        try:
-            detect = await until(lambda: negate(asyncio.to_thread(links_up, world.run("d1"), "D", "mesh")),
-                                 DEAD_S + 10, "router 1 closing the dead mesh link")
-            await asyncio.sleep(1.0)
-        finally:
-            world.net.heal("d1", "d2")
-        healed = time.monotonic()
-        reconverge = await until(lambda: already(traffic.answered_since(healed)), 60, "WF.deep@D after the heal")
-        await asyncio.sleep(0.3)
-    finally:
-        outcomes = await traffic.stop()
+    except BaseException:
         await sender.close()
-    counts = tally(outcomes)
-    print(f"\n[{world.net.kind}] mesh wire D1-D2 cut: detected in {detect:.2f} s, answered again "
-          f"{reconverge:.2f} s after the heal; requests: {counts}")
-    assert detect <= DEAD_S + HELLO_S + 5
-    assert all(o.result == "answered" for o in outcomes if o.sent < cut)
-    refused = [o for o in outcomes if cut + detect + 0.5 <= o.sent < healed]
-    assert refused and all(o.result == "UNREACHABLE:NODE_NOT_FOUND" for o in refused), tally(refused)  # said by D
+        raise
+    cut = await cut_and_heal(world, sender, "WF.deep@D", ("d1", "d2"),
+                             lambda: negate(asyncio.to_thread(links_up, world.run("d1"), "D", "mesh")),
+                             "router 1 closing the dead mesh link", lead=0.5, settle=0.3)
+    check_cut(world, cut, "mesh wire D1-D2 cut", detect_within=DEAD_S + HELLO_S + 5,
+              refused_as="UNREACHABLE:NODE_NOT_FOUND",  # said by D
+              allowed={"answered", "UNREACHABLE:NODE_NOT_FOUND", "UNREACHABLE:PEER_UNAVAILABLE"})
     # what was written to the dying mesh link: refused PEER_UNAVAILABLE when the dead timer fired
-    assert set(counts) <= {"answered", "UNREACHABLE:NODE_NOT_FOUND", "UNREACHABLE:PEER_UNAVAILABLE"}, counts
-    in_doubt = [o for o in outcomes if o.result == "UNREACHABLE:PEER_UNAVAILABLE"]
-    assert in_doubt and all(cut <= o.sent <= cut + detect and o.done - cut <= detect + 1.0 for o in in_doubt)
+    in_doubt = [o for o in cut.outcomes if o.result == "UNREACHABLE:PEER_UNAVAILABLE"]
+    assert in_doubt and all(cut.at <= o.sent <= cut.at + cut.detect and o.done - cut.at <= cut.detect + 1.0
+                            for o in in_doubt)
 
 
 async def test_delay_and_loss_on_a_wire(world: World) -> None:
