@@ -185,7 +185,9 @@ def test_a_stopped_instance_whose_config_cannot_be_read_is_not_started_and_says_
 def test_lifecycle_bad_inputs_get_the_original_errors(hive: AdminHive) -> None:
     assert error(hive, "POST", "/hives/worker-404/nodes/WF.x.y/start") == (404, "NOT_FOUND")
     assert error(hive, "POST", "/hives/local/nodes/not-a-name/restart") == (400, "INVALID_REQUEST")
-    assert error(hive, "POST", "/hives/local/nodes/WF.x.y@other/start") == (400, "INVALID_REQUEST")
+    # the name's hive wins over the path's (the original's rule): an unknown one is not found
+    assert error(hive, "POST", "/hives/local/nodes/WF.x.y@other/start") == (404, "NOT_FOUND")
+    assert error(hive, "POST", "/hives/local/nodes/WF.x.y@no.such/start") == (400, "INVALID_HIVE_ID")
     assert error(hive, "GET", "/hives/local/nodes/WF.echo/start") == (405, "METHOD_NOT_ALLOWED")
     assert error(hive, "GET", "/hives/local/nodes/WF.echo/instance") == (405, "METHOD_NOT_ALLOWED")
     assert error(hive, "DELETE", "/hives/local/nodes/WF.echo/instance") == (409, "NODE_INSTANCE_RUNNING")
