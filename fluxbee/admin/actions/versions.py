@@ -20,8 +20,14 @@ async def _hive_versions(ctx: Context) -> dict[str, Any]:
 
 
 async def get_versions(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:
+    """The hive's versions (``hive``), and the runtimes again as a flat ``versions`` list of
+    ``{runtime, current, available, type}``: the shape the original's older scripts read."""
     await check_hive(ctx, target)
-    return {"status": "ok", "hive": await _hive_versions(ctx)}
+    hive = await _hive_versions(ctx)
+    runtimes = hive["runtimes"].get("runtimes") or {}
+    flat = [{"runtime": name, "current": entry.get("current"), "available": entry.get("available", []),
+             "type": entry.get("type", "full_runtime")} for name, entry in sorted(runtimes.items())]
+    return {"status": "ok", "hive": hive, "versions": flat}
 
 
 async def list_versions(ctx: Context, target: str, p: s.NoParams, call: Call) -> dict[str, Any]:

@@ -84,6 +84,8 @@ def test_a_runtime_copied_into_the_store_passes_sync_hint_and_update_then_spawns
     assert f"{RUNTIME}@diag-1" in done["unchanged"]
     versions = payload(hive, "GET", "/hives/local/versions")
     assert versions["hive"]["runtimes"]["runtimes"][RUNTIME]["current"] == "diag-1"
+    assert {"runtime": RUNTIME, "current": "diag-1", "available": ["diag-1"], "type": "full_runtime"} in versions[
+        "versions"]  # the flat list the original's older scripts read
 
     spawned = payload(hive, "POST", "/hives/local/nodes", {"node_name": NODE, "runtime": RUNTIME,
                                                            "runtime_version": "current"})
