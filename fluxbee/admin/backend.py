@@ -99,6 +99,12 @@ class Backend(Protocol):
         runtime_base, readiness: {version: {...}}}}}``."""
         ...
 
+    async def remove_runtime_version(self, runtime: str, version: str) -> dict[str, Any]:
+        """Delete one version from the hive's runtime store (checked by the caller: not current unless
+        alone, not running, no dependents): ``removed_path``, ``removed_runtime_dir``, ``current``,
+        ``manifest_version``, ``manifest_hash``."""
+        ...
+
     async def remote_hives(self) -> dict[str, dict[str, Any]]: ...
 
     async def add_remote_hive(self, record: dict[str, Any]) -> dict[str, Any]:

@@ -457,6 +457,10 @@ class KubernetesBackend:
         return {"status": "ok", "manifest_version": max(versions, default=0), "manifest_hash": digest,
                 "runtimes": out}
 
+    async def remove_runtime_version(self, runtime: str, version: str) -> dict[str, Any]:
+        raise AdminError("NOT_IMPLEMENTED", f"a cluster's runtime {runtime} {version} is a Runtime resource, "
+                                            "removed with kubectl (the admin Role may not delete Runtimes)")
+
     async def _other_hives(self) -> list[dict[str, Any]]:
         return [h for h in await self._list("hives") if h["metadata"]["name"] != self.hive_resource]
 

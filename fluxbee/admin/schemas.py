@@ -204,3 +204,9 @@ class UpdateParams(Params):
                                 description="Check only this runtime (category runtime).")
     runtime_version: str | None = Field(default=None, min_length=1, max_length=64,
                                         description="Check only this version of `runtime` (default its current).")
+
+
+class RuntimeVersionParams(Params):
+    runtime: str = Field(min_length=1, max_length=128, description="Runtime name in the hive's store.")
+    runtime_version: str = Field(min_length=1, max_length=64,
+                                 description="The version to delete (not `current`: name it).")

@@ -450,6 +450,12 @@ class LocalBackend:
         return {"status": "ok" if store.manifest_path.exists() else "missing",
                 "manifest_version": manifest.get("version"), "manifest_hash": store.manifest_hash(), "runtimes": out}
 
+    async def remove_runtime_version(self, runtime: str, version: str) -> dict[str, Any]:
+        try:
+            return self.hive.store.remove_version(runtime, version)
+        except StoreError as err:
+            raise AdminError(err.code, err.detail) from err
+
     async def remote_hives(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for path in sorted(self._hives_dir.glob("*.json")) if self._hives_dir.exists() else ():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -107,6 +108,54 @@ class RuntimeStore:
             tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
             os.replace(tmp, self.manifest_path)
         return target
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        manifest["version"] = max(int(time.time() * 1000), int(manifest.get("version") or 0) + 1)
+        manifest["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        manifest["hash"] = None
+        tmp = self.manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.manifest_path)
+
+    def remove_version(self, name: str, version: str) -> dict[str, Any]:
+        """Take ``version`` out of the manifest and its package off the disk, fully or not at all.
+
+        The package folder is first renamed aside (one atomic step: nothing can launch it any more),
+        then the manifest is rewritten; if that fails the folder is renamed back and the error raised.
+        Only then is the set-aside folder deleted.  The last version takes the runtime with it.  The
+        caller has checked that the version may go (not current unless alone, unused, no dependents)."""
+        manifest = self.manifest()
+        runtimes = manifest.get("runtimes", {})
+        entry = runtimes.get(name)
+        if not isinstance(entry, dict) or version not in (entry.get("available") or []):
+            raise StoreError("RUNTIME_VERSION_NOT_FOUND", f"runtime {name!r} has no version {version!r}")
+        package_dir = self.root / name / version
+        aside = self.root / name / f".{version}.removing-{os.getpid()}-{time.monotonic_ns()}"
+        moved = package_dir.exists()
+        if moved:
+            os.replace(package_dir, aside)
+        left = [v for v in entry["available"] if v != version]
+        if left:
+            runtimes[name] = {**entry, "available": left}
+        else:
+            del runtimes[name]
+        try:
+            self._write_manifest(manifest)
+        except OSError as err:
+            if moved:
+                os.replace(aside, package_dir)
+            raise StoreError("RUNTIME_REMOVE_FAILED", f"{self.manifest_path} cannot be written ({err}); "
+                                                      f"{name} {version} is left as it was") from err
+        if moved:
+            shutil.rmtree(aside, ignore_errors=True)
+        runtime_dir = self.root / name
+        removed_runtime_dir = False
+        if not left:
+            shutil.rmtree(runtime_dir, ignore_errors=True)
+            removed_runtime_dir = not runtime_dir.exists()
+        return {"removed_path": str(package_dir), "removed_runtime_dir": removed_runtime_dir,
+                "current": runtimes.get(name, {}).get("current"), "manifest_version": manifest["version"],
+                "manifest_hash": self.manifest_hash()}
 
     def seed_builtins(self) -> None:
         """Install the SDK's example nodes (idempotent)."""

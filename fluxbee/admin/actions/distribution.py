@@ -20,15 +20,25 @@ Runtime resources in a cluster); nothing replicates a store to another hive.  So
   original's retention clean-up of versions dropped from the manifest is not done: nothing is deleted.
 - categories ``core`` and ``vendor`` swap the original's binaries and restart its services; a hive
   here is a Python package and its images, upgraded by pip or Helm, so they are ``NOT_IMPLEMENTED``.
+
+``remove_runtime_version`` (``DELETE /hives/{h}/runtimes/{rt}/versions/{v}``) deletes one version
+from a hive's store with the original's refusals: the current version while others exist (or the
+word ``current``) is ``RUNTIME_CURRENT_CONFLICT``, a version some running or starting node uses is
+``RUNTIME_IN_USE``, any version of a runtime another one names as ``runtime_base`` is
+``RUNTIME_HAS_DEPENDENTS`` (all 409); an unknown one is ``RUNTIME_VERSION_NOT_FOUND`` (404).  The
+original allows it on motherbee only, its store being the one Syncthing copies; here every hive
+owns its store, so the hive in the path is the one changed (another hive's is relayed to it).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Final
 
 from fluxbee.admin import schemas as s
-from fluxbee.admin.actions.common import Call, Context, check_hive
+from fluxbee.admin.actions.common import Call, Context, check_hive, observe, record_change
 from fluxbee.admin.errors import AdminError
+from fluxbee.dataplane.names import RUNTIME_NAME_RE, VERSION_RE
 
 FOLDERS: Final = {"dist": "fluxbee-dist", "blob": "fluxbee-blob"}
 """The original's folder id for each channel."""
@@ -131,3 +141,42 @@ async def update(ctx: Context, target: str, p: s.UpdateParams, call: Call) -> di
         return {**head, "status": "sync_pending", "unchanged": [], "errors": errors,
                 "message": "the manifest matches but runtimes in scope are not ready to launch"}
     return {**head, "status": "ok", "unchanged": [f"{n}@{v}" for n, v in pairs], "errors": []}
+
+
+IN_USE_STATES: Final = frozenset(("RUNNING", "STARTING"))
+
+
+async def remove_runtime_version(ctx: Context, target: str, p: s.RuntimeVersionParams, call: Call) -> dict[str, Any]:
+    await check_hive(ctx, target)
+    if not RUNTIME_NAME_RE.match(p.runtime) or not VERSION_RE.match(p.runtime_version):
+        raise AdminError("INVALID_REQUEST", f"runtime {p.runtime!r} or version {p.runtime_version!r} is not a valid "
+                                            "name/version token")
+    if p.runtime_version == "current":
+        raise AdminError("RUNTIME_CURRENT_CONFLICT", "name the version to delete; `current` is not removable")
+    runtimes = (await ctx.backend.runtimes()).get("runtimes") or {}
+    entry = runtimes.get(p.runtime)
+    if not isinstance(entry, dict):
+        raise AdminError("RUNTIME_NOT_FOUND", f"runtime {p.runtime!r} is not in hive {target!r}'s store")
+    available = list(entry.get("available") or [])
+    if p.runtime_version not in available:
+        raise AdminError("RUNTIME_VERSION_NOT_FOUND", f"runtime {p.runtime!r} has no version {p.runtime_version!r} "
+                                                      f"(available: {', '.join(available) or 'none'})")
+    if p.runtime_version == entry.get("current") and len(available) > 1:
+        raise AdminError("RUNTIME_CURRENT_CONFLICT", f"{p.runtime} {p.runtime_version} is the current version; make "
+                                                     "another one current first (the last version may be deleted)")
+    dependents = sorted(n for n, e in runtimes.items() if isinstance(e, dict) and e.get("runtime_base") == p.runtime)
+    if dependents:
+        raise AdminError("RUNTIME_HAS_DEPENDENTS", f"{', '.join(dependents)} run on {p.runtime} (runtime_base)")
+    _, observed = await observe(ctx)
+    users = sorted(o.node_name for o in observed if o.runtime.get("name") == p.runtime
+                   and o.runtime.get("resolved_version") == p.runtime_version and o.lifecycle_state in IN_USE_STATES)
+    if users:
+        raise AdminError("RUNTIME_IN_USE", f"{p.runtime} {p.runtime_version} is used by {', '.join(users)}")
+
+    async def work() -> dict[str, Any]:
+        done = await ctx.backend.remove_runtime_version(p.runtime, p.runtime_version)
+        return {"status": "ok", "owner_hive": target, "runtime": p.runtime, "removed_version": p.runtime_version,
+                **done, "convergence_status": "owner_updated"}
+
+    return await record_change(ctx, call, "runtime", "remove_runtime_version", time.time(), work(),
+                               {"runtime": p.runtime, "version": p.runtime_version})

@@ -17,7 +17,7 @@ from fluxbee.admin import remote
 from fluxbee.admin import schemas as s
 from fluxbee.admin.actions.common import Call, Context
 from fluxbee.admin.actions.deployments import get_deployments, get_drift_alerts, list_deployments, list_drift_alerts
-from fluxbee.admin.actions.distribution import sync_hint, update
+from fluxbee.admin.actions.distribution import remove_runtime_version, sync_hint, update
 from fluxbee.admin.actions.hives import add_hive, get_hive, hive_status, list_hives, relay_to, remove_hive
 from fluxbee.admin.actions.identity import (
     get_ilk,
@@ -185,6 +185,8 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
     _a(get_versions, s.NoParams, "Core and runtime versions of a hive, with readiness", read_only=True, target=True),
     _a(list_runtimes, s.NoParams, "Runtimes in a hive's store", read_only=True, target=True),
     _a(get_runtime, s.RuntimeParams, "One runtime, its versions and usage", read_only=True, target=True),
+    _a(remove_runtime_version, s.RuntimeVersionParams, "Delete one version of a runtime from a hive's store "
+       "(not current unless alone, not in use, no dependents)", read_only=False, target=True, confirm=True),
     _a(sync_hint, s.SyncHintParams, "Wait for a hive's dist/blob copy to be idle (here: nothing is copied, ok "
        "at once)", read_only=True, target=True),
     _a(update, s.UpdateParams, "Check a hive's runtime manifest and packages against a published manifest "
@@ -271,6 +273,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/hives/{hive}/versions", "get_versions"),
     Route("GET", "/hives/{hive}/runtimes", "list_runtimes"),
     Route("GET", "/hives/{hive}/runtimes/{runtime}", "get_runtime", {"runtime": "runtime"}),
+    Route("DELETE", "/hives/{hive}/runtimes/{runtime}/versions/{version}", "remove_runtime_version",
+          {"runtime": "runtime", "version": "runtime_version"}),
     Route("POST", "/hives/{hive}/sync-hint", "sync_hint", body="fields"),
     Route("POST", "/hives/{hive}/update", "update", body="fields", body_required=True),
     Route("GET", "/deployments", "list_deployments", query={"hive": str, **_HIST}),

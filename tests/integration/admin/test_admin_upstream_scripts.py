@@ -151,3 +151,64 @@ def test_the_catalogue_lists_the_actions_the_scripts_call(hive: AdminHive) -> No
     with urllib.request.urlopen(hive.base + "/openapi.json", timeout=30) as resp:
         spec = json.loads(resp.read())
     assert {"/hives/{hive}/update", "/hives/{hive}/sync-hint"} <= set(spec["paths"])
+
+
+def add_dependent(hive: AdminHive, name: str, base: str) -> None:
+    """A config_only runtime on ``base`` in the manifest (its package folder holds only a config)."""
+    (store(hive) / name / "1.0.0" / "config").mkdir(parents=True, exist_ok=True)
+    path = store(hive) / "manifest.json"
+    doc = json.loads(path.read_text())
+    doc["runtimes"][name] = {"available": ["1.0.0"], "current": "1.0.0", "type": "config_only", "runtime_base": base}
+    doc["version"] = int(doc["version"]) + 1
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
+def delete_error(hive: AdminHive, runtime: str, version: str) -> tuple[int, str]:
+    code, doc = hive.call("DELETE", f"/hives/local/runtimes/{runtime}/versions/{version}")
+    assert doc["status"] == "error", doc
+    return code, str(doc["error_code"])
+
+
+def test_a_runtime_version_is_deleted_only_when_not_current_not_running_and_without_dependents(
+        hive: AdminHive) -> None:
+    """The original's runtime-delete script, without its publish tool: the same refusals and codes."""
+    rt = "wf.delete.ok"
+    copy_in(hive, rt, "1.0.0")
+    copy_in(hive, rt, "2.0.0")
+    assert delete_error(hive, rt, "2.0.0") == (409, "RUNTIME_CURRENT_CONFLICT")
+    assert delete_error(hive, rt, "current") == (409, "RUNTIME_CURRENT_CONFLICT")
+    assert delete_error(hive, rt, "9.9.9") == (404, "RUNTIME_VERSION_NOT_FOUND")
+    assert delete_error(hive, "wf.never.there", "1.0.0") == (404, "RUNTIME_NOT_FOUND")
+    done = payload(hive, "DELETE", f"/hives/local/runtimes/{rt}/versions/1.0.0")
+    assert (done["removed_version"], done["current"], done["removed_runtime_dir"]) == ("1.0.0", "2.0.0", False)
+    assert not (store(hive) / rt / "1.0.0").exists() and (store(hive) / rt / "2.0.0" / "bin" / "start.sh").exists()
+    assert payload(hive, "GET", f"/hives/local/runtimes/{rt}")["available"] == ["2.0.0"]
+    assert done["manifest_hash"] == hashlib.sha256((store(hive) / "manifest.json").read_bytes()).hexdigest()
+    # the last version may go, and the runtime with it
+    last = payload(hive, "DELETE", f"/hives/local/runtimes/{rt}/versions/2.0.0")
+    assert last["removed_runtime_dir"] is True and not (store(hive) / rt).exists()
+    assert delete_error(hive, rt, "2.0.0") == (404, "RUNTIME_NOT_FOUND")
+    assert any(e["action"] == "remove_runtime_version" for e in payload(hive, "GET", "/deployments")["entries"])
+
+
+def test_a_version_a_node_runs_or_a_runtime_builds_on_is_not_deleted(hive: AdminHive) -> None:
+    rt = "wf.delete.inuse"
+    copy_in(hive, rt, "1.0.0")
+    copy_in(hive, rt, "2.0.0")
+    node = "WF.delete.pinned"
+    payload(hive, "POST", "/hives/local/nodes", {"node_name": node, "runtime": rt, "runtime_version": "1.0.0"})
+
+    def running() -> bool:
+        got, doc = hive.call("GET", f"/hives/local/nodes/{node}/status")
+        return got == 200 and doc["payload"]["node_status"]["lifecycle_state"] in ("RUNNING", "STARTING")
+
+    wait_until(running, WAIT, f"{node} running on {rt} 1.0.0")
+    assert delete_error(hive, rt, "1.0.0") == (409, "RUNTIME_IN_USE")
+    payload(hive, "DELETE", f"/hives/local/nodes/{node}", {"force": True, "purge_instance": True})
+    assert payload(hive, "DELETE", f"/hives/local/runtimes/{rt}/versions/1.0.0")["removed_version"] == "1.0.0"
+
+    add_dependent(hive, "wf.delete.dependent", rt)
+    copy_in(hive, rt, "3.0.0")
+    assert delete_error(hive, rt, "2.0.0") == (409, "RUNTIME_HAS_DEPENDENTS")
