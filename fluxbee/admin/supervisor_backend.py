@@ -237,6 +237,7 @@ class LocalBackend:
                                                         "spawning it again")
             try:
                 resolved = self.hive.store.resolve(params.runtime, params.runtime_version)
+                self.hive.store.check_launchable(resolved)
             except StoreError as err:
                 raise AdminError(err.code, err.detail) from err
             now_ms = int(time.time() * 1000)

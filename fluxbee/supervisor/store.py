@@ -193,7 +193,11 @@ class RuntimeStore:
                                  f"(available: {', '.join(entry.get('available', []))})")
             version = requested
         package_dir = self.root / name / str(version)
-        if package_dir.is_dir() and not (package_dir / "package.json").exists():
+        if not package_dir.is_dir():
+            raise StoreError("RUNTIME_NOT_PRESENT", f"runtime {name} {version} is in the manifest but its package "
+                                                    f"{package_dir} is not in the store: install it there (the "
+                                                    "original waits for its dist copy: sync-hint, update)")
+        if not (package_dir / "package.json").exists():
             # the original launches from the manifest entry and bin/start.sh alone: package.json is what
             # publishing writes, not what a spawn needs, so a package copied in without one still runs
             return Resolved(name=name, version=str(version), package_dir=package_dir,
@@ -208,6 +212,22 @@ class RuntimeStore:
         if not isinstance(package, dict):
             raise StoreError("RUNTIME_NOT_AVAILABLE", f"{package_dir}/package.json is not an object")
         return Resolved(name=name, version=str(version), package_dir=package_dir, package=package)
+
+    def check_launchable(self, resolved: Resolved) -> None:
+        """Refuse a spawn whose package cannot start, before anything of the node is written (the
+        original's preflight): ``RUNTIME_NOT_PRESENT`` for a full runtime without an executable
+        ``bin/start.sh``, ``BASE_RUNTIME_NOT_PRESENT`` for a config_only/workflow package whose base has
+        no launchable current version."""
+        ready = self.readiness(resolved.name, resolved.version)
+        kind = resolved.package.get("type", "full_runtime")
+        if kind == "full_runtime" and not ready["start_sh_executable"]:
+            start = resolved.package_dir / "bin" / "start.sh"
+            raise StoreError("RUNTIME_NOT_PRESENT", f"{start} is {'not executable' if start.is_file() else 'missing'}"
+                                                    f": runtime {resolved.name} {resolved.version} cannot start")
+        if kind != "full_runtime" and not ready["base_runtime_ready"]:
+            raise StoreError("BASE_RUNTIME_NOT_PRESENT", f"runtime {resolved.name} {resolved.version} runs on "
+                                                         f"{resolved.package.get('runtime_base')!r}, which has no "
+                                                         "current version with an executable bin/start.sh")
 
     def runtime_model(self, resolved: Resolved) -> Runtime:
         """The Runtime resource the planner uses for one resolved package."""

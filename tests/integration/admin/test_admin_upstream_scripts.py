@@ -212,3 +212,18 @@ def test_a_version_a_node_runs_or_a_runtime_builds_on_is_not_deleted(hive: Admin
     add_dependent(hive, "wf.delete.dependent", rt)
     copy_in(hive, rt, "3.0.0")
     assert delete_error(hive, rt, "2.0.0") == (409, "RUNTIME_HAS_DEPENDENTS")
+
+
+def test_a_spawn_whose_package_cannot_start_is_refused_before_anything_is_written(hive: AdminHive) -> None:
+    """The original's preflight, whose RUNTIME_NOT_PRESENT its scripts answer with sync-hint + update."""
+    copy_in(hive, "wf.not.executable", "1.0.0", executable=False)
+    copy_in(hive, "wf.not.copied", "1.0.0")
+    (store(hive) / "wf.not.copied" / "1.0.0" / "bin" / "start.sh").unlink()
+    (store(hive) / "wf.not.copied" / "1.0.0" / "bin").rmdir()
+    (store(hive) / "wf.not.copied" / "1.0.0").rmdir()
+    for runtime, says in (("wf.not.executable", "not executable"), ("wf.not.copied", "not in the store")):
+        node = f"WF.refused.{runtime.split('.')[-1]}"
+        code, doc = hive.call("POST", "/hives/local/nodes", {"node_name": node, "runtime": runtime})
+        assert (code, doc["error_code"]) == (503, "RUNTIME_NOT_PRESENT") and says in doc["error_detail"], doc
+        assert not (hive.run_dir / "nodes" / f"{node}@local").exists()
+        assert hive.call("GET", f"/hives/local/nodes/{node}/status")[1]["error_code"] == "NODE_NOT_FOUND"
