@@ -12,13 +12,13 @@ import asyncio
 import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from conftest import Db, IdentityProc
-from hive_harness import RouterProc, eventually
+from hive_harness import RouterProc, eventually, read_identity_region
 
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.sdk import NodeConfig, NodeSender, connect
@@ -31,6 +31,7 @@ from fluxbee.identity.store import IdentityStore, StoreSettings
 pytestmark = pytest.mark.integration
 
 REPLICA = "SY.identity.replica"
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -55,10 +56,14 @@ async def node(run_dir: Path, name: str) -> NodeSender:
     return sender
 
 
+def in_region(replica: IdentityProc, read: Callable[[identity_shm.IdentityRegionReader], T]) -> T:
+    """A consistent read of the replica's region (retried while a resync's rebuild holds it)."""
+    return read_identity_region(replica.region_hive, replica.run_dir, read)
+
+
 def replica_hit(replica: IdentityProc, ctype: str, address: str, tenant: str) -> str | None:
-    with identity_shm.IdentityRegionReader(replica.region_hive, run_dir=replica.run_dir) as r:
-        hit = r.lookup_channel(ctype, address, tenant)
-        return hit.ilk_id if hit is not None else None
+    hit = in_region(replica, lambda r: r.lookup_channel(ctype, address, tenant))
+    return hit.ilk_id if hit is not None else None
 
 
 async def default_tenant(db: Db) -> str:
@@ -82,10 +87,9 @@ async def test_writes_on_the_primary_appear_in_the_replica_region_and_writes_to_
         made = await idc.provision_ilk(io, "whatsapp", "+3411")
         await eventually(lambda: replica_hit(replica, "whatsapp", "+3411", tenant) == made["ilk_id"], 5,
                          "the provisioned channel in the replica's region")
-        with identity_shm.IdentityRegionReader(replica.region_hive, run_dir=replica.run_dir) as r:
-            assert not r.header().is_primary, "the replica's region says it is a replica copy"
-            info = r.resolve(made["ilk_id"])
-            assert info is not None and info.registration_status == "temporary"
+        assert not in_region(replica, lambda r: r.header().is_primary), "the replica's region is a replica copy"
+        info = in_region(replica, lambda r: r.resolve(made["ilk_id"]))
+        assert info is not None and info.registration_status == "temporary"
 
         # a merge travels as one delta: alias, moved channel and deleted source together
         person = f"ilk:{uuid.uuid4()}"
@@ -94,10 +98,9 @@ async def test_writes_on_the_primary_appear_in_the_replica_region_and_writes_to_
                               merge_from_ilk_id=made["ilk_id"])
 
         def merged() -> bool:
-            with identity_shm.IdentityRegionReader(replica.region_hive, run_dir=replica.run_dir) as r:
-                return (r.canonical(made["ilk_id"]) == person
-                        and replica_hit(replica, "whatsapp", "+3411", tenant) == person
-                        and replica_hit(replica, "web", "p-web", tenant) == person)
+            return (in_region(replica, lambda r: r.canonical(made["ilk_id"])) == person
+                    and replica_hit(replica, "whatsapp", "+3411", tenant) == person
+                    and replica_hit(replica, "web", "p-web", tenant) == person)
         await eventually(merged, 5, "the merge in the replica's region")
 
         # what routing policies read travels too: subtype, capabilities and roles of ILK_UPDATE
@@ -109,10 +112,9 @@ async def test_writes_on_the_primary_appear_in_the_replica_region_and_writes_to_
             await orch.close()
 
         def updated() -> bool:
-            with identity_shm.IdentityRegionReader(replica.region_hive, run_dir=replica.run_dir) as r:
-                info = r.get_ilk(person)
-                return info is not None and (info.human_subtype, info.roles, info.capabilities) == (
-                    "internal", ("ops",), ("status_reader",))
+            info = in_region(replica, lambda r: r.get_ilk(person))
+            return info is not None and (info.human_subtype, info.roles, info.capabilities) == (
+                "internal", ("ops",), ("status_reader",))
         await eventually(updated, 5, "the ILK_UPDATE in the replica's region")
 
         # writes sent to the replica: NOT_PRIMARY with the original's fields, plus where the primary is
