@@ -118,10 +118,10 @@ class Replication(RegionKeeper):
                 snapshot = t.on_chunk(sync.decode(msg.payload, sync.FullSyncChunk))
                 if snapshot is not None:
                     self.tenants = {r.tenant_id: r for r in snapshot.tenants}
-                    self._rebuild(snapshot)
-                    log.info("full sync from %s: epoch %s version %d, %d ILKs, %d channels, %d aliases",
+                    shown = self._show(snapshot)
+                    log.info("full sync from %s: epoch %s version %d, %d ILKs, %d channels, %d aliases (%s)",
                              sender_name, t.epoch, t.version, len(snapshot.ilks), len(snapshot.channels),
-                             len(snapshot.aliases))
+                             len(snapshot.aliases), shown)
             elif action == sync.DELTA:
                 change = t.on_delta(sync.decode(msg.payload, sync.Delta))
                 if change is not None:
