@@ -23,7 +23,8 @@ Protocol (system messages, unicast by UUID once a replica has subscribed):
   (persisted, +1 per committed write), so it is monotonic across primary
   restarts; ``epoch`` is new at every primary start.
 * primary -> replicas ``IDENTITY_SYNC_HEARTBEAT {epoch, version}`` every
-  ``sync_heartbeat_s``; a primary that starts broadcasts
+  ``sync_heartbeat_s``, without waiting for a write in progress (``version``
+  is the last one whose delta every subscriber was sent); a primary that starts broadcasts
   ``IDENTITY_PRIMARY_READY {epoch, version}`` to ``SY.identity*`` nodes.
 
 A replica resyncs (subscribes again, gets a new full snapshot) when:
@@ -164,6 +165,8 @@ class ReplicaTracker:
     synced: bool = False
     full_syncs: int = 0
     resyncs: dict[str, int] = field(default_factory=dict)
+    heartbeats: int = 0
+    """Heartbeats received from the primary (a replica's sign that its primary is alive)."""
     _assembling: list[FullSyncChunk] = field(default_factory=list)
 
     def reset(self, reason: str) -> None:
@@ -212,6 +215,7 @@ class ReplicaTracker:
         return d.change
 
     def on_heartbeat(self, h: Heartbeat) -> None:
+        self.heartbeats += 1
         if not self.synced:
             return
         if h.epoch != self.epoch:

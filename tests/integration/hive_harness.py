@@ -15,14 +15,16 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.sdk import read_node_table
+from fluxbee.dataplane.shm import identity as identity_shm
 
 HEADER = struct.Struct(">I")
+T = TypeVar("T")
 TEST_SYSTEM_NAMES = ("SY.admin", "SY.identity", "SY.identity.replica", "SY.frontdesk.gov", "SY.desk",
                      "SY.orchestrator")
 """The SY.* names the tests run as.  They are claimed (README: Trust model): each test router gets a
@@ -74,6 +76,27 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(step)
+
+
+def read_identity_region(hive_id: str, run_dir: Path, read: Callable[[identity_shm.IdentityRegionReader], T],
+                         timeout: float = 10.0) -> T:
+    """``read(reader)`` on the identity region of ``hive_id``, as one consistent read.
+
+    The reader gives up with ``ReadTimeoutError`` when the writer stays inside a batch for longer than
+    its deadline (a few ms): on a loaded machine a writer descheduled in the middle of a resync's
+    rebuild does that.  The router then counts the miss and reads again at its next message; a test
+    does the same here, retrying until ``timeout`` (then the error propagates), instead of failing on
+    a region that was merely busy.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with identity_shm.IdentityRegionReader(hive_id, run_dir=run_dir) as reader:
+                return read(reader)
+        except identity_shm.ReadTimeoutError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 async def eventually(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

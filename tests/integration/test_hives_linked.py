@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hive_harness import fluxbee_argv, free_port, stop_process, wait_until
+from hive_harness import fluxbee_argv, free_port, read_identity_region, stop_process, wait_until
 
 from fluxbee.dataplane.sdk import NodeConfig, connect
-from fluxbee.dataplane.shm import identity as identity_shm
 from fluxbee.identity import client as idc
 
 TENANT = "tnt:7e1f0000-0000-4000-8000-000000000001"
@@ -321,9 +320,8 @@ def _provision_on_mother(a: Hive) -> str:
 def _wait_caught_up(hive: Hive, version: int, ilk: str) -> None:
     wait_until(lambda: (m := _replica(hive)) is not None and m["sync"]["version"] >= version, LINK_TIMEOUT,
                f"{hive.hive_id}'s replica at the primary's version {version}", step=0.5)
-    with identity_shm.IdentityRegionReader(hive.hive_id, run_dir=hive.run_dir) as region:
-        info = region.resolve(ilk)  # written on the primary while the worker was away
-        assert info is not None and info.registration_status == "temporary", hive.hive_id
+    info = read_identity_region(hive.hive_id, hive.run_dir, lambda r: r.resolve(ilk))  # written while it was away
+    assert info is not None and info.registration_status == "temporary", hive.hive_id
 
 
 def test_a_worker_cut_off_catches_up_on_identity_and_routes_when_it_comes_back(hives: Hives) -> None:

@@ -17,7 +17,8 @@ The primary publishes one delta per committed write, in commit order, while
 holding the write lock (which also serialises the alias GC and snapshots for
 new subscribers).
 
-One module per job: :mod:`.settings`, :mod:`.auth` (who may send what), :mod:`.regions`,
+One module per job: :mod:`.settings`, :mod:`.auth` (who may send what), :mod:`.regions` (with
+:mod:`.shown`: a full sync rewrites only what changed),
 :mod:`.actions` (one handler per action), :mod:`.replication` (both sides) and :mod:`.node`
 (lifecycle and dispatch), over :mod:`.state`; :class:`IdentityService` composes them.
 """

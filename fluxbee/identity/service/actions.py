@@ -88,7 +88,7 @@ class ActionHandlers(RegionKeeper):
                 "region_data_version": self.region.data_version if self.region is not None else 0,
                 "jsr_region": self._jsr_status(),
                 "sync": {"synced": t.synced, "epoch": t.epoch, "version": t.version, "full_syncs": t.full_syncs,
-                         "resyncs": dict(t.resyncs)}}
+                         "resyncs": dict(t.resyncs), "heartbeats": t.heartbeats}}
 
     async def _no_handler(self, msg: Message, by: str) -> dict[str, Any]:
         raise AssertionError("bug: handled before dispatch")

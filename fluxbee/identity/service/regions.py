@@ -34,13 +34,43 @@ class RegionKeeper(ServiceState):
         return dict(mirror.dropped) if isinstance(mirror, identity_jsid.JsidRegionWriter) else {}
 
     def _rebuild(self, snapshot: m.Change) -> None:
+        """Clear the region and store ``snapshot`` (readers wait for the whole of it: see :mod:`.shown`)."""
         region = self.region
         if region is None:
             return
+        self._shown.known = False
         with region.batch():
             region.clear()
             self._put(region, snapshot)
+        self._shown.reset(snapshot)
         self._report_jsr_drops()
+
+    def _show(self, snapshot: m.Change) -> str:
+        """Make the region show ``snapshot`` (a full sync), writing only what differs from what it shows;
+        how it went, for the log."""
+        region = self.region
+        if region is None:
+            return "no region"
+        change = self._shown.diff(snapshot)
+        if change is None:
+            self._rebuild(snapshot)
+            return "region rebuilt"
+        if not change:
+            return "region already showed it"
+        self._shown.known = False
+        try:
+            with region.batch():
+                self._put(region, change)
+        except identity_shm.IdentityShmError as err:
+            log.warning("updating the identity region to the snapshot failed (%s); rebuilding it whole", err)
+            self._rebuild(snapshot)
+            return "region rebuilt"
+        self._shown.known = True
+        self._shown.note(change)
+        self._report_jsr_drops()
+        n = (len(change.ilks) + len(change.removed_ilks) + len(change.channels) + len(change.removed_channels)
+             + len(change.aliases) + len(change.removed_aliases) + len(change.tenants))
+        return f"{n} record(s) of the region changed"
 
     def _commit(self, change: m.Change) -> None:
         """A write committed: show it in the region now, and send it to replicas at :meth:`_flush`."""
@@ -56,8 +86,11 @@ class RegionKeeper(ServiceState):
             with region.batch():
                 self._put(region, change)
         except identity_shm.IdentityShmError as err:
+            self._shown.known = False  # partly stored: the next full sync rebuilds the region whole
             log.error("identity region update failed (%s); the database is authoritative, lookups for the "
                       "changed records will miss until the next rebuild", err)
+        else:
+            self._shown.note(change)
         self._report_jsr_drops()
 
     @staticmethod

@@ -43,10 +43,14 @@ class Replication(RegionKeeper):
         if version != self._published + 1:
             log.warning("identity_version jumped from %d to %d (another writer on the database?); replicas "
                         "will resync", self._published, version)
-        self._published = version
         delta = sync.Delta(self.epoch, version, change)
-        for dst in list(self.subscribers):
-            await self._send(dst, sync.DELTA, delta)
+        try:
+            for dst in list(self.subscribers):
+                await self._send(dst, sync.DELTA, delta)
+        finally:
+            # only now: a heartbeat (sent without the lock) never announces a version whose delta
+            # some subscriber has yet to be sent
+            self._published = version
 
     async def _on_subscribe(self, msg: Message, by: str) -> None:
         """Register the replica and send it a full snapshot at version N; deltas > N follow (lock held)."""
@@ -75,12 +79,15 @@ class Replication(RegionKeeper):
                  "chunk(s)", by, req.replica_hive_id, req.have_epoch or "-", req.have_version, version, len(chunks))
 
     async def _sync_heartbeat(self) -> None:
+        """``(epoch, version)`` to every subscriber, without waiting for the write lock: a write stuck in
+        the database (a slow commit, a row lock) must not pass for a primary gone silent, which would
+        send every replica to a full resync.  ``_published`` is the version whose delta every
+        subscriber has been sent (frames leave in order), so a beat is never ahead of the deltas."""
         if not self.subscribers or self.store is None:
             return
-        async with self._lock:
-            beat = sync.Heartbeat(self.epoch, self._published)
-            for dst in list(self.subscribers):
-                await self._send(dst, sync.SYNC_HEARTBEAT, beat)
+        beat = sync.Heartbeat(self.epoch, self._published)
+        for dst in list(self.subscribers):
+            await self._send(dst, sync.SYNC_HEARTBEAT, beat)
 
     async def _announce_primary(self) -> None:
         """Tell replicas on this router that a (new) primary is up, so they resync now, not at their timeout."""
@@ -118,10 +125,10 @@ class Replication(RegionKeeper):
                 snapshot = t.on_chunk(sync.decode(msg.payload, sync.FullSyncChunk))
                 if snapshot is not None:
                     self.tenants = {r.tenant_id: r for r in snapshot.tenants}
-                    self._rebuild(snapshot)
-                    log.info("full sync from %s: epoch %s version %d, %d ILKs, %d channels, %d aliases",
+                    shown = self._show(snapshot)
+                    log.info("full sync from %s: epoch %s version %d, %d ILKs, %d channels, %d aliases (%s)",
                              sender_name, t.epoch, t.version, len(snapshot.ilks), len(snapshot.channels),
-                             len(snapshot.aliases))
+                             len(snapshot.aliases), shown)
             elif action == sync.DELTA:
                 change = t.on_delta(sync.decode(msg.payload, sync.Delta))
                 if change is not None:

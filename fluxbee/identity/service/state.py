@@ -12,6 +12,7 @@ from fluxbee.identity import model as m
 from fluxbee.identity import sync
 from fluxbee.identity.service.auth import Authorizer
 from fluxbee.identity.service.settings import IdentitySettings
+from fluxbee.identity.service.shown import Shown
 from fluxbee.identity.store import IdentityStore
 
 
@@ -32,6 +33,8 @@ class ServiceState:
         self.epoch = str(uuid.uuid4())
         self._lock = asyncio.Lock()
         self._pending = m.Change()
+        self._shown = Shown()
+        """The records the region shows (a full sync then writes only what differs)."""
         self._published = 0
         self.subscribers: dict[str, str] = {}
         """Replica UUID -> name."""

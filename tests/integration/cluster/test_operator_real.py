@@ -8,6 +8,7 @@ scheduler, the DaemonSet controller, the garbage collector and kwok's kubelets a
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -359,6 +360,14 @@ def test_of_two_peered_operators_one_reconciles_and_the_other_takes_over_when_it
 def test_invalid_specs_are_refused_by_the_api_server_or_end_degraded_with_a_reason(
         control_plane: ControlPlane, namespace: str, operator: FluxbeeProcess) -> None:
     cp, ns = control_plane, namespace
+    # The identity key graduations are verified with, supplied by the user before the Hive exists.
+    # (On a mother hive the operator publishes SY.identity's own key into this ConfigMap when it is
+    # absent: applied after the Hive, kubectl's create could meet the operator's copy made between
+    # its read and its write, and fail with AlreadyExists.)
+    key = Ed25519PrivateKey.generate()
+    user_pem = dg.public_pem(key.public_key()).decode()
+    apply(cp, ns, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "fluxbee-identity-key"},
+                   "data": {"ed25519.pub": user_pem}})
     apply(cp, ns, [hive(), RUNTIME])
     # Refused by the API server: the CRD's schema and CEL rules.
     for bad, says in (
@@ -376,7 +385,6 @@ def test_invalid_specs_are_refused_by_the_api_server_or_end_degraded_with_a_reas
     assert get(cp, ns, "fluxnode", "x") is None
 
     # Accepted, but not runnable: Degraded with the reason, and no Pods.
-    key = Ed25519PrivateKey.generate()
     texts = {"tone": "Be kind."}
     digest = dg.degree_digest([dg.PinnedModule(n, "1", dg.module_digest(t)) for n, t in texts.items()])
     ilk = "ilk:6f1c2a52-7b0e-4c39-9d64-0a1f3c5e8b21"
@@ -389,8 +397,6 @@ def test_invalid_specs_are_refused_by_the_api_server_or_end_degraded_with_a_reas
                            "ilkId": grad.ilk_id}})
 
     apply(cp, ns, [
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "fluxbee-identity-key"},
-         "data": {"ed25519.pub": dg.public_pem(key.public_key()).decode()}},
         {"apiVersion": "fluxbee.io/v1alpha1", "kind": "Module", "metadata": {"name": "tone"},
          "spec": {"version": "1", "content": texts["tone"]}},
         {"apiVersion": "fluxbee.io/v1alpha1", "kind": "Degree", "metadata": {"name": "support"},
@@ -411,6 +417,14 @@ def test_invalid_specs_are_refused_by_the_api_server_or_end_degraded_with_a_reas
     n_running(operator, cp, ns, "fluxbee.io/fluxnode=graduate", 1, "graduate's pod")
     node = operator.wait_for("graduate Ready", reconciled(cp, ns, "fluxnode", "graduate", "Ready"))
     assert node["status"]["graduation"] == "Verified"
+    # The mother hive's SY.identity got its own key (the Deployment is made after the key check),
+    # and the operator left the user's public key in place.
+    operator.wait_for("SY.identity's Deployment", lambda: get(cp, ns, "deployment", "demo-identity"))
+    signing = get(cp, ns, "secret", "demo-identity-key")
+    published = get(cp, ns, "configmap", "fluxbee-identity-key")
+    assert signing is not None and published is not None
+    assert published["data"] == {"ed25519.pub": user_pem}
+    assert base64.b64decode(signing["data"]["signing.key.pub"]).decode() != user_pem
 
     # The missing Runtime appears: the waiting node starts without being touched.
     apply(cp, ns, {**RUNTIME, "metadata": {"name": "ai.missing"}})

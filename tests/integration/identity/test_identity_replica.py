@@ -9,16 +9,17 @@ hive takes, with the primary reached by name through one router instead of two.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from conftest import Db, IdentityProc
-from hive_harness import RouterProc, eventually
+from hive_harness import RouterProc, eventually, read_identity_region
 
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.sdk import NodeConfig, NodeSender, connect
@@ -31,6 +32,7 @@ from fluxbee.identity.store import IdentityStore, StoreSettings
 pytestmark = pytest.mark.integration
 
 REPLICA = "SY.identity.replica"
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -55,10 +57,14 @@ async def node(run_dir: Path, name: str) -> NodeSender:
     return sender
 
 
+def in_region(replica: IdentityProc, read: Callable[[identity_shm.IdentityRegionReader], T]) -> T:
+    """A consistent read of the replica's region (retried while a resync's rebuild holds it)."""
+    return read_identity_region(replica.region_hive, replica.run_dir, read)
+
+
 def replica_hit(replica: IdentityProc, ctype: str, address: str, tenant: str) -> str | None:
-    with identity_shm.IdentityRegionReader(replica.region_hive, run_dir=replica.run_dir) as r:
-        hit = r.lookup_channel(ctype, address, tenant)
-        return hit.ilk_id if hit is not None else None
+    hit = in_region(replica, lambda r: r.lookup_channel(ctype, address, tenant))
+    return hit.ilk_id if hit is not None else None
 
 
 async def default_tenant(db: Db) -> str:
@@ -67,6 +73,18 @@ async def default_tenant(db: Db) -> str:
         return f"tnt:{await conn.fetchval('SELECT tenant_id FROM identity_tenants WHERE is_default')}"
     finally:
         await conn.close()
+
+
+async def until(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float, what: str) -> T:
+    """The first value of ``probe`` that is ``done``; AssertionError with the last one after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last: {value!r}")
+        await asyncio.sleep(0.05)
 
 
 async def replica_metrics(sender: NodeSender) -> dict[str, Any]:
@@ -82,10 +100,9 @@ async def test_writes_on_the_primary_appear_in_the_replica_region_and_writes_to_
         made = await idc.provision_ilk(io, "whatsapp", "+3411")
         await eventually(lambda: replica_hit(replica, "whatsapp", "+3411", tenant) == made["ilk_id"], 5,
                          "the provisioned channel in the replica's region")
-        with identity_shm.IdentityRegionReader(replica.region_hive, run_dir=replica.run_dir) as r:
-            assert not r.header().is_primary, "the replica's region says it is a replica copy"
-            info = r.resolve(made["ilk_id"])
-            assert info is not None and info.registration_status == "temporary"
+        assert not in_region(replica, lambda r: r.header().is_primary), "the replica's region is a replica copy"
+        info = in_region(replica, lambda r: r.resolve(made["ilk_id"]))
+        assert info is not None and info.registration_status == "temporary"
 
         # a merge travels as one delta: alias, moved channel and deleted source together
         person = f"ilk:{uuid.uuid4()}"
@@ -94,10 +111,9 @@ async def test_writes_on_the_primary_appear_in_the_replica_region_and_writes_to_
                               merge_from_ilk_id=made["ilk_id"])
 
         def merged() -> bool:
-            with identity_shm.IdentityRegionReader(replica.region_hive, run_dir=replica.run_dir) as r:
-                return (r.canonical(made["ilk_id"]) == person
-                        and replica_hit(replica, "whatsapp", "+3411", tenant) == person
-                        and replica_hit(replica, "web", "p-web", tenant) == person)
+            return (in_region(replica, lambda r: r.canonical(made["ilk_id"])) == person
+                    and replica_hit(replica, "whatsapp", "+3411", tenant) == person
+                    and replica_hit(replica, "web", "p-web", tenant) == person)
         await eventually(merged, 5, "the merge in the replica's region")
 
         # what routing policies read travels too: subtype, capabilities and roles of ILK_UPDATE
@@ -109,10 +125,9 @@ async def test_writes_on_the_primary_appear_in_the_replica_region_and_writes_to_
             await orch.close()
 
         def updated() -> bool:
-            with identity_shm.IdentityRegionReader(replica.region_hive, run_dir=replica.run_dir) as r:
-                info = r.get_ilk(person)
-                return info is not None and (info.human_subtype, info.roles, info.capabilities) == (
-                    "internal", ("ops",), ("status_reader",))
+            info = in_region(replica, lambda r: r.get_ilk(person))
+            return info is not None and (info.human_subtype, info.roles, info.capabilities) == (
+                "internal", ("ops",), ("status_reader",))
         await eventually(updated, 5, "the ILK_UPDATE in the replica's region")
 
         # writes sent to the replica: NOT_PRIMARY with the original's fields, plus where the primary is
@@ -166,6 +181,48 @@ async def test_a_gap_in_the_delta_sequence_makes_the_replica_resync(
         assert metrics["sync"]["resyncs"].get("gap", 0) >= 1, metrics
         assert metrics["sync"]["full_syncs"] >= 2
     finally:
+        await io.close()
+
+
+async def test_a_write_stuck_in_the_database_does_not_pass_for_a_silent_primary(
+        run_dir: Path, primary: IdentityProc, replica: IdentityProc, identity_db: Db) -> None:
+    """The primary keeps beating while a write waits on a row lock for longer than the replica's
+    silence timeout (1.5 s here): the replica stays synced and takes the delta when the write lands."""
+    io = await node(run_dir, "IO.web")
+    blocker = await identity_db.connect()
+    write: asyncio.Task[dict[str, Any]] | None = None
+    try:
+        tenant = await default_tenant(identity_db)
+        start = (await replica_metrics(io))["sync"]
+        assert start["synced"] is True
+        # every write bumps identity_version: holding its row stalls the primary's next write mid-transaction
+        lock = blocker.transaction()
+        await lock.start()
+        await blocker.execute("SELECT version FROM identity_version WHERE id = 1 FOR UPDATE")
+        write = asyncio.create_task(idc.provision_ilk(io, "web", "stuck", timeout=60))
+        try:
+            await until(lambda: blocker.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+                identity_db.database), lambda n: n >= 1, 10, "the primary's write waiting on the lock")
+            # beats spanning three silence timeouts (0.2 s apart), all while the write is stuck
+            heard = (await until(lambda: replica_metrics(io), lambda m: not m["sync"]["synced"]
+                                 or m["sync"]["heartbeats"] >= start["heartbeats"] + 23,
+                                 30, "23 more heartbeats, or the replica giving up on its primary"))["sync"]
+            assert not write.done()
+            assert heard["synced"] is True and heard["resyncs"] == {}, heard
+        finally:
+            await lock.rollback()
+        made = await write
+        await eventually(lambda: replica_hit(replica, "web", "stuck", tenant) == made["ilk_id"], 10,
+                         "the write's delta in the replica's region")
+        after = (await replica_metrics(io))["sync"]
+        assert after["full_syncs"] == start["full_syncs"] and after["resyncs"] == {}, after
+    finally:
+        if write is not None and not write.done():
+            write.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await write
+        await blocker.close()
         await io.close()
 
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 import topology as topo
+from hive_harness import read_identity_region
 from hosts import DEAD_S, TIMERS, Host, fluxbee, links_up, negate, until
 
 from fluxbee.dataplane.sdk import NodeConfig, connect
-from fluxbee.dataplane.shm import identity as identity_shm
 from fluxbee.identity import client as idc
 
 pytestmark = pytest.mark.integration
@@ -106,6 +106,5 @@ async def test_a_worker_replica_catches_up_after_a_cut_wire(pair: tuple[topo.Top
         net.heal("a", "b")
     caught = await until(lambda: replica_at(b, version), 90, f"B's replica at the primary's version {version}")
     print(f"\n[{net.kind}] B's replica caught up to version {version} {caught:.2f} s after the wire came back")
-    with identity_shm.IdentityRegionReader("B", run_dir=b.run_dir) as region:
-        info = region.resolve(ilk)  # written on the primary while B was cut off
-        assert info is not None and info.registration_status == "temporary"
+    info = read_identity_region("B", b.run_dir, lambda r: r.resolve(ilk))  # written while B was cut off
+    assert info is not None and info.registration_status == "temporary"

@@ -40,13 +40,15 @@ def graduation(key: Ed25519PrivateKey, digest: str, ilk: str = ILK) -> dict[str,
 
 
 async def setup(cluster: Cluster, key: Ed25519PrivateKey, hive: dict[str, Any] = HIVE) -> None:
-    await cluster.api.create("hives", NS, hive)
-    await cluster.api.create("runtimes", NS, RUNTIME)
+    # The key before the Hive: on a mother hive the operator publishes SY.identity's key into this
+    # ConfigMap when it is absent, so a create after the Hive could meet the operator's copy (409).
     await cluster.api.create("configmaps", NS, {
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": OperatorSettings().identity_key_config_map, "namespace": NS},
         "data": {"ed25519.pub": dg.public_pem(key.public_key()).decode()},
     })
+    await cluster.api.create("hives", NS, hive)
+    await cluster.api.create("runtimes", NS, RUNTIME)
     for name, text in TEXTS.items():
         await cluster.api.create("modules", NS, doc("Module", name, {"version": "1", "content": text}))
     await cluster.api.create("degrees", NS, doc("Degree", "support", {

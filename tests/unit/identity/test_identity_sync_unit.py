@@ -71,6 +71,8 @@ def test_deltas_apply_in_sequence_and_duplicates_are_skipped() -> None:
     assert change == d.change and t.version == 11
     assert t.on_delta(delta(11)) is None and t.on_delta(delta(5)) is None, "duplicates are harmless"
     t.on_heartbeat(sync.Heartbeat("e1", 11))
+    t.on_heartbeat(sync.Heartbeat("e1", 9))  # behind what we applied: a beat sent before the delta left
+    assert (t.synced, t.version, t.heartbeats, t.resyncs) == (True, 11, 2, {})
 
 
 @pytest.mark.parametrize(("event", "reason"), [
