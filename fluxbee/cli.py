@@ -90,6 +90,12 @@ def _run_dir(value: str | None) -> Path:
     return Path(value) if value else default_run_dir()
 
 
+def _busy_poll_us(value: str) -> int:
+    if not value.isdigit() or int(value) > 10_000:
+        raise argparse.ArgumentTypeError(f"expected microseconds from 0 to 10000, got {value!r}")
+    return int(value)
+
+
 def _hive_id(value: str) -> str:
     """The hive-id rule every layer applies (:mod:`fluxbee.dataplane.names`)."""
     from fluxbee.dataplane.names import hive_id_argument
@@ -124,6 +130,7 @@ def cmd_router(args: argparse.Namespace) -> int:
         slow_consumer_timeout_s=args.slow_consumer_timeout,
         identity_frontdesk=args.identity_frontdesk,
         scheduling=args.scheduling,
+        busy_poll_us=args.busy_poll_us,
         claims_dir=Path(args.claims_dir) if args.claims_dir else None,
         policy_dir=Path(args.policy_dir) if args.policy_dir else None,
         socket_group=args.socket_group,
@@ -441,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--identity-frontdesk", default=names.FRONTDESK_NODE, metavar="NAME",
                    help="where dst=null messages from temporary ILKs go (L2 name; @HIVE added when absent; "
                         f"default {names.FRONTDESK_NODE})")
+    r.add_argument("--busy-poll-us", type=_busy_poll_us, default=0, metavar="US",
+                   help="after routing a read, keep polling this many microseconds before sleeping: lower "
+                        "latency for CPU (at most half a CPU; default 0, off)")
     r.add_argument("--scheduling", choices=["batch", "inherit"], default="batch",
                    help="CPU scheduling class: batch (default; Linux SCHED_BATCH, no preemption on wake-up: "
                         "faster hand-offs, longer tail when every CPU is saturated) or inherit (keep the "

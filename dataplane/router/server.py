@@ -71,6 +71,7 @@ from fluxbee.dataplane import alloc, fastpath, shm, wire
 from fluxbee.dataplane.link.settings import LinkConfigError
 from fluxbee.dataplane.names import ROUTER_PREFIX, hive_id_problem
 from fluxbee.dataplane.router import config_state, dispatch, handshake, scheduling, trust
+from fluxbee.dataplane.router.busypoll import BusyPoll
 from fluxbee.dataplane.router.config_state import SectionVersions
 from fluxbee.dataplane.router.connection import Batched, Conn
 from fluxbee.dataplane.router.counters import Counters
@@ -122,6 +123,7 @@ class Router:
         # Output batching (Conn.send / Conn.process): connections with frames queued in this read.
         self.batching = False
         self.dirty: list[Batched] = []
+        self.busy_poll: BusyPoll | None = None  # made in start(), when the loop runs
         self.paused_producers = 0
         self.fast_path = FastPath(self)
         self.route_frames: Callable[[Conn, list[bytes]], None] = self.fast_path.route
@@ -150,6 +152,8 @@ class Router:
     # lifecycle ---------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
+        if s.busy_poll_us > 0:
+            self.busy_poll = BusyPoll(asyncio.get_running_loop(), s.busy_poll_us)
         path = self.socket_path
         if len(os.fsencode(path)) > MAX_SOCKET_PATH:
             raise RouterError(f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes; use a shorter --run-dir")
@@ -315,6 +319,8 @@ class Router:
             self.dirty = []
             for conn in dirty:
                 conn.flush()
+        if self.busy_poll is not None:
+            self.busy_poll.kick()
 
     def on_frame(self, conn: Conn, body: bytes) -> None:
         """The general path for one frame (HELLO included): :func:`dispatch.on_frame`."""

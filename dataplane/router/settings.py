@@ -44,6 +44,9 @@ class RouterSettings:
     scheduling: str = "batch"
     """CPU scheduling class of the router process, set by :func:`run_router`: ``batch`` or
     ``inherit`` (:mod:`fluxbee.dataplane.router.scheduling` says why and what it costs)."""
+    busy_poll_us: int = 0
+    """After routing a read, keep polling this long before sleeping (0: off; see
+    :mod:`fluxbee.dataplane.router.busypoll` for what it trades)."""
     claims_dir: Path | None = None
     """Claimed names and their proofs (:mod:`fluxbee.dataplane.router.trust`), polled like the config
     file.  Without it no claims file exists: ``SY.*``/``RT.*`` names cannot register at all."""

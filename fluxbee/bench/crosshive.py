@@ -3,6 +3,8 @@
 * **link** — two ``fluxbee router`` processes with their own hive ids (A and B), B dialling A's
   gateway over TLS 1.3 with certificates from a CA made for the run; the echo node and the sink
   run on B, the client on A, so every request crosses router A → link → router B → echo and back.
+* **link_poll** — the same with both routers run with ``--busy-poll-us`` :data:`BUSY_POLL_US`
+  (off by default: it trades CPU for latency, see :mod:`fluxbee.dataplane.router.busypoll`).
 * **nats2** — two ``nats-server`` processes joined by a cluster route; the responder is connected
   to the second server, the client to the first, so every request crosses the route both ways.
 
@@ -34,6 +36,9 @@ DEAD_S = 1.0
 """Link timers of the bench's routers (the defaults, 10 s / 40 s, would make the failure figures minutes long)."""
 
 
+BUSY_POLL_US = 100
+"""The ``--busy-poll-us`` of the second link's routers (``link_poll``): the option's effect, same run."""
+
 WINDOW = 1_000
 """One-way messages between the sink's acknowledgements, for both transports.  The link itself needs
 no window (a full sink makes router B stop reading the link and router A hold the producer: see
@@ -62,14 +67,16 @@ class LinkPeer:
 
     name = "link"
 
-    def __init__(self, sender: Any, receiver: Any, router_b: int) -> None:
+    def __init__(self, sender: Any, receiver: Any, router_b: int, name: str = "link") -> None:
+        self.name = name
         self.sender = sender
         self.receiver = receiver
         self.router_b = router_b
         self.payload = "x" * 200
 
     @classmethod
-    async def start(cls, tmp: Path, procs: list[Any]) -> LinkPeer:
+    async def start(cls, tmp: Path, procs: list[Any], *, busy_poll_us: int = 0) -> LinkPeer:
+        """Both routers with ``--busy-poll-us busy_poll_us`` (0: the default, off); in ``tmp``."""
         from fluxbee.bench.harness import Proc as _Proc
         from fluxbee.bench.harness import fluxbee as _fluxbee
         from fluxbee.bench.harness import free_port as _free_port
@@ -78,13 +85,15 @@ class LinkPeer:
         from fluxbee.dataplane.link.certs import issue_hive_cert, make_ca, write_pem_pair
         from fluxbee.dataplane.sdk import NodeConfig, connect
 
+        tmp.mkdir(parents=True, exist_ok=True)
         ca_cert, ca_key = make_ca("bench")
         (tmp / "ca.crt").write_bytes(ca_cert)
         for hive in ("A", "B"):
             cert, key = issue_hive_cert(ca_cert, ca_key, hive)
             write_pem_pair(tmp / f"{hive}.crt", cert, tmp / f"{hive}.key", key)
         port = _free_port()
-        timers = ("--link-hello-interval", str(HELLO_S), "--link-dead-interval", str(DEAD_S))
+        timers = ("--link-hello-interval", str(HELLO_S), "--link-dead-interval", str(DEAD_S),
+                  "--busy-poll-us", str(busy_poll_us))
 
         def router(hive: str, *link: str) -> Any:
             run_dir = tmp / f"x{hive}"
@@ -103,7 +112,7 @@ class LinkPeer:
         procs.append(echo)
         procs.append(_Proc(_worker("sink-node", str(tmp / "xB"), "WF.sink")))
         sender, receiver = await connect(NodeConfig(name="WF.bench.far", run_dir=tmp / "xA"))
-        peer = cls(sender, receiver, b.pid)
+        peer = cls(sender, receiver, b.pid, "link_poll" if busy_poll_us else "link")
         await _until(peer.answers, 30, "WF.echo@B across the link")
         return peer
 
@@ -247,7 +256,8 @@ async def measure(round_trips: int, messages: int, tmp: Path, rest_s: float = 1.
     with _procs() as procs:
         peers: list[Any] = []
         try:
-            peers.append(await LinkPeer.start(tmp, procs))
+            peers.append(await LinkPeer.start(tmp / "link", procs))
+            peers.append(await LinkPeer.start(tmp / "poll", procs, busy_poll_us=BUSY_POLL_US))
             peers.append(await NatsPairPeer.start(tmp, procs))
             for peer in peers:
                 await peer.rtt(min(500, round_trips))
@@ -274,7 +284,10 @@ async def measure(round_trips: int, messages: int, tmp: Path, rest_s: float = 1.
     out["ratios"] = {
         "link_p50_over_nats2_p50": round(out["link"]["rtt_us"]["p50"] / out["nats2"]["rtt_us"]["p50"], 2),
         "link_msgs_over_nats2_msgs": round(out["link"]["msgs_per_s"] / out["nats2"]["msgs_per_s"], 2),
+        "link_poll_p50_over_nats2_p50": round(out["link_poll"]["rtt_us"]["p50"] / out["nats2"]["rtt_us"]["p50"], 2),
+        "link_poll_msgs_over_nats2_msgs": round(out["link_poll"]["msgs_per_s"] / out["nats2"]["msgs_per_s"], 2),
     }
+    out["busy_poll_us"] = BUSY_POLL_US
     out["link_failure"] = {**failure, "hello_s": HELLO_S, "dead_s": DEAD_S}
     out["round_trips"] = round_trips
     out["messages"] = messages
@@ -284,13 +297,16 @@ async def measure(round_trips: int, messages: int, tmp: Path, rest_s: float = 1.
 def format_section(r: dict[str, Any]) -> str:
     rows = ["", "cross-hive (hive A → WF.echo@B over the mTLS link; NATS: two servers joined by a route)",
             f"{'transport':10} {'p50 µs':>9} {'p99 µs':>9} {'msgs/s':>11}"]
-    for key in ("link", "nats2"):
+    for key in ("link", "link_poll", "nats2"):
         v = r[key]
         rows.append(f"{key:10} {v['rtt_us']['p50']:>9.1f} {v['rtt_us']['p99']:>9.1f} {v['msgs_per_s']:>11,}")
     ratios, failure = r["ratios"], r["link_failure"]
     rows += [
         f"link p50 / NATS-pair p50 = {ratios['link_p50_over_nats2_p50']:.2f}   (target ≤ 0.5)",
         f"link msgs/s / NATS-pair  = {ratios['link_msgs_over_nats2_msgs']:.2f}   (target ≥ 1)",
+        f"link_poll (routers with --busy-poll-us {r['busy_poll_us']}): p50 / NATS-pair p50 = "
+        f"{ratios['link_poll_p50_over_nats2_p50']:.2f}, "
+        f"msgs/s / NATS-pair = {ratios['link_poll_msgs_over_nats2_msgs']:.2f}",
         f"dead link detected in {failure['detect_s']} s, answered again {failure['reconverge_s']} s after healing "
         f"(hello {failure['hello_s']} s, dead {failure['dead_s']} s; a frozen peer router, loopback)",
     ]

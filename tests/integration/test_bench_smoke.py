@@ -76,10 +76,12 @@ def test_fluxbee_bench_json_reports_every_transport_and_the_router_memory() -> N
     assert result["router_scheduling"] in ("batch", "normal")  # batch unless the platform refused it
     assert result["router_allocator"] == (alloc.left_alone(os.environ) or "tuned")
     cross = result["cross_hive"]  # hive A to WF.echo@B over the link, against two routed NATS servers
-    for key in ("link", "nats2"):
+    for key in ("link", "link_poll", "nats2"):  # link_poll: the same link, routers with --busy-poll-us
         assert 0 < cross[key]["rtt_us"]["p50"] <= cross[key]["rtt_us"]["p99"]
         assert cross[key]["msgs_per_s"] > 0
-    assert set(cross["ratios"]) == {"link_p50_over_nats2_p50", "link_msgs_over_nats2_msgs"}
+    assert set(cross["ratios"]) == {"link_p50_over_nats2_p50", "link_msgs_over_nats2_msgs",
+                                    "link_poll_p50_over_nats2_p50", "link_poll_msgs_over_nats2_msgs"}
+    assert cross["busy_poll_us"] > 0
     failure = cross["link_failure"]
     assert failure["detect_s"] > 0 and failure["reconverge_s"] > 0 and failure["dead_s"] > failure["hello_s"]
 

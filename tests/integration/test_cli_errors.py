@@ -19,6 +19,8 @@ def fluxbee(*args: str) -> subprocess.CompletedProcess[str]:
     (("router", "--hive-id", "h", "--router-name", "WF.not.a.router"), "must be an RT.* name"),
     (("router", "--hive-id", "h", "--metrics-addr", "nowhere"), "expected HOST:PORT"),
     (("router", "--hive-id", "h", "--scheduling", "fifo"), "invalid choice: 'fifo' (choose from 'batch', 'inherit')"),
+    (("router", "--hive-id", "h", "--busy-poll-us", "20000"), "expected microseconds from 0 to 10000"),
+    (("router", "--hive-id", "h", "--busy-poll-us", "-1"), "expected microseconds from 0 to 10000"),
     (("send", "WF.echo", "--payload", "{bad"), "--payload is not valid JSON"),
     (("up", "--hive-id", "no spaces"), "must match"),
 ])

@@ -276,6 +276,22 @@ async def test_the_router_keeps_its_class_when_told_to_inherit(router_factory: C
     assert _kernel_policy(router.proc.pid) == os.SCHED_OTHER
 
 
+async def test_busy_polling_is_off_by_default(router: RouterProc) -> None:
+    assert router.status()["router"]["busy_poll"] is None
+
+
+async def test_a_busy_polling_router_routes_as_before_and_says_it_polls(router_factory: Callable[..., RouterProc],
+                                                                        spawn: Callable[..., NodeProc],
+                                                                        client: Client) -> None:
+    polling = router_factory(extra=("--busy-poll-us", "200"))
+    spawn("echo", "WF.echo")
+    node = await client("WF.asker")
+    for _ in range(20):  # routed as without the option
+        assert (await node.request("WF.echo", {"n": 1})).payload == {"n": 1}
+    busy = polling.status()["router"]["busy_poll"]
+    assert busy["window_us"] == 200 and busy["windows"] > 0 and busy["budget_cpu_share"] == 0.5
+
+
 async def test_the_sdk_serves_config_get_and_applies_config_set(router: RouterProc, spawn: Callable[..., NodeProc],
                                                                 client: Client) -> None:
     spawn("echo", "WF.echo")

@@ -66,8 +66,11 @@ _POLICY = {"identities": 10_000, "evaluations": 2_000,
 
 
 _CROSS = {"link": {"rtt_us": {"p50": 100.0, "p99": 170.0}, "msgs_per_s": 80_000},
+          "link_poll": {"rtt_us": {"p50": 60.0, "p99": 400.0}, "msgs_per_s": 70_000},
           "nats2": {"rtt_us": {"p50": 220.0, "p99": 480.0}, "msgs_per_s": 140_000},
-          "ratios": {"link_p50_over_nats2_p50": 0.45, "link_msgs_over_nats2_msgs": 0.57},
+          "ratios": {"link_p50_over_nats2_p50": 0.45, "link_msgs_over_nats2_msgs": 0.57,
+                     "link_poll_p50_over_nats2_p50": 0.27, "link_poll_msgs_over_nats2_msgs": 0.5},
+          "busy_poll_us": 100,
           "link_failure": {"detect_s": 1.1, "reconverge_s": 0.6, "hello_s": 0.2, "dead_s": 1.0}}
 
 
@@ -87,8 +90,11 @@ def test_the_default_report_has_the_transport_table_then_the_targets_then_the_no
     assert lines[26] == ("  routed round trip in this run: explicit dst p50 25.0 µs, dst:null p50 27.5 µs, ratio 1.10 "
                          "(target ≤ 1.2); one-way 2,000 / 1,000 msgs/s")
     assert lines[28].startswith("cross-hive (hive A → WF.echo@B over the mTLS link")
-    assert lines[32] == "link p50 / NATS-pair p50 = 0.45   (target ≤ 0.5)"
-    assert len(lines) == 35
+    assert lines[31].split()[:2] == ["link_poll", "60.0"]
+    assert lines[33] == "link p50 / NATS-pair p50 = 0.45   (target ≤ 0.5)"
+    assert lines[35] == ("link_poll (routers with --busy-poll-us 100): p50 / NATS-pair p50 = 0.27, "
+                         "msgs/s / NATS-pair = 0.50")
+    assert len(lines) == 37
     assert isinstance(run.SECTIONS[0], Transports)
 
 
