@@ -77,13 +77,15 @@ def plan_hive(
         "routes": [x.model_dump(mode="json") for x in hive.spec.routes],
         "vpns": [x.model_dump(mode="json") for x in hive.spec.vpns],
     }
+    busy_poll = ("--busy-poll-us", str(hive.spec.router_busy_poll_us)) if hive.spec.router_busy_poll_us else ()
     router = ProcessSpec(
         key="router",
         argv=(sys.executable, "-m", "fluxbee", "router", "--hive-id", hid, "--run-dir", str(run_dir),
               "--router-name", hive.spec.router_name, "--scheduling", hive.spec.router_scheduling,
+              *busy_poll,
               "--config", str(run_dir / "hive" / "config.json"), "--claims-dir", str(claims_dir(run_dir)),
               *link_args),
-        digest=_digest(hid, hive.spec.router_name, hive.spec.router_scheduling, list(link_args)),
+        digest=_digest(hid, hive.spec.router_name, hive.spec.router_scheduling, list(link_args), *busy_poll),
     )
     nodes: list[ProcessSpec] = []
     seen: set[str] = set()

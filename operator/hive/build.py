@@ -299,6 +299,7 @@ def router_container(hive: Hive, namespace: str, settings: OperatorSettings, ima
             hive.spec.router_name,
             "--scheduling",
             hive.spec.router_scheduling,
+            *(("--busy-poll-us", str(hive.spec.router_busy_poll_us)) if hive.spec.router_busy_poll_us else ()),
             "--metrics-addr",
             f"0.0.0.0:{port}",
             "--claims-dir",

@@ -70,6 +70,16 @@ def test_the_router_runs_in_the_hives_scheduling_class_and_restarts_when_it_chan
     assert inherit.digest != default.digest  # the supervisor restarts the router with the new class
 
 
+def test_busy_polling_is_passed_to_the_router_only_when_the_hive_asks_for_it() -> None:
+    default = plan(HIVE + node("WF.echo")).router
+    assert "--busy-poll-us" not in default.argv
+    polling = plan(HIVE.replace("spec:\n", "spec:\n  routerBusyPollUs: 100\n") + node("WF.echo")).router
+    assert polling.argv[polling.argv.index("--busy-poll-us") + 1] == "100"
+    assert polling.digest != default.digest
+    with pytest.raises(Exception, match="routerBusyPollUs"):
+        plan(HIVE.replace("spec:\n", "spec:\n  routerBusyPollUs: 20000\n") + node("WF.echo"))
+
+
 def test_the_hive_id_can_be_overridden() -> None:
     assert plan(HIVE + node("WF.echo"), hive_id="other").hive_id == "other"
 

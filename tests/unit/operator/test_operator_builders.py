@@ -83,6 +83,18 @@ def test_the_router_container_gets_the_hives_scheduling_class() -> None:
         hive(routerScheduling="fifo")
 
 
+def test_the_router_container_busy_polls_only_when_the_hive_asks() -> None:
+    def command(h: Hive) -> list[str]:
+        containers = build_daemon_set(h, "ns", SETTINGS)["spec"]["template"]["spec"]["containers"]
+        return list(next(c for c in containers if c["name"] == "router")["command"])
+
+    assert "--busy-poll-us" not in command(hive())
+    polling = command(hive(routerBusyPollUs=50))
+    assert polling[polling.index("--busy-poll-us") + 1] == "50"
+    with pytest.raises(ValidationError, match="routerBusyPollUs"):
+        hive(routerBusyPollUs=-1)
+
+
 def test_pod_spec_digest_changes_with_config_and_image_only() -> None:
     package = resolve_package(runtime(command=["x"]), None, SETTINGS)
     a = build_pod(node(), hive(), package, "ns", 0, "d1", SETTINGS)
