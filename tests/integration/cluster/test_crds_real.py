@@ -204,7 +204,7 @@ def test_the_schema_defaults_are_written_by_the_api_server(crds: ControlPlane, n
                                                    vpns=[{"pattern": "WF.", "vpnId": 3}])):
         crds.kubectl("-n", namespace, "create", "-f", "-", input=json.dumps(doc))
     hive = crds.get_json("-n", namespace, "hive", "demo")["spec"]
-    assert hive == {"role": "motherbee", "routerName": "RT.gateway", "routerScheduling": "batch",
+    assert hive == {"role": "motherbee", "routerName": "RT.gateway", "routerScheduling": "batch", "routerBusyPollUs": 0,
                     "gatewayPort": 9000, "meshPort": 9001}
     routed = crds.get_json("-n", namespace, "hive", "routed")["spec"]
     assert routed["routes"] == [{"prefix": "AI.", "action": "DROP", "matchKind": "PREFIX", "metric": 0,
