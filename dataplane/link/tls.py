@@ -89,17 +89,14 @@ class TlsChannel(asyncio.Protocol, asyncio.Transport):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        was = self.state
         self.state = "closed"
         self._cancel_timer()
         if not self.ready.done():
             self.ready.set_exception(exc if exc is not None else
                                      ConnectionResetError("the connection closed during the TLS handshake"))
-        if self._app_connected:
+        if self._app_connected:  # otherwise the handshake's failure went through ``ready``
             self._app_connected = False
             self.app.connection_lost(exc)
-        elif was == "handshake" and exc is None:
-            pass  # the handshake failure was already reported through ``ready``
 
     def pause_writing(self) -> None:
         if self._app_connected:

@@ -315,3 +315,13 @@ def node_names(run_dir: Path) -> dict[str, list[str]]:
     for rec in read_node_table(run_dir):
         out.setdefault(rec.name, []).append(rec.uuid)
     return out
+
+
+def linked_hive_file(hive: str, mother: str | None) -> str:
+    """A hive file for ``fluxbee up``: hive ``hive`` (a worker of ``mother``, else the motherbee) with
+    one ``WF.echo``."""
+    spec = {"role": "worker", "motherHive": mother} if mother else {"role": "motherbee"}
+    docs = [{"apiVersion": "fluxbee.io/v1alpha1", "kind": "Hive", "metadata": {"name": hive}, "spec": spec},
+            {"apiVersion": "fluxbee.io/v1alpha1", "kind": "FluxNode", "metadata": {"name": "echo"},
+             "spec": {"hive": hive, "nodeName": "WF.echo", "runtime": "fluxbee.echo", "replicas": 1}}]
+    return "\n---\n".join(json.dumps(d) for d in docs)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hive_harness import fluxbee_argv, free_port, read_identity_region, stop_process, wait_until
+from hive_harness import fluxbee_argv, free_port, linked_hive_file, read_identity_region, stop_process, wait_until
 
 from fluxbee.dataplane.sdk import NodeConfig, connect
 from fluxbee.identity import client as idc
@@ -35,14 +35,6 @@ TENANT = "tnt:7e1f0000-0000-4000-8000-000000000001"
 START_TIMEOUT = 90.0
 """Three hives, one embedded PostgreSQL, on a shared 2-core machine: generous on purpose."""
 LINK_TIMEOUT = 60.0
-
-
-def hive_file(hive: str, mother: str | None) -> str:
-    spec = {"role": "worker", "motherHive": mother} if mother else {"role": "motherbee"}
-    docs = [{"apiVersion": "fluxbee.io/v1alpha1", "kind": "Hive", "metadata": {"name": hive}, "spec": spec},
-            {"apiVersion": "fluxbee.io/v1alpha1", "kind": "FluxNode", "metadata": {"name": "echo"},
-             "spec": {"hive": hive, "nodeName": "WF.echo", "runtime": "fluxbee.echo", "replicas": 1}}]
-    return "\n---\n".join(json.dumps(d) for d in docs)
 
 
 @dataclass
@@ -75,7 +67,7 @@ class Hive:
 
     def start(self) -> None:
         file = self.root / "hive.yaml"
-        file.write_text(hive_file(self.hive_id, self.mother))
+        file.write_text(linked_hive_file(self.hive_id, self.mother))
         argv = fluxbee_argv("up", "-f", str(file), "--hive-id", self.hive_id, "--run-dir", str(self.run_dir),
                             "--admin-listen", f"127.0.0.1:{self.admin_port}" if self.admin else "off",
                             "--wan-listen", self.wan, "--wan-ca", str(self.ca))

@@ -59,26 +59,24 @@ async def _after(ctx: Context, target: str, name: str, result: dict[str, Any], s
     return out
 
 
-async def start_node(ctx: Context, target: str, p: s.NodeParams, call: Call) -> dict[str, Any]:
+async def _start_or_restart(ctx: Context, target: str, p: s.NodeParams, call: Call, action: str) -> dict[str, Any]:
     await check_hive(ctx, target)
     name = full_node_name(ctx, target, p.node_name)
     since_ms = int(time.time() * 1000)
+    run = ctx.backend.start_node if action == "start_node" else ctx.backend.restart_node
 
     async def work() -> dict[str, Any]:
-        return await _after(ctx, target, name, await ctx.backend.start_node(name), since_ms)
+        return await _after(ctx, target, name, await run(name), since_ms)
 
-    return await record_change(ctx, call, "node", "start_node", time.time(), work(), {"node_name": name})
+    return await record_change(ctx, call, "node", action, time.time(), work(), {"node_name": name})
+
+
+async def start_node(ctx: Context, target: str, p: s.NodeParams, call: Call) -> dict[str, Any]:
+    return await _start_or_restart(ctx, target, p, call, "start_node")
 
 
 async def restart_node(ctx: Context, target: str, p: s.NodeParams, call: Call) -> dict[str, Any]:
-    await check_hive(ctx, target)
-    name = full_node_name(ctx, target, p.node_name)
-    since_ms = int(time.time() * 1000)
-
-    async def work() -> dict[str, Any]:
-        return await _after(ctx, target, name, await ctx.backend.restart_node(name), since_ms)
-
-    return await record_change(ctx, call, "node", "restart_node", time.time(), work(), {"node_name": name})
+    return await _start_or_restart(ctx, target, p, call, "restart_node")
 
 
 async def remove_node_instance(ctx: Context, target: str, p: s.NodeParams, call: Call) -> dict[str, Any]:

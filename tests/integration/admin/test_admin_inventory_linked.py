@@ -20,18 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hive_harness import fluxbee_argv, free_port, stop_process, wait_until
+from hive_harness import fluxbee_argv, free_port, linked_hive_file, stop_process, wait_until
 
 START_TIMEOUT = 90.0
 """Two hives on a shared 2-core machine: generous on purpose."""
-
-
-def hive_file(hive: str, mother: str | None) -> str:
-    spec = {"role": "worker", "motherHive": mother} if mother else {"role": "motherbee"}
-    docs = [{"apiVersion": "fluxbee.io/v1alpha1", "kind": "Hive", "metadata": {"name": hive}, "spec": spec},
-            {"apiVersion": "fluxbee.io/v1alpha1", "kind": "FluxNode", "metadata": {"name": "echo"},
-             "spec": {"hive": hive, "nodeName": "WF.echo", "runtime": "fluxbee.echo", "replicas": 1}}]
-    return "\n---\n".join(json.dumps(d) for d in docs)
 
 
 @dataclass
@@ -50,7 +42,7 @@ class Hive:
 
     def start(self) -> None:
         file = self.root / "hive.yaml"
-        file.write_text(hive_file(self.hive_id, self.mother))
+        file.write_text(linked_hive_file(self.hive_id, self.mother))
         log = self.root / "up.log"
         argv = fluxbee_argv("up", "-f", str(file), "--hive-id", self.hive_id, "--run-dir", str(self.root / "run"),
                             "--admin-listen", f"127.0.0.1:{self.admin_port}", "--wan-listen", self.wan,
