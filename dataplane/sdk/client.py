@@ -93,6 +93,8 @@ class _Client(_Framing, _Writes):
         self.node_config: dict[str, Any] = dict(config.config or {})
         self.config_version = control.initial_config_version(self.node_config)
         self.inbox = _Inbox(config.inbound_queue, self._inbox_drained)
+        self.callback_held = config.on_message is not None
+        """``on_message`` messages wait in the inbox until :meth:`release_callback` (``connect()`` returned)."""
         # Requests waiting for their reply: trace id -> (future, deadline in loop time, timeout).
         self.pending: dict[str, tuple[asyncio.Future[Message], float, float]] = {}
         self._sweeper: asyncio.Task[None] | None = None
@@ -162,8 +164,7 @@ class _Client(_Framing, _Writes):
             if self.failure is not None:
                 raise self.failure
             raise NotConnectedError("connection lost right after ANNOUNCE")
-        self.connections += 1
-        self._mark_up()
+        # Marked up by _on_announce already, not here: this coroutine resumes a loop iteration later.
 
     def _mark_up(self) -> None:
         """The connection in ``self.proto`` is announced: frames may flow."""
@@ -289,7 +290,7 @@ class _Client(_Framing, _Writes):
                 entry[0].set_result(msg)
                 return
         callback = self.config.on_message
-        if callback is not None:
+        if callback is not None and not self.callback_held:
             try:
                 callback(msg)
             except Exception:
@@ -323,6 +324,33 @@ class _Client(_Framing, _Writes):
             return True
         return False
 
+    def release_callback(self) -> None:
+        """``connect()`` has returned: hand what arrived before that to ``on_message``, then go direct.
+
+        Until then an ``on_message`` node's messages wait in the inbox (bounded, and read no further
+        when it is full): the callback typically answers through the sender that ``connect()``
+        returns, and a message may come right behind the ANNOUNCE.  They are delivered from a later
+        loop iteration, after the caller has kept its sender, and in order: frames that arrive
+        meanwhile still queue behind them.
+        """
+        if not self.callback_held:
+            return
+        if not self.inbox.items:
+            self.callback_held = False
+            return
+        (self.loop or asyncio.get_running_loop()).call_soon(self._deliver_held)
+
+    def _deliver_held(self) -> None:
+        callback = self.config.on_message
+        inbox = self.inbox
+        while inbox.items and callback is not None:
+            msg = inbox.pop()  # resumes reading once half the backlog is gone
+            try:
+                callback(msg)
+            except Exception:
+                log.exception("on_message callback failed for %s; message dropped", msg.routing.trace_id)
+        self.callback_held = False
+
     def _inbox_drained(self) -> None:
         proto = self.proto
         if self._reading_paused and proto is not None and proto.transport is not None:
@@ -345,8 +373,14 @@ class _Client(_Framing, _Writes):
         self.vpn_id = ann.vpn_id
         self.router_name = ann.router_name
         self.router_uuid = msg.routing.src
-        if self._announced is not None and not self._announced.done():
-            self._announced.set_result(None)
+        announced = self._announced
+        if announced is not None and not announced.done():
+            announced.set_result(None)
+            # Up at once, not when open() resumes: the router listed this node in its table as it wrote
+            # the ANNOUNCE, so a request may follow it in this very read (a loaded host runs the node's
+            # process late), and an on_message callback must be able to answer it.
+            self.connections += 1
+            self._mark_up()
 
     def _answer(self, msg: Message, name: str, payload: dict[str, Any], bulky: str) -> None:
         """Send an automatic answer; one too large for a frame goes without its ``bulky`` field.

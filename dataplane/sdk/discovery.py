@@ -121,7 +121,8 @@ class NodeConfig:
     on_message: Callable[[Message], None] | None = None
     """Deliver messages to this callback, synchronously as frames arrive, instead of the
     receiver's queue: no task switch per message.  It must not block; it may send with
-    :meth:`NodeSender.send_nowait`/:meth:`NodeSender.reply_nowait`."""
+    :meth:`NodeSender.send_nowait`/:meth:`NodeSender.reply_nowait`.  It is first called once
+    ``connect()`` has returned (what came before waits, in order), so it may use that sender."""
     credential_file: Path | None = field(default_factory=credential_file_from_env)
     """File holding the token that proves a claimed name (default ``$FLUXBEE_NODE_CREDENTIAL_FILE``);
     read at each connection, so a rotated token is picked up on reconnect."""

@@ -271,7 +271,9 @@ async def connect(config: NodeConfig) -> tuple[NodeSender, NodeReceiver]:
     """Connect (retrying with backoff up to ``config.connect_timeout``) and say HELLO."""
     client = _Client(config)
     await client.open_with_retry(time.monotonic() + config.connect_timeout)
-    return NodeSender(client), NodeReceiver(client)
+    sender, receiver = NodeSender(client), NodeReceiver(client)
+    client.release_callback()  # on_message gets what came before this returned, from the next iteration
+    return sender, receiver
 
 
 def text_v1(content: str, *, attachments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
