@@ -99,6 +99,19 @@ def read_identity_region(hive_id: str, run_dir: Path, read: Callable[[identity_s
             time.sleep(0.01)
 
 
+async def until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Wait for ``cond()``, evaluated on the event loop itself: for state that lives on the loop (sessions,
+    channels, protocol objects), which :func:`eventually` must not read from its worker thread."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
 async def eventually(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
     """Like :func:`wait_until`, but lets the event loop run (SDK writes are flushed by it)."""
     import asyncio

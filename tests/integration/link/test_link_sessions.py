@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
 import pytest
+from hive_harness import until
 
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.link import protocol as p
@@ -68,15 +69,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path,
             write_pem_pair(d / "tls.crt", cert, d / "tls.key", key)
         return d / "tls.crt", d / "tls.key", root / "ca.crt"
     return issue
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import ssl
 from collections.abc import Callable
 
 import pytest
+from hive_harness import until
 
 from fluxbee.dataplane.link.certs import issue_hive_cert, make_ca, write_pem_pair
 from fluxbee.dataplane.link.session import client_context, server_context
@@ -75,15 +76,6 @@ class App(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.resumed += 1
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 def stdlib_client(pki: Pki, hive: str) -> ssl.SSLContext:
