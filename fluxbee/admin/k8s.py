@@ -313,7 +313,10 @@ class KubernetesBackend:
                 await self.api.delete("fluxnodes", self.namespace, resource)
             except ApiError as err:
                 raise api_error(err, f"deleting FluxNode {resource}") from err
-        out: dict[str, Any] = {"unit": f"fluxnode/{resource}", "pids": [], "was_running": bool(pods),
+        # Running = asked to run (replicas > 0), even before the operator has made its Pod; a FluxNode at
+        # replicas 0 is a stopped node, which kill reports as `not_found` (and still deletes).
+        asked = (node.get("spec") or {}).get("replicas", 1) > 0
+        out: dict[str, Any] = {"unit": f"fluxnode/{resource}", "pids": [], "was_running": asked or bool(pods),
                                "pods": sorted(p["metadata"]["name"] for p in pods)}
         if params.purge_instance:  # the operator deletes the node's ConfigMap with it; no state volume exists
             self._status_versions.pop(name, None)

@@ -113,8 +113,10 @@ async def kill_node(ctx: Context, target: str, p: s.KillNodeParams, call: Call) 
 
     async def work() -> dict[str, Any]:
         result = await ctx.backend.kill_node(name, p)
-        return {"status": "ok", "hive": target, "target": target, "node_name": name,
-                "signal": "SIGKILL" if p.force else p.signal, "force": p.force,
+        # The original's contract: killing a node that does not run says `not_found` in the payload (the
+        # envelope stays 200 "ok"); a purge asked for is still done (its instance is gone afterwards).
+        return {"status": "ok" if result.get("was_running") else "not_found", "hive": target, "target": target,
+                "node_name": name, "signal": "SIGKILL" if p.force else p.signal, "force": p.force,
                 "purge_instance": p.purge_instance, **result}
 
     return await record_change(ctx, call, "node", "kill_node", time.time(), work(), {"node_name": name})

@@ -152,8 +152,11 @@ def test_start_restart_and_instance_removal_follow_the_stopped_instance(hive: Ad
     assert config["greeting"] == "hi" and config["_system"]["runtime"] == "fluxbee.echo"
 
     # removing a stopped node's instance deletes its files; then there is nothing to start
-    ok(hive, "DELETE", f"/hives/local/nodes/{NODE}")
+    assert ok(hive, "DELETE", f"/hives/local/nodes/{NODE}")["status"] == "ok"
     wait_until(lambda: FULL not in connected(hive), WAIT, "the killed node to leave the router")
+    # killing it again: the original's `not_found` in a 200 envelope, and the instance is kept
+    again = ok(hive, "DELETE", f"/hives/local/nodes/{NODE}")
+    assert again["status"] == "not_found" and again["was_running"] is False and node_dir.exists()
     removed = ok(hive, "DELETE", f"/hives/local/nodes/{NODE}/instance")
     assert removed["status"] == "ok" and removed["removed_path"] == str(node_dir) and not node_dir.exists()
     assert ok(hive, "DELETE", f"/hives/local/nodes/{NODE}/instance")["status"] == "not_found"
