@@ -153,6 +153,16 @@ def test_inventory_start_restart_and_instance_removal_over_fluxnodes(setup: Setu
     history = s.ok("GET", "/hives/demo/deployments?limit=50&category=node")["entries"]
     assert {"start_node", "restart_node", "remove_node_instance"} <= {e["action"] for e in history}
 
+    # killing a stopped node: the original's `not_found` (200 ok), and its FluxNode is deleted all the same
+    again = s.ok("POST", "/hives/demo/nodes", {"node_name": NODE, "runtime": "fluxbee.echo"})["unit"]
+    s.scale(again.removeprefix("fluxnode/"), 0)
+    s.wait_for("the node reported STOPPED", lambda: _lifecycle(s) == "STOPPED" and not s.pods(
+        again.removeprefix("fluxnode/")))
+    killed = s.ok("DELETE", f"/hives/demo/nodes/{NODE}")
+    assert (killed["status"], killed["was_running"], killed["pods"]) == ("not_found", False, [])
+    s.wait_for("the stopped node's FluxNode gone", lambda: get(cp, ns, "fluxnode", again.removeprefix("fluxnode/"))
+               is None)
+
 
 def test_a_fluxnode_not_made_by_the_admin_api_is_not_changed_by_it(setup: Setup) -> None:
     s = setup
