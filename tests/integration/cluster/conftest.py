@@ -5,18 +5,25 @@ kube-scheduler, kubectl, kwok and helm; ``hack/cluster-up.sh DIR`` starts them o
 three kwok nodes that take Pods to Running. One control plane serves the whole session (it takes
 ~10 s to start); each test works in a namespace of its own (:func:`namespace`), so tests do not see
 each other's objects. Without Go, the tests here are skipped with the reason printed.
+
+``pair`` is a mother hive and its worker on that control plane (see hive_pair.py).
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from cluster_support import ControlPlane
-from operator_support import FluxbeeProcess, Release, install_chart, start_operator
+from cluster_support import ControlPlane, wait_for
+from hive_harness import RouterProc, free_port
+from hive_pair import Hive, Pair, certificate, fluxbee, install, start_hive_admin
+from operator_support import FluxbeeProcess, Release, get, install_chart, start_operator
 
 REPO = Path(__file__).resolve().parents[3]
 HACK = REPO / "hack"
@@ -72,3 +79,52 @@ def operator(control_plane: ControlPlane, release: Release, tmp_path: Path) -> I
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def pair(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    """A mother and a worker hive (hive_pair.py), their routers linked; one pair per test module."""
+    cp = control_plane
+    work = tmp_path_factory.mktemp("global-config")
+    root = Path(tempfile.mkdtemp(prefix="fbg", dir="/tmp"))  # short: socket paths have a length limit
+    root.chmod(0o755)
+    fluxbee("wan", "ca", str(root / "ca"))
+    tag = uuid.uuid4().hex[:8]
+    ns_m, ns_w = f"t-gm-{tag}", f"t-gw-{tag}"
+    started: list[Any] = []
+    hives: list[Hive] = []
+    try:
+        port = free_port()
+        for name, ns, values, link in (
+                ("mother", ns_m, (), ("--wan-listen", f"127.0.0.1:{port}")),
+                ("worker", ns_w, ("--set", "hive.role=worker", "--set", "hive.identity.primaryHive=mother"),
+                 ("--uplink", f"127.0.0.1:{port}"))):
+            release = install(cp, ns, name, *values)
+            operator = start_operator(cp, release, work / name)
+            started.append(operator)
+            (root / name).mkdir()
+            router = RouterProc(root / name, hive_id=name, extra=(*link, *certificate(root, name)))
+            started.append(router)
+            hives.append(Hive(name, release, operator, router, work / name))
+        for hive in hives:
+            hive.operator.wait_for(f"{hive.name}'s admin ConfigMap (the operator makes it)",
+                                   lambda h=hive: get(cp, h.ns, "configmap", f"{h.name}-admin-history"), timeout=90)
+            hive.admin = start_hive_admin(cp, hive, "admin")
+        mother, worker = hives
+
+        def linked() -> bool:
+            return any(x["state"] == "up" for x in mother.router.status()["wan"]["links"])
+
+        wait_for("the worker's router to link to the mother's", linked, timeout=30)
+        yield Pair(cp, mother, worker)
+    finally:
+        try:
+            for hive in hives:  # the admin API running now (a test may have replaced it)
+                if hive.admin is not None:
+                    hive.admin.process.stop()
+        finally:
+            for proc in reversed(started):
+                proc.stop()
+        for ns in (ns_m, ns_w):
+            cp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        shutil.rmtree(root, ignore_errors=True)

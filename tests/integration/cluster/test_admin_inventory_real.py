@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import test_global_config_real
 from cluster_support import ControlPlane
+from hive_pair import Pair
 from operator_support import (
     AdminApi,
     FluxbeeProcess,
@@ -27,7 +27,6 @@ from operator_support import (
     start_admin,
     start_operator,
 )
-from test_global_config_real import Pair
 
 RUNTIME: dict[str, Any] = {
     "apiVersion": "fluxbee.io/v1alpha1", "kind": "Runtime", "metadata": {"name": "fluxbee.echo"},
@@ -178,13 +177,9 @@ def test_a_fluxnode_not_made_by_the_admin_api_is_not_changed_by_it(setup: Setup)
     assert node is not None and node["spec"]["replicas"] == 0 and "env" not in node["spec"]
 
 
-# Two hives in a cluster (the mother/worker pair of test_global_config_real.py: two namespaces, each hive's
-# operator and admin API, real routers linked over loopback mutual TLS): the mother's inventory holds the
-# worker's own rows, asked over the links, and its lifecycle actions reach the worker's FluxNodes.
-pair = test_global_config_real.pair
-"""That module's fixture, used here as well (module-scoped: this module gets a pair of its own)."""
-
-
+# Two hives in a cluster (conftest.py's ``pair``, module-scoped: this module gets a pair of its own): the
+# mother's inventory holds the worker's own rows, asked over the links, and its lifecycle actions reach the
+# worker's FluxNodes.
 def test_the_mothers_inventory_and_lifecycle_reach_the_workers_fluxnodes(pair: Pair) -> None:
     cp, m, w = pair.cp, pair.mother, pair.worker
     assert m.admin is not None and w.admin is not None

@@ -1,12 +1,7 @@
 """Global routes and VPN rules between a mother and a worker hive in a cluster, on the real control plane.
 
-Two namespaces, each with the chart installed as a user installs it: ``mother`` (a motherbee) and
-``worker`` (``role: worker``, its mother ``mother``), each with the real operator (which makes the
-hive's admin ConfigMap) and the cluster admin API (``fluxbee admin --backend kubernetes``) logged in
-with a token of that hive's admin ServiceAccount only.  kwok runs no containers, so the data plane
-is real local processes: one ``fluxbee router`` per hive, linked over loopback mutual TLS with
-certificates from ``fluxbee wan ca``/``issue``, and each admin API finds its hive's router in its
-socket directory, as it would in the hive pod.
+The two hives are conftest.py's ``pair`` (hive_pair.py: two namespaces with the chart, the real operator
+and the cluster admin API each, and two local routers linked over loopback mutual TLS).
 
 What is read back: the Hives' ``spec.routes``/``spec.vpns`` and the global document (key
 ``global-config.json`` of ``<hive>-admin-history``), with kubectl as the cluster admin.
@@ -15,161 +10,22 @@ What is read back: the Hives' ``spec.routes``/``spec.vpns`` and the global docum
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_support import helm
-from cluster_support import ControlPlane, wait_for
-from hive_harness import RouterProc, free_port
-from operator_support import AdminApi, FluxbeeProcess, Release, get, start_admin, start_operator
-
-GLOBAL_KEY = "global-config.json"
-MARK = "fluxbee.io/global-config-version"
-FOLLOWER = "fluxbee.io/global-config-follower"
-
-
-@dataclass
-class Hive:
-    name: str
-    release: Release
-    operator: FluxbeeProcess
-    router: RouterProc
-    work: Path
-    admin: AdminApi | None = None
-
-    @property
-    def ns(self) -> str:
-        return self.release.namespace
-
-
-@dataclass
-class Pair:
-    cp: ControlPlane
-    mother: Hive
-    worker: Hive
-
-    def spec(self, hive: Hive) -> dict[str, Any]:
-        found = get(self.cp, hive.ns, "hive", hive.name)
-        assert found is not None
-        spec: dict[str, Any] = found["spec"]
-        return spec
-
-    def doc(self, hive: Hive) -> dict[str, Any] | None:
-        """The hive's global document as the API server has it (None: none recorded)."""
-        cm = get(self.cp, hive.ns, "configmap", f"{hive.name}-admin-history")
-        raw = ((cm or {}).get("data") or {}).get(GLOBAL_KEY)
-        return json.loads(raw) if raw is not None else None
-
-    def version(self, hive: Hive) -> int:
-        return int((self.doc(hive) or {}).get("version", 0))
-
-    def marked(self, hive: Hive) -> int:
-        """The global version the Hive is annotated with (what its spec holds)."""
-        found = get(self.cp, hive.ns, "hive", hive.name) or {}
-        return int(((found.get("metadata") or {}).get("annotations") or {}).get(MARK, "0"))
-
-
-def prefixes(spec: dict[str, Any]) -> list[str]:
-    return [r["prefix"] for r in spec.get("routes") or []]
-
-
-def vpn_ids(spec: dict[str, Any]) -> list[int]:
-    return [v["vpnId"] for v in spec.get("vpns") or []]
-
-
-def install(cp: ControlPlane, ns: str, hive: str, *values: str) -> Release:
-    """The chart with one Hive (its admin ServiceAccount, Role and token), the operator Deployment at
-    0 replicas (the operator under test is a subprocess), identity off (no database needed here)."""
-    cp.kubectl("create", "namespace", ns)
-    helm(cp, "install", "fb", str(Path(__file__).resolve().parents[3] / "charts" / "fluxbee"), "--namespace", ns,
-         "--set", "operator.watchReleaseNamespaceOnly=true", "--set", "image.repository=example.invalid/fluxbee",
-         "--set", "image.tag=test", "--set", "hive.enabled=true", "--set", f"hive.name={hive}",
-         "--set", "hive.identity.enabled=false", *values)
-    release = Release(ns)
-    cp.kubectl("-n", ns, "scale", "deployment", release.operator_account, "--replicas=0")
-    return release
-
-
-def fluxbee(*args: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "fluxbee", *args], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-
-
-def certificate(root: Path, hive: str) -> tuple[str, ...]:
-    out = root / f"cert-{hive}"
-    fluxbee("wan", "issue", "--ca", str(root / "ca"), "--hive-id", hive, "--out", str(out))
-    return ("--wan-cert", str(out / "tls.crt"), "--wan-key", str(out / "tls.key"),
-            "--wan-ca-cert", str(root / "ca" / "ca.crt"), "--link-hello-interval", "0.3",
-            "--link-dead-interval", "2")
-
-
-def start_hive_admin(cp: ControlPlane, hive: Hive, label: str) -> AdminApi:
-    admin = start_admin(cp, hive.release, hive.name, hive.work / label, hive.router.run_dir,
-                        hive.router.credential_file)
-
-    def connected() -> bool:
-        return bool(admin.call("GET", "/hive/status")[1]["payload"]["router_connected"])
-
-    admin.process.wait_for(f"{hive.name}'s admin API to join its router", connected, timeout=30)
-    return admin
-
-
-@pytest.fixture(scope="module")
-def pair(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    cp = control_plane
-    work = tmp_path_factory.mktemp("global-config")
-    root = Path(tempfile.mkdtemp(prefix="fbg", dir="/tmp"))  # short: socket paths have a length limit
-    root.chmod(0o755)
-    fluxbee("wan", "ca", str(root / "ca"))
-    tag = uuid.uuid4().hex[:8]
-    ns_m, ns_w = f"t-gm-{tag}", f"t-gw-{tag}"
-    started: list[Any] = []
-    hives: list[Hive] = []
-    try:
-        port = free_port()
-        for name, ns, values, link in (
-                ("mother", ns_m, (), ("--wan-listen", f"127.0.0.1:{port}")),
-                ("worker", ns_w, ("--set", "hive.role=worker", "--set", "hive.identity.primaryHive=mother"),
-                 ("--uplink", f"127.0.0.1:{port}"))):
-            release = install(cp, ns, name, *values)
-            operator = start_operator(cp, release, work / name)
-            started.append(operator)
-            (root / name).mkdir()
-            router = RouterProc(root / name, hive_id=name, extra=(*link, *certificate(root, name)))
-            started.append(router)
-            hives.append(Hive(name, release, operator, router, work / name))
-        for hive in hives:
-            hive.operator.wait_for(f"{hive.name}'s admin ConfigMap (the operator makes it)",
-                                   lambda h=hive: get(cp, h.ns, "configmap", f"{h.name}-admin-history"), timeout=90)
-            hive.admin = start_hive_admin(cp, hive, "admin")
-        mother, worker = hives
-
-        def linked() -> bool:
-            return any(x["state"] == "up" for x in mother.router.status()["wan"]["links"])
-
-        wait_for("the worker's router to link to the mother's", linked, timeout=30)
-        yield Pair(cp, mother, worker)
-    finally:
-        try:
-            for hive in hives:  # the admin API running now (a test may have replaced it)
-                if hive.admin is not None:
-                    hive.admin.process.stop()
-        finally:
-            for proc in reversed(started):
-                proc.stop()
-        for ns in (ns_m, ns_w):
-            cp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-        shutil.rmtree(root, ignore_errors=True)
+from hive_pair import (
+    FOLLOWER,
+    GLOBAL_KEY,
+    Hive,
+    Pair,
+    prefixes,
+    start_hive_admin,
+    vpn_ids,
+)
+from operator_support import AdminApi, get, start_admin
 
 
 def ok(answer: tuple[int, Any], code: int = 200) -> dict[str, Any]:
