@@ -8,86 +8,26 @@ runs no Pod); restart stamps the FluxNode's ``spec.env`` so the operator replace
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
+from admin_setup import ECHO_RUNTIME, Setup, admin_setup
 from cluster_support import ControlPlane
 from hive_pair import Pair
 from operator_support import (
-    AdminApi,
-    FluxbeeProcess,
     apply,
     get,
-    install_chart,
-    running_pods,
-    start_admin,
-    start_operator,
 )
 
-RUNTIME: dict[str, Any] = {
-    "apiVersion": "fluxbee.io/v1alpha1", "kind": "Runtime", "metadata": {"name": "fluxbee.echo"},
-    "spec": {"version": "0.1.0", "command": ["fluxbee", "node", "echo"], "configTemplate": {"reply_prefix": "echo: "}},
-}
 NODE = "WF.k8s.life"
-
-
-@dataclass
-class Setup:
-    cp: ControlPlane
-    ns: str
-    operator: FluxbeeProcess
-    admin: AdminApi
-
-    def wait_for(self, what: str, probe: Any, timeout: float = 90.0) -> Any:
-        def both_alive() -> Any:
-            self.admin.process.check_alive()
-            return probe()
-
-        return self.operator.wait_for(what, both_alive, timeout)
-
-    def ok(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        code, doc = self.admin.call(method, path, body)
-        assert code == 200 and doc["status"] == "ok", (method, path, code, doc)
-        return dict(doc["payload"])
-
-    def error(self, method: str, path: str, body: Any = None) -> tuple[int, str]:
-        code, doc = self.admin.call(method, path, body)
-        assert doc["status"] == "error", (method, path, code, doc)
-        return code, str(doc["error_code"])
-
-    def pods(self, resource: str) -> list[dict[str, Any]]:
-        return running_pods(self.cp, self.ns, f"fluxbee.io/fluxnode={resource}")
-
-    def scale(self, resource: str, replicas: int) -> None:
-        self.cp.kubectl("-n", self.ns, "patch", "fluxnode", resource, "--type", "merge", "-p",
-                        json.dumps({"spec": {"replicas": replicas}}))
 
 
 @pytest.fixture(scope="module")
 def setup(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    cp, ns = control_plane, f"t-{uuid.uuid4().hex[:10]}"
-    work: Path = tmp_path_factory.mktemp("admin-inventory-real")
-    cp.kubectl("create", "namespace", ns)
-    operator = admin = None
-    try:
-        release = install_chart(cp, ns, hive="demo")
-        apply(cp, ns, RUNTIME)
-        operator = start_operator(cp, release, work)
-        operator.wait_for("the hive's admin history ConfigMap", lambda: get(cp, ns, "configmap", "demo-admin-history"))
-        admin = start_admin(cp, release, "demo", work)
-        yield Setup(cp, ns, operator, admin)
-    finally:
-        try:
-            if admin is not None:
-                admin.process.stop()
-        finally:
-            if operator is not None:
-                operator.stop()
-            cp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    """One namespace, chart, operator and admin API for this module's tests (each uses its own nodes)."""
+    with admin_setup(control_plane, tmp_path_factory.mktemp("admin-inventory-real")) as s:
+        yield s
 
 
 def _lifecycle(s: Setup) -> str:
@@ -183,7 +123,7 @@ def test_a_fluxnode_not_made_by_the_admin_api_is_not_changed_by_it(setup: Setup)
 def test_the_mothers_inventory_and_lifecycle_reach_the_workers_fluxnodes(pair: Pair) -> None:
     cp, m, w = pair.cp, pair.mother, pair.worker
     assert m.admin is not None and w.admin is not None
-    apply(cp, w.ns, RUNTIME)
+    apply(cp, w.ns, ECHO_RUNTIME)
     spawned = m.admin.call("POST", "/hives/worker/nodes", {"node_name": "WF.k8s.far", "runtime": "fluxbee.echo"})
     assert spawned[0] == 200, spawned
     resource = spawned[1]["payload"]["unit"].removeprefix("fluxnode/")

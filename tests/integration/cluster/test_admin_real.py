@@ -25,72 +25,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from admin_setup import Setup, admin_setup
 from cluster_support import ControlPlane
 from hive_harness import RouterProc
 from operator_support import (
     AdminApi,
-    FluxbeeProcess,
-    Release,
     apply,
     free_port,
     get,
-    install_chart,
     objects,
     running_pods,
     start_admin,
-    start_operator,
 )
 
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.sdk import CREDENTIAL_FILE_ENV, NodeConfig, connect
 
-RUNTIME: dict[str, Any] = {
-    "apiVersion": "fluxbee.io/v1alpha1", "kind": "Runtime", "metadata": {"name": "fluxbee.echo"},
-    "spec": {"version": "0.1.0", "command": ["fluxbee", "node", "echo"], "configTemplate": {"reply_prefix": "echo: "}},
-}
 TENANT = "tnt:12345678-1234-1234-1234-123456789abc"
-
-
-@dataclass
-class Setup:
-    cp: ControlPlane
-    ns: str
-    release: Release
-    operator: FluxbeeProcess
-    admin: AdminApi
-
-    def wait_for(self, what: str, probe: Any, timeout: float = 60.0) -> Any:
-        def both_alive() -> Any:
-            self.admin.process.check_alive()
-            return probe()
-
-        return self.operator.wait_for(what, both_alive, timeout)
 
 
 @pytest.fixture(scope="module")
 def setup(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     """One namespace, chart, operator and admin API for this module's tests (each uses its own nodes)."""
-    cp, ns = control_plane, f"t-{uuid.uuid4().hex[:10]}"
-    work: Path = tmp_path_factory.mktemp("admin-real")
-    cp.kubectl("create", "namespace", ns)
-    operator = admin = None
-    try:
-        release = install_chart(cp, ns, hive="demo")
-        apply(cp, ns, RUNTIME)
-        operator = start_operator(cp, release, work)
-        # The admin API keeps its history in a ConfigMap the operator makes for the Hive: changes
-        # are refused (STATE_WRITE_FAILED) until it exists.
-        operator.wait_for("the hive's admin history ConfigMap", lambda: get(cp, ns, "configmap", "demo-admin-history"))
-        admin = start_admin(cp, release, "demo", work)
-        yield Setup(cp, ns, release, operator, admin)
-    finally:
-        try:
-            if admin is not None:
-                admin.process.stop()
-        finally:
-            if operator is not None:
-                operator.stop()
-            cp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    with admin_setup(control_plane, tmp_path_factory.mktemp("admin-real")) as s:
+        yield s
 
 
 def payload(answer: tuple[int, Any], code: int = 200) -> Any:
