@@ -291,10 +291,7 @@ class _Client(_Framing, _Writes):
                 return
         callback = self.config.on_message
         if callback is not None and not self.callback_held:
-            try:
-                callback(msg)
-            except Exception:
-                log.exception("on_message callback failed for %s; message dropped", msg.routing.trace_id)
+            _call_back(callback, msg)
             return
         if self.inbox.put(msg):
             # Full: stop reading, so the router sees a slow consumer and holds the producers.
@@ -341,14 +338,10 @@ class _Client(_Framing, _Writes):
         (self.loop or asyncio.get_running_loop()).call_soon(self._deliver_held)
 
     def _deliver_held(self) -> None:
-        callback = self.config.on_message
-        inbox = self.inbox
-        while inbox.items and callback is not None:
-            msg = inbox.pop()  # resumes reading once half the backlog is gone
-            try:
-                callback(msg)
-            except Exception:
-                log.exception("on_message callback failed for %s; message dropped", msg.routing.trace_id)
+        callback, inbox = self.config.on_message, self.inbox
+        assert callback is not None  # held only for an on_message node
+        while inbox.items:
+            _call_back(callback, inbox.pop())  # pop resumes reading once half the backlog is gone
         self.callback_held = False
 
     def _inbox_drained(self) -> None:
@@ -427,6 +420,14 @@ class _Client(_Framing, _Writes):
                 fut.set_exception(NotConnectedError("node closed"))
         self.pending.clear()
 
+
+
+def _call_back(callback: Callable[[Message], None], msg: Message) -> None:
+    """Hand ``msg`` to the node's ``on_message``; an exception there drops that message, not the connection."""
+    try:
+        callback(msg)
+    except Exception:
+        log.exception("on_message callback failed for %s; message dropped", msg.routing.trace_id)
 
 
 class _Inbox:

@@ -272,6 +272,22 @@ class NodeProc:
         self._log.close()
 
 
+def recv_frame(sock: socket.socket) -> dict[str, Any]:
+    """One length-prefixed frame read from ``sock``, decoded; EOFError if the stream ends first."""
+    (size,) = HEADER.unpack(_exact(sock, HEADER.size))
+    return dict(msgspec.json.decode(_exact(sock, size)))
+
+
+def _exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return bytes(buf)
+
+
 class RawPeer:
     """A hand-driven socket peer, for inputs the SDK would never produce."""
 
@@ -295,8 +311,7 @@ class RawPeer:
         self.sock.sendall(wire.encode_frame(body))
 
     def recv(self) -> dict[str, Any]:
-        (size,) = HEADER.unpack(self._exact(4))
-        return dict(msgspec.json.decode(self._exact(size)))
+        return recv_frame(self.sock)
 
     def closed_by_peer(self, timeout: float = 5.0) -> list[dict[str, Any]]:
         """Read until EOF; return the frames received before it."""
@@ -308,15 +323,6 @@ class RawPeer:
             while True:
                 frames.append(self.recv())
         return frames
-
-    def _exact(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                raise EOFError
-            buf += chunk
-        return bytes(buf)
 
     def close(self) -> None:
         self.sock.close()

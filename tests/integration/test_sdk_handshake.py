@@ -19,10 +19,10 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import msgspec
 import pytest
-from hive_harness import HEADER, fluxbee_argv, stop_process
+from hive_harness import fluxbee_argv, recv_frame, stop_process
 
 from fluxbee.dataplane import wire
 from fluxbee.dataplane.sdk import NodeConfig, NodeSender, connect
@@ -30,22 +30,6 @@ from fluxbee.dataplane.wire import Message
 
 ROUTER = str(uuid.uuid4())
 CLIENT = str(uuid.uuid4())
-
-
-def read_frame(sock: socket.socket) -> dict[str, object]:
-    head = b""
-    while len(head) < HEADER.size:
-        chunk = sock.recv(HEADER.size - len(head))
-        assert chunk, "the node closed the connection"
-        head += chunk
-    (size,) = HEADER.unpack(head)
-    body = b""
-    while len(body) < size:
-        chunk = sock.recv(size - len(body))
-        assert chunk, "the node closed the connection mid-frame"
-        body += chunk
-    frame: dict[str, object] = msgspec.to_builtins(wire.decode_message(body))
-    return frame
 
 
 @pytest.fixture
@@ -63,12 +47,11 @@ def router_socket() -> Iterator[tuple[Path, socket.socket]]:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def announce_and_ask(conn: socket.socket, hello: dict[str, object], payload: str) -> bytes:
+def announce_and_ask(conn: socket.socket, hello: dict[str, Any], payload: str) -> str:
     """ANNOUNCE the node and, in the same write, a request from CLIENT; the trace id of the request."""
     routing = hello["routing"]
-    meta = hello["meta"]
-    assert isinstance(routing, dict) and isinstance(meta, dict) and meta["msg"] == wire.HELLO
-    node, name = routing["src"], hello["payload"]["name"]  # type: ignore[index]
+    assert hello["meta"]["msg"] == wire.HELLO
+    node, name = routing["src"], hello["payload"]["name"]
     trace = str(uuid.uuid4())
     announce = wire.system_frame(ROUTER, node, wire.ANNOUNCE,
                                  wire.AnnouncePayload(uuid=node, name=f"{name}@t", status="registered",
@@ -78,16 +61,15 @@ def announce_and_ask(conn: socket.socket, hello: dict[str, object], payload: str
         routing=wire.Routing(src=CLIENT, dst=node, ttl=8, trace_id=trace),
         meta=wire.Meta(type=wire.TYPE_USER), payload=payload))
     conn.sendall(announce + request)
-    return trace.encode()
+    return trace
 
 
-def expect_answer(conn: socket.socket, trace: bytes, payload: str) -> None:
+def expect_answer(conn: socket.socket, trace: str, payload: str) -> None:
     conn.settimeout(10)
     while True:
-        frame = read_frame(conn)
+        frame = recv_frame(conn)
         routing = frame["routing"]
-        assert isinstance(routing, dict)
-        if routing["trace_id"] == trace.decode():
+        if routing["trace_id"] == trace:
             assert routing["dst"] == CLIENT
             assert frame["payload"] == payload
             return
@@ -107,7 +89,7 @@ def test_the_echo_node_answers_requests_that_came_with_its_announce(
             conn, _ = server.accept()
             with conn:
                 conn.settimeout(15)
-                trace = announce_and_ask(conn, read_frame(conn), attempt)
+                trace = announce_and_ask(conn, recv_frame(conn), attempt)
                 expect_answer(conn, trace, attempt)
     finally:
         stop_process(proc, "echo node", strict=False)
@@ -127,7 +109,7 @@ async def test_an_on_message_node_answers_a_request_that_came_with_its_announce(
         conn, _ = await asyncio.to_thread(server.accept)
         with conn:
             conn.settimeout(15)
-            hello = await asyncio.to_thread(read_frame, conn)
+            hello = await asyncio.to_thread(recv_frame, conn)
             trace = announce_and_ask(conn, hello, "first")
             await asyncio.to_thread(expect_answer, conn, trace, "first")
 
